@@ -1,0 +1,74 @@
+"""Typed settings read from PROMPTOPS_* environment variables; command-line flags override them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from promptops.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///./promptops.db"
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a promptops process needs to know, built once at an entry point and passed in."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    prompts_dir: Path = Path("./prompts")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    secret_key: str | None = None  # signs decision ids and sessions; stored in the database if unset
+    update_interval_seconds: float = 2.0  # how often the background loop checks for due epochs
+    cache_refresh_seconds: float = 1.0  # how often a server polls the change counter
+    writer_flush_seconds: float = 0.02  # batched decision/feedback writer cadence
+    sync_on_start: bool = True
+    max_body_bytes: int = 1_000_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from the environment, with keyword overrides (None values are ignored)."""
+        env = os.environ if env is None else env
+        base = cls(
+            database_url=env.get("PROMPTOPS_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            prompts_dir=Path(env.get("PROMPTOPS_PROMPTS_DIR") or "./prompts"),
+            host=env.get("PROMPTOPS_HOST") or "127.0.0.1",
+            port=int(_float(env, "PROMPTOPS_PORT", 8000)),
+            secret_key=env.get("PROMPTOPS_SECRET_KEY") or None,
+            update_interval_seconds=_float(env, "PROMPTOPS_UPDATE_INTERVAL", 2.0),
+            cache_refresh_seconds=_float(env, "PROMPTOPS_CACHE_REFRESH", 1.0),
+        )
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        if "prompts_dir" in clean:
+            clean["prompts_dir"] = Path(clean["prompts_dir"])
+        settings = replace(base, **clean)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ConfigError for settings that cannot work."""
+        url = self.database_url
+        if not (url.startswith("sqlite") or url.startswith("postgresql")):
+            raise ConfigError(
+                f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql+psycopg://..."
+            )
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be between 1 and 65535, got {self.port}")
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether the server binds only to the loopback interface."""
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")

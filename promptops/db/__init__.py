@@ -1,0 +1,1 @@
+"""The database layer: tables, engine setup, migrations and query functions."""

@@ -1,0 +1,132 @@
+"""Engine and session setup for SQLite and PostgreSQL, and Alembic migrations run from code."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from promptops.errors import ConfigError, Unavailable
+
+_migrate_lock = threading.Lock()
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine with SQLite tuned for concurrent use (WAL, foreign keys, busy timeout)."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            _tune_sqlite(engine)
+        else:
+            engine = create_engine(
+                url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, pool_recycle=300
+            )
+    except Exception as exc:  # a malformed URL surfaces from SQLAlchemy as several types
+        raise ConfigError(f"bad database URL {url!r}: {exc}") from None
+    return engine
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy's BEGIN (below) control transactions instead of pysqlite's own.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        if engine.url.database not in (None, "", ":memory:"):
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        # IMMEDIATE takes the write lock up front, so two writers never deadlock on upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """A session factory that keeps objects usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on any error."""
+    session = factory()
+    try:
+        with session.begin():
+            yield session
+    except OperationalError as exc:
+        raise Unavailable(f"database unavailable: {_short(exc)}") from exc
+    finally:
+        session.close()
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:200]
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts live: beside the package in a checkout, inside it in a wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_migrations", here.parent / "migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise ConfigError("migration scripts not found (broken installation)")
+
+
+def alembic_config(url: str):  # type: ignore[no-untyped-def]
+    """An Alembic Config pointing at the shipped scripts and the given database."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run Alembic migrations up to `revision` on this engine."""
+    from alembic import command
+
+    with _migrate_lock, engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Two servers starting at once must not both create tables.
+            conn.execute(text("SELECT pg_advisory_xact_lock(7201)"))
+        cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Run Alembic migrations down to `revision` on this engine."""
+    from alembic import command
+
+    with _migrate_lock, engine.begin() as conn:
+        cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+def needs_migration(engine: Engine) -> bool:
+    """Whether the database is empty or behind the newest migration."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return True
+            current = MigrationContext.configure(conn).get_current_heads()
+    except OperationalError as exc:
+        raise Unavailable(f"database unavailable: {_short(exc)}") from exc
+    script = ScriptDirectory.from_config(alembic_config(str(engine.url)))
+    return set(current) != set(script.get_heads())

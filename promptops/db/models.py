@@ -1,0 +1,229 @@
+"""SQLAlchemy 2.0 tables of the registry, experiments, decisions, feedback, keys and audit log.
+
+Times are stored as UTC seconds since the epoch (double precision): comparisons on the hot path and
+in the maturation query stay cheap and identical on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention so migrations are stable across databases."""
+
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class PromptRow(Base):
+    """A prompt: a name and its metadata; content lives in versions."""
+
+    __tablename__ = "prompts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    source_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
+class VersionRow(Base):
+    """An immutable snapshot of one prompt's content."""
+
+    __tablename__ = "versions"
+    __table_args__ = (
+        UniqueConstraint("prompt_id", "number", name="uq_versions_prompt_number"),
+        UniqueConstraint("prompt_id", "content_hash", name="uq_versions_prompt_hash"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    variant: Mapped[str] = mapped_column(String(64), default="main")
+    content: Mapped[dict[str, Any]] = mapped_column(JSON)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    source_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    git_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    git_author: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+class LabelRow(Base):
+    """A label of a prompt pointing at one version."""
+
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("prompt_id", "name", name="uq_labels_prompt_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
+class AuditRow(Base):
+    """An append-only record of a change: who, what, when, with evidence in `details`."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Double, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    prompt_id: Mapped[int | None] = mapped_column(
+        ForeignKey("prompts.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    experiment_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ExperimentRow(Base):
+    """An experiment over versions of one prompt, with its policy state and latest snapshot."""
+
+    __tablename__ = "experiments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    # Set to prompt_id while running, NULL otherwise: a unique column enforces one running per prompt.
+    running_prompt_id: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    metric: Mapped[str] = mapped_column(String(64))
+    reward: Mapped[str] = mapped_column(String(16))
+    strategy: Mapped[str] = mapped_column(String(16))
+    fixed_weights: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    auto_promote: Mapped[bool] = mapped_column(Boolean, default=True)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    control_arm: Mapped[int] = mapped_column(Integer, default=0)
+    source: Mapped[str] = mapped_column(String(16), default="api")
+    declared_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    created_at: Mapped[float] = mapped_column(Double)
+    started_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    ended_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    winner_arm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    epoch_started_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    weights: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    policy_state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    matured_total: Mapped[int] = mapped_column(Integer, default=0)
+    last_update_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    update_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ArmRow(Base):
+    """One arm of an experiment: a version, with counters of everything received."""
+
+    __tablename__ = "experiment_arms"
+    __table_args__ = (UniqueConstraint("experiment_id", "idx", name="uq_arms_experiment_idx"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    idx: Mapped[int] = mapped_column(Integer)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    decisions: Mapped[int] = mapped_column(Integer, default=0)
+    feedback: Mapped[int] = mapped_column(Integer, default=0)
+    reward_sum: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class EpochRow(Base):
+    """One epoch of constant allocation: its weights and the statistics at its start."""
+
+    __tablename__ = "epochs"
+    __table_args__ = (UniqueConstraint("experiment_id", "idx", name="uq_epochs_experiment_idx"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    idx: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Double)
+    weights: Mapped[list[Any]] = mapped_column(JSON)
+    matured_at_start: Mapped[int] = mapped_column(Integer, default=0)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ArmEpochRow(Base):
+    """Matured-outcome sums and decision counts of one arm in one epoch."""
+
+    __tablename__ = "arm_epoch_stats"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "arm", "epoch", name="uq_arm_epoch"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    arm: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    assigned: Mapped[int] = mapped_column(Integer, default=0)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+    s: Mapped[float] = mapped_column(Double, default=0.0)
+    ss: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class DecisionRow(Base):
+    """One serve: which version went out, under which experiment, arm and epoch."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (
+        Index("ix_decisions_maturing", "experiment_id", "counted_in", "decided_at"),
+    )
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    version_id: Mapped[int] = mapped_column(Integer)
+    experiment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    arm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    unit_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    decided_at: Mapped[float] = mapped_column(Double)
+    # 0 until the decision matures and enters the statistics; then the update batch that counted it.
+    counted_in: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class FeedbackRow(Base):
+    """One reward for a decision and metric; unique per (decision, metric)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("decision_id", "metric", name="uq_feedback_decision_metric"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    decision_id: Mapped[str] = mapped_column(String(128))
+    metric: Mapped[str] = mapped_column(String(64))
+    reward: Mapped[float] = mapped_column(Double)
+    received_at: Mapped[float] = mapped_column(Double)
+
+
+class ApiKeyRow(Base):
+    """An API key: only its SHA-256 hash is stored."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[float] = mapped_column(Double)
+    revoked_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class MetaRow(Base):
+    """Key-value state shared by all servers: the change counter and the signing secret."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

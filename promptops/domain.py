@@ -1,0 +1,332 @@
+"""Frozen value objects shared by every layer: prompt content, versions, experiments, policy, stats.
+
+Only the standard library is imported here, so every other layer may depend on this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime
+from typing import Any, Literal
+
+VariableType = Literal["string", "integer", "number", "boolean", "list", "object"]
+RewardKind = Literal["binary", "continuous"]
+Strategy = Literal["thompson", "fixed"]
+Allocation = Literal["top_two", "thompson"]
+MissingFeedback = Literal["zero", "ignore"]
+ExperimentStatus = Literal["draft", "running", "completed", "inconclusive", "stopped"]
+
+VARIABLE_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "list", "object")
+EXPERIMENT_STATUSES: tuple[str, ...] = ("draft", "running", "completed", "inconclusive", "stopped")
+ENDED_STATUSES: frozenset[str] = frozenset({"completed", "inconclusive", "stopped"})
+MAIN_VARIANT = "main"
+PRODUCTION = "production"
+DEFAULT_METRIC = "reward"
+
+
+@dataclass(frozen=True)
+class VariableSpec:
+    """A declared template variable: its type and constraints."""
+
+    name: str
+    type: VariableType = "string"
+    required: bool = False
+    default: Any = None
+    has_default: bool = False
+    enum: tuple[Any, ...] | None = None
+    max_length: int | None = None
+    description: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON form used in content hashes and storage."""
+        out: dict[str, Any] = {"type": self.type, "required": self.required}
+        if self.has_default:
+            out["default"] = self.default
+        if self.enum is not None:
+            out["enum"] = list(self.enum)
+        if self.max_length is not None:
+            out["max_length"] = self.max_length
+        if self.description:
+            out["description"] = self.description
+        return out
+
+    @classmethod
+    def from_dict(cls, name: str, data: dict[str, Any]) -> VariableSpec:
+        """Rebuild a spec from its canonical JSON form."""
+        enum = data.get("enum")
+        return cls(
+            name=name,
+            type=data.get("type", "string"),
+            required=bool(data.get("required", False)),
+            default=data.get("default"),
+            has_default="default" in data,
+            enum=tuple(enum) if enum is not None else None,
+            max_length=data.get("max_length"),
+            description=data.get("description"),
+        )
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message template."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class PromptContent:
+    """What a version snapshots: the template (chat messages or text), model settings, variables."""
+
+    messages: tuple[Message, ...] | None = None
+    template: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    variables: tuple[VariableSpec, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON form; its hash identifies the content."""
+        out: dict[str, Any] = {}
+        if self.messages is not None:
+            out["messages"] = [{"role": m.role, "content": m.content} for m in self.messages]
+        if self.template is not None:
+            out["template"] = self.template
+        out["model"] = self.model
+        out["variables"] = {v.name: v.to_dict() for v in self.variables}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PromptContent:
+        """Rebuild content from its canonical JSON form."""
+        messages = data.get("messages")
+        return cls(
+            messages=tuple(Message(m["role"], m["content"]) for m in messages)
+            if messages is not None
+            else None,
+            template=data.get("template"),
+            model=dict(data.get("model") or {}),
+            variables=tuple(
+                VariableSpec.from_dict(k, v) for k, v in (data.get("variables") or {}).items()
+            ),
+        )
+
+    def content_hash(self) -> str:
+        """SHA-256 of the canonical JSON form."""
+        return content_hash(self.to_dict())
+
+    def variable(self, name: str) -> VariableSpec | None:
+        """The declared variable of that name, if any."""
+        for v in self.variables:
+            if v.name == name:
+                return v
+        return None
+
+
+def content_hash(data: Any) -> str:
+    """SHA-256 hex digest of a JSON-able value in canonical form."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Settings of an experiment's statistical policy (defaults from STATS.md)."""
+
+    attribution_window_hours: float = 1.0
+    missing_feedback: MissingFeedback | None = None  # None: zero for binary, ignore for continuous
+    min_samples_per_arm: int = 500
+    min_hours: float = 24.0
+    allocation: Allocation = "top_two"
+    top_two_beta: float = 0.5
+    floor: float = 0.10
+    draws: int = 10_000
+    update_every: int = 500
+    min_update_minutes: float = 15.0
+    max_decisions: int = 100_000
+    max_days: float = 30.0
+    max_checks: int = 40
+    alpha: float = 0.005
+    loss_threshold: float = 0.01
+    control_p_best: float = 0.99
+    srm_p_value: float = 0.001
+    prior_strength: float = 1.0
+
+    def missing_feedback_for(self, reward: str) -> MissingFeedback:
+        """The effective missing-feedback rule for a reward kind."""
+        if self.missing_feedback is not None:
+            return self.missing_feedback
+        return "zero" if reward == "binary" else "ignore"
+
+    def to_dict(self) -> dict[str, Any]:
+        """All settings as a plain dict."""
+        return asdict(self)
+
+    def overrides(self) -> dict[str, Any]:
+        """Only the settings that differ from the defaults."""
+        default = Policy()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        }
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of all settings."""
+        return tuple(f.name for f in fields(cls))
+
+    def with_overrides(self, values: dict[str, Any]) -> Policy:
+        """A copy with some settings replaced (names must exist; types are checked by callers)."""
+        return replace(self, **values)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """An experiment as declared in a prompt file or requested through the API."""
+
+    arms: tuple[str, ...]  # variant names in a file
+    metric: str = DEFAULT_METRIC
+    reward: RewardKind = "binary"
+    strategy: Strategy = "thompson"
+    weights: tuple[float, ...] | None = None  # for strategy fixed
+    auto_promote: bool | None = None  # None: True for thompson, False for fixed
+    status: Literal["draft", "running"] = "running"
+    policy: Policy = field(default_factory=Policy)
+
+
+@dataclass(frozen=True)
+class PromptDefinition:
+    """A validated prompt file: metadata, main content, variants and an optional experiment."""
+
+    name: str
+    content: PromptContent
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    variants: dict[str, PromptContent] = field(default_factory=dict)
+    experiment: ExperimentSpec | None = None
+    path: str = ""
+    line: int = 1
+
+    def variant_content(self, variant: str) -> PromptContent:
+        """The content of `main` or of a named variant."""
+        if variant == MAIN_VARIANT:
+            return self.content
+        return self.variants[variant]
+
+
+@dataclass(frozen=True)
+class PromptVersion:
+    """An immutable snapshot of one prompt's content, numbered per prompt."""
+
+    prompt: str
+    number: int
+    variant: str
+    content: PromptContent
+    content_hash: str
+    source_path: str | None = None
+    git_commit: str | None = None
+    git_author: str | None = None
+    created_at: datetime | None = None
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered prompt: chat messages or text, with the model settings passed through."""
+
+    prompt: str
+    version: int
+    variant: str
+    model: dict[str, Any]
+    messages: tuple[Message, ...] | None = None
+    text: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON body fields `messages` or `text`, and `model`."""
+        out: dict[str, Any] = {"prompt": self.prompt, "version": self.version,
+                               "variant": self.variant, "model": self.model}
+        if self.messages is not None:
+            out["messages"] = [{"role": m.role, "content": m.content} for m in self.messages]
+        else:
+            out["text"] = self.text
+        return out
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    """Per-arm figures of an experiment, as the API and dashboard report them."""
+
+    version: int
+    variant: str
+    decisions: int = 0
+    feedback: int = 0
+    reward_sum: float = 0.0
+    n: int = 0
+    mean: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_best: float | None = None
+    expected_loss: float | None = None
+    weight: float = 0.0
+    is_control: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One serve of a prompt under an experiment (or of production when none runs)."""
+
+    id: str
+    prompt: str
+    version: int
+    variant: str
+    experiment_id: int | None
+    arm: int | None
+    epoch: int | None
+    unit_id: str | None
+    decided_at: datetime
+
+
+_POLICY_CHOICES: dict[str, tuple[str, ...]] = {
+    "allocation": ("top_two", "thompson"),
+    "missing_feedback": ("zero", "ignore"),
+}
+
+
+def parse_policy(values: Any, *, base: Policy | None = None) -> Policy:
+    """A Policy from a mapping of overrides; raises ValueError naming the first bad setting."""
+    base = base or Policy()
+    if values is None:
+        return base
+    if not isinstance(values, dict):
+        raise ValueError("policy must be a mapping of settings")
+    defaults = Policy()
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in Policy.field_names():
+            raise ValueError(f"unknown policy setting {key!r}")
+        default = getattr(defaults, key)
+        if key in _POLICY_CHOICES:
+            if value not in _POLICY_CHOICES[key]:
+                raise ValueError(f"policy.{key} must be one of {', '.join(_POLICY_CHOICES[key])}")
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"policy.{key} must be a number")
+        elif isinstance(default, int) and not isinstance(value, int):
+            if float(value).is_integer():
+                value = int(value)
+            else:
+                raise ValueError(f"policy.{key} must be a whole number")
+        elif isinstance(default, float):
+            value = float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"policy.{key} must be finite")
+            if key in ("floor", "top_two_beta", "alpha", "loss_threshold", "control_p_best",
+                       "srm_p_value") and not 0 <= value < 1:
+                raise ValueError(f"policy.{key} must be in [0, 1)")
+            if value < 0:
+                raise ValueError(f"policy.{key} must not be negative")
+            if key in ("draws", "update_every", "max_decisions", "max_checks") and value < 1:
+                raise ValueError(f"policy.{key} must be at least 1")
+        clean[key] = value
+    return replace(base, **clean)

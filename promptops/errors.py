@@ -1,0 +1,194 @@
+"""The exception tree of promptops.
+
+    PromptOpsError                    root: every error a user can cause
+    ├── InvalidPromptFile             a prompt file failed validation (path, line, message; may hold many)
+    ├── InvalidInput                  a request or argument is malformed (bad variables, bad reward, ...)
+    │   └── VariableError             a template variable is missing, undeclared or of the wrong type
+    ├── RenderError                   a template failed to render (sandbox violation, undefined name)
+    ├── NotFound                      something named does not exist
+    │   ├── PromptNotFound
+    │   ├── VersionNotFound
+    │   ├── LabelNotFound
+    │   ├── DecisionNotFound
+    │   └── ExperimentNotFound
+    ├── ExperimentStateError          the experiment is not in a state that allows the operation (409)
+    ├── Conflict                      a concurrent change won the race (409)
+    ├── AuthError                     missing or wrong credentials (401)
+    │   └── Forbidden                 valid credentials without the right role (403)
+    ├── ConfigError                   settings that cannot work (bad URL, unsafe bind without keys)
+    └── Unavailable                   the database cannot be reached right now (503)
+
+Every exception carries structured fields; `code` is the stable machine-readable name used in
+HTTP error bodies (`{"error": {"code": ..., "message": ...}}`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PromptOpsError(Exception):
+    """Root of every error a user of promptops can cause."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """One validation problem in a prompt file: where it is and what is wrong."""
+
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+class InvalidPromptFile(PromptOpsError):
+    """One or more prompt files failed validation; `problems` lists each as PATH:LINE: message."""
+
+    code = "invalid_prompt_file"
+
+    def __init__(self, problems: list[FileProblem]) -> None:
+        self.problems = list(problems)
+        first = self.problems[0] if self.problems else FileProblem("?", 0, "invalid prompt file")
+        super().__init__("\n".join(str(p) for p in self.problems) or str(first))
+
+    @property
+    def path(self) -> str:
+        """The path of the first problem."""
+        return self.problems[0].path if self.problems else "?"
+
+    @property
+    def line(self) -> int:
+        """The line of the first problem."""
+        return self.problems[0].line if self.problems else 0
+
+
+class InvalidInput(PromptOpsError):
+    """A request or argument is malformed."""
+
+    code = "invalid_input"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class VariableError(InvalidInput):
+    """A template variable is missing, undeclared, or of the wrong type."""
+
+    code = "invalid_variables"
+
+
+class RenderError(PromptOpsError):
+    """A template could not be rendered (sandbox violation or undefined name)."""
+
+    code = "render_error"
+
+
+class NotFound(PromptOpsError):
+    """Something named does not exist."""
+
+    code = "not_found"
+
+
+class PromptNotFound(NotFound):
+    """No prompt has that name."""
+
+    code = "prompt_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"prompt {name!r} not found")
+        self.name = name
+
+
+class VersionNotFound(NotFound):
+    """The prompt has no such version."""
+
+    code = "version_not_found"
+
+    def __init__(self, name: str, number: int) -> None:
+        super().__init__(f"prompt {name!r} has no version {number}")
+        self.name = name
+        self.number = number
+
+
+class LabelNotFound(NotFound):
+    """No version of the prompt holds that label."""
+
+    code = "label_not_found"
+
+    def __init__(self, name: str, label: str) -> None:
+        super().__init__(f"prompt {name!r} has no version labelled {label!r}")
+        self.name = name
+        self.label = label
+
+
+class DecisionNotFound(NotFound):
+    """No decision has that id."""
+
+    code = "decision_not_found"
+
+    def __init__(self, decision_id: str) -> None:
+        shown = decision_id if len(decision_id) <= 80 else decision_id[:77] + "..."
+        super().__init__(f"decision {shown!r} not found")
+        self.decision_id = decision_id
+
+
+class ExperimentNotFound(NotFound):
+    """No experiment has that id."""
+
+    code = "experiment_not_found"
+
+    def __init__(self, experiment_id: int | str) -> None:
+        super().__init__(f"experiment {experiment_id} not found")
+        self.experiment_id = experiment_id
+
+
+class ExperimentStateError(PromptOpsError):
+    """The experiment's status does not allow the operation."""
+
+    code = "experiment_state"
+
+    def __init__(self, message: str, *, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Conflict(PromptOpsError):
+    """A concurrent change won the race."""
+
+    code = "conflict"
+
+
+class AuthError(PromptOpsError):
+    """Missing or wrong credentials."""
+
+    code = "unauthorized"
+
+
+class Forbidden(AuthError):
+    """Valid credentials without the role the operation needs."""
+
+    code = "forbidden"
+
+
+class ConfigError(PromptOpsError):
+    """Settings that cannot work."""
+
+    code = "config_error"
+
+
+class Unavailable(PromptOpsError):
+    """The database cannot be reached right now; retry later."""
+
+    code = "unavailable"

@@ -1,0 +1,194 @@
+"""The JSON API under /v1, plus /healthz and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from promptops.server.auth import AdminKey, ReadKey, ServeKey
+from promptops.server.runtime import Runtime
+from promptops.server.schemas import (
+    ErrorPublic,
+    ExperimentCreate,
+    ExperimentPublic,
+    FeedbackCreate,
+    FeedbackPublic,
+    LabelCreate,
+    PromoteCreate,
+    RenderCreate,
+    RenderPublic,
+    ServeCreate,
+    ServePublic,
+)
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The server runtime."""
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorPublic} for code in (401, 403, 404, 409, 413, 422, 503)}
+
+
+class JSON(Response):
+    """A JSON response encoded with orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        """Encode the content."""
+        return orjson.dumps(content)
+
+
+router = APIRouter(responses=ERRORS)
+
+
+@router.get("/healthz", tags=["health"])
+def healthz(rt: RuntimeDep) -> Response:
+    """Liveness and database reachability."""
+    ok = rt.check_db()
+    body = {"status": "ok" if ok else "degraded", **rt.status()}
+    return JSON(body, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", tags=["health"], include_in_schema=False)
+def metrics(rt: RuntimeDep, _: ReadKey) -> Response:
+    """Prometheus metrics."""
+    rt.metrics.pending.set(rt.writer.pending)
+    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/prompts", tags=["registry"])
+def list_prompts(rt: RuntimeDep, _: ReadKey) -> Response:
+    """Every prompt with its production version."""
+    return JSON({"prompts": rt.ops.registry.list_prompts()})
+
+
+@router.get("/v1/prompts/{name}", tags=["registry"])
+def get_prompt(name: str, rt: RuntimeDep, _: ReadKey) -> Response:
+    """A prompt with its versions and labels."""
+    return JSON(rt.ops.registry.get_prompt(name))
+
+
+@router.get("/v1/prompts/{name}/versions/{number}", tags=["registry"])
+def get_version(name: str, number: int, rt: RuntimeDep, _: ReadKey) -> Response:
+    """One version with its content."""
+    return JSON(rt.ops.registry.get_version(name, number))
+
+
+@router.get("/v1/prompts/{name}/diff", tags=["registry"])
+def diff_versions(name: str, rt: RuntimeDep, _: ReadKey,
+                  a: Annotated[int, Query(ge=1)], b: Annotated[int, Query(ge=1)]) -> Response:
+    """A unified diff between two versions."""
+    return JSON({"prompt": name, "a": a, "b": b, "diff": rt.ops.registry.diff(name, a, b)})
+
+
+@router.post("/v1/prompts/{name}/labels/{label}", tags=["registry"])
+def move_label(name: str, label: str, body: LabelCreate, rt: RuntimeDep,
+               who: AdminKey) -> Response:
+    """Move a label to a version (rollback included); admin."""
+    result = rt.ops.registry.move_label(name, body.version, label, actor=who.actor)
+    rt.refresh()
+    return JSON(result)
+
+
+@router.post("/v1/prompts/{name}/render", tags=["serving"], response_model=RenderPublic)
+def render(name: str, body: RenderCreate, rt: RuntimeDep, _: ServeKey) -> Response:
+    """Render a version (production by default); records no decision."""
+    if body.version is None and body.label is None:
+        live = rt.ops.serving.live.prompt(name)
+        if live.production is not None:
+            v = live.production
+            out = rt.ops.ctx.renderer.render(v.content, body.variables, prompt=name,
+                                             version=v.number, variant=v.variant)
+            return JSON(out.payload())
+    return JSON(rt.ops.render(name, body.variables, version=body.version, label=body.label))
+
+
+@router.post("/v1/prompts/{name}/serve", tags=["serving"], response_model=ServePublic)
+async def serve(name: str, body: ServeCreate, rt: RuntimeDep, _: ServeKey) -> Response:
+    """Serve a prompt: an experiment arm if one runs, else production; records a decision."""
+    out = rt.ops.serving.serve(name, body.variables, unit_id=body.unit_id)
+    rt.metrics.decisions.labels(name, str(out["experiment_id"] or ""),
+                                str(out["version"])).inc()
+    return JSON(out)
+
+
+@router.post("/v1/feedback", tags=["serving"], response_model=FeedbackPublic)
+async def feedback(body: FeedbackCreate, rt: RuntimeDep, _: ServeKey) -> Response:
+    """Record a reward for a decision; a repeat is acknowledged as a duplicate."""
+    item = rt.ops.serving.prepare_feedback(body.decision_id, body.reward, body.metric)
+    status = await asyncio.wrap_future(rt.writer.submit_feedback(item))
+    rt.metrics.feedback.labels(str(item.token.prompt_id), str(item.token.experiment_id or ""),
+                               str(item.token.version_id), status).inc()
+    return JSON({"status": status})
+
+
+@router.get("/v1/experiments", tags=["experiments"])
+def list_experiments(rt: RuntimeDep, _: ReadKey, prompt: str | None = None,
+                     status: str | None = None) -> Response:
+    """Experiments, newest first."""
+    return JSON({"experiments": rt.ops.experiments.list(prompt=prompt, status=status)})
+
+
+@router.get("/v1/experiments/{experiment_id}", tags=["experiments"],
+            response_model=ExperimentPublic)
+def get_experiment(experiment_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
+    """An experiment with per-arm figures."""
+    return JSON(rt.ops.experiments.get(experiment_id))
+
+
+@router.get("/v1/experiments/{experiment_id}/history", tags=["experiments"])
+def experiment_history(experiment_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
+    """Weights and P(best) per epoch."""
+    return JSON({"epochs": rt.ops.experiments.history(experiment_id)})
+
+
+@router.post("/v1/experiments", tags=["experiments"], status_code=201,
+             response_model=ExperimentPublic)
+def create_experiment(body: ExperimentCreate, rt: RuntimeDep, who: AdminKey) -> Response:
+    """Start (or draft) an experiment over versions of a prompt; admin."""
+    exp = rt.ops.experiments.create(
+        body.prompt, body.versions, metric=body.metric, reward=body.reward,
+        strategy=body.strategy, weights=body.weights, auto_promote=body.auto_promote,
+        policy=body.policy, start=body.status == "running", actor=who.actor)
+    rt.refresh()
+    return JSON(exp, status_code=201)
+
+
+@router.post("/v1/experiments/{experiment_id}/stop", tags=["experiments"],
+             response_model=ExperimentPublic)
+def stop_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey) -> Response:
+    """Stop an experiment; production stays; admin."""
+    exp = rt.ops.experiments.stop(experiment_id, actor=who.actor)
+    rt.refresh()
+    return JSON(exp)
+
+
+@router.post("/v1/experiments/{experiment_id}/promote", tags=["experiments"],
+             response_model=ExperimentPublic)
+def promote_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey,
+                       body: PromoteCreate | None = None) -> Response:
+    """End a running experiment and move production to the winner; 409 if not running; admin."""
+    exp = rt.ops.experiments.promote(experiment_id, version=body.version if body else None,
+                                     actor=who.actor)
+    rt.refresh()
+    return JSON(exp)
+
+
+@router.get("/v1/audit", tags=["registry"])
+def audit(rt: RuntimeDep, _: ReadKey, prompt: str | None = None,
+          experiment_id: int | None = None,
+          limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+          offset: Annotated[int, Query(ge=0)] = 0) -> Response:
+    """The audit log, newest first."""
+    return JSON({"entries": rt.ops.registry.audit(prompt=prompt, experiment_id=experiment_id,
+                                                  limit=limit, offset=offset)})

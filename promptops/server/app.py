@@ -1,0 +1,45 @@
+"""The FastAPI app factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from promptops import __version__
+from promptops.config import Settings
+from promptops.server import api, errors
+from promptops.server.metrics import TimingMiddleware
+from promptops.server.runtime import Runtime
+from promptops.services.facade import PromptOps
+
+
+def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None,
+               clock: Callable[[], float] | None = None, background: bool = True) -> FastAPI:
+    """Build the API and dashboard app over the configured database."""
+    settings = settings or Settings.from_env()
+    runtime = Runtime(settings, ops=ops, clock=clock, background=background)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.start()
+        try:
+            yield
+        finally:
+            runtime.stop()
+
+    app = FastAPI(title="promptops", version=__version__, lifespan=lifespan,
+                  description="Prompts as code with A/B experiments on autopilot.")
+    app.state.runtime = runtime
+    errors.install(app)
+    app.include_router(api.router)
+    try:
+        from promptops.server import dashboard
+    except ImportError:  # the dashboard module is optional during development
+        dashboard = None  # type: ignore[assignment]
+    if dashboard is not None:
+        dashboard.install(app)
+    app.add_middleware(TimingMiddleware, metrics=runtime.metrics,
+                       max_body=settings.max_body_bytes)
+    return app

@@ -1,0 +1,99 @@
+"""The one place where errors become HTTP answers: JSON for the API, a page for the dashboard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from promptops import errors as e
+
+STATUS: list[tuple[type[e.PromptOpsError], int]] = [
+    (e.Forbidden, 403),
+    (e.AuthError, 401),
+    (e.NotFound, 404),
+    (e.ExperimentStateError, 409),
+    (e.Conflict, 409),
+    (e.InvalidPromptFile, 422),
+    (e.InvalidInput, 422),
+    (e.RenderError, 422),
+    (e.Unavailable, 503),
+]
+
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+              405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+              415: "unsupported_media_type", 422: "invalid_input", 429: "too_many_requests",
+              503: "unavailable"}
+
+
+def status_for(exc: e.PromptOpsError) -> int:
+    """The HTTP status of a promptops error."""
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+def json_error(status: int, code: str, message: str, **extra: Any) -> Response:
+    """The JSON error answer."""
+    body = {"error": {"code": code, "message": message, **extra}}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def wants_html(request: Request) -> bool:
+    """Dashboard pages answer errors with a page; everything else with JSON."""
+    path = request.url.path
+    if path.startswith(("/v1", "/healthz", "/metrics", "/openapi", "/docs", "/static")):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _answer(request: Request, status: int, code: str, message: str, **extra: Any) -> Response:
+    page = getattr(request.app.state, "error_page", None)
+    if page is not None and wants_html(request):
+        return page(request, status, message)
+    return json_error(status, code, message, **extra)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers."""
+
+    @app.exception_handler(e.PromptOpsError)
+    async def _promptops(request: Request, exc: e.PromptOpsError) -> Response:
+        extra: dict[str, Any] = {}
+        if isinstance(exc, e.InvalidPromptFile):
+            extra["problems"] = [str(p) for p in exc.problems]
+        field = getattr(exc, "field", None)
+        if field:
+            extra["field"] = field
+        return _answer(request, status_for(exc), exc.code, exc.message, **extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        problems = []
+        for err in exc.errors()[:20]:
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            problems.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+        return _answer(request, 422, "invalid_input", "; ".join(problems) or "invalid request",
+                       problems=problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        code = HTTP_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        return _answer(request, exc.status_code, code, message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        import logging
+
+        logging.getLogger("promptops.server").exception("unexpected error")
+        return _answer(request, 500, "internal_error", "internal error; see the server log")

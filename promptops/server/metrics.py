@@ -1,0 +1,106 @@
+"""Prometheus metrics: decisions and feedback per arm, latency, current weights and P(best)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The metrics of one app, in their own registry (so tests can build many apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter("promptops_decisions", "Decisions served.",
+                                 ["prompt", "experiment", "version"], registry=self.registry)
+        self.feedback = Counter("promptops_feedback", "Feedback received, by result.",
+                                ["prompt", "experiment", "version", "status"],
+                                registry=self.registry)
+        self.latency = Histogram(
+            "promptops_request_seconds", "Request latency.", ["method", "route", "status"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry)
+        self.weight = Gauge("promptops_arm_weight", "Current allocation weight.",
+                            ["prompt", "experiment", "version"], registry=self.registry)
+        self.p_best = Gauge("promptops_arm_p_best", "Posterior probability of being best.",
+                            ["prompt", "experiment", "version"], registry=self.registry)
+        self.pending = Gauge("promptops_decisions_pending", "Decisions buffered, not yet stored.",
+                             registry=self.registry)
+        self.db_up = Gauge("promptops_database_up", "1 if the database answered the last check.",
+                           registry=self.registry)
+
+    def set_experiments(self, experiments: list[dict[str, Any]]) -> None:
+        """Publish the weights and P(best) of running experiments."""
+        self.weight.clear()
+        self.p_best.clear()
+        for e in experiments:
+            for a in e["arms"]:
+                labels = (e["prompt"], str(e["id"]), str(a["version"]))
+                self.weight.labels(*labels).set(a["weight"])
+                if a["p_best"] is not None:
+                    self.p_best.labels(*labels).set(a["p_best"])
+
+
+class TimingMiddleware:
+    """Pure ASGI middleware: request latency by route template, and a body-size limit."""
+
+    def __init__(self, app: Any, *, metrics: Metrics, max_body: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_body
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await _too_large(send, self.max_body)
+                    return
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        seen = [0]
+
+        async def receive_wrapper() -> dict[str, Any]:
+            message = await receive()
+            if message["type"] == "http.request":
+                seen[0] += len(message.get("body", b""))
+                if seen[0] > self.max_body:
+                    raise BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except BodyTooLarge:
+            await _too_large(send, self.max_body)
+            status[0] = 413
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        self.metrics.latency.labels(scope["method"], path, str(status[0])).observe(
+            time.perf_counter() - start)
+
+
+class BodyTooLarge(Exception):
+    """A streamed body exceeded the limit."""
+
+
+async def _too_large(send: Any, limit: int) -> None:
+    body = (b'{"error":{"code":"payload_too_large","message":"request body over %d bytes"}}'
+            % limit)
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,116 @@
+"""The server's runtime: services, the batched writer, cached keys, and the background loop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import text
+
+from promptops.config import Settings
+from promptops.db.queries import set_meta_if_absent
+from promptops.errors import PromptOpsError
+from promptops.server.metrics import Metrics
+from promptops.services.facade import PromptOps
+from promptops.services.writer import BatchWriter
+
+log = logging.getLogger("promptops.server")
+
+
+class Runtime:
+    """Everything a running server holds: services, writer, key table, metrics, health."""
+
+    def __init__(self, settings: Settings, *, ops: PromptOps | None = None,
+                 clock: Callable[[], float] | None = None, background: bool = True) -> None:
+        self.settings = settings
+        self.ops = ops or PromptOps(settings, clock=clock)
+        self.metrics = Metrics()
+        self.writer = BatchWriter(self.ops.serving.recorder,
+                                  flush_seconds=settings.writer_flush_seconds)
+        self.ops.serving.writer = self.writer
+        self.ops.serving.auto_refresh = False
+        self.background = background
+        self.key_table: dict[str, str] = {}
+        self.secret = settings.secret_key or self._stored_secret()
+        self.db_ok = True
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seq_seen = -1
+        self.refresh(force=True)
+
+    def _stored_secret(self) -> str:
+        import secrets
+
+        with self.ops.ctx.tx() as s:
+            return set_meta_if_absent(s, "session_secret", secrets.token_hex(32))
+
+    @property
+    def auth_off(self) -> bool:
+        """Auth is off when no key exists (the server refuses that unless bound to loopback)."""
+        return not self.key_table
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Reload the serving cache, keys and gauges if the database changed."""
+        live = self.ops.serving.live
+        changed = live.refresh(force=force)
+        if changed or force or self._seq_seen != live.seq:
+            self._seq_seen = live.seq
+            self.key_table = self.ops.keys.table()
+            self.metrics.set_experiments(self.ops.experiments.list(status="running"))
+
+    def check_db(self) -> bool:
+        """Ping the database; remember the answer for /healthz and metrics."""
+        try:
+            with self.ops.ctx.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            self.db_ok, self.last_error = True, None
+        except Exception as exc:  # any driver error means unreachable
+            self.db_ok, self.last_error = False, str(exc).splitlines()[0][:200]
+        self.metrics.db_up.set(1 if self.db_ok else 0)
+        return self.db_ok
+
+    def start(self) -> None:
+        """Start the writer and the background loop."""
+        self.writer.start()
+        if self.background and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="promptops-loop", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop and flush the writer."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        self.writer.stop()
+
+    def _loop(self) -> None:
+        next_tick = 0.0
+        while not self._stop.wait(self.settings.cache_refresh_seconds):
+            self.metrics.pending.set(self.writer.pending)
+            try:
+                self.refresh()
+                self.db_ok = True
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.settings.update_interval_seconds
+                    if self.ops.experiments.tick():
+                        self.refresh()
+            except PromptOpsError as exc:
+                self._note_failure(exc)
+            except Exception as exc:  # keep serving from the cache whatever happens
+                self._note_failure(exc)
+
+    def _note_failure(self, exc: BaseException) -> None:
+        if self.db_ok:
+            log.warning("background update failed: %s", exc)
+        self.db_ok = False
+        self.last_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+    def status(self) -> dict[str, Any]:
+        """A small health summary."""
+        return {"database": "ok" if self.db_ok else "unreachable",
+                "pending_decisions": self.writer.pending, "dropped_decisions": self.writer.dropped}

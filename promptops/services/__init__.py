@@ -1,0 +1,1 @@
+"""Use cases: the only layer that joins prompt files, statistics and the database."""

@@ -1,0 +1,63 @@
+"""`PromptOps`: the one way in for the CLI, the server, the simulator's callers and tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from promptops.config import Settings
+from promptops.services.context import Context
+from promptops.services.experiments import Experiments
+from promptops.services.keys import Keys
+from promptops.services.registry import Registry, SyncReport
+from promptops.services.serving import Serving
+
+
+class PromptOps:
+    """The services of one promptops project over one database."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] | None = None,
+                 migrate: bool = True) -> None:
+        self.settings = settings
+        self.ctx = Context.create(settings, clock=clock, migrate=migrate)
+        self.registry = Registry(self.ctx)
+        self.experiments = Experiments(self.ctx, self.registry)
+        self.serving = Serving(self.ctx)
+        self.keys = Keys(self.ctx)
+
+    def sync(self, paths: Sequence[str | Path] | None = None, *, dry_run: bool = False,
+             actor: str = "sync") -> SyncReport:
+        """Register prompt files (the prompts folder by default); all or nothing."""
+        targets = list(paths) if paths else [self.settings.prompts_dir]
+        report = self.registry.sync(targets, dry_run=dry_run, actor=actor,
+                                    experiments=self.experiments)
+        if report.changes and not dry_run:
+            self.serving.live.refresh()
+        return report
+
+    def render(self, name: str, variables: dict[str, Any] | None = None, *,
+               version: int | None = None, label: str | None = None) -> dict[str, Any]:
+        """Render a version (production by default); no decision is recorded."""
+        return self.registry.render(name, variables or {}, version=version,
+                                    label=label).payload()
+
+    def serve(self, name: str, variables: dict[str, Any] | None = None, *,
+              unit_id: str | None = None) -> dict[str, Any]:
+        """Serve a prompt: an experiment arm if one runs, else production; records a decision."""
+        return self.serving.serve(name, variables or {}, unit_id=unit_id)
+
+    def feedback(self, decision_id: str, reward: Any, *, metric: str | None = None) -> str:
+        """Record a reward for a decision: "recorded" or "duplicate"."""
+        return self.serving.feedback(decision_id, reward, metric)
+
+    def tick(self) -> list[int]:
+        """Run due epoch updates of all running experiments."""
+        changed = self.experiments.tick()
+        if changed:
+            self.serving.live.refresh()
+        return changed
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.ctx.engine.dispose()

@@ -1,0 +1,326 @@
+"""The prompt registry: sync from files, versions, labels, rendering, diffs and the audit log."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from promptops import promptfiles
+from promptops.db.models import AuditRow, LabelRow, PromptRow, VersionRow
+from promptops.db.queries import bump_change_seq
+from promptops.domain import (
+    MAIN_VARIANT,
+    PRODUCTION,
+    PromptContent,
+    PromptDefinition,
+    PromptVersion,
+    Rendered,
+)
+from promptops.errors import (
+    InvalidInput,
+    LabelNotFound,
+    PromptNotFound,
+    VersionNotFound,
+)
+from promptops.services.context import Context
+from promptops.services.provenance import git_info
+
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+@dataclass
+class SyncReport:
+    """What a sync did (or, with dry_run, would do)."""
+
+    changes: list[str] = field(default_factory=list)
+    prompts: int = 0
+    new_versions: int = 0
+    dry_run: bool = False
+
+    def add(self, line: str) -> None:
+        """Record one change."""
+        self.changes.append(line)
+
+
+def version_from_row(row: VersionRow, prompt: str, labels: Sequence[str] = ()) -> PromptVersion:
+    """A domain version from its table row."""
+    return PromptVersion(
+        prompt=prompt, number=row.number, variant=row.variant,
+        content=PromptContent.from_dict(row.content), content_hash=row.content_hash,
+        source_path=row.source_path, git_commit=row.git_commit, git_author=row.git_author,
+        created_at=None, labels=tuple(sorted(labels)),
+    )
+
+
+def write_audit(session: Session, *, at: float, actor: str, action: str, message: str,
+                prompt_id: int | None = None, experiment_id: int | None = None,
+                details: dict[str, Any] | None = None) -> None:
+    """Append one entry to the audit log."""
+    session.add(AuditRow(at=at, actor=actor, action=action, prompt_id=prompt_id,
+                         experiment_id=experiment_id, message=message, details=details or {}))
+
+
+class Registry:
+    """Prompts, versions and labels."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    # -- lookups ---------------------------------------------------------------------------
+    def prompt_row(self, session: Session, name: str) -> PromptRow:
+        """The row of a prompt, or PromptNotFound."""
+        row = session.scalar(select(PromptRow).where(PromptRow.name == name))
+        if row is None:
+            raise PromptNotFound(name)
+        return row
+
+    def version_row(self, session: Session, prompt: PromptRow, number: int) -> VersionRow:
+        """The row of one version, or VersionNotFound."""
+        row = session.scalar(select(VersionRow).where(
+            VersionRow.prompt_id == prompt.id, VersionRow.number == number))
+        if row is None:
+            raise VersionNotFound(prompt.name, number)
+        return row
+
+    def labelled_row(self, session: Session, prompt: PromptRow, label: str) -> VersionRow:
+        """The version holding a label, or LabelNotFound."""
+        row = session.scalar(select(VersionRow).join(LabelRow, LabelRow.version_id == VersionRow.id)
+                             .where(LabelRow.prompt_id == prompt.id, LabelRow.name == label))
+        if row is None:
+            raise LabelNotFound(prompt.name, label)
+        return row
+
+    def labels_by_version(self, session: Session, prompt_id: int) -> dict[int, list[str]]:
+        """Version id -> the labels it holds."""
+        out: dict[int, list[str]] = {}
+        for name, vid in session.execute(
+                select(LabelRow.name, LabelRow.version_id).where(LabelRow.prompt_id == prompt_id)):
+            out.setdefault(vid, []).append(name)
+        return out
+
+    def list_prompts(self) -> list[dict[str, Any]]:
+        """Every prompt with its production version number, version count and last change."""
+        with self.ctx.tx() as s:
+            counts = dict(s.execute(select(VersionRow.prompt_id, func.count())
+                                    .group_by(VersionRow.prompt_id)).all())
+            prod = dict(s.execute(
+                select(LabelRow.prompt_id, VersionRow.number)
+                .join(VersionRow, VersionRow.id == LabelRow.version_id)
+                .where(LabelRow.name == PRODUCTION)).all())
+            rows = s.scalars(select(PromptRow).order_by(PromptRow.name)).all()
+            return [
+                {"name": r.name, "description": r.description, "tags": list(r.tags or []),
+                 "production_version": prod.get(r.id), "versions": counts.get(r.id, 0),
+                 "source_path": r.source_path, "updated_at": r.updated_at}
+                for r in rows
+            ]
+
+    def get_prompt(self, name: str) -> dict[str, Any]:
+        """A prompt with its versions (newest first) and labels."""
+        with self.ctx.tx() as s:
+            p = self.prompt_row(s, name)
+            labels = self.labels_by_version(s, p.id)
+            versions = s.scalars(select(VersionRow).where(VersionRow.prompt_id == p.id)
+                                 .order_by(VersionRow.number.desc())).all()
+            by_id = {v.id: v.number for v in versions}
+            return {
+                "name": p.name, "description": p.description, "tags": list(p.tags or []),
+                "source_path": p.source_path, "created_at": p.created_at,
+                "updated_at": p.updated_at,
+                "labels": {lab: by_id[vid] for vid, labs in labels.items() for lab in labs},
+                "versions": [self._version_summary(v, labels.get(v.id, [])) for v in versions],
+            }
+
+    @staticmethod
+    def _version_summary(v: VersionRow, labels: list[str]) -> dict[str, Any]:
+        return {"number": v.number, "variant": v.variant, "content_hash": v.content_hash,
+                "source_path": v.source_path, "git_commit": v.git_commit,
+                "git_author": v.git_author, "created_at": v.created_at,
+                "labels": sorted(labels)}
+
+    def get_version(self, name: str, number: int) -> dict[str, Any]:
+        """One version with its full content."""
+        with self.ctx.tx() as s:
+            p = self.prompt_row(s, name)
+            v = self.version_row(s, p, number)
+            labels = self.labels_by_version(s, p.id).get(v.id, [])
+            return {"prompt": p.name, **self._version_summary(v, labels), "content": v.content}
+
+    def resolve(self, name: str, *, version: int | None = None,
+                label: str | None = None) -> PromptVersion:
+        """The version asked for: by number, by label, or production by default."""
+        if version is not None and label is not None:
+            raise InvalidInput("give a version or a label, not both")
+        with self.ctx.tx() as s:
+            p = self.prompt_row(s, name)
+            if version is not None:
+                row = self.version_row(s, p, version)
+            else:
+                row = self.labelled_row(s, p, label or PRODUCTION)
+            return version_from_row(row, p.name, self.labels_by_version(s, p.id).get(row.id, []))
+
+    def render(self, name: str, variables: dict[str, Any], *, version: int | None = None,
+               label: str | None = None) -> Rendered:
+        """Render a version (production by default) with the given variables."""
+        v = self.resolve(name, version=version, label=label)
+        return self.ctx.renderer.render(v.content, variables, prompt=v.prompt, version=v.number,
+                                        variant=v.variant)
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        """The history of a prompt, oldest first."""
+        return list(reversed(self.get_prompt(name)["versions"]))
+
+    def diff(self, name: str, a: int, b: int) -> str:
+        """A unified diff between the readable forms of two versions."""
+        va = self.resolve(name, version=a)
+        vb = self.resolve(name, version=b)
+        return "".join(difflib.unified_diff(
+            readable(va.content).splitlines(keepends=True),
+            readable(vb.content).splitlines(keepends=True),
+            fromfile=f"{name}@{a} ({va.variant})", tofile=f"{name}@{b} ({vb.variant})"))
+
+    # -- labels ----------------------------------------------------------------------------
+    def move_label(self, name: str, number: int, label: str, *, actor: str) -> dict[str, Any]:
+        """Point a label at a version (rollback included); audited."""
+        import re
+
+        if not re.match(LABEL_PATTERN, label or ""):
+            raise InvalidInput(f"bad label {label!r}: letters, digits, '.', '_', '-'; at most 64")
+        with self.ctx.tx() as s:
+            p = self.prompt_row(s, name)
+            v = self.version_row(s, p, number)
+            previous = self.set_label(s, p, v, label, actor=actor, reason="moved by hand")
+            return {"prompt": name, "label": label, "version": number, "previous": previous}
+
+    def set_label(self, s: Session, prompt: PromptRow, version: VersionRow, label: str, *,
+                  actor: str, reason: str, experiment_id: int | None = None,
+                  details: dict[str, Any] | None = None) -> int | None:
+        """Move a label inside a transaction and audit it; returns the previous version number."""
+        now = self.ctx.now()
+        row = s.scalar(select(LabelRow).where(LabelRow.prompt_id == prompt.id,
+                                              LabelRow.name == label).with_for_update())
+        previous = None
+        if row is None:
+            s.add(LabelRow(prompt_id=prompt.id, name=label, version_id=version.id, updated_at=now))
+        else:
+            previous = s.scalar(select(VersionRow.number).where(VersionRow.id == row.version_id))
+            if row.version_id == version.id:
+                return previous
+            row.version_id = version.id
+            row.updated_at = now
+        prompt.updated_at = now
+        write_audit(
+            s, at=now, actor=actor, action="label.move", prompt_id=prompt.id,
+            experiment_id=experiment_id,
+            message=f"{label}: {prompt.name} v{previous if previous else '-'} -> v{version.number}"
+                    f" ({reason})",
+            details={"label": label, "from": previous, "to": version.number, "reason": reason,
+                     **(details or {})})
+        bump_change_seq(s)
+        return previous
+
+    # -- sync ------------------------------------------------------------------------------
+    def sync(self, paths: Sequence[str | Path], *, dry_run: bool = False, actor: str = "sync",
+             experiments: Any = None) -> SyncReport:
+        """Register new versions and declared experiments from prompt files; all or nothing."""
+        definitions = promptfiles.load_prompt_files(paths)  # raises before anything is written
+        report = SyncReport(dry_run=dry_run, prompts=len(definitions))
+        session = self.ctx.sessions()
+        try:
+            with session.begin():
+                for d in definitions:
+                    self._sync_one(session, d, report, actor=actor, experiments=experiments)
+                if report.changes:
+                    bump_change_seq(session)
+                if dry_run:
+                    session.rollback()
+        finally:
+            session.close()
+        return report
+
+    def _sync_one(self, s: Session, d: PromptDefinition, report: SyncReport, *, actor: str,
+                  experiments: Any) -> None:
+        now = self.ctx.now()
+        p = s.scalar(select(PromptRow).where(PromptRow.name == d.name).with_for_update())
+        is_new = p is None
+        if p is None:
+            p = PromptRow(name=d.name, description=d.description, tags=list(d.tags),
+                          source_path=d.path, created_at=now, updated_at=now)
+            s.add(p)
+            s.flush()
+            report.add(f"{d.name}: new prompt")
+        elif (p.description, list(p.tags or []), p.source_path) != (d.description, list(d.tags),
+                                                                    d.path):
+            p.description, p.tags, p.source_path, p.updated_at = (
+                d.description, list(d.tags), d.path, now)
+        git = git_info(d.path) if d.path else None
+        version_ids: dict[str, int] = {}
+        for variant in [MAIN_VARIANT, *d.variants]:
+            content = d.variant_content(variant)
+            h = content.content_hash()
+            row = s.scalar(select(VersionRow).where(VersionRow.prompt_id == p.id,
+                                                    VersionRow.content_hash == h))
+            if row is None:
+                number = (s.scalar(select(func.max(VersionRow.number))
+                                   .where(VersionRow.prompt_id == p.id)) or 0) + 1
+                row = VersionRow(prompt_id=p.id, number=number, variant=variant,
+                                 content=content.to_dict(), content_hash=h, source_path=d.path,
+                                 git_commit=git.commit if git else None,
+                                 git_author=git.author if git else None, created_at=now)
+                s.add(row)
+                s.flush()
+                p.updated_at = now
+                report.new_versions += 1
+                report.add(f"{d.name}: new version {number} ({variant})")
+            version_ids[variant] = row.id
+            if is_new and variant == MAIN_VARIANT:
+                self.set_label(s, p, row, PRODUCTION, actor=actor, reason="first version")
+                report.add(f"{d.name}: production -> version {row.number}")
+        if d.experiment is not None and experiments is not None:
+            for line in experiments.declare(s, p, d.experiment, version_ids, actor=actor):
+                report.add(f"{d.name}: {line}")
+
+    # -- audit -----------------------------------------------------------------------------
+    def audit(self, *, prompt: str | None = None, experiment_id: int | None = None,
+              limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
+        """Audit entries, newest first."""
+        with self.ctx.tx() as s:
+            q = select(AuditRow, PromptRow.name).outerjoin(PromptRow,
+                                                           PromptRow.id == AuditRow.prompt_id)
+            if prompt is not None:
+                q = q.where(AuditRow.prompt_id == self.prompt_row(s, prompt).id)
+            if experiment_id is not None:
+                q = q.where(AuditRow.experiment_id == experiment_id)
+            q = q.order_by(AuditRow.id.desc()).limit(limit).offset(offset)
+            return [
+                {"id": a.id, "at": a.at, "actor": a.actor, "action": a.action, "prompt": name,
+                 "experiment_id": a.experiment_id, "message": a.message, "details": a.details}
+                for a, name in s.execute(q).all()
+            ]
+
+
+def readable(content: PromptContent) -> str:
+    """A stable, human-readable text of a version's content for diffs."""
+    lines: list[str] = []
+    if content.messages is not None:
+        for m in content.messages:
+            lines.append(f"[{m.role}]")
+            lines.extend(m.content.splitlines() or [""])
+            lines.append("")
+    if content.template is not None:
+        lines.append("[template]")
+        lines.extend(content.template.splitlines() or [""])
+        lines.append("")
+    lines.append("[model]")
+    lines.append(json.dumps(content.model, sort_keys=True, ensure_ascii=False))
+    lines.append("[variables]")
+    for v in content.variables:
+        lines.append(f"{v.name}: {json.dumps(v.to_dict(), sort_keys=True, ensure_ascii=False)}")
+    return "\n".join(lines) + "\n"

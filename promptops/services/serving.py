@@ -1,0 +1,333 @@
+"""Serving and feedback: an in-memory cache of what to serve, arm choice, and durable recording.
+
+The hot path reads prompts and the current epoch's weights from `LiveState`, a snapshot rebuilt only
+when the database's change counter moves; it never runs statistics. Decisions are written by a
+`Recorder` (inline, or batched by `BatchWriter` in the server); feedback is always durable before it is
+acknowledged.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import random
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from promptops.db.models import (
+    ArmRow,
+    DecisionRow,
+    ExperimentRow,
+    FeedbackRow,
+    LabelRow,
+    PromptRow,
+    VersionRow,
+)
+from promptops.db.queries import read_change_seq, set_meta_if_absent
+from promptops.domain import DEFAULT_METRIC, PRODUCTION, PromptContent
+from promptops.errors import DecisionNotFound, InvalidInput, PromptNotFound
+from promptops.services.context import Context
+from promptops.services.decisions import DecisionToken, TokenCodec
+
+
+@dataclass(frozen=True)
+class LiveVersion:
+    """A version ready to render."""
+
+    id: int
+    number: int
+    variant: str
+    content: PromptContent
+
+
+@dataclass(frozen=True)
+class LiveExperiment:
+    """A running experiment as serving sees it: arms and the current epoch's weights."""
+
+    id: int
+    metric: str
+    reward: str
+    epoch: int
+    arms: tuple[LiveVersion, ...]
+    weights: tuple[float, ...]
+    cumulative: tuple[float, ...]
+
+    def pick(self, unit_id: str | None) -> int:
+        """An arm index from the weights; the same unit gets the same arm within an epoch."""
+        if unit_id is None:
+            u = random.random()
+        else:
+            h = hashlib.blake2b(f"{self.id}:{self.epoch}:{unit_id}".encode(), digest_size=8)
+            u = int.from_bytes(h.digest(), "big") / 2.0**64
+        i = bisect.bisect_right(self.cumulative, u * self.cumulative[-1])
+        return min(i, len(self.arms) - 1)
+
+
+@dataclass(frozen=True)
+class LivePrompt:
+    """A prompt as serving sees it."""
+
+    id: int
+    name: str
+    production: LiveVersion | None
+    experiment: LiveExperiment | None
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    """The immutable facts about an experiment that feedback validation needs."""
+
+    id: int
+    metric: str
+    reward: str
+
+
+@dataclass
+class FeedbackItem:
+    """A validated feedback waiting to be stored."""
+
+    decision_id: str
+    token: DecisionToken
+    metric: str
+    reward: float
+    received_at: float
+    counts_for: int | None  # experiment whose arm counters it updates (its metric matches)
+
+
+class LiveState:
+    """The cache of what to serve, rebuilt when the change counter moves."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._lock = threading.Lock()
+        self.seq = -1
+        self.prompts: dict[str, LivePrompt] = {}
+        self.experiments: dict[int, ExperimentInfo] = {}
+        self.loaded_at = 0.0
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reload if the database changed since the last load; returns whether it reloaded."""
+        with self.ctx.tx() as s:
+            seq = read_change_seq(s)
+            if seq == self.seq and not force:
+                self.loaded_at = self.ctx.now()
+                return False
+            prompts = self._load(s)
+        with self._lock:
+            self.prompts, self.seq, self.loaded_at = prompts, seq, self.ctx.now()
+        return True
+
+    def _load(self, s: Session) -> dict[str, LivePrompt]:
+        versions: dict[int, LiveVersion] = {}
+
+        def live(v: VersionRow) -> LiveVersion:
+            if v.id not in versions:
+                versions[v.id] = LiveVersion(v.id, v.number, v.variant,
+                                             PromptContent.from_dict(v.content))
+            return versions[v.id]
+
+        prod = {pid: live(v) for pid, v in s.execute(
+            select(LabelRow.prompt_id, VersionRow).join(VersionRow,
+                                                        VersionRow.id == LabelRow.version_id)
+            .where(LabelRow.name == PRODUCTION)).all()}
+        exps: dict[int, LiveExperiment] = {}
+        for e in s.scalars(select(ExperimentRow).where(ExperimentRow.status == "running")):
+            arms = s.execute(select(ArmRow.idx, VersionRow).join(
+                VersionRow, VersionRow.id == ArmRow.version_id)
+                .where(ArmRow.experiment_id == e.id).order_by(ArmRow.idx)).all()
+            weights = tuple(float(w) for w in e.weights) or tuple(1.0 for _ in arms)
+            cum, total = [], 0.0
+            for w in weights:
+                total += max(w, 0.0)
+                cum.append(total)
+            exps[e.prompt_id] = LiveExperiment(
+                id=e.id, metric=e.metric, reward=e.reward, epoch=e.epoch,
+                arms=tuple(live(v) for _, v in arms), weights=weights, cumulative=tuple(cum))
+            self.experiments[e.id] = ExperimentInfo(e.id, e.metric, e.reward)
+        return {p.name: LivePrompt(p.id, p.name, prod.get(p.id), exps.get(p.id))
+                for p in s.scalars(select(PromptRow))}
+
+    def prompt(self, name: str) -> LivePrompt:
+        """The cached prompt, or PromptNotFound."""
+        p = self.prompts.get(name)
+        if p is None:
+            raise PromptNotFound(name)
+        return p
+
+    def experiment_info(self, experiment_id: int) -> ExperimentInfo | None:
+        """Metric and reward kind of an experiment (ended ones are looked up once)."""
+        info = self.experiments.get(experiment_id)
+        if info is None:
+            with self.ctx.tx() as s:
+                row = s.get(ExperimentRow, experiment_id)
+                if row is None:
+                    return None
+                info = ExperimentInfo(row.id, row.metric, row.reward)
+            self.experiments[experiment_id] = info
+        return info
+
+
+class Recorder:
+    """Writes decisions and feedback; every method is one transaction."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def _insert_returning(self, s: Session, table: Any, rows: list[dict[str, Any]],
+                          key: Any) -> list[Any]:
+        if not rows:
+            return []
+        mod = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
+        stmt = mod.insert(table).on_conflict_do_nothing().returning(key)
+        return [r[0] for r in s.execute(stmt, rows).all()]
+
+    def record_decisions(self, rows: list[dict[str, Any]]) -> int:
+        """Store decisions (skipping any already stored) and count them per arm."""
+        if not rows:
+            return 0
+        with self.ctx.tx() as s:
+            return self._store_decisions(s, rows)
+
+    def _store_decisions(self, s: Session, rows: list[dict[str, Any]]) -> int:
+        by_id = {r["id"]: r for r in rows}
+        inserted = self._insert_returning(s, DecisionRow.__table__, list(by_id.values()),
+                                          DecisionRow.__table__.c.id)
+        counts: dict[tuple[int, int], int] = {}
+        for did in inserted:
+            r = by_id[did]
+            if r["experiment_id"] is not None:
+                key = (r["experiment_id"], r["arm"])
+                counts[key] = counts.get(key, 0) + 1
+        for (exp_id, arm), k in sorted(counts.items()):
+            s.execute(update(ArmRow).where(ArmRow.experiment_id == exp_id, ArmRow.idx == arm)
+                      .values(decisions=ArmRow.decisions + k))
+        return len(inserted)
+
+    def record_feedback(self, items: list[FeedbackItem]) -> list[str]:
+        """Store feedback durably; each result is "recorded" or "duplicate"."""
+        if not items:
+            return []
+        out = []
+        with self.ctx.tx() as s:
+            self._store_decisions(s, [decision_row(i.decision_id, i.token) for i in items])
+            for item in items:
+                got = self._insert_returning(s, FeedbackRow.__table__, [{
+                    "decision_id": item.decision_id, "metric": item.metric,
+                    "reward": item.reward, "received_at": item.received_at}],
+                    FeedbackRow.__table__.c.id)
+                if got and item.counts_for is not None:
+                    s.execute(update(ArmRow).where(ArmRow.experiment_id == item.counts_for,
+                                                   ArmRow.idx == item.token.arm)
+                              .values(feedback=ArmRow.feedback + 1,
+                                      reward_sum=ArmRow.reward_sum + item.reward))
+                out.append("recorded" if got else "duplicate")
+        return out
+
+
+def decision_row(decision_id: str, t: DecisionToken, unit_id: str | None = None) -> dict[str, Any]:
+    """The table row of a decision."""
+    return {"id": decision_id, "prompt_id": t.prompt_id, "version_id": t.version_id,
+            "experiment_id": t.experiment_id, "arm": t.arm, "epoch": t.epoch,
+            "unit_id": unit_id, "decided_at": t.decided_at, "counted_in": 0}
+
+
+class Serving:
+    """Serve prompts (choosing arms) and take feedback."""
+
+    def __init__(self, ctx: Context, *, writer: Any = None) -> None:
+        self.ctx = ctx
+        self.live = LiveState(ctx)
+        self.recorder = Recorder(ctx)
+        self.writer = writer  # a BatchWriter in the server; None writes inline
+        self.codec = TokenCodec(self._secret())
+        self.auto_refresh = True  # the server turns this off and refreshes in the background
+
+    def _secret(self) -> bytes:
+        if self.ctx.settings.secret_key:
+            return self.ctx.settings.secret_key.encode()
+        with self.ctx.tx() as s:
+            return set_meta_if_absent(s, "signing_secret", secrets.token_hex(32)).encode()
+
+    def _fresh(self) -> None:
+        if self.auto_refresh or self.live.seq < 0:
+            self.live.refresh()
+
+    def serve(self, name: str, variables: dict[str, Any], *, unit_id: str | None = None,
+              ) -> dict[str, Any]:
+        """Pick a version (an arm when an experiment runs), render it, record the decision."""
+        self._fresh()
+        p = self.live.prompt(name)
+        if unit_id is not None and (not isinstance(unit_id, str) or len(unit_id) > 256):
+            raise InvalidInput("unit_id must be a string of at most 256 characters",
+                               field="unit_id")
+        exp = p.experiment
+        if exp is not None:
+            arm: int | None = exp.pick(unit_id)
+            version = exp.arms[arm]  # type: ignore[index]
+        elif p.production is not None:
+            arm, version = None, p.production
+        else:
+            raise PromptNotFound(name)
+        rendered = self.ctx.renderer.render(version.content, variables, prompt=p.name,
+                                            version=version.number, variant=version.variant)
+        token = DecisionToken(prompt_id=p.id, version_id=version.id,
+                              experiment_id=exp.id if exp else None, arm=arm,
+                              epoch=exp.epoch if exp else None, decided_at=self.ctx.now())
+        decision_id = self.codec.issue(token)
+        row = decision_row(decision_id, token, unit_id)
+        if self.writer is not None:
+            self.writer.add_decision(row)
+        else:
+            self.recorder.record_decisions([row])
+        out = rendered.payload()
+        out["decision_id"] = decision_id
+        out["experiment_id"] = exp.id if exp else None
+        return out
+
+    def prepare_feedback(self, decision_id: Any, reward: Any,
+                         metric: str | None = None) -> FeedbackItem:
+        """Validate a feedback (unknown id, bad reward) without touching the database."""
+        if not isinstance(decision_id, str) or not decision_id:
+            raise InvalidInput("decision_id must be a non-empty string", field="decision_id")
+        token = self.codec.verify(decision_id)
+        if token is None:
+            raise DecisionNotFound(decision_id)
+        info = (self.live.experiment_info(token.experiment_id)
+                if token.experiment_id is not None else None)
+        if token.experiment_id is not None and info is None:
+            raise DecisionNotFound(decision_id)
+        if metric is not None and (not isinstance(metric, str) or not metric or len(metric) > 64):
+            raise InvalidInput("metric must be a name of at most 64 characters", field="metric")
+        metric = metric or (info.metric if info else DEFAULT_METRIC)
+        value = check_reward(reward, binary=info is not None and info.reward == "binary"
+                             and metric == info.metric)
+        counts = info.id if info is not None and metric == info.metric else None
+        return FeedbackItem(decision_id=decision_id, token=token, metric=metric, reward=value,
+                            received_at=self.ctx.now(), counts_for=counts)
+
+    def feedback(self, decision_id: Any, reward: Any, metric: str | None = None) -> str:
+        """Record a reward for a decision; "recorded", or "duplicate" for a repeat."""
+        self._fresh()
+        item = self.prepare_feedback(decision_id, reward, metric)
+        return self.recorder.record_feedback([item])[0]
+
+
+def check_reward(reward: Any, *, binary: bool) -> float:
+    """A reward as a float, or InvalidInput: 0 or 1 for binary metrics, within [0, 1] otherwise."""
+    if isinstance(reward, bool):
+        reward = float(reward)
+    if not isinstance(reward, int | float) or not math.isfinite(reward):
+        raise InvalidInput("reward must be a finite number", field="reward")
+    value = float(reward)
+    if binary and value not in (0.0, 1.0):
+        raise InvalidInput("reward must be 0 or 1 for a binary metric", field="reward")
+    if not 0.0 <= value <= 1.0:
+        raise InvalidInput("reward must be within [0, 1]", field="reward")
+    return value

@@ -1,0 +1,131 @@
+"""The batched writer: decisions leave the request path, feedback is group-committed.
+
+A serve appends its decision to an in-memory buffer and returns at once; a background thread stores
+the buffer every few milliseconds in one transaction. A feedback waits for the commit of the batch it
+joined (group commit), so an acknowledged feedback is always durable. If the database is down, the
+feedback futures fail (the server answers 503) and buffered decisions are kept, up to a bound, until
+it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from concurrent.futures import Future
+from typing import Any
+
+from promptops.errors import PromptOpsError, Unavailable
+from promptops.services.serving import FeedbackItem, Recorder
+
+log = logging.getLogger("promptops.writer")
+
+
+class BatchWriter:
+    """A background thread that stores decisions and feedback in batches."""
+
+    def __init__(self, recorder: Recorder, *, flush_seconds: float = 0.02, max_batch: int = 2000,
+                 max_pending: int = 500_000) -> None:
+        self.recorder = recorder
+        self.flush_seconds = flush_seconds
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self._decisions: deque[dict[str, Any]] = deque()
+        self._feedback: deque[tuple[FeedbackItem, Future[str]]] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+        self.written = 0
+        self.failures = 0
+        self.healthy = True
+
+    def start(self) -> None:
+        """Start the background thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="promptops-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        """Flush what is buffered and stop."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def pending(self) -> int:
+        """Decisions waiting to be stored."""
+        return len(self._decisions)
+
+    def add_decision(self, row: dict[str, Any]) -> None:
+        """Queue a decision; never blocks."""
+        self._decisions.append(row)
+        if len(self._decisions) > self.max_pending:
+            self._decisions.popleft()
+            self.dropped += 1
+        if len(self._decisions) >= self.max_batch:
+            self._wake.set()
+
+    def submit_feedback(self, item: FeedbackItem) -> Future[str]:
+        """Queue a feedback; the future resolves after its batch commits."""
+        fut: Future[str] = Future()
+        self._feedback.append((item, fut))
+        self._wake.set()
+        return fut
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self.flush()
+        self.flush()
+
+    def flush(self) -> None:
+        """Store everything buffered now (called by the thread, or by tests)."""
+        self._flush_feedback()
+        self._flush_decisions()
+
+    def _flush_feedback(self) -> None:
+        while self._feedback:
+            batch = []
+            while self._feedback and len(batch) < self.max_batch:
+                batch.append(self._feedback.popleft())
+            try:
+                results = self.recorder.record_feedback([item for item, _ in batch])
+            except PromptOpsError as exc:
+                self._failed(exc)
+                for _, fut in batch:
+                    fut.set_exception(exc if isinstance(exc, Unavailable)
+                                      else Unavailable(str(exc)))
+                return
+            except Exception as exc:  # never let one bad batch kill the writer thread
+                self._failed(exc)
+                for _, fut in batch:
+                    fut.set_exception(Unavailable(f"could not store feedback: {exc}"))
+                return
+            self.healthy = True
+            for (_, fut), status in zip(batch, results, strict=True):
+                fut.set_result(status)
+
+    def _flush_decisions(self) -> None:
+        while self._decisions:
+            batch = []
+            while self._decisions and len(batch) < self.max_batch:
+                batch.append(self._decisions.popleft())
+            try:
+                self.recorder.record_decisions(batch)
+            except Exception as exc:
+                self._failed(exc)
+                # Put them back in order; they are retried when the database returns.
+                self._decisions.extendleft(reversed(batch))
+                return
+            self.healthy = True
+            self.written += len(batch)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        if self.healthy:
+            log.warning("database write failed, will retry: %s", exc)
+        self.healthy = False

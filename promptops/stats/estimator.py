@@ -1,0 +1,191 @@
+"""The epoch-stratified estimator, its Gaussian posterior, and accurate P(best) and expected loss.
+
+Per arm a and epoch e we hold n, the sum and the sum of squares of matured rewards. The epoch weight
+w_e is the epoch's share of all matured outcomes (over arms); for arm a it is renormalised over the
+epochs where a has n > 0, so an arm missing from an epoch is estimated on the epochs it has (with the
+default floor every arm is in every epoch, so this only matters for hand-made weights of 0). Then
+
+    mean_a = sum_e w_e * mean_{a,e}          var_a = sum_e w_e^2 * s2_{a,e} / n_{a,e}
+
+where s2_{a,e} is the epoch's sample variance shrunk toward the arm's pooled within-epoch variance
+with 10 pseudo-observations, and that pooled variance is itself shrunk toward m0 (1 - m0) (the largest
+variance a reward in [0, 1] with mean m0 can have) with 2 pseudo-observations; m0 is the pooled mean
+of all arms with half a success in one pseudo-observation. So n = 1..5 never gives a zero variance.
+The prior on each arm's mean is N(m0, m0 (1 - m0) / prior_strength): one observation's worth by
+default, centred on the pooled mean, which shrinks arms slightly toward each other. The posterior is
+the Gaussian combination of that prior with N(mean_a, var_a).
+
+P(best) and E[max_j theta_j] are one-dimensional integrals over independent Gaussians, computed by the
+trapezoid rule on a merged grid (each arm's mean +- 9 sd in 241 steps), which resolves every arm's
+scale; P(theta_a > theta_control) is the exact closed form Phi((mu_a - mu_c) / sqrt(sd_a^2 + sd_c^2)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from promptops.domain import Policy
+from promptops.stats.special import chi2_sf, norm_cdf, norm_cdf_scalar, norm_pdf
+
+EPOCH_PSEUDO_N = 10.0
+ARM_PSEUDO_N = 2.0
+CI_Z = 1.959963984540054
+SRM_MIN_EXPECTED = 5.0
+_GRID_Z = np.linspace(-9.0, 9.0, 241)
+
+
+@dataclass(frozen=True)
+class EpochData:
+    """Per-arm, per-epoch sufficient statistics of matured outcomes, shape (K arms, E epochs)."""
+
+    n: np.ndarray
+    s: np.ndarray
+    ss: np.ndarray
+    assigned: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def empty(cls, k: int) -> EpochData:
+        """Data for k arms and no epoch yet."""
+        z = np.zeros((k, 0))
+        return cls(n=z, s=z, ss=z, assigned=z, weights=z)
+
+    @property
+    def arms(self) -> int:
+        """The number of arms K."""
+        return int(np.shape(self.n)[0])
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Posterior figures per arm (arrays of length K) and the sample-ratio-mismatch p-value."""
+
+    mean: np.ndarray
+    sd: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    p_best: np.ndarray
+    expected_loss: np.ndarray
+    p_beats_control: np.ndarray  # NaN for the control itself
+    srm_p: float | None
+
+
+def _arrays(data: EpochData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = np.asarray(data.n, dtype=float)
+    s = np.asarray(data.s, dtype=float)
+    ss = np.asarray(data.ss, dtype=float)
+    if n.ndim != 2 or s.shape != n.shape or ss.shape != n.shape:
+        raise ValueError("EpochData arrays must share one shape (K arms, E epochs)")
+    return n, s, ss
+
+
+def posterior(data: EpochData, *, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+    """The posterior mean and standard deviation of each arm's mean reward."""
+    n, s, ss = _arrays(data)
+    k = n.shape[0]
+    total_n = n.sum()
+    m0 = (s.sum() + 0.5) / (total_n + 1.0)
+    v0 = max(m0 * (1.0 - m0), 1e-6)
+    prior_var = v0 / max(policy.prior_strength, 1e-12)
+
+    has = n > 0
+    safe_n = np.where(has, n, 1.0)
+    epoch_mean = np.where(has, s / safe_n, 0.0)
+    ssw = np.where(has, np.maximum(ss - s * epoch_mean, 0.0), 0.0)  # within-epoch sum of squares
+    dof = np.where(has, n - 1.0, 0.0)
+    arm_var = (ssw.sum(axis=1) + ARM_PSEUDO_N * v0) / (dof.sum(axis=1) + ARM_PSEUDO_N)
+    epoch_var = (ssw + EPOCH_PSEUDO_N * arm_var[:, None]) / (dof + EPOCH_PSEUDO_N)
+
+    epoch_total = n.sum(axis=0)
+    w = np.where(has, epoch_total[None, :], 0.0)
+    wsum = w.sum(axis=1)
+    data_arm = wsum > 0
+    w = w / np.where(data_arm, wsum, 1.0)[:, None]
+    est_mean = (w * epoch_mean).sum(axis=1)
+    est_var = (w**2 * epoch_var / safe_n).sum(axis=1)
+
+    mean = np.full(k, m0)
+    var = np.full(k, prior_var)
+    prec = np.where(data_arm, 1.0 / np.where(data_arm, est_var, 1.0), 0.0) + 1.0 / prior_var
+    mean = np.where(data_arm, (est_mean * (prec - 1.0 / prior_var) + m0 / prior_var) / prec, mean)
+    var = np.where(data_arm, 1.0 / prec, var)
+    return mean, np.sqrt(var)
+
+
+def best_probabilities(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, float]:
+    """P(arm a has the largest mean) for each arm, and E[max_j theta_j], for independent Gaussians."""
+    mean = np.asarray(mean, dtype=float)
+    sd = np.asarray(sd, dtype=float)
+    k = mean.size
+    if k == 1:
+        return np.ones(1), float(mean[0])
+    x = np.sort((mean[:, None] + sd[:, None] * _GRID_Z[None, :]).ravel())
+    z = (x[None, :] - mean[:, None]) / sd[:, None]
+    cdf = norm_cdf(z)
+    pdf = norm_pdf(z) / sd[:, None]
+    ones = np.ones((1, x.size))
+    prefix = np.cumprod(np.vstack([ones, cdf[:-1]]), axis=0)
+    suffix = np.cumprod(np.vstack([cdf[:0:-1], ones]), axis=0)[::-1]
+    density = pdf * prefix * suffix  # density of theta_a at x times P(all others below x)
+    dx = np.diff(x)
+    p_best = (0.5 * (density[:, 1:] + density[:, :-1]) * dx).sum(axis=1)
+    p_best = np.clip(p_best, 0.0, None)
+    p_best = p_best / p_best.sum()
+    # E[max] = x_0 + integral of (1 - F_max) from x_0, F_max = prod_j Phi_j (0 at x_0, 1 at the end)
+    tail = 1.0 - prefix[-1] * cdf[-1]
+    e_max = float(x[0] + (0.5 * (tail[1:] + tail[:-1]) * dx).sum())
+    return p_best, max(e_max, float(mean.max()))
+
+
+def p_beats(mean: np.ndarray, sd: np.ndarray, reference: int) -> np.ndarray:
+    """P(theta_a > theta_reference) for each arm a, in closed form (NaN for the reference itself)."""
+    out = np.full(len(mean), math.nan)
+    for a in range(len(mean)):
+        if a != reference:
+            scale = math.sqrt(float(sd[a]) ** 2 + float(sd[reference]) ** 2)
+            out[a] = norm_cdf_scalar((float(mean[a]) - float(mean[reference])) / scale)
+    return out
+
+
+def srm_p_value(assigned: np.ndarray, weights: np.ndarray) -> float | None:
+    """Chi-squared p-value of the served counts against each epoch's weights (None if too few).
+
+    Expected counts are built epoch by epoch (epoch total times its weights) and summed per arm; the
+    statistic compares per-arm totals with K - 1 degrees of freedom, which keeps a steady loss of one
+    arm's log visible instead of diluting it over many epochs' degrees of freedom.
+    """
+    assigned = np.asarray(assigned, dtype=float)
+    weights = np.asarray(weights, dtype=float)
+    if assigned.size == 0:
+        return None
+    col = weights.sum(axis=0)
+    share = weights / np.where(col > 0, col, 1.0)[None, :]
+    expected = (share * assigned.sum(axis=0)[None, :]).sum(axis=1)
+    observed = assigned.sum(axis=1)
+    live = expected > 0
+    if np.any(observed[~live] > 0):
+        return 0.0  # traffic reached an arm whose weight was zero throughout
+    if live.sum() < 2 or expected[live].min() < SRM_MIN_EXPECTED:
+        return None
+    stat = float((((observed - expected) ** 2)[live] / expected[live]).sum())
+    return chi2_sf(stat, int(live.sum()) - 1)
+
+
+def summarize(data: EpochData, *, control: int, policy: Policy) -> Summary:
+    """Posterior means, credible intervals, P(best), expected loss, P(beats control) and the SRM p."""
+    mean, sd = posterior(data, policy=policy)
+    p_best, e_max = best_probabilities(mean, sd)
+    loss = np.maximum(e_max - mean, 0.0)
+    return Summary(
+        mean=mean,
+        sd=sd,
+        ci_low=mean - CI_Z * sd,
+        ci_high=mean + CI_Z * sd,
+        p_best=p_best,
+        expected_loss=loss,
+        p_beats_control=p_beats(mean, sd, control),
+        srm_p=srm_p_value(data.assigned, data.weights),
+    )
