@@ -413,7 +413,9 @@ def keys_revoke(key_id: int) -> None:
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one stderr line and exit code 1."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except InvalidPromptFile as exc:
         for problem in exc.problems:
             err.print(str(problem), markup=False)

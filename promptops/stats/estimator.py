@@ -128,7 +128,7 @@ def best_probabilities(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, fl
     pdf = norm_pdf(z) / sd[:, None]
     ones = np.ones((1, x.size))
     prefix = np.cumprod(np.vstack([ones, cdf[:-1]]), axis=0)
-    suffix = np.cumprod(np.vstack([cdf[:0:-1], ones]), axis=0)[::-1]
+    suffix = np.cumprod(np.vstack([ones, cdf[:0:-1]]), axis=0)[::-1]
     density = pdf * prefix * suffix  # density of theta_a at x times P(all others below x)
     dx = np.diff(x)
     p_best = (0.5 * (density[:, 1:] + density[:, :-1]) * dx).sum(axis=1)

@@ -1,0 +1,106 @@
+"""The auth matrix: no key, wrong key, serve key, admin key, for every route."""
+
+from __future__ import annotations
+
+import pytest
+
+from promptops.config import Settings
+from promptops.errors import ConfigError
+
+PROMPT = """\
+name: triage
+variables:
+  message: {type: string, required: true}
+messages:
+  - {role: user, content: "Text: {{ message }}"}
+variants:
+  terse:
+    messages:
+      - {role: user, content: "Category: {{ message }}"}
+"""
+
+# (method, path, body, role needed); bodies are valid so the admin/serve answers are not 401/403
+ROUTES = [
+    ("get", "/v1/prompts", None, "read"),
+    ("get", "/v1/prompts/triage", None, "read"),
+    ("get", "/v1/prompts/triage/versions/1", None, "read"),
+    ("get", "/v1/prompts/triage/diff?a=1&b=2", None, "read"),
+    ("post", "/v1/prompts/triage/render", {"variables": {"message": "x"}}, "read"),
+    ("post", "/v1/prompts/triage/serve", {"variables": {"message": "x"}}, "read"),
+    ("post", "/v1/feedback", {"decision_id": "unknown", "reward": 1}, "read"),
+    ("get", "/v1/experiments", None, "read"),
+    ("get", "/v1/audit", None, "read"),
+    ("get", "/metrics", None, "read"),
+    ("post", "/v1/experiments", {"prompt": "triage", "versions": [1, 2]}, "admin"),
+    ("post", "/v1/experiments/1/stop", None, "admin"),
+    ("post", "/v1/experiments/1/promote", None, "admin"),
+    ("post", "/v1/prompts/triage/labels/staging", {"version": 2}, "admin"),
+]
+
+
+@pytest.fixture
+def keyed(ops, prompts_dir, client):
+    (prompts_dir / "triage.yaml").write_text(PROMPT)
+    ops.sync()
+    keys = {"serve": ops.keys.create("serve"), "admin": ops.keys.create("admin")}
+    client.app.state.runtime.refresh(force=True)
+    return client, keys
+
+
+def call(client, method, path, body, key):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if body is None:
+        return getattr(client, method)(path, headers=headers)
+    return getattr(client, method)(path, json=body, headers=headers)
+
+
+@pytest.mark.parametrize("method, path, body, need", ROUTES,
+                         ids=[f"{m} {p}" for m, p, _, _ in ROUTES])
+def test_auth_matrix(keyed, method, path, body, need):
+    client, keys = keyed
+    r = call(client, method, path, body, None)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
+    r = call(client, method, path, body, "po_admin_wrong")
+    assert r.status_code == 401, r.text
+    r = call(client, method, path, body, keys["serve"])
+    if need == "admin":
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
+    else:
+        assert r.status_code not in (401, 403), r.text
+    r = call(client, method, path, body, keys["admin"])
+    assert r.status_code not in (401, 403), r.text
+
+
+def test_public_routes_need_no_key(keyed):
+    client, _ = keyed
+    for path in ("/healthz", "/openapi.json", "/docs"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_no_keys_on_loopback_means_auth_off(ops, prompts_dir, client):
+    (prompts_dir / "triage.yaml").write_text(PROMPT)
+    ops.sync()
+    client.app.state.runtime.refresh(force=True)
+    assert client.app.state.runtime.auth_off
+    assert client.post("/v1/experiments/1/stop").status_code == 404  # reached the handler
+
+
+def test_public_bind_without_keys_refuses_to_start(settings):
+    from dataclasses import replace
+
+    from promptops.server.run import prepare
+
+    with pytest.raises(ConfigError, match="without an API key"):
+        prepare(replace(settings, host="0.0.0.0", sync_on_start=False))
+
+
+def test_public_bind_with_a_key_starts(settings):
+    from dataclasses import replace
+
+    from promptops.server.run import prepare
+    from promptops.services.facade import PromptOps
+
+    PromptOps(settings).keys.create("admin")
+    ops = prepare(replace(settings, host="0.0.0.0", sync_on_start=False))
+    assert isinstance(ops, PromptOps)
+    assert Settings.from_env({}, host="10.0.0.1").is_loopback is False

@@ -1,0 +1,291 @@
+"""Experiments end to end through the services: declaration on sync, routing, feedback,
+maturation, epochs, automatic promotion, exactly-once endings, and the mismatch alarm."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from promptops.db.models import DecisionRow, FeedbackRow
+from promptops.errors import DecisionNotFound, ExperimentStateError, InvalidInput
+
+FAST = ("{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
+        "attribution_window_hours: 1, max_decisions: 20000}")
+
+
+def prompt_text(policy: str = FAST, arms: str = "[main, terse]", status: str = "running",
+                extra_variant: str = "") -> str:
+    return f"""\
+name: triage
+variables:
+  message: {{type: string, required: true}}
+messages:
+  - {{role: system, content: "Answer with one category."}}
+  - {{role: user, content: "Text: {{{{ message }}}}"}}
+variants:
+  terse:
+    messages:
+      - {{role: user, content: "Category of: {{{{ message }}}}"}}
+{extra_variant}experiment:
+  metric: resolved
+  reward: binary
+  status: {status}
+  arms: {arms}
+  policy: {policy}
+"""
+
+
+def setup(ops, prompts_dir: Path, text: str | None = None) -> dict:
+    (prompts_dir / "triage.yaml").write_text(text or prompt_text(), encoding="utf-8")
+    ops.sync()
+    return ops.experiments.list(prompt="triage")[0]
+
+
+def traffic(ops, clock, n: int, rates: dict[int, float], *, seed: int = 1,
+            per_hour: int = 1000) -> list[str]:
+    """Serve n decisions at per_hour, answer each with a reward drawn from its version's rate."""
+    rng = random.Random(seed)
+    ids = []
+    for _ in range(n):
+        d = ops.serve("triage", {"message": "where is my parcel"})
+        ids.append(d["decision_id"])
+        if rng.random() < rates[d["version"]]:
+            ops.feedback(d["decision_id"], 1)
+        clock.advance(3600 / per_hour)
+        if len(ids) % 100 == 0:
+            ops.tick()
+    return ids
+
+
+def test_declared_experiment_starts_on_sync_and_is_not_restarted(ops, prompts_dir):
+    exp = setup(ops, prompts_dir)
+    assert exp["status"] == "running" and [a["version"] for a in exp["arms"]] == [1, 2]
+    assert exp["control_version"] == 1
+    assert ops.sync().changes == []
+    assert len(ops.experiments.list()) == 1
+
+
+def test_changing_the_declaration_stops_and_starts_a_new_one(ops, prompts_dir):
+    first = setup(ops, prompts_dir)
+    (prompts_dir / "triage.yaml").write_text(prompt_text(FAST.replace("200,", "300,", 1)))
+    changes = ops.sync().changes
+    assert f"triage: experiment {first['id']} stopped (declaration changed)" in changes, changes
+    exps = {e["id"]: e["status"] for e in ops.experiments.list()}
+    assert exps[first["id"]] == "stopped" and sorted(exps.values()) == ["running", "stopped"]
+
+
+def test_an_ended_declaration_is_not_started_again(ops, prompts_dir):
+    exp = setup(ops, prompts_dir)
+    ops.experiments.stop(exp["id"], actor="t")
+    assert ops.sync().changes == []
+    assert [e["status"] for e in ops.experiments.list()] == ["stopped"]
+
+
+def test_draft_declaration_waits(ops, prompts_dir):
+    exp = setup(ops, prompts_dir, prompt_text(status="draft"))
+    assert exp["status"] == "draft"
+    assert ops.serve("triage", {"message": "x"})["experiment_id"] is None
+    (prompts_dir / "triage.yaml").write_text(prompt_text(status="running"))
+    assert f"triage: experiment {exp['id']} started" in ops.sync().changes
+
+
+def test_serving_routes_through_the_experiment_and_is_sticky(ops, prompts_dir):
+    exp = setup(ops, prompts_dir)
+    seen = {ops.serve("triage", {"message": "x"})["version"] for _ in range(200)}
+    assert seen == {1, 2}
+    sticky = {ops.serve("triage", {"message": "x"}, unit_id="user-7")["version"]
+              for _ in range(50)}
+    assert len(sticky) == 1
+    d = ops.serve("triage", {"message": "x"})
+    assert d["experiment_id"] == exp["id"] and d["decision_id"].startswith("d_")
+
+
+def test_feedback_is_idempotent_and_validated(ops, prompts_dir):
+    setup(ops, prompts_dir)
+    d = ops.serve("triage", {"message": "x"})
+    assert ops.feedback(d["decision_id"], 1) == "recorded"
+    assert ops.feedback(d["decision_id"], 1) == "duplicate"
+    assert ops.feedback(d["decision_id"], 0) == "duplicate"
+    assert ops.feedback(d["decision_id"], 1, metric="thumbs_up") == "recorded"
+    with pytest.raises(DecisionNotFound):
+        ops.feedback("d_forged.token", 1)
+    with pytest.raises(DecisionNotFound):
+        ops.feedback(d["decision_id"][:-2] + "AA", 1)
+    for bad in (0.5, 2, -1, float("nan"), "1", None):
+        with pytest.raises(InvalidInput):
+            ops.feedback(d["decision_id"], bad, metric="resolved")
+    arm = next(a for a in ops.experiments.get(1)["arms"] if a["version"] == d["version"])
+    assert (arm["feedback"], arm["reward_sum"]) == (1, 1.0)
+
+
+def _truth(ops, exp_id: int, window: float) -> dict[tuple[int, int], tuple[int, float]]:
+    """Per (arm, epoch): matured decisions and rewards, recomputed from the raw tables."""
+    with ops.ctx.tx() as s:
+        rows = s.execute(
+            select(DecisionRow.arm, DecisionRow.epoch, func.count(DecisionRow.id),
+                   func.coalesce(func.sum(FeedbackRow.reward), 0.0))
+            .outerjoin(FeedbackRow, (FeedbackRow.decision_id == DecisionRow.id)
+                       & (FeedbackRow.metric == "resolved")
+                       & (FeedbackRow.received_at <= DecisionRow.decided_at + window))
+            .where(DecisionRow.experiment_id == exp_id, DecisionRow.counted_in > 0)
+            .group_by(DecisionRow.arm, DecisionRow.epoch)).all()
+    return {(a, e): (int(n), float(r)) for a, e, n, r in rows}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_replayed_feedback_equals_the_deduplicated_truth(ops, prompts_dir, clock, seed):
+    exp = setup(ops, prompts_dir, prompt_text(FAST.replace("max_decisions: 20000",
+                                                           "max_decisions: 100000")))
+    rng = random.Random(seed)
+    decisions = []
+    for _ in range(600):
+        decisions.append(ops.serve("triage", {"message": "x"}))
+        clock.advance(2)
+    sends = []
+    for d in decisions:
+        if rng.random() < 0.4:
+            reward = 1 if rng.random() < 0.5 else 0
+            sends += [(d["decision_id"], reward)] * rng.randint(1, 3)
+    sends += [("d_unknown", 1)] * 20
+    rng.shuffle(sends)
+    statuses = {"recorded": 0, "duplicate": 0, "missing": 0}
+    for i, (did, reward) in enumerate(sends):
+        if i == len(sends) // 2:
+            clock.advance(hours=2)  # the rest arrive after the attribution window: stored only
+        try:
+            statuses[ops.feedback(did, reward)] += 1
+        except DecisionNotFound:
+            statuses["missing"] += 1
+    clock.advance(hours=2)
+    ops.tick()
+    distinct = {did for did, _ in sends if did != "d_unknown"}
+    assert statuses["recorded"] == len(distinct) and statuses["missing"] == 20
+    got = {}
+    for (arm, epoch), (n, r) in _truth(ops, exp["id"], 3600).items():
+        got[(arm, epoch)] = (n, r)
+    e = ops.experiments.get(exp["id"])
+    assert sum(a["n"] for a in e["arms"]) == 600 == sum(n for n, _ in got.values())
+    assert sum(a["feedback"] for a in e["arms"]) == len(distinct)
+    from promptops.db.models import ArmEpochRow
+
+    with ops.ctx.tx() as s:
+        stored = {(r.arm, r.epoch): (r.n, r.s) for r in s.scalars(select(ArmEpochRow))}
+    assert stored == got
+
+
+def test_outcomes_count_only_after_their_window(ops, prompts_dir, clock):
+    exp = setup(ops, prompts_dir)
+    d = ops.serve("triage", {"message": "x"})
+    ops.feedback(d["decision_id"], 1)
+    ops.tick()
+    assert sum(a["n"] for a in ops.experiments.get(exp["id"])["arms"]) == 0
+    clock.advance(hours=1, seconds=1)
+    ops.tick()
+    arms = ops.experiments.get(exp["id"])["arms"]
+    assert sum(a["n"] for a in arms) == 1 and sum(a["feedback"] for a in arms) == 1
+
+
+def test_clear_winner_is_promoted_with_evidence(ops, prompts_dir, clock):
+    exp = setup(ops, prompts_dir)
+    traffic(ops, clock, 12000, {1: 0.10, 2: 0.30})
+    clock.advance(hours=2)
+    for _ in range(5):
+        ops.tick()
+    e = ops.experiments.get(exp["id"])
+    assert e["status"] == "completed" and e["winner"] == 2, e
+    assert ops.registry.resolve("triage").number == 2
+    entries = ops.registry.audit(experiment_id=exp["id"])
+    promo = [a for a in entries if a["action"] == "label.move"]
+    assert len(promo) == 1 and promo[0]["actor"] == "promptops", entries
+    evidence = promo[0]["details"]["evidence"]
+    assert evidence["arms"][1]["p_best"] > 0.99
+    assert ops.serve("triage", {"message": "x"})["experiment_id"] is None
+
+
+def test_equal_arms_reach_the_limit_inconclusive(ops, prompts_dir, clock):
+    policy = FAST.replace("max_decisions: 20000", "max_decisions: 3000")
+    exp = setup(ops, prompts_dir, prompt_text(policy))
+    traffic(ops, clock, 3600, {1: 0.10, 2: 0.10})
+    clock.advance(hours=2)
+    ops.tick()
+    e = ops.experiments.get(exp["id"])
+    assert e["status"] == "inconclusive" and e["winner"] is None, e
+    assert ops.registry.resolve("triage").number == 1
+
+
+def test_promotion_happens_exactly_once_under_concurrency(ops, prompts_dir):
+    exp = setup(ops, prompts_dir)
+    results: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def promote(version: int) -> None:
+        barrier.wait()
+        try:
+            ops.experiments.promote(exp["id"], version=version, actor="t")
+            results.append("ok")
+        except ExperimentStateError:
+            results.append("409")
+
+    threads = [threading.Thread(target=promote, args=(1 + i % 2,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["409"] * 5 + ["ok"], results
+    assert len([a for a in ops.registry.audit() if a["action"] == "experiment.completed"]) == 1
+
+
+def test_many_threads_of_feedback_lose_nothing_and_count_nothing_twice(ops, prompts_dir):
+    exp = setup(ops, prompts_dir)
+    decisions = [ops.serve("triage", {"message": "x"}) for _ in range(300)]
+    statuses: list[str] = []
+    lock = threading.Lock()
+
+    def send(chunk: list[dict]) -> None:
+        for d in chunk:
+            s = ops.feedback(d["decision_id"], 1)
+            with lock:
+                statuses.append(s)
+
+    # every decision is sent by three threads
+    chunks = [decisions[i::4] for i in range(4)] * 3
+    threads = [threading.Thread(target=send, args=(c,)) for c in chunks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses.count("recorded") == 300 and statuses.count("duplicate") == 600
+    arms = ops.experiments.get(exp["id"])["arms"]
+    assert sum(a["feedback"] for a in arms) == 300
+    assert sum(a["reward_sum"] for a in arms) == 300.0
+    assert sum(a["decisions"] for a in arms) == 300
+
+
+def test_a_lost_decision_log_raises_the_mismatch_alarm_and_freezes_promotion(ops, prompts_dir,
+                                                                             clock):
+    policy = FAST.replace("max_decisions: 20000", "max_decisions: 100000")
+    exp = setup(ops, prompts_dir, prompt_text(policy))
+    rng = random.Random(5)
+    for i in range(10000):
+        d = ops.serve("triage", {"message": "x"})
+        # the better arm would win, but 10% of arm 2's decision log is lost
+        if rng.random() < (0.30 if d["version"] == 2 else 0.10):
+            ops.feedback(d["decision_id"], 1)
+        clock.advance(3.6)
+        if i % 500 == 499:
+            with ops.ctx.tx() as s:
+                ids = list(s.scalars(select(DecisionRow.id).where(
+                    DecisionRow.arm == 1, DecisionRow.counted_in == 0)))
+                lost = ids[: len(ids) // 10]
+                s.execute(delete(FeedbackRow).where(FeedbackRow.decision_id.in_(lost)))
+                s.execute(delete(DecisionRow).where(DecisionRow.id.in_(lost)))
+            ops.tick()
+    clock.advance(hours=2)
+    ops.tick()
+    e = ops.experiments.get(exp["id"])
+    assert e["srm_alarm"] is True, e
+    assert e["status"] == "running" and e["winner"] is None, e
