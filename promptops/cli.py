@@ -362,6 +362,18 @@ def serve(
     run_server(settings(host=host, port=port, sync_on_start=not no_sync))
 
 
+@app.command()
+def gc(
+    older_than: Annotated[float, typer.Option("--older-than", help="Days since the end.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
+) -> None:
+    """Delete raw decisions and feedback of experiments ended over DAYS ago (stats are kept)."""
+    r = ops().retention.gc(older_than_days=older_than, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    out.print(f"{verb} {r['decisions']} decisions and {r['feedback']} feedback "
+              f"from {r['experiments']} ended experiment(s) and old production serves")
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Run migrations up to head (or a revision)."""

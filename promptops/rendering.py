@@ -1,15 +1,15 @@
 """The sandboxed Jinja2 layer: variable checks, template compilation and rendering.
 
 Templates are authored by prompt owners and rendered in Jinja2's immutable sandbox with
-`StrictUndefined`: an undefined name, an unsafe attribute (`__class__`, `_TemplateReference__context`,
-...), a format-string trick or any other failure ends as `errors.RenderError`, never another type.
+`StrictUndefined`: an undefined name, an unsafe attribute (`__class__`, `__globals__`, ...), a
+format-string trick or any other failure ends as `errors.RenderError`, never another type.
 Variable values are data: they are passed to the template as context and never compiled, so a value
 containing `{{ 7*7 }}` is rendered literally.
 
 Environment choices a prompt author should know:
 - `trim_blocks` and `lstrip_blocks` are on, so `{% for %}` / `{% if %}` lines leave no blank lines;
 - `None` renders as an empty string (an optional variable that was not given shows nothing);
-- `tojson` emits plain JSON (Jinja's default escapes `<`, `>`, `&`, `'` for HTML, which is wrong here);
+- `tojson` emits plain JSON (Jinja's own escapes `<`, `>`, `&`, `'` for HTML: wrong in a prompt);
 - extra filters `bullets` ("- a\\n- b") and `numbered` ("1. a\\n2. b") for lists;
 - no `{% include %}`, `{% extends %}` or `{% import %}`: a prompt is one self-contained template.
 """
@@ -206,10 +206,10 @@ def value_problem(spec: VariableSpec, value: Any) -> str | None:
     if spec.enum is not None and not any(_same(value, e) for e in spec.enum):
         allowed = ", ".join(_show(e) for e in spec.enum)
         return f"must be one of {allowed}, got {_show(value)}"
-    if spec.max_length is not None and isinstance(value, str | list | tuple):
-        if len(value) > spec.max_length:
-            unit = "characters" if isinstance(value, str) else "items"
-            return f"is longer than max_length {spec.max_length} ({len(value)} {unit})"
+    sized = isinstance(value, str | list | tuple)
+    if spec.max_length is not None and sized and len(value) > spec.max_length:
+        unit = "characters" if isinstance(value, str) else "items"
+        return f"is longer than max_length {spec.max_length} ({len(value)} {unit})"
     return None
 
 
@@ -281,7 +281,7 @@ def coerce_cli_value(spec: VariableSpec | None, raw: str) -> Any:
 
 
 class Renderer:
-    """Renders prompt content with checked variables; compiled templates are cached (thread-safe)."""
+    """Renders prompt content with checked variables; caches compiled templates (thread-safe)."""
 
     def __init__(self, *, cache_size: int = 512) -> None:
         self._cache: OrderedDict[str, Any] = OrderedDict()
@@ -316,14 +316,10 @@ class Renderer:
             for chunk in template.generate(context):
                 size += len(chunk)
                 if size > budget:
-                    raise RenderError(
-                        f"{where}: the rendered prompt exceeds {MAX_OUTPUT_CHARS} characters"
-                    )
+                    raise RenderError(f"the rendered prompt exceeds {MAX_OUTPUT_CHARS} characters")
                 parts.append(chunk)
             return "".join(parts)
         except RenderError as exc:
-            if exc.message.startswith(where):
-                raise
             raise RenderError(f"{where}: {exc.message}") from None
         except SecurityError as exc:
             raise RenderError(f"{where}: refused by the sandbox: {_one_line(str(exc))}") from None

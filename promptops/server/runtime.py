@@ -8,10 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import text
-
 from promptops.config import Settings
-from promptops.db.queries import set_meta_if_absent
 from promptops.errors import PromptOpsError
 from promptops.server.metrics import Metrics
 from promptops.services.facade import PromptOps
@@ -43,10 +40,7 @@ class Runtime:
         self.refresh(force=True)
 
     def _stored_secret(self) -> str:
-        import secrets
-
-        with self.ops.ctx.tx() as s:
-            return set_meta_if_absent(s, "session_secret", secrets.token_hex(32))
+        return self.ops.shared_secret("session_secret")
 
     @property
     def auth_off(self) -> bool:
@@ -64,12 +58,8 @@ class Runtime:
 
     def check_db(self) -> bool:
         """Ping the database; remember the answer for /healthz and metrics."""
-        try:
-            with self.ops.ctx.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            self.db_ok, self.last_error = True, None
-        except Exception as exc:  # any driver error means unreachable
-            self.db_ok, self.last_error = False, str(exc).splitlines()[0][:200]
+        problem = self.ops.ping()
+        self.db_ok, self.last_error = problem is None, problem
         self.metrics.db_up.set(1 if self.db_ok else 0)
         return self.db_ok
 

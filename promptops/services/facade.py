@@ -11,6 +11,7 @@ from promptops.services.context import Context
 from promptops.services.experiments import Experiments
 from promptops.services.keys import Keys
 from promptops.services.registry import Registry, SyncReport
+from promptops.services.retention import Retention
 from promptops.services.serving import Serving
 
 
@@ -25,6 +26,7 @@ class PromptOps:
         self.experiments = Experiments(self.ctx, self.registry)
         self.serving = Serving(self.ctx)
         self.keys = Keys(self.ctx)
+        self.retention = Retention(self.ctx)
 
     def sync(self, paths: Sequence[str | Path] | None = None, *, dry_run: bool = False,
              actor: str = "sync") -> SyncReport:
@@ -57,6 +59,26 @@ class PromptOps:
         if changed:
             self.serving.live.refresh()
         return changed
+
+    def ping(self) -> str | None:
+        """None if the database answers, else a one-line reason."""
+        from sqlalchemy import text
+
+        try:
+            with self.ctx.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any driver error means unreachable
+            return str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return None
+
+    def shared_secret(self, name: str) -> str:
+        """A random secret stored once in the database, the same for every server."""
+        import secrets
+
+        from promptops.db.queries import set_meta_if_absent
+
+        with self.ctx.tx() as s:
+            return set_meta_if_absent(s, name, secrets.token_hex(32))
 
     def close(self) -> None:
         """Release database connections."""

@@ -34,7 +34,10 @@ EPOCH_PSEUDO_N = 10.0
 ARM_PSEUDO_N = 2.0
 CI_Z = 1.959963984540054
 SRM_MIN_EXPECTED = 5.0
-_GRID_Z = np.linspace(-9.0, 9.0, 241)
+_BREAKS_Z = np.array(
+    [-9, -7, -5.5, -4.5, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4.5, 5.5, 7, 9]
+)
+_GL_T, _GL_W = np.polynomial.legendre.leggauss(8)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,16 @@ def posterior(data: EpochData, *, policy: Policy) -> tuple[np.ndarray, np.ndarra
     return mean, np.sqrt(var)
 
 
+def _nodes(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes and weights on the merged breakpoints of every arm's mean +- 9 sd."""
+    breaks = np.unique((mean[:, None] + sd[:, None] * _BREAKS_Z[None, :]).ravel())
+    lo, hi = breaks[:-1], breaks[1:]
+    half = 0.5 * (hi - lo)
+    x = (0.5 * (hi + lo))[:, None] + half[:, None] * _GL_T[None, :]
+    w = half[:, None] * _GL_W[None, :]
+    return x.ravel(), w.ravel()
+
+
 def best_probabilities(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, float]:
     """P(arm a has the largest mean) for each arm, and E[max_j theta_j], for independent Gaussians."""
     mean = np.asarray(mean, dtype=float)
@@ -122,7 +135,7 @@ def best_probabilities(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, fl
     k = mean.size
     if k == 1:
         return np.ones(1), float(mean[0])
-    x = np.sort((mean[:, None] + sd[:, None] * _GRID_Z[None, :]).ravel())
+    x, w = _nodes(mean, sd)
     z = (x[None, :] - mean[:, None]) / sd[:, None]
     cdf = norm_cdf(z)
     pdf = norm_pdf(z) / sd[:, None]
@@ -130,13 +143,10 @@ def best_probabilities(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, fl
     prefix = np.cumprod(np.vstack([ones, cdf[:-1]]), axis=0)
     suffix = np.cumprod(np.vstack([ones, cdf[:0:-1]]), axis=0)[::-1]
     density = pdf * prefix * suffix  # density of theta_a at x times P(all others below x)
-    dx = np.diff(x)
-    p_best = (0.5 * (density[:, 1:] + density[:, :-1]) * dx).sum(axis=1)
-    p_best = np.clip(p_best, 0.0, None)
-    p_best = p_best / p_best.sum()
-    # E[max] = x_0 + integral of (1 - F_max) from x_0, F_max = prod_j Phi_j (0 at x_0, 1 at the end)
-    tail = 1.0 - prefix[-1] * cdf[-1]
-    e_max = float(x[0] + (0.5 * (tail[1:] + tail[:-1]) * dx).sum())
+    mass = density @ w
+    total = mass.sum()
+    p_best = mass / total
+    e_max = float((density.sum(axis=0) * x) @ w / total)
     return p_best, max(e_max, float(mean.max()))
 
 

@@ -1,0 +1,72 @@
+"""Retention: remove raw decisions and feedback that no statistic needs any more.
+
+An ended experiment's statistics live in its epoch sums, arm counters and snapshot; its raw decision
+log is only needed to rebuild them. `gc` deletes the raw rows of experiments that ended more than
+`older_than_days` ago, and of plain production serves older than that, in bounded batches so the
+tables are never locked for long. Experiment pages and APIs keep working from the aggregates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from promptops.db.models import DecisionRow, ExperimentRow, FeedbackRow
+from promptops.domain import ENDED_STATUSES
+from promptops.errors import InvalidInput
+from promptops.services.context import Context
+
+BATCH = 5000
+
+
+class Retention:
+    """Deletes raw rows that are no longer needed."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def gc(self, *, older_than_days: float, dry_run: bool = False) -> dict[str, Any]:
+        """Delete raw decisions and feedback of long-ended experiments and old production serves."""
+        if older_than_days < 0:
+            raise InvalidInput("older-than must be zero or more days")
+        cutoff = self.ctx.now() - older_than_days * 86400
+        with self.ctx.tx() as s:
+            ended = list(s.scalars(select(ExperimentRow.id).where(
+                ExperimentRow.status.in_(sorted(ENDED_STATUSES)),
+                ExperimentRow.ended_at.is_not(None), ExperimentRow.ended_at <= cutoff)))
+        totals = {"experiments": len(ended), "decisions": 0, "feedback": 0, "dry_run": dry_run}
+        for exp_id in ended:
+            d, f = self._purge(DecisionRow.experiment_id == exp_id, dry_run=dry_run)
+            totals["decisions"] += d
+            totals["feedback"] += f
+            if not dry_run and d:
+                with self.ctx.tx() as s:
+                    exp = s.get(ExperimentRow, exp_id)
+                    if exp is not None:
+                        snap = dict(exp.snapshot or {})
+                        prior = (snap.get("retention") or {}).get("decisions_deleted", 0)
+                        snap["retention"] = {"raw_deleted_at": self.ctx.now(),
+                                             "decisions_deleted": prior + d}
+                        exp.snapshot = snap
+        d, f = self._purge((DecisionRow.experiment_id.is_(None))
+                           & (DecisionRow.decided_at <= cutoff), dry_run=dry_run)
+        totals["decisions"] += d
+        totals["feedback"] += f
+        return totals
+
+    def _purge(self, where: Any, *, dry_run: bool) -> tuple[int, int]:
+        decisions = feedback = 0
+        while True:
+            with self.ctx.tx() as s:
+                ids = list(s.scalars(select(DecisionRow.id).where(where).limit(BATCH)
+                                     .offset(decisions if dry_run else 0)))
+                if not ids:
+                    return decisions, feedback
+                fb = s.scalars(select(FeedbackRow.id).where(FeedbackRow.decision_id.in_(ids)))
+                n_fb = len(list(fb))
+                if not dry_run:
+                    s.execute(delete(FeedbackRow).where(FeedbackRow.decision_id.in_(ids)))
+                    s.execute(delete(DecisionRow).where(DecisionRow.id.in_(ids)))
+                decisions += len(ids)
+                feedback += n_fb

@@ -1,0 +1,78 @@
+"""The layers of STYLE.md point one way, and each third-party library lives in its layer."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import promptops
+
+PKG = Path(promptops.__file__).parent
+
+# module (or package) -> what it may import from promptops
+ALLOWED = {
+    "errors": set(),
+    "config": {"errors"},
+    "domain": set(),
+    "rendering": {"domain", "errors"},
+    "promptfiles": {"domain", "errors", "rendering"},
+    "stats": {"domain", "errors", "stats"},
+    "db": {"domain", "errors", "db"},
+    "services": {"domain", "errors", "config", "rendering", "promptfiles", "stats", "db",
+                 "services"},
+    "server": {"domain", "errors", "config", "services", "server", "rendering", "__init__"},
+    "cli": {"domain", "errors", "config", "services", "server", "rendering", "promptfiles", "db"},
+    "client": {"domain", "errors", "rendering"},
+}
+# third-party library -> the layers allowed to import it
+LIBRARIES = {
+    "numpy": {"stats", "services"},
+    "sqlalchemy": {"db", "services"},
+    "jinja2": {"rendering", "server"},
+    "fastapi": {"server"},
+    "httpx": {"client"},
+    "yaml": {"promptfiles", "services"},
+}
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in PKG.rglob("*.py") if "_web" not in p.parts)
+
+
+def layer_of(path: Path) -> str:
+    rel = path.relative_to(PKG)
+    return rel.parts[0].removesuffix(".py")
+
+
+def imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append(node.module)
+    return out
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_imports_point_one_way(path):
+    layer = layer_of(path)
+    if layer == "__init__":
+        return
+    allowed = ALLOWED[layer]
+    for name in imports(path):
+        parts = name.split(".")
+        if parts[0] == "promptops" and len(parts) > 1:
+            assert parts[1] in allowed | {layer}, f"{path.name} imports {name}"
+        lib_layers = LIBRARIES.get(parts[0])
+        if lib_layers is not None:
+            assert layer in lib_layers, f"{path.name} imports {parts[0]}"
+
+
+def test_public_api_is_sorted():
+    assert promptops.__all__ == sorted(promptops.__all__)
+    for name in promptops.__all__:
+        assert hasattr(promptops, name), name
