@@ -307,6 +307,10 @@ def parse_policy(values: Any, *, base: Policy | None = None) -> Policy:
             raise ValueError(f"unknown policy setting {key!r}")
         default = getattr(defaults, key)
         if key in _POLICY_CHOICES:
+            # A stored policy (Policy.to_dict) keeps an unset choice as None: its default.
+            if value is None and default is None:
+                clean[key] = value
+                continue
             if value not in _POLICY_CHOICES[key]:
                 raise ValueError(f"policy.{key} must be one of {', '.join(_POLICY_CHOICES[key])}")
         elif isinstance(value, bool) or not isinstance(value, int | float):

@@ -52,21 +52,36 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 ROLES = ("system", "user", "assistant", "tool")
 """Chat message roles."""
 
+_VARIABLE_RULE = "letters, digits, '_'; not starting with a digit; not a keyword"
 _NAME_RULE = "lowercase letters, digits, '.', '_', '-'; starting with a letter or digit; max 64"
 _METRIC = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Jinja literals and names with a meaning of their own inside templates cannot be variables.
 _RESERVED = frozenset({"true", "false", "none", "loop", "self", "caller", "varargs", "kwargs"})
 _TOP_KEYS = (
-    "name", "description", "tags", "model", "variables", "messages", "template", "variants",
+    "name",
+    "description",
+    "tags",
+    "model",
+    "variables",
+    "messages",
+    "template",
+    "variants",
     "experiment",
-)  # fmt: skip
+)
 _VARIABLE_KEYS = ("type", "required", "default", "enum", "max_length", "description")
 _VARIANT_KEYS = ("messages", "template", "model", "description")
 _MESSAGE_KEYS = ("role", "content")
 _EXPERIMENT_KEYS = (
-    "metric", "reward", "arms", "strategy", "weights", "auto_promote", "status", "policy",
-)  # fmt: skip
+    "metric",
+    "reward",
+    "arms",
+    "strategy",
+    "weights",
+    "auto_promote",
+    "status",
+    "policy",
+)
 _CHOICES = {
     "reward": ("binary", "continuous"),
     "strategy": ("thompson", "fixed"),
@@ -76,6 +91,7 @@ _CHOICES = {
 }
 _Rule = tuple[Callable[[float], bool], str]
 _AT_LEAST_0: _Rule = (lambda v: v >= 0, "at least 0")
+_ANY: _Rule = (lambda v: True, "")
 _POSITIVE: _Rule = (lambda v: v > 0, "greater than 0")
 _PROBABILITY: _Rule = (lambda v: 0 < v < 1, "strictly between 0 and 1")
 _POLICY_RULES: dict[str, _Rule] = {
@@ -90,6 +106,11 @@ _YAML = "tag:yaml.org,2002:"
 _DATA_TAGS = frozenset(
     _YAML + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "timestamp")
 )
+_NODE_OF_EVENT: dict[type, type] = {
+    yaml.ScalarEvent: yaml.ScalarNode,
+    yaml.SequenceStartEvent: yaml.SequenceNode,
+    yaml.MappingStartEvent: yaml.MappingNode,
+}
 _BAD: Any = object()  # a value that could not be built; its problem is already recorded
 _Entries = dict[str, tuple[yaml.Node, yaml.Node]]
 _Variant = tuple[tuple[Message, ...] | None, str | None, dict[str, Any]]
@@ -104,26 +125,58 @@ class _Refused(Exception):
         self.message = message
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses anchors and aliases and caps nesting while composing."""
+# libyaml's parser is several times faster on big files; its composer cannot be hooked, so
+# nodes are composed from its events below (the pure-Python parser is the fallback).
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
+def _compose_events(loader: Any) -> yaml.Node | None:
+    """Compose the single document from parser events, refusing anchors, aliases, deep nesting."""
+    loader.get_event()  # stream start
+    if loader.check_event(yaml.StreamEndEvent):
+        return None
+    document = loader.get_event()
+    stack: list[list[Any]] = []  # open collections: [node, pending mapping key]
+    while True:
+        event = loader.get_event()
         line = event.start_mark.line + 1
         # Refusing anchors outright, not only expanding aliases lazily, rules out alias bombs.
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise _Refused(line, "YAML anchors and aliases are not allowed")
-        if self._depth >= MAX_DEPTH:
-            raise _Refused(line, f"nesting deeper than {MAX_DEPTH} levels")
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+        if isinstance(event, yaml.CollectionEndEvent):
+            node = stack.pop()[0]
+            node.end_mark = event.end_mark
+        else:
+            kind = _NODE_OF_EVENT[type(event)]
+            tag = event.tag
+            if tag is None or tag == "!":
+                value = event.value if kind is yaml.ScalarNode else None
+                tag = loader.resolve(kind, value, event.implicit)
+            if kind is yaml.ScalarNode:
+                node = kind(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+            else:
+                if len(stack) >= MAX_DEPTH:
+                    raise _Refused(line, f"nesting deeper than {MAX_DEPTH} levels")
+                node = kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
+                stack.append([node, None])
+                continue
+        if not stack:
+            break
+        parent = stack[-1]
+        if isinstance(parent[0], yaml.SequenceNode):
+            parent[0].value.append(node)
+        elif parent[1] is None:
+            parent[1] = node
+        else:
+            parent[0].value.append((parent[1], node))
+            parent[1] = None
+    loader.get_event()  # document end
+    if not loader.check_event(yaml.StreamEndEvent):
+        extra = loader.get_event()
+        context = "expected a single document in the stream"
+        problem = "but found another document"
+        raise yaml.composer.ComposerError(context, document.start_mark, problem, extra.start_mark)
+    return node
 
 
 def _join(where: str, key: str) -> str:
@@ -147,8 +200,14 @@ def _describe(node: yaml.Node) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _is_null(node: yaml.Node | None) -> bool:
-    return node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _YAML + "null")
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _YAML + "null"
+
+
+def _value(entries: _Entries, key: str) -> yaml.Node | None:
+    """The value node at a key; None when the key is absent or its value is null."""
+    node = entries[key][1] if key in entries else None
+    return None if node is None or _is_null(node) else node
 
 
 def _plain_problem(value: Any) -> str | None:
@@ -176,7 +235,7 @@ def _template_line(node: yaml.Node, lineno: int) -> int:
 class _Checker:
     """Validates one composed file, collecting every problem."""
 
-    def __init__(self, path: str, loader: _Loader) -> None:
+    def __init__(self, path: str, loader: Any) -> None:
         self.path = path
         self.loader = loader
         self.problems: list[FileProblem] = []
@@ -198,10 +257,14 @@ class _Checker:
         while stack:
             node = stack.pop()
             if node.tag not in _DATA_TAGS:
-                merge = node.tag == _YAML + "merge"
                 tag = node.tag.replace(_YAML, "!!")
-                self.err(node, "merge keys ('<<') are not supported" if merge
-                         else f"unsupported YAML tag {tag!r}")  # fmt: skip
+                merge = node.tag == _YAML + "merge"
+                self.err(
+                    node,
+                    "merge keys ('<<') are not supported"
+                    if merge
+                    else f"unsupported YAML tag {tag!r}",
+                )
                 self.tag_lines.add(_line(node))
             if isinstance(node, yaml.MappingNode):
                 seen: dict[tuple[str, str], int] = {}
@@ -239,7 +302,7 @@ class _Checker:
         out: _Entries = {}
         for key, value in node.value:
             if not (isinstance(key, yaml.ScalarNode) and key.tag == _YAML + "str"):
-                self.err(key, _at(where, "keys must be strings"))
+                self.err(key, _at(where, f"keys must be strings, got {_describe(key)}"))
             elif allowed is not None and key.value not in allowed:
                 hint = difflib.get_close_matches(key.value, allowed, n=1)
                 extra = f" (did you mean {hint[0]!r}?)" if hint else ""
@@ -256,7 +319,8 @@ class _Checker:
         value = self.data(node)
         if value is _BAD:
             return _BAD
-        spec = VariableSpec(where, type=kind, enum=tuple(choices) if choices else None)  # type: ignore[arg-type]
+        enum = tuple(choices) if choices else None
+        spec = VariableSpec(where, type=kind, enum=enum)  # type: ignore[arg-type]
         problem = value_problem(spec, value)
         if problem:
             self.err(node, f"{where}: {problem}")
@@ -264,9 +328,14 @@ class _Checker:
         return value
 
     def get(
-        self, entries: _Entries, key: str, where: str, kind: str, default: Any = None,
+        self,
+        entries: _Entries,
+        key: str,
+        where: str,
+        kind: str,
+        default: Any = None,
         choices: Sequence[Any] = (),
-    ) -> Any:  # fmt: skip
+    ) -> Any:
         """The checked value at a key; `default` when absent (or null, unless default is _BAD)."""
         if key not in entries:
             return default
@@ -277,11 +346,11 @@ class _Checker:
 
     def items(self, entries: _Entries, key: str, where: str) -> list[yaml.Node] | None:
         """The item nodes of a list at a key ([] when absent or null), or None after reporting."""
-        node = entries[key][1] if key in entries else None
-        if _is_null(node):
+        node = _value(entries, key)
+        if node is None:
             return []
         if not isinstance(node, yaml.SequenceNode):
-            self.err(node, f"{_join(where, key)}: must be a list")  # type: ignore[arg-type]
+            self.err(node, f"{_join(where, key)}: must be a list")
             return None
         return list(node.value)
 
@@ -298,15 +367,16 @@ class _Checker:
 
     def model(self, entries: _Entries, where: str) -> dict[str, Any] | None:
         """A free-form model mapping of plain data ({} when absent), or None after reporting."""
-        node = entries["model"][1] if "model" in entries else None
-        if _is_null(node):
+        node = _value(entries, "model")
+        if node is None:
             return {}
-        if self.mapping(node, _join(where, "model"), None) is None:  # type: ignore[arg-type]
+        before = len(self.problems)
+        if self.mapping(node, _join(where, "model"), None) is None or len(self.problems) > before:
             return None
-        value = self.data(node)  # type: ignore[arg-type]
+        value = self.data(node)
         problem = None if value is _BAD else _plain_problem(value)
         if problem:
-            self.err(node, f"{_join(where, 'model')}: {problem}")  # type: ignore[arg-type]
+            self.err(node, f"{_join(where, 'model')}: {problem}")
         return None if problem or value is _BAD else value
 
     def text(self, entries: _Entries, key: str, where: str) -> str | None:
@@ -348,22 +418,24 @@ class _Checker:
 
     def variables(self, entries: _Entries) -> list[VariableSpec] | None:
         """Declared variables in order, or None if any is invalid."""
-        node = entries["variables"][1] if "variables" in entries else None
-        if _is_null(node):
+        node = _value(entries, "variables")
+        if node is None:
             return []
-        variables = self.mapping(node, "variables", None)  # type: ignore[arg-type]
+        variables = self.mapping(node, "variables", None)
         if variables is None:
             return None
         self.declared.update(variables)
         specs: list[VariableSpec | None] = []
         for name, (key, value) in variables.items():
             if not _IDENTIFIER.match(name) or keyword.iskeyword(name) or name in _RESERVED:
-                self.err(key, f"variables: {name!r} is not a valid variable name (letters, digits, "
-                              "'_'; not starting with a digit; not a keyword)")  # fmt: skip
+                self.err(
+                    key, f"variables: {name!r} is not a valid variable name ({_VARIABLE_RULE})"
+                )
                 specs.append(None)
             else:
                 specs.append(self.variable(name, value))
-        return None if None in specs else specs  # type: ignore[return-value]
+        valid = [spec for spec in specs if spec is not None]
+        return valid if len(valid) == len(specs) else None
 
     def variable(self, name: str, node: yaml.Node) -> VariableSpec | None:
         """One variable: a mapping of settings, a bare type name, or null (an optional string)."""
@@ -393,16 +465,16 @@ class _Checker:
             if enum is None:
                 return None
             spec = dataclasses.replace(spec, enum=enum)
-        default_node = entries["default"][1] if "default" in entries else None
-        if _is_null(default_node):
+        default_node = _value(entries, "default")
+        if default_node is None:
             return spec
-        default = self.data(default_node)  # type: ignore[arg-type]
+        default = self.data(default_node)
         if default is _BAD:
             return None
         problem = _plain_problem(default) or value_problem(spec, default)
         if problem or required:
             problem = "a required variable cannot have a default" if required else problem
-            self.err(default_node, f"{where}.default: {problem}")  # type: ignore[arg-type]
+            self.err(default_node, f"{where}.default: {problem}")
             return None
         return dataclasses.replace(spec, default=default, has_default=True)
 
@@ -442,19 +514,21 @@ class _Checker:
         self, entries: _Entries, main_form: str | None, main_model: dict[str, Any]
     ) -> dict[str, _Variant] | None:
         """Valid variants as (messages, template, merged model); None content is inherited."""
-        node = entries["variants"][1] if "variants" in entries else None
-        if _is_null(node):
+        node = _value(entries, "variants")
+        if node is None:
             return {}
-        variants = self.mapping(node, "variants", None)  # type: ignore[arg-type]
+        variants = self.mapping(node, "variants", None)
         if variants is None:
             return None
         out: dict[str, _Variant] = {}
         for vname, (key, value) in variants.items():
             where = f"variants.{vname}"
             if vname == MAIN_VARIANT or not NAME_PATTERN.match(vname):
-                why = "is reserved for the top-level prompt" if vname == MAIN_VARIANT else (
-                    f"is not a valid variant name ({_NAME_RULE})")  # fmt: skip
-                self.err(key, f"variants: {vname!r} {why}")
+                reserved = "is reserved for the top-level prompt"
+                invalid = f"is not a valid variant name ({_NAME_RULE})"
+                self.err(
+                    key, f"variants: {vname!r} {reserved if vname == MAIN_VARIANT else invalid}"
+                )
                 continue
             self.variant_names.add(vname)
             ventries = self.mapping(value, where, _VARIANT_KEYS)
@@ -467,8 +541,8 @@ class _Checker:
                 and main_form in ("messages", "template")
                 and (form != main_form)
             ):
-                self.err(ventries[form][0], f"{where}.{form}: the main prompt uses {main_form}; "
-                                            "a variant keeps that form")  # fmt: skip
+                why = f"the main prompt uses {main_form}; a variant keeps that form"
+                self.err(ventries[form][0], f"{where}.{form}: {why}")
             if form is None and "model" not in ventries:
                 self.err(value, f"{where}: must override messages, template or model")
             override = self.model(ventries, where)
@@ -506,21 +580,20 @@ class _Checker:
         at = "experiment"
         before = len(self.problems)
         fields = {
-            key: self.get(entries, key, at, "string", getattr(ExperimentSpec, key, None),
-                          choices=_CHOICES[key])
+            key: self.get(entries, key, at, "string", getattr(ExperimentSpec, key), _CHOICES[key])
             for key in ("reward", "strategy", "status")
-        }  # fmt: skip
+        }
         fields["auto_promote"] = self.get(entries, "auto_promote", at, "boolean")
         metric = fields["metric"] = self.get(entries, "metric", at, "string", DEFAULT_METRIC)
         if isinstance(metric, str) and not _METRIC.match(metric):
-            self.err(entries["metric"][1], "experiment.metric: must be 1-64 letters, digits, '.', "
-                                           "'_' or '-'")  # fmt: skip
+            rule = "must be 1-64 letters, digits, '.', '_' or '-'"
+            self.err(entries["metric"][1], f"experiment.metric: {rule}")
         arms = self.strings(entries, "arms", at) if "arms" in entries else None
         allowed = sorted({MAIN_VARIANT} | self.variant_names)
         for i, arm in enumerate(arms or ()):
             if arm not in allowed:
-                self.err(entries["arms"][1].value[i], f"experiment.arms[{i}]: {arm!r} is not main "
-                         f"or a declared variant (known: {', '.join(allowed)})")  # fmt: skip
+                why = f"is not main or a declared variant (known: {', '.join(allowed)})"
+                self.err(entries["arms"][1].value[i], f"experiment.arms[{i}]: {arm!r} {why}")
         if arms is not None and len(arms) < 2:
             self.err(entries["arms"][1], "experiment.arms: at least two arms are needed")
         if "weights" in entries:
@@ -565,8 +638,9 @@ class _Checker:
             else:
                 kind = "integer" if isinstance(getattr(Policy, name), int) else "number"
                 value = self.get(entries, name, at, kind, _BAD)
-                if value is not _BAD and not _POLICY_RULES[name][0](value):
-                    self.err(value_node, f"{at}.{name}: must be {_POLICY_RULES[name][1]}")
+                test, rule = _POLICY_RULES.get(name, _ANY)
+                if value is not _BAD and not test(value):
+                    self.err(value_node, f"{at}.{name}: must be {rule}")
                     value = _BAD
                 elif value is not _BAD and kind == "number":
                     value = float(value)
@@ -577,8 +651,8 @@ class _Checker:
     def definition(self, root: yaml.Node) -> PromptDefinition | None:
         """The validated prompt of a whole file, or None if it has problems."""
         if not isinstance(root, yaml.MappingNode):
-            self.err(root, f"a prompt file must be a mapping (name:, messages:, ...), got "
-                           f"{_describe(root)}")  # fmt: skip
+            expected = "a prompt file must be a mapping (name:, messages:, ...)"
+            self.err(root, f"{expected}, got {_describe(root)}")
             return None
         self.scan(root)
         entries = self.mapping(root, "", _TOP_KEYS, required=("name",)) or {}
@@ -643,36 +717,38 @@ def _decode(data: str | bytes, path: str) -> str:
     return text.removeprefix("\ufeff")
 
 
-def _compose(loader: _Loader, text: str, path: str) -> yaml.Node:
-    """The root node of the single YAML document, with syntax errors as problems."""
+def _compose(text: str, path: str) -> tuple[Any, yaml.Node]:
+    """A loader and the root node of the single YAML document, with syntax errors as problems."""
+    loader = None
     try:
-        root = loader.get_single_node()
+        loader = _Loader(text)
+        root = _compose_events(loader)
     except _Refused as exc:
         _refuse(path, exc.line, exc.message)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        detail = " ".join(str(exc.problem or exc.context or "syntax error").split())
-        _refuse(path, mark.line + 1 if mark else 0, f"invalid YAML: {detail}")
+        detail = ", ".join(str(part) for part in (exc.context, exc.problem) if part)
+        _refuse(path, mark.line + 1 if mark else 0, f"invalid YAML: {' '.join(detail.split())}")
     except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, max(exc.position, 0)) + 1
-        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        # Offsets differ between the C and Python readers; the character itself does not.
+        char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
+        line = text.count("\n", 0, max(text.find(char), 0)) + 1
         _refuse(path, line, f"invalid character {char!r}: {exc.reason}")
     except yaml.YAMLError as exc:
         _refuse(path, 0, f"invalid YAML: {' '.join(str(exc).split())}")
+    finally:
+        if loader is not None:
+            loader.dispose()
     if root is None:
         _refuse(path, 1, "the file is empty; a prompt needs name: and messages: or template:")
-    return root
+    return loader, root
 
 
 def parse_prompt_text(text: str | bytes, *, path: str) -> PromptDefinition:
     """Parse and validate one prompt file's text; raises InvalidPromptFile listing every problem."""
-    source = _decode(text, path)
-    loader = _Loader(source)
-    try:
-        checker = _Checker(path, loader)
-        definition = checker.definition(_compose(loader, source, path))
-    finally:
-        loader.dispose()
+    loader, root = _compose(_decode(text, path), path)
+    checker = _Checker(path, loader)
+    definition = checker.definition(root)
     if definition is None:
         raise InvalidPromptFile(sorted(checker.problems, key=lambda p: p.line))
     return definition

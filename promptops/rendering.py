@@ -17,6 +17,7 @@ Environment choices a prompt author should know:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -35,7 +36,7 @@ from .errors import RenderError, VariableError
 MAX_OUTPUT_CHARS = 1_000_000
 """Largest rendered prompt (all messages together), in characters."""
 
-_MAX_POW_BITS = 100_000  # `9 ** 9 ** 9` would take minutes and gigabytes; no prompt needs such ints
+_MAX_POW_BITS = 100_000  # `10 ** 10**9` would take minutes and gigabytes; no prompt needs such ints
 
 _TYPE_NAMES = {
     "string": "a string",
@@ -107,7 +108,7 @@ class _PromptSandbox(ImmutableSandboxedEnvironment):
             return left * right
         return super().call_binop(context, operator, left, right)
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         # `'x'.ljust(10**9)`, `'x'.center(...)` and friends allocate before the output cap can act.
         if any(_too_big(a) for a in args) or any(_too_big(v) for v in kwargs.values()):
             raise SecurityError("a call argument is too large")
@@ -140,6 +141,14 @@ def _one_line(text: str) -> str:
 
 def template_names(source: str) -> set[str]:
     """The undeclared names a template references; raises RenderError on a syntax error."""
+    # Plain text (a few-shot example, say) cannot reference anything; skip Jinja's compiler.
+    if not any(marker in source for marker in ("{{", "{%", "{#")):
+        return set()
+    return set(_template_names(source))
+
+
+@functools.lru_cache(maxsize=1024)
+def _template_names(source: str) -> frozenset[str]:
     try:
         ast = _ENV.parse(source)
     except TemplateSyntaxError as exc:
@@ -150,7 +159,10 @@ def template_names(source: str) -> set[str]:
             f"{{% {tag} %}} is not supported: a prompt is one self-contained template",
             lineno=node.lineno,
         )
-    return set(meta.find_undeclared_variables(ast))
+    try:  # names are found by compiling, which is when unknown filters and tests show up
+        return frozenset(meta.find_undeclared_variables(ast))
+    except TemplateSyntaxError as exc:
+        raise TemplateSyntaxProblem(_one_line(exc.message or str(exc)), lineno=exc.lineno) from None
 
 
 def _type_name(value: Any) -> str:
@@ -271,8 +283,10 @@ def coerce_cli_value(spec: VariableSpec | None, raw: str) -> Any:
         return [item.strip() for item in text.split(",")] if text else []
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise VariableError(f"variable {name!r}: invalid JSON ({exc.msg})", field=name) from None
+    except (ValueError, RecursionError):  # e.g. nested thousands deep
+        raise VariableError(f"variable {name!r}: JSON not accepted", field=name) from None
     if not _has_type(spec.type, value):
         raise VariableError(
             f"variable {name!r}: expected a JSON {spec.type}, got {_type_name(value)}", field=name

@@ -284,6 +284,19 @@ class TestTemplateNames:
         )
         assert template_names(source) == {"user", "items", "tone", "extra"}
 
+    @pytest.mark.parametrize(
+        ("source", "message"),
+        [
+            pytest.param("{{ x | nosuchfilter }}", "No filter named 'nosuchfilter'", id="filter"),
+            pytest.param("{{ x is nosuchtest }}", "No test named", id="test"),
+        ],
+    )
+    def test_unknown_filter_or_test(self, source: str, message: str) -> None:
+        with pytest.raises(TemplateSyntaxProblem, match=message):
+            template_names(source)
+        with pytest.raises(RenderError, match=message):
+            render_text(source, {"x": "a"})
+
     def test_syntax_error_has_line(self) -> None:
         with pytest.raises(TemplateSyntaxProblem) as info:
             template_names("line one\n{% if x %}\nno end")
@@ -341,6 +354,7 @@ class TestCoerceCliValue:
             pytest.param(spec(type="list"), "[1,", "invalid JSON", id="list-bad-json"),
             pytest.param(spec(type="object"), "[1]", "expected a JSON object", id="object-list"),
             pytest.param(spec(type="object"), "a=1", "invalid JSON", id="object-not-json"),
+            pytest.param(spec(type="list"), "[" * 100_000, "JSON", id="list-too-deep"),
         ],
     )
     def test_refused(self, spec_: VariableSpec, raw: str, message: str) -> None:

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from promptops.server.auth import AdminKey, ReadKey, ServeKey
+from promptops.server.auth import AdminKey, Principal, ReadKey, bearer_principal
 from promptops.server.runtime import Runtime
 from promptops.server.schemas import (
     ErrorPublic,
@@ -27,12 +28,20 @@ from promptops.server.schemas import (
 )
 
 
-def get_runtime(request: Request) -> Runtime:
+# Dependencies are `async def` on purpose: FastAPI runs a sync dependency in the threadpool, and
+# a thread hop per dependency was the largest cost of a serve (bench/http.py).
+async def get_runtime(request: Request) -> Runtime:
     """The server runtime."""
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
+async def serve_principal(request: Request) -> Principal:
+    """The caller of a serving route (any valid key), checked without leaving the event loop."""
+    return bearer_principal(request)
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+ServeKey = Annotated[Principal, Depends(serve_principal)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorPublic} for code in (401, 403, 404, 409, 413, 422, 503)}
@@ -101,7 +110,7 @@ def move_label(name: str, label: str, body: LabelCreate, rt: RuntimeDep,
 
 
 @router.post("/v1/prompts/{name}/render", tags=["serving"], response_model=RenderPublic)
-def render(name: str, body: RenderCreate, rt: RuntimeDep, _: ServeKey) -> Response:
+async def render(name: str, body: RenderCreate, rt: RuntimeDep, _: ServeKey) -> Response:
     """Render a version (production by default); records no decision."""
     if body.version is None and body.label is None:
         live = rt.ops.serving.live.prompt(name)
@@ -110,7 +119,8 @@ def render(name: str, body: RenderCreate, rt: RuntimeDep, _: ServeKey) -> Respon
             out = rt.ops.ctx.renderer.render(v.content, body.variables, prompt=name,
                                              version=v.number, variant=v.variant)
             return JSON(out.payload())
-    return JSON(rt.ops.render(name, body.variables, version=body.version, label=body.label))
+    return JSON(await run_in_threadpool(rt.ops.render, name, body.variables,
+                                        version=body.version, label=body.label))
 
 
 @router.post("/v1/prompts/{name}/serve", tags=["serving"], response_model=ServePublic)

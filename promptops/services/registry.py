@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from promptops import promptfiles
@@ -235,6 +235,10 @@ class Registry:
         session = self.ctx.sessions()
         try:
             with session.begin():
+                if session.get_bind().dialect.name == "postgresql":
+                    # Replicas starting together all sync: one at a time, or both insert the
+                    # same new prompt and one dies on the unique name.
+                    session.execute(text("SELECT pg_advisory_xact_lock(7202)"))
                 for d in definitions:
                     self._sync_one(session, d, report, actor=actor, experiments=experiments)
                 if report.changes:

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -174,6 +174,17 @@ class LiveState:
         return info
 
 
+_ARMS = ArmRow.__table__
+# Statements are built once: building and compiling them per batch cost more than storing the
+# rows (bench/http.py).
+_BUMP_ARMS = (update(_ARMS)
+              .where(_ARMS.c.experiment_id == bindparam("exp"), _ARMS.c.idx == bindparam("arm_idx"))
+              .values(decisions=_ARMS.c.decisions + bindparam("n_decisions"),
+                      feedback=_ARMS.c.feedback + bindparam("n_feedback"),
+                      reward_sum=_ARMS.c.reward_sum + bindparam("n_reward")))
+_INSERTS: dict[tuple[str, str], Any] = {}
+
+
 class Recorder:
     """Writes decisions and feedback; every method is one transaction."""
 
@@ -181,53 +192,79 @@ class Recorder:
         self.ctx = ctx
 
     def _insert_returning(self, s: Session, table: Any, rows: list[dict[str, Any]],
-                          key: Any) -> list[Any]:
+                          *keys: Any) -> list[Any]:
+        """Insert rows, skipping conflicts; the `keys` of the rows actually inserted."""
         if not rows:
             return []
-        mod = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
-        stmt = mod.insert(table).on_conflict_do_nothing().returning(key)
-        return [r[0] for r in s.execute(stmt, rows).all()]
+        dialect = s.get_bind().dialect.name
+        stmt = _INSERTS.get((dialect, table.name))
+        if stmt is None:
+            mod = postgresql if dialect == "postgresql" else sqlite
+            stmt = _INSERTS[(dialect, table.name)] = (
+                mod.insert(table).on_conflict_do_nothing().returning(*keys))
+        return list(s.connection().execute(stmt, rows).all())
 
     def record_decisions(self, rows: list[dict[str, Any]]) -> int:
         """Store decisions (skipping any already stored) and count them per arm."""
         if not rows:
             return 0
         with self.ctx.tx() as s:
-            return self._store_decisions(s, rows)
+            counts: dict[tuple[int, int], list[float]] = {}
+            stored = self._store_decisions(s, rows, counts)
+            self._bump_arms(s, counts)
+            return stored
 
-    def _store_decisions(self, s: Session, rows: list[dict[str, Any]]) -> int:
+    # Every transaction here takes its row locks in one order: decisions by id, then feedback by
+    # decision id, then arm counters by experiment and arm. Replicas writing the same decisions
+    # and arms at once therefore wait for each other but never deadlock.
+    def _store_decisions(self, s: Session, rows: list[dict[str, Any]],
+                         counts: dict[tuple[int, int], list[float]]) -> int:
         by_id = {r["id"]: r for r in rows}
-        inserted = self._insert_returning(s, DecisionRow.__table__, list(by_id.values()),
+        inserted = self._insert_returning(s, DecisionRow.__table__,
+                                          [by_id[k] for k in sorted(by_id)],
                                           DecisionRow.__table__.c.id)
-        counts: dict[tuple[int, int], int] = {}
-        for did in inserted:
+        for (did,) in inserted:
             r = by_id[did]
             if r["experiment_id"] is not None:
-                key = (r["experiment_id"], r["arm"])
-                counts[key] = counts.get(key, 0) + 1
-        for (exp_id, arm), k in sorted(counts.items()):
-            s.execute(update(ArmRow).where(ArmRow.experiment_id == exp_id, ArmRow.idx == arm)
-                      .values(decisions=ArmRow.decisions + k))
+                counts.setdefault((r["experiment_id"], r["arm"]), [0, 0, 0.0])[0] += 1
         return len(inserted)
+
+    @staticmethod
+    def _bump_arms(s: Session, counts: dict[tuple[int, int], list[float]]) -> None:
+        if counts:
+            s.connection().execute(_BUMP_ARMS, [
+                {"exp": exp_id, "arm_idx": arm, "n_decisions": int(decisions),
+                 "n_feedback": int(feedback), "n_reward": reward}
+                for (exp_id, arm), (decisions, feedback, reward) in sorted(counts.items())])
 
     def record_feedback(self, items: list[FeedbackItem]) -> list[str]:
         """Store feedback durably; each result is "recorded" or "duplicate"."""
         if not items:
             return []
-        out = []
+        out = ["duplicate"] * len(items)
         with self.ctx.tx() as s:
-            self._store_decisions(s, [decision_row(i.decision_id, i.token) for i in items])
-            for item in items:
-                got = self._insert_returning(s, FeedbackRow.__table__, [{
-                    "decision_id": item.decision_id, "metric": item.metric,
-                    "reward": item.reward, "received_at": item.received_at}],
-                    FeedbackRow.__table__.c.id)
-                if got and item.counts_for is not None:
-                    s.execute(update(ArmRow).where(ArmRow.experiment_id == item.counts_for,
-                                                   ArmRow.idx == item.token.arm)
-                              .values(feedback=ArmRow.feedback + 1,
-                                      reward_sum=ArmRow.reward_sum + item.reward))
-                out.append("recorded" if got else "duplicate")
+            counts: dict[tuple[int, int], list[float]] = {}
+            self._store_decisions(s, [decision_row(i.decision_id, i.token) for i in items],
+                                  counts)
+            order = sorted(range(len(items)),
+                           key=lambda k: (items[k].decision_id, items[k].metric, k))
+            # One statement for the batch; a repeat within it loses to its first occurrence.
+            fb = FeedbackRow.__table__
+            inserted = set(self._insert_returning(s, fb, [{
+                "decision_id": items[k].decision_id, "metric": items[k].metric,
+                "reward": items[k].reward, "received_at": items[k].received_at} for k in order],
+                fb.c.decision_id, fb.c.metric))
+            for pos in order:
+                item = items[pos]
+                if (item.decision_id, item.metric) in inserted:
+                    inserted.discard((item.decision_id, item.metric))
+                    out[pos] = "recorded"
+                    if item.counts_for is not None:
+                        c = counts.setdefault((item.counts_for, item.token.arm),  # type: ignore[arg-type]
+                                              [0, 0, 0.0])
+                        c[1] += 1
+                        c[2] += item.reward
+            self._bump_arms(s, counts)
         return out
 
 

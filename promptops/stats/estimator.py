@@ -15,9 +15,11 @@ The prior on each arm's mean is N(m0, m0 (1 - m0) / prior_strength): one observa
 default, centred on the pooled mean, which shrinks arms slightly toward each other. The posterior is
 the Gaussian combination of that prior with N(mean_a, var_a).
 
-P(best) and E[max_j theta_j] are one-dimensional integrals over independent Gaussians, computed by the
-trapezoid rule on a merged grid (each arm's mean +- 9 sd in 241 steps), which resolves every arm's
-scale; P(theta_a > theta_control) is the exact closed form Phi((mu_a - mu_c) / sqrt(sd_a^2 + sd_c^2)).
+P(best) and E[max_j theta_j] are one-dimensional integrals over independent Gaussians, computed by
+8-point Gauss-Legendre on every interval between the merged breakpoints of all arms (each arm's mean
++- 0, 0.5, ..., 9 sd), so a narrow posterior next to a wide one is still resolved (error about 1e-12
+against adaptive quadrature in the tests). The expected loss of arm a is E[max_j theta_j] - mean_a.
+P(theta_a > theta_control) is the closed form Phi((mu_a - mu_c) / sqrt(sd_a^2 + sd_c^2)).
 """
 
 from __future__ import annotations
@@ -34,9 +36,8 @@ EPOCH_PSEUDO_N = 10.0
 ARM_PSEUDO_N = 2.0
 CI_Z = 1.959963984540054
 SRM_MIN_EXPECTED = 5.0
-_BREAKS_Z = np.array(
-    [-9, -7, -5.5, -4.5, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4.5, 5.5, 7, 9]
-)
+_HALF = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.5, 5.5, 7.0, 9.0]
+_BREAKS_Z = np.array([-z for z in reversed(_HALF)] + [0.0] + _HALF)
 _GL_T, _GL_W = np.polynomial.legendre.leggauss(8)
 
 
@@ -88,7 +89,6 @@ def _arrays(data: EpochData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def posterior(data: EpochData, *, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
     """The posterior mean and standard deviation of each arm's mean reward."""
     n, s, ss = _arrays(data)
-    k = n.shape[0]
     total_n = n.sum()
     m0 = (s.sum() + 0.5) / (total_n + 1.0)
     v0 = max(m0 * (1.0 - m0), 1e-6)
@@ -110,12 +110,10 @@ def posterior(data: EpochData, *, policy: Policy) -> tuple[np.ndarray, np.ndarra
     est_mean = (w * epoch_mean).sum(axis=1)
     est_var = (w**2 * epoch_var / safe_n).sum(axis=1)
 
-    mean = np.full(k, m0)
-    var = np.full(k, prior_var)
-    prec = np.where(data_arm, 1.0 / np.where(data_arm, est_var, 1.0), 0.0) + 1.0 / prior_var
-    mean = np.where(data_arm, (est_mean * (prec - 1.0 / prior_var) + m0 / prior_var) / prec, mean)
-    var = np.where(data_arm, 1.0 / prec, var)
-    return mean, np.sqrt(var)
+    data_prec = np.where(data_arm, 1.0 / np.where(data_arm, est_var, 1.0), 0.0)
+    prec = data_prec + 1.0 / prior_var
+    mean = (est_mean * data_prec + m0 / prior_var) / prec
+    return mean, np.sqrt(1.0 / prec)
 
 
 def _nodes(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

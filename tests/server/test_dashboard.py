@@ -1,0 +1,359 @@
+"""The dashboard's pages through their template contexts: overview, prompt, experiment, audit,
+sign-in, CSRF and the admin actions; plus the charts and formatting helpers."""
+
+from __future__ import annotations
+
+import random
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+from sqlalchemy import event, update
+
+from promptops.db.models import ExperimentRow
+from promptops.server import charts, dashboard
+from promptops.server.auth import SESSION_COOKIE
+
+FAST = ("{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
+        "attribution_window_hours: 1, max_decisions: 20000}")
+PROMPT = f"""\
+name: triage
+description: Route a message.
+tags: [support]
+variables:
+  message: {{type: string, required: true}}
+  limit: {{type: integer, default: 3}}
+messages:
+  - {{role: system, content: "Answer with one category."}}
+  - {{role: user, content: "Text: {{{{ message }}}} ({{{{ limit }}}})"}}
+variants:
+  few-shot:
+    messages:
+      - {{role: user, content: "Example: late parcel -> shipping. Text: {{{{ message }}}}"}}
+experiment:
+  metric: resolved
+  reward: binary
+  arms: [main, few-shot]
+  policy: {FAST}
+"""
+HTML = {"accept": "text/html"}
+
+
+def traffic(ops, clock, n: int, rates: dict[int, float], *, seed: int = 1) -> None:
+    """Serve n decisions at 1,000 an hour, each rewarded with its version's rate."""
+    rng = random.Random(seed)
+    for i in range(n):
+        d = ops.serve("triage", {"message": "where is my parcel"})
+        if rng.random() < rates[d["version"]]:
+            ops.feedback(d["decision_id"], 1)
+        clock.advance(3.6)
+        if i % 100 == 99:
+            ops.tick()
+
+
+@pytest.fixture
+def synced(ops, prompts_dir, client):
+    (prompts_dir / "triage.yaml").write_text(PROMPT, encoding="utf-8")
+    ops.sync()
+    client.app.state.runtime.refresh(force=True)
+    return ops.experiments.list(prompt="triage")[0]
+
+
+@pytest.fixture
+def busy(ops, clock, synced, client):
+    """An experiment with a few epochs of traffic and feedback, still running."""
+    traffic(ops, clock, 1500, {1: 0.10, 2: 0.14})
+    clock.advance(hours=1, seconds=1)
+    ops.tick()
+    client.app.state.runtime.refresh()
+    exp = ops.experiments.get(synced["id"])
+    assert exp["status"] == "running" and exp["epoch"] >= 2, exp
+    return exp
+
+
+@pytest.fixture
+def keyed(ops, client, synced):
+    keys = {"serve": ops.keys.create("serve"), "admin": ops.keys.create("admin")}
+    client.app.state.runtime.refresh(force=True)
+    return keys
+
+
+def sign_in(client, key: str):
+    page = client.get("/login", headers=HTML)
+    r = client.post("/login", data={"key": key, "csrf": page.context["csrf"], "next": "/"},
+                    follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return r
+
+
+def csrf(client, path: str) -> str:
+    r = client.get(path, headers=HTML)
+    assert r.status_code == 200, r.text
+    return r.context["csrf"]
+
+
+# -- pages --------------------------------------------------------------------------------
+def test_overview_lists_prompts_and_running_experiments(client, busy):
+    r = client.get("/", headers=HTML)
+    assert r.status_code == 200 and r.template.name == "overview.html"
+    ctx = r.context
+    assert ctx["auth_off"] is True and "Authentication is off" in r.text
+    [p] = ctx["prompts"]
+    assert (p["name"], p["production_version"], p["experiment_id"]) == ("triage", 1, busy["id"])
+    [row] = ctx["running"]
+    best = max(busy["arms"], key=lambda a: a["p_best"])
+    assert row["leader"] == f"v{best['version']} {best['variant']}"
+    assert row["leader_p_best"] == best["p_best"]
+    assert row["decisions"] == 1500 and row["running_for"] == pytest.approx(1500 * 3.6 + 3601)
+    assert ctx["recent"] == []
+    assert f'href="/experiments/{busy["id"]}"' in r.text
+    assert r.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+
+
+def test_prompt_page_shows_versions_labels_diff_and_preview(client, synced):
+    r = client.get("/prompts/triage", headers=HTML)
+    assert r.status_code == 200
+    ctx = r.context
+    assert [v["number"] for v in ctx["prompt"]["versions"]] == [2, 1]
+    assert ctx["prompt"]["versions"][0]["source_path"].endswith("triage.yaml")
+    assert ctx["production"] == 1 and ctx["prompt"]["labels"] == {"production": 1}
+    assert (ctx["diff"]["a"], ctx["diff"]["b"]) == (1, 2)
+    kinds = {k for k, _ in ctx["diff"]["lines"]}
+    assert {"add", "del", "hunk", "file"} <= kinds
+    preview = ctx["preview"]
+    assert preview["version"] == 1 and preview["error"] is None
+    assert [f["name"] for f in preview["fields"]] == ["message", "limit"]
+    assert preview["result"]["messages"][1]["content"] == "Text: sample message (3)"
+    assert 'class="d-add"' in r.text and "Make production" in r.text  # auth off: admin
+
+
+def test_prompt_preview_takes_variables_and_reports_problems(client, synced):
+    r = client.get("/prompts/triage", params={"version": 2, "var.message": "<b>late</b>"},
+                   headers=HTML)
+    result = r.context["preview"]["result"]
+    assert result["version"] == 2 and "Text: <b>late</b>" in result["messages"][0]["content"]
+    assert "&lt;b&gt;late&lt;/b&gt;" in r.text and "<b>late</b>" not in r.text  # autoescaped
+    r = client.get("/prompts/triage", params={"var.limit": "many"}, headers=HTML)
+    assert r.status_code == 200 and "limit" in r.context["preview"]["error"]
+    r = client.get("/prompts/triage", params={"a": 2, "b": 2}, headers=HTML)
+    assert r.context["diff"]["lines"] == []
+
+
+def test_unknown_pages_answer_an_html_error_page(client, synced):
+    r = client.get("/prompts/nope", headers=HTML)
+    assert r.status_code == 404 and r.template.name == "error.html"
+    assert "nope" in r.context["message"]
+    r = client.get("/experiments/99999999999999999999999", headers=HTML)
+    assert r.status_code in (404, 422) and r.template.name == "error.html"
+    assert client.get("/experiments/424242", headers=HTML).status_code == 404
+
+
+def test_experiment_page_shows_arms_charts_and_the_stopping_rule(client, busy):
+    r = client.get(f"/experiments/{busy['id']}", headers=HTML)
+    assert r.status_code == 200
+    ctx = r.context
+    arms = ctx["arms"]
+    assert [a["label"] for a in arms] == ["v1 main", "v2 few-shot"]
+    assert sum(a["decisions"] for a in arms) == 1500
+    assert all(a["n"] > 0 and a["mean"] is not None and a["p_best"] is not None for a in arms)
+    assert all("%" in a["ci_text"] and "–" in a["ci_text"] for a in arms)
+    assert sum(a["weight"] for a in arms) == pytest.approx(1.0)
+    assert len(ctx["history"]) == busy["epoch"] + 1
+    for name in ("density", "p_best", "weights", "cumulative"):
+        svg = str(ctx["charts"][name])
+        ET.fromstring(svg)  # well-formed
+        assert svg.count("<path") >= 2, name
+    rule = " ".join(ctx["rule"])
+    challenger = arms[1]
+    assert "needs P(beats control) ≥ 1 − 0.005 = 99.5%" in rule
+    assert f"v2 few-shot is at {dashboard.fmt_pct(challenger['p_beats_control'])}" in rule
+    assert f"{busy['checks_done']} of at most 40 stopping checks" in rule
+    assert "Promote" in r.text and "Stop experiment" in r.text
+    assert "Sample ratio mismatch" not in r.text
+
+
+def test_experiment_page_raises_the_mismatch_alarm(client, ops, busy):
+    with ops.ctx.tx() as s:
+        snap = dict(s.get(ExperimentRow, busy["id"]).snapshot, srm_alarm=True, srm_p=1e-6)
+        s.execute(update(ExperimentRow).where(ExperimentRow.id == busy["id"])
+                  .values(snapshot=snap))
+    r = client.get(f"/experiments/{busy['id']}", headers=HTML)
+    assert r.context["exp"]["srm_alarm"] is True
+    assert "Sample ratio mismatch" in r.text and "1e-06" in r.text
+    assert any("frozen" in line for line in r.context["rule"])
+
+
+def test_pages_read_aggregates_never_the_decision_log(client, ops, busy):
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        statements.append(statement.lower())
+
+    event.listen(ops.ctx.engine, "before_cursor_execute", record)
+    try:
+        for path in ("/", "/prompts/triage", f"/experiments/{busy['id']}", "/audit"):
+            assert client.get(path, headers=HTML).status_code == 200, path
+    finally:
+        event.remove(ops.ctx.engine, "before_cursor_execute", record)
+    assert statements
+    log = [s for s in statements if re.search(r"\b(from|join)\s+(decisions|feedback)\b", s)]
+    assert not log, log
+
+
+def test_audit_page_pages_and_filters(client, ops, synced):
+    for v in (2, 1, 2, 1):
+        ops.registry.move_label("triage", v, "staging", actor="t")
+    r = client.get("/audit", headers=HTML)
+    ctx = r.context
+    assert ctx["prompts"] == ["triage"] and ctx["more"] is False
+    actions = [e["action"] for e in ctx["entries"]]
+    assert actions.count("label.move") == 5, actions
+    assert client.get("/audit", params={"prompt": "triage"}, headers=HTML).context["prompt"] == \
+        "triage"
+    old = dashboard.AUDIT_PAGE
+    dashboard.AUDIT_PAGE = 2
+    try:
+        first = client.get("/audit", headers=HTML).context
+        second = client.get("/audit", params={"offset": 2}, headers=HTML).context
+    finally:
+        dashboard.AUDIT_PAGE = old
+    assert first["more"] is True and len(first["entries"]) == 2
+    assert {e["id"] for e in first["entries"]}.isdisjoint(e["id"] for e in second["entries"])
+
+
+# -- actions and auth -----------------------------------------------------------------------
+def test_promote_moves_production_and_records_evidence(client, ops, busy):
+    path = f"/experiments/{busy['id']}"
+    r = client.post(f"{path}/promote", data={"version": "2", "csrf": csrf(client, path)},
+                    follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == path
+    page = client.get(path, headers=HTML)
+    assert page.context["flash"] == {"kind": "ok", "message":
+                                     f"Experiment {busy['id']} promoted version 2 to production."}
+    assert ops.registry.resolve("triage").number == 2
+    assert page.context["exp"]["status"] == "completed" and "Promote" not in page.text
+    moves = [(e, ev) for e, ev in page.context["audit"] if e["action"] == "label.move"]
+    assert len(moves) == 1 and moves[0][0]["actor"] == "local (auth off)"
+    assert [row["label"] for row in moves[0][1]["rows"]] == ["v1 main", "v2 few-shot"]
+    assert "Evidence" in page.text
+    assert client.get(path, headers=HTML).context["flash"] is None  # shown once
+    again = client.post(f"{path}/promote", data={"csrf": csrf(client, path)})
+    assert again.status_code == 200 and again.context["flash"]["kind"] == "error"
+
+
+def test_stop_and_rollback(client, ops, busy):
+    path = f"/experiments/{busy['id']}"
+    client.post(f"{path}/stop", data={"csrf": csrf(client, path)})
+    assert ops.experiments.get(busy["id"])["status"] == "stopped"
+    token = csrf(client, "/prompts/triage")
+    r = client.post("/prompts/triage/production", data={"version": "2", "csrf": token})
+    assert r.context["flash"]["message"] == "production: version 1 → 2."
+    assert r.context["production"] == 2
+    r = client.post("/prompts/triage/production", data={"version": "9", "csrf": token})
+    assert r.context["flash"]["kind"] == "error" and r.context["production"] == 2
+
+
+def test_posts_without_a_valid_csrf_token_are_refused(client, ops, busy):
+    path = f"/experiments/{busy['id']}"
+    csrf(client, path)
+    for data in ({}, {"csrf": "forged"}):
+        r = client.post(f"{path}/promote", data=data, headers=HTML)
+        assert r.status_code == 403 and "CSRF" in r.text, r.text
+    assert ops.experiments.get(busy["id"])["status"] == "running"
+
+
+def test_anonymous_visitors_are_sent_to_sign_in(client, keyed):
+    r = client.get("/prompts/triage?a=1", headers=HTML, follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/login?next=%2Fprompts%2Ftriage%3Fa%3D1"
+    page = client.get("/login", params={"next": "//evil.example"}, headers=HTML)
+    assert page.context["next"] == "/" and "Authentication is off" not in page.text
+    r = client.post("/login", data={"key": "po_admin_wrong", "csrf": page.context["csrf"]})
+    assert r.status_code == 401 and "not valid" in r.text
+    r = client.post("/login", data={"key": keyed["admin"]}, follow_redirects=False)
+    assert r.status_code == 403  # the sign-in form needs its token too
+
+
+def test_admin_session_cookie_and_actions(client, ops, keyed, synced):
+    r = sign_in(client, keyed["admin"])
+    cookie = r.headers["set-cookie"]
+    assert f"{SESSION_COOKIE}=" in cookie and "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie or "SameSite=Strict" in cookie
+    assert keyed["admin"] not in cookie
+    page = client.get(f"/experiments/{synced['id']}", headers=HTML)
+    assert page.context["viewer"].is_admin and "Promote" in page.text
+    r = client.post(f"/experiments/{synced['id']}/stop", data={"csrf": page.context["csrf"]})
+    assert r.context["exp"]["status"] == "stopped"
+    assert r.context["audit"][0][0]["actor"] == f"key:{keyed['admin'][:12]}"
+    r = client.post("/logout", data={"csrf": r.context["csrf"]}, follow_redirects=False)
+    assert r.status_code == 303
+    assert client.get("/", headers=HTML, follow_redirects=False).status_code == 303
+
+
+def test_serve_keys_see_read_only_pages(client, ops, keyed, synced):
+    sign_in(client, keyed["serve"])
+    path = f"/experiments/{synced['id']}"
+    page = client.get(path, headers=HTML)
+    assert page.status_code == 200 and page.context["viewer"].role == "serve"
+    assert "Stop experiment" not in page.text and "read-only" in page.text
+    assert "Make production" not in client.get("/prompts/triage", headers=HTML).text
+    r = client.post(f"{path}/stop", data={"csrf": page.context["csrf"]}, headers=HTML)
+    assert r.status_code == 403 and "admin key" in r.text
+    assert ops.experiments.get(synced["id"])["status"] == "running"
+
+
+# -- helpers --------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, text", [
+    pytest.param(0.971, "97.1%", id="plain"),
+    pytest.param(0.995, "99.5%", id="threshold"),
+    pytest.param(0.99532, "99.53%", id="near-one"),
+    pytest.param(0.004, "0.4%", id="near-zero"),
+    pytest.param(None, "—", id="none"),
+])
+def test_percentages(value, text):
+    assert dashboard.fmt_pct(value) == text
+
+
+def test_durations_and_times():
+    assert dashboard.fmt_duration(3 * 86400 + 4 * 3600 + 60) == "3d 4h"
+    assert dashboard.fmt_duration(5 * 3600 + 12 * 60) == "5h 12m"
+    assert dashboard.fmt_time(1_800_000_000) == "2027-01-15 08:00:00Z"
+
+
+def test_stopping_rule_in_words_for_three_arms():
+    arm = {"n": 900, "decisions": 1000, "mean": 0.1, "is_control": False, "version": 2,
+           "variant": "b", "p_best": 0.4, "expected_loss": 0.002, "p_beats_control": 0.971}
+    exp = {"status": "running", "reward": "binary", "started_at": 0.0, "checks_done": 3,
+           "srm_alarm": False, "reason": "collecting outcomes", "winner": None,
+           "policy": {"min_samples_per_arm": 500, "min_hours": 0, "alpha": 0.005,
+                      "loss_threshold": 0.01, "control_p_best": 0.99, "max_decisions": 100000,
+                      "max_checks": 40, "max_days": 30},
+           "arms": [dict(arm, is_control=True, version=1, variant="a", p_beats_control=None),
+                    arm, dict(arm, version=3, variant="c", expected_loss=0.01)]}
+    text = dashboard.stopping_rule(exp, now=7200.0)
+    assert text[0] == ("To promote a challenger it needs P(beats control) ≥ 1 − 0.005/2 = "
+                       "99.75%; v2 b is at 97.1%.")
+    assert "0.2% now, limit 0.1%" in text[1]
+    assert "(3,000 decisions, 0.1 days so far)" in text[-2]
+    assert dashboard.stopping_rule(dict(exp, status="inconclusive", end_reason="limit"), 0.0) \
+        == ["Ended inconclusive: limit."]
+
+
+def test_charts_escape_labels_and_handle_empty_data():
+    svg = charts.line_chart("x", [charts.Series("<v1>", [(0, 0.1), (1, 0.5)])], title="t & t",
+                            x_fmt=str, x_title="hours", y_fmt=str)
+    ET.fromstring(str(svg))
+    assert "&lt;v1&gt;" in svg and "t &amp; t" in svg
+    assert "no data yet" in charts.line_chart("y", [], title="t", x_fmt=str, x_title="h",
+                                              y_fmt=str)
+    assert "no matured" in charts.density_chart("z", [("a", 0.1, 0.0)], title="t", x_fmt=str,
+                                                x_title="m")
+    assert charts.nice_ticks(0, 1, 4) == [0, 0.25, 0.5, 0.75, 1.0]
+    assert "&lt;b&gt;" in charts.legend(["<b>"])
+
+
+def test_web_folder_is_found():
+    root = dashboard.web_dir()
+    assert (root / "templates" / "base.html").is_file()
+    assert (root / "static" / "dashboard.css").is_file()

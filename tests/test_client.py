@@ -1,0 +1,322 @@
+"""The SDK against a real uvicorn server on a loopback port, plus retries over a mock transport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from promptops import errors
+from promptops.client import AsyncClient, Client
+from promptops.config import Settings
+from promptops.server.app import create_app
+from promptops.services.facade import PromptOps
+
+TRIAGE = """\
+name: triage
+model: {name: gpt-4o-mini}
+variables:
+  message: {type: string, required: true, max_length: 100}
+messages:
+  - {role: system, content: "Answer with one category."}
+  - {role: user, content: "Text: {{ message }}"}
+variants:
+  terse:
+    messages:
+      - {role: user, content: "Category of: {{ message }}"}
+experiment:
+  metric: resolved
+  arms: [main, terse]
+  policy: {min_hours: 0, min_samples_per_arm: 100, update_every: 100, min_update_minutes: 0,
+           attribution_window_hours: 0}
+"""
+
+PLAIN = """\
+name: plain
+variables:
+  topic: {type: string, required: true}
+template: "Write about {{ topic }}."
+"""
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: the live server runs in this process over a temporary file."""
+    return f"sqlite:///{tmp_path / 'promptops.db'}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """A uvicorn server in a thread, on a free loopback port."""
+
+    def __init__(self, settings: Settings, ops: PromptOps) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(settings, ops=ops), host="127.0.0.1", port=self.port,
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("the server did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+@pytest.fixture
+def ops(settings: Settings, prompts_dir: Path) -> Iterator[PromptOps]:
+    """Services over the database, with the example prompts synced."""
+    (prompts_dir / "triage.yaml").write_text(TRIAGE)
+    (prompts_dir / "plain.yaml").write_text(PLAIN)
+    service = PromptOps(settings)
+    service.sync()
+    yield service
+    service.close()
+
+
+@pytest.fixture
+def live(settings: Settings, ops: PromptOps) -> Iterator[LiveServer]:
+    """A running server over the synced database."""
+    server = LiveServer(settings, ops)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(live: LiveServer) -> Iterator[Client]:
+    """An SDK client of the live server with a short cache TTL and quick retries."""
+    with Client(live.url, cache_ttl=0.2, retries=1, backoff=0.01) as c:
+        yield c
+
+
+def wait_for(predicate: Callable[[], bool], *, seconds: float = 10.0) -> None:
+    """Poll until the predicate holds (waiting for a refresh interval, not timing anything)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_serve_feedback_duplicate(client, ops):
+    out = client.serve("triage", {"message": "where is my parcel"}, unit_id="u1")
+    assert out["prompt"] == "triage" and out["fallback"] is False, out
+    assert out["decision_id"] and out["experiment_id"] is not None, out
+    assert any("where is my parcel" in m["content"] for m in out["messages"]), out
+    assert client.feedback(out["decision_id"], 1) == "recorded"
+    assert client.feedback(out["decision_id"], 1) == "duplicate"
+    assert client.feedback(out["decision_id"], 0.5, metric="csat") == "recorded"
+    exp = ops.experiments.get(out["experiment_id"])
+    arm = next(a for a in exp["arms"] if a["version"] == out["version"])
+    assert arm["decisions"] == 1 and arm["feedback"] == 1 and arm["reward_sum"] == 1.0, exp
+
+
+def test_render_and_get_prompt(client):
+    out = client.render("plain", {"topic": "{{ 7*7 }}"})
+    assert out["text"] == "Write about {{ 7*7 }}." and out["version"] == 1, out
+    assert client.render("triage", {"message": "hi"}, version=2)["variant"] == "terse"
+    info = client.get_prompt("triage")
+    assert info["labels"] == {"production": 1}, info
+    assert [v["number"] for v in info["versions"]] == [2, 1]
+
+
+@pytest.mark.parametrize(("call", "exc", "needle"), [
+    pytest.param(lambda c: c.serve("nope", {}), errors.PromptNotFound, "nope", id="prompt"),
+    pytest.param(lambda c: c.serve("plain", {}), errors.VariableError, "topic", id="missing"),
+    pytest.param(lambda c: c.serve("plain", {"topic": "a", "x": 1}), errors.VariableError,
+                 "not declared", id="undeclared"),
+    pytest.param(lambda c: c.render("plain", {"topic": "a"}, version=9),
+                 errors.VersionNotFound, "version 9", id="version"),
+    pytest.param(lambda c: c.render("plain", {"topic": "a"}, label="staging"),
+                 errors.LabelNotFound, "staging", id="label"),
+    pytest.param(lambda c: c.feedback("d_forged.sig", 1), errors.DecisionNotFound, "d_forged",
+                 id="decision"),
+    pytest.param(lambda c: c.feedback(c.serve("triage", {"message": "m"})["decision_id"], 0.5),
+                 errors.InvalidInput, "0 or 1", id="reward"),
+    pytest.param(lambda c: c.get_prompt("nope"), errors.PromptNotFound, "nope", id="get"),
+])
+def test_errors_are_mapped(client, call, exc, needle):
+    with pytest.raises(exc) as info:
+        call(client)
+    assert needle in str(info.value), str(info.value)
+
+
+def test_auth_errors(settings, ops):
+    key = ops.keys.create("serve")
+    server = LiveServer(settings, ops)
+    server.start()
+    try:
+        with Client(server.url) as anonymous, pytest.raises(errors.AuthError) as info:
+            anonymous.render("plain", {"topic": "a"})
+        assert "API key" in str(info.value) and not isinstance(info.value, errors.Forbidden)
+        with Client(server.url, api_key="po_serve_wrong") as wrong, \
+                pytest.raises(errors.AuthError, match="invalid API key"):
+            wrong.serve("plain", {"topic": "a"})
+        with Client(server.url, api_key=key) as good:
+            assert good.serve("plain", {"topic": "a"})["version"] == 1
+    finally:
+        server.stop()
+
+
+def test_fallback_when_server_stops(live, client):
+    served = client.serve("triage", {"message": "refund please"})
+    production = client.render("triage", {"message": "refund please"})
+    assert served["fallback"] is False and production["version"] == 1
+    live.stop()
+    out = client.serve("triage", {"message": "refund please"})
+    assert out["fallback"] is True and out["decision_id"] is None, out
+    assert out["experiment_id"] is None
+    assert {k: out[k] for k in production} == production
+    with pytest.raises(errors.VariableError):
+        client.serve("triage", {})  # rendered locally, with the same variable checks
+    with pytest.raises(errors.Unavailable):
+        client.serve("plain", {"topic": "never served, so nothing is cached"})
+    with pytest.raises(errors.Unavailable):
+        client.feedback(served["decision_id"], 1)  # feedback never falls back
+    with pytest.raises(errors.Unavailable):
+        client.render("triage", {"message": "x"})
+
+
+def test_no_stale_version_after_label_move(live, client, settings, prompts_dir):
+    assert client.serve("plain", {"topic": "x"})["version"] == 1
+    (prompts_dir / "plain.yaml").write_text(PLAIN.replace("Write about", "Write a poem about"))
+    other = PromptOps(settings)  # another process on the same database
+    try:
+        other.sync()
+        other.registry.move_label("plain", 2, "production", actor="test")
+    finally:
+        other.close()
+    # The server notices within its cache refresh interval; the client follows what it serves.
+    wait_for(lambda: client.serve("plain", {"topic": "x"})["version"] == 2)
+    live.stop()
+    out = client.serve("plain", {"topic": "x"})
+    assert out["fallback"] is True and out["version"] == 2, out
+    assert out["text"] == "Write a poem about x."
+
+
+def test_production_label_reread_during_experiment(live, client, ops):
+    out = client.serve("triage", {"message": "m"})  # an arm; production is read from labels
+    assert out["experiment_id"] is not None
+    ops.registry.move_label("triage", 2, "production", actor="test")
+    time.sleep(0.3)  # past the client's cache_ttl, so the next serve re-reads the labels
+    client.serve("triage", {"message": "m"})
+    live.stop()
+    out = client.serve("triage", {"message": "m"})
+    assert out["fallback"] is True and out["version"] == 2 and out["variant"] == "terse", out
+
+
+class Flaky:
+    """A mock transport handler that fails `failures` times, then answers."""
+
+    def __init__(self, failures: int, *, fail: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.failures = failures
+        self.fail = fail
+        self.calls = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if self.calls <= self.failures:
+            return self.fail(request)
+        assert json.loads(request.content)["decision_id"] == "d_1"
+        return httpx.Response(200, json={"status": "recorded"})
+
+
+def _refuse(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+def _error(status: int, code: str, message: str) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda _: httpx.Response(status, json={"error": {"code": code, "message": message}})
+
+
+@pytest.mark.parametrize("fail", [
+    pytest.param(_refuse, id="connect-error"),
+    pytest.param(_error(503, "unavailable", "db down"), id="503"),
+    pytest.param(_error(502, "bad_gateway", "proxy"), id="502"),
+])
+def test_retries_then_succeeds(fail):
+    handler = Flaky(2, fail=fail)
+    with Client("http://promptops.test", retries=3, backoff=0,
+                transport=httpx.MockTransport(handler)) as c:
+        assert c.feedback("d_1", 1) == "recorded"
+    assert handler.calls == 3
+
+
+def test_retries_give_up_with_unavailable():
+    handler = Flaky(10, fail=_error(503, "unavailable", "database unreachable"))
+    with Client("http://promptops.test", retries=2, backoff=0,
+                transport=httpx.MockTransport(handler)) as c, \
+            pytest.raises(errors.Unavailable, match="database unreachable"):
+        c.feedback("d_1", 1)
+    assert handler.calls == 3
+
+
+@pytest.mark.parametrize(("status", "code", "exc"), [
+    pytest.param(404, "decision_not_found", errors.DecisionNotFound, id="404"),
+    pytest.param(422, "invalid_input", errors.InvalidInput, id="422"),
+    pytest.param(401, "unauthorized", errors.AuthError, id="401"),
+    pytest.param(403, "forbidden", errors.Forbidden, id="403"),
+    pytest.param(409, "experiment_state", errors.ExperimentStateError, id="409"),
+])
+def test_client_errors_are_not_retried(status, code, exc):
+    handler = Flaky(10, fail=_error(status, code, "the server's own words"))
+    with Client("http://promptops.test", retries=3, backoff=0,
+                transport=httpx.MockTransport(handler)) as c, \
+            pytest.raises(exc, match="the server's own words"):
+        c.feedback("d_1", 1)
+    assert handler.calls == 1
+
+
+def test_serve_is_not_resent_after_a_read_timeout():
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with Client("http://promptops.test", retries=3, backoff=0,
+                transport=httpx.MockTransport(handler)) as c, pytest.raises(errors.Unavailable):
+        c.serve("plain", {"topic": "x"})
+    assert len(calls) == 1  # the server may have recorded it: a resend would double the decision
+
+
+def test_async_client(live):
+    async def scenario() -> None:
+        async with AsyncClient(live.url, cache_ttl=0.2, retries=1, backoff=0.01) as c:
+            out = await c.serve("triage", {"message": "late delivery"}, unit_id="u9")
+            assert out["decision_id"] and out["fallback"] is False, out
+            assert await c.feedback(out["decision_id"], True) == "recorded"
+            assert await c.feedback(out["decision_id"], True) == "duplicate"
+            assert (await c.render("plain", {"topic": "t"}))["text"] == "Write about t."
+            assert (await c.get_prompt("plain"))["labels"] == {"production": 1}
+            with pytest.raises(errors.PromptNotFound):
+                await c.serve("nope", {})
+            await asyncio.to_thread(live.stop)
+            fallback = await c.serve("plain", {"topic": "t"})
+            assert fallback["fallback"] is True and fallback["text"] == "Write about t."
+
+    asyncio.run(scenario())
