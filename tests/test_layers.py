@@ -17,7 +17,8 @@ ALLOWED = {
     "config": {"errors"},
     "domain": set(),
     "rendering": {"domain", "errors"},
-    "promptfiles": {"domain", "errors", "rendering"},
+    "promptschema": {"domain", "errors", "rendering"},
+    "promptfiles": {"domain", "errors", "rendering", "promptschema"},
     "stats": {"domain", "errors", "stats"},
     "db": {"domain", "errors", "db"},
     "services": {"domain", "errors", "config", "rendering", "promptfiles", "stats", "db",
@@ -33,7 +34,7 @@ LIBRARIES = {
     "jinja2": {"rendering", "server"},
     "fastapi": {"server"},
     "httpx": {"client"},
-    "yaml": {"promptfiles", "services"},
+    "yaml": {"promptfiles", "promptschema", "services"},
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 import orjson
@@ -28,19 +27,21 @@ from promptops.server.schemas import (
 )
 
 
-# Dependencies are `async def` on purpose: FastAPI runs a sync dependency in the threadpool, and
-# a thread hop per dependency was the largest cost of a serve (bench/http.py).
+# `async def` on purpose: FastAPI runs a sync dependency in the threadpool, and a thread hop per
+# dependency was the largest cost of a serve (bench/http.py).
 async def get_runtime(request: Request) -> Runtime:
     """The server runtime."""
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
 async def serve_principal(request: Request) -> Principal:
-    """The caller of a serving route (any valid key), checked without leaving the event loop."""
+    """The caller of a serving route: any valid key (checked before the body is validated)."""
     return bearer_principal(request)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+# The serving routes take one dependency and read the runtime from the request: each dependency
+# FastAPI resolves costs about as much as the rest of its work on a serve (bench/http.py).
 ServeKey = Annotated[Principal, Depends(serve_principal)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -58,6 +59,46 @@ class JSON(Response):
 
 
 router = APIRouter(responses=ERRORS)
+
+
+# The serving routes come first: routes are matched in order, and these take the traffic.
+@router.post("/v1/prompts/{name}/render", tags=["serving"], response_model=RenderPublic)
+async def render(name: str, body: RenderCreate, request: Request,
+                 _: ServeKey) -> Response:
+    """Render a version (production by default); records no decision."""
+    rt: Runtime = request.app.state.runtime
+    if body.version is None and body.label is None:
+        live = rt.ops.serving.live.prompt(name)
+        if live.production is not None:
+            v = live.production
+            out = rt.ops.ctx.renderer.render(v.content, body.variables, prompt=name,
+                                             version=v.number, variant=v.variant)
+            return JSON(out.payload())
+    return JSON(await run_in_threadpool(rt.ops.render, name, body.variables,
+                                        version=body.version, label=body.label))
+
+
+@router.post("/v1/prompts/{name}/serve", tags=["serving"], response_model=ServePublic)
+async def serve(name: str, body: ServeCreate, request: Request,
+                _: ServeKey) -> Response:
+    """Serve a prompt: an experiment arm if one runs, else production; records a decision."""
+    rt: Runtime = request.app.state.runtime
+    out = rt.ops.serving.serve(name, body.variables, unit_id=body.unit_id)
+    rt.metrics.child(rt.metrics.decisions, name, str(out["experiment_id"] or ""),
+                     str(out["version"])).inc()
+    return JSON(out)
+
+
+@router.post("/v1/feedback", tags=["serving"], response_model=FeedbackPublic)
+async def feedback(body: FeedbackCreate, request: Request, _: ServeKey) -> Response:
+    """Record a reward for a decision; a repeat is acknowledged as a duplicate."""
+    rt: Runtime = request.app.state.runtime
+    item = rt.ops.serving.prepare_feedback(body.decision_id, body.reward, body.metric)
+    status = await rt.writer.submit_feedback_async(item)
+    rt.metrics.child(rt.metrics.feedback, str(item.token.prompt_id),
+                     str(item.token.experiment_id or ""), str(item.token.version_id),
+                     status).inc()
+    return JSON({"status": status})
 
 
 @router.get("/healthz", tags=["health"])
@@ -107,39 +148,6 @@ def move_label(name: str, label: str, body: LabelCreate, rt: RuntimeDep,
     result = rt.ops.registry.move_label(name, body.version, label, actor=who.actor)
     rt.refresh()
     return JSON(result)
-
-
-@router.post("/v1/prompts/{name}/render", tags=["serving"], response_model=RenderPublic)
-async def render(name: str, body: RenderCreate, rt: RuntimeDep, _: ServeKey) -> Response:
-    """Render a version (production by default); records no decision."""
-    if body.version is None and body.label is None:
-        live = rt.ops.serving.live.prompt(name)
-        if live.production is not None:
-            v = live.production
-            out = rt.ops.ctx.renderer.render(v.content, body.variables, prompt=name,
-                                             version=v.number, variant=v.variant)
-            return JSON(out.payload())
-    return JSON(await run_in_threadpool(rt.ops.render, name, body.variables,
-                                        version=body.version, label=body.label))
-
-
-@router.post("/v1/prompts/{name}/serve", tags=["serving"], response_model=ServePublic)
-async def serve(name: str, body: ServeCreate, rt: RuntimeDep, _: ServeKey) -> Response:
-    """Serve a prompt: an experiment arm if one runs, else production; records a decision."""
-    out = rt.ops.serving.serve(name, body.variables, unit_id=body.unit_id)
-    rt.metrics.decisions.labels(name, str(out["experiment_id"] or ""),
-                                str(out["version"])).inc()
-    return JSON(out)
-
-
-@router.post("/v1/feedback", tags=["serving"], response_model=FeedbackPublic)
-async def feedback(body: FeedbackCreate, rt: RuntimeDep, _: ServeKey) -> Response:
-    """Record a reward for a decision; a repeat is acknowledged as a duplicate."""
-    item = rt.ops.serving.prepare_feedback(body.decision_id, body.reward, body.metric)
-    status = await asyncio.wrap_future(rt.writer.submit_feedback(item))
-    rt.metrics.feedback.labels(str(item.token.prompt_id), str(item.token.experiment_id or ""),
-                               str(item.token.version_id), status).inc()
-    return JSON({"status": status})
 
 
 @router.get("/v1/experiments", tags=["experiments"])

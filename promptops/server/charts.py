@@ -1,5 +1,7 @@
 """Server-drawn SVG charts for the dashboard.
 
+Also the number and time formats that charts and pages share, and the experiment page's charts.
+
 Why SVG drawn here rather than a vendored JavaScript chart library: the pages stay readable with
 JavaScript off, nothing has to be vendored, licensed or updated, the strict Content-Security-Policy
 needs no exception, and the charts show in the same response as the numbers they explain. Colours
@@ -11,7 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from html import escape
+from typing import Any
 
 from markupsafe import Markup
 
@@ -209,3 +213,108 @@ def legend(labels: Sequence[str]) -> Markup:
         f'rx="3" fill="{color(i)}"/></svg> {escape(label)}</li>'
         for i, label in enumerate(labels))
     return Markup(f'<ul class="legend">{items}</ul>')
+
+
+# -- number and time formats shared by the charts and the pages ------------------------------
+def fmt_time(ts: float | None) -> str:
+    """A timestamp as UTC ISO 8601 to the second."""
+    if ts is None:
+        return "—"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """A duration as days/hours/minutes."""
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    minutes = int(max(seconds, 0) // 60)
+    days, hours, mins = minutes // 1440, minutes % 1440 // 60, minutes % 60
+    if days:
+        return f"{days}d {hours}h"
+    return f"{hours}h {mins}m" if hours else f"{mins}m"
+
+
+def fmt_pct(x: float | None) -> str:
+    """A share as a percentage: one decimal, two near 0% and 100% (where thresholds live)."""
+    if x is None or not math.isfinite(x):
+        return "—"
+    v = x * 100
+    if 0 < v < 0.01:
+        return "< 0.01%"
+    if 99.99 < v < 100:
+        return "> 99.99%"
+    if 0 < v < 1 or 99 < v < 100:
+        return f"{v:.2f}".rstrip("0").rstrip(".") + "%"
+    return f"{v:.1f}%"
+
+
+def fmt_share(x: float) -> str:
+    """An axis tick of a share: 25%, 50%."""
+    return f"{x * 100:g}%"
+
+
+def fmt_num(x: float | None) -> str:
+    """A count with thousands separators."""
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def value_format(reward: str) -> Callable[[float | None], str]:
+    """How a reward-scale value reads: a percentage for binary rewards, 3 decimals otherwise."""
+    if reward == "binary":
+        return fmt_pct
+    return lambda x: "—" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def arm_label(arm: dict[str, Any]) -> str:
+    """How the pages name an arm: its version and variant."""
+    return f"v{arm['version']} {arm['variant']}"
+
+
+def experiment_charts(exp: dict[str, Any], history: list[dict[str, Any]],
+                      now: float) -> dict[str, Any]:
+    """The four charts of an experiment page, as inline SVG."""
+    labels = [arm_label(a) for a in exp["arms"]]
+    fmt = value_format(exp["reward"])
+    dens = [(labels[i], a["mean"], (a["ci_high"] - a["ci_low"]) / (2 * 1.96))
+            for i, a in enumerate(exp["arms"])
+            if None not in (a["mean"], a["ci_low"], a["ci_high"])]
+    start = exp["started_at"] or (history[0]["started_at"] if history else now)
+    end = exp["ended_at"] or now
+    x_fmt, x_title = hours_format((end - start) / 3600)
+    unit = 3600 * (24 if x_title.startswith("days") else 1)
+    x_end = (end - start) / unit
+
+    def x(t: float) -> float:
+        return (t - start) / unit
+
+    p_best = []
+    cumulative = []
+    for i, (label, arm) in enumerate(zip(labels, exp["arms"], strict=True)):
+        pts = [(x(e["started_at"]), e["p_best"][i]) for e in history
+               if e["p_best"] and i < len(e["p_best"]) and e["p_best"][i] is not None]
+        if arm["p_best"] is not None:
+            pts.append((x_end, arm["p_best"]))
+        p_best.append(Series(label, pts))
+        total, steps = 0.0, []
+        for e in history:
+            steps.append((x(e["started_at"]), total))
+            total += e["assigned"][i] if i < len(e["assigned"]) else 0
+        steps.append((x_end, float(arm["decisions"])))
+        cumulative.append(Series(label, steps))
+    epochs = [e for e in history if len(e["weights"] or []) == len(labels)]
+    return {
+        "labels": labels,
+        "density": density_chart(
+            "density", dens, title="Posterior of each arm's mean", x_fmt=lambda v: fmt(v),
+            x_title=f"mean {exp['metric']}"),
+        "p_best": line_chart(
+            "pbest", p_best, title="P(best) over time", x_fmt=x_fmt, x_title=x_title,
+            y_fmt=fmt_share, y_range=(0.0, 1.0), x_range=(0.0, x_end)),
+        "weights": stacked_steps(
+            "weights", labels, [x(e["started_at"]) for e in epochs],
+            [e["weights"] for e in epochs], end=x_end, title="Allocation weight per epoch",
+            x_fmt=x_fmt, x_title=x_title, y_fmt=fmt_share),
+        "cumulative": line_chart(
+            "cumulative", cumulative, title="Cumulative decisions", x_fmt=x_fmt,
+            x_title=x_title, y_fmt=lambda v: f"{v:,.0f}", x_range=(0.0, x_end)),
+    }

@@ -9,10 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -31,6 +29,14 @@ from promptops.rendering import coerce_cli_value
 from promptops.server import charts
 from promptops.server.auth import SESSION_COOKIE, SESSION_MAX_AGE, Principal, session_principal
 from promptops.server.auth import session_token as make_session_token
+from promptops.server.charts import (
+    arm_label,
+    fmt_duration,
+    fmt_num,
+    fmt_pct,
+    fmt_time,
+    value_format,
+)
 from promptops.server.runtime import Runtime
 from promptops.services.keys import role_for
 
@@ -52,56 +58,6 @@ def web_dir() -> Path:
         if (candidate / "templates").is_dir():
             return candidate
     raise RuntimeError(f"dashboard templates not found under {package}")
-
-
-# -- formatting -----------------------------------------------------------------------------
-def fmt_time(ts: float | None) -> str:
-    """A timestamp as UTC ISO 8601 to the second."""
-    if ts is None:
-        return "—"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """A duration as days/hours/minutes."""
-    if seconds is None or not math.isfinite(seconds):
-        return "—"
-    minutes = int(max(seconds, 0) // 60)
-    days, hours, mins = minutes // 1440, minutes % 1440 // 60, minutes % 60
-    if days:
-        return f"{days}d {hours}h"
-    return f"{hours}h {mins}m" if hours else f"{mins}m"
-
-
-def fmt_pct(x: float | None) -> str:
-    """A share as a percentage: one decimal, two near 0% and 100% (where thresholds live)."""
-    if x is None or not math.isfinite(x):
-        return "—"
-    v = x * 100
-    if 0 < v < 0.01:
-        return "< 0.01%"
-    if 99.99 < v < 100:
-        return "> 99.99%"
-    if 0 < v < 1 or 99 < v < 100:
-        return f"{v:.2f}".rstrip("0").rstrip(".") + "%"
-    return f"{v:.1f}%"
-
-
-def fmt_share(x: float) -> str:
-    """An axis tick of a share: 25%, 50%."""
-    return f"{x * 100:g}%"
-
-
-def fmt_num(x: float | None) -> str:
-    """A count with thousands separators."""
-    return "—" if x is None else f"{x:,.0f}"
-
-
-def value_format(reward: str) -> Callable[[float | None], str]:
-    """How a reward-scale value reads: a percentage for binary rewards, 3 decimals otherwise."""
-    if reward == "binary":
-        return fmt_pct
-    return lambda x: "—" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
 def _environment() -> Environment:
@@ -266,17 +222,13 @@ async def logout(request: Request) -> Response:
 
 
 # -- pages ----------------------------------------------------------------------------------
-def _arm_label(arm: dict[str, Any]) -> str:
-    return f"v{arm['version']} {arm['variant']}"
-
-
 def summarize(exp: dict[str, Any], now: float) -> dict[str, Any]:
     """An experiment's overview row: leader by P(best), decisions, time running."""
     scored = [a for a in exp["arms"] if a.get("p_best") is not None]
     leader = max(scored, key=lambda a: a["p_best"]) if scored else None
     started = exp.get("started_at")
     running_for = None if started is None else (exp.get("ended_at") or now) - started
-    return {**exp, "leader": _arm_label(leader) if leader else None,
+    return {**exp, "leader": arm_label(leader) if leader else None,
             "leader_p_best": leader["p_best"] if leader else None,
             "decisions": sum(a["decisions"] for a in exp["arms"]),
             "running_for": running_for}
@@ -391,7 +343,7 @@ def stopping_rule(exp: dict[str, Any], now: float) -> list[str]:
         best = min(challengers, key=lambda a: (a["expected_loss"] is None,
                                                a["expected_loss"] or 0.0, -a["p_beats_control"]))
         lines.append(f"To promote a challenger it needs P(beats control) ≥ {formula} = "
-                     f"{fmt_pct(need)}; {_arm_label(best)} is at "
+                     f"{fmt_pct(need)}; {arm_label(best)} is at "
                      f"{fmt_pct(best['p_beats_control'])}.")
         if best["expected_loss"] is not None and best["mean"] is not None:
             lines.append(f"Its expected loss must also be at most {fmt_pct(pol['loss_threshold'])}"
@@ -403,7 +355,7 @@ def stopping_rule(exp: dict[str, Any], now: float) -> list[str]:
     control = next((a for a in arms if a["is_control"]), None)
     if control is not None and control["p_best"] is not None:
         lines.append(f"To keep the control early it needs P(best) ≥ "
-                     f"{fmt_pct(pol['control_p_best'])}; {_arm_label(control)} is at "
+                     f"{fmt_pct(pol['control_p_best'])}; {arm_label(control)} is at "
                      f"{fmt_pct(control['p_best'])}.")
     every = pol["max_decisions"] / max(pol["max_checks"], 1)
     lines.append(f"{exp['checks_done']} of at most {pol['max_checks']} stopping checks done "
@@ -419,63 +371,13 @@ def stopping_rule(exp: dict[str, Any], now: float) -> list[str]:
     return lines
 
 
-def experiment_charts(exp: dict[str, Any], history: list[dict[str, Any]],
-                      now: float) -> dict[str, Any]:
-    """The four charts of an experiment page, as inline SVG."""
-    labels = [_arm_label(a) for a in exp["arms"]]
-    fmt = value_format(exp["reward"])
-    dens = [(labels[i], a["mean"], (a["ci_high"] - a["ci_low"]) / (2 * 1.96))
-            for i, a in enumerate(exp["arms"])
-            if None not in (a["mean"], a["ci_low"], a["ci_high"])]
-    start = exp["started_at"] or (history[0]["started_at"] if history else now)
-    end = exp["ended_at"] or now
-    x_fmt, x_title = charts.hours_format((end - start) / 3600)
-    unit = 3600 * (24 if x_title.startswith("days") else 1)
-    x_end = (end - start) / unit
-
-    def x(t: float) -> float:
-        return (t - start) / unit
-
-    p_best = []
-    cumulative = []
-    for i, (label, arm) in enumerate(zip(labels, exp["arms"], strict=True)):
-        pts = [(x(e["started_at"]), e["p_best"][i]) for e in history
-               if e["p_best"] and i < len(e["p_best"]) and e["p_best"][i] is not None]
-        if arm["p_best"] is not None:
-            pts.append((x_end, arm["p_best"]))
-        p_best.append(charts.Series(label, pts))
-        total, steps = 0.0, []
-        for e in history:
-            steps.append((x(e["started_at"]), total))
-            total += e["assigned"][i] if i < len(e["assigned"]) else 0
-        steps.append((x_end, float(arm["decisions"])))
-        cumulative.append(charts.Series(label, steps))
-    epochs = [e for e in history if len(e["weights"] or []) == len(labels)]
-    return {
-        "labels": labels,
-        "density": charts.density_chart(
-            "density", dens, title="Posterior of each arm's mean", x_fmt=lambda v: fmt(v),
-            x_title=f"mean {exp['metric']}"),
-        "p_best": charts.line_chart(
-            "pbest", p_best, title="P(best) over time", x_fmt=x_fmt, x_title=x_title,
-            y_fmt=fmt_share, y_range=(0.0, 1.0), x_range=(0.0, x_end)),
-        "weights": charts.stacked_steps(
-            "weights", labels, [x(e["started_at"]) for e in epochs],
-            [e["weights"] for e in epochs], end=x_end, title="Allocation weight per epoch",
-            x_fmt=x_fmt, x_title=x_title, y_fmt=fmt_share),
-        "cumulative": charts.line_chart(
-            "cumulative", cumulative, title="Cumulative decisions", x_fmt=x_fmt,
-            x_title=x_title, y_fmt=lambda v: f"{v:,.0f}", x_range=(0.0, x_end)),
-    }
-
-
 def experiment_context(rt: Runtime, experiment_id: int) -> dict[str, Any]:
     """What the experiment page shows: arms, charts, the stopping rule, alarm and audit trail."""
     now = rt.ops.ctx.now()
     exp = summarize(rt.ops.experiments.get(experiment_id), now)
     history = rt.ops.experiments.history(experiment_id)
     fmt = value_format(exp["reward"])
-    arms = [{**a, "label": _arm_label(a), "mean_text": fmt(a["mean"]),
+    arms = [{**a, "label": arm_label(a), "mean_text": fmt(a["mean"]),
              "ci_text": (f"{fmt(a['ci_low'])} – {fmt(a['ci_high'])}"
                          if a["ci_low"] is not None and a["ci_high"] is not None else "—"),
              "loss_text": fmt(a["expected_loss"])} for a in exp["arms"]]
@@ -489,7 +391,7 @@ def experiment_context(rt: Runtime, experiment_id: int) -> dict[str, Any]:
                  "loss": fmt(a.get("expected_loss"))} for i, a in enumerate(ev.get("arms") or [])]
         evidence_rows.append({"rows": rows, "reason": ev.get("reason"), "at": ev.get("at")})
     return {"exp": exp, "arms": arms, "history": history, "rule": stopping_rule(exp, now),
-            "charts": experiment_charts(exp, history, now),
+            "charts": charts.experiment_charts(exp, history, now),
             "audit": list(zip(audit, evidence_rows, strict=True))}
 
 

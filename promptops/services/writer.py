@@ -1,14 +1,16 @@
 """The batched writer: decisions leave the request path, feedback is group-committed.
 
 A serve appends its decision to an in-memory buffer and returns at once; a background thread stores
-the buffer every few milliseconds in one transaction. A feedback waits for the commit of the batch it
-joined (group commit), so an acknowledged feedback is always durable. If the database is down, the
-feedback futures fail (the server answers 503) and buffered decisions are kept, up to a bound, until
-it returns.
+the buffer every few milliseconds in one transaction. A feedback waits for the commit of the batch
+it joined (group commit), so an acknowledged feedback is always durable. If the database is down,
+the feedback futures fail (the server answers 503) and buffered decisions are kept, up to a bound,
+until it returns.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -19,6 +21,20 @@ from promptops.errors import PromptOpsError, Unavailable
 from promptops.services.serving import FeedbackItem, Recorder
 
 log = logging.getLogger("promptops.writer")
+
+# A feedback waits on a concurrent Future (any thread) or on an asyncio future of a running loop.
+Waiter = Future[str] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[str]"]
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[str], str | BaseException]]) -> None:
+    """Resolve the asyncio futures of one batch, inside their event loop."""
+    for fut, outcome in outcomes:
+        if fut.cancelled():
+            continue
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
 
 
 class BatchWriter:
@@ -31,7 +47,7 @@ class BatchWriter:
         self.max_batch = max_batch
         self.max_pending = max_pending
         self._decisions: deque[dict[str, Any]] = deque()
-        self._feedback: deque[tuple[FeedbackItem, Future[str]]] = deque()
+        self._feedback: deque[tuple[FeedbackItem, Waiter]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -75,6 +91,15 @@ class BatchWriter:
         self._wake.set()
         return fut
 
+    def submit_feedback_async(self, item: FeedbackItem) -> asyncio.Future[str]:
+        """Queue a feedback from a running event loop; the asyncio future resolves after its batch
+        commits, with one wake-up of the loop per batch rather than one per feedback."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[str] = loop.create_future()
+        self._feedback.append((item, (loop, fut)))
+        self._wake.set()
+        return fut
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.flush_seconds)
@@ -96,18 +121,33 @@ class BatchWriter:
                 results = self.recorder.record_feedback([item for item, _ in batch])
             except PromptOpsError as exc:
                 self._failed(exc)
-                for _, fut in batch:
-                    fut.set_exception(exc if isinstance(exc, Unavailable)
-                                      else Unavailable(str(exc)))
+                error = exc if isinstance(exc, Unavailable) else Unavailable(str(exc))
+                self._resolve([(waiter, error) for _, waiter in batch])
                 return
             except Exception as exc:  # never let one bad batch kill the writer thread
                 self._failed(exc)
-                for _, fut in batch:
-                    fut.set_exception(Unavailable(f"could not store feedback: {exc}"))
+                error = Unavailable(f"could not store feedback: {exc}")
+                self._resolve([(waiter, error) for _, waiter in batch])
                 return
             self.healthy = True
-            for (_, fut), status in zip(batch, results, strict=True):
-                fut.set_result(status)
+            self._resolve([(waiter, status)
+                           for (_, waiter), status in zip(batch, results, strict=True)])
+
+    @staticmethod
+    def _resolve(outcomes: list[tuple[Waiter, str | BaseException]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[str],
+                                                            str | BaseException]]] = {}
+        for waiter, outcome in outcomes:
+            if isinstance(waiter, Future):
+                if isinstance(outcome, BaseException):
+                    waiter.set_exception(outcome)
+                else:
+                    waiter.set_result(outcome)
+            else:
+                by_loop.setdefault(waiter[0], []).append((waiter[1], outcome))
+        for loop, pending in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_settle, pending)
 
     def _flush_decisions(self) -> None:
         while self._decisions:

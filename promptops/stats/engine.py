@@ -29,7 +29,7 @@ class PolicyState:
     checks_done: int = 0
     burn_in_done: bool = False
     srm_alarm: bool = False
-    next_check_at: float = 0.0  # matured outcomes at which the next check is due (set at burn-in end)
+    next_check_at: float = 0.0  # matured outcomes when the next check is due (set at burn-in end)
 
     def to_dict(self) -> dict[str, Any]:
         """The state as a JSON-able dict."""
@@ -37,7 +37,7 @@ class PolicyState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> PolicyState:
-        """Rebuild a state from `to_dict` output (unknown keys are ignored, missing ones default)."""
+        """Rebuild a state from `to_dict` output (unknown keys ignored, missing ones default)."""
         data = data or {}
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 

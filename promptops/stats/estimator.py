@@ -2,18 +2,18 @@
 
 Per arm a and epoch e we hold n, the sum and the sum of squares of matured rewards. The epoch weight
 w_e is the epoch's share of all matured outcomes (over arms); for arm a it is renormalised over the
-epochs where a has n > 0, so an arm missing from an epoch is estimated on the epochs it has (with the
-default floor every arm is in every epoch, so this only matters for hand-made weights of 0). Then
+epochs where a has n > 0, so an arm missing from an epoch is estimated on the epochs it has (with a
+floor every arm is in every epoch, so this only matters for fixed weights of 0). Then
 
     mean_a = sum_e w_e * mean_{a,e}          var_a = sum_e w_e^2 * s2_{a,e} / n_{a,e}
 
 where s2_{a,e} is the epoch's sample variance shrunk toward the arm's pooled within-epoch variance
-with 10 pseudo-observations, and that pooled variance is itself shrunk toward m0 (1 - m0) (the largest
-variance a reward in [0, 1] with mean m0 can have) with 2 pseudo-observations; m0 is the pooled mean
-of all arms with half a success in one pseudo-observation. So n = 1..5 never gives a zero variance.
-The prior on each arm's mean is N(m0, m0 (1 - m0) / prior_strength): one observation's worth by
-default, centred on the pooled mean, which shrinks arms slightly toward each other. The posterior is
-the Gaussian combination of that prior with N(mean_a, var_a).
+with 10 pseudo-observations, and that pooled variance is itself shrunk toward m0 (1 - m0) (the
+largest variance a reward in [0, 1] with mean m0 can have) with 2 pseudo-observations; m0 is the
+pooled mean of all arms with half a success in one pseudo-observation. So n = 1..5 never gives a
+zero variance. The prior on each arm's mean is N(m0, m0 (1 - m0) / prior_strength): one
+observation's worth by default, centred on the pooled mean, which shrinks arms slightly toward each
+other. The posterior is the Gaussian combination of that prior with N(mean_a, var_a).
 
 P(best) and E[max_j theta_j] are one-dimensional integrals over independent Gaussians, computed by
 8-point Gauss-Legendre on every interval between the merged breakpoints of all arms (each arm's mean
@@ -127,7 +127,7 @@ def _nodes(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def best_probabilities(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, float]:
-    """P(arm a has the largest mean) for each arm, and E[max_j theta_j], for independent Gaussians."""
+    """P(arm a is the largest) for each arm, and E[max_j theta_j], for independent Gaussians."""
     mean = np.asarray(mean, dtype=float)
     sd = np.asarray(sd, dtype=float)
     k = mean.size
@@ -149,7 +149,7 @@ def best_probabilities(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, fl
 
 
 def p_beats(mean: np.ndarray, sd: np.ndarray, reference: int) -> np.ndarray:
-    """P(theta_a > theta_reference) for each arm a, in closed form (NaN for the reference itself)."""
+    """P(theta_a > theta_reference) for each arm a in closed form (NaN for the reference)."""
     out = np.full(len(mean), math.nan)
     for a in range(len(mean)):
         if a != reference:
@@ -161,9 +161,9 @@ def p_beats(mean: np.ndarray, sd: np.ndarray, reference: int) -> np.ndarray:
 def srm_p_value(assigned: np.ndarray, weights: np.ndarray) -> float | None:
     """Chi-squared p-value of the served counts against each epoch's weights (None if too few).
 
-    Expected counts are built epoch by epoch (epoch total times its weights) and summed per arm; the
-    statistic compares per-arm totals with K - 1 degrees of freedom, which keeps a steady loss of one
-    arm's log visible instead of diluting it over many epochs' degrees of freedom.
+    Expected counts are built epoch by epoch (epoch total times its weights) and summed per arm;
+    the statistic compares per-arm totals with K - 1 degrees of freedom, which keeps a steady loss
+    of one arm's log visible instead of diluting it over many epochs' degrees of freedom.
     """
     assigned = np.asarray(assigned, dtype=float)
     weights = np.asarray(weights, dtype=float)
@@ -183,7 +183,7 @@ def srm_p_value(assigned: np.ndarray, weights: np.ndarray) -> float | None:
 
 
 def summarize(data: EpochData, *, control: int, policy: Policy) -> Summary:
-    """Posterior means, credible intervals, P(best), expected loss, P(beats control) and the SRM p."""
+    """Posterior means, 95% intervals, P(best), expected loss, P(beats control) and SRM p."""
     mean, sd = posterior(data, policy=policy)
     p_best, e_max = best_probabilities(mean, sd)
     loss = np.maximum(e_max - mean, 0.0)

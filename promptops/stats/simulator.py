@@ -1,24 +1,25 @@
 """A vectorised simulator that drives the real policy `step` on a virtual clock.
 
-Decision i happens at i / decisions_per_hour hours ("tick" i). Its reward is drawn from the arm's mean
-at that decision (drift included): Bernoulli for binary, Beta(mean c, (1 - mean) c) for continuous.
-Feedback arrives feedback_delay_hours after the decision with probability feedback_rate; the decision
-matures when its attribution window closes, counting its reward if the feedback came within the
-window, else 0 (`missing_feedback: zero`) or nothing (`ignore`), as in STATS.md item 1. Since every
-decision matures a fixed window after it is made, maturation order is decision order, so the next
-epoch boundary is found from a cumulative count of counted outcomes instead of a per-decision loop:
-it is the later of the time the update_every-th outcome since the epoch start matures and
-min_update_minutes after the start (or the limit, if sooner). Within an epoch the weights are
-constant, so a block of decisions is assigned and rewarded at once; decisions drawn past the
-boundary are discarded and redrawn under the new weights. `step` runs at every boundary; once it ends
-the experiment, the rest of the traffic goes to the production arm (the winner, else the control).
+Decision i happens at i / decisions_per_hour hours ("tick" i). Its reward is drawn from the arm's
+mean at that decision (drift included): Bernoulli for binary, Beta(mean c, (1 - mean) c) for
+continuous. Feedback arrives feedback_delay_hours after the decision with probability feedback_rate;
+the decision matures when its attribution window closes, counting its reward if the feedback came
+within the window, else 0 (`missing_feedback: zero`) or nothing (`ignore`), as in STATS.md item 1.
+Since every decision matures a fixed window after it is made, maturation order is decision order, so
+the next epoch boundary is found from a cumulative count of counted outcomes instead of a
+per-decision loop: it is the later of the time the update_every-th outcome since the epoch start
+matures and min_update_minutes after the start (or the limit, if sooner). Within an epoch the
+weights are constant, so a block of decisions is assigned and rewarded at once; decisions drawn past
+the boundary are discarded and redrawn under the new weights. `step` runs at every boundary; once it
+ends the experiment, the rest of the traffic goes to the production arm (the winner, else the
+control).
 
 Counting: a run counts under promoted[arm] when its experiment ended with that arm as winner, the
 control included when the policy kept it early; every other run (limit reached, or still running
-when the traffic ran out) is inconclusive. A wrong promotion is a run whose winner's true mean at the
-end of the run is more than `tolerance` below the best arm's. median_decisions_to_end counts a run
-that never ended as its full traffic. Each run has its own Generator from SeedSequence(seed) child
-number `index`, so results do not depend on how runs are split over processes.
+when the traffic ran out) is inconclusive. A wrong promotion is a run whose winner's true mean at
+the end of the run is more than `tolerance` below the best arm's. median_decisions_to_end counts a
+run that never ended as its full traffic. Each run has its own Generator from SeedSequence(seed)
+child number `index`, so results do not depend on how runs are split over processes.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Special functions in plain numpy: the normal CDF (vectorised) and the chi-squared survival function.
+"""Special functions in plain numpy: the normal CDF (vectorised) and the chi-squared survival.
 
-The normal CDF is a cubic Hermite interpolation of `math.erfc` on a grid of step 1/128 over [-10, 10]
-(absolute error below 1e-11, checked against scipy in the tests); outside that range it is 0 or 1 to
-within 1e-23. The chi-squared survival function is the regularized upper incomplete gamma function,
-by its power series below a + 1 and its continued fraction (modified Lentz) above, as in Numerical
-Recipes section 6.2; it keeps full relative accuracy for small p-values.
+The normal CDF is a cubic Hermite interpolation of `math.erfc` on a grid of step 1/128 over [-10,
+10] (absolute error below 1e-11, checked against scipy in the tests); outside that range it is 0 or
+1 to within 1e-23. The chi-squared survival function is the regularized upper incomplete gamma
+function, by its power series below a + 1 and its continued fraction (modified Lentz) above, as in
+Numerical Recipes section 6.2; it keeps full relative accuracy for small p-values.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ recorded. Counters, promotion and label moves must come out the same as with a s
 from __future__ import annotations
 
 import threading
+import traceback
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -36,22 +37,32 @@ def replicas(pg_url: str, spawn: Callable[..., Server]) -> tuple[Server, Server]
     return a, b
 
 
-def _run_clients(target: Callable[[int], None], n: int = CLIENTS) -> None:
-    errors: list[BaseException] = []
+class Clients:
+    """Client threads running `target(i)`; a failure in any of them fails the test."""
 
-    def run(i: int) -> None:
+    def __init__(self, target: Callable[[int], None], n: int = CLIENTS) -> None:
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._run, args=(target, i)) for i in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, target: Callable[[int], None], i: int) -> None:
         try:
             target(i)
         except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+            self.errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    def check(self) -> None:
+        """Fail if a client failed."""
+        if self.errors:
+            trace = "".join(traceback.format_exception(self.errors[0]))
+            pytest.fail(f"a client failed:\n{trace}")
+
+    def join(self) -> None:
+        """Wait for every client, then fail if one failed."""
+        for t in self.threads:
+            t.join()
+        self.check()
 
 
 def _feedback_twice(first: httpx.Client, second: httpx.Client, body: dict[str, Any]
@@ -66,6 +77,7 @@ def _feedback_twice(first: httpx.Client, second: httpx.Client, body: dict[str, A
     t.start()
     answers.append(first.post("/v1/feedback", json=body))
     t.join()
+    assert len(answers) == 2, "a feedback request failed without an answer"
     for r in answers:
         assert r.status_code == 200, r.text
     return sorted(r.json()["status"] for r in answers)
@@ -102,7 +114,7 @@ def test_totals_are_exact_and_promotion_happens_once(
                 pairs.append(statuses)
                 plain_serves += 1
 
-    _run_clients(client)
+    Clients(client).join()
 
     assert all(p == ["duplicate", "recorded"] for p in pairs), Counter(map(tuple, pairs))
     # Feedback is durable before its 200 and stores its decision first: no waiting needed.
@@ -138,7 +150,7 @@ def test_totals_are_exact_and_promotion_happens_once(
         with lock:
             answers.append(r)
 
-    _run_clients(promote)
+    Clients(promote).join()
     codes = sorted(r.status_code for r in answers)
     assert codes == [200] + [409] * (CLIENTS - 1), [r.text for r in answers]
     assert all(r.json()["error"]["code"] for r in answers if r.status_code == 409)
@@ -211,11 +223,12 @@ def test_automatic_promotion_happens_once_with_two_replicas(
                                                  "reward": int(out["version"] == warm)})
             assert f.status_code == 200, f.text
 
+    load = Clients(client, 4)
+
     def ended() -> bool:
+        load.check()
         return a.experiment("greet")["status"] != "running"
 
-    load = threading.Thread(target=_run_clients, args=(client, 4))
-    load.start()
     try:
         wait_for(ended, what="the experiment to end by itself", interval=0.2)
     finally:

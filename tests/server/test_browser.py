@@ -27,6 +27,8 @@ pytestmark = [
     pytest.mark.skipif(not Path(BROWSER).exists(), reason=f"no browser at {BROWSER}"),
 ]
 
+# With max_decisions 100,000 the first stopping check comes at 2,500 matured outcomes, after this
+# test's traffic, so the experiment is still running when the admin promotes it by hand.
 PROMPT = """\
 name: support-triage
 description: Route a customer message to one category.
@@ -46,7 +48,7 @@ experiment:
   reward: binary
   arms: [main, few-shot]
   policy: {min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0,
-           attribution_window_hours: 1, max_decisions: 50000}
+           attribution_window_hours: 1, max_decisions: 100000}
 """
 
 
@@ -120,7 +122,7 @@ def drive_traffic(served: Served, ops: Any, clock: Any, key: str, n: int) -> Non
                 ops.tick()
     writer = served.app.state.runtime.writer
     deadline = time.monotonic() + 20
-    while writer.pending:  # the batched writer stores the last decisions a moment later
+    while writer.written < n:  # the batched writer stores the last decisions a moment later
         assert time.monotonic() < deadline, "decisions were not written"
         time.sleep(0.02)
     clock.advance(hours=1, seconds=1)

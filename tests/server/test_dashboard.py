@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -15,7 +16,7 @@ from promptops.server import charts, dashboard
 from promptops.server.auth import SESSION_COOKIE
 
 FAST = ("{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
-        "attribution_window_hours: 1, max_decisions: 20000}")
+        "attribution_window_hours: 1, max_decisions: 100000}")  # first check after 2,500
 PROMPT = f"""\
 name: triage
 description: Route a message.
@@ -63,6 +64,11 @@ def synced(ops, prompts_dir, client):
 def busy(ops, clock, synced, client):
     """An experiment with a few epochs of traffic and feedback, still running."""
     traffic(ops, clock, 1500, {1: 0.10, 2: 0.14})
+    writer = client.app.state.runtime.writer
+    deadline = time.monotonic() + 20
+    while writer.written < 1500:  # the app's batched writer stores decisions a moment later
+        assert time.monotonic() < deadline, "decisions were not written"
+        time.sleep(0.01)
     clock.advance(hours=1, seconds=1)
     ops.tick()
     client.app.state.runtime.refresh()
@@ -167,7 +173,7 @@ def test_experiment_page_shows_arms_charts_and_the_stopping_rule(client, busy):
     rule = " ".join(ctx["rule"])
     challenger = arms[1]
     assert "needs P(beats control) ≥ 1 − 0.005 = 99.5%" in rule
-    assert f"v2 few-shot is at {dashboard.fmt_pct(challenger['p_beats_control'])}" in rule
+    assert f"v2 few-shot is at {charts.fmt_pct(challenger['p_beats_control'])}" in rule
     assert f"{busy['checks_done']} of at most 40 stopping checks" in rule
     assert "Promote" in r.text and "Stop experiment" in r.text
     assert "Sample ratio mismatch" not in r.text
@@ -312,13 +318,13 @@ def test_serve_keys_see_read_only_pages(client, ops, keyed, synced):
     pytest.param(None, "—", id="none"),
 ])
 def test_percentages(value, text):
-    assert dashboard.fmt_pct(value) == text
+    assert charts.fmt_pct(value) == text
 
 
 def test_durations_and_times():
-    assert dashboard.fmt_duration(3 * 86400 + 4 * 3600 + 60) == "3d 4h"
-    assert dashboard.fmt_duration(5 * 3600 + 12 * 60) == "5h 12m"
-    assert dashboard.fmt_time(1_800_000_000) == "2027-01-15 08:00:00Z"
+    assert charts.fmt_duration(3 * 86400 + 4 * 3600 + 60) == "3d 4h"
+    assert charts.fmt_duration(5 * 3600 + 12 * 60) == "5h 12m"
+    assert charts.fmt_time(1_800_000_000) == "2027-01-15 08:00:00Z"
 
 
 def test_stopping_rule_in_words_for_three_arms():

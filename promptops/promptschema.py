@@ -1,0 +1,615 @@
+"""The prompt file schema: composed YAML nodes are checked and built into domain objects."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import keyword
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import yaml
+
+from .domain import (
+    DEFAULT_METRIC,
+    MAIN_VARIANT,
+    VARIABLE_TYPES,
+    ExperimentSpec,
+    Message,
+    Policy,
+    PromptContent,
+    PromptDefinition,
+    VariableSpec,
+)
+from .errors import FileProblem, InvalidPromptFile, RenderError
+from .rendering import TemplateSyntaxProblem, template_names, value_problem
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+"""Names of prompts and variants."""
+
+ROLES = ("system", "user", "assistant", "tool")
+"""Chat message roles."""
+
+_VARIABLE_RULE = "letters, digits, '_'; not starting with a digit; not a keyword"
+_NAME_RULE = "lowercase letters, digits, '.', '_', '-'; starting with a letter or digit; max 64"
+_METRIC = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Jinja literals and names with a meaning of their own inside templates cannot be variables.
+_RESERVED = frozenset({"true", "false", "none", "loop", "self", "caller", "varargs", "kwargs"})
+_TOP_KEYS = (
+    "name",
+    "description",
+    "tags",
+    "model",
+    "variables",
+    "messages",
+    "template",
+    "variants",
+    "experiment",
+)
+_VARIABLE_KEYS = ("type", "required", "default", "enum", "max_length", "description")
+_VARIANT_KEYS = ("messages", "template", "model", "description")
+_MESSAGE_KEYS = ("role", "content")
+_EXPERIMENT_KEYS = (
+    "metric",
+    "reward",
+    "arms",
+    "strategy",
+    "weights",
+    "auto_promote",
+    "status",
+    "policy",
+)
+_CHOICES = {
+    "reward": ("binary", "continuous"),
+    "strategy": ("thompson", "fixed"),
+    "status": ("draft", "running"),
+    "allocation": ("top_two", "thompson"),
+    "missing_feedback": ("zero", "ignore"),
+}
+_Rule = tuple[Callable[[float], bool], str]
+_AT_LEAST_0: _Rule = (lambda v: v >= 0, "at least 0")
+_ANY: _Rule = (lambda v: True, "")
+_POSITIVE: _Rule = (lambda v: v > 0, "greater than 0")
+_PROBABILITY: _Rule = (lambda v: 0 < v < 1, "strictly between 0 and 1")
+_POLICY_RULES: dict[str, _Rule] = {
+    **dict.fromkeys(("attribution_window_hours", "min_hours", "min_update_minutes"), _AT_LEAST_0),
+    **dict.fromkeys(("alpha", "control_p_best", "srm_p_value"), _PROBABILITY),
+    **dict.fromkeys(("min_samples_per_arm", "draws", "update_every", "max_checks"), _POSITIVE),
+    **dict.fromkeys(("max_decisions", "max_days", "loss_threshold", "prior_strength"), _POSITIVE),
+    "floor": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "top_two_beta": (lambda v: 0 < v <= 1, "greater than 0 and at most 1"),
+}
+_YAML = "tag:yaml.org,2002:"
+_DATA_TAGS = frozenset(
+    _YAML + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "timestamp")
+)
+_BAD: Any = object()  # a value that could not be built; its problem is already recorded
+_Entries = dict[str, tuple[yaml.Node, yaml.Node]]
+_Variant = tuple[tuple[Message, ...] | None, str | None, dict[str, Any]]
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _at(where: str, message: str) -> str:
+    return f"{where}: {message}" if where else message
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _describe(node: yaml.Node) -> str:
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if _is_null(node):
+        return "nothing"
+    text = repr(node.value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _YAML + "null"
+
+
+def _value(entries: _Entries, key: str) -> yaml.Node | None:
+    """The value node at a key; None when the key is absent or its value is null."""
+    node = entries[key][1] if key in entries else None
+    return None if node is None or _is_null(node) else node
+
+
+def _plain_problem(value: Any) -> str | None:
+    """Why a value is not plain JSON-like data, or None."""
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "must not contain .nan or .inf"
+    if isinstance(value, list):
+        return next((p for v in value if (p := _plain_problem(v))), None)
+    if isinstance(value, dict):
+        if any(not isinstance(k, str) for k in value):
+            return "mapping keys must be strings"
+        return next((p for v in value.values() if (p := _plain_problem(v))), None)
+    return f"must be plain data, got {type(value).__name__} {value}; quote it to make it a string"
+
+
+def _template_line(node: yaml.Node, lineno: int) -> int:
+    # In a block scalar (| or >) template line 1 is the line after the indicator.
+    if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
+        return node.start_mark.line + 1 + lineno
+    return _line(node)
+
+
+class _Checker:
+    """Validates one composed file, collecting every problem."""
+
+    def __init__(self, path: str, loader: Any) -> None:
+        self.path = path
+        self.loader = loader
+        self.problems: list[FileProblem] = []
+        self.templates: list[tuple[yaml.Node, str, str]] = []
+        self.tag_lines: set[int] = set()
+        self.declared: set[str] = set()
+        self.variant_names: set[str] = set()
+
+    def err(self, node: yaml.Node | int, message: str) -> None:
+        """Record a problem at a node's line (or a line number)."""
+        line = node if isinstance(node, int) else _line(node)
+        # A node with an unsupported tag is reported once; what follows from it would be noise.
+        if line not in self.tag_lines:
+            self.problems.append(FileProblem(self.path, line, message))
+
+    def scan(self, root: yaml.Node) -> None:
+        """Report tags beyond plain data and duplicate mapping keys anywhere in the document."""
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if node.tag not in _DATA_TAGS:
+                tag = node.tag.replace(_YAML, "!!")
+                merge = node.tag == _YAML + "merge"
+                self.err(
+                    node,
+                    "merge keys ('<<') are not supported"
+                    if merge
+                    else f"unsupported YAML tag {tag!r}",
+                )
+                self.tag_lines.add(_line(node))
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[tuple[str, str], int] = {}
+                for key, value in node.value:
+                    ident = (key.tag, key.value) if isinstance(key, yaml.ScalarNode) else None
+                    if ident in seen:
+                        self.err(key, f"duplicate key {key.value!r} (first at line {seen[ident]})")
+                    elif ident is not None:
+                        seen[ident] = _line(key)
+                    stack.extend((key, value))
+            elif isinstance(node, yaml.SequenceNode):
+                stack.extend(node.value)
+
+    def data(self, node: yaml.Node) -> Any:
+        """The plain Python value of a node, or _BAD after reporting."""
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            self.err((exc.problem_mark or node.start_mark).line + 1, f"invalid YAML: {exc.problem}")
+        except (yaml.YAMLError, TypeError, ValueError) as exc:
+            self.err(node, f"invalid value: {' '.join(str(exc).split())}")
+        return _BAD
+
+    def mapping(
+        self,
+        node: yaml.Node,
+        where: str,
+        allowed: Sequence[str] | None,
+        required: Sequence[str] = (),
+    ) -> _Entries | None:
+        """The entries of a mapping node by key (first of duplicates), reporting unknown keys."""
+        if not isinstance(node, yaml.MappingNode):
+            self.err(node, _at(where, f"must be a mapping, got {_describe(node)}"))
+            return None
+        out: _Entries = {}
+        for key, value in node.value:
+            if not (isinstance(key, yaml.ScalarNode) and key.tag == _YAML + "str"):
+                self.err(key, _at(where, f"keys must be strings, got {_describe(key)}"))
+            elif allowed is not None and key.value not in allowed:
+                hint = difflib.get_close_matches(key.value, allowed, n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                self.err(key, _at(where, f"unknown key {key.value!r}{extra}"))
+            else:
+                out.setdefault(key.value, (key, value))
+        for key in required:
+            if key not in out:
+                self.err(node, _at(where, f"missing required key {key!r}"))
+        return out
+
+    def check(self, node: yaml.Node, where: str, kind: str, choices: Sequence[Any] = ()) -> Any:
+        """A value of a variable type (and among choices, if given), or _BAD after reporting."""
+        value = self.data(node)
+        if value is _BAD:
+            return _BAD
+        enum = tuple(choices) if choices else None
+        spec = VariableSpec(where, type=kind, enum=enum)  # type: ignore[arg-type]
+        problem = value_problem(spec, value)
+        if problem:
+            self.err(node, f"{where}: {problem}")
+            return _BAD
+        return value
+
+    def get(
+        self,
+        entries: _Entries,
+        key: str,
+        where: str,
+        kind: str,
+        default: Any = None,
+        choices: Sequence[Any] = (),
+    ) -> Any:
+        """The checked value at a key; `default` when absent (or null, unless default is _BAD)."""
+        if key not in entries:
+            return default
+        node = entries[key][1]
+        if _is_null(node) and default is not _BAD:
+            return default
+        return self.check(node, _join(where, key), kind, choices)
+
+    def items(self, entries: _Entries, key: str, where: str) -> list[yaml.Node] | None:
+        """The item nodes of a list at a key ([] when absent or null), or None after reporting."""
+        node = _value(entries, key)
+        if node is None:
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            self.err(node, f"{_join(where, key)}: must be a list")
+            return None
+        return list(node.value)
+
+    def strings(self, entries: _Entries, key: str, where: str) -> list[str] | None:
+        """A list of strings at a key (duplicates are reported), or None after reporting."""
+        nodes = self.items(entries, key, where)
+        if nodes is None:
+            return None
+        out = [self.check(n, f"{_join(where, key)}[{i}]", "string") for i, n in enumerate(nodes)]
+        for i, value in enumerate(out):
+            if value is not _BAD and value in out[:i]:
+                self.err(nodes[i], f"{_join(where, key)}[{i}]: duplicate {value!r}")
+        return None if any(v is _BAD for v in out) else out
+
+    def model(self, entries: _Entries, where: str) -> dict[str, Any] | None:
+        """A free-form model mapping of plain data ({} when absent), or None after reporting."""
+        node = _value(entries, "model")
+        if node is None:
+            return {}
+        before = len(self.problems)
+        if self.mapping(node, _join(where, "model"), None) is None or len(self.problems) > before:
+            return None
+        value = self.data(node)
+        problem = None if value is _BAD else _plain_problem(value)
+        if problem:
+            self.err(node, f"{_join(where, 'model')}: {problem}")
+        return None if problem or value is _BAD else value
+
+    def text(self, entries: _Entries, key: str, where: str) -> str | None:
+        """A template string at a key, queued for the template checks."""
+        value = self.get(entries, key, where, "string", _BAD)
+        if value is _BAD:
+            return None
+        self.templates.append((entries[key][1], _join(where, key), value))
+        return value
+
+    def messages(self, node: yaml.Node, where: str) -> tuple[Message, ...] | None:
+        """Chat messages ({role, content}); their contents are queued for the template checks."""
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.err(node, f"{where}: must be a non-empty list of {{role, content}} messages")
+            return None
+        out: list[Message] = []
+        for i, item in enumerate(node.value):
+            at = f"{where}[{i}]"
+            entries = self.mapping(item, at, _MESSAGE_KEYS, required=_MESSAGE_KEYS)
+            if entries is not None:
+                role = self.get(entries, "role", at, "string", _BAD, choices=ROLES)
+                content = self.text(entries, "content", at)
+                if role is not _BAD and content is not None:
+                    out.append(Message(role, content))
+        return tuple(out) if len(out) == len(node.value) else None
+
+    def body(self, entries: _Entries, where: str) -> tuple[str | None, Any, str | None]:
+        """Messages XOR template of the main prompt or a variant: (form, messages, template)."""
+        if "messages" in entries and "template" in entries:
+            self.err(
+                entries["template"][0], _at(where, "use either messages or template, not both")
+            )
+            return "both", None, None
+        if "messages" in entries:
+            return "messages", self.messages(entries["messages"][1], _join(where, "messages")), None
+        if "template" in entries:
+            return "template", None, self.text(entries, "template", where)
+        return None, None, None
+
+    def variables(self, entries: _Entries) -> list[VariableSpec] | None:
+        """Declared variables in order, or None if any is invalid."""
+        node = _value(entries, "variables")
+        if node is None:
+            return []
+        variables = self.mapping(node, "variables", None)
+        if variables is None:
+            return None
+        self.declared.update(variables)
+        specs: list[VariableSpec | None] = []
+        for name, (key, value) in variables.items():
+            if not _IDENTIFIER.match(name) or keyword.iskeyword(name) or name in _RESERVED:
+                self.err(
+                    key, f"variables: {name!r} is not a valid variable name ({_VARIABLE_RULE})"
+                )
+                specs.append(None)
+            else:
+                specs.append(self.variable(name, value))
+        valid = [spec for spec in specs if spec is not None]
+        return valid if len(valid) == len(specs) else None
+
+    def variable(self, name: str, node: yaml.Node) -> VariableSpec | None:
+        """One variable: a mapping of settings, a bare type name, or null (an optional string)."""
+        where = f"variables.{name}"
+        if _is_null(node):
+            return VariableSpec(name)
+        if isinstance(node, yaml.ScalarNode):
+            kind = self.check(node, where, "string", VARIABLE_TYPES)
+            return None if kind is _BAD else VariableSpec(name, type=kind)
+        entries = self.mapping(node, where, _VARIABLE_KEYS)
+        if entries is None:
+            return None
+        before = len(self.problems)
+        kind = self.get(entries, "type", where, "string", "string", choices=VARIABLE_TYPES)
+        required = self.get(entries, "required", where, "boolean", False)
+        max_length = self.get(entries, "max_length", where, "integer")
+        description = self.get(entries, "description", where, "string")
+        if isinstance(max_length, int) and max_length < 1:
+            self.err(entries["max_length"][1], f"{where}.max_length: must be at least 1")
+        elif max_length is not None and kind not in ("string", "list", _BAD):
+            self.err(entries["max_length"][1], f"{where}.max_length: only for strings and lists")
+        if len(self.problems) > before:
+            return None
+        spec = VariableSpec(name, kind, required, max_length=max_length, description=description)
+        if "enum" in entries:
+            enum = self.enum(entries["enum"][1], f"{where}.enum", spec)
+            if enum is None:
+                return None
+            spec = dataclasses.replace(spec, enum=enum)
+        default_node = _value(entries, "default")
+        if default_node is None:
+            return spec
+        default = self.data(default_node)
+        if default is _BAD:
+            return None
+        problem = _plain_problem(default) or value_problem(spec, default)
+        if problem or required:
+            problem = "a required variable cannot have a default" if required else problem
+            self.err(default_node, f"{where}.default: {problem}")
+            return None
+        return dataclasses.replace(spec, default=default, has_default=True)
+
+    def enum(self, node: yaml.Node, where: str, spec: VariableSpec) -> tuple[Any, ...] | None:
+        """The allowed values of a scalar variable, each of its type and unique."""
+        if spec.type in ("list", "object"):
+            self.err(node, f"{where}: only for string, integer, number and boolean variables")
+            return None
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.err(node, f"{where}: must be a non-empty list")
+            return None
+        values = [self.check(item, f"{where}[{i}]", spec.type) for i, item in enumerate(node.value)]
+        if any(v is _BAD for v in values):
+            return None
+        for i, value in enumerate(values):
+            if any(value == v and type(value) is type(v) for v in values[:i]):
+                self.err(node.value[i], f"{where}[{i}]: duplicate value {value!r}")
+                return None
+        return tuple(values)
+
+    def check_templates(self) -> None:
+        """Every queued template compiles and uses only declared variables."""
+        for node, where, source in self.templates:
+            try:
+                names = template_names(source)
+            except TemplateSyntaxProblem as exc:
+                line = _template_line(node, exc.lineno)
+                self.err(line, f"{where}: template syntax error: {exc.detail}")
+                continue
+            except RenderError as exc:
+                self.err(node, f"{where}: {exc.message}")
+                continue
+            for name in sorted(names - self.declared):
+                self.err(node, f"{where} uses undeclared variable {name!r}")
+
+    def variants(
+        self, entries: _Entries, main_form: str | None, main_model: dict[str, Any]
+    ) -> dict[str, _Variant] | None:
+        """Valid variants as (messages, template, merged model); None content is inherited."""
+        node = _value(entries, "variants")
+        if node is None:
+            return {}
+        variants = self.mapping(node, "variants", None)
+        if variants is None:
+            return None
+        out: dict[str, _Variant] = {}
+        for vname, (key, value) in variants.items():
+            where = f"variants.{vname}"
+            if vname == MAIN_VARIANT or not NAME_PATTERN.match(vname):
+                reserved = "is reserved for the top-level prompt"
+                invalid = f"is not a valid variant name ({_NAME_RULE})"
+                self.err(
+                    key, f"variants: {vname!r} {reserved if vname == MAIN_VARIANT else invalid}"
+                )
+                continue
+            self.variant_names.add(vname)
+            ventries = self.mapping(value, where, _VARIANT_KEYS)
+            if ventries is None:
+                continue
+            before = len(self.problems)
+            form, messages, template = self.body(ventries, where)
+            if (
+                form in ("messages", "template")
+                and main_form in ("messages", "template")
+                and (form != main_form)
+            ):
+                why = f"the main prompt uses {main_form}; a variant keeps that form"
+                self.err(ventries[form][0], f"{where}.{form}: {why}")
+            if form is None and "model" not in ventries:
+                self.err(value, f"{where}: must override messages, template or model")
+            override = self.model(ventries, where)
+            self.get(ventries, "description", where, "string")
+            if len(self.problems) == before and override is not None:
+                # Replace-by-key merge over the main model; a null in the variant removes the key.
+                merged = {**main_model, **override}
+                model = {k: v for k, v in merged.items() if not (k in override and v is None)}
+                out[vname] = (messages, template, model)
+        return out
+
+    def identical(
+        self, entries: _Entries, main: PromptContent, variants: dict[str, _Variant]
+    ) -> None:
+        """A variant identical to main or to an earlier variant is a problem: it tests nothing."""
+        seen = {main.content_hash(): "the main prompt"}
+        keys = {k.value: k for k, _ in entries["variants"][1].value}
+        for vname, (messages, template, model) in variants.items():
+            inherit = messages is None and template is None
+            content = PromptContent(
+                main.messages if inherit else messages,
+                main.template if inherit else template,
+                model,
+            )
+            digest = content.content_hash()
+            if digest in seen:
+                self.err(keys[vname], f"variants.{vname}: identical to {seen[digest]}")
+            seen.setdefault(digest, f"variant {vname!r}")
+
+    def experiment(self, node: yaml.Node) -> ExperimentSpec | None:
+        """The declared experiment, or None after reporting."""
+        entries = self.mapping(node, "experiment", _EXPERIMENT_KEYS, required=("arms",))
+        if entries is None:
+            return None
+        at = "experiment"
+        before = len(self.problems)
+        fields = {
+            key: self.get(entries, key, at, "string", getattr(ExperimentSpec, key), _CHOICES[key])
+            for key in ("reward", "strategy", "status")
+        }
+        fields["auto_promote"] = self.get(entries, "auto_promote", at, "boolean")
+        metric = fields["metric"] = self.get(entries, "metric", at, "string", DEFAULT_METRIC)
+        if isinstance(metric, str) and not _METRIC.match(metric):
+            rule = "must be 1-64 letters, digits, '.', '_' or '-'"
+            self.err(entries["metric"][1], f"experiment.metric: {rule}")
+        arms = self.strings(entries, "arms", at) if "arms" in entries else None
+        allowed = sorted({MAIN_VARIANT} | self.variant_names)
+        for i, arm in enumerate(arms or ()):
+            if arm not in allowed:
+                why = f"is not main or a declared variant (known: {', '.join(allowed)})"
+                self.err(entries["arms"][1].value[i], f"experiment.arms[{i}]: {arm!r} {why}")
+        if arms is not None and len(arms) < 2:
+            self.err(entries["arms"][1], "experiment.arms: at least two arms are needed")
+        if "weights" in entries:
+            fields["weights"] = self.weights(entries, arms)
+            if fields["strategy"] == "thompson":
+                self.err(entries["weights"][0], "experiment.weights: only for strategy: fixed")
+        elif fields["strategy"] == "fixed":
+            self.err(entries["strategy"][1], "experiment: strategy fixed needs weights")
+        policy = self.policy(entries["policy"][1]) if "policy" in entries else Policy()
+        if len(self.problems) > before or arms is None or policy is None:
+            return None
+        return ExperimentSpec(arms=tuple(arms), policy=policy, **fields)
+
+    def weights(self, entries: _Entries, arms: list[str] | None) -> tuple[float, ...] | None:
+        """Fixed allocation weights: non-negative numbers, one per arm, summing to 1."""
+        nodes = self.items(entries, "weights", "experiment")
+        if nodes is None:
+            return None
+        values = [self.check(n, f"experiment.weights[{i}]", "number") for i, n in enumerate(nodes)]
+        if any(v is _BAD for v in values):
+            return None
+        node = entries["weights"][1]
+        if any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-3:
+            self.err(
+                node, f"experiment.weights: must be non-negative and sum to 1 (sum {sum(values):g})"
+            )
+        if arms is not None and len(values) != len(arms):
+            self.err(node, f"experiment.weights: {len(values)} weights for {len(arms)} arms")
+        return tuple(float(v) for v in values)
+
+    def policy(self, node: yaml.Node) -> Policy | None:
+        """Policy overrides: known settings with values of the right type and range."""
+        entries = self.mapping(node, "experiment.policy", Policy.field_names())
+        if entries is None:
+            return None
+        at = "experiment.policy"
+        values: dict[str, Any] = {}
+        for name, (_, value_node) in entries.items():
+            if name in _CHOICES:  # missing_feedback may be null: the per-reward default
+                default = None if name == "missing_feedback" else _BAD
+                value = self.get(entries, name, at, "string", default, choices=_CHOICES[name])
+            else:
+                kind = "integer" if isinstance(getattr(Policy, name), int) else "number"
+                value = self.get(entries, name, at, kind, _BAD)
+                test, rule = _POLICY_RULES.get(name, _ANY)
+                if value is not _BAD and not test(value):
+                    self.err(value_node, f"{at}.{name}: must be {rule}")
+                    value = _BAD
+                elif value is not _BAD and kind == "number":
+                    value = float(value)
+            if value is not _BAD:
+                values[name] = value
+        return Policy().with_overrides(values) if len(values) == len(entries) else None
+
+    def definition(self, root: yaml.Node) -> PromptDefinition | None:
+        """The validated prompt of a whole file, or None if it has problems."""
+        if not isinstance(root, yaml.MappingNode):
+            expected = "a prompt file must be a mapping (name:, messages:, ...)"
+            self.err(root, f"{expected}, got {_describe(root)}")
+            return None
+        self.scan(root)
+        entries = self.mapping(root, "", _TOP_KEYS, required=("name",)) or {}
+        name = self.get(entries, "name", "", "string", _BAD)
+        if isinstance(name, str) and not NAME_PATTERN.match(name):
+            self.err(entries["name"][1], f"name: {name!r} is not a valid name ({_NAME_RULE})")
+        description = self.get(entries, "description", "", "string", "")
+        tags = self.strings(entries, "tags", "")
+        model = self.model(entries, "")
+        variables = self.variables(entries)
+        form, messages, template = self.body(entries, "")
+        if form is None:
+            self.err(root, "one of messages or template is required")
+        variants = self.variants(entries, form, model or {})
+        self.check_templates()
+        experiment = self.experiment(entries["experiment"][1]) if "experiment" in entries else None
+        if (messages or template) is not None and model is not None and variants:
+            self.identical(entries, PromptContent(messages, template, model), variants)
+        if self.problems or variables is None or model is None or variants is None:
+            return None
+        content = PromptContent(messages, template, model, tuple(variables))
+        return PromptDefinition(
+            name=name,
+            content=content,
+            description=description,
+            tags=tuple(tags or ()),
+            variants={
+                vname: PromptContent(
+                    messages if vm is None and vt is None else vm,
+                    template if vm is None and vt is None else vt,
+                    vmodel,
+                    content.variables,
+                )
+                for vname, (vm, vt, vmodel) in variants.items()
+            },
+            experiment=experiment,
+            path=self.path,
+            line=_line(entries["name"][0]),
+        )
+
+
+def build_definition(root: yaml.Node, loader: Any, *, path: str) -> PromptDefinition:
+    """The validated prompt of a composed file; raises InvalidPromptFile listing every problem."""
+    checker = _Checker(path, loader)
+    definition = checker.definition(root)
+    if definition is None:
+        raise InvalidPromptFile(sorted(checker.problems, key=lambda p: p.line))
+    return definition

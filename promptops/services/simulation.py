@@ -1,0 +1,239 @@
+"""Simulation scenarios: load and validate a scenario file, run it through the real policy.
+
+The file format is CONTRACT.md's "Simulation scenarios"; `run_scenario` spreads the seeded runs over
+worker processes (results do not depend on the split) and returns the CONTRACT result dict.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+
+from promptops.domain import Allocation, MissingFeedback, Policy
+from promptops.errors import InvalidInput
+from promptops.stats.simulator import RunResult, Scenario, SimArm, aggregate, simulate_runs
+
+__all__ = ["Scenario", "load_scenario", "parse_scenario", "run_scenario"]
+
+Progress = Callable[[int, int], None]
+
+_TOP_KEYS = (
+    "name", "runs", "seed", "decisions", "decisions_per_hour", "reward", "concentration", "arms",
+    "drift", "feedback_delay_hours", "feedback_rate", "policy", "tolerance",
+)
+_ARM_KEYS = ("name", "mean", "feedback_delay_hours", "concentration")
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "allocation": get_args(Allocation),
+    "missing_feedback": (*get_args(MissingFeedback), None),
+}
+# (lowest, highest, lowest is exclusive) for numeric policy settings
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "attribution_window_hours": (0, math.inf, False),
+    "min_samples_per_arm": (0, math.inf, False),
+    "min_hours": (0, math.inf, False),
+    "top_two_beta": (0, 1, False),
+    "floor": (0, 1, False),
+    "draws": (1, math.inf, False),
+    "update_every": (1, math.inf, False),
+    "min_update_minutes": (0, math.inf, False),
+    "max_decisions": (1, math.inf, False),
+    "max_days": (0, math.inf, True),
+    "max_checks": (1, math.inf, False),
+    "alpha": (0, 1, True),
+    "loss_threshold": (0, math.inf, False),
+    "control_p_best": (0, 1, True),
+    "srm_p_value": (0, 1, True),
+    "prior_strength": (0, math.inf, True),
+}
+
+
+class _Checker:
+    """Validation helpers that name the file and the key in every message."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> InvalidInput:
+        return InvalidInput(f"{self.source}: '{key}' {message}", field=key)
+
+    def mapping(self, value: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a mapping")
+        for k in value:
+            if k not in allowed:
+                where = f"{key}.{k}" if key != "scenario" else str(k)
+                known = ", ".join(allowed)
+                raise self.fail(where, f"is not a known key (expected one of: {known})")
+        return value
+
+    def integer(self, value: Any, key: str, *, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(key, f"must be an integer >= {minimum} (got {value!r})")
+        return value
+
+    def number(self, value: Any, key: str, *, lo: float = -math.inf, hi: float = math.inf,
+               open_lo: bool = False) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value > hi or value < lo or (
+            open_lo and value == lo
+        ):
+            low = f"> {lo:g}" if open_lo else f">= {lo:g}"
+            bound = low if hi == math.inf else f"{low} and <= {hi:g}"
+            raise self.fail(key, f"must be a number {bound} (got {value!r})")
+        return float(value)
+
+
+def _policy(check: _Checker, raw: Any) -> Policy:
+    values = check.mapping({} if raw is None else raw, "policy", Policy.field_names())
+    default = Policy()
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        key = f"policy.{name}"
+        if name in _CHOICES:
+            if value not in _CHOICES[name]:
+                choices = ", ".join(str(c) for c in _CHOICES[name] if c is not None)
+                raise check.fail(key, f"must be one of: {choices} (got {value!r})")
+            out[name] = value
+            continue
+        lo, hi, open_lo = _RANGES[name]
+        if isinstance(getattr(default, name), int):
+            out[name] = check.integer(value, key, minimum=int(lo))
+        else:
+            out[name] = check.number(value, key, lo=lo, hi=hi, open_lo=open_lo)
+    return default.with_overrides(out)
+
+
+def parse_scenario(
+    raw: Any, *, source: str = "scenario", default_name: str = "scenario"
+) -> Scenario:
+    """Validate a scenario already parsed from YAML; errors name the offending key."""
+    check = _Checker(source)
+    data = check.mapping(raw, "scenario", _TOP_KEYS)
+    reward = data.get("reward", "binary")
+    if reward not in ("binary", "continuous"):
+        raise check.fail("reward", f"must be binary or continuous (got {reward!r})")
+    concentration = check.number(data.get("concentration", 20.0), "concentration", lo=0,
+                                 open_lo=True)
+    delay = check.number(data.get("feedback_delay_hours", 0.0), "feedback_delay_hours", lo=0)
+
+    drift: list[tuple[float, float]] = []
+    raw_drift = data.get("drift") or []
+    if not isinstance(raw_drift, list):
+        raise check.fail("drift", "must be a list of {at, multiply}")
+    for i, item in enumerate(raw_drift):
+        entry = check.mapping(item, f"drift[{i}]", ("at", "multiply"))
+        if "at" not in entry or "multiply" not in entry:
+            raise check.fail(f"drift[{i}]", "needs both 'at' and 'multiply'")
+        drift.append((
+            check.number(entry["at"], f"drift[{i}].at", lo=0, hi=1),
+            check.number(entry["multiply"], f"drift[{i}].multiply", lo=0, open_lo=True),
+        ))
+    drift.sort()
+    peak = max([1.0] + [math.prod(m for _, m in drift[: j + 1]) for j in range(len(drift))])
+
+    raw_arms = data.get("arms")
+    if not isinstance(raw_arms, list) or len(raw_arms) < 2:
+        raise check.fail("arms", "must be a list of at least two arms")
+    arms: list[SimArm] = []
+    for i, item in enumerate(raw_arms):
+        entry = check.mapping(item, f"arms[{i}]", _ARM_KEYS)
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise check.fail(f"arms[{i}].name", "must be a non-empty string")
+        if any(a.name == name for a in arms):
+            raise check.fail(f"arms[{i}].name", f"repeats the arm name {name!r}")
+        if "mean" not in entry:
+            raise check.fail(f"arms[{i}].mean", "is required")
+        # the largest the mean gets under drift must stay a valid mean
+        if reward == "binary":
+            mean = check.number(entry["mean"], f"arms[{i}].mean", lo=0, hi=1.0 / peak)
+        else:
+            mean = check.number(entry["mean"], f"arms[{i}].mean", lo=0, open_lo=True, hi=1.0 / peak)
+            if mean * peak >= 1.0:
+                raise check.fail(f"arms[{i}].mean", "must stay below 1 for a continuous reward")
+        arms.append(SimArm(
+            name=name,
+            mean=mean,
+            feedback_delay_hours=check.number(
+                entry.get("feedback_delay_hours", delay), f"arms[{i}].feedback_delay_hours", lo=0),
+            concentration=check.number(
+                entry.get("concentration", concentration), f"arms[{i}].concentration", lo=0,
+                open_lo=True),
+        ))
+
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise check.fail("name", "must be a non-empty string")
+    return Scenario(
+        name=name,
+        arms=tuple(arms),
+        runs=check.integer(data.get("runs", 100), "runs", minimum=1),
+        seed=check.integer(data.get("seed", 0), "seed", minimum=0),
+        decisions=check.integer(data.get("decisions", 10_000), "decisions", minimum=1),
+        decisions_per_hour=check.number(data.get("decisions_per_hour", 1000.0),
+                                        "decisions_per_hour", lo=0, open_lo=True),
+        reward=reward,
+        drift=tuple(drift),
+        feedback_rate=check.number(data.get("feedback_rate", 1.0), "feedback_rate", lo=0, hi=1),
+        policy=_policy(check, data.get("policy")),
+        tolerance=check.number(data.get("tolerance", 0.0), "tolerance", lo=0),
+    )
+
+
+def load_scenario(path: str | os.PathLike[str]) -> Scenario:
+    """Read and validate a scenario YAML file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"{p}: cannot read the scenario file ({exc.strerror or exc})") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{p}: not valid YAML ({exc})") from exc
+    return parse_scenario(raw, source=str(p), default_name=p.stem)
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    progress: Progress | None = None,
+    runs: int | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Run a scenario's seeded runs (all, or the first `runs`) and return the CONTRACT result."""
+    total = scenario.runs if runs is None else runs
+    if total < 1:
+        raise InvalidInput("runs must be at least 1", field="runs")
+    size = max(1, min(20, total // 16 or 1))
+    chunks = [range(i, min(i + size, total)) for i in range(0, total, size)]
+    workers = min(workers or os.cpu_count() or 1, len(chunks))
+    results: dict[int, list[RunResult]] = {}
+    done = 0
+    if progress is not None:
+        progress(0, total)
+    if workers <= 1:
+        for chunk in chunks:
+            results[chunk.start] = simulate_runs(scenario, chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(simulate_runs, scenario, c): c for c in chunks}
+            for future in as_completed(futures):
+                chunk = futures[future]
+                results[chunk.start] = future.result()
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+    ordered = [r for start in sorted(results) for r in results[start]]
+    return aggregate(scenario, ordered)
