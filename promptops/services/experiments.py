@@ -418,6 +418,8 @@ class Experiments:
 
     # -- reads -----------------------------------------------------------------------------
     def _row(self, s: Session, experiment_id: int, *, lock: bool = False) -> ExperimentRow:
+        if not 0 < experiment_id < 2**31:
+            raise ExperimentNotFound(experiment_id)
         q = select(ExperimentRow).where(ExperimentRow.id == experiment_id)
         if lock:
             q = q.with_for_update()

@@ -83,6 +83,8 @@ class Registry:
 
     def version_row(self, session: Session, prompt: PromptRow, number: int) -> VersionRow:
         """The row of one version, or VersionNotFound."""
+        if not 0 < number < 2**31:
+            raise VersionNotFound(prompt.name, number)
         row = session.scalar(select(VersionRow).where(
             VersionRow.prompt_id == prompt.id, VersionRow.number == number))
         if row is None:
@@ -219,8 +221,8 @@ class Registry:
         write_audit(
             s, at=now, actor=actor, action="label.move", prompt_id=prompt.id,
             experiment_id=experiment_id,
-            message=f"{label}: {prompt.name} v{previous if previous else '-'} -> v{version.number}"
-                    f" ({reason})",
+            message=(f"{label}: {prompt.name} v{previous} -> v{version.number} ({reason})"
+                     if previous else f"{label}: {prompt.name} -> v{version.number} ({reason})"),
             details={"label": label, "from": previous, "to": version.number, "reason": reason,
                      **(details or {})})
         bump_change_seq(s)

@@ -52,6 +52,7 @@ class BatchWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = 0
+        self._in_flight = 0
         self.written = 0
         self.failures = 0
         self.healthy = True
@@ -72,8 +73,8 @@ class BatchWriter:
 
     @property
     def pending(self) -> int:
-        """Decisions waiting to be stored."""
-        return len(self._decisions)
+        """Decisions not yet stored (buffered or in a batch being written)."""
+        return len(self._decisions) + self._in_flight
 
     def add_decision(self, row: dict[str, Any]) -> None:
         """Queue a decision; never blocks."""
@@ -154,6 +155,7 @@ class BatchWriter:
             batch = []
             while self._decisions and len(batch) < self.max_batch:
                 batch.append(self._decisions.popleft())
+            self._in_flight = len(batch)
             try:
                 self.recorder.record_decisions(batch)
             except Exception as exc:
@@ -161,6 +163,8 @@ class BatchWriter:
                 # Put them back in order; they are retried when the database returns.
                 self._decisions.extendleft(reversed(batch))
                 return
+            finally:
+                self._in_flight = 0
             self.healthy = True
             self.written += len(batch)
 

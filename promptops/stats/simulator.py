@@ -87,6 +87,11 @@ def mean_schedule(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
     return np.array(starts), np.vstack(rows)
 
 
+def is_wrong(means: np.ndarray, winner: int, tolerance: float) -> bool:
+    """Whether the winner's true mean is more than `tolerance` below the best (with float slack)."""
+    return bool(float(np.max(means)) - float(means[winner]) > tolerance + 1e-12)
+
+
 def run_generator(seed: int, index: int) -> np.random.Generator:
     """The Generator of run `index`: child `index` of SeedSequence(seed)."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(index,))))
@@ -228,15 +233,14 @@ def simulate_run(scenario: Scenario, index: int) -> RunResult:
     regret = float(gaps[run.seg_of, run.arm].sum())
     per_seg = np.bincount(run.seg_of, minlength=run.mu.shape[0])
     uniform = float((per_seg * gaps.mean(axis=1)).sum())
-    final = run.mu[-1]
-    wrong = winner is not None and final.max() - final[winner] > scenario.tolerance + 1e-12
+    wrong = winner is not None and is_wrong(run.mu[-1], winner, scenario.tolerance)
     return RunResult(
         winner=winner,
         action=action,
         decisions_to_end=total if ended_at is None else ended_at,
         regret=regret,
         uniform_regret=uniform,
-        wrong=bool(wrong),
+        wrong=wrong,
         srm_alarm=state.srm_alarm,
         checks=state.checks_done,
     )

@@ -8,7 +8,14 @@ from scipy import integrate
 from scipy import stats as sps
 
 from promptops.domain import Policy
-from promptops.stats import EpochData, best_probabilities, p_beats, posterior, srm_p_value, summarize
+from promptops.stats import (
+    EpochData,
+    best_probabilities,
+    p_beats,
+    posterior,
+    srm_p_value,
+    summarize,
+)
 from promptops.stats.estimator import ARM_PSEUDO_N, EPOCH_PSEUDO_N
 
 FLAT = Policy(prior_strength=1e-12)  # a prior so weak it does not move the posterior

@@ -1,0 +1,195 @@
+"""The policy step: burn-in, checks, promotion, keep-control, limit, SRM and fixed weights."""
+
+import json
+
+import numpy as np
+import pytest
+
+from promptops.domain import Policy
+from promptops.stats import EpochData, PolicyState, decide, should_start_epoch, step, summarize
+
+POLICY = Policy(min_hours=0)
+
+
+def epochs(rates, per_epoch, count, *, weights=None, served=None) -> EpochData:
+    """`count` epochs of `per_epoch` matured outcomes split evenly, each arm at its exact rate."""
+    k = len(rates)
+    n = np.full((k, count), per_epoch / k)
+    s = n * np.asarray(rates)[:, None]
+    w = np.full((k, count), 1.0 / k) if weights is None else weights
+    assigned = n.copy() if served is None else served
+    return EpochData(n=n, s=s, ss=s.copy(), assigned=assigned, weights=w)
+
+
+def run(data, state=None, policy=POLICY, *, hours=100.0, total=None, **kw):
+    total = int(data.n.sum()) if total is None else total
+    return step(data, control=0, state=state or PolicyState(), policy=policy,
+                rng=np.random.default_rng(0), hours_elapsed=hours, decisions_total=total, **kw)
+
+
+def test_should_start_epoch():
+    p = Policy()
+    assert should_start_epoch(matured_in_epoch=500, minutes_in_epoch=15, policy=p)
+    assert not should_start_epoch(matured_in_epoch=499, minutes_in_epoch=60, policy=p)
+    assert not should_start_epoch(matured_in_epoch=5000, minutes_in_epoch=14.9, policy=p)
+
+
+def test_burn_in_keeps_equal_weights_until_samples_and_hours():
+    data = epochs([0.10, 0.30], 500, 1)  # 250 per arm, a huge difference
+    r = run(data)
+    assert r.action == "continue" and not r.checked and not r.state.burn_in_done
+    np.testing.assert_allclose(r.weights, [0.5, 0.5])
+    assert "burn-in" in r.reason and "250 of 500" in r.reason
+    r = run(epochs([0.10, 0.30], 500, 4), policy=Policy(min_hours=24), hours=23.0)
+    assert not r.state.burn_in_done and "23.0 of 24 hours" in r.reason
+    r = run(epochs([0.10, 0.30], 500, 4), policy=Policy(min_hours=24), hours=24.0)
+    assert r.state.burn_in_done and not r.checked  # the first check comes one interval later
+
+
+def test_checks_are_spaced_one_interval_apart_after_burn_in():
+    policy = Policy(min_hours=0, max_decisions=20_000, max_checks=8)  # one check per 2,500
+    state = PolicyState()
+    checked_at = []
+    for e in range(1, 41):
+        r = run(epochs([0.10, 0.10], 500, e), state, policy, total=500 * e + 1000)
+        state = r.state
+        if r.checked:
+            checked_at.append(500 * e)
+        if r.action != "continue":
+            break
+    # burn-in ends at 1,000 matured; checks at 3,500, 6,000, ... never two in a row
+    assert checked_at[:3] == [3500, 6000, 8500]
+    assert np.all(np.diff(checked_at[:-1]) == 2500)
+    assert checked_at[-1] == 19_000  # the limit boundary (20k served) gets a final check
+    assert state.checks_done <= policy.max_checks
+    assert r.action == "inconclusive"
+
+
+def test_never_more_than_max_checks():
+    policy = Policy(min_hours=0, max_decisions=10**9, max_checks=3, update_every=500)
+    state = PolicyState(burn_in_done=True, next_check_at=1)
+    for e in range(1, 30):
+        state = run(epochs([0.1, 0.1], 10**8, e), state, policy).state
+    assert state.checks_done == 3
+
+
+def test_promotes_a_clear_winner_at_a_check():
+    state = PolicyState(burn_in_done=True, next_check_at=2500)
+    r = run(epochs([0.10, 0.13], 500, 10), state)
+    assert r.checked and r.action == "promote" and r.winner == 1
+    np.testing.assert_allclose(r.weights, [0.0, 1.0])
+    assert "99.5%" in r.reason
+
+
+def test_threshold_is_bonferroni_over_challengers():
+    # z = 0.02 / 0.0074 = 2.70 clears 99.5% (two arms) but not 99.75% (three arms)
+    for mean, sd3, expected in [
+        ([0.10, 0.12], 0.0074, "promote"),
+        ([0.10, 0.10, 0.12], 0.0074, "continue"),
+        ([0.10, 0.10, 0.12], 0.0068, "promote"),
+    ]:
+        mean = np.array(mean)
+        sd = np.full(mean.size, 0.0001)
+        sd[-1] = sd3
+        action, _, reason = decide(summarize_from(mean, sd), control=0, policy=POLICY)
+        assert action == expected, reason
+
+
+def summarize_from(mean, sd):
+    from promptops.stats.estimator import Summary, best_probabilities, p_beats
+
+    p_best, e_max = best_probabilities(mean, sd)
+    return Summary(mean=mean, sd=sd, ci_low=mean, ci_high=mean, p_best=p_best,
+                   expected_loss=e_max - mean, p_beats_control=p_beats(mean, sd, 0), srm_p=None)
+
+
+def test_loss_rule_blocks_promotion_with_a_wide_competitor():
+    # arm 1 clearly beats the control, but arm 2 is so uncertain that arm 1's expected loss is high
+    mean = np.array([0.10, 0.12, 0.115])
+    sd = np.array([0.001, 0.001, 0.05])
+    action, _, reason = decide(summarize_from(mean, sd), control=0, policy=POLICY)
+    assert action == "continue" and "expected loss" in reason
+
+
+def test_keeps_the_control_when_it_is_clearly_best():
+    state = PolicyState(burn_in_done=True, next_check_at=2500)
+    r = run(epochs([0.14, 0.10], 500, 10), state)
+    assert r.action == "keep_control" and r.winner == 0
+
+
+def test_undecided_check_says_how_far_it_is():
+    state = PolicyState(burn_in_done=True, next_check_at=2500)
+    r = run(epochs([0.10, 0.104], 500, 10), state)
+    assert r.checked and r.action == "continue"
+    assert r.reason.startswith("needs 99.5% to promote; arm 1 is at ")
+
+
+def test_limit_ends_inconclusive_without_relaxing():
+    state = PolicyState(burn_in_done=True, next_check_at=10**6, checks_done=5)
+    r = run(epochs([0.10, 0.104], 500, 10), state, total=100_000)
+    assert r.checked and r.action == "inconclusive" and r.winner is None
+    np.testing.assert_allclose(r.weights, [1.0, 0.0])
+    r = run(epochs([0.10, 0.104], 500, 10), state, hours=30 * 24, total=5000)
+    assert r.action == "inconclusive"
+
+
+def test_limit_boundary_still_decides_a_clear_winner():
+    state = PolicyState(burn_in_done=True, next_check_at=10**6, checks_done=5)
+    r = run(epochs([0.10, 0.13], 500, 10), state, total=100_000)
+    assert r.action == "promote" and r.winner == 1
+
+
+def test_lost_decision_log_raises_sticky_alarm_and_freezes_promotion():
+    rng = np.random.default_rng(4)
+    count = 20  # 10k decisions in epochs of 500
+    served = rng.multinomial(500, [0.5, 0.5], size=count).T.astype(float)
+    served[1] = np.round(served[1] * 0.9)  # 10% of arm 1's decision log lost
+    data = epochs([0.10, 0.14], 500, count, served=served)
+    state = PolicyState(burn_in_done=True, next_check_at=2500)
+    r = run(data, state)
+    assert r.state.srm_alarm and r.checked
+    assert r.action == "continue" and r.winner is None
+    assert "sample ratio mismatch" in r.reason and "frozen" in r.reason
+    # the alarm stays after the data look fine again, and even the limit cannot promote
+    clean = epochs([0.10, 0.14], 500, count + 5)
+    r2 = run(clean, r.state, total=100_000)
+    assert r2.state.srm_alarm and r2.action == "inconclusive"
+
+
+def test_fixed_strategy_keeps_its_weights():
+    fixed = np.array([0.8, 0.2])
+    state = PolicyState(burn_in_done=True, next_check_at=2500)
+    data = epochs([0.10, 0.104], 500, 10, weights=np.tile(fixed[:, None], 10))
+    data = EpochData(n=data.n, s=data.s, ss=data.ss, assigned=data.weights * 500,
+                     weights=data.weights)
+    r = run(data, state, strategy="fixed", fixed_weights=fixed)
+    np.testing.assert_allclose(r.weights, fixed)
+    r = run(epochs([0.10, 0.13], 500, 10), state, strategy="fixed", auto_promote=False)
+    assert r.action == "continue" and not r.checked and "without automatic promotion" in r.reason
+    r = run(epochs([0.10, 0.13], 500, 10), state, strategy="fixed", auto_promote=True)
+    assert r.action == "promote"
+
+
+def test_state_round_trips_through_json():
+    state = PolicyState(checks_done=3, burn_in_done=True, srm_alarm=True, next_check_at=8500.0)
+    again = PolicyState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert again == state
+    assert PolicyState.from_dict(None) == PolicyState()
+    assert PolicyState.from_dict({"checks_done": 2, "unknown": 1}).checks_done == 2
+
+
+def test_bad_arguments():
+    data = epochs([0.1, 0.1], 500, 2)
+    with pytest.raises(ValueError):
+        step(data, control=2, state=PolicyState(), policy=POLICY, rng=np.random.default_rng(),
+             hours_elapsed=1, decisions_total=10)
+    with pytest.raises(ValueError):
+        run(data, strategy="greedy")
+    with pytest.raises(ValueError):
+        run(epochs([0.1], 500, 2))
+
+
+def test_summary_arrays_have_one_entry_per_arm():
+    s = summarize(epochs([0.1, 0.11, 0.12], 600, 3), control=0, policy=POLICY)
+    for name in ("mean", "sd", "ci_low", "ci_high", "p_best", "expected_loss", "p_beats_control"):
+        assert getattr(s, name).shape == (3,)
