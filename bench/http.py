@@ -233,6 +233,9 @@ def main() -> None:
         print(f"decisions stored {stored} for {sent} completed serves "
               f"(+ at most {in_flight} in flight when wrk stopped): {'OK' if ok else 'MISSING'}")
 
+        # One more (unmeasured) serve run so each feedback run has fresh ids to spare.
+        wrk(urls["promptops"], serve_lua, procs["promptops"].pid, **load)
+        settle(urls["promptops"], db, "decisions")
         with sqlite3.connect(db) as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM decisions ORDER BY rowid")]
         half = len(ids) // 2

@@ -144,7 +144,7 @@ def worker(servers: list[Server], stats: Stats, *, rate: float, t0: float, until
                 k = next_slot[0]
                 next_slot[0] += 1
             due = t0 + k / rate
-            if due >= until:
+            if due >= until or time.monotonic() >= until:  # past the end, even if behind
                 return
             wait = due - time.monotonic()
             if wait > 0:
@@ -269,7 +269,7 @@ def drive(servers: list[Server], args: argparse.Namespace, shown: str) -> None:
         last, last_acked = now, acked
     for t in threads:
         t.join()
-    elapsed = args.duration
+    elapsed = time.monotonic() - t0
     print("\nsummary")
     for name, values in (("serve", stats.all_serve), ("feedback", stats.all_feedback)):
         print(f"  {name:9} n={len(values)}  p50 {ms(percentile(values, 50))} ms  "

@@ -204,9 +204,9 @@ def promote_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey,
 
 @router.get("/v1/audit", tags=["registry"])
 def audit(rt: RuntimeDep, _: ReadKey, prompt: str | None = None,
-          experiment_id: int | None = None,
+          experiment_id: Annotated[int | None, Query(ge=-(2**31), le=2**31 - 1)] = None,
           limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-          offset: Annotated[int, Query(ge=0)] = 0) -> Response:
+          offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0) -> Response:
     """The audit log, newest first."""
     return JSON({"entries": rt.ops.registry.audit(prompt=prompt, experiment_id=experiment_id,
                                                   limit=limit, offset=offset)})

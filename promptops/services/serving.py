@@ -1,9 +1,9 @@
 """Serving and feedback: an in-memory cache of what to serve, arm choice, and durable recording.
 
-The hot path reads prompts and the current epoch's weights from `LiveState`, a snapshot rebuilt only
-when the database's change counter moves; it never runs statistics. Decisions are written by a
-`Recorder` (inline, or batched by `BatchWriter` in the server); feedback is always durable before it is
-acknowledged.
+The hot path reads prompts and the current epoch's weights from `LiveState`, a snapshot rebuilt
+only when the database's change counter moves; it never runs statistics. Decisions are written by a
+`Recorder` (inline, or batched by `BatchWriter` in the server); feedback is always durable before it
+is acknowledged.
 """
 
 from __future__ import annotations

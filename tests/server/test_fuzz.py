@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -87,3 +89,31 @@ def test_no_server_errors(api_schema: BaseSchema, mode: GenerationMode) -> None:
         except Exception as exc:  # report every operation, not only the first that fails
             failures[operation.label] = exc
     assert not failures, "\n\n".join(f"{label}: {exc}" for label, exc in failures.items())
+
+
+BIG = 2**70  # past SQLite's and PostgreSQL's integers; found by the fuzzing above
+
+
+@pytest.mark.parametrize(("method", "url", "body"), [
+    pytest.param("GET", f"/v1/experiments/{BIG}", None, id="experiment"),
+    pytest.param("GET", f"/v1/experiments/-{BIG}/history", None, id="history"),
+    pytest.param("POST", f"/v1/experiments/{BIG}/stop", None, id="stop"),
+    pytest.param("GET", f"/v1/prompts/plain/versions/{BIG}", None, id="version"),
+    pytest.param("GET", f"/v1/prompts/plain/diff?a={BIG}&b=1", None, id="diff"),
+    pytest.param("POST", "/v1/prompts/plain/labels/x", {"version": BIG}, id="label"),
+    pytest.param("POST", "/v1/prompts/plain/render", {"version": BIG}, id="render"),
+    pytest.param("POST", "/v1/experiments", {"prompt": "plain", "versions": [1, BIG]},
+                 id="create"),
+    pytest.param("GET", f"/v1/audit?experiment_id={BIG}", None, id="audit-experiment"),
+    pytest.param("GET", f"/v1/audit?experiment_id=-{BIG}", None, id="audit-negative"),
+    pytest.param("GET", f"/v1/audit?offset={BIG}", None, id="audit-offset"),
+])
+def test_huge_integers_are_client_errors(api_schema: BaseSchema, method: str, url: str,
+                                         body: object) -> None:
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=api_schema.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.request(method, url, json=body)
+
+    r = asyncio.run(call())
+    assert 400 <= r.status_code < 500, r.text

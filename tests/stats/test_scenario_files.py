@@ -1,0 +1,130 @@
+"""Scenario files: validation with clear messages, the bench scenarios, and run_scenario."""
+
+from pathlib import Path
+
+import pytest
+
+from promptops.domain import Policy
+from promptops.errors import InvalidInput
+from promptops.services.simulation import load_scenario, parse_scenario, run_scenario
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "scenarios"
+BASE = {
+    "name": "t",
+    "runs": 6,
+    "seed": 3,
+    "decisions": 6000,
+    "arms": [{"name": "control", "mean": 0.1}, {"name": "challenger", "mean": 0.3}],
+    "policy": {"min_hours": 0},
+}
+
+
+def with_(**changes):
+    raw = {**BASE, **changes}
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def test_contract_example_parses(tmp_path):
+    path = tmp_path / "ab-small-lift.yaml"
+    path.write_text(
+        """name: ab-small-lift
+runs: 200
+seed: 7
+decisions: 40000
+decisions_per_hour: 500
+reward: binary
+concentration: 20
+arms:
+  - {name: control, mean: 0.10}
+  - {name: challenger, mean: 0.12, feedback_delay_hours: 6}
+drift: [{at: 0.5, multiply: 2.0}]
+feedback_delay_hours: 0
+feedback_rate: 1.0
+policy: {}
+tolerance: 0.005
+"""
+    )
+    sc = load_scenario(path)
+    assert sc.name == "ab-small-lift" and sc.runs == 200 and sc.decisions_per_hour == 500
+    assert sc.arms[1].feedback_delay_hours == 6 and sc.arms[0].feedback_delay_hours == 0
+    assert sc.drift == ((0.5, 2.0),) and sc.policy == Policy() and sc.tolerance == 0.005
+
+
+def test_defaults_and_overrides():
+    sc = parse_scenario(with_(feedback_delay_hours=2, concentration=7, reward="continuous",
+                              arms=[{"name": "a", "mean": 0.5, "concentration": 3},
+                                    {"name": "b", "mean": 0.4, "feedback_delay_hours": 0}],
+                              policy={"min_hours": 0, "update_every": 250,
+                                      "missing_feedback": "zero", "alpha": 0.01}))
+    assert [a.feedback_delay_hours for a in sc.arms] == [2, 0]
+    assert [a.concentration for a in sc.arms] == [3, 7]
+    assert sc.policy.update_every == 250 and sc.policy.missing_feedback == "zero"
+    assert sc.policy.alpha == 0.01 and sc.policy.min_hours == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        pytest.param(with_(speed=3), "speed", id="unknown-top-key"),
+        pytest.param(with_(runs=0), "runs", id="runs-zero"),
+        pytest.param(with_(runs="many"), "runs", id="runs-text"),
+        pytest.param(with_(decisions=2.5), "decisions", id="decisions-float"),
+        pytest.param(with_(reward="ordinal"), "reward", id="reward"),
+        pytest.param(with_(arms=[{"name": "a", "mean": 0.1}]), "arms", id="one-arm"),
+        pytest.param(with_(arms=[{"name": "a", "mean": 0.1}, {"name": "a", "mean": 0.2}]),
+                     "arms[1].name", id="duplicate-arm"),
+        pytest.param(with_(arms=[{"name": "a", "mean": 1.2}, {"name": "b", "mean": 0.2}]),
+                     "arms[0].mean", id="mean-above-1"),
+        pytest.param(with_(arms=[{"name": "a"}, {"name": "b", "mean": 0.2}]),
+                     "arms[0].mean", id="mean-missing"),
+        pytest.param(with_(arms=[{"name": "a", "mean": 0.1, "colour": 1},
+                                 {"name": "b", "mean": 0.2}]), "arms[0].colour", id="arm-key"),
+        pytest.param(with_(drift=[{"at": 0.5, "multiply": 4.0}]), "arms[1].mean",
+                     id="drift-beyond-1"),
+        pytest.param(with_(drift=[{"at": 1.5, "multiply": 2.0}]), "drift[0].at", id="drift-at"),
+        pytest.param(with_(drift={"at": 0.5}), "drift", id="drift-not-list"),
+        pytest.param(with_(feedback_rate=1.5), "feedback_rate", id="feedback-rate"),
+        pytest.param(with_(policy={"min_hour": 0}), "policy.min_hour", id="policy-unknown"),
+        pytest.param(with_(policy={"alpha": 0}), "policy.alpha", id="policy-alpha"),
+        pytest.param(with_(policy={"update_every": 0.5}), "policy.update_every",
+                     id="policy-int"),
+        pytest.param(with_(policy={"allocation": "greedy"}), "policy.allocation",
+                     id="policy-choice"),
+        pytest.param(with_(policy={"max_checks": True}), "policy.max_checks", id="policy-bool"),
+        pytest.param(with_(tolerance=-1), "tolerance", id="tolerance"),
+        pytest.param([1, 2], "scenario", id="not-a-mapping"),
+    ],
+)
+def test_invalid_scenarios_name_the_key(raw, key):
+    with pytest.raises(InvalidInput) as info:
+        parse_scenario(raw, source="s.yaml")
+    assert f"'{key}'" in str(info.value), str(info.value)
+    assert str(info.value).startswith("s.yaml: ")
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(InvalidInput, match="cannot read"):
+        load_scenario(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("arms: [\n")
+    with pytest.raises(InvalidInput, match="not valid YAML"):
+        load_scenario(bad)
+
+
+@pytest.mark.parametrize("path", sorted(BENCH.glob("*.yaml")), ids=lambda p: p.stem)
+def test_bench_scenarios_load(path):
+    sc = load_scenario(path)
+    assert sc.decisions_per_hour == 1000
+    assert sc.runs in (400, 1000)
+    assert sc.policy.min_hours == (24 if path.stem == "shipped_defaults" else 0)
+
+
+def test_run_scenario_reports_progress_and_matches_across_workers():
+    sc = parse_scenario(BASE)
+    seen = []
+    inline = run_scenario(sc, workers=1, progress=lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, 6) and seen[-1] == (6, 6)
+    assert inline["runs"] == 6 and inline["promoted"]["challenger"] == 6
+    pooled = run_scenario(sc, workers=2)
+    assert pooled == inline
+    assert run_scenario(sc, runs=2, workers=1)["runs"] == 2
