@@ -29,7 +29,7 @@ ALLOWED = {
 }
 # third-party library -> the layers allowed to import it
 LIBRARIES = {
-    "numpy": {"stats", "services"},
+    "numpy": {"stats"},
     "sqlalchemy": {"db", "services"},
     "jinja2": {"rendering", "server"},
     "fastapi": {"server"},

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+import math
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -51,7 +51,7 @@ class Experiments:
     def __init__(self, ctx: Context, registry: Registry) -> None:
         self.ctx = ctx
         self.registry = registry
-        self._rng = np.random.default_rng()
+        self._rng = stats.new_rng()
 
     # -- creation --------------------------------------------------------------------------
     def create(self, prompt: str, versions: Sequence[int], *, metric: str = DEFAULT_METRIC,
@@ -190,8 +190,7 @@ class Experiments:
         control = next((a.idx for a in arms if a.version_id == prod), 0)
         now = self.ctx.now()
         w = stats.initial_weights(len(arms), strategy=exp.strategy,
-                                  fixed_weights=np.array(exp.fixed_weights)
-                                  if exp.fixed_weights else None)
+                                  fixed_weights=exp.fixed_weights or None)
         exp.status, exp.running_prompt_id = "running", exp.prompt_id
         exp.control_arm, exp.started_at, exp.epoch, exp.epoch_started_at = control, now, 0, now
         exp.weights = [float(x) for x in w]
@@ -324,8 +323,8 @@ class Experiments:
                 state=stats.PolicyState.from_dict(exp.policy_state or {}), policy=policy,
                 rng=self._rng, hours_elapsed=hours, decisions_total=decisions_total,
                 strategy=exp.strategy,
-                fixed_weights=np.array(exp.fixed_weights) if exp.fixed_weights else None,
-                auto_promote=exp.auto_promote)
+                fixed_weights=exp.fixed_weights or None, auto_promote=exp.auto_promote,
+                names=self._arm_names(s, arms))
             exp.policy_state = result.state.to_dict()
             exp.snapshot = self._snapshot(exp, result.summary, reason=result.reason,
                                           state=result.state)
@@ -387,17 +386,16 @@ class Experiments:
         return total
 
     def _epoch_data(self, s: Session, exp: ExperimentRow, k: int) -> stats.EpochData:
-        e = exp.epoch + 1
-        n, sm, ss, assigned = (np.zeros((k, e)) for _ in range(4))
-        weights = np.zeros((k, e))
-        for r in s.scalars(select(ArmEpochRow).where(ArmEpochRow.experiment_id == exp.id)):
-            if 0 <= r.arm < k and 0 <= r.epoch < e:
-                n[r.arm, r.epoch], sm[r.arm, r.epoch] = r.n, r.s
-                ss[r.arm, r.epoch], assigned[r.arm, r.epoch] = r.ss, r.assigned
-        for ep in s.scalars(select(EpochRow).where(EpochRow.experiment_id == exp.id)):
-            if 0 <= ep.idx < e and len(ep.weights) == k:
-                weights[:, ep.idx] = ep.weights
-        return stats.EpochData(n=n, s=sm, ss=ss, assigned=assigned, weights=weights)
+        cells = [(r.arm, r.epoch, r.n, r.s, r.ss, r.assigned) for r in s.scalars(
+            select(ArmEpochRow).where(ArmEpochRow.experiment_id == exp.id))]
+        weights = [(ep.idx, ep.weights) for ep in s.scalars(
+            select(EpochRow).where(EpochRow.experiment_id == exp.id))]
+        return stats.EpochData.from_cells(k, exp.epoch + 1, cells, weights)
+
+    def _arm_names(self, s: Session, arms: list[ArmRow]) -> list[str]:
+        rows = {v.id: v for v in s.scalars(select(VersionRow).where(
+            VersionRow.id.in_([a.version_id for a in arms])))}
+        return [f"v{rows[a.version_id].number} ({rows[a.version_id].variant})" for a in arms]
 
     def _snapshot(self, exp: ExperimentRow, summary: Any, *, reason: str,
                   state: Any) -> dict[str, Any]:
@@ -520,7 +518,7 @@ def _float(x: Any) -> float | None:
     if x is None:
         return None
     f = float(x)
-    return f if np.isfinite(f) else None
+    return f if math.isfinite(f) else None
 
 
 def _floats(xs: Any) -> list[float | None]:

@@ -35,6 +35,7 @@ from promptops.stats.engine import (
     check_interval,
     decide,
     initial_weights,
+    new_rng,
     should_start_epoch,
     step,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "chi2_sf",
     "decide",
     "initial_weights",
+    "new_rng",
     "norm_cdf",
     "p_beats",
     "posterior",

@@ -5,6 +5,8 @@ The server and the simulator both call `step`; nothing here reads a clock or a d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -64,6 +66,11 @@ def initial_weights(
     return equal_weights(k)
 
 
+def new_rng(seed: int | None = None) -> np.random.Generator:
+    """A random generator for the allocation draws (fresh entropy unless seeded)."""
+    return np.random.default_rng(seed)
+
+
 def should_start_epoch(*, matured_in_epoch: int, minutes_in_epoch: float, policy: Policy) -> bool:
     """Whether enough outcomes matured and enough time passed to close the current epoch."""
     return matured_in_epoch >= policy.update_every and minutes_in_epoch >= policy.min_update_minutes
@@ -79,7 +86,12 @@ def _pct(p: float) -> str:
     return f"{text}%"
 
 
-def decide(summary: Summary, *, control: int, policy: Policy) -> tuple[str, int | None, str]:
+def _name(names: Sequence[str] | None, i: int) -> str:
+    return names[i] if names is not None and i < len(names) else f"arm {i}"
+
+
+def decide(summary: Summary, *, control: int, policy: Policy,
+           names: Sequence[str] | None = None) -> tuple[str, int | None, str]:
     """The stopping rule at one check: promote, keep the control, or continue, and why."""
     k = summary.mean.size
     w = int(np.argmin(summary.expected_loss))
@@ -91,11 +103,11 @@ def decide(summary: Summary, *, control: int, policy: Policy) -> tuple[str, int 
         need = 1.0 - policy.alpha / (k - 1)
         p = float(summary.p_beats_control[w])
         if p >= need and loss_ok:
-            return PROMOTE, w, f"arm {w} beats the control with {_pct(p)} (needs {_pct(need)})"
+            return PROMOTE, w, f"{_name(names, w)} beats the control with {_pct(p)} (needs {_pct(need)})"
         if p < need:
-            return CONTINUE, None, f"needs {_pct(need)} to promote; arm {w} is at {_pct(p)}"
+            return CONTINUE, None, f"needs {_pct(need)} to promote; {_name(names, w)} is at {_pct(p)}"
         return CONTINUE, None, (
-            f"arm {w} clears {_pct(need)} but its {loss_text} is above "
+            f"{_name(names, w)} clears {_pct(need)} but its {loss_text} is above "
             f"{_pct(policy.loss_threshold)}"
         )
     p = float(summary.p_best[control])
@@ -110,11 +122,12 @@ def decide(summary: Summary, *, control: int, policy: Policy) -> tuple[str, int 
     )
 
 
-def _burn_in_reason(per_arm: np.ndarray, hours: float, policy: Policy) -> str:
+def _burn_in_reason(per_arm: np.ndarray, hours: float, policy: Policy,
+                    names: Sequence[str] | None) -> str:
     a = int(np.argmin(per_arm))
     if per_arm[a] < policy.min_samples_per_arm:
         return (
-            f"burn-in: arm {a} has {int(per_arm[a]):,} of {policy.min_samples_per_arm:,} "
+            f"burn-in: {_name(names, a)} has {int(per_arm[a]):,} of {policy.min_samples_per_arm:,} "
             "matured outcomes"
         )
     return f"burn-in: {hours:.1f} of {policy.min_hours:g} hours"
@@ -132,6 +145,7 @@ def step(
     strategy: str = "thompson",
     fixed_weights: np.ndarray | None = None,
     auto_promote: bool = True,
+    names: Sequence[str] | None = None,
 ) -> StepResult:
     """Run the policy at an epoch boundary: SRM, burn-in, decision check, limit and next weights."""
     k = data.arms
@@ -159,7 +173,7 @@ def step(
 
     action, winner, checked = CONTINUE, None, False
     if not burn_in:
-        reason = _burn_in_reason(per_arm, hours_elapsed, policy)
+        reason = _burn_in_reason(per_arm, hours_elapsed, policy, names)
     elif strategy == "fixed" and not auto_promote:
         reason = "fixed weights without automatic promotion"
     elif checks_done >= policy.max_checks:
@@ -168,7 +182,7 @@ def step(
         checked = True
         checks_done += 1
         next_check_at += (math.floor(max(matured - next_check_at, 0.0) / interval) + 1) * interval
-        verdict, win, reason = decide(summary, control=control, policy=policy)
+        verdict, win, reason = decide(summary, control=control, policy=policy, names=names)
         if verdict != CONTINUE and alarm:
             reason = f"promotion frozen by the sample ratio mismatch ({reason})"
         else:
@@ -177,7 +191,7 @@ def step(
         lead = int(np.argmax(summary.p_best))
         reason = (
             f"next decision check at {due_at:,.0f} matured outcomes ({matured:,.0f} now); "
-            f"arm {lead} leads with P(best) {_pct(float(summary.p_best[lead]))}"
+            f"{_name(names, lead)} leads with P(best) {_pct(float(summary.p_best[lead]))}"
         )
     if action == CONTINUE and at_limit:
         action = INCONCLUSIVE

@@ -24,6 +24,8 @@ P(theta_a > theta_control) is the closed form Phi((mu_a - mu_c) / sqrt(sd_a^2 + 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import math
 from dataclasses import dataclass
 
@@ -56,6 +58,25 @@ class EpochData:
         """Data for k arms and no epoch yet."""
         z = np.zeros((k, 0))
         return cls(n=z, s=z, ss=z, assigned=z, weights=z)
+
+    @classmethod
+    def from_cells(
+        cls,
+        k: int,
+        e: int,
+        cells: Iterable[tuple[int, int, float, float, float, float]],
+        weights: Iterable[tuple[int, Sequence[float]]],
+    ) -> EpochData:
+        """Data from stored rows: (arm, epoch, n, s, ss, assigned) cells and (epoch, weights)."""
+        n, s, ss, assigned, w = (np.zeros((k, e)) for _ in range(5))
+        for arm, epoch, cn, cs, css, ca in cells:
+            if 0 <= arm < k and 0 <= epoch < e:
+                n[arm, epoch], s[arm, epoch], ss[arm, epoch] = cn, cs, css
+                assigned[arm, epoch] = ca
+        for epoch, ws in weights:
+            if 0 <= epoch < e and len(ws) == k:
+                w[:, epoch] = ws
+        return cls(n=n, s=s, ss=ss, assigned=assigned, weights=w)
 
     @property
     def arms(self) -> int:
