@@ -262,6 +262,8 @@ def drive(servers: list[Server], args: argparse.Namespace, shown: str) -> None:
         rss = [rss_mib(srv.proc.pid) for srv in servers]
         rss_samples.append(rss)
         acked = stats.acked
+        if now - last < 1 and not any(t.is_alive() for t in threads):
+            break  # the tail of the last interval: too short to say anything
         print(f"{now - t0:6.0f} {(acked - last_acked) / max(now - last, 1e-9):8.1f}"
               f" {ms(percentile(s, 50)):>9} {ms(percentile(s, 99)):>7}"
               f" {ms(percentile(f, 50)):>7} {ms(percentile(f, 99)):>7} {stats.errors:>6}  "

@@ -330,6 +330,9 @@ def parse_policy(values: Any, *, base: Policy | None = None) -> Policy:
                 raise ValueError(f"policy.{key} must be in [0, 1)")
             if value < 0:
                 raise ValueError(f"policy.{key} must not be negative")
+            if key == "attribution_window_hours" and value <= 0:
+                # Feedback always arrives after its decision: a zero window would count none.
+                raise ValueError(f"policy.{key} must be more than 0")
             if key in ("draws", "update_every", "max_decisions", "max_checks") and value < 1:
                 raise ValueError(f"policy.{key} must be at least 1")
         clean[key] = value

@@ -36,7 +36,7 @@ experiment:
   metric: resolved
   arms: [main, terse]
   policy: {min_hours: 0, min_samples_per_arm: 100, update_every: 100, min_update_minutes: 0,
-           attribution_window_hours: 0}
+           attribution_window_hours: 0.001}
 """
 
 PLAIN = """\

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from promptops import __version__
 from promptops.config import Settings
 from promptops.server import api, errors
+from promptops.server.fast import FastPath
 from promptops.server.metrics import TimingMiddleware
 from promptops.server.runtime import Runtime
 from promptops.services.facade import PromptOps
@@ -42,4 +44,12 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
         dashboard.install(app)
     app.add_middleware(TimingMiddleware, metrics=runtime.metrics,
                        max_body=settings.max_body_bytes)
+    # Serve and feedback take a pure-ASGI path outside FastAPI's whole middleware stack; anything
+    # unusual falls through to the routes in api.py (see fast.py).
+    build_stack = app.build_middleware_stack
+
+    def build_middleware_stack() -> ASGIApp:
+        return FastPath(build_stack(), runtime=runtime, max_body=settings.max_body_bytes)
+
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
     return app

@@ -38,6 +38,17 @@ def status_for(exc: e.PromptOpsError) -> int:
     return 400
 
 
+def promptops_error_body(exc: e.PromptOpsError) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of a promptops error on an API route."""
+    extra: dict[str, Any] = {}
+    if isinstance(exc, e.InvalidPromptFile):
+        extra["problems"] = [str(p) for p in exc.problems]
+    field = getattr(exc, "field", None)
+    if field:
+        extra["field"] = field
+    return status_for(exc), {"error": {"code": exc.code, "message": exc.message, **extra}}
+
+
 def json_error(status: int, code: str, message: str, **extra: Any) -> Response:
     """The JSON error answer."""
     body = {"error": {"code": code, "message": message, **extra}}

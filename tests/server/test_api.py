@@ -20,7 +20,7 @@ experiment:
   metric: resolved
   arms: [main, terse]
   policy: {min_hours: 0, min_samples_per_arm: 100, update_every: 100, min_update_minutes: 0,
-           attribution_window_hours: 0}
+           attribution_window_hours: 0.001}
 """
 
 TEXT = """\
@@ -93,7 +93,7 @@ def test_serve_and_feedback_move_the_figures(synced, ops, clock):
     r = synced.post("/v1/feedback", json={"decision_id": ids[0], "reward": 0})
     assert r.json() == {"status": "duplicate"}
     rt.writer.flush()
-    clock.advance(1)
+    clock.advance(10)
     ops.tick()
     exp = synced.get("/v1/experiments/1").json()
     assert sum(a["decisions"] for a in exp["arms"]) == 40

@@ -19,7 +19,7 @@ variants:
 experiment:
   metric: resolved
   arms: [main, terse]
-  policy: {min_hours: 0, attribution_window_hours: 0, min_update_minutes: 0}
+  policy: {min_hours: 0, attribution_window_hours: 0.001, min_update_minutes: 0}
 """
 
 

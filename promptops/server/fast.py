@@ -1,0 +1,239 @@
+"""A pure-ASGI fast path for the two routes that take the traffic: serve and feedback.
+
+FastAPI's request machinery (dependency solving, body validation, its exception middlewares and
+exit stack) cost as much as promptops's own work on a serve (bench/http.py). This layer, outermost
+in the app, answers `POST /v1/prompts/{name}/serve` and `POST /v1/feedback` itself when the request
+is ordinary: a JSON content type, a body that parses into exactly the shape the request models in
+`schemas.py` accept, and a valid key (or auth off). It calls the same service functions and answers
+with the same JSON, status codes and metrics as the routes in `api.py`.
+
+Anything else (another content type, malformed JSON, a field of the wrong type or size, a missing
+or invalid key) is handed, body included, to the FastAPI app, whose routes stay the reference: they
+are documented in /openapi.json and produce every validation and auth error. The fast path never
+answers what FastAPI would answer differently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from promptops import errors as e
+from promptops.server.errors import promptops_error_body
+from promptops.server.metrics import _too_large
+from promptops.services.keys import role_for
+
+log = logging.getLogger("promptops.server")
+
+SERVE_PREFIX = "/v1/prompts/"
+SERVE_SUFFIX = "/serve"
+FEEDBACK_PATH = "/v1/feedback"
+SERVE_ROUTE = "/v1/prompts/{name}/serve"
+SERVE_KEYS = frozenset(("variables", "unit_id"))
+FEEDBACK_KEYS = frozenset(("decision_id", "reward", "metric"))
+JSON_HEADERS = b"application/json"
+
+
+class FallThrough(Exception):
+    """The request is not an ordinary one: FastAPI answers it."""
+
+
+def _serve_body(data: Any) -> tuple[dict[str, Any], str | None]:
+    """`ServeCreate`'s checks, for the inputs it accepts unchanged; FallThrough otherwise."""
+    if type(data) is not dict or not SERVE_KEYS.issuperset(data):
+        raise FallThrough
+    variables = data.get("variables", None)
+    if variables is None:
+        if "variables" in data:  # null is refused by the model
+            raise FallThrough
+        variables = {}
+    elif type(variables) is not dict:
+        raise FallThrough
+    unit_id = data.get("unit_id")
+    if unit_id is not None and (type(unit_id) is not str or len(unit_id) > 256):
+        raise FallThrough
+    return variables, unit_id
+
+
+def _feedback_body(data: Any) -> tuple[str, float | bool, str | None]:
+    """`FeedbackCreate`'s checks, for the inputs it accepts unchanged; FallThrough otherwise."""
+    if type(data) is not dict or not FEEDBACK_KEYS.issuperset(data):
+        raise FallThrough
+    decision_id = data.get("decision_id")
+    reward = data.get("reward")
+    metric = data.get("metric")
+    if type(decision_id) is not str or not 1 <= len(decision_id) <= 256:
+        raise FallThrough
+    # `float | bool`: a bool stays a bool, an int becomes a float, a float stays itself.
+    kind = type(reward)
+    if kind is int:
+        reward = float(reward)
+    elif kind is not float and kind is not bool:
+        raise FallThrough
+    if metric is not None and (type(metric) is not str or not 1 <= len(metric) <= 64):
+        raise FallThrough
+    return decision_id, reward, metric
+
+
+class FastPath:
+    """Outermost ASGI layer (outside FastAPI's own middleware stack): serve and feedback without
+    FastAPI; everything else, and every unusual serve or feedback, goes to `app`."""
+
+    def __init__(self, app: Any, *, runtime: Any, max_body: int) -> None:
+        self.app = app
+        self.rt = runtime
+        self.metrics = runtime.metrics
+        self.max_body = max_body
+        latency = self.metrics.latency
+        self._latency = {route: {} for route in (SERVE_ROUTE, FEEDBACK_PATH)}
+        for route, children in self._latency.items():
+            for status in (200, 401, 403, 404, 409, 413, 422, 500, 503):
+                children[status] = self.metrics.child(latency, "POST", route, str(status))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path = scope["path"]
+            if path == FEEDBACK_PATH:
+                await self._handle(scope, receive, send, FEEDBACK_PATH, None)
+                return
+            if path.startswith(SERVE_PREFIX) and path.endswith(SERVE_SUFFIX):
+                name = path[len(SERVE_PREFIX):-len(SERVE_SUFFIX)]
+                if name and "/" not in name:
+                    await self._handle(scope, receive, send, SERVE_ROUTE, name)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, route: str,
+                      name: str | None) -> None:
+        start = time.perf_counter()
+        content_type = authorization = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                try:
+                    too_big = int(value) > self.max_body
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await _too_large(send, self.max_body)
+                    return
+            elif key == b"content-type":
+                if content_type is None:
+                    content_type = value
+            elif key == b"authorization" and authorization is None:
+                authorization = value
+        # The body, within the limit.
+        chunks = []
+        seen = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: let FastAPI see it
+                await self._fall_through(scope, receive, send, b"".join(chunks), message)
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body:
+                await _too_large(send, self.max_body)
+                self._observe(route, 413, start)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            if content_type != JSON_HEADERS or not body:
+                raise FallThrough
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise FallThrough from None
+            if name is None:
+                parsed: Any = _feedback_body(data)
+            else:
+                parsed = _serve_body(data)
+            self._authorize(authorization)
+        except FallThrough:
+            await self._fall_through(scope, receive, send, body, None)
+            return
+        status = 200
+        try:
+            if name is None:
+                answer = await self._feedback(*parsed)
+            else:
+                answer = self._serve(name, *parsed)
+        except e.PromptOpsError as exc:
+            status, content = promptops_error_body(exc)
+            answer = orjson.dumps(content)
+        except Exception as exc:
+            # As FastAPI's server-error middleware does: log, answer 500, re-raise.
+            log.exception("unexpected error")
+            await _send(send, 500, orjson.dumps(
+                {"error": {"code": "internal_error",
+                           "message": "internal error; see the server log"}}))
+            raise exc
+        await _send(send, status, answer)
+        self._observe(route, status, start)
+
+    def _authorize(self, authorization: bytes | None) -> None:
+        """`auth.bearer_principal`'s checks; a refused key is answered by FastAPI."""
+        rt = self.rt
+        if rt.auth_off:
+            return
+        if authorization is None:
+            raise FallThrough
+        scheme, _, key = authorization.decode("latin-1").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key or role_for(key, rt.key_table) is None:
+            raise FallThrough
+
+    def _serve(self, name: str, variables: dict[str, Any], unit_id: str | None) -> bytes:
+        rt = self.rt
+        out = rt.ops.serving.serve(name, variables, unit_id=unit_id)
+        metrics = self.metrics
+        metrics.child(metrics.decisions, name, str(out["experiment_id"] or ""),
+                      str(out["version"])).inc()
+        return orjson.dumps(out)
+
+    async def _feedback(self, decision_id: str, reward: float | bool, metric: str | None) -> bytes:
+        rt = self.rt
+        item = rt.ops.serving.prepare_feedback(decision_id, reward, metric)
+        status = await rt.writer.submit_feedback_async(item)
+        token = item.token
+        metrics = self.metrics
+        metrics.child(metrics.feedback, str(token.prompt_id), str(token.experiment_id or ""),
+                      str(token.version_id), status).inc()
+        return b'{"status":"recorded"}' if status == "recorded" else orjson.dumps(
+            {"status": status})
+
+    def _observe(self, route: str, status: int, start: float) -> None:
+        children = self._latency[route]
+        child = children.get(status)
+        if child is None:
+            child = children[status] = self.metrics.child(self.metrics.latency, "POST", route,
+                                                          str(status))
+        child.observe(time.perf_counter() - start)
+
+    async def _fall_through(self, scope: dict[str, Any], receive: Any, send: Any, body: bytes,
+                            last: dict[str, Any] | None) -> None:
+        """Hand the request to the FastAPI app as if nothing had read its body."""
+        replay: list[dict[str, Any]] = [{"type": "http.request", "body": body,
+                                         "more_body": last is not None}]
+        if last is not None:  # the client went away while sending the body
+            replay.append(last)
+
+        async def receive_again() -> dict[str, Any]:
+            if replay:
+                return replay.pop(0)
+            return await receive()  # type: ignore[no-any-return]
+
+        await self.app(scope, receive_again, send)
+
+async def _send(send: Any, status: int, body: bytes) -> None:
+    headers = [(b"content-length", str(len(body)).encode()),
+               (b"content-type", b"application/json")]
+    if status == 401:  # as errors.json_error
+        headers.insert(0, (b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
