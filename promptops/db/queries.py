@@ -20,7 +20,12 @@ def insert_ignore(session: Session, table: Any, rows: list[dict[str, Any]]) -> i
     dialect = session.get_bind().dialect.name
     ins = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
     result = session.execute(ins.on_conflict_do_nothing(), rows)
-    return max(int(result.rowcount or 0), 0)
+    return rowcount(result)
+
+
+def rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE or DELETE result (0 when the driver cannot tell)."""
+    return max(int(getattr(result, "rowcount", 0) or 0), 0)
 
 
 def get_meta(session: Session, key: str) -> str | None:
@@ -43,7 +48,7 @@ def bump_change_seq(session: Session) -> None:
         .where(MetaRow.key == CHANGE_SEQ)
         .values(value=_next_seq_expr(session))
     )
-    if not res.rowcount:
+    if not rowcount(res):
         insert_ignore(session, MetaRow.__table__, [{"key": CHANGE_SEQ, "value": "1"}])
 
 

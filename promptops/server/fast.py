@@ -87,11 +87,9 @@ class FastPath:
         self.rt = runtime
         self.metrics = runtime.metrics
         self.max_body = max_body
-        latency = self.metrics.latency
-        self._latency = {route: {} for route in (SERVE_ROUTE, FEEDBACK_PATH)}
-        for route, children in self._latency.items():
-            for status in (200, 401, 403, 404, 409, 413, 422, 500, 503):
-                children[status] = self.metrics.child(latency, "POST", route, str(status))
+        # Latency children by route and status, bound on first use (as the timing middleware
+        # does, so /metrics shows the same series).
+        self._latency: dict[str, dict[int, Any]] = {SERVE_ROUTE: {}, FEEDBACK_PATH: {}}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import builtins
 import math
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -28,7 +29,7 @@ from promptops.db.models import (
     PromptRow,
     VersionRow,
 )
-from promptops.db.queries import bump_change_seq
+from promptops.db.queries import bump_change_seq, rowcount
 from promptops.domain import (
     DEFAULT_METRIC,
     ENDED_STATUSES,
@@ -256,7 +257,7 @@ class Experiments:
                         .values(status=status, running_prompt_id=None, ended_at=now,
                                 winner_arm=winner, end_reason=reason)
                         .execution_options(synchronize_session=False))
-        if res.rowcount != 1:
+        if rowcount(res) != 1:
             raise ExperimentStateError(f"experiment {exp.id} has already ended")
         s.refresh(exp)
         arms = self._arms(s, exp.id)
@@ -355,7 +356,7 @@ class Experiments:
             DecisionRow.experiment_id == exp.id, DecisionRow.counted_in == 0,
             DecisionRow.decided_at <= now - window).values(counted_in=seq)
             .execution_options(synchronize_session=False))
-        if not res.rowcount:
+        if not rowcount(res):
             return 0
         exp.update_seq = seq
         zero = policy.missing_feedback_for(exp.reward) == "zero"
@@ -368,7 +369,7 @@ class Experiments:
                         & (FeedbackRow.received_at <= DecisionRow.decided_at + window))
              .where(DecisionRow.experiment_id == exp.id, DecisionRow.counted_in == seq)
              .group_by(DecisionRow.arm, DecisionRow.epoch))
-        existing = {(r.arm, r.epoch): r for r in s.scalars(
+        existing: dict[Any, ArmEpochRow] = {(r.arm, r.epoch): r for r in s.scalars(
             select(ArmEpochRow).where(ArmEpochRow.experiment_id == exp.id))}
         total = 0
         for arm, epoch, count, with_fb, ssum, ssq in s.execute(q).all():
@@ -493,7 +494,7 @@ class Experiments:
             "arms": out_arms,
         }
 
-    def history(self, experiment_id: int) -> list[dict[str, Any]]:
+    def history(self, experiment_id: int) -> builtins.list[dict[str, Any]]:
         """Per-epoch weights, P(best) and means, oldest first (for charts)."""
         with self.ctx.tx() as s:
             self._row(s, experiment_id)

@@ -17,6 +17,8 @@ control to exactly floor / K starved that comparison (5-arm scenario: 85% decide
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
 
 import numpy as np
@@ -30,7 +32,7 @@ def equal_weights(k: int) -> np.ndarray:
     return np.full(k, 1.0 / k)
 
 
-def normalize_fixed(k: int, fixed_weights: np.ndarray | None) -> np.ndarray:
+def normalize_fixed(k: int, fixed_weights: np.ndarray | Sequence[float] | None) -> np.ndarray:
     """Fixed weights checked and scaled to sum to 1 (an even split when none are given)."""
     if fixed_weights is None:
         return equal_weights(k)

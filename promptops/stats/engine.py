@@ -58,7 +58,7 @@ class StepResult:
 
 
 def initial_weights(
-    k: int, *, strategy: str = "thompson", fixed_weights: np.ndarray | None = None
+    k: int, *, strategy: str = "thompson", fixed_weights: np.ndarray | Sequence[float] | None = None
 ) -> np.ndarray:
     """The weights of the first epoch: an even split, or the fixed weights."""
     if strategy == "fixed":
@@ -143,7 +143,7 @@ def step(
     hours_elapsed: float,
     decisions_total: int,
     strategy: str = "thompson",
-    fixed_weights: np.ndarray | None = None,
+    fixed_weights: np.ndarray | Sequence[float] | None = None,
     auto_promote: bool = True,
     names: Sequence[str] | None = None,
 ) -> StepResult:

@@ -32,8 +32,12 @@ CLIENTS = 6
 
 
 def check_consistent(engine: Engine) -> None:
-    """Every stored counter agrees with the raw rows it summarises."""
-    with engine.connect() as conn:
+    """Every stored counter agrees with the raw rows it summarises (read in one snapshot, since
+    the restarted server keeps updating while we look)."""
+    conn_ctx = engine.connect()
+    if engine.dialect.name == "postgresql":
+        conn_ctx = conn_ctx.execution_options(isolation_level="REPEATABLE READ")
+    with conn_ctx as conn, conn.begin():
         running: Counter[int] = Counter()
         for exp in conn.execute(select(ExperimentRow)).all():
             where = (DecisionRow.experiment_id == exp.id,)
