@@ -49,7 +49,8 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
     build_stack = app.build_middleware_stack
 
     def build_middleware_stack() -> ASGIApp:
-        return FastPath(build_stack(), runtime=runtime, max_body=settings.max_body_bytes)
+        return FastPath(build_stack(), runtime=runtime,  # type: ignore[return-value]
+                        max_body=settings.max_body_bytes)
 
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
     return app

@@ -63,7 +63,7 @@ def _feedback_body(data: Any) -> tuple[str, float | bool, str | None]:
     if type(data) is not dict or not FEEDBACK_KEYS.issuperset(data):
         raise FallThrough
     decision_id = data.get("decision_id")
-    reward = data.get("reward")
+    reward: Any = data.get("reward")
     metric = data.get("metric")
     if type(decision_id) is not str or not 1 <= len(decision_id) <= 256:
         raise FallThrough
@@ -123,7 +123,7 @@ class FastPath:
             elif key == b"authorization" and authorization is None:
                 authorization = value
         # The body, within the limit.
-        chunks = []
+        chunks: list[bytes] = []
         seen = 0
         more = True
         while more:

@@ -174,7 +174,7 @@ class LiveState:
         return info
 
 
-_ARMS = ArmRow.__table__
+_ARMS: Any = ArmRow.__table__
 # Statements are built once: building and compiling them per batch cost more than storing the
 # rows (bench/http.py).
 _BUMP_ARMS = (update(_ARMS)

@@ -115,7 +115,7 @@ class BatchWriter:
 
     def _flush_feedback(self) -> None:
         while self._feedback:
-            batch = []
+            batch: list[Any] = []
             while self._feedback and len(batch) < self.max_batch:
                 batch.append(self._feedback.popleft())
             try:
@@ -152,7 +152,7 @@ class BatchWriter:
 
     def _flush_decisions(self) -> None:
         while self._decisions:
-            batch = []
+            batch: list[dict[str, Any]] = []
             while self._decisions and len(batch) < self.max_batch:
                 batch.append(self._decisions.popleft())
             self._in_flight = len(batch)

@@ -17,9 +17,8 @@ control to exactly floor / K starved that comparison (5-arm scenario: 85% decide
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -5,9 +5,8 @@ The server and the simulator both call `step`; nothing here reads a clock or a d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 

@@ -24,9 +24,8 @@ P(theta_a > theta_control) is the closed form Phi((mu_a - mu_c) / sqrt(sd_a^2 + 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np

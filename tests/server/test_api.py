@@ -4,37 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-TRIAGE = """\
-name: triage
-model: {name: gpt-4o-mini}
-variables:
-  message: {type: string, required: true, max_length: 100}
-messages:
-  - {role: system, content: "Answer with one category."}
-  - {role: user, content: "Text: {{ message }}"}
-variants:
-  terse:
-    messages:
-      - {role: user, content: "Category of: {{ message }}"}
-experiment:
-  metric: resolved
-  arms: [main, terse]
-  policy: {min_hours: 0, min_samples_per_arm: 100, update_every: 100, min_update_minutes: 0,
-           attribution_window_hours: 0.001}
-"""
-
-TEXT = """\
-name: plain
-variables:
-  topic: {type: string, required: true}
-template: "Write about {{ topic }}."
-"""
+from tests.samples import PLAIN, TRIAGE
 
 
 @pytest.fixture
 def synced(ops, prompts_dir, client):
     (prompts_dir / "triage.yaml").write_text(TRIAGE)
-    (prompts_dir / "plain.yaml").write_text(TEXT)
+    (prompts_dir / "plain.yaml").write_text(PLAIN)
     ops.sync()
     client.app.state.runtime.refresh()
     return client
