@@ -487,12 +487,20 @@ class Experiments:
             "matured": exp.matured_total, "last_update_at": exp.last_update_at,
             "policy": policy.to_dict(),
             "missing_feedback": policy.missing_feedback_for(exp.reward),
-            "reason": (exp.snapshot or {}).get("reason"),
+            "reason": (exp.snapshot or {}).get("reason") or self._waiting(exp, policy),
             "srm_alarm": bool((exp.snapshot or {}).get("srm_alarm", False)),
             "srm_p": (exp.snapshot or {}).get("srm_p"),
             "checks_done": (exp.snapshot or {}).get("checks_done", 0),
             "arms": out_arms,
         }
+
+    @staticmethod
+    def _waiting(exp: ExperimentRow, policy: Policy) -> str | None:
+        if exp.status != "running":
+            return None
+        return (f"collecting outcomes: each counts {policy.attribution_window_hours:g} h after "
+                f"its decision; burn-in needs {policy.min_samples_per_arm:,} per arm and "
+                f"{policy.min_hours:g} h")
 
     def history(self, experiment_id: int) -> builtins.list[dict[str, Any]]:
         """Per-epoch weights, P(best) and means, oldest first (for charts)."""
