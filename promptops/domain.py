@@ -293,6 +293,12 @@ _POLICY_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+_POLICY_MAX: dict[str, float] = {
+    "draws": 1_000_000, "max_checks": 10_000, "max_days": 3650, "attribution_window_hours": 8760,
+    "min_hours": 87_600, "min_update_minutes": 525_600,
+}
+
+
 def parse_policy(values: Any, *, base: Policy | None = None) -> Policy:
     """A Policy from a mapping of overrides; raises ValueError naming the first bad setting."""
     base = base or Policy()
@@ -330,6 +336,8 @@ def parse_policy(values: Any, *, base: Policy | None = None) -> Policy:
                 raise ValueError(f"policy.{key} must be in [0, 1)")
             if value < 0:
                 raise ValueError(f"policy.{key} must not be negative")
+            if value > _POLICY_MAX.get(key, 1e9):
+                raise ValueError(f"policy.{key} must be at most {_POLICY_MAX.get(key, 1e9):g}")
             if key == "attribution_window_hours" and value <= 0:
                 # Feedback always arrives after its decision: a zero window would count none.
                 raise ValueError(f"policy.{key} must be more than 0")

@@ -22,6 +22,7 @@ from .domain import (
     PromptContent,
     PromptDefinition,
     VariableSpec,
+    parse_policy,
 )
 from .errors import FileProblem, InvalidPromptFile, RenderError
 from .rendering import TemplateSyntaxProblem, template_names, value_problem
@@ -558,7 +559,13 @@ class _Checker:
                     value = float(value)
             if value is not _BAD:
                 values[name] = value
-        return Policy().with_overrides(values) if len(values) == len(entries) else None
+        if len(values) != len(entries):
+            return None
+        try:  # the shared rules (caps, a positive window) that the API applies too
+            return parse_policy(values)
+        except ValueError as exc:
+            self.err(node, f"experiment.{exc}")
+            return None
 
     def definition(self, root: yaml.Node) -> PromptDefinition | None:
         """The validated prompt of a whole file, or None if it has problems."""

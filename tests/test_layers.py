@@ -53,8 +53,16 @@ def imports(path: Path) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             out.append(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            # Resolve `from .x import y` against the module's own package.
+            package = path.relative_to(PKG.parent).with_suffix("").parts[:-node.level]
+            base = ".".join(package)
+            if node.module:
+                out.append(f"{base}.{node.module}" if base else node.module)
+            else:
+                out += [f"{base}.{a.name}" for a in node.names]
     return out
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from promptops.db.models import MetaRow
 
 CHANGE_SEQ = "change_seq"
+RETENTION_CUTOFF = "retention_cutoff"  # decisions at or before this time may have been removed
 
 
 def insert_ignore(session: Session, table: Any, rows: list[dict[str, Any]]) -> int:
@@ -31,6 +32,13 @@ def rowcount(result: Any) -> int:
 def get_meta(session: Session, key: str) -> str | None:
     """A value of the meta table, or None."""
     return session.scalar(select(MetaRow.value).where(MetaRow.key == key))
+
+
+def set_meta(session: Session, key: str, value: str) -> None:
+    """Store a value, replacing any earlier one."""
+    res = session.execute(update(MetaRow).where(MetaRow.key == key).values(value=value))
+    if not rowcount(res):
+        insert_ignore(session, MetaRow.__table__, [{"key": key, "value": value}])
 
 
 def set_meta_if_absent(session: Session, key: str, value: str) -> str:

@@ -434,7 +434,8 @@ def experiment_page(request: Request, experiment_id: int) -> Response:
 def audit_page(request: Request, prompt: str | None = None, offset: int = 0) -> Response:
     """The audit log across prompts."""
     return _page(request, "audit.html",
-                 lambda: audit_context(_rt(request), prompt or None, max(offset, 0)))
+                 lambda: audit_context(_rt(request), prompt or None,
+                                      min(max(offset, 0), 2**31 - 1)))
 
 
 # -- actions --------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ class Runtime:
     @property
     def auth_off(self) -> bool:
         """Auth is off when no key exists (the server refuses that unless bound to loopback)."""
-        return not self.key_table
+        # Bound elsewhere, losing the last key (revoked) must lock the server, not open it.
+        return not self.key_table and self.settings.is_loopback
 
     def refresh(self, *, force: bool = False) -> None:
         """Reload the serving cache, keys and gauges if the database changed."""

@@ -44,6 +44,7 @@ from promptops.services.context import Context
 from promptops.services.registry import Registry, write_audit
 
 SYSTEM_ACTOR = "promptops"
+MATURITY_GRACE_SECONDS = 2.0
 
 
 class Experiments:
@@ -117,11 +118,19 @@ class Experiments:
             ExperimentRow.prompt_id == p.id, ExperimentRow.declared_hash == declared)
             .order_by(ExperimentRow.id.desc()))
         if existing is not None:
+            lines = []
+            running = s.scalar(select(ExperimentRow).where(
+                ExperimentRow.running_prompt_id == p.id))
+            if running is not None and running.id != existing.id and running.source == "file":
+                # The file went back to an earlier declaration: the one it replaced must stop.
+                stopped = self._stop_running(s, p, actor=actor,
+                                             reason="declaration changed in the file")
+                lines.append(f"experiment {stopped} stopped (declaration changed)")
             if existing.status == "draft" and spec.status == "running":
                 self._stop_running(s, p, actor=actor, reason="another declaration started")
                 self._start(s, existing, actor=actor)
-                return [f"experiment {existing.id} started"]
-            return []
+                lines.append(f"experiment {existing.id} started")
+            return lines
         lines = []
         stopped = self._stop_running(s, p, actor=actor, reason="declaration changed in the file")
         if stopped is not None and spec.status == "running":
@@ -136,6 +145,14 @@ class Experiments:
         else:
             lines.append(f"experiment {exp.id} created as draft")
         return lines
+
+    def undeclare(self, s: Session, p: PromptRow, *, actor: str) -> list[str]:
+        """The file no longer declares an experiment: stop the one it declared, if running."""
+        running = s.scalar(select(ExperimentRow).where(ExperimentRow.running_prompt_id == p.id))
+        if running is None or running.source != "file":
+            return []
+        self._stop_running(s, p, actor=actor, reason="experiment removed from the file")
+        return [f"experiment {running.id} stopped (removed from the file)"]
 
     @staticmethod
     def _number(s: Session, version_id: int) -> int:
@@ -270,7 +287,10 @@ class Experiments:
                     message=f"experiment {exp.id} {status}: {reason}"
                             + (f"; winner version {winner_version}" if winner_version else ""),
                     details={"reason": reason, "winner_version": winner_version, "evidence": ev})
-        if winner is not None:
+        # An automatic "keep the control" leaves production alone (someone may have moved it by
+        # hand meanwhile); promotions, and any winner chosen by hand, move it.
+        moves = winner is not None and (winner != exp.control_arm or actor != SYSTEM_ACTOR)
+        if moves and winner is not None:
             version = s.get(VersionRow, arms[winner].version_id)
             assert version is not None
             self.registry.set_label(s, p, version, PRODUCTION, actor=actor,
@@ -352,9 +372,11 @@ class Experiments:
         """Mark decisions whose attribution window closed and add them to the epoch sums."""
         window = policy.attribution_window_hours * 3600
         seq = exp.update_seq + 1
+        # Wait a little past the window: a feedback stamped inside it may still be in a commit
+        # batch, or come from a replica whose clock runs slightly behind.
         res = s.execute(update(DecisionRow).where(
             DecisionRow.experiment_id == exp.id, DecisionRow.counted_in == 0,
-            DecisionRow.decided_at <= now - window).values(counted_in=seq)
+            DecisionRow.decided_at <= now - window - MATURITY_GRACE_SECONDS).values(counted_in=seq)
             .execution_options(synchronize_session=False))
         if not rowcount(res):
             return 0

@@ -289,8 +289,10 @@ class Registry:
             if is_new and variant == MAIN_VARIANT:
                 self.set_label(s, p, row, PRODUCTION, actor=actor, reason="first version")
                 report.add(f"{d.name}: production -> version {row.number}")
-        if d.experiment is not None and experiments is not None:
-            for line in experiments.declare(s, p, d.experiment, version_ids, actor=actor):
+        if experiments is not None:
+            lines = (experiments.declare(s, p, d.experiment, version_ids, actor=actor)
+                     if d.experiment is not None else experiments.undeclare(s, p, actor=actor))
+            for line in lines:
                 report.add(f"{d.name}: {line}")
 
     # -- audit -----------------------------------------------------------------------------

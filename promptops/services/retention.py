@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from promptops.db.models import DecisionRow, ExperimentRow, FeedbackRow
+from promptops.db.queries import RETENTION_CUTOFF, bump_change_seq, get_meta, set_meta
 from promptops.domain import ENDED_STATUSES
 from promptops.errors import InvalidInput
 from promptops.services.context import Context
@@ -53,6 +54,13 @@ class Retention:
                            & (DecisionRow.decided_at <= cutoff), dry_run=dry_run)
         totals["decisions"] += d
         totals["feedback"] += f
+        if not dry_run and totals["decisions"]:
+            # Decision ids are self-signed: remember the cutoff so a replayed feedback for a
+            # removed decision is refused instead of being counted a second time.
+            with self.ctx.tx() as s:
+                before = float(get_meta(s, RETENTION_CUTOFF) or 0.0)
+                set_meta(s, RETENTION_CUTOFF, repr(max(before, cutoff)))
+                bump_change_seq(s)
         return totals
 
     def _purge(self, where: Any, *, dry_run: bool) -> tuple[int, int]:

@@ -30,7 +30,7 @@ from promptops.db.models import (
     PromptRow,
     VersionRow,
 )
-from promptops.db.queries import read_change_seq, set_meta_if_absent
+from promptops.db.queries import RETENTION_CUTOFF, get_meta, read_change_seq, set_meta_if_absent
 from promptops.domain import DEFAULT_METRIC, PRODUCTION, PromptContent
 from promptops.errors import DecisionNotFound, InvalidInput, PromptNotFound
 from promptops.services.context import Context
@@ -110,6 +110,7 @@ class LiveState:
         self.seq = -1
         self.prompts: dict[str, LivePrompt] = {}
         self.experiments: dict[int, ExperimentInfo] = {}
+        self.retention_cutoff = 0.0
         self.loaded_at = 0.0
 
     def refresh(self, *, force: bool = False) -> bool:
@@ -120,6 +121,7 @@ class LiveState:
                 self.loaded_at = self.ctx.now()
                 return False
             prompts = self._load(s)
+            self.retention_cutoff = float(get_meta(s, RETENTION_CUTOFF) or 0.0)
         with self._lock:
             self.prompts, self.seq, self.loaded_at = prompts, seq, self.ctx.now()
         return True
@@ -340,6 +342,9 @@ class Serving:
                 if token.experiment_id is not None else None)
         if token.experiment_id is not None and info is None:
             raise DecisionNotFound(decision_id)
+        if token.decided_at <= self.live.retention_cutoff and not self._stored(decision_id):
+            # Removed by `promptops gc`: its feedback was already counted or can no longer be.
+            raise DecisionNotFound(decision_id)
         if metric is not None and (not isinstance(metric, str) or not metric or len(metric) > 64):
             raise InvalidInput("metric must be a name of at most 64 characters", field="metric")
         metric = metric or (info.metric if info else DEFAULT_METRIC)
@@ -348,6 +353,10 @@ class Serving:
         counts = info.id if info is not None and metric == info.metric else None
         return FeedbackItem(decision_id=decision_id, token=token, metric=metric, reward=value,
                             received_at=self.ctx.now(), counts_for=counts)
+
+    def _stored(self, decision_id: str) -> bool:
+        with self.ctx.tx() as s:
+            return s.get(DecisionRow, decision_id) is not None
 
     def feedback(self, decision_id: Any, reward: Any, metric: str | None = None) -> str:
         """Record a reward for a decision; "recorded", or "duplicate" for a repeat."""

@@ -197,7 +197,10 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"{p}: not valid YAML ({exc})") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InvalidInput(f"{where}: not valid YAML ({problem})") from None
     return parse_scenario(raw, source=str(p), default_name=p.stem)
 
 

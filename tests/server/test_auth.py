@@ -104,3 +104,21 @@ def test_public_bind_with_a_key_starts(settings):
     ops = prepare(replace(settings, host="0.0.0.0", sync_on_start=False))
     assert isinstance(ops, PromptOps)
     assert Settings.from_env({}, host="10.0.0.1").is_loopback is False
+
+
+def test_revoking_the_last_key_on_a_public_bind_locks_the_server(database_url, prompts_dir, clock):
+    from fastapi.testclient import TestClient
+
+    from promptops.server.app import create_app
+    from promptops.services.facade import PromptOps
+
+    settings = Settings(database_url=database_url, prompts_dir=prompts_dir, host="0.0.0.0")
+    service = PromptOps(settings, clock=clock)
+    service.keys.create("admin")
+    app = create_app(settings, ops=service, clock=clock, background=False)
+    with TestClient(app) as client:
+        assert client.get("/v1/prompts").status_code == 401
+        service.keys.revoke(service.keys.list()[0]["id"])
+        app.state.runtime.refresh()
+        assert client.get("/v1/prompts").status_code == 401
+    service.close()

@@ -185,7 +185,7 @@ def test_outcomes_count_only_after_their_window(ops, prompts_dir, clock):
     ops.feedback(d["decision_id"], 1)
     ops.tick()
     assert sum(a["n"] for a in ops.experiments.get(exp["id"])["arms"]) == 0
-    clock.advance(hours=1, seconds=1)
+    clock.advance(hours=1, seconds=5)
     ops.tick()
     arms = ops.experiments.get(exp["id"])["arms"]
     assert sum(a["n"] for a in arms) == 1 and sum(a["feedback"] for a in arms) == 1
@@ -291,3 +291,31 @@ def test_a_lost_decision_log_raises_the_mismatch_alarm_and_freezes_promotion(ops
     e = ops.experiments.get(exp["id"])
     assert e["srm_alarm"] is True, e
     assert e["status"] == "running" and e["winner"] is None, e
+
+
+def test_going_back_to_an_ended_declaration_stops_the_newer_one(ops, prompts_dir):
+    first = setup(ops, prompts_dir)
+    (prompts_dir / "triage.yaml").write_text(prompt_text(FAST.replace("200,", "300,", 1)))
+    ops.sync()
+    second = next(e for e in ops.experiments.list() if e["status"] == "running")
+    (prompts_dir / "triage.yaml").write_text(prompt_text())  # the first declaration again
+    changes = ops.sync().changes
+    assert f"triage: experiment {second['id']} stopped (declaration changed)" in changes, changes
+    statuses = {e["id"]: e["status"] for e in ops.experiments.list()}
+    assert statuses == {first["id"]: "stopped", second["id"]: "stopped"}, statuses
+
+
+def test_removing_the_declaration_stops_its_experiment(ops, prompts_dir):
+    exp = setup(ops, prompts_dir)
+    text = prompt_text()
+    (prompts_dir / "triage.yaml").write_text(text[: text.index("experiment:")])
+    changes = ops.sync().changes
+    assert f"triage: experiment {exp['id']} stopped (removed from the file)" in changes, changes
+
+
+def test_policy_values_are_bounded(ops, prompts_dir):
+    setup(ops, prompts_dir)
+    with pytest.raises(InvalidInput):
+        ops.experiments.create("triage", [1, 2], policy={"min_samples_per_arm": 10**30})
+    with pytest.raises(InvalidInput):
+        ops.experiments.create("triage", [1, 2], policy={"attribution_window_hours": 0})

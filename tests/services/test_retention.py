@@ -61,3 +61,23 @@ def test_gc_spares_running_experiments(ops, prompts_dir, clock):
     clock.advance(hours=24 * 30)
     assert ops.retention.gc(older_than_days=0)["decisions"] == 0
     assert count(ops, DecisionRow) == 1
+
+
+def test_a_replayed_feedback_after_gc_is_not_counted_again(ops, prompts_dir, clock):
+    from promptops.errors import DecisionNotFound
+
+    (prompts_dir / "triage.yaml").write_text(PROMPT)
+    ops.sync()
+    d = ops.serve("triage", {"message": "x"})
+    assert ops.feedback(d["decision_id"], 1) == "recorded"
+    ops.experiments.stop(1, actor="t")
+    clock.advance(hours=49)
+    ops.retention.gc(older_than_days=1)
+    ops.serving.live.refresh()
+    before = ops.experiments.get(1)["arms"]
+    try:
+        ops.feedback(d["decision_id"], 1)
+        raise AssertionError("a removed decision took feedback again")
+    except DecisionNotFound:
+        pass
+    assert ops.experiments.get(1)["arms"] == before
