@@ -23,7 +23,7 @@ import orjson
 
 from promptops import errors as e
 from promptops.server.errors import promptops_error_body
-from promptops.server.metrics import _too_large
+from promptops.server.metrics import _too_large, declared_too_large
 from promptops.services.keys import role_for
 
 log = logging.getLogger("promptops.server")
@@ -110,11 +110,7 @@ class FastPath:
         content_type = authorization = None
         for key, value in scope["headers"]:
             if key == b"content-length":
-                try:
-                    too_big = int(value) > self.max_body
-                except ValueError:
-                    too_big = True
-                if too_big:
+                if declared_too_large(value, self.max_body):
                     await _too_large(send, self.max_body)
                     return
             elif key == b"content-type":

@@ -66,14 +66,9 @@ class TimingMiddleware:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_body
-                except ValueError:
-                    too_big = True
-                if too_big:
-                    await _too_large(send, self.max_body)
-                    return
+            if name == b"content-length" and declared_too_large(value, self.max_body):
+                await _too_large(send, self.max_body)
+                return
         start = time.perf_counter()
         status = [500]
 
@@ -101,6 +96,14 @@ class TimingMiddleware:
         path = getattr(route, "path", "unmatched")
         self.metrics.child(self.metrics.latency, scope["method"], path, str(status[0])).observe(
             time.perf_counter() - start)
+
+
+def declared_too_large(content_length: bytes, limit: int) -> bool:
+    """Whether a Content-Length header announces more than the limit (or is not a number)."""
+    try:
+        return int(content_length) > limit
+    except ValueError:
+        return True
 
 
 class BodyTooLarge(Exception):
