@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from promptops.config import Settings
-from promptops.errors import ConfigError
+from promptops.errors import ConfigError, InvalidPromptFile
 from promptops.services.facade import PromptOps
 
 
@@ -14,9 +14,18 @@ def prepare(settings: Settings) -> PromptOps:
     ops = PromptOps(settings)
     if settings.sync_on_start:
         if settings.prompts_dir.is_dir():
-            report = ops.sync([settings.prompts_dir], actor="serve")
-            for line in report.changes:
-                print(f"sync: {line}", file=sys.stderr)
+            try:
+                report = ops.sync([settings.prompts_dir], actor="serve")
+            except InvalidPromptFile as exc:
+                # A bad file must not take serving down: nothing from it is written, and the
+                # registry keeps serving what it had; `promptops validate` shows the same lines.
+                for problem in exc.problems:
+                    print(str(problem), file=sys.stderr)
+                print("sync skipped: fix the files above and run `promptops sync`; serving the "
+                      "registry as it is", file=sys.stderr)
+            else:
+                for line in report.changes:
+                    print(f"sync: {line}", file=sys.stderr)
         else:
             print(f"note: prompts folder {settings.prompts_dir} not found; nothing synced",
                   file=sys.stderr)

@@ -122,3 +122,13 @@ def test_revoking_the_last_key_on_a_public_bind_locks_the_server(database_url, p
         app.state.runtime.refresh()
         assert client.get("/v1/prompts").status_code == 401
     service.close()
+
+
+def test_a_bad_prompt_file_does_not_stop_the_server_starting(settings, prompts_dir, capsys):
+    from promptops.server.run import prepare
+
+    (prompts_dir / "bad.yaml").write_text("name: Bad Name\ntemplate: x\n")
+    ops = prepare(settings)
+    err = capsys.readouterr().err
+    assert "bad.yaml:1:" in err and "sync skipped" in err, err
+    assert ops.registry.list_prompts() == []
