@@ -620,3 +620,25 @@ class TestFiles:
 
     def test_empty_directory(self, tmp_path: Path) -> None:
         assert load_prompt_files([tmp_path]) == []
+
+
+@pytest.mark.parametrize("text, line, needle", [
+    pytest.param('name: "t\u202eest"\ntemplate: hi\n', 1, "not a valid name", id="bidi-override-name"),
+    pytest.param('name: ok\ntemplate: "hi {{ x\u200b }}"\nvariables: {x: {type: string}}\n', 2,
+                 "unexpected char", id="zero-width-in-template"),
+    pytest.param('name: ok\ntemplate: hi\nvariables:\n  "\u0445": {type: string}\n', 4,
+                 "not a valid variable name", id="homoglyph-variable"),
+    pytest.param("name: ok\ntemplate: hi\n\x00\n", 0, "", id="nul-byte"),
+])
+def test_unicode_tricks_are_refused(text, line, needle):
+    with pytest.raises(InvalidPromptFile) as info:
+        parse_prompt_text(text.encode("utf-8"), path="u.yaml")
+    first = info.value.problems[0]
+    assert needle in first.message, info.value.problems
+    if line:
+        assert first.line == line, info.value.problems
+
+
+def test_a_byte_order_mark_is_accepted():
+    d = parse_prompt_text("\ufeffname: bom\ntemplate: hi\n".encode(), path="bom.yaml")
+    assert d.name == "bom"
