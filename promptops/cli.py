@@ -285,6 +285,9 @@ def experiment_status(experiment_id: int,
               + (f", winner v{e['winner']}" if e["winner"] else ""), markup=False)
     if e.get("reason"):
         out.print(f"  {e['reason']}", markup=False)
+    if e.get("value_remaining") is not None:
+        out.print(f"  value remaining (95%): {100 * e['value_remaining']:.2f}% of the leader's mean",
+                  markup=False)
     if e.get("srm_alarm"):
         out.print("  SAMPLE RATIO MISMATCH: promotion frozen", markup=False)
 

@@ -325,9 +325,13 @@ def prompt_context(rt: Runtime, name: str, query: Any) -> dict[str, Any]:
 def stopping_rule(exp: dict[str, Any], now: float) -> list[str]:
     """The state of the stopping rule in plain words."""
     pol, arms, fmt = exp["policy"], exp["arms"], value_format(exp["reward"])
+    remaining = exp.get("value_remaining")
+    remaining_line = (f"Value remaining: with 95% probability no arm beats the leader by more "
+                      f"than {fmt_pct(remaining)} of its mean." if remaining is not None else None)
     if exp["status"] not in ("running", "draft"):
         winner = f"; the winner is version {exp['winner']}" if exp["winner"] else ""
-        return [f"Ended {exp['status']}: {exp['end_reason'] or 'no reason recorded'}{winner}."]
+        ended = [f"Ended {exp['status']}: {exp['end_reason'] or 'no reason recorded'}{winner}."]
+        return ended + ([remaining_line] if remaining_line and not exp["winner"] else [])
     k = len(arms)
     lines = []
     fewest = min((a["n"] for a in arms), default=0)
@@ -364,6 +368,8 @@ def stopping_rule(exp: dict[str, Any], now: float) -> list[str]:
     lines.append(f"Without a decision it ends inconclusive at {pol['max_decisions']:,} "
                  f"decisions or {pol['max_days']:g} days ({total:,} decisions, "
                  f"{hours / 24:.1f} days so far).")
+    if remaining_line:
+        lines.append(remaining_line)
     if exp["srm_alarm"]:
         lines.append("Promotion is frozen while the sample-ratio-mismatch alarm is raised.")
     if exp["reason"]:

@@ -430,7 +430,10 @@ class Experiments:
                 "expected_loss": _float(summary.expected_loss[i]),
                 "p_beats_control": _float(summary.p_beats_control[i])})
         prev_state = exp.policy_state or {}
+        # A report figure, not a stopping input: a fixed seed keeps it stable between refreshes.
+        remaining = stats.value_remaining(summary.mean, summary.sd, rng=stats.new_rng(exp.id))
         return {"arms": arms, "reason": reason, "srm_p": _float(summary.srm_p),
+                "value_remaining": _float(remaining),
                 "srm_alarm": bool(state.srm_alarm if state is not None
                                   else prev_state.get("srm_alarm", False)),
                 "checks_done": int(state.checks_done if state is not None
@@ -512,6 +515,7 @@ class Experiments:
             "reason": (exp.snapshot or {}).get("reason") or self._waiting(exp, policy),
             "srm_alarm": bool((exp.snapshot or {}).get("srm_alarm", False)),
             "srm_p": (exp.snapshot or {}).get("srm_p"),
+            "value_remaining": (exp.snapshot or {}).get("value_remaining"),
             "checks_done": (exp.snapshot or {}).get("checks_done", 0),
             "arms": out_arms,
         }

@@ -47,6 +47,7 @@ from promptops.stats.estimator import (
     posterior,
     srm_p_value,
     summarize,
+    value_remaining,
 )
 from promptops.stats.special import chi2_sf, norm_cdf
 
@@ -71,4 +72,5 @@ __all__ = [
     "step",
     "summarize",
     "thompson_weights",
+    "value_remaining",
 ]

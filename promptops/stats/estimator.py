@@ -217,3 +217,20 @@ def summarize(data: EpochData, *, control: int, policy: Policy) -> Summary:
         p_beats_control=p_beats(mean, sd, control),
         srm_p=srm_p_value(data.assigned, data.weights),
     )
+
+
+def value_remaining(mean: np.ndarray, sd: np.ndarray, *, rng: np.random.Generator,
+                    draws: int = 10_000, quantile: float = 0.95) -> float | None:
+    """Scott's "potential value remaining": the `quantile` of (max_j theta_j - theta_w) / theta_w
+    over the posterior, w being the arm with the smallest expected loss; how much better than the
+    current leader another arm could still plausibly be (a report figure, not a stopping input)."""
+    mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
+    if mean.size < 2 or not (np.all(np.isfinite(mean)) and np.all(np.isfinite(sd))):
+        return None
+    theta = rng.normal(mean, sd, size=(draws, mean.size))
+    best = theta.max(axis=1)
+    leader = int(np.argmin((best[:, None] - theta).mean(axis=0)))
+    gap = best - theta[:, leader]
+    scale = abs(float(mean[leader]))
+    value = float(np.quantile(gap, quantile))
+    return value / scale if scale > 0 else value

@@ -319,3 +319,12 @@ def test_policy_values_are_bounded(ops, prompts_dir):
         ops.experiments.create("triage", [1, 2], policy={"min_samples_per_arm": 10**30})
     with pytest.raises(InvalidInput):
         ops.experiments.create("triage", [1, 2], policy={"attribution_window_hours": 0})
+
+
+def test_the_snapshot_reports_value_remaining(ops, prompts_dir, clock):
+    exp = setup(ops, prompts_dir)
+    traffic(ops, clock, 600, {1: 0.10, 2: 0.10})
+    clock.advance(hours=2)
+    ops.tick()
+    e = ops.experiments.get(exp["id"])
+    assert e["value_remaining"] is not None and e["value_remaining"] > 0, e

@@ -211,3 +211,17 @@ def test_srm_needs_enough_data():
     assert srm_p_value(np.zeros((2, 0)), np.zeros((2, 0))) is None
     assert srm_p_value(np.array([[3.0], [4.0]]), np.full((2, 1), 0.5)) is None
     assert srm_p_value(np.array([[30.0], [4.0]]), np.array([[1.0], [0.0]])) == 0.0
+
+
+def test_value_remaining_is_small_for_a_clear_leader_and_large_for_a_tie():
+    import numpy as np
+
+    from promptops.stats import value_remaining
+
+    rng = np.random.default_rng(3)
+    clear = value_remaining(np.array([0.10, 0.20]), np.array([0.001, 0.001]), rng=rng)
+    tie = value_remaining(np.array([0.10, 0.10]), np.array([0.01, 0.01]), rng=rng)
+    assert clear is not None and clear < 0.001
+    # two equal arms: the 95th percentile of |Z| * sqrt(2) * sd relative to 0.10 is about 0.28
+    assert tie is not None and 0.2 < tie < 0.35
+    assert value_remaining(np.array([0.1]), np.array([0.01]), rng=rng) is None
