@@ -327,4 +327,5 @@ def test_the_snapshot_reports_value_remaining(ops, prompts_dir, clock):
     clock.advance(hours=2)
     ops.tick()
     e = ops.experiments.get(exp["id"])
-    assert e["value_remaining"] is not None and e["value_remaining"] > 0, e
+    # zero when the leader is best in over 95% of draws, which equal arms reach by chance too
+    assert e["value_remaining"] is not None and e["value_remaining"] >= 0, e
