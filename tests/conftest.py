@@ -10,11 +10,18 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 
 from promptops.config import Settings
 
 PG_URL = os.environ.get("PROMPTOPS_TEST_DATABASE_URL")
+
+# In CI, property and fuzz tests draw the same examples every run: a landing must not depend on luck.
+# Locally they explore new examples each time.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 EXAMPLES = Path(__file__).resolve().parent.parent / "prompts"
 
 
