@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -253,50 +255,47 @@ class Rendered:
         return out
 
 
-@dataclass(frozen=True)
-class ArmStats:
-    """Per-arm figures of an experiment, as the API and dashboard report them."""
-
-    version: int
-    variant: str
-    decisions: int = 0
-    feedback: int = 0
-    reward_sum: float = 0.0
-    n: int = 0
-    mean: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    p_best: float | None = None
-    expected_loss: float | None = None
-    weight: float = 0.0
-    is_control: bool = False
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One serve of a prompt under an experiment (or of production when none runs)."""
-
-    id: str
-    prompt: str
-    version: int
-    variant: str
-    experiment_id: int | None
-    arm: int | None
-    epoch: int | None
-    unit_id: str | None
-    decided_at: datetime
-
-
-_POLICY_CHOICES: dict[str, tuple[str, ...]] = {
+POLICY_CHOICES: dict[str, tuple[str, ...]] = {
     "allocation": ("top_two", "thompson"),
     "missing_feedback": ("zero", "ignore"),
 }
 
-
+_Rule = tuple[Callable[[float], bool], str]
+_AT_LEAST_0: _Rule = (lambda v: v >= 0, "at least 0")
+_POSITIVE: _Rule = (lambda v: v > 0, "greater than 0")
+_PROBABILITY: _Rule = (lambda v: 0 < v < 1, "strictly between 0 and 1")
+# The one table of ranges for policy settings: the API, prompt files and scenarios all use it.
+_POLICY_RULES: dict[str, _Rule] = {
+    **dict.fromkeys(("min_hours", "min_update_minutes"), _AT_LEAST_0),
+    # Feedback always arrives after its decision: a zero window would count none.
+    "attribution_window_hours": _POSITIVE,
+    **dict.fromkeys(("alpha", "control_p_best", "srm_p_value"), _PROBABILITY),
+    **dict.fromkeys(("min_samples_per_arm", "draws", "update_every", "max_checks"), _POSITIVE),
+    **dict.fromkeys(("max_decisions", "max_days", "loss_threshold", "prior_strength"), _POSITIVE),
+    "floor": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "top_two_beta": (lambda v: 0 < v <= 1, "greater than 0 and at most 1"),
+}
+# Upper bounds keep every stored value within what the database and JSON encoders can hold.
 _POLICY_MAX: dict[str, float] = {
     "draws": 1_000_000, "max_checks": 10_000, "max_days": 3650, "attribution_window_hours": 8760,
     "min_hours": 87_600, "min_update_minutes": 525_600,
 }
+
+
+def policy_value_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a policy setting's value ("must be ..."), or None; types are checked
+    by the caller, which knows where the value came from."""
+    if name in POLICY_CHOICES:
+        if value in POLICY_CHOICES[name] or (value is None and name == "missing_feedback"):
+            return None
+        return f"must be one of {', '.join(repr(c) for c in POLICY_CHOICES[name])}"
+    if not math.isfinite(value):
+        return "must be finite"
+    test, rule = _POLICY_RULES.get(name, (lambda v: True, ""))
+    if not test(value):
+        return f"must be {rule}"
+    cap = _POLICY_MAX.get(name, 1e9)
+    return f"must be at most {cap:g}" if value > cap else None
 
 
 def parse_policy(values: Any, *, base: Policy | None = None) -> Policy:
@@ -312,36 +311,17 @@ def parse_policy(values: Any, *, base: Policy | None = None) -> Policy:
         if key not in Policy.field_names():
             raise ValueError(f"unknown policy setting {key!r}")
         default = getattr(defaults, key)
-        if key in _POLICY_CHOICES:
-            # A stored policy (Policy.to_dict) keeps an unset choice as None: its default.
-            if value is None and default is None:
-                clean[key] = value
-                continue
-            if value not in _POLICY_CHOICES[key]:
-                raise ValueError(f"policy.{key} must be one of {', '.join(_POLICY_CHOICES[key])}")
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"policy.{key} must be a number")
-        elif isinstance(default, int) and not isinstance(value, int):
-            if float(value).is_integer():
+        if key not in POLICY_CHOICES:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"policy.{key}: must be a number")
+            if isinstance(default, int) and not isinstance(value, int):
+                if not (math.isfinite(value) and float(value).is_integer()):
+                    raise ValueError(f"policy.{key}: must be a whole number")
                 value = int(value)
-            else:
-                raise ValueError(f"policy.{key} must be a whole number")
-        elif isinstance(default, float):
-            value = float(value)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError(f"policy.{key} must be finite")
-            if key in ("floor", "top_two_beta", "alpha", "loss_threshold", "control_p_best",
-                       "srm_p_value") and not 0 <= value < 1:
-                raise ValueError(f"policy.{key} must be in [0, 1)")
-            if value < 0:
-                raise ValueError(f"policy.{key} must not be negative")
-            if value > _POLICY_MAX.get(key, 1e9):
-                raise ValueError(f"policy.{key} must be at most {_POLICY_MAX.get(key, 1e9):g}")
-            if key == "attribution_window_hours" and value <= 0:
-                # Feedback always arrives after its decision: a zero window would count none.
-                raise ValueError(f"policy.{key} must be more than 0")
-            if key in ("draws", "update_every", "max_decisions", "max_checks") and value < 1:
-                raise ValueError(f"policy.{key} must be at least 1")
+            elif isinstance(default, float):
+                value = float(value)
+        problem = policy_value_problem(key, value)
+        if problem:
+            raise ValueError(f"policy.{key}: {problem}")
         clean[key] = value
     return replace(base, **clean)

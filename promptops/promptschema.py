@@ -7,7 +7,7 @@ import difflib
 import keyword
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -15,6 +15,7 @@ import yaml
 from .domain import (
     DEFAULT_METRIC,
     MAIN_VARIANT,
+    POLICY_CHOICES,
     VARIABLE_TYPES,
     ExperimentSpec,
     Message,
@@ -22,7 +23,7 @@ from .domain import (
     PromptContent,
     PromptDefinition,
     VariableSpec,
-    parse_policy,
+    policy_value_problem,
 )
 from .errors import FileProblem, InvalidPromptFile, RenderError
 from .rendering import TemplateSyntaxProblem, template_names, value_problem
@@ -67,21 +68,7 @@ _CHOICES = {
     "reward": ("binary", "continuous"),
     "strategy": ("thompson", "fixed"),
     "status": ("draft", "running"),
-    "allocation": ("top_two", "thompson"),
-    "missing_feedback": ("zero", "ignore"),
-}
-_Rule = tuple[Callable[[float], bool], str]
-_AT_LEAST_0: _Rule = (lambda v: v >= 0, "at least 0")
-_ANY: _Rule = (lambda v: True, "")
-_POSITIVE: _Rule = (lambda v: v > 0, "greater than 0")
-_PROBABILITY: _Rule = (lambda v: 0 < v < 1, "strictly between 0 and 1")
-_POLICY_RULES: dict[str, _Rule] = {
-    **dict.fromkeys(("attribution_window_hours", "min_hours", "min_update_minutes"), _AT_LEAST_0),
-    **dict.fromkeys(("alpha", "control_p_best", "srm_p_value"), _PROBABILITY),
-    **dict.fromkeys(("min_samples_per_arm", "draws", "update_every", "max_checks"), _POSITIVE),
-    **dict.fromkeys(("max_decisions", "max_days", "loss_threshold", "prior_strength"), _POSITIVE),
-    "floor": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
-    "top_two_beta": (lambda v: 0 < v <= 1, "greater than 0 and at most 1"),
+    **POLICY_CHOICES,
 }
 _YAML = "tag:yaml.org,2002:"
 _DATA_TAGS = frozenset(
@@ -545,27 +532,21 @@ class _Checker:
         at = "experiment.policy"
         values: dict[str, Any] = {}
         for name, (_, value_node) in entries.items():
-            if name in _CHOICES:  # missing_feedback may be null: the per-reward default
+            if name in POLICY_CHOICES:  # missing_feedback may be null: the per-reward default
                 default = None if name == "missing_feedback" else _BAD
                 value = self.get(entries, name, at, "string", default, choices=_CHOICES[name])
             else:
                 kind = "integer" if isinstance(getattr(Policy, name), int) else "number"
                 value = self.get(entries, name, at, kind, _BAD)
-                test, rule = _POLICY_RULES.get(name, _ANY)
-                if value is not _BAD and not test(value):
-                    self.err(value_node, f"{at}.{name}: must be {rule}")
+                problem = None if value is _BAD else policy_value_problem(name, value)
+                if problem:
+                    self.err(value_node, f"{at}.{name}: {problem}")
                     value = _BAD
                 elif value is not _BAD and kind == "number":
                     value = float(value)
             if value is not _BAD:
                 values[name] = value
-        if len(values) != len(entries):
-            return None
-        try:  # the shared rules (caps, a positive window) that the API applies too
-            return parse_policy(values)
-        except ValueError as exc:
-            self.err(node, f"experiment.{exc}")
-            return None
+        return Policy().with_overrides(values) if len(values) == len(entries) else None
 
     def definition(self, root: yaml.Node) -> PromptDefinition | None:
         """The validated prompt of a whole file, or None if it has problems."""

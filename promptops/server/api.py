@@ -68,12 +68,9 @@ async def render(name: str, body: RenderCreate, request: Request,
     """Render a version (production by default); records no decision."""
     rt: Runtime = request.app.state.runtime
     if body.version is None and body.label is None:
-        live = rt.ops.serving.live.prompt(name)
-        if live.production is not None:
-            v = live.production
-            out = rt.ops.ctx.renderer.render(v.content, body.variables, prompt=name,
-                                             version=v.number, variant=v.variant)
-            return JSON(out.payload())
+        out = rt.ops.serving.render_production(name, body.variables)
+        if out is not None:
+            return JSON(out)
     return JSON(await run_in_threadpool(rt.ops.render, name, body.variables,
                                         version=body.version, label=body.label))
 

@@ -23,7 +23,7 @@ import orjson
 
 from promptops import errors as e
 from promptops.server.errors import promptops_error_body
-from promptops.server.metrics import _too_large, declared_too_large
+from promptops.server.metrics import answer_too_large, declared_too_large
 from promptops.services.keys import role_for
 
 log = logging.getLogger("promptops.server")
@@ -111,7 +111,7 @@ class FastPath:
         for key, value in scope["headers"]:
             if key == b"content-length":
                 if declared_too_large(value, self.max_body):
-                    await _too_large(send, self.max_body)
+                    await answer_too_large(send, self.max_body)
                     return
             elif key == b"content-type":
                 if content_type is None:
@@ -130,7 +130,7 @@ class FastPath:
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > self.max_body:
-                await _too_large(send, self.max_body)
+                await answer_too_large(send, self.max_body)
                 self._observe(route, 413, start)
                 return
             chunks.append(chunk)

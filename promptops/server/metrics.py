@@ -67,7 +67,7 @@ class TimingMiddleware:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and declared_too_large(value, self.max_body):
-                await _too_large(send, self.max_body)
+                await answer_too_large(send, self.max_body)
                 return
         start = time.perf_counter()
         status = [500]
@@ -90,7 +90,7 @@ class TimingMiddleware:
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except BodyTooLarge:
-            await _too_large(send, self.max_body)
+            await answer_too_large(send, self.max_body)
             status[0] = 413
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
@@ -110,7 +110,8 @@ class BodyTooLarge(Exception):
     """A streamed body exceeded the limit."""
 
 
-async def _too_large(send: Any, limit: int) -> None:
+async def answer_too_large(send: Any, limit: int) -> None:
+    """Answer 413 with the JSON error body."""
     body = (b'{"error":{"code":"payload_too_large","message":"request body over %d bytes"}}'
             % limit)
     await send({"type": "http.response.start", "status": 413,

@@ -133,9 +133,7 @@ class Experiments:
             return lines
         lines = []
         stopped = self._stop_running(s, p, actor=actor, reason="declaration changed in the file")
-        if stopped is not None and spec.status == "running":
-            lines.append(f"experiment {stopped} stopped (declaration changed)")
-        if stopped is not None and spec.status != "running":
+        if stopped is not None:
             lines.append(f"experiment {stopped} stopped (declaration changed)")
         exp = self._insert(s, p, spec, vids, source="file", declared_hash=declared, actor=actor)
         if spec.status == "running":
@@ -266,7 +264,10 @@ class Experiments:
         return min(losses)[1] if losses else exp.control_arm
 
     def _finish(self, s: Session, exp: ExperimentRow, *, status: str, winner: int | None,
-                actor: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
+                actor: str, reason: str, evidence: dict[str, Any] | None = None,
+                move_control: bool = True) -> None:
+        """End an experiment once; production moves to the winner (to a control winner only if
+        `move_control`)."""
         now = self.ctx.now()
         # Conditional on the status we read: of two servers ending the same experiment, one wins.
         res = s.execute(update(ExperimentRow)
@@ -287,10 +288,7 @@ class Experiments:
                     message=f"experiment {exp.id} {status}: {reason}"
                             + (f"; winner version {winner_version}" if winner_version else ""),
                     details={"reason": reason, "winner_version": winner_version, "evidence": ev})
-        # An automatic "keep the control" leaves production alone (someone may have moved it by
-        # hand meanwhile); promotions, and any winner chosen by hand, move it.
-        moves = winner is not None and (winner != exp.control_arm or actor != SYSTEM_ACTOR)
-        if moves and winner is not None:
+        if winner is not None and (winner != exp.control_arm or move_control):
             version = s.get(VersionRow, arms[winner].version_id)
             assert version is not None
             self.registry.set_label(s, p, version, PRODUCTION, actor=actor,
@@ -350,8 +348,11 @@ class Experiments:
             exp.snapshot = self._snapshot(exp, result.summary, reason=result.reason,
                                           state=result.state)
             if result.action in ("promote", "keep_control"):
+                # An automatic "keep the control" leaves production alone: someone may have
+                # moved it by hand meanwhile.
                 self._finish(s, exp, status="completed", winner=result.winner,
-                             actor=SYSTEM_ACTOR, reason=result.reason, evidence=exp.snapshot)
+                             actor=SYSTEM_ACTOR, reason=result.reason, evidence=exp.snapshot,
+                             move_control=False)
                 return True
             if result.action == "inconclusive":
                 self._finish(s, exp, status="inconclusive", winner=None, actor=SYSTEM_ACTOR,

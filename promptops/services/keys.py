@@ -71,9 +71,8 @@ class Keys:
 def role_for(key: str, table: dict[str, str]) -> str | None:
     """The role of a presented key, compared in constant time against the stored hash."""
     digest = hash_key(key)
-    stored = table.get(digest)
-    if stored is None:
-        # Compare anyway so a miss costs the same as a hit.
-        hmac.compare_digest(digest, "0" * 64)
-        return None
-    return stored if hmac.compare_digest(digest, digest) else None
+    found = None
+    for stored, role in table.items():  # every stored hash is compared, in constant time each
+        if hmac.compare_digest(stored, digest):
+            found = role
+    return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,8 +192,6 @@ class Registry:
     # -- labels ----------------------------------------------------------------------------
     def move_label(self, name: str, number: int, label: str, *, actor: str) -> dict[str, Any]:
         """Point a label at a version (rollback included); audited."""
-        import re
-
         if not re.match(LABEL_PATTERN, label or ""):
             raise InvalidInput(f"bad label {label!r}: letters, digits, '.', '_', '-'; at most 64")
         with self.ctx.tx() as s:

@@ -330,6 +330,15 @@ class Serving:
         out["experiment_id"] = exp.id if exp else None
         return out
 
+    def render_production(self, name: str, variables: dict[str, Any]) -> dict[str, Any] | None:
+        """Render the cached production version (no database), or None if there is none."""
+        self._fresh()
+        v = self.live.prompt(name).production
+        if v is None:
+            return None
+        return self.ctx.renderer.render(v.content, variables, prompt=name, version=v.number,
+                                        variant=v.variant).payload()
+
     def prepare_feedback(self, decision_id: Any, reward: Any,
                          metric: str | None = None) -> FeedbackItem:
         """Validate a feedback (unknown id, bad reward) without touching the database."""

@@ -12,11 +12,11 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 
-from promptops.domain import Allocation, MissingFeedback, Policy
+from promptops.domain import POLICY_CHOICES, Policy, policy_value_problem
 from promptops.errors import InvalidInput
 from promptops.stats.simulator import RunResult, Scenario, SimArm, aggregate, simulate_runs
 
@@ -29,31 +29,6 @@ _TOP_KEYS = (
     "drift", "feedback_delay_hours", "feedback_rate", "policy", "tolerance",
 )
 _ARM_KEYS = ("name", "mean", "feedback_delay_hours", "concentration")
-_CHOICES: dict[str, tuple[Any, ...]] = {
-    "allocation": get_args(Allocation),
-    "missing_feedback": (*get_args(MissingFeedback), None),
-}
-# (lowest, highest, lowest is exclusive) for numeric policy settings
-_RANGES: dict[str, tuple[float, float, bool]] = {
-    "attribution_window_hours": (0, math.inf, False),
-    "min_samples_per_arm": (0, math.inf, False),
-    "min_hours": (0, math.inf, False),
-    "top_two_beta": (0, 1, False),
-    "floor": (0, 1, False),
-    "draws": (1, math.inf, False),
-    "update_every": (1, math.inf, False),
-    "min_update_minutes": (0, math.inf, False),
-    "max_decisions": (1, math.inf, False),
-    "max_days": (0, math.inf, True),
-    "max_checks": (1, math.inf, False),
-    "alpha": (0, 1, True),
-    "loss_threshold": (0, math.inf, False),
-    "control_p_best": (0, 1, True),
-    "srm_p_value": (0, 1, True),
-    "prior_strength": (0, math.inf, True),
-}
-
-
 class _Checker:
     """Validation helpers that name the file and the key in every message."""
 
@@ -73,9 +48,11 @@ class _Checker:
                 raise self.fail(where, f"is not a known key (expected one of: {known})")
         return value
 
-    def integer(self, value: Any, key: str, *, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(key, f"must be an integer >= {minimum} (got {value!r})")
+    def integer(self, value: Any, key: str, *, minimum: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or (
+                minimum is not None and value < minimum):
+            bound = "" if minimum is None else f" >= {minimum}"
+            raise self.fail(key, f"must be an integer{bound} (got {value!r})")
         return value
 
     def number(self, value: Any, key: str, *, lo: float = -math.inf, hi: float = math.inf,
@@ -96,17 +73,15 @@ def _policy(check: _Checker, raw: Any) -> Policy:
     out: dict[str, Any] = {}
     for name, value in values.items():
         key = f"policy.{name}"
-        if name in _CHOICES:
-            if value not in _CHOICES[name]:
-                choices = ", ".join(str(c) for c in _CHOICES[name] if c is not None)
-                raise check.fail(key, f"must be one of: {choices} (got {value!r})")
-            out[name] = value
-            continue
-        lo, hi, open_lo = _RANGES[name]
-        if isinstance(getattr(default, name), int):
-            out[name] = check.integer(value, key, minimum=int(lo))
-        else:
-            out[name] = check.number(value, key, lo=lo, hi=hi, open_lo=open_lo)
+        if name not in POLICY_CHOICES:
+            if isinstance(getattr(default, name), int):
+                value = check.integer(value, key)
+            else:
+                value = check.number(value, key)
+        problem = policy_value_problem(name, value)  # the ranges every policy follows
+        if problem:
+            raise check.fail(key, f"{problem} (got {value!r})")
+        out[name] = value
     return default.with_overrides(out)
 
 
