@@ -1,10 +1,10 @@
 """YAML prompt files: discovery, parsing and validation with `PATH:LINE: message` problems.
 
-A file is composed into YAML nodes first, so every problem names the line of its node; it is
-checked by hand (in `promptschema`) against the format of CONTRACT.md and only then turned into a
-`domain.PromptDefinition`. Every problem of a file is reported at once. Hostile input is refused
-early: files over `MAX_FILE_BYTES` (checked before reading), invalid UTF-8, NUL bytes, YAML anchors
-and aliases (so no "billion laughs"), nesting deeper than `MAX_DEPTH`, YAML tags beyond plain data.
+A file is composed into YAML nodes first (by `yamlnodes`, which refuses hostile input early:
+files over `MAX_FILE_BYTES`, invalid UTF-8, NUL bytes, anchors and aliases, nesting deeper than
+`MAX_DEPTH`, tags beyond plain data), so every problem names the line of its node; it is checked
+by hand (in `promptschema`) against the prompt file format and only then turned into a
+`domain.PromptDefinition`. Every problem of a file is reported at once.
 
 A variant overrides `messages`/`template` (keeping the main prompt's form) and `model`. Its `model`
 is merged over the main `model` key by key; a key set to null in the variant removes it. A variant's
@@ -14,167 +14,30 @@ is merged over the main `model` key by key; a key set to null in the variant rem
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
-
-import yaml
 
 from .domain import PromptDefinition
 from .errors import FileProblem, InvalidPromptFile
 from .promptschema import NAME_PATTERN as NAME_PATTERN  # re-exported: public API
 from .promptschema import ROLES as ROLES  # re-exported: public API
-from .promptschema import build_definition
+from .promptschema import PromptChecker, check_prompt
+from .yamlnodes import MAX_DEPTH as MAX_DEPTH  # re-exported: public API
+from .yamlnodes import MAX_FILE_BYTES as MAX_FILE_BYTES  # re-exported: public API
 
-MAX_FILE_BYTES = 1_000_000
-"""Largest prompt file accepted, in bytes."""
-
-MAX_DEPTH = 50
-"""Deepest YAML nesting accepted."""
-
-_NODE_OF_EVENT: dict[type, type] = {
-    yaml.ScalarEvent: yaml.ScalarNode,
-    yaml.SequenceStartEvent: yaml.SequenceNode,
-    yaml.MappingStartEvent: yaml.MappingNode,
-}
-
-
-class _Refused(Exception):
-    """Composition stopped on purpose (anchor, alias, nesting)."""
-
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-        self.message = message
-
-
-# libyaml's parser is several times faster on big files; its composer cannot be hooked, so
-# nodes are composed from its events below (the pure-Python parser is the fallback).
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _compose_events(loader: Any) -> yaml.Node | None:
-    """Compose the single document from parser events, refusing anchors, aliases, deep nesting."""
-    loader.get_event()  # stream start
-    if loader.check_event(yaml.StreamEndEvent):
-        return None
-    document = loader.get_event()
-    stack: list[list[Any]] = []  # open collections: [node, pending mapping key]
-    while True:
-        event = loader.get_event()
-        line = event.start_mark.line + 1
-        # Refusing anchors outright, not only expanding aliases lazily, rules out alias bombs.
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise _Refused(line, "YAML anchors and aliases are not allowed")
-        if isinstance(event, yaml.CollectionEndEvent):
-            node = stack.pop()[0]
-            node.end_mark = event.end_mark
-        else:
-            kind = _NODE_OF_EVENT[type(event)]
-            tag = event.tag
-            if tag is None or tag == "!":
-                value = event.value if kind is yaml.ScalarNode else None
-                tag = loader.resolve(kind, value, event.implicit)
-            if kind is yaml.ScalarNode:
-                node = kind(tag, event.value, event.start_mark, event.end_mark, style=event.style)
-            else:
-                if len(stack) >= MAX_DEPTH:
-                    raise _Refused(line, f"nesting deeper than {MAX_DEPTH} levels")
-                node = kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
-                stack.append([node, None])
-                continue
-        if not stack:
-            break
-        parent = stack[-1]
-        if isinstance(parent[0], yaml.SequenceNode):
-            parent[0].value.append(node)
-        elif parent[1] is None:
-            parent[1] = node
-        else:
-            parent[0].value.append((parent[1], node))
-            parent[1] = None
-    loader.get_event()  # document end
-    if not loader.check_event(yaml.StreamEndEvent):
-        extra = loader.get_event()
-        context = "expected a single document in the stream"
-        problem = "but found another document"
-        raise yaml.composer.ComposerError(context, document.start_mark, problem, extra.start_mark)
-    return node
-
-
-def _refuse(path: str, line: int, message: str) -> NoReturn:
-    raise InvalidPromptFile([FileProblem(path, line, message)])
-
-
-def _decode(data: str | bytes, path: str) -> str:
-    """The text of a file, refusing oversized, non-UTF-8 and binary input."""
-    size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
-    if size > MAX_FILE_BYTES:
-        _refuse(path, 0, f"file is larger than {MAX_FILE_BYTES} bytes")
-    text = data
-    if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            _refuse(path, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})")
-    assert isinstance(text, str)
-    if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        _refuse(path, line, "contains a NUL byte; is it a binary file?")
-    return text.removeprefix("\ufeff")
-
-
-def _compose(text: str, path: str) -> tuple[Any, yaml.Node]:
-    """A loader and the root node of the single YAML document, with syntax errors as problems."""
-    loader = None
-    try:
-        loader = _Loader(text)
-        root = _compose_events(loader)
-    except _Refused as exc:
-        _refuse(path, exc.line, exc.message)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        detail = ", ".join(str(part) for part in (exc.context, exc.problem) if part)
-        _refuse(path, mark.line + 1 if mark else 0, f"invalid YAML: {' '.join(detail.split())}")
-    except yaml.reader.ReaderError as exc:
-        # Offsets differ between the C and Python readers; the character itself does not.
-        char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
-        line = text.count("\n", 0, max(text.find(char), 0)) + 1
-        _refuse(path, line, f"invalid character {char!r}: {exc.reason}")
-    except yaml.YAMLError as exc:
-        _refuse(path, 0, f"invalid YAML: {' '.join(str(exc).split())}")
-    finally:
-        if loader is not None:
-            loader.dispose()
-    if root is None:
-        _refuse(path, 1, "the file is empty; a prompt needs name: and messages: or template:")
-    return loader, root
+_EMPTY = "the file is empty; a prompt needs name: and messages: or template:"
 
 
 def parse_prompt_text(text: str | bytes, *, path: str) -> PromptDefinition:
     """Parse and validate one prompt file's text; raises InvalidPromptFile listing every problem."""
-    loader, root = _compose(_decode(text, path), path)
-    return build_definition(root, loader, path=path)
+    checker = PromptChecker(path)
+    return check_prompt(checker, checker.load_text(text, empty=_EMPTY))
 
 
 def load_prompt_file(path: str | Path) -> PromptDefinition:
     """Read, parse and validate one prompt file (its size is checked before reading)."""
-    shown = str(path)
-    try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            _refuse(shown, 0, "is a directory" if stat.S_ISDIR(info.st_mode) else "not a file")
-        if info.st_size > MAX_FILE_BYTES:
-            _refuse(shown, 0, f"file is larger than {MAX_FILE_BYTES} bytes ({info.st_size})")
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)  # bounded even if the file grew since stat()
-    except FileNotFoundError:
-        _refuse(shown, 0, "no such file or directory")
-    except OSError as exc:
-        _refuse(shown, 0, f"cannot read: {(exc.strerror or str(exc)).lower()}")
-    return parse_prompt_text(data, path=shown)
+    checker = PromptChecker(str(path))
+    return check_prompt(checker, checker.load_file(path, empty=_EMPTY))
 
 
 def _walk(root: Path) -> Iterator[Path]:

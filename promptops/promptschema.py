@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import functools
 import keyword
-import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -25,8 +24,18 @@ from .domain import (
     VariableSpec,
     policy_value_problem,
 )
-from .errors import FileProblem, InvalidPromptFile, RenderError
+from .errors import InvalidPromptFile, RenderError
 from .rendering import TemplateSyntaxProblem, template_names, value_problem
+from .yamlnodes import BAD as _BAD
+from .yamlnodes import Check, NodeReader
+from .yamlnodes import Entries as _Entries
+from .yamlnodes import at as _at
+from .yamlnodes import describe as _describe
+from .yamlnodes import is_null as _is_null
+from .yamlnodes import join as _join
+from .yamlnodes import line_of as _line
+from .yamlnodes import plain_problem as _plain_problem
+from .yamlnodes import present as _value
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 """Names of prompts and variants."""
@@ -70,59 +79,14 @@ _CHOICES = {
     "status": ("draft", "running"),
     **POLICY_CHOICES,
 }
-_YAML = "tag:yaml.org,2002:"
-_DATA_TAGS = frozenset(
-    _YAML + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "timestamp")
-)
-_BAD: Any = object()  # a value that could not be built; its problem is already recorded
-_Entries = dict[str, tuple[yaml.Node, yaml.Node]]
 _Variant = tuple[tuple[Message, ...] | None, str | None, dict[str, Any]]
 
 
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _at(where: str, message: str) -> str:
-    return f"{where}: {message}" if where else message
-
-
-def _line(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
-
-
-def _describe(node: yaml.Node) -> str:
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    if _is_null(node):
-        return "nothing"
-    text = repr(node.value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _is_null(node: yaml.Node) -> bool:
-    return isinstance(node, yaml.ScalarNode) and node.tag == _YAML + "null"
-
-
-def _value(entries: _Entries, key: str) -> yaml.Node | None:
-    """The value node at a key; None when the key is absent or its value is null."""
-    node = entries[key][1] if key in entries else None
-    return None if node is None or _is_null(node) else node
-
-
-def _plain_problem(value: Any) -> str | None:
-    """Why a value is not plain JSON-like data, or None."""
-    if value is None or isinstance(value, str | bool | int):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else "must not contain .nan or .inf"
-    if isinstance(value, list):
-        return next((p for v in value if (p := _plain_problem(v))), None)
-    if isinstance(value, dict):
-        if any(not isinstance(k, str) for k in value):
-            return "mapping keys must be strings"
-        return next((p for v in value.values() if (p := _plain_problem(v))), None)
-    return f"must be plain data, got {type(value).__name__} {value}; quote it to make it a string"
+@functools.cache
+def _typed(kind: str, choices: tuple[Any, ...] = ()) -> Check:
+    """The check of a value of a variable type (and among choices, if given)."""
+    spec = VariableSpec("", type=kind, enum=choices or None)  # type: ignore[arg-type]
+    return functools.partial(value_problem, spec)
 
 
 def _template_line(node: yaml.Node, lineno: int) -> int:
@@ -132,100 +96,18 @@ def _template_line(node: yaml.Node, lineno: int) -> int:
     return _line(node)
 
 
-class _Checker:
-    """Validates one composed file, collecting every problem."""
+class PromptChecker(NodeReader):
+    """Reads and validates one prompt file, collecting every problem."""
 
-    def __init__(self, path: str, loader: Any) -> None:
-        self.path = path
-        self.loader = loader
-        self.problems: list[FileProblem] = []
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
         self.templates: list[tuple[yaml.Node, str, str]] = []
-        self.tag_lines: set[int] = set()
         self.declared: set[str] = set()
         self.variant_names: set[str] = set()
 
-    def err(self, node: yaml.Node | int, message: str) -> None:
-        """Record a problem at a node's line (or a line number)."""
-        line = node if isinstance(node, int) else _line(node)
-        # A node with an unsupported tag is reported once; what follows from it would be noise.
-        if line not in self.tag_lines:
-            self.problems.append(FileProblem(self.path, line, message))
-
-    def scan(self, root: yaml.Node) -> None:
-        """Report tags beyond plain data and duplicate mapping keys anywhere in the document."""
-        stack = [root]
-        while stack:
-            node = stack.pop()
-            if node.tag not in _DATA_TAGS:
-                tag = node.tag.replace(_YAML, "!!")
-                merge = node.tag == _YAML + "merge"
-                self.err(
-                    node,
-                    "merge keys ('<<') are not supported"
-                    if merge
-                    else f"unsupported YAML tag {tag!r}",
-                )
-                self.tag_lines.add(_line(node))
-            if isinstance(node, yaml.MappingNode):
-                seen: dict[tuple[str, str], int] = {}
-                for key, value in node.value:
-                    ident = (key.tag, key.value) if isinstance(key, yaml.ScalarNode) else None
-                    if ident in seen:
-                        self.err(key, f"duplicate key {key.value!r} (first at line {seen[ident]})")
-                    elif ident is not None:
-                        seen[ident] = _line(key)
-                    stack.extend((key, value))
-            elif isinstance(node, yaml.SequenceNode):
-                stack.extend(node.value)
-
-    def data(self, node: yaml.Node) -> Any:
-        """The plain Python value of a node, or _BAD after reporting."""
-        try:
-            return self.loader.construct_object(node, deep=True)
-        except yaml.MarkedYAMLError as exc:
-            self.err((exc.problem_mark or node.start_mark).line + 1, f"invalid YAML: {exc.problem}")
-        except (yaml.YAMLError, TypeError, ValueError) as exc:
-            self.err(node, f"invalid value: {' '.join(str(exc).split())}")
-        return _BAD
-
-    def mapping(
-        self,
-        node: yaml.Node,
-        where: str,
-        allowed: Sequence[str] | None,
-        required: Sequence[str] = (),
-    ) -> _Entries | None:
-        """The entries of a mapping node by key (first of duplicates), reporting unknown keys."""
-        if not isinstance(node, yaml.MappingNode):
-            self.err(node, _at(where, f"must be a mapping, got {_describe(node)}"))
-            return None
-        out: _Entries = {}
-        for key, value in node.value:
-            if not (isinstance(key, yaml.ScalarNode) and key.tag == _YAML + "str"):
-                self.err(key, _at(where, f"keys must be strings, got {_describe(key)}"))
-            elif allowed is not None and key.value not in allowed:
-                hint = difflib.get_close_matches(key.value, allowed, n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                self.err(key, _at(where, f"unknown key {key.value!r}{extra}"))
-            else:
-                out.setdefault(key.value, (key, value))
-        for key in required:
-            if key not in out:
-                self.err(node, _at(where, f"missing required key {key!r}"))
-        return out
-
     def check(self, node: yaml.Node, where: str, kind: str, choices: Sequence[Any] = ()) -> Any:
         """A value of a variable type (and among choices, if given), or _BAD after reporting."""
-        value = self.data(node)
-        if value is _BAD:
-            return _BAD
-        enum = tuple(choices) if choices else None
-        spec = VariableSpec(where, type=kind, enum=enum)  # type: ignore[arg-type]
-        problem = value_problem(spec, value)
-        if problem:
-            self.err(node, f"{where}: {problem}")
-            return _BAD
-        return value
+        return self.read(node, where, _typed(kind, tuple(choices)))
 
     def get(
         self,
@@ -237,33 +119,11 @@ class _Checker:
         choices: Sequence[Any] = (),
     ) -> Any:
         """The checked value at a key; `default` when absent (or null, unless default is _BAD)."""
-        if key not in entries:
-            return default
-        node = entries[key][1]
-        if _is_null(node) and default is not _BAD:
-            return default
-        return self.check(node, _join(where, key), kind, choices)
-
-    def items(self, entries: _Entries, key: str, where: str) -> list[yaml.Node] | None:
-        """The item nodes of a list at a key ([] when absent or null), or None after reporting."""
-        node = _value(entries, key)
-        if node is None:
-            return []
-        if not isinstance(node, yaml.SequenceNode):
-            self.err(node, f"{_join(where, key)}: must be a list")
-            return None
-        return list(node.value)
+        return self.field(entries, key, where, _typed(kind, tuple(choices)), default)
 
     def strings(self, entries: _Entries, key: str, where: str) -> list[str] | None:
         """A list of strings at a key (duplicates are reported), or None after reporting."""
-        nodes = self.items(entries, key, where)
-        if nodes is None:
-            return None
-        out = [self.check(n, f"{_join(where, key)}[{i}]", "string") for i, n in enumerate(nodes)]
-        for i, value in enumerate(out):
-            if value is not _BAD and value in out[:i]:
-                self.err(nodes[i], f"{_join(where, key)}[{i}]: duplicate {value!r}")
-        return None if any(v is _BAD for v in out) else out
+        return self.distinct(entries, key, where, _typed("string"))
 
     def model(self, entries: _Entries, where: str) -> dict[str, Any] | None:
         """A free-form model mapping of plain data ({} when absent), or None after reporting."""
@@ -594,10 +454,9 @@ class _Checker:
         )
 
 
-def build_definition(root: yaml.Node, loader: Any, *, path: str) -> PromptDefinition:
-    """The validated prompt of a composed file; raises InvalidPromptFile listing every problem."""
-    checker = _Checker(path, loader)
-    definition = checker.definition(root)
+def check_prompt(checker: PromptChecker, root: yaml.Node | None) -> PromptDefinition:
+    """The validated prompt of a loaded file; raises InvalidPromptFile listing every problem."""
+    definition = None if root is None else checker.definition(root)
     if definition is None:
-        raise InvalidPromptFile(sorted(checker.problems, key=lambda p: p.line))
+        raise InvalidPromptFile(checker.sorted_problems())
     return definition

@@ -17,12 +17,13 @@ ALLOWED = {
     "config": {"errors"},
     "domain": set(),
     "rendering": {"domain", "errors"},
-    "promptschema": {"domain", "errors", "rendering"},
-    "promptfiles": {"domain", "errors", "rendering", "promptschema"},
+    "yamlnodes": {"domain", "errors"},
+    "promptschema": {"domain", "errors", "rendering", "yamlnodes"},
+    "promptfiles": {"domain", "errors", "rendering", "promptschema", "yamlnodes"},
     "stats": {"domain", "errors", "stats"},
     "db": {"domain", "errors", "db"},
-    "services": {"domain", "errors", "config", "rendering", "promptfiles", "stats", "db",
-                 "services"},
+    "services": {"domain", "errors", "config", "rendering", "yamlnodes", "promptfiles", "stats",
+                 "db", "services"},
     "server": {"domain", "errors", "config", "services", "server", "rendering", "__init__"},
     "cli": {"domain", "errors", "config", "services", "server", "rendering", "promptfiles", "db"},
     "client": {"domain", "errors", "rendering"},
@@ -34,7 +35,7 @@ LIBRARIES = {
     "jinja2": {"rendering", "server"},
     "fastapi": {"server"},
     "httpx": {"client"},
-    "yaml": {"promptfiles", "promptschema", "services"},
+    "yaml": {"yamlnodes", "promptschema", "services"},
 }
 
 

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from promptops import promptfiles
+from promptops import yamlnodes
 from promptops.domain import Message, Policy, PromptDefinition
 from promptops.errors import FileProblem, InvalidPromptFile
 from promptops.promptfiles import (
@@ -509,14 +509,14 @@ class TestHostile:
         self, text: str | bytes, line: int, message: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         # Without libyaml the pure-Python parser is used; it must refuse the same input alike.
-        monkeypatch.setattr(promptfiles, "_Loader", yaml.SafeLoader)
+        monkeypatch.setattr(yamlnodes, "_Loader", yaml.SafeLoader)
         problem = only_problem(text)
         assert message in problem.message, str(problem)
         assert problem.line == line, str(problem)
 
     def test_pure_python_parser_reads_the_examples(self, monkeypatch: pytest.MonkeyPatch) -> None:
         expected = load_prompt_files([EXAMPLES])
-        monkeypatch.setattr(promptfiles, "_Loader", yaml.SafeLoader)
+        monkeypatch.setattr(yamlnodes, "_Loader", yaml.SafeLoader)
         assert load_prompt_files([EXAMPLES]) == expected
 
     def test_nesting_at_the_limit_is_fine(self) -> None:
