@@ -10,7 +10,7 @@ from starlette.types import ASGIApp
 
 from promptops import __version__
 from promptops.config import Settings
-from promptops.server import api, errors
+from promptops.server import api, dashboard, errors
 from promptops.server.fast import FastPath
 from promptops.server.metrics import TimingMiddleware
 from promptops.server.runtime import Runtime
@@ -36,12 +36,7 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
     app.state.runtime = runtime
     errors.install(app)
     app.include_router(api.router)
-    try:
-        from promptops.server import dashboard
-    except ImportError:  # the dashboard module is optional during development
-        dashboard = None  # type: ignore[assignment]
-    if dashboard is not None:
-        dashboard.install(app)
+    dashboard.install(app)
     app.add_middleware(TimingMiddleware, metrics=runtime.metrics,
                        max_body=settings.max_body_bytes)
     # Serve and feedback take a pure-ASGI path outside FastAPI's whole middleware stack; anything

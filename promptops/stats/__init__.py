@@ -36,6 +36,7 @@ from promptops.stats.engine import (
     decide,
     initial_weights,
     new_rng,
+    promotion_threshold,
     should_start_epoch,
     step,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "norm_cdf",
     "p_beats",
     "posterior",
+    "promotion_threshold",
     "should_start_epoch",
     "srm_p_value",
     "step",

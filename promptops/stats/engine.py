@@ -80,6 +80,11 @@ def check_interval(policy: Policy) -> float:
     return policy.max_decisions / max(policy.max_checks, 1)
 
 
+def promotion_threshold(policy: Policy, arms: int) -> float:
+    """The P(beats control) a challenger needs among `arms` arms: 1 - alpha / (arms - 1)."""
+    return 1.0 - policy.alpha / max(arms - 1, 1)
+
+
 def _pct(p: float) -> str:
     text = f"{100.0 * p:.3f}".rstrip("0").rstrip(".")
     return f"{text}%"
@@ -99,7 +104,7 @@ def decide(summary: Summary, *, control: int, policy: Policy,
     loss_ok = loss <= policy.loss_threshold * mean
     loss_text = f"expected loss {_pct(loss / mean) if mean > 0 else 'inf'} of its mean"
     if w != control:
-        need = 1.0 - policy.alpha / (k - 1)
+        need = promotion_threshold(policy, k)
         p = float(summary.p_beats_control[w])
         if p >= need and loss_ok:
             return PROMOTE, w, f"{_name(names, w)} beats the control with {_pct(p)} (needs {_pct(need)})"

@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import event, update
 
 from promptops.db.models import ExperimentRow
-from promptops.server import charts, dashboard
+from promptops.server import dashboard
 from promptops.server.auth import SESSION_COOKIE
+from promptops.server.dashboard import charts, formats, pages
 
 FAST = ("{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
         "attribution_window_hours: 1, max_decisions: 100000}")  # first check after 2,500
@@ -173,7 +174,7 @@ def test_experiment_page_shows_arms_charts_and_the_stopping_rule(client, busy):
     rule = " ".join(ctx["rule"])
     challenger = arms[1]
     assert "needs P(beats control) ≥ 1 − 0.005 = 99.5%" in rule
-    assert f"v2 few-shot is at {charts.fmt_pct(challenger['p_beats_control'])}" in rule
+    assert f"v2 few-shot is at {formats.fmt_pct(challenger['p_beats_control'])}" in rule
     assert f"{busy['checks_done']} of at most 40 stopping checks" in rule
     assert "Promote" in r.text and "Stop experiment" in r.text
     assert "Sample ratio mismatch" not in r.text
@@ -217,13 +218,13 @@ def test_audit_page_pages_and_filters(client, ops, synced):
     assert actions.count("label.move") == 5, actions
     assert client.get("/audit", params={"prompt": "triage"}, headers=HTML).context["prompt"] == \
         "triage"
-    old = dashboard.AUDIT_PAGE
-    dashboard.AUDIT_PAGE = 2
+    old = pages.AUDIT_PAGE
+    pages.AUDIT_PAGE = 2
     try:
         first = client.get("/audit", headers=HTML).context
         second = client.get("/audit", params={"offset": 2}, headers=HTML).context
     finally:
-        dashboard.AUDIT_PAGE = old
+        pages.AUDIT_PAGE = old
     assert first["more"] is True and len(first["entries"]) == 2
     assert {e["id"] for e in first["entries"]}.isdisjoint(e["id"] for e in second["entries"])
 
@@ -318,13 +319,13 @@ def test_serve_keys_see_read_only_pages(client, ops, keyed, synced):
     pytest.param(None, "—", id="none"),
 ])
 def test_percentages(value, text):
-    assert charts.fmt_pct(value) == text
+    assert formats.fmt_pct(value) == text
 
 
 def test_durations_and_times():
-    assert charts.fmt_duration(3 * 86400 + 4 * 3600 + 60) == "3d 4h"
-    assert charts.fmt_duration(5 * 3600 + 12 * 60) == "5h 12m"
-    assert charts.fmt_time(1_800_000_000) == "2027-01-15 08:00:00Z"
+    assert formats.fmt_duration(3 * 86400 + 4 * 3600 + 60) == "3d 4h"
+    assert formats.fmt_duration(5 * 3600 + 12 * 60) == "5h 12m"
+    assert formats.fmt_time(1_800_000_000) == "2027-01-15 08:00:00Z"
 
 
 def test_stopping_rule_in_words_for_three_arms():
@@ -337,12 +338,12 @@ def test_stopping_rule_in_words_for_three_arms():
                       "max_checks": 40, "max_days": 30},
            "arms": [dict(arm, is_control=True, version=1, variant="a", p_beats_control=None),
                     arm, dict(arm, version=3, variant="c", expected_loss=0.01)]}
-    text = dashboard.stopping_rule(exp, now=7200.0)
+    text = pages.stopping_rule(exp, now=7200.0)
     assert text[0] == ("To promote a challenger it needs P(beats control) ≥ 1 − 0.005/2 = "
                        "99.75%; v2 b is at 97.1%.")
     assert "0.2% now, limit 0.1%" in text[1]
     assert "(3,000 decisions, 0.1 days so far)" in text[-2]
-    assert dashboard.stopping_rule(dict(exp, status="inconclusive", end_reason="limit"), 0.0) \
+    assert pages.stopping_rule(dict(exp, status="inconclusive", end_reason="limit"), 0.0) \
         == ["Ended inconclusive: limit."]
 
 
