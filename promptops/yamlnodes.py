@@ -1,11 +1,13 @@
-"""Checked YAML files: nodes with line numbers, read by checkers that report every problem at once.
+"""Checked YAML and JSON files: nodes with lines, read by checkers that report every problem at once.
 
 A file is composed into YAML nodes, never loaded into Python values directly, so every problem
-names the line of its node. Hostile input is refused early: files over `MAX_FILE_BYTES` (checked
-before reading), invalid UTF-8, NUL bytes, YAML anchors and aliases (so no "billion laughs"),
-nesting deeper than `MAX_DEPTH`; `NodeReader.scan` then reports tags beyond plain data and
-duplicate keys. A checker subclasses `NodeReader`, adds the grammar of its file as methods over
-the typed getters below, and raises its own error with `problems` once it is done.
+names the line of its node; a path ending in `.json` is parsed as JSON into the same nodes (JSON
+numbers such as `1e-3` stay numbers, where YAML 1.1 would read a string). Hostile input is refused
+early: files over `MAX_FILE_BYTES` (checked before reading), invalid UTF-8, NUL bytes, YAML anchors
+and aliases (so no "billion laughs"), nesting deeper than `MAX_DEPTH`; `NodeReader.scan` then
+reports tags beyond plain data and duplicate keys. A checker subclasses `NodeReader`, adds the
+grammar of its file as methods over the typed getters below, and raises its own error with
+`problems` once it is done.
 
 A typed getter takes a `Check`: a function from a plain value to what is wrong with it, or None.
 It returns the value, or `BAD` after recording `PATH:LINE: where: problem`; a caller goes on
@@ -34,13 +36,18 @@ reading the rest of the file and decides at the end from `problems`. For example
     result = checker.runs(root) if root is not None else None
     if result is None:
         raise InvalidInput("\\n".join(str(p) for p in checker.sorted_problems()))
+
+Nested parts read the same way: `mapping(node, join(where, key), allowed)` on a value node,
+`items(entries, key, where)` for a list's nodes, `distinct(...)` for a list of unique values.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
+import re
 import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -230,6 +237,123 @@ def _compose(text: str) -> yaml.Node | None:
             loader.dispose()
 
 
+# One token per match: whitespace (which holds every newline: JSON strings cannot), then
+# punctuation, a string, a number or a literal; a file is tokenized in one pass of this pattern.
+_JSON_TOKEN = re.compile(
+    r'([ \t\n\r]*)(?:(?P<p>[{}\[\],:])'
+    r'|(?P<s>"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")'
+    r"|(?P<n>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
+    r"|(?P<w>true|false|null))"
+)
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON_WORDS = {"true": "bool", "false": "bool", "null": "null"}
+_Token = tuple[str, str, yaml.Mark]  # kind (p, s, n, w), text, where it starts
+
+
+def _json_tokens(text: str) -> list[_Token]:
+    """The tokens of a JSON text, refusing a character that starts none."""
+    tokens: list[_Token] = []
+    pos = line = 0
+    while True:
+        match = _JSON_TOKEN.match(text, pos)
+        if match is None:
+            space = _JSON_SPACE.match(text, pos)
+            start = space.end() if space else pos
+            line += text.count("\n", pos, start)
+            if start == len(text):
+                return tokens
+            quoted = text[start] == '"'
+            bad = "unterminated string, bad escape or control character" if quoted else None
+            raise _Refused(line + 1, f"invalid JSON: {bad or 'expected a value'}")
+        line += text.count("\n", pos, match.end(1))
+        kind = match.lastgroup
+        assert kind is not None
+        mark = yaml.Mark("<json>", match.end(1), line, 0, None, None)
+        tokens.append((kind, match.group(kind), mark))
+        pos = match.end()
+
+
+class _JsonComposer:
+    """Composes JSON text into the YAML nodes the checkers read, each marked with its line."""
+
+    def __init__(self, text: str) -> None:
+        self.tokens = _json_tokens(text)
+        self.next = 0
+        self.end_line = text.count("\n") + 1
+
+    def take(self) -> _Token:
+        if self.next >= len(self.tokens):
+            raise _Refused(self.end_line, "invalid JSON: unexpected end of the text")
+        self.next += 1
+        return self.tokens[self.next - 1]
+
+    def document(self) -> yaml.Node | None:
+        if not self.tokens:
+            return None
+        node = self.value(0)
+        if self.next < len(self.tokens):
+            line = self.tokens[self.next][2].line + 1
+            raise _Refused(line, "invalid JSON: extra data after the value")
+        return node
+
+    def value(self, depth: int) -> yaml.Node:
+        kind, text, mark = self.take()
+        if text in ("{", "[") and kind == "p":
+            if depth >= MAX_DEPTH:
+                raise _Refused(mark.line + 1, f"nesting deeper than {MAX_DEPTH} levels")
+            if text == "{":
+                pairs = self.items("}", lambda: self.pair(depth + 1))
+                return yaml.MappingNode(_YAML + "map", pairs, mark, mark, flow_style=True)
+            values = self.items("]", lambda: self.value(depth + 1))
+            return yaml.SequenceNode(_YAML + "seq", values, mark, mark, flow_style=True)
+        if kind == "s":
+            return yaml.ScalarNode(_YAML + "str", self.string(text, mark), mark, mark, style='"')
+        if kind == "w":
+            return yaml.ScalarNode(_YAML + _JSON_WORDS[text], text, mark, mark)
+        if kind == "n":
+            tag = "float" if any(c in text for c in ".eE") else "int"
+            return yaml.ScalarNode(_YAML + tag, text, mark, mark)
+        raise _Refused(mark.line + 1, "invalid JSON: expected a value")
+
+    @staticmethod
+    def string(token: str, mark: yaml.Mark) -> str:
+        text: str = json.loads(token)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Refused(mark.line + 1, "invalid JSON: a \\u escape is a lone surrogate") from None
+        return text
+
+    def items(self, close: str, item: Callable[[], Any]) -> list[Any]:
+        """The comma-separated items up to `close` (the opening bracket is taken)."""
+        out: list[Any] = []
+        if self.next < len(self.tokens) and self.tokens[self.next][1] == close:
+            self.next += 1
+            return out
+        while True:
+            out.append(item())
+            kind, text, mark = self.take()
+            if kind == "p" and text == close:
+                return out
+            if not (kind == "p" and text == ","):
+                raise _Refused(mark.line + 1, f"invalid JSON: expected ',' or '{close}'")
+
+    def pair(self, depth: int) -> tuple[yaml.Node, yaml.Node]:
+        kind, text, mark = self.take()
+        if kind != "s":
+            raise _Refused(mark.line + 1, "invalid JSON: expected a string key")
+        key = yaml.ScalarNode(_YAML + "str", self.string(text, mark), mark, mark, style='"')
+        kind, text, mark = self.take()
+        if not (kind == "p" and text == ":"):
+            raise _Refused(mark.line + 1, "invalid JSON: expected ':' after the key")
+        return key, self.value(depth)
+
+
+def _compose_json(text: str) -> yaml.Node | None:
+    """The root node of a JSON text (None if empty), with syntax errors refused."""
+    return _JsonComposer(text).document()
+
+
 def _read(path: str | Path) -> bytes:
     """A regular file's bytes; its size is checked before reading."""
     try:
@@ -256,9 +380,13 @@ class NodeReader:
         self.constructor = yaml.constructor.SafeConstructor()
 
     def load_text(self, text: str | bytes, *, empty: str) -> yaml.Node | None:
-        """The root node of a file's text; None after recording why it cannot be read."""
+        """The root node of a file's text; None after recording why it cannot be read.
+
+        A path ending in `.json` is read as JSON, into the same nodes with the same lines.
+        """
         try:
-            root = _compose(_decode(text))
+            compose = _compose_json if self.path.endswith(".json") else _compose
+            root = compose(_decode(text))
         except _Refused as exc:
             self.err(exc.line, exc.message)
             return None
