@@ -88,3 +88,11 @@ def test_public_api_is_sorted():
     assert promptops.__all__ == sorted(promptops.__all__)
     for name in promptops.__all__:
         assert hasattr(promptops, name), name
+
+
+@pytest.mark.parametrize("name", ["formats", "charts", "pages"])
+def test_dashboard_pages_are_built_without_the_web_framework(name):
+    # Contexts and charts are plain functions of service reads; only routes, session and
+    # templating see a request.
+    path = PKG / "server" / "dashboard" / f"{name}.py"
+    assert not [n for n in imports(path) if n.split(".")[0] in ("fastapi", "starlette")]
