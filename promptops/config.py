@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from promptops.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///./promptops.db"
+_FALSE = ("0", "false", "no", "off")
+_TRUE = ("1", "true", "yes", "on")
 
 
 def _float(env: Mapping[str, str], key: str, default: float) -> float:
@@ -23,12 +25,25 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         raise ConfigError(f"{key} must be a number, got {raw!r}") from None
 
 
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = (env.get(key) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in _TRUE or raw in _FALSE:
+        return raw in _TRUE
+    raise ConfigError(f"{key} must be 1 or 0 (true/false, yes/no, on/off), got {env.get(key)!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a promptops process needs to know, built once at an entry point and passed in."""
 
     database_url: str = DEFAULT_DATABASE_URL
     prompts_dir: Path = Path("./prompts")
+    evals_dir: Path = Path("./evals")
+    config_path: Path = Path("./promptops.yaml")  # the providers file; optional
+    store_io: bool = True  # store each call's variables and output
+    redis_url: str | None = field(default=None, repr=False)  # shared response cache; may hold a password
     host: str = "127.0.0.1"
     port: int = 8000
     secret_key: str | None = None  # signs decision ids and sessions; stored in the database if unset
@@ -45,6 +60,10 @@ class Settings:
         base = cls(
             database_url=env.get("PROMPTOPS_DATABASE_URL") or DEFAULT_DATABASE_URL,
             prompts_dir=Path(env.get("PROMPTOPS_PROMPTS_DIR") or "./prompts"),
+            evals_dir=Path(env.get("PROMPTOPS_EVALS_DIR") or "./evals"),
+            config_path=Path(env.get("PROMPTOPS_CONFIG") or "./promptops.yaml"),
+            store_io=_bool(env, "PROMPTOPS_STORE_IO", True),
+            redis_url=env.get("PROMPTOPS_REDIS_URL") or None,
             host=env.get("PROMPTOPS_HOST") or "127.0.0.1",
             port=int(_float(env, "PROMPTOPS_PORT", 8000)),
             secret_key=env.get("PROMPTOPS_SECRET_KEY") or None,
@@ -52,8 +71,9 @@ class Settings:
             cache_refresh_seconds=_float(env, "PROMPTOPS_CACHE_REFRESH", 1.0),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
-        if "prompts_dir" in clean:
-            clean["prompts_dir"] = Path(clean["prompts_dir"])
+        for key in ("prompts_dir", "evals_dir", "config_path"):
+            if key in clean:
+                clean[key] = Path(clean[key])
         settings = replace(base, **clean)
         settings.validate()
         return settings

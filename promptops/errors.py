@@ -16,15 +16,24 @@
     ├── AuthError                     missing or wrong credentials (401)
     │   └── Forbidden                 valid credentials without the right role (403)
     ├── ConfigError                   settings that cannot work (bad URL, unsafe bind without keys)
-    └── Unavailable                   the database cannot be reached right now (503)
+    │   └── InvalidConfigFile         promptops.yaml failed validation (PATH:LINE: message, all at once)
+    ├── Unavailable                   the database cannot be reached right now (503)
+    ├── ProviderNotConfigured         no such LLM provider, or its API key variable is unset (503)
+    └── UpstreamError                 the LLM provider failed or answered garbage (502)
+        ├── UpstreamTimeout           the provider did not answer in time (504)
+        └── UpstreamRateLimited       the provider kept answering 429 (429)
 
 Every exception carries structured fields; `code` is the stable machine-readable name used in
-HTTP error bodies (`{"error": {"code": ..., "message": ...}}`).
+HTTP error bodies (`{"error": {"code": ..., "message": ...}}`). Upstream errors carry the provider,
+model and upstream HTTP status, and whether the failed request may have been processed upstream
+(billed) all the same; their messages never hold an API key or more than a short, cleaned excerpt of
+the upstream body.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class PromptOpsError(Exception):
@@ -188,7 +197,67 @@ class ConfigError(PromptOpsError):
     code = "config_error"
 
 
+class InvalidConfigFile(ConfigError):
+    """promptops.yaml failed validation; `problems` lists each as PATH:LINE: message."""
+
+    code = "invalid_config_file"
+
+    def __init__(self, problems: list[FileProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems) or "invalid configuration file")
+
+
 class Unavailable(PromptOpsError):
     """The database cannot be reached right now; retry later."""
 
     code = "unavailable"
+
+
+class ProviderNotConfigured(PromptOpsError):
+    """The named LLM provider does not exist, or the environment variable with its API key is unset."""
+
+    code = "provider_not_configured"
+
+    def __init__(self, message: str, *, provider: str | None) -> None:
+        super().__init__(message)
+        self.provider = provider
+
+
+class UpstreamError(PromptOpsError):
+    """The LLM provider failed, refused, or answered something that cannot be read."""
+
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        model: str | None,
+        http_status: int | None = None,
+        may_have_been_processed: bool = False,
+        result: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.model = model
+        self.http_status = http_status
+        self.may_have_been_processed = may_have_been_processed
+        # The provider layer's record of the failed call (a CallResult), for the caller to store.
+        self.result = result
+
+
+class UpstreamTimeout(UpstreamError):
+    """The provider did not answer (or stopped answering) within the configured timeout."""
+
+    code = "upstream_timeout"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The provider answered 429 on every attempt; `retry_after` is its last hint in seconds."""
+
+    code = "upstream_rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.retry_after = retry_after

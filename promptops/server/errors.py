@@ -22,6 +22,10 @@ STATUS: list[tuple[type[e.PromptOpsError], int]] = [
     (e.InvalidInput, 422),
     (e.RenderError, 422),
     (e.Unavailable, 503),
+    (e.ProviderNotConfigured, 503),
+    (e.UpstreamTimeout, 504),
+    (e.UpstreamRateLimited, 429),
+    (e.UpstreamError, 502),
 ]
 
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
