@@ -318,8 +318,13 @@ class _Reader:
                     self.err(value, f"{at}: missing required key {key!r}")
             for key, (_, figure) in entries.items():
                 figures[key] = self.ranged(figure, f"{at}.{key}", "number", 0, 1_000_000)
-            if len(figures) >= 2 and all(v is not _BAD for v in figures.values()):
-                out[model] = ModelPrice(**{k: float(v) for k, v in figures.items()})
+            if all(k in figures for k in _PRICE_KEYS[:2]) and all(v is not _BAD for v in figures.values()):
+                cache_read = figures.get("cache_read_per_mtok")
+                out[model] = ModelPrice(
+                    input_per_mtok=float(figures["input_per_mtok"]),
+                    output_per_mtok=float(figures["output_per_mtok"]),
+                    cache_read_per_mtok=None if cache_read is None else float(cache_read),
+                )
         return out
 
     def headers(self, node: yaml.Node, where: str) -> dict[str, str]:

@@ -1,0 +1,169 @@
+"""A streaming chat completion: raw server-sent events to pass through, parsed as they arrive.
+
+Retries happen only before the first byte of the answer. Once events flow, a broken connection,
+a stall, malformed JSON or an error event raises an UpstreamError that says the request may have
+been processed. Leaving the `async with` block early (or being cancelled) closes the upstream
+response, so the provider stops generating; the result then has status `cancelled`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from promptops.errors import UpstreamError, UpstreamTimeout
+
+from .results import CallResult, CallStatus, StreamEvent, Usage
+from .wire import SSEParser, WireError, estimate_prompt_tokens, estimate_tokens, parse_event
+
+if TYPE_CHECKING:
+    from .client import Provider, _Attempts
+
+
+class ChatStream:
+    """An open streaming completion; iterate it for StreamEvents, read `result` when it ends."""
+
+    def __init__(self, provider: Provider, body: Mapping[str, Any], state: _Attempts) -> None:
+        self.provider = provider
+        self.body = body
+        self._state = state
+        self._response: httpx.Response | None = None
+        self._chunks: AsyncIterator[bytes] | None = None
+        self._parser = SSEParser()
+        self._pending: deque[StreamEvent] = deque()
+        self._received = 0
+        self._content: list[str] = []
+        self._message: dict[str, Any] = {"role": "assistant"}
+        self._finish_reason: str | None = None
+        self._usage: Usage | None = None
+        self._ttft_ms: float | None = None
+        self._done = False
+        self._result: CallResult | None = None
+
+    @property
+    def result(self) -> CallResult | None:
+        """The call's outcome once the stream has ended, failed or been closed; None before."""
+        return self._result
+
+    async def __aenter__(self) -> ChatStream:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Send the request (retrying until the answer starts); the status is known after this."""
+        if self._response is None and self._result is None:
+            self._response = await self.provider._open("chat/completions", self.body, self._state)
+            self._chunks = self._response.aiter_bytes()
+
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._response is None and self._result is None:
+            await self.open()
+        while not self._pending:
+            if self._result is not None or self._chunks is None:
+                raise StopAsyncIteration
+            await self._pull()
+        return self._pending.popleft()
+
+    async def _pull(self) -> None:
+        assert self._chunks is not None
+        limit = self.provider.max_response_bytes
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            await self._end()
+            return
+        except httpx.TimeoutException:
+            raise await self._failed(UpstreamTimeout, "the stream stalled for "
+                                     f"{self.provider.config.timeout_seconds:g}s") from None
+        except httpx.HTTPError as exc:
+            raise await self._failed(UpstreamError, f"the stream broke off ({type(exc).__name__})") from None
+        self._received += len(chunk)
+        if self._received > limit:
+            raise await self._failed(UpstreamError, f"the stream is larger than {limit} bytes")
+        try:
+            for raw in self._parser.feed(chunk):
+                self._take(parse_event(raw))
+        except WireError as exc:
+            raise await self._failed(UpstreamError, f"unreadable stream: {exc}") from None
+
+    def _take(self, event: StreamEvent | None) -> None:
+        if event is None or self._done:
+            return
+        if event.done:
+            self._done = True
+        if event.usage is not None:
+            self._usage = event.usage
+        if event.finish_reason is not None:
+            self._finish_reason = event.finish_reason
+        text = event.content
+        if text:
+            if self._ttft_ms is None:
+                self._ttft_ms = self.provider._elapsed_ms(self._state)
+            self._content.append(text)
+        if event.delta:
+            for key, value in event.delta.items():
+                if key not in ("content", "role") and value is not None:
+                    self._message[key] = value  # tool_calls and the like: the last value is kept
+        self._pending.append(event)
+
+    async def _end(self) -> None:
+        if self._parser.pending.strip():
+            try:
+                self._take(parse_event(self._parser.pending))
+            except WireError as exc:
+                raise await self._failed(UpstreamError, f"unreadable stream: {exc}") from None
+        if not self._done and self._finish_reason is None:
+            raise await self._failed(UpstreamError, "the stream ended before it finished")
+        await self._finish(CallStatus.OK)
+
+    async def _failed(self, kind: type[UpstreamError], message: str) -> UpstreamError:
+        """The error to raise after closing the stream and recording its failed result."""
+        error = self.provider._error(kind, message, self._state, maybe=True, ttft_ms=self._ttft_ms)
+        await self._finish(None, error.result)
+        return error
+
+    async def _finish(self, status: CallStatus | None, result: CallResult | None = None) -> None:
+        if self._result is not None:
+            return
+        if result is None:
+            assert status is not None
+            result = self._outcome(status)
+        self._result = result
+        response, self._response, self._chunks = self._response, None, None
+        if response is not None:
+            await response.aclose()
+            self.provider._slots.release()
+
+    def _outcome(self, status: CallStatus) -> CallResult:
+        content = "".join(self._content)
+        usage = self._usage
+        if usage is None:
+            # llama.cpp, for one, never sends the usage chunk.
+            usage = Usage(estimate_prompt_tokens(self.body.get("messages", [])),
+                          estimate_tokens(content), estimated=True)
+        price = self.provider.price(self._state.model)
+        cost = None if price is None else price.cost_usd(
+            usage.prompt_tokens, usage.completion_tokens, cached_tokens=usage.cached_tokens)
+        return CallResult(
+            provider=self.provider.name, model=self._state.model, status=status,
+            message={**self._message, "content": content}, finish_reason=self._finish_reason,
+            usage=usage, cost_usd=cost, price=price, latency_ms=self.provider._elapsed_ms(self._state),
+            ttft_ms=self._ttft_ms, http_status=self._state.http_status, attempts=self._state.count,
+            may_have_been_processed=self._state.maybe_processed,
+            error="the caller stopped reading" if status is CallStatus.CANCELLED else None,
+        )
+
+    async def aclose(self) -> None:
+        """Stop: close the upstream response; an unfinished stream's result is `cancelled`."""
+        if self._result is None and self._response is not None:
+            self._state.maybe_processed = True
+            await self._finish(CallStatus.CANCELLED)
