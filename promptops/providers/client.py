@@ -124,11 +124,12 @@ class Provider:
             content = parsed.message.get("content")
             usage = Usage(estimate_prompt_tokens(body.get("messages", [])),
                           estimate_tokens(content if isinstance(content, str) else ""), estimated=True)
+        latency_ms = self._elapsed_ms(state)
         price = self.price(state.model)
         return CallResult(
             provider=self.name, model=state.model, status=CallStatus.OK, message=parsed.message,
             finish_reason=parsed.finish_reason, usage=usage, cost_usd=_cost(price, usage), price=price,
-            latency_ms=self._elapsed_ms(state), http_status=state.http_status, attempts=state.count,
+            latency_ms=latency_ms, http_status=state.http_status, attempts=state.count,
             may_have_been_processed=state.maybe_processed, response=parsed.body,
         )
 
@@ -156,10 +157,11 @@ class Provider:
             raise self._error(UpstreamError, f"unreadable answer: {exc}", state, maybe=True) from None
         if usage is None:
             usage = Usage(sum(estimate_tokens(text) for text in inputs), 0, estimated=True)
+        latency_ms = self._elapsed_ms(state)
         price = self.price(model)
         return EmbeddingsResult(
             provider=self.name, model=model, vectors=vectors, usage=usage, cost_usd=_cost(price, usage),
-            price=price, latency_ms=self._elapsed_ms(state), http_status=state.http_status,
+            price=price, latency_ms=latency_ms, http_status=state.http_status,
             attempts=state.count,
         )
 

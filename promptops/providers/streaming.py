@@ -150,13 +150,14 @@ class ChatStream:
             # llama.cpp, for one, never sends the usage chunk.
             usage = Usage(estimate_prompt_tokens(self.body.get("messages", [])),
                           estimate_tokens(content), estimated=True)
+        latency_ms = self.provider._elapsed_ms(self._state)
         price = self.provider.price(self._state.model)
         cost = None if price is None else price.cost_usd(
             usage.prompt_tokens, usage.completion_tokens, cached_tokens=usage.cached_tokens)
         return CallResult(
             provider=self.provider.name, model=self._state.model, status=status,
             message={**self._message, "content": content}, finish_reason=self._finish_reason,
-            usage=usage, cost_usd=cost, price=price, latency_ms=self.provider._elapsed_ms(self._state),
+            usage=usage, cost_usd=cost, price=price, latency_ms=latency_ms,
             ttft_ms=self._ttft_ms, http_status=self._state.http_status, attempts=self._state.count,
             may_have_been_processed=self._state.maybe_processed,
             error="the caller stopped reading" if status is CallStatus.CANCELLED else None,
