@@ -155,7 +155,7 @@ def parse_providers_config(
     reader = _Reader(path, loader)
     config = reader.config(root, env)
     if reader.problems:
-        raise InvalidConfigFile(reader.problems)
+        raise InvalidConfigFile(sorted(reader.problems, key=lambda p: p.line))
     return config
 
 

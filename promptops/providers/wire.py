@@ -165,10 +165,14 @@ class SSEParser:
     def __init__(self, *, max_event_bytes: int = 1_000_000) -> None:
         self.max_event_bytes = max_event_bytes
         self._buffer = b""
+        self._carry = b""  # a CR that may be the first half of a CRLF split between reads
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The complete events in the bytes received so far (each ends with its blank line)."""
-        self._buffer += chunk.replace(b"\r\n", b"\n")
+        data, self._carry = self._carry + chunk, b""
+        if data.endswith(b"\r"):
+            data, self._carry = data[:-1], b"\r"
+        self._buffer += data.replace(b"\r\n", b"\n")
         events = []
         while (end := self._buffer.find(b"\n\n")) >= 0:
             events.append(self._buffer[: end + 2])
@@ -180,7 +184,7 @@ class SSEParser:
     @property
     def pending(self) -> bytes:
         """Bytes of an event not yet terminated."""
-        return self._buffer
+        return self._buffer + self._carry
 
 
 def parse_event(raw: bytes) -> StreamEvent | None:
