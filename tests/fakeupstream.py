@@ -241,7 +241,7 @@ class FakeUpstream:
         if body.get("stream"):
             options = body.get("stream_options") or {}
             with_usage = reply.stream_usage and bool(options.get("include_usage"))
-            return await self._stream(writer, reply, model, content, usage if with_usage else None)
+            return await self._stream(reader, writer, reply, model, content, usage if with_usage else None)
         answer: dict[str, Any] = {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
@@ -271,8 +271,8 @@ class FakeUpstream:
                      f"Content-Length: {len(body)}\r\n{extra}\r\n".encode() + body)
         await writer.drain()
 
-    async def _stream(self, writer: asyncio.StreamWriter, reply: Reply, model: str, content: str,
-                      usage: dict[str, int] | None) -> bool:
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: Reply,
+                      model: str, content: str, usage: dict[str, int] | None) -> bool:
         extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
         writer.write(f"HTTP/1.1 {reply.status} Fake\r\nContent-Type: text/event-stream\r\n"
                      f"Transfer-Encoding: chunked\r\n{extra}\r\n".encode())
@@ -287,8 +287,6 @@ class FakeUpstream:
                 return False
             writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
             await writer.drain()
-            if reply.latency:
-                await asyncio.sleep(0)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True

@@ -27,8 +27,9 @@ class Recorder:
 
 
 def provider(base_url: str, sleep: Recorder, **config: Any) -> Provider:
+    policy = RetryPolicy(base_delay=0.5, max_delay=8.0, max_retry_after=30)
     return Provider(ProviderConfig(name="fake", base_url=base_url, **config), env={}, sleep=sleep,
-                    rng=random.Random(0), policy=RetryPolicy(base_delay=0.5, max_delay=8.0, max_retry_after=30))
+                    rng=random.Random(0), policy=policy)
 
 
 def call(p: Provider, request=REQUEST):

@@ -82,7 +82,8 @@ def test_embeddings_are_put_in_input_order():
 def test_sse_events_split_across_reads():
     parser = SSEParser()
     stream = (b'data: {"choices": [{"delta": {"content": "a"}}]}\r\n\r\n: keep-alive\n\n'
-              b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\ndata: [DONE]\n\n')
+              b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\n'
+              b"data: [DONE]\n\n")
     events = [e for i in range(len(stream)) for e in parser.feed(stream[i:i + 1])]
     assert len(events) == 4 and parser.pending == b""
     parsed = [parse_event(e) for e in events]

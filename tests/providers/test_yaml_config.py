@@ -19,7 +19,8 @@ providers:
   local:   {base_url: "http://127.0.0.1:8080/v1"}                       # any OpenAI-compatible server
   openai:  {base_url: "https://api.openai.com/v1", api_key_env: OPENAI_API_KEY,
             timeout_seconds: 60, max_retries: 2, max_concurrency: 16}
-  cheap:   {base_url: "https://cheap.example/v1/", prices: {my-model: {input_per_mtok: 0.1, output_per_mtok: 0.4}}}
+  cheap:   {base_url: "https://cheap.example/v1/",
+            prices: {my-model: {input_per_mtok: 0.1, output_per_mtok: 0.4}}}
 cache: {max_entries: 500, warm_on_promote: true}
 """
 
@@ -61,11 +62,13 @@ extra: 1
 """
     assert problems(text) == [
         "conf/promptops.yaml:4: providers.local.base_url: must start with http:// or https://",
-        "conf/promptops.yaml:5: providers.local: unknown key 'timeot_seconds' (did you mean 'timeout_seconds'?)",
+        "conf/promptops.yaml:5: providers.local: unknown key 'timeot_seconds'"
+        " (did you mean 'timeout_seconds'?)",
         "conf/promptops.yaml:8: providers.other.max_retries: must be between 0 and 10, got 99",
         "conf/promptops.yaml:9: providers.other.max_concurrency: must be between 1 and 4096, got 0",
         "conf/promptops.yaml:10: providers.other.prices.m: missing required key 'output_per_mtok'",
-        "conf/promptops.yaml:10: providers.other.prices.m.input_per_mtok: must be between 0 and 1e+06, got -1",
+        "conf/promptops.yaml:10: providers.other.prices.m.input_per_mtok:"
+        " must be between 0 and 1e+06, got -1",
         "conf/promptops.yaml:11: cache.max_entries: must be an integer, got 'lots'",
         "conf/promptops.yaml:12: promptops.yaml: unknown key 'extra'",
     ]
