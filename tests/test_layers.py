@@ -23,12 +23,13 @@ ALLOWED = {
     "stats": {"domain", "errors", "stats"},
     "db": {"domain", "errors", "db"},
     "services": {"domain", "errors", "config", "rendering", "yamlnodes", "promptfiles", "stats",
-                 "db", "services"},
+                 "db", "services", "providers"},
     # server reads the stopping rule's numbers (check_interval, ...) from stats for the dashboard
     "server": {"domain", "errors", "config", "services", "server", "rendering", "stats",
                "__init__"},
     "cli": {"domain", "errors", "config", "services", "server", "rendering", "promptfiles", "db"},
     "client": {"domain", "errors", "rendering"},
+    "providers": {"domain", "errors", "config", "yamlnodes", "providers"},
 }
 # third-party library -> the layers allowed to import it
 LIBRARIES = {
@@ -36,8 +37,9 @@ LIBRARIES = {
     "sqlalchemy": {"db", "services"},
     "jinja2": {"rendering", "server"},
     "fastapi": {"server"},
-    "httpx": {"client"},
-    "yaml": {"yamlnodes", "promptschema", "services"},
+    "httpx": {"client", "providers"},
+    "yaml": {"yamlnodes", "promptschema", "services", "providers"},
+    "genai_prices": {"providers"},
 }
 
 
