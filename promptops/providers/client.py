@@ -137,6 +137,8 @@ class Provider:
         """A streaming chat completion: `async with provider.stream(req) as s: async for event in s`."""
         body = dict(request.body)
         body["stream"] = True
+        options = body.get("stream_options")
+        body["stream_options"] = {**(options if isinstance(options, Mapping) else {}), "include_usage": True}
         return ChatStream(self, body, _Attempts(model=request.model, started=self._clock()))
 
     async def embeddings(

@@ -111,9 +111,33 @@ class ChatStream:
             self._content.append(text)
         if event.delta:
             for key, value in event.delta.items():
-                if key not in ("content", "role") and value is not None:
-                    self._message[key] = value  # tool_calls and the like: the last value is kept
+                if key == "tool_calls" and isinstance(value, list):
+                    self._tool_calls(value)
+                elif key not in ("content", "role") and value is not None:
+                    self._message[key] = value
         self._pending.append(event)
+
+    def _tool_calls(self, parts: list[Any]) -> None:
+        """Merge streamed tool-call fragments: each names its call by index and adds to its arguments."""
+        calls: list[dict[str, Any]] = self._message.setdefault("tool_calls", [])
+        for part in parts:
+            if not isinstance(part, Mapping):
+                continue
+            index = part.get("index", len(calls))
+            if not isinstance(index, int) or not 0 <= index <= len(calls):
+                continue
+            if index == len(calls):
+                calls.append({"function": {"name": "", "arguments": ""}})
+            call = calls[index]
+            for key in ("id", "type"):
+                if isinstance(part.get(key), str):
+                    call[key] = part[key]
+            function = part.get("function")
+            if isinstance(function, Mapping):
+                if isinstance(function.get("name"), str):
+                    call["function"]["name"] += function["name"]
+                if isinstance(function.get("arguments"), str):
+                    call["function"]["arguments"] += function["arguments"]
 
     async def _end(self) -> None:
         if self._parser.pending.strip():

@@ -180,3 +180,22 @@ def test_cancelling_the_consumer_closes_the_stream(fake_upstream):
     result = holder["stream"].result
     assert result is not None and result.status is CallStatus.CANCELLED
     assert fake_upstream.left.wait(10)
+
+
+def test_streamed_tool_calls_are_merged(fake_upstream):
+    def chunk(delta: str) -> bytes:
+        return b'data: {"choices": [{"index": 0, "delta": ' + delta.encode() + b"}]}\n\n"
+
+    fake_upstream.reply = Reply(events=(
+        chunk('{"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",'
+              ' "function": {"name": "lookup", "arguments": ""}}]}'),
+        chunk('{"tool_calls": [{"index": 0, "function": {"arguments": "{\\"q\\": "}}]}'),
+        chunk('{"tool_calls": [{"index": 0, "function": {"arguments": "\\"cats\\"}"}}]}'),
+        b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ))
+    stream, _ = run_stream(fake_upstream)
+    result = stream.result
+    assert result is not None and result.finish_reason == "tool_calls"
+    assert result.message is not None and result.message["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "cats"}'}}]
