@@ -16,11 +16,10 @@ variable that holds it, read at call time.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -28,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from promptops.errors import FileProblem, InvalidConfigFile, ProviderNotConfigured
+from promptops.errors import InvalidConfigFile, ProviderNotConfigured
+from promptops.yamlnodes import BAD, Check, Entries, NodeReader, is_null, join
 
 from .prices import ModelPrice
 
@@ -53,8 +53,7 @@ _PROVIDER_KEYS = (
 )
 _PRICE_KEYS = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok")
 _CACHE_KEYS = ("max_entries", "warm_on_promote")
-_YAML = "tag:yaml.org,2002:"
-_BAD: Any = object()
+_EMPTY = "the file is empty"
 
 
 @dataclass(frozen=True)
@@ -130,135 +129,97 @@ def load_providers_config(
     file = Path(path)
     if not file.exists():
         return default_config(env)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidConfigFile([FileProblem(str(file), 0, f"cannot read: {exc}")]) from None
-    return parse_providers_config(text, path=str(file), env=env)
+    checker = _ConfigChecker(str(file))
+    return checker.config(checker.load_file(file, empty=_EMPTY), env)
 
 
 def parse_providers_config(
     text: str, *, path: str = "promptops.yaml", env: Mapping[str, str] | None = None
 ) -> ProvidersConfig:
     """Parse promptops.yaml text; every problem is reported at once as PATH:LINE: message."""
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        raise InvalidConfigFile([FileProblem(path, line, f"invalid YAML: {exc.problem}")]) from None
-    except yaml.YAMLError as exc:
-        raise InvalidConfigFile([FileProblem(path, 1, f"invalid YAML: {exc}")]) from None
-    if root is None or _is_null(root):
-        return _with_path(default_config(env), path)
-    reader = _Reader(path, loader)
-    config = reader.config(root, env)
-    if reader.problems:
-        raise InvalidConfigFile(sorted(reader.problems, key=lambda p: p.line))
-    return config
+    checker = _ConfigChecker(path)
+    return checker.config(checker.load_text(text, empty=_EMPTY), env)
 
 
-def _with_path(config: ProvidersConfig, path: str) -> ProvidersConfig:
-    return ProvidersConfig(config.default_provider, config.providers, config.cache, path)
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else f"must be a non-empty string, got {value!r}"
 
 
-def _line(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
+def _url(value: Any) -> str | None:
+    ok = isinstance(value, str) and value.startswith(("http://", "https://"))
+    return None if ok else "must be a URL starting with http:// or https://"
 
 
-def _is_null(node: yaml.Node) -> bool:
-    return isinstance(node, yaml.ScalarNode) and node.tag == _YAML + "null"
+def _env_name(value: Any) -> str | None:
+    # Never echo the value: a key pasted here by mistake must not reach a log.
+    ok = isinstance(value, str) and _ENV_NAME.match(value)
+    return None if ok else "must name an environment variable (letters, digits, '_'), not hold the key itself"
 
 
-class _Reader:
-    """Reads the composed document, collecting every problem with its line."""
+def _header_value(value: Any) -> str | None:
+    ok = isinstance(value, str) and "\n" not in value and "\r" not in value
+    return None if ok else "must be one line of text"  # the value may be a credential: not echoed
 
-    def __init__(self, path: str, loader: yaml.SafeLoader) -> None:
-        self.path = path
-        self.loader = loader
-        self.problems: list[FileProblem] = []
 
-    def err(self, node: yaml.Node, message: str) -> None:
-        self.problems.append(FileProblem(self.path, _line(node), message))
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
 
-    def mapping(
-        self, node: yaml.Node, where: str, allowed: tuple[str, ...] | None
-    ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
-        if not isinstance(node, yaml.MappingNode):
-            self.err(node, f"{where}: must be a mapping")
-            return None
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key, value in node.value:
-            if not (isinstance(key, yaml.ScalarNode) and key.tag == _YAML + "str"):
-                self.err(key, f"{where}: keys must be strings")
-            elif key.value in out:
-                first = _line(out[key.value][0])
-                self.err(key, f"{where}: duplicate key {key.value!r} (first at line {first})")
-            elif allowed is not None and key.value not in allowed:
-                hint = difflib.get_close_matches(key.value, allowed, n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                self.err(key, f"{where}: unknown key {key.value!r}{extra}")
-            else:
-                out[key.value] = (key, value)
-        return out
 
-    def scalar(self, node: yaml.Node, where: str, kind: str, *, secret: bool = False) -> Any:
-        """A checked scalar; `secret` keeps the value out of the message."""
-        value: Any = _BAD
-        if isinstance(node, yaml.ScalarNode) and node.tag.startswith(_YAML):
-            try:
-                value = self.loader.construct_object(node, deep=True)
-            except (yaml.YAMLError, ValueError, TypeError):
-                value = _BAD
-        ok = {
-            "string": isinstance(value, str) and value != "",
-            "number": isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value),
-            "integer": isinstance(value, int) and not isinstance(value, bool),
-            "boolean": isinstance(value, bool),
-        }[kind]
-        if not ok:
-            got = "" if secret or not isinstance(node, yaml.ScalarNode) else f", got {node.value!r}"
-            what = {"string": "a non-empty string", "integer": "an integer"}.get(kind, f"a {kind}")
-            self.err(node, f"{where}: must be {what}{got}")
-            return _BAD
-        return value
+def _between(low: float, high: float, *, integer: bool = False) -> Check:
+    def check(value: Any) -> str | None:
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or (integer and not isinstance(value, int)):
+            return f"must be {'an integer' if integer else 'a number'}, got {value!r}"
+        return None if low <= value <= high else f"must be between {low:g} and {high:g}, got {value}"
+    return check
 
-    def ranged(self, node: yaml.Node, where: str, kind: str, low: float, high: float) -> Any:
-        value = self.scalar(node, where, kind)
-        if value is not _BAD and not low <= value <= high:
-            self.err(node, f"{where}: must be between {low:g} and {high:g}, got {value}")
-            return _BAD
-        return value
 
-    def config(self, root: yaml.Node, env: Mapping[str, str] | None) -> ProvidersConfig:
-        top = self.mapping(root, "promptops.yaml", _TOP_KEYS) or {}
+_PROVIDER_CHECKS: dict[str, tuple[Check, Callable[[Any], Any]]] = {
+    "base_url": (_url, lambda url: url.rstrip("/")),
+    "api_key_env": (_env_name, str),
+    "timeout_seconds": (_between(0.001, 3600), float),
+    "max_retries": (_between(0, 10, integer=True), int),
+    "max_concurrency": (_between(1, 4096, integer=True), int),
+}
+
+
+class _ConfigChecker(NodeReader):
+    """Reads promptops.yaml's nodes, collecting every problem with its line."""
+
+    def config(self, root: yaml.Node | None, env: Mapping[str, str] | None) -> ProvidersConfig:
+        if root is None and [p.message for p in self.problems] == [_EMPTY]:
+            return _with_path(default_config(env), self.path)
+        if root is not None:
+            self.scan(root)
+            config = self.document(root, env)
+        if self.problems:
+            raise InvalidConfigFile(self.sorted_problems())
+        return config
+
+    def document(self, root: yaml.Node, env: Mapping[str, str] | None) -> ProvidersConfig:
+        top = self.mapping(root, "", _TOP_KEYS) or {}
         providers: dict[str, ProviderConfig] = {}
-        if "providers" in top and not _is_null(top["providers"][1]):
-            entries = self.mapping(top["providers"][1], "providers", None) or {}
-            for name, (key, value) in entries.items():
+        node = top["providers"][1] if "providers" in top else None
+        if node is not None and not is_null(node):
+            for name, (key, value) in (self.mapping(node, "providers", None) or {}).items():
                 if not _NAME.match(name):
                     self.err(key, f"providers: bad name {name!r} (letters, digits, '.', '_', '-')")
-                    continue
-                provider = self.provider(name, value)
-                if provider is not None:
+                elif (provider := self.provider(name, value)) is not None:
                     providers[name] = provider
-        if not providers and "providers" not in top:
-            fallback = default_config(env)
-            providers = dict(fallback.providers)
+        if node is None:
+            providers = dict(default_config(env).providers)
         default = self.default(top, providers)
         cache = self.cache(top["cache"][1]) if "cache" in top else CacheConfig()
         return ProvidersConfig(default, MappingProxyType(providers), cache, self.path)
 
-    def default(self, top: dict[str, tuple[yaml.Node, yaml.Node]], providers: Mapping[str, Any]) -> str:
+    def default(self, top: Entries, providers: Mapping[str, Any]) -> str:
         if "default_provider" in top:
-            node = top["default_provider"][1]
-            name = self.scalar(node, "default_provider", "string")
-            if name is not _BAD and name not in providers and not self.problems:
+            name = self.field(top, "default_provider", "", _text, BAD)
+            if name is not BAD and name not in providers and not self.problems:
                 known = ", ".join(sorted(providers)) or "none"
-                self.err(node, f"default_provider: {name!r} is not among the providers ({known})")
-            return name if name is not _BAD else ""
+                self.err(top["default_provider"][1],
+                         f"default_provider: {name!r} is not among the providers ({known})")
+            return name if name is not BAD else ""
         if "openai" in providers or not providers:
             return "openai"
         if len(providers) == 1:
@@ -267,88 +228,58 @@ class _Reader:
         return ""
 
     def provider(self, name: str, node: yaml.Node) -> ProviderConfig | None:
-        where = f"providers.{name}"
-        entries = self.mapping(node, where, _PROVIDER_KEYS)
+        where = join("providers", name)
+        before = len(self.problems)
+        entries = self.mapping(node, where, _PROVIDER_KEYS, required=("base_url",))
         if entries is None:
             return None
-        before = len(self.problems)
-        if "base_url" not in entries:
-            self.err(node, f"{where}: missing required key 'base_url'")
         fields: dict[str, Any] = {}
-        for key, (_, value) in entries.items():
-            at = f"{where}.{key}"
-            if key == "base_url":
-                url = self.scalar(value, at, "string")
-                if url is not _BAD and not url.startswith(("http://", "https://")):
-                    self.err(value, f"{at}: must start with http:// or https://")
-                fields[key] = url.rstrip("/") if isinstance(url, str) else url
-            elif key == "api_key_env":
-                env_name = self.scalar(value, at, "string", secret=True)
-                if env_name is not _BAD and not _ENV_NAME.match(env_name):
-                    # Never echo it: a misplaced key pasted here must not reach a log.
-                    self.err(value, f"{at}: must name an environment variable (letters, digits, '_'), "
-                                    "not hold the key itself")
-                fields[key] = env_name
-            elif key == "timeout_seconds":
-                fields[key] = self.ranged(value, at, "number", 0.001, 3600)
-            elif key == "max_retries":
-                fields[key] = self.ranged(value, at, "integer", 0, 10)
-            elif key == "max_concurrency":
-                fields[key] = self.ranged(value, at, "integer", 1, 4096)
-            elif key == "prices":
-                fields[key] = MappingProxyType(self.prices(value, at))
-            elif key == "headers":
-                fields[key] = MappingProxyType(self.headers(value, at))
-        if len(self.problems) > before:
-            return None
-        if "timeout_seconds" in fields:
-            fields["timeout_seconds"] = float(fields["timeout_seconds"])
-        return ProviderConfig(name=name, **fields)
+        for key, (check, convert) in _PROVIDER_CHECKS.items():
+            value = self.field(entries, key, where, check)
+            if value is not None and value is not BAD:
+                fields[key] = convert(value)
+        if "prices" in entries:
+            fields["prices"] = MappingProxyType(self.prices(entries["prices"][1], join(where, "prices")))
+        if "headers" in entries:
+            fields["headers"] = MappingProxyType(self.headers(entries["headers"][1], join(where, "headers")))
+        return ProviderConfig(name=name, **fields) if len(self.problems) == before else None
 
     def prices(self, node: yaml.Node, where: str) -> dict[str, ModelPrice]:
         out: dict[str, ModelPrice] = {}
         for model, (_, value) in (self.mapping(node, where, None) or {}).items():
-            at = f"{where}.{model}"
-            entries = self.mapping(value, at, _PRICE_KEYS)
+            at = join(where, model)
+            entries = self.mapping(value, at, _PRICE_KEYS, required=_PRICE_KEYS[:2])
             if entries is None:
                 continue
-            figures: dict[str, Any] = {}
-            for key in _PRICE_KEYS[:2]:
-                if key not in entries:
-                    self.err(value, f"{at}: missing required key {key!r}")
-            for key, (_, figure) in entries.items():
-                figures[key] = self.ranged(figure, f"{at}.{key}", "number", 0, 1_000_000)
-            if all(k in figures for k in _PRICE_KEYS[:2]) and all(v is not _BAD for v in figures.values()):
-                cache_read = figures.get("cache_read_per_mtok")
-                out[model] = ModelPrice(
-                    input_per_mtok=float(figures["input_per_mtok"]),
-                    output_per_mtok=float(figures["output_per_mtok"]),
-                    cache_read_per_mtok=None if cache_read is None else float(cache_read),
-                )
+            figures = {key: self.field(entries, key, at, _between(0, 1_000_000)) for key in _PRICE_KEYS}
+            given, cache_read = figures["input_per_mtok"], figures["output_per_mtok"]
+            if None in (given, cache_read) or BAD in figures.values():
+                continue
+            read = figures["cache_read_per_mtok"]
+            out[model] = ModelPrice(input_per_mtok=float(given), output_per_mtok=float(cache_read),
+                                    cache_read_per_mtok=None if read is None else float(read))
         return out
 
     def headers(self, node: yaml.Node, where: str) -> dict[str, str]:
         out: dict[str, str] = {}
-        for name, (key, value) in (self.mapping(node, where, None) or {}).items():
+        entries = self.mapping(node, where, None) or {}
+        for name, (key, _) in entries.items():
             if not _HEADER_NAME.match(name):
                 self.err(key, f"{where}: bad header name {name!r}")
-                continue
-            text = self.scalar(value, f"{where}.{name}", "string", secret=True)
-            if text is not _BAD and ("\n" in text or "\r" in text):
-                self.err(value, f"{where}.{name}: must be one line")
-            elif text is not _BAD:
+            elif (text := self.field(entries, name, where, _header_value, BAD)) is not BAD:
                 out[name] = text
         return out
 
     def cache(self, node: yaml.Node) -> CacheConfig:
-        if _is_null(node):
+        if is_null(node):
             return CacheConfig()
         entries = self.mapping(node, "cache", _CACHE_KEYS) or {}
-        fields: dict[str, Any] = {}
-        if "max_entries" in entries:
-            fields["max_entries"] = self.ranged(entries["max_entries"][1], "cache.max_entries",
-                                                "integer", 0, 10_000_000)
-        if "warm_on_promote" in entries:
-            fields["warm_on_promote"] = self.scalar(entries["warm_on_promote"][1],
-                                                    "cache.warm_on_promote", "boolean")
-        return CacheConfig(**{k: v for k, v in fields.items() if v is not _BAD})
+        fields = {
+            "max_entries": self.field(entries, "max_entries", "cache", _between(0, 10_000_000, integer=True)),
+            "warm_on_promote": self.field(entries, "warm_on_promote", "cache", _boolean),
+        }
+        return CacheConfig(**{k: v for k, v in fields.items() if v is not None and v is not BAD})
+
+
+def _with_path(config: ProvidersConfig, path: str) -> ProvidersConfig:
+    return ProvidersConfig(config.default_provider, config.providers, config.cache, path)

@@ -61,7 +61,7 @@ cache: {max_entries: lots}
 extra: 1
 """
     assert problems(text) == [
-        "conf/promptops.yaml:4: providers.local.base_url: must start with http:// or https://",
+        "conf/promptops.yaml:4: providers.local.base_url: must be a URL starting with http:// or https://",
         "conf/promptops.yaml:5: providers.local: unknown key 'timeot_seconds'"
         " (did you mean 'timeout_seconds'?)",
         "conf/promptops.yaml:8: providers.other.max_retries: must be between 0 and 10, got 99",
@@ -70,7 +70,7 @@ extra: 1
         "conf/promptops.yaml:10: providers.other.prices.m.input_per_mtok:"
         " must be between 0 and 1e+06, got -1",
         "conf/promptops.yaml:11: cache.max_entries: must be an integer, got 'lots'",
-        "conf/promptops.yaml:12: promptops.yaml: unknown key 'extra'",
+        "conf/promptops.yaml:12: unknown key 'extra'",
     ]
 
 
@@ -78,7 +78,9 @@ extra: 1
     ("text", "expected"),
     [
         pytest.param("providers:\n  a: {base_url: http://x}\n  a: {base_url: http://y}\n",
-                     "conf/promptops.yaml:3: providers: duplicate key 'a' (first at line 2)", id="duplicate"),
+                     "conf/promptops.yaml:3: duplicate key 'a' (first at line 2)", id="duplicate"),
+        pytest.param("a: &x 1\nb: *x\n", "conf/promptops.yaml:1: YAML anchors and aliases are not allowed",
+                     id="anchor"),
         pytest.param("providers: [1, 2\n", "conf/promptops.yaml:2: invalid YAML", id="syntax"),
         pytest.param("providers:\n  a: {base_url: http://x}\n  b: {base_url: http://y}\n",
                      "conf/promptops.yaml:1: default_provider is required", id="no-default"),
@@ -148,3 +150,14 @@ def test_settings_read_the_new_variables(tmp_path):
         "promptops.yaml", True, "evals", None)
     with pytest.raises(ConfigError, match="PROMPTOPS_STORE_IO"):
         Settings.from_env({"PROMPTOPS_STORE_IO": "maybe"})
+
+
+def test_a_file_on_disk_is_checked_with_its_path(tmp_path):
+    path = tmp_path / "promptops.yaml"
+    path.write_text("providers:\n  local: {base_url: http://127.0.0.1:8080/v1, max_retries: -1}\n")
+    with pytest.raises(InvalidConfigFile) as info:
+        load_providers_config(path, env={})
+    assert str(info.value) == f"{path}:2: providers.local.max_retries: must be between 0 and 10, got -1"
+    path.write_text("providers:\n  local: {base_url: http://127.0.0.1:8080/v1}\n")
+    config = load_providers_config(path, env={})
+    assert config.path == str(path) and config.default_provider == "local"
