@@ -20,7 +20,7 @@ from .config import (
     load_providers_config,
     parse_providers_config,
 )
-from .prices import ModelPrice, PriceSource, price_for
+from .prices import ModelPrice, PriceSource, preload_price_table, price_for
 from .results import CallResult, CallStatus, EmbeddingsResult, StreamEvent, Usage
 from .retry import RetryPolicy, parse_retry_after, sanitize
 from .streaming import ChatStream
@@ -59,6 +59,7 @@ __all__ = [
     "parse_event",
     "parse_providers_config",
     "parse_retry_after",
+    "preload_price_table",
     "price_for",
     "sanitize",
 ]

@@ -58,7 +58,11 @@ class ChatStream:
     async def open(self) -> None:
         """Send the request (retrying until the answer starts); the status is known after this."""
         if self._response is None and self._result is None:
-            self._response = await self.provider._open("chat/completions", self.body, self._state)
+            try:
+                self._response = await self.provider._open("chat/completions", self.body, self._state)
+            except UpstreamError as exc:
+                self._result = exc.result
+                raise
             self._chunks = self._response.aiter_bytes()
 
     def __aiter__(self) -> ChatStream:

@@ -124,6 +124,24 @@ def test_a_stalled_stream_times_out(fake_upstream):
     assert info.value.may_have_been_processed and fake_upstream.count == 1
 
 
+def test_a_stream_refused_before_it_started(fake_upstream):
+    fake_upstream.reply = Reply(status=400, error="bad tools")
+    p = provider(fake_upstream)
+    stream = p.stream(REQUEST)
+
+    async def go():
+        try:
+            async with stream:
+                pass
+        finally:
+            await p.aclose()
+
+    with pytest.raises(UpstreamError, match="answered 400: bad tools"):
+        asyncio.run(go())
+    assert stream.result is not None and stream.result.status is CallStatus.ERROR
+    assert stream.result.http_status == 400
+
+
 def test_errors_before_the_first_byte_are_retried(fake_upstream):
     fake_upstream.enqueue(Reply(status=503))
     stream, events = run_stream(fake_upstream)
