@@ -157,7 +157,7 @@ def test_connections_are_kept_alive(fake_upstream):
 
 
 def test_concurrency_is_bounded(fake_upstream):
-    fake_upstream.reply = Reply(latency=0.05)
+    fake_upstream.reply = Reply(latency=0.1)
     p = provider(fake_upstream.base_url, Recorder(), max_concurrency=2)
 
     async def go():
@@ -172,19 +172,23 @@ def test_concurrency_is_bounded(fake_upstream):
 
 
 def test_waiting_too_long_for_a_slot_times_out(fake_upstream):
-    fake_upstream.reply = Reply(hang=True)
+    fake_upstream.reply = Reply(stall_after=1)
     p = provider(fake_upstream.base_url, Recorder(), max_concurrency=1, timeout_seconds=0.2)
+    stream_request = build_chat_request([{"role": "user", "content": "hello"}], {"name": "m"}, stream=True)
 
     async def go():
         try:
-            return await asyncio.gather(p.chat(REQUEST), p.chat(REQUEST), return_exceptions=True)
+            async with p.stream(stream_request):  # holds the only slot while it is open
+                with pytest.raises(UpstreamTimeout) as info:
+                    await p.chat(REQUEST)
+                return info.value
         finally:
             await p.aclose()
 
-    first, second = asyncio.run(go())
-    assert isinstance(first, UpstreamTimeout) and isinstance(second, UpstreamTimeout)
+    error = asyncio.run(go())
     assert fake_upstream.count == 1
-    assert "connections stayed busy" in second.message and not second.may_have_been_processed
+    assert "connections stayed busy" in error.message and not error.may_have_been_processed
+    assert error.result.attempts == 1 and error.result.http_status is None
 
 
 def test_a_cancelled_call_frees_its_slot(fake_upstream):
