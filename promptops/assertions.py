@@ -287,17 +287,31 @@ async def _is_json(
     return True, 1.0, "output is JSON"
 
 
+def _guarded_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    # jsonschema's own `pattern` runs `re` without a time limit on the model's output.
+    if isinstance(instance, str) and regex.search(pattern, instance, timeout=REGEX_TIMEOUT_SECONDS) is None:
+        yield jsonschema.ValidationError(f"{_show(instance)} does not match {_show(pattern)}")
+
+
+def _schema_validator(schema: Any) -> Any:
+    cls = jsonschema.validators.validator_for(schema)
+    return jsonschema.validators.extend(cls, {"pattern": _guarded_pattern})(schema)
+
+
 async def _json_schema(
     assertion: Assertion, output: Output, text: str, case: Case, deps: _Deps
 ) -> tuple[bool, float, str]:
     data, problem = _parse_json(text)
     if problem is not None:
         return False, 0.0, f"output is not JSON: {problem}"
-    validator = jsonschema.validators.validator_for(assertion.value)(assertion.value)
     try:
-        error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+        error = jsonschema.exceptions.best_match(_schema_validator(assertion.value).iter_errors(data))
     except RecursionError:
         raise _Failed("the output is nested too deeply to check against the schema") from None
+    except TimeoutError:
+        raise _Failed(f"a schema pattern ran longer than {REGEX_TIMEOUT_SECONDS:g}s on the output") from None
+    except Exception as exc:  # noqa: BLE001 - an unresolvable $ref and the like are the schema's fault
+        raise _Failed(f"the schema cannot be applied: {_show(str(exc))}") from None
     if error is None:
         return True, 1.0, "output matches the schema"
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"

@@ -104,6 +104,27 @@ def test_json_schema(text, passed, reason):
     assert reason in result.reason
 
 
+@pytest.mark.parametrize(
+    "schema",
+    [
+        pytest.param({"$ref": "http://127.0.0.1:9/schema.json"}, id="remote-ref"),
+        pytest.param({"$ref": "#/definitions/missing"}, id="dangling-ref"),
+    ],
+)
+def test_a_schema_that_cannot_be_applied_is_an_error(schema):
+    result = grade({"type": "json_schema", "value": schema}, '"x"')
+    assert result.error and "cannot be applied" in result.reason
+
+
+def test_schema_patterns_are_guarded_against_catastrophic_backtracking(monkeypatch):
+    monkeypatch.setattr(A, "REGEX_TIMEOUT_SECONDS", 0.05)
+    schema = {"type": "string", "pattern": "(a|aa)+$"}
+    result = grade({"type": "json_schema", "value": schema}, json.dumps("a" * 60 + "b"))
+    assert result.error and "schema pattern" in result.reason
+    assert grade({"type": "json_schema", "value": schema}, '"aaa"').passed
+    assert not grade({"type": "json_schema", "value": {"pattern": "^b"}}, '"aaa"').passed
+
+
 def test_unknown_cost_or_latency_is_an_error_not_a_pass():
     for raw in ({"type": "cost", "max_usd": 1}, {"type": "latency", "max_ms": 10, "not": True}):
         result = grade(raw, "x", cost_usd=None, latency_ms=None)
