@@ -2,6 +2,7 @@
 
     PromptOpsError                    root: every error a user can cause
     ├── InvalidPromptFile             a prompt file failed validation (path, line, message; may hold many)
+    │   └── InvalidEvalFile           an eval file or its dataset failed validation (the same problems)
     ├── InvalidInput                  a request or argument is malformed (bad variables, bad reward, ...)
     │   └── VariableError             a template variable is missing, undeclared or of the wrong type
     ├── RenderError                   a template failed to render (sandbox violation, undefined name)
@@ -80,6 +81,12 @@ class InvalidPromptFile(PromptOpsError):
     def line(self) -> int:
         """The line of the first problem."""
         return self.problems[0].line if self.problems else 0
+
+
+class InvalidEvalFile(InvalidPromptFile):
+    """One or more eval files or datasets failed validation; `problems` lists each as PATH:LINE."""
+
+    code = "invalid_eval_file"
 
 
 class InvalidInput(PromptOpsError):

@@ -1,0 +1,443 @@
+"""Eval files (`evals/*.yaml`) and their datasets: schema, `PATH:LINE` validation, content hash.
+
+An eval file names the eval and the prompt it tests, and takes its cases from a JSONL `dataset`
+(a path relative to the file) or an inline `cases` list; `assert` applies to every case and a
+case's own `assert` adds to it; `threshold` (default 1), `repeat` (default 1) and `gate`
+(`min_pass_rate`, `max_regression`) are optional. A dataset line is one case,
+`{"id"?, "vars": {...}, "expected"?: ..., "assert"?: [...], "metadata"?: {...}}`; blank lines are
+skipped, and a case without an id is named after its position among the cases (`case-3`).
+
+The file is read as YAML nodes (`yamlnodes`: size, encoding, anchors, depth and tags are refused
+early) and every problem is reported at once: of the eval file as `EVAL:LINE: message`, of its
+dataset as `DATASET:LINE: message`. Unknown assertion types, a missing dataset, duplicate case ids,
+a case with no assertion at all, and a `value` template using `expected` in a case that has none
+are problems. The cases' variables are checked against the prompt's declared variables by
+`variable_problems`, which the caller runs once it has the prompt.
+
+The dataset hash is the SHA-256 of the cases in canonical JSON (ids, vars, expected, metadata and
+the cases' own assertions, in order), so it is the same for a JSONL file and the equal inline
+list, changes with any case, and ignores formatting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .assertions import Assertion, Case
+from .assertionschema import parse_assertion, template_fields
+from .domain import VariableSpec, content_hash
+from .errors import FileProblem, InvalidEvalFile, InvalidPromptFile
+from .promptfiles import NAME_PATTERN, discover
+from .rendering import value_problem
+from .stats.evals import GateRule
+from .yamlnodes import BAD, Entries, NodeReader, line_of, plain_problem, present
+
+MAX_DATASET_BYTES = 50_000_000
+"""Largest dataset file accepted, in bytes."""
+
+MAX_CASES = 100_000
+"""Most cases an eval may have."""
+
+MAX_REPEAT = 100
+"""Most repetitions of each case."""
+
+_TOP_KEYS = ("name", "description", "prompt", "dataset", "cases", "assert", "threshold", "repeat", "gate")
+_CASE_KEYS = ("id", "vars", "expected", "assert", "metadata")
+_GATE_KEYS = ("min_pass_rate", "max_regression")
+_EMPTY = "the file is empty; an eval needs name:, prompt:, dataset: or cases:, and assert:"
+_NAME_RULE = "lowercase letters, digits, '.', '_', '-'; starting with a letter or digit; max 64"
+_MAX_ID_CHARS = 200
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """Where a case is defined: the dataset's (or the eval file's) path and the case's line."""
+
+    path: str
+    line: int
+
+
+@dataclass(frozen=True)
+class EvalDefinition:
+    """A checked eval file: its cases (with where each comes from), assertions, threshold and gate."""
+
+    name: str
+    prompt: str
+    path: str
+    line: int
+    assertions: tuple[Assertion, ...]
+    cases: tuple[Case, ...]
+    sources: tuple[CaseSource, ...]
+    dataset: str | None
+    dataset_hash: str
+    threshold: float = 1.0
+    repeat: int = 1
+    gate: GateRule = GateRule()
+    description: str | None = None
+
+
+def _name(value: Any) -> str | None:
+    if isinstance(value, str) and NAME_PATTERN.match(value):
+        return None
+    return f"{value!r} is not a valid name ({_NAME_RULE})"
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+
+
+def _share(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return None if ok and 0 <= value <= 1 else f"must be a number from 0 to 1, got {value!r}"
+
+
+def _repeat(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_REPEAT
+    return None if ok else f"must be an integer from 1 to {MAX_REPEAT}, got {value!r}"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class EvalChecker(NodeReader):
+    """Reads one eval file (and its dataset) into an `EvalDefinition`, collecting every problem."""
+
+    def assertions(self, node: yaml.Node, where: str) -> list[Assertion] | None:
+        """The assertions of a list node; None after reporting (every item is checked)."""
+        if not isinstance(node, yaml.SequenceNode):
+            self.err(node, f"{where}: must be a list of assertions")
+            return None
+        out: list[Assertion] | None = []
+        for i, item in enumerate(node.value):
+            data = self.data(item)
+            if data is BAD:
+                out = None
+                continue
+            keys = {k.value: v for k, v in item.value} if isinstance(item, yaml.MappingNode) else {}
+            assertion, problems = parse_assertion(data)
+            for problem in problems:
+                at_key = keys.get(problem.key, item) if problem.key is not None else item
+                self.err(at_key, f"{where}[{i}]: {problem.message}")
+            if assertion is None or out is None:
+                out = None
+            else:
+                out.append(assertion)
+        return out
+
+    def case(self, data: Any, *, default_id: str, err: Callable[[str], None]) -> Case | None:
+        """One case from plain data (a JSONL line or an inline item); problems go to `err`."""
+        if not isinstance(data, Mapping):
+            err('a case must be an object with "vars"')
+            return None
+        ok = True
+        for key in data:
+            if key not in _CASE_KEYS:
+                err(f"unknown key {key!r} in a case (allowed: {', '.join(_CASE_KEYS)})")
+                ok = False
+        raw_id = data.get("id", default_id)
+        if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+            err(f"id must be a string or an integer, got {raw_id!r}")
+            ok = False
+        elif not str(raw_id).strip() or len(str(raw_id)) > _MAX_ID_CHARS:
+            err(f"id must be a non-empty string of at most {_MAX_ID_CHARS} characters")
+            ok = False
+        case_id = str(raw_id)
+        variables = data.get("vars")
+        if not isinstance(variables, Mapping):
+            err('"vars" must be an object' if "vars" in data else 'a case needs "vars" (an object)')
+            ok = False
+        for key in ("vars", "expected", "metadata"):
+            not_plain = plain_problem(data.get(key))
+            if not_plain is not None:
+                err(f"{key}: {not_plain}")
+                ok = False
+        metadata = data.get("metadata") or {}
+        if not isinstance(metadata, Mapping):
+            err('"metadata" must be an object')
+            ok = False
+        own: list[Assertion] = []
+        raw_asserts = data.get("assert") or []
+        if not isinstance(raw_asserts, list):
+            err('"assert" must be a list of assertions')
+            ok = False
+            raw_asserts = []
+        for i, raw in enumerate(raw_asserts):
+            assertion, problems = parse_assertion(raw)
+            for problem in problems:
+                err(f"assert[{i}]: {problem.message}")
+            if assertion is None:
+                ok = False
+            else:
+                own.append(assertion)
+        if not ok:
+            return None
+        return Case(
+            id=case_id,
+            vars=dict(variables or {}),
+            expected=data.get("expected"),
+            has_expected="expected" in data,
+            metadata=dict(metadata),
+            assertions=tuple(own),
+        )
+
+    def dataset(
+        self, node: yaml.Node, relative: str
+    ) -> tuple[list[Case], list[CaseSource], list[Any]] | None:
+        """The cases of a JSONL dataset; None after reporting where it cannot be read."""
+        path = Path(self.path).parent / relative
+        shown = str(path)
+        try:
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode):
+                self.err(node, f"dataset: {relative!r} is not a file")
+                return None
+            if info.st_size > MAX_DATASET_BYTES:
+                self.err(node, f"dataset: {relative!r} is larger than {MAX_DATASET_BYTES} bytes")
+                return None
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_DATASET_BYTES + 1)
+        except FileNotFoundError:
+            self.err(node, f"dataset: {relative!r} not found (looked for {shown})")
+            return None
+        except OSError as exc:
+            self.err(node, f"dataset: cannot read {relative!r}: {(exc.strerror or str(exc)).lower()}")
+            return None
+        cases: list[Case] = []
+        sources: list[CaseSource] = []
+        raws: list[Any] = []
+        position = 0
+        for number, raw_line in enumerate(data.split(b"\n"), 1):
+            if not raw_line.strip():
+                continue
+            position += 1
+
+            def err(message: str, number: int = number) -> None:
+                self.problems.append(FileProblem(shown, number, message))
+
+            try:
+                text = raw_line.decode("utf-8")
+                value = json.loads(text.removeprefix("\ufeff"), parse_constant=_reject_constant)
+            except UnicodeDecodeError:
+                err("not UTF-8 text")
+                continue
+            except json.JSONDecodeError as exc:
+                err(f"invalid JSON: {exc.msg} (column {exc.colno})")
+                continue
+            except (ValueError, RecursionError) as exc:
+                err(
+                    f"invalid JSON: {exc}"
+                    if isinstance(exc, ValueError)
+                    else "invalid JSON: nested too deeply"
+                )
+                continue
+            case = self.case(value, default_id=f"case-{position}", err=err)
+            if case is not None:
+                cases.append(case)
+                sources.append(CaseSource(shown, number))
+                raws.append(value)
+            if len(cases) > MAX_CASES:
+                err(f"more than {MAX_CASES} cases")
+                return None
+        if not cases and not any(p.path == shown for p in self.problems):
+            self.err(node, f"dataset: {relative!r} has no cases")
+        return cases, sources, raws
+
+    def inline(self, node: yaml.Node) -> tuple[list[Case], list[CaseSource], list[Any]] | None:
+        """The cases of an inline `cases` list; None after reporting."""
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.err(node, "cases: must be a non-empty list of cases")
+            return None
+        cases: list[Case] = []
+        sources: list[CaseSource] = []
+        raws: list[Any] = []
+        for i, item in enumerate(node.value, 1):
+            value = self.data(item)
+            if value is BAD:
+                continue
+
+            def err(message: str, item: yaml.Node = item, i: int = i) -> None:
+                self.err(item, f"cases[{i - 1}]: {message}")
+
+            case = self.case(value, default_id=f"case-{i}", err=err)
+            if case is not None:
+                cases.append(case)
+                sources.append(CaseSource(self.path, line_of(item)))
+                raws.append(value)
+        return cases, sources, raws
+
+    def gate(self, entries: Entries) -> GateRule | None:
+        """The `gate` mapping, or None after reporting."""
+        node = present(entries, "gate")
+        if node is None:
+            return GateRule()
+        gate = self.mapping(node, "gate", _GATE_KEYS)
+        if gate is None:
+            return None
+        low = self.field(gate, "min_pass_rate", "gate", _share)
+        margin = self.field(gate, "max_regression", "gate", _share)
+        if low is BAD or margin is BAD:
+            return None
+        return GateRule(
+            min_pass_rate=None if low is None else float(low),
+            max_regression=None if margin is None else float(margin),
+        )
+
+    def cross_checks(
+        self, cases: Sequence[Case], sources: Sequence[CaseSource], common: Sequence[Assertion]
+    ) -> None:
+        """Ids are unique, every case has an assertion, and `expected` exists where a template uses it."""
+        first: dict[str, CaseSource] = {}
+        common_expected = [a for a in common if "expected" in template_fields(a)]
+        for case, source in zip(cases, sources, strict=True):
+
+            def err(message: str, source: CaseSource = source) -> None:
+                self.problems.append(FileProblem(source.path, source.line, message))
+
+            if case.id in first:
+                err(f"duplicate case id {case.id!r} (first at line {first[case.id].line})")
+            else:
+                first[case.id] = source
+            if not common and not case.assertions:
+                err(f"case {case.id!r} has no assertion (add assert: to the eval or to the case)")
+            if not case.has_expected:
+                users = common_expected + [a for a in case.assertions if "expected" in template_fields(a)]
+                if users:
+                    err(f"case {case.id!r} has no expected, but its {users[0].type} assertion uses it")
+
+    def definition(self, root: yaml.Node) -> EvalDefinition | None:
+        """The eval of a file's root node, or None after reporting every problem."""
+        self.scan(root)
+        entries = self.mapping(root, "", _TOP_KEYS, required=("name", "prompt"))
+        if entries is None:
+            return None
+        name = self.field(entries, "name", "", _name, BAD)
+        prompt = self.field(entries, "prompt", "", _name, BAD)
+        description = self.field(entries, "description", "", _text)
+        threshold = self.field(entries, "threshold", "", _share, 1.0)
+        repeat = self.field(entries, "repeat", "", _repeat, 1)
+        gate = self.gate(entries)
+        common_node = present(entries, "assert")
+        common = [] if common_node is None else self.assertions(common_node, "assert")
+        dataset_node, cases_node = present(entries, "dataset"), present(entries, "cases")
+        loaded = None
+        relative = None
+        if dataset_node is not None and cases_node is not None:
+            self.err(entries["cases"][0], "give either dataset: or cases:, not both")
+        elif dataset_node is not None:
+            relative = self.read(dataset_node, "dataset", _text)
+            if relative is not BAD:
+                loaded = self.dataset(dataset_node, relative)
+        elif cases_node is not None:
+            loaded = self.inline(cases_node)
+        else:
+            self.err(root, "an eval needs dataset: (a JSONL file beside it) or cases:")
+        if loaded is not None and common is not None:
+            self.cross_checks(loaded[0], loaded[1], common)
+        if self.problems or loaded is None or common is None or gate is None:
+            return None
+        cases, sources, raws = loaded
+        return EvalDefinition(
+            name=name,
+            prompt=prompt,
+            path=self.path,
+            line=line_of(root),
+            assertions=tuple(common),
+            cases=tuple(cases),
+            sources=tuple(sources),
+            dataset=None if relative is None else str(Path(self.path).parent / relative),
+            dataset_hash=content_hash(_canonical(cases, raws)),
+            threshold=float(threshold),
+            repeat=int(repeat),
+            gate=gate,
+            description=description,
+        )
+
+
+def _canonical(cases: Sequence[Case], raws: Sequence[Any]) -> list[dict[str, Any]]:
+    out = []
+    for case, raw in zip(cases, raws, strict=True):
+        item: dict[str, Any] = {"id": case.id, "vars": raw.get("vars") or {}}
+        for key in ("expected", "metadata", "assert"):
+            if key in raw:
+                item[key] = raw[key]
+        out.append(item)
+    return out
+
+
+def _check(checker: EvalChecker, root: yaml.Node | None) -> EvalDefinition:
+    definition = checker.definition(root) if root is not None else None
+    if definition is None or checker.problems:
+        raise InvalidEvalFile(checker.sorted_problems() or [FileProblem(checker.path, 1, "invalid eval")])
+    return definition
+
+
+def parse_eval_text(text: str | bytes, *, path: str) -> EvalDefinition:
+    """Parse and validate one eval file's text (its dataset is read relative to `path`)."""
+    checker = EvalChecker(path)
+    return _check(checker, checker.load_text(text, empty=_EMPTY))
+
+
+def load_eval_file(path: str | Path) -> EvalDefinition:
+    """Read, parse and validate one eval file and its dataset; raises InvalidEvalFile."""
+    checker = EvalChecker(str(path))
+    return _check(checker, checker.load_file(path, empty=_EMPTY))
+
+
+def load_eval_files(paths: Sequence[str | Path]) -> list[EvalDefinition]:
+    """Every eval under the paths (directories: their *.yaml), by name; one error lists all problems."""
+    problems: list[FileProblem] = []
+    try:
+        files = discover(paths)
+    except InvalidPromptFile as exc:
+        raise InvalidEvalFile(exc.problems) from None
+    by_name: dict[str, EvalDefinition] = {}
+    for file in files:
+        try:
+            definition = load_eval_file(file)
+        except InvalidEvalFile as exc:
+            problems.extend(exc.problems)
+            continue
+        first = by_name.get(definition.name)
+        if first is not None:
+            message = f"duplicate eval name {definition.name!r}: already defined in {first.path}:{first.line}"
+            problems.append(FileProblem(definition.path, definition.line, message))
+            continue
+        by_name[definition.name] = definition
+    if problems:
+        raise InvalidEvalFile(problems)
+    return sorted(by_name.values(), key=lambda d: d.name)
+
+
+def variable_problems(definition: EvalDefinition, variables: Sequence[VariableSpec]) -> list[FileProblem]:
+    """Each case's vars checked against the prompt's declared variables, as `PATH:LINE` problems."""
+    declared = {spec.name: spec for spec in variables}
+    known = ", ".join(declared) or "none"
+    problems: list[FileProblem] = []
+    for case, source in zip(definition.cases, definition.sources, strict=True):
+
+        def err(message: str, source: CaseSource = source, case: Case = case) -> None:
+            problems.append(FileProblem(source.path, source.line, f"case {case.id!r}: {message}"))
+
+        for name in case.vars:
+            if name not in declared:
+                err(f"vars.{name} is not declared by prompt {definition.prompt!r} (declared: {known})")
+        for spec in variables:
+            value = case.vars.get(spec.name)
+            if value is None:
+                if spec.required:
+                    err(f"vars.{spec.name} is required by prompt {definition.prompt!r}")
+                continue
+            problem = value_problem(spec, value)
+            if problem is not None:
+                err(f"vars.{spec.name} {problem}")
+    return problems
