@@ -233,7 +233,7 @@ def _expected_text(assertion: Assertion, case: Case) -> str:
     return json.dumps(value, ensure_ascii=False)  # a number or boolean compares as its JSON text
 
 
-def _compare(test: Callable[[str, str], bool], verb: str) -> _Check:
+def _compare(test: Callable[[str, str], bool], verb: str, negated: str) -> _Check:
     async def check(
         assertion: Assertion, output: Output, text: str, case: Case, deps: _Deps
     ) -> tuple[bool, float, str]:
@@ -241,8 +241,7 @@ def _compare(test: Callable[[str, str], bool], verb: str) -> _Check:
         if assertion.transform is not None:
             expected = assertion.transform.apply(expected)
         ok = test(text, expected)
-        negation = "" if ok else "does not "
-        return ok, float(ok), f"output {_show(text)} {negation}{verb} {_show(expected)}"
+        return ok, float(ok), f"output {_show(text)} {verb if ok else negated} {_show(expected)}"
 
     return check
 
@@ -400,12 +399,22 @@ async def _latency(
 
 
 ASSERTION_TYPES: dict[AssertionType, _Kind] = {
-    AssertionType.EQUALS: _Kind(("value",), ("value",), _compare(lambda o, e: o == e, "equals")),
-    AssertionType.CONTAINS: _Kind(("value",), ("value",), _compare(lambda o, e: e in o, "contains")),
-    AssertionType.ICONTAINS: _Kind(
-        ("value",), ("value",), _compare(lambda o, e: e.casefold() in o.casefold(), "contains (any case)")
+    AssertionType.EQUALS: _Kind(
+        ("value",), ("value",), _compare(lambda o, e: o == e, "equals", "does not equal")
     ),
-    AssertionType.STARTS_WITH: _Kind(("value",), ("value",), _compare(str.startswith, "starts with")),
+    AssertionType.CONTAINS: _Kind(
+        ("value",), ("value",), _compare(lambda o, e: e in o, "contains", "does not contain")
+    ),
+    AssertionType.ICONTAINS: _Kind(
+        ("value",),
+        ("value",),
+        _compare(
+            lambda o, e: e.casefold() in o.casefold(), "contains (any case)", "does not contain (any case)"
+        ),
+    ),
+    AssertionType.STARTS_WITH: _Kind(
+        ("value",), ("value",), _compare(str.startswith, "starts with", "does not start with")
+    ),
     AssertionType.REGEX: _Kind(("value",), ("value",), _regex),
     AssertionType.IS_JSON: _Kind((), (), _is_json),
     AssertionType.JSON_SCHEMA: _Kind(("value",), ("value",), _json_schema),

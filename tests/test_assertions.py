@@ -78,6 +78,8 @@ def grade(raw: dict[str, Any], text: str, *, case: Case = CASE, **kwargs: Any) -
 def test_simple_types(raw, text, passed):
     result = grade(raw, text)
     assert (result.passed, result.error) == (passed, False), result.reason
+    if raw["type"] in ("equals", "contains", "icontains", "starts_with"):
+        assert (" does not " in result.reason) is not passed, result.reason
     assert result.score == (1.0 if passed else 0.0)
     assert result.type == raw["type"]
 
