@@ -84,6 +84,10 @@ class EvalDefinition:
     gate: GateRule = GateRule()
     description: str | None = None
 
+    def assertions_for(self, case: Case) -> tuple[Assertion, ...]:
+        """The assertions a case is graded by: the eval's, then the case's own."""
+        return self.assertions + case.assertions
+
 
 def _name(value: Any) -> str | None:
     if isinstance(value, str) and NAME_PATTERN.match(value):

@@ -76,6 +76,11 @@ def test_the_contract_example_loads(tmp_path):
     assert [c.id for c in ev.cases] == ["refund", "case-2", "7"]
     assert ev.cases[1].metadata == {"lang": "en"}
     assert ev.cases[2].assertions[0].weight == 2
+    assert [a.type for a in ev.assertions_for(ev.cases[2])][-2:] == [
+        AssertionType.LATENCY,
+        AssertionType.CONTAINS,
+    ]
+    assert ev.assertions_for(ev.cases[0]) == ev.assertions
     assert [s.line for s in ev.sources] == [1, 2, 3]
     assert ev.dataset == str(path.parent / "support-triage.jsonl")
     assert len(ev.dataset_hash) == 64
