@@ -21,20 +21,51 @@ import functools
 import hashlib
 import json
 import math
+import re
+import string
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
+from jinja2.visitor import NodeTransformer
 
 from .domain import Message, PromptContent, Rendered, VariableSpec
 from .errors import RenderError, VariableError
 
 MAX_OUTPUT_CHARS = 1_000_000
 """Largest rendered prompt (all messages together), in characters."""
+
+MAX_PRODUCED_CHARS = 16 * MAX_OUTPUT_CHARS
+"""Most characters one render may produce in all, counting intermediate strings and loop text."""
+
+RENDER_TIME_BUDGET = 0.5
+"""Seconds one render may run before it is stopped (checked at every step)."""
+
+RENDER_WORK_BUDGET = 1_000_000
+"""Steps (loop iterations, calls, filters, attribute lookups, operators) one render may take."""
+
+MAX_NESTING = 24
+"""Deepest nesting of blocks, brackets and unary operators a template may have."""
+
+MAX_LOOP_NESTING = 8
+"""Deepest nesting of `{% for %}` loops a template may have."""
+
+MAX_AST_DEPTH = 120
+"""Deepest parsed template tree, which bounds chains like `a + a + ...` or `x.a.a...`."""
+
+MAX_VALUE_DEPTH = 32
+"""Deepest nesting of lists and objects in a variable value."""
+
+_CACHED_SOURCE_CHARS = 65_536  # larger templates are compiled again rather than kept
+_CACHE_CHARS = 16 * MAX_OUTPUT_CHARS  # total source size of the compiled templates a Renderer keeps
+
+_BLOCK_TAGS = frozenset({"if", "for", "macro", "call", "filter", "with", "block", "autoescape"})
 
 _MAX_POW_BITS = 100_000  # `10 ** 10**9` would take minutes and gigabytes; no prompt needs such ints
 
@@ -72,21 +103,319 @@ def _tojson(value: Any, indent: int | None = None) -> str:
     return json.dumps(value, ensure_ascii=False, indent=indent, sort_keys=False)
 
 
-def _finalize(value: Any) -> Any:
-    return "" if value is None else value
-
-
 def _too_big(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_OUTPUT_CHARS
 
 
+class _Budget:
+    """What one render may still spend: a deadline, work units and characters produced."""
+
+    __slots__ = ("deadline", "work", "chars")
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.work = 0
+        self.chars = 0
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("promptops_render_budget", default=None)
+
+
+def _tick(work: int = 1, chars: int = 0) -> None:
+    budget = _BUDGET.get()
+    if budget is None:  # compiling or finding names: nothing runs, nothing to bound
+        return
+    budget.work += work
+    budget.chars += chars
+    if budget.work > RENDER_WORK_BUDGET:
+        raise RenderError(f"the template does more than {RENDER_WORK_BUDGET} steps")
+    if budget.chars > MAX_PRODUCED_CHARS:
+        raise RenderError(f"the template produces more than {MAX_PRODUCED_CHARS} characters")
+    if time.monotonic() > budget.deadline:
+        raise RenderError(f"the template takes longer than {RENDER_TIME_BUDGET:g} s to render")
+
+
+def _refuse_size(size: int, what: str) -> None:
+    if size > MAX_OUTPUT_CHARS:
+        raise RenderError(f"{what} would be longer than {MAX_OUTPUT_CHARS} characters")
+
+
+def _rendered_size(value: Any, indent: int = 0) -> int:
+    """About how many characters `str(value)` (or JSON with `indent`) takes, stopping past the cap."""
+    size = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack and size <= MAX_OUTPUT_CHARS:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            size += len(item) + 2
+        elif isinstance(item, int) and not isinstance(item, bool):
+            size += item.bit_length() // 3 + 2
+        elif isinstance(item, Mapping):
+            size += 2
+            for key, inner in item.items():
+                stack.append((key, depth + 1))
+                stack.append((inner, depth + 1))
+                size += 2 + indent * (depth + 1)
+        elif isinstance(item, list | tuple | set | frozenset):
+            size += 2
+            for inner in item:
+                stack.append((inner, depth + 1))
+                size += 2 + indent * (depth + 1)
+        else:
+            size += 8
+    return size
+
+
+def _charge(result: Any) -> Any:
+    """Count a produced value against the budget; a string or container over the cap is refused."""
+    if isinstance(result, str):
+        _refuse_size(len(result), "a string")
+        _tick(chars=len(result))
+    elif isinstance(result, list | tuple | Mapping | set | frozenset):
+        _refuse_size(_rendered_size(result), "a value")
+        _tick()
+    else:
+        _tick()
+    return result
+
+
+_PERCENT_SPEC = re.compile(r"%(\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?(.?)", re.S)
+
+
+def _percent_size(fmt: str, args: Any) -> int:
+    """An upper bound on the length of `fmt % args` (widths, precisions and arguments)."""
+    items = list(args) if isinstance(args, tuple) else [args]
+    size, used = len(fmt), 0
+    for match in _PERCENT_SPEC.finditer(fmt):
+        if match.group(4) == "%":
+            continue
+        for part in (match.group(2), match.group(3)):
+            if part == "*":
+                star = items[used] if used < len(items) else 0
+                used += 1
+                size += abs(star) if isinstance(star, int) else 0
+            elif part:
+                size += int(part)
+        if match.group(1) is None:
+            used += 1
+    return size + _rendered_size(args)
+
+
+def _format_size(fmt: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    """An upper bound on the length of `fmt.format(*args, **kwargs)`."""
+    ints = [abs(v) for v in (*args, *kwargs.values()) if isinstance(v, int)]
+    size = len(fmt) + _rendered_size(args) + _rendered_size(dict(kwargs))
+    pending = [fmt]
+    while pending and size <= MAX_OUTPUT_CHARS:
+        try:
+            parsed = list(string.Formatter().parse(pending.pop()))
+        except ValueError:
+            continue  # str.format itself reports the malformed string
+        for _, field, spec, _ in parsed:
+            if field is None or not spec:
+                continue
+            size += sum(int(digits) for digits in re.findall(r"\d+", spec))
+            if "{" in spec:  # a width given as an argument: assume the largest one
+                size += max(ints, default=0)
+                pending.append(spec)
+    return size
+
+
+def _str_method_size(text: str, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    """An upper bound on the result of the str methods that can multiply their input."""
+    params = [*args, *kwargs.values()]
+    if name == "replace" and len(params) >= 2 and all(isinstance(p, str) for p in params[:2]):
+        old, new = params[0], params[1]
+        count = text.count(old) if old else len(text) + 1
+        return len(text) + count * max(0, len(new) - len(old))
+    if name == "join" and params:
+        items = params[0]
+        if isinstance(items, list | tuple):
+            return _rendered_size(items) + len(text) * len(items)
+    if name == "expandtabs":
+        width = params[0] if params and isinstance(params[0], int) else 8
+        return len(text) + text.count("\t") * max(0, width)
+    if name == "translate" and params and isinstance(params[0], Mapping):
+        longest = max((len(v) for v in params[0].values() if isinstance(v, str)), default=1)
+        return len(text) * max(1, longest)
+    return 0
+
+
+def _filter_size(name: str, value: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    """An upper bound on the result of the builtin filters that can multiply their input."""
+    params = [*args, *kwargs.values()]
+    text = value if isinstance(value, str) else ""
+    if name == "format" and isinstance(value, str):
+        return _percent_size(value, dict(kwargs) if kwargs else tuple(args))
+    if name == "indent":
+        width = params[0] if params else 4
+        unit = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+        return len(text) + (text.count("\n") + 1) * unit
+    if name == "wordwrap":
+        width = params[0] if params and isinstance(params[0], int) else 79
+        wrap = kwargs.get("wrapstring") or (args[2] if len(args) > 2 else None) or "\n"
+        return len(text) + (len(text) // max(1, width) + 1) * _rendered_size(wrap)
+    if name == "replace":
+        return _str_method_size(text, "replace", args, kwargs)
+    if name == "join":
+        sep = params[0] if params and isinstance(params[0], str) else ""
+        items = value if isinstance(value, list | tuple) else ()
+        return _rendered_size(items) + len(sep) * len(items)
+    if name == "tojson":
+        indent = params[0] if params and isinstance(params[0], int) else 0
+        return _rendered_size(value, indent)
+    if name in ("string", "pprint", "e", "escape", "forceescape", "safe", "urlencode"):
+        return 5 * _rendered_size(value)  # HTML escaping grows a character to at most 5
+    return 0
+
+
+def _lazy(value: Any) -> bool:
+    """An iterable (a range, a generator) whose items must be listed before they can be sized."""
+    return isinstance(value, Iterable) and not isinstance(value, str | list | tuple | Mapping)
+
+
+def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a filter so it counts against the budget and refuses arguments that bomb."""
+    skip = 0 if getattr(func, "jinja_pass_arg", None) is None else 1
+
+    @functools.wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _tick()
+        if any(_too_big(a) for a in args[skip + 1:]) or any(_too_big(v) for v in kwargs.values()):
+            raise SecurityError(f"an argument of the {name!r} filter is too large")
+        if len(args) > skip and name in ("join", "tojson") and _lazy(args[skip]):
+            args = (*args[:skip], list(args[skip]), *args[skip + 1:])
+        value = args[skip] if len(args) > skip else None
+        _refuse_size(_filter_size(name, value, args[skip + 1:], kwargs), f"the {name!r} filter")
+        return _charge(func(*args, **kwargs))
+
+    return guarded
+
+
+def _loop(iterable: Iterable[Any], weight: int = 0) -> Iterator[Any]:
+    """Count every loop iteration (and the literal text its body writes) against the budget."""
+    for item in iterable:
+        _tick(1, weight)
+        yield item
+
+
+def _concat(items: list[Any]) -> str:
+    """`a ~ b ~ c`, with its length checked before the string is built."""
+    _refuse_size(_rendered_size(items), "a '~' concatenation")
+    return _charge("".join(map(str, items)))
+
+
+def _finalize(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        _tick(chars=len(value))
+    elif not isinstance(value, int | float):
+        _refuse_size(_rendered_size(value), "an output value")
+    return value
+
+
+def _literal_chars(node: nodes.Node) -> int:
+    """How many literal characters a loop body writes per iteration (nested loops count their own)."""
+    size = 0
+    stack = list(node.iter_child_nodes())
+    while stack:
+        child = stack.pop()
+        if isinstance(child, nodes.TemplateData):
+            size += len(child.data)
+        elif isinstance(child, nodes.Const) and isinstance(child.value, str):
+            size += len(child.value)
+        if not isinstance(child, nodes.For):
+            stack.extend(child.iter_child_nodes())
+    return size
+
+
+class _Instrument(NodeTransformer):
+    """Route loops and `~` through the budgeted `_loop` and `_concat` filters."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        self.generic_visit(node)
+        weight = nodes.Const(_literal_chars(node), lineno=node.lineno)
+        node.iter = nodes.Filter(node.iter, "_loop", [weight], [], None, None, lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        self.generic_visit(node)
+        items = nodes.List(node.nodes, lineno=node.lineno)
+        return nodes.Filter(items, "_concat", [], [], None, None, lineno=node.lineno)
+
+
+def _nesting_problem(lexer: Any, source: str) -> TemplateSyntaxError | None:
+    """Refuse nesting deeper than MAX_NESTING before Jinja's recursive parser sees it."""
+    depth = loops = run = 0
+    stack: list[str] = []
+    tokens = lexer.tokenize(source)
+    for token in tokens:
+        if token.type in ("lparen", "lbracket", "lbrace"):
+            depth += 1
+        elif token.type in ("rparen", "rbracket", "rbrace"):
+            depth = max(0, depth - 1)
+        elif token.type == "block_begin":
+            tag = next(tokens, None)
+            name = tag.value if tag is not None and tag.type == "name" else ""
+            if name in _BLOCK_TAGS or name == "set" and _is_block_set(tokens):
+                stack.append(name)
+                loops += name == "for"
+            elif name.startswith("end") and stack:
+                loops -= stack.pop() == "for"
+        run = run + 1 if token.test_any("name:not", "sub", "add") else 0
+        if depth + len(stack) + run > MAX_NESTING:
+            return TemplateSyntaxError(f"nested deeper than {MAX_NESTING} levels", token.lineno)
+        if loops > MAX_LOOP_NESTING:
+            return TemplateSyntaxError(f"loops nested deeper than {MAX_LOOP_NESTING}", token.lineno)
+    return None
+
+
+def _is_block_set(tokens: Any) -> bool:
+    """Whether the `{% set %}` being read is the block form (`{% set x %}...{% endset %}`)."""
+    assign = False
+    for token in tokens:
+        if token.type == "block_end":
+            break
+        assign = assign or token.type == "assign"
+    return not assign
+
+
+def _ast_depth_problem(ast: nodes.Node) -> TemplateSyntaxError | None:
+    """Refuse chains like `1+1+...` or `x.a.a...`: parsed in a loop, but compiled recursively."""
+    stack = [(ast, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_AST_DEPTH:
+            lineno = getattr(node, "lineno", 1) or 1
+            return TemplateSyntaxError(f"expression nested deeper than {MAX_AST_DEPTH}", lineno)
+        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+    return None
+
+
 class _PromptSandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, plus guards against one-expression memory and CPU bombs."""
+    """Jinja's immutable sandbox, with every call, attribute, operator and loop on a budget."""
 
     # Intercepting disables constant folding of these operators too, so the guard always runs.
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        problem = _nesting_problem(self.lexer, source)
+        if problem is not None:
+            raise problem
+        try:
+            ast = super()._parse(source, name, filename)
+        except (RecursionError, MemoryError):
+            raise TemplateSyntaxError("the template is too deeply nested", 1) from None
+        problem = _ast_depth_problem(ast)
+        if problem is not None:
+            raise problem
+        ast = _Instrument().visit(ast)
+        ast.set_environment(self)
+        return ast
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _tick()
         if operator == "**":
             if (
                 isinstance(left, int)
@@ -105,14 +434,47 @@ class _PromptSandbox(ImmutableSandboxedEnvironment):
                     and len(seq) * times > MAX_OUTPUT_CHARS
                 ):
                     raise SecurityError("the result of '*' is too large")
-            return left * right
-        return super().call_binop(context, operator, left, right)
+            return _charge(left * right)
+        if operator == "%" and isinstance(left, str):
+            _refuse_size(_percent_size(left, right), "a '%' format")
+        return _charge(super().call_binop(context, operator, left, right))
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _tick()
         # `'x'.ljust(10**9)`, `'x'.center(...)` and friends allocate before the output cap can act.
         if any(_too_big(a) for a in args) or any(_too_big(v) for v in kwargs.values()):
             raise SecurityError("a call argument is too large")
-        return super().call(__context, __obj, *args, **kwargs)
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            name = getattr(__obj, "__name__", "")
+            if name == "join" and args and _lazy(args[0]):
+                args = (list(args[0]), *args[1:])
+            _refuse_size(_str_method_size(owner, name, args, kwargs), f"str.{name}()")
+        return _charge(super().call(__context, __obj, *args, **kwargs))
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _tick()
+        return super().getitem(obj, argument)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt: str = value.__self__
+        is_map = value.__name__ == "format_map"
+
+        def guarded(*args: Any, **kwargs: Any) -> str:
+            if is_map and len(args) == 1 and isinstance(args[0], Mapping):
+                _refuse_size(_format_size(fmt, (), args[0]), "str.format_map()")
+            else:
+                _refuse_size(_format_size(fmt, args, kwargs), "str.format()")
+            return str(_charge(wrapped(*args, **kwargs)))
+
+        return guarded
 
 
 def _environment() -> _PromptSandbox:
@@ -128,7 +490,112 @@ def _environment() -> _PromptSandbox:
     env.filters["tojson"] = _tojson
     env.filters["bullets"] = _bullets
     env.filters["numbered"] = _numbered
+    for name, func in list(env.filters.items()):
+        env.filters[name] = _guard_filter(name, func)
+    env.filters["_loop"] = _loop
+    env.filters["_concat"] = _concat
     return env
+
+
+_UNKNOWN = object()
+
+
+def _const(node: nodes.Node | None) -> Any:
+    """The value of a literal (`3`, `'a'`, `(1, 'b')`, `-5`), or _UNKNOWN."""
+    if isinstance(node, nodes.Const):
+        return node.value
+    if isinstance(node, nodes.Neg):
+        inner = _const(node.node)
+        return -inner if isinstance(inner, int | float) else _UNKNOWN
+    if isinstance(node, nodes.Tuple | nodes.List):
+        items = [_const(item) for item in node.items]
+        if any(item is _UNKNOWN for item in items):
+            return _UNKNOWN
+        return tuple(items) if isinstance(node, nodes.Tuple) else items
+    return _UNKNOWN
+
+
+def _const_params(args: list[nodes.Expr], kwargs: list[nodes.Keyword]) -> Any:
+    values = tuple(_const(a) for a in args)
+    named = {k.key: _const(k.value) for k in kwargs}
+    if _UNKNOWN in values or _UNKNOWN in named.values():
+        return _UNKNOWN
+    return values, named
+
+
+def _literal_problem(node: nodes.Node) -> str | None:
+    """What a literal-only expression would blow up, seen without running it."""
+    if isinstance(node, nodes.Filter | nodes.Call):
+        params = _const_params(node.args, node.kwargs)
+        args, named = params if params is not _UNKNOWN else ((), {})
+        if any(_too_big(v) for v in (*args, *named.values())):
+            return f"an argument is larger than {MAX_OUTPUT_CHARS}"
+        if params is _UNKNOWN:
+            return None
+        if isinstance(node, nodes.Filter):
+            value = _const(node.node)
+            if value is not _UNKNOWN and _filter_size(node.name, value, args, named) > MAX_OUTPUT_CHARS:
+                return f"the {node.name!r} filter would produce more than {MAX_OUTPUT_CHARS} characters"
+            return None
+        if isinstance(node.node, nodes.Name) and node.node.name == "range":
+            if all(isinstance(a, int) for a in args) and args and len(range(*args[:3])) > MAX_RANGE:
+                return f"range() of more than {MAX_RANGE} items"
+        if isinstance(node.node, nodes.Getattr) and isinstance(_const(node.node.node), str):
+            text, method = _const(node.node.node), node.node.attr
+            if method in ("format", "format_map"):
+                mapping = args[0] if method == "format_map" and args else named
+                size = _format_size(text, args if method == "format" else (), mapping)
+            else:
+                size = _str_method_size(text, method, args, named)
+            if size > MAX_OUTPUT_CHARS:
+                return f"str.{method}() would produce more than {MAX_OUTPUT_CHARS} characters"
+        return None
+    if isinstance(node, nodes.Mul | nodes.Mod):
+        left, right = _const(node.left), _const(node.right)
+        if left is _UNKNOWN or right is _UNKNOWN:
+            return None
+        if isinstance(node, nodes.Mod):
+            too_big = isinstance(left, str) and _percent_size(left, right) > MAX_OUTPUT_CHARS
+        else:
+            seq, times = (left, right) if isinstance(right, int) else (right, left)
+            too_big = isinstance(seq, str | list | tuple) and isinstance(times, int) and (
+                len(seq) * times > MAX_OUTPUT_CHARS
+            )
+        if too_big:
+            return f"the result would be longer than {MAX_OUTPUT_CHARS} characters"
+    return None
+
+
+def _loop_bound(node: nodes.For) -> int | None:
+    """How many times a `{% for %}` over a literal range or list runs, if a literal says so."""
+    target = node.iter
+    if isinstance(target, nodes.Filter) and target.name == "_loop" and target.node is not None:
+        target = target.node
+    if isinstance(target, nodes.Call) and isinstance(target.node, nodes.Name):
+        params = _const_params(target.args, target.kwargs)
+        if target.node.name == "range" and params is not _UNKNOWN:
+            args = params[0]
+            if args and all(isinstance(a, int) for a in args) and not params[1]:
+                return len(range(*args[:3]))
+        return None
+    value = _const(target)
+    return len(value) if isinstance(value, str | list | tuple) else None
+
+
+def check_limits(ast: nodes.Template) -> None:
+    """Refuse, before any render, what literals alone show is too big (ranges, widths, loops)."""
+    stack: list[tuple[nodes.Node, int]] = [(ast, 1)]
+    while stack:
+        node, runs = stack.pop()
+        problem = _literal_problem(node)
+        if isinstance(node, nodes.For):
+            bound = _loop_bound(node)
+            runs *= bound if bound is not None else 1
+            if runs > RENDER_WORK_BUDGET:
+                problem = f"nested loops run more than {RENDER_WORK_BUDGET} times"
+        if problem is not None:
+            raise TemplateSyntaxProblem(problem, lineno=node.lineno or 1)
+        stack.extend((child, runs) for child in node.iter_child_nodes())
 
 
 _ENV = _environment()
@@ -144,25 +611,46 @@ def template_names(source: str) -> set[str]:
     # Plain text (a few-shot example, say) cannot reference anything; skip Jinja's compiler.
     if not any(marker in source for marker in ("{{", "{%", "{#")):
         return set()
+    # Only small sources are memoised, so a thousand large ones cannot pin their memory.
+    if len(source) <= _CACHED_SOURCE_CHARS:
+        return set(_cached_template_names(source))
     return set(_template_names(source))
 
 
-@functools.lru_cache(maxsize=1024)
+def _syntax_problem(exc: TemplateSyntaxError) -> TemplateSyntaxProblem:
+    return TemplateSyntaxProblem(_one_line(exc.message or str(exc)), lineno=exc.lineno or 1)
+
+
+def _compile_problem(exc: BaseException) -> TemplateSyntaxProblem:
+    # The nesting checks keep Jinja and Python within their limits; this is the last resort.
+    detail = "too deeply nested" if isinstance(exc, RecursionError | SyntaxError) else "too large"
+    return TemplateSyntaxProblem(f"the template is {detail} to compile", lineno=1)
+
+
 def _template_names(source: str) -> frozenset[str]:
     try:
         ast = _ENV.parse(source)
     except TemplateSyntaxError as exc:
-        raise TemplateSyntaxProblem(_one_line(exc.message or str(exc)), lineno=exc.lineno) from None
+        raise _syntax_problem(exc) from None
+    except (RecursionError, MemoryError) as exc:
+        raise _compile_problem(exc) from None
     for node in ast.find_all(_FORBIDDEN_NODES):
         tag = type(node).__name__.lower().replace("fromimport", "from ... import")
         raise TemplateSyntaxProblem(
             f"{{% {tag} %}} is not supported: a prompt is one self-contained template",
             lineno=node.lineno,
         )
-    try:  # names are found by compiling, which is when unknown filters and tests show up
+    check_limits(ast)
+    try:  # compiling is when unknown filters and tests, and Python's own limits, show up
+        _ENV.compile(ast)
         return frozenset(meta.find_undeclared_variables(ast))
     except TemplateSyntaxError as exc:
-        raise TemplateSyntaxProblem(_one_line(exc.message or str(exc)), lineno=exc.lineno) from None
+        raise _syntax_problem(exc) from None
+    except (RecursionError, MemoryError, SyntaxError) as exc:
+        raise _compile_problem(exc) from None
+
+
+_cached_template_names = functools.lru_cache(maxsize=1024)(_template_names)
 
 
 def _type_name(value: Any) -> str:
@@ -297,28 +785,35 @@ def coerce_cli_value(spec: VariableSpec | None, raw: str) -> Any:
 class Renderer:
     """Renders prompt content with checked variables; caches compiled templates (thread-safe)."""
 
-    def __init__(self, *, cache_size: int = 512) -> None:
-        self._cache: OrderedDict[str, Any] = OrderedDict()
+    def __init__(self, *, cache_size: int = 512, time_budget: float = RENDER_TIME_BUDGET) -> None:
+        self._cache: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._cache_size = max(1, cache_size)
+        self._cache_chars = 0
+        self._time_budget = time_budget
         self._lock = threading.Lock()
 
     def _compile(self, source: str) -> Any:
         key = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
         with self._lock:
-            template = self._cache.get(key)
-            if template is not None:
+            hit = self._cache.get(key)
+            if hit is not None:
                 self._cache.move_to_end(key)
-                return template
+                return hit[0]
         try:
             template = _ENV.from_string(source)
         except TemplateSyntaxError as exc:
-            raise TemplateSyntaxProblem(
-                _one_line(exc.message or str(exc)), lineno=exc.lineno
-            ) from None
+            raise _syntax_problem(exc) from None
+        except (RecursionError, MemoryError, SyntaxError) as exc:
+            raise _compile_problem(exc) from None
         with self._lock:
-            self._cache[key] = template
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            # Bounded by count and by total source size: many large templates evict each other.
+            if key not in self._cache:
+                self._cache[key] = (template, len(source))
+                self._cache_chars += len(source)
+            while len(self._cache) > self._cache_size or (
+                self._cache_chars > _CACHE_CHARS and len(self._cache) > 1
+            ):
+                self._cache_chars -= self._cache.popitem(last=False)[1][1]
         return template
 
     def _render_one(self, source: str, context: dict[str, Any], where: str, budget: int) -> str:
@@ -358,6 +853,15 @@ class Renderer:
     ) -> Rendered:
         """Check the variables and render every message (or the text template) of the content."""
         context = check_variables(content, variables)
+        token = _BUDGET.set(_Budget(self._time_budget))
+        try:
+            return self._render_all(content, context, prompt=prompt, version=version,
+                                    variant=variant)
+        finally:
+            _BUDGET.reset(token)
+
+    def _render_all(self, content: PromptContent, context: dict[str, Any], *, prompt: str,
+                    version: int, variant: str) -> Rendered:
         model = copy.deepcopy(dict(content.model))
         budget = MAX_OUTPUT_CHARS
         if content.messages is not None:
