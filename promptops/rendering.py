@@ -110,9 +110,10 @@ def _too_big(value: Any) -> bool:
 class _Budget:
     """What one render may still spend: a deadline, work units and characters produced."""
 
-    __slots__ = ("deadline", "work", "chars")
+    __slots__ = ("seconds", "deadline", "work", "chars")
 
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self.deadline = time.monotonic() + seconds
         self.work = 0
         self.chars = 0
@@ -132,7 +133,7 @@ def _tick(work: int = 1, chars: int = 0) -> None:
     if budget.chars > MAX_PRODUCED_CHARS:
         raise RenderError(f"the template produces more than {MAX_PRODUCED_CHARS} characters")
     if time.monotonic() > budget.deadline:
-        raise RenderError(f"the template takes longer than {RENDER_TIME_BUDGET:g} s to render")
+        raise RenderError(f"the template takes longer than {budget.seconds:g} s to render")
 
 
 def _refuse_size(size: int, what: str) -> None:
@@ -697,6 +698,21 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _value_depth(value: Any) -> int:
+    """How deeply lists and objects nest in a value (counted without recursion)."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list | tuple | Mapping):
+            deepest = max(deepest, depth + 1)
+            if deepest > MAX_VALUE_DEPTH:
+                break
+            stack.extend((inner, depth + 1) for inner in (
+                item.values() if isinstance(item, Mapping) else item))
+    return deepest
+
+
 def value_problem(spec: VariableSpec, value: Any) -> str | None:
     """What is wrong with a value for a variable (type, enum, max_length), or None if it fits."""
     if not _has_type(spec.type, value):
@@ -706,6 +722,8 @@ def value_problem(spec: VariableSpec, value: Any) -> str | None:
     if spec.enum is not None and not any(_same(value, e) for e in spec.enum):
         allowed = ", ".join(_show(e) for e in spec.enum)
         return f"must be one of {allowed}, got {_show(value)}"
+    if _value_depth(value) > MAX_VALUE_DEPTH:
+        return f"is nested deeper than {MAX_VALUE_DEPTH} levels"
     sized = isinstance(value, str | list | tuple)
     if spec.max_length is not None and sized and len(value) > spec.max_length:
         unit = "characters" if isinstance(value, str) else "items"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -10,8 +11,13 @@ import pytest
 
 from promptops.domain import Message, PromptContent, VariableSpec
 from promptops.errors import RenderError, VariableError
+from promptops import rendering
 from promptops.rendering import (
+    MAX_AST_DEPTH,
+    MAX_NESTING,
     MAX_OUTPUT_CHARS,
+    MAX_VALUE_DEPTH,
+    RENDER_WORK_BUDGET,
     Renderer,
     TemplateSyntaxProblem,
     check_variables,
@@ -169,6 +175,276 @@ class TestSandbox:
         content = PromptContent(messages=(Message("system", half), Message("user", half)))
         with pytest.raises(RenderError, match=f"exceeds {MAX_OUTPUT_CHARS}"):
             Renderer().render(content, {}, prompt="p", version=1, variant="main")
+
+
+A10 = "{% set a = 'aaaaaaaaaa' %}"
+S900K = "{% set s = 'a' * 900000 %}"
+GROW = "{% set a = a.replace('a', a) %}"
+
+# CPU and memory bombs: each must end as a one-line RenderError, quickly and in little memory.
+BOMBS = [
+    pytest.param(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        id="nested-range",
+    ),
+    pytest.param("{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}",
+                 id="nested-range-variable"),
+    pytest.param("{{ '%*s' % (999999999, 'a') }}", id="percent-star-width"),
+    pytest.param("{{ '%*s' % (n * 9999, 'a') }}", id="percent-star-width-variable"),
+    pytest.param("{{ '%999999999s' | format('a') }}", id="format-filter-width"),
+    pytest.param("{{ '%.999999999f' % 1.5 }}", id="percent-precision"),
+    pytest.param("{{ '%0999999999d' % 1 }}", id="percent-zero-pad"),
+    pytest.param("{{ 'x' | center(999999999) }}", id="center"),
+    pytest.param("{{ 'x' | center(n * 10000) }}", id="center-variable"),
+    pytest.param(A10 + GROW * 7 + "{{ a | length }}", id="replace-growth"),
+    pytest.param(
+        "{% set ns = namespace(s='a') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
+        "{% endfor %}{{ ns.s | length }}",
+        id="namespace-doubling-tilde",
+    ),
+    pytest.param(
+        "{% set ns = namespace(s='a') %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}"
+        "{% endfor %}{{ ns.s | length }}",
+        id="namespace-doubling-plus",
+    ),
+    pytest.param(S900K + "{% set t = s~s~s~s~s~s~s~s~s~s %}{{ t | length }}", id="tilde-chain"),
+    pytest.param(S900K + "{{ [s, s, s, s] | join }}", id="join-growth"),
+    pytest.param("{{ range(100000) | join('x' * 100000) }}", id="join-separator"),
+    pytest.param("{{ ('x' * 100000).join(range(100000) | map('string')) }}", id="str-join"),
+    pytest.param("{{ 'a' * 1000 | join }}", id="join-of-int"),
+    pytest.param("{{ ('a\\n' * 400000) | indent(100000) }}", id="indent-width"),
+    pytest.param("{{ ('a\\n' * 400000) | indent('x' * 1000) }}", id="indent-string"),
+    pytest.param("{{ ('a' * 900000) | wordwrap(1, wrapstring='x' * 1000) }}", id="wordwrap"),
+    pytest.param("{{ range(100000) | list | tojson(indent=900000) }}", id="tojson-indent"),
+    pytest.param("{{ 'abc' | truncate(1, end='x' * 999999999) }}", id="truncate-end"),
+    pytest.param("{{ range(10) | batch(999999999, 'x') | list }}", id="batch"),
+    pytest.param("{{ range(10) | slice(999999999) | list }}", id="slice"),
+    pytest.param("{{ [1] * 999999999 }}", id="list-times-n"),
+    pytest.param(S900K + "{{ [s] * 1000 }}", id="list-of-big-strings"),
+    pytest.param(S900K + "{{ ([s] * 1000) | string }}", id="string-of-big-list"),
+    pytest.param(
+        S900K + "{% set b = [s, s] %}{% set b = [b, b] %}{% set b = [b, b] %}{{ b }}",
+        id="nested-list-literals",
+    ),
+    pytest.param("{{ range(10**9) | list }}", id="range-list"),
+    pytest.param("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", id="macro-recursion"),
+    pytest.param(
+        "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% else %}x{% endif %}{% endmacro %}"
+        "{{ f(40) }}",
+        id="macro-fan-out",
+    ),
+    pytest.param(
+        "{% macro m() %}{% for i in range(100000) %}{{ caller() }}{% endfor %}{% endmacro %}"
+        "{% call m() %}{% call m() %}x{% endcall %}{% endcall %}",
+        id="nested-call-blocks",
+    ),
+    pytest.param(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ loop.cycle('', '') }}"
+        "{% endfor %}{% endfor %}",
+        id="loop-cycle",
+    ),
+    pytest.param("{{ '{:>999999999}'.format('a') }}", id="str-format-width"),
+    pytest.param("{{ '{:>{w}}'.format('a', w=n * 9999) }}", id="str-format-nested-width"),
+    pytest.param("{{ '{x:>999999999}'.format_map({'x': 'a'}) }}", id="format-map"),
+    pytest.param("{{ 'a'.zfill(999999999) }}", id="zfill"),
+    pytest.param("{{ ('\\t' * 900000).expandtabs(1000000) }}", id="expandtabs"),
+    pytest.param("{{ 'a'.ljust(999999999) }}", id="ljust"),
+    pytest.param("{{ 'a'.rjust(999999999) }}", id="rjust"),
+    pytest.param("{{ ('a' * 900000).translate({97: 'b' * 1000}) }}", id="translate"),
+    pytest.param(
+        "{% set x %}{% for i in range(100000) %}" + "y" * 100000 + "{% endfor %}{% endset %}"
+        "{{ x | length }}",
+        id="set-block-of-loop-text",
+    ),
+    pytest.param(
+        "{% filter upper %}{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}"
+        "{% endfor %}{% endfilter %}",
+        id="filter-block",
+    ),
+    pytest.param(
+        "{% for i in range(100000) %}{{ range(100000) | list | batch(2) | map('list') | list }}"
+        "{% endfor %}",
+        id="batch-map-list",
+    ),
+    pytest.param(
+        "{% for i in range(100000) %}{{ range(100000) | sort | first }}{% endfor %}",
+        id="sort-in-loop",
+    ),
+]
+
+
+class TestBombs:
+    @pytest.mark.parametrize("template", BOMBS)
+    def test_refused_in_bounded_memory(self, template: str) -> None:
+        content = text_content(template, VariableSpec("n", type="integer"))
+        tracemalloc.start()
+        try:
+            with pytest.raises(RenderError) as info:
+                Renderer().render(content, {"n": 100000}, prompt="p", version=1, variant="m")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        message = str(info.value)
+        assert message.startswith("template: ") and "\n" not in message, message
+        assert peak < 200_000_000, f"{peak} bytes"
+
+    @pytest.mark.parametrize(
+        ("template", "message"),
+        [
+            pytest.param(
+                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                "nested loops run more than",
+                id="nested-range",
+            ),
+            pytest.param("{{ '%*s' % (999999999, 'a') }}", "longer than", id="percent-star"),
+            pytest.param("{{ '%999999999s' | format('a') }}", "'format' filter", id="format"),
+            pytest.param("{{ 'x' | center(999999999) }}", "argument is larger", id="center"),
+            pytest.param("{{ 'a'.ljust(999999999) }}", "argument is larger", id="ljust"),
+            pytest.param("{{ '{:>999999999}'.format('a') }}", "str.format()", id="str-format"),
+            pytest.param("{{ 'ab' * 999999 }}", "longer than", id="repeat"),
+            pytest.param("{{ range(1000000) | list }}", "of more than 100000 items", id="range"),
+            pytest.param("{{ '\\t\\t'.expandtabs(999999) }}", "str.expandtabs()", id="tabs"),
+            pytest.param(
+                "{% for i in 'xxxxxxxxxx' %}{% for j in range(1000) %}{% for k in range(1000) %}"
+                "{% endfor %}{% endfor %}{% endfor %}",
+                "nested loops run more than",
+                id="loop-product",
+            ),
+        ],
+    )
+    def test_literal_bombs_are_refused_before_rendering(self, template: str, message: str) -> None:
+        with pytest.raises(TemplateSyntaxProblem, match=message) as info:
+            template_names("ok\n" + template)
+        assert info.value.lineno == 2
+
+    def test_work_budget(self) -> None:
+        template = "{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}"
+        content = text_content(template, VariableSpec("n", type="integer"))
+        with pytest.raises(RenderError, match=f"more than {RENDER_WORK_BUDGET} steps"):
+            Renderer(time_budget=3600).render(
+                content, {"n": 2000}, prompt="p", version=1, variant="m"
+            )
+
+    def test_time_budget(self) -> None:
+        content = text_content("{% for i in range(3) %}{{ i }}{% endfor %}")
+        with pytest.raises(RenderError, match="takes longer than 0 s to render"):
+            Renderer(time_budget=0).render(content, {}, prompt="p", version=1, variant="m")
+
+    def test_budget_is_per_render(self) -> None:
+        renderer = Renderer(time_budget=3600)
+        template = "{% for i in range(n) %}{% for j in range(n) %}.{% endfor %}{% endfor %}"
+        content = text_content(template, VariableSpec("n", type="integer"))
+        for _ in range(3):  # each render spends 360k of the budget: it must not accumulate
+            out = renderer.render(content, {"n": 600}, prompt="p", version=1, variant="m")
+            assert out.text == "." * 360_000
+
+    @pytest.mark.parametrize(
+        ("template", "expected"),
+        [
+            pytest.param("{{ '%5.2f|%-4s|%03d' % (3.14159, 'a', 7) }}", " 3.14|a   |007", id="pct"),
+            pytest.param("{{ '%(a)s-%(b)s' % {'a': 1, 'b': 2} }}", "1-2", id="pct-named"),
+            pytest.param("{{ '%s and %s' | format('a', 'b') }}", "a and b", id="format"),
+            pytest.param("{{ '{:>4}|{:.2f}'.format('a', 2.5) }}", "   a|2.50", id="str-format"),
+            pytest.param("{{ '{x}'.format_map({'x': 1}) }}", "1", id="format-map"),
+            pytest.param("{{ 'a\\nb' | indent(2, first=True) }}", "  a\n  b", id="indent"),
+            pytest.param("{{ 'ab cd' | wordwrap(2) }}", "ab\ncd", id="wordwrap"),
+            pytest.param("{{ [1, 2] | join(', ') }}", "1, 2", id="join"),
+            pytest.param("{{ ', '.join(['a', 'b']) }}", "a, b", id="str-join"),
+            pytest.param("{{ 'a' ~ 1 ~ none }}", "a1None", id="tilde"),
+            pytest.param("{{ [1] + [2] }}{{ 'a' + 'b' }}{{ 7 % 3 }}", "[1, 2]ab1", id="plus-mod"),
+            pytest.param("{{ {'a': [1]} | tojson(indent=1) }}", '{\n "a": [\n  1\n ]\n}', id="json"),
+            pytest.param("{{ 'x' | center(5) }}{{ 'a'.zfill(3) }}", "  x  00a", id="pad"),
+            pytest.param("{{ 'a-b'.replace('-', '+') }}", "a+b", id="replace"),
+            pytest.param(
+                "{% for i in range(3) %}{{ loop.cycle('a', 'b') }}{% else %}none{% endfor %}",
+                "aba",
+                id="loop",
+            ),
+            pytest.param(
+                "{% macro m(x) %}<{{ x }}{{ caller() }}>{% endmacro %}{% call m(1) %}c{% endcall %}",
+                "<1c>",
+                id="call-block",
+            ),
+            pytest.param("{% set x %}a{{ 1 }}{% endset %}{{ x }}", "a1", id="set-block"),
+        ],
+    )
+    def test_ordinary_templates_still_render(self, template: str, expected: str) -> None:
+        assert render_text(template) == expected
+
+    def test_compiled_template_cache_is_bounded_by_size(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(rendering, "_CACHE_CHARS", 2_000)
+        renderer = Renderer()
+        for i in range(10):
+            content = text_content(f"{i}{{{{ x }}}}" + "." * 900)
+            assert renderer.render(content, {"x": "v"}, prompt="p", version=1, variant="m").text
+        assert len(renderer._cache) == 2
+        assert renderer._cache_chars <= 2_000
+
+    def test_large_sources_are_not_memoised(self) -> None:
+        before = rendering._cached_template_names.cache_info().currsize
+        assert template_names("{{ big }}" + "." * 100_000) == {"big"}
+        assert rendering._cached_template_names.cache_info().currsize == before
+
+
+DEEP = [
+    pytest.param("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", "nested deeper", id="parens"),
+    pytest.param("{% if x %}" * 3000 + "{% endif %}" * 3000, "nested deeper", id="ifs"),
+    pytest.param("{{ " + "[" * 3000 + "]" * 3000 + " }}", "nested deeper", id="brackets"),
+    pytest.param("{{ " + "not " * 5000 + "x }}", "nested deeper", id="not-chain"),
+    pytest.param("{{ " + "-" * 5000 + "1 }}", "nested deeper", id="minus-chain"),
+    pytest.param("{{ " + " + ".join(["1"] * 5000) + " }}", "expression nested", id="plus-chain"),
+    pytest.param("{{ x" + ".a" * 5000 + " }}", "expression nested", id="attribute-chain"),
+    pytest.param("{{ x" + " | upper" * 5000 + " }}", "expression nested", id="filter-chain"),
+    pytest.param("{{ x" + "[0]" * 5000 + " }}", "expression nested", id="index-chain"),
+    pytest.param(
+        "{% for i in x %}" * 25 + "{% endfor %}" * 25, "loops nested deeper", id="loops"
+    ),
+    pytest.param(
+        "{% set y %}" * 3000 + "{% endset %}" * 3000, "nested deeper", id="set-blocks"
+    ),
+    pytest.param(
+        "{% macro m() %}" * 3000 + "{% endmacro %}" * 3000, "nested deeper", id="macros"
+    ),
+]
+
+
+class TestNesting:
+    @pytest.mark.parametrize(("template", "message"), DEEP)
+    def test_deep_nesting_is_a_syntax_problem_with_a_line(self, template: str, message: str) -> None:
+        with pytest.raises(TemplateSyntaxProblem, match=message) as info:
+            template_names("line 1\nline 2\n" + template)
+        assert info.value.lineno == 3
+        with pytest.raises(RenderError, match=f"^template: .*{message}"):
+            render_text("line 1\nline 2\n" + template)
+
+    def test_nesting_at_the_limit_renders(self) -> None:
+        depth = MAX_NESTING // 2
+        template = "{% if x %}" * depth + "{{ " + "(" * depth + "1" + ")" * depth + " }}"
+        template += "{% endif %}" * depth
+        assert template_names(template) == {"x"}
+        assert render_text(template, {"x": "y"}) == "1"
+
+    def test_long_flat_expression_renders(self) -> None:
+        chain = " + ".join(["1"] * (MAX_AST_DEPTH // 2))
+        assert render_text("{{ " + chain + " }}") == str(MAX_AST_DEPTH // 2)
+
+    def test_deeply_nested_value_is_a_variable_error(self) -> None:
+        deep: Any = []
+        for _ in range(100_000):
+            deep = [deep]
+        content = PromptContent(template="{{ v }}", variables=(spec(type="list"),))
+        with pytest.raises(VariableError, match=f"nested deeper than {MAX_VALUE_DEPTH}"):
+            Renderer().render(content, {"v": deep}, prompt="p", version=1, variant="m")
+
+    def test_value_at_the_depth_limit_renders(self) -> None:
+        value: Any = []
+        for _ in range(MAX_VALUE_DEPTH - 1):
+            value = [value]
+        content = PromptContent(template="{{ v | length }}", variables=(spec(type="list"),))
+        out = Renderer().render(content, {"v": value}, prompt="p", version=1, variant="m")
+        assert out.text == "1"
 
 
 def spec(**kwargs: Any) -> VariableSpec:
