@@ -516,7 +516,7 @@ def _const(node: nodes.Node | None) -> Any:
     return _UNKNOWN
 
 
-def _const_params(args: list[nodes.Expr], kwargs: list[nodes.Keyword]) -> Any:
+def _const_params(args: list[nodes.Expr], kwargs: list[Any]) -> Any:
     values = tuple(_const(a) for a in args)
     named = {k.key: _const(k.value) for k in kwargs}
     if _UNKNOWN in values or _UNKNOWN in named.values():
@@ -527,20 +527,23 @@ def _const_params(args: list[nodes.Expr], kwargs: list[nodes.Keyword]) -> Any:
 def _literal_problem(node: nodes.Node) -> str | None:
     """What a literal-only expression would blow up, seen without running it."""
     if isinstance(node, nodes.Filter | nodes.Call):
-        params = _const_params(node.args, node.kwargs)
-        args, named = params if params is not _UNKNOWN else ((), {})
-        if any(_too_big(v) for v in (*args, *named.values())):
+        literals = [_const(a) for a in (*node.args, *(k.value for k in node.kwargs))]
+        if any(_too_big(v) for v in literals):
             return f"an argument is larger than {MAX_OUTPUT_CHARS}"
+        params = _const_params(node.args, node.kwargs)
         if params is _UNKNOWN:
             return None
+        args, named = params
         if isinstance(node, nodes.Filter):
             value = _const(node.node)
-            if value is not _UNKNOWN and _filter_size(node.name, value, args, named) > MAX_OUTPUT_CHARS:
-                return f"the {node.name!r} filter would produce more than {MAX_OUTPUT_CHARS} characters"
+            if value is not _UNKNOWN and _filter_size(node.name, value, args, named) > (
+                MAX_OUTPUT_CHARS
+            ):
+                return f"the {node.name!r} filter would produce more than {MAX_OUTPUT_CHARS} chars"
             return None
-        if isinstance(node.node, nodes.Name) and node.node.name == "range":
-            if all(isinstance(a, int) for a in args) and args and len(range(*args[:3])) > MAX_RANGE:
-                return f"range() of more than {MAX_RANGE} items"
+        is_range = isinstance(node.node, nodes.Name) and node.node.name == "range"
+        if is_range and not named and (_range_len(args) or 0) > MAX_RANGE:
+            return f"range() of more than {MAX_RANGE} items"
         if isinstance(node.node, nodes.Getattr) and isinstance(_const(node.node.node), str):
             text, method = _const(node.node.node), node.node.attr
             if method in ("format", "format_map"):
@@ -567,6 +570,14 @@ def _literal_problem(node: nodes.Node) -> str | None:
     return None
 
 
+def _range_len(args: tuple[Any, ...]) -> int | None:
+    """How many items `range(*args)` has, or None if the call would fail anyway."""
+    if not 0 < len(args) <= 3 or not all(type(a) is int for a in args) or args[2:] == (0,):
+        return None
+    numbers = range(*args)
+    return max(0, -(-(numbers.stop - numbers.start) // numbers.step))
+
+
 def _loop_bound(node: nodes.For) -> int | None:
     """How many times a `{% for %}` over a literal range or list runs, if a literal says so."""
     target = node.iter
@@ -574,10 +585,8 @@ def _loop_bound(node: nodes.For) -> int | None:
         target = target.node
     if isinstance(target, nodes.Call) and isinstance(target.node, nodes.Name):
         params = _const_params(target.args, target.kwargs)
-        if target.node.name == "range" and params is not _UNKNOWN:
-            args = params[0]
-            if args and all(isinstance(a, int) for a in args) and not params[1]:
-                return len(range(*args[:3]))
+        if target.node.name == "range" and params is not _UNKNOWN and not params[1]:
+            return _range_len(params[0])
         return None
     value = _const(target)
     return len(value) if isinstance(value, str | list | tuple) else None

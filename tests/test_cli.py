@@ -163,3 +163,38 @@ def test_keys_create_prints_the_key_once(cli):
 def test_db_upgrade(cli):
     r = cli("db", "upgrade")
     assert r.code == 0 and "head" in r.out, r
+
+
+DEEP_TEMPLATES = [
+    pytest.param("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", "nested deeper", id="parens"),
+    pytest.param("{% if 1 %}" * 3000 + "{% endif %}" * 3000, "nested deeper", id="ifs"),
+    pytest.param(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "nested loops run more than",
+        id="loop-bomb",
+    ),
+    pytest.param("{{ '%*s' % (999999999, 'a') }}", "longer than", id="padding-bomb"),
+]
+
+
+@pytest.mark.parametrize(("template", "message"), DEEP_TEMPLATES)
+def test_template_bombs_are_file_problems_and_serving_goes_on(cli, capsys, template, message):
+    from promptops.config import Settings
+    from promptops.server.run import prepare
+
+    add(cli)
+    assert cli("sync").code == 0
+    bad = add(cli, f"name: deep\ntemplate: |\n  line one\n  {template}\n", "deep.yaml")
+    for command in ("validate", "sync"):
+        r = cli(command, str(bad) if command == "validate" else str(bad.parent))
+        assert r.code == 1, r
+        assert r.err.startswith(f"{bad}:4: template: template syntax error: "), r
+        assert message in r.err and "Traceback" not in r.err, r
+    ops = prepare(Settings.from_env())
+    try:
+        assert "sync skipped" in capsys.readouterr().err
+        assert [p["name"] for p in ops.registry.list_prompts()] == ["triage"]
+    finally:
+        ops.close()
+    r = cli("render", "triage", "--var", "message=hi")
+    assert r.code == 0 and "Text: hi" in r.out, r

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from promptops import rendering
 from promptops.domain import Message, PromptContent, VariableSpec
 from promptops.errors import RenderError, VariableError
-from promptops import rendering
 from promptops.rendering import (
     MAX_AST_DEPTH,
     MAX_NESTING,
