@@ -26,7 +26,7 @@ import string
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from contextvars import ContextVar
 from typing import Any
 
@@ -48,7 +48,7 @@ RENDER_TIME_BUDGET = 0.5
 """Seconds one render may run before it is stopped (checked at every step)."""
 
 RENDER_WORK_BUDGET = 1_000_000
-"""Steps (loop iterations, calls, filters, attribute lookups, operators) one render may take."""
+"""Steps (loop iterations, calls, filters, operators) one render may take."""
 
 MAX_NESTING = 24
 """Deepest nesting of blocks, brackets and unary operators a template may have."""
@@ -168,15 +168,14 @@ def _rendered_size(value: Any, indent: int = 0) -> int:
 
 
 def _charge(result: Any) -> Any:
-    """Count a produced value against the budget; a string or container over the cap is refused."""
+    """Count one step that produced `result`; a string or container over the cap is refused."""
     if isinstance(result, str):
         _refuse_size(len(result), "a string")
-        _tick(chars=len(result))
-    elif isinstance(result, list | tuple | Mapping | set | frozenset):
+        _tick(1, len(result))
+        return result
+    if isinstance(result, list | tuple | dict | set | frozenset):
         _refuse_size(_rendered_size(result), "a value")
-        _tick()
-    else:
-        _tick()
+    _tick()
     return result
 
 
@@ -275,19 +274,44 @@ def _lazy(value: Any) -> bool:
     return isinstance(value, Iterable) and not isinstance(value, str | list | tuple | Mapping)
 
 
+_SIZED_FILTERS = frozenset({
+    "format", "indent", "wordwrap", "replace", "join", "tojson",
+    "string", "pprint", "e", "escape", "forceescape", "safe", "urlencode",
+})
+
+
+# Filters that run Python code for every item of their input, and what an item costs in steps.
+_ITEM_STEPS = 4
+_ITEMWISE_FILTERS = frozenset({
+    "batch", "dictsort", "groupby", "items", "join", "list", "map", "max", "min", "reject",
+    "rejectattr", "reverse", "select", "selectattr", "slice", "sort", "sum", "unique",
+})
+
+
 def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a filter so it counts against the budget and refuses arguments that bomb."""
     skip = 0 if getattr(func, "jinja_pass_arg", None) is None else 1
+    sized = name in _SIZED_FILTERS
+    listed = name in ("join", "tojson")
+    itemwise = name in _ITEMWISE_FILTERS
 
     @functools.wraps(func)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        _tick()
-        if any(_too_big(a) for a in args[skip + 1:]) or any(_too_big(v) for v in kwargs.values()):
-            raise SecurityError(f"an argument of the {name!r} filter is too large")
-        if len(args) > skip and name in ("join", "tojson") and _lazy(args[skip]):
-            args = (*args[:skip], list(args[skip]), *args[skip + 1:])
-        value = args[skip] if len(args) > skip else None
-        _refuse_size(_filter_size(name, value, args[skip + 1:], kwargs), f"the {name!r} filter")
+        if itemwise and len(args) > skip and isinstance(args[skip], Sized):
+            # Paid before a long sort or scan starts, which the deadline cannot interrupt.
+            items = len(args[skip])
+            if items > MAX_RANGE:
+                raise SecurityError(f"the {name!r} filter is given more than {MAX_RANGE} items")
+            _tick(_ITEM_STEPS * items)
+        if len(args) > skip + 1 or kwargs:
+            for param in (*args[skip + 1:], *kwargs.values()):
+                if _too_big(param):
+                    raise SecurityError(f"an argument of the {name!r} filter is too large")
+        if sized and len(args) > skip:
+            if listed and _lazy(args[skip]):
+                args = (*args[:skip], list(args[skip]), *args[skip + 1:])
+            size = _filter_size(name, args[skip], args[skip + 1:], kwargs)
+            _refuse_size(size, f"the {name!r} filter")
         return _charge(func(*args, **kwargs))
 
     return guarded
@@ -310,7 +334,7 @@ def _finalize(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, str):
-        _tick(chars=len(value))
+        _tick(0, len(value))
     elif not isinstance(value, int | float):
         _refuse_size(_rendered_size(value), "an output value")
     return value
@@ -395,7 +419,7 @@ def _ast_depth_problem(ast: nodes.Node) -> TemplateSyntaxError | None:
 
 
 class _PromptSandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, with every call, attribute, operator and loop on a budget."""
+    """Jinja's immutable sandbox, with every call, filter, operator and loop on a budget."""
 
     # Intercepting disables constant folding of these operators too, so the guard always runs.
     intercepted_binops = frozenset({"*", "**", "+", "%"})
@@ -416,7 +440,6 @@ class _PromptSandbox(ImmutableSandboxedEnvironment):
         return ast
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        _tick()
         if operator == "**":
             if (
                 isinstance(left, int)
@@ -426,7 +449,7 @@ class _PromptSandbox(ImmutableSandboxedEnvironment):
                 and left.bit_length() * right > _MAX_POW_BITS
             ):
                 raise SecurityError("the result of '**' is too large")
-            return left**right
+            return _charge(left**right)
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if (
@@ -441,7 +464,6 @@ class _PromptSandbox(ImmutableSandboxedEnvironment):
         return _charge(super().call_binop(context, operator, left, right))
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        _tick()
         # `'x'.ljust(10**9)`, `'x'.center(...)` and friends allocate before the output cap can act.
         if any(_too_big(a) for a in args) or any(_too_big(v) for v in kwargs.values()):
             raise SecurityError("a call argument is too large")
@@ -452,14 +474,6 @@ class _PromptSandbox(ImmutableSandboxedEnvironment):
                 args = (list(args[0]), *args[1:])
             _refuse_size(_str_method_size(owner, name, args, kwargs), f"str.{name}()")
         return _charge(super().call(__context, __obj, *args, **kwargs))
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        _tick()
-        return super().getattr(obj, attribute)
-
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        _tick()
-        return super().getitem(obj, argument)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         wrapped = super().wrap_str_format(value)
@@ -709,10 +723,14 @@ def _show(value: Any) -> str:
 
 def _value_depth(value: Any) -> int:
     """How deeply lists and objects nest in a value (counted without recursion)."""
+    if not isinstance(value, list | tuple | Mapping):
+        return 0
     deepest = 0
     stack = [(value, 0)]
     while stack:
         item, depth = stack.pop()
+        if isinstance(item, str | int | float) or item is None:
+            continue
         if isinstance(item, list | tuple | Mapping):
             deepest = max(deepest, depth + 1)
             if deepest > MAX_VALUE_DEPTH:

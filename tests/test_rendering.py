@@ -270,6 +270,12 @@ BOMBS = [
         "{% for i in range(100000) %}{{ range(100000) | sort | first }}{% endfor %}",
         id="sort-in-loop",
     ),
+    pytest.param("{{ ('a' * 999999) | sort | first }}", id="sort-long-string"),
+    pytest.param("{{ ('a' * 999999) | select | list | length }}", id="select-long-string"),
+    pytest.param(
+        "{% for i in range(100) %}{{ ('ab' * 400000) | unique | list | length }}{% endfor %}",
+        id="unique-in-loop",
+    ),
 ]
 
 
