@@ -12,6 +12,26 @@ Environment choices a prompt author should know:
 - `tojson` emits plain JSON (Jinja's own escapes `<`, `>`, `&`, `'` for HTML: wrong in a prompt);
 - extra filters `bullets` ("- a\\n- b") and `numbered` ("1. a\\n2. b") for lists;
 - no `{% include %}`, `{% extends %}` or `{% import %}`: a prompt is one self-contained template.
+
+Bounds, so that an authored template cannot take the server's CPU or memory (every breach is a
+one-line `RenderError`, and nothing is kept after it):
+- time and work: a render stops after `RENDER_TIME_BUDGET` (0.5 s) of wall-clock time or
+  `RENDER_WORK_BUDGET` steps (loop iterations, calls, filters, operators), checked at every step.
+  A prompt renders in about 0.1 ms, so 0.5 s leaves ample headroom while bounding the stall;
+  a million steps take about 0.3 s, so on an idle machine a runaway loop usually meets the step
+  budget first. Filters that walk their input (`sort`, `unique`, `select`, ...) pay a step per
+  item before they start and take at most 100 000 items, so no single step runs long either.
+  The server renders on its event loop: the worst stall measured for any template bomb is about
+  0.5 s (0.51 s for nested `range` loops; up to 0.8 s with the machine's cores fully loaded);
+- size: no string or value produced is longer than `MAX_OUTPUT_CHARS`, and sizes are computed
+  before the string is built (padding widths, `%` and `format` specs, `replace`, `join`, `~`,
+  `indent`, `wordwrap`, `tojson` ...); a render produces at most `MAX_PRODUCED_CHARS` in all;
+- nesting: at most `MAX_NESTING` levels of blocks and brackets, `MAX_LOOP_NESTING` loops and
+  a parse tree `MAX_AST_DEPTH` deep, checked before Jinja's recursive parser and compiler run; a
+  variable value nests at most `MAX_VALUE_DEPTH` levels;
+- `template_names` (so validation and sync) also refuses, at the template's line, what literals
+  alone show to be too big: `range(10**9)`, `'%*s' % (10**9, 'a')`, nested loops over ranges
+  whose product exceeds the step budget, ...
 """
 
 from __future__ import annotations
