@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from promptops.errors import ConfigError
 
@@ -52,6 +53,11 @@ class Settings:
     writer_flush_seconds: float = 0.02  # batched decision/feedback writer cadence
     sync_on_start: bool = True
     max_body_bytes: int = 1_000_000
+    # Host names (optionally host:port) the server answers besides its bound address, e.g. the
+    # public name in front of a reverse proxy; see promptops.server.guard for how they are used.
+    allowed_hosts: tuple[str, ...] = ()
+    # /healthz reports 503 when more decisions than this wait to be stored.
+    max_pending_decisions: int = 50_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -69,6 +75,8 @@ class Settings:
             secret_key=env.get("PROMPTOPS_SECRET_KEY") or None,
             update_interval_seconds=_float(env, "PROMPTOPS_UPDATE_INTERVAL", 2.0),
             cache_refresh_seconds=_float(env, "PROMPTOPS_CACHE_REFRESH", 1.0),
+            allowed_hosts=tuple(h.strip().lower() for h in
+                                (env.get("PROMPTOPS_ALLOWED_HOSTS") or "").split(",") if h.strip()),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         for key in ("prompts_dir", "evals_dir", "config_path"):
@@ -92,3 +100,16 @@ class Settings:
     def is_loopback(self) -> bool:
         """Whether the server binds only to the loopback interface."""
         return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by `***`, for printing and logging."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user, _, host = parts.netloc.rpartition("@")
+        name = user.partition(":")[0]
+        return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+    except ValueError:
+        return "<unparsable URL>"

@@ -87,7 +87,7 @@ def settings(database_url: str, prompts_dir: Path) -> Settings:
     """Settings over the fresh database and prompts folder."""
     return Settings(database_url=database_url, prompts_dir=prompts_dir,
                     cache_refresh_seconds=0.05, update_interval_seconds=0.05,
-                    writer_flush_seconds=0.005)
+                    writer_flush_seconds=0.005, allowed_hosts=("testserver",))
 
 
 @pytest.fixture

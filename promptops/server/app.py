@@ -12,6 +12,7 @@ from promptops import __version__
 from promptops.config import Settings
 from promptops.server import api, dashboard, errors
 from promptops.server.fast import FastPath
+from promptops.server.guard import EdgeGuard
 from promptops.server.metrics import TimingMiddleware
 from promptops.server.runtime import Runtime
 from promptops.services.facade import PromptOps
@@ -40,12 +41,12 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
     app.add_middleware(TimingMiddleware, metrics=runtime.metrics,
                        max_body=settings.max_body_bytes)
     # Serve and feedback take a pure-ASGI path outside FastAPI's whole middleware stack; anything
-    # unusual falls through to the routes in api.py (see fast.py).
+    # unusual falls through to the routes in api.py (see fast.py). The guard is outside both.
     build_stack = app.build_middleware_stack
 
     def build_middleware_stack() -> ASGIApp:
-        return FastPath(build_stack(), runtime=runtime,  # type: ignore[return-value]
-                        max_body=settings.max_body_bytes)
+        fast = FastPath(build_stack(), runtime=runtime, max_body=settings.max_body_bytes)
+        return EdgeGuard(fast, runtime=runtime, settings=settings)  # type: ignore[return-value]
 
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
     return app

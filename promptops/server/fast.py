@@ -24,6 +24,7 @@ import orjson
 from promptops import errors as e
 from promptops.server.errors import promptops_error_body
 from promptops.server.metrics import answer_too_large, declared_too_large
+from promptops.server.schemas import bad_text
 from promptops.services.keys import role_for
 
 log = logging.getLogger("promptops.server")
@@ -143,6 +144,8 @@ class FastPath:
                 data = orjson.loads(body)
             except orjson.JSONDecodeError:
                 raise FallThrough from None
+            if bad_text(data) is not None:  # FastAPI's models refuse it with their message
+                raise FallThrough
             if name is None:
                 parsed: Any = _feedback_body(data)
             else:

@@ -4,13 +4,55 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
+
+TEXT_PROBLEM = "contains a NUL character or a lone surrogate"
+
+
+def bad_text(value: Any) -> str | None:
+    """Where a string in JSON-like data (keys and values, nested) holds a NUL character or a lone
+    surrogate, or None: such text cannot be stored (PostgreSQL refuses NUL) or encoded (UTF-8
+    refuses surrogates), so the edge refuses it before anything is recorded."""
+    stack: list[tuple[str, Any]] = [("body", value)]
+    while stack:
+        where, item = stack.pop()
+        if type(item) is str:
+            if not _clean(item):
+                return where
+        elif type(item) is dict:
+            for key, inner in item.items():
+                if type(key) is str and not _clean(key):
+                    return where
+                stack.append((f"{where}.{key}" if _clean(str(key)) else where, inner))
+        elif type(item) is list:
+            stack.extend((f"{where}[{i}]", inner) for i, inner in enumerate(item))
+    return None
+
+
+def _clean(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Strict(BaseModel):
-    """A request body: unknown fields are refused."""
+    """A request body: unknown fields and strings with NUL or lone surrogates are refused."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clean_text(cls, data: Any) -> Any:
+        where = bad_text(data)
+        if where is not None:
+            raise ValueError(f"{where} {TEXT_PROBLEM}")
+        return data
 
 
 class RenderCreate(Strict):
@@ -32,7 +74,8 @@ class FeedbackCreate(Strict):
     """A reward for a decision."""
 
     decision_id: str = Field(min_length=1, max_length=256)
-    reward: float | bool
+    # Strict: a string "1" or "true" is refused, as the fast path refuses it; an int is a float.
+    reward: StrictFloat | StrictBool
     metric: str | None = Field(default=None, min_length=1, max_length=64)
 
 

@@ -91,7 +91,7 @@ def server(tmp_path: Path, clock) -> Iterator[tuple[Served, Any, dict[str, str]]
     (prompts / "support-triage.yaml").write_text(PROMPT, encoding="utf-8")
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'promptops.db'}",
                         prompts_dir=prompts, secret_key="browser-test-secret",
-                        writer_flush_seconds=0.005)
+                        writer_flush_seconds=0.005, allowed_hosts=("127.0.0.1",))
     ops = PromptOps(settings, clock=clock)
     ops.sync()
     keys = {"admin": ops.keys.create("admin"), "serve": ops.keys.create("serve")}

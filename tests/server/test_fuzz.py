@@ -55,7 +55,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseSchema]
     (prompts / "triage.yaml").write_text(TRIAGE)
     (prompts / "plain.yaml").write_text(PLAIN)
     config = Settings(database_url=f"sqlite:///{root / 'promptops.db'}", prompts_dir=prompts,
-                      writer_flush_seconds=0.005)
+                      writer_flush_seconds=0.005, allowed_hosts=("localhost", "testserver"))
     ops = PromptOps(config)
     ops.sync()
     assert ops.experiments.list(status="running"), "the fuzzed app needs a running experiment"
