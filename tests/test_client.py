@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -40,7 +41,9 @@ class LiveServer:
     def __init__(self, settings: Settings, ops: PromptOps) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(settings, ops=ops), host="127.0.0.1", port=self.port,
+        # The app checks Host against the address it is bound to.
+        bound = replace(settings, host="127.0.0.1", port=self.port)
+        config = uvicorn.Config(create_app(bound, ops=ops), host="127.0.0.1", port=self.port,
                                 log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
