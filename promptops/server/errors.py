@@ -29,7 +29,8 @@ STATUS: list[tuple[type[e.PromptOpsError], int]] = [
 ]
 
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+              405: "method_not_allowed", 408: "request_timeout", 409: "conflict",
+              413: "payload_too_large",
               415: "unsupported_media_type", 422: "invalid_input", 429: "too_many_requests",
               503: "unavailable"}
 

@@ -15,6 +15,7 @@ answers what FastAPI would answer differently.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -23,7 +24,13 @@ import orjson
 
 from promptops import errors as e
 from promptops.server.errors import promptops_error_body
-from promptops.server.metrics import answer_too_large, declared_too_large
+from promptops.server.metrics import (
+    BODY_SECONDS,
+    answer_body_timeout,
+    answer_too_large,
+    declared_too_large,
+    receive_within,
+)
 from promptops.server.schemas import bad_text
 from promptops.services.keys import role_for
 
@@ -119,12 +126,18 @@ class FastPath:
                     content_type = value
             elif key == b"authorization" and authorization is None:
                 authorization = value
-        # The body, within the limit.
+        # The body, within the limits.
         chunks: list[bytes] = []
         seen = 0
         more = True
+        deadline = asyncio.get_running_loop().time() + BODY_SECONDS
         while more:
-            message = await receive()
+            try:
+                message = await receive_within(receive, deadline)
+            except TimeoutError:
+                await answer_body_timeout(send)
+                self._observe(route, 408, start)
+                return
             if message["type"] != "http.request":  # the client went away: let FastAPI see it
                 await self._fall_through(scope, receive, send, b"".join(chunks), message)
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -53,8 +54,16 @@ class Metrics:
                     self.p_best.labels(*labels).set(a["p_best"])
 
 
+# The longest a request body may take to arrive after its headers: a client trickling a body
+# must not hold a connection (and a worker's memory) for ever. Headers are bounded by the
+# protocol in run.py.
+BODY_SECONDS = 30.0
+
+
 class TimingMiddleware:
-    """Pure ASGI middleware: request latency by route template, and a body-size limit."""
+    """Pure ASGI middleware: request latency by route template, and the body limits (size and
+    time) for every route FastAPI answers; the fast path applies the same ones with the same
+    helpers."""
 
     def __init__(self, app: Any, *, metrics: Metrics, max_body: int) -> None:
         self.app = app
@@ -70,32 +79,68 @@ class TimingMiddleware:
                 await answer_too_large(send, self.max_body)
                 return
         start = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + BODY_SECONDS
         status = [500]
+        started = answered = False
 
         async def send_wrapper(message: dict[str, Any]) -> None:
+            nonlocal started
+            if answered:  # the body limit answered; what the app says after is dropped
+                return
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                started = True
             await send(message)
 
-        seen = [0]
+        seen = 0
 
         async def receive_wrapper() -> dict[str, Any]:
-            message = await receive()
-            if message["type"] == "http.request":
-                seen[0] += len(message.get("body", b""))
-                if seen[0] > self.max_body:
-                    raise BodyTooLarge()
-            return message
+            # Answering here, rather than raising into the app, keeps the status: FastAPI turns
+            # any exception while it reads a body into a 400.
+            nonlocal seen, answered
+            if answered:
+                return {"type": "http.disconnect"}
+            try:
+                message = await receive_within(receive, deadline)
+            except TimeoutError:
+                refusal = 408
+            else:
+                if message["type"] != "http.request":
+                    return message
+                seen += len(message.get("body", b""))
+                if seen <= self.max_body:
+                    return message
+                refusal = 413
+            if not started:
+                if refusal == 413:
+                    await answer_too_large(send, self.max_body)
+                else:
+                    await answer_body_timeout(send)
+                status[0] = refusal
+            answered = True
+            return {"type": "http.disconnect"}
 
-        try:
-            await self.app(scope, receive_wrapper, send_wrapper)
-        except BodyTooLarge:
-            await answer_too_large(send, self.max_body)
-            status[0] = 413
+        await self.app(scope, receive_wrapper, send_wrapper)
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
         self.metrics.child(self.metrics.latency, scope["method"], path, str(status[0])).observe(
             time.perf_counter() - start)
+
+
+async def receive_within(receive: Any, deadline: float) -> dict[str, Any]:
+    """The next ASGI message, or TimeoutError once the loop's clock passes `deadline`."""
+    async with asyncio.timeout_at(deadline):
+        return await receive()  # type: ignore[no-any-return]
+
+
+async def answer_body_timeout(send: Any) -> None:
+    """Answer 408 with the JSON error body."""
+    body = (b'{"error":{"code":"request_timeout","message":"the request body took over %d s"}}'
+            % BODY_SECONDS)
+    await send({"type": "http.response.start", "status": 408,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def declared_too_large(content_length: bytes, limit: int) -> bool:
@@ -104,10 +149,6 @@ def declared_too_large(content_length: bytes, limit: int) -> bool:
         return int(content_length) > limit
     except ValueError:
         return True
-
-
-class BodyTooLarge(Exception):
-    """A streamed body exceeded the limit."""
 
 
 async def answer_too_large(send: Any, limit: int) -> None:

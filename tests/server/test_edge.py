@@ -150,3 +150,17 @@ def test_string_rewards_are_refused_on_every_path(synced, reward):
     r = synced.post("/v1/feedback", json={"decision_id": "x", "reward": reward},
                     headers={"Content-Type": "application/json; charset=utf-8"})
     assert r.status_code == 422, r.text
+
+
+def test_an_oversized_chunked_body_is_413_on_every_route(synced):
+    limit = synced.app.state.runtime.settings.max_body_bytes
+
+    def chunks():
+        yield b'{"variables": {"topic": "'
+        for _ in range(limit // 10_000 + 1):
+            yield b"x" * 10_000
+        yield b'"}}'
+
+    for path in ("/v1/prompts/plain/render", "/v1/prompts/plain/serve", "/v1/experiments"):
+        r = synced.post(path, content=chunks(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and code_of(r) == "payload_too_large", (path, r.text)
