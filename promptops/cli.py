@@ -404,7 +404,7 @@ def keys_create(
     name: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
-    key = ops().keys.create(role, name=name)
+    key = ops().keys.create(role, name=name, actor=_actor())
     sys.stdout.write(key + "\n")
     err.print("store this key now: it cannot be shown again", markup=False)
 
@@ -422,8 +422,19 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: int) -> None:
     """Revoke a key by id."""
-    ops().keys.revoke(key_id)
+    service = ops()
+    service.keys.revoke(key_id, actor=_actor())
     out.print(f"key {key_id} revoked")
+    if not service.keys.any():
+        err.print("no active key is left: auth stays on and every request is refused; create a "
+                  "key, or run `promptops keys auth-off`", markup=False)
+
+
+@keys_app.command("auth-off")
+def keys_auth_off() -> None:
+    """Turn auth off (no active key may exist): a loopback server then answers without a key."""
+    ops().keys.auth_off(actor=_actor())
+    out.print("auth is off: a server bound to loopback answers without a key until one is created")
 
 
 def main() -> None:

@@ -1,7 +1,16 @@
-"""Authentication: Bearer API keys for the JSON API, a signed session cookie for the dashboard."""
+"""Authentication: Bearer API keys for the JSON API, a signed session cookie for the dashboard.
+
+The cookie holds nothing about the key: a random session id and an HMAC of (session id, the key's
+stored hash) under the shared secret, the whole signed with an expiry. The server finds the key by
+recomputing the HMAC over the active keys, so revoking a key ends its sessions at once, and every
+replica (same database, same secret) accepts the cookie without a session table.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -78,14 +87,29 @@ def session_principal(request: Request) -> Principal:
         data = session_serializer(rt.secret).loads(cookie, max_age=SESSION_MAX_AGE)
     except BadSignature:
         return Principal(role=None)
-    key_hash = data.get("h") if isinstance(data, dict) else None
-    role = rt.key_table.get(key_hash) if isinstance(key_hash, str) else None
-    return Principal(role=role, key_prefix=data.get("p")) if role else Principal(role=None)
+    sid = data.get("s") if isinstance(data, dict) else None
+    mac = data.get("m") if isinstance(data, dict) else None
+    if not isinstance(sid, str) or not isinstance(mac, str):
+        return Principal(role=None)
+    found = None
+    for key_hash in rt.key_table:  # every active key is tried, in constant time each
+        if hmac.compare_digest(_session_mac(rt.secret, sid, key_hash), mac):
+            found = key_hash
+    if found is None:
+        return Principal(role=None)
+    return Principal(role=rt.key_table[found], key_prefix=rt.key_prefixes.get(found))
+
+
+def _session_mac(secret: str, sid: str, key_hash: str) -> str:
+    return hmac.new(secret.encode(), f"session|{sid}|{key_hash}".encode(),
+                    hashlib.sha256).hexdigest()
 
 
 def session_token(secret: str, key: str) -> str:
-    """A signed cookie value for a key (the key itself is not stored in the cookie)."""
-    return session_serializer(secret).dumps({"h": hash_key(key), "p": key[:12]})
+    """A signed cookie value for a key: an opaque session id bound to the key (see above)."""
+    sid = secrets.token_urlsafe(16)
+    return session_serializer(secret).dumps({"s": sid,
+                                             "m": _session_mac(secret, sid, hash_key(key))})
 
 
 def require_read(principal: Annotated[Principal, Depends(bearer_principal)]) -> Principal:

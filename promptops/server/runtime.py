@@ -31,6 +31,8 @@ class Runtime:
         self.ops.serving.auto_refresh = False
         self.background = background
         self.key_table: dict[str, str] = {}
+        self.key_prefixes: dict[str, str] = {}
+        self.auth_required = False
         self.secret = settings.secret_key or self._stored_secret()
         self.db_ok = True
         self.last_error: str | None = None
@@ -44,9 +46,9 @@ class Runtime:
 
     @property
     def auth_off(self) -> bool:
-        """Auth is off when no key exists (the server refuses that unless bound to loopback)."""
-        # Bound elsewhere, losing the last key (revoked) must lock the server, not open it.
-        return not self.key_table and self.settings.is_loopback
+        """Auth is off on loopback until a key is created, and after `promptops keys auth-off`."""
+        # Revoking the last key locks the server rather than opening it (see services/keys.py).
+        return not self.key_table and not self.auth_required and self.settings.is_loopback
 
     def refresh(self, *, force: bool = False) -> None:
         """Reload the serving cache, keys and gauges if the database changed."""
@@ -54,7 +56,14 @@ class Runtime:
         changed = live.refresh(force=force)
         if changed or force or self._seq_seen != live.seq:
             self._seq_seen = live.seq
-            self.key_table = self.ops.keys.table()
+            was_off = self.auth_off
+            active = self.ops.keys.active()
+            self.auth_required = self.ops.keys.auth_required()
+            self.key_table = {key_hash: role for key_hash, role, _ in active}
+            self.key_prefixes = {key_hash: prefix for key_hash, _, prefix in active}
+            if was_off != self.auth_off and not force:
+                log.warning("auth is now %s (%d active key(s))",
+                            "off" if self.auth_off else "on", len(active))
             self.metrics.set_experiments(self.ops.experiments.list(status="running"))
 
     def check_db(self) -> bool:

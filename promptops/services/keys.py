@@ -1,4 +1,8 @@
-"""API keys: created once and shown once; only a SHA-256 hash is stored."""
+"""API keys: created once and shown once; only a SHA-256 hash is stored.
+
+Once a key has existed, auth stays on even when every key is revoked (the server then refuses
+everyone until a key is created): only `promptops keys auth-off` turns it off again.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,14 @@ from typing import Any
 from sqlalchemy import func, select
 
 from promptops.db.models import ApiKeyRow
-from promptops.db.queries import bump_change_seq
-from promptops.errors import InvalidInput
+from promptops.db.queries import bump_change_seq, get_meta, set_meta
+from promptops.errors import Conflict, InvalidInput
 from promptops.services.context import Context
+from promptops.services.registry import write_audit
 
 ROLES = ("serve", "admin")
+AUTH_META = "auth_required"
+ActiveKeys = list[tuple[str, str, str]]  # (hash, role, prefix); `Keys.list` shadows the builtin
 
 
 def hash_key(key: str) -> str:
@@ -28,7 +35,7 @@ class Keys:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def create(self, role: str, *, name: str = "") -> str:
+    def create(self, role: str, *, name: str = "", actor: str = "cli") -> str:
         """A new key for the role; the caller must show it now, it cannot be read back."""
         if role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
@@ -36,6 +43,10 @@ class Keys:
         with self.ctx.tx() as s:
             s.add(ApiKeyRow(prefix=key[:12], key_hash=hash_key(key), role=role, name=name,
                             created_at=self.ctx.now()))
+            if get_meta(s, AUTH_META) != "on":
+                write_audit(s, at=self.ctx.now(), actor=actor, action="auth.on",
+                            message=f"auth turned on: {role} key {key[:12]}... created")
+            set_meta(s, AUTH_META, "on")
             bump_change_seq(s)
         return key
 
@@ -46,26 +57,64 @@ class Keys:
                      "created_at": k.created_at, "revoked_at": k.revoked_at}
                     for k in s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))]
 
-    def revoke(self, key_id: int) -> None:
-        """Revoke a key by id."""
+    def revoke(self, key_id: int, *, actor: str = "cli") -> None:
+        """Revoke a key by id; revoking the last one leaves auth on (nobody gets in)."""
         with self.ctx.tx() as s:
             row = s.get(ApiKeyRow, key_id)
             if row is None:
                 raise InvalidInput(f"no key with id {key_id}")
             row.revoked_at = self.ctx.now()
+            message = f"key {row.id} ({row.prefix}...) revoked"
+            s.flush()
+            if not self._active(s):
+                message += ("; no active key is left and auth stays on: create a key, or run "
+                            "`promptops keys auth-off`")
+            write_audit(s, at=self.ctx.now(), actor=actor, action="key.revoke", message=message)
             bump_change_seq(s)
+
+    def auth_required(self) -> bool:
+        """Whether auth is on even without active keys: a key has existed and auth was not
+        explicitly turned off since."""
+        with self.ctx.tx() as s:
+            flag = get_meta(s, AUTH_META)
+            if flag is not None:
+                return flag == "on"
+            # A database from before the flag: any key ever created keeps auth on.
+            return bool(s.scalar(select(func.count()).select_from(ApiKeyRow)))
+
+    def auth_off(self, *, actor: str = "cli") -> None:
+        """Turn auth off explicitly (a loopback server then answers everyone); Conflict while
+        active keys exist, since they would turn it straight back on."""
+        with self.ctx.tx() as s:
+            active = self._active(s)
+            if active:
+                raise Conflict(f"{active} active key(s) exist: revoke them first "
+                               "(`promptops keys list`, `promptops keys revoke ID`)")
+            write_audit(s, at=self.ctx.now(), actor=actor, action="auth.off",
+                        message="auth turned off: a loopback server answers without a key")
+            set_meta(s, AUTH_META, "off")
+            bump_change_seq(s)
+
+    @staticmethod
+    def _active(s: Any) -> int:
+        return int(s.scalar(select(func.count()).select_from(ApiKeyRow)
+                            .where(ApiKeyRow.revoked_at.is_(None))) or 0)
 
     def table(self) -> dict[str, str]:
         """Hash -> role of every active key (the server caches this)."""
+        return {key_hash: role for key_hash, role, _ in self.active()}
+
+    def active(self) -> ActiveKeys:
+        """Hash, role and prefix of every active key."""
         with self.ctx.tx() as s:
-            return dict(s.execute(select(ApiKeyRow.key_hash, ApiKeyRow.role)
-                                  .where(ApiKeyRow.revoked_at.is_(None))).all())
+            return [(h, r, p) for h, r, p in s.execute(
+                select(ApiKeyRow.key_hash, ApiKeyRow.role, ApiKeyRow.prefix)
+                .where(ApiKeyRow.revoked_at.is_(None)).order_by(ApiKeyRow.id)).all()]
 
     def any(self) -> bool:
         """Whether any active key exists."""
         with self.ctx.tx() as s:
-            return bool(s.scalar(select(func.count()).select_from(ApiKeyRow)
-                                 .where(ApiKeyRow.revoked_at.is_(None))))
+            return bool(self._active(s))
 
 
 def role_for(key: str, table: dict[str, str]) -> str | None:

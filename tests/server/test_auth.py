@@ -132,3 +132,51 @@ def test_a_bad_prompt_file_does_not_stop_the_server_starting(settings, prompts_d
     err = capsys.readouterr().err
     assert "bad.yaml:1:" in err and "sync skipped" in err, err
     assert ops.registry.list_prompts() == []
+
+
+def test_revoking_the_last_key_on_loopback_keeps_auth_on(ops, prompts_dir, client, caplog):
+    rt = client.app.state.runtime
+    assert client.get("/v1/prompts").status_code == 200 and rt.auth_off
+    ops.keys.create("admin")
+    rt.refresh()
+    assert client.get("/v1/prompts").status_code == 401
+    ops.keys.revoke(ops.keys.list()[0]["id"])
+    with caplog.at_level("WARNING", logger="promptops.server"):
+        rt.refresh()
+    assert client.get("/v1/prompts").status_code == 401
+    assert not rt.auth_off
+    ops.keys.auth_off()
+    with caplog.at_level("WARNING", logger="promptops.server"):
+        rt.refresh()
+    assert client.get("/v1/prompts").status_code == 200
+    assert "auth is now off" in caplog.text
+
+
+def test_the_session_cookie_carries_nothing_about_the_key(ops, client):
+    from itsdangerous import URLSafeTimedSerializer
+
+    from promptops.server.auth import SESSION_COOKIE, session_token
+    from promptops.services.keys import hash_key
+
+    key = ops.keys.create("admin")
+    rt = client.app.state.runtime
+    rt.refresh()
+    token = session_token(rt.secret, key)
+    payload = URLSafeTimedSerializer(rt.secret, salt="promptops-session").loads(token)
+    assert set(payload) == {"s", "m"}
+    assert hash_key(key) not in token and key[:12] not in str(payload)
+    assert client.get("/", follow_redirects=False).status_code == 303  # sign in first
+    client.cookies.set(SESSION_COOKIE, token)
+    assert client.get("/", follow_redirects=False).status_code == 200
+    # Revoking the key ends the session.
+    ops.keys.revoke(ops.keys.list()[0]["id"])
+    ops.keys.create("serve")
+    rt.refresh()
+    from promptops.server.auth import session_principal
+
+    class Req:
+        app = client.app
+        headers: dict[str, str] = {}
+        cookies = {SESSION_COOKIE: token}
+
+    assert session_principal(Req()).role is None  # type: ignore[arg-type]
