@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from promptops.errors import ConfigError, Unavailable
 
 _migrate_lock = threading.Lock()
+log = logging.getLogger("promptops.db")
+
+# How long a statement may wait for a lock (a table locked by a migration, a long purge) and how
+# long it may run at all, so a request answers 503 instead of hanging. Migrations lift both.
+LOCK_WAIT_SECONDS = 10
+STATEMENT_SECONDS = 30
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
@@ -22,14 +29,18 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     try:
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            engine = create_engine(url, connect_args={"check_same_thread": False,
+                                                      "timeout": LOCK_WAIT_SECONDS})
             _tune_sqlite(engine)
         else:
             engine = create_engine(
                 url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, pool_recycle=300
             )
+            _bound_postgres(engine)
     except Exception as exc:  # a malformed URL surfaces from SQLAlchemy as several types
-        raise ConfigError(f"bad database URL {url!r}: {exc}") from None
+        # Not the URL itself: it may hold a password.
+        raise ConfigError(f"bad {url.partition(':')[0]} database URL: {type(exc).__name__}"
+                          ) from None
     return engine
 
 
@@ -40,7 +51,7 @@ def _tune_sqlite(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={LOCK_WAIT_SECONDS * 1000}")
         if engine.url.database not in (None, "", ":memory:"):
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -50,6 +61,24 @@ def _tune_sqlite(engine: Engine) -> None:
     def _on_begin(conn):  # type: ignore[no-untyped-def]
         # IMMEDIATE takes the write lock up front, so two writers never deadlock on upgrade.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _bound_postgres(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        # Session settings rather than the `options` connect argument, which the URL may carry
+        # already (a search_path) and which one argument would replace.
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET statement_timeout = {STATEMENT_SECONDS * 1000}")
+            cur.execute(f"SET lock_timeout = {LOCK_WAIT_SECONDS * 1000}")
+        dbapi_conn.commit()
+
+
+def _unbounded(conn) -> None:  # type: ignore[no-untyped-def]
+    """Lift the statement and lock limits for this transaction (migrations may take long)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SET LOCAL statement_timeout = 0"))
+        conn.execute(text("SET LOCAL lock_timeout = 0"))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -65,9 +94,15 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         with session.begin():
             yield session
     except OperationalError as exc:
-        raise Unavailable(f"database unavailable: {_short(exc)}") from exc
+        raise unavailable(exc) from exc
     finally:
         session.close()
+
+
+def unavailable(exc: Exception) -> Unavailable:
+    """The error for a database failure: the driver's words go to the log, never to a client."""
+    log.warning("database error: %s", _short(exc))
+    return Unavailable("database unavailable")
 
 
 def _short(exc: Exception) -> str:
@@ -100,6 +135,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with _migrate_lock, engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # Two servers starting at once must not both create tables.
+            _unbounded(conn)
             conn.execute(text("SELECT pg_advisory_xact_lock(7201)"))
         cfg = alembic_config(engine.url.render_as_string(hide_password=False))
         cfg.attributes["connection"] = conn
@@ -111,6 +147,7 @@ def downgrade(engine: Engine, revision: str) -> None:
     from alembic import command
 
     with _migrate_lock, engine.begin() as conn:
+        _unbounded(conn)
         cfg = alembic_config(engine.url.render_as_string(hide_password=False))
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
@@ -127,6 +164,6 @@ def needs_migration(engine: Engine) -> bool:
                 return True
             current = MigrationContext.configure(conn).get_current_heads()
     except OperationalError as exc:
-        raise Unavailable(f"database unavailable: {_short(exc)}") from exc
+        raise unavailable(exc) from exc
     script = ScriptDirectory.from_config(alembic_config(str(engine.url)))
     return set(current) != set(script.get_heads())

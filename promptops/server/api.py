@@ -92,18 +92,20 @@ async def feedback(body: FeedbackCreate, request: Request, _: ServeKey) -> Respo
     rt: Runtime = request.app.state.runtime
     item = rt.ops.serving.prepare_feedback(body.decision_id, body.reward, body.metric)
     status = await rt.writer.submit_feedback_async(item)
-    rt.metrics.child(rt.metrics.feedback, str(item.token.prompt_id),
-                     str(item.token.experiment_id or ""), str(item.token.version_id),
+    prompt, version = rt.version_labels(item.token.version_id)
+    rt.metrics.child(rt.metrics.feedback, prompt, str(item.token.experiment_id or ""), version,
                      status).inc()
     return JSON({"status": status})
 
 
 @router.get("/healthz", tags=["health"])
 def healthz(rt: RuntimeDep) -> Response:
-    """Liveness and database reachability."""
-    ok = rt.check_db()
-    body = {"status": "ok" if ok else "degraded", **rt.status()}
-    return JSON(body, status_code=200 if ok else 503)
+    """Health: 503 with the reasons when the database is unreachable, writes fail, or the
+    decision backlog is over its bound."""
+    rt.check_db()
+    status = rt.status()
+    ok = not status["problems"]
+    return JSON({"status": "ok" if ok else "degraded", **status}, status_code=200 if ok else 503)
 
 
 @router.get("/metrics", tags=["health"], include_in_schema=False)

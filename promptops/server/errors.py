@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -43,15 +44,23 @@ def status_for(exc: e.PromptOpsError) -> int:
     return 400
 
 
+UNAVAILABLE_MESSAGE = "the database is unavailable; try again shortly"
+
+
 def promptops_error_body(exc: e.PromptOpsError) -> tuple[int, dict[str, Any]]:
-    """The status and JSON body of a promptops error on an API route."""
+    """The status and JSON body of a promptops error on an API route: a code and a plain
+    message; what a 5xx says beyond that (driver messages, SQL) goes to the server log only."""
+    status = status_for(exc)
+    if status >= 500:
+        logging.getLogger("promptops.server").warning("answered %d: %s", status, exc.message)
+        return status, {"error": {"code": exc.code, "message": UNAVAILABLE_MESSAGE}}
     extra: dict[str, Any] = {}
     if isinstance(exc, e.InvalidPromptFile):
         extra["problems"] = [str(p) for p in exc.problems]
     field = getattr(exc, "field", None)
     if field:
         extra["field"] = field
-    return status_for(exc), {"error": {"code": exc.code, "message": exc.message, **extra}}
+    return status, {"error": {"code": exc.code, "message": exc.message, **extra}}
 
 
 def json_error(status: int, code: str, message: str, **extra: Any) -> Response:
@@ -82,13 +91,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(e.PromptOpsError)
     async def _promptops(request: Request, exc: e.PromptOpsError) -> Response:
-        extra: dict[str, Any] = {}
-        if isinstance(exc, e.InvalidPromptFile):
-            extra["problems"] = [str(p) for p in exc.problems]
-        field = getattr(exc, "field", None)
-        if field:
-            extra["field"] = field
-        return _answer(request, status_for(exc), exc.code, exc.message, **extra)
+        status, body = promptops_error_body(exc)
+        error = dict(body["error"])
+        return _answer(request, status, error.pop("code"), error.pop("message"), **error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -212,8 +212,9 @@ class FastPath:
         status = await rt.writer.submit_feedback_async(item)
         token = item.token
         metrics = self.metrics
-        metrics.child(metrics.feedback, str(token.prompt_id), str(token.experiment_id or ""),
-                      str(token.version_id), status).inc()
+        prompt, version = rt.version_labels(token.version_id)
+        metrics.child(metrics.feedback, prompt, str(token.experiment_id or ""), version,
+                      status).inc()
         return b'{"status":"recorded"}' if status == "recorded" else orjson.dumps(
             {"status": status})
 

@@ -39,7 +39,9 @@ class Runtime:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seq_seen = -1
+        self._arm_names: dict[int, tuple[str, str]] = {}
         self.refresh(force=True)
+        self.metrics.db_up.set(1)  # the refresh above just read the database
 
     def _stored_secret(self) -> str:
         return self.ops.shared_secret("session_secret")
@@ -66,6 +68,26 @@ class Runtime:
                             "off" if self.auth_off else "on", len(active))
             self.metrics.set_experiments(self.ops.experiments.list(status="running"))
 
+    def version_labels(self, version_id: int) -> tuple[str, str]:
+        """Prompt name and version number of a version id (a feedback token carries ids), for
+        metric labels: from the serving cache, else looked up once (versions never change)."""
+        found = self._arm_names.get(version_id)
+        if found is None:
+            found = self._cached_version(version_id)
+            if found is None:
+                named = self.ops.registry.version_name(version_id)
+                found = (named[0], str(named[1])) if named else ("", str(version_id))
+            self._arm_names[version_id] = found
+        return found
+
+    def _cached_version(self, version_id: int) -> tuple[str, str] | None:
+        for p in self.ops.serving.live.prompts.values():
+            versions = [p.production, *(p.experiment.arms if p.experiment else ())]
+            for v in versions:
+                if v is not None and v.id == version_id:
+                    return p.name, str(v.number)
+        return None
+
     def check_db(self) -> bool:
         """Ping the database; remember the answer for /healthz and metrics."""
         problem = self.ops.ping()
@@ -91,18 +113,24 @@ class Runtime:
     def _loop(self) -> None:
         next_tick = 0.0
         while not self._stop.wait(self.settings.cache_refresh_seconds):
-            self.metrics.pending.set(self.writer.pending)
-            try:
+            due = time.monotonic() >= next_tick
+            if due:
+                next_tick = time.monotonic() + self.settings.update_interval_seconds
+            self.step(tick=due)
+
+    def step(self, *, tick: bool = True) -> None:
+        """One round of the background loop: reload if changed, run due epochs, update gauges."""
+        self.metrics.pending.set(self.writer.pending)
+        try:
+            self.refresh()
+            self.db_ok = True
+            if tick and self.ops.experiments.tick():
                 self.refresh()
-                self.db_ok = True
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + self.settings.update_interval_seconds
-                    if self.ops.experiments.tick():
-                        self.refresh()
-            except PromptOpsError as exc:
-                self._note_failure(exc)
-            except Exception as exc:  # keep serving from the cache whatever happens
-                self._note_failure(exc)
+        except PromptOpsError as exc:
+            self._note_failure(exc)
+        except Exception as exc:  # keep serving from the cache whatever happens
+            self._note_failure(exc)
+        self.metrics.db_up.set(1 if self.db_ok else 0)
 
     def _note_failure(self, exc: BaseException) -> None:
         if self.db_ok:
@@ -110,7 +138,21 @@ class Runtime:
         self.db_ok = False
         self.last_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
+    def problems(self) -> list[str]:
+        """Why the server is not healthy, in plain words (empty when it is)."""
+        found = []
+        if not self.db_ok:
+            found.append("database unreachable")
+        if not self.writer.healthy:
+            found.append("writes are failing")
+        if self.writer.pending > self.settings.max_pending_decisions:
+            found.append(f"over {self.settings.max_pending_decisions} decisions wait to be stored")
+        return found
+
     def status(self) -> dict[str, Any]:
-        """A small health summary."""
+        """A small health summary (no driver messages: it is public)."""
         return {"database": "ok" if self.db_ok else "unreachable",
-                "pending_decisions": self.writer.pending, "dropped_decisions": self.writer.dropped}
+                "writes": "ok" if self.writer.healthy else "failing",
+                "write_failures": self.writer.failures,
+                "pending_decisions": self.writer.pending, "dropped_decisions": self.writer.dropped,
+                "problems": self.problems()}

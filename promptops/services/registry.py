@@ -156,6 +156,14 @@ class Registry:
             labels = self.labels_by_version(s, p.id).get(v.id, [])
             return {"prompt": p.name, **self._version_summary(v, labels), "content": v.content}
 
+    def version_name(self, version_id: int) -> tuple[str, int] | None:
+        """The prompt name and version number of a version row id, or None."""
+        with self.ctx.tx() as s:
+            row = s.execute(select(PromptRow.name, VersionRow.number)
+                            .join(VersionRow, VersionRow.prompt_id == PromptRow.id)
+                            .where(VersionRow.id == version_id)).first()
+            return (row[0], row[1]) if row else None
+
     def resolve(self, name: str, *, version: int | None = None,
                 label: str | None = None) -> PromptVersion:
         """The version asked for: by number, by label, or production by default."""
