@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +14,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from promptops.errors import ConfigError, Unavailable
 
 _migrate_lock = threading.Lock()
-log = logging.getLogger("promptops.db")
 
 # How long a statement may wait for a lock (a table locked by a migration, a long purge) and how
 # long it may run at all, so a request answers 503 instead of hanging. Migrations lift both.
@@ -94,15 +92,10 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         with session.begin():
             yield session
     except OperationalError as exc:
-        raise unavailable(exc) from exc
+        # The driver's first line helps a CLI user; the HTTP edge logs it and answers without it.
+        raise Unavailable(f"database unavailable: {_short(exc)}") from exc
     finally:
         session.close()
-
-
-def unavailable(exc: Exception) -> Unavailable:
-    """The error for a database failure: the driver's words go to the log, never to a client."""
-    log.warning("database error: %s", _short(exc))
-    return Unavailable("database unavailable")
 
 
 def _short(exc: Exception) -> str:
@@ -164,6 +157,6 @@ def needs_migration(engine: Engine) -> bool:
                 return True
             current = MigrationContext.configure(conn).get_current_heads()
     except OperationalError as exc:
-        raise unavailable(exc) from exc
+        raise Unavailable(f"database unavailable: {_short(exc)}") from exc
     script = ScriptDirectory.from_config(alembic_config(str(engine.url)))
     return set(current) != set(script.get_heads())

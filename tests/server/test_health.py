@@ -55,14 +55,13 @@ def test_a_503_from_any_route_carries_no_driver_message(synced, ops, monkeypatch
     assert "15432" not in r.text
 
 
-def test_a_database_error_becomes_a_plain_unavailable(caplog):
-    from sqlalchemy.exc import OperationalError
+def test_a_503_is_logged_with_its_detail(synced, ops, monkeypatch, caplog):
+    def down(**_):  # type: ignore[no-untyped-def]
+        raise Unavailable(f"database unavailable: {DRIVER}")
 
-    from promptops.db.engine import unavailable
-
-    with caplog.at_level("WARNING", logger="promptops.db"):
-        err = unavailable(OperationalError("INSERT INTO decisions ...", {}, Exception(DRIVER)))
-    assert err.message == "database unavailable"
+    monkeypatch.setattr(ops.registry, "list_prompts", down)
+    with caplog.at_level("WARNING", logger="promptops.server"):
+        assert synced.get("/v1/prompts").status_code == 503
     assert "15432" in caplog.text
 
 
