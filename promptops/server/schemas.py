@@ -13,7 +13,32 @@ def bad_text(value: Any) -> str | None:
     """Where a string in JSON-like data (keys and values, nested) holds a NUL character or a lone
     surrogate, or None: such text cannot be stored (PostgreSQL refuses NUL) or encoded (UTF-8
     refuses surrogates), so the edge refuses it before anything is recorded."""
-    stack: list[tuple[str, Any]] = [("body", value)]
+    if _all_clean(value):  # the common case, without building any path
+        return None
+    return _locate(value, "body")
+
+
+def _all_clean(value: Any) -> bool:
+    # A loop, not recursion: JSON may nest deeper than Python's recursion limit.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str:
+            if not _clean(item):
+                return False
+        elif kind is dict:
+            for key, inner in item.items():
+                if type(key) is str and not _clean(key):
+                    return False
+                stack.append(inner)
+        elif kind is list:
+            stack.extend(item)
+    return True
+
+
+def _locate(value: Any, where: str) -> str:
+    stack: list[tuple[str, Any]] = [(where, value)]
     while stack:
         where, item = stack.pop()
         if type(item) is str:
@@ -23,10 +48,10 @@ def bad_text(value: Any) -> str | None:
             for key, inner in item.items():
                 if type(key) is str and not _clean(key):
                     return where
-                stack.append((f"{where}.{key}" if _clean(str(key)) else where, inner))
+                stack.append((f"{where}.{key}", inner))
         elif type(item) is list:
             stack.extend((f"{where}[{i}]", inner) for i, inner in enumerate(item))
-    return None
+    return where
 
 
 def _clean(text: str) -> bool:
