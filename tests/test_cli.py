@@ -160,6 +160,16 @@ def test_keys_create_prints_the_key_once(cli):
     assert key not in listed.out and key[:12] in listed.out, listed
 
 
+def test_auth_stays_on_after_the_last_revoke_until_auth_off(cli):
+    assert cli("keys", "create", "--role", "admin").code == 0
+    r = cli("keys", "auth-off")
+    assert r.code == 1 and "revoke them first" in r.err, r
+    r = cli("keys", "revoke", "1")
+    assert r.code == 0 and "auth stays on" in r.err, r
+    r = cli("keys", "auth-off")
+    assert r.code == 0 and "auth is off" in r.out, r
+
+
 def test_db_upgrade(cli):
     r = cli("db", "upgrade")
     assert r.code == 0 and "head" in r.out, r
