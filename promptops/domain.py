@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
@@ -26,6 +27,30 @@ ENDED_STATUSES: frozenset[str] = frozenset({"completed", "inconclusive", "stoppe
 MAIN_VARIANT = "main"
 PRODUCTION = "production"
 DEFAULT_METRIC = "reward"
+BUILTIN_METRICS: tuple[str, ...] = ("cost_usd", "latency_ms", "error")
+"""Metrics every decision accepts besides its experiment's own (the gateway records them)."""
+BINARY_METRICS: frozenset[str] = frozenset({"error"})
+"""Built-in metrics whose values are 0 or 1."""
+METRIC_NAME_RULE = "1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+_METRIC_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+
+
+def metric_name_problem(name: object) -> str | None:
+    """What is wrong with a metric name ("must be ..."), or None for a valid one."""
+    if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
+        return f"must be {METRIC_NAME_RULE}"
+    return None
+
+
+def text_problem(value: str) -> str | None:
+    """What makes a string unstorable (a NUL character or a lone surrogate), or None."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (no lone surrogates)"
+    return None
 
 
 @dataclass(frozen=True)

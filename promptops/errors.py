@@ -4,7 +4,8 @@
     ├── InvalidPromptFile             a prompt file failed validation (path, line, message; may hold many)
     │   └── InvalidEvalFile           an eval file or its dataset failed validation (the same problems)
     ├── InvalidInput                  a request or argument is malformed (bad variables, bad reward, ...)
-    │   └── VariableError             a template variable is missing, undeclared or of the wrong type
+    │   ├── VariableError             a template variable is missing, undeclared or of the wrong type
+    │   └── UnknownMetric             feedback names a metric its decision does not accept
     ├── RenderError                   a template failed to render (sandbox violation, undefined name)
     ├── NotFound                      something named does not exist
     │   ├── PromptNotFound
@@ -103,6 +104,19 @@ class VariableError(InvalidInput):
     """A template variable is missing, undeclared, or of the wrong type."""
 
     code = "invalid_variables"
+
+
+class UnknownMetric(InvalidInput):
+    """Feedback names a metric its decision does not accept; `accepted` lists those it does."""
+
+    code = "unknown_metric"
+
+    def __init__(self, metric: str, accepted: tuple[str, ...]) -> None:
+        shown = metric if len(metric) <= 64 else metric[:61] + "..."
+        super().__init__(f"unknown metric {shown!r}; this decision accepts "
+                         + ", ".join(accepted), field="metric")
+        self.metric = metric
+        self.accepted = accepted
 
 
 class RenderError(PromptOpsError):

@@ -22,6 +22,7 @@ from .domain import (
     PromptContent,
     PromptDefinition,
     VariableSpec,
+    metric_name_problem,
     policy_value_problem,
 )
 from .errors import InvalidPromptFile, RenderError
@@ -45,7 +46,6 @@ ROLES = ("system", "user", "assistant", "tool")
 
 _VARIABLE_RULE = "letters, digits, '_'; not starting with a digit; not a keyword"
 _NAME_RULE = "lowercase letters, digits, '.', '_', '-'; starting with a letter or digit; max 64"
-_METRIC = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Jinja literals and names with a meaning of their own inside templates cannot be variables.
 _RESERVED = frozenset({"true", "false", "none", "loop", "self", "caller", "varargs", "kwargs"})
@@ -345,9 +345,9 @@ class PromptChecker(NodeReader):
         }
         fields["auto_promote"] = self.get(entries, "auto_promote", at, "boolean")
         metric = fields["metric"] = self.get(entries, "metric", at, "string", DEFAULT_METRIC)
-        if isinstance(metric, str) and not _METRIC.match(metric):
-            rule = "must be 1-64 letters, digits, '.', '_' or '-'"
-            self.err(entries["metric"][1], f"experiment.metric: {rule}")
+        problem = metric_name_problem(metric) if isinstance(metric, str) else None
+        if problem:
+            self.err(entries["metric"][1], f"experiment.metric: {problem}")
         arms = self.strings(entries, "arms", at) if "arms" in entries else None
         allowed = sorted({MAIN_VARIANT} | self.variant_names)
         for i, arm in enumerate(arms or ()):

@@ -107,7 +107,7 @@ def test_serve_feedback_duplicate(client, ops):
     assert any("where is my parcel" in m["content"] for m in out["messages"]), out
     assert client.feedback(out["decision_id"], 1) == "recorded"
     assert client.feedback(out["decision_id"], 1) == "duplicate"
-    assert client.feedback(out["decision_id"], 0.5, metric="csat") == "recorded"
+    assert client.feedback(out["decision_id"], 0.5, metric="latency_ms") == "recorded"
     exp = ops.experiments.get(out["experiment_id"])
     arm = next(a for a in exp["arms"] if a["version"] == out["version"])
     assert arm["decisions"] == 1 and arm["feedback"] == 1 and arm["reward_sum"] == 1.0, exp

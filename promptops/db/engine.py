@@ -8,7 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from promptops.errors import ConfigError, Unavailable
@@ -96,6 +97,16 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise Unavailable(f"database unavailable: {_short(exc)}") from exc
     finally:
         session.close()
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a failed write says the database cannot be used right now (down, locked, pool
+    exhausted, connection lost), so the same rows may succeed later, rather than that the rows
+    themselves are refused (a constraint, a value the column cannot hold)."""
+    if isinstance(exc, Unavailable | OperationalError | InterfaceError | DisconnectionError
+                  | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _short(exc: Exception) -> str:

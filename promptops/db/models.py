@@ -83,13 +83,22 @@ class LabelRow(Base):
     updated_at: Mapped[float] = mapped_column(Double)
 
 
+ACTOR_LENGTH = 128
+"""The longest actor name stored; longer ones are cut to it (`fit_actor`)."""
+
+
+def fit_actor(actor: str) -> str:
+    """An actor name cut to the column's length, the same on every database."""
+    return actor[:ACTOR_LENGTH]
+
+
 class AuditRow(Base):
     """An append-only record of a change: who, what, when, with evidence in `details`."""
 
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[float] = mapped_column(Double, index=True)
-    actor: Mapped[str] = mapped_column(String(128))
+    actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
     action: Mapped[str] = mapped_column(String(64))
     prompt_id: Mapped[int | None] = mapped_column(
         ForeignKey("prompts.id", ondelete="SET NULL"), nullable=True, index=True

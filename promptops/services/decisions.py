@@ -8,9 +8,11 @@ even if the batched writer has not stored the decision yet: the feedback path st
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import os
+import re
 import struct
 from dataclasses import dataclass
 
@@ -19,6 +21,13 @@ _NO_ARM = 0xFFFF
 _RANDOM_BYTES = 6
 _SIG_BYTES = 12
 PREFIX = "d_"
+_BODY_CHARS = -(-(_PAYLOAD.size + _RANDOM_BYTES) * 4 // 3)  # unpadded base64url length
+_SIG_CHARS = -(-_SIG_BYTES * 4 // 3)
+# The one spelling `issue` produces: anything else (padding, other alphabets, spare bits set,
+# trailing characters) is another spelling of the same bytes and must not verify, or one decision
+# could be counted once per spelling.
+_CANONICAL = re.compile(
+    rf"{PREFIX}([A-Za-z0-9_-]{{{_BODY_CHARS}}})\.([A-Za-z0-9_-]{{{_SIG_CHARS}}})")
 
 
 @dataclass(frozen=True)
@@ -37,8 +46,13 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def _unb64(text: str) -> bytes | None:
+    """The bytes of an unpadded base64url text, or None unless `text` is their only spelling."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, binascii.Error):
+        return None
+    return raw if _b64(raw) == text else None
 
 
 class TokenCodec:
@@ -57,16 +71,17 @@ class TokenCodec:
         return PREFIX + _b64(body) + "." + _b64(sig)
 
     def verify(self, decision_id: str) -> DecisionToken | None:
-        """The facts of a genuine id, or None for anything forged, truncated or foreign."""
-        if not isinstance(decision_id, str) or not decision_id.startswith(PREFIX) \
-                or len(decision_id) > 128:
+        """The facts of a genuine id, or None for anything forged, truncated, foreign or spelled
+        otherwise than `issue` spells it (so each decision has exactly one valid id)."""
+        if not isinstance(decision_id, str):
             return None
-        body_text, _, sig_text = decision_id[len(PREFIX):].partition(".")
-        try:
-            body, sig = _unb64(body_text), _unb64(sig_text)
-        except (ValueError, TypeError):
+        # fullmatch, not match: `$` would accept a trailing newline.
+        m = _CANONICAL.fullmatch(decision_id)
+        if m is None:
             return None
-        if len(body) != _PAYLOAD.size + _RANDOM_BYTES or len(sig) != _SIG_BYTES:
+        body, sig = _unb64(m.group(1)), _unb64(m.group(2))
+        if body is None or sig is None \
+                or len(body) != _PAYLOAD.size + _RANDOM_BYTES or len(sig) != _SIG_BYTES:
             return None
         expected = hmac.new(self._secret, body, hashlib.sha256).digest()[:_SIG_BYTES]
         if not hmac.compare_digest(sig, expected):

@@ -37,6 +37,7 @@ from promptops.domain import (
     ExperimentSpec,
     Policy,
     content_hash,
+    metric_name_problem,
     parse_policy,
 )
 from promptops.errors import ExperimentNotFound, ExperimentStateError, InvalidInput
@@ -87,8 +88,9 @@ class Experiments:
             raise InvalidInput("reward must be binary or continuous", field="reward")
         if strategy not in ("thompson", "fixed"):
             raise InvalidInput("strategy must be thompson or fixed", field="strategy")
-        if not metric or len(metric) > 64:
-            raise InvalidInput("metric must be a non-empty name of at most 64 characters")
+        problem = metric_name_problem(metric)
+        if problem:
+            raise InvalidInput(f"metric {problem}", field="metric")
         w: tuple[float, ...] | None = None
         if strategy == "fixed":
             if weights is None or len(weights) != len(arms):

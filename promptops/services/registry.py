@@ -14,8 +14,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from promptops import promptfiles
-from promptops.db.models import AuditRow, LabelRow, PromptRow, VersionRow
-from promptops.db.queries import bump_change_seq
+from promptops.db.models import AuditRow, LabelRow, PromptRow, VersionRow, fit_actor
+from promptops.db.queries import bump_change_seq, insert_ignore
 from promptops.domain import (
     MAIN_VARIANT,
     PRODUCTION,
@@ -63,8 +63,8 @@ def version_from_row(row: VersionRow, prompt: str, labels: Sequence[str] = ()) -
 def write_audit(session: Session, *, at: float, actor: str, action: str, message: str,
                 prompt_id: int | None = None, experiment_id: int | None = None,
                 details: dict[str, Any] | None = None) -> None:
-    """Append one entry to the audit log."""
-    session.add(AuditRow(at=at, actor=actor, action=action, prompt_id=prompt_id,
+    """Append one entry to the audit log (the actor's name cut to what the column holds)."""
+    session.add(AuditRow(at=at, actor=fit_actor(actor), action=action, prompt_id=prompt_id,
                          experiment_id=experiment_id, message=message, details=details or {}))
 
 
@@ -213,12 +213,16 @@ class Registry:
                   details: dict[str, Any] | None = None) -> int | None:
         """Move a label inside a transaction and audit it; returns the previous version number."""
         now = self.ctx.now()
-        row = s.scalar(select(LabelRow).where(LabelRow.prompt_id == prompt.id,
-                                              LabelRow.name == label).with_for_update())
+        row = self._locked_label(s, prompt, label)
+        # A new name is created by an insert that yields to a concurrent one: two first moves
+        # otherwise both find no row, both insert, and one dies on the unique key. The loser
+        # waits for the winner's row and then moves the label like any later move.
+        if row is None and not insert_ignore(s, LabelRow.__table__, [{
+                "prompt_id": prompt.id, "name": label, "version_id": version.id,
+                "updated_at": now}]):
+            row = self._locked_label(s, prompt, label)
         previous = None
-        if row is None:
-            s.add(LabelRow(prompt_id=prompt.id, name=label, version_id=version.id, updated_at=now))
-        else:
+        if row is not None:
             previous = s.scalar(select(VersionRow.number).where(VersionRow.id == row.version_id))
             if row.version_id == version.id:
                 return previous
@@ -234,6 +238,11 @@ class Registry:
                      **(details or {})})
         bump_change_seq(s)
         return previous
+
+    @staticmethod
+    def _locked_label(s: Session, prompt: PromptRow, label: str) -> LabelRow | None:
+        return s.scalar(select(LabelRow).where(LabelRow.prompt_id == prompt.id,
+                                               LabelRow.name == label).with_for_update())
 
     # -- sync ------------------------------------------------------------------------------
     def sync(self, paths: Sequence[str | Path], *, dry_run: bool = False, actor: str = "sync",

@@ -31,8 +31,16 @@ from promptops.db.models import (
     VersionRow,
 )
 from promptops.db.queries import RETENTION_CUTOFF, get_meta, read_change_seq, set_meta_if_absent
-from promptops.domain import DEFAULT_METRIC, PRODUCTION, PromptContent
-from promptops.errors import DecisionNotFound, InvalidInput, PromptNotFound
+from promptops.domain import (
+    BINARY_METRICS,
+    BUILTIN_METRICS,
+    DEFAULT_METRIC,
+    PRODUCTION,
+    PromptContent,
+    metric_name_problem,
+    text_problem,
+)
+from promptops.errors import DecisionNotFound, InvalidInput, PromptNotFound, UnknownMetric
 from promptops.services.context import Context
 from promptops.services.decisions import DecisionToken, TokenCodec
 
@@ -80,6 +88,11 @@ class LivePrompt:
     experiment: LiveExperiment | None
 
 
+PRODUCTION_METRICS: tuple[str, ...] = (DEFAULT_METRIC, *BUILTIN_METRICS)
+"""Metrics a decision served outside any experiment accepts: `reward` (within [0, 1]) and the
+built-ins; nothing counts them towards a statistic, they are stored for reports."""
+
+
 @dataclass(frozen=True)
 class ExperimentInfo:
     """The immutable facts about an experiment that feedback validation needs."""
@@ -87,6 +100,15 @@ class ExperimentInfo:
     id: int
     metric: str
     reward: str
+    # Every metric its feedback may name: the primary one first, then the built-ins (secondary
+    # and guardrail metrics join here when experiments declare them).
+    metrics: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, row: ExperimentRow) -> ExperimentInfo:
+        """The facts of an experiment's row."""
+        extra = tuple(m for m in BUILTIN_METRICS if m != row.metric)
+        return cls(row.id, row.metric, row.reward, (row.metric, *extra))
 
 
 @dataclass
@@ -152,7 +174,7 @@ class LiveState:
             exps[e.prompt_id] = LiveExperiment(
                 id=e.id, metric=e.metric, reward=e.reward, epoch=e.epoch,
                 arms=tuple(live(v) for _, v in arms), weights=weights, cumulative=tuple(cum))
-            self.experiments[e.id] = ExperimentInfo(e.id, e.metric, e.reward)
+            self.experiments[e.id] = ExperimentInfo.of(e)
         return {p.name: LivePrompt(p.id, p.name, prod.get(p.id), exps.get(p.id))
                 for p in s.scalars(select(PromptRow))}
 
@@ -171,7 +193,7 @@ class LiveState:
                 row = s.get(ExperimentRow, experiment_id)
                 if row is None:
                     return None
-                info = ExperimentInfo(row.id, row.metric, row.reward)
+                info = ExperimentInfo.of(row)
             self.experiments[experiment_id] = info
         return info
 
@@ -306,6 +328,9 @@ class Serving:
         if unit_id is not None and (not isinstance(unit_id, str) or len(unit_id) > 256):
             raise InvalidInput("unit_id must be a string of at most 256 characters",
                                field="unit_id")
+        if unit_id is not None:
+            check_text(unit_id, field="unit_id")
+        check_text(variables, field="variables")
         exp = p.experiment
         if exp is not None:
             arm: int | None = exp.pick(unit_id)
@@ -341,9 +366,15 @@ class Serving:
 
     def prepare_feedback(self, decision_id: Any, reward: Any,
                          metric: str | None = None) -> FeedbackItem:
-        """Validate a feedback (unknown id, bad reward) without touching the database."""
+        """Validate a feedback (unknown id, unknown metric, bad reward) without touching the
+        database; `accepted_metrics` says which metrics a decision takes."""
         if not isinstance(decision_id, str) or not decision_id:
             raise InvalidInput("decision_id must be a non-empty string", field="decision_id")
+        check_text(decision_id, field="decision_id")
+        if metric is not None:
+            problem = metric_name_problem(metric)  # the name rule also excludes NUL and the like
+            if problem:
+                raise InvalidInput(f"metric {problem}", field="metric")
         token = self.codec.verify(decision_id)
         if token is None:
             raise DecisionNotFound(decision_id)
@@ -354,11 +385,15 @@ class Serving:
         if token.decided_at <= self.live.retention_cutoff and not self._stored(decision_id):
             # Removed by `promptops gc`: its feedback was already counted or can no longer be.
             raise DecisionNotFound(decision_id)
-        if metric is not None and (not isinstance(metric, str) or not metric or len(metric) > 64):
-            raise InvalidInput("metric must be a name of at most 64 characters", field="metric")
         metric = metric or (info.metric if info else DEFAULT_METRIC)
-        value = check_reward(reward, binary=info is not None and info.reward == "binary"
-                             and metric == info.metric)
+        accepted = accepted_metrics(info)
+        if metric not in accepted:
+            raise UnknownMetric(metric, accepted)
+        primary = info.metric if info is not None else DEFAULT_METRIC
+        if metric == primary:
+            value = check_reward(reward, binary=info is not None and info.reward == "binary")
+        else:
+            value = check_reward(reward, binary=metric in BINARY_METRICS, bounded=False)
         counts = info.id if info is not None and metric == info.metric else None
         return FeedbackItem(decision_id=decision_id, token=token, metric=metric, reward=value,
                             received_at=self.ctx.now(), counts_for=counts)
@@ -374,8 +409,15 @@ class Serving:
         return self.recorder.record_feedback([item])[0]
 
 
-def check_reward(reward: Any, *, binary: bool) -> float:
-    """A reward as a float, or InvalidInput: 0 or 1 for binary metrics, within [0, 1] otherwise."""
+def accepted_metrics(info: ExperimentInfo | None) -> tuple[str, ...]:
+    """The metrics feedback on a decision may name: its experiment's, or `PRODUCTION_METRICS`
+    for a decision served outside any experiment."""
+    return info.metrics if info is not None else PRODUCTION_METRICS
+
+
+def check_reward(reward: Any, *, binary: bool, bounded: bool = True) -> float:
+    """A reward as a float, or InvalidInput: 0 or 1 for binary metrics, else within [0, 1] when
+    `bounded` (a primary metric) and any finite number otherwise."""
     if isinstance(reward, bool):
         reward = float(reward)
     if not isinstance(reward, int | float) or not math.isfinite(reward):
@@ -383,6 +425,23 @@ def check_reward(reward: Any, *, binary: bool) -> float:
     value = float(reward)
     if binary and value not in (0.0, 1.0):
         raise InvalidInput("reward must be 0 or 1 for a binary metric", field="reward")
-    if not 0.0 <= value <= 1.0:
+    if bounded and not 0.0 <= value <= 1.0:
         raise InvalidInput("reward must be within [0, 1]", field="reward")
     return value
+
+
+def check_text(value: Any, *, field: str) -> None:
+    """InvalidInput if any string in `value` (nested keys and items included) holds a NUL or a
+    lone surrogate: the database refuses such text, and one such row must not reach a batch."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            problem = text_problem(v)
+            if problem:
+                raise InvalidInput(f"{field} {problem}", field=field)
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)

@@ -4,7 +4,10 @@ A serve appends its decision to an in-memory buffer and returns at once; a backg
 the buffer every few milliseconds in one transaction. A feedback waits for the commit of the batch
 it joined (group commit), so an acknowledged feedback is always durable. If the database is down,
 the feedback futures fail (the server answers 503) and buffered decisions are kept, up to a bound,
-until it returns.
+until it returns. If the database is up but refuses a batch, the batch is split in halves until the
+refused rows stand alone: the others are stored, a refused feedback fails its own request
+(InvalidInput) and a refused decision is logged, counted in `rejected` and dropped, so one bad row
+never blocks the rows behind it.
 """
 
 from __future__ import annotations
@@ -14,16 +17,31 @@ import contextlib
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
-from promptops.errors import PromptOpsError, Unavailable
+from promptops.db.engine import unreachable
+from promptops.errors import InvalidInput, Unavailable
 from promptops.services.serving import FeedbackItem, Recorder
 
 log = logging.getLogger("promptops.writer")
 
 # A feedback waits on a concurrent Future (any thread) or on an asyncio future of a running loop.
 Waiter = Future[str] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[str]"]
+T = TypeVar("T")
+
+
+class _Refused:
+    """The outcome of a row the database refused on its own."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[str], str | BaseException]]) -> None:
@@ -51,11 +69,14 @@ class BatchWriter:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.dropped = 0
+        self.dropped = 0  # decisions pushed out of a full buffer
+        self.rejected = 0  # rows the database refused on their own (decisions and feedback)
         self._in_flight = 0
         self.written = 0
-        self.failures = 0
-        self.healthy = True
+        self.failures = 0  # write attempts that failed because the database was unreachable
+        self.healthy = True  # whether the last write attempt reached the database
+        self.last_failure_at: float | None = None
+        self.last_error: str | None = None
 
     def start(self) -> None:
         """Start the background thread."""
@@ -70,11 +91,23 @@ class BatchWriter:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._decisions:
+            log.error("stopping with %d decisions not stored: %s", len(self._decisions),
+                      self.last_error or "the database did not answer in time")
 
     @property
     def pending(self) -> int:
-        """Decisions not yet stored (buffered or in a batch being written)."""
+        """Decisions not yet stored (buffered, waiting for the database, or being written)."""
         return len(self._decisions) + self._in_flight
+
+    @property
+    def oldest_pending_at(self) -> float | None:
+        """When the oldest decision still waiting to be stored was made (None if none waits):
+        a backlog that keeps ageing means writes are not getting through."""
+        try:
+            return float(self._decisions[0]["decided_at"])
+        except IndexError:
+            return None
 
     def add_decision(self, row: dict[str, Any]) -> None:
         """Queue a decision; never blocks."""
@@ -118,21 +151,22 @@ class BatchWriter:
             batch: list[Any] = []
             while self._feedback and len(batch) < self.max_batch:
                 batch.append(self._feedback.popleft())
-            try:
-                results = self.recorder.record_feedback([item for item, _ in batch])
-            except PromptOpsError as exc:
-                self._failed(exc)
-                error = exc if isinstance(exc, Unavailable) else Unavailable(str(exc))
-                self._resolve([(waiter, error) for _, waiter in batch])
+            results, stop, exc = self._write(
+                [item for item, _ in batch], self.recorder.record_feedback)
+            outcomes: list[tuple[Waiter, str | BaseException]] = []
+            for (item, waiter), result in zip(batch[:stop], results, strict=True):
+                if isinstance(result, _Refused):
+                    log.error("feedback for %s refused by the database: %s", item.decision_id,
+                              _short(result.exc))
+                    result = InvalidInput("the database refused this feedback")
+                outcomes.append((waiter, result))
+            if exc is not None:
+                error = exc if isinstance(exc, Unavailable) else Unavailable(
+                    f"could not store feedback: {_short(exc)}")
+                outcomes += [(waiter, error) for _, waiter in batch[stop:]]
+            self._resolve(outcomes)
+            if exc is not None:
                 return
-            except Exception as exc:  # never let one bad batch kill the writer thread
-                self._failed(exc)
-                error = Unavailable(f"could not store feedback: {exc}")
-                self._resolve([(waiter, error) for _, waiter in batch])
-                return
-            self.healthy = True
-            self._resolve([(waiter, status)
-                           for (_, waiter), status in zip(batch, results, strict=True)])
 
     @staticmethod
     def _resolve(outcomes: list[tuple[Waiter, str | BaseException]]) -> None:
@@ -157,19 +191,56 @@ class BatchWriter:
                 batch.append(self._decisions.popleft())
             self._in_flight = len(batch)
             try:
-                self.recorder.record_decisions(batch)
-            except Exception as exc:
-                self._failed(exc)
-                # Put them back in order; they are retried when the database returns.
-                self._decisions.extendleft(reversed(batch))
-                return
+                results, stop, exc = self._write(batch, self._record_decisions)
             finally:
                 self._in_flight = 0
+            for row, result in zip(batch[:stop], results, strict=True):
+                if isinstance(result, _Refused):
+                    log.error("decision %s refused by the database, dropped: %s", row["id"],
+                              _short(result.exc))
+            if exc is not None:
+                # Put the rest back in order; they are retried when the database returns, within
+                # the bound on what is buffered.
+                self._decisions.extendleft(reversed(batch[stop:]))
+                while len(self._decisions) > self.max_pending:
+                    self._decisions.popleft()
+                    self.dropped += 1
+                return
+
+    def _record_decisions(self, rows: list[dict[str, Any]]) -> list[None]:
+        self.recorder.record_decisions(rows)
+        self.written += len(rows)
+        return [None] * len(rows)
+
+    def _write(self, rows: Sequence[T], write: Callable[[list[T]], Sequence[Any]],
+               ) -> tuple[list[Any], int, BaseException | None]:
+        """Write rows, isolating any the database refuses; returns the outcome of each row
+        attempted (`write`'s result, or _Refused), how many were attempted, and the error that
+        stopped the rest when the database became unreachable (else None)."""
+        results: list[Any] = [None] * len(rows)
+        spans = [(0, len(rows))]  # a stack of contiguous spans covering what is left, in order
+        while spans:
+            lo, hi = spans.pop()
+            try:
+                results[lo:hi] = write(list(rows[lo:hi]))
+            except Exception as exc:  # never let one bad batch kill the writer thread
+                if unreachable(exc):
+                    self._failed(exc)
+                    return results[:lo], lo, exc
+                if hi - lo == 1:
+                    results[lo] = _Refused(exc)
+                    self.rejected += 1
+                else:
+                    mid = (lo + hi) // 2
+                    spans += [(mid, hi), (lo, mid)]
+                continue
             self.healthy = True
-            self.written += len(batch)
+        return results, len(rows), None
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
+        self.last_failure_at = self.recorder.ctx.now()
+        self.last_error = _short(exc)
         if self.healthy:
             log.warning("database write failed, will retry: %s", exc)
         self.healthy = False

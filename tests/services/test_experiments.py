@@ -113,7 +113,7 @@ def test_feedback_is_idempotent_and_validated(ops, prompts_dir):
     assert ops.feedback(d["decision_id"], 1) == "recorded"
     assert ops.feedback(d["decision_id"], 1) == "duplicate"
     assert ops.feedback(d["decision_id"], 0) == "duplicate"
-    assert ops.feedback(d["decision_id"], 1, metric="thumbs_up") == "recorded"
+    assert ops.feedback(d["decision_id"], 1, metric="cost_usd") == "recorded"
     with pytest.raises(DecisionNotFound):
         ops.feedback("d_forged.token", 1)
     with pytest.raises(DecisionNotFound):
