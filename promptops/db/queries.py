@@ -20,8 +20,9 @@ def insert_ignore(session: Session, table: Any, rows: list[dict[str, Any]]) -> i
         return 0
     dialect = session.get_bind().dialect.name
     ins = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    result = session.execute(ins.on_conflict_do_nothing(), rows)
-    return rowcount(result)
+    # Counted from RETURNING: drivers do not report a rowcount for a many-row insert.
+    stmt = ins.on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return len(session.execute(stmt, rows).all())
 
 
 def rowcount(result: Any) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,46 @@ def test_a_label_is_held_by_one_version(ops, prompts_dir):
     labels = {v["number"]: v["labels"] for v in ops.registry.versions("triage")}
     assert labels == {1: ["production"], 2: ["staging"]}
     assert ops.registry.resolve("triage", label="staging").number == 2
+
+
+def test_concurrent_first_moves_of_a_new_label_all_succeed(ops, settings, clock, prompts_dir):
+    from promptops.services.facade import PromptOps
+
+    write(prompts_dir, "triage.yaml", TRIAGE)
+    ops.sync()
+    write(prompts_dir, "triage.yaml", TRIAGE.replace("Answer", "Reply"))
+    ops.sync()
+    other = PromptOps(settings, clock=clock)  # a second server on the same database
+    start = threading.Barrier(30)
+    errors: list[BaseException] = []
+
+    def move(i: int) -> None:
+        start.wait()
+        try:
+            (ops, other)[i % 2].registry.move_label("triage", 1 + i % 3 % 2, "canary",
+                                                    actor=f"t{i}")
+        except BaseException as exc:  # noqa: BLE001 - the test reports whatever escaped
+            errors.append(exc)
+
+    threads = [threading.Thread(target=move, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    other.close()
+    assert errors == []
+    moves = [a["details"] for a in reversed(ops.registry.audit(prompt="triage"))
+             if a["details"].get("label") == "canary"]
+    assert moves[0]["from"] is None and all(m["from"] is not None for m in moves[1:])
+    assert all(a["to"] == b["from"] for a, b in zip(moves, moves[1:], strict=False))
+    assert ops.registry.resolve("triage", label="canary").number == moves[-1]["to"]
+
+
+def test_long_actor_names_are_cut_alike_on_every_database(ops, prompts_dir):
+    write(prompts_dir, "triage.yaml", TRIAGE)
+    ops.sync()
+    ops.registry.move_label("triage", 1, "staging", actor="ü" * 300)
+    assert ops.registry.audit(prompt="triage")[0]["actor"] == "ü" * 128
 
 
 @pytest.mark.parametrize("call, error", [
