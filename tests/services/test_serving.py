@@ -145,3 +145,12 @@ def test_metric_names_that_are_not(name):
                                   strategy="thompson", weights=None, auto_promote=None,
                                   policy=None, status="running")
         assert err.value.field == "metric"
+
+
+def test_http_answers_an_unknown_metric_with_422_unknown_metric(synced, client):
+    did = client.post("/v1/prompts/triage/serve",
+                      json={"variables": {"message": "x"}}).json()["decision_id"]
+    r = client.post("/v1/feedback", json={"decision_id": did, "reward": 0.5, "metric": "CSAT"})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unknown_metric" and "csat" in error["message"]
