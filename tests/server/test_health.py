@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from promptops.errors import Unavailable
 from promptops.server.app import create_app
@@ -29,7 +30,9 @@ def test_failing_writes_make_health_503_without_driver_detail(synced, monkeypatc
     decision = synced.post("/v1/prompts/plain/serve", json={"variables": {"topic": "x"}}).json()
 
     def broken(items):  # type: ignore[no-untyped-def]
-        raise RuntimeError(f"{DRIVER}\nINSERT INTO feedback VALUES ('other-client-id')")
+        # What a full disk or a dead server looks like to the writer: the driver's OperationalError.
+        raise OperationalError("INSERT INTO feedback VALUES ('other-client-id')", {},
+                               Exception(DRIVER))
 
     monkeypatch.setattr(rt.writer.recorder, "record_feedback", broken)
     for content_type in ("application/json", "application/json; charset=utf-8"):  # both paths
