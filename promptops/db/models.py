@@ -68,6 +68,8 @@ class VersionRow(Base):
     source_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     git_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     git_author: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # clean | dirty (uncommitted changes) | untracked (in no commit); NULL outside a git work tree.
+    git_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[float] = mapped_column(Double)
 
 
@@ -124,6 +126,8 @@ class ExperimentRow(Base):
     auto_promote: Mapped[bool] = mapped_column(Boolean, default=True)
     policy: Mapped[dict[str, Any]] = mapped_column(JSON)
     control_arm: Mapped[int] = mapped_column(Integer, default=0)
+    # The version number that held production when the experiment started (NULL before the start).
+    production_version_at_start: Mapped[int | None] = mapped_column(Integer, nullable=True)
     source: Mapped[str] = mapped_column(String(16), default="api")
     declared_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[float] = mapped_column(Double)

@@ -131,7 +131,8 @@ class Experiments:
             if existing.status == "draft" and spec.status == "running":
                 self._stop_running(s, p, actor=actor, reason="another declaration started")
                 self._start(s, existing, actor=actor)
-                lines.append(f"experiment {existing.id} started")
+                lines.append(f"experiment {existing.id} started"
+                             + self._control_note(s, existing))
             return lines
         lines = []
         stopped = self._stop_running(s, p, actor=actor, reason="declaration changed in the file")
@@ -141,7 +142,8 @@ class Experiments:
         if spec.status == "running":
             self._start(s, exp, actor=actor)
             lines.append(f"experiment {exp.id} started over versions "
-                         f"{', '.join(str(self._number(s, v)) for v in vids)}")
+                         f"{', '.join(str(self._number(s, v)) for v in vids)}"
+                         + self._control_note(s, exp))
         else:
             lines.append(f"experiment {exp.id} created as draft")
         return lines
@@ -153,6 +155,14 @@ class Experiments:
             return []
         self._stop_running(s, p, actor=actor, reason="experiment removed from the file")
         return [f"experiment {running.id} stopped (removed from the file)"]
+
+    def _control_note(self, s: Session, exp: ExperimentRow) -> str:
+        """Says so when the control (the first arm) is not the version holding production."""
+        control = self._number(s, self._arms(s, exp.id)[exp.control_arm].version_id)
+        prod = exp.production_version_at_start
+        if prod is None or prod == control:
+            return ""
+        return f" (control v{control} is not production v{prod})"
 
     @staticmethod
     def _number(s: Session, version_id: int) -> int:
@@ -203,14 +213,17 @@ class Experiments:
             raise ExperimentStateError(f"experiment {exp.id} is {exp.status}, not draft",
                                        status=exp.status)
         arms = self._arms(s, exp.id)
-        prod = s.scalar(select(LabelRow.version_id).where(LabelRow.prompt_id == exp.prompt_id,
-                                                          LabelRow.name == PRODUCTION))
-        control = next((a.idx for a in arms if a.version_id == prod), 0)
+        # The control is the first arm, whatever holds production: a file that edited `main`
+        # tests the new main against its variants. What production was is kept for the reader.
+        control = 0
+        prod = s.scalar(select(VersionRow.number).join(LabelRow, LabelRow.version_id == VersionRow.id)
+                        .where(LabelRow.prompt_id == exp.prompt_id, LabelRow.name == PRODUCTION))
         now = self.ctx.now()
         w = stats.initial_weights(len(arms), strategy=exp.strategy,
                                   fixed_weights=exp.fixed_weights or None)
         exp.status, exp.running_prompt_id = "running", exp.prompt_id
         exp.control_arm, exp.started_at, exp.epoch, exp.epoch_started_at = control, now, 0, now
+        exp.production_version_at_start = prod
         exp.weights = [float(x) for x in w]
         exp.policy_state = stats.PolicyState().to_dict()
         try:
@@ -222,7 +235,8 @@ class Experiments:
                        matured_at_start=0, summary={}))
         write_audit(s, at=now, actor=actor, action="experiment.start", prompt_id=exp.prompt_id,
                     experiment_id=exp.id, message=f"experiment {exp.id} started",
-                    details={"control_version": self._number(s, arms[control].version_id)})
+                    details={"control_version": self._number(s, arms[control].version_id),
+                             "production_version": prod})
         bump_change_seq(s)
 
     # -- ending ----------------------------------------------------------------------------
@@ -266,10 +280,14 @@ class Experiments:
         return min(losses)[1] if losses else exp.control_arm
 
     def _finish(self, s: Session, exp: ExperimentRow, *, status: str, winner: int | None,
-                actor: str, reason: str, evidence: dict[str, Any] | None = None,
-                move_control: bool = True) -> None:
-        """End an experiment once; production moves to the winner (to a control winner only if
-        `move_control`)."""
+                actor: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
+        """End an experiment once; with a winner, production moves to it unless it holds it.
+
+        The winner's move applies even when production was moved by hand while the experiment
+        ran (the experiment routed all traffic meanwhile, so its verdict is the newer evidence);
+        the audited label move names the version it replaces. Stopping the experiment is how a
+        hand-picked production version is kept.
+        """
         now = self.ctx.now()
         # Conditional on the status we read: of two servers ending the same experiment, one wins.
         res = s.execute(update(ExperimentRow)
@@ -290,7 +308,7 @@ class Experiments:
                     message=f"experiment {exp.id} {status}: {reason}"
                             + (f"; winner version {winner_version}" if winner_version else ""),
                     details={"reason": reason, "winner_version": winner_version, "evidence": ev})
-        if winner is not None and (winner != exp.control_arm or move_control):
+        if winner is not None:
             version = s.get(VersionRow, arms[winner].version_id)
             assert version is not None
             self.registry.set_label(s, p, version, PRODUCTION, actor=actor,
@@ -350,11 +368,8 @@ class Experiments:
             exp.snapshot = self._snapshot(exp, result.summary, reason=result.reason,
                                           state=result.state)
             if result.action in ("promote", "keep_control"):
-                # An automatic "keep the control" leaves production alone: someone may have
-                # moved it by hand meanwhile.
                 self._finish(s, exp, status="completed", winner=result.winner,
-                             actor=SYSTEM_ACTOR, reason=result.reason, evidence=exp.snapshot,
-                             move_control=False)
+                             actor=SYSTEM_ACTOR, reason=result.reason, evidence=exp.snapshot)
                 return True
             if result.action == "inconclusive":
                 self._finish(s, exp, status="inconclusive", winner=None, actor=SYSTEM_ACTOR,
@@ -505,11 +520,15 @@ class Experiments:
         if exp.winner_arm is not None and exp.winner_arm < len(arms):
             winner = versions[arms[exp.winner_arm].version_id].number
         policy = parse_policy(exp.policy)
+        control_version = out_arms[exp.control_arm]["version"] if out_arms else None
         return {
             "id": exp.id, "prompt": name, "status": exp.status, "winner": winner,
             "metric": exp.metric, "reward": exp.reward, "strategy": exp.strategy,
             "auto_promote": exp.auto_promote, "source": exp.source,
-            "control_version": out_arms[exp.control_arm]["version"] if out_arms else None,
+            "control_version": control_version,
+            "production_at_start": exp.production_version_at_start,
+            "control_is_production": (None if exp.production_version_at_start is None
+                                      else control_version == exp.production_version_at_start),
             "created_at": exp.created_at, "started_at": exp.started_at,
             "ended_at": exp.ended_at, "end_reason": exp.end_reason, "epoch": exp.epoch,
             "matured": exp.matured_total, "last_update_at": exp.last_update_at,

@@ -145,7 +145,8 @@ class Registry:
     def _version_summary(v: VersionRow, labels: list[str]) -> dict[str, Any]:
         return {"number": v.number, "variant": v.variant, "content_hash": v.content_hash,
                 "source_path": v.source_path, "git_commit": v.git_commit,
-                "git_author": v.git_author, "created_at": v.created_at,
+                "git_author": v.git_author, "git_state": v.git_state,
+                "created_at": v.created_at,
                 "labels": sorted(labels)}
 
     def get_version(self, name: str, number: int) -> dict[str, Any]:
@@ -295,12 +296,14 @@ class Registry:
                 row = VersionRow(prompt_id=p.id, number=number, variant=variant,
                                  content=content.to_dict(), content_hash=h, source_path=d.path,
                                  git_commit=git.commit if git else None,
-                                 git_author=git.author if git else None, created_at=now)
+                                 git_author=git.author if git else None,
+                                 git_state=git.state if git else None, created_at=now)
                 s.add(row)
                 s.flush()
                 p.updated_at = now
                 report.new_versions += 1
-                report.add(f"{d.name}: new version {number} ({variant})")
+                note = f" ({git.note})" if git is not None and git.note else ""
+                report.add(f"{d.name}: new version {number} ({variant}){note}")
             version_ids[variant] = row.id
             if is_new and variant == MAIN_VARIANT:
                 self.set_label(s, p, row, PRODUCTION, actor=actor, reason="first version")

@@ -331,3 +331,71 @@ def test_the_snapshot_reports_value_remaining(ops, prompts_dir, clock):
     e = ops.experiments.get(exp["id"])
     # zero when the leader is best in over 95% of draws, which equal arms reach by chance too
     assert e["value_remaining"] is not None and e["value_remaining"] >= 0, e
+
+
+def _edit_main(text: str) -> str:
+    return text.replace("Answer with one category.", "Reply with one category.")
+
+
+def test_after_editing_main_the_first_arm_is_the_control_and_the_read_says_so(ops, prompts_dir):
+    first = setup(ops, prompts_dir)
+    assert first["production_at_start"] == 1 and first["control_is_production"] is True
+    (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text()))
+    changes = ops.sync().changes
+    new = next(e for e in ops.experiments.list() if e["status"] == "running")
+    line = f"triage: experiment {new['id']} started over versions 3, 2"
+    assert f"{line} (control v3 is not production v1)" in changes, changes
+    assert new["control_version"] == 3 and new["arms"][0]["is_control"] is True, new
+    assert new["production_at_start"] == 1 and new["control_is_production"] is False, new
+
+
+@pytest.mark.parametrize("rates, winner", [
+    pytest.param({3: 0.30, 2: 0.10}, 3, id="control-wins"),
+    pytest.param({3: 0.10, 2: 0.30}, 2, id="challenger-wins"),
+])
+def test_production_moves_to_the_winner_even_when_it_is_the_control(ops, prompts_dir, clock,
+                                                                    rates, winner):
+    setup(ops, prompts_dir)
+    (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text()))
+    ops.sync()
+    exp = next(e for e in ops.experiments.list() if e["status"] == "running")
+    assert ops.registry.resolve("triage").number == 1
+    traffic(ops, clock, 12000, rates)
+    clock.advance(hours=2)
+    for _ in range(5):
+        ops.tick()
+    e = ops.experiments.get(exp["id"])
+    assert e["status"] == "completed" and e["winner"] == winner, e
+    assert ops.registry.resolve("triage").number == winner
+    moves = [a for a in ops.registry.audit(experiment_id=exp["id"]) if a["action"] == "label.move"]
+    assert [(m["details"]["from"], m["details"]["to"]) for m in moves] == [(1, winner)], moves
+
+
+def test_a_winning_control_replaces_a_hand_move_made_during_the_experiment(ops, prompts_dir,
+                                                                          clock):
+    exp = setup(ops, prompts_dir)
+    ops.registry.move_label("triage", 2, "production", actor="tester")
+    traffic(ops, clock, 12000, {1: 0.30, 2: 0.10})
+    clock.advance(hours=2)
+    for _ in range(5):
+        ops.tick()
+    e = ops.experiments.get(exp["id"])
+    assert e["status"] == "completed" and e["winner"] == 1, e
+    assert ops.registry.resolve("triage").number == 1
+    move = next(a for a in ops.registry.audit(experiment_id=exp["id"])
+                if a["action"] == "label.move")
+    assert (move["details"]["from"], move["details"]["to"]) == (2, 1), move
+
+
+def test_an_inconclusive_end_leaves_production_where_it_was(ops, prompts_dir, clock):
+    policy = FAST.replace("max_decisions: 20000", "max_decisions: 3000")
+    setup(ops, prompts_dir, prompt_text(policy))
+    (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text(policy)))
+    ops.sync()
+    exp = next(e for e in ops.experiments.list() if e["status"] == "running")
+    traffic(ops, clock, 3600, {3: 0.10, 2: 0.10})
+    clock.advance(hours=2)
+    ops.tick()
+    e = ops.experiments.get(exp["id"])
+    assert e["status"] == "inconclusive" and e["winner"] is None, e
+    assert ops.registry.resolve("triage").number == 1
