@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from promptops.config import Settings
 from promptops.errors import InvalidInput, InvalidPromptFile, PromptOpsError
@@ -25,8 +28,61 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 
 # Piped output is not cut to 80 columns: tables stay readable in logs and scripts.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# User data is never read as markup or emoji codes: everything is printed through say() and cell().
+out = Console(highlight=False, soft_wrap=True, emoji=False,
+              width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+# C0 controls but tab and newline, DEL and C1 controls: an escape sequence in a git author or a
+# prompt must not drive the terminal.
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+C1_CHARS = re.compile(r"[\x7f-\x9f]")
+
+
+class Reward(StrEnum):
+    """Reward kinds of an experiment's primary metric."""
+
+    binary = "binary"
+    continuous = "continuous"
+
+
+class Strategy(StrEnum):
+    """Allocation strategies."""
+
+    thompson = "thompson"
+    fixed = "fixed"
+
+
+class Role(StrEnum):
+    """API key roles."""
+
+    serve = "serve"
+    admin = "admin"
+
+
+class Status(StrEnum):
+    """Experiment statuses."""
+
+    draft = "draft"
+    running = "running"
+    completed = "completed"
+    inconclusive = "inconclusive"
+    stopped = "stopped"
+
+
+def clean(text: Any) -> str:
+    """Text safe for a terminal: control characters (escape sequences included) removed."""
+    return CONTROL_CHARS.sub("", str(text))
+
+
+def cell(value: Any) -> Text:
+    """A table cell that shows user data literally (no markup, no control characters)."""
+    return Text(clean("" if value is None else value))
+
+
+def say(line: Any, *, console: Console | None = None) -> None:
+    """Print one literal line (no markup, no control characters)."""
+    (console or out).print(clean(line), markup=False, emoji=False, highlight=False)
 
 
 class State:
@@ -51,13 +107,22 @@ def ops(**overrides: Any):  # type: ignore[no-untyped-def]
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one line to stderr and exit."""
-    err.print(f"error: {message}", markup=False)
+    say(f"error: {message}", console=err)
     raise typer.Exit(code)
 
 
 def print_json(data: Any) -> None:
-    """Print JSON to stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    """Print JSON to stdout (C1 controls, which JSON leaves raw, escaped as \\u00XX)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    sys.stdout.write(C1_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from promptops import __version__
+
+        sys.stdout.write(f"promptops {__version__}\n")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -66,6 +131,9 @@ def root(
         "--database-url", help="Overrides PROMPTOPS_DATABASE_URL.")] = None,
     prompts_dir: Annotated[str | None, typer.Option(
         "--prompts-dir", help="Overrides PROMPTOPS_PROMPTS_DIR.")] = None,
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", is_eager=True,
+        callback=_print_version)] = False,
 ) -> None:
     """promptops: prompts as code, with A/B experiments on autopilot."""
     State.database_url = database_url
@@ -88,8 +156,29 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to create.")] = 
     if not env.exists():
         env.write_text("PROMPTOPS_DATABASE_URL=sqlite:///./promptops.db\n"
                        "PROMPTOPS_PROMPTS_DIR=./prompts\n", encoding="utf-8")
-    out.print(f"created {example} and {env}")
-    out.print(f"next: cd {directory} && promptops sync && promptops serve")
+    ignore = _write_gitignore(directory)
+    say(f"created {example} and {env}" + (f"; {ignore}" if ignore else ""))
+    say(f"next: cd {directory} && promptops sync && promptops serve")
+
+
+GITIGNORE_ENTRIES = ("promptops.db", "promptops.db-wal", "promptops.db-shm",
+                     "promptops.db-journal", ".venv/")
+
+
+def _write_gitignore(directory: Path) -> str | None:
+    """Keep the database and the virtualenv out of git; an existing file only gains lines."""
+    path = directory / ".gitignore"
+    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    present = {line.strip() for line in existing.splitlines()}
+    missing = [e for e in GITIGNORE_ENTRIES if e not in present]
+    if not missing:
+        return None
+    block = "# promptops: the local database and the virtualenv\n" + "".join(
+        f"{e}\n" for e in missing)
+    if existing and not existing.endswith("\n"):
+        existing += "\n"
+    path.write_text(existing + ("\n" if existing else "") + block, encoding="utf-8")
+    return f"{'updated' if existing else 'created'} {path}"
 
 
 @app.command()
@@ -100,7 +189,7 @@ def validate(paths: Annotated[list[Path] | None, typer.Argument(
 
     targets = paths or [settings().prompts_dir]
     definitions = promptfiles.load_prompt_files(targets)
-    out.print(f"ok: {len(definitions)} prompt file(s) valid")
+    say(f"ok: {len(definitions)} prompt file(s) valid")
 
 
 @app.command()
@@ -113,9 +202,9 @@ def sync(
     report = service.sync(paths, dry_run=dry_run, actor=_actor())
     prefix = "would: " if dry_run else ""
     for line in report.changes:
-        out.print(prefix + line, markup=False)
+        say(prefix + line)
     if not report.changes:
-        out.print(f"up to date: {report.prompts} prompt(s)")
+        say(f"up to date: {report.prompts} prompt(s)")
 
 
 def _actor() -> str:
@@ -161,13 +250,13 @@ def render(
     if as_json:
         print_json(result)
         return
-    out.print(f"# {result['prompt']} v{result['version']} ({result['variant']})", markup=False)
+    say(f"# {result['prompt']} v{result['version']} ({result['variant']})")
     if "messages" in result:
         for m in result["messages"]:
-            out.print(f"[{m['role']}]", markup=False)
-            out.print(m["content"], markup=False)
+            say(f"[{m['role']}]")
+            say(m["content"])
     else:
-        out.print(result["text"], markup=False)
+        say(result["text"])
 
 
 @app.command()
@@ -181,17 +270,26 @@ def versions(name: str, as_json: Annotated[bool, typer.Option("--json")] = False
         return
     table = Table("version", "variant", "labels", "created", "git commit", "author", "source")
     for v in rows:
-        table.add_row(str(v["number"]), v["variant"], ", ".join(v["labels"]),
-                      datetime.fromtimestamp(v["created_at"], UTC).strftime("%Y-%m-%d %H:%M"),
-                      (v["git_commit"] or "")[:12], v["git_author"] or "", v["source_path"] or "")
+        table.add_row(cell(v["number"]), cell(v["variant"]), cell(", ".join(v["labels"])),
+                      cell(datetime.fromtimestamp(v["created_at"], UTC).strftime(
+                          "%Y-%m-%d %H:%M")),
+                      cell(_git_cell(v)), cell(v["git_author"]), cell(v["source_path"]))
     out.print(table)
+
+
+def _git_cell(v: dict[str, Any]) -> str:
+    from promptops.services.provenance import STATE_NOTES
+
+    commit = (v["git_commit"] or "")[:12]
+    note = STATE_NOTES.get(v.get("git_state") or "")
+    return f"{commit} ({note})" if commit and note else commit or (f"({note})" if note else "")
 
 
 @app.command()
 def diff(name: str, a: int, b: int) -> None:
     """A unified diff of two versions."""
     text = ops().registry.diff(name, a, b)
-    sys.stdout.write(text if text else f"versions {a} and {b} have the same content\n")
+    sys.stdout.write(clean(text) if text else f"versions {a} and {b} have the same content\n")
 
 
 @app.command()
@@ -200,17 +298,22 @@ def label(name: str, version: int, label_name: Annotated[str, typer.Argument(
     """Move a label to a version (rollback: move production back)."""
     result = ops().registry.move_label(name, version, label_name, actor=_actor())
     prev = result["previous"]
-    out.print(f"{name}: {label_name} -> version {version}"
-              + (f" (was {prev})" if prev and prev != version else ""), markup=False)
+    say(f"{name}: {label_name} -> version {version}"
+        + (f" (was {prev})" if prev and prev != version else ""))
 
 
 # -- experiments ---------------------------------------------------------------------------------
 def _parse_settings(pairs: list[str]) -> dict[str, Any]:
+    from promptops.domain import Policy
+
     policy: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise InvalidInput(f"--set takes SETTING=VALUE, got {pair!r}")
+        if key not in Policy.field_names():
+            raise InvalidInput(f"unknown policy setting {key!r}; valid settings: "
+                               + ", ".join(sorted(Policy.field_names())))
         try:
             policy[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -221,11 +324,12 @@ def _parse_settings(pairs: list[str]) -> dict[str, Any]:
 @experiment_app.command("start")
 def experiment_start(
     name: Annotated[str | None, typer.Argument(help="Prompt name.")] = None,
-    versions: Annotated[list[int] | None, typer.Argument(help="Two or more versions.")] = None,
+    versions: Annotated[list[int] | None, typer.Argument(
+        help="Two or more versions; the first is the control.")] = None,
     experiment_id: Annotated[int | None, typer.Option("--id", help="Start a draft by id.")] = None,
     metric: Annotated[str, typer.Option(help="Metric name.")] = "reward",
-    reward: Annotated[str, typer.Option(help="binary or continuous.")] = "binary",
-    strategy: Annotated[str, typer.Option(help="thompson or fixed.")] = "thompson",
+    reward: Annotated[Reward, typer.Option(help="Kind of reward.")] = Reward.binary,
+    strategy: Annotated[Strategy, typer.Option(help="Allocation.")] = Strategy.thompson,
     weights: Annotated[str | None, typer.Option(help="Fixed weights, e.g. 0.5,0.5.")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Policy SETTING=VALUE (repeatable).")] = None,
@@ -245,31 +349,38 @@ def experiment_start(
             except ValueError:
                 fail(f"--weights must be numbers separated by commas, got {weights!r}")
         exp = service.experiments.create(
-            name, versions, metric=metric, reward=reward, strategy=strategy, weights=w,
-            policy=_parse_settings(set_ or []), start=not draft, actor=_actor())
-    out.print(f"experiment {exp['id']} {exp['status']}: {exp['prompt']} versions "
-              f"{', '.join(str(a['version']) for a in exp['arms'])}", markup=False)
+            name, versions, metric=metric, reward=reward.value, strategy=strategy.value,
+            weights=w, policy=_parse_settings(set_ or []), start=not draft, actor=_actor())
+    say(f"experiment {exp['id']} {exp['status']}: {exp['prompt']} versions "
+        f"{', '.join(str(a['version']) for a in exp['arms'])}")
+    _say_control(exp)
+
+
+def _say_control(e: dict[str, Any]) -> None:
+    if e.get("control_is_production") is False:
+        say(f"  control v{e['control_version']} is not the version that held production "
+            f"at the start (v{e['production_at_start']})")
 
 
 @experiment_app.command("list")
 def experiment_list(
     prompt: Annotated[str | None, typer.Option(help="Only this prompt.")] = None,
-    status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    status: Annotated[Status | None, typer.Option(help="Only this status.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List experiments, newest first."""
-    rows = ops().experiments.list(prompt=prompt, status=status)
+    rows = ops().experiments.list(prompt=prompt, status=status.value if status else None)
     if as_json:
         print_json(rows)
         return
     table = Table("id", "prompt", "status", "versions", "decisions", "leader", "winner")
     for e in rows:
         leader = max(e["arms"], key=lambda a: a["p_best"] or 0.0)
-        table.add_row(str(e["id"]), e["prompt"], e["status"],
-                      ", ".join(str(a["version"]) for a in e["arms"]),
-                      str(sum(a["decisions"] for a in e["arms"])),
-                      f"v{leader['version']}" if leader["p_best"] is not None else "",
-                      f"v{e['winner']}" if e["winner"] else "")
+        table.add_row(cell(e["id"]), cell(e["prompt"]), cell(e["status"]),
+                      cell(", ".join(str(a["version"]) for a in e["arms"])),
+                      cell(sum(a["decisions"] for a in e["arms"])),
+                      cell(f"v{leader['version']}" if leader["p_best"] is not None else ""),
+                      cell(f"v{e['winner']}" if e["winner"] else ""))
     out.print(table)
 
 
@@ -281,15 +392,15 @@ def experiment_status(experiment_id: int,
     if as_json:
         print_json(e)
         return
-    out.print(f"experiment {e['id']} on {e['prompt']}: {e['status']}"
-              + (f", winner v{e['winner']}" if e["winner"] else ""), markup=False)
+    say(f"experiment {e['id']} on {e['prompt']}: {e['status']}"
+        + (f", winner v{e['winner']}" if e["winner"] else ""))
+    _say_control(e)
     if e.get("reason"):
-        out.print(f"  {e['reason']}", markup=False)
+        say(f"  {e['reason']}")
     if e.get("value_remaining") is not None:
-        out.print(f"  value remaining (95%): {100 * e['value_remaining']:.2f}% of the leader's mean",
-                  markup=False)
+        say(f"  value remaining (95%): {100 * e['value_remaining']:.2f}% of the leader's mean")
     if e.get("srm_alarm"):
-        out.print("  SAMPLE RATIO MISMATCH: promotion frozen", markup=False)
+        say("  SAMPLE RATIO MISMATCH: promotion frozen")
 
     def pct(x: float | None) -> str:
         return "" if x is None else f"{100 * x:.2f}%"
@@ -298,10 +409,11 @@ def experiment_status(experiment_id: int,
                   "P(best)", "exp. loss", "weight")
     for a in e["arms"]:
         ci = "" if a["ci_low"] is None else f"{pct(a['ci_low'])} - {pct(a['ci_high'])}"
-        table.add_row(f"{a['version']}{' (control)' if a['is_control'] else ''}", a["variant"],
-                      str(a["decisions"]), str(a["feedback"]), str(a["n"]), pct(a["mean"]), ci,
-                      pct(a["p_best"]), "" if a["expected_loss"] is None
-                      else f"{a['expected_loss']:.5f}", pct(a["weight"]))
+        table.add_row(cell(f"{a['version']}{' (control)' if a['is_control'] else ''}"),
+                      cell(a["variant"]), cell(a["decisions"]), cell(a["feedback"]), cell(a["n"]),
+                      cell(pct(a["mean"])), cell(ci), cell(pct(a["p_best"])),
+                      cell("" if a["expected_loss"] is None else f"{a['expected_loss']:.5f}"),
+                      cell(pct(a["weight"])))
     out.print(table)
 
 
@@ -309,7 +421,7 @@ def experiment_status(experiment_id: int,
 def experiment_stop(experiment_id: int) -> None:
     """Stop an experiment; production stays."""
     e = ops().experiments.stop(experiment_id, actor=_actor())
-    out.print(f"experiment {e['id']} stopped", markup=False)
+    say(f"experiment {e['id']} stopped")
 
 
 @experiment_app.command("promote")
@@ -319,8 +431,7 @@ def experiment_promote(
 ) -> None:
     """End a running experiment and move production to the winner."""
     e = ops().experiments.promote(experiment_id, version=version, actor=_actor())
-    out.print(f"experiment {e['id']} completed: production -> version {e['winner']}",
-              markup=False)
+    say(f"experiment {e['id']} completed: production -> version {e['winner']}")
 
 
 # -- simulation ----------------------------------------------------------------------------------
@@ -347,9 +458,9 @@ def simulate(
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
-    table = Table("figure", "value", title=f"scenario {scenario}")
+    table = Table("figure", "value", title=cell(f"scenario {scenario}"))
     for key, value in result.items():
-        table.add_row(key, json.dumps(value))
+        table.add_row(cell(key), cell(json.dumps(value)))
     out.print(table)
 
 
@@ -374,8 +485,8 @@ def gc(
     """Delete raw decisions and feedback of experiments ended over DAYS ago (stats are kept)."""
     r = ops().retention.gc(older_than_days=older_than, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
-    out.print(f"{verb} {r['decisions']} decisions and {r['feedback']} feedback "
-              f"from {r['experiments']} ended experiment(s) and old production serves")
+    say(f"{verb} {r['decisions']} decisions and {r['feedback']} feedback "
+        f"from {r['experiments']} ended experiment(s) and old production serves")
 
 
 @db_app.command("upgrade")
@@ -385,7 +496,7 @@ def db_upgrade(revision: str = "head") -> None:
 
     eng = db.make_engine(settings().database_url)
     db.upgrade(eng, revision)
-    out.print(f"database at {revision}")
+    say(f"database at {revision}")
 
 
 @db_app.command("downgrade")
@@ -395,18 +506,18 @@ def db_downgrade(revision: str) -> None:
 
     eng = db.make_engine(settings().database_url)
     db.downgrade(eng, revision)
-    out.print(f"database at {revision}")
+    say(f"database at {revision}")
 
 
 @keys_app.command("create")
 def keys_create(
-    role: Annotated[str, typer.Option("--role", help="serve or admin.")],
+    role: Annotated[Role, typer.Option("--role", help="What the key may do.")],
     name: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
-    key = ops().keys.create(role, name=name, actor=_actor())
+    key = ops().keys.create(role.value, name=name, actor=_actor())
     sys.stdout.write(key + "\n")
-    err.print("store this key now: it cannot be shown again", markup=False)
+    say("store this key now: it cannot be shown again", console=err)
 
 
 @keys_app.command("list")
@@ -414,8 +525,8 @@ def keys_list() -> None:
     """List keys (prefixes only)."""
     table = Table("id", "prefix", "role", "name", "revoked")
     for k in ops().keys.list():
-        table.add_row(str(k["id"]), k["prefix"] + "...", k["role"], k["name"],
-                      "yes" if k["revoked_at"] else "")
+        table.add_row(cell(k["id"]), cell(k["prefix"] + "..."), cell(k["role"]), cell(k["name"]),
+                      cell("yes" if k["revoked_at"] else ""))
     out.print(table)
 
 
@@ -424,49 +535,40 @@ def keys_revoke(key_id: int) -> None:
     """Revoke a key by id."""
     service = ops()
     service.keys.revoke(key_id, actor=_actor())
-    out.print(f"key {key_id} revoked")
+    say(f"key {key_id} revoked")
     if not service.keys.any():
-        err.print("no active key is left: auth stays on and every request is refused; create a "
-                  "key, or run `promptops keys auth-off`", markup=False)
+        say("no active key is left: auth stays on and every request is refused; create a "
+            "key, or run `promptops keys auth-off`", console=err)
 
 
 @keys_app.command("auth-off")
 def keys_auth_off() -> None:
     """Turn auth off (no active key may exist): a loopback server then answers without a key."""
     ops().keys.auth_off(actor=_actor())
-    out.print("auth is off: a server bound to loopback answers without a key until one is created")
+    say("auth is off: a server bound to loopback answers without a key until one is created")
 
 
 def main() -> None:
-    """Entry point: run the app, turning user mistakes into one stderr line and exit code 1."""
+    """Entry point: usage errors get typer's usage message and exit 2; user mistakes one stderr
+    line and exit 1; anything else one line and exit 2 (a traceback with PROMPTOPS_DEBUG=1)."""
     try:
-        code = app(standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        # Standalone mode lets typer report usage errors, --help and exits with its own click,
+        # which may be a private copy: catching click's classes here would miss them.
+        app(standalone_mode=True, prog_name="promptops")
     except InvalidPromptFile as exc:
         for problem in exc.problems:
-            err.print(str(problem), markup=False)
+            say(problem, console=err)
         sys.exit(1)
     except PromptOpsError as exc:
-        err.print(f"error: {exc.message}", markup=False)
+        say(f"error: {exc.message}", console=err)
         sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err.print("aborted", markup=False)
-        sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors and unexpected failures
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # an unexpected failure
         if os.environ.get("PROMPTOPS_DEBUG"):
             raise
-        err.print(f"error: unexpected {type(exc).__name__}: {exc} "
-                  "(set PROMPTOPS_DEBUG=1 for a traceback)", markup=False)
+        say(f"error: unexpected {type(exc).__name__}: {exc} "
+            "(set PROMPTOPS_DEBUG=1 for a traceback)", console=err)
         sys.exit(2)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -115,7 +116,8 @@ def test_sync_render_versions_diff_label(cli):
     pytest.param(["diff", "triage", "1", "5"], "no version 5", id="diff-unknown"),
     pytest.param(["experiment", "status", "42"], "experiment 42 not found", id="no-experiment"),
     pytest.param(["experiment", "start", "triage", "1"], "at least two", id="one-arm"),
-    pytest.param(["keys", "create", "--role", "root"], "role must be", id="bad-role"),
+    pytest.param(["experiment", "start", "triage", "1", "2", "--set", "min_hour=0"],
+                 "min_samples_per_arm, min_update_minutes", id="unknown-policy-setting"),
 ])
 def test_mistakes_are_one_line_without_traceback(cli, args, needle):
     add(cli)
@@ -208,3 +210,159 @@ def test_template_bombs_are_file_problems_and_serving_goes_on(cli, capsys, templ
         ops.close()
     r = cli("render", "triage", "--var", "message=hi")
     assert r.code == 0 and "Text: hi" in r.out, r
+
+
+@pytest.mark.parametrize("args, needle", [
+    pytest.param(["keys", "create", "--role", "root"], "'serve', 'admin'", id="bad-role"),
+    pytest.param(["experiment", "status", "abc"], "experiment_id", id="bad-integer"),
+    pytest.param(["experiment", "start", "triage", "1", "2", "--reward", "percent"],
+                 "'binary', 'continuous'", id="bad-reward"),
+    pytest.param(["experiment", "list", "--status", "done"], "'inconclusive'", id="bad-status"),
+    pytest.param(["versions", "triage", "--bogus"], "No such option", id="unknown-option"),
+])
+def test_usage_errors_print_the_usage_and_exit_2(cli, monkeypatch, args, needle):
+    monkeypatch.setenv("COLUMNS", "200")
+    r = cli(*args)
+    assert r.code == 2, r
+    assert r.err.startswith("Usage: promptops") and needle in r.err, r
+    assert "unexpected" not in r.err and "Traceback" not in r.err, r
+
+
+def test_version(cli):
+    from promptops import __version__
+
+    r = cli("--version")
+    assert r.code == 0 and r.out == f"promptops {__version__}\n", r
+
+
+@pytest.mark.parametrize("args, choices", [
+    pytest.param(["experiment", "start"], ["binary|continuous", "thompson|fixed"], id="start"),
+    pytest.param(["keys", "create"], ["serve|admin"], id="keys"),
+    pytest.param(["experiment", "list"], ["draft|running|completed|inconclusive|stopped"],
+                 id="list"),
+])
+def test_help_enumerates_the_choices(cli, monkeypatch, args, choices):
+    monkeypatch.setenv("COLUMNS", "200")
+    r = cli(*args, "--help")
+    assert r.code == 0, r
+    for choice in choices:
+        assert choice in r.out, r
+
+
+def test_status_choices_are_the_experiment_statuses():
+    from promptops.cli import Status
+    from promptops.domain import EXPERIMENT_STATUSES
+
+    assert tuple(s.value for s in Status) == EXPERIMENT_STATUSES
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def git_repo(repo: Path, author: str = "Ada Lovelace") -> None:
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "ada@example.com")
+    git(repo, "config", "user.name", author)
+
+
+def test_provenance_shows_uncommitted_and_untracked_plainly(cli):
+    prompts = cli.dir / "prompts"
+    git_repo(prompts)
+    add(cli)
+    git(prompts, "add", "triage.yaml")
+    git(prompts, "commit", "-qm", "add triage")
+    head = git(prompts, "rev-parse", "HEAD")
+    r = cli("sync")
+    assert r.code == 0 and "triage: new version 1 (main)\n" in r.out, r
+    add(cli, TRIAGE.replace("Pick one", "Choose one"))
+    r = cli("sync")
+    assert "triage: new version 3 (main) (uncommitted changes)" in r.out, r
+    add(cli, TRIAGE.replace("triage", "fresh"), "fresh.yaml")
+    r = cli("sync")
+    assert "fresh: new version 1 (main) (untracked in git)" in r.out, r
+
+    rows = json.loads(cli("versions", "triage", "--json").out)
+    assert [(v["git_commit"], v["git_state"]) for v in rows] == [
+        (head, "clean"), (head, "clean"), (head, "dirty")], rows
+    fresh = json.loads(cli("versions", "fresh", "--json").out)
+    assert (fresh[0]["git_commit"], fresh[0]["git_state"]) == (None, "untracked"), fresh
+    table = cli("versions", "triage").out
+    assert f"{head[:12]} (uncommitted changes)" in table, table
+    assert "(untracked in git)" in cli("versions", "fresh").out
+
+
+def test_outside_git_there_is_no_provenance(cli):
+    add(cli)
+    r = cli("sync")
+    assert r.code == 0 and "git" not in r.out, r
+    rows = json.loads(cli("versions", "triage", "--json").out)
+    assert (rows[0]["git_commit"], rows[0]["git_state"]) == (None, None), rows
+
+
+def test_init_keeps_the_database_out_of_git(cli):
+    proj = cli.dir / "proj"
+    proj.mkdir()
+    git_repo(proj)
+    (proj / ".gitignore").write_text("node_modules/", encoding="utf-8")
+    r = cli("init", "proj")
+    assert r.code == 0, r
+    ignore = (proj / ".gitignore").read_text(encoding="utf-8")
+    assert ignore.startswith("node_modules/\n"), ignore
+    (proj / ".venv" / "bin").mkdir(parents=True)
+    for name in ("promptops.db", "promptops.db-wal", "promptops.db-shm", ".venv/bin/python"):
+        (proj / name).write_text("x", encoding="utf-8")
+    git(proj, "add", "-A")
+    staged = git(proj, "diff", "--cached", "--name-only").split()
+    assert sorted(staged) == [".env.example", ".gitignore", "prompts/example.yaml"], staged
+
+
+def test_init_writes_a_gitignore_once(cli):
+    assert cli("init", "proj").code == 0
+    path = cli.dir / "proj" / ".gitignore"
+    first = path.read_text(encoding="utf-8")
+    assert "promptops.db-wal" in first and ".venv/" in first, first
+    (cli.dir / "proj" / "prompts" / "example.yaml").unlink()
+    assert cli("init", "proj").code == 0
+    assert path.read_text(encoding="utf-8") == first
+
+
+MARKUP = "Eve [/bold] [red]x\x1b[31m\x9b2J\x07"
+SHOWN = "Eve [/bold] [red]x[31m2J"
+
+
+def test_user_data_is_printed_literally(cli, monkeypatch):
+    monkeypatch.setenv("PROMPTOPS_PROMPTS_DIR", "prompts")  # a short source path: no wrapping
+    prompts = cli.dir / "prompts"
+    git_repo(prompts, author=MARKUP)
+    add(cli, TRIAGE.replace("Text: {{ message }}", "Text: [/bold] {{ message }}"),
+        "[red]triage.yaml")
+    git(prompts, "add", "-A")
+    git(prompts, "commit", "-qm", "add triage")
+    assert cli("sync").code == 0
+    for args in (["versions", "triage"], ["render", "triage", "--var", f"message={MARKUP}"]):
+        r = cli(*args)
+        assert r.code == 0 and SHOWN in r.out, r
+        assert "\x1b" not in r.out and "\x9b" not in r.out and "\x07" not in r.out, r
+    assert "[red]triage.yaml" in cli("versions", "triage").out
+    r = cli("keys", "create", "--role", "serve", "--name", MARKUP)
+    r = cli("keys", "list")
+    assert r.code == 0 and SHOWN in r.out and "\x1b" not in r.out, r
+    r = cli("render", "triage", "--var", f"message={MARKUP}", "--json")
+    assert json.loads(r.out)["messages"][1]["content"].endswith(MARKUP) and "\x9b" not in r.out
+    r = cli("render", "nope [/bold]\x1b[2J")
+    assert r.code == 1 and "'nope [/bold]" in r.err and "\x1b" not in r.err, r
+
+
+def test_an_experiment_whose_control_is_not_production_says_so(cli):
+    add(cli)
+    cli("sync")
+    r = cli("experiment", "start", "triage", "2", "1")
+    assert r.code == 0 and "experiment 1 running: triage versions 2, 1" in r.out, r
+    assert "control v2 is not the version that held production at the start (v1)" in r.out, r
+    r = cli("experiment", "status", "1")
+    assert "control v2 is not the version that held production" in r.out, r
+    body = json.loads(cli("experiment", "status", "1", "--json").out)
+    assert (body["control_version"], body["production_at_start"],
+            body["control_is_production"]) == (2, 1, False), body
