@@ -364,3 +364,29 @@ def test_web_folder_is_found():
     root = dashboard.web_dir()
     assert (root / "templates" / "base.html").is_file()
     assert (root / "static" / "dashboard.css").is_file()
+
+
+def test_pages_say_when_content_or_control_is_not_what_production_was(client, ops, prompts_dir):
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(prompts_dir), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "ada@example.com")
+    git("config", "user.name", "Ada")
+    (prompts_dir / "triage.yaml").write_text(PROMPT, encoding="utf-8")
+    git("add", "triage.yaml")
+    git("commit", "-qm", "add")
+    ops.sync()
+    (prompts_dir / "triage.yaml").write_text(PROMPT.replace("Answer with", "Reply with"))
+    ops.sync()  # main is now v3, uncommitted; the new experiment's control is v3
+    (prompts_dir / "other.yaml").write_text(PROMPT.replace("name: triage", "name: other"))
+    ops.sync()
+    client.app.state.runtime.refresh(force=True)
+    page = client.get("/prompts/triage", headers=HTML).text
+    assert "uncommitted changes" in page and "untracked" not in page
+    assert "untracked in git" in client.get("/prompts/other", headers=HTML).text
+    exp = next(e for e in ops.experiments.list(prompt="triage") if e["status"] == "running")
+    page = client.get(f"/experiments/{exp['id']}", headers=HTML).text
+    assert "production at the start was version 1" in page
