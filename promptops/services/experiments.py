@@ -311,8 +311,14 @@ class Experiments:
         if winner is not None:
             version = s.get(VersionRow, arms[winner].version_id)
             assert version is not None
-            self.registry.set_label(s, p, version, PRODUCTION, actor=actor,
-                                    reason=f"experiment {exp.id}: {reason}",
+            label_reason = f"experiment {exp.id}: {reason}"
+            current = s.scalar(select(VersionRow.number).join(
+                LabelRow, LabelRow.version_id == VersionRow.id).where(
+                LabelRow.prompt_id == p.id, LabelRow.name == PRODUCTION))
+            if exp.production_version_at_start is not None and current not in (
+                    None, exp.production_version_at_start, version.number):
+                label_reason += f"; replaces v{current}, set while the experiment ran"
+            self.registry.set_label(s, p, version, PRODUCTION, actor=actor, reason=label_reason,
                                     experiment_id=exp.id, details={"evidence": ev})
         bump_change_seq(s)
 

@@ -385,6 +385,7 @@ def test_a_winning_control_replaces_a_hand_move_made_during_the_experiment(ops, 
     move = next(a for a in ops.registry.audit(experiment_id=exp["id"])
                 if a["action"] == "label.move")
     assert (move["details"]["from"], move["details"]["to"]) == (2, 1), move
+    assert "replaces v2, set while the experiment ran" in move["message"], move
 
 
 def test_an_inconclusive_end_leaves_production_where_it_was(ops, prompts_dir, clock):
