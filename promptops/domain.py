@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 VariableType = Literal["string", "integer", "number", "boolean", "list", "object"]
@@ -19,7 +20,9 @@ RewardKind = Literal["binary", "continuous"]
 Strategy = Literal["thompson", "fixed"]
 Allocation = Literal["top_two", "thompson"]
 MissingFeedback = Literal["zero", "ignore"]
-ExperimentStatus = Literal["draft", "running", "completed", "inconclusive", "stopped"]
+ExperimentStatus = Literal[
+    "draft", "running", "holdout", "completed", "inconclusive", "rolled_back", "stopped"
+]
 
 VARIABLE_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "list", "object")
 EXPERIMENT_STATUSES: tuple[str, ...] = ("draft", "running", "completed", "inconclusive", "stopped")
@@ -156,6 +159,65 @@ def content_hash(data: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+class StatsAction(StrEnum):
+    """What the policy decides at an epoch boundary."""
+
+    CONTINUE = "continue"
+    PROMOTE = "promote"
+    KEEP_CONTROL = "keep_control"
+    INCONCLUSIVE = "inconclusive"
+
+
+class StopReason(StrEnum):
+    """Why an experiment ended without a winner (or why it ended, for a winner)."""
+
+    WINNER = "winner"
+    LIMIT = "limit"
+    EQUIVALENT = "equivalent"
+    NO_MEANINGFUL_WINNER = "no_meaningful_winner"
+    GUARDRAILS = "guardrails"
+
+
+class HoldoutAction(StrEnum):
+    """What the guarded rollout decides while the previous production keeps its holdout share."""
+
+    CONTINUE_HOLDOUT = "continue_holdout"
+    END_HOLDOUT = "end_holdout"
+    ROLLBACK = "rollback"
+
+
+class GuardrailState(StrEnum):
+    """A challenger's standing on one guardrail."""
+
+    ALLOWED = "allowed"
+    PENDING = "pending"
+    BLOCKED = "blocked"
+
+
+class SafetyFlag(StrEnum):
+    """A safety check that froze promotion."""
+
+    SRM = "srm"
+    FEEDBACK = "feedback"
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """A metric a challenger must not worsen beyond a margin relative to the control's mean
+    (max_increase / max_decrease) or absolute in the metric's units (*_abs)."""
+
+    metric: str
+    max_increase: float | None = None
+    max_decrease: float | None = None
+    max_increase_abs: float | None = None
+    max_decrease_abs: float | None = None
+
+
+GUARDRAIL_MARGINS: tuple[str, ...] = (
+    "max_increase", "max_decrease", "max_increase_abs", "max_decrease_abs"
+)
+
+
 @dataclass(frozen=True)
 class Policy:
     """Settings of an experiment's statistical policy (defaults from STATS.md)."""
@@ -173,11 +235,25 @@ class Policy:
     max_decisions: int = 100_000
     max_days: float = 30.0
     max_checks: int = 40
-    alpha: float = 0.005
+    alpha: float = 0.05  # false promotions over all checks, spent over the information fraction
     loss_threshold: float = 0.01
     control_p_best: float = 0.99
-    srm_p_value: float = 0.001
+    srm_p_value: float = 0.005  # false SRM alarms over the experiment, spent like alpha
+    feedback_p_value: float = 0.005  # false feedback alarms over the experiment, spent like alpha
     prior_strength: float = 1.0
+    equivalence_margin: float = 0.05  # relative to the control's mean; 0 turns the stop off
+    value_remaining_stop: float = 0.01  # relative to the control's mean; 0 turns the stop off
+    holdout_share: float = 0.20  # 0 turns the guarded rollout off
+    holdout_decisions: int | None = None  # None: 40% of max_decisions
+    holdout_hours: float = 72.0
+    guardrails: tuple[Guardrail, ...] = ()
+
+    @property
+    def holdout_decisions_effective(self) -> int:
+        """Decisions the holdout phase lasts at most (40% of max_decisions unless set)."""
+        if self.holdout_decisions is not None:
+            return self.holdout_decisions
+        return max(1, int(round(0.4 * self.max_decisions)))
 
     def missing_feedback_for(self, reward: str) -> MissingFeedback:
         """The effective missing-feedback rule for a reward kind."""
@@ -192,8 +268,9 @@ class Policy:
     def overrides(self) -> dict[str, Any]:
         """Only the settings that differ from the defaults."""
         default = Policy()
+        mine = self.to_dict()
         return {
-            f.name: getattr(self, f.name)
+            f.name: mine[f.name]
             for f in fields(self)
             if getattr(self, f.name) != getattr(default, f.name)
         }
@@ -294,7 +371,10 @@ _POLICY_RULES: dict[str, _Rule] = {
     **dict.fromkeys(("min_hours", "min_update_minutes"), _AT_LEAST_0),
     # Feedback always arrives after its decision: a zero window would count none.
     "attribution_window_hours": _POSITIVE,
-    **dict.fromkeys(("alpha", "control_p_best", "srm_p_value"), _PROBABILITY),
+    **dict.fromkeys(("alpha", "control_p_best", "srm_p_value", "feedback_p_value"), _PROBABILITY),
+    **dict.fromkeys(("equivalence_margin", "value_remaining_stop", "holdout_hours"), _AT_LEAST_0),
+    "holdout_share": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "holdout_decisions": _POSITIVE,
     **dict.fromkeys(("min_samples_per_arm", "draws", "update_every", "max_checks"), _POSITIVE),
     **dict.fromkeys(("max_decisions", "max_days", "loss_threshold", "prior_strength"), _POSITIVE),
     "floor": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
@@ -303,15 +383,20 @@ _POLICY_RULES: dict[str, _Rule] = {
 # Upper bounds keep every stored value within what the database and JSON encoders can hold.
 _POLICY_MAX: dict[str, float] = {
     "draws": 1_000_000, "max_checks": 10_000, "max_days": 3650, "attribution_window_hours": 8760,
-    "min_hours": 87_600, "min_update_minutes": 525_600,
+    "min_hours": 87_600, "min_update_minutes": 525_600, "equivalence_margin": 1.0,
+    "value_remaining_stop": 1.0, "holdout_hours": 87_600,
 }
+# Settings that may be null (meaning: derived from others).
+_POLICY_NULLABLE: frozenset[str] = frozenset({"missing_feedback", "holdout_decisions"})
 
 
 def policy_value_problem(name: str, value: Any) -> str | None:
     """What is wrong with a policy setting's value ("must be ..."), or None; types are checked
     by the caller, which knows where the value came from."""
+    if value is None and name in _POLICY_NULLABLE:
+        return None
     if name in POLICY_CHOICES:
-        if value in POLICY_CHOICES[name] or (value is None and name == "missing_feedback"):
+        if value in POLICY_CHOICES[name]:
             return None
         return f"must be one of {', '.join(repr(c) for c in POLICY_CHOICES[name])}"
     if not math.isfinite(value):
@@ -335,8 +420,15 @@ def parse_policy(values: Any, *, base: Policy | None = None) -> Policy:
     for key, value in values.items():
         if key not in Policy.field_names():
             raise ValueError(f"unknown policy setting {key!r}")
+        if key == "guardrails":
+            clean[key] = parse_guardrails(value)
+            continue
         default = getattr(defaults, key)
-        if key not in POLICY_CHOICES:
+        if key == "holdout_decisions":
+            default = 0
+        if value is None and key in _POLICY_NULLABLE:
+            pass
+        elif key not in POLICY_CHOICES:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"policy.{key}: must be a number")
             if isinstance(default, int) and not isinstance(value, int):
@@ -350,3 +442,53 @@ def parse_policy(values: Any, *, base: Policy | None = None) -> Policy:
             raise ValueError(f"policy.{key}: {problem}")
         clean[key] = value
     return replace(base, **clean)
+
+
+def guardrail_problem(raw: Any) -> tuple[str, str] | None:
+    """What is wrong with one guardrail mapping, as (key, "must ...") or None."""
+    if isinstance(raw, Guardrail):
+        raw = asdict(raw)
+    if not isinstance(raw, dict):
+        return "", "must be a mapping like {metric: cost_usd, max_increase: 0.1}"
+    for key in raw:
+        if key != "metric" and key not in GUARDRAIL_MARGINS:
+            return str(key), f"is not a guardrail key (expected metric, {', '.join(GUARDRAIL_MARGINS)})"
+    metric = raw.get("metric")
+    if not isinstance(metric, str) or not metric:
+        return "metric", "must be a metric name"
+    margins = [k for k in GUARDRAIL_MARGINS if raw.get(k) is not None]
+    if not margins:
+        return "", f"needs one of {', '.join(GUARDRAIL_MARGINS)}"
+    if raw.get("max_increase") is not None and raw.get("max_increase_abs") is not None:
+        return "max_increase_abs", "cannot be combined with max_increase"
+    if raw.get("max_decrease") is not None and raw.get("max_decrease_abs") is not None:
+        return "max_decrease_abs", "cannot be combined with max_decrease"
+    for key in margins:
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return key, "must be a number"
+        if not math.isfinite(value) or value < 0 or value > 1e12:
+            return key, "must be a finite number of at least 0"
+    return None
+
+
+def parse_guardrails(values: Any) -> tuple[Guardrail, ...]:
+    """Guardrails from a list of mappings; raises ValueError naming the first bad entry."""
+    if values is None:
+        return ()
+    if not isinstance(values, list | tuple):
+        raise ValueError("policy.guardrails: must be a list of {metric, max_increase, ...}")
+    out: list[Guardrail] = []
+    for i, raw in enumerate(values):
+        problem = guardrail_problem(raw)
+        if problem:
+            key, message = problem
+            where = f"policy.guardrails[{i}]" + (f".{key}" if key else "")
+            raise ValueError(f"{where}: {message}")
+        item = raw if isinstance(raw, Guardrail) else Guardrail(
+            metric=raw["metric"], **{k: None if raw.get(k) is None else float(raw[k])
+                                     for k in GUARDRAIL_MARGINS})
+        if any(g.metric == item.metric for g in out):
+            raise ValueError(f"policy.guardrails[{i}].metric: repeats {item.metric!r}")
+        out.append(item)
+    return tuple(out)

@@ -50,9 +50,25 @@ def apply_floor(weights: np.ndarray, floor: float) -> np.ndarray:
 
 
 def thompson_weights(
+    mean: np.ndarray, sd: np.ndarray, *, policy: Policy, rng: np.random.Generator,
+    blocked: Sequence[int] = (),
+) -> np.ndarray:
+    """Serving weights from posterior draws: top-two or plain Thompson, then the floor; blocked
+    arms (a guardrail stopped them) keep the floor only."""
+    if blocked:
+        psi = _sampling(mean, sd, policy=policy, rng=rng)
+        psi[list(blocked)] = 0.0
+        if psi.sum() <= 0:
+            psi = np.ones_like(psi)
+            psi[list(blocked)] = 0.0
+        return apply_floor(psi, policy.floor)
+    return apply_floor(_sampling(mean, sd, policy=policy, rng=rng), policy.floor)
+
+
+def _sampling(
     mean: np.ndarray, sd: np.ndarray, *, policy: Policy, rng: np.random.Generator
 ) -> np.ndarray:
-    """Serving weights from posterior draws: top-two or plain Thompson, then the floor."""
+    """The serving probabilities psi of top-two or plain Thompson sampling, before the floor."""
     mean = np.asarray(mean, dtype=float)
     sd = np.asarray(sd, dtype=float)
     k = mean.size
@@ -60,7 +76,7 @@ def thompson_weights(
         p1 = norm_cdf_scalar(float(mean[1] - mean[0]) / math.hypot(float(sd[0]), float(sd[1])))
         alpha2 = np.array([1.0 - p1, p1])
         beta = 1.0 if policy.allocation == "thompson" else policy.top_two_beta
-        return apply_floor(beta * alpha2 + (1.0 - beta) * alpha2[::-1], policy.floor)
+        return beta * alpha2 + (1.0 - beta) * alpha2[::-1]
     draws = max(int(policy.draws), 1)
     x = rng.standard_normal((draws, k))
     x *= sd
@@ -78,4 +94,4 @@ def thompson_weights(
         np.fill_diagonal(challenger, 0.0)
         beta = policy.top_two_beta
         psi = beta * alpha + (1.0 - beta) * (alpha @ challenger)
-    return apply_floor(psi, policy.floor)
+    return np.asarray(psi, dtype=float)

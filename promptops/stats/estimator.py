@@ -32,6 +32,7 @@ import numpy as np
 
 from promptops.domain import Policy
 from promptops.stats.special import chi2_sf, norm_cdf, norm_cdf_scalar, norm_pdf
+from promptops.stats.units import FeedbackCounts, MetricData
 
 EPOCH_PSEUDO_N = 10.0
 ARM_PSEUDO_N = 2.0
@@ -44,13 +45,18 @@ _GL_T, _GL_W = np.polynomial.legendre.leggauss(8)
 
 @dataclass(frozen=True)
 class EpochData:
-    """Per-arm, per-epoch sufficient statistics of matured outcomes, shape (K arms, E epochs)."""
+    """Per-arm, per-epoch sufficient statistics, shape (K arms, E epochs): n units with a counted
+    outcome, the sum and sum of squares of their mean matured rewards (each unit in the epoch of its
+    first exposure), `assigned` new units per epoch (the SRM counts) and the epoch's weights; plus the
+    per-arm feedback counts and any secondary or guardrail metric's sums."""
 
     n: np.ndarray
     s: np.ndarray
     ss: np.ndarray
     assigned: np.ndarray
     weights: np.ndarray
+    feedback: FeedbackCounts | None = None
+    metrics: dict[str, MetricData] | None = None
 
     @classmethod
     def empty(cls, k: int) -> EpochData:
@@ -176,6 +182,29 @@ def p_beats(mean: np.ndarray, sd: np.ndarray, reference: int) -> np.ndarray:
             scale = math.sqrt(float(sd[a]) ** 2 + float(sd[reference]) ** 2)
             out[a] = norm_cdf_scalar((float(mean[a]) - float(mean[reference])) / scale)
     return out
+
+
+def stratified(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch-stratified mean and standard error per arm of any metric (no prior: NaN without
+    data), with the same epoch weights as the primary estimator and a pooled within-arm variance
+    where an epoch has fewer than two units."""
+    n = np.asarray(n, dtype=float)
+    s = np.asarray(s, dtype=float)
+    ss = np.asarray(ss, dtype=float)
+    has = n > 0
+    safe_n = np.where(has, n, 1.0)
+    epoch_mean = np.where(has, s / safe_n, 0.0)
+    ssw = np.where(has, np.maximum(ss - s * epoch_mean, 0.0), 0.0)
+    dof = np.where(has, n - 1.0, 0.0)
+    pooled = ssw.sum(axis=1) / np.maximum(dof.sum(axis=1), 1.0)
+    epoch_var = (ssw + EPOCH_PSEUDO_N * pooled[:, None]) / (dof + EPOCH_PSEUDO_N)
+    w = np.where(has, n.sum(axis=0)[None, :], 0.0)
+    wsum = w.sum(axis=1)
+    live = wsum > 0
+    w = w / np.where(live, wsum, 1.0)[:, None]
+    mean = np.where(live, (w * epoch_mean).sum(axis=1), np.nan)
+    var = np.where(live, (w**2 * epoch_var / safe_n).sum(axis=1), np.nan)
+    return mean, np.sqrt(var)
 
 
 def srm_p_value(assigned: np.ndarray, weights: np.ndarray) -> float | None:
