@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from promptops.domain import POLICY_CHOICES, Policy, policy_value_problem
+from promptops.domain import POLICY_CHOICES, Policy, parse_guardrails, policy_value_problem
 from promptops.errors import InvalidInput
 from promptops.stats.simulator import RunResult, Scenario, SimArm, aggregate, simulate_runs
 
@@ -26,9 +26,12 @@ Progress = Callable[[int, int], None]
 
 _TOP_KEYS = (
     "name", "runs", "seed", "decisions", "decisions_per_hour", "reward", "concentration", "arms",
-    "drift", "feedback_delay_hours", "feedback_rate", "policy", "tolerance",
+    "drift", "feedback_delay_hours", "feedback_rate", "policy", "tolerance", "units",
 )
-_ARM_KEYS = ("name", "mean", "feedback_delay_hours", "concentration")
+_ARM_KEYS = ("name", "mean", "feedback_delay_hours", "concentration", "feedback_rate", "schedule",
+             "metrics")
+
+
 class _Checker:
     """Validation helpers that name the file and the key in every message."""
 
@@ -73,7 +76,19 @@ def _policy(check: _Checker, raw: Any) -> Policy:
     out: dict[str, Any] = {}
     for name, value in values.items():
         key = f"policy.{name}"
-        if name not in POLICY_CHOICES:
+        if name == "guardrails":
+            try:
+                out[name] = parse_guardrails(value)
+            except ValueError as exc:
+                where, _, message = str(exc).partition(": ")
+                raise check.fail(where, message) from None
+            continue
+        if value is None and name in ("holdout_decisions", "missing_feedback"):
+            out[name] = None
+            continue
+        if name == "holdout_decisions":
+            value = check.integer(value, key)
+        elif name not in POLICY_CHOICES:
             if isinstance(getattr(default, name), int):
                 value = check.integer(value, key)
             else:
@@ -133,15 +148,58 @@ def parse_scenario(
             mean = check.number(entry["mean"], f"arms[{i}].mean", lo=0, open_lo=True, hi=1.0 / peak)
             if mean * peak >= 1.0:
                 raise check.fail(f"arms[{i}].mean", "must stay below 1 for a continuous reward")
+        schedule: list[tuple[float, float]] = []
+        raw_schedule = entry.get("schedule") or []
+        if not isinstance(raw_schedule, list):
+            raise check.fail(f"arms[{i}].schedule", "must be a list of {at, mean}")
+        for j, item in enumerate(raw_schedule):
+            where = f"arms[{i}].schedule[{j}]"
+            step = check.mapping(item, where, ("at", "mean"))
+            if "at" not in step or "mean" not in step:
+                raise check.fail(where, "needs both 'at' and 'mean'")
+            schedule.append((check.number(step["at"], f"{where}.at", lo=0, hi=1),
+                             check.number(step["mean"], f"{where}.mean", lo=0, hi=1.0 / peak,
+                                          open_lo=reward == "continuous")))
+        metrics: list[tuple[str, float, float]] = []
+        raw_metrics = entry.get("metrics") or {}
+        if not isinstance(raw_metrics, dict):
+            raise check.fail(f"arms[{i}].metrics", "must be a mapping like {cost_usd: {mean, sd}}")
+        for metric, spec in raw_metrics.items():
+            where = f"arms[{i}].metrics.{metric}"
+            params = check.mapping(spec, where, ("mean", "sd"))
+            if "mean" not in params:
+                raise check.fail(f"{where}.mean", "is required")
+            metrics.append((str(metric), check.number(params["mean"], f"{where}.mean"),
+                            check.number(params.get("sd", 0.0), f"{where}.sd", lo=0)))
         arms.append(SimArm(
             name=name,
             mean=mean,
+            schedule=tuple(sorted(schedule)),
+            metrics=tuple(sorted(metrics)),
+            feedback_rate=None if "feedback_rate" not in entry else check.number(
+                entry["feedback_rate"], f"arms[{i}].feedback_rate", lo=0, hi=1),
             feedback_delay_hours=check.number(
                 entry.get("feedback_delay_hours", delay), f"arms[{i}].feedback_delay_hours", lo=0),
             concentration=check.number(
                 entry.get("concentration", concentration), f"arms[{i}].concentration", lo=0,
                 open_lo=True),
         ))
+
+    metric_sets = {tuple(m for m, _, _ in a.metrics) for a in arms}
+    if len(metric_sets) > 1:
+        raise check.fail("arms", "every arm needs the same metrics")
+    policy = _policy(check, data.get("policy"))
+    for j, rule in enumerate(policy.guardrails):
+        if rule.metric not in next(iter(metric_sets)):
+            raise check.fail(f"policy.guardrails[{j}].metric",
+                             f"{rule.metric!r} is not simulated: give every arm metrics.{rule.metric}")
+    unit_mean: float | None = None
+    icc = 0.0
+    if data.get("units") is not None:
+        units = check.mapping(data["units"], "units", ("mean_decisions", "icc"))
+        unit_mean = check.number(units.get("mean_decisions", 1.0), "units.mean_decisions", lo=1,
+                                 hi=10_000)
+        icc = check.number(units.get("icc", 0.0), "units.icc", lo=0, hi=0.99)
 
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name:
@@ -157,8 +215,10 @@ def parse_scenario(
         reward=reward,
         drift=tuple(drift),
         feedback_rate=check.number(data.get("feedback_rate", 1.0), "feedback_rate", lo=0, hi=1),
-        policy=_policy(check, data.get("policy")),
+        policy=policy,
         tolerance=check.number(data.get("tolerance", 0.0), "tolerance", lo=0),
+        unit_mean_decisions=unit_mean,
+        unit_icc=icc,
     )
 
 
