@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from promptops.domain import Policy
-from promptops.stats import EpochData, PolicyState, decide, should_start_epoch, step, summarize
+from promptops.stats import (
+    EpochData,
+    PolicyState,
+    decide,
+    promotion_threshold,
+    should_start_epoch,
+    step,
+    summarize,
+)
 
 POLICY = Policy(min_hours=0)
 
@@ -78,20 +86,26 @@ def test_promotes_a_clear_winner_at_a_check():
     r = run(epochs([0.10, 0.13], 500, 10), state)
     assert r.checked and r.action == "promote" and r.winner == 1
     np.testing.assert_allclose(r.weights, [0.0, 1.0])
-    assert "99.5%" in r.reason
+    # the first look, at 5,000 of 100,000 matured decisions, spends alpha(0.05) of 0.05
+    assert r.threshold == pytest.approx(promotion_threshold(POLICY, arms=2, looks=[0.05]))
+    assert "(needs 99.588%)" in r.reason and r.state.looks == (0.05,)
 
 
 def test_threshold_is_bonferroni_over_challengers():
-    # z = 0.02 / 0.0074 = 2.70 clears 99.5% (two arms) but not 99.75% (three arms)
+    # one look at the whole horizon spends all of alpha: 95% with two arms, 97.5% with three;
+    # z = 0.02 / 0.0111 = 1.80 clears the first but not the second, z = 2.0 clears both
+    assert promotion_threshold(POLICY, arms=2, looks=[1.0]) == pytest.approx(0.95, abs=1e-6)
+    assert promotion_threshold(POLICY, arms=3, looks=[1.0]) == pytest.approx(0.975, abs=1e-6)
     for mean, sd3, expected in [
-        ([0.10, 0.12], 0.0074, "promote"),
-        ([0.10, 0.10, 0.12], 0.0074, "continue"),
-        ([0.10, 0.10, 0.12], 0.0068, "promote"),
+        ([0.10, 0.12], 0.0111, "promote"),
+        ([0.10, 0.10, 0.12], 0.0111, "continue"),
+        ([0.10, 0.10, 0.12], 0.0100, "promote"),
     ]:
         mean = np.array(mean)
         sd = np.full(mean.size, 0.0001)
         sd[-1] = sd3
-        action, _, reason = decide(summarize_from(mean, sd), control=0, policy=POLICY)
+        need = promotion_threshold(POLICY, arms=mean.size, looks=[1.0])
+        action, _, reason = decide(summarize_from(mean, sd), control=0, policy=POLICY, need=need)
         assert action == expected, reason
 
 
@@ -121,7 +135,7 @@ def test_undecided_check_says_how_far_it_is():
     state = PolicyState(burn_in_done=True, next_check_at=2500)
     r = run(epochs([0.10, 0.104], 500, 10), state)
     assert r.checked and r.action == "continue"
-    assert r.reason.startswith("needs 99.5% to promote; arm 1 is at ")
+    assert r.reason.startswith("needs 99.588% to promote; arm 1 is at ")
 
 
 def test_limit_ends_inconclusive_without_relaxing():

@@ -7,6 +7,7 @@ import pytest
 
 import promptops.stats
 from promptops.domain import Policy
+from promptops.stats import matured_values
 from promptops.stats import simulator
 from promptops.stats.simulator import (
     Scenario,
@@ -17,8 +18,9 @@ from promptops.stats.simulator import (
     simulate_runs,
 )
 
-CONTRACT_KEYS = {"runs", "promoted", "inconclusive", "wrong_promotions",
-                 "median_decisions_to_end", "mean_regret", "uniform_regret"}
+CONTRACT_KEYS = {"runs", "promoted", "final", "inconclusive", "rolled_back", "wrong_promotions",
+                 "frozen", "guardrail_blocked", "median_decisions_to_end", "mean_regret",
+                 "uniform_regret"}
 
 
 def scenario(*means, decisions=6000, **kw) -> Scenario:
@@ -51,7 +53,7 @@ def test_aggregate_has_exactly_the_contract_keys():
 
 
 def test_production_takes_the_rest_of_the_traffic():
-    sc = scenario(0.10, 0.30, decisions=30_000)
+    sc = scenario(0.10, 0.30, decisions=30_000, policy={"holdout_share": 0})
     r = simulate_run(sc, 0)
     assert r.winner == 1 and r.decisions_to_end < 10_000
     # after the end only the winner is served, so regret stops growing
@@ -75,6 +77,8 @@ def test_limit_ends_the_run_inconclusive():
 def _assigned_run(sc, n=20_000):
     run = simulator._Run(dataclasses.replace(sc, decisions=n), 0)
     run.assign(0, n, np.full(len(sc.arms), 1.0 / len(sc.arms)))
+    run.counted, run.val = matured_values(run.on_time, run.reward, reward_kind=sc.reward,
+                                          policy=sc.policy)
     return run
 
 
