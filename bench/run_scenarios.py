@@ -1,6 +1,6 @@
 """Run bench scenarios and print each result with binomial standard errors (a report, not a test).
 
-    .venv/bin/python bench/run_scenarios.py [NAME[:RUNS] ...]
+    .venv/bin/python -P bench/run_scenarios.py [NAME[:RUNS] ...]
 """
 
 import json

@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import statistics
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,10 @@ from promptops.domain import POLICY_CHOICES, Policy, parse_guardrails, policy_va
 from promptops.errors import InvalidInput
 from promptops.stats.simulator import RunResult, Scenario, SimArm, aggregate, simulate_runs
 
-__all__ = ["Scenario", "load_scenario", "parse_scenario", "run_scenario"]
+__all__ = [
+    "PlanResult", "Scenario", "load_scenario", "parse_scenario", "plan_scenarios", "run_plan",
+    "run_scenario",
+]
 
 Progress = Callable[[int, int], None]
 
@@ -247,6 +252,17 @@ def run_scenario(
     workers: int | None = None,
 ) -> dict[str, Any]:
     """Run a scenario's seeded runs (all, or the first `runs`) and return the CONTRACT result."""
+    return aggregate(scenario, _results(scenario, progress=progress, runs=runs, workers=workers))
+
+
+def _results(
+    scenario: Scenario,
+    *,
+    progress: Progress | None = None,
+    runs: int | None = None,
+    workers: int | None = None,
+) -> list[RunResult]:
+    """The seeded runs' results in run order, spread over worker processes."""
     total = scenario.runs if runs is None else runs
     if total < 1:
         raise InvalidInput("runs must be at least 1", field="runs")
@@ -273,5 +289,105 @@ def run_scenario(
                 done += len(chunk)
                 if progress is not None:
                     progress(done, total)
-    ordered = [r for start in sorted(results) for r in results[start]]
-    return aggregate(scenario, ordered)
+    return [r for start in sorted(results) for r in results[start]]
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """What `promptops plan` reports: the chance to find the lift, the time and traffic it takes,
+    and how often an A/A test with the same traffic would promote wrongly."""
+
+    runs: int
+    detection_rate: float
+    median_hours: float
+    median_decisions: float
+    aa_false_promotion: float
+    base_rate: float
+    lift: float
+    decisions_per_hour: float
+
+    def sentence(self) -> str:
+        """The answer in one sentence."""
+        return (
+            f"with {self.decisions_per_hour:,.0f} decisions an hour and a "
+            f"{100 * self.base_rate:g}% base rate, a {100 * self.lift:g}-point lift is found in "
+            f"{100 * self.detection_rate:.0f}% of runs, after about {self.median_hours:,.0f} hours "
+            f"({self.median_decisions:,.0f} decisions); an A/A test would promote wrongly in "
+            f"{100 * self.aa_false_promotion:.0f}%"
+        )
+
+
+def plan_scenarios(
+    *,
+    base_rate: float,
+    lift: float,
+    arms: int = 2,
+    decisions_per_hour: float = 1000.0,
+    feedback_rate: float = 1.0,
+    units: float | None = None,
+    icc: float = 0.1,
+    runs: int = 100,
+    policy: Policy | None = None,
+    seed: int = 17,
+) -> tuple[Scenario, Scenario]:
+    """The A/B scenario (one challenger `lift` points above `base_rate`, the others equal to the
+    control) and its A/A twin, over the policy's max_decisions with the shipped defaults."""
+    policy = policy or Policy()
+    if not 0 < base_rate < 1 or not 0 < base_rate + lift <= 1:
+        raise InvalidInput("base rate and base rate + lift must lie in (0, 1]", field="lift")
+    if arms < 2:
+        raise InvalidInput("a plan needs at least two arms", field="arms")
+    if decisions_per_hour <= 0 or not 0 < feedback_rate <= 1:
+        raise InvalidInput("decisions per hour must be positive and the feedback rate in (0, 1]",
+                           field="feedback_rate")
+    if units is not None and units < 1:
+        raise InvalidInput("units must make at least one decision on average", field="units")
+
+    def build(name: str, top: float) -> Scenario:
+        means = [base_rate] + [base_rate] * (arms - 2) + [top]
+        return Scenario(
+            name=name, runs=runs, seed=seed, decisions=policy.max_decisions,
+            decisions_per_hour=decisions_per_hour,
+            arms=tuple(SimArm(name="control" if i == 0 else f"challenger-{i}", mean=m)
+                       for i, m in enumerate(means)),
+            feedback_rate=feedback_rate, policy=policy,
+            unit_mean_decisions=units, unit_icc=icc if units and units > 1 else 0.0,
+        )
+
+    return build("plan-ab", base_rate + lift), build("plan-aa", base_rate)
+
+
+def run_plan(
+    *,
+    base_rate: float,
+    lift: float,
+    arms: int = 2,
+    decisions_per_hour: float = 1000.0,
+    feedback_rate: float = 1.0,
+    units: float | None = None,
+    runs: int = 100,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> PlanResult:
+    """Simulate the plan's A/B and A/A scenarios and summarise them (STATS.md item 17)."""
+    ab, aa = plan_scenarios(base_rate=base_rate, lift=lift, arms=arms,
+                            decisions_per_hour=decisions_per_hour, feedback_rate=feedback_rate,
+                            units=units, runs=runs)
+
+    def part(offset: int) -> Progress | None:
+        if progress is None:
+            return None
+        return lambda done, _total: progress(offset + done, 2 * runs)
+
+    ab_runs = _results(ab, runs=runs, progress=part(0), workers=workers)
+    aa_runs = _results(aa, runs=runs, progress=part(runs), workers=workers)
+    best = len(ab.arms) - 1
+    found = [r for r in ab_runs if r.winner == best]
+    ends = [r.decisions_to_end for r in found] or [ab.decisions]
+    median = float(statistics.median(ends))
+    wrong = sum(1 for r in aa_runs if r.winner not in (None, 0))
+    return PlanResult(
+        runs=runs, detection_rate=len(found) / runs, median_hours=median / decisions_per_hour,
+        median_decisions=median, aa_false_promotion=wrong / runs, base_rate=base_rate, lift=lift,
+        decisions_per_hour=decisions_per_hour,
+    )

@@ -207,3 +207,66 @@ def test_summary_arrays_have_one_entry_per_arm():
     s = summarize(epochs([0.1, 0.11, 0.12], 600, 3), control=0, policy=POLICY)
     for name in ("mean", "sd", "ci_low", "ci_high", "p_best", "expected_loss", "p_beats_control"):
         assert getattr(s, name).shape == (3,)
+
+
+def test_no_check_before_twice_the_attribution_window():
+    policy = Policy(min_hours=0, attribution_window_hours=3)
+    state = PolicyState(burn_in_done=True, next_check_at=2500)
+    r = run(epochs([0.10, 0.13], 500, 10), state, policy, hours=5.9)
+    assert not r.checked and r.action == "continue" and "twice the attribution window" in r.reason
+    r = run(epochs([0.10, 0.13], 500, 10), state, policy, hours=6.0)
+    assert r.checked and r.action == "promote"
+
+
+def test_equivalent_arms_end_inconclusive_early():
+    state = PolicyState(burn_in_done=True, next_check_at=2500)
+    r = run(epochs([0.10, 0.1001], 200_000, 1), state, Policy(min_hours=0, max_decisions=10**6))
+    assert r.action == "inconclusive" and r.stop_reason == "equivalent"
+    assert r.reason.startswith("equivalent: every challenger's 95% interval")
+    np.testing.assert_allclose(r.weights, [1.0, 0.0])
+    off = Policy(min_hours=0, max_decisions=10**6, equivalence_margin=0, value_remaining_stop=0)
+    assert run(epochs([0.10, 0.1001], 200_000, 1), state, off).action == "continue"
+
+
+def test_no_meaningful_winner_stops_when_no_challenger_can_be_much_better():
+    from promptops.stats import value_remaining_vs_control
+
+    mean, sd = np.array([0.10, 0.09, 0.095]), np.array([0.0005, 0.002, 0.002])
+    vr = value_remaining_vs_control(mean, sd, control=0, arms=[1, 2])
+    draws = np.random.default_rng(1).normal(mean, sd, size=(400_000, 3))
+    mc = np.quantile(np.maximum(draws[:, 1:].max(axis=1) - draws[:, 0], 0), 0.95)
+    assert vr == pytest.approx(mc, abs=1e-4)
+
+
+def test_late_feedback_freezes_promotion_with_the_arm_named():
+    from promptops.stats import FeedbackCounts
+
+    data = epochs([0.10, 0.13], 500, 10)
+    fb = FeedbackCounts(eligible=np.array([2000.0, 2000.0]), on_time=np.array([200.0, 0.0]),
+                        late=np.array([0.0, 260.0]))
+    data = EpochData(n=data.n, s=data.s, ss=data.ss, assigned=data.assigned,
+                     weights=data.weights, feedback=fb)
+    state = PolicyState(burn_in_done=True, next_check_at=2500)
+    r = run(data, state, names=["v1", "v2"])
+    assert r.state.feedback_alarm and r.action == "continue" and r.checked
+    assert "v2's feedback arrives later than the window" in r.reason and "frozen" in r.reason
+    r2 = run(epochs([0.10, 0.13], 500, 12), r.state, total=100_000)
+    assert r2.state.feedback_alarm and r2.action == "inconclusive"  # sticky, even at the limit
+
+
+def test_guardrail_blocks_and_keeps_the_challenger_at_the_floor():
+    from promptops.domain import Guardrail
+    from promptops.stats import MetricData
+
+    data = epochs([0.10, 0.10, 0.13], 600, 10)
+    n = data.n
+    cost = MetricData(n=n, s=n * np.array([[2.0], [2.0], [2.6]]),
+                      ss=n * (np.array([[2.0], [2.0], [2.6]]) ** 2 + 0.36))
+    data = EpochData(n=n, s=data.s, ss=data.ss, assigned=data.assigned, weights=data.weights,
+                     metrics={"cost_usd": cost})
+    policy = Policy(min_hours=0, guardrails=(Guardrail("cost_usd", max_increase=0.1),))
+    state = PolicyState(burn_in_done=True, next_check_at=2500)
+    r = run(data, state, policy, names=["a", "b", "c"])
+    assert r.state.blocked == (2,) and r.action != "promote"
+    assert any(v.sentence.startswith("blocked: c cost_usd +30%") for v in r.guardrails)
+    assert r.weights[2] == pytest.approx(0.1 / 3)

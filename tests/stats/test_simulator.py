@@ -131,3 +131,69 @@ def test_wrong_promotion_uses_the_tolerance_with_float_slack():
     assert simulator.is_wrong(means, 2, 0.005)
     assert not simulator.is_wrong(means, 4, 0.0)
     assert simulator.is_wrong(np.array([0.103, 0.100]), 1, 0.0)
+
+
+def test_units_keep_their_first_arm_and_srm_counts_new_units():
+    sc = scenario(0.1, 0.1, unit_mean_decisions=4.0, unit_icc=0.2)
+    run = _assigned_run(sc)
+    unit, arm = run.traffic.unit, run.arm
+    per_unit = np.zeros((run.traffic.units, 2))
+    np.add.at(per_unit, (unit, arm), 1)
+    assert ((per_unit > 0).sum(axis=1) == 1).all()  # every unit saw one arm only
+    sizes = np.bincount(unit)
+    assert sizes.mean() == pytest.approx(4.0, rel=0.1)
+    assert run.traffic.first.sum() == run.traffic.units
+
+
+def test_unit_propensity_correlates_rewards_within_units():
+    run = _assigned_run(scenario(0.3, 0.3, unit_mean_decisions=6.0, unit_icc=0.3), 40_000)
+    unit, reward = run.traffic.unit, run.reward
+    counts = np.bincount(unit)
+    means = np.bincount(unit, weights=reward) / counts
+    big = counts >= 4
+    # the variance of unit means exceeds the binomial variance by the icc's share
+    p = reward.mean()
+    expected = p * (1 - p) * (0.3 + 0.7 / counts[big])
+    assert means[big].var() == pytest.approx(expected.mean(), rel=0.2)
+
+
+def test_per_arm_feedback_rate_schedule_and_metrics():
+    arms = (SimArm("a", 0.2, feedback_rate=0.5, metrics=(("cost_usd", 2.0, 0.5),)),
+            SimArm("b", 0.2, schedule=((0.5, 0.4),), metrics=(("cost_usd", 3.0, 0.5),)))
+    sc = scenario(arms=arms, decisions=20_000)
+    starts, mu = mean_schedule(sc)
+    assert starts.tolist() == [0, 10_000]
+    np.testing.assert_allclose(mu, [[0.2, 0.2], [0.2, 0.4]])
+    run = _assigned_run(sc)
+    a = run.arm == 0
+    assert run.got[a].mean() == pytest.approx(0.5, abs=0.02) and run.got[~a].all()
+    assert run.metric[0, a].mean() == pytest.approx(2.0, abs=0.03)
+    assert run.metric[0, ~a].mean() == pytest.approx(3.0, abs=0.03) and run.metric.min() >= 0
+
+
+def test_late_arm_feedback_is_counted_late_once_it_arrives():
+    arms = (SimArm("late", 0.5, feedback_delay_hours=4.0), SimArm("now", 0.5))
+    sc = scenario(arms=arms, policy={"attribution_window_hours": 3.0})
+    run = _assigned_run(sc)
+    fb = simulator._feedback_counts(run, 8000.0)  # 8 h at 1,000 an hour: cohort is hours 0..2
+    assert fb.eligible.sum() == 2001
+    assert fb.on_time[0] == 0 and fb.late[0] == fb.eligible[0]
+    assert fb.late[1] == 0 and fb.on_time[1] == fb.eligible[1]
+
+
+def test_a_promotion_is_followed_by_a_holdout_and_counted_once():
+    sc = scenario(0.10, 0.30, decisions=20_000)
+    results = simulate_runs(sc, range(4))
+    out = aggregate(sc, results)
+    assert out["promoted"]["arm1"] == 4 and out["final"]["arm1"] == 4 and out["rolled_back"] == 0
+    # the holdout keeps serving the old production after the promotion: regret keeps growing
+    r = results[0]
+    assert r.regret > 0.2 * 0.2 * (20_000 - r.decisions_to_end) * 0.9
+
+
+def test_a_novelty_that_flips_is_rolled_back():
+    arms = (SimArm("control", 0.10), SimArm("novel", 0.30, schedule=((0.1, 0.02),)))
+    sc = scenario(arms=arms, decisions=60_000, policy={"max_decisions": 60_000})
+    out = aggregate(sc, simulate_runs(sc, range(4)))
+    assert out["promoted"]["novel"] == 4 and out["rolled_back"] == 4
+    assert out["final"]["control"] == 4 and out["wrong_promotions"] == 0
