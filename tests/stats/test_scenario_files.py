@@ -92,6 +92,27 @@ def test_defaults_and_overrides():
                      id="policy-choice"),
         pytest.param(with_(policy={"max_checks": True}), "policy.max_checks", id="policy-bool"),
         pytest.param(with_(tolerance=-1), "tolerance", id="tolerance"),
+        pytest.param(with_(units={"mean_decisions": 0.5}), "units.mean_decisions",
+                     id="units-mean"),
+        pytest.param(with_(units={"mean_decisions": 3, "icc": 1.5}), "units.icc", id="units-icc"),
+        pytest.param(with_(units={"size": 3}), "units.size", id="units-key"),
+        pytest.param(with_(arms=[{"name": "a", "mean": 0.1, "feedback_rate": 2},
+                                 {"name": "b", "mean": 0.2}]), "arms[0].feedback_rate",
+                     id="arm-feedback-rate"),
+        pytest.param(with_(arms=[{"name": "a", "mean": 0.1, "schedule": [{"at": 0.2}]},
+                                 {"name": "b", "mean": 0.2}]), "arms[0].schedule[0]",
+                     id="schedule-incomplete"),
+        pytest.param(with_(arms=[{"name": "a", "mean": 0.1, "metrics": {"cost": {"sd": 1}}},
+                                 {"name": "b", "mean": 0.2, "metrics": {"cost": {"mean": 1}}}]),
+                     "arms[0].metrics.cost.mean", id="metric-mean"),
+        pytest.param(with_(arms=[{"name": "a", "mean": 0.1, "metrics": {"cost": {"mean": 1}}},
+                                 {"name": "b", "mean": 0.2}]), "arms", id="metrics-differ"),
+        pytest.param(with_(policy={"guardrails": [{"metric": "cost_usd", "max_increase": 0.1}]}),
+                     "policy.guardrails[0].metric", id="guardrail-not-simulated"),
+        pytest.param(with_(policy={"guardrails": [{"metric": "cost_usd"}]}),
+                     "policy.guardrails[0]", id="guardrail-no-margin"),
+        pytest.param(with_(policy={"holdout_share": 1.0}), "policy.holdout_share",
+                     id="holdout-share"),
         pytest.param([1, 2], "scenario", id="not-a-mapping"),
     ],
 )
@@ -100,6 +121,23 @@ def test_invalid_scenarios_name_the_key(raw, key):
         parse_scenario(raw, source="s.yaml")
     assert f"'{key}'" in str(info.value), str(info.value)
     assert str(info.value).startswith("s.yaml: ")
+
+
+def test_v2_keys_parse():
+    sc = parse_scenario(with_(
+        units={"mean_decisions": 4, "icc": 0.2},
+        arms=[{"name": "a", "mean": 0.1, "metrics": {"cost_usd": {"mean": 0.002, "sd": 0.001}}},
+              {"name": "b", "mean": 0.12, "feedback_rate": 0.5,
+               "schedule": [{"at": 0.2, "mean": 0.09}],
+               "metrics": {"cost_usd": {"mean": 0.003, "sd": 0.001}}}],
+        policy={"min_hours": 0, "holdout_share": 0.1, "holdout_decisions": None,
+                "guardrails": [{"metric": "cost_usd", "max_increase": 0.1}]}))
+    assert sc.unit_mean_decisions == 4 and sc.unit_icc == 0.2
+    assert sc.arms[1].feedback_rate == 0.5 and sc.arms[0].feedback_rate is None
+    assert sc.arms[1].schedule == ((0.2, 0.09),)
+    assert sc.arms[1].metrics == (("cost_usd", 0.003, 0.001),)
+    assert sc.policy.guardrails[0].metric == "cost_usd" and sc.policy.holdout_share == 0.1
+    assert sc.policy.guardrails[0].max_increase == 0.1
 
 
 def test_unreadable_and_malformed_files(tmp_path):
@@ -117,6 +155,25 @@ def test_bench_scenarios_load(path):
     assert sc.decisions_per_hour == 1000
     assert sc.runs in (400, 1000)
     assert sc.policy.min_hours == (24 if path.stem == "shipped_defaults" else 0)
+
+
+def test_plan_reports_detection_time_and_aa_rate():
+    from promptops.services.simulation import plan_scenarios, run_plan
+
+    ab, aa = plan_scenarios(base_rate=0.1, lift=0.02, arms=3, decisions_per_hour=500,
+                            units=3.0, runs=5)
+    assert [a.mean for a in ab.arms] == [0.1, 0.1, pytest.approx(0.12)]
+    assert [a.mean for a in aa.arms] == [0.1, 0.1, 0.1] and ab.unit_mean_decisions == 3.0
+    seen = []
+    result = run_plan(base_rate=0.1, lift=0.1, decisions_per_hour=2000, runs=4, workers=1,
+                      progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (8, 8)
+    assert result.detection_rate == 1.0 and 0 < result.median_decisions < 100_000
+    assert result.median_hours == pytest.approx(result.median_decisions / 2000)
+    assert result.sentence().startswith(
+        "with 2,000 decisions an hour and a 10% base rate, a 10-point lift is found in 100% of runs")
+    with pytest.raises(InvalidInput):
+        plan_scenarios(base_rate=0.95, lift=0.1)
 
 
 def test_run_scenario_reports_progress_and_matches_across_workers():

@@ -7,8 +7,7 @@ import pytest
 
 import promptops.stats
 from promptops.domain import Policy
-from promptops.stats import matured_values
-from promptops.stats import simulator
+from promptops.stats import matured_values, simulator
 from promptops.stats.simulator import (
     Scenario,
     SimArm,
