@@ -464,6 +464,35 @@ def simulate(
     out.print(table)
 
 
+@app.command()
+def plan(
+    base_rate: Annotated[float, typer.Option("--base-rate", help="The control's rate, e.g. 0.10.")],
+    lift: Annotated[float, typer.Option(help="The lift to find, in absolute terms (0.02 = 2 points).")],
+    arms: Annotated[int, typer.Option(help="Arms, the control included.")] = 2,
+    decisions_per_hour: Annotated[float, typer.Option("--decisions-per-hour")] = 1000.0,
+    feedback_rate: Annotated[float, typer.Option("--feedback-rate")] = 1.0,
+    units: Annotated[float | None, typer.Option(help="Decisions per unit on average.")] = None,
+    runs: Annotated[int, typer.Option(help="Simulated runs of each of A/B and A/A.")] = 100,
+) -> None:
+    """Simulate the policy for your traffic: chance to find the lift, time to it, A/A error."""
+    from rich.progress import Progress
+
+    from promptops.services import simulation
+
+    if runs < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--runs")
+    # refuse bad numbers before the progress bar shows
+    simulation.plan_scenarios(base_rate=base_rate, lift=lift, arms=arms, units=units,
+                              decisions_per_hour=decisions_per_hour, feedback_rate=feedback_rate)
+    with Progress(console=err, transient=True, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("simulating", total=2 * runs)
+        result = simulation.run_plan(
+            base_rate=base_rate, lift=lift, arms=arms, decisions_per_hour=decisions_per_hour,
+            feedback_rate=feedback_rate, units=units, runs=runs,
+            progress=lambda done, total: progress.update(task, completed=done, total=total))
+    out.print(result.sentence(), markup=False)
+
+
 # -- server, database, keys ----------------------------------------------------------------------
 @app.command()
 def serve(

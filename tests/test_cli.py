@@ -366,3 +366,16 @@ def test_an_experiment_whose_control_is_not_production_says_so(cli):
     body = json.loads(cli("experiment", "status", "1", "--json").out)
     assert (body["control_version"], body["production_at_start"],
             body["control_is_production"]) == (2, 1, False), body
+
+
+def test_plan_prints_one_sentence(cli):
+    r = cli("plan", "--base-rate", "0.1", "--lift", "0.1", "--decisions-per-hour", "2000",
+            "--runs", "2")
+    assert r.code == 0, r
+    assert r.out.startswith("with 2,000 decisions an hour and a 10% base rate, a 10-point lift"), r
+    assert "an A/A test would promote wrongly in" in r.out, r
+
+
+def test_plan_refuses_a_rate_beyond_one(cli):
+    r = cli("plan", "--base-rate", "0.95", "--lift", "0.1")
+    assert r.code != 0 and "base rate" in r.err and "Traceback" not in r.err, r

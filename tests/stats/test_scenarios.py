@@ -17,6 +17,10 @@ def wrong(result):
     return result["wrong_promotions"] / result["runs"]
 
 
+def final(result, arm):
+    return result["final"][arm] / result["runs"]
+
+
 def check_aa(r):
     assert share(r, "challenger") <= 0.06
     assert r["inconclusive"] / r["runs"] >= 0.5
@@ -27,7 +31,7 @@ def check_near_equal(r):
 
 
 def check_ab_10_12(r):
-    assert share(r, "challenger") >= 0.95
+    assert share(r, "challenger") >= 0.92
     assert share(r, "control") <= 0.01
     assert r["mean_regret"] <= 0.75 * r["uniform_regret"]
 
@@ -60,17 +64,56 @@ def check_shipped_defaults(r):
     assert share(r, "control") <= 0.01
 
 
+def check_sessions_aa(r):
+    assert share(r, "challenger") <= 0.06
+    assert r["frozen"]["srm"] / r["runs"] <= 0.02
+
+
+def check_sessions_ab(r):
+    assert share(r, "challenger") >= 0.90
+    assert wrong(r) <= 0.01
+
+
+def check_late(r):
+    assert wrong(r) <= 0.02
+    assert r["frozen"]["feedback"] / r["runs"] >= 0.9  # frozen and flagged instead
+
+
+def check_guardrail_holds(r):
+    assert share(r, "challenger") >= 0.90
+
+
+def check_guardrail_blocks(r):
+    assert share(r, "challenger") <= 0.02
+    assert r["guardrail_blocked"] / r["runs"] >= 0.9
+
+
+def check_many_looks(r):
+    assert share(r, "challenger") <= 0.06
+    assert r["median_decisions_to_end"] <= 0.6 * 150_000
+
+
 # (scenario file, runs used here: fewer than the file for the slowest rates near 5%, check)
+# The report's figures come from bench/run_scenarios.py at the files' full counts; the counts here
+# keep the slow set near ten minutes on two cores.
 CASES = [
-    ("aa", 600, check_aa),
-    ("near_equal", 600, check_near_equal),
-    ("ab_10_12", 400, check_ab_10_12),
-    ("ab_10_11", 400, check_ab_10_11),
-    ("five_arms", 400, check_five_arms),
-    ("drift", 600, check_drift),
-    ("delayed", 1000, check_delayed),
-    ("continuous", 400, check_continuous),
-    ("shipped_defaults", 400, check_shipped_defaults),
+    ("aa", 300, check_aa),
+    ("near_equal", 300, check_near_equal),
+    ("ab_10_12", 200, check_ab_10_12),
+    ("ab_10_11", 200, check_ab_10_11),
+    ("five_arms", 100, check_five_arms),
+    ("drift", 300, check_drift),
+    ("delayed", 300, check_delayed),
+    ("continuous", 200, check_continuous),
+    ("shipped_defaults", 200, check_shipped_defaults),
+    ("sessions_aa", 300, check_sessions_aa),
+    ("sessions_ab", 200, check_sessions_ab),
+    ("late_challenger", 200, check_late),
+    ("late_control", 200, check_late),
+    ("novelty", 200, check_novelty),
+    ("guardrail_holds", 200, check_guardrail_holds),
+    ("guardrail_blocks", 200, check_guardrail_blocks),
+    ("many_looks", 200, check_many_looks),
 ]
 
 
