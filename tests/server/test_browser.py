@@ -160,7 +160,8 @@ def test_sign_in_read_an_experiment_and_promote(server, clock, tmp_path: Path) -
             expect(page.locator("figure svg.chart")).to_have_count(4)
             for i in range(4):
                 assert page.locator("figure svg.chart").nth(i).locator("path").count() >= 2
-            expect(page.locator("ul.rule")).to_contain_text("needs P(beats control) ≥ 1 − 0.005")
+            expect(page.locator("ul.rule")).to_contain_text(
+                "needs P(beats control) ≥ the boundary spending α = 0.05")
             page.screenshot(path=shots / "experiment.png", full_page=True)
 
             # a form whose CSRF token was removed is refused, and nothing changes

@@ -173,7 +173,8 @@ def test_experiment_page_shows_arms_charts_and_the_stopping_rule(client, busy):
         assert svg.count("<path") >= 2, name
     rule = " ".join(ctx["rule"])
     challenger = arms[1]
-    assert "needs P(beats control) ≥ 1 − 0.005 = 99.5%" in rule
+    assert ("needs P(beats control) ≥ the boundary spending α = 0.05 over the checks "
+            "(first check 99.79%)") in rule
     assert f"v2 few-shot is at {formats.fmt_pct(challenger['p_beats_control'])}" in rule
     assert f"{busy['checks_done']} of at most 40 stopping checks" in rule
     assert "Promote" in r.text and "Stop experiment" in r.text
@@ -339,8 +340,9 @@ def test_stopping_rule_in_words_for_three_arms():
            "arms": [dict(arm, is_control=True, version=1, variant="a", p_beats_control=None),
                     arm, dict(arm, version=3, variant="c", expected_loss=0.01)]}
     text = pages.stopping_rule(exp, now=7200.0)
-    assert text[0] == ("To promote a challenger it needs P(beats control) ≥ 1 − 0.005/2 = "
-                       "99.75%; v2 b is at 97.1%.")
+    assert text[0] == ("To promote a challenger it needs P(beats control) ≥ the boundary "
+                       "spending α = 0.005/2 over the checks (first check 99.99%); v2 b is at "
+                       "97.1%.")
     assert "0.2% now, limit 0.1%" in text[1]
     assert "(3,000 decisions, 0.1 days so far)" in text[-2]
     assert pages.stopping_rule(dict(exp, status="inconclusive", end_reason="limit"), 0.0) \

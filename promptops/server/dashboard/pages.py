@@ -149,22 +149,25 @@ def stopping_rule(exp: dict[str, Any], now: float) -> list[str]:
         lines.append(f"Burn-in: equal weights until every arm has {policy.min_samples_per_arm:,} "
                      f"matured outcomes (fewest so far: {fewest:,}) and {policy.min_hours:g} h "
                      f"have passed ({hours:.1f} h so far).")
+    # alpha is spent over the checks (Lan-DeMets, Pocock type): each check has its own boundary,
+    # the strictest at the first check
     need = promotion_threshold(policy, k)
-    formula = f"1 − {policy.alpha:g}" + (f"/{k - 1}" if k > 2 else "")
+    formula = (f"the boundary spending α = {policy.alpha:g}" + (f"/{k - 1}" if k > 2 else "")
+               + " over the checks")
     challengers = [a for a in arms if not a["is_control"] and a["p_beats_control"] is not None]
     if challengers:
         best = min(challengers, key=lambda a: (a["expected_loss"] is None,
                                                a["expected_loss"] or 0.0, -a["p_beats_control"]))
-        lines.append(f"To promote a challenger it needs P(beats control) ≥ {formula} = "
-                     f"{fmt_pct(need)}; {arm_label(best)} is at "
+        lines.append(f"To promote a challenger it needs P(beats control) ≥ {formula} "
+                     f"(first check {fmt_pct(need)}); {arm_label(best)} is at "
                      f"{fmt_pct(best['p_beats_control'])}.")
         if best["expected_loss"] is not None and best["mean"] is not None:
             lines.append(f"Its expected loss must also be at most {fmt_pct(policy.loss_threshold)}"
                          f" of its mean: {fmt(best['expected_loss'])} now, limit "
                          f"{fmt(policy.loss_threshold * best['mean'])}.")
     else:
-        lines.append(f"To promote a challenger it needs P(beats control) ≥ {formula} = "
-                     f"{fmt_pct(need)}; no arm has matured outcomes yet.")
+        lines.append(f"To promote a challenger it needs P(beats control) ≥ {formula} "
+                     f"(first check {fmt_pct(need)}); no arm has matured outcomes yet.")
     control = next((a for a in arms if a["is_control"]), None)
     if control is not None and control["p_best"] is not None:
         lines.append(f"To keep the control early it needs P(best) ≥ "
