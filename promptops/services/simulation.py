@@ -21,6 +21,7 @@ import yaml
 from promptops.domain import POLICY_CHOICES, Policy, parse_guardrails, policy_value_problem
 from promptops.errors import InvalidInput
 from promptops.stats.simulator import RunResult, Scenario, SimArm, aggregate, simulate_runs
+from promptops.yamlnodes import BAD, Check, Entries, NodeReader, is_null, present
 
 __all__ = [
     "PlanResult", "Scenario", "load_scenario", "parse_scenario", "plan_scenarios", "run_plan",
@@ -37,211 +38,249 @@ _ARM_KEYS = ("name", "mean", "feedback_delay_hours", "concentration", "feedback_
              "metrics")
 
 
-class _Checker:
-    """Validation helpers that name the file and the key in every message."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, message: str) -> InvalidInput:
-        return InvalidInput(f"{self.source}: '{key}' {message}", field=key)
-
-    def mapping(self, value: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(key, "must be a mapping")
-        for k in value:
-            if k not in allowed:
-                where = f"{key}.{k}" if key != "scenario" else str(k)
-                known = ", ".join(allowed)
-                raise self.fail(where, f"is not a known key (expected one of: {known})")
-        return value
-
-    def integer(self, value: Any, key: str, *, minimum: int | None = None) -> int:
+def _integer(minimum: int | None = None) -> Check:
+    def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int) or (
                 minimum is not None and value < minimum):
             bound = "" if minimum is None else f" >= {minimum}"
-            raise self.fail(key, f"must be an integer{bound} (got {value!r})")
-        return value
+            return f"must be an integer{bound} (got {value!r})"
+        return None
+    return check
 
-    def number(self, value: Any, key: str, *, lo: float = -math.inf, hi: float = math.inf,
-               open_lo: bool = False) -> float:
+
+def _number(lo: float = -math.inf, hi: float = math.inf, *, open_lo: bool = False) -> Check:
+    def check(value: Any) -> str | None:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         if not ok or not math.isfinite(value) or value > hi or value < lo or (
-            open_lo and value == lo
-        ):
+                open_lo and value == lo):
             low = f"> {lo:g}" if open_lo else f">= {lo:g}"
             bound = low if hi == math.inf else f"{low} and <= {hi:g}"
-            raise self.fail(key, f"must be a number {bound} (got {value!r})")
-        return float(value)
+            return f"must be a number {bound} (got {value!r})"
+        return None
+    return check
 
 
-def _policy(check: _Checker, raw: Any) -> Policy:
-    values = check.mapping({} if raw is None else raw, "policy", Policy.field_names())
-    default = Policy()
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        key = f"policy.{name}"
-        if name == "guardrails":
-            try:
-                out[name] = parse_guardrails(value)
-            except ValueError as exc:
-                where, _, message = str(exc).partition(": ")
-                raise check.fail(where, message) from None
-            continue
-        if value is None and name in ("holdout_decisions", "missing_feedback"):
-            out[name] = None
-            continue
-        if name == "holdout_decisions":
-            value = check.integer(value, key)
-        elif name not in POLICY_CHOICES:
-            if isinstance(getattr(default, name), int):
-                value = check.integer(value, key)
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else "must be a non-empty string"
+
+
+def _choice(*options: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in options else (
+            f"must be {' or '.join(options)} (got {value!r})")
+    return check
+
+
+def _ok(value: Any) -> str | None:
+    return None
+
+
+class _ScenarioReader(NodeReader):
+    """The scenario grammar (CONTRACT.md "Simulation scenarios") over YAML nodes with lines."""
+
+    def scenario(self, root: yaml.Node, *, default_name: str) -> Scenario | None:
+        self.scan(root)
+        top = self.mapping(root, "", _TOP_KEYS, required=("arms",))
+        if top is None:
+            return None
+        reward = self.field(top, "reward", "", _choice("binary", "continuous"), "binary")
+        concentration = self.field(top, "concentration", "", _number(0, open_lo=True), 20.0)
+        delay = self.field(top, "feedback_delay_hours", "", _number(0), 0.0)
+        drift = self.drift(top)
+        peak = max([1.0] + [math.prod(m for _, m in drift[: j + 1]) for j in range(len(drift))])
+        arms = self.arms(top, reward=reward, peak=peak, delay=delay, concentration=concentration)
+        policy = self.policy(top)
+        unit_mean, icc = self.units(top)
+        if arms is not None and policy is not None:
+            metric_sets = {tuple(m for m, _, _ in a.metrics) for a in arms}
+            if len(metric_sets) > 1:
+                self.err(top["arms"][1], "arms: every arm needs the same metrics")
+            simulated = next(iter(metric_sets))
+            rules = present(top, "policy")
+            for j, rule in enumerate(policy.guardrails):
+                if rule.metric not in simulated:
+                    where = rules if rules is not None else root
+                    self.err(where, f"policy.guardrails[{j}].metric: {rule.metric!r} is not "
+                                    f"simulated: give every arm metrics.{rule.metric}")
+        values = {
+            "name": self.field(top, "name", "", _text, default_name),
+            "runs": self.field(top, "runs", "", _integer(1), 100),
+            "seed": self.field(top, "seed", "", _integer(0), 0),
+            "decisions": self.field(top, "decisions", "", _integer(1), 10_000),
+            "decisions_per_hour": self.field(top, "decisions_per_hour", "",
+                                             _number(0, open_lo=True), 1000.0),
+            "feedback_rate": self.field(top, "feedback_rate", "", _number(0, 1), 1.0),
+            "tolerance": self.field(top, "tolerance", "", _number(0), 0.0),
+        }
+        if self.problems or arms is None or policy is None or any(
+                v is BAD for v in (*values.values(), reward)):
+            return None
+        return Scenario(
+            name=values["name"], runs=values["runs"], seed=values["seed"],
+            decisions=values["decisions"],
+            decisions_per_hour=float(values["decisions_per_hour"]),
+            feedback_rate=float(values["feedback_rate"]), tolerance=float(values["tolerance"]),
+            arms=tuple(arms), reward=reward, drift=tuple(drift), policy=policy,
+            unit_mean_decisions=unit_mean, unit_icc=icc,
+        )
+
+    def drift(self, top: Entries) -> list[tuple[float, float]]:
+        out: list[tuple[float, float]] = []
+        for i, node in enumerate(self.items(top, "drift", "") or []):
+            where = f"drift[{i}]"
+            entries = self.mapping(node, where, ("at", "multiply"), required=("at", "multiply"))
+            if entries is None or "at" not in entries or "multiply" not in entries:
+                continue
+            at_ = self.field(entries, "at", where, _number(0, 1), BAD)
+            times = self.field(entries, "multiply", where, _number(0, open_lo=True), BAD)
+            if at_ is not BAD and times is not BAD:
+                out.append((float(at_), float(times)))
+        return sorted(out)
+
+    def arms(self, top: Entries, *, reward: Any, peak: float, delay: Any,
+             concentration: Any) -> list[SimArm] | None:
+        nodes = self.items(top, "arms", "")
+        if nodes is None:
+            return None
+        if len(nodes) < 2:
+            self.err(top["arms"][1], "arms: must be a list of at least two arms")
+            return None
+        continuous = reward == "continuous"
+        mean_check = _number(0, 1.0 / peak, open_lo=continuous)
+        out: list[SimArm] = []
+        names: list[str] = []
+        for i, node in enumerate(nodes):
+            where = f"arms[{i}]"
+            entries = self.mapping(node, where, _ARM_KEYS, required=("name", "mean"))
+            if entries is None:
+                continue
+            name = self.field(entries, "name", where, _text, BAD)
+            if name is not BAD and name in names:
+                self.err(entries["name"][1], f"{where}.name: repeats the arm name {name!r}")
+            names.append(name)
+            # the largest the mean gets under drift must stay a valid mean
+            mean = self.field(entries, "mean", where, mean_check, BAD)
+            if continuous and mean is not BAD and mean * peak >= 1.0:
+                self.err(entries["mean"][1], f"{where}.mean: must stay below 1 for a continuous "
+                                             "reward")
+            schedule = []
+            for j, step_node in enumerate(self.items(entries, "schedule", where) or []):
+                sw = f"{where}.schedule[{j}]"
+                step = self.mapping(step_node, sw, ("at", "mean"), required=("at", "mean"))
+                if step is None or "at" not in step or "mean" not in step:
+                    continue
+                at_ = self.field(step, "at", sw, _number(0, 1), BAD)
+                m = self.field(step, "mean", sw, mean_check, BAD)
+                if at_ is not BAD and m is not BAD:
+                    schedule.append((float(at_), float(m)))
+            metrics = []
+            metrics_node = present(entries, "metrics")
+            if metrics_node is not None:
+                spec = self.mapping(metrics_node, f"{where}.metrics", None)
+                for metric, (_, value_node) in (spec or {}).items():
+                    mw = f"{where}.metrics.{metric}"
+                    params = self.mapping(value_node, mw, ("mean", "sd"), required=("mean",))
+                    if params is None or "mean" not in params:
+                        continue
+                    m = self.field(params, "mean", mw, _number(), BAD)
+                    sd = self.field(params, "sd", mw, _number(0), 0.0)
+                    if m is not BAD and sd is not BAD:
+                        metrics.append((str(metric), float(m), float(sd)))
+            rate = self.field(entries, "feedback_rate", where, _number(0, 1), None)
+            arm_delay = self.field(entries, "feedback_delay_hours", where, _number(0), delay)
+            conc = self.field(entries, "concentration", where, _number(0, open_lo=True),
+                              concentration)
+            if BAD in (name, mean, rate, arm_delay, conc) or "name" not in entries or (
+                    "mean" not in entries):
+                continue
+            out.append(SimArm(name=name, mean=float(mean), feedback_delay_hours=float(arm_delay),
+                              concentration=float(conc), schedule=tuple(sorted(schedule)),
+                              metrics=tuple(sorted(metrics)),
+                              feedback_rate=None if rate is None else float(rate)))
+        return out if len(out) == len(nodes) else None
+
+    def units(self, top: Entries) -> tuple[float | None, float]:
+        node = present(top, "units")
+        if node is None:
+            return None, 0.0
+        entries = self.mapping(node, "units", ("mean_decisions", "icc"))
+        if entries is None:
+            return None, 0.0
+        mean = self.field(entries, "mean_decisions", "units", _number(1, 10_000), 1.0)
+        icc = self.field(entries, "icc", "units", _number(0, 0.99), 0.0)
+        return (None if mean is BAD else float(mean)), (0.0 if icc is BAD else float(icc))
+
+    def policy(self, top: Entries) -> Policy | None:
+        node = present(top, "policy")
+        if node is None:
+            return Policy()
+        entries = self.mapping(node, "policy", Policy.field_names())
+        if entries is None:
+            return None
+        default = Policy()
+        out: dict[str, Any] = {}
+        ok = True
+        for name, (_, value_node) in entries.items():
+            key = f"policy.{name}"
+            if name == "guardrails":
+                value = self.data(value_node)
+                try:
+                    out[name] = parse_guardrails(None if value is BAD else value)
+                except ValueError as exc:
+                    self.err(value_node, str(exc))
+                    ok = False
+                continue
+            if name in ("holdout_decisions", "missing_feedback") and is_null(value_node):
+                out[name] = None
+                continue
+            whole = name == "holdout_decisions" or (
+                name not in POLICY_CHOICES and isinstance(getattr(default, name), int))
+            if whole:
+                check = _integer()
+            elif name in POLICY_CHOICES:
+                check = _ok
             else:
-                value = check.number(value, key)
-        problem = policy_value_problem(name, value)  # the ranges every policy follows
-        if problem:
-            raise check.fail(key, f"{problem} (got {value!r})")
-        out[name] = value
-    return default.with_overrides(out)
+                check = _number()
+            value = self.read(value_node, key, check)
+            if value is BAD:
+                ok = False
+                continue
+            problem = policy_value_problem(name, value)  # the ranges every policy follows
+            if problem:
+                self.err(value_node, f"{key}: {problem} (got {value!r})")
+                ok = False
+                continue
+            out[name] = float(value) if not whole and isinstance(
+                getattr(default, name), float) else value
+        return default.with_overrides(out) if ok else None
 
 
 def parse_scenario(
     raw: Any, *, source: str = "scenario", default_name: str = "scenario"
 ) -> Scenario:
-    """Validate a scenario already parsed from YAML; errors name the offending key."""
-    check = _Checker(source)
-    data = check.mapping(raw, "scenario", _TOP_KEYS)
-    reward = data.get("reward", "binary")
-    if reward not in ("binary", "continuous"):
-        raise check.fail("reward", f"must be binary or continuous (got {reward!r})")
-    concentration = check.number(data.get("concentration", 20.0), "concentration", lo=0,
-                                 open_lo=True)
-    delay = check.number(data.get("feedback_delay_hours", 0.0), "feedback_delay_hours", lo=0)
+    """Validate a scenario given as plain data (read as the YAML it dumps to); errors are
+    `SOURCE:LINE: key: message` lines, every problem at once."""
+    text = yaml.safe_dump(raw, sort_keys=False, default_flow_style=False)
+    return _read_scenario(source, text.encode("utf-8"), default_name=default_name)
 
-    drift: list[tuple[float, float]] = []
-    raw_drift = data.get("drift") or []
-    if not isinstance(raw_drift, list):
-        raise check.fail("drift", "must be a list of {at, multiply}")
-    for i, item in enumerate(raw_drift):
-        entry = check.mapping(item, f"drift[{i}]", ("at", "multiply"))
-        if "at" not in entry or "multiply" not in entry:
-            raise check.fail(f"drift[{i}]", "needs both 'at' and 'multiply'")
-        drift.append((
-            check.number(entry["at"], f"drift[{i}].at", lo=0, hi=1),
-            check.number(entry["multiply"], f"drift[{i}].multiply", lo=0, open_lo=True),
-        ))
-    drift.sort()
-    peak = max([1.0] + [math.prod(m for _, m in drift[: j + 1]) for j in range(len(drift))])
 
-    raw_arms = data.get("arms")
-    if not isinstance(raw_arms, list) or len(raw_arms) < 2:
-        raise check.fail("arms", "must be a list of at least two arms")
-    arms: list[SimArm] = []
-    for i, item in enumerate(raw_arms):
-        entry = check.mapping(item, f"arms[{i}]", _ARM_KEYS)
-        name = entry.get("name")
-        if not isinstance(name, str) or not name:
-            raise check.fail(f"arms[{i}].name", "must be a non-empty string")
-        if any(a.name == name for a in arms):
-            raise check.fail(f"arms[{i}].name", f"repeats the arm name {name!r}")
-        if "mean" not in entry:
-            raise check.fail(f"arms[{i}].mean", "is required")
-        # the largest the mean gets under drift must stay a valid mean
-        if reward == "binary":
-            mean = check.number(entry["mean"], f"arms[{i}].mean", lo=0, hi=1.0 / peak)
-        else:
-            mean = check.number(entry["mean"], f"arms[{i}].mean", lo=0, open_lo=True, hi=1.0 / peak)
-            if mean * peak >= 1.0:
-                raise check.fail(f"arms[{i}].mean", "must stay below 1 for a continuous reward")
-        schedule: list[tuple[float, float]] = []
-        raw_schedule = entry.get("schedule") or []
-        if not isinstance(raw_schedule, list):
-            raise check.fail(f"arms[{i}].schedule", "must be a list of {at, mean}")
-        for j, item in enumerate(raw_schedule):
-            where = f"arms[{i}].schedule[{j}]"
-            step = check.mapping(item, where, ("at", "mean"))
-            if "at" not in step or "mean" not in step:
-                raise check.fail(where, "needs both 'at' and 'mean'")
-            schedule.append((check.number(step["at"], f"{where}.at", lo=0, hi=1),
-                             check.number(step["mean"], f"{where}.mean", lo=0, hi=1.0 / peak,
-                                          open_lo=reward == "continuous")))
-        metrics: list[tuple[str, float, float]] = []
-        raw_metrics = entry.get("metrics") or {}
-        if not isinstance(raw_metrics, dict):
-            raise check.fail(f"arms[{i}].metrics", "must be a mapping like {cost_usd: {mean, sd}}")
-        for metric, spec in raw_metrics.items():
-            where = f"arms[{i}].metrics.{metric}"
-            params = check.mapping(spec, where, ("mean", "sd"))
-            if "mean" not in params:
-                raise check.fail(f"{where}.mean", "is required")
-            metrics.append((str(metric), check.number(params["mean"], f"{where}.mean"),
-                            check.number(params.get("sd", 0.0), f"{where}.sd", lo=0)))
-        arms.append(SimArm(
-            name=name,
-            mean=mean,
-            schedule=tuple(sorted(schedule)),
-            metrics=tuple(sorted(metrics)),
-            feedback_rate=None if "feedback_rate" not in entry else check.number(
-                entry["feedback_rate"], f"arms[{i}].feedback_rate", lo=0, hi=1),
-            feedback_delay_hours=check.number(
-                entry.get("feedback_delay_hours", delay), f"arms[{i}].feedback_delay_hours", lo=0),
-            concentration=check.number(
-                entry.get("concentration", concentration), f"arms[{i}].concentration", lo=0,
-                open_lo=True),
-        ))
-
-    metric_sets = {tuple(m for m, _, _ in a.metrics) for a in arms}
-    if len(metric_sets) > 1:
-        raise check.fail("arms", "every arm needs the same metrics")
-    policy = _policy(check, data.get("policy"))
-    for j, rule in enumerate(policy.guardrails):
-        if rule.metric not in next(iter(metric_sets)):
-            raise check.fail(f"policy.guardrails[{j}].metric",
-                             f"{rule.metric!r} is not simulated: give every arm metrics.{rule.metric}")
-    unit_mean: float | None = None
-    icc = 0.0
-    if data.get("units") is not None:
-        units = check.mapping(data["units"], "units", ("mean_decisions", "icc"))
-        unit_mean = check.number(units.get("mean_decisions", 1.0), "units.mean_decisions", lo=1,
-                                 hi=10_000)
-        icc = check.number(units.get("icc", 0.0), "units.icc", lo=0, hi=0.99)
-
-    name = data.get("name", default_name)
-    if not isinstance(name, str) or not name:
-        raise check.fail("name", "must be a non-empty string")
-    return Scenario(
-        name=name,
-        arms=tuple(arms),
-        runs=check.integer(data.get("runs", 100), "runs", minimum=1),
-        seed=check.integer(data.get("seed", 0), "seed", minimum=0),
-        decisions=check.integer(data.get("decisions", 10_000), "decisions", minimum=1),
-        decisions_per_hour=check.number(data.get("decisions_per_hour", 1000.0),
-                                        "decisions_per_hour", lo=0, open_lo=True),
-        reward=reward,
-        drift=tuple(drift),
-        feedback_rate=check.number(data.get("feedback_rate", 1.0), "feedback_rate", lo=0, hi=1),
-        policy=policy,
-        tolerance=check.number(data.get("tolerance", 0.0), "tolerance", lo=0),
-        unit_mean_decisions=unit_mean,
-        unit_icc=icc,
-    )
+def _read_scenario(source: str, data: bytes | None, *, default_name: str,
+                   path: Path | None = None) -> Scenario:
+    reader = _ScenarioReader(source)
+    empty = "the scenario file is empty; it needs arms:"
+    root = (reader.load_file(path, empty=empty) if path is not None
+            else reader.load_text(data or b"", empty=empty))
+    scenario = reader.scenario(root, default_name=default_name) if root is not None else None
+    if scenario is None or reader.problems:
+        lines = [str(p) for p in reader.sorted_problems()] or [f"{source}:1: not a scenario"]
+        raise InvalidInput("\n".join(lines))
+    return scenario
 
 
 def load_scenario(path: str | os.PathLike[str]) -> Scenario:
-    """Read and validate a scenario YAML file."""
+    """Read and validate a scenario YAML file; errors are `PATH:LINE: message` lines."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidInput(f"{p}: cannot read the scenario file ({exc.strerror or exc})") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InvalidInput(f"{where}: not valid YAML ({problem})") from None
-    return parse_scenario(raw, source=str(p), default_name=p.stem)
+    return _read_scenario(str(p), None, default_name=p.stem, path=p)
 
 
 def run_scenario(
