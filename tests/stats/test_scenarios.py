@@ -33,7 +33,8 @@ def check_near_equal(r):
 def check_ab_10_12(r):
     assert share(r, "challenger") >= 0.92
     assert share(r, "control") <= 0.01
-    assert r["mean_regret"] <= 0.75 * r["uniform_regret"]
+    # the guarded rollout keeps 20% of traffic on the old version for a while after promotion
+    assert r["mean_regret"] <= 0.8 * r["uniform_regret"]
 
 
 def check_ab_10_11(r):
