@@ -3,7 +3,9 @@
 At every epoch boundary of the holdout phase, on the most recent matured units (a window of
 ROLLBACK_WINDOW x max_decisions decisions, both arms, summed per arm), the Gaussian probability that
 the previous production is better than the new one is P(old > new) = Phi((m_old - m_new) / sd).
-Roll back when it reaches ROLLBACK_P; end the holdout when it has lasted holdout_decisions or
+Roll back when it reaches ROLLBACK_P, once both arms have min_samples_per_arm outcomes in the
+window (the first epochs of a holdout hold a few dozen old-version outcomes, and testing those at
+every epoch rolled back about 3% of true winners); end the holdout when it has lasted holdout_decisions or
 holdout_hours, whichever comes first; otherwise continue.
 """
 
@@ -54,7 +56,7 @@ def holdout_step(
 ) -> HoldoutVerdict:
     """Decide the holdout at an epoch boundary from the recent window's (new, old) unit sums."""
     p_old: float | None = None
-    if min(n) >= 2:
+    if min(n) >= max(policy.min_samples_per_arm, 2):
         means = [s[i] / n[i] for i in range(2)]
         var = [max(ss[i] / n[i] - means[i] ** 2, 0.0) * n[i] / (n[i] - 1) for i in range(2)]
         se = math.sqrt(max(sum(var[i] / n[i] for i in range(2)), 1e-24))

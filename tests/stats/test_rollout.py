@@ -39,3 +39,11 @@ def test_defaults_and_weights():
 def test_too_little_data_never_rolls_back():
     v = holdout_step(n=(1, 0), s=(1, 0), ss=(1, 0), decisions=1, hours=0, policy=POLICY)
     assert v.action == HoldoutAction.CONTINUE_HOLDOUT and v.p_old_better is None
+
+
+def test_no_rollback_on_a_few_early_outcomes():
+    early = sums(0.05, 0.12, 400, 100)  # old looks far better, but on 100 outcomes
+    v = holdout_step(**early, decisions=500, hours=0.5, policy=POLICY)
+    assert v.action == HoldoutAction.CONTINUE_HOLDOUT and v.p_old_better is None
+    v = holdout_step(**early, decisions=500, hours=0.5, policy=Policy(min_samples_per_arm=50))
+    assert v.action == HoldoutAction.ROLLBACK
