@@ -20,9 +20,7 @@ RewardKind = Literal["binary", "continuous"]
 Strategy = Literal["thompson", "fixed"]
 Allocation = Literal["top_two", "thompson"]
 MissingFeedback = Literal["zero", "ignore"]
-ExperimentStatus = Literal[
-    "draft", "running", "holdout", "completed", "inconclusive", "rolled_back", "stopped"
-]
+ExperimentStatus = Literal["draft", "running", "completed", "inconclusive", "stopped"]
 
 VARIABLE_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "list", "object")
 EXPERIMENT_STATUSES: tuple[str, ...] = ("draft", "running", "completed", "inconclusive", "stopped")
