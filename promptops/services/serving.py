@@ -37,6 +37,7 @@ from promptops.domain import (
     DEFAULT_METRIC,
     PRODUCTION,
     PromptContent,
+    Rendered,
     metric_name_problem,
     text_problem,
 )
@@ -91,6 +92,24 @@ class LivePrompt:
 PRODUCTION_METRICS: tuple[str, ...] = (DEFAULT_METRIC, *BUILTIN_METRICS)
 """Metrics a decision served outside any experiment accepts: `reward` (within [0, 1]) and the
 built-ins; nothing counts them towards a statistic, they are stored for reports."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A served version and its rendering, with the signed id of the decision."""
+
+    id: str
+    token: DecisionToken
+    version: LiveVersion
+    rendered: Rendered
+    unit_id: str | None
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON answer of a serve."""
+        out = self.rendered.payload()
+        out["decision_id"] = self.id
+        out["experiment_id"] = self.token.experiment_id
+        return out
 
 
 @dataclass(frozen=True)
@@ -320,9 +339,10 @@ class Serving:
         if self.auto_refresh or self.live.seq < 0:
             self.live.refresh()
 
-    def serve(self, name: str, variables: dict[str, Any], *, unit_id: str | None = None,
-              ) -> dict[str, Any]:
-        """Pick a version (an arm when an experiment runs), render it, record the decision."""
+    def decide(self, name: str, variables: dict[str, Any], *, unit_id: str | None = None,
+               pin: LiveVersion | None = None) -> Decision:
+        """Pick a version (an arm when an experiment runs, or `pin`) and render it; the decision
+        is not recorded yet (`record`)."""
         self._fresh()
         p = self.live.prompt(name)
         if unit_id is not None and (not isinstance(unit_id, str) or len(unit_id) > 256):
@@ -331,10 +351,12 @@ class Serving:
         if unit_id is not None:
             check_text(unit_id, field="unit_id")
         check_text(variables, field="variables")
-        exp = p.experiment
+        exp = p.experiment if pin is None else None
         if exp is not None:
             arm: int | None = exp.pick(unit_id)
             version = exp.arms[arm]  # type: ignore[index]
+        elif pin is not None:
+            arm, version = None, pin
         elif p.production is not None:
             arm, version = None, p.production
         else:
@@ -344,16 +366,22 @@ class Serving:
         token = DecisionToken(prompt_id=p.id, version_id=version.id,
                               experiment_id=exp.id if exp else None, arm=arm,
                               epoch=exp.epoch if exp else None, decided_at=self.ctx.now())
-        decision_id = self.codec.issue(token)
-        row = decision_row(decision_id, token, unit_id)
+        return Decision(self.codec.issue(token), token, version, rendered, unit_id)
+
+    def record(self, decision: Decision) -> None:
+        """Record a decision (batched in the server)."""
+        row = decision_row(decision.id, decision.token, decision.unit_id)
         if self.writer is not None:
             self.writer.add_decision(row)
         else:
             self.recorder.record_decisions([row])
-        out = rendered.payload()
-        out["decision_id"] = decision_id
-        out["experiment_id"] = exp.id if exp else None
-        return out
+
+    def serve(self, name: str, variables: dict[str, Any], *, unit_id: str | None = None,
+              ) -> dict[str, Any]:
+        """Pick a version (an arm when an experiment runs), render it, record the decision."""
+        decision = self.decide(name, variables, unit_id=unit_id)
+        self.record(decision)
+        return decision.payload()
 
     def render_production(self, name: str, variables: dict[str, Any]) -> dict[str, Any] | None:
         """Render the cached production version (no database), or None if there is none."""
