@@ -12,6 +12,7 @@ from promptops.config import Settings
 from promptops.errors import PromptOpsError
 from promptops.server.metrics import Metrics
 from promptops.services.facade import PromptOps
+from promptops.services.gateway import Gateway
 from promptops.services.writer import BatchWriter
 
 log = logging.getLogger("promptops.server")
@@ -29,6 +30,7 @@ class Runtime:
                                   flush_seconds=settings.writer_flush_seconds)
         self.ops.serving.writer = self.writer
         self.ops.serving.auto_refresh = False
+        self.gateway = Gateway.create(self.ops.serving, settings, on_call=self.metrics.observe_call)
         self.background = background
         self.key_table: dict[str, str] = {}
         self.key_prefixes: dict[str, str] = {}
@@ -123,6 +125,7 @@ class Runtime:
         self.metrics.pending.set(self.writer.pending)
         try:
             self.refresh()
+            self.gateway.cache.flush_touches()
             self.db_ok = True
             if tick and self.ops.experiments.tick():
                 self.refresh()

@@ -103,6 +103,7 @@ class Decision:
     version: LiveVersion
     rendered: Rendered
     unit_id: str | None
+    variables: dict[str, Any]
 
     def payload(self) -> dict[str, Any]:
         """The JSON answer of a serve."""
@@ -366,7 +367,7 @@ class Serving:
         token = DecisionToken(prompt_id=p.id, version_id=version.id,
                               experiment_id=exp.id if exp else None, arm=arm,
                               epoch=exp.epoch if exp else None, decided_at=self.ctx.now())
-        return Decision(self.codec.issue(token), token, version, rendered, unit_id)
+        return Decision(self.codec.issue(token), token, version, rendered, unit_id, variables)
 
     def record(self, decision: Decision) -> None:
         """Record a decision (batched in the server)."""
