@@ -331,11 +331,12 @@ class ResponseCache:
                     r.delete(*names)
                 return count
             keys = [k.decode() for k in r.smembers(self.prefix + "rcp:" + prompt)]
+            removed = 0
             if keys:
-                r.delete(*[self.prefix + "rc:" + k for k in keys])
+                removed = int(r.delete(*[self.prefix + "rc:" + k for k in keys]))
                 r.zrem(self.prefix + "rcu", *keys)
             r.delete(self.prefix + "rcp:" + prompt)
-            return len(keys)
+            return removed
         with self.ctx.tx() as s:
             stmt = delete(ResponseCacheRow)
             if prompt is not None:
@@ -352,8 +353,15 @@ class ResponseCache:
             if extra <= 0:
                 return 0
             keys = [k.decode() for k in r.zrange(self.prefix + "rcu", 0, extra - 1)]
-            r.delete(*[self.prefix + "rc:" + k for k in keys])
+            names = [self.prefix + "rc:" + k for k in keys]
+            for key, raw in zip(keys, r.mget(names), strict=True):
+                prompt = json.loads(raw).get("prompt") if raw else None
+                if prompt:
+                    r.srem(self.prefix + "rcp:" + prompt, key)
+            r.delete(*names)
             r.zrem(self.prefix + "rcu", *keys)
+            for key in keys:
+                self._lru.pop(key, None)
             return len(keys)
         with self.ctx.tx() as s:
             total = int(s.scalar(select(func.count()).select_from(ResponseCacheRow)) or 0)
