@@ -111,6 +111,7 @@ class SSEResponse(Response):
     def __init__(self, stream: CompletionStream, headers: dict[str, str]) -> None:
         super().__init__(content=None, headers={**headers, "cache-control": "no-cache",
                                                 "x-accel-buffering": "no"})
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.stream = stream
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
