@@ -177,6 +177,15 @@ class ArmPublic(BaseModel):
     expected_loss: float | None
     weight: float
     is_control: bool
+    calls: int = 0
+    error_rate: float | None = None
+    cache_hit_rate: float | None = None
+    cost_usd_mean: float | None = None
+    cost_usd_total: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p95: float | None = None
+    prompt_tokens_mean: float | None = None
+    completion_tokens_mean: float | None = None
 
 
 class ExperimentPublic(BaseModel):

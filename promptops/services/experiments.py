@@ -41,6 +41,7 @@ from promptops.domain import (
     parse_policy,
 )
 from promptops.errors import ExperimentNotFound, ExperimentStateError, InvalidInput
+from promptops.services.calls import arm_usage
 from promptops.services.context import Context
 from promptops.services.registry import Registry, write_audit
 
@@ -508,6 +509,7 @@ class Experiments:
                                     .group_by(ArmEpochRow.arm)):
             n_by_arm[arm] = int(total or 0)
         snap_arms = (exp.snapshot or {}).get("arms") or []
+        usage = arm_usage(s, exp.id, len(arms))
         out_arms = []
         for a in arms:
             v = versions[a.version_id]
@@ -521,7 +523,7 @@ class Experiments:
                 "p_beats_control": snap.get("p_beats_control"),
                 "weight": (exp.weights[a.idx] if exp.status == "running"
                            and a.idx < len(exp.weights) else 0.0),
-                "is_control": a.idx == exp.control_arm})
+                "is_control": a.idx == exp.control_arm, **usage[a.idx].as_dict()})
         winner = None
         if exp.winner_arm is not None and exp.winner_arm < len(arms):
             winner = versions[arms[exp.winner_arm].version_id].number

@@ -517,3 +517,38 @@ class CompletionStream:
         if result is not None:
             self.gateway._record(self.decision, self.upstream, self.key, self.start,
                                  result=result, mode=self.cache, stream=True)
+
+
+@dataclass(frozen=True)
+class WarmReport:
+    """What a cache warm-up did: calls answered from the cache, made upstream, and failed."""
+
+    hits: int
+    misses: int
+    errors: int
+
+
+async def warm(gateway: Gateway, name: str, cases: Sequence[Mapping[str, Any]], *,
+               version: int | None = None, label: str | None = None, concurrency: int = 4,
+               progress: Callable[[int], None] | None = None) -> WarmReport:
+    """Fill the cache with the answers of a version (production by default) for these variables,
+    at most `concurrency` calls at a time; each call is a recorded decision of that version."""
+    slots = asyncio.Semaphore(max(1, concurrency))
+    counts = {"hits": 0, "misses": 0, "errors": 0}
+    pinned = (version, label) if version is not None or label is not None else (None, "production")
+
+    async def one(variables: Mapping[str, Any]) -> None:
+        async with slots:
+            try:
+                out = await gateway.complete(CompletionRequest(
+                    name=name, variables=variables, version=pinned[0], label=pinned[1]))
+            except (UpstreamError, ProviderNotConfigured, InvalidInput):
+                counts["errors"] += 1
+            else:
+                counts["hits" if out.cache is CacheResult.HIT else "misses"] += 1
+            if progress is not None:
+                progress(1)
+
+    await asyncio.gather(*(one(case) for case in cases))
+    await gateway.cache.drain()
+    return WarmReport(**counts)

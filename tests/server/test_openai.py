@@ -236,3 +236,19 @@ def test_live_stream_and_disconnect(live, ops, fake_upstream):
             break
         time.sleep(0.02)
     assert statuses == ["cancelled", "ok"]
+
+
+def test_experiment_read_has_per_arm_usage(http):
+    for i in range(6):
+        assert http.post("/v1/prompts/duel/complete", json={"unit_id": f"u{i}"}).status_code == 200
+    http.app.state.runtime.writer.flush()
+    [exp] = http.get("/v1/experiments").json()["experiments"]
+    arms = http.get(f"/v1/experiments/{exp['id']}").json()["arms"]
+    assert sum(a["calls"] for a in arms) == 6
+    for a in arms:
+        assert a["calls"] == a["decisions"]
+        if a["calls"]:
+            assert a["error_rate"] == 0.0 and a["cost_usd_total"] > 0
+            assert a["latency_ms_p95"] >= a["latency_ms_p50"] > 0
+        else:
+            assert a["cost_usd_mean"] is None and a["latency_ms_p50"] is None
