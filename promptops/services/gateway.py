@@ -35,7 +35,7 @@ from promptops.errors import (
     UpstreamError,
     VersionNotFound,
 )
-from promptops.promptschema import ROLES
+from promptops.promptfiles import ROLES
 from promptops.providers import (
     CallResult,
     CallStatus,
