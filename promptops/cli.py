@@ -595,11 +595,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     no_sync: Annotated[bool, typer.Option("--no-sync", help="Do not sync prompts.")] = False,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, max=64,
+        help="Processes sharing the port (on SQLite they share one writer).")] = 1,
 ) -> None:
     """Migrate, sync the prompts folder, and serve the API and dashboard."""
     from promptops.server.run import run_server
 
-    run_server(settings(host=host, port=port, sync_on_start=not no_sync))
+    run_server(settings(host=host, port=port, sync_on_start=not no_sync), workers=workers)
 
 
 @app.command()

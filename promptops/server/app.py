@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
     app = FastAPI(title="promptops", version=__version__, lifespan=lifespan,
                   description="Prompts as code with A/B experiments on autopilot.")
     app.state.runtime = runtime
+    runtime.app = app
     errors.install(app)
     app.include_router(api.router)
     app.include_router(openai.router)
@@ -48,7 +49,8 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
 
     def build_middleware_stack() -> ASGIApp:
         fast = FastPath(build_stack(), runtime=runtime, max_body=settings.max_body_bytes)
-        return EdgeGuard(fast, runtime=runtime, settings=settings)  # type: ignore[return-value]
+        gateway = openai.GatewayPath(fast, runtime=runtime, max_body=settings.max_body_bytes)
+        return EdgeGuard(gateway, runtime=runtime, settings=settings)  # type: ignore[return-value]
 
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from promptops import errors as e
 from promptops.server.auth import bearer_principal
 from promptops.server.errors import promptops_error_body, status_for
+from promptops.server.metrics import answer_too_large, declared_too_large
 from promptops.services.gateway import (
     Completion,
     CompletionRequest,
@@ -26,6 +28,10 @@ from promptops.services.gateway import (
 )
 
 router = APIRouter()
+CHAT_PATH = "/v1/chat/completions"
+COMPLETE_PREFIX = "/v1/prompts/"
+COMPLETE_SUFFIX = "/complete"
+COMPLETE_ROUTE = "/v1/prompts/{name}/complete"
 
 # Fields of a chat.completions body that promptops reads itself; everything else goes upstream.
 _OWN = frozenset(("model", "messages", "variables", "user", "stream", "stream_options", "cache"))
@@ -179,3 +185,76 @@ async def complete(name: str, request: Request) -> Response:
                         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
     return Response(orjson.dumps(completion.payload()), media_type="application/json",
                     headers=_headers(completion))
+
+
+class GatewayPath:
+    """Pure-ASGI layer that sends the gateway's two routes straight to their handlers: FastAPI's
+    routing over every route and its middleware stack cost a noticeable share of a call
+    (bench/gateway.py). The handlers are the same functions the FastAPI routes run."""
+
+    def __init__(self, app: Any, *, runtime: Any, max_body: int) -> None:
+        self.app = app
+        self.rt = runtime
+        self.max_body = max_body
+        self._latency: dict[tuple[str, int], Any] = {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path = scope["path"]
+            if path == CHAT_PATH:
+                await self._handle(scope, receive, send, CHAT_PATH, None)
+                return
+            if path.startswith(COMPLETE_PREFIX) and path.endswith(COMPLETE_SUFFIX):
+                name = path[len(COMPLETE_PREFIX):-len(COMPLETE_SUFFIX)]
+                if name and "/" not in name:
+                    await self._handle(scope, receive, send, COMPLETE_ROUTE, name)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, route: str,
+                      name: str | None) -> None:
+        start = time.perf_counter()
+        for key, value in scope["headers"]:
+            if key == b"content-length" and declared_too_large(value, self.max_body):
+                await answer_too_large(send, self.max_body)
+                return
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before sending its request
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body:
+                await answer_too_large(send, self.max_body)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        status = [500]
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        request = Request(scope, replay)
+        request.scope["app"] = self.rt.app
+        if name is None:
+            response = await chat_completions(request)
+        else:
+            response = await complete(name, request)
+        sse = isinstance(response, SSEResponse)
+        await response(scope, receive if sse else replay, sending)
+        key = (route, status[0])
+        child = self._latency.get(key)
+        if child is None:
+            child = self._latency[key] = self.rt.metrics.child(
+                self.rt.metrics.latency, "POST", route, str(status[0]))
+        child.observe(time.perf_counter() - start)

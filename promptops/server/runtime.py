@@ -31,6 +31,7 @@ class Runtime:
         self.ops.serving.writer = self.writer
         self.ops.serving.auto_refresh = False
         self.gateway = Gateway.create(self.ops.serving, settings, on_call=self.metrics.observe_call)
+        self.app: Any = None  # the app serving this runtime (set by create_app)
         self.background = background
         self.key_table: dict[str, str] = {}
         self.key_prefixes: dict[str, str] = {}
