@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.fakeupstream import fake_upstream  # noqa: F401  (a fixture)
+from tests import fakeupstream, test_cli
 from tests.services.test_gateway import ARMS, PROMPT, config
-from tests.test_cli import cli  # noqa: F401  (a fixture)
+
+# Fixtures shared with other test modules.
+fake_upstream = fakeupstream.fake_upstream
+cli = test_cli.cli
 
 
 def test_warm_stats_clear(cli, tmp_path: Path, fake_upstream, monkeypatch):

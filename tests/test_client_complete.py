@@ -8,9 +8,14 @@ import pytest
 
 from promptops import AsyncClient, Client, CompleteResult
 from promptops import errors as e
+from tests import fakeupstream
 from tests.fakeupstream import Reply
-from tests.fakeupstream import fake_upstream  # noqa: F401  (a fixture)
-from tests.server.test_openai import gateway_settings, live  # noqa: F401  (fixtures)
+from tests.server import test_openai
+
+# Fixtures shared with other test modules.
+fake_upstream = fakeupstream.fake_upstream
+gateway_settings = test_openai.gateway_settings
+live = test_openai.live
 
 
 def test_complete(live, fake_upstream):

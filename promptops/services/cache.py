@@ -209,14 +209,14 @@ class ResponseCache:
         if self._redis is None:
             import redis.asyncio as aioredis
 
-            self._redis = aioredis.Redis.from_url(self.redis_url)
+            self._redis = aioredis.Redis.from_url(str(self.redis_url))
         return self._redis
 
     def _redis_sync_client(self) -> Any:
         if self._redis_sync is None:
             import redis
 
-            self._redis_sync = redis.Redis.from_url(self.redis_url)
+            self._redis_sync = redis.Redis.from_url(str(self.redis_url))
         return self._redis_sync
 
     async def _redis_get(self, key: str) -> CacheEntry | None:

@@ -18,9 +18,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from promptops.db.models import CallRow
+from tests import fakeupstream
 from tests.fakeupstream import Reply
-from tests.fakeupstream import fake_upstream  # noqa: F401  (a fixture)
 from tests.services.test_gateway import ARMS, PROMPT, WARM, config
+
+# Fixtures shared with other test modules.
+fake_upstream = fakeupstream.fake_upstream
 
 
 @pytest.fixture

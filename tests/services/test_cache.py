@@ -10,11 +10,15 @@ from typing import Any
 
 import pytest
 
+from promptops import errors as e
 from promptops.services.cache import CacheEntry, CachePolicy, ResponseCache, cache_key, random_prefix
 from promptops.services.gateway import CompletionRequest, Gateway
+from tests import fakeupstream
 from tests.fakeupstream import Reply
 from tests.services.test_gateway import PROMPT, WARM, config
-from tests.fakeupstream import fake_upstream  # noqa: F401  (a fixture)
+
+# Fixtures shared with other test modules.
+fake_upstream = fakeupstream.fake_upstream
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -253,7 +257,7 @@ def test_failures_are_not_cached(make, fake_upstream):
     fake_upstream.enqueue(Reply(status=500))
 
     async def go() -> str:
-        with pytest.raises(Exception):
+        with pytest.raises(e.UpstreamError):
             await gw.complete(ask())
         return str((await gw.complete(ask())).cache)
 

@@ -15,8 +15,11 @@ from promptops import errors as e
 from promptops.db.models import CallRow, DecisionRow
 from promptops.services.calls import arm_usage
 from promptops.services.gateway import CompletionRequest, Gateway, parse_model
+from tests import fakeupstream
 from tests.fakeupstream import FakeUpstream, Reply
-from tests.fakeupstream import fake_upstream  # noqa: F401  (a fixture)
+
+# Fixtures shared with other test modules.
+fake_upstream = fakeupstream.fake_upstream
 
 SECRET = "sk-test-4f1c9a77d2e0b5c3"
 
