@@ -54,12 +54,17 @@ def sdk(http: TestClient) -> openai.OpenAI:
                          max_retries=0)
 
 
-def recorded(ops, http: TestClient) -> list[CallRow]:  # type: ignore[no-untyped-def]
-    http.app.state.runtime.writer.flush()
-    with ops.ctx.tx() as s:
-        rows = list(s.scalars(select(CallRow)))
-        s.expunge_all()
-    return rows
+def recorded(ops, http: TestClient, count: int = 1) -> list[CallRow]:  # type: ignore[no-untyped-def]
+    """The stored calls, once `count` are (the writer thread may hold a batch in flight)."""
+    deadline = time.monotonic() + 10
+    while True:
+        http.app.state.runtime.writer.flush()
+        with ops.ctx.tx() as s:
+            rows = list(s.scalars(select(CallRow)))
+            s.expunge_all()
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.01)
 
 
 def test_sdk_completion(sdk, http, ops):
@@ -241,10 +246,10 @@ def test_live_stream_and_disconnect(live, ops, fake_upstream):
     assert statuses == ["cancelled", "ok"]
 
 
-def test_experiment_read_has_per_arm_usage(http):
+def test_experiment_read_has_per_arm_usage(http, ops):
     for i in range(6):
         assert http.post("/v1/prompts/duel/complete", json={"unit_id": f"u{i}"}).status_code == 200
-    http.app.state.runtime.writer.flush()
+    assert len(recorded(ops, http, 6)) == 6
     [exp] = http.get("/v1/experiments").json()["experiments"]
     arms = http.get(f"/v1/experiments/{exp['id']}").json()["arms"]
     assert sum(a["calls"] for a in arms) == 6
