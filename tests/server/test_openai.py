@@ -260,3 +260,13 @@ def test_experiment_read_has_per_arm_usage(http, ops):
             assert a["latency_ms_p95"] >= a["latency_ms_p50"] > 0
         else:
             assert a["cost_usd_mean"] is None and a["latency_ms_p50"] is None
+
+
+def test_dashboard_shows_per_arm_usage(http, ops):
+    for i in range(4):
+        assert http.post("/v1/prompts/duel/complete", json={"unit_id": f"u{i}"}).status_code == 200
+    recorded(ops, http, 4)
+    [exp] = http.get("/v1/experiments").json()["experiments"]
+    page = http.get(f"/experiments/{exp['id']}", headers={"accept": "text/html"})
+    assert page.status_code == 200
+    assert "Calls through the gateway" in page.text and "Cost per 1,000 calls" in page.text
