@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.loop = asyncio.get_running_loop()
         runtime.start()
         try:
             yield

@@ -13,6 +13,7 @@ and output are stored unless `store_io` is off. A cached answer is still a decis
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -20,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from promptops.config import Settings
-from promptops.db.models import LabelRow, PromptRow, VersionRow
+from promptops.db.models import CallRow, LabelRow, PromptRow, VersionRow
 from promptops.domain import PromptContent
 from promptops.errors import (
     InvalidInput,
@@ -45,9 +46,12 @@ from promptops.providers import (
     build_chat_request,
     load_providers_config,
 )
+from promptops.providers.config import DEFAULT_WARM_ON_PROMOTE
 from promptops.services.cache import CacheEntry, CachePolicy, ResponseCache, cache_key
 from promptops.services.calls import CacheResult, CallRecorder
 from promptops.services.serving import Decision, LiveVersion, Serving
+
+log = logging.getLogger("promptops.gateway")
 
 MODEL_PREFIX = "promptops/"
 _PIN = re.compile(r"^v([0-9]{1,9})$")
@@ -170,8 +174,42 @@ class Gateway:
                               redis_url=settings.redis_url)
         gateway = cls(serving, Providers(config, **provider_options), cache,
                       store_io=settings.store_io, on_call=on_call)
-        gateway.warm_on_promote = config.cache.warm_on_promote
+        warm_n = config.cache.warm_on_promote
+        gateway.warm_on_promote = (DEFAULT_WARM_ON_PROMOTE if warm_n is True
+                                   else int(warm_n or 0))
         return gateway
+
+    def recent_requests(self, name: str, *, limit: int, days: float = 7.0
+                        ) -> list[dict[str, Any]]:
+        """The variables of a prompt's most frequent distinct requests of the last days (calls
+        stored with their variables only), most frequent first."""
+        since = self.serving.ctx.now() - days * 86400.0
+        with self.serving.ctx.tx() as s:
+            prompt_id = s.scalar(select(PromptRow.id).where(PromptRow.name == name))
+            if prompt_id is None:
+                return []
+            top = s.execute(
+                select(CallRow.request_key, func.count().label("n"))
+                .where(CallRow.prompt_id == prompt_id, CallRow.created_at >= since,
+                       CallRow.request_key.is_not(None), CallRow.variables.is_not(None))
+                .group_by(CallRow.request_key).order_by(func.count().desc(), CallRow.request_key)
+                .limit(limit)).all()
+            out = []
+            for key, _ in top:
+                variables = s.scalar(select(CallRow.variables).where(CallRow.request_key == key)
+                                     .limit(1))
+                if isinstance(variables, dict):
+                    out.append(variables)
+            return out
+
+    async def warm_production(self, name: str, version: int) -> WarmReport:
+        """Warm a new production version's cache from the prompt's most frequent recent
+        requests (`cache.warm_on_promote` of them)."""
+        cases = await asyncio.to_thread(self.recent_requests, name, limit=self.warm_on_promote)
+        report = await warm(self, name, cases, version=version)
+        log.info("warmed %s v%d after production moved: %d new, %d cached, %d failed",
+                 name, version, report.misses, report.hits, report.errors)
+        return report
 
     # --- deciding -----------------------------------------------------------------------------
 

@@ -270,3 +270,42 @@ def test_dashboard_shows_per_arm_usage(http, ops):
     page = http.get(f"/experiments/{exp['id']}", headers={"accept": "text/html"})
     assert page.status_code == 200
     assert "Calls through the gateway" in page.text and "Cost per 1,000 calls" in page.text
+
+
+TWO = """\
+name: two
+model: {name: fake-model, temperature: 0}
+variables:
+  q: {type: string, required: true}
+messages:
+  - {role: user, content: "{{ q }}"}
+variants:
+  b:
+    messages:
+      - {role: user, content: "B {{ q }}"}
+"""
+
+
+def test_production_move_warms_the_new_version(tmp_path, gateway_settings, ops, clock,
+                                               fake_upstream):
+    from promptops.server.app import create_app
+
+    (tmp_path / "prompts" / "two.yaml").write_text(TWO)
+    ops.sync()
+    config = gateway_settings.config_path
+    config.write_text(config.read_text() + "cache: {warm_on_promote: 2}\n")
+    app = create_app(gateway_settings, ops=ops, clock=clock, background=False)
+    with TestClient(app) as http:
+        for q in ("x", "x", "x", "y", "y", "z"):
+            assert http.post("/v1/prompts/two/complete",
+                             json={"variables": {"q": q}}).status_code == 200
+        recorded(ops, http, 6)
+        before = fake_upstream.count
+        assert http.post("/v1/prompts/two/labels/production", json={"version": 2}).status_code == 200
+        deadline = time.monotonic() + 10
+        while fake_upstream.count < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        warmed = [r.json()["messages"][-1]["content"] for r in fake_upstream.requests[before:]]
+        assert sorted(warmed) == ["B x", "B y"]  # the two most frequent requests
+        out = http.post("/v1/prompts/two/complete", json={"variables": {"q": "x"}}).json()
+        assert out["version"] == 2 and out["cache"] == "hit"
