@@ -56,7 +56,7 @@ def start_promptops(workdir: Path, upstream: int, port: int) -> subprocess.Popen
     (workdir / "prompts" / "bench-cached.yaml").write_text(CACHED)
     (workdir / "promptops.yaml").write_text(
         f'default_provider: fake\nproviders:\n  fake: {{base_url: "http://127.0.0.1:{upstream}/v1",'
-        f" max_concurrency: 64}}\n")
+        "}\n")
     env = {**os.environ, "PROMPTOPS_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
            "PROMPTOPS_PROMPTS_DIR": str(workdir / "prompts"),
            "PROMPTOPS_CONFIG": str(workdir / "promptops.yaml")}
