@@ -73,6 +73,30 @@ def start_promptops(workdir: Path, upstream: int, port: int) -> subprocess.Popen
     raise SystemExit("promptops did not start")
 
 
+def start_litellm(workdir: Path, upstream: int, port: int) -> subprocess.Popen[bytes] | None:
+    """LiteLLM's proxy in front of the fake upstream, when LITELLM_BIN names its `litellm`."""
+    exe = os.environ.get("LITELLM_BIN")
+    if not exe or not Path(exe).exists():
+        return None
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: fake-model\n    litellm_params:\n"
+        f"      model: openai/fake-model\n      api_base: http://127.0.0.1:{upstream}/v1\n"
+        "      api_key: unused\n")
+    proc = subprocess.Popen([exe, "--config", str(config), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/liveliness").status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    return None
+
+
 async def load(url: str, body: dict[str, Any], *, concurrency: int, requests: int,
                stream: bool) -> tuple[float, float]:
     """(p50 ms, requests per second) of `requests` POSTs, `concurrency` at a time."""
@@ -113,23 +137,28 @@ def main() -> None:
     port = 18700 + os.getpid() % 200
     with tempfile.TemporaryDirectory() as tmp:
         server = start_promptops(Path(tmp), upstream, port)
+        litellm = start_litellm(Path(tmp), upstream, port + 1)
         try:
-            run(upstream, port, args.requests)
+            run(upstream, port, args.requests, port + 1 if litellm else None)
         finally:
-            server.terminate()
-            server.wait(10)
+            for proc in (server, litellm):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(10)
             fake.terminate()
 
 
-def run(upstream: int, port: int, requests: int) -> None:
+def run(upstream: int, port: int, requests: int, litellm: int | None) -> None:
     direct = f"http://127.0.0.1:{upstream}/v1/chat/completions"
     gateway = f"http://127.0.0.1:{port}/v1/chat/completions"
+    proxy = f"http://127.0.0.1:{litellm}/v1/chat/completions" if litellm else None
     messages = [{"role": "system", "content": "Answer briefly."},
                 {"role": "user", "content": "why?"}]
-    litellm = "n/a (LiteLLM's proxy is not installed; set LITELLM_BIN to compare)"
-    print(f"fake upstream: fixed 20 ms; {requests} requests per row; LiteLLM: {litellm}")
+    print(f"fake upstream: fixed 20 ms; {requests} requests per row"
+          + ("" if proxy else "; LiteLLM: n/a (set LITELLM_BIN to its `litellm` to compare)"))
     print(f"{'load':<22}{'direct p50':>12}{'promptops p50':>15}{'added':>9}"
-          f"{'direct rps':>12}{'promptops rps':>15}{'ratio':>8}")
+          f"{'direct rps':>12}{'promptops rps':>15}{'ratio':>8}{'LiteLLM p50':>13}"
+          f"{'LiteLLM rps':>13}{'ratio':>8}")
     for stream in (False, True):
         for concurrency in (1, 32):
             d_body = {"model": "fake-model", "messages": messages, "temperature": 0.7}
@@ -142,8 +171,15 @@ def run(upstream: int, port: int, requests: int) -> None:
             p_p50, p_rps = asyncio.run(load(gateway, p_body, concurrency=concurrency,
                                             requests=n, stream=stream))
             label = f"{'stream' if stream else 'plain'}, concurrency {concurrency}"
-            print(f"{label:<22}{d_p50:>10.2f}ms{p_p50:>13.2f}ms{p_p50 - d_p50:>7.2f}ms"
-                  f"{d_rps:>12.0f}{p_rps:>15.0f}{p_rps / d_rps:>7.2f}x")
+            line = (f"{label:<22}{d_p50:>10.2f}ms{p_p50:>13.2f}ms{p_p50 - d_p50:>7.2f}ms"
+                    f"{d_rps:>12.0f}{p_rps:>15.0f}{p_rps / d_rps:>7.2f}x")
+            if proxy:
+                l_p50, l_rps = asyncio.run(load(proxy, d_body, concurrency=concurrency,
+                                                requests=n, stream=stream))
+                line += f"{l_p50:>11.2f}ms{l_rps:>13.0f}{l_rps / d_rps:>7.2f}x"
+            else:
+                line += f"{'n/a':>13}{'n/a':>13}{'n/a':>8}"
+            print(line)
     serve = f"http://127.0.0.1:{port}/v1/prompts/bench-cached/serve"
     complete = f"http://127.0.0.1:{port}/v1/prompts/bench-cached/complete"
     body = {"variables": {"q": "cached?"}}
