@@ -83,7 +83,8 @@ def start_litellm(workdir: Path, upstream: int, port: int) -> subprocess.Popen[b
         "model_list:\n  - model_name: fake-model\n    litellm_params:\n"
         f"      model: openai/fake-model\n      api_base: http://127.0.0.1:{upstream}/v1\n"
         "      api_key: unused\n")
-    proc = subprocess.Popen([exe, "--config", str(config), "--port", str(port)],
+    env = {**os.environ, "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
+    proc = subprocess.Popen([exe, "--config", str(config), "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
