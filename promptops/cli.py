@@ -525,7 +525,7 @@ def cache_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         return
     table = Table("prompt", "entries", title=f"{stats.entries} cached answer(s)")
     for prompt, count in sorted(stats.by_prompt.items()):
-        table.add_row(prompt, str(count))
+        table.add_row(cell(prompt), str(count))
     out.print(table)
 
 
