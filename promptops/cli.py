@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -17,6 +18,9 @@ from rich.text import Text
 
 from promptops.config import Settings
 from promptops.errors import InvalidInput, InvalidPromptFile, PromptOpsError
+
+if TYPE_CHECKING:
+    from promptops.services.views import ExperimentView
 
 app = typer.Typer(help="Prompts as code, with A/B experiments on autopilot.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -111,9 +115,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _plain(value: Any) -> Any:
+    # The services answer typed views; JSON shows them as the API does.
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
 def print_json(data: Any) -> None:
     """Print JSON to stdout (C1 controls, which JSON leaves raw, escaped as \\u00XX)."""
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=_plain)
     sys.stdout.write(C1_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
 
 
@@ -351,15 +362,15 @@ def experiment_start(
         exp = service.experiments.create(
             name, versions, metric=metric, reward=reward.value, strategy=strategy.value,
             weights=w, policy=_parse_settings(set_ or []), start=not draft, actor=_actor())
-    say(f"experiment {exp['id']} {exp['status']}: {exp['prompt']} versions "
-        f"{', '.join(str(a['version']) for a in exp['arms'])}")
+    say(f"experiment {exp.id} {exp.status}: {exp.prompt} versions "
+        f"{', '.join(str(a.version) for a in exp.arms)}")
     _say_control(exp)
 
 
-def _say_control(e: dict[str, Any]) -> None:
-    if e.get("control_is_production") is False:
-        say(f"  control v{e['control_version']} is not the version that held production "
-            f"at the start (v{e['production_at_start']})")
+def _say_control(e: ExperimentView) -> None:
+    if e.control_is_production is False:
+        say(f"  control v{e.control_version} is not the version that held production "
+            f"at the start (v{e.production_at_start})")
 
 
 @experiment_app.command("list")
@@ -375,12 +386,12 @@ def experiment_list(
         return
     table = Table("id", "prompt", "status", "versions", "decisions", "leader", "winner")
     for e in rows:
-        leader = max(e["arms"], key=lambda a: a["p_best"] or 0.0)
-        table.add_row(cell(e["id"]), cell(e["prompt"]), cell(e["status"]),
-                      cell(", ".join(str(a["version"]) for a in e["arms"])),
-                      cell(sum(a["decisions"] for a in e["arms"])),
-                      cell(f"v{leader['version']}" if leader["p_best"] is not None else ""),
-                      cell(f"v{e['winner']}" if e["winner"] else ""))
+        leader = max(e.arms, key=lambda a: a.p_best or 0.0)
+        table.add_row(cell(e.id), cell(e.prompt), cell(e.status),
+                      cell(", ".join(str(a.version) for a in e.arms)),
+                      cell(sum(a.decisions for a in e.arms)),
+                      cell(f"v{leader.version}" if leader.p_best is not None else ""),
+                      cell(f"v{e.winner}" if e.winner else ""))
     out.print(table)
 
 
@@ -392,14 +403,14 @@ def experiment_status(experiment_id: int,
     if as_json:
         print_json(e)
         return
-    say(f"experiment {e['id']} on {e['prompt']}: {e['status']}"
-        + (f", winner v{e['winner']}" if e["winner"] else ""))
+    say(f"experiment {e.id} on {e.prompt}: {e.status}"
+        + (f", winner v{e.winner}" if e.winner else ""))
     _say_control(e)
-    if e.get("reason"):
-        say(f"  {e['reason']}")
-    if e.get("value_remaining") is not None:
-        say(f"  value remaining (95%): {100 * e['value_remaining']:.2f}% of the leader's mean")
-    if e.get("srm_alarm"):
+    if e.reason:
+        say(f"  {e.reason}")
+    if e.value_remaining is not None:
+        say(f"  value remaining (95%): {100 * e.value_remaining:.2f}% of the leader's mean")
+    if e.srm_alarm:
         say("  SAMPLE RATIO MISMATCH: promotion frozen")
 
     def pct(x: float | None) -> str:
@@ -407,25 +418,25 @@ def experiment_status(experiment_id: int,
 
     table = Table("version", "variant", "decisions", "feedback", "n", "mean", "95% CI",
                   "P(best)", "exp. loss", "weight")
-    for a in e["arms"]:
-        ci = "" if a["ci_low"] is None else f"{pct(a['ci_low'])} - {pct(a['ci_high'])}"
-        table.add_row(cell(f"{a['version']}{' (control)' if a['is_control'] else ''}"),
-                      cell(a["variant"]), cell(a["decisions"]), cell(a["feedback"]), cell(a["n"]),
-                      cell(pct(a["mean"])), cell(ci), cell(pct(a["p_best"])),
-                      cell("" if a["expected_loss"] is None else f"{a['expected_loss']:.5f}"),
-                      cell(pct(a["weight"])))
+    for a in e.arms:
+        ci = "" if a.ci_low is None else f"{pct(a.ci_low)} - {pct(a.ci_high)}"
+        table.add_row(cell(f"{a.version}{' (control)' if a.is_control else ''}"),
+                      cell(a.variant), cell(a.decisions), cell(a.feedback), cell(a.n),
+                      cell(pct(a.mean)), cell(ci), cell(pct(a.p_best)),
+                      cell("" if a.expected_loss is None else f"{a.expected_loss:.5f}"),
+                      cell(pct(a.weight)))
     out.print(table)
-    if any(a.get("calls") for a in e["arms"]):
+    if any(a.calls for a in e.arms):
         def num(x: float | None, fmt: str) -> str:
             return "" if x is None else format(x, fmt)
 
         usage = Table("version", "calls", "errors", "cache hits", "cost / 1k calls",
                       "p50 ms", "p95 ms", title="calls through the gateway")
-        for a in e["arms"]:
-            per_k = None if a["cost_usd_mean"] is None else 1000 * a["cost_usd_mean"]
-            usage.add_row(str(a["version"]), str(a["calls"]), pct(a["error_rate"]),
-                          pct(a["cache_hit_rate"]), num(per_k, ".4f"),
-                          num(a["latency_ms_p50"], ".0f"), num(a["latency_ms_p95"], ".0f"))
+        for a in e.arms:
+            per_k = None if a.cost_usd_mean is None else 1000 * a.cost_usd_mean
+            usage.add_row(str(a.version), str(a.calls), pct(a.error_rate),
+                          pct(a.cache_hit_rate), num(per_k, ".4f"),
+                          num(a.latency_ms_p50, ".0f"), num(a.latency_ms_p95, ".0f"))
         out.print(usage)
 
 
@@ -433,7 +444,7 @@ def experiment_status(experiment_id: int,
 def experiment_stop(experiment_id: int) -> None:
     """Stop an experiment; production stays."""
     e = ops().experiments.stop(experiment_id, actor=_actor())
-    say(f"experiment {e['id']} stopped")
+    say(f"experiment {e.id} stopped")
 
 
 @experiment_app.command("promote")
@@ -443,7 +454,7 @@ def experiment_promote(
 ) -> None:
     """End a running experiment and move production to the winner."""
     e = ops().experiments.promote(experiment_id, version=version, actor=_actor())
-    say(f"experiment {e['id']} completed: production -> version {e['winner']}")
+    say(f"experiment {e.id} completed: production -> version {e.winner}")
 
 
 # -- simulation ----------------------------------------------------------------------------------
@@ -658,8 +669,8 @@ def keys_list() -> None:
     """List keys (prefixes only)."""
     table = Table("id", "prefix", "role", "name", "revoked")
     for k in ops().keys.list_keys():
-        table.add_row(cell(k["id"]), cell(k["prefix"] + "..."), cell(k["role"]), cell(k["name"]),
-                      cell("yes" if k["revoked_at"] else ""))
+        table.add_row(cell(k.id), cell(k.prefix + "..."), cell(k.role), cell(k.name),
+                      cell("yes" if k.revoked_at else ""))
     out.print(table)
 
 

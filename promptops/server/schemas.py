@@ -161,8 +161,15 @@ class ServePublic(RenderPublic):
     experiment_id: int | None
 
 
-class ArmPublic(BaseModel):
-    """Figures of one arm."""
+class View(BaseModel):
+    """An answer read from a service view: a field the schema does not name is an error, so the
+    published schema and the answer cannot drift apart unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArmPublic(View):
+    """Figures of one arm (the fields of `ArmView`)."""
 
     version: int
     variant: str
@@ -171,10 +178,12 @@ class ArmPublic(BaseModel):
     reward_sum: float
     n: int
     mean: float | None
+    sd: float | None
     ci_low: float | None
     ci_high: float | None
     p_best: float | None
     expected_loss: float | None
+    p_beats_control: float | None
     weight: float
     is_control: bool
     calls: int = 0
@@ -188,10 +197,8 @@ class ArmPublic(BaseModel):
     completion_tokens_mean: float | None = None
 
 
-class ExperimentPublic(BaseModel):
-    """An experiment with per-arm figures."""
-
-    model_config = ConfigDict(extra="allow")
+class ExperimentPublic(View):
+    """An experiment with per-arm figures (the fields of `ExperimentView`)."""
 
     id: int
     prompt: str
@@ -200,7 +207,70 @@ class ExperimentPublic(BaseModel):
     metric: str
     reward: str
     strategy: str
+    auto_promote: bool
+    source: str
+    control_version: int | None
+    production_at_start: int | None
+    control_is_production: bool | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    end_reason: str | None
+    epoch: int
+    matured: int
+    last_update_at: float | None
+    policy: dict[str, Any]
+    missing_feedback: str
+    reason: str | None
+    srm_alarm: bool
+    srm_p: float | None
+    value_remaining: float | None
+    checks_done: int
     arms: list[ArmPublic]
+
+
+class ExperimentListPublic(View):
+    """Experiments, newest first."""
+
+    experiments: list[ExperimentPublic]
+
+
+class EpochPublic(View):
+    """One epoch of an experiment (the fields of `EpochView`)."""
+
+    epoch: int
+    started_at: float
+    weights: list[float]
+    matured_at_start: int
+    p_best: list[float | None] | None
+    mean: list[float | None] | None
+    checked: bool
+    assigned: list[int]
+
+
+class HistoryPublic(View):
+    """An experiment's epochs, oldest first."""
+
+    epochs: list[EpochPublic]
+
+
+class AuditEntryPublic(View):
+    """One entry of the audit log (the fields of `AuditEntry`)."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    prompt: str | None
+    experiment_id: int | None
+    message: str
+    details: dict[str, Any]
+
+
+class AuditPublic(View):
+    """A page of the audit log, newest first."""
+
+    entries: list[AuditEntryPublic]
 
 
 class ErrorBody(BaseModel):

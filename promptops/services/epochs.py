@@ -7,7 +7,6 @@ CLI) and holds the experiment's row lock for its whole transaction; an end goes 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -28,6 +27,7 @@ from promptops.domain import Policy, parse_policy
 from promptops.errors import ExperimentStateError
 from promptops.services.context import Context
 from promptops.services.experiments import Experiments
+from promptops.services.views import ArmSnapshot, Snapshot, finite
 
 SYSTEM_ACTOR = "promptops"
 MATURITY_GRACE_SECONDS = 2.0
@@ -78,8 +78,8 @@ class EpochUpdater:
             if not (due or at_limit):
                 if new:
                     summary = stats.summarize(data, control=exp.control_arm, policy=policy)
-                    exp.snapshot = self._snapshot(exp, summary, reason=(exp.snapshot or {}).get(
-                        "reason", "collecting outcomes"), state=None)
+                    reason = Snapshot.from_dict(exp.snapshot).reason or "collecting outcomes"
+                    exp.snapshot = self._snapshot(exp, summary, reason=reason, state=None)
                 return False
             result = stats.step(
                 data, control=exp.control_arm,
@@ -164,31 +164,23 @@ class EpochUpdater:
 
     def _snapshot(self, exp: ExperimentRow, summary: Any, *, reason: str,
                   state: Any) -> dict[str, Any]:
-        arms = []
-        for i in range(len(summary.mean)):
-            arms.append({
-                "mean": _float(summary.mean[i]), "ci_low": _float(summary.ci_low[i]),
-                "ci_high": _float(summary.ci_high[i]), "p_best": _float(summary.p_best[i]),
-                "expected_loss": _float(summary.expected_loss[i]),
-                "p_beats_control": _float(summary.p_beats_control[i])})
+        arms = tuple(ArmSnapshot(
+            mean=finite(summary.mean[i]), sd=finite(summary.sd[i]),
+            ci_low=finite(summary.ci_low[i]), ci_high=finite(summary.ci_high[i]),
+            p_best=finite(summary.p_best[i]), expected_loss=finite(summary.expected_loss[i]),
+            p_beats_control=finite(summary.p_beats_control[i])) for i in range(len(summary.mean)))
         prev_state = exp.policy_state or {}
         # A report figure, not a stopping input: a fixed seed keeps it stable between refreshes.
         remaining = stats.value_remaining(summary.mean, summary.sd, rng=stats.new_rng(exp.id))
-        return {"arms": arms, "reason": reason, "srm_p": _float(summary.srm_p),
-                "value_remaining": _float(remaining),
-                "srm_alarm": bool(state.srm_alarm if state is not None
-                                  else prev_state.get("srm_alarm", False)),
-                "checks_done": int(state.checks_done if state is not None
-                                   else prev_state.get("checks_done", 0)),
-                "at": self.ctx.now()}
-
-
-def _float(x: Any) -> float | None:
-    if x is None:
-        return None
-    f = float(x)
-    return f if math.isfinite(f) else None
+        return Snapshot(
+            arms=arms, reason=reason, srm_p=finite(summary.srm_p),
+            value_remaining=finite(remaining),
+            srm_alarm=bool(state.srm_alarm if state is not None
+                           else prev_state.get("srm_alarm", False)),
+            checks_done=int(state.checks_done if state is not None
+                            else prev_state.get("checks_done", 0)),
+            at=self.ctx.now()).to_dict()
 
 
 def _floats(xs: Any) -> list[float | None]:
-    return [_float(x) for x in xs]
+    return [finite(x) for x in xs]

@@ -37,6 +37,7 @@ from promptops.errors import ExperimentNotFound, ExperimentStateError, InvalidIn
 from promptops.services.calls import arm_usage
 from promptops.services.context import Context
 from promptops.services.registry import Registry, write_audit
+from promptops.services.views import ArmView, EpochView, ExperimentView, Snapshot
 
 
 class Experiments:
@@ -51,7 +52,7 @@ class Experiments:
                reward: str = "binary", strategy: str = "thompson",
                weights: Sequence[float] | None = None, auto_promote: bool | None = None,
                policy: dict[str, Any] | None = None, start: bool = True,
-               actor: str = "api") -> dict[str, Any]:
+               actor: str = "api") -> ExperimentView:
         """Create an experiment over versions of a prompt; running unless start is False."""
         spec = self.make_spec(arms=[str(v) for v in versions], metric=metric, reward=reward,
                               strategy=strategy, weights=weights, auto_promote=auto_promote,
@@ -146,7 +147,7 @@ class Experiments:
         s.flush()
         return exp
 
-    def start(self, experiment_id: int, *, actor: str = "api") -> dict[str, Any]:
+    def start(self, experiment_id: int, *, actor: str = "api") -> ExperimentView:
         """Start a draft experiment."""
         with self.ctx.tx() as s:
             exp = self.row(s, experiment_id, lock=True)
@@ -186,7 +187,7 @@ class Experiments:
         bump_change_seq(s)
 
     # -- ending ----------------------------------------------------------------------------
-    def stop(self, experiment_id: int, *, actor: str = "api") -> dict[str, Any]:
+    def stop(self, experiment_id: int, *, actor: str = "api") -> ExperimentView:
         """Stop a running or draft experiment; production stays where it is."""
         with self.ctx.tx() as s:
             exp = self.row(s, experiment_id, lock=True)
@@ -198,7 +199,7 @@ class Experiments:
         return self.get(experiment_id)
 
     def promote(self, experiment_id: int, *, version: int | None = None,
-                actor: str = "api") -> dict[str, Any]:
+                actor: str = "api") -> ExperimentView:
         """End a running experiment with a winner chosen by hand (the leader by default)."""
         with self.ctx.tx() as s:
             exp = self.row(s, experiment_id, lock=True)
@@ -221,9 +222,9 @@ class Experiments:
     @staticmethod
     def leader(exp: ExperimentRow) -> int:
         """The arm with the least expected loss in the snapshot (the control without one)."""
-        arms = (exp.snapshot or {}).get("arms") or []
-        losses = [(a.get("expected_loss"), i) for i, a in enumerate(arms)
-                  if a.get("expected_loss") is not None]
+        arms = Snapshot.from_dict(exp.snapshot).arms
+        losses = [(a.expected_loss, i) for i, a in enumerate(arms)
+                  if a.expected_loss is not None]
         return min(losses)[1] if losses else exp.control_arm
 
     def finish(self, s: Session, exp: ExperimentRow, *, status: str, winner: int | None,
@@ -288,13 +289,13 @@ class Experiments:
         return list(s.scalars(select(ArmRow).where(ArmRow.experiment_id == experiment_id)
                               .order_by(ArmRow.idx)))
 
-    def get(self, experiment_id: int) -> dict[str, Any]:
+    def get(self, experiment_id: int) -> ExperimentView:
         """An experiment with its per-arm figures (the API's shape)."""
         with self.ctx.tx() as s:
             return self._public(s, self.row(s, experiment_id))
 
     def list_experiments(self, *, prompt: str | None = None, status: str | None = None,
-             limit: int = 200) -> list[dict[str, Any]]:
+             limit: int = 200) -> list[ExperimentView]:
         """Experiments, newest first."""
         with self.ctx.tx() as s:
             q = select(ExperimentRow).order_by(ExperimentRow.id.desc()).limit(limit)
@@ -304,7 +305,7 @@ class Experiments:
                 q = q.where(ExperimentRow.status == status)
             return [self._public(s, e) for e in s.scalars(q).all()]
 
-    def _public(self, s: Session, exp: ExperimentRow) -> dict[str, Any]:
+    def _public(self, s: Session, exp: ExperimentRow) -> ExperimentView:
         name = s.scalar(select(PromptRow.name).where(PromptRow.id == exp.prompt_id))
         arms = self.arms(s, exp.id)
         versions = {v.id: v for v in s.scalars(select(VersionRow).where(
@@ -314,47 +315,43 @@ class Experiments:
                                     .where(ArmEpochRow.experiment_id == exp.id)
                                     .group_by(ArmEpochRow.arm)):
             n_by_arm[arm] = int(total or 0)
-        snap_arms = (exp.snapshot or {}).get("arms") or []
+        snapshot = Snapshot.from_dict(exp.snapshot)
         usage = arm_usage(s, exp.id, len(arms))
         out_arms = []
         for a in arms:
             v = versions[a.version_id]
-            snap = snap_arms[a.idx] if a.idx < len(snap_arms) else {}
-            out_arms.append({
-                "version": v.number, "variant": v.variant, "decisions": a.decisions,
-                "feedback": a.feedback, "reward_sum": a.reward_sum, "n": n_by_arm.get(a.idx, 0),
-                "mean": snap.get("mean"), "ci_low": snap.get("ci_low"),
-                "ci_high": snap.get("ci_high"), "p_best": snap.get("p_best"),
-                "expected_loss": snap.get("expected_loss"),
-                "p_beats_control": snap.get("p_beats_control"),
-                "weight": (exp.weights[a.idx] if exp.status == "running"
-                           and a.idx < len(exp.weights) else 0.0),
-                "is_control": a.idx == exp.control_arm, **usage[a.idx].as_dict()})
+            snap = snapshot.arm(a.idx)
+            out_arms.append(ArmView(
+                version=v.number, variant=v.variant, decisions=a.decisions,
+                feedback=a.feedback, reward_sum=a.reward_sum, n=n_by_arm.get(a.idx, 0),
+                mean=snap.mean, sd=snap.sd, ci_low=snap.ci_low, ci_high=snap.ci_high,
+                p_best=snap.p_best, expected_loss=snap.expected_loss,
+                p_beats_control=snap.p_beats_control,
+                weight=(exp.weights[a.idx] if exp.status == "running"
+                        and a.idx < len(exp.weights) else 0.0),
+                is_control=a.idx == exp.control_arm, **usage[a.idx].as_dict()))
         winner = None
         if exp.winner_arm is not None and exp.winner_arm < len(arms):
             winner = versions[arms[exp.winner_arm].version_id].number
         policy = parse_policy(exp.policy)
-        control_version = out_arms[exp.control_arm]["version"] if out_arms else None
-        return {
-            "id": exp.id, "prompt": name, "status": exp.status, "winner": winner,
-            "metric": exp.metric, "reward": exp.reward, "strategy": exp.strategy,
-            "auto_promote": exp.auto_promote, "source": exp.source,
-            "control_version": control_version,
-            "production_at_start": exp.production_version_at_start,
-            "control_is_production": (None if exp.production_version_at_start is None
-                                      else control_version == exp.production_version_at_start),
-            "created_at": exp.created_at, "started_at": exp.started_at,
-            "ended_at": exp.ended_at, "end_reason": exp.end_reason, "epoch": exp.epoch,
-            "matured": exp.matured_total, "last_update_at": exp.last_update_at,
-            "policy": policy.to_dict(),
-            "missing_feedback": policy.missing_feedback_for(exp.reward),
-            "reason": (exp.snapshot or {}).get("reason") or self._waiting(exp, policy),
-            "srm_alarm": bool((exp.snapshot or {}).get("srm_alarm", False)),
-            "srm_p": (exp.snapshot or {}).get("srm_p"),
-            "value_remaining": (exp.snapshot or {}).get("value_remaining"),
-            "checks_done": (exp.snapshot or {}).get("checks_done", 0),
-            "arms": out_arms,
-        }
+        control_version = out_arms[exp.control_arm].version if out_arms else None
+        return ExperimentView(
+            id=exp.id, prompt=name or "", status=exp.status, winner=winner,
+            metric=exp.metric, reward=exp.reward, strategy=exp.strategy,
+            auto_promote=exp.auto_promote, source=exp.source,
+            control_version=control_version,
+            production_at_start=exp.production_version_at_start,
+            control_is_production=(None if exp.production_version_at_start is None
+                                   else control_version == exp.production_version_at_start),
+            created_at=exp.created_at, started_at=exp.started_at,
+            ended_at=exp.ended_at, end_reason=exp.end_reason, epoch=exp.epoch,
+            matured=exp.matured_total, last_update_at=exp.last_update_at,
+            policy=policy.to_dict(),
+            missing_feedback=policy.missing_feedback_for(exp.reward),
+            reason=snapshot.reason or self._waiting(exp, policy),
+            srm_alarm=snapshot.srm_alarm, srm_p=snapshot.srm_p,
+            value_remaining=snapshot.value_remaining, checks_done=snapshot.checks_done,
+            arms=tuple(out_arms))
 
     @staticmethod
     def _waiting(exp: ExperimentRow, policy: Policy) -> str | None:
@@ -364,22 +361,22 @@ class Experiments:
                 f"its decision; burn-in needs {policy.min_samples_per_arm:,} per arm and "
                 f"{policy.min_hours:g} h")
 
-    def history(self, experiment_id: int) -> list[dict[str, Any]]:
+    def history(self, experiment_id: int) -> list[EpochView]:
         """Per-epoch weights, P(best) and means, oldest first (for charts)."""
         with self.ctx.tx() as s:
             self.row(s, experiment_id)
             eps = s.scalars(select(EpochRow).where(EpochRow.experiment_id == experiment_id)
                             .order_by(EpochRow.idx)).all()
-            assigned: dict[int, list[float]] = {}
+            assigned: dict[int, list[int]] = {}
             for r in s.scalars(select(ArmEpochRow).where(
                     ArmEpochRow.experiment_id == experiment_id)):
                 row = assigned.setdefault(r.epoch, [])
                 while len(row) <= r.arm:
                     row.append(0)
                 row[r.arm] = r.assigned
-            return [{"epoch": e.idx, "started_at": e.started_at, "weights": e.weights,
-                     "matured_at_start": e.matured_at_start,
-                     "p_best": (e.summary or {}).get("p_best"),
-                     "mean": (e.summary or {}).get("mean"),
-                     "checked": (e.summary or {}).get("checked", False),
-                     "assigned": assigned.get(e.idx, [])} for e in eps]
+            return [EpochView(epoch=e.idx, started_at=e.started_at, weights=e.weights,
+                              matured_at_start=e.matured_at_start,
+                              p_best=(e.summary or {}).get("p_best"),
+                              mean=(e.summary or {}).get("mean"),
+                              checked=(e.summary or {}).get("checked", False),
+                              assigned=assigned.get(e.idx, [])) for e in eps]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+
+from promptops.services.views import ArmView
 
 
 def fmt_time(ts: float | None) -> str:
@@ -57,6 +58,6 @@ def value_format(reward: str) -> Callable[[float | None], str]:
     return lambda x: "—" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
-def arm_label(arm: dict[str, Any]) -> str:
+def arm_label(arm: ArmView) -> str:
     """How the pages name an arm: its version and variant."""
-    return f"v{arm['version']} {arm['variant']}"
+    return f"v{arm.version} {arm.variant}"
