@@ -7,7 +7,6 @@ import json
 import os
 import re
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -17,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from promptops.config import Settings
+from promptops.domain import ExperimentStatus, KeyRole, RewardKind, Strategy
 from promptops.errors import InvalidInput, InvalidPromptFile, PromptOpsError
 
 if TYPE_CHECKING:
@@ -41,37 +41,6 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 # prompt must not drive the terminal.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 C1_CHARS = re.compile(r"[\x7f-\x9f]")
-
-
-class Reward(StrEnum):
-    """Reward kinds of an experiment's primary metric."""
-
-    binary = "binary"
-    continuous = "continuous"
-
-
-class Strategy(StrEnum):
-    """Allocation strategies."""
-
-    thompson = "thompson"
-    fixed = "fixed"
-
-
-class Role(StrEnum):
-    """API key roles."""
-
-    serve = "serve"
-    admin = "admin"
-
-
-class Status(StrEnum):
-    """Experiment statuses."""
-
-    draft = "draft"
-    running = "running"
-    completed = "completed"
-    inconclusive = "inconclusive"
-    stopped = "stopped"
 
 
 def clean(text: Any) -> str:
@@ -339,8 +308,8 @@ def experiment_start(
         help="Two or more versions; the first is the control.")] = None,
     experiment_id: Annotated[int | None, typer.Option("--id", help="Start a draft by id.")] = None,
     metric: Annotated[str, typer.Option(help="Metric name.")] = "reward",
-    reward: Annotated[Reward, typer.Option(help="Kind of reward.")] = Reward.binary,
-    strategy: Annotated[Strategy, typer.Option(help="Allocation.")] = Strategy.thompson,
+    reward: Annotated[RewardKind, typer.Option(help="Kind of reward.")] = RewardKind.BINARY,
+    strategy: Annotated[Strategy, typer.Option(help="Allocation.")] = Strategy.THOMPSON,
     weights: Annotated[str | None, typer.Option(help="Fixed weights, e.g. 0.5,0.5.")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Policy SETTING=VALUE (repeatable).")] = None,
@@ -376,7 +345,7 @@ def _say_control(e: ExperimentView) -> None:
 @experiment_app.command("list")
 def experiment_list(
     prompt: Annotated[str | None, typer.Option(help="Only this prompt.")] = None,
-    status: Annotated[Status | None, typer.Option(help="Only this status.")] = None,
+    status: Annotated[ExperimentStatus | None, typer.Option(help="Only this status.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List experiments, newest first."""
@@ -655,7 +624,7 @@ def db_downgrade(revision: str) -> None:
 
 @keys_app.command("create")
 def keys_create(
-    role: Annotated[Role, typer.Option("--role", help="What the key may do.")],
+    role: Annotated[KeyRole, typer.Option("--role", help="What the key may do.")],
     name: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""

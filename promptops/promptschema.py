@@ -17,10 +17,13 @@ from .domain import (
     POLICY_CHOICES,
     VARIABLE_TYPES,
     ExperimentSpec,
+    ExperimentStatus,
     Message,
     Policy,
     PromptContent,
     PromptDefinition,
+    RewardKind,
+    Strategy,
     VariableSpec,
     metric_name_problem,
     policy_value_problem,
@@ -78,9 +81,9 @@ _EXPERIMENT_KEYS = (
     "policy",
 )
 _CHOICES = {
-    "reward": ("binary", "continuous"),
-    "strategy": ("thompson", "fixed"),
-    "status": ("draft", "running"),
+    "reward": tuple(r.value for r in RewardKind),
+    "strategy": tuple(r.value for r in Strategy),
+    "status": (ExperimentStatus.DRAFT.value, ExperimentStatus.RUNNING.value),
     **POLICY_CHOICES,
 }
 _Variant = tuple[tuple[Message, ...] | None, str | None, dict[str, Any], dict[str, Any] | None]
@@ -395,9 +398,9 @@ class PromptChecker(NodeReader):
             self.err(entries["arms"][1], "experiment.arms: at least two arms are needed")
         if "weights" in entries:
             fields["weights"] = self.weights(entries, arms)
-            if fields["strategy"] == "thompson":
+            if fields["strategy"] == Strategy.THOMPSON:
                 self.err(entries["weights"][0], "experiment.weights: only for strategy: fixed")
-        elif fields["strategy"] == "fixed":
+        elif fields["strategy"] == Strategy.FIXED:
             self.err(entries["strategy"][1], "experiment: strategy fixed needs weights")
         policy = self.policy(entries["policy"][1]) if "policy" in entries else Policy()
         if len(self.problems) > before or arms is None or policy is None:

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from promptops.domain import ExperimentStatus
 from promptops.server.auth import AdminKey, Principal, ReadKey, bearer_principal
 from promptops.server.runtime import Runtime
 from promptops.server.schemas import (
@@ -180,7 +181,7 @@ def create_experiment(body: ExperimentCreate, rt: RuntimeDep, who: AdminKey) -> 
     exp = rt.ops.experiments.create(
         body.prompt, body.versions, metric=body.metric, reward=body.reward,
         strategy=body.strategy, weights=body.weights, auto_promote=body.auto_promote,
-        policy=body.policy, start=body.status == "running", actor=who.actor)
+        policy=body.policy, start=body.status == ExperimentStatus.RUNNING, actor=who.actor)
     rt.refresh()
     return JSON(exp, status_code=201)
 

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
 
+from promptops.domain import ExperimentStatus, MissingFeedback, RewardKind, Strategy
+
 TEXT_PROBLEM = "contains a NUL character or a lone surrogate"
 
 
@@ -110,8 +112,8 @@ class ExperimentCreate(Strict):
     prompt: str = Field(min_length=1, max_length=64)
     versions: list[int] = Field(min_length=2, max_length=20)
     metric: str = Field(default="reward", min_length=1, max_length=64)
-    reward: Literal["binary", "continuous"] = "binary"
-    strategy: Literal["thompson", "fixed"] = "thompson"
+    reward: RewardKind = RewardKind.BINARY
+    strategy: Strategy = Strategy.THOMPSON
     weights: list[float] | None = None
     auto_promote: bool | None = None
     policy: dict[str, Any] = Field(default_factory=dict)
@@ -202,11 +204,11 @@ class ExperimentPublic(View):
 
     id: int
     prompt: str
-    status: str
+    status: ExperimentStatus
     winner: int | None
     metric: str
-    reward: str
-    strategy: str
+    reward: RewardKind
+    strategy: Strategy
     auto_promote: bool
     source: str
     control_version: int | None
@@ -220,7 +222,7 @@ class ExperimentPublic(View):
     matured: int
     last_update_at: float | None
     policy: dict[str, Any]
-    missing_feedback: str
+    missing_feedback: MissingFeedback
     reason: str | None
     srm_alarm: bool
     srm_p: float | None

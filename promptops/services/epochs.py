@@ -23,7 +23,7 @@ from promptops.db.models import (
     VersionRow,
 )
 from promptops.db.queries import bump_change_seq, rowcount
-from promptops.domain import Policy, parse_policy
+from promptops.domain import ExperimentStatus, MissingFeedback, Policy, parse_policy
 from promptops.errors import ExperimentStateError
 from promptops.services.context import Context
 from promptops.services.experiments import Experiments
@@ -44,7 +44,8 @@ class EpochUpdater:
     def tick(self) -> list[int]:
         """Run the update of every running experiment; returns the ids that changed epoch or ended."""
         with self.ctx.tx() as s:
-            ids = list(s.scalars(select(ExperimentRow.id).where(ExperimentRow.status == "running")))
+            ids = list(s.scalars(select(ExperimentRow.id).where(
+                ExperimentRow.status == ExperimentStatus.RUNNING)))
         changed = []
         for exp_id in ids:
             try:
@@ -58,7 +59,7 @@ class EpochUpdater:
         """Fold newly matured outcomes in, and at an epoch boundary re-weight and check stopping."""
         with self.ctx.tx() as s:
             exp = self.experiments.row(s, experiment_id, lock=True)
-            if exp.status != "running":
+            if exp.status != ExperimentStatus.RUNNING:
                 return False
             now = self.ctx.now()
             policy = parse_policy(exp.policy)
@@ -91,13 +92,15 @@ class EpochUpdater:
             exp.policy_state = result.state.to_dict()
             exp.snapshot = self._snapshot(exp, result.summary, reason=result.reason,
                                           state=result.state)
-            if result.action in ("promote", "keep_control"):
-                self.experiments.finish(s, exp, status="completed", winner=result.winner,
-                             actor=SYSTEM_ACTOR, reason=result.reason, evidence=exp.snapshot)
+            if result.action in (stats.StatsAction.PROMOTE, stats.StatsAction.KEEP_CONTROL):
+                self.experiments.finish(s, exp, status=ExperimentStatus.COMPLETED,
+                                        winner=result.winner, actor=SYSTEM_ACTOR,
+                                        reason=result.reason, evidence=exp.snapshot)
                 return True
-            if result.action == "inconclusive":
-                self.experiments.finish(s, exp, status="inconclusive", winner=None, actor=SYSTEM_ACTOR,
-                             reason=result.reason, evidence=exp.snapshot)
+            if result.action == stats.StatsAction.INCONCLUSIVE:
+                self.experiments.finish(s, exp, status=ExperimentStatus.INCONCLUSIVE, winner=None,
+                                        actor=SYSTEM_ACTOR, reason=result.reason,
+                                        evidence=exp.snapshot)
                 return True
             exp.epoch += 1
             exp.epoch_started_at = now
@@ -123,7 +126,7 @@ class EpochUpdater:
         if not rowcount(res):
             return 0
         exp.update_seq = seq
-        zero = policy.missing_feedback_for(exp.reward) == "zero"
+        zero = policy.missing_feedback_for(exp.reward) == MissingFeedback.ZERO
         reward = FeedbackRow.reward
         q = (select(DecisionRow.arm, DecisionRow.epoch, func.count(DecisionRow.id),
                     func.count(FeedbackRow.id), func.coalesce(func.sum(reward), 0.0),

@@ -29,7 +29,10 @@ from promptops.domain import (
     ENDED_STATUSES,
     PRODUCTION,
     ExperimentSpec,
+    ExperimentStatus,
     Policy,
+    RewardKind,
+    Strategy,
     metric_name_problem,
     parse_policy,
 )
@@ -49,14 +52,15 @@ class Experiments:
 
     # -- creation --------------------------------------------------------------------------
     def create(self, prompt: str, versions: Sequence[int], *, metric: str = DEFAULT_METRIC,
-               reward: str = "binary", strategy: str = "thompson",
+               reward: str = RewardKind.BINARY, strategy: str = Strategy.THOMPSON,
                weights: Sequence[float] | None = None, auto_promote: bool | None = None,
                policy: dict[str, Any] | None = None, start: bool = True,
                actor: str = "api") -> ExperimentView:
         """Create an experiment over versions of a prompt; running unless start is False."""
         spec = self.make_spec(arms=[str(v) for v in versions], metric=metric, reward=reward,
                               strategy=strategy, weights=weights, auto_promote=auto_promote,
-                              policy=policy, status="running" if start else "draft")
+                              policy=policy,
+                              status=ExperimentStatus.RUNNING if start else ExperimentStatus.DRAFT)
         with self.ctx.tx() as s:
             p = self.registry.prompt_row(s, prompt)
             vids = [self.registry.version_row(s, p, int(v)).id for v in versions]
@@ -75,15 +79,15 @@ class Experiments:
             raise InvalidInput("an experiment needs at least two arms", field="versions")
         if len(set(arms)) != len(arms):
             raise InvalidInput("arms must be distinct", field="versions")
-        if reward not in ("binary", "continuous"):
+        if reward not in tuple(RewardKind):
             raise InvalidInput("reward must be binary or continuous", field="reward")
-        if strategy not in ("thompson", "fixed"):
+        if strategy not in tuple(Strategy):
             raise InvalidInput("strategy must be thompson or fixed", field="strategy")
         problem = metric_name_problem(metric)
         if problem:
             raise InvalidInput(f"metric {problem}", field="metric")
         w: tuple[float, ...] | None = None
-        if strategy == "fixed":
+        if strategy == Strategy.FIXED:
             if weights is None or len(weights) != len(arms):
                 raise InvalidInput("a fixed experiment needs one weight per arm", field="weights")
             if any((not isinstance(x, int | float)) or x < 0 for x in weights) or not (
@@ -118,7 +122,7 @@ class Experiments:
                            .with_for_update())
         if running is None:
             return None
-        self.finish(s, running, status="stopped", winner=None, actor=actor, reason=reason)
+        self.finish(s, running, status=ExperimentStatus.STOPPED, winner=None, actor=actor, reason=reason)
         return running.id
 
     def insert(self, s: Session, p: PromptRow, spec: ExperimentSpec, vids: list[int], *,
@@ -127,9 +131,9 @@ class Experiments:
         if len(set(vids)) != len(vids):
             raise InvalidInput("two arms are the same version")
         now = self.ctx.now()
-        auto = spec.auto_promote if spec.auto_promote is not None else spec.strategy == "thompson"
+        auto = spec.auto_promote if spec.auto_promote is not None else spec.strategy == Strategy.THOMPSON
         exp = ExperimentRow(
-            prompt_id=p.id, status="draft", metric=spec.metric, reward=spec.reward,
+            prompt_id=p.id, status=ExperimentStatus.DRAFT, metric=spec.metric, reward=spec.reward,
             strategy=spec.strategy, fixed_weights=list(spec.weights) if spec.weights else None,
             auto_promote=auto, policy=spec.policy.to_dict(), control_arm=0, source=source,
             declared_hash=declared_hash, created_at=now, epoch=0, weights=[],
@@ -156,7 +160,7 @@ class Experiments:
 
     def start_row(self, s: Session, exp: ExperimentRow, *, actor: str) -> None:
         """Start a draft experiment inside a transaction (one running per prompt)."""
-        if exp.status != "draft":
+        if exp.status != ExperimentStatus.DRAFT:
             raise ExperimentStateError(f"experiment {exp.id} is {exp.status}, not draft",
                                        status=exp.status)
         arms = self.arms(s, exp.id)
@@ -168,7 +172,7 @@ class Experiments:
         now = self.ctx.now()
         w = stats.initial_weights(len(arms), strategy=exp.strategy,
                                   fixed_weights=exp.fixed_weights or None)
-        exp.status, exp.running_prompt_id = "running", exp.prompt_id
+        exp.status, exp.running_prompt_id = ExperimentStatus.RUNNING, exp.prompt_id
         exp.control_arm, exp.started_at, exp.epoch, exp.epoch_started_at = control, now, 0, now
         exp.production_version_at_start = prod
         exp.weights = [float(x) for x in w]
@@ -194,7 +198,7 @@ class Experiments:
             if exp.status in ENDED_STATUSES:
                 raise ExperimentStateError(f"experiment {exp.id} has already ended ({exp.status})",
                                            status=exp.status)
-            self.finish(s, exp, status="stopped", winner=None, actor=actor,
+            self.finish(s, exp, status=ExperimentStatus.STOPPED, winner=None, actor=actor,
                          reason="stopped by hand")
         return self.get(experiment_id)
 
@@ -203,7 +207,7 @@ class Experiments:
         """End a running experiment with a winner chosen by hand (the leader by default)."""
         with self.ctx.tx() as s:
             exp = self.row(s, experiment_id, lock=True)
-            if exp.status != "running":
+            if exp.status != ExperimentStatus.RUNNING:
                 raise ExperimentStateError(f"experiment {exp.id} is not running ({exp.status})",
                                            status=exp.status)
             arms = self.arms(s, exp.id)
@@ -215,7 +219,7 @@ class Experiments:
                     raise InvalidInput(f"version {version} is not an arm of experiment {exp.id}",
                                        field="version")
                 winner = numbers[version]
-            self.finish(s, exp, status="completed", winner=winner, actor=actor,
+            self.finish(s, exp, status=ExperimentStatus.COMPLETED, winner=winner, actor=actor,
                          reason="promoted by hand")
         return self.get(experiment_id)
 
@@ -327,7 +331,7 @@ class Experiments:
                 mean=snap.mean, sd=snap.sd, ci_low=snap.ci_low, ci_high=snap.ci_high,
                 p_best=snap.p_best, expected_loss=snap.expected_loss,
                 p_beats_control=snap.p_beats_control,
-                weight=(exp.weights[a.idx] if exp.status == "running"
+                weight=(exp.weights[a.idx] if exp.status == ExperimentStatus.RUNNING
                         and a.idx < len(exp.weights) else 0.0),
                 is_control=a.idx == exp.control_arm, **usage[a.idx].as_dict()))
         winner = None
@@ -336,8 +340,8 @@ class Experiments:
         policy = parse_policy(exp.policy)
         control_version = out_arms[exp.control_arm].version if out_arms else None
         return ExperimentView(
-            id=exp.id, prompt=name or "", status=exp.status, winner=winner,
-            metric=exp.metric, reward=exp.reward, strategy=exp.strategy,
+            id=exp.id, prompt=name or "", status=ExperimentStatus(exp.status), winner=winner,
+            metric=exp.metric, reward=RewardKind(exp.reward), strategy=Strategy(exp.strategy),
             auto_promote=exp.auto_promote, source=exp.source,
             control_version=control_version,
             production_at_start=exp.production_version_at_start,
@@ -355,7 +359,7 @@ class Experiments:
 
     @staticmethod
     def _waiting(exp: ExperimentRow, policy: Policy) -> str | None:
-        if exp.status != "running":
+        if exp.status != ExperimentStatus.RUNNING:
             return None
         return (f"collecting outcomes: each counts {policy.attribution_window_hours:g} h after "
                 f"its decision; burn-in needs {policy.min_samples_per_arm:,} per arm and "

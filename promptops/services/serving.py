@@ -36,8 +36,10 @@ from promptops.domain import (
     BUILTIN_METRICS,
     DEFAULT_METRIC,
     PRODUCTION,
+    ExperimentStatus,
     PromptContent,
     Rendered,
+    RewardKind,
     metric_name_problem,
     text_problem,
 )
@@ -182,7 +184,7 @@ class LiveState:
                                                         VersionRow.id == LabelRow.version_id)
             .where(LabelRow.name == PRODUCTION)).all()}
         exps: dict[int, LiveExperiment] = {}
-        for e in s.scalars(select(ExperimentRow).where(ExperimentRow.status == "running")):
+        for e in s.scalars(select(ExperimentRow).where(ExperimentRow.status == ExperimentStatus.RUNNING)):
             arms = s.execute(select(ArmRow.idx, VersionRow).join(
                 VersionRow, VersionRow.id == ArmRow.version_id)
                 .where(ArmRow.experiment_id == e.id).order_by(ArmRow.idx)).all()
@@ -420,7 +422,7 @@ class Serving:
             raise UnknownMetric(metric, accepted)
         primary = info.metric if info is not None else DEFAULT_METRIC
         if metric == primary:
-            value = check_reward(reward, binary=info is not None and info.reward == "binary")
+            value = check_reward(reward, binary=info is not None and info.reward == RewardKind.BINARY)
         else:
             value = check_reward(reward, binary=metric in BINARY_METRICS, bounded=False)
         counts = info.id if info is not None and metric == info.metric else None

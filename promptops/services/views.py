@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from promptops.domain import ExperimentStatus, KeyRole, MissingFeedback, RewardKind, Strategy
+
 
 def finite(x: Any) -> float | None:
     """A float, or None for a missing, NaN or infinite value (JSON has no NaN)."""
@@ -108,11 +110,11 @@ class ExperimentView:
 
     id: int
     prompt: str
-    status: str
+    status: ExperimentStatus
     winner: int | None
     metric: str
-    reward: str
-    strategy: str
+    reward: RewardKind
+    strategy: Strategy
     auto_promote: bool
     source: str
     control_version: int | None
@@ -126,7 +128,7 @@ class ExperimentView:
     matured: int
     last_update_at: float | None
     policy: dict[str, Any]
-    missing_feedback: str
+    missing_feedback: MissingFeedback
     reason: str | None
     srm_alarm: bool
     srm_p: float | None
@@ -155,7 +157,7 @@ class KeyView:
 
     id: int
     prefix: str
-    role: str
+    role: KeyRole
     name: str
     created_at: float
     revoked_at: float | None

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from promptops.domain import RewardKind
 from promptops.services.views import ArmView
 
 
@@ -53,7 +54,7 @@ def fmt_num(x: float | None) -> str:
 
 def value_format(reward: str) -> Callable[[float | None], str]:
     """How a reward-scale value reads: a percentage for binary rewards, 3 decimals otherwise."""
-    if reward == "binary":
+    if reward == RewardKind.BINARY:
         return fmt_pct
     return lambda x: "—" if x is None or not math.isfinite(x) else f"{x:.3f}"
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from promptops.domain import PRODUCTION, Policy, VariableSpec
+from promptops.domain import PRODUCTION, ExperimentStatus, Policy, VariableSpec
 from promptops.errors import PromptOpsError
 from promptops.rendering import coerce_cli_value
 from promptops.server.dashboard import charts
@@ -71,9 +71,9 @@ def summarize(exp: ExperimentView, now: float) -> ExperimentSummary:
 def overview_context(ops: PromptOps) -> dict[str, Any]:
     """What the overview shows."""
     now = ops.ctx.now()
-    running = [summarize(e, now) for e in ops.experiments.list_experiments(status="running")]
+    running = [summarize(e, now) for e in ops.experiments.list_experiments(status=ExperimentStatus.RUNNING)]
     recent = [summarize(e, now) for e in ops.experiments.list_experiments(limit=30)
-              if e.status != "running"][:10]
+              if e.status != ExperimentStatus.RUNNING][:10]
     live = {e.prompt: e.id for e in running}
     prompts = [{**p, "experiment_id": live.get(p["name"])} for p in ops.registry.list_prompts()]
     return {"prompts": prompts, "running": running, "recent": recent,
@@ -163,7 +163,7 @@ def stopping_rule(exp: ExperimentView, now: float) -> list[str]:
     remaining = exp.value_remaining
     remaining_line = (f"Value remaining: with 95% probability no arm beats the leader by more "
                       f"than {fmt_pct(remaining)} of its mean." if remaining is not None else None)
-    if exp.status not in ("running", "draft"):
+    if exp.status not in (ExperimentStatus.RUNNING, ExperimentStatus.DRAFT):
         winner = f"; the winner is version {exp.winner}" if exp.winner else ""
         ended = [f"Ended {exp.status}: {exp.end_reason or 'no reason recorded'}{winner}."]
         return ended + ([remaining_line] if remaining_line and not exp.winner else [])
