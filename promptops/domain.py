@@ -47,6 +47,8 @@ def text_problem(value: str) -> str | None:
     """What makes a string unstorable (a NUL character or a lone surrogate), or None."""
     if "\x00" in value:
         return "must not contain NUL characters"
+    if value.isascii():  # the common case, without encoding
+        return None
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
