@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
@@ -43,6 +44,9 @@ SERVE_SUFFIX = "/serve"
 FEEDBACK_PATH = "/v1/feedback"
 SERVE_ROUTE = "/v1/prompts/{name}/serve"
 JSON_HEADERS = b"application/json"
+# orjson reads an integer beyond 64 bits as a float, the standard library (so FastAPI) as an int:
+# a body with such a number falls through (19 digits reach 2**63).
+LONG_NUMBER = re.compile(rb"\d{19}")
 
 
 class FallThrough(Exception):
@@ -114,7 +118,7 @@ class FastPath:
             more = message.get("more_body", False)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            if content_type != JSON_HEADERS or not body:
+            if content_type != JSON_HEADERS or not body or LONG_NUMBER.search(body):
                 raise FallThrough
             try:
                 # FastAPI validates the same models: a body they refuse falls through, so
