@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp
@@ -52,7 +53,7 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
     build_stack = app.build_middleware_stack
 
     def build_middleware_stack() -> ASGIApp:
-        inner = build_stack()
+        inner: Any = build_stack()
         if fast_path:
             inner = FastPath(inner, runtime=runtime, max_body=settings.max_body_bytes)
         gateway = openai.GatewayPath(inner, runtime=runtime, max_body=settings.max_body_bytes)
