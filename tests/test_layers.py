@@ -108,3 +108,17 @@ def test_dashboard_pages_are_built_without_the_web_framework(name):
     # templating see a request.
     path = PKG / "server" / "dashboard" / f"{name}.py"
     assert not [n for n in imports(path) if n.split(".")[0] in ("fastapi", "starlette")]
+
+
+def test_importing_a_submodule_loads_neither_the_sdk_nor_the_renderer():
+    import subprocess
+    import sys
+
+    code = ("import sys, promptops.stats, promptops.domain; "
+            "print(sorted(m for m in ('httpx', 'jinja2', 'promptops.client', 'promptops.rendering')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    out = subprocess.run([sys.executable, "-c", "import promptops; print(promptops.Client)"],
+                         capture_output=True, text=True, check=True)
+    assert "promptops.client.Client" in out.stdout
