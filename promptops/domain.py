@@ -11,7 +11,6 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -335,7 +334,6 @@ class PromptVersion:
     source_path: str | None = None
     git_commit: str | None = None
     git_author: str | None = None
-    created_at: datetime | None = None
     labels: tuple[str, ...] = ()
 
 
