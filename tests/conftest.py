@@ -91,11 +91,16 @@ def settings(database_url: str, prompts_dir: Path) -> Settings:
 
 
 @pytest.fixture
-def ops(settings: Settings, clock: FakeClock):  # type: ignore[no-untyped-def]
-    """The services over a fresh database, on the fake clock."""
+def ops(settings: Settings, clock: FakeClock, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """The services over a fresh database, on the fake clock; built as a server builds them
+    (batched decisions, refreshed by the server) when the test uses the `app` fixture."""
+    from promptops.server.runtime import server_ops
     from promptops.services.facade import PromptOps
 
-    service = PromptOps(settings, clock=clock)
+    if "app" in request.fixturenames:
+        service = server_ops(settings, clock=clock)
+    else:
+        service = PromptOps(settings, clock=clock)
     yield service
     service.close()
 

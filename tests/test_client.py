@@ -19,6 +19,7 @@ from promptops import errors
 from promptops.client import AsyncClient, Client
 from promptops.config import Settings
 from promptops.server.app import create_app
+from promptops.server.runtime import server_ops
 from promptops.services.facade import PromptOps
 from tests.samples import PLAIN, TRIAGE
 
@@ -70,7 +71,7 @@ def ops(settings: Settings, prompts_dir: Path) -> Iterator[PromptOps]:
     """Services over the database, with the example prompts synced."""
     (prompts_dir / "triage.yaml").write_text(TRIAGE)
     (prompts_dir / "plain.yaml").write_text(PLAIN)
-    service = PromptOps(settings)
+    service = server_ops(settings)
     service.sync()
     yield service
     service.close()

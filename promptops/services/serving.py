@@ -332,11 +332,11 @@ class DecisionSink(Protocol):
 class Serving:
     """Serve prompts (choosing arms) and take feedback."""
 
-    def __init__(self, ctx: Context, *, writer: DecisionSink | None = None,
-                 auto_refresh: bool = True) -> None:
+    def __init__(self, ctx: Context, *, recorder: Recorder | None = None,
+                 writer: DecisionSink | None = None, auto_refresh: bool = True) -> None:
         self.ctx = ctx
         self.live = LiveState(ctx)
-        self.recorder = Recorder(ctx)
+        self.recorder = recorder or Recorder(ctx)
         self.writer = writer  # a BatchWriter in the server; None writes inline
         self.codec = TokenCodec(self._secret())
         # The server turns this off and refreshes in the background.

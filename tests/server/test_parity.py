@@ -14,7 +14,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from promptops.server.app import create_app
-from promptops.services.facade import PromptOps
+from promptops.server.runtime import server_ops
 from tests.samples import PLAIN, TRIAGE
 
 LIMIT = 4000
@@ -134,7 +134,7 @@ class Side:
     """One app (fast path on or off) over its own services on the shared database."""
 
     def __init__(self, settings, clock, *, fast_path: bool) -> None:  # type: ignore[no-untyped-def]
-        self.ops = PromptOps(settings, clock=clock)
+        self.ops = server_ops(settings, clock=clock)
         self.ops.ctx.rng.seed(7)
         self.app = create_app(settings, ops=self.ops, clock=clock, background=False,
                               fast_path=fast_path)
