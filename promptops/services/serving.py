@@ -323,10 +323,14 @@ def decision_row(decision_id: str, t: DecisionToken, unit_id: str | None = None)
 
 
 class DecisionSink(Protocol):
-    """Where a serve puts its decision when it does not write it inline (`BatchWriter`)."""
+    """Where a serve puts its decision, and the gateway its call record, when they are not
+    written inline (`BatchWriter`)."""
 
     def add_decision(self, row: dict[str, Any]) -> None:
         """Queue a decision row to be stored."""
+
+    def add_call(self, row: dict[str, Any]) -> None:
+        """Queue a gateway call row to be stored after its decision."""
 
 
 class Serving:
