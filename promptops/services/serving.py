@@ -15,7 +15,7 @@ import random
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -56,6 +56,7 @@ class LiveVersion:
     number: int
     variant: str
     content: PromptContent
+    may_loop: bool = False  # `Renderer.may_loop`: the server renders it off its event loop
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,11 @@ class LiveExperiment:
     weights: tuple[float, ...]
     cumulative: tuple[float, ...]
 
-    def pick(self, unit_id: str | None) -> int:
-        """An arm index from the weights; the same unit gets the same arm within an epoch."""
+    def pick(self, unit_id: str | None, rng: random.Random) -> int:
+        """An arm index from the weights; the same unit gets the same arm within an epoch, and a
+        request without a unit draws from `rng`."""
         if unit_id is None:
-            u = random.random()
+            u = rng.random()
         else:
             h = hashlib.blake2b(f"{self.id}:{self.epoch}:{unit_id}".encode(), digest_size=8)
             u = int.from_bytes(h.digest(), "big") / 2.0**64
@@ -175,8 +177,9 @@ class LiveState:
 
         def live(v: VersionRow) -> LiveVersion:
             if v.id not in versions:
-                versions[v.id] = LiveVersion(v.id, v.number, v.variant,
-                                             PromptContent.from_dict(v.content))
+                content = PromptContent.from_dict(v.content)
+                versions[v.id] = LiveVersion(v.id, v.number, v.variant, content,
+                                             self.ctx.renderer.may_loop(content))
             return versions[v.id]
 
         prod = {pid: live(v) for pid, v in s.execute(
@@ -321,16 +324,29 @@ def decision_row(decision_id: str, t: DecisionToken, unit_id: str | None = None)
             "unit_id": unit_id, "decided_at": t.decided_at, "counted_in": 0}
 
 
+class DecisionSink(Protocol):
+    """Where a serve puts its decision, and the gateway its call record, when they are not
+    written inline (`BatchWriter`)."""
+
+    def add_decision(self, row: dict[str, Any]) -> None:
+        """Queue a decision row to be stored."""
+
+    def add_call(self, row: dict[str, Any]) -> None:
+        """Queue a gateway call row to be stored after its decision."""
+
+
 class Serving:
     """Serve prompts (choosing arms) and take feedback."""
 
-    def __init__(self, ctx: Context, *, writer: Any = None) -> None:
+    def __init__(self, ctx: Context, *, recorder: Recorder | None = None,
+                 writer: DecisionSink | None = None, auto_refresh: bool = True) -> None:
         self.ctx = ctx
         self.live = LiveState(ctx)
-        self.recorder = Recorder(ctx)
+        self.recorder = recorder or Recorder(ctx)
         self.writer = writer  # a BatchWriter in the server; None writes inline
         self.codec = TokenCodec(self._secret())
-        self.auto_refresh = True  # the server turns this off and refreshes in the background
+        # The server turns this off and refreshes in the background.
+        self.auto_refresh = auto_refresh
 
     def _secret(self) -> bytes:
         if self.ctx.settings.secret_key:
@@ -341,6 +357,16 @@ class Serving:
     def _fresh(self) -> None:
         if self.auto_refresh or self.live.seq < 0:
             self.live.refresh()
+
+    def may_loop(self, name: str) -> bool:
+        """Whether a serve of the prompt may render a template that can repeat work (see
+        `Renderer.may_loop`); False for a prompt not in the cache."""
+        p = self.live.prompts.get(name)
+        if p is None:
+            return False
+        if p.production is not None and p.production.may_loop:
+            return True
+        return p.experiment is not None and any(v.may_loop for v in p.experiment.arms)
 
     def decide(self, name: str, variables: dict[str, Any], *, unit_id: str | None = None,
                pin: LiveVersion | None = None) -> Decision:
@@ -356,7 +382,7 @@ class Serving:
         check_text(variables, field="variables")
         exp = p.experiment if pin is None else None
         if exp is not None:
-            arm: int | None = exp.pick(unit_id)
+            arm: int | None = exp.pick(unit_id, self.ctx.rng)
             version = exp.arms[arm]  # type: ignore[index]
         elif pin is not None:
             arm, version = None, pin
