@@ -58,9 +58,10 @@ INTERNAL_ERROR = error_body("internal_error", "internal error; see the server lo
 
 def promptops_error_body(exc: e.PromptOpsError) -> tuple[int, dict[str, Any]]:
     """The status and JSON body of a promptops error on an API route: a code and a plain
-    message; what a 5xx says beyond that (driver messages, SQL) goes to the server log only."""
+    message; what a database failure says beyond that (driver messages, SQL) goes to the server
+    log only. Upstream errors keep their message: the provider layer already cut and redacted it."""
     status = status_for(exc)
-    if status >= 500:
+    if isinstance(exc, e.Unavailable):
         logging.getLogger("promptops.server").warning("answered %d: %s", status, exc.message)
         return status, error_body(exc.code, UNAVAILABLE_MESSAGE)
     extra: dict[str, Any] = {}
