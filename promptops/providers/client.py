@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from .prices import ModelPrice, price_for
 from .results import CallResult, CallStatus, EmbeddingsResult, Usage
 from .retry import MAYBE_PROCESSED_STATUSES, RETRY_STATUSES, RetryPolicy, error_excerpt, parse_retry_after
 from .streaming import ChatStream
+from .transport import Http11Transport
 from .wire import (
     ChatRequest,
     WireError,
@@ -79,6 +81,9 @@ class Provider:
         self._clock = clock
         self._slots = asyncio.Semaphore(config.max_concurrency)
         seconds = config.timeout_seconds
+        if transport is None and not urllib.request.getproxies():
+            # httpx's own transport (httpcore) when proxies are configured from the environment.
+            transport = Http11Transport(max_idle=config.max_concurrency)
         self._client = httpx.AsyncClient(
             base_url=config.base_url + "/",
             headers=dict(config.headers),
