@@ -81,7 +81,7 @@ class Provider:
         self._clock = clock
         self._slots = asyncio.Semaphore(config.max_concurrency)
         seconds = config.timeout_seconds
-        if transport is None and not urllib.request.getproxies():
+        if transport is None and not set(urllib.request.getproxies()) - {"no"}:
             # httpx's own transport (httpcore) when proxies are configured from the environment.
             transport = Http11Transport(max_idle=config.max_concurrency)
         self._client = httpx.AsyncClient(

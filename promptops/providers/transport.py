@@ -181,6 +181,13 @@ def _parse_head(head: bytes) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes
     return version, int(code), reason, headers
 
 
+def _chunk_size(line: bytes) -> int:
+    text = line.split(b";", 1)[0].strip()
+    if not text or text.strip(b"0123456789abcdefABCDEF"):
+        raise httpx.RemoteProtocolError("malformed chunk size")
+    return int(text, 16)
+
+
 class _Body(httpx.AsyncByteStream):
     """A response body read from its connection, which goes back to the pool once read whole."""
 
@@ -233,31 +240,31 @@ class _Body(httpx.AsyncByteStream):
         async with asyncio.timeout(self._seconds):
             return await reader.read(n)
 
-    async def _line(self, reader: asyncio.StreamReader) -> bytes:
-        async with asyncio.timeout(self._seconds):
-            return await reader.readuntil(b"\r\n")
-
     async def _chunks(self, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
         while True:
-            size_text = (await self._line(reader)).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise httpx.RemoteProtocolError("malformed chunk size") from None
-            if size < 0:
-                raise httpx.RemoteProtocolError("malformed chunk size")
-            if size == 0:
-                while await self._line(reader) != b"\r\n":
-                    pass  # trailer fields: not used
-                return
+            # One deadline per chunk of up to _READ_BYTES: size line, data and CRLF usually arrive
+            # together, and a timer per read would cost more than the read.
+            async with asyncio.timeout(self._seconds):
+                size = _chunk_size(await reader.readuntil(b"\r\n"))
+                if size == 0:
+                    while await reader.readuntil(b"\r\n") != b"\r\n":
+                        pass  # trailer fields: not used
+                    return
+                data = await reader.readexactly(size + 2) if size <= _READ_BYTES else None
+            if data is not None:
+                if data[-2:] != b"\r\n":
+                    raise httpx.RemoteProtocolError("malformed chunk ending")
+                yield data[:-2]
+                continue
             while size:
                 data = await self._read(reader, min(size, _READ_BYTES))
                 if not data:
                     raise asyncio.IncompleteReadError(b"", size)
                 size -= len(data)
                 yield data
-            if await self._line(reader) != b"\r\n":
-                raise httpx.RemoteProtocolError("malformed chunk ending")
+            async with asyncio.timeout(self._seconds):
+                if await reader.readexactly(2) != b"\r\n":
+                    raise httpx.RemoteProtocolError("malformed chunk ending")
 
     async def aclose(self) -> None:
         """Return the connection to the pool after a whole body; otherwise close it."""
