@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from promptops.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout
 
@@ -43,6 +44,7 @@ MAX_RESPONSE_BYTES = 10_000_000
 """The largest non-stream answer (and stream) read from a provider."""
 _ERROR_BODY_BYTES = 65_536
 _CONNECT_TIMEOUT = 10.0
+_USER_AGENT = f"promptops python-httpx/{httpx.__version__}"
 Sleep = Callable[[float], Any]
 
 
@@ -81,14 +83,24 @@ class Provider:
         self._clock = clock
         self._slots = asyncio.Semaphore(config.max_concurrency)
         seconds = config.timeout_seconds
+        timeout = httpx.Timeout(connect=min(_CONNECT_TIMEOUT, seconds), read=seconds,
+                                write=seconds, pool=seconds)
         if transport is None and not set(urllib.request.getproxies()) - {"no"}:
-            # httpx's own transport (httpcore) when proxies are configured from the environment.
+            # With proxies configured in the environment, httpx's own transport handles them.
             transport = Http11Transport(max_idle=config.max_concurrency)
+        # Requests go straight to the transport when there is one: httpx.AsyncClient's
+        # per-request merging of URLs, headers, cookies, auth and hooks is work a provider
+        # call never needs. The client still owns (and closes) the transport.
+        self._transport = transport
+        self._timeout = {"timeout": timeout.as_dict()}
+        self._base = config.base_url.rstrip("/") + "/"
+        self._headers = {"accept": "application/json", "accept-encoding": "gzip, deflate",
+                         "user-agent": _USER_AGENT, "content-type": "application/json",
+                         **{k.lower(): v for k, v in config.headers.items()}}
         self._client = httpx.AsyncClient(
             base_url=config.base_url + "/",
             headers=dict(config.headers),
-            timeout=httpx.Timeout(connect=min(_CONNECT_TIMEOUT, seconds), read=seconds,
-                                  write=seconds, pool=seconds),
+            timeout=timeout,
             limits=httpx.Limits(max_connections=config.max_concurrency,
                                 max_keepalive_connections=config.max_concurrency),
             transport=transport,
@@ -175,14 +187,14 @@ class Provider:
     async def _open(self, path: str, body: Mapping[str, Any], state: _Attempts) -> httpx.Response:
         """Send with retries; a 2xx response comes back open, holding a slot the caller releases."""
         key = self.config.api_key(self._env)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        content = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+        headers = {**self._headers, "authorization": f"Bearer {key}"} if key else self._headers
         while True:
             state.count += 1
             await self._acquire(state)
             retry_after: float | None = None
             try:
-                request = self._client.build_request("POST", path, json=body, headers=headers)
-                response = await self._client.send(request, stream=True)
+                response = await self._send(path, content, headers)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # The request never reached the server: always safe to try again.
                 self._slots.release()
@@ -225,6 +237,14 @@ class Provider:
             log.warning("provider %s model %s: %s; retry %d of %d in %.2fs", self.name, state.model,
                         message, state.count, self.config.max_retries, delay)
             await self._sleep(delay)
+
+    async def _send(self, path: str, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
+        if self._transport is None:
+            request = self._client.build_request("POST", path, content=content, headers=headers)
+            return await self._client.send(request, stream=True)
+        request = httpx.Request("POST", self._base + path, headers=headers, content=content,
+                                extensions=self._timeout)
+        return await self._transport.handle_async_request(request)
 
     async def _acquire(self, state: _Attempts) -> None:
         try:

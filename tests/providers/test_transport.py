@@ -163,3 +163,34 @@ def test_a_body_left_unread_closes_its_connection(fake_upstream: FakeUpstream) -
 
     asyncio.run(main())
     assert fake_upstream.connections == 2
+
+
+def test_provider_request_head_has_each_header_once() -> None:
+    heads: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await _request(reader))
+        body = b'{"choices": [{"message": {"role": "assistant", "content": "ok"}}]}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server, url = await _serve(handler)
+        config = ProviderConfig(name="p", base_url=url + "v1", api_key_env="KEY",
+                                headers={"X-Org": "acme", "Content-Type": "application/json"})
+        provider = Provider(config, env={"KEY": "sk-1"})
+        result = await provider.chat(ChatRequest(None, {"model": "m", "messages": []}))
+        assert result.message["content"] == "ok"
+        await provider.aclose()
+        server.close()
+
+    asyncio.run(main())
+    head, _, body = heads[0].partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    assert lines[0] == b"post /v1/chat/completions http/1.1"
+    names = [line.split(b":")[0] for line in lines[1:]]
+    assert sorted(names) == sorted(set(names))
+    assert {b"x-org: acme", b"authorization: bearer sk-1", b"content-type: application/json",
+            b"host: 127.0.0.1:%d" % int(head.split(b"127.0.0.1:")[1].split(b"\r\n")[0])} <= set(lines)
+    assert body == b'{"model":"m","messages":[]}'
