@@ -366,10 +366,10 @@ class Gateway:
         mode, policy = self._mode(req, decision)
         provider = self.providers.get(upstream.provider)
         key = cache_key(provider.name, upstream.body)
-        plain = ChatRequest(upstream.provider, {k: v for k, v in upstream.body.items()
-                                                if k not in ("stream", "stream_options")})
 
         async def call() -> CacheEntry | None:
+            plain = ChatRequest(upstream.provider, {k: v for k, v in upstream.body.items()
+                                                    if k not in ("stream", "stream_options")})
             return self._entry(await self.providers.chat(plain), decision)
 
         if mode is CacheResult.MISS:
