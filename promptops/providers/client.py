@@ -97,6 +97,8 @@ class Provider:
         self._headers = {"accept": "application/json", "accept-encoding": "gzip, deflate",
                          "user-agent": _USER_AGENT, "content-type": "application/json",
                          **{k.lower(): v for k, v in config.headers.items()}}
+        self._prepared: tuple[str | None, httpx.Headers] | None = None
+        self._urls: dict[str, httpx.URL] = {}
         self._client = httpx.AsyncClient(
             base_url=config.base_url + "/",
             headers=dict(config.headers),
@@ -188,7 +190,7 @@ class Provider:
         """Send with retries; a 2xx response comes back open, holding a slot the caller releases."""
         key = self.config.api_key(self._env)
         content = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
-        headers = {**self._headers, "authorization": f"Bearer {key}"} if key else self._headers
+        headers = self._prepared_headers(key)
         while True:
             state.count += 1
             await self._acquire(state)
@@ -238,11 +240,22 @@ class Provider:
                         message, state.count, self.config.max_retries, delay)
             await self._sleep(delay)
 
-    async def _send(self, path: str, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
+    def _prepared_headers(self, key: str | None) -> httpx.Headers:
+        """The request headers for this API key, built once while the key stays the same."""
+        prepared = self._prepared
+        if prepared is None or prepared[0] != key:
+            headers = {**self._headers, "authorization": f"Bearer {key}"} if key else self._headers
+            prepared = self._prepared = (key, httpx.Headers(headers))
+        return prepared[1]
+
+    async def _send(self, path: str, content: bytes, headers: httpx.Headers) -> httpx.Response:
         if self._transport is None:
             request = self._client.build_request("POST", path, content=content, headers=headers)
             return await self._client.send(request, stream=True)
-        request = httpx.Request("POST", self._base + path, headers=headers, content=content,
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self._base + path)
+        request = httpx.Request("POST", url, headers=headers, content=content,
                                 extensions=self._timeout)
         return await self._transport.handle_async_request(request)
 

@@ -194,3 +194,20 @@ def test_provider_request_head_has_each_header_once() -> None:
     assert {b"x-org: acme", b"authorization: bearer sk-1", b"content-type: application/json",
             b"host: 127.0.0.1:%d" % int(head.split(b"127.0.0.1:")[1].split(b"\r\n")[0])} <= set(lines)
     assert body == b'{"model":"m","messages":[]}'
+
+
+def test_a_changed_key_variable_is_sent_on_the_next_call(fake_upstream: FakeUpstream) -> None:
+    env = {"KEY": "sk-old"}
+
+    async def main() -> None:
+        config = ProviderConfig(name="p", base_url=fake_upstream.base_url, api_key_env="KEY")
+        provider = Provider(config, env=env)
+        request = ChatRequest(None, {"model": "m", "messages": [{"role": "user", "content": "x"}]})
+        await provider.chat(request)
+        env["KEY"] = "sk-new"
+        await provider.chat(request)
+        await provider.aclose()
+
+    asyncio.run(main())
+    assert [r.headers["authorization"] for r in fake_upstream.requests] == ["Bearer sk-old",
+                                                                            "Bearer sk-new"]
