@@ -19,6 +19,8 @@ import httpx
 _MAX_HEAD_BYTES = 65_536
 _READ_BYTES = 65_536
 _Origin = tuple[str, str, int]
+# Where a chunked body's decoder stands: a size line, data, the CRLF after it, or trailer fields.
+_SIZE, _DATA, _CRLF, _TRAILER = range(4)
 
 
 class _Connection:
@@ -241,30 +243,52 @@ class _Body(httpx.AsyncByteStream):
             return await reader.read(n)
 
     async def _chunks(self, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+        """The data of a chunked body: per read, every chunk it completed, joined (a stream's
+        events that arrived together are passed on together)."""
+        buffer = b""
+        state, remaining = _SIZE, 0
         while True:
-            # One deadline per chunk of up to _READ_BYTES: size line, data and CRLF usually arrive
-            # together, and a timer per read would cost more than the read.
-            async with asyncio.timeout(self._seconds):
-                size = _chunk_size(await reader.readuntil(b"\r\n"))
-                if size == 0:
-                    while await reader.readuntil(b"\r\n") != b"\r\n":
-                        pass  # trailer fields: not used
-                    return
-                data = await reader.readexactly(size + 2) if size <= _READ_BYTES else None
-            if data is not None:
-                if data[-2:] != b"\r\n":
-                    raise httpx.RemoteProtocolError("malformed chunk ending")
-                yield data[:-2]
-                continue
-            while size:
-                data = await self._read(reader, min(size, _READ_BYTES))
-                if not data:
-                    raise asyncio.IncompleteReadError(b"", size)
-                size -= len(data)
-                yield data
-            async with asyncio.timeout(self._seconds):
-                if await reader.readexactly(2) != b"\r\n":
-                    raise httpx.RemoteProtocolError("malformed chunk ending")
+            out: list[bytes] = []
+            pos = 0
+            while True:
+                if state == _DATA:
+                    data = buffer[pos:pos + remaining]
+                    if not data:
+                        break
+                    out.append(data)
+                    pos += len(data)
+                    remaining -= len(data)
+                    if not remaining:
+                        state = _CRLF
+                elif state == _CRLF:
+                    if len(buffer) - pos < 2:
+                        break
+                    if buffer[pos:pos + 2] != b"\r\n":
+                        raise httpx.RemoteProtocolError("malformed chunk ending")
+                    pos += 2
+                    state = _SIZE
+                else:
+                    end = buffer.find(b"\r\n", pos)
+                    if end < 0:
+                        break
+                    line, pos = buffer[pos:end], end + 2
+                    if state == _TRAILER:
+                        if not line:  # the blank line after the trailer fields (not used)
+                            if out:
+                                yield b"".join(out)
+                            return
+                        continue
+                    remaining = _chunk_size(line)
+                    state = _DATA if remaining else _TRAILER
+            buffer = buffer[pos:]
+            if len(buffer) > _MAX_HEAD_BYTES:
+                raise httpx.RemoteProtocolError("a chunk header is too large")
+            if out:
+                yield out[0] if len(out) == 1 else b"".join(out)
+            data = await self._read(reader, _READ_BYTES)
+            if not data:
+                raise asyncio.IncompleteReadError(b"", None)
+            buffer += data
 
     async def aclose(self) -> None:
         """Return the connection to the pool after a whole body; otherwise close it."""

@@ -11,7 +11,7 @@ import pytest
 from promptops.providers import ChatRequest
 from promptops.providers.client import Provider
 from promptops.providers.config import ProviderConfig
-from promptops.providers.transport import Http11Transport
+from promptops.providers.transport import Http11Transport, _Body, _Connection
 from tests.fakeupstream import FakeUpstream, Reply
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -211,3 +211,35 @@ def test_a_changed_key_variable_is_sent_on_the_next_call(fake_upstream: FakeUpst
     asyncio.run(main())
     assert [r.headers["authorization"] for r in fake_upstream.requests] == ["Bearer sk-old",
                                                                             "Bearer sk-new"]
+
+
+
+class _Writer:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_chunks_read_together_come_out_together() -> None:
+    events = [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\nX-T: 1\r\n\r\n"
+    writer = _Writer()
+
+    async def decode() -> list[bytes]:
+        reader = asyncio.StreamReader()
+        conn = _Connection(reader, writer)  # type: ignore[arg-type]
+        body = _Body(Http11Transport(), conn, ("http", "h", 80), chunked=True, length=None,
+                     keep_alive=False, seconds=None)
+        reader.feed_data(chunked[:7])  # the first chunk, split mid-way
+        pieces = body.__aiter__()
+        out = [await pieces.__anext__()]
+        reader.feed_data(chunked[7:])  # the rest arrives in one read
+        out += [piece async for piece in pieces]
+        return out
+
+    assert asyncio.run(decode()) == [b"data", b": 1\n\n" + b"".join(events[1:])]
+    assert writer.closed  # not keep-alive: closed once read
