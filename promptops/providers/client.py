@@ -1,7 +1,8 @@
 """One provider's HTTP client: a shared connection pool, a concurrency bound, retries, size limits.
 
 `Providers` holds one `Provider` per configured name, each created on first use with one
-`httpx.AsyncClient` (keep-alive pool sized to `max_concurrency`) and one semaphore. A call waits for
+keep-alive connection pool (transport.py, at most `max_concurrency` idle connections; httpx's own
+when proxies are set in the environment) and one semaphore. A call waits for
 a slot at most `timeout_seconds`; the API key is read from its variable for each request and only
 ever placed in the request's Authorization header.
 """

@@ -142,7 +142,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             if not 100 <= status < 200:
                 break
         fields = {name.lower(): value for name, value in headers}
-        keep_alive = version == b"HTTP/1.1" and fields.get(b"connection", b"").lower() != b"close"
+        keep_alive = version == b"HTTP/1.1" and b"close" not in fields.get(b"connection", b"").lower()
         if request.method == "HEAD" or status in (204, 304):
             length: int | None = 0
             chunked = False
