@@ -379,3 +379,51 @@ def test_plan_prints_one_sentence(cli):
 def test_plan_refuses_a_rate_beyond_one(cli):
     r = cli("plan", "--base-rate", "0.95", "--lift", "0.1")
     assert r.code != 0 and "base rate" in r.err and "Traceback" not in r.err, r
+
+
+TRIAGE_JSON = """\
+{
+  "name": "triage",
+  "variables": {"message": {"type": "string", "required": true}, "n": {"type": "integer", "default": 3}},
+  "messages": [
+    {"role": "system", "content": "Pick one of {{ n }} categories."},
+    {"role": "user", "content": "Text: {{ message }}"}
+  ],
+  "variants": {"terse": {"messages": [{"role": "user", "content": "{{ n }} categories. {{ message }}"}]}}
+}
+"""
+
+
+def test_json_prompt_files_validate_and_sync_like_yaml(cli):
+    add(cli, TRIAGE_JSON, "triage.json")
+    r = cli("validate")
+    assert r.code == 0 and "1 prompt file(s) valid" in r.out, r
+    r = cli("sync")
+    assert r.code == 0 and "triage: new version 1 (main)" in r.out, r
+    assert "triage: new version 2 (terse)" in r.out, r
+    r = cli("render", "triage", "--var", "message=hi", "--json")
+    assert json.loads(r.out)["messages"][1]["content"] == "Text: hi", r
+
+
+def test_json_and_yaml_of_one_prompt_hash_alike(cli):
+    add(cli, TRIAGE_JSON, "triage.json")
+    assert cli("sync").code == 0
+    (cli.dir / "prompts" / "triage.json").unlink()
+    add(cli)
+    r = cli("sync")
+    assert r.code == 0 and "up to date" in r.out, r
+
+
+@pytest.mark.parametrize("text, line, needle", [
+    pytest.param('{\n  "name": "triage",\n  "messages": [\n    {"role": "user", "content": "x"},\n  ]\n}\n',
+                 5, "", id="trailing-comma"),
+    pytest.param('{\n  "name": "Bad Name",\n  "template": "x"\n}\n', 2, "name", id="bad-name"),
+    pytest.param('{\n  "name": "t",\n  "template": "{{ y }}"\n}\n', 3, "undeclared", id="undeclared"),
+])
+def test_bad_json_prompt_files_are_path_and_line(cli, text, line, needle):
+    bad = add(cli, text, "bad.json")
+    for command in ("validate", "sync"):
+        r = cli(command)
+        assert r.code == 1, r
+        assert r.err.startswith(f"{bad}:{line}: ") and needle in r.err, r
+        assert "Traceback" not in r.err, r
