@@ -282,6 +282,24 @@ def label(name: str, version: int, label_name: Annotated[str, typer.Argument(
         + (f" (was {prev})" if prev and prev != version else ""))
 
 
+@app.command()
+def adopt(
+    name: str,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff; change nothing.")] = False,
+) -> None:
+    """After a promotion, rewrite the prompt file so that main holds production (comments kept)."""
+    service = ops()
+    report = service.adoption.adopt(name, folder=service.settings.prompts_dir, dry_run=dry_run)
+    if dry_run:
+        sys.stdout.write(clean(report.diff))
+        return
+    removed = [f"variant {report.removed_variant!r}"] if report.removed_variant else []
+    removed += ["the experiment block"] if report.removed_experiment else []
+    say(f"{report.path}: main is now version {report.version} (production)"
+        + (f"; removed {' and '.join(removed)}" if removed else ""))
+    say("next: review the change, commit it, and run `promptops sync` (it makes no new version)")
+
+
 # -- experiments ---------------------------------------------------------------------------------
 def _parse_settings(pairs: list[str]) -> dict[str, Any]:
     from promptops.domain import Policy
