@@ -123,42 +123,15 @@ def root(
 # -- files ---------------------------------------------------------------------------------------
 @app.command()
 def init(directory: Annotated[Path, typer.Argument(help="Folder to create.")] = Path(".")) -> None:
-    """Create a project folder with an example prompt and settings."""
-    from promptops import promptfiles
+    """Create a project: an example prompt, an eval with its dataset, promptops.yaml, README."""
+    from promptops.services.scaffold import init_project
 
-    prompts = directory / "prompts"
-    example = prompts / "example.yaml"
-    if example.exists():
-        fail(f"{example} already exists; nothing changed")
-    prompts.mkdir(parents=True, exist_ok=True)
-    example.write_text(promptfiles.example_prompt_text(), encoding="utf-8")
-    env = directory / ".env.example"
-    if not env.exists():
-        env.write_text("PROMPTOPS_DATABASE_URL=sqlite:///./promptops.db\n"
-                       "PROMPTOPS_PROMPTS_DIR=./prompts\n", encoding="utf-8")
-    ignore = _write_gitignore(directory)
-    say(f"created {example} and {env}" + (f"; {ignore}" if ignore else ""))
-    say(f"next: cd {directory} && promptops sync && promptops serve")
-
-
-GITIGNORE_ENTRIES = ("promptops.db", "promptops.db-wal", "promptops.db-shm",
-                     "promptops.db-journal", ".venv/")
-
-
-def _write_gitignore(directory: Path) -> str | None:
-    """Keep the database and the virtualenv out of git; an existing file only gains lines."""
-    path = directory / ".gitignore"
-    existing = path.read_text(encoding="utf-8") if path.exists() else ""
-    present = {line.strip() for line in existing.splitlines()}
-    missing = [e for e in GITIGNORE_ENTRIES if e not in present]
-    if not missing:
-        return None
-    block = "# promptops: the local database and the virtualenv\n" + "".join(
-        f"{e}\n" for e in missing)
-    if existing and not existing.endswith("\n"):
-        existing += "\n"
-    path.write_text(existing + ("\n" if existing else "") + block, encoding="utf-8")
-    return f"{'updated' if existing else 'created'} {path}"
+    report = init_project(directory)
+    for name in report.created:
+        say(f"created {directory / name}")
+    for name in report.updated:
+        say(f"updated {directory / name}")
+    say(f"next: see {directory / 'README.md'}; cd {directory} && promptops validate && promptops serve")
 
 
 @app.command()

@@ -71,6 +71,29 @@ def test_init_creates_a_valid_project(cli):
     assert again.code == 1 and "already exists" in again.err, again
 
 
+def test_init_project_validates_as_is(cli, monkeypatch):
+    from promptops.evalfiles import load_eval_files, variable_problems
+    from promptops.promptfiles import load_prompt_files
+    from promptops.providers.config import load_providers_config
+
+    assert cli("init", "proj").code == 0
+    proj = cli.dir / "proj"
+    assert not (proj / ".env.example").exists()
+    monkeypatch.chdir(proj)
+    monkeypatch.delenv("PROMPTOPS_PROMPTS_DIR")
+    r = cli("validate")
+    assert r.code == 0 and "1 prompt file(s) valid" in r.out, r
+    (prompt,) = load_prompt_files([proj / "prompts"])
+    (evaluation,) = load_eval_files([proj / "evals"])
+    assert evaluation.prompt == prompt.name and len(evaluation.cases) == 3, evaluation
+    assert variable_problems(evaluation, prompt.content.variables) == []
+    config = load_providers_config(proj / "promptops.yaml", env={})
+    assert config.default_provider == "local", config
+    assert config.providers["local"].base_url == "http://127.0.0.1:8080/v1", config
+    readme = (proj / "README.md").read_text(encoding="utf-8")
+    assert "promptops serve" in readme and "promptops adopt summarize" in readme, readme
+
+
 def test_validate_reports_path_and_line(cli):
     bad = add(cli, "name: Bad Name\nmessages:\n  - {role: user, content: hi}\n", "bad.yaml")
     r = cli("validate", str(bad))
@@ -315,7 +338,9 @@ def test_init_keeps_the_database_out_of_git(cli):
         (proj / name).write_text("x", encoding="utf-8")
     git(proj, "add", "-A")
     staged = git(proj, "diff", "--cached", "--name-only").split()
-    assert sorted(staged) == [".env.example", ".gitignore", "prompts/example.yaml"], staged
+    assert sorted(staged) == [".gitignore", "README.md", "evals/summarize-smoke.jsonl",
+                              "evals/summarize-smoke.yaml", "promptops.yaml",
+                              "prompts/summarize.yaml"], staged
 
 
 def test_init_writes_a_gitignore_once(cli):
@@ -323,7 +348,7 @@ def test_init_writes_a_gitignore_once(cli):
     path = cli.dir / "proj" / ".gitignore"
     first = path.read_text(encoding="utf-8")
     assert "promptops.db-wal" in first and ".venv/" in first, first
-    (cli.dir / "proj" / "prompts" / "example.yaml").unlink()
+    (cli.dir / "proj" / "prompts" / "summarize.yaml").unlink()
     assert cli("init", "proj").code == 0
     assert path.read_text(encoding="utf-8") == first
 
