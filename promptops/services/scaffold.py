@@ -8,6 +8,7 @@ overwritten (a `.gitignore` only gains the lines it lacks).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +29,27 @@ assert:                              # applied to every case
 gate: {{min_pass_rate: 0.66}}          # a version needs two of the three cases to pass
 """
 
-DATASET = """\
-{"id": "refund-window", "vars": {"document": "Customers may return any item within 30 days of delivery for a full refund. Items must be unused and in their original packaging. Refunds are paid to the original payment method within five business days.", "audience": "customer"}, "expected": "30 days"}
-{"id": "outage-cause", "vars": {"document": "On 3 March the checkout service was unavailable for 42 minutes. The cause was an expired TLS certificate on the payments gateway. The certificate was renewed and an expiry alert was added.", "audience": "engineer", "max_points": 2}, "expected": "certificate"}
-{"id": "quarter-revenue", "vars": {"document": "Revenue for the quarter grew 12% to 4.1 million euros, driven by subscriptions. Hardware sales fell 8%. Hiring is paused until the next quarter.", "audience": "executive"}, "expected": "12%"}
-"""
+_CASES = [
+    {"id": "refund-window",
+     "vars": {"document": "Customers may return any item within 30 days of delivery for a full "
+                          "refund. Items must be unused and in their original packaging. Refunds "
+                          "are paid to the original payment method within five business days.",
+              "audience": "customer"},
+     "expected": "30 days"},
+    {"id": "outage-cause",
+     "vars": {"document": "On 3 March the checkout service was unavailable for 42 minutes. The "
+                          "cause was an expired TLS certificate on the payments gateway. The "
+                          "certificate was renewed and an expiry alert was added.",
+              "audience": "engineer", "max_points": 2},
+     "expected": "certificate"},
+    {"id": "quarter-revenue",
+     "vars": {"document": "Revenue for the quarter grew 12% to 4.1 million euros, driven by "
+                          "subscriptions. Hardware sales fell 8%. Hiring is paused until the next "
+                          "quarter.",
+              "audience": "executive"},
+     "expected": "12%"},
+]
+DATASET = "".join(json.dumps(case, ensure_ascii=False) + "\n" for case in _CASES)
 
 CONFIG = """\
 # The LLM providers that `promptops eval` and the gateway call. Any OpenAI-compatible server works
