@@ -45,6 +45,7 @@ LIBRARIES = {
     "sqlalchemy": {"db", "services"},
     "jinja2": {"rendering", "server"},
     "fastapi": {"server"},
+    "fastapi_offline": {"server"},
     "httpx": {"client", "providers"},
     "yaml": {"yamlnodes", "promptschema", "services", "providers", "evalfiles"},
     "genai_prices": {"providers"},
