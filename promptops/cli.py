@@ -418,18 +418,95 @@ def experiment_promote(
 
 
 # -- simulation ----------------------------------------------------------------------------------
-@app.command()
+SIMULATE_HELP = """Run the real policy against simulated traffic and summarise the runs.
+
+A wrong promotion is a run that ends with an arm whose true mean (at the end of the run) is more
+than the scenario's tolerance below the best arm's. Regret is the sum, over a run's decisions, of
+the best arm's mean minus the served arm's mean: the rewards lost to exploring and to wrong
+choices; mean regret averages it over runs, and uniform regret is the same for an even split of
+the traffic (what a plain A/B test without a bandit would lose).
+
+Output: a table on a terminal, plain `figure: value` lines otherwise (--table or --plain choose),
+or one JSON object with --json (exact numbers)."""
+
+
+def _count(n: Any, runs: int) -> str:
+    """`12 (6%)`: a count of runs with its share."""
+    return f"{int(n):,} ({100 * int(n) / runs:.0f}%)" if runs else f"{int(n):,}"
+
+
+def _by_arm(counts: dict[str, Any], runs: int) -> str:
+    items = sorted(counts.items(), key=lambda kv: (-int(kv[1]), kv[0]))
+    return ", ".join(f"{arm} {_count(n, runs)}" for arm, n in items) or "none"
+
+
+def _rounded(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1 else f"{value:,.1f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_rounded(v)}" for k, v in value.items()) or "none"
+    return clean(value)
+
+
+def simulation_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The figures of a simulation result for people: labelled, rounded, shares of the runs."""
+    runs = int(result.get("runs") or 0)
+    rows: list[tuple[str, str]] = [("runs", f"{runs:,}")]
+    shown = {"runs"}
+
+    def add(key: str, label: str, text: str) -> None:
+        if key in result:
+            rows.append((label, text))
+            shown.add(key)
+
+    add("promoted", "promoted (runs)", _by_arm(result.get("promoted") or {}, runs))
+    add("final", "production at the end (runs)", _by_arm(result.get("final") or {}, runs))
+    add("wrong_promotions", "wrong promotions", _count(result.get("wrong_promotions", 0), runs))
+    add("inconclusive", "inconclusive", _count(result.get("inconclusive", 0), runs))
+    add("rolled_back", "rolled back", _count(result.get("rolled_back", 0), runs))
+    frozen = result.get("frozen") or {}
+    add("frozen", "frozen by safety flags",
+        ", ".join(f"{k} {_count(v, runs)}" for k, v in frozen.items()) or "none")
+    add("guardrail_blocked", "blocked by a guardrail",
+        _count(result.get("guardrail_blocked", 0), runs))
+    median = result.get("median_decisions_to_end")
+    add("median_decisions_to_end", "median decisions to the end",
+        "never ended" if median is None else f"{float(median):,.0f}")
+    regret, uniform = result.get("mean_regret"), result.get("uniform_regret")
+    if regret is not None:
+        share = (f" ({100 * float(regret) / float(uniform):.0f}% of an even split)"
+                 if uniform else "")
+        add("mean_regret", "mean regret (rewards lost)", f"{float(regret):,.1f}{share}")
+    if uniform is not None:
+        add("uniform_regret", "regret of an even split", f"{float(uniform):,.1f}")
+    rows += [(key.replace("_", " "), _rounded(v)) for key, v in result.items() if key not in shown]
+    return rows
+
+
+@app.command(help=SIMULATE_HELP)
 def simulate(
     scenario: Path,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    table: Annotated[bool | None, typer.Option(
+        "--table/--plain", help="A table, or plain `figure: value` lines (default: a table on "
+                                "a terminal).", show_default=False)] = None,
     runs: Annotated[int | None, typer.Option(help="Override the scenario's runs.")] = None,
 ) -> None:
-    """Run the real policy against simulated traffic."""
     from rich.progress import Progress
 
     from promptops.services import simulation
 
-    sc = simulation.load_scenario(scenario)
+    try:
+        sc = simulation.load_scenario(scenario)
+    except InvalidInput as exc:
+        # PATH:LINE: message lines, one problem each, as `validate` prints them
+        for line in exc.message.splitlines():
+            say(line, console=err)
+        raise typer.Exit(1) from None
     if sys.stderr.isatty():
         with Progress(console=err, transient=True) as progress:
             task = progress.add_task("simulating", total=runs or sc.runs)
@@ -441,10 +518,16 @@ def simulate(
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
-    table = Table("figure", "value", title=cell(f"scenario {scenario}"))
-    for key, value in result.items():
-        table.add_row(cell(key), cell(json.dumps(value)))
-    out.print(table)
+    rows = simulation_rows(result)
+    if table if table is not None else sys.stdout.isatty():
+        grid = Table("figure", "value", title=cell(f"scenario {scenario}"))
+        for label, value in rows:
+            grid.add_row(cell(label), cell(value))
+        out.print(grid)
+    else:
+        say(f"scenario: {scenario}")
+        for label, value in rows:
+            say(f"{label}: {value}")
 
 
 @app.command()

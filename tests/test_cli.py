@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -452,3 +453,51 @@ def test_bad_json_prompt_files_are_path_and_line(cli, text, line, needle):
         assert r.code == 1, r
         assert r.err.startswith(f"{bad}:{line}: ") and needle in r.err, r
         assert "Traceback" not in r.err, r
+
+
+SCENARIO = """\
+name: tiny
+runs: 3
+seed: 1
+decisions: 400
+decisions_per_hour: 100
+arms:
+  - {name: control, mean: 0.10}
+  - {name: challenger, mean: 0.30}
+policy: {min_samples_per_arm: 50, min_hours: 0, update_every: 50, min_update_minutes: 0}
+"""
+
+
+def test_simulate_prints_rounded_figures_plainly_or_as_a_table(cli):
+    path = cli.dir / "tiny.yaml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    exact = json.loads(cli("simulate", str(path), "--json").out)
+    plain = cli("simulate", str(path), "--plain")
+    assert plain.code == 0, plain
+    lines = plain.out.splitlines()
+    assert lines[0] == f"scenario: {path}" and "runs: 3" in lines, plain
+    assert any(line.startswith("wrong promotions: ") and line.endswith("%)") for line in lines), plain
+    regret = next(line for line in lines if line.startswith("mean regret (rewards lost): "))
+    assert regret.startswith(f"mean regret (rewards lost): {exact['mean_regret']:,.1f}"), (regret, exact)
+    assert "% of an even split)" in regret, regret
+    assert not any(len(n) > 8 for n in re.findall(r"\d[\d.,]*", plain.out)), plain  # rounded
+    table = cli("simulate", str(path), "--table")
+    assert table.code == 0 and "┃ figure" in table.out and "wrong promotions" in table.out, table
+
+
+def test_simulate_help_defines_regret_and_wrong_promotion(cli):
+    r = cli("simulate", "--help")
+    text = " ".join(r.out.split())
+    assert "A wrong promotion is a run that ends with an arm" in text, r
+    assert "Regret is the sum, over a run's decisions" in text, r
+    assert "--plain" in text and "--table" in text, r
+
+
+def test_simulate_scenario_errors_are_path_and_line(cli):
+    path = cli.dir / "bad.yaml"
+    path.write_text(SCENARIO.replace("runs: 3", "runs: 0").replace("decisions: 400", "decisions: [x"),
+                    encoding="utf-8")
+    r = cli("simulate", str(path))
+    assert r.code == 1 and r.err.startswith(f"{path}:"), r
+    assert all(re.match(rf"{re.escape(str(path))}:\d+: ", line) for line in r.err.splitlines()), r
+    assert "Traceback" not in r.err, r
