@@ -117,14 +117,30 @@ def _pin_variant(node: Any, old: PromptContent, main: PromptContent) -> None:
         node["model"] = _flow(override) if isinstance(node, CommentedMap) else override
 
 
+def _cache_of(content: PromptContent) -> Any:
+    """The response cache settings of content, None when it has none (or no such setting)."""
+    return content.to_dict().get("cache")
+
+
+def _set_cache(node: dict[str, Any], wanted: Any, current: Any) -> None:
+    """Write cache settings into a mapping when they differ from what it has now."""
+    if wanted == current:
+        return
+    if wanted is None:
+        node.pop("cache", None)
+    else:
+        node["cache"] = _flow(wanted) if isinstance(node, CommentedMap) else wanted
+
+
 def _edit(doc: Any, content: PromptContent, variant_name: str | None,
-          keep: dict[str, PromptContent]) -> tuple[str | None, bool]:
+          keep: dict[str, PromptContent], main_before: PromptContent) -> tuple[str | None, bool]:
     variants = doc.get("variants")
     if not isinstance(variants, dict):
         variants = {}
     variant = variants.get(variant_name) if variant_name is not None else None
     _set_body(doc, variant, content)
     _set_model(doc, dict(content.model))
+    _set_cache(doc, _cache_of(content), _cache_of(main_before))
     removed = None
     if variant_name is not None and variant is not None:
         del variants[variant_name]
@@ -134,6 +150,8 @@ def _edit(doc: Any, content: PromptContent, variant_name: str | None,
     for name, old in keep.items():
         if name in variants:
             _pin_variant(variants[name], old, content)
+            if _cache_of(old) != _cache_of(content):
+                _set_cache(variants[name], _cache_of(old), None)
     had_experiment = "experiment" in doc
     doc.pop("experiment", None)
     return removed, had_experiment
@@ -161,12 +179,12 @@ def adopt_text(text: str, *, path: str, content: PromptContent,
     removed_variant: str | None
     if path.endswith(".json"):
         doc = json.loads(text)
-        removed_variant, removed_experiment = _edit(doc, content, variant, keep)
+        removed_variant, removed_experiment = _edit(doc, content, variant, keep, before.content)
         new = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     else:
         y = _yaml()
         doc = y.load(text)
-        removed_variant, removed_experiment = _edit(doc, content, variant, keep)
+        removed_variant, removed_experiment = _edit(doc, content, variant, keep, before.content)
         buf = io.StringIO()
         y.dump(doc, buf)
         new = buf.getvalue().rstrip("\n") + "\n"  # no blank tail left by a removed block
