@@ -471,3 +471,28 @@ def test_async_close_counts_what_it_could_not_send(caplog):
     with caplog.at_level("WARNING", logger="promptops.client"):
         c = asyncio.run(scenario())
     assert c.feedback_dropped == 1 and "d_1" in caplog.text, caplog.text
+
+
+def test_the_sdk_doc_examples_run(settings, prompts_dir, tmp_path, monkeypatch, capsys):
+    import re
+
+    from promptops.promptfiles import example_prompt_text
+
+    (prompts_dir / "summarize.yaml").write_text(example_prompt_text())
+    service = PromptOps(settings)
+    service.sync()
+    server = LiveServer(settings, service)
+    server.start()
+    monkeypatch.chdir(prompts_dir.parent)  # the examples' fallback_dir="prompts"
+    doc = (Path(__file__).parent.parent / "docs" / "sdk.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert len(blocks) >= 6, blocks
+    try:
+        for block in blocks:
+            code = block.replace("http://127.0.0.1:8000", server.url)
+            exec(compile(code, "docs/sdk.md", "exec"), {"__name__": "docs"})  # noqa: S102
+    finally:
+        server.stop()
+        service.close()
+    out = capsys.readouterr().out
+    assert "bad variables:" in out and "decision" in out, out
