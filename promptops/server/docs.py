@@ -1,7 +1,8 @@
 """The OpenAPI document and its pages: Swagger UI at /docs and ReDoc at /redoc, from local files.
 
 The pages load their scripts and styles from the `fastapi-offline` package (which bundles Swagger
-UI and ReDoc), served under /docs/assets, so they work with no internet access. The document
+UI and ReDoc), served under /docs/assets, so they work with no internet access and ask nothing
+of another host. The document
 declares the Bearer scheme of `Authorization: Bearer KEY` on every operation that needs a key.
 """
 
@@ -60,6 +61,10 @@ def install(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} API",
+        page = get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} API",
                               redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
                               redoc_favicon_url=favicon, with_google_fonts=False)
+        # ReDoc's bundle draws its sidebar logo from a CDN: only local images may load, and the
+        # bundle hides an image that fails.
+        page.headers["Content-Security-Policy"] = "img-src 'self' data:"
+        return page

@@ -27,6 +27,11 @@ def test_doc_pages_use_only_local_assets(client, page):
         assert asset.status_code == 200 and asset.content, url
 
 
+def test_redoc_may_load_only_local_images(client):
+    # its bundle draws a logo from a CDN otherwise (tests/server/test_browser.py sees no request)
+    assert client.get("/redoc").headers["content-security-policy"] == "img-src 'self' data:"
+
+
 def test_the_document_declares_the_bearer_scheme(client):
     doc = client.get("/openapi.json").json()
     scheme = doc["components"]["securitySchemes"]["HTTPBearer"]
