@@ -333,7 +333,8 @@ class Client(_Base):
         self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout,
                                   transport=transport)
         self._outbox = (Outbox(self._send_queued, maxsize=feedback_queue_size,
-                               backoff=max(backoff, 0.05)) if queue_feedback else None)
+                               backoff=max(backoff, 0.05), exit_timeout=flush_timeout)
+                        if queue_feedback else None)
 
     @property
     def feedback_dropped(self) -> int:

@@ -4,12 +4,14 @@ A bounded queue of feedback bodies, sent in order by a background worker (a thre
 an asyncio task for `AsyncClient`) that retries with exponential backoff while the server stays
 unreachable. Nothing is dropped silently: feedback that finds the queue full, that the server
 refuses (a 4xx: it can never be recorded), or that is still queued when the client closes after
-its flush timeout is counted in `dropped` and logged on the `promptops.client` logger.
+its flush timeout is counted in `dropped` and logged on the `promptops.client` logger. A
+synchronous client that is never closed is closed at interpreter exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import threading
@@ -50,9 +52,10 @@ class Outbox(_Queue):
     """The outbox of the synchronous client: a daemon thread sends what is queued."""
 
     def __init__(self, send: Callable[[Body], None], *, maxsize: int, backoff: float,
-                 max_backoff: float = 30.0) -> None:
+                 exit_timeout: float, max_backoff: float = 30.0) -> None:
         super().__init__(maxsize, backoff=backoff, max_backoff=max_backoff)
         self._send = send
+        self._exit_timeout = exit_timeout
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._closing = False
@@ -78,6 +81,8 @@ class Outbox(_Queue):
                 self._thread = threading.Thread(target=self._run, name="promptops-feedback",
                                                 daemon=True)
                 self._thread.start()
+                # A client never closed still flushes, and reports what it could not send, at exit.
+                atexit.register(self.close, self._exit_timeout)
             self._cond.notify_all()
         return True
 
@@ -116,6 +121,7 @@ class Outbox(_Queue):
 
     def close(self, timeout: float) -> None:
         """Flush for at most `timeout` seconds, then stop; what is left is dropped and logged."""
+        atexit.unregister(self.close)
         self.flush(timeout)
         with self._cond:
             self._closing = True

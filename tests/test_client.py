@@ -496,3 +496,18 @@ def test_the_sdk_doc_examples_run(settings, prompts_dir, tmp_path, monkeypatch, 
         service.close()
     out = capsys.readouterr().out
     assert "bad variables:" in out and "decision" in out, out
+
+
+def test_feedback_queued_by_a_client_never_closed_is_reported_at_exit():
+    script = (
+        "from promptops import Client\n"
+        "c = Client('http://127.0.0.1:9', retries=0, queue_feedback=True, flush_timeout=0)\n"
+        "print(c.feedback('d_lost', 1))\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout == "queued\n", done
+    assert "feedback for decision d_lost" in done.stderr and "dropped" in done.stderr, done
