@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from promptops import errors
+from promptops.db.models import ExperimentRow, PromptRow
 from promptops.promptfiles import load_prompt_file
 
 TRIAGE = """\
@@ -36,13 +38,28 @@ experiment:   # ends with a winner
 """
 
 
-def promote(ops, variant: str) -> int:
+def running(ops, prompt: str) -> int | None:
+    """The id of the prompt's running experiment, if any."""
+    with ops.ctx.tx() as s:
+        return s.scalar(select(ExperimentRow.id).join(
+            PromptRow, ExperimentRow.running_prompt_id == PromptRow.id).where(
+            PromptRow.name == prompt))
+
+
+def number_of(ops, prompt: str, variant: str) -> int:
+    """The version number synced from a variant."""
+    number = 1
+    while ops.registry.resolve(prompt, version=number).variant != variant:
+        number += 1
+    return number
+
+
+def promote(ops, variant: str, prompt: str = "triage") -> int:
     """Sync, then end the running experiment with `variant` as the winner; its version."""
     ops.sync()
-    (exp,) = ops.experiments.list(prompt="triage", status="running")
-    number = next(v["number"] for v in ops.registry.versions("triage") if v["variant"] == variant)
-    ops.experiments.promote(exp["id"], version=number, actor="test")
-    return int(number)
+    number = number_of(ops, prompt, variant)
+    ops.experiments.promote(running(ops, prompt), version=number, actor="test")
+    return number
 
 
 @pytest.fixture
@@ -69,7 +86,7 @@ def test_adopt_makes_main_the_production_content(ops, settings, triage):
     report = ops.sync()
     assert report.changes == [], report.changes
     assert len(ops.registry.versions("triage")) == before
-    assert ops.experiments.list(prompt="triage", status="running") == []
+    assert running(ops, "triage") is None
 
 
 def test_adopt_a_model_only_variant(ops, settings, prompts_dir):
@@ -77,9 +94,7 @@ def test_adopt_a_model_only_variant(ops, settings, prompts_dir):
     path.write_text("name: plain\ntemplate: hi  # short\nvariants:\n  warm:\n"
                     "    model: {name: big, temperature: 0.7}\n"
                     "experiment: {metric: ok, arms: [main, warm]}\n", encoding="utf-8")
-    ops.sync()
-    (exp,) = ops.experiments.list(prompt="plain", status="running")
-    ops.experiments.promote(exp["id"], version=2, actor="test")
+    promote(ops, "warm", "plain")
     ops.adoption.adopt("plain", folder=settings.prompts_dir)
     text = path.read_text(encoding="utf-8")
     assert text.startswith("name: plain\nmodel:"), text
@@ -102,9 +117,7 @@ def test_json_prompt_file(ops, settings, prompts_dir):
         "template": "Write about {{ topic }}.",
         "variants": {"poem": {"template": "A poem about {{ topic }}."}},
         "experiment": {"metric": "liked", "arms": ["main", "poem"]}}, indent=2), encoding="utf-8")
-    ops.sync()
-    (exp,) = ops.experiments.list(prompt="plain", status="running")
-    ops.experiments.promote(exp["id"], version=2, actor="test")
+    promote(ops, "poem", "plain")
     ops.adoption.adopt("plain", folder=settings.prompts_dir)
     data = json.loads(path.read_text(encoding="utf-8"))
     assert list(data) == ["name", "variables", "template"], data
@@ -116,8 +129,7 @@ def test_refusals(ops, settings, triage):
     ops.sync()
     with pytest.raises(errors.ExperimentStateError, match="still running"):
         ops.adoption.adopt("triage", folder=settings.prompts_dir)
-    (exp,) = ops.experiments.list(prompt="triage", status="running")
-    ops.experiments.promote(exp["id"], version=1, actor="test")  # the control wins
+    ops.experiments.promote(running(ops, "triage"), version=1, actor="test")  # the control wins
     with pytest.raises(errors.InvalidInput, match="already the main content"):
         ops.adoption.adopt("triage", folder=settings.prompts_dir)
     triage.rename(triage.with_name("moved.txt"))
