@@ -530,7 +530,33 @@ def simulate(
             say(f"{label}: {value}")
 
 
-@app.command()
+PLAN_HELP = """Simulate the policy for your traffic: the chance to find a lift, the time it takes,
+and how often an A/A test would promote wrongly.
+
+The lift is found in a run when the experiment promotes the better arm. A wrong promotion, in the
+A/A runs (every arm equal to the control), is a run that promotes a challenger: with equal arms
+nothing should move. The time to find the lift is the median over the runs that found it.
+
+Output: one sentence, then the figures as a table on a terminal or as plain `figure: value` lines
+otherwise (--table or --plain choose); --json prints the exact numbers."""
+
+
+def plan_rows(result: Any) -> list[tuple[str, str]]:
+    """The figures of a plan for people: rounded, with the runs they come from."""
+    return [
+        ("chance to find the lift", f"{100 * result.detection_rate:.0f}% of {result.runs:,} runs"),
+        ("median time to find it", f"{result.median_hours:,.1f} hours"
+                                   if result.median_hours < 10 else
+                                   f"{result.median_hours:,.0f} hours"),
+        ("median decisions to find it", f"{result.median_decisions:,.0f}"),
+        ("A/A wrong promotions", f"{100 * result.aa_false_promotion:.0f}% of {result.runs:,} runs"),
+        ("base rate", f"{100 * result.base_rate:g}%"),
+        ("lift", f"{100 * result.lift:g} points"),
+        ("decisions per hour", f"{result.decisions_per_hour:,.0f}"),
+    ]
+
+
+@app.command(help=PLAN_HELP)
 def plan(
     base_rate: Annotated[float, typer.Option("--base-rate", help="The control's rate, e.g. 0.10.")],
     lift: Annotated[float, typer.Option(help="The lift to find, in absolute terms (0.02 = 2 points).")],
@@ -539,8 +565,13 @@ def plan(
     feedback_rate: Annotated[float, typer.Option("--feedback-rate")] = 1.0,
     units: Annotated[float | None, typer.Option(help="Decisions per unit on average.")] = None,
     runs: Annotated[int, typer.Option(help="Simulated runs of each of A/B and A/A.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    table: Annotated[bool | None, typer.Option(
+        "--table/--plain", help="A table, or plain `figure: value` lines (default: a table on "
+                                "a terminal).", show_default=False)] = None,
 ) -> None:
-    """Simulate the policy for your traffic: chance to find the lift, time to it, A/A error."""
+    from dataclasses import asdict
+
     from rich.progress import Progress
 
     from promptops.services import simulation
@@ -556,7 +587,19 @@ def plan(
             base_rate=base_rate, lift=lift, arms=arms, decisions_per_hour=decisions_per_hour,
             feedback_rate=feedback_rate, units=units, runs=runs,
             progress=lambda done, total: progress.update(task, completed=done, total=total))
-    out.print(result.sentence(), markup=False)
+    if as_json:
+        sys.stdout.write(json.dumps(asdict(result)) + "\n")
+        return
+    say(result.sentence())
+    rows = plan_rows(result)
+    if table if table is not None else sys.stdout.isatty():
+        grid = Table("figure", "value")
+        for label_text, value in rows:
+            grid.add_row(cell(label_text), cell(value))
+        out.print(grid)
+    else:
+        for label_text, value in rows:
+            say(f"{label_text}: {value}")
 
 
 # -- the response cache --------------------------------------------------------------------------

@@ -501,3 +501,20 @@ def test_simulate_scenario_errors_are_path_and_line(cli):
     assert r.code == 1 and r.err.startswith(f"{path}:"), r
     assert all(re.match(rf"{re.escape(str(path))}:\d+: ", line) for line in r.err.splitlines()), r
     assert "Traceback" not in r.err, r
+
+
+def test_plan_prints_rounded_figures_and_defines_a_wrong_promotion(cli):
+    args = ("plan", "--base-rate", "0.1", "--lift", "0.1", "--decisions-per-hour", "2000",
+            "--runs", "2")
+    exact = json.loads(cli(*args, "--json").out)
+    r = cli(*args, "--plain")
+    assert r.code == 0, r
+    lines = r.out.splitlines()
+    assert lines[0].startswith("with 2,000 decisions an hour"), r
+    assert f"chance to find the lift: {100 * exact['detection_rate']:.0f}% of 2 runs" in lines, r
+    assert f"A/A wrong promotions: {100 * exact['aa_false_promotion']:.0f}% of 2 runs" in lines, r
+    assert f"median decisions to find it: {exact['median_decisions']:,.0f}" in lines, r
+    table = cli(*args, "--table")
+    assert table.code == 0 and "┃ figure" in table.out, table
+    text = " ".join(cli("plan", "--help").out.split())
+    assert "A wrong promotion, in the A/A runs" in text and "--plain" in text, text
