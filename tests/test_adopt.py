@@ -132,6 +132,13 @@ def test_refusals(ops, settings, triage):
     ops.experiments.promote(running(ops, "triage"), version=1, actor="test")  # the control wins
     with pytest.raises(errors.InvalidInput, match="already the main content"):
         ops.adoption.adopt("triage", folder=settings.prompts_dir)
+    draft = TRIAGE.replace("  arms: [main, few-shot, shouting]", "  arms: [main, shouting]\n  status: draft")
+    triage.write_text(draft, encoding="utf-8")
+    ops.registry.move_label("triage", number_of(ops, "triage", "few-shot"), "production", actor="t")
+    with pytest.raises(errors.ExperimentStateError, match="declares a draft experiment"):
+        ops.adoption.adopt("triage", folder=settings.prompts_dir)
+    assert triage.read_text(encoding="utf-8") == draft
+    triage.write_text(TRIAGE, encoding="utf-8")
     triage.rename(triage.with_name("moved.txt"))
     with pytest.raises(errors.InvalidInput, match="no prompt file under .* defines 'triage'"):
         ops.adoption.adopt("triage", folder=settings.prompts_dir)

@@ -71,6 +71,10 @@ class Adoption:
                 f"{name}: experiment {running} is still running; adopt after it ends",
                 status="running")
         definition = find_prompt_file(name, folder)
+        if definition.experiment is not None and definition.experiment.status == "draft":
+            raise ExperimentStateError(
+                f"{name}: {definition.path} declares a draft experiment; start or remove it "
+                "before adopting", status="draft")
         if definition.content.content_hash() == production.content_hash:
             raise InvalidInput(f"{name}: production (version {production.number}) is already "
                                f"the main content of {definition.path}; nothing to adopt")
