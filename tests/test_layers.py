@@ -35,7 +35,9 @@ ALLOWED = {
     # server reads the stopping rule's numbers (check_interval, ...) from stats for the dashboard
     "server": {"domain", "errors", "config", "services", "server", "rendering", "stats",
                "__init__"},
-    "cli": {"domain", "errors", "config", "services", "server", "rendering", "promptfiles", "db"},
+    "cli": {"domain", "errors", "config", "services", "server", "rendering", "promptfiles", "db",
+            "simreport"},
+    "simreport": set(),
     "client": {"domain", "errors", "rendering", "promptfiles", "outbox", "results"},
     "outbox": {"errors"},
     "results": set(),
