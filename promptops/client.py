@@ -34,7 +34,7 @@ from promptops import promptfiles
 from promptops.domain import MAIN_VARIANT, PRODUCTION, PromptContent, PromptDefinition
 from promptops.outbox import AsyncOutbox, Body, Outbox
 from promptops.rendering import Renderer
-from promptops.results import Experiment, Prompt, RenderResult, ServeResult
+from promptops.results import CompleteResult, Experiment, Prompt, RenderResult, ServeResult
 
 log = logging.getLogger("promptops.client")
 FeedbackStatus = Literal["recorded", "duplicate", "queued"]
@@ -148,41 +148,6 @@ def _error(resp: httpx.Response, context: Mapping[str, Any]) -> e.PromptOpsError
     exc.message = message
     exc.args = (message,)
     return exc
-
-
-@dataclass(frozen=True)
-class CompleteResult:
-    """The answer of a call through the gateway (`Client.complete`)."""
-
-    decision_id: str
-    prompt: str
-    version: int
-    variant: str
-    experiment_id: int | None
-    model: str
-    content: str | None
-    role: str
-    finish_reason: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    cost_usd: float | None
-    latency_ms: float
-    cache: str
-
-    @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> CompleteResult:
-        """The result of the JSON answer of `/complete`."""
-        usage = body.get("usage") or {}
-        output = body.get("output") or {}
-        return cls(decision_id=body["decision_id"], prompt=body["prompt"],
-                   version=int(body["version"]), variant=body["variant"],
-                   experiment_id=body.get("experiment_id"), model=str(body.get("model")),
-                   content=output.get("content"), role=output.get("role", "assistant"),
-                   finish_reason=body.get("finish_reason"),
-                   prompt_tokens=usage.get("prompt_tokens"),
-                   completion_tokens=usage.get("completion_tokens"),
-                   cost_usd=body.get("cost_usd"), latency_ms=float(body.get("latency_ms") or 0.0),
-                   cache=str(body.get("cache")))
 
 
 _UPSTREAM: dict[str, type[e.PromptOpsError]] = {

@@ -183,3 +183,38 @@ class Experiment(_Fields):
                    arms=tuple(Arm.from_json(a) for a in data.get("arms") or ()),
                    reason=data.get("reason"),
                    extra={k: v for k, v in data.items() if k not in known})
+
+
+@dataclass(frozen=True)
+class CompleteResult(_Fields):
+    """The answer of a call through the gateway (`Client.complete`)."""
+
+    decision_id: str
+    prompt: str
+    version: int
+    variant: str
+    experiment_id: int | None
+    model: str
+    content: str | None
+    role: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    latency_ms: float
+    cache: str
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Self:
+        """The result of the JSON answer of `/complete`."""
+        usage = body.get("usage") or {}
+        output = body.get("output") or {}
+        return cls(decision_id=body["decision_id"], prompt=body["prompt"],
+                   version=int(body["version"]), variant=body["variant"],
+                   experiment_id=body.get("experiment_id"), model=str(body.get("model")),
+                   content=output.get("content"), role=output.get("role", "assistant"),
+                   finish_reason=body.get("finish_reason"),
+                   prompt_tokens=usage.get("prompt_tokens"),
+                   completion_tokens=usage.get("completion_tokens"),
+                   cost_usd=body.get("cost_usd"), latency_ms=float(body.get("latency_ms") or 0.0),
+                   cache=str(body.get("cache")))

@@ -172,3 +172,20 @@ def test_cli_adopt(ops, settings, triage, monkeypatch, capsys):
     assert code == 1 and err.startswith("error: triage: production") and err.count("\n") == 1, err
     code, out, err = run("adopt", "nope")
     assert code == 1 and "not found" in err and err.count("\n") == 1, err
+
+
+def test_adopt_carries_the_response_cache_settings(ops, settings, prompts_dir):
+    path = prompts_dir / "plain.yaml"
+    path.write_text(
+        "name: plain\ntemplate: hi\ncache: {mode: exact, ttl_hours: 1}\nvariants:\n"
+        "  fresh:\n    template: hello\n    cache: {ttl_hours: 5}\n"
+        "  other:\n    template: hey\n"
+        "experiment: {metric: ok, arms: [main, fresh, other]}\n", encoding="utf-8")
+    promote(ops, "fresh", "plain")
+    ops.adoption.adopt("plain", folder=settings.prompts_dir)
+    adopted = load_prompt_file(path)
+    assert adopted.content.content_hash() == ops.registry.resolve(
+        "plain", label="production").content_hash
+    assert adopted.content.to_dict()["cache"] == {"mode": "exact", "ttl_hours": 5.0}
+    assert adopted.variants["other"].to_dict()["cache"] == {"mode": "exact", "ttl_hours": 1.0}
+    assert ops.sync().changes == []
