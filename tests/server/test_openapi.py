@@ -86,3 +86,12 @@ def test_every_request_and_response_model_has_valid_examples(model):
 def test_request_models_still_refuse_unknown_fields():
     with pytest.raises(ValueError, match="extra"):
         schemas.ServeCreate.model_validate({"variables": {}, "unit": "x"})
+
+
+def test_gateway_routes_list_the_provider_errors(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/v1/prompts/{name}/complete", "/v1/chat/completions"):
+        responses = paths[path]["post"]["responses"]
+        assert {"429", "502", "504"} <= set(responses) and "409" not in responses, path
+    chat = paths["/v1/chat/completions"]["post"]["responses"]["502"]
+    assert "OpenAI's error shape" in chat["description"] and "content" not in chat, chat
