@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from promptops import promptedit, promptfiles
 from promptops.db.models import ExperimentRow
-from promptops.domain import MAIN_VARIANT, PRODUCTION, PromptDefinition
+from promptops.domain import MAIN_VARIANT, PRODUCTION, ExperimentStatus, PromptDefinition
 from promptops.errors import ExperimentStateError, InvalidInput, InvalidPromptFile
 from promptops.services.context import Context
 from promptops.services.registry import Registry
@@ -69,12 +69,12 @@ class Adoption:
         if running is not None:
             raise ExperimentStateError(
                 f"{name}: experiment {running} is still running; adopt after it ends",
-                status="running")
+                status=ExperimentStatus.RUNNING)
         definition = find_prompt_file(name, folder)
-        if definition.experiment is not None and definition.experiment.status == "draft":
+        if definition.experiment is not None and definition.experiment.status == ExperimentStatus.DRAFT:
             raise ExperimentStateError(
                 f"{name}: {definition.path} declares a draft experiment; start or remove it "
-                "before adopting", status="draft")
+                "before adopting", status=ExperimentStatus.DRAFT)
         if definition.content.content_hash() == production.content_hash:
             raise InvalidInput(f"{name}: production (version {production.number}) is already "
                                f"the main content of {definition.path}; nothing to adopt")
