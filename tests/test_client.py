@@ -479,7 +479,7 @@ def test_the_sdk_doc_examples_run(settings, prompts_dir, tmp_path, monkeypatch, 
     from promptops.promptfiles import example_prompt_text
 
     (prompts_dir / "summarize.yaml").write_text(example_prompt_text())
-    service = PromptOps(settings)
+    service = server_ops(settings)
     service.sync()
     server = LiveServer(settings, service)
     server.start()
