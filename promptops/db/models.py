@@ -312,3 +312,76 @@ class ResponseCacheRow(Base):
     created_at: Mapped[float] = mapped_column(Double)
     used_at: Mapped[float] = mapped_column(Double, index=True)
     hits: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EvalRunRow(Base):
+    """One run of an eval over versions of its prompt: the dataset it used and the gate's verdict."""
+
+    __tablename__ = "eval_runs"
+    __table_args__ = (Index("ix_eval_runs_eval_prompt", "eval_name", "prompt_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    eval_name: Mapped[str] = mapped_column(String(64))
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    dataset_hash: Mapped[str] = mapped_column(String(64))
+    cases: Mapped[int] = mapped_column(Integer)
+    repeat: Mapped[int] = mapped_column(Integer, default=1)
+    threshold: Mapped[float] = mapped_column(Double, default=1.0)
+    gate: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    baseline_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gate_passed: Mapped[bool] = mapped_column(Boolean, default=True)
+    gate_reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    source_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+class EvalRunVersionRow(Base):
+    """One version's figures in an eval run, its comparison with the baseline and its verdict."""
+
+    __tablename__ = "eval_run_versions"
+    __table_args__ = (UniqueConstraint("run_id", "version_id", name="uq_eval_run_versions_run_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    number: Mapped[int] = mapped_column(Integer)
+    variant: Mapped[str] = mapped_column(String(64))
+    passed: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    score_mean: Mapped[float | None] = mapped_column(Double, nullable=True)
+    cost_usd: Mapped[float | None] = mapped_column(Double, nullable=True)
+    latency_ms_mean: Mapped[float | None] = mapped_column(Double, nullable=True)
+    comparison: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    gate_passed: Mapped[bool] = mapped_column(Boolean, default=True)
+    gate_reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+
+class EvalCaseRow(Base):
+    """One case of one version in an eval run: its outcome, outputs and assertion results."""
+
+    __tablename__ = "eval_cases"
+    __table_args__ = (Index("ix_eval_cases_run_version", "run_id", "version_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"))
+    version_id: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    case_id: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float] = mapped_column(Double)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    outputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    assertions: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    cost_usd: Mapped[float | None] = mapped_column(Double, nullable=True)
+    latency_ms: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class ExperimentGateRow(Base):
+    """An experiment's eval gate: the eval each arm must pass, and whether to start on passing."""
+
+    __tablename__ = "experiment_gates"
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    eval_name: Mapped[str] = mapped_column(String(64))
+    auto_start: Mapped[bool] = mapped_column(Boolean, default=True)
