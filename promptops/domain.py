@@ -345,6 +345,7 @@ class ExperimentSpec:
     auto_promote: bool | None = None  # None: True for thompson, False for fixed
     status: ExperimentStatus = ExperimentStatus.RUNNING  # draft or running
     policy: Policy = field(default_factory=Policy)
+    requires_eval: str | None = None  # an eval every arm must pass before the experiment starts
 
 
 @dataclass(frozen=True)

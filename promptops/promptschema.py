@@ -79,6 +79,7 @@ _EXPERIMENT_KEYS = (
     "auto_promote",
     "status",
     "policy",
+    "requires_eval",
 )
 _CHOICES = {
     "reward": tuple(r.value for r in RewardKind),
@@ -402,6 +403,11 @@ class PromptChecker(NodeReader):
                 self.err(entries["weights"][0], "experiment.weights: only for strategy: fixed")
         elif fields["strategy"] == Strategy.FIXED:
             self.err(entries["strategy"][1], "experiment: strategy fixed needs weights")
+        requires = self.get(entries, "requires_eval", at, "string")
+        if isinstance(requires, str) and not NAME_PATTERN.match(requires):
+            self.err(entries["requires_eval"][1],
+                     f"experiment.requires_eval: {requires!r} is not a valid eval name")
+        fields["requires_eval"] = requires
         policy = self.policy(entries["policy"][1]) if "policy" in entries else Policy()
         if len(self.problems) > before or arms is None or policy is None:
             return None
