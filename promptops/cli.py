@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from promptops import simreport
+from promptops import evalcli, simreport
 from promptops.config import Settings
 from promptops.domain import ExperimentStatus, KeyRole, RewardKind, Strategy
 from promptops.errors import InvalidInput, InvalidPromptFile, PromptOpsError
@@ -137,13 +137,13 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to create.")] = 
 
 @app.command()
 def validate(paths: Annotated[list[Path] | None, typer.Argument(
-        help="Files or folders (default: the prompts folder).")] = None) -> None:
-    """Check prompt files; prints PATH:LINE: message for each problem."""
-    from promptops import promptfiles
+        help="Files or folders (default: the prompts and evals folders).")] = None) -> None:
+    """Check prompt and eval files; prints PATH:LINE: message for each problem."""
+    from promptops.evalfiles import validate_files
 
-    targets = paths or [settings().prompts_dir]
-    definitions = promptfiles.load_prompt_files(targets)
-    say(f"ok: {len(definitions)} prompt file(s) valid")
+    config = settings()
+    report = validate_files(paths or [], prompts_dir=config.prompts_dir, evals_dir=config.evals_dir)
+    say(f"ok: {report.prompts} prompt file(s) and {report.evals} eval file(s) valid")
 
 
 @app.command()
@@ -682,6 +682,9 @@ def keys_auth_off() -> None:
     """Turn auth off (no active key may exist): a loopback server then answers without a key."""
     ops().keys.auth_off(actor=_actor())
     say("auth is off: a server bound to loopback answers without a key until one is created")
+
+
+app.command("eval")(evalcli.eval_command)
 
 
 def main() -> None:

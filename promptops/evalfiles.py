@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,9 +35,9 @@ import yaml
 
 from .assertions import Assertion, Case
 from .assertionschema import parse_assertion, template_fields
-from .domain import VariableSpec, content_hash
+from .domain import PromptDefinition, VariableSpec, content_hash
 from .errors import FileProblem, InvalidEvalFile, InvalidPromptFile
-from .promptfiles import NAME_PATTERN, discover
+from .promptfiles import NAME_PATTERN, discover, load_prompt_file, load_prompt_files
 from .rendering import value_problem
 from .stats.evals import GateRule
 from .yamlnodes import BAD, Entries, NodeReader, line_of, plain_problem, present
@@ -445,3 +446,122 @@ def variable_problems(definition: EvalDefinition, variables: Sequence[VariableSp
             if problem is not None:
                 err(f"vars.{spec.name} {problem}")
     return problems
+
+
+_VARS_REF = re.compile(r"""\bvars\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*['"]([^'"]+)['"]\s*\])""")
+_EVAL_KEY = re.compile(r"^prompt\s*:", re.MULTILINE)
+_PROMPT_KEY = re.compile(r"^(messages|template)\s*:", re.MULTILINE)
+
+
+def looks_like_eval(path: str | Path) -> bool:
+    """Whether a file found among prompt files is an eval file (it names a `prompt:`, no content)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")[:MAX_DATASET_BYTES]
+    except OSError:
+        return False
+    if str(path).endswith(".json"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return False
+        return isinstance(data, Mapping) and "prompt" in data and not (
+            "messages" in data or "template" in data)
+    return bool(_EVAL_KEY.search(text)) and not _PROMPT_KEY.search(text)
+
+
+def prompt_problems(definition: EvalDefinition, variables: Sequence[VariableSpec]) -> list[FileProblem]:
+    """The eval checked against its prompt: each case's vars, and `vars.NAME` in value templates."""
+    problems = variable_problems(definition, variables)
+    declared = {spec.name for spec in variables}
+    reported: set[tuple[str, str]] = set()
+
+    def check(assertion: Assertion, path: str, line: int, where: str) -> None:
+        if "vars" not in template_fields(assertion):
+            return
+        for match in _VARS_REF.finditer(str(assertion.value)):
+            name = match.group(1) or match.group(2)
+            if name not in declared and (where, name) not in reported:
+                reported.add((where, name))
+                problems.append(FileProblem(path, line, f"{where}: the value template uses vars.{name}, "
+                                            f"which prompt {definition.prompt!r} does not declare"))
+
+    for assertion in definition.assertions:
+        check(assertion, definition.path, definition.line, "assert")
+    for case, source in zip(definition.cases, definition.sources, strict=True):
+        for assertion in case.assertions:
+            check(assertion, source.path, source.line, f"case {case.id!r}: assert")
+    return problems
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """How many prompt and eval files `validate_files` found valid."""
+
+    prompts: int
+    evals: int
+
+
+def _prompt_definitions(folder: Path) -> dict[str, PromptDefinition]:
+    # The prompts folder only lends eval files their prompts here: its own problems are not ours.
+    found: dict[str, PromptDefinition] = {}
+    try:
+        files = discover([folder]) if folder.is_dir() else []
+    except InvalidPromptFile:
+        return found
+    for file in files:
+        if looks_like_eval(file):
+            continue
+        try:
+            definition = load_prompt_file(file)
+        except InvalidPromptFile:
+            continue
+        found.setdefault(definition.name, definition)
+    return found
+
+
+def validate_files(
+    paths: Sequence[str | Path], *, prompts_dir: Path, evals_dir: Path
+) -> ValidationReport:
+    """Check prompt and eval files together, every problem at once (InvalidPromptFile lists them).
+
+    With no paths: the prompts folder and the evals folder (when it exists). Given paths, each
+    file is a prompt file or an eval file by its keys. Eval files are also checked against their
+    prompt (from the given files, else from the prompts folder): the prompt exists, the cases'
+    variables are declared and of the declared types, and value templates use declared `vars`.
+    """
+    problems: list[FileProblem] = []
+    if paths:
+        try:
+            files = discover(paths)
+        except InvalidPromptFile as exc:
+            raise InvalidPromptFile(exc.problems) from None
+        eval_files = [f for f in files if looks_like_eval(f)]
+        prompt_files = [f for f in files if f not in eval_files]
+    else:
+        prompt_files = [prompts_dir]
+        eval_files = [evals_dir] if evals_dir.is_dir() else []
+    prompts: list[PromptDefinition] = []
+    if prompt_files:
+        try:
+            prompts = load_prompt_files(prompt_files)
+        except InvalidPromptFile as exc:
+            problems.extend(exc.problems)
+    evals: list[EvalDefinition] = []
+    if eval_files:
+        try:
+            evals = load_eval_files(eval_files)
+        except InvalidEvalFile as exc:
+            problems.extend(exc.problems)
+    known = {p.name: p for p in prompts}
+    if any(d.prompt not in known for d in evals):
+        known = {**_prompt_definitions(prompts_dir), **known}
+    for d in evals:
+        prompt = known.get(d.prompt)
+        if prompt is None:
+            problems.append(FileProblem(d.path, d.line, f"prompt {d.prompt!r} is not defined in "
+                                        f"the prompt files ({prompts_dir})"))
+        else:
+            problems.extend(prompt_problems(d, prompt.content.variables))
+    if problems:
+        raise InvalidEvalFile(sorted(problems, key=lambda p: (p.path, p.line)))
+    return ValidationReport(len(prompts), len(evals))

@@ -1,0 +1,262 @@
+"""`promptops eval`: run evals over versions, print pass rates and comparisons, gate CI.
+
+Exit codes: 0 every gate passed, 1 a gate failed, 2 a usage or configuration error (an invalid
+eval file, an unknown eval, version or label, a provider that is not configured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from promptops.errors import ConfigError, InvalidEvalFile, NotFound, ProviderNotConfigured
+
+EXIT_GATE_FAILED = 1
+EXIT_USAGE = 2
+
+_XML_INVALID = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+class EvalUsageError(Exception):
+    """A usage or configuration problem of `promptops eval`: one line, exit code 2."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__(lines[0] if lines else "")
+        self.lines = tuple(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
+def run_json(summary: Any) -> dict[str, Any]:
+    """One run in the `promptops eval --json` shape."""
+    return {
+        "eval": summary.eval,
+        "prompt": summary.prompt,
+        "dataset_hash": summary.dataset_hash,
+        "cases": summary.cases,
+        "versions": [{
+            "version": v.version, "variant": v.variant, "passed": v.passed, "failed": v.failed,
+            "errors": v.errors, "pass_rate": v.pass_rate, "ci_low": v.ci_low, "ci_high": v.ci_high,
+            "score_mean": v.score_mean, "cost_usd": v.cost_usd, "latency_ms_mean": v.latency_ms_mean,
+        } for v in summary.versions],
+        "comparisons": [{
+            "version": c.version, "baseline": c.baseline, "diff": c.diff, "ci_low": c.ci_low,
+            "ci_high": c.ci_high, "p_value": c.p_value, "improved": list(c.improved),
+            "regressed": list(c.regressed),
+        } for c in summary.comparisons],
+        "gate": {"passed": summary.gate_passed, "reasons": list(summary.gate_reasons)},
+    }
+
+
+def _xml_text(text: str, limit: int = 4000) -> str:
+    text = _XML_INVALID.sub("\ufffd", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def junit_xml(runs: Sequence[Any]) -> bytes:
+    """A JUnit XML report: one testsuite per eval and version, one testcase per case."""
+    root = ET.Element("testsuites", name="promptops eval")
+    totals = {"tests": 0, "failures": 0, "errors": 0}
+    for run in runs:
+        for vr in run.versions:
+            suite = ET.SubElement(root, "testsuite")
+            name = f"{run.definition.name} v{vr.version.number} ({vr.version.variant})"
+            counts = {"tests": len(vr.cases), "failures": vr.rate.failed, "errors": vr.rate.errors}
+            suite.set("name", name)
+            for key, value in counts.items():
+                suite.set(key, str(value))
+                totals[key] += value
+            for case in vr.cases:
+                element = ET.SubElement(suite, "testcase", classname=f"{run.definition.name}.v"
+                                        f"{vr.version.number}", name=_xml_text(case.case.id, 200))
+                if case.latency_ms is not None:
+                    element.set("time", f"{case.latency_ms / 1000:.3f}")
+                status = case.grade.status.value
+                if status != "passed":
+                    tag = "failure" if status == "failed" else "error"
+                    problem = ET.SubElement(element, tag, message=_xml_text(case.grade.reason, 500))
+                    outputs = [getattr(o, "text", None) for o in case.outputs]
+                    problem.text = _xml_text(case.grade.reason + "".join(
+                        f"\noutput {i}: {o}" for i, o in enumerate(outputs, 1) if o is not None))
+    for key, value in totals.items():
+        root.set(key, str(value))
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def print_run(out: Console, summary: Any) -> None:
+    """The human-readable report of one run: versions with intervals, then comparisons and gate."""
+    out.print(f"eval {summary.eval} on {summary.prompt}: {summary.cases} case(s), repeat "
+              f"{summary.repeat}, dataset {summary.dataset_hash[:12]}, run {summary.id}", markup=False)
+    table = Table("version", "passed", "failed", "errors", "pass rate", "95% CI", "score",
+                  "cost $", "latency ms", "gate")
+    for v in summary.versions:
+        base = " (baseline)" if v.version == summary.baseline else ""
+        table.add_row(f"v{v.version} {v.variant}{base}", str(v.passed), str(v.failed), str(v.errors),
+                      _pct(v.pass_rate), f"{_pct(v.ci_low)} - {_pct(v.ci_high)}",
+                      "" if v.score_mean is None else f"{v.score_mean:.3f}",
+                      "" if v.cost_usd is None else f"{v.cost_usd:.4f}",
+                      "" if v.latency_ms_mean is None else f"{v.latency_ms_mean:.0f}",
+                      "pass" if v.gate_passed else "FAIL")
+    out.print(table)
+    for c in summary.comparisons:
+        out.print(f"v{c.version} vs v{c.baseline}: diff {100 * c.diff:+.1f} points (paired 95% CI "
+                  f"{100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f}), McNemar p = {c.p_value:.3g}",
+                  markup=False)
+        if c.improved:
+            out.print(f"  improved ({len(c.improved)}): {', '.join(c.improved[:20])}", markup=False)
+        if c.regressed:
+            out.print(f"  regressed ({len(c.regressed)}): {', '.join(c.regressed[:20])}", markup=False)
+    if summary.gate_passed:
+        out.print("gate: passed", markup=False)
+    else:
+        out.print("gate: FAILED", markup=False)
+        for reason in summary.gate_reasons:
+            out.print(f"  {reason}", markup=False)
+    for exp_id in summary.started_experiments:
+        out.print(f"experiment {exp_id} started: its arms passed the eval", markup=False)
+
+
+def _pick(definitions: Sequence[Any], names: Sequence[str]) -> list[Any]:
+    if not names:
+        return list(definitions)
+    by_name = {d.name: d for d in definitions}
+    by_path = {str(Path(d.path).resolve()): d for d in definitions}
+    chosen = []
+    for name in names:
+        d = by_name.get(name) or by_path.get(str(Path(name).resolve()))
+        if d is None:
+            known = ", ".join(sorted(by_name)) or "none"
+            raise EvalUsageError([f"unknown eval {name!r} (known: {known})"])
+        chosen.append(d)
+    return chosen
+
+
+async def _run_all(ops: Any, definitions: Sequence[Any], *, versions: Sequence[int],
+                   labels: Sequence[str], baseline: str, repeat: int | None, concurrency: int,
+                   no_cache: bool, progress_console: Console | None, actor: str
+                   ) -> tuple[list[Any], list[Any]]:
+    from promptops.providers import Providers, load_providers_config
+    from promptops.services.evalcalls import ProviderCalls
+    from promptops.services.evalrunner import run_eval
+
+    plans = []
+    try:
+        for d in definitions:
+            base, targets = ops.evals.targets(d, versions=versions, labels=labels, baseline=baseline)
+            plans.append((d, base, targets))
+    except NotFound as exc:
+        raise EvalUsageError([exc.message]) from None
+    providers = Providers(load_providers_config(ops.settings.config_path))
+    calls = ProviderCalls(providers, cache={}, read_cache=not no_cache)
+    try:
+        for d, _, targets in plans:
+            for v in targets:
+                if not v.content.model.get("name"):
+                    raise ConfigError(f"{v.prompt} v{v.number} names no model (model: {{name: ...}})")
+                calls.check_provider(v.content.model.get("provider"))
+            for a in {a for c in d.cases for a in d.assertions_for(c) if a.type == "judge"}:
+                calls.check_provider(a.provider)
+    except (ProviderNotConfigured, ConfigError) as exc:
+        await providers.aclose()
+        raise EvalUsageError([exc.message]) from None
+    runs, summaries = [], []
+    try:
+        for d, base, targets in plans:
+            reps = repeat or d.repeat
+            if progress_console is not None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+                with Progress("[progress.description]{task.description}", BarColumn(),
+                              MofNCompleteColumn(), TimeElapsedColumn(), console=progress_console,
+                              transient=True) as bar:
+                    task = bar.add_task(f"{d.name} ({len(targets)} versions)",
+                                        total=len(targets) * len(d.cases) * reps)
+
+                    def advance(done: int, _total: int, bar: Progress = bar, task: Any = task) -> None:
+                        bar.update(task, completed=done)
+
+                    run = await run_eval(d, targets, baseline=base, complete=calls.complete,
+                                         judge=calls.judge, repeat=reps, concurrency=concurrency,
+                                         progress=advance)
+            else:
+                run = await run_eval(d, targets, baseline=base, complete=calls.complete,
+                                     judge=calls.judge, repeat=reps, concurrency=concurrency)
+            runs.append(run)
+            summaries.append(await asyncio.to_thread(ops.evals.record, run, actor=actor))
+    finally:
+        await providers.aclose()
+    return runs, summaries
+
+
+def eval_command(
+    evals: Annotated[list[str] | None, typer.Argument(
+        metavar="[EVAL]...", help="Eval names or files (default: every eval of the evals folder).")] = None,
+    version: Annotated[list[int] | None, typer.Option(
+        "--version", "-v", help="A version to run (repeatable).", min=1)] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", "-l", help="A labelled version to run (repeatable).")] = None,
+    baseline: Annotated[str, typer.Option(help="The label of the baseline.")] = "production",
+    repeat: Annotated[int | None, typer.Option(
+        help="Repetitions of each case (overrides the eval's repeat).", min=1, max=100)] = None,
+    concurrency: Annotated[int, typer.Option(help="Calls in flight at once.", min=1, max=1000)] = 16,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached answers.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Write a JUnit XML report.")] = None,
+    evals_dir: Annotated[Path | None, typer.Option(
+        "--evals-dir", help="Overrides PROMPTOPS_EVALS_DIR.")] = None,
+) -> None:
+    """Run evals over versions: pass rates with 95% intervals, paired comparisons, the gate."""
+    from promptops import cli
+
+    if version and label:
+        cli.fail("give --version or --label, not both", EXIT_USAGE)
+    try:
+        ops = cli.ops(evals_dir=evals_dir)
+        folder = ops.settings.evals_dir
+        paths = [folder] if folder.exists() else []
+        extra = [Path(e) for e in evals or [] if Path(e).is_file()]
+        if not paths and not extra:
+            raise EvalUsageError([f"no evals: {folder} does not exist (set PROMPTOPS_EVALS_DIR)"])
+        definitions = _pick(ops.evals.definitions(paths + extra), evals or [])
+        if not definitions:
+            raise EvalUsageError([f"no eval files in {folder}"])
+        progress = cli.err if sys.stderr.isatty() and not as_json else None
+        runs, summaries = asyncio.run(_run_all(
+            ops, definitions, versions=version or [], labels=label or [], baseline=baseline,
+            repeat=repeat, concurrency=concurrency, no_cache=no_cache, progress_console=progress,
+            actor=cli._actor()))
+    except InvalidEvalFile as exc:
+        for problem in exc.problems:
+            cli.err.print(str(problem), markup=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except EvalUsageError as exc:
+        for line in exc.lines:
+            cli.err.print(f"error: {line}", markup=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except (ConfigError, NotFound) as exc:
+        cli.fail(exc.message, EXIT_USAGE)
+    if junit is not None:
+        try:
+            junit.write_bytes(junit_xml(runs))
+        except OSError as exc:
+            cli.fail(f"cannot write {junit}: {exc.strerror or exc}", EXIT_USAGE)
+    if as_json:
+        cli.print_json({"runs": [run_json(s) for s in summaries]})
+    else:
+        for i, summary in enumerate(summaries):
+            if i:
+                cli.out.print()
+            print_run(cli.out, summary)
+    if not all(s.gate_passed for s in summaries):
+        raise typer.Exit(EXIT_GATE_FAILED)
