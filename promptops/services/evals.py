@@ -321,7 +321,7 @@ class Evals:
         if not runs:
             return []
         prompts = dict(s.execute(select(PromptRow.id, PromptRow.name).where(
-            PromptRow.id.in_({r.prompt_id for r in runs}))).tuples().all())
+            PromptRow.id.in_({r.prompt_id for r in runs}))).all())
         by_run: dict[int, list[EvalRunVersionRow]] = {}
         for v in s.scalars(select(EvalRunVersionRow).where(
                 EvalRunVersionRow.run_id.in_([r.id for r in runs])).order_by(
@@ -350,7 +350,7 @@ class Evals:
                 raise EvalRunNotFound(run_id)
             summary = self._summaries(s, [row])[0]
             numbers = dict(s.execute(select(EvalRunVersionRow.version_id, EvalRunVersionRow.number)
-                                     .where(EvalRunVersionRow.run_id == run_id)).tuples().all())
+                                     .where(EvalRunVersionRow.run_id == run_id)).all())
             cases = [_case_outcome(c, numbers.get(c.version_id, 0)) for c in s.scalars(
                 select(EvalCaseRow).where(EvalCaseRow.run_id == run_id)
                 .order_by(EvalCaseRow.version_id, EvalCaseRow.position))]

@@ -1,0 +1,135 @@
+"""The eval service against the fake upstream: pass rates, errors, repeat slots, stored runs, targets."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from promptops.evalfiles import load_eval_files
+from promptops.providers import Providers, load_providers_config
+from promptops.services.evalcalls import ProviderCalls
+from promptops.services.evalrunner import run_eval
+from promptops.services.facade import PromptOps
+from tests.fakeupstream import fake_upstream  # noqa: F401  (a fixture)
+from tests.services.evalproject import write_project
+
+
+@pytest.fixture
+def project(tmp_path, settings, clock, fake_upstream):  # noqa: F811
+    paths = write_project(tmp_path, fake_upstream)
+    service = PromptOps(replace(settings, prompts_dir=paths["prompts"], evals_dir=paths["evals"],
+                                config_path=paths["config"]), clock=clock)
+    service.sync()
+    yield service
+    service.close()
+
+
+def run(ops, *, versions=(), labels=(), repeat=None, cache=None, concurrency=4):
+    """Run the project's eval and record it; returns (summary, calls)."""
+    definition = ops.evals.definitions()[0]
+    base, targets = ops.evals.targets(definition, versions=versions, labels=labels)
+
+    async def go():
+        providers = Providers(load_providers_config(ops.settings.config_path))
+        calls = ProviderCalls(providers, cache=cache)
+        try:
+            result = await run_eval(definition, targets, baseline=base, complete=calls.complete,
+                                    judge=calls.judge, repeat=repeat, concurrency=concurrency)
+        finally:
+            await providers.aclose()
+        return result, calls
+
+    result, calls = asyncio.run(go())
+    return ops.evals.record(result, actor="test"), calls
+
+
+def test_pass_rates_paired_comparison_and_gate(project):
+    summary, _ = run(project, versions=[2])
+    main, shout = summary.versions
+    assert (main.version, main.passed, main.failed, main.errors) == (1, 10, 0, 0)
+    assert (shout.version, shout.passed, shout.failed, shout.errors) == (2, 2, 8, 0)
+    assert shout.pass_rate == pytest.approx(0.2)
+    assert shout.ci_low < 0.2 < shout.ci_high
+    (comparison,) = summary.comparisons
+    assert (comparison.version, comparison.baseline) == (2, 1)
+    assert comparison.diff == pytest.approx(-0.8)
+    assert comparison.improved == ()
+    assert set(comparison.regressed) == {"c1", "c2", "c3", "c5", "c6", "c8", "c9", "c10"}
+    assert comparison.p_value == pytest.approx(2 / 2**8)
+    assert not summary.gate_passed
+    assert any("v2 (shout)" in r and "min_pass_rate" in r for r in summary.gate_reasons)
+    assert any("worse than the baseline" in r for r in summary.gate_reasons)
+
+
+def test_call_errors_are_counted_as_errors_not_failures(project):
+    summary, _ = run(project, versions=[3])
+    broken = summary.versions[1]
+    assert (broken.passed, broken.failed, broken.errors, broken.pass_rate) == (0, 0, 10, 0.0)
+    detail = project.evals.get_run(summary.id)
+    cases = [c for c in detail.cases if c.version == 3]
+    assert len(cases) == 10
+    assert all(c.status == "error" and "call failed" in c.reason for c in cases)
+    assert all(c.errors[0] and "400" in c.errors[0] for c in cases)
+
+
+def test_repeat_uses_one_cache_slot_per_repetition(project, fake_upstream):  # noqa: F811
+    cache: dict = {}
+    summary, calls = run(project, repeat=3, cache=cache)
+    assert summary.repeat == 3
+    # One version (production): 10 cases x 3 repetitions, each a distinct slot and a real call.
+    assert fake_upstream.count == 30 and calls.upstream_calls == 30 and len(cache) == 30
+    bodies = {r.body for r in fake_upstream.requests}
+    assert len(bodies) == 10  # the same request three times: only the slot tells them apart
+    again, calls = run(project, repeat=3, cache=cache)
+    assert fake_upstream.count == 30 and calls.upstream_calls == 0 and calls.cache_hits == 30
+    assert again.versions[0].passed == 10
+
+
+def test_stored_run_keeps_outputs_and_assertions(project):
+    summary, _ = run(project, versions=[2])
+    detail = project.evals.get_run(summary.id)
+    assert detail.run == replace(summary, started_experiments=())
+    first = next(c for c in detail.cases if c.version == 2 and c.case_id == "c1")
+    assert first.status == "failed"
+    assert first.outputs == ("echo: HELLO THERE",)
+    assert [(a.type, a.passed) for a in first.assertions] == [("contains", False)]
+    assert first.cost_usd is None and first.latency_ms is not None
+    assert [c.case_id for c in detail.cases if c.version == 1][:3] == ["c1", "c2", "c3"]
+    assert project.evals.runs(eval_name="echo-golden")[0].id == summary.id
+    listing = project.evals.listing()
+    (item,) = listing.evals
+    assert (item.name, item.prompt, item.cases, item.min_pass_rate) == ("echo-golden", "echo", 10, 0.5)
+    assert item.latest_runs[0].id == summary.id and listing.problems == ()
+
+
+def test_default_targets_are_production_and_the_experiment_arms(project):
+    definition = project.evals.definitions()[0]
+    base, targets = project.evals.targets(definition)
+    assert base.number == 1 and [v.number for v in targets] == [1]
+    project.experiments.create("echo", [2, 4], start=False)
+    base, targets = project.evals.targets(definition)
+    assert [v.number for v in targets] == [1, 2, 4]
+    project.registry.move_label("echo", 4, "staging", actor="t")
+    base, targets = project.evals.targets(definition, labels=["staging"], baseline="staging")
+    assert base.number == 4 and [v.number for v in targets] == [4]
+
+
+def test_eval_cases_are_checked_against_the_registry(project, tmp_path):
+    bad = tmp_path / "evals" / "bad.yaml"
+    bad.write_text("name: bad\nprompt: echo\ncases: [{vars: {msg: hi}}]\n"
+                   "assert: [{type: is_json}]\n", encoding="utf-8")
+    from promptops.errors import InvalidEvalFile
+
+    with pytest.raises(InvalidEvalFile) as info:
+        project.evals.definitions()
+    assert [p.line for p in info.value.problems] == [3, 3]
+    assert "vars.msg is not declared" in str(info.value.problems[0]) + str(info.value.problems[1])
+
+
+def test_load_eval_files_example_is_valid():
+    from pathlib import Path
+
+    (definition,) = load_eval_files([Path(__file__).resolve().parents[2] / "evals"])
+    assert definition.name == "support-triage-golden" and len(definition.cases) >= 20
