@@ -2,7 +2,8 @@
 
 The fake upstream echoes the last user message (`echo: TEXT`), so the `main` variant passes the
 eval's `contains` assertion, `shout` (which upper-cases the message) fails it on every case whose
-text has letters, `polite` (a system message first) passes like `main`, and `broken` calls a model the fake answers with 400: every case an error.
+text has letters, `polite` (a system message first) passes like `main`, and `broken` calls a
+model the fake answers with 400: every case an error.
 """
 
 from __future__ import annotations
