@@ -13,7 +13,8 @@
     │   ├── LabelNotFound
     │   ├── DecisionNotFound
     │   ├── ExperimentNotFound
-    │   └── ModelNotFound             a gateway model name that is not `promptops/NAME[@...]`
+    │   ├── ModelNotFound             a gateway model name that is not `promptops/NAME[@...]`
+    │   └── EvalRunNotFound
     ├── ExperimentStateError          the experiment is not in a state that allows the operation (409)
     ├── Conflict                      a concurrent change won the race (409)
     ├── AuthError                     missing or wrong credentials (401)
@@ -205,6 +206,16 @@ class KeyNotFound(NotFound):
     def __init__(self, key_id: int) -> None:
         super().__init__(f"no key with id {key_id}")
         self.key_id = key_id
+
+
+class EvalRunNotFound(NotFound):
+    """No eval run has that id."""
+
+    code = "eval_run_not_found"
+
+    def __init__(self, run_id: int | str) -> None:
+        super().__init__(f"eval run {run_id} not found")
+        self.run_id = run_id
 
 
 class ExperimentStateError(PromptOpsError):

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp
 
 from promptops import __version__
 from promptops.config import Settings
-from promptops.server import api, dashboard, docs, errors, openai
+from promptops.server import api, dashboard, docs, errors, evals, openai
 from promptops.server.fast import FastPath
 from promptops.server.guard import EdgeGuard
 from promptops.server.metrics import TimingMiddleware
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
     app.include_router(api.router)
     app.include_router(openai.router)
     docs.install(app)
+    app.include_router(evals.router)
     dashboard.install(app)
     app.add_middleware(TimingMiddleware, metrics=runtime.metrics,
                        max_body=settings.max_body_bytes)

@@ -29,7 +29,13 @@ from promptops.db.models import (
     VersionRow,
 )
 from promptops.domain import PRODUCTION, PromptVersion
-from promptops.errors import ExperimentStateError, FileProblem, InvalidEvalFile, NotFound
+from promptops.errors import (
+    EvalRunNotFound,
+    ExperimentStateError,
+    FileProblem,
+    InvalidEvalFile,
+    NotFound,
+)
 from promptops.evalfiles import EvalDefinition, load_eval_files, variable_problems
 from promptops.services.context import Context
 from promptops.services.evalgate import EvalCatalog, gate_status
@@ -40,16 +46,6 @@ from promptops.stats.evals import pass_rate
 
 RUNS_PER_EVAL = 5
 """How many latest runs a listing shows per eval."""
-
-
-class EvalRunNotFound(NotFound):
-    """No eval run has this id."""
-
-    code = "eval_run_not_found"
-
-    def __init__(self, run_id: int) -> None:
-        super().__init__(f"eval run {run_id} not found")
-        self.run_id = run_id
 
 
 @dataclass(frozen=True)
