@@ -111,7 +111,7 @@ def test_public_api_is_sorted():
         assert hasattr(promptops, name), name
 
 
-@pytest.mark.parametrize("name", ["formats", "charts", "pages"])
+@pytest.mark.parametrize("name", ["formats", "charts", "pages", "evalpages"])
 def test_dashboard_pages_are_built_without_the_web_framework(name):
     # Contexts and charts are plain functions of service reads; only routes, session and
     # templating see a request.

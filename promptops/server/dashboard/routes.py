@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from promptops.domain import PRODUCTION
-from promptops.errors import ExperimentNotFound, InvalidInput, PromptOpsError
+from promptops.errors import EvalRunNotFound, ExperimentNotFound, InvalidInput, PromptOpsError
 from promptops.server.auth import Principal, session_principal
-from promptops.server.dashboard import pages
+from promptops.server.dashboard import evalpages, pages
 from promptops.server.dashboard.pages import positive_id
 from promptops.server.dashboard.session import (
     csrf_ok,
@@ -104,8 +104,10 @@ def overview(request: Request) -> Response:
 @router.get("/prompts/{name}")
 def prompt_page(request: Request, name: str) -> Response:
     """One prompt: versions, labels, diff, preview, rollback."""
+    ops = runtime_of(request).ops
     return _page(request, "prompt.html",
-                 lambda: pages.prompt_context(runtime_of(request).ops, name, request.query_params))
+                 lambda: {**pages.prompt_context(ops, name, request.query_params),
+                          "evals": evalpages.prompt_eval_results(ops, name)})
 
 
 @router.get("/experiments/{experiment_id}")
@@ -114,6 +116,16 @@ def experiment_page(request: Request, experiment_id: int) -> Response:
     return _page(request, "experiment.html",
                  lambda: pages.experiment_context(runtime_of(request).ops,
                                                   _experiment_id(experiment_id)))
+
+
+@router.get("/evals/runs/{run_id}")
+def eval_run_page(request: Request, run_id: int) -> Response:
+    """One eval run: each version's pass rate, and two versions side by side per case."""
+    if positive_id(run_id) is None:
+        raise EvalRunNotFound(run_id)
+    return _page(request, "eval_run.html",
+                 lambda: evalpages.eval_run_context(runtime_of(request).ops, run_id,
+                                                    request.query_params))
 
 
 @router.get("/audit")
