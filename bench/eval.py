@@ -23,7 +23,7 @@ from pathlib import Path
 
 from promptops.config import Settings
 from promptops.providers import Providers, load_providers_config
-from promptops.services.evalcalls import CachedAnswer, ProviderCalls
+from promptops.services.evalcalls import MemoryAnswers, ProviderCalls
 from promptops.services.evalrunner import run_eval
 from promptops.services.facade import PromptOps
 
@@ -99,7 +99,7 @@ def bench(tmp: Path, port: int, args: argparse.Namespace) -> None:
     ops.sync()
     definition = ops.evals.definitions()[0]
     base, targets = ops.evals.targets(definition, versions=[2])
-    cache: dict[str, CachedAnswer] = {}
+    cache = MemoryAnswers()
 
     async def once() -> tuple[object, ProviderCalls, float, float]:
         providers = Providers(load_providers_config(tmp / "promptops.yaml"))

@@ -147,7 +147,7 @@ async def _run_all(ops: Any, definitions: Sequence[Any], *, versions: Sequence[i
                    no_cache: bool, progress_console: Console | None, actor: str
                    ) -> tuple[list[Any], list[Any]]:
     from promptops.providers import Providers, load_providers_config
-    from promptops.services.evalcalls import ProviderCalls
+    from promptops.services.evalcalls import MemoryAnswers, ProviderCalls
     from promptops.services.evalrunner import run_eval
 
     plans = []
@@ -158,7 +158,7 @@ async def _run_all(ops: Any, definitions: Sequence[Any], *, versions: Sequence[i
     except NotFound as exc:
         raise EvalUsageError([exc.message]) from None
     providers = Providers(load_providers_config(ops.settings.config_path))
-    calls = ProviderCalls(providers, cache={}, read_cache=not no_cache)
+    calls = ProviderCalls(providers, cache=MemoryAnswers(), read_cache=not no_cache)
     try:
         for d, _, targets in plans:
             for v in targets:

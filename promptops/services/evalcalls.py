@@ -11,7 +11,7 @@ provider, the exact upstream request and the cache slot, so the repetitions of a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,6 +43,36 @@ class CachedAnswer:
     latency_ms: float | None
 
 
+class AnswerCache(Protocol):
+    """Where answers are kept between calls (and runs): keyed by `cache_key`."""
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        """The answer stored under the key, or None."""
+        ...
+
+    async def put(self, key: str, answer: CachedAnswer) -> None:
+        """Store an answer under the key."""
+        ...
+
+
+class MemoryAnswers:
+    """An in-process answer cache: a dict, shared by the runs of one process."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, CachedAnswer] = {}
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        """The answer stored under the key, or None."""
+        return self.answers.get(key)
+
+    async def put(self, key: str, answer: CachedAnswer) -> None:
+        """Store an answer under the key."""
+        self.answers[key] = answer
+
+
 def cache_key(request: ChatRequest, slot: int) -> str:
     """The cache key of a request in a slot: the provider, the canonical body and the slot."""
     digest = hashlib.sha256()
@@ -61,7 +91,7 @@ class ProviderCalls:
         providers: Providers,
         *,
         renderer: Renderer | None = None,
-        cache: MutableMapping[str, CachedAnswer] | None = None,
+        cache: AnswerCache | None = None,
         read_cache: bool = True,
     ) -> None:
         self.providers = providers
@@ -104,7 +134,7 @@ class ProviderCalls:
     async def _call(self, request: ChatRequest, slot: int) -> Output:
         key = cache_key(request, slot) if self.cache is not None else ""
         if self.cache is not None and self.read_cache:
-            hit = self.cache.get(key)
+            hit = await self.cache.get(key)
             if hit is not None:
                 self.cache_hits += 1
                 return Output(hit.text, hit.cost_usd, hit.latency_ms)
@@ -115,5 +145,5 @@ class ProviderCalls:
             raise UpstreamError(f"provider {result.provider!r}, model {result.model!r}: the answer has "
                                 "no text content", provider=result.provider, model=result.model)
         if self.cache is not None:
-            self.cache[key] = CachedAnswer(text, result.cost_usd, result.latency_ms)
+            await self.cache.put(key, CachedAnswer(text, result.cost_usd, result.latency_ms))
         return Output(text, result.cost_usd, result.latency_ms)

@@ -9,7 +9,7 @@ import pytest
 
 from promptops.evalfiles import load_eval_files
 from promptops.providers import Providers, load_providers_config
-from promptops.services.evalcalls import ProviderCalls
+from promptops.services.evalcalls import MemoryAnswers, ProviderCalls
 from promptops.services.evalrunner import run_eval
 from promptops.services.facade import PromptOps
 from tests.fakeupstream import fake_upstream  # noqa: F401  (a fixture)
@@ -75,7 +75,7 @@ def test_call_errors_are_counted_as_errors_not_failures(project):
 
 
 def test_repeat_uses_one_cache_slot_per_repetition(project, fake_upstream):  # noqa: F811
-    cache: dict = {}
+    cache = MemoryAnswers()
     summary, calls = run(project, repeat=3, cache=cache)
     assert summary.repeat == 3
     # One version (production): 10 cases x 3 repetitions, each a distinct slot and a real call.
