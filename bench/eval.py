@@ -6,6 +6,9 @@ the floor is what the upstream's latency alone costs: cases x versions x 20 ms /
 prints the wall time of the run against that floor, promptops's own CPU time per case and version
 (this process: rendering, the HTTP client, assertions, grading; storing the run is shown apart),
 and then runs the eval a second time over the same response cache, which must make no upstream call.
+For scale it also sends the same number of requests with a bare httpx client at the same concurrency
+(no rendering, retries, assertions or grading): on a small machine the HTTP client's own CPU time,
+not the upstream's latency, can set the pace, and that is the part promptops cannot shave.
 
     python -m bench.eval [--cases 1000] [--concurrency 16] [--latency-ms 20]
 """
@@ -20,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import httpx
 
 from promptops.config import Settings
 from promptops.providers import Providers, load_providers_config
@@ -114,6 +119,7 @@ def bench(tmp: Path, port: int, args: argparse.Namespace) -> None:
 
     n = len(definition.cases) * len(targets)
     floor = n * args.latency_ms / 1000 / args.concurrency
+    bare_wall, bare_cpu = asyncio.run(bare_httpx(port, n, args.concurrency))
     run, calls, wall, cpu = asyncio.run(once())
     record_cpu = time.process_time()
     summary = ops.evals.record(run)  # type: ignore[arg-type]
@@ -123,6 +129,8 @@ def bench(tmp: Path, port: int, args: argparse.Namespace) -> None:
     print(f"cold: {len(definition.cases)} cases x {len(targets)} versions = {n} calls at "
           f"concurrency {args.concurrency}, upstream {args.latency_ms:g} ms")
     print(f"  wall {wall:.2f} s vs floor {floor:.2f} s = {wall / floor:.2f}x the floor")
+    print(f"  bare httpx, same calls: wall {bare_wall:.2f} s ({bare_wall / floor:.2f}x the floor), "
+          f"CPU {bare_cpu * 1e6 / n:.0f} us per call; promptops / bare httpx = {wall / bare_wall:.2f}x wall")
     print(f"  promptops CPU {cpu * 1e6 / n:.0f} us per case and version (run), "
           f"{record_cpu * 1e6 / n:.0f} us (storing the run); upstream calls {calls.upstream_calls}")
     print(f"  passed: {rates}")
@@ -130,6 +138,22 @@ def bench(tmp: Path, port: int, args: argparse.Namespace) -> None:
     print(f"warm: wall {warm_wall:.2f} s, CPU {warm_cpu * 1e6 / n:.0f} us per case and version, "
           f"upstream calls {warm_calls.upstream_calls}, cache hits {warm_calls.cache_hits}")
     ops.close()
+
+
+async def bare_httpx(port: int, n: int, concurrency: int) -> tuple[float, float]:
+    """Wall and CPU seconds of n plain chat requests with one httpx client, `concurrency` at once."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1/", limits=limits) as client:
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with slots:
+                body = {"model": "bench-model", "messages": [{"role": "user", "content": f"case {i}"}]}
+                (await client.post("chat/completions", json=body)).json()
+
+        cpu, wall = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return time.perf_counter() - wall, time.process_time() - cpu
 
 
 if __name__ == "__main__":
