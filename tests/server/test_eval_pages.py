@@ -67,3 +67,10 @@ def test_pages_render(client, runs):
     for bad in ("999", "0"):
         r = client.get(f"/evals/runs/{bad}", headers=HTML)
         assert r.status_code == 404 and r.template.name == "error.html"
+
+
+def test_experiment_page_says_what_the_gate_waits_for(client, ops, runs):
+    exp = ops.experiments.create("echo", [1, 2], requires_eval="echo-golden")
+    r = client.get(f"/experiments/{exp['id']}", headers=HTML)
+    assert r.status_code == 200, r.text
+    assert "Eval gate: echo-golden" in r.text and "worse than the baseline" in r.text
