@@ -96,35 +96,39 @@ def junit_xml(runs: Sequence[Any]) -> bytes:
 
 def print_run(out: Console, summary: Any) -> None:
     """The human-readable report of one run: versions with intervals, then comparisons and gate."""
-    out.print(f"eval {summary.eval} on {summary.prompt}: {summary.cases} case(s), repeat "
-              f"{summary.repeat}, dataset {summary.dataset_hash[:12]}, run {summary.id}", markup=False)
+    from promptops.cli import cell, say
+
+    def line(text: str) -> None:
+        say(text, console=out)
+
+    line(f"eval {summary.eval} on {summary.prompt}: {summary.cases} case(s), repeat "
+         f"{summary.repeat}, dataset {summary.dataset_hash[:12]}, run {summary.id}")
     table = Table("version", "passed", "failed", "errors", "pass rate", "95% CI", "score",
                   "cost $", "latency ms", "gate")
     for v in summary.versions:
         base = " (baseline)" if v.version == summary.baseline else ""
-        table.add_row(f"v{v.version} {v.variant}{base}", str(v.passed), str(v.failed), str(v.errors),
-                      _pct(v.pass_rate), f"{_pct(v.ci_low)} - {_pct(v.ci_high)}",
+        table.add_row(cell(f"v{v.version} {v.variant}{base}"), str(v.passed), str(v.failed),
+                      str(v.errors), _pct(v.pass_rate), f"{_pct(v.ci_low)} - {_pct(v.ci_high)}",
                       "" if v.score_mean is None else f"{v.score_mean:.3f}",
                       "" if v.cost_usd is None else f"{v.cost_usd:.4f}",
                       "" if v.latency_ms_mean is None else f"{v.latency_ms_mean:.0f}",
                       "pass" if v.gate_passed else "FAIL")
     out.print(table)
     for c in summary.comparisons:
-        out.print(f"v{c.version} vs v{c.baseline}: diff {100 * c.diff:+.1f} points (paired 95% CI "
-                  f"{100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f}), McNemar p = {c.p_value:.3g}",
-                  markup=False)
+        line(f"v{c.version} vs v{c.baseline}: diff {100 * c.diff:+.1f} points (paired 95% CI "
+             f"{100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f}), McNemar p = {c.p_value:.3g}")
         if c.improved:
-            out.print(f"  improved ({len(c.improved)}): {', '.join(c.improved[:20])}", markup=False)
+            line(f"  improved ({len(c.improved)}): {', '.join(c.improved[:20])}")
         if c.regressed:
-            out.print(f"  regressed ({len(c.regressed)}): {', '.join(c.regressed[:20])}", markup=False)
+            line(f"  regressed ({len(c.regressed)}): {', '.join(c.regressed[:20])}")
     if summary.gate_passed:
-        out.print("gate: passed", markup=False)
+        line("gate: passed")
     else:
-        out.print("gate: FAILED", markup=False)
+        line("gate: FAILED")
         for reason in summary.gate_reasons:
-            out.print(f"  {reason}", markup=False)
+            line(f"  {reason}")
     for exp_id in summary.started_experiments:
-        out.print(f"experiment {exp_id} started: its arms passed the eval", markup=False)
+        line(f"experiment {exp_id} started: its arms passed the eval")
 
 
 def _pick(definitions: Sequence[Any], names: Sequence[str]) -> list[Any]:
@@ -238,11 +242,11 @@ def eval_command(
             actor=cli._actor()))
     except InvalidEvalFile as exc:
         for problem in exc.problems:
-            cli.err.print(str(problem), markup=False)
+            cli.say(str(problem), console=cli.err)
         raise typer.Exit(EXIT_USAGE) from None
     except EvalUsageError as exc:
         for line in exc.lines:
-            cli.err.print(f"error: {line}", markup=False)
+            cli.say(f"error: {line}", console=cli.err)
         raise typer.Exit(EXIT_USAGE) from None
     except (ConfigError, NotFound) as exc:
         cli.fail(exc.message, EXIT_USAGE)
