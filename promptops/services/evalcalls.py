@@ -3,13 +3,15 @@
 An eval run depends only on two coroutines, `complete(version, variables, *, cache_slot)` for the
 version under test and `judge(messages, provider, model)` for `judge` assertions, so the runner does
 not care where an answer comes from. `ProviderCalls` makes both over the provider layer (retries
-and the per-provider concurrency bound live there) with a response cache in front: the key is the
-provider, the exact upstream request and the cache slot, so the repetitions of a case (slots 0, 1,
-...) are distinct samples and a second run of the same eval makes no upstream call.
+live there), at most each provider's `max_concurrency` at once, with a response cache in front:
+the key is the provider, the exact upstream request and the cache slot, so the repetitions of a
+case (slots 0, 1, ...) are distinct samples and a second run of the same eval makes no upstream
+call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -100,6 +102,16 @@ class ProviderCalls:
         self.read_cache = read_cache
         self.upstream_calls = 0
         self.cache_hits = 0
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    def _slot(self, provider: str | None) -> asyncio.Semaphore:
+        # Calls wait here rather than in the provider's own bound, which gives up after the
+        # provider's timeout: a long eval queues any number of calls without timing them out.
+        config = self.providers.get(provider).config
+        slot = self._slots.get(config.name)
+        if slot is None:
+            slot = self._slots[config.name] = asyncio.Semaphore(config.max_concurrency)
+        return slot
 
     def request_for(self, version: PromptVersion, variables: Mapping[str, Any]) -> ChatRequest:
         """The upstream request of a version rendered with the variables."""
@@ -139,7 +151,8 @@ class ProviderCalls:
                 self.cache_hits += 1
                 return Output(hit.text, hit.cost_usd, hit.latency_ms)
         self.upstream_calls += 1
-        result = await self.providers.chat(request)
+        async with self._slot(request.provider):
+            result = await self.providers.chat(request)
         text = result.content
         if text is None:
             raise UpstreamError(f"provider {result.provider!r}, model {result.model!r}: the answer has "

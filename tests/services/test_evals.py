@@ -133,3 +133,53 @@ def test_load_eval_files_example_is_valid():
 
     (definition,) = load_eval_files([Path(__file__).resolve().parents[2] / "evals"])
     assert definition.name == "support-triage-golden" and len(definition.cases) >= 20
+
+
+def test_judge_verdicts_unreadable_are_errors_and_judge_calls_are_cached(project, fake_upstream):  # noqa: F811
+    from tests.fakeupstream import Reply
+
+    fake_upstream.models["judge-ok"] = Reply(content='{"reasoning": "fine", "pass": true, "score": 0.9}')
+    fake_upstream.models["judge-bad"] = Reply(content="I think it passes, more or less.")
+    folder = project.settings.evals_dir
+    for name, model in (("good", "judge-ok"), ("bad", "judge-bad")):
+        (folder / f"{name}.yaml").write_text(
+            f"name: judged-{name}\nprompt: echo\ncases:\n"
+            "  - {id: a, vars: {message: one}}\n  - {id: b, vars: {message: two}}\n"
+            f"assert: [{{type: judge, rubric: Polite., provider: fake, model: {model}}}]\n",
+            encoding="utf-8")
+    cache = MemoryAnswers()
+    by_name = {d.name: d for d in project.evals.definitions()}
+
+    async def go(definition):
+        base, targets = project.evals.targets(definition)
+        providers = Providers(load_providers_config(project.settings.config_path))
+        calls = ProviderCalls(providers, cache=cache)
+        try:
+            result = await run_eval(definition, targets, baseline=base, complete=calls.complete,
+                                    judge=calls.judge)
+        finally:
+            await providers.aclose()
+        return result, calls
+
+    good, calls = asyncio.run(go(by_name["judged-good"]))
+    assert good.versions[0].rate.passed == 2 and calls.upstream_calls == 4  # 2 outputs + 2 verdicts
+    assert good.versions[0].score_mean == pytest.approx(0.9)
+    bad, _ = asyncio.run(go(by_name["judged-bad"]))
+    assert (bad.versions[0].rate.errors, bad.versions[0].rate.passed) == (2, 0)
+    assert all("unreadable judge verdict" in c.grade.reason for c in bad.versions[0].cases)
+    again, calls = asyncio.run(go(by_name["judged-good"]))
+    assert calls.upstream_calls == 0 and again.versions[0].rate.passed == 2
+
+
+def test_calls_queue_for_the_providers_bound_instead_of_timing_out(project, fake_upstream):  # noqa: F811
+    from tests.fakeupstream import Reply
+
+    fake_upstream.reply = Reply(latency=0.3)
+    project.settings.config_path.write_text(
+        f'default_provider: fake\nproviders:\n  fake: {{base_url: "{fake_upstream.base_url}", '
+        "max_retries: 0, max_concurrency: 2, timeout_seconds: 1}\n", encoding="utf-8")
+    # Ten calls at once through two connections: the last would wait 1.2 s for a connection,
+    # past the provider's 1 s timeout, if the eval did not queue them itself.
+    summary, calls = run(project, concurrency=10)
+    assert (summary.versions[0].passed, summary.versions[0].errors) == (10, 0)
+    assert fake_upstream.max_in_flight <= 2
