@@ -132,3 +132,9 @@ def test_validate_checks_eval_files_against_the_prompts(cli):
     lines = r.err.strip().splitlines()
     assert lines[0].endswith("echo.jsonl:1: case 'a': vars.message must be a string, got integer"), r
     assert "echo.jsonl:2: case 'b': vars.tone is not declared" in lines[1], r
+
+
+def test_an_eval_named_by_its_file(cli):
+    r = cli("eval", str(cli.paths["evals"] / "echo.yaml"), "--json")
+    assert r.code == 0, r
+    assert json.loads(r.out)["runs"][0]["eval"] == "echo-golden"
