@@ -229,9 +229,7 @@ def eval_command(
         ops = cli.ops(evals_dir=evals_dir)
         folder = ops.settings.evals_dir
         paths = [folder] if folder.exists() else []
-        inside = folder.resolve()
-        extra = [Path(e) for e in evals or [] if Path(e).is_file()
-                 and not (paths and Path(e).resolve().is_relative_to(inside))]
+        extra = [Path(e) for e in evals or [] if Path(e).is_file()]
         if not paths and not extra:
             raise EvalUsageError([f"no evals: {folder} does not exist (set PROMPTOPS_EVALS_DIR)"])
         definitions = _pick(ops.evals.definitions(paths + extra), evals or [])
