@@ -1,10 +1,10 @@
 """Running an eval's cases over versions: calls, assertions and grades, with no database.
 
 Every (version, case, repetition) is one call of `complete` with the repetition as its cache slot,
-graded by the case's assertions; at most `concurrency` of them are in flight at once (each
-provider bounds its own connections besides). A call that fails ends its repetition as a
-`CallError`, so the case is an `error`, counted apart from passes and failures; a failing judge
-is an assertion error, likewise an `error`. Nothing a provider or a judge answers stops the run.
+graded by the case's assertions; `concurrency` workers take them in turn, so at most that many are
+in flight at once (each provider bounds its own connections besides). A call that fails ends its
+repetition as a `CallError`, so the case is an `error`, counted apart from passes and failures; a
+failing judge is an assertion error, likewise an `error`. Nothing a provider or a judge answers stops the run.
 """
 
 from __future__ import annotations
@@ -155,36 +155,40 @@ async def run_eval(
     if baseline.number not in {v.number for v in versions}:
         raise ValueError("the baseline must be one of the versions")
     repeats = repeat or definition.repeat
-    slots = asyncio.Semaphore(max(1, concurrency))
-    total = len(versions) * len(definition.cases) * repeats
-    done = 0
+    # Versions interleaved: when they call different providers, each provider stays busy.
+    jobs = [(v, i, slot) for i in range(len(definition.cases)) for slot in range(repeats)
+            for v in versions]
+    results: dict[tuple[int, int, int], _Repetition] = {}
+    total = len(jobs)
+    pending = iter(jobs)
 
     async def one(version: PromptVersion, case: Case, slot: int) -> _Repetition:
-        nonlocal done
-        async with slots:
-            try:
-                output = await complete(version, case.vars, cache_slot=slot)
-            except PromptOpsError as exc:
-                failed = CallError(exc.message)
-                result: _Repetition = (failed, failed)
-            else:
-                graded = await run_assertions(definition.assertions_for(case), output, case,
-                                              complete=judge, embed=embed)
-                result = (output, graded)
-        done += 1
-        if progress is not None:
-            progress(done, total)
-        return result
+        try:
+            output = await complete(version, case.vars, cache_slot=slot)
+        except PromptOpsError as exc:
+            failed = CallError(exc.message)
+            return failed, failed
+        graded = await run_assertions(definition.assertions_for(case), output, case,
+                                      complete=judge, embed=embed)
+        return output, graded
 
-    async def case_run(version: PromptVersion, case: Case) -> CaseRun:
-        reps = await asyncio.gather(*(one(version, case, slot) for slot in range(repeats)))
-        grade = grade_case([r for _, r in reps], threshold=definition.threshold)
-        return CaseRun(case, grade, tuple(o for o, _ in reps))
+    async def worker() -> None:
+        # A fixed pool of workers over one job list: no task (or semaphore waiter) per call,
+        # which costs more CPU than the call's own work once there are thousands.
+        for version, index, slot in pending:
+            results[version.number, index, slot] = await one(version, definition.cases[index], slot)
+            if progress is not None:
+                progress(len(results), total)
 
     if progress is not None:
         progress(0, total)
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, total)))))
     grades: dict[int, list[CaseRun]] = {}
-    for version, cases in zip(versions, await asyncio.gather(*(
-            asyncio.gather(*(case_run(v, c) for c in definition.cases)) for v in versions)), strict=True):
-        grades[version.number] = list(cases)
+    for version in versions:
+        runs = []
+        for index, case in enumerate(definition.cases):
+            reps = [results[version.number, index, slot] for slot in range(repeats)]
+            grade = grade_case([r for _, r in reps], threshold=definition.threshold)
+            runs.append(CaseRun(case, grade, tuple(o for o, _ in reps)))
+        grades[version.number] = runs
     return summarize(definition, baseline, grades, versions, repeat=repeats)
