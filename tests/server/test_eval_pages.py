@@ -74,3 +74,11 @@ def test_experiment_page_says_what_the_gate_waits_for(client, ops, runs):
     r = client.get(f"/experiments/{exp['id']}", headers=HTML)
     assert r.status_code == 200, r.text
     assert "Eval gate: echo-golden" in r.text and "worse than the baseline" in r.text
+
+
+def test_a_run_of_one_version_shows_one_side(client, ops, runs):
+    summary, _ = run(ops)
+    ctx = evalpages.eval_run_context(ops, summary.id, {})
+    assert (ctx["a"], ctx["b"], ctx["flips"]) == (1, None, 0)
+    r = client.get(f"/evals/runs/{summary.id}", headers=HTML)
+    assert r.status_code == 200 and "echo: hello there" in r.text, r.text
