@@ -43,6 +43,10 @@ class CachedAnswer:
     text: str
     cost_usd: float | None
     latency_ms: float | None
+    provider: str = ""
+    model: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class AnswerCache(Protocol):
@@ -158,5 +162,8 @@ class ProviderCalls:
             raise UpstreamError(f"provider {result.provider!r}, model {result.model!r}: the answer has "
                                 "no text content", provider=result.provider, model=result.model)
         if self.cache is not None:
-            await self.cache.put(key, CachedAnswer(text, result.cost_usd, result.latency_ms))
+            usage = result.usage
+            await self.cache.put(key, CachedAnswer(
+                text, result.cost_usd, result.latency_ms, result.provider, result.model,
+                usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None))
         return Output(text, result.cost_usd, result.latency_ms)
