@@ -151,7 +151,8 @@ async def _run_all(ops: Any, definitions: Sequence[Any], *, versions: Sequence[i
                    no_cache: bool, progress_console: Console | None, actor: str
                    ) -> tuple[list[Any], list[Any]]:
     from promptops.providers import Providers, load_providers_config
-    from promptops.services.evalcalls import MemoryAnswers, ProviderCalls
+    from promptops.services.cache import ResponseCache
+    from promptops.services.evalcalls import ProviderCalls, SharedAnswers
     from promptops.services.evalrunner import run_eval
 
     plans = []
@@ -161,8 +162,12 @@ async def _run_all(ops: Any, definitions: Sequence[Any], *, versions: Sequence[i
             plans.append((d, base, targets))
     except NotFound as exc:
         raise EvalUsageError([exc.message]) from None
-    providers = Providers(load_providers_config(ops.settings.config_path))
-    calls = ProviderCalls(providers, cache=MemoryAnswers(), read_cache=not no_cache)
+    config = load_providers_config(ops.settings.config_path)
+    providers = Providers(config)
+    shared = ResponseCache(ops.ctx, max_entries=config.cache.max_entries,
+                           redis_url=ops.settings.redis_url)
+    calls = ProviderCalls(providers, cache=SharedAnswers(shared, clock=ops.ctx.now),
+                          read_cache=not no_cache)
     try:
         for d, _, targets in plans:
             for v in targets:
@@ -173,11 +178,14 @@ async def _run_all(ops: Any, definitions: Sequence[Any], *, versions: Sequence[i
                 calls.check_provider(a.provider)
     except (ProviderNotConfigured, ConfigError) as exc:
         await providers.aclose()
+        await shared.aclose()
         raise EvalUsageError([exc.message]) from None
     runs, summaries = [], []
     try:
         for d, base, targets in plans:
             reps = repeat or d.repeat
+            await calls.prefetch((v, c.vars, slot) for c in d.cases for slot in range(reps)
+                                 for v in targets)
             if progress_console is not None:
                 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -196,10 +204,13 @@ async def _run_all(ops: Any, definitions: Sequence[Any], *, versions: Sequence[i
             else:
                 run = await run_eval(d, targets, baseline=base, complete=calls.complete,
                                      judge=calls.judge, repeat=reps, concurrency=concurrency)
+            await calls.flush()
             runs.append(run)
             summaries.append(await asyncio.to_thread(ops.evals.record, run, actor=actor))
     finally:
         await providers.aclose()
+        await shared.aclose()  # the answers' background writes end here
+        await asyncio.to_thread(shared.flush_touches)
     return runs, summaries
 
 

@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +166,33 @@ class ResponseCache:
         else:
             await asyncio.to_thread(self._db_put, key, entry)
 
+    async def get_many(self, keys: Sequence[str]) -> dict[str, CacheEntry]:
+        """The entries of many keys at once (one database query for those not in process)."""
+        found = {k: self._lru[k] for k in keys if k in self._lru}
+        missing = [k for k in dict.fromkeys(keys) if k not in found]
+        if missing and self.redis_url:
+            for key in missing:
+                entry = await self._redis_get(key)
+                if entry is not None:
+                    found[key] = entry
+        elif missing:
+            found.update(await asyncio.to_thread(self._db_get_many, missing))
+        now = self.ctx.now()
+        for key, entry in found.items():
+            self._remember(key, entry)
+            self._touched[key] = now
+        return found
+
+    async def put_many(self, entries: Mapping[str, CacheEntry]) -> None:
+        """Store many entries (in one database transaction)."""
+        for key, entry in entries.items():
+            self._remember(key, entry)
+        if self.redis_url:
+            for key, entry in entries.items():
+                await self._redis_put(key, entry)
+        elif entries:
+            await asyncio.to_thread(self._db_put_many, dict(entries))
+
     def put_soon(self, key: str, entry: CacheEntry) -> None:
         """Store an entry: at once in process, in the shared tier in the background."""
         self._remember(key, entry)
@@ -192,18 +219,31 @@ class ResponseCache:
             data = s.scalar(select(ResponseCacheRow.entry).where(ResponseCacheRow.key == key))
         return CacheEntry.from_json(data) if data else None
 
+    def _db_get_many(self, keys: Sequence[str]) -> dict[str, CacheEntry]:
+        found: dict[str, CacheEntry] = {}
+        with self.ctx.tx() as s:
+            for start in range(0, len(keys), 500):  # bound the statement's parameters
+                rows = s.execute(select(ResponseCacheRow.key, ResponseCacheRow.entry).where(
+                    ResponseCacheRow.key.in_(keys[start:start + 500])))
+                found.update((key, CacheEntry.from_json(data)) for key, data in rows if data)
+        return found
+
     def _db_put(self, key: str, entry: CacheEntry) -> None:
+        self._db_put_many({key: entry})
+
+    def _db_put_many(self, entries: Mapping[str, CacheEntry]) -> None:
         now = self.ctx.now()
-        row = {"key": key, "prompt": entry.prompt, "provider": entry.provider,
-               "model": entry.model[:256], "entry": entry.to_json(), "created_at": entry.created_at,
-               "used_at": now, "hits": 0}
+        rows = [{"key": key, "prompt": entry.prompt, "provider": entry.provider,
+                 "model": entry.model[:256], "entry": entry.to_json(),
+                 "created_at": entry.created_at, "used_at": now, "hits": 0}
+                for key, entry in entries.items()]
         with self.ctx.tx() as s:
             mod: Any = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
-            stmt = mod.insert(ResponseCacheRow.__table__).values(row)
+            stmt = mod.insert(ResponseCacheRow.__table__)
             s.execute(stmt.on_conflict_do_update(
                 index_elements=["key"],
                 set_={"entry": stmt.excluded.entry, "created_at": stmt.excluded.created_at,
-                      "used_at": stmt.excluded.used_at, "prompt": stmt.excluded.prompt}))
+                      "used_at": stmt.excluded.used_at, "prompt": stmt.excluded.prompt}), rows)
 
     def _redis_client(self) -> Any:
         if self._redis is None:

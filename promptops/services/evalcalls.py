@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from promptops.assertions import Output
 from promptops.domain import PromptVersion
-from promptops.errors import ConfigError, UpstreamError
+from promptops.errors import ConfigError, PromptOpsError, UpstreamError
 from promptops.providers import ChatRequest, Providers, build_chat_request
 from promptops.rendering import Renderer
+from promptops.services.cache import CacheEntry, ResponseCache
 
 
 class CompleteVersion(Protocol):
@@ -47,6 +48,7 @@ class CachedAnswer:
     model: str = ""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    prompt: str | None = None  # the prompt the answer is for (None: a judge's verdict)
 
 
 class AnswerCache(Protocol):
@@ -58,6 +60,14 @@ class AnswerCache(Protocol):
 
     async def put(self, key: str, answer: CachedAnswer) -> None:
         """Store an answer under the key."""
+        ...
+
+    async def prefetch(self, keys: Sequence[str]) -> None:
+        """Load the answers of many keys at once, before a run asks for them one by one."""
+        ...
+
+    async def flush(self) -> None:
+        """Write the answers stored since the last flush where they last."""
         ...
 
 
@@ -78,10 +88,75 @@ class MemoryAnswers:
         """Store an answer under the key."""
         self.answers[key] = answer
 
+    async def prefetch(self, keys: Sequence[str]) -> None:
+        """Nothing to load: every answer is in memory."""
+
+    async def flush(self) -> None:
+        """Nothing to write: the answers live in memory only."""
+
+
+class SharedAnswers:
+    """The gateway's response cache (in process, then the database or Redis) as an answer cache.
+
+    Eval answers live under keys of their own (`cache_key`), never the gateway's, so a serve never
+    replays an eval's sample; the entry's message carries the original call's cost and latency
+    in fields of its own (`_KEPT`), which only evals read.
+    """
+
+    def __init__(self, cache: ResponseCache, *, clock: Callable[[], float]) -> None:
+        self.cache = cache
+        self.clock = clock
+        self._loaded: dict[str, CacheEntry] = {}
+        self._known: set[str] = set()  # keys looked up by `prefetch`: absent means a miss
+        self._pending: dict[str, CacheEntry] = {}
+
+    async def prefetch(self, keys: Sequence[str]) -> None:
+        """Load the entries of many keys in one query (per call, a lookup costs more than a run's
+        own work)."""
+        self._loaded.update(await self.cache.get_many(keys))
+        self._known.update(keys)
+
+    async def flush(self) -> None:
+        """Write the answers stored since the last flush, in one transaction."""
+        pending, self._pending = self._pending, {}
+        await self.cache.put_many(pending)
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        """The answer stored under the key, or None."""
+        entry = self._loaded.get(key)
+        if entry is None and key not in self._known:
+            entry = await self.cache.get(key)
+        text = entry.message.get("content") if entry is not None else None
+        if entry is None or not isinstance(text, str):
+            return None
+        kept = entry.message.get(_KEPT)
+        kept = kept if isinstance(kept, Mapping) else {}
+        return CachedAnswer(text, _number(kept.get("cost_usd")), _number(kept.get("latency_ms")),
+                            entry.provider, entry.model, entry.prompt_tokens,
+                            entry.completion_tokens, entry.prompt)
+
+    async def put(self, key: str, answer: CachedAnswer) -> None:
+        """Store an answer under the key (the shared tier is written by `flush`)."""
+        message = {"role": "assistant", "content": answer.text,
+                   _KEPT: {"cost_usd": answer.cost_usd, "latency_ms": answer.latency_ms}}
+        entry = CacheEntry(
+            provider=answer.provider, model=answer.model, message=message, finish_reason=None,
+            prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+            created_at=self.clock(), prompt=answer.prompt)
+        self._loaded[key] = self._pending[key] = entry
+
+
+_KEPT = "promptops_eval"
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok else None
+
 
 def cache_key(request: ChatRequest, slot: int) -> str:
-    """The cache key of a request in a slot: the provider, the canonical body and the slot."""
-    digest = hashlib.sha256()
+    """The cache key of an eval's request in a slot: the provider, the canonical body, the slot."""
+    digest = hashlib.sha256(b"eval\0")
     digest.update((request.provider or "").encode())
     digest.update(b"\0")
     digest.update(request.canonical())
@@ -107,6 +182,8 @@ class ProviderCalls:
         self.upstream_calls = 0
         self.cache_hits = 0
         self._slots: dict[str, asyncio.Semaphore] = {}
+        # Requests rendered by `prefetch`, by (prompt, version, the variables' identity).
+        self._requests: dict[tuple[str, int, int], tuple[Mapping[str, Any], ChatRequest]] = {}
 
     def _slot(self, provider: str | None) -> asyncio.Semaphore:
         # Calls wait here rather than in the provider's own bound, which gives up after the
@@ -135,19 +212,47 @@ class ProviderCalls:
         """Raise ProviderNotConfigured (or ConfigError) unless the provider can be called."""
         self.providers.get(name).config.api_key()
 
+    def _request(self, version: PromptVersion, variables: Mapping[str, Any]) -> ChatRequest:
+        memo = self._requests.get((version.prompt, version.number, id(variables)))
+        if memo is not None and memo[0] is variables:
+            return memo[1]
+        request = self.request_for(version, variables)
+        request = replace(request, provider=self.providers.get(request.provider).name)
+        self._requests[version.prompt, version.number, id(variables)] = (variables, request)
+        return request
+
+    async def prefetch(self, calls: Iterable[tuple[PromptVersion, Mapping[str, Any], int]]) -> None:
+        """Render the calls of a run, (version, variables, slot) each, and load their cached
+        answers at once."""
+        if self.cache is None or not self.read_cache:
+            return
+        keys = []
+        for version, variables, slot in calls:
+            try:
+                keys.append(cache_key(self._request(version, variables), slot))
+            except PromptOpsError:
+                continue  # the call itself reports it, as that case's error
+        await self.cache.prefetch(keys)
+
+    async def flush(self) -> None:
+        """Write the answers of the calls made so far to the cache."""
+        if self.cache is not None:
+            await self.cache.flush()
+
     async def complete(
         self, version: PromptVersion, variables: Mapping[str, Any], *, cache_slot: int
     ) -> Output:
         """Call a version; a cached answer of the same request and slot is reused."""
-        request = self.request_for(version, variables)
-        return await self._call(request, cache_slot)
+        return await self._call(self._request(version, variables), cache_slot, prompt=version.prompt)
 
     async def judge(self, messages: list[dict[str, str]], provider: str, model: str) -> str:
         """The judge's answer to its rubric prompt (cached like any call)."""
         request = build_chat_request(messages, {"provider": provider, "name": model, "temperature": 0})
-        return (await self._call(request, 0)).text
+        return (await self._call(request, 0, prompt=None)).text
 
-    async def _call(self, request: ChatRequest, slot: int) -> Output:
+    async def _call(self, request: ChatRequest, slot: int, *, prompt: str | None) -> Output:
+        # Keyed on the provider's resolved name: "the default provider" may change meaning.
+        request = replace(request, provider=self.providers.get(request.provider).name)
         key = cache_key(request, slot) if self.cache is not None else ""
         if self.cache is not None and self.read_cache:
             hit = await self.cache.get(key)
@@ -165,5 +270,6 @@ class ProviderCalls:
             usage = result.usage
             await self.cache.put(key, CachedAnswer(
                 text, result.cost_usd, result.latency_ms, result.provider, result.model,
-                usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None))
+                usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None,
+                prompt))
         return Output(text, result.cost_usd, result.latency_ms)
