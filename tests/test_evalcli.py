@@ -152,6 +152,8 @@ def test_a_second_run_answers_from_the_shared_cache(cli, fake_upstream):  # noqa
                 for row in json.loads(r.out)["runs"][0]["versions"]]
 
     assert figures(again) == figures(first)
+    # A cached answer keeps the latency of the call that made it.
+    assert all(v["latency_ms_mean"] > 0 for v in json.loads(again.out)["runs"][0]["versions"])
     fresh = cli("eval", "--json", "--no-cache")
     assert fresh.code == 0 and fake_upstream.count == 50, fresh
     stats = cli("cache", "stats", "--json")
