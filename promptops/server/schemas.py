@@ -165,6 +165,9 @@ class ExperimentCreate(Strict):
                                    description="Overrides of the policy settings.")
     status: Literal["running", "draft"] = Field(default="running",
                                                 description="Start now, or create a draft.")
+    requires_eval: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="An eval every version must pass before the experiment starts (a draft until then).")
 
 
 class PromoteCreate(Strict):
@@ -323,6 +326,16 @@ class ArmPublic(View):
     completion_tokens_mean: float | None = None
 
 
+class EvalGatePublic(View):
+    """Where an experiment's arms stand against the eval it requires (`EvalGateView`)."""
+
+    eval: str
+    passed: bool
+    waiting: list[int]
+    reasons: list[str]
+    message: str
+
+
 class ExperimentPublic(View):
     """An experiment with per-arm figures (the fields of `ExperimentView`)."""
 
@@ -353,6 +366,8 @@ class ExperimentPublic(View):
     value_remaining: float | None
     checks_done: int
     arms: list[ArmPublic]
+    requires_eval: str | None = None
+    gate: EvalGatePublic | None = None
 
 
 class ExperimentListPublic(View):

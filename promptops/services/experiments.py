@@ -18,6 +18,7 @@ from promptops.db.models import (
     ArmEpochRow,
     ArmRow,
     EpochRow,
+    ExperimentGateRow,
     ExperimentRow,
     LabelRow,
     PromptRow,
@@ -39,8 +40,9 @@ from promptops.domain import (
 from promptops.errors import ExperimentNotFound, ExperimentStateError, InvalidInput
 from promptops.services.calls import arm_usage
 from promptops.services.context import Context
+from promptops.services.evalgate import EvalCatalog, GateStatus, gate_of, gate_status
 from promptops.services.registry import Registry, write_audit
-from promptops.services.views import ArmView, EpochView, ExperimentView, Snapshot
+from promptops.services.views import ArmView, EpochView, EvalGateView, ExperimentView, Snapshot
 
 
 class Experiments:
@@ -49,14 +51,16 @@ class Experiments:
     def __init__(self, ctx: Context, registry: Registry) -> None:
         self.ctx = ctx
         self.registry = registry
+        self.catalog = EvalCatalog(ctx.settings.evals_dir)
 
     # -- creation --------------------------------------------------------------------------
     def create(self, prompt: str, versions: Sequence[int], *, metric: str = DEFAULT_METRIC,
                reward: str = RewardKind.BINARY, strategy: str = Strategy.THOMPSON,
                weights: Sequence[float] | None = None, auto_promote: bool | None = None,
                policy: dict[str, Any] | None = None, start: bool = True,
-               actor: str = "api") -> ExperimentView:
-        """Create an experiment over versions of a prompt; running unless start is False."""
+               requires_eval: str | None = None, actor: str = "api") -> ExperimentView:
+        """Create an experiment over versions of a prompt; running unless start is False (or it
+        requires an eval its arms have not passed yet: then a draft that starts when they do)."""
         spec = self.make_spec(arms=[str(v) for v in versions], metric=metric, reward=reward,
                               strategy=strategy, weights=weights, auto_promote=auto_promote,
                               policy=policy,
@@ -65,7 +69,9 @@ class Experiments:
             p = self.registry.prompt_row(s, prompt)
             vids = [self.registry.version_row(s, p, int(v)).id for v in versions]
             exp = self.insert(s, p, spec, vids, source="api", declared_hash=None, actor=actor)
-            if start:
+            if requires_eval is not None:
+                self.require_eval(s, exp, requires_eval, auto_start=start)
+            if start and self.gate(s, exp) is None:
                 self.start_row(s, exp, actor=actor)
             exp_id = exp.id
         return self.get(exp_id)
@@ -158,10 +164,29 @@ class Experiments:
             self.start_row(s, exp, actor=actor)
         return self.get(experiment_id)
 
+    @staticmethod
+    def require_eval(s: Session, exp: ExperimentRow, eval_name: str, *, auto_start: bool) -> None:
+        """Hold the experiment until its arms pass an eval; `auto_start`: start it when they do."""
+        s.add(ExperimentGateRow(experiment_id=exp.id, eval_name=eval_name, auto_start=auto_start))
+        s.flush()
+
+    def gate(self, s: Session, exp: ExperimentRow) -> GateStatus | None:
+        """None when the experiment may start; else its eval gate's status (what blocks it)."""
+        row = gate_of(s, exp.id)
+        if row is None:
+            return None
+        status = gate_status(s, exp, row.eval_name, self.catalog)
+        return None if status.passed else status
+
     def start_row(self, s: Session, exp: ExperimentRow, *, actor: str) -> None:
-        """Start a draft experiment inside a transaction (one running per prompt)."""
+        """Start a draft experiment inside a transaction (one running per prompt; its eval
+        gate, if it has one, passed)."""
         if exp.status != ExperimentStatus.DRAFT:
             raise ExperimentStateError(f"experiment {exp.id} is {exp.status}, not draft",
+                                       status=exp.status)
+        blocked = self.gate(s, exp)
+        if blocked is not None:
+            raise ExperimentStateError(f"experiment {exp.id} cannot start: {blocked.message}",
                                        status=exp.status)
         arms = self.arms(s, exp.id)
         # The control is the first arm, whatever holds production: a file that edited `main`
@@ -339,6 +364,14 @@ class Experiments:
             winner = versions[arms[exp.winner_arm].version_id].number
         policy = parse_policy(exp.policy)
         control_version = out_arms[exp.control_arm].version if out_arms else None
+        gate_row = gate_of(s, exp.id)
+        gate = None
+        if gate_row is not None:
+            status = gate_status(s, exp, gate_row.eval_name, self.catalog)
+            gate = EvalGateView(eval=status.eval, passed=status.passed, waiting=status.waiting,
+                                reasons=status.reasons, message=status.message)
+        waiting = (gate.message if gate is not None and not gate.passed
+                   and exp.status == ExperimentStatus.DRAFT else None)
         return ExperimentView(
             id=exp.id, prompt=name or "", status=ExperimentStatus(exp.status), winner=winner,
             metric=exp.metric, reward=RewardKind(exp.reward), strategy=Strategy(exp.strategy),
@@ -352,10 +385,11 @@ class Experiments:
             matured=exp.matured_total, last_update_at=exp.last_update_at,
             policy=policy.to_dict(),
             missing_feedback=policy.missing_feedback_for(exp.reward),
-            reason=snapshot.reason or self._waiting(exp, policy),
+            reason=waiting or snapshot.reason or self._waiting(exp, policy),
             srm_alarm=snapshot.srm_alarm, srm_p=snapshot.srm_p,
             value_remaining=snapshot.value_remaining, checks_done=snapshot.checks_done,
-            arms=tuple(out_arms))
+            arms=tuple(out_arms),
+            requires_eval=gate_row.eval_name if gate_row is not None else None, gate=gate)
 
     @staticmethod
     def _waiting(exp: ExperimentRow, policy: Policy) -> str | None:

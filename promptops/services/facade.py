@@ -10,6 +10,7 @@ from promptops.config import Settings
 from promptops.services.adoption import Adoption
 from promptops.services.context import Context
 from promptops.services.epochs import EpochUpdater
+from promptops.services.evals import Evals
 from promptops.services.experiments import Experiments
 from promptops.services.keys import Keys
 from promptops.services.registry import Registry
@@ -33,6 +34,7 @@ class PromptOps:
         self.ctx = Context.create(settings, clock=clock, migrate=migrate)
         self.registry = Registry(self.ctx)
         self.experiments = Experiments(self.ctx, self.registry)
+        self.evals = Evals(self.ctx, self.registry, self.experiments)
         self.epochs = EpochUpdater(self.ctx, self.experiments)
         self.files = Sync(self.ctx, self.registry, self.experiments)
         recorder = Recorder(self.ctx)

@@ -121,7 +121,8 @@ class Sync:
         declared = content_hash({
             "prompt": p.name, "arms": vids, "metric": spec.metric, "reward": spec.reward,
             "strategy": spec.strategy, "weights": spec.weights, "auto_promote": spec.auto_promote,
-            "policy": spec.policy.overrides()})
+            "policy": spec.policy.overrides(),
+            **({"requires_eval": spec.requires_eval} if spec.requires_eval else {})})
         existing = s.scalar(select(ExperimentRow).where(
             ExperimentRow.prompt_id == p.id, ExperimentRow.declared_hash == declared)
             .order_by(ExperimentRow.id.desc()))
@@ -135,7 +136,8 @@ class Sync:
                                              reason="declaration changed in the file")
                 lines.append(f"experiment {stopped} stopped (declaration changed)")
             if (existing.status == ExperimentStatus.DRAFT
-                    and spec.status == ExperimentStatus.RUNNING):
+                    and spec.status == ExperimentStatus.RUNNING
+                    and self.experiments.gate(s, existing) is None):
                 self.experiments.stop_running(s, p, actor=actor, reason="another declaration started")
                 self.experiments.start_row(s, existing, actor=actor)
                 lines.append(f"experiment {existing.id} started"
@@ -146,6 +148,13 @@ class Sync:
         if stopped is not None:
             lines.append(f"experiment {stopped} stopped (declaration changed)")
         exp = self.experiments.insert(s, p, spec, vids, source="file", declared_hash=declared, actor=actor)
+        if spec.requires_eval is not None:
+            self.experiments.require_eval(s, exp, spec.requires_eval,
+                                          auto_start=spec.status == ExperimentStatus.RUNNING)
+            blocked = self.experiments.gate(s, exp)
+            if spec.status == ExperimentStatus.RUNNING and blocked is not None:
+                lines.append(f"experiment {exp.id} created as draft ({blocked.message})")
+                return lines
         if spec.status == ExperimentStatus.RUNNING:
             self.experiments.start_row(s, exp, actor=actor)
             lines.append(f"experiment {exp.id} started over versions "

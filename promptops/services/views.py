@@ -135,6 +135,19 @@ class ExperimentView:
     value_remaining: float | None
     checks_done: int
     arms: tuple[ArmView, ...]
+    requires_eval: str | None = None
+    gate: EvalGateView | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EvalGateView:
+    """Where an experiment's arms stand against the eval it requires before it starts."""
+
+    eval: str
+    passed: bool
+    waiting: tuple[int, ...]  # versions with no run on the current dataset
+    reasons: tuple[str, ...]  # why the runs there fail the gate
+    message: str
 
 
 @dataclass(frozen=True, slots=True)

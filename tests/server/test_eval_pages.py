@@ -71,7 +71,7 @@ def test_pages_render(client, runs):
 
 def test_experiment_page_says_what_the_gate_waits_for(client, ops, runs):
     exp = ops.experiments.create("echo", [1, 2], requires_eval="echo-golden")
-    r = client.get(f"/experiments/{exp['id']}", headers=HTML)
+    r = client.get(f"/experiments/{exp.id}", headers=HTML)
     assert r.status_code == 200, r.text
     assert "Eval gate: echo-golden" in r.text and "worse than the baseline" in r.text
 

@@ -28,20 +28,20 @@ def test_draft_until_the_arms_pass_then_the_eval_starts_it(tmp_path, settings, c
     ops, report, _ = make(tmp_path, settings, clock, fake_upstream, PASSING)
     try:
         assert any("created as draft" in line and "waiting" in line for line in report.changes)
-        (exp,) = ops.experiments.list(prompt="echo")
-        assert exp["status"] == "draft" and exp["requires_eval"] == "echo-golden"
-        assert exp["gate"]["waiting"] == [1, 4] and not exp["gate"]["passed"]
-        assert "v1, v4" in exp["reason"]
+        (exp,) = ops.experiments.list_experiments(prompt="echo")
+        assert exp.status == "draft" and exp.requires_eval == "echo-golden"
+        assert exp.gate.waiting == (1, 4) and not exp.gate.passed
+        assert "v1, v4" in exp.reason
         with pytest.raises(ExperimentStateError, match="waiting for a passing run"):
-            ops.experiments.start(exp["id"])
+            ops.experiments.start(exp.id)
         summary, _ = run(ops)  # default targets: production and the draft's arms
         assert [v.version for v in summary.versions] == [1, 4]
-        assert summary.gate_passed and summary.started_experiments == (exp["id"],)
-        started = ops.experiments.get(exp["id"])
-        assert started["status"] == "running" and started["gate"]["passed"]
-        audit = [a for a in ops.registry.audit(experiment_id=exp["id"])
-                 if a["action"] == "experiment.start"]
-        assert audit and audit[0]["actor"] == "test"
+        assert summary.gate_passed and summary.started_experiments == (exp.id,)
+        started = ops.experiments.get(exp.id)
+        assert started.status == "running" and started.gate.passed
+        audit = [a for a in ops.registry.audit(experiment_id=exp.id)
+                 if a.action == "experiment.start"]
+        assert audit and audit[0].actor == "test"
         assert ops.sync().changes == []  # the running experiment is the file's declaration
     finally:
         ops.close()
@@ -52,11 +52,11 @@ def test_a_failing_arm_keeps_the_draft_and_says_why(tmp_path, settings, clock, f
     try:
         summary, _ = run(ops)
         assert not summary.gate_passed and summary.started_experiments == ()
-        (exp,) = ops.experiments.list(prompt="echo")
-        assert exp["status"] == "draft"
-        assert exp["gate"]["waiting"] == []
-        assert any("v2 (shout)" in r and "worse than the baseline" in r for r in exp["gate"]["reasons"])
-        assert "min_pass_rate" in exp["reason"]
+        (exp,) = ops.experiments.list_experiments(prompt="echo")
+        assert exp.status == "draft"
+        assert exp.gate.waiting == ()
+        assert any("v2 (shout)" in r and "worse than the baseline" in r for r in exp.gate.reasons)
+        assert "min_pass_rate" in exp.reason
     finally:
         ops.close()
 
@@ -66,14 +66,14 @@ def test_a_changed_dataset_needs_a_new_run(tmp_path, settings, clock, fake_upstr
     try:
         run(ops, versions=[4])
         exp = ops.experiments.create("echo", [1, 4], start=True, requires_eval="echo-golden")
-        assert exp["status"] == "running"  # the runs on the current dataset pass
-        ops.experiments.stop(exp["id"])
+        assert exp.status == "running"  # the runs on the current dataset pass
+        ops.experiments.stop(exp.id)
         with (paths["evals"] / "echo.jsonl").open("a", encoding="utf-8") as f:
             f.write('{"id": "c11", "vars": {"message": "one more"}, "expected": "one more"}\n')
         exp = ops.experiments.create("echo", [1, 4], start=True, requires_eval="echo-golden")
-        assert exp["status"] == "draft" and exp["gate"]["waiting"] == [1, 4]
+        assert exp.status == "draft" and exp.gate.waiting == (1, 4)
         summary, _ = run(ops, versions=[4])
-        assert summary.started_experiments == (exp["id"],)
+        assert summary.started_experiments == (exp.id,)
     finally:
         ops.close()
 
@@ -82,7 +82,7 @@ def test_an_unknown_eval_blocks_with_a_reason(tmp_path, settings, clock, fake_up
     ops, _, _ = make(tmp_path, settings, clock, fake_upstream, "")
     try:
         exp = ops.experiments.create("echo", [1, 4], requires_eval="nope")
-        assert exp["status"] == "draft"
-        assert "eval 'nope' is not defined" in exp["gate"]["reasons"][0]
+        assert exp.status == "draft"
+        assert "eval 'nope' is not defined" in exp.gate.reasons[0]
     finally:
         ops.close()
