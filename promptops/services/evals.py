@@ -28,7 +28,7 @@ from promptops.db.models import (
     PromptRow,
     VersionRow,
 )
-from promptops.domain import PRODUCTION, PromptVersion
+from promptops.domain import PRODUCTION, ExperimentStatus, PromptVersion
 from promptops.errors import (
     EvalRunNotFound,
     ExperimentStateError,
@@ -234,7 +234,8 @@ class Evals:
                     select(VersionRow.number).join(ArmRow, ArmRow.version_id == VersionRow.id)
                     .join(ExperimentRow, ExperimentRow.id == ArmRow.experiment_id)
                     .where(ExperimentRow.prompt_id == p.id,
-                           ExperimentRow.status.in_(("running", "draft")))
+                           ExperimentRow.status.in_(
+                               (ExperimentStatus.RUNNING, ExperimentStatus.DRAFT)))
                     .order_by(VersionRow.number).distinct()))
             chosen += [self.registry.resolve(definition.prompt, version=n) for n in numbers]
         unique: dict[int, PromptVersion] = {}
@@ -299,7 +300,7 @@ class Evals:
             drafts = list(s.scalars(
                 select(ExperimentRow).join(ExperimentGateRow,
                                            ExperimentGateRow.experiment_id == ExperimentRow.id)
-                .where(ExperimentRow.prompt_id == p.id, ExperimentRow.status == "draft",
+                .where(ExperimentRow.prompt_id == p.id, ExperimentRow.status == ExperimentStatus.DRAFT,
                        ExperimentGateRow.eval_name == eval_name, ExperimentGateRow.auto_start)
                 .order_by(ExperimentRow.id)))
             ready = [e.id for e in drafts if gate_status(s, e, eval_name, self.catalog).passed]
