@@ -143,7 +143,7 @@ def validate(paths: Annotated[list[Path] | None, typer.Argument(
 
     config = settings()
     report = validate_files(paths or [], prompts_dir=config.prompts_dir, evals_dir=config.evals_dir)
-    say(f"ok: {report.prompts} prompt file(s) and {report.evals} eval file(s) valid")
+    say(f"ok: {report.prompts} prompt file(s) valid, {report.evals} eval file(s) valid")
 
 
 @app.command()

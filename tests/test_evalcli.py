@@ -123,7 +123,7 @@ def test_unconfigured_provider_exits_two(cli):
 
 def test_validate_checks_eval_files_against_the_prompts(cli):
     r = cli("validate")
-    assert r.code == 0 and "1 eval file(s) valid" in r.out, r
+    assert r.code == 0 and "1 prompt file(s) valid, 1 eval file(s) valid" in r.out, r
     (cli.paths["evals"] / "echo.jsonl").write_text(
         '{"id": "a", "vars": {"message": 3}, "expected": "x"}\n'
         '{"id": "b", "vars": {"message": "x", "tone": "dry"}, "expected": "x"}\n', encoding="utf-8")

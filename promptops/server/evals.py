@@ -8,8 +8,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from promptops.server.api import ERRORS, JSON, RuntimeDep
+from promptops.server.api import JSON, READ, RuntimeDep
 from promptops.server.auth import ReadKey
+from promptops.server.schemas import error_responses
 
 
 class EvalVersionPublic(BaseModel):
@@ -119,17 +120,19 @@ class EvalListPublic(BaseModel):
     problems: list[str]
 
 
-router = APIRouter(responses=ERRORS)
+router = APIRouter()
 
 
-@router.get("/v1/evals", tags=["evals"], response_model=EvalListPublic)
+@router.get("/v1/evals", tags=["evals"], response_model=EvalListPublic,
+            responses=error_responses(*READ))
 def list_evals(rt: RuntimeDep, _: ReadKey) -> Response:
     """Eval definitions with their latest runs."""
     listing = rt.ops.evals.listing()
     return JSON(EvalListPublic.model_validate(asdict(listing)).model_dump())
 
 
-@router.get("/v1/evals/runs/{run_id}", tags=["evals"], response_model=EvalRunDetailPublic)
+@router.get("/v1/evals/runs/{run_id}", tags=["evals"], response_model=EvalRunDetailPublic,
+            responses=error_responses(404, *READ))
 def get_eval_run(run_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
     """One eval run with its cases."""
     detail = rt.ops.evals.get_run(run_id)
