@@ -369,7 +369,7 @@ def experiment_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List experiments, newest first."""
-    rows = ops().experiments.list(prompt=prompt, status=status.value if status else None)
+    rows = ops().experiments.list_experiments(prompt=prompt, status=status.value if status else None)
     if as_json:
         print_json(rows)
         return
@@ -553,7 +553,7 @@ def keys_create(
 def keys_list() -> None:
     """List keys (prefixes only)."""
     table = Table("id", "prefix", "role", "name", "revoked")
-    for k in ops().keys.list():
+    for k in ops().keys.list_keys():
         table.add_row(cell(k["id"]), cell(k["prefix"] + "..."), cell(k["role"]), cell(k["name"]),
                       cell("yes" if k["revoked_at"] else ""))
     out.print(table)

@@ -108,3 +108,18 @@ def test_dashboard_pages_are_built_without_the_web_framework(name):
     # templating see a request.
     path = PKG / "server" / "dashboard" / f"{name}.py"
     assert not [n for n in imports(path) if n.split(".")[0] in ("fastapi", "starlette")]
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "services").glob("*.py")), ids=lambda p: p.name)
+def test_services_define_no_method_named_list(path):
+    # `list` as a method shadows the builtin in the class body's annotations.
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    assert not [n.lineno for n in ast.walk(tree)
+                if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "list"]
+
+
+def test_the_registry_knows_nothing_of_experiments_or_epochs():
+    # Sync wires the registry and the experiments; the lifecycle does not run the epoch update.
+    assert "services.experiments" not in " ".join(imports(PKG / "services" / "registry.py"))
+    assert "services.epochs" not in " ".join(imports(PKG / "services" / "experiments.py"))
+    assert "services.sync" not in " ".join(imports(PKG / "services" / "experiments.py"))

@@ -153,7 +153,7 @@ def move_label(name: str, label: str, body: LabelCreate, rt: RuntimeDep,
 def list_experiments(rt: RuntimeDep, _: ReadKey, prompt: str | None = None,
                      status: str | None = None) -> Response:
     """Experiments, newest first."""
-    return JSON({"experiments": rt.ops.experiments.list(prompt=prompt, status=status)})
+    return JSON({"experiments": rt.ops.experiments.list_experiments(prompt=prompt, status=status)})
 
 
 @router.get("/v1/experiments/{experiment_id}", tags=["experiments"],

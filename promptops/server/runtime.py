@@ -66,7 +66,7 @@ class Runtime:
             if was_off != self.auth_off and not force:
                 log.warning("auth is now %s (%d active key(s))",
                             "off" if self.auth_off else "on", len(active))
-            self.metrics.set_experiments(self.ops.experiments.list(status="running"))
+            self.metrics.set_experiments(self.ops.experiments.list_experiments(status="running"))
 
     def version_labels(self, version_id: int) -> tuple[str, str]:
         """Prompt name and version number of a version id (a feedback token carries ids), for
@@ -124,7 +124,7 @@ class Runtime:
         try:
             self.refresh()
             self.db_ok = True
-            if tick and self.ops.experiments.tick():
+            if tick and self.ops.epochs.tick():
                 self.refresh()
         except PromptOpsError as exc:
             self._note_failure(exc)

@@ -1,15 +1,11 @@
-"""Experiment lifecycle and the epoch update: maturation, statistics, new weights, promotion.
+"""Experiment lifecycle: create, start, stop, promote, finish, and the reads.
 
-The epoch update runs off the request path (a background loop in the server, or `tick()` called by
-tests and the CLI). It holds the experiment's row lock for its whole transaction, and every end of an
-experiment is a conditional update from `running`, so promotion happens exactly once even when several
-servers share one database.
+Every end of an experiment is a conditional update from the status read, so promotion happens
+exactly once even when several servers share one database (the epoch update is in `epochs`).
 """
 
 from __future__ import annotations
 
-import builtins
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,10 +17,8 @@ from promptops import stats
 from promptops.db.models import (
     ArmEpochRow,
     ArmRow,
-    DecisionRow,
     EpochRow,
     ExperimentRow,
-    FeedbackRow,
     LabelRow,
     PromptRow,
     VersionRow,
@@ -36,7 +30,6 @@ from promptops.domain import (
     PRODUCTION,
     ExperimentSpec,
     Policy,
-    content_hash,
     metric_name_problem,
     parse_policy,
 )
@@ -44,17 +37,13 @@ from promptops.errors import ExperimentNotFound, ExperimentStateError, InvalidIn
 from promptops.services.context import Context
 from promptops.services.registry import Registry, write_audit
 
-SYSTEM_ACTOR = "promptops"
-MATURITY_GRACE_SECONDS = 2.0
-
 
 class Experiments:
-    """Create, start, stop, promote and update experiments."""
+    """Create, start, stop, promote and read experiments."""
 
     def __init__(self, ctx: Context, registry: Registry) -> None:
         self.ctx = ctx
         self.registry = registry
-        self._rng = stats.new_rng()
 
     # -- creation --------------------------------------------------------------------------
     def create(self, prompt: str, versions: Sequence[int], *, metric: str = DEFAULT_METRIC,
@@ -69,9 +58,9 @@ class Experiments:
         with self.ctx.tx() as s:
             p = self.registry.prompt_row(s, prompt)
             vids = [self.registry.version_row(s, p, int(v)).id for v in versions]
-            exp = self._insert(s, p, spec, vids, source="api", declared_hash=None, actor=actor)
+            exp = self.insert(s, p, spec, vids, source="api", declared_hash=None, actor=actor)
             if start:
-                self._start(s, exp, actor=actor)
+                self.start_row(s, exp, actor=actor)
             exp_id = exp.id
         return self.get(exp_id)
 
@@ -108,76 +97,31 @@ class Experiments:
                               auto_promote=auto_promote, status=status,  # type: ignore[arg-type]
                               policy=pol)
 
-    def declare(self, s: Session, p: PromptRow, spec: ExperimentSpec,
-                version_ids: dict[str, int], *, actor: str) -> list[str]:
-        """Apply an experiment declared in a prompt file during sync; returns change lines."""
-        vids = [version_ids[a] for a in spec.arms]
-        declared = content_hash({
-            "prompt": p.name, "arms": vids, "metric": spec.metric, "reward": spec.reward,
-            "strategy": spec.strategy, "weights": spec.weights, "auto_promote": spec.auto_promote,
-            "policy": spec.policy.overrides()})
-        existing = s.scalar(select(ExperimentRow).where(
-            ExperimentRow.prompt_id == p.id, ExperimentRow.declared_hash == declared)
-            .order_by(ExperimentRow.id.desc()))
-        if existing is not None:
-            lines = []
-            running = s.scalar(select(ExperimentRow).where(
-                ExperimentRow.running_prompt_id == p.id))
-            if running is not None and running.id != existing.id and running.source == "file":
-                # The file went back to an earlier declaration: the one it replaced must stop.
-                stopped = self._stop_running(s, p, actor=actor,
-                                             reason="declaration changed in the file")
-                lines.append(f"experiment {stopped} stopped (declaration changed)")
-            if existing.status == "draft" and spec.status == "running":
-                self._stop_running(s, p, actor=actor, reason="another declaration started")
-                self._start(s, existing, actor=actor)
-                lines.append(f"experiment {existing.id} started"
-                             + self._control_note(s, existing))
-            return lines
-        lines = []
-        stopped = self._stop_running(s, p, actor=actor, reason="declaration changed in the file")
-        if stopped is not None:
-            lines.append(f"experiment {stopped} stopped (declaration changed)")
-        exp = self._insert(s, p, spec, vids, source="file", declared_hash=declared, actor=actor)
-        if spec.status == "running":
-            self._start(s, exp, actor=actor)
-            lines.append(f"experiment {exp.id} started over versions "
-                         f"{', '.join(str(self._number(s, v)) for v in vids)}"
-                         + self._control_note(s, exp))
-        else:
-            lines.append(f"experiment {exp.id} created as draft")
-        return lines
-
-    def undeclare(self, s: Session, p: PromptRow, *, actor: str) -> list[str]:
-        """The file no longer declares an experiment: stop the one it declared, if running."""
-        running = s.scalar(select(ExperimentRow).where(ExperimentRow.running_prompt_id == p.id))
-        if running is None or running.source != "file":
-            return []
-        self._stop_running(s, p, actor=actor, reason="experiment removed from the file")
-        return [f"experiment {running.id} stopped (removed from the file)"]
-
-    def _control_note(self, s: Session, exp: ExperimentRow) -> str:
+    def control_note(self, s: Session, exp: ExperimentRow) -> str:
         """Says so when the control (the first arm) is not the version holding production."""
-        control = self._number(s, self._arms(s, exp.id)[exp.control_arm].version_id)
+        control = self.number(s, self.arms(s, exp.id)[exp.control_arm].version_id)
         prod = exp.production_version_at_start
         if prod is None or prod == control:
             return ""
         return f" (control v{control} is not production v{prod})"
 
     @staticmethod
-    def _number(s: Session, version_id: int) -> int:
+    def number(s: Session, version_id: int) -> int:
+        """The version number of a version id."""
         return int(s.scalar(select(VersionRow.number).where(VersionRow.id == version_id)) or 0)
 
-    def _stop_running(self, s: Session, p: PromptRow, *, actor: str, reason: str) -> int | None:
+    def stop_running(self, s: Session, p: PromptRow, *, actor: str, reason: str) -> int | None:
+        """Stop the prompt's running experiment, if any; returns its id."""
         running = s.scalar(select(ExperimentRow).where(ExperimentRow.running_prompt_id == p.id)
                            .with_for_update())
         if running is None:
             return None
-        self._finish(s, running, status="stopped", winner=None, actor=actor, reason=reason)
+        self.finish(s, running, status="stopped", winner=None, actor=actor, reason=reason)
         return running.id
 
-    def _insert(self, s: Session, p: PromptRow, spec: ExperimentSpec, vids: list[int], *,
-                source: str, declared_hash: str | None, actor: str) -> ExperimentRow:
+    def insert(self, s: Session, p: PromptRow, spec: ExperimentSpec, vids: list[int], *,
+               source: str, declared_hash: str | None, actor: str) -> ExperimentRow:
+        """Insert a draft experiment with its arms, audited."""
         if len(set(vids)) != len(vids):
             raise InvalidInput("two arms are the same version")
         now = self.ctx.now()
@@ -195,7 +139,7 @@ class Experiments:
                          reward_sum=0.0))
         write_audit(s, at=now, actor=actor, action="experiment.create", prompt_id=p.id,
                     experiment_id=exp.id, message=f"experiment {exp.id} created ({source})",
-                    details={"versions": [self._number(s, v) for v in vids],
+                    details={"versions": [self.number(s, v) for v in vids],
                              "strategy": spec.strategy, "metric": spec.metric,
                              "reward": spec.reward, "policy": spec.policy.overrides()})
         s.flush()
@@ -204,15 +148,16 @@ class Experiments:
     def start(self, experiment_id: int, *, actor: str = "api") -> dict[str, Any]:
         """Start a draft experiment."""
         with self.ctx.tx() as s:
-            exp = self._row(s, experiment_id, lock=True)
-            self._start(s, exp, actor=actor)
+            exp = self.row(s, experiment_id, lock=True)
+            self.start_row(s, exp, actor=actor)
         return self.get(experiment_id)
 
-    def _start(self, s: Session, exp: ExperimentRow, *, actor: str) -> None:
+    def start_row(self, s: Session, exp: ExperimentRow, *, actor: str) -> None:
+        """Start a draft experiment inside a transaction (one running per prompt)."""
         if exp.status != "draft":
             raise ExperimentStateError(f"experiment {exp.id} is {exp.status}, not draft",
                                        status=exp.status)
-        arms = self._arms(s, exp.id)
+        arms = self.arms(s, exp.id)
         # The control is the first arm, whatever holds production: a file that edited `main`
         # tests the new main against its variants. What production was is kept for the reader.
         control = 0
@@ -235,7 +180,7 @@ class Experiments:
                        matured_at_start=0, summary={}))
         write_audit(s, at=now, actor=actor, action="experiment.start", prompt_id=exp.prompt_id,
                     experiment_id=exp.id, message=f"experiment {exp.id} started",
-                    details={"control_version": self._number(s, arms[control].version_id),
+                    details={"control_version": self.number(s, arms[control].version_id),
                              "production_version": prod})
         bump_change_seq(s)
 
@@ -243,11 +188,11 @@ class Experiments:
     def stop(self, experiment_id: int, *, actor: str = "api") -> dict[str, Any]:
         """Stop a running or draft experiment; production stays where it is."""
         with self.ctx.tx() as s:
-            exp = self._row(s, experiment_id, lock=True)
+            exp = self.row(s, experiment_id, lock=True)
             if exp.status in ENDED_STATUSES:
                 raise ExperimentStateError(f"experiment {exp.id} has already ended ({exp.status})",
                                            status=exp.status)
-            self._finish(s, exp, status="stopped", winner=None, actor=actor,
+            self.finish(s, exp, status="stopped", winner=None, actor=actor,
                          reason="stopped by hand")
         return self.get(experiment_id)
 
@@ -255,31 +200,32 @@ class Experiments:
                 actor: str = "api") -> dict[str, Any]:
         """End a running experiment with a winner chosen by hand (the leader by default)."""
         with self.ctx.tx() as s:
-            exp = self._row(s, experiment_id, lock=True)
+            exp = self.row(s, experiment_id, lock=True)
             if exp.status != "running":
                 raise ExperimentStateError(f"experiment {exp.id} is not running ({exp.status})",
                                            status=exp.status)
-            arms = self._arms(s, exp.id)
+            arms = self.arms(s, exp.id)
             if version is None:
-                winner = self._leader(exp)
+                winner = self.leader(exp)
             else:
-                numbers = {self._number(s, a.version_id): a.idx for a in arms}
+                numbers = {self.number(s, a.version_id): a.idx for a in arms}
                 if version not in numbers:
                     raise InvalidInput(f"version {version} is not an arm of experiment {exp.id}",
                                        field="version")
                 winner = numbers[version]
-            self._finish(s, exp, status="completed", winner=winner, actor=actor,
+            self.finish(s, exp, status="completed", winner=winner, actor=actor,
                          reason="promoted by hand")
         return self.get(experiment_id)
 
     @staticmethod
-    def _leader(exp: ExperimentRow) -> int:
+    def leader(exp: ExperimentRow) -> int:
+        """The arm with the least expected loss in the snapshot (the control without one)."""
         arms = (exp.snapshot or {}).get("arms") or []
         losses = [(a.get("expected_loss"), i) for i, a in enumerate(arms)
                   if a.get("expected_loss") is not None]
         return min(losses)[1] if losses else exp.control_arm
 
-    def _finish(self, s: Session, exp: ExperimentRow, *, status: str, winner: int | None,
+    def finish(self, s: Session, exp: ExperimentRow, *, status: str, winner: int | None,
                 actor: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
         """End an experiment once; with a winner, production moves to it unless it holds it.
 
@@ -298,11 +244,11 @@ class Experiments:
         if rowcount(res) != 1:
             raise ExperimentStateError(f"experiment {exp.id} has already ended")
         s.refresh(exp)
-        arms = self._arms(s, exp.id)
+        arms = self.arms(s, exp.id)
         p = s.get(PromptRow, exp.prompt_id)
         assert p is not None
         ev = dict(evidence or exp.snapshot or {})
-        winner_version = self._number(s, arms[winner].version_id) if winner is not None else None
+        winner_version = self.number(s, arms[winner].version_id) if winner is not None else None
         write_audit(s, at=now, actor=actor, action=f"experiment.{status}", prompt_id=p.id,
                     experiment_id=exp.id,
                     message=f"experiment {exp.id} {status}: {reason}"
@@ -322,150 +268,9 @@ class Experiments:
                                     experiment_id=exp.id, details={"evidence": ev})
         bump_change_seq(s)
 
-    # -- the epoch update ------------------------------------------------------------------
-    def tick(self) -> list[int]:
-        """Run the update of every running experiment; returns the ids that changed epoch or ended."""
-        with self.ctx.tx() as s:
-            ids = list(s.scalars(select(ExperimentRow.id).where(ExperimentRow.status == "running")))
-        changed = []
-        for exp_id in ids:
-            try:
-                if self.update(exp_id):
-                    changed.append(exp_id)
-            except ExperimentStateError:
-                continue  # another server ended it between our read and our update
-        return changed
-
-    def update(self, experiment_id: int) -> bool:
-        """Fold newly matured outcomes in, and at an epoch boundary re-weight and check stopping."""
-        with self.ctx.tx() as s:
-            exp = self._row(s, experiment_id, lock=True)
-            if exp.status != "running":
-                return False
-            now = self.ctx.now()
-            policy = parse_policy(exp.policy)
-            arms = self._arms(s, exp.id)
-            new = self._mature(s, exp, policy, now)
-            data = self._epoch_data(s, exp, len(arms))
-            hours = (now - (exp.started_at or now)) / 3600
-            decisions_total = sum(a.decisions for a in arms)
-            epoch_row = s.scalar(select(EpochRow).where(EpochRow.experiment_id == exp.id,
-                                                        EpochRow.idx == exp.epoch))
-            matured_in_epoch = exp.matured_total - (epoch_row.matured_at_start if epoch_row else 0)
-            minutes = (now - (exp.epoch_started_at or now)) / 60
-            at_limit = decisions_total >= policy.max_decisions or hours >= policy.max_days * 24
-            due = stats.should_start_epoch(matured_in_epoch=matured_in_epoch,
-                                           minutes_in_epoch=minutes, policy=policy)
-            exp.last_update_at = now
-            if not (due or at_limit):
-                if new:
-                    summary = stats.summarize(data, control=exp.control_arm, policy=policy)
-                    exp.snapshot = self._snapshot(exp, summary, reason=(exp.snapshot or {}).get(
-                        "reason", "collecting outcomes"), state=None)
-                return False
-            result = stats.step(
-                data, control=exp.control_arm,
-                state=stats.PolicyState.from_dict(exp.policy_state or {}), policy=policy,
-                rng=self._rng, hours_elapsed=hours, decisions_total=decisions_total,
-                strategy=exp.strategy,
-                fixed_weights=exp.fixed_weights or None, auto_promote=exp.auto_promote,
-                names=self._arm_names(s, arms))
-            exp.policy_state = result.state.to_dict()
-            exp.snapshot = self._snapshot(exp, result.summary, reason=result.reason,
-                                          state=result.state)
-            if result.action in ("promote", "keep_control"):
-                self._finish(s, exp, status="completed", winner=result.winner,
-                             actor=SYSTEM_ACTOR, reason=result.reason, evidence=exp.snapshot)
-                return True
-            if result.action == "inconclusive":
-                self._finish(s, exp, status="inconclusive", winner=None, actor=SYSTEM_ACTOR,
-                             reason=result.reason, evidence=exp.snapshot)
-                return True
-            exp.epoch += 1
-            exp.epoch_started_at = now
-            exp.weights = [float(x) for x in result.weights]
-            s.add(EpochRow(experiment_id=exp.id, idx=exp.epoch, started_at=now,
-                           weights=exp.weights, matured_at_start=exp.matured_total,
-                           summary={"p_best": _floats(result.summary.p_best),
-                                    "mean": _floats(result.summary.mean),
-                                    "checked": result.checked}))
-            bump_change_seq(s)
-            return True
-
-    def _mature(self, s: Session, exp: ExperimentRow, policy: Policy, now: float) -> int:
-        """Mark decisions whose attribution window closed and add them to the epoch sums."""
-        window = policy.attribution_window_hours * 3600
-        seq = exp.update_seq + 1
-        # Wait a little past the window: a feedback stamped inside it may still be in a commit
-        # batch, or come from a replica whose clock runs slightly behind.
-        res = s.execute(update(DecisionRow).where(
-            DecisionRow.experiment_id == exp.id, DecisionRow.counted_in == 0,
-            DecisionRow.decided_at <= now - window - MATURITY_GRACE_SECONDS).values(counted_in=seq)
-            .execution_options(synchronize_session=False))
-        if not rowcount(res):
-            return 0
-        exp.update_seq = seq
-        zero = policy.missing_feedback_for(exp.reward) == "zero"
-        reward = FeedbackRow.reward
-        q = (select(DecisionRow.arm, DecisionRow.epoch, func.count(DecisionRow.id),
-                    func.count(FeedbackRow.id), func.coalesce(func.sum(reward), 0.0),
-                    func.coalesce(func.sum(reward * reward), 0.0))
-             .outerjoin(FeedbackRow, (FeedbackRow.decision_id == DecisionRow.id)
-                        & (FeedbackRow.metric == exp.metric)
-                        & (FeedbackRow.received_at <= DecisionRow.decided_at + window))
-             .where(DecisionRow.experiment_id == exp.id, DecisionRow.counted_in == seq)
-             .group_by(DecisionRow.arm, DecisionRow.epoch))
-        existing: dict[Any, ArmEpochRow] = {(r.arm, r.epoch): r for r in s.scalars(
-            select(ArmEpochRow).where(ArmEpochRow.experiment_id == exp.id))}
-        total = 0
-        for arm, epoch, count, with_fb, ssum, ssq in s.execute(q).all():
-            row = existing.get((arm, epoch))
-            if row is None:
-                row = ArmEpochRow(experiment_id=exp.id, arm=arm, epoch=epoch, assigned=0, n=0,
-                                  s=0.0, ss=0.0)
-                s.add(row)
-            row.assigned += int(count)
-            row.n += int(count if zero else with_fb)
-            row.s += float(ssum)
-            row.ss += float(ssq)
-            total += int(count)
-        exp.matured_total += total
-        return total
-
-    def _epoch_data(self, s: Session, exp: ExperimentRow, k: int) -> stats.EpochData:
-        cells = [(r.arm, r.epoch, r.n, r.s, r.ss, r.assigned) for r in s.scalars(
-            select(ArmEpochRow).where(ArmEpochRow.experiment_id == exp.id))]
-        weights = [(ep.idx, ep.weights) for ep in s.scalars(
-            select(EpochRow).where(EpochRow.experiment_id == exp.id))]
-        return stats.EpochData.from_cells(k, exp.epoch + 1, cells, weights)
-
-    def _arm_names(self, s: Session, arms: list[ArmRow]) -> list[str]:
-        rows = {v.id: v for v in s.scalars(select(VersionRow).where(
-            VersionRow.id.in_([a.version_id for a in arms])))}
-        return [f"v{rows[a.version_id].number} ({rows[a.version_id].variant})" for a in arms]
-
-    def _snapshot(self, exp: ExperimentRow, summary: Any, *, reason: str,
-                  state: Any) -> dict[str, Any]:
-        arms = []
-        for i in range(len(summary.mean)):
-            arms.append({
-                "mean": _float(summary.mean[i]), "ci_low": _float(summary.ci_low[i]),
-                "ci_high": _float(summary.ci_high[i]), "p_best": _float(summary.p_best[i]),
-                "expected_loss": _float(summary.expected_loss[i]),
-                "p_beats_control": _float(summary.p_beats_control[i])})
-        prev_state = exp.policy_state or {}
-        # A report figure, not a stopping input: a fixed seed keeps it stable between refreshes.
-        remaining = stats.value_remaining(summary.mean, summary.sd, rng=stats.new_rng(exp.id))
-        return {"arms": arms, "reason": reason, "srm_p": _float(summary.srm_p),
-                "value_remaining": _float(remaining),
-                "srm_alarm": bool(state.srm_alarm if state is not None
-                                  else prev_state.get("srm_alarm", False)),
-                "checks_done": int(state.checks_done if state is not None
-                                   else prev_state.get("checks_done", 0)),
-                "at": self.ctx.now()}
-
     # -- reads -----------------------------------------------------------------------------
-    def _row(self, s: Session, experiment_id: int, *, lock: bool = False) -> ExperimentRow:
+    def row(self, s: Session, experiment_id: int, *, lock: bool = False) -> ExperimentRow:
+        """An experiment's row, locked when asked (ExperimentNotFound if absent)."""
         if not 0 < experiment_id < 2**31:
             raise ExperimentNotFound(experiment_id)
         q = select(ExperimentRow).where(ExperimentRow.id == experiment_id)
@@ -477,16 +282,17 @@ class Experiments:
         return exp
 
     @staticmethod
-    def _arms(s: Session, experiment_id: int) -> list[ArmRow]:
+    def arms(s: Session, experiment_id: int) -> list[ArmRow]:
+        """An experiment's arm rows in arm order."""
         return list(s.scalars(select(ArmRow).where(ArmRow.experiment_id == experiment_id)
                               .order_by(ArmRow.idx)))
 
     def get(self, experiment_id: int) -> dict[str, Any]:
         """An experiment with its per-arm figures (the API's shape)."""
         with self.ctx.tx() as s:
-            return self._public(s, self._row(s, experiment_id))
+            return self._public(s, self.row(s, experiment_id))
 
-    def list(self, *, prompt: str | None = None, status: str | None = None,
+    def list_experiments(self, *, prompt: str | None = None, status: str | None = None,
              limit: int = 200) -> list[dict[str, Any]]:
         """Experiments, newest first."""
         with self.ctx.tx() as s:
@@ -499,7 +305,7 @@ class Experiments:
 
     def _public(self, s: Session, exp: ExperimentRow) -> dict[str, Any]:
         name = s.scalar(select(PromptRow.name).where(PromptRow.id == exp.prompt_id))
-        arms = self._arms(s, exp.id)
+        arms = self.arms(s, exp.id)
         versions = {v.id: v for v in s.scalars(select(VersionRow).where(
             VersionRow.id.in_([a.version_id for a in arms])))}
         n_by_arm: dict[int, int] = {}
@@ -556,10 +362,10 @@ class Experiments:
                 f"its decision; burn-in needs {policy.min_samples_per_arm:,} per arm and "
                 f"{policy.min_hours:g} h")
 
-    def history(self, experiment_id: int) -> builtins.list[dict[str, Any]]:
+    def history(self, experiment_id: int) -> list[dict[str, Any]]:
         """Per-epoch weights, P(best) and means, oldest first (for charts)."""
         with self.ctx.tx() as s:
-            self._row(s, experiment_id)
+            self.row(s, experiment_id)
             eps = s.scalars(select(EpochRow).where(EpochRow.experiment_id == experiment_id)
                             .order_by(EpochRow.idx)).all()
             assigned: dict[int, list[float]] = {}
@@ -575,14 +381,3 @@ class Experiments:
                      "mean": (e.summary or {}).get("mean"),
                      "checked": (e.summary or {}).get("checked", False),
                      "assigned": assigned.get(e.idx, [])} for e in eps]
-
-
-def _float(x: Any) -> float | None:
-    if x is None:
-        return None
-    f = float(x)
-    return f if math.isfinite(f) else None
-
-
-def _floats(xs: Any) -> list[float | None]:
-    return [_float(x) for x in xs]

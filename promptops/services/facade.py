@@ -8,11 +8,13 @@ from typing import Any
 
 from promptops.config import Settings
 from promptops.services.context import Context
+from promptops.services.epochs import EpochUpdater
 from promptops.services.experiments import Experiments
 from promptops.services.keys import Keys
-from promptops.services.registry import Registry, SyncReport
+from promptops.services.registry import Registry
 from promptops.services.retention import Retention
 from promptops.services.serving import Serving
+from promptops.services.sync import Sync, SyncReport
 
 
 class PromptOps:
@@ -24,6 +26,8 @@ class PromptOps:
         self.ctx = Context.create(settings, clock=clock, migrate=migrate)
         self.registry = Registry(self.ctx)
         self.experiments = Experiments(self.ctx, self.registry)
+        self.epochs = EpochUpdater(self.ctx, self.experiments)
+        self.files = Sync(self.ctx, self.registry, self.experiments)
         self.serving = Serving(self.ctx)
         self.keys = Keys(self.ctx)
         self.retention = Retention(self.ctx)
@@ -32,8 +36,7 @@ class PromptOps:
              actor: str = "sync") -> SyncReport:
         """Register prompt files (the prompts folder by default); all or nothing."""
         targets = list(paths) if paths else [self.settings.prompts_dir]
-        report = self.registry.sync(targets, dry_run=dry_run, actor=actor,
-                                    experiments=self.experiments)
+        report = self.files.sync(targets, dry_run=dry_run, actor=actor)
         if report.changes and not dry_run:
             self.serving.live.refresh()
         return report
@@ -55,7 +58,7 @@ class PromptOps:
 
     def tick(self) -> list[int]:
         """Run due epoch updates of all running experiments."""
-        changed = self.experiments.tick()
+        changed = self.epochs.tick()
         if changed:
             self.serving.live.refresh()
         return changed

@@ -50,7 +50,7 @@ class Keys:
             bump_change_seq(s)
         return key
 
-    def list(self) -> list[dict[str, Any]]:
+    def list_keys(self) -> list[dict[str, Any]]:
         """Every key's prefix, role and dates (never the key)."""
         with self.ctx.tx() as s:
             return [{"id": k.id, "prefix": k.prefix, "role": k.role, "name": k.name,

@@ -6,21 +6,16 @@ import difflib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from promptops import promptfiles
 from promptops.db.models import AuditRow, LabelRow, PromptRow, VersionRow, fit_actor
 from promptops.db.queries import bump_change_seq, insert_ignore
 from promptops.domain import (
-    MAIN_VARIANT,
     PRODUCTION,
     PromptContent,
-    PromptDefinition,
     PromptVersion,
     Rendered,
 )
@@ -31,23 +26,8 @@ from promptops.errors import (
     VersionNotFound,
 )
 from promptops.services.context import Context
-from promptops.services.provenance import git_info
 
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
-
-@dataclass
-class SyncReport:
-    """What a sync did (or, with dry_run, would do)."""
-
-    changes: list[str] = field(default_factory=list)
-    prompts: int = 0
-    new_versions: int = 0
-    dry_run: bool = False
-
-    def add(self, line: str) -> None:
-        """Record one change."""
-        self.changes.append(line)
 
 
 def version_from_row(row: VersionRow, prompt: str, labels: Sequence[str] = ()) -> PromptVersion:
@@ -244,75 +224,6 @@ class Registry:
     def _locked_label(s: Session, prompt: PromptRow, label: str) -> LabelRow | None:
         return s.scalar(select(LabelRow).where(LabelRow.prompt_id == prompt.id,
                                                LabelRow.name == label).with_for_update())
-
-    # -- sync ------------------------------------------------------------------------------
-    def sync(self, paths: Sequence[str | Path], *, dry_run: bool = False, actor: str = "sync",
-             experiments: Any = None) -> SyncReport:
-        """Register new versions and declared experiments from prompt files; all or nothing."""
-        definitions = promptfiles.load_prompt_files(paths)  # raises before anything is written
-        report = SyncReport(dry_run=dry_run, prompts=len(definitions))
-        session = self.ctx.sessions()
-        try:
-            with session.begin():
-                if session.get_bind().dialect.name == "postgresql":
-                    # Replicas starting together all sync: one at a time, or both insert the
-                    # same new prompt and one dies on the unique name.
-                    session.execute(text("SELECT pg_advisory_xact_lock(7202)"))
-                for d in definitions:
-                    self._sync_one(session, d, report, actor=actor, experiments=experiments)
-                if report.changes:
-                    bump_change_seq(session)
-                if dry_run:
-                    session.rollback()
-        finally:
-            session.close()
-        return report
-
-    def _sync_one(self, s: Session, d: PromptDefinition, report: SyncReport, *, actor: str,
-                  experiments: Any) -> None:
-        now = self.ctx.now()
-        p = s.scalar(select(PromptRow).where(PromptRow.name == d.name).with_for_update())
-        is_new = p is None
-        if p is None:
-            p = PromptRow(name=d.name, description=d.description, tags=list(d.tags),
-                          source_path=d.path, created_at=now, updated_at=now)
-            s.add(p)
-            s.flush()
-            report.add(f"{d.name}: new prompt")
-        elif (p.description, list(p.tags or []), p.source_path) != (d.description, list(d.tags),
-                                                                    d.path):
-            p.description, p.tags, p.source_path, p.updated_at = (
-                d.description, list(d.tags), d.path, now)
-        git = git_info(d.path) if d.path else None
-        version_ids: dict[str, int] = {}
-        for variant in [MAIN_VARIANT, *d.variants]:
-            content = d.variant_content(variant)
-            h = content.content_hash()
-            row = s.scalar(select(VersionRow).where(VersionRow.prompt_id == p.id,
-                                                    VersionRow.content_hash == h))
-            if row is None:
-                number = (s.scalar(select(func.max(VersionRow.number))
-                                   .where(VersionRow.prompt_id == p.id)) or 0) + 1
-                row = VersionRow(prompt_id=p.id, number=number, variant=variant,
-                                 content=content.to_dict(), content_hash=h, source_path=d.path,
-                                 git_commit=git.commit if git else None,
-                                 git_author=git.author if git else None,
-                                 git_state=git.state if git else None, created_at=now)
-                s.add(row)
-                s.flush()
-                p.updated_at = now
-                report.new_versions += 1
-                note = f" ({git.note})" if git is not None and git.note else ""
-                report.add(f"{d.name}: new version {number} ({variant}){note}")
-            version_ids[variant] = row.id
-            if is_new and variant == MAIN_VARIANT:
-                self.set_label(s, p, row, PRODUCTION, actor=actor, reason="first version")
-                report.add(f"{d.name}: production -> version {row.number}")
-        if experiments is not None:
-            lines = (experiments.declare(s, p, d.experiment, version_ids, actor=actor)
-                     if d.experiment is not None else experiments.undeclare(s, p, actor=actor))
-            for line in lines:
-                report.add(f"{d.name}: {line}")
 
     # -- audit -----------------------------------------------------------------------------
     def audit(self, *, prompt: str | None = None, experiment_id: int | None = None,

@@ -134,7 +134,7 @@ def test_sign_in_read_an_experiment_and_promote(server, clock, tmp_path: Path) -
 
     served, ops, keys = server
     drive_traffic(served, ops, clock, keys["serve"], 1600)
-    exp = ops.experiments.list(prompt="support-triage")[0]
+    exp = ops.experiments.list_experiments(prompt="support-triage")[0]
     assert exp["status"] == "running" and exp["epoch"] >= 2, exp
     shots = tmp_path / "screenshots"
     shots.mkdir()

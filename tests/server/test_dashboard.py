@@ -58,7 +58,7 @@ def synced(ops, prompts_dir, client):
     (prompts_dir / "triage.yaml").write_text(PROMPT, encoding="utf-8")
     ops.sync()
     client.app.state.runtime.refresh(force=True)
-    return ops.experiments.list(prompt="triage")[0]
+    return ops.experiments.list_experiments(prompt="triage")[0]
 
 
 @pytest.fixture
@@ -389,6 +389,6 @@ def test_pages_say_when_content_or_control_is_not_what_production_was(client, op
     page = client.get("/prompts/triage", headers=HTML).text
     assert "uncommitted changes" in page and "untracked" not in page
     assert "untracked in git" in client.get("/prompts/other", headers=HTML).text
-    exp = next(e for e in ops.experiments.list(prompt="triage") if e["status"] == "running")
+    exp = next(e for e in ops.experiments.list_experiments(prompt="triage") if e["status"] == "running")
     page = client.get(f"/experiments/{exp['id']}", headers=HTML).text
     assert "production at the start was version 1" in page

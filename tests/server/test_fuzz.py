@@ -58,7 +58,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseSchema]
                       writer_flush_seconds=0.005, allowed_hosts=("localhost", "testserver"))
     ops = PromptOps(config)
     ops.sync()
-    assert ops.experiments.list(status="running"), "the fuzzed app needs a running experiment"
+    assert ops.experiments.list_experiments(status="running"), "the fuzzed app needs a running experiment"
     app = create_app(config, ops=ops, background=False)
     yield schemathesis.openapi.from_asgi("/openapi.json", app)
     # Schemathesis keeps the app's lifespan open until exit; stop the writer before the

@@ -42,7 +42,7 @@ variants:
 def setup(ops, prompts_dir: Path, text: str | None = None) -> dict:
     (prompts_dir / "triage.yaml").write_text(text or prompt_text(), encoding="utf-8")
     ops.sync()
-    return ops.experiments.list(prompt="triage")[0]
+    return ops.experiments.list_experiments(prompt="triage")[0]
 
 
 def traffic(ops, clock, n: int, rates: dict[int, float], *, seed: int = 1,
@@ -69,7 +69,7 @@ def test_declared_experiment_starts_on_sync_and_is_not_restarted(ops, prompts_di
     assert exp["status"] == "running" and [a["version"] for a in exp["arms"]] == [1, 2]
     assert exp["control_version"] == 1
     assert ops.sync().changes == []
-    assert len(ops.experiments.list()) == 1
+    assert len(ops.experiments.list_experiments()) == 1
 
 
 def test_changing_the_declaration_stops_and_starts_a_new_one(ops, prompts_dir):
@@ -77,7 +77,7 @@ def test_changing_the_declaration_stops_and_starts_a_new_one(ops, prompts_dir):
     (prompts_dir / "triage.yaml").write_text(prompt_text(FAST.replace("200,", "300,", 1)))
     changes = ops.sync().changes
     assert f"triage: experiment {first['id']} stopped (declaration changed)" in changes, changes
-    exps = {e["id"]: e["status"] for e in ops.experiments.list()}
+    exps = {e["id"]: e["status"] for e in ops.experiments.list_experiments()}
     assert exps[first["id"]] == "stopped" and sorted(exps.values()) == ["running", "stopped"]
 
 
@@ -85,7 +85,7 @@ def test_an_ended_declaration_is_not_started_again(ops, prompts_dir):
     exp = setup(ops, prompts_dir)
     ops.experiments.stop(exp["id"], actor="t")
     assert ops.sync().changes == []
-    assert [e["status"] for e in ops.experiments.list()] == ["stopped"]
+    assert [e["status"] for e in ops.experiments.list_experiments()] == ["stopped"]
 
 
 def test_draft_declaration_waits(ops, prompts_dir):
@@ -299,11 +299,11 @@ def test_going_back_to_an_ended_declaration_stops_the_newer_one(ops, prompts_dir
     first = setup(ops, prompts_dir)
     (prompts_dir / "triage.yaml").write_text(prompt_text(FAST.replace("200,", "300,", 1)))
     ops.sync()
-    second = next(e for e in ops.experiments.list() if e["status"] == "running")
+    second = next(e for e in ops.experiments.list_experiments() if e["status"] == "running")
     (prompts_dir / "triage.yaml").write_text(prompt_text())  # the first declaration again
     changes = ops.sync().changes
     assert f"triage: experiment {second['id']} stopped (declaration changed)" in changes, changes
-    statuses = {e["id"]: e["status"] for e in ops.experiments.list()}
+    statuses = {e["id"]: e["status"] for e in ops.experiments.list_experiments()}
     assert statuses == {first["id"]: "stopped", second["id"]: "stopped"}, statuses
 
 
@@ -342,7 +342,7 @@ def test_after_editing_main_the_first_arm_is_the_control_and_the_read_says_so(op
     assert first["production_at_start"] == 1 and first["control_is_production"] is True
     (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text()))
     changes = ops.sync().changes
-    new = next(e for e in ops.experiments.list() if e["status"] == "running")
+    new = next(e for e in ops.experiments.list_experiments() if e["status"] == "running")
     line = f"triage: experiment {new['id']} started over versions 3, 2"
     assert f"{line} (control v3 is not production v1)" in changes, changes
     assert new["control_version"] == 3 and new["arms"][0]["is_control"] is True, new
@@ -358,7 +358,7 @@ def test_production_moves_to_the_winner_even_when_it_is_the_control(ops, prompts
     setup(ops, prompts_dir)
     (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text()))
     ops.sync()
-    exp = next(e for e in ops.experiments.list() if e["status"] == "running")
+    exp = next(e for e in ops.experiments.list_experiments() if e["status"] == "running")
     assert ops.registry.resolve("triage").number == 1
     traffic(ops, clock, 12000, rates)
     clock.advance(hours=2)
@@ -393,7 +393,7 @@ def test_an_inconclusive_end_leaves_production_where_it_was(ops, prompts_dir, cl
     setup(ops, prompts_dir, prompt_text(policy))
     (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text(policy)))
     ops.sync()
-    exp = next(e for e in ops.experiments.list() if e["status"] == "running")
+    exp = next(e for e in ops.experiments.list_experiments() if e["status"] == "running")
     traffic(ops, clock, 3600, {3: 0.10, 2: 0.10})
     clock.advance(hours=2)
     ops.tick()

@@ -45,8 +45,8 @@ def summarize(exp: dict[str, Any], now: float) -> dict[str, Any]:
 def overview_context(ops: PromptOps) -> dict[str, Any]:
     """What the overview shows."""
     now = ops.ctx.now()
-    running = [summarize(e, now) for e in ops.experiments.list(status="running")]
-    recent = [summarize(e, now) for e in ops.experiments.list(limit=30)
+    running = [summarize(e, now) for e in ops.experiments.list_experiments(status="running")]
+    recent = [summarize(e, now) for e in ops.experiments.list_experiments(limit=30)
               if e["status"] != "running"][:10]
     live = {e["prompt"]: e["id"] for e in running}
     prompts = [{**p, "experiment_id": live.get(p["name"])} for p in ops.registry.list_prompts()]
@@ -125,7 +125,7 @@ def prompt_context(ops: PromptOps, name: str, query: Mapping[str, str]) -> dict[
     now = ops.ctx.now()
     return {"prompt": prompt, "numbers": numbers, "production": production,
             "diff": {"a": a, "b": b, "lines": diff_lines(diff)}, "preview": preview,
-            "experiments": [summarize(e, now) for e in ops.experiments.list(prompt=name,
+            "experiments": [summarize(e, now) for e in ops.experiments.list_experiments(prompt=name,
                                                                                 limit=20)],
             "audit": reg.audit(prompt=name, limit=20)}
 
