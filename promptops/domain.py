@@ -25,8 +25,12 @@ ExperimentStatus = Literal[
 ]
 
 VARIABLE_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "list", "object")
-EXPERIMENT_STATUSES: tuple[str, ...] = ("draft", "running", "completed", "inconclusive", "stopped")
-ENDED_STATUSES: frozenset[str] = frozenset({"completed", "inconclusive", "stopped"})
+EXPERIMENT_STATUSES: tuple[str, ...] = (
+    "draft", "running", "holdout", "completed", "inconclusive", "rolled_back", "stopped"
+)
+ENDED_STATUSES: frozenset[str] = frozenset({"completed", "inconclusive", "rolled_back", "stopped"})
+LIVE_STATUSES: tuple[str, ...] = ("running", "holdout")
+"""Statuses in which an experiment routes its prompt's traffic."""
 MAIN_VARIANT = "main"
 PRODUCTION = "production"
 DEFAULT_METRIC = "reward"

@@ -217,6 +217,42 @@ class Experiments:
                          reason="promoted by hand")
         return self.get(experiment_id)
 
+    def enter_holdout(self, s: Session, exp: ExperimentRow, *, winner: int, old: int,
+                      weights: Sequence[float], actor: str, reason: str,
+                      evidence: dict[str, Any]) -> None:
+        """Promote a challenger into the guarded rollout once: production moves to it, the
+        previous production keeps its holdout share, and the experiment keeps routing."""
+        now = self.ctx.now()
+        arms = self.arms(s, exp.id)
+        holdout = {"new": winner, "old": old, "started_at": now,
+                   "decisions_at_start": sum(a.decisions for a in arms)}
+        res = s.execute(update(ExperimentRow)
+                        .where(ExperimentRow.id == exp.id, ExperimentRow.status == "running")
+                        .values(status="holdout", winner_arm=winner, holdout=holdout,
+                                end_reason=reason)
+                        .execution_options(synchronize_session=False))
+        if rowcount(res) != 1:
+            raise ExperimentStateError(f"experiment {exp.id} is no longer running")
+        s.refresh(exp)
+        p = s.get(PromptRow, exp.prompt_id)
+        version = s.get(VersionRow, arms[winner].version_id)
+        assert p is not None and version is not None
+        write_audit(s, at=now, actor=actor, action="experiment.holdout", prompt_id=p.id,
+                    experiment_id=exp.id,
+                    message=(f"experiment {exp.id} promoted v{version.number}: {reason}; "
+                             f"v{self.number(s, arms[old].version_id)} keeps a holdout share"),
+                    details={"reason": reason, "winner_version": version.number,
+                             "evidence": evidence, "holdout": holdout})
+        self.registry.set_label(s, p, version, PRODUCTION, actor=actor,
+                                reason=f"experiment {exp.id}: {reason}", experiment_id=exp.id,
+                                details={"evidence": evidence})
+        exp.epoch += 1
+        exp.epoch_started_at = now
+        exp.weights = [float(x) for x in weights]
+        s.add(EpochRow(experiment_id=exp.id, idx=exp.epoch, started_at=now, weights=exp.weights,
+                       matured_at_start=exp.matured_total, summary={"holdout": True}))
+        bump_change_seq(s)
+
     @staticmethod
     def leader(exp: ExperimentRow) -> int:
         """The arm with the least expected loss in the snapshot (the control without one)."""
@@ -226,14 +262,17 @@ class Experiments:
         return min(losses)[1] if losses else exp.control_arm
 
     def finish(self, s: Session, exp: ExperimentRow, *, status: str, winner: int | None,
-                actor: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
+                actor: str, reason: str, evidence: dict[str, Any] | None = None,
+                production: int | None = -1) -> None:
         """End an experiment once; with a winner, production moves to it unless it holds it.
 
         The winner's move applies even when production was moved by hand while the experiment
         ran (the experiment routed all traffic meanwhile, so its verdict is the newer evidence);
         the audited label move names the version it replaces. Stopping the experiment is how a
-        hand-picked production version is kept.
+        hand-picked production version is kept. `production` names another arm to hold
+        production at the end (a rollback), or None to leave it.
         """
+        target = winner if production == -1 else production
         now = self.ctx.now()
         # Conditional on the status we read: of two servers ending the same experiment, one wins.
         res = s.execute(update(ExperimentRow)
@@ -254,8 +293,8 @@ class Experiments:
                     message=f"experiment {exp.id} {status}: {reason}"
                             + (f"; winner version {winner_version}" if winner_version else ""),
                     details={"reason": reason, "winner_version": winner_version, "evidence": ev})
-        if winner is not None:
-            version = s.get(VersionRow, arms[winner].version_id)
+        if target is not None:
+            version = s.get(VersionRow, arms[target].version_id)
             assert version is not None
             label_reason = f"experiment {exp.id}: {reason}"
             current = s.scalar(select(VersionRow.number).join(
