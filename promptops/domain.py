@@ -301,6 +301,7 @@ class ExperimentSpec:
     auto_promote: bool | None = None  # None: True for thompson, False for fixed
     status: Literal["draft", "running"] = "running"
     policy: Policy = field(default_factory=Policy)
+    metrics: tuple[str, ...] = ()  # secondary metrics: reported per arm, never decide
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,15 @@ from .domain import (
     POLICY_CHOICES,
     VARIABLE_TYPES,
     ExperimentSpec,
+    Guardrail,
     Message,
     Policy,
     PromptContent,
     PromptDefinition,
     VariableSpec,
+    guardrail_problem,
     metric_name_problem,
+    parse_guardrails,
     policy_value_problem,
 )
 from .errors import InvalidPromptFile, RenderError
@@ -72,6 +75,8 @@ _EXPERIMENT_KEYS = (
     "auto_promote",
     "status",
     "policy",
+    "metrics",
+    "guardrails",
 )
 _CHOICES = {
     "reward": ("binary", "continuous"),
@@ -363,9 +368,49 @@ class PromptChecker(NodeReader):
         elif fields["strategy"] == "fixed":
             self.err(entries["strategy"][1], "experiment: strategy fixed needs weights")
         policy = self.policy(entries["policy"][1]) if "policy" in entries else Policy()
+        metrics = self.metrics(entries, metric)
+        guardrails = self.guardrails(entries)
+        if policy is not None and guardrails:
+            policy = policy.with_overrides({"guardrails": guardrails})
         if len(self.problems) > before or arms is None or policy is None:
             return None
-        return ExperimentSpec(arms=tuple(arms), policy=policy, **fields)
+        return ExperimentSpec(arms=tuple(arms), policy=policy, metrics=tuple(metrics or ()),
+                              **fields)
+
+    def metrics(self, entries: _Entries, primary: Any) -> list[str] | None:
+        """Secondary metric names: valid names, distinct, not the primary metric."""
+        names = self.strings(entries, "metrics", "experiment") if "metrics" in entries else []
+        for i, name in enumerate(names or ()):
+            problem = metric_name_problem(name)
+            if problem is None and name == primary:
+                problem = "is the primary metric"
+            if problem:
+                self.err(entries["metrics"][1].value[i], f"experiment.metrics[{i}]: {problem}")
+        return names
+
+    def guardrails(self, entries: _Entries) -> tuple[Guardrail, ...]:
+        """Guardrails: {metric, one margin per direction}, each reported at its own line."""
+        nodes = self.items(entries, "guardrails", "experiment") or []
+        out: list[Guardrail] = []
+        for i, node in enumerate(nodes):
+            where = f"experiment.guardrails[{i}]"
+            raw = self.data(node)
+            if raw is _BAD:
+                continue
+            found = guardrail_problem(raw)
+            name = raw.get("metric") if isinstance(raw, dict) else None
+            if found is None and isinstance(name, str):
+                problem = metric_name_problem(name)
+                if problem:
+                    found = ("metric", problem)
+                elif any(g.metric == name for g in out):
+                    found = ("metric", f"repeats {name!r}")
+            if found is not None:
+                key, message = found
+                self.err(node, f"{where}" + (f".{key}" if key else "") + f": {message}")
+                continue
+            out.extend(parse_guardrails([raw]))
+        return tuple(out)
 
     def weights(self, entries: _Entries, arms: list[str] | None) -> tuple[float, ...] | None:
         """Fixed allocation weights: non-negative numbers, one per arm, summing to 1."""

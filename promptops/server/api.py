@@ -176,7 +176,8 @@ def create_experiment(body: ExperimentCreate, rt: RuntimeDep, who: AdminKey) -> 
     exp = rt.ops.experiments.create(
         body.prompt, body.versions, metric=body.metric, reward=body.reward,
         strategy=body.strategy, weights=body.weights, auto_promote=body.auto_promote,
-        policy=body.policy, start=body.status == "running", actor=who.actor)
+        policy=body.policy, start=body.status == "running", metrics=body.metrics,
+        guardrails=body.guardrails, actor=who.actor)
     rt.refresh()
     return JSON(exp, status_code=201)
 

@@ -116,6 +116,8 @@ class ExperimentCreate(Strict):
     auto_promote: bool | None = None
     policy: dict[str, Any] = Field(default_factory=dict)
     status: Literal["running", "draft"] = "running"
+    metrics: list[str] = Field(default_factory=list, max_length=20)
+    guardrails: list[dict[str, Any]] = Field(default_factory=list, max_length=20)
 
 
 class PromoteCreate(Strict):
@@ -161,6 +163,35 @@ class ServePublic(RenderPublic):
     experiment_id: int | None
 
 
+class MetricPublic(BaseModel):
+    """One arm's estimate of a secondary or guardrail metric with its 95% interval."""
+
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+
+
+class GuardrailPublic(BaseModel):
+    """A challenger's standing on one guardrail: the change against the control and a sentence."""
+
+    metric: str
+    state: Literal["allowed", "pending", "blocked"]
+    diff: float | None
+    diff_low: float | None
+    diff_high: float | None
+    relative: bool
+    sentence: str
+
+
+class SafetyPublic(BaseModel):
+    """A safety flag that froze promotion, with its sentence and evidence."""
+
+    flag: Literal["srm", "feedback"]
+    sentence: str
+    evidence: dict[str, Any]
+
+
 class ArmPublic(BaseModel):
     """Figures of one arm."""
 
@@ -177,6 +208,10 @@ class ArmPublic(BaseModel):
     expected_loss: float | None
     weight: float
     is_control: bool
+    units: int = 0
+    new_units: int = 0
+    metrics: dict[str, MetricPublic] = Field(default_factory=dict)
+    guardrails: list[GuardrailPublic] = Field(default_factory=list)
 
 
 class ExperimentPublic(BaseModel):
@@ -191,6 +226,9 @@ class ExperimentPublic(BaseModel):
     metric: str
     reward: str
     strategy: str
+    flags: list[Literal["srm", "feedback"]] = Field(default_factory=list)
+    safety: list[SafetyPublic] = Field(default_factory=list)
+    stop_reason: str | None = None
     arms: list[ArmPublic]
 
 

@@ -27,6 +27,7 @@ from promptops.db.queries import bump_change_seq, rowcount
 from promptops.domain import (
     DEFAULT_METRIC,
     ENDED_STATUSES,
+    LIVE_STATUSES,
     PRODUCTION,
     ExperimentSpec,
     Policy,
@@ -50,11 +51,17 @@ class Experiments:
                reward: str = "binary", strategy: str = "thompson",
                weights: Sequence[float] | None = None, auto_promote: bool | None = None,
                policy: dict[str, Any] | None = None, start: bool = True,
+               metrics: Sequence[str] = (), guardrails: Sequence[Any] = (),
                actor: str = "api") -> dict[str, Any]:
-        """Create an experiment over versions of a prompt; running unless start is False."""
+        """Create an experiment over versions of a prompt; running unless start is False.
+        `guardrails` join the policy's; `metrics` are secondary metrics."""
+        pol = dict(policy or {})
+        if guardrails:
+            pol["guardrails"] = [*(pol.get("guardrails") or []), *guardrails]
         spec = self.make_spec(arms=[str(v) for v in versions], metric=metric, reward=reward,
                               strategy=strategy, weights=weights, auto_promote=auto_promote,
-                              policy=policy, status="running" if start else "draft")
+                              policy=pol, status="running" if start else "draft",
+                              metrics=metrics)
         with self.ctx.tx() as s:
             p = self.registry.prompt_row(s, prompt)
             vids = [self.registry.version_row(s, p, int(v)).id for v in versions]
@@ -67,7 +74,8 @@ class Experiments:
     @staticmethod
     def make_spec(*, arms: Sequence[str], metric: str, reward: str, strategy: str,
                   weights: Sequence[float] | None, auto_promote: bool | None,
-                  policy: dict[str, Any] | None, status: str) -> ExperimentSpec:
+                  policy: dict[str, Any] | None, status: str,
+                  metrics: Sequence[str] = ()) -> ExperimentSpec:
         """Validate experiment settings into a spec (InvalidInput on any bad value)."""
         if len(arms) < 2:
             raise InvalidInput("an experiment needs at least two arms", field="versions")
@@ -88,14 +96,26 @@ class Experiments:
                     abs(sum(weights) - 1.0) < 1e-6):
                 raise InvalidInput("weights must be non-negative and sum to 1", field="weights")
             w = tuple(float(x) for x in weights)
+        for name in metrics:
+            problem = metric_name_problem(name) if isinstance(name, str) else "must be a string"
+            if problem is None and name == metric:
+                problem = "is the primary metric"
+            if problem:
+                raise InvalidInput(f"metrics: {name!r} {problem}", field="metrics")
+        if len(set(metrics)) != len(metrics):
+            raise InvalidInput("metrics must be distinct", field="metrics")
         try:
             pol = parse_policy(policy or {})
         except ValueError as exc:
             raise InvalidInput(str(exc), field="policy") from None
+        for g in pol.guardrails:
+            problem = metric_name_problem(g.metric)
+            if problem:
+                raise InvalidInput(f"guardrail metric {problem}", field="guardrails")
         return ExperimentSpec(arms=tuple(arms), metric=metric, reward=reward,  # type: ignore[arg-type]
                               strategy=strategy, weights=w,  # type: ignore[arg-type]
                               auto_promote=auto_promote, status=status,  # type: ignore[arg-type]
-                              policy=pol)
+                              policy=pol, metrics=tuple(metrics))
 
     def control_note(self, s: Session, exp: ExperimentRow) -> str:
         """Says so when the control (the first arm) is not the version holding production."""
@@ -131,7 +151,8 @@ class Experiments:
             strategy=spec.strategy, fixed_weights=list(spec.weights) if spec.weights else None,
             auto_promote=auto, policy=spec.policy.to_dict(), control_arm=0, source=source,
             declared_hash=declared_hash, created_at=now, epoch=0, weights=[],
-            policy_state={}, snapshot={}, matured_total=0, update_seq=0)
+            policy_state={}, snapshot={}, matured_total=0, update_seq=0,
+            metrics=list(spec.metrics))
         s.add(exp)
         s.flush()
         for i, vid in enumerate(vids):
@@ -352,11 +373,16 @@ class Experiments:
                                     .where(ArmEpochRow.experiment_id == exp.id)
                                     .group_by(ArmEpochRow.arm)):
             n_by_arm[arm] = int(total or 0)
-        snap_arms = (exp.snapshot or {}).get("arms") or []
+        snapshot = exp.snapshot or {}
+        snap_arms = snapshot.get("arms") or []
+        snap_metrics: dict[str, list[dict[str, Any]]] = snapshot.get("metrics") or {}
+        verdicts: list[dict[str, Any]] = snapshot.get("guardrails") or []
         out_arms = []
         for a in arms:
             v = versions[a.version_id]
             snap = snap_arms[a.idx] if a.idx < len(snap_arms) else {}
+            arm_metrics = {m: per_arm[a.idx] for m, per_arm in snap_metrics.items()
+                           if a.idx < len(per_arm)}
             out_arms.append({
                 "version": v.number, "variant": v.variant, "decisions": a.decisions,
                 "feedback": a.feedback, "reward_sum": a.reward_sum, "n": n_by_arm.get(a.idx, 0),
@@ -364,9 +390,14 @@ class Experiments:
                 "ci_high": snap.get("ci_high"), "p_best": snap.get("p_best"),
                 "expected_loss": snap.get("expected_loss"),
                 "p_beats_control": snap.get("p_beats_control"),
-                "weight": (exp.weights[a.idx] if exp.status == "running"
+                "weight": (exp.weights[a.idx] if exp.status in LIVE_STATUSES
                            and a.idx < len(exp.weights) else 0.0),
-                "is_control": a.idx == exp.control_arm})
+                "is_control": a.idx == exp.control_arm,
+                "units": snap.get("units", 0), "new_units": snap.get("new_units", 0),
+                "metrics": arm_metrics,
+                "guardrails": [{k: g[k] for k in ("metric", "state", "diff", "diff_low",
+                                                  "diff_high", "relative", "sentence")}
+                               for g in verdicts if g.get("arm") == a.idx]})
         winner = None
         if exp.winner_arm is not None and exp.winner_arm < len(arms):
             winner = versions[arms[exp.winner_arm].version_id].number
@@ -390,8 +421,26 @@ class Experiments:
             "srm_p": (exp.snapshot or {}).get("srm_p"),
             "value_remaining": (exp.snapshot or {}).get("value_remaining"),
             "checks_done": (exp.snapshot or {}).get("checks_done", 0),
+            "metrics": list(exp.metrics or []),
+            "flags": [f["flag"] for f in snapshot.get("flags") or []],
+            "safety": snapshot.get("flags") or [],
+            "stop_reason": snapshot.get("stop_reason"),
+            "holdout": self._holdout_public(exp, versions, arms),
             "arms": out_arms,
         }
+
+    @staticmethod
+    def _holdout_public(exp: ExperimentRow, versions: dict[int, VersionRow],
+                        arms: list[ArmRow]) -> dict[str, Any] | None:
+        """The guarded rollout: new and old versions, its start and the latest rollback test."""
+        hold = exp.holdout
+        if not hold:
+            return None
+        latest = (exp.snapshot or {}).get("holdout") or {}
+        return {"new_version": versions[arms[int(hold["new"])].version_id].number,
+                "old_version": versions[arms[int(hold["old"])].version_id].number,
+                "started_at": hold.get("started_at"),
+                "p_old_better": latest.get("p_old_better"), "reason": latest.get("reason")}
 
     @staticmethod
     def _waiting(exp: ExperimentRow, policy: Policy) -> str | None:

@@ -120,7 +120,9 @@ class Sync:
         declared = content_hash({
             "prompt": p.name, "arms": vids, "metric": spec.metric, "reward": spec.reward,
             "strategy": spec.strategy, "weights": spec.weights, "auto_promote": spec.auto_promote,
-            "policy": spec.policy.overrides()})
+            "policy": spec.policy.overrides(),
+            # only when declared, so declarations written before secondary metrics keep their hash
+            **({"metrics": list(spec.metrics)} if spec.metrics else {})})
         existing = s.scalar(select(ExperimentRow).where(
             ExperimentRow.prompt_id == p.id, ExperimentRow.declared_hash == declared)
             .order_by(ExperimentRow.id.desc()))
