@@ -9,8 +9,9 @@ The data rules are the ones the simulator uses, from `promptops.stats`: `matured
 a matured decision counts, `fold_units` moves a unit's mean between cells as its values arrive,
 `should_start_epoch` closes epochs, `step` runs the policy and `holdout_step` the guarded rollout.
 A unit (a `unit_id`, else the decision itself) is filed under the arm and epoch of its first
-exposure; `assigned` counts new units per (arm, epoch) for the SRM check. Secondary and guardrail
-metrics are summed per decision (not per unit), capped at a quantile fixed from their first values.
+exposure; `assigned` counts new units per (arm, epoch) when an epoch closes, for the SRM check.
+Secondary and guardrail metrics are summed per decision (not per unit), capped at a quantile fixed
+from their first values.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class EpochUpdater:
                     exp.snapshot = self._snapshot(exp, summary, data, policy, names, reason=(
                         exp.snapshot or {}).get("reason", "collecting outcomes"), result=None)
                 return False
+            self._count_assigned(s, exp)
             data = self._epoch_data(s, exp, len(arms), policy, now)
             result = stats.step(
                 data, control=exp.control_arm,
@@ -232,7 +234,7 @@ class EpochUpdater:
         exp.update_seq = seq
         k = len(exp.weights) or 2
         epochs = exp.epoch + 1
-        cells = np.zeros((4, k, epochs))  # dn, ds, dss, new units
+        cells = np.zeros((3, k, epochs))  # dn, ds, dss
         total = self._fold_decisions(s, exp, policy, seq, window, cells)
         total += self._fold_units(s, exp, policy, seq, window, cells)
         self._add_cells(s, exp, cells)
@@ -267,7 +269,7 @@ class EpochUpdater:
                 self._batch(exp, seq, window, units=False)).all():
             if not (0 <= arm < cells.shape[1] and 0 <= epoch < cells.shape[2]):
                 continue
-            cells[:, arm, epoch] += (count if zero else with_fb, ssum, ssq, count)
+            cells[:, arm, epoch] += (count if zero else with_fb, ssum, ssq)
             total += int(count)
         return total
 
@@ -299,8 +301,6 @@ class EpochUpdater:
             total += int(count)
             if not (0 <= u.arm < k and 0 <= u.first_epoch < epochs):
                 continue
-            if u.decisions == 0:
-                cells[3, u.arm, u.first_epoch] += 1
             arm.append(u.arm)
             first.append(u.first_epoch)
             c0.append(u.count)
@@ -331,11 +331,10 @@ class EpochUpdater:
                 row = ArmEpochRow(experiment_id=exp.id, arm=int(arm), epoch=int(epoch),
                                   assigned=0, n=0, s=0.0, ss=0.0)
                 s.add(row)
-            dn, ds, dss, new = cells[:, arm, epoch]
+            dn, ds, dss = cells[:, arm, epoch]
             row.n += int(round(dn))
             row.s += float(ds)
             row.ss += float(dss)
-            row.assigned += int(round(new))
 
     def _fold_metrics(self, s: Session, exp: ExperimentRow, policy: Policy, seq: int,
                       window: float) -> None:
@@ -381,6 +380,36 @@ class EpochUpdater:
                 row.n += int(n)
                 row.s += float(total)
                 row.ss += float(squares)
+
+    @staticmethod
+    def _count_assigned(s: Session, exp: ExperimentRow) -> None:
+        """New units per arm of the current and the previous epoch, counted at serve time as the
+        SRM check needs (the previous one again for decisions the batched writer stored late):
+        decisions without a unit, and units by their first epoch."""
+        epochs = [e for e in (exp.epoch - 1, exp.epoch) if e >= 0]
+        counts: dict[tuple[int, int], int] = {}
+        for arm, epoch, n in s.execute(
+                select(DecisionRow.arm, DecisionRow.epoch, func.count(DecisionRow.id))
+                .where(DecisionRow.experiment_id == exp.id, DecisionRow.epoch.in_(epochs),
+                       DecisionRow.unit_id.is_(None))
+                .group_by(DecisionRow.arm, DecisionRow.epoch)).all():
+            if arm is not None and epoch is not None:
+                counts[(arm, epoch)] = counts.get((arm, epoch), 0) + int(n)
+        for arm, epoch, n in s.execute(
+                select(UnitRow.arm, UnitRow.first_epoch, func.count())
+                .where(UnitRow.experiment_id == exp.id, UnitRow.first_epoch.in_(epochs))
+                .group_by(UnitRow.arm, UnitRow.first_epoch)).all():
+            counts[(arm, epoch)] = counts.get((arm, epoch), 0) + int(n)
+        rows = {(r.arm, r.epoch): r for r in s.scalars(select(ArmEpochRow).where(
+            ArmEpochRow.experiment_id == exp.id, ArmEpochRow.epoch.in_(epochs)))}
+        for key in set(counts) | set(rows):
+            row = rows.get(key)
+            if row is None:
+                row = ArmEpochRow(experiment_id=exp.id, arm=key[0], epoch=key[1], assigned=0,
+                                  n=0, s=0.0, ss=0.0)
+                s.add(row)
+            row.assigned = counts.get(key, 0)
+        s.flush()
 
     # -- the data the policy reads ------------------------------------------------------------
     def _epoch_data(self, s: Session, exp: ExperimentRow, k: int, policy: Policy,
