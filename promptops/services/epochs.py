@@ -441,7 +441,9 @@ class EpochUpdater:
         """Per arm, over decisions two windows old: how many, how many got their primary
         feedback within the window, and how many only after it."""
         window = policy.attribution_window_hours * 3600
-        cutoff = stats.feedback_cohort_cutoff(now / 3600, policy) * 3600
+        # the rule's offset in seconds, added to now: converting now itself to hours and back
+        # would round a decision at the edge out of the cohort
+        cutoff = now + stats.feedback_cohort_cutoff(0.0, policy) * 3600
         fb = FeedbackRow
         in_time = fb.received_at <= DecisionRow.decided_at + window
         q = (select(DecisionRow.arm, func.count(DecisionRow.id),
