@@ -65,8 +65,10 @@ class Status(StrEnum):
 
     draft = "draft"
     running = "running"
+    holdout = "holdout"
     completed = "completed"
     inconclusive = "inconclusive"
+    rolled_back = "rolled_back"
     stopped = "stopped"
 
 
@@ -415,6 +417,18 @@ def experiment_status(experiment_id: int,
                       cell("" if a["expected_loss"] is None else f"{a['expected_loss']:.5f}"),
                       cell(pct(a["weight"])))
     out.print(table)
+    if any(a.get("calls") for a in e["arms"]):
+        def num(x: float | None, fmt: str) -> str:
+            return "" if x is None else format(x, fmt)
+
+        usage = Table("version", "calls", "errors", "cache hits", "cost / 1k calls",
+                      "p50 ms", "p95 ms", title="calls through the gateway")
+        for a in e["arms"]:
+            per_k = None if a["cost_usd_mean"] is None else 1000 * a["cost_usd_mean"]
+            usage.add_row(str(a["version"]), str(a["calls"]), pct(a["error_rate"]),
+                          pct(a["cache_hit_rate"]), num(per_k, ".4f"),
+                          num(a["latency_ms_p50"], ".0f"), num(a["latency_ms_p95"], ".0f"))
+        out.print(usage)
 
 
 @experiment_app.command("stop")
@@ -493,17 +507,104 @@ def plan(
     out.print(result.sentence(), markup=False)
 
 
+# -- the response cache --------------------------------------------------------------------------
+cache_app = typer.Typer(help="The response cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _gateway(service: Any) -> Any:
+    from promptops.services.gateway import Gateway
+
+    return Gateway.create(service.serving, service.settings)
+
+
+@cache_app.command("stats")
+def cache_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Entries in the shared cache, per prompt."""
+    stats = _gateway(ops()).cache.stats()
+    if as_json:
+        print_json({"entries": stats.entries, "by_prompt": dict(stats.by_prompt)})
+        return
+    table = Table("prompt", "entries", title=f"{stats.entries} cached answer(s)")
+    for prompt, count in sorted(stats.by_prompt.items()):
+        table.add_row(cell(prompt), str(count))
+    out.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(name: Annotated[str | None, typer.Argument(help="Only this prompt.")] = None,
+                ) -> None:
+    """Remove cached answers (every prompt's, or one prompt's)."""
+    removed = _gateway(ops()).cache.clear(name)
+    say(f"removed {removed} cached answer(s)" + (f" of {name}" if name else ""))
+
+
+@cache_app.command("warm")
+def cache_warm(
+    name: str,
+    dataset: Annotated[Path, typer.Option("--dataset", help='JSONL of {"vars": {...}} lines.')],
+    label: Annotated[str | None, typer.Option("--label")] = None,
+    version: Annotated[int | None, typer.Option("--version")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256)] = 4,
+) -> None:
+    """Call the model for every line of a dataset so that its answers are cached."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from promptops.services.gateway import warm
+
+    if label is not None and version is not None:
+        fail("give --label or --version, not both", 2)
+    cases = []
+    try:
+        lines = dataset.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        fail(f"{dataset}: {exc.strerror or exc}", 2)
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            case = json.loads(line)
+        except ValueError:
+            fail(f"{dataset}:{n}: not valid JSON", 2)
+        if not isinstance(case, dict) or not isinstance(case.get("vars", {}), dict):
+            fail(f'{dataset}:{n}: each line must be an object {{"vars": {{...}}}}', 2)
+        cases.append(case.get("vars", {}))
+    service = ops()
+    gateway = _gateway(service)
+
+    async def go() -> Any:
+        try:
+            with Progress(console=err, transient=True, disable=not sys.stderr.isatty()) as bar:
+                task = bar.add_task(f"warming {name}", total=len(cases))
+                return await warm(gateway, name, cases, version=version, label=label,
+                                  concurrency=concurrency,
+                                  progress=lambda k: bar.advance(task, k))
+        finally:
+            await gateway.aclose()
+
+    report = asyncio.run(go())
+    say(f"warmed {name}: {report.misses} new, {report.hits} already cached, "
+        f"{report.errors} failed")
+    if report.errors:
+        raise typer.Exit(1)
+
+
 # -- server, database, keys ----------------------------------------------------------------------
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     no_sync: Annotated[bool, typer.Option("--no-sync", help="Do not sync prompts.")] = False,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, max=64,
+        help="Processes sharing the port (on SQLite they share one writer).")] = 1,
 ) -> None:
     """Migrate, sync the prompts folder, and serve the API and dashboard."""
     from promptops.server.run import run_server
 
-    run_server(settings(host=host, port=port, sync_on_start=not no_sync))
+    run_server(settings(host=host, port=port, sync_on_start=not no_sync), workers=workers)
 
 
 @app.command()
@@ -512,10 +613,15 @@ def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
 ) -> None:
     """Delete raw decisions and feedback of experiments ended over DAYS ago (stats are kept)."""
-    r = ops().retention.gc(older_than_days=older_than, dry_run=dry_run)
+    service = ops()
+    r = service.retention.gc(older_than_days=older_than, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     say(f"{verb} {r['decisions']} decisions and {r['feedback']} feedback "
         f"from {r['experiments']} ended experiment(s) and old production serves")
+    if not dry_run:
+        cache = _gateway(service).cache
+        say(f"evicted {cache.evict()} least recently used cache entries "
+            f"(cache.max_entries {cache.max_entries})")
 
 
 @db_app.command("upgrade")

@@ -140,6 +140,74 @@ def _error(resp: httpx.Response, context: Mapping[str, Any]) -> e.PromptOpsError
     return exc
 
 
+@dataclass(frozen=True)
+class CompleteResult:
+    """The answer of a call through the gateway (`Client.complete`)."""
+
+    decision_id: str
+    prompt: str
+    version: int
+    variant: str
+    experiment_id: int | None
+    model: str
+    content: str | None
+    role: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    latency_ms: float
+    cache: str
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> CompleteResult:
+        """The result of the JSON answer of `/complete`."""
+        usage = body.get("usage") or {}
+        output = body.get("output") or {}
+        return cls(decision_id=body["decision_id"], prompt=body["prompt"],
+                   version=int(body["version"]), variant=body["variant"],
+                   experiment_id=body.get("experiment_id"), model=str(body.get("model")),
+                   content=output.get("content"), role=output.get("role", "assistant"),
+                   finish_reason=body.get("finish_reason"),
+                   prompt_tokens=usage.get("prompt_tokens"),
+                   completion_tokens=usage.get("completion_tokens"),
+                   cost_usd=body.get("cost_usd"), latency_ms=float(body.get("latency_ms") or 0.0),
+                   cache=str(body.get("cache")))
+
+
+_UPSTREAM: dict[str, type[e.PromptOpsError]] = {
+    "upstream_error": e.UpstreamError, "upstream_timeout": e.UpstreamTimeout,
+    "upstream_rate_limited": e.UpstreamRateLimited,
+    "provider_not_configured": e.ProviderNotConfigured}
+
+
+def _complete_error(resp: httpx.Response, name: str) -> e.PromptOpsError:
+    """The exception of a failed `/complete`: the gateway's own errors keep their type."""
+    try:
+        body = resp.json()["error"]
+        code, message = str(body["code"]), str(body["message"])
+    except (ValueError, KeyError, TypeError):
+        return _error(resp, {"name": name})
+    cls = _UPSTREAM.get(code)
+    if cls is e.ProviderNotConfigured:
+        return e.ProviderNotConfigured(message, provider=None)
+    if cls is not None:
+        return cls(message, provider="", model=None)  # type: ignore[call-arg]
+    return _error(resp, {"name": name})
+
+
+def _complete_body(variables: Mapping[str, Any] | None, unit_id: str | None,
+                   messages: list[dict[str, Any]] | None, cache: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"variables": dict(variables or {})}
+    if unit_id is not None:
+        body["unit_id"] = unit_id
+    if messages:
+        body["messages"] = messages
+    if cache is not None:
+        body["cache"] = cache
+    return body
+
+
 def _unavailable(exc: httpx.TransportError, base_url: str) -> e.Unavailable:
     return e.Unavailable(f"promptops server at {base_url} unreachable: "
                          f"{type(exc).__name__}: {exc}".rstrip(": "))
@@ -294,6 +362,20 @@ class Client(_Base):
         self._note_labels(name, info)
         return info  # type: ignore[no-any-return]
 
+    def complete(self, name: str, variables: Mapping[str, Any] | None = None, *,
+                 unit_id: str | None = None, messages: list[dict[str, Any]] | None = None,
+                 cache: str | None = None, timeout: float = 120.0) -> CompleteResult:
+        """Call the prompt's model through the gateway (never resent: a call costs money)."""
+        path = _path("prompts", name, "complete")
+        try:
+            resp = self._http.post(path, json=_complete_body(variables, unit_id, messages, cache),
+                                   timeout=timeout)
+        except httpx.TransportError as exc:
+            raise _unavailable(exc, self.base_url) from exc
+        if resp.status_code >= 400:
+            raise _complete_error(resp, name)
+        return CompleteResult.from_json(resp.json())
+
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
@@ -379,6 +461,20 @@ class AsyncClient(_Base):
         await self._best_effort(name,
                                 out["version"] if out.get("experiment_id") is None else None)
         return out  # type: ignore[no-any-return]
+
+    async def complete(self, name: str, variables: Mapping[str, Any] | None = None, *,
+                       unit_id: str | None = None, messages: list[dict[str, Any]] | None = None,
+                       cache: str | None = None, timeout: float = 120.0) -> CompleteResult:
+        """Call the prompt's model through the gateway (never resent: a call costs money)."""
+        path = _path("prompts", name, "complete")
+        try:
+            resp = await self._http.post(
+                path, json=_complete_body(variables, unit_id, messages, cache), timeout=timeout)
+        except httpx.TransportError as exc:
+            raise _unavailable(exc, self.base_url) from exc
+        if resp.status_code >= 400:
+            raise _complete_error(resp, name)
+        return CompleteResult.from_json(resp.json())
 
     async def feedback(self, decision_id: str, reward: float | bool,
                        metric: str | None = None) -> str:

@@ -118,6 +118,7 @@ class PromptContent:
     template: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     variables: tuple[VariableSpec, ...] = ()
+    cache: dict[str, Any] | None = None  # the response cache settings: mode, ttl_hours, stale_hours
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical JSON form; its hash identifies the content."""
@@ -128,6 +129,8 @@ class PromptContent:
             out["template"] = self.template
         out["model"] = self.model
         out["variables"] = {v.name: v.to_dict() for v in self.variables}
+        if self.cache is not None:  # absent, the hash of content from before caching is unchanged
+            out["cache"] = self.cache
         return out
 
     @classmethod
@@ -143,6 +146,7 @@ class PromptContent:
             variables=tuple(
                 VariableSpec.from_dict(k, v) for k, v in (data.get("variables") or {}).items()
             ),
+            cache=dict(data["cache"]) if data.get("cache") is not None else None,
         )
 
     def content_hash(self) -> str:

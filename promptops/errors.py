@@ -12,7 +12,8 @@
     │   ├── VersionNotFound
     │   ├── LabelNotFound
     │   ├── DecisionNotFound
-    │   └── ExperimentNotFound
+    │   ├── ExperimentNotFound
+    │   └── ModelNotFound             a gateway model name that is not `promptops/NAME[@...]`
     ├── ExperimentStateError          the experiment is not in a state that allows the operation (409)
     ├── Conflict                      a concurrent change won the race (409)
     ├── AuthError                     missing or wrong credentials (401)
@@ -182,6 +183,18 @@ class ExperimentNotFound(NotFound):
     def __init__(self, experiment_id: int | str) -> None:
         super().__init__(f"experiment {experiment_id} not found")
         self.experiment_id = experiment_id
+
+
+class ModelNotFound(NotFound):
+    """The gateway's `model` does not name a promptops prompt (`promptops/NAME[@LABEL|@vN]`)."""
+
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        shown = model if len(model) <= 80 else model[:77] + "..."
+        super().__init__(f"model {shown!r} not found: use promptops/NAME, promptops/NAME@LABEL "
+                         "or promptops/NAME@vN")
+        self.model = model
 
 
 class ExperimentStateError(PromptOpsError):

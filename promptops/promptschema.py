@@ -62,9 +62,13 @@ _TOP_KEYS = (
     "template",
     "variants",
     "experiment",
+    "cache",
 )
 _VARIABLE_KEYS = ("type", "required", "default", "enum", "max_length", "description")
-_VARIANT_KEYS = ("messages", "template", "model", "description")
+_VARIANT_KEYS = ("messages", "template", "model", "description", "cache")
+_CACHE_KEYS = ("mode", "ttl_hours", "stale_hours")
+CACHE_MODES = ("exact", "off")
+"""Response cache modes of a prompt (YAML's bare `off` reads as false and means "off")."""
 _MESSAGE_KEYS = ("role", "content")
 _EXPERIMENT_KEYS = (
     "metric",
@@ -84,7 +88,17 @@ _CHOICES = {
     "status": ("draft", "running"),
     **POLICY_CHOICES,
 }
-_Variant = tuple[tuple[Message, ...] | None, str | None, dict[str, Any]]
+_Variant = tuple[tuple[Message, ...] | None, str | None, dict[str, Any], dict[str, Any] | None]
+
+
+def _cache_mode(value: Any) -> str | None:
+    ok = value is False or value in CACHE_MODES
+    return None if ok else f"must be one of exact, off, got {value!r}"
+
+
+def _hours(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1e6
+    return None if ok else f"must be a number of hours between 0 and 1000000, got {value!r}"
 
 
 @functools.cache
@@ -143,6 +157,28 @@ class PromptChecker(NodeReader):
         if problem:
             self.err(node, f"{_join(where, 'model')}: {problem}")
         return None if problem or value is _BAD else value
+
+    def cache(self, entries: _Entries, where: str) -> dict[str, Any] | None:
+        """The response cache settings at `cache` (None when absent), normalised: mode is a string."""
+        node = _value(entries, "cache")
+        if node is None or _is_null(node):
+            return None
+        at = _join(where, "cache")
+        if isinstance(node, yaml.ScalarNode):  # `cache: off` or `cache: exact`
+            mode = self.read(node, at, _cache_mode)
+            return None if mode is _BAD else {"mode": mode or "off"}
+        cache_entries = self.mapping(node, at, _CACHE_KEYS)
+        if cache_entries is None:
+            return None
+        out: dict[str, Any] = {}
+        mode = self.field(cache_entries, "mode", at, _cache_mode)
+        if mode is not None and mode is not _BAD:
+            out["mode"] = mode or "off"
+        for key in ("ttl_hours", "stale_hours"):
+            hours = self.field(cache_entries, key, at, _hours)
+            if hours is not None and hours is not _BAD:
+                out[key] = float(hours)
+        return out
 
     def text(self, entries: _Entries, key: str, where: str) -> str | None:
         """A template string at a key, queued for the template checks."""
@@ -312,11 +348,12 @@ class PromptChecker(NodeReader):
                 self.err(value, f"{where}: must override messages, template or model")
             override = self.model(ventries, where)
             self.get(ventries, "description", where, "string")
+            cache = self.cache(ventries, where)
             if len(self.problems) == before and override is not None:
                 # Replace-by-key merge over the main model; a null in the variant removes the key.
                 merged = {**main_model, **override}
                 model = {k: v for k, v in merged.items() if not (k in override and v is None)}
-                out[vname] = (messages, template, model)
+                out[vname] = (messages, template, model, cache)
         return out
 
     def identical(
@@ -325,7 +362,7 @@ class PromptChecker(NodeReader):
         """A variant identical to main or to an earlier variant is a problem: it tests nothing."""
         seen = {main.content_hash(): "the main prompt"}
         keys = {k.value: k for k, _ in entries["variants"][1].value}
-        for vname, (messages, template, model) in variants.items():
+        for vname, (messages, template, model, _) in variants.items():
             inherit = messages is None and template is None
             content = PromptContent(
                 main.messages if inherit else messages,
@@ -472,13 +509,14 @@ class PromptChecker(NodeReader):
         if form is None:
             self.err(root, "one of messages or template is required")
         variants = self.variants(entries, form, model or {})
+        cache = self.cache(entries, "")
         self.check_templates()
         experiment = self.experiment(entries["experiment"][1]) if "experiment" in entries else None
         if (messages or template) is not None and model is not None and variants:
             self.identical(entries, PromptContent(messages, template, model), variants)
         if self.problems or variables is None or model is None or variants is None:
             return None
-        content = PromptContent(messages, template, model, tuple(variables))
+        content = PromptContent(messages, template, model, tuple(variables), cache)
         return PromptDefinition(
             name=name,
             content=content,
@@ -490,8 +528,10 @@ class PromptChecker(NodeReader):
                     template if vm is None and vt is None else vt,
                     vmodel,
                     content.variables,
+                    # A variant's cache settings override the top-level ones key by key.
+                    {**(cache or {}), **vcache} if vcache is not None else cache,
                 )
-                for vname, (vm, vt, vmodel) in variants.items()
+                for vname, (vm, vt, vmodel, vcache) in variants.items()
             },
             experiment=experiment,
             path=self.path,

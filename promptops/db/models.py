@@ -276,3 +276,75 @@ class MetaRow(Base):
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class CallRow(Base):
+    """One gateway call to a provider (or a cache hit), recorded with its decision."""
+
+    __tablename__ = "calls"
+    __table_args__ = (Index("ix_calls_prompt_created", "prompt_id", "created_at"),)
+    decision_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(Integer)
+    version_id: Mapped[int] = mapped_column(Integer)
+    experiment_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    arm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[float] = mapped_column(Double)
+    status: Mapped[str] = mapped_column(String(16))
+    http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(256))
+    cache: Mapped[str] = mapped_column(String(8))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+    cost_usd: Mapped[float | None] = mapped_column(Double, nullable=True)
+    input_per_mtok: Mapped[float | None] = mapped_column(Double, nullable=True)
+    output_per_mtok: Mapped[float | None] = mapped_column(Double, nullable=True)
+    latency_ms: Mapped[float] = mapped_column(Double)
+    ttft_ms: Mapped[float | None] = mapped_column(Double, nullable=True)
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The cache key of the upstream request: the most frequent recent ones warm a new production.
+    request_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    variables: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    output: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class CallStatsRow(Base):
+    """Running sums of the calls of one arm in one epoch: usage without scanning the call log."""
+
+    __tablename__ = "call_stats"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "arm", "epoch", name="uq_call_stats"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    arm: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    calls: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    cache_hits: Mapped[int] = mapped_column(Integer, default=0)
+    cost_n: Mapped[int] = mapped_column(Integer, default=0)
+    cost_sum: Mapped[float] = mapped_column(Double, default=0.0)
+    cost_ss: Mapped[float] = mapped_column(Double, default=0.0)
+    latency_sum: Mapped[float] = mapped_column(Double, default=0.0)
+    latency_ss: Mapped[float] = mapped_column(Double, default=0.0)
+    tokens_n: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens_sum: Mapped[float] = mapped_column(Double, default=0.0)
+    completion_tokens_sum: Mapped[float] = mapped_column(Double, default=0.0)
+    latency_hist: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+
+class ResponseCacheRow(Base):
+    """A cached upstream answer, keyed by a hash of the provider and the exact request."""
+
+    __tablename__ = "response_cache"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    prompt: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(256))
+    entry: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Double)
+    used_at: Mapped[float] = mapped_column(Double, index=True)
+    hits: Mapped[int] = mapped_column(Integer, default=0)

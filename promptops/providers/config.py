@@ -7,7 +7,7 @@
                timeout_seconds: 60, max_retries: 2, max_concurrency: 16,
                headers: {OpenAI-Organization: org-1}}
       cheap:  {base_url: "...", prices: {my-model: {input_per_mtok: 0.1, output_per_mtok: 0.4}}}
-    cache: {max_entries: 10000, warm_on_promote: false}
+    cache: {max_entries: 10000, warm_on_promote: 100}
 
 The file is optional: without it one provider, `openai`, exists from OPENAI_BASE_URL and
 OPENAI_API_KEY. An API key is never part of the configuration: only the name of the environment
@@ -37,6 +37,7 @@ DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_MAX_CONCURRENCY = 16
 DEFAULT_CACHE_MAX_ENTRIES = 10_000
+DEFAULT_WARM_ON_PROMOTE = 100
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -88,7 +89,9 @@ class CacheConfig:
     """The response cache settings of promptops.yaml (used by the gateway's cache)."""
 
     max_entries: int = DEFAULT_CACHE_MAX_ENTRIES  # of the in-process layer
-    warm_on_promote: bool = False  # replay cached requests of the old production on promotion
+    # After a promotion, replay the N most frequent recent requests of the prompt against the new
+    # production in the background (0 or false: never; true: DEFAULT_WARM_ON_PROMOTE).
+    warm_on_promote: int | bool = 0
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,11 @@ def _header_value(value: Any) -> str | None:
     return None if ok else "must be one line of text"  # the value may be a credential: not echoed
 
 
-def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+
+def _warm_count(value: Any) -> str | None:
+    if isinstance(value, bool) or (isinstance(value, int) and 0 <= value <= 100_000):
+        return None
+    return f"must be a number of requests between 0 and 100000 (or true/false), got {value!r}"
 
 
 def _between(low: float, high: float, *, integer: bool = False) -> Check:
@@ -276,7 +282,7 @@ class _ConfigChecker(NodeReader):
         entries = self.mapping(node, "cache", _CACHE_KEYS) or {}
         fields = {
             "max_entries": self.field(entries, "max_entries", "cache", _between(0, 10_000_000, integer=True)),
-            "warm_on_promote": self.field(entries, "warm_on_promote", "cache", _boolean),
+            "warm_on_promote": self.field(entries, "warm_on_promote", "cache", _warm_count),
         }
         return CacheConfig(**{k: v for k, v in fields.items() if v is not None and v is not BAD})
 

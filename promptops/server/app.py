@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -10,7 +11,7 @@ from starlette.types import ASGIApp
 
 from promptops import __version__
 from promptops.config import Settings
-from promptops.server import api, dashboard, errors
+from promptops.server import api, dashboard, errors, openai
 from promptops.server.fast import FastPath
 from promptops.server.guard import EdgeGuard
 from promptops.server.metrics import TimingMiddleware
@@ -26,17 +27,21 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.loop = asyncio.get_running_loop()
         runtime.start()
         try:
             yield
         finally:
             runtime.stop()
+            await runtime.gateway.aclose()
 
     app = FastAPI(title="promptops", version=__version__, lifespan=lifespan,
                   description="Prompts as code with A/B experiments on autopilot.")
     app.state.runtime = runtime
+    runtime.app = app
     errors.install(app)
     app.include_router(api.router)
+    app.include_router(openai.router)
     dashboard.install(app)
     app.add_middleware(TimingMiddleware, metrics=runtime.metrics,
                        max_body=settings.max_body_bytes)
@@ -46,7 +51,8 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
 
     def build_middleware_stack() -> ASGIApp:
         fast = FastPath(build_stack(), runtime=runtime, max_body=settings.max_body_bytes)
-        return EdgeGuard(fast, runtime=runtime, settings=settings)  # type: ignore[return-value]
+        gateway = openai.GatewayPath(fast, runtime=runtime, max_body=settings.max_body_bytes)
+        return EdgeGuard(gateway, runtime=runtime, settings=settings)  # type: ignore[return-value]
 
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
     return app

@@ -31,7 +31,35 @@ class Metrics:
                              registry=self.registry)
         self.db_up = Gauge("promptops_database_up", "1 if the database answered the last check.",
                            registry=self.registry)
+        self.calls = Counter("promptops_gateway_calls", "Gateway calls, by outcome and cache result.",
+                             ["provider", "model", "status", "cache"], registry=self.registry)
+        self.tokens = Counter("promptops_gateway_tokens", "Tokens of gateway calls.",
+                              ["provider", "model", "kind"], registry=self.registry)
+        self.cost = Counter("promptops_gateway_cost_usd", "Cost of gateway calls in USD.",
+                            ["provider", "model"], registry=self.registry)
+        self.call_latency = Histogram(
+            "promptops_gateway_call_seconds", "Gateway call latency, cache hits included.",
+            ["provider", "model"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry)
+        self.upstream_errors = Counter("promptops_gateway_upstream_errors",
+                                       "Failed provider calls, by status.",
+                                       ["provider", "model", "status"], registry=self.registry)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def observe_call(self, row: dict[str, Any]) -> None:
+        """Count a recorded gateway call (its row, as the call log stores it)."""
+        provider, model, status = row["provider"], row["model"], row["status"]
+        self.child(self.calls, provider, model, status, row["cache"]).inc()
+        self.child(self.call_latency, provider, model).observe(row["latency_ms"] / 1000.0)
+        if row["prompt_tokens"] is not None:
+            self.child(self.tokens, provider, model, "prompt").inc(row["prompt_tokens"])
+            self.child(self.tokens, provider, model, "completion").inc(
+                row["completion_tokens"] or 0)
+        if row["cost_usd"]:
+            self.child(self.cost, provider, model).inc(row["cost_usd"])
+        if status in ("error", "timeout", "rate_limited"):
+            self.child(self.upstream_errors, provider, model, status).inc()
 
     def child(self, metric: Any, *labels: str) -> Any:
         """The labelled child of a counter or histogram, cached: `labels()` takes a lock and

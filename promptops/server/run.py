@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 from typing import Any
@@ -104,8 +105,14 @@ def uvicorn_config(app: Any) -> Any:
                           timeout_keep_alive=KEEP_ALIVE_SECONDS)
 
 
-def run_server(settings: Settings) -> None:
-    """Serve until interrupted; the banner is printed once the port is ours."""
+def run_server(settings: Settings, *, workers: int = 1) -> None:
+    """Serve until interrupted; the banner is printed once the port is ours.
+
+    With `workers` > 1 the socket is bound once and shared by that many forked processes, each
+    with its own runtime (cache, writer, background loop); epoch updates and promotions stay
+    exactly-once because they are claimed in the database. On SQLite every process writes to one
+    file, one writer at a time: more workers add CPU for serving, not write throughput.
+    """
     import uvicorn
 
     from promptops.server.app import create_app
@@ -113,6 +120,12 @@ def run_server(settings: Settings) -> None:
     sock = bind(settings)
     try:
         ops = prepare(settings)
+        if workers > 1:
+            ops.close()  # each worker opens its own connections after the fork
+            print(f"promptops on http://{settings.host}:{settings.port}  ({workers} workers; "
+                  f"database {mask_url(settings.database_url)})", file=sys.stderr)
+            _run_workers(settings, sock, workers)
+            return
         app = create_app(settings, ops=ops)
         auth = "off (no API key; loopback only)" if app.state.runtime.auth_off else "on"
         print(f"promptops on http://{settings.host}:{settings.port}  (dashboard /, API docs /docs;"
@@ -120,3 +133,37 @@ def run_server(settings: Settings) -> None:
         uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
     finally:
         sock.close()
+
+
+def _run_workers(settings: Settings, sock: Any, workers: int) -> None:
+    """Fork the workers over the shared socket; stop them all when one is interrupted."""
+    import os
+    import signal
+
+    import uvicorn
+
+    from promptops.server.app import create_app
+
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker
+            code = 0
+            try:
+                uvicorn.Server(uvicorn_config(create_app(settings))).run(sockets=[sock])
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def stop(signum: int, _frame: Any) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -12,6 +13,7 @@ from promptops.config import Settings
 from promptops.errors import PromptOpsError
 from promptops.server.metrics import Metrics
 from promptops.services.facade import PromptOps
+from promptops.services.gateway import Gateway
 from promptops.services.writer import BatchWriter
 
 log = logging.getLogger("promptops.server")
@@ -29,6 +31,9 @@ class Runtime:
                                   flush_seconds=settings.writer_flush_seconds)
         self.ops.serving.writer = self.writer
         self.ops.serving.auto_refresh = False
+        self.gateway = Gateway.create(self.ops.serving, settings, on_call=self.metrics.observe_call)
+        self.app: Any = None  # the app serving this runtime (set by create_app)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's (set at start-up)
         self.background = background
         self.key_table: dict[str, str] = {}
         self.key_prefixes: dict[str, str] = {}
@@ -55,7 +60,10 @@ class Runtime:
     def refresh(self, *, force: bool = False) -> None:
         """Reload the serving cache, keys and gauges if the database changed."""
         live = self.ops.serving.live
+        before = live.prompts
         changed = live.refresh(force=force)
+        if changed and before:
+            self._warm_moved(before, live.prompts)
         if changed or force or self._seq_seen != live.seq:
             self._seq_seen = live.seq
             was_off = self.auth_off
@@ -87,6 +95,19 @@ class Runtime:
                 if v is not None and v.id == version_id:
                     return p.name, str(v.number)
         return None
+
+    def _warm_moved(self, before: dict[str, Any], after: dict[str, Any]) -> None:
+        """Warm the cache of each prompt whose production moved (a promotion, a rollback), when
+        `cache.warm_on_promote` asks for it; the calls run on the server's event loop."""
+        if not self.gateway.warm_on_promote or self.loop is None:
+            return
+        for name, prompt in after.items():
+            old = before.get(name)
+            new = prompt.production
+            if old is not None and new is not None and (
+                    old.production is None or old.production.id != new.id):
+                asyncio.run_coroutine_threadsafe(
+                    self.gateway.warm_production(name, new.number), self.loop)
 
     def check_db(self) -> bool:
         """Ping the database; remember the answer for /healthz and metrics."""
@@ -123,6 +144,7 @@ class Runtime:
         self.metrics.pending.set(self.writer.pending)
         try:
             self.refresh()
+            self.gateway.cache.flush_touches()
             self.db_ok = True
             if tick and self.ops.epochs.tick():
                 self.refresh()

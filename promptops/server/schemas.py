@@ -212,6 +212,15 @@ class ArmPublic(BaseModel):
     new_units: int = 0
     metrics: dict[str, MetricPublic] = Field(default_factory=dict)
     guardrails: list[GuardrailPublic] = Field(default_factory=list)
+    calls: int = 0
+    error_rate: float | None = None
+    cache_hit_rate: float | None = None
+    cost_usd_mean: float | None = None
+    cost_usd_total: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p95: float | None = None
+    prompt_tokens_mean: float | None = None
+    completion_tokens_mean: float | None = None
 
 
 class ExperimentPublic(BaseModel):

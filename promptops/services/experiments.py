@@ -35,6 +35,7 @@ from promptops.domain import (
     parse_policy,
 )
 from promptops.errors import ExperimentNotFound, ExperimentStateError, InvalidInput
+from promptops.services.calls import arm_usage
 from promptops.services.context import Context
 from promptops.services.registry import Registry, write_audit
 
@@ -377,6 +378,7 @@ class Experiments:
         snap_arms = snapshot.get("arms") or []
         snap_metrics: dict[str, list[dict[str, Any]]] = snapshot.get("metrics") or {}
         verdicts: list[dict[str, Any]] = snapshot.get("guardrails") or []
+        usage = arm_usage(s, exp.id, len(arms))
         out_arms = []
         for a in arms:
             v = versions[a.version_id]
@@ -392,7 +394,7 @@ class Experiments:
                 "p_beats_control": snap.get("p_beats_control"),
                 "weight": (exp.weights[a.idx] if exp.status in LIVE_STATUSES
                            and a.idx < len(exp.weights) else 0.0),
-                "is_control": a.idx == exp.control_arm,
+                "is_control": a.idx == exp.control_arm, **usage[a.idx].as_dict(),
                 "units": snap.get("units", 0), "new_units": snap.get("new_units", 0),
                 "metrics": arm_metrics,
                 "guardrails": [{k: g[k] for k in ("metric", "state", "diff", "diff_low",

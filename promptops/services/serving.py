@@ -41,6 +41,7 @@ from promptops.domain import (
     LIVE_STATUSES,
     PRODUCTION,
     PromptContent,
+    Rendered,
     metric_name_problem,
     text_problem,
 )
@@ -132,6 +133,26 @@ def experiment_metrics(row: ExperimentRow) -> tuple[str, ...]:
              *(g.get("metric") for g in (row.policy or {}).get("guardrails") or []
                if isinstance(g, dict)), *BUILTIN_METRICS]
     return tuple(dict.fromkeys(str(n) for n in names if n))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A served version and its rendering, with the signed id of the decision."""
+
+    id: str
+    token: DecisionToken
+    version: LiveVersion
+    rendered: Rendered
+    unit_id: str | None
+    variables: dict[str, Any]
+    new_unit: tuple[int, int] | None = None  # (arm, first epoch) of a unit seen for the first time
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON answer of a serve."""
+        out = self.rendered.payload()
+        out["decision_id"] = self.id
+        out["experiment_id"] = self.token.experiment_id
+        return out
 
 
 @dataclass(frozen=True)
@@ -380,9 +401,10 @@ class Serving:
         if self.auto_refresh or self.live.seq < 0:
             self.live.refresh()
 
-    def serve(self, name: str, variables: dict[str, Any], *, unit_id: str | None = None,
-              ) -> dict[str, Any]:
-        """Pick a version (an arm when an experiment runs), render it, record the decision."""
+    def decide(self, name: str, variables: dict[str, Any], *, unit_id: str | None = None,
+               pin: LiveVersion | None = None) -> Decision:
+        """Pick a version (an arm when an experiment runs, or `pin`) and render it; the decision
+        is not recorded yet (`record`)."""
         self._fresh()
         p = self.live.prompt(name)
         if unit_id is not None and (not isinstance(unit_id, str) or len(unit_id) > 256):
@@ -391,7 +413,7 @@ class Serving:
         if unit_id is not None:
             check_text(unit_id, field="unit_id")
         check_text(variables, field="variables")
-        exp = p.experiment
+        exp = p.experiment if pin is None else None
         new_unit: tuple[int, int] | None = None
         if exp is not None:
             first = None if unit_id is None else self._first_epoch(exp, unit_id)
@@ -400,6 +422,8 @@ class Serving:
                 new_unit = (arm, exp.epoch)  # type: ignore[assignment]
                 self._remember((exp.id, unit_id), exp.epoch)
             version = exp.arms[arm]  # type: ignore[index]
+        elif pin is not None:
+            arm, version = None, pin
         elif p.production is not None:
             arm, version = None, p.production
         else:
@@ -409,18 +433,25 @@ class Serving:
         token = DecisionToken(prompt_id=p.id, version_id=version.id,
                               experiment_id=exp.id if exp else None, arm=arm,
                               epoch=exp.epoch if exp else None, decided_at=self.ctx.now())
-        decision_id = self.codec.issue(token)
-        row = decision_row(decision_id, token, unit_id)
-        if new_unit is not None:
-            row[NEW_UNIT] = new_unit
+        return Decision(self.codec.issue(token), token, version, rendered, unit_id, variables,
+                        new_unit)
+
+    def record(self, decision: Decision) -> None:
+        """Record a decision (batched in the server)."""
+        row = decision_row(decision.id, decision.token, decision.unit_id)
+        if decision.new_unit is not None:
+            row[NEW_UNIT] = decision.new_unit
         if self.writer is not None:
             self.writer.add_decision(row)
         else:
             self.recorder.record_decisions([row])
-        out = rendered.payload()
-        out["decision_id"] = decision_id
-        out["experiment_id"] = exp.id if exp else None
-        return out
+
+    def serve(self, name: str, variables: dict[str, Any], *, unit_id: str | None = None,
+              ) -> dict[str, Any]:
+        """Pick a version (an arm when an experiment runs), render it, record the decision."""
+        decision = self.decide(name, variables, unit_id=unit_id)
+        self.record(decision)
+        return decision.payload()
 
     def _first_epoch(self, exp: LiveExperiment, unit_id: str) -> int | None:
         """The epoch of a unit's first exposure (None for a unit never seen): this replica's

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from promptops.db.engine import unreachable
 from promptops.errors import InvalidInput, Unavailable
+from promptops.services.calls import CallRecorder
 from promptops.services.serving import FeedbackItem, Recorder
 
 log = logging.getLogger("promptops.writer")
@@ -59,12 +60,14 @@ class BatchWriter:
     """A background thread that stores decisions and feedback in batches."""
 
     def __init__(self, recorder: Recorder, *, flush_seconds: float = 0.02, max_batch: int = 2000,
-                 max_pending: int = 500_000) -> None:
+                 max_pending: int = 500_000, calls: CallRecorder | None = None) -> None:
         self.recorder = recorder
+        self.call_recorder = calls or CallRecorder(recorder.ctx)
         self.flush_seconds = flush_seconds
         self.max_batch = max_batch
         self.max_pending = max_pending
         self._decisions: deque[dict[str, Any]] = deque()
+        self._calls: deque[dict[str, Any]] = deque()
         self._feedback: deque[tuple[FeedbackItem, Waiter]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -109,6 +112,18 @@ class BatchWriter:
         except IndexError:
             return None
 
+    @property
+    def pending_calls(self) -> int:
+        """Gateway calls not yet stored."""
+        return len(self._calls)
+
+    def add_call(self, row: dict[str, Any]) -> None:
+        """Queue a gateway call record (stored after its decision); never blocks."""
+        self._calls.append(row)
+        if len(self._calls) > self.max_pending:
+            self._calls.popleft()
+            self.dropped += 1
+
     def add_decision(self, row: dict[str, Any]) -> None:
         """Queue a decision; never blocks."""
         self._decisions.append(row)
@@ -145,6 +160,8 @@ class BatchWriter:
         """Store everything buffered now (called by the thread, or by tests)."""
         self._flush_feedback()
         self._flush_decisions()
+        if not self._decisions:  # a call is stored only once its decision is
+            self._flush_calls()
 
     def _flush_feedback(self) -> None:
         while self._feedback:
@@ -236,6 +253,24 @@ class BatchWriter:
                 continue
             self.healthy = True
         return results, len(rows), None
+
+    def _flush_calls(self) -> None:
+        while self._calls:
+            batch: list[dict[str, Any]] = []
+            while self._calls and len(batch) < self.max_batch:
+                batch.append(self._calls.popleft())
+            results, stop, exc = self._write(batch, self._record_calls)
+            for row, result in zip(batch[:stop], results, strict=True):
+                if isinstance(result, _Refused):
+                    log.error("call of decision %s refused by the database, dropped: %s",
+                              row["decision_id"], _short(result.exc))
+            if exc is not None:  # kept, in order, for when the database returns
+                self._calls.extendleft(reversed(batch[stop:]))
+                return
+
+    def _record_calls(self, rows: list[dict[str, Any]]) -> list[None]:
+        self.call_recorder.record_calls(rows)
+        return [None] * len(rows)
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1

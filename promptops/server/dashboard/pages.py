@@ -209,8 +209,25 @@ def experiment_context(ops: PromptOps, experiment_id: int) -> dict[str, Any]:
                  "loss": fmt(a.get("expected_loss"))} for i, a in enumerate(ev.get("arms") or [])]
         evidence_rows.append({"rows": rows, "reason": ev.get("reason"), "at": ev.get("at")})
     return {"exp": exp, "arms": arms, "history": history, "rule": stopping_rule(exp, now),
+            "usage": usage_rows(arms),
             "charts": charts.experiment_charts(exp, history, now),
             "audit": list(zip(audit, evidence_rows, strict=True))}
+
+
+def usage_rows(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-arm gateway figures (none when no arm made a call): cost per 1,000 calls, latency."""
+    if not any(a.get("calls") for a in arms):
+        return []
+
+    def ms(x: float | None) -> str:
+        return "—" if x is None else f"{x:,.0f} ms"
+
+    return [{"label": a["label"], "calls": a["calls"],
+             "cost_per_1k": "—" if a.get("cost_usd_mean") is None
+             else f"${1000 * a['cost_usd_mean']:,.4f}",
+             "p50": ms(a.get("latency_ms_p50")), "p95": ms(a.get("latency_ms_p95")),
+             "error_rate": a.get("error_rate"), "cache_hit_rate": a.get("cache_hit_rate")}
+            for a in arms]
 
 
 def audit_context(ops: PromptOps, prompt: str | None, offset: int) -> dict[str, Any]:

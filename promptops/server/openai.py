@@ -1,0 +1,261 @@
+"""The gateway's routes: `POST /v1/chat/completions` (OpenAI-compatible, with its SSE and error
+shape) and `POST /v1/prompts/{name}/complete`; both are thin over services/gateway.py.
+
+A stream is sent as the gateway yields it; a client that disconnects cancels the sending task,
+which closes the upstream request (the call is recorded `cancelled`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import MutableMapping
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from promptops import errors as e
+from promptops.server.auth import bearer_principal
+from promptops.server.errors import promptops_error_body, status_for
+from promptops.server.metrics import answer_too_large, declared_too_large
+from promptops.services.gateway import (
+    Completion,
+    CompletionRequest,
+    CompletionStream,
+    parse_model,
+)
+
+router = APIRouter()
+CHAT_PATH = "/v1/chat/completions"
+COMPLETE_PREFIX = "/v1/prompts/"
+COMPLETE_SUFFIX = "/complete"
+COMPLETE_ROUTE = "/v1/prompts/{name}/complete"
+
+# Fields of a chat.completions body that promptops reads itself; everything else goes upstream.
+_OWN = frozenset(("model", "messages", "variables", "user", "stream", "stream_options", "cache"))
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+                 429: "rate_limit_error"}
+
+
+def openai_error(exc: e.PromptOpsError) -> Response:
+    """A promptops error in OpenAI's shape `{"error": {message, type, param, code}}`."""
+    status = status_for(exc)
+    kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    body = {"error": {"message": exc.message, "type": kind,
+                      "param": getattr(exc, "field", None), "code": exc.code}}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def cache_directive(request: Request, body_value: Any) -> str | None:
+    """"refresh", "bypass" or None from the body's `cache` or the Cache-Control header."""
+    if body_value is not None:
+        return body_value if isinstance(body_value, str) else repr(body_value)
+    header = request.headers.get("cache-control", "").lower()
+    directives = {d.strip().split("=")[0] for d in header.split(",")}
+    if "no-store" in directives:
+        return "bypass"
+    if "no-cache" in directives:
+        return "refresh"
+    return None
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise e.InvalidInput("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise e.InvalidInput("the body must be a JSON object")
+    return body
+
+
+def _variables(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise e.InvalidInput("variables must be an object", field="variables")
+    return value
+
+
+def _unit(value: Any, field: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or len(value) > 256):
+        raise e.InvalidInput(f"{field} must be a string of at most 256 characters", field=field)
+    return value
+
+
+def chat_request(request: Request, body: dict[str, Any]) -> tuple[CompletionRequest, bool]:
+    """The gateway request of a chat.completions body, and whether it streams."""
+    name, version, label = parse_model(body.get("model"))
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise e.InvalidInput("stream must be true or false", field="stream")
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return CompletionRequest(
+        name=name, variables=_variables(body.get("variables")),
+        unit_id=_unit(body.get("user"), "user"), messages=body.get("messages") or [],
+        cache=cache_directive(request, body.get("cache")), version=version, label=label,
+        extra={k: v for k, v in body.items() if k not in _OWN},
+        include_usage=include_usage), stream
+
+
+def _headers(completion: Completion | CompletionStream) -> dict[str, str]:
+    d = completion.decision
+    return {"x-promptops-decision-id": d.id, "x-promptops-version": str(d.rendered.version),
+            "x-promptops-variant": d.rendered.variant, "x-promptops-cache": str(completion.cache)}
+
+
+class SSEResponse(Response):
+    """Sends a gateway stream as Server-Sent Events; a disconnect cancels it (and the upstream)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, stream: CompletionStream, headers: dict[str, str]) -> None:
+        super().__init__(content=None, headers={**headers, "cache-control": "no-cache",
+                                                "x-accel-buffering": "no"})
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self.stream = stream
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def pump() -> None:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": self.raw_headers})
+            async for chunk in self.stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        sender = asyncio.ensure_future(pump())
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait((sender, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sender, watcher):
+                task.cancel()
+            for task in (sender, watcher):
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await task
+            await self.stream.aclose()
+        if sender.done() and not sender.cancelled() and sender.exception() is not None:
+            raise sender.exception()  # type: ignore[misc]
+
+
+@router.post("/v1/chat/completions", tags=["gateway"])
+async def chat_completions(request: Request) -> Response:
+    """OpenAI-compatible chat completions; `model` is `promptops/NAME[@LABEL|@vN]`."""
+    rt = request.app.state.runtime
+    try:
+        bearer_principal(request)
+        req, stream = chat_request(request, await _json_body(request))
+        if stream:
+            opened = await rt.gateway.open_stream(req)
+            return SSEResponse(opened, _headers(opened))
+        completion = await rt.gateway.complete(req)
+    except e.PromptOpsError as exc:
+        return openai_error(exc)
+    return Response(orjson.dumps(completion.openai()), media_type="application/json",
+                    headers=_headers(completion))
+
+
+@router.post("/v1/prompts/{name}/complete", tags=["gateway"])
+async def complete(name: str, request: Request) -> Response:
+    """Call the model of a prompt (an arm if an experiment runs); records the decision and call."""
+    rt = request.app.state.runtime
+    try:
+        bearer_principal(request)
+        body = await _json_body(request)
+        unknown = set(body) - {"unit_id", "variables", "messages", "cache"}
+        if unknown:
+            raise e.InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+        req = CompletionRequest(
+            name=name, variables=_variables(body.get("variables")),
+            unit_id=_unit(body.get("unit_id"), "unit_id"), messages=body.get("messages") or [],
+            cache=cache_directive(request, body.get("cache")))
+        completion = await rt.gateway.complete(req)
+    except e.PromptOpsError as exc:
+        status, content = promptops_error_body(exc)
+        return Response(orjson.dumps(content), status_code=status, media_type="application/json",
+                        headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+    return Response(orjson.dumps(completion.payload()), media_type="application/json",
+                    headers=_headers(completion))
+
+
+class GatewayPath:
+    """Pure-ASGI layer that sends the gateway's two routes straight to their handlers: FastAPI's
+    routing over every route and its middleware stack cost a noticeable share of a call
+    (bench/gateway.py). The handlers are the same functions the FastAPI routes run."""
+
+    def __init__(self, app: Any, *, runtime: Any, max_body: int) -> None:
+        self.app = app
+        self.rt = runtime
+        self.max_body = max_body
+        self._latency: dict[tuple[str, int], Any] = {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path = scope["path"]
+            if path == CHAT_PATH:
+                await self._handle(scope, receive, send, CHAT_PATH, None)
+                return
+            if path.startswith(COMPLETE_PREFIX) and path.endswith(COMPLETE_SUFFIX):
+                name = path[len(COMPLETE_PREFIX):-len(COMPLETE_SUFFIX)]
+                if name and "/" not in name:
+                    await self._handle(scope, receive, send, COMPLETE_ROUTE, name)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, route: str,
+                      name: str | None) -> None:
+        start = time.perf_counter()
+        for key, value in scope["headers"]:
+            if key == b"content-length" and declared_too_large(value, self.max_body):
+                await answer_too_large(send, self.max_body)
+                return
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before sending its request
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body:
+                await answer_too_large(send, self.max_body)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        status = [500]
+
+        async def sending(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        request = Request(scope, replay)
+        request.scope["app"] = self.rt.app
+        if name is None:
+            response = await chat_completions(request)
+        else:
+            response = await complete(name, request)
+        sse = isinstance(response, SSEResponse)
+        await response(scope, receive if sse else replay, sending)
+        key = (route, status[0])
+        child = self._latency.get(key)
+        if child is None:
+            child = self._latency[key] = self.rt.metrics.child(
+                self.rt.metrics.latency, "POST", route, str(status[0]))
+        child.observe(time.perf_counter() - start)

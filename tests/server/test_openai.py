@@ -1,0 +1,311 @@
+"""The OpenAI-compatible route and /complete, driven by the official `openai` SDK."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from promptops.db.models import CallRow
+from tests import fakeupstream
+from tests.fakeupstream import Reply
+from tests.services.test_gateway import ARMS, PROMPT, WARM, config
+
+# Fixtures shared with other test modules.
+fake_upstream = fakeupstream.fake_upstream
+
+
+@pytest.fixture
+def gateway_settings(tmp_path: Path, settings, ops, fake_upstream):  # type: ignore[no-untyped-def]
+    """Settings with a promptops.yaml over the fake upstream, and the test prompts synced."""
+    for name, text in (("ask", PROMPT), ("chat", WARM), ("duel", ARMS)):
+        (tmp_path / "prompts" / f"{name}.yaml").write_text(text)
+    ops.sync()
+    path = tmp_path / "promptops.yaml"
+    path.write_text(config(fake_upstream, timeout=1.0))
+    return dataclasses.replace(settings, config_path=path)
+
+
+@pytest.fixture
+def http(gateway_settings, ops, clock) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    """A TestClient over an app with the gateway (auth off: loopback, no key)."""
+    from promptops.server.app import create_app
+
+    app = create_app(gateway_settings, ops=ops, clock=clock, background=False)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def sdk(http: TestClient) -> openai.OpenAI:
+    """The official SDK, talking to the app through the TestClient."""
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http,
+                         max_retries=0)
+
+
+def recorded(ops, http: TestClient, count: int = 1) -> list[CallRow]:  # type: ignore[no-untyped-def]
+    """The stored calls, once `count` are (the writer thread may hold a batch in flight)."""
+    deadline = time.monotonic() + 10
+    while True:
+        http.app.state.runtime.writer.flush()
+        with ops.ctx.tx() as s:
+            rows = list(s.scalars(select(CallRow)))
+            s.expunge_all()
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.01)
+
+
+def test_sdk_completion(sdk, http, ops):
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="promptops/ask", messages=[], extra_body={"variables": {"question": "hi"}})
+    out = raw.parse()
+    assert out.choices[0].message.content == "echo: hi"
+    assert out.id == raw.headers["x-promptops-decision-id"]
+    assert raw.headers["x-promptops-version"] == "1" and raw.headers["x-promptops-cache"] == "miss"
+    assert out.usage is not None and out.usage.total_tokens > 0
+    [call] = recorded(ops, http)
+    assert call.decision_id == out.id and call.status == "ok"
+
+
+def test_sdk_stream(sdk, http, ops):
+    chunks = list(sdk.chat.completions.create(
+        model="promptops/chat", messages=[{"role": "user", "content": "more"}], stream=True,
+        stream_options={"include_usage": True}, user="unit-1",
+        extra_body={"variables": {"question": "hi"}}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: more"
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("d_")
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    [call] = recorded(ops, http)
+    assert call.stream and call.ttft_ms is not None
+
+
+def test_cached_answer_replays_as_a_stream(sdk, http, fake_upstream):
+    body = {"variables": {"question": "same"}}
+    sdk.chat.completions.create(model="promptops/ask", messages=[], extra_body=body)
+    http.app.state.runtime.writer.flush()
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="promptops/ask", messages=[], stream=True, extra_body=body)
+    assert raw.headers["x-promptops-cache"] == "hit"
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == "echo: same" and fake_upstream.count == 1
+
+
+def test_cache_control_header(sdk, fake_upstream):
+    body = {"variables": {"question": "x"}}
+    sdk.chat.completions.create(model="promptops/ask", messages=[], extra_body=body)
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="promptops/ask", messages=[], extra_body=body,
+        extra_headers={"Cache-Control": "no-store"})
+    assert raw.headers["x-promptops-cache"] == "bypass" and fake_upstream.count == 2
+
+
+def test_pinned_version(sdk):
+    raw = sdk.chat.completions.with_raw_response.create(model="promptops/duel@v2", messages=[])
+    assert raw.headers["x-promptops-version"] == "2" and raw.headers["x-promptops-variant"] == "two"
+    raw = sdk.chat.completions.with_raw_response.create(model="promptops/duel@production",
+                                                        messages=[])
+    assert raw.headers["x-promptops-version"] == "1"
+
+
+@pytest.mark.parametrize("model, error, code", [
+    pytest.param("gpt-4o", openai.NotFoundError, "model_not_found", id="not-promptops"),
+    pytest.param("promptops/nope", openai.NotFoundError, "prompt_not_found", id="unknown-prompt"),
+    pytest.param("promptops/duel@v9", openai.NotFoundError, "version_not_found", id="no-version"),
+    pytest.param("promptops/ask", openai.UnprocessableEntityError, "invalid_variables",
+                 id="missing-variable"),
+])
+def test_errors_in_openai_shape(sdk, model, error, code):
+    with pytest.raises(error) as caught:
+        sdk.chat.completions.create(model=model, messages=[])
+    assert caught.value.code == code
+    body: Any = caught.value.body
+    assert set(body) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("reply, error, status", [
+    pytest.param(Reply(status=500), openai.InternalServerError, 502, id="refuses"),
+    pytest.param(Reply(status=429), openai.RateLimitError, 429, id="rate-limited"),
+    pytest.param(Reply(hang=True), openai.InternalServerError, 504, id="hangs"),
+    pytest.param(Reply(body=b"<html>"), openai.InternalServerError, 502, id="malformed"),
+])
+def test_upstream_failures(sdk, http, ops, fake_upstream, reply, error, status):
+    fake_upstream.enqueue(reply)
+    with pytest.raises(error) as caught:
+        sdk.chat.completions.create(model="promptops/chat", messages=[],
+                                    extra_body={"variables": {"question": "q"}})
+    assert caught.value.status_code == status
+    [call] = recorded(ops, http)
+    assert call.status != "ok"
+
+
+def test_error_after_the_stream_started(sdk, fake_upstream):
+    fake_upstream.enqueue(Reply(content="a b c d", break_after=2))
+    with pytest.raises(openai.APIError) as caught:
+        list(sdk.chat.completions.create(model="promptops/chat", messages=[], stream=True,
+                                         extra_body={"variables": {"question": "q"}}))
+    assert "broke off" in caught.value.message
+
+
+def test_serve_key_is_the_api_key(gateway_settings, ops, clock):
+    from promptops.server.app import create_app
+
+    key = ops.keys.create("serve")
+    app = create_app(gateway_settings, ops=ops, clock=clock, background=False)
+    with TestClient(app) as http:
+        good = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=http)
+        out = good.chat.completions.create(model="promptops/duel", messages=[])
+        assert out.choices[0].message.content == "echo: one" or "echo: two"
+        bad = openai.OpenAI(base_url="http://testserver/v1", api_key="wrong", http_client=http,
+                            max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.chat.completions.create(model="promptops/duel", messages=[])
+
+
+def test_complete_route(http):
+    r = http.post("/v1/prompts/ask/complete", json={"variables": {"question": "q"}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"decision_id", "prompt", "version", "variant", "experiment_id", "model",
+                         "output", "finish_reason", "usage", "cost_usd", "latency_ms", "cache"}
+    assert body["output"] == {"role": "assistant", "content": "echo: q"}
+    r = http.post("/v1/prompts/ask/complete", json={"variables": {"question": "q"}})
+    assert r.json()["cache"] == "hit" and r.json()["cost_usd"] == 0.0
+    r = http.post("/v1/prompts/ask/complete", json={"variables": {}, "cache": "sometimes"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
+    r = http.post("/v1/prompts/nope/complete", json={})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "prompt_not_found"
+
+
+# --- a live server: the SDK over real HTTP, and a client that disconnects mid-stream ---------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live(gateway_settings, ops) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A uvicorn server over the app; its base URL."""
+    import uvicorn
+
+    from promptops.server.app import create_app
+
+    port = _free_port()
+    settings = dataclasses.replace(gateway_settings, port=port)
+    app = create_app(settings, ops=ops, background=False)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_live_stream_and_disconnect(live, ops, fake_upstream):
+    client = openai.OpenAI(base_url=live + "/v1", api_key="unused", max_retries=0)
+    chunks = list(client.chat.completions.create(model="promptops/chat", messages=[], stream=True,
+                                                 extra_body={"variables": {"question": "a b"}}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "echo: a b"
+
+    fake_upstream.enqueue(Reply(content="one two three four five", stall_after=2))
+    with httpx.stream("POST", live + "/v1/chat/completions", json={
+            "model": "promptops/chat", "messages": [], "stream": True,
+            "variables": {"question": "q"}}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                json.loads(line[5:])
+                break
+    assert fake_upstream.left.wait(10), "the upstream request was not cancelled"
+    deadline = time.monotonic() + 10
+    while True:
+        with ops.ctx.tx() as s:
+            statuses = sorted(s.scalars(select(CallRow.status)))
+        if statuses == ["cancelled", "ok"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert statuses == ["cancelled", "ok"]
+
+
+def test_experiment_read_has_per_arm_usage(http, ops):
+    for i in range(6):
+        assert http.post("/v1/prompts/duel/complete", json={"unit_id": f"u{i}"}).status_code == 200
+    assert len(recorded(ops, http, 6)) == 6
+    [exp] = http.get("/v1/experiments").json()["experiments"]
+    arms = http.get(f"/v1/experiments/{exp['id']}").json()["arms"]
+    assert sum(a["calls"] for a in arms) == 6
+    for a in arms:
+        assert a["calls"] == a["decisions"]
+        if a["calls"]:
+            assert a["error_rate"] == 0.0 and a["cost_usd_total"] > 0
+            assert a["latency_ms_p95"] >= a["latency_ms_p50"] > 0
+        else:
+            assert a["cost_usd_mean"] is None and a["latency_ms_p50"] is None
+
+
+def test_dashboard_shows_per_arm_usage(http, ops):
+    for i in range(4):
+        assert http.post("/v1/prompts/duel/complete", json={"unit_id": f"u{i}"}).status_code == 200
+    recorded(ops, http, 4)
+    [exp] = http.get("/v1/experiments").json()["experiments"]
+    page = http.get(f"/experiments/{exp['id']}", headers={"accept": "text/html"})
+    assert page.status_code == 200
+    assert "Calls through the gateway" in page.text and "Cost per 1,000 calls" in page.text
+
+
+TWO = """\
+name: two
+model: {name: fake-model, temperature: 0}
+variables:
+  q: {type: string, required: true}
+messages:
+  - {role: user, content: "{{ q }}"}
+variants:
+  b:
+    messages:
+      - {role: user, content: "B {{ q }}"}
+"""
+
+
+def test_production_move_warms_the_new_version(tmp_path, gateway_settings, ops, clock,
+                                               fake_upstream):
+    from promptops.server.app import create_app
+
+    (tmp_path / "prompts" / "two.yaml").write_text(TWO)
+    ops.sync()
+    config = gateway_settings.config_path
+    config.write_text(config.read_text() + "cache: {warm_on_promote: 2}\n")
+    app = create_app(gateway_settings, ops=ops, clock=clock, background=False)
+    with TestClient(app) as http:
+        for q in ("x", "x", "x", "y", "y", "z"):
+            assert http.post("/v1/prompts/two/complete",
+                             json={"variables": {"q": q}}).status_code == 200
+        recorded(ops, http, 6)
+        before = fake_upstream.count
+        assert http.post("/v1/prompts/two/labels/production", json={"version": 2}).status_code == 200
+        deadline = time.monotonic() + 10
+        while fake_upstream.count < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        warmed = [r.json()["messages"][-1]["content"] for r in fake_upstream.requests[before:]]
+        assert sorted(warmed) == ["B x", "B y"]  # the two most frequent requests
+        out = http.post("/v1/prompts/two/complete", json={"variables": {"q": "x"}}).json()
+        assert out["version"] == 2 and out["cache"] == "hit"

@@ -1,0 +1,313 @@
+"""The response cache: keys, hits, refresh and bypass, single flight, stale-while-revalidate,
+stream replay, eviction, and the Redis tier."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from promptops import errors as e
+from promptops.services.cache import CacheEntry, CachePolicy, ResponseCache, cache_key, random_prefix
+from promptops.services.gateway import CompletionRequest, Gateway
+from tests import fakeupstream
+from tests.fakeupstream import Reply
+from tests.services.test_gateway import PROMPT, WARM, config
+
+# Fixtures shared with other test modules.
+fake_upstream = fakeupstream.fake_upstream
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+CACHED = """\
+name: cached
+model: {name: fake-model, temperature: 0.9}
+variables:
+  question: {type: string, required: true}
+messages:
+  - {role: user, content: "{{ question }}"}
+cache: {mode: exact, ttl_hours: 1, stale_hours: 1}
+variants:
+  uncached:
+    messages:
+      - {role: user, content: "Q: {{ question }}"}
+    cache: {mode: off}
+"""
+
+
+def _redis_up() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def make(tmp_path, settings, ops, fake_upstream):  # type: ignore[no-untyped-def]
+    """Build a gateway over the fake upstream, with the database or the Redis tier."""
+    for name, text in (("ask", PROMPT), ("chat", WARM), ("cached", CACHED)):
+        (tmp_path / "prompts" / f"{name}.yaml").write_text(text)
+    ops.sync()
+    prefixes = []
+
+    def build(*, redis: bool = False) -> Gateway:
+        path = tmp_path / "promptops.yaml"
+        path.write_text(config(fake_upstream))
+        gateway = Gateway.create(ops.serving, dataclasses.replace(
+            settings, config_path=path, redis_url=REDIS_URL if redis else None))
+        if redis:
+            gateway.cache.prefix = random_prefix()
+            prefixes.append(gateway.cache.prefix)
+        return gateway
+
+    yield build
+    if prefixes:
+        import redis as redis_lib
+
+        r = redis_lib.Redis.from_url(REDIS_URL)
+        for prefix in prefixes:
+            names = list(r.scan_iter(match=prefix + "*"))
+            if names:
+                r.delete(*names)
+
+
+def run(gateway: Gateway, coro: Any) -> Any:
+    async def go() -> Any:
+        try:
+            result = await coro
+            await gateway.cache.drain()
+            return result
+        finally:
+            await gateway.aclose()
+    return asyncio.run(go())
+
+
+def ask(question: str = "why?", name: str = "ask", **options: Any) -> CompletionRequest:
+    return CompletionRequest(name=name, variables={"question": question}, **options)
+
+
+async def twice(gw: Gateway, first: CompletionRequest, second: CompletionRequest) -> list[str]:
+    a = await gw.complete(first)
+    await gw.cache.drain()
+    b = await gw.complete(second)
+    return [str(a.cache), str(b.cache)]
+
+
+def test_key_ignores_stream_but_not_parameters():
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0}
+    assert cache_key("p", body) == cache_key("p", {**body, "stream": True,
+                                                   "stream_options": {"include_usage": True}})
+    assert cache_key("p", body) != cache_key("p", {**body, "temperature": 0.1})
+    assert cache_key("p", body) != cache_key("q", body)
+
+
+@pytest.mark.parametrize("settings_, model, enabled", [
+    pytest.param(None, {"temperature": 0}, True, id="temperature-0"),
+    pytest.param(None, {"temperature": 0.2}, False, id="temperature-0.2"),
+    pytest.param(None, {}, False, id="no-temperature"),
+    pytest.param({"mode": "off"}, {"temperature": 0}, False, id="off"),
+    pytest.param({"mode": "exact"}, {"temperature": 1}, True, id="exact"),
+])
+def test_default_mode(settings_, model, enabled):
+    assert CachePolicy.of(settings_, model).enabled is enabled
+
+
+def test_ttl_and_stale_windows():
+    policy = CachePolicy.of({"mode": "exact", "ttl_hours": 1, "stale_hours": 2}, {})
+    assert [policy.state(s) for s in (0, 3599, 3600, 3 * 3600 - 1, 3 * 3600)] == [
+        "fresh", "fresh", "stale", "stale", "expired"]
+    assert CachePolicy.of({"mode": "exact"}, {}).state(1e12) == "fresh"
+
+
+def test_second_identical_call_is_a_hit(make, fake_upstream):
+    gw = make()
+    assert run(gw, twice(gw, ask(), ask())) == ["miss", "hit"]
+    assert fake_upstream.count == 1
+
+
+def test_different_variables_miss(make, fake_upstream):
+    gw = make()
+    assert run(gw, twice(gw, ask("a"), ask("b"))) == ["miss", "miss"]
+
+
+def test_temperature_above_zero_is_not_cached(make, fake_upstream):
+    gw = make()
+    assert run(gw, twice(gw, ask(name="chat"), ask(name="chat"))) == ["bypass", "bypass"]
+    assert fake_upstream.count == 2
+
+
+def test_refresh_skips_the_read_and_rewrites(make, fake_upstream):
+    gw = make()
+
+    async def go() -> list[str]:
+        out = await twice(gw, ask(), ask(cache="refresh"))
+        fake_upstream.reply = Reply(content="never")
+        await gw.cache.drain()
+        third = await gw.complete(ask())
+        return [*out, str(third.cache), third.message["content"]]
+
+    assert run(gw, go()) == ["miss", "refresh", "hit", "echo: why?"]
+    assert fake_upstream.count == 2
+
+
+def test_bypass_neither_reads_nor_writes(make, fake_upstream):
+    gw = make()
+    assert run(gw, twice(gw, ask(cache="bypass"), ask())) == ["bypass", "miss"]
+    assert fake_upstream.count == 2
+
+
+def test_the_database_tier_serves_another_process(make, fake_upstream):
+    first, second = make(), make()
+    run(first, first.complete(ask()))
+    out = run(second, second.complete(ask()))
+    assert str(out.cache) == "hit" and fake_upstream.count == 1
+
+
+def test_concurrent_identical_misses_make_one_call(make, fake_upstream):
+    gw = make()
+    fake_upstream.reply = Reply(latency=0.2)
+
+    async def go() -> list[str]:
+        results = await asyncio.gather(*(gw.complete(ask()) for _ in range(8)))
+        return sorted(str(r.cache) for r in results)
+
+    assert run(gw, go()) == ["hit"] * 7 + ["miss"]
+    assert fake_upstream.count == 1
+
+
+def test_stale_entries_are_served_while_one_call_refreshes(make, fake_upstream, clock):
+    gw = make()
+
+    async def go() -> list[str]:
+        await gw.complete(ask(name="cached"))
+        await gw.cache.drain()
+        clock.advance(hours=1.5)  # past ttl, within stale
+        fake_upstream.reply = Reply(content="fresher", latency=0.1)
+        stale = await asyncio.gather(*(gw.complete(ask(name="cached")) for _ in range(3)))
+        await gw.cache.drain()
+        after = await gw.complete(ask(name="cached"))
+        return [*(r.message["content"] for r in stale), after.message["content"]]
+
+    assert run(gw, go()) == ["echo: why?"] * 3 + ["fresher"]
+    assert fake_upstream.count == 2
+
+
+def test_expired_entries_miss(make, fake_upstream, clock):
+    gw = make()
+
+    async def go() -> str:
+        await gw.complete(ask(name="cached"))
+        await gw.cache.drain()
+        clock.advance(hours=2.5)
+        return str((await gw.complete(ask(name="cached"))).cache)
+
+    assert run(gw, go()) == "miss"
+    assert fake_upstream.count == 2
+
+
+def test_a_variant_may_turn_the_cache_off(make, fake_upstream, ops):
+    gw = make()
+    out = run(gw, gw.complete(CompletionRequest(name="cached", variables={"question": "q"},
+                                                label="production")))
+    assert str(out.cache) == "miss"
+    prompt = ops.registry.get_prompt("cached")
+    uncached = next(v["number"] for v in prompt["versions"] if v["variant"] == "uncached")
+    gw = make()
+    assert run(gw, twice(gw, ask(name="cached", version=uncached),
+                         ask(name="cached", version=uncached))) == ["bypass", "bypass"]
+
+
+def test_a_hit_replays_as_a_stream(make, fake_upstream):
+    gw = make()
+
+    async def go() -> tuple[str, list[bytes]]:
+        await gw.complete(ask())
+        await gw.cache.drain()
+        stream = await gw.open_stream(ask(include_usage=True))
+        return str(stream.cache), [chunk async for chunk in stream]
+
+    cache, chunks = run(gw, go())
+    assert cache == "hit" and chunks[-1] == b"data: [DONE]\n\n"
+    events = [json.loads(c[6:]) for c in chunks[:-1]]
+    text = "".join(ev["choices"][0]["delta"].get("content") or "" for ev in events if ev["choices"])
+    assert text == "echo: why?" and events[-1]["usage"]["total_tokens"] > 0
+    assert fake_upstream.count == 1
+
+
+def test_a_stream_fills_the_cache(make, fake_upstream):
+    gw = make()
+
+    async def go() -> str:
+        stream = await gw.open_stream(ask())
+        async for _ in stream:
+            pass
+        await gw.cache.drain()
+        return str((await gw.complete(ask())).cache)
+
+    assert run(gw, go()) == "hit" and fake_upstream.count == 1
+
+
+def test_failures_are_not_cached(make, fake_upstream):
+    gw = make()
+    fake_upstream.enqueue(Reply(status=500))
+
+    async def go() -> str:
+        with pytest.raises(e.UpstreamError):
+            await gw.complete(ask())
+        return str((await gw.complete(ask())).cache)
+
+    assert run(gw, go()) == "miss"
+
+
+def entry(n: int) -> CacheEntry:
+    return CacheEntry(provider="p", model="m", message={"role": "assistant", "content": str(n)},
+                      finish_reason="stop", prompt_tokens=1, completion_tokens=1,
+                      created_at=0.0, prompt="ask" if n % 2 else "chat")
+
+
+@pytest.mark.parametrize("redis", [False, pytest.param(True, id="redis")])
+def test_eviction_keeps_the_recently_used(ops, redis, clock):
+    if redis and not _redis_up():
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    cache = ResponseCache(ops.ctx, max_entries=3, redis_url=REDIS_URL if redis else None,
+                          redis_prefix=random_prefix())
+
+    async def go() -> None:
+        for n in range(5):
+            clock.advance(1)
+            await cache.put(f"k{n}", entry(n))
+        cache.forget_local()
+        clock.advance(1)
+        assert await cache.get("k0") is not None  # used last: kept
+        assert cache.evict() == 2
+        assert cache.stats().entries == 3
+        cache.forget_local()
+        kept = [k for k in (f"k{n}" for n in range(5)) if await cache.get(k) is not None]
+        assert kept == ["k0", "k3", "k4"]
+        assert cache.clear("ask") == 1  # k3
+        assert cache.clear() == 2
+        assert cache.stats().entries == 0
+
+    async def main() -> None:
+        try:
+            await go()
+        finally:
+            cache.clear()
+            await cache.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
+def test_the_redis_tier_is_shared(make, fake_upstream):
+    first, second = make(redis=True), make(redis=True)
+    second.cache.prefix = first.cache.prefix
+    run(first, first.complete(ask()))
+    out = run(second, second.complete(ask()))
+    assert str(out.cache) == "hit" and fake_upstream.count == 1
+    assert second.cache.stats().by_prompt == {"ask": 1}
