@@ -20,7 +20,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
@@ -49,6 +48,8 @@ from promptops.errors import ExperimentStateError
 from promptops.services.context import Context
 from promptops.services.experiments import Experiments
 
+Cells = dict[tuple[int, int], list[float]]
+"""Increments of (n, sum, sum of squares) per (arm, epoch) cell."""
 SYSTEM_ACTOR = "promptops"
 MATURITY_GRACE_SECONDS = 2.0
 _CHUNK = 500
@@ -189,15 +190,14 @@ class EpochUpdater:
              .order_by(DecisionRow.decided_at.desc())
              .limit(stats.rollback_window(policy)))
         rows = s.execute(q).all()
-        arm = np.array([r[0] for r in rows], dtype=np.int64)
-        got = np.array([r[1] is not None for r in rows], dtype=bool)
-        reward = np.array([0.0 if r[1] is None else float(r[1]) for r in rows])
-        counted, value = stats.matured_values(got, reward, reward_kind=exp.reward, policy=policy)
+        counted, value = stats.matured_values([r[1] is not None for r in rows],
+                                              [0.0 if r[1] is None else float(r[1]) for r in rows],
+                                              reward_kind=exp.reward, policy=policy)
         sums = []
         for a in (new, old):
-            sel = (arm == a) & counted
-            v = value[sel]
-            sums.append((float(sel.sum()), float(v.sum()), float((v * v).sum())))
+            mine = [float(v) for r, c, v in zip(rows, counted, value, strict=True)
+                    if r[0] == a and c]
+            sums.append((float(len(mine)), sum(mine), sum(v * v for v in mine)))
         verdict = stats.holdout_step(
             n=(sums[0][0], sums[1][0]), s=(sums[0][1], sums[1][1]), ss=(sums[0][2], sums[1][2]),
             decisions=decisions_total - int(hold.get("decisions_at_start", 0)),
@@ -232,9 +232,7 @@ class EpochUpdater:
         if not rowcount(res):
             return 0
         exp.update_seq = seq
-        k = len(exp.weights) or 2
-        epochs = exp.epoch + 1
-        cells = np.zeros((3, k, epochs))  # dn, ds, dss
+        cells: Cells = {}
         total = self._fold_decisions(s, exp, policy, seq, window, cells)
         total += self._fold_units(s, exp, policy, seq, window, cells)
         self._add_cells(s, exp, cells)
@@ -261,26 +259,24 @@ class EpochUpdater:
                 .outerjoin(fb, joined).where(*where).group_by(DecisionRow.arm, DecisionRow.epoch))
 
     def _fold_decisions(self, s: Session, exp: ExperimentRow, policy: Policy, seq: int,
-                        window: float, cells: np.ndarray) -> int:
+                        window: float, cells: Cells) -> int:
         """Each decision without a unit is its own unit: its value enters its cell once."""
         zero = policy.missing_feedback_for(exp.reward) == "zero"
         total = 0
         for arm, epoch, count, with_fb, ssum, ssq in s.execute(
                 self._batch(exp, seq, window, units=False)).all():
-            if not (0 <= arm < cells.shape[1] and 0 <= epoch < cells.shape[2]):
-                continue
-            cells[:, arm, epoch] += (count if zero else with_fb, ssum, ssq)
+            _add(cells, (arm, epoch), (count if zero else with_fb, ssum, ssq))
             total += int(count)
         return total
 
     def _fold_units(self, s: Session, exp: ExperimentRow, policy: Policy, seq: int,
-                    window: float, cells: np.ndarray) -> int:
+                    window: float, cells: Cells) -> int:
         """Units move their mean between values: `fold_units` gives the cell increments."""
         rows = s.execute(self._batch(exp, seq, window, units=True)).all()
         if not rows:
             return 0
         zero = policy.missing_feedback_for(exp.reward) == "zero"
-        k, epochs = cells.shape[1], cells.shape[2]
+        k, epochs = len(exp.weights), exp.epoch + 1
         stored: dict[str, UnitRow] = {}
         ids = sorted(r[0] for r in rows)
         for i in range(0, len(ids), _CHUNK):
@@ -313,25 +309,23 @@ class EpochUpdater:
             u.total += float(ssum)
         if arm:
             dn, ds, dss = stats.fold_units(
-                arms=k, epochs=epochs, arm=np.array(arm), first_epoch=np.array(first),
-                old_count=np.array(c0), old_sum=np.array(s0), add_count=np.array(add_c),
-                add_sum=np.array(add_s))
-            cells[0] += dn
-            cells[1] += ds
-            cells[2] += dss
+                arms=k, epochs=epochs, arm=arm, first_epoch=first, old_count=c0, old_sum=s0,
+                add_count=add_c, add_sum=add_s)
+            for key in set(zip(arm, first, strict=True)):
+                a, e = key
+                _add(cells, key, (float(dn[a, e]), float(ds[a, e]), float(dss[a, e])))
         return total
 
     @staticmethod
-    def _add_cells(s: Session, exp: ExperimentRow, cells: np.ndarray) -> None:
+    def _add_cells(s: Session, exp: ExperimentRow, cells: Cells) -> None:
         existing: dict[Any, ArmEpochRow] = {(r.arm, r.epoch): r for r in s.scalars(
             select(ArmEpochRow).where(ArmEpochRow.experiment_id == exp.id))}
-        for arm, epoch in zip(*np.nonzero(np.any(cells != 0, axis=0)), strict=True):
-            row = existing.get((int(arm), int(epoch)))
+        for (arm, epoch), (dn, ds, dss) in sorted(cells.items()):
+            row = existing.get((arm, epoch))
             if row is None:
-                row = ArmEpochRow(experiment_id=exp.id, arm=int(arm), epoch=int(epoch),
+                row = ArmEpochRow(experiment_id=exp.id, arm=arm, epoch=epoch,
                                   assigned=0, n=0, s=0.0, ss=0.0)
                 s.add(row)
-            dn, ds, dss = cells[:, arm, epoch]
             row.n += int(round(dn))
             row.s += float(ds)
             row.ss += float(dss)
@@ -356,7 +350,7 @@ class EpochUpdater:
                                            .where(*batch, fb.metric.in_(missing))).all():
                 first.setdefault(metric, []).append(float(raw))
             for metric, values in first.items():
-                caps[metric] = stats.metric_cap(np.array(values))
+                caps[metric] = stats.metric_cap(values)
             state["metric_caps"] = caps
             exp.policy_state = state
         existing: dict[Any, ArmMetricRow] = {(r.metric, r.arm, r.epoch): r for r in s.scalars(
@@ -423,13 +417,13 @@ class EpochUpdater:
         caps = (exp.policy_state or {}).get("metric_caps") or {}
         metrics: dict[str, stats.MetricData] = {}
         for metric in tracked_metrics(exp, policy):
-            n, sm, ss = (np.zeros((k, e)) for _ in range(3))
-            for r in s.scalars(select(ArmMetricRow).where(ArmMetricRow.experiment_id == exp.id,
-                                                          ArmMetricRow.metric == metric)):
-                if 0 <= r.arm < k and 0 <= r.epoch < e:
-                    n[r.arm, r.epoch], sm[r.arm, r.epoch], ss[r.arm, r.epoch] = r.n, r.s, r.ss
-            if n.sum() > 0:
-                metrics[metric] = stats.MetricData(n=n, s=sm, ss=ss, cap=caps.get(metric))
+            rows = [(r.arm, r.epoch, r.n, r.s, r.ss, 0) for r in s.scalars(
+                select(ArmMetricRow).where(ArmMetricRow.experiment_id == exp.id,
+                                           ArmMetricRow.metric == metric))]
+            sums = stats.EpochData.from_cells(k, e, rows, [])
+            if sums.n.sum() > 0:
+                metrics[metric] = stats.MetricData(n=sums.n, s=sums.s, ss=sums.ss,
+                                                   cap=caps.get(metric))
         return stats.EpochData(n=base.n, s=base.s, ss=base.ss, assigned=base.assigned,
                                weights=base.weights,
                                feedback=self._feedback_counts(s, exp, k, policy, now),
@@ -452,11 +446,11 @@ class EpochUpdater:
              .outerjoin(fb, (fb.decision_id == DecisionRow.id) & (fb.metric == exp.metric))
              .where(DecisionRow.experiment_id == exp.id, DecisionRow.decided_at <= cutoff)
              .group_by(DecisionRow.arm))
-        eligible, on_time, late = np.zeros(k), np.zeros(k), np.zeros(k)
+        counts = stats.FeedbackCounts.empty(k)
         for arm, count, ok, after in s.execute(q).all():
             if arm is not None and 0 <= arm < k:
-                eligible[arm], on_time[arm], late[arm] = count, ok, after
-        return stats.FeedbackCounts(eligible=eligible, on_time=on_time, late=late)
+                counts.eligible[arm], counts.on_time[arm], counts.late[arm] = count, ok, after
+        return counts
 
     def _arm_names(self, s: Session, arms: list[ArmRow]) -> list[str]:
         rows = {v.id: v for v in s.scalars(select(VersionRow).where(
@@ -465,8 +459,8 @@ class EpochUpdater:
 
     def _snapshot(self, exp: ExperimentRow, summary: Any, data: stats.EpochData, policy: Policy,
                   names: Sequence[str], *, reason: str, result: Any) -> dict[str, Any]:
-        units = np.asarray(data.n, dtype=float).sum(axis=1)
-        new_units = np.asarray(data.assigned, dtype=float).sum(axis=1)
+        units = data.n.sum(axis=1)
+        new_units = data.assigned.sum(axis=1)
         arms = []
         for i in range(len(summary.mean)):
             arms.append({
@@ -504,7 +498,7 @@ def safety_flags(state: stats.PolicyState, summary: Any, data: stats.EpochData,
             "promotion is frozen (check that every arm's decisions are recorded)"),
             "evidence": {"p_value": _float(summary.srm_p), "new_units": {
                 names[i] if i < len(names) else str(i): int(v)
-                for i, v in enumerate(np.asarray(data.assigned).sum(axis=1))}}})
+                for i, v in enumerate(data.assigned.sum(axis=1))}}})
     if state.feedback_alarm:
         fb = data.feedback
         evidence: dict[str, Any] = {}
@@ -532,6 +526,12 @@ def _guardrails(verdicts: Sequence[Any]) -> list[dict[str, Any]]:
     return [{"arm": v.arm, "metric": v.metric, "state": str(v.state), "diff": _float(v.diff),
              "diff_low": _float(v.diff_low), "diff_high": _float(v.diff_high),
              "relative": v.relative, "sentence": v.sentence} for v in verdicts]
+
+
+def _add(cells: Cells, key: tuple[int, int], values: tuple[float, float, float]) -> None:
+    cell = cells.setdefault(key, [0.0, 0.0, 0.0])
+    for i, v in enumerate(values):
+        cell[i] += float(v)
 
 
 def _cell(t: tuple[float, float, float]) -> dict[str, float | None]:
