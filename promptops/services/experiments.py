@@ -470,4 +470,5 @@ class Experiments:
                      "p_best": (e.summary or {}).get("p_best"),
                      "mean": (e.summary or {}).get("mean"),
                      "checked": (e.summary or {}).get("checked", False),
+                     "holdout": bool((e.summary or {}).get("holdout", False)),
                      "assigned": assigned.get(e.idx, [])} for e in eps]

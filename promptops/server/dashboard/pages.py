@@ -137,6 +137,14 @@ def stopping_rule(exp: dict[str, Any], now: float) -> list[str]:
     remaining = exp.get("value_remaining")
     remaining_line = (f"Value remaining: with 95% probability no arm beats the leader by more "
                       f"than {fmt_pct(remaining)} of its mean." if remaining is not None else None)
+    hold = exp.get("holdout")
+    if exp["status"] == "holdout" and hold:
+        test = ("" if hold.get("p_old_better") is None else
+                f" P(version {hold['old_version']} is better) is {fmt_pct(hold['p_old_better'])}"
+                " on the most recent matured decisions;")
+        return [f"Guarded rollout: version {hold['new_version']} was promoted and holds "
+                f"production; version {hold['old_version']} keeps {fmt_pct(policy.holdout_share)}"
+                f" of the traffic.{test} production moves back if that reaches 95%."]
     if exp["status"] not in ("running", "draft"):
         winner = f"; the winner is version {exp['winner']}" if exp["winner"] else ""
         ended = [f"Ended {exp['status']}: {exp['end_reason'] or 'no reason recorded'}{winner}."]
@@ -209,9 +217,27 @@ def experiment_context(ops: PromptOps, experiment_id: int) -> dict[str, Any]:
                  "loss": fmt(a.get("expected_loss"))} for i, a in enumerate(ev.get("arms") or [])]
         evidence_rows.append({"rows": rows, "reason": ev.get("reason"), "at": ev.get("at")})
     return {"exp": exp, "arms": arms, "history": history, "rule": stopping_rule(exp, now),
-            "usage": usage_rows(arms),
+            "usage": usage_rows(arms), "metrics": metric_rows(arms),
+            "guardrails": [g for a in arms for g in a.get("guardrails") or []],
             "charts": charts.experiment_charts(exp, history, now),
             "audit": list(zip(audit, evidence_rows, strict=True))}
+
+
+def metric_rows(arms: list[dict[str, Any]]) -> dict[str, Any]:
+    """Secondary and guardrail metrics per arm: mean with its 95% interval and n."""
+    names = sorted({m for a in arms for m in a.get("metrics") or {}})
+
+    def text(est: dict[str, Any] | None) -> str:
+        if not est or est.get("mean") is None:
+            return "—"
+        if est.get("ci_low") is None:
+            return f"{est['mean']:.4g} (n {est['n']:,})"
+        return (f"{est['mean']:.4g} ({est['ci_low']:.4g} – {est['ci_high']:.4g}), "
+                f"n {est['n']:,}")
+
+    return {"names": names,
+            "rows": [{"label": a["label"], "cells": [text((a.get("metrics") or {}).get(m))
+                                                     for m in names]} for a in arms]}
 
 
 def usage_rows(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
