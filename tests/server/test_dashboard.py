@@ -4,7 +4,6 @@ sign-in, CSRF and the admin actions; plus the charts and formatting helpers."""
 from __future__ import annotations
 
 import html
-
 import random
 import re
 import time
