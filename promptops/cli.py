@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import sys
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,7 +16,11 @@ from rich.table import Table
 from rich.text import Text
 
 from promptops.config import Settings
+from promptops.domain import ExperimentStatus, KeyRole, RewardKind, Strategy
 from promptops.errors import InvalidInput, InvalidPromptFile, PromptOpsError
+
+if TYPE_CHECKING:
+    from promptops.services.views import ExperimentView
 
 app = typer.Typer(help="Prompts as code, with A/B experiments on autopilot.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -37,39 +41,6 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 # prompt must not drive the terminal.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 C1_CHARS = re.compile(r"[\x7f-\x9f]")
-
-
-class Reward(StrEnum):
-    """Reward kinds of an experiment's primary metric."""
-
-    binary = "binary"
-    continuous = "continuous"
-
-
-class Strategy(StrEnum):
-    """Allocation strategies."""
-
-    thompson = "thompson"
-    fixed = "fixed"
-
-
-class Role(StrEnum):
-    """API key roles."""
-
-    serve = "serve"
-    admin = "admin"
-
-
-class Status(StrEnum):
-    """Experiment statuses."""
-
-    draft = "draft"
-    running = "running"
-    holdout = "holdout"
-    completed = "completed"
-    inconclusive = "inconclusive"
-    rolled_back = "rolled_back"
-    stopped = "stopped"
 
 
 def clean(text: Any) -> str:
@@ -113,9 +84,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _plain(value: Any) -> Any:
+    # The services answer typed views; JSON shows them as the API does.
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
 def print_json(data: Any) -> None:
     """Print JSON to stdout (C1 controls, which JSON leaves raw, escaped as \\u00XX)."""
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=_plain)
     sys.stdout.write(C1_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
 
 
@@ -330,8 +308,8 @@ def experiment_start(
         help="Two or more versions; the first is the control.")] = None,
     experiment_id: Annotated[int | None, typer.Option("--id", help="Start a draft by id.")] = None,
     metric: Annotated[str, typer.Option(help="Metric name.")] = "reward",
-    reward: Annotated[Reward, typer.Option(help="Kind of reward.")] = Reward.binary,
-    strategy: Annotated[Strategy, typer.Option(help="Allocation.")] = Strategy.thompson,
+    reward: Annotated[RewardKind, typer.Option(help="Kind of reward.")] = RewardKind.BINARY,
+    strategy: Annotated[Strategy, typer.Option(help="Allocation.")] = Strategy.THOMPSON,
     weights: Annotated[str | None, typer.Option(help="Fixed weights, e.g. 0.5,0.5.")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Policy SETTING=VALUE (repeatable).")] = None,
@@ -353,21 +331,21 @@ def experiment_start(
         exp = service.experiments.create(
             name, versions, metric=metric, reward=reward.value, strategy=strategy.value,
             weights=w, policy=_parse_settings(set_ or []), start=not draft, actor=_actor())
-    say(f"experiment {exp['id']} {exp['status']}: {exp['prompt']} versions "
-        f"{', '.join(str(a['version']) for a in exp['arms'])}")
+    say(f"experiment {exp.id} {exp.status}: {exp.prompt} versions "
+        f"{', '.join(str(a.version) for a in exp.arms)}")
     _say_control(exp)
 
 
-def _say_control(e: dict[str, Any]) -> None:
-    if e.get("control_is_production") is False:
-        say(f"  control v{e['control_version']} is not the version that held production "
-            f"at the start (v{e['production_at_start']})")
+def _say_control(e: ExperimentView) -> None:
+    if e.control_is_production is False:
+        say(f"  control v{e.control_version} is not the version that held production "
+            f"at the start (v{e.production_at_start})")
 
 
 @experiment_app.command("list")
 def experiment_list(
     prompt: Annotated[str | None, typer.Option(help="Only this prompt.")] = None,
-    status: Annotated[Status | None, typer.Option(help="Only this status.")] = None,
+    status: Annotated[ExperimentStatus | None, typer.Option(help="Only this status.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List experiments, newest first."""
@@ -377,12 +355,12 @@ def experiment_list(
         return
     table = Table("id", "prompt", "status", "versions", "decisions", "leader", "winner")
     for e in rows:
-        leader = max(e["arms"], key=lambda a: a["p_best"] or 0.0)
-        table.add_row(cell(e["id"]), cell(e["prompt"]), cell(e["status"]),
-                      cell(", ".join(str(a["version"]) for a in e["arms"])),
-                      cell(sum(a["decisions"] for a in e["arms"])),
-                      cell(f"v{leader['version']}" if leader["p_best"] is not None else ""),
-                      cell(f"v{e['winner']}" if e["winner"] else ""))
+        leader = max(e.arms, key=lambda a: a.p_best or 0.0)
+        table.add_row(cell(e.id), cell(e.prompt), cell(e.status),
+                      cell(", ".join(str(a.version) for a in e.arms)),
+                      cell(sum(a.decisions for a in e.arms)),
+                      cell(f"v{leader.version}" if leader.p_best is not None else ""),
+                      cell(f"v{e.winner}" if e.winner else ""))
     out.print(table)
 
 
@@ -394,26 +372,26 @@ def experiment_status(experiment_id: int,
     if as_json:
         print_json(e)
         return
-    say(f"experiment {e['id']} on {e['prompt']}: {e['status']}"
-        + (f", winner v{e['winner']}" if e["winner"] else ""))
+    say(f"experiment {e.id} on {e.prompt}: {e.status}"
+        + (f", winner v{e.winner}" if e.winner else ""))
     _say_control(e)
-    if e.get("reason"):
-        say(f"  {e['reason']}")
-    if e.get("value_remaining") is not None:
-        say(f"  value remaining (95%): {100 * e['value_remaining']:.2f}% of the leader's mean")
-    for flag in e.get("safety") or []:
+    if e.reason:
+        say(f"  {e.reason}")
+    if e.value_remaining is not None:
+        say(f"  value remaining (95%): {100 * e.value_remaining:.2f}% of the leader's mean")
+    for flag in e.safety:
         say(f"  FROZEN ({flag['flag']}): {flag['sentence']}")
-    if e.get("srm_alarm") and "srm" not in (e.get("flags") or []):
+    if e.srm_alarm and "srm" not in e.flags:
         say("  SAMPLE RATIO MISMATCH: promotion frozen")
-    hold = e.get("holdout")
+    hold = e.holdout
     if hold:
-        phase = "holdout" if e["status"] == "holdout" else "holdout ended"
+        phase = "holdout" if e.status == "holdout" else "holdout ended"
         test = ("" if hold.get("p_old_better") is None
                 else f"; P(v{hold['old_version']} better) {100 * hold['p_old_better']:.1f}%")
         say(f"  {phase}: v{hold['new_version']} promoted, v{hold['old_version']} keeps its "
             f"holdout share{test}")
-    for a in e["arms"]:
-        for g in a.get("guardrails") or []:
+    for a in e.arms:
+        for g in a.guardrails:
             say(f"  guardrail {g['sentence']}")
 
     def pct(x: float | None) -> str:
@@ -421,38 +399,37 @@ def experiment_status(experiment_id: int,
 
     table = Table("version", "variant", "decisions", "units", "feedback", "n", "mean", "95% CI",
                   "P(best)", "exp. loss", "weight")
-    for a in e["arms"]:
-        ci = "" if a["ci_low"] is None else f"{pct(a['ci_low'])} - {pct(a['ci_high'])}"
-        table.add_row(cell(f"{a['version']}{' (control)' if a['is_control'] else ''}"),
-                      cell(a["variant"]), cell(a["decisions"]), cell(a.get("new_units", 0)),
-                      cell(a["feedback"]), cell(a["n"]),
-                      cell(pct(a["mean"])), cell(ci), cell(pct(a["p_best"])),
-                      cell("" if a["expected_loss"] is None else f"{a['expected_loss']:.5f}"),
-                      cell(pct(a["weight"])))
+    for a in e.arms:
+        ci = "" if a.ci_low is None else f"{pct(a.ci_low)} - {pct(a.ci_high)}"
+        table.add_row(cell(f"{a.version}{' (control)' if a.is_control else ''}"),
+                      cell(a.variant), cell(a.decisions), cell(a.new_units), cell(a.feedback),
+                      cell(a.n), cell(pct(a.mean)), cell(ci), cell(pct(a.p_best)),
+                      cell("" if a.expected_loss is None else f"{a.expected_loss:.5f}"),
+                      cell(pct(a.weight)))
     out.print(table)
-    names = sorted({m for a in e["arms"] for m in a.get("metrics") or {}})
+    names = sorted({m for a in e.arms for m in a.metrics})
     if names:
         metrics = Table("version", *names, title="metrics (mean, 95% CI, n)")
-        for a in e["arms"]:
+        for a in e.arms:
             row = []
             for m in names:
-                est = (a.get("metrics") or {}).get(m)
+                est = a.metrics.get(m)
                 row.append("" if not est or est["mean"] is None or est["ci_low"] is None else
                            f"{est['mean']:.4g} ({est['ci_low']:.4g} .. {est['ci_high']:.4g}), "
                            f"n {est['n']}")
-            metrics.add_row(cell(a["version"]), *(cell(x) for x in row))
+            metrics.add_row(cell(a.version), *(cell(x) for x in row))
         out.print(metrics)
-    if any(a.get("calls") for a in e["arms"]):
+    if any(a.calls for a in e.arms):
         def num(x: float | None, fmt: str) -> str:
             return "" if x is None else format(x, fmt)
 
         usage = Table("version", "calls", "errors", "cache hits", "cost / 1k calls",
                       "p50 ms", "p95 ms", title="calls through the gateway")
-        for a in e["arms"]:
-            per_k = None if a["cost_usd_mean"] is None else 1000 * a["cost_usd_mean"]
-            usage.add_row(str(a["version"]), str(a["calls"]), pct(a["error_rate"]),
-                          pct(a["cache_hit_rate"]), num(per_k, ".4f"),
-                          num(a["latency_ms_p50"], ".0f"), num(a["latency_ms_p95"], ".0f"))
+        for a in e.arms:
+            per_k = None if a.cost_usd_mean is None else 1000 * a.cost_usd_mean
+            usage.add_row(str(a.version), str(a.calls), pct(a.error_rate),
+                          pct(a.cache_hit_rate), num(per_k, ".4f"),
+                          num(a.latency_ms_p50, ".0f"), num(a.latency_ms_p95, ".0f"))
         out.print(usage)
 
 
@@ -460,7 +437,7 @@ def experiment_status(experiment_id: int,
 def experiment_stop(experiment_id: int) -> None:
     """Stop an experiment; production stays."""
     e = ops().experiments.stop(experiment_id, actor=_actor())
-    say(f"experiment {e['id']} stopped")
+    say(f"experiment {e.id} stopped")
 
 
 @experiment_app.command("promote")
@@ -470,7 +447,7 @@ def experiment_promote(
 ) -> None:
     """End a running experiment and move production to the winner."""
     e = ops().experiments.promote(experiment_id, version=version, actor=_actor())
-    say(f"experiment {e['id']} completed: production -> version {e['winner']}")
+    say(f"experiment {e.id} completed: production -> version {e.winner}")
 
 
 # -- simulation ----------------------------------------------------------------------------------
@@ -671,7 +648,7 @@ def db_downgrade(revision: str) -> None:
 
 @keys_app.command("create")
 def keys_create(
-    role: Annotated[Role, typer.Option("--role", help="What the key may do.")],
+    role: Annotated[KeyRole, typer.Option("--role", help="What the key may do.")],
     name: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
@@ -685,8 +662,8 @@ def keys_list() -> None:
     """List keys (prefixes only)."""
     table = Table("id", "prefix", "role", "name", "revoked")
     for k in ops().keys.list_keys():
-        table.add_row(cell(k["id"]), cell(k["prefix"] + "..."), cell(k["role"]), cell(k["name"]),
-                      cell("yes" if k["revoked_at"] else ""))
+        table.add_row(cell(k.id), cell(k.prefix + "..."), cell(k.role), cell(k.name),
+                      cell("yes" if k.revoked_at else ""))
     out.print(table)
 
 

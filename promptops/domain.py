@@ -16,20 +16,61 @@ from enum import StrEnum
 from typing import Any, Literal
 
 VariableType = Literal["string", "integer", "number", "boolean", "list", "object"]
-RewardKind = Literal["binary", "continuous"]
-Strategy = Literal["thompson", "fixed"]
-Allocation = Literal["top_two", "thompson"]
-MissingFeedback = Literal["zero", "ignore"]
-ExperimentStatus = Literal[
-    "draft", "running", "holdout", "completed", "inconclusive", "rolled_back", "stopped"
-]
+
+
+class ExperimentStatus(StrEnum):
+    """Where an experiment is in its life (stored as its value)."""
+
+    DRAFT = "draft"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    INCONCLUSIVE = "inconclusive"
+    STOPPED = "stopped"
+    HOLDOUT = "holdout"
+    ROLLED_BACK = "rolled_back"
+
+
+class RewardKind(StrEnum):
+    """The kind of an experiment's primary metric."""
+
+    BINARY = "binary"
+    CONTINUOUS = "continuous"
+
+
+class Strategy(StrEnum):
+    """How an experiment allocates traffic: adaptively, or by fixed weights."""
+
+    THOMPSON = "thompson"
+    FIXED = "fixed"
+
+
+class Allocation(StrEnum):
+    """The adaptive allocation rule of the policy."""
+
+    TOP_TWO = "top_two"
+    THOMPSON = "thompson"
+
+
+class MissingFeedback(StrEnum):
+    """What a decision without feedback counts as once its window closes."""
+
+    ZERO = "zero"
+    IGNORE = "ignore"
+
+
+class KeyRole(StrEnum):
+    """What an API key may do: serve (serving routes and reads) or admin (everything)."""
+
+    SERVE = "serve"
+    ADMIN = "admin"
+
 
 VARIABLE_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "list", "object")
-EXPERIMENT_STATUSES: tuple[str, ...] = (
-    "draft", "running", "holdout", "completed", "inconclusive", "rolled_back", "stopped"
-)
-ENDED_STATUSES: frozenset[str] = frozenset({"completed", "inconclusive", "rolled_back", "stopped"})
-LIVE_STATUSES: tuple[str, ...] = ("running", "holdout")
+EXPERIMENT_STATUSES: tuple[str, ...] = tuple(s.value for s in ExperimentStatus)
+ENDED_STATUSES: frozenset[str] = frozenset({
+    ExperimentStatus.COMPLETED, ExperimentStatus.INCONCLUSIVE, ExperimentStatus.STOPPED,
+    ExperimentStatus.ROLLED_BACK})
+LIVE_STATUSES: tuple[str, ...] = (ExperimentStatus.RUNNING, ExperimentStatus.HOLDOUT)
 """Statuses in which an experiment routes its prompt's traffic."""
 MAIN_VARIANT = "main"
 PRODUCTION = "production"
@@ -234,7 +275,7 @@ class Policy:
     missing_feedback: MissingFeedback | None = None  # None: zero for binary, ignore for continuous
     min_samples_per_arm: int = 500
     min_hours: float = 24.0
-    allocation: Allocation = "top_two"
+    allocation: Allocation = Allocation.TOP_TWO
     top_two_beta: float = 0.5
     floor: float = 0.10
     draws: int = 10_000
@@ -267,7 +308,7 @@ class Policy:
         """The effective missing-feedback rule for a reward kind."""
         if self.missing_feedback is not None:
             return self.missing_feedback
-        return "zero" if reward == "binary" else "ignore"
+        return MissingFeedback.ZERO if reward == RewardKind.BINARY else MissingFeedback.IGNORE
 
     def to_dict(self) -> dict[str, Any]:
         """All settings as a plain dict."""
@@ -299,11 +340,11 @@ class ExperimentSpec:
 
     arms: tuple[str, ...]  # variant names in a file
     metric: str = DEFAULT_METRIC
-    reward: RewardKind = "binary"
-    strategy: Strategy = "thompson"
+    reward: RewardKind = RewardKind.BINARY
+    strategy: Strategy = Strategy.THOMPSON
     weights: tuple[float, ...] | None = None  # for strategy fixed
     auto_promote: bool | None = None  # None: True for thompson, False for fixed
-    status: Literal["draft", "running"] = "running"
+    status: ExperimentStatus = ExperimentStatus.RUNNING  # draft or running
     policy: Policy = field(default_factory=Policy)
     metrics: tuple[str, ...] = ()  # secondary metrics: reported per arm, never decide
 
@@ -367,8 +408,8 @@ class Rendered:
 
 
 POLICY_CHOICES: dict[str, tuple[str, ...]] = {
-    "allocation": ("top_two", "thompson"),
-    "missing_feedback": ("zero", "ignore"),
+    "allocation": tuple(a.value for a in Allocation),
+    "missing_feedback": tuple(m.value for m in MissingFeedback),
 }
 
 _Rule = tuple[Callable[[float], bool], str]

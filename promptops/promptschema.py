@@ -17,11 +17,14 @@ from .domain import (
     POLICY_CHOICES,
     VARIABLE_TYPES,
     ExperimentSpec,
+    ExperimentStatus,
     Guardrail,
     Message,
     Policy,
     PromptContent,
     PromptDefinition,
+    RewardKind,
+    Strategy,
     VariableSpec,
     guardrail_problem,
     metric_name_problem,
@@ -83,9 +86,9 @@ _EXPERIMENT_KEYS = (
     "guardrails",
 )
 _CHOICES = {
-    "reward": ("binary", "continuous"),
-    "strategy": ("thompson", "fixed"),
-    "status": ("draft", "running"),
+    "reward": tuple(r.value for r in RewardKind),
+    "strategy": tuple(r.value for r in Strategy),
+    "status": (ExperimentStatus.DRAFT.value, ExperimentStatus.RUNNING.value),
     **POLICY_CHOICES,
 }
 _Variant = tuple[tuple[Message, ...] | None, str | None, dict[str, Any], dict[str, Any] | None]
@@ -400,9 +403,9 @@ class PromptChecker(NodeReader):
             self.err(entries["arms"][1], "experiment.arms: at least two arms are needed")
         if "weights" in entries:
             fields["weights"] = self.weights(entries, arms)
-            if fields["strategy"] == "thompson":
+            if fields["strategy"] == Strategy.THOMPSON:
                 self.err(entries["weights"][0], "experiment.weights: only for strategy: fixed")
-        elif fields["strategy"] == "fixed":
+        elif fields["strategy"] == Strategy.FIXED:
             self.err(entries["strategy"][1], "experiment: strategy fixed needs weights")
         policy = self.policy(entries["policy"][1]) if "policy" in entries else Policy()
         metrics = self.metrics(entries, metric)

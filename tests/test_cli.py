@@ -250,7 +250,7 @@ def test_help_enumerates_the_choices(cli, monkeypatch, args, choices):
 
 
 def test_status_choices_are_the_experiment_statuses():
-    from promptops.cli import Status
+    from promptops.cli import ExperimentStatus as Status
     from promptops.domain import EXPERIMENT_STATUSES
 
     assert tuple(s.value for s in Status) == EXPERIMENT_STATUSES

@@ -109,8 +109,8 @@ def test_serve_feedback_duplicate(client, ops):
     assert client.feedback(out["decision_id"], 1) == "duplicate"
     assert client.feedback(out["decision_id"], 0.5, metric="latency_ms") == "recorded"
     exp = ops.experiments.get(out["experiment_id"])
-    arm = next(a for a in exp["arms"] if a["version"] == out["version"])
-    assert arm["decisions"] == 1 and arm["feedback"] == 1 and arm["reward_sum"] == 1.0, exp
+    arm = next(a for a in exp.arms if a.version == out["version"])
+    assert arm.decisions == 1 and arm.feedback == 1 and arm.reward_sum == 1.0, exp
 
 
 def test_render_and_get_prompt(client):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import promptops
+from promptops import domain
 
 PKG = Path(promptops.__file__).parent
 
@@ -123,3 +124,25 @@ def test_the_registry_knows_nothing_of_experiments_or_epochs():
     assert "services.experiments" not in " ".join(imports(PKG / "services" / "registry.py"))
     assert "services.epochs" not in " ".join(imports(PKG / "services" / "experiments.py"))
     assert "services.sync" not in " ".join(imports(PKG / "services" / "experiments.py"))
+
+
+VOCABULARY = {m.value for enum in (domain.ExperimentStatus, domain.RewardKind, domain.Strategy,
+                                   domain.KeyRole, domain.MissingFeedback, domain.Allocation)
+              for m in enum}
+# The stats helper's scenario loader keeps its own checks for now.
+VOCABULARY_EXEMPT = {PKG / "services" / "simulation.py"}
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in modules() if layer_of(p) in ("services", "server", "cli", "promptschema")
+             and p not in VOCABULARY_EXEMPT], ids=lambda p: str(p.relative_to(PKG)))
+def test_statuses_kinds_and_roles_are_compared_through_the_domain_enums(path):
+    # A literal "running" in a comparison drifts when a status is added or renamed.
+    literals = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                items = side.elts if isinstance(side, ast.Tuple | ast.List | ast.Set) else [side]
+                literals += [(n.lineno, n.value) for n in items
+                             if isinstance(n, ast.Constant) and n.value in VOCABULARY]
+    assert not literals, literals

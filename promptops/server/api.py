@@ -10,14 +10,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from promptops.domain import ExperimentStatus
 from promptops.server.auth import AdminKey, Principal, ReadKey, bearer_principal
 from promptops.server.runtime import Runtime
 from promptops.server.schemas import (
+    AuditPublic,
     ErrorPublic,
     ExperimentCreate,
+    ExperimentListPublic,
     ExperimentPublic,
     FeedbackCreate,
     FeedbackPublic,
+    HistoryPublic,
     LabelCreate,
     PromoteCreate,
     RenderCreate,
@@ -149,7 +153,7 @@ def move_label(name: str, label: str, body: LabelCreate, rt: RuntimeDep,
     return JSON(result)
 
 
-@router.get("/v1/experiments", tags=["experiments"])
+@router.get("/v1/experiments", tags=["experiments"], response_model=ExperimentListPublic)
 def list_experiments(rt: RuntimeDep, _: ReadKey, prompt: str | None = None,
                      status: str | None = None) -> Response:
     """Experiments, newest first."""
@@ -163,7 +167,8 @@ def get_experiment(experiment_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
     return JSON(rt.ops.experiments.get(experiment_id))
 
 
-@router.get("/v1/experiments/{experiment_id}/history", tags=["experiments"])
+@router.get("/v1/experiments/{experiment_id}/history", tags=["experiments"],
+            response_model=HistoryPublic)
 def experiment_history(experiment_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
     """Weights and P(best) per epoch."""
     return JSON({"epochs": rt.ops.experiments.history(experiment_id)})
@@ -176,7 +181,7 @@ def create_experiment(body: ExperimentCreate, rt: RuntimeDep, who: AdminKey) -> 
     exp = rt.ops.experiments.create(
         body.prompt, body.versions, metric=body.metric, reward=body.reward,
         strategy=body.strategy, weights=body.weights, auto_promote=body.auto_promote,
-        policy=body.policy, start=body.status == "running", metrics=body.metrics,
+        policy=body.policy, start=body.status == ExperimentStatus.RUNNING, metrics=body.metrics,
         guardrails=body.guardrails, actor=who.actor)
     rt.refresh()
     return JSON(exp, status_code=201)
@@ -202,7 +207,7 @@ def promote_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey,
     return JSON(exp)
 
 
-@router.get("/v1/audit", tags=["registry"])
+@router.get("/v1/audit", tags=["registry"], response_model=AuditPublic)
 def audit(rt: RuntimeDep, _: ReadKey, prompt: str | None = None,
           experiment_id: Annotated[int | None, Query(ge=-(2**31), le=2**31 - 1)] = None,
           limit: Annotated[int, Query(ge=1, le=1000)] = 200,

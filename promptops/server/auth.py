@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from promptops.domain import KeyRole
 from promptops.errors import AuthError, Forbidden
 from promptops.services.keys import hash_key, role_for
 
@@ -35,7 +36,7 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         """Whether the caller may change experiments and labels."""
-        return self.role == "admin"
+        return self.role == KeyRole.ADMIN
 
     @property
     def actor(self) -> str:
@@ -58,7 +59,7 @@ def bearer_principal(request: Request) -> Principal:
     """The caller of a JSON route, from `Authorization: Bearer KEY`."""
     rt = _runtime(request)
     if rt.auth_off:
-        return Principal(role="admin", auth_off=True)
+        return Principal(role=KeyRole.ADMIN, auth_off=True)
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -74,7 +75,7 @@ def session_principal(request: Request) -> Principal:
     """The caller of a dashboard page, from the session cookie (or a Bearer key)."""
     rt = _runtime(request)
     if rt.auth_off:
-        return Principal(role="admin", auth_off=True)
+        return Principal(role=KeyRole.ADMIN, auth_off=True)
     if request.headers.get("authorization"):
         try:
             return bearer_principal(request)

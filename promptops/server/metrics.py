@@ -8,6 +8,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from promptops.services.views import ExperimentView
+
 
 class Metrics:
     """The metrics of one app, in their own registry (so tests can build many apps)."""
@@ -70,16 +72,16 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def set_experiments(self, experiments: list[dict[str, Any]]) -> None:
+    def set_experiments(self, experiments: list[ExperimentView]) -> None:
         """Publish the weights and P(best) of running experiments."""
         self.weight.clear()
         self.p_best.clear()
         for e in experiments:
-            for a in e["arms"]:
-                labels = (e["prompt"], str(e["id"]), str(a["version"]))
-                self.weight.labels(*labels).set(a["weight"])
-                if a["p_best"] is not None:
-                    self.p_best.labels(*labels).set(a["p_best"])
+            for a in e.arms:
+                labels = (e.prompt, str(e.id), str(a.version))
+                self.weight.labels(*labels).set(a.weight)
+                if a.p_best is not None:
+                    self.p_best.labels(*labels).set(a.p_best)
 
 
 # The longest a request body may take to arrive after its headers: a client trickling a body

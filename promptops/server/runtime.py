@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from promptops.config import Settings
+from promptops.domain import ExperimentStatus
 from promptops.errors import PromptOpsError
 from promptops.server.metrics import Metrics
 from promptops.services.facade import PromptOps
@@ -74,7 +75,7 @@ class Runtime:
             if was_off != self.auth_off and not force:
                 log.warning("auth is now %s (%d active key(s))",
                             "off" if self.auth_off else "on", len(active))
-            self.metrics.set_experiments(self.ops.experiments.list_experiments(status="running"))
+            self.metrics.set_experiments(self.ops.experiments.list_experiments(status=ExperimentStatus.RUNNING))
 
     def version_labels(self, version_id: int) -> tuple[str, str]:
         """Prompt name and version number of a version id (a feedback token carries ids), for

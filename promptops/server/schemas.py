@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
 
+from promptops.domain import ExperimentStatus, MissingFeedback, RewardKind, Strategy
+
 TEXT_PROBLEM = "contains a NUL character or a lone surrogate"
 
 
@@ -110,8 +112,8 @@ class ExperimentCreate(Strict):
     prompt: str = Field(min_length=1, max_length=64)
     versions: list[int] = Field(min_length=2, max_length=20)
     metric: str = Field(default="reward", min_length=1, max_length=64)
-    reward: Literal["binary", "continuous"] = "binary"
-    strategy: Literal["thompson", "fixed"] = "thompson"
+    reward: RewardKind = RewardKind.BINARY
+    strategy: Strategy = Strategy.THOMPSON
     weights: list[float] | None = None
     auto_promote: bool | None = None
     policy: dict[str, Any] = Field(default_factory=dict)
@@ -163,7 +165,14 @@ class ServePublic(RenderPublic):
     experiment_id: int | None
 
 
-class MetricPublic(BaseModel):
+class View(BaseModel):
+    """An answer read from a service view: a field the schema does not name is an error, so the
+    published schema and the answer cannot drift apart unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class MetricPublic(View):
     """One arm's estimate of a secondary or guardrail metric with its 95% interval."""
 
     mean: float | None
@@ -172,7 +181,7 @@ class MetricPublic(BaseModel):
     n: int
 
 
-class GuardrailPublic(BaseModel):
+class GuardrailPublic(View):
     """A challenger's standing on one guardrail: the change against the control and a sentence."""
 
     metric: str
@@ -184,7 +193,17 @@ class GuardrailPublic(BaseModel):
     sentence: str
 
 
-class SafetyPublic(BaseModel):
+class HoldoutPublic(View):
+    """The guarded rollout: the promoted and the previous version, and the latest rollback test."""
+
+    new_version: int
+    old_version: int
+    started_at: float | None
+    p_old_better: float | None
+    reason: str | None
+
+
+class SafetyPublic(View):
     """A safety flag that froze promotion, with its sentence and evidence."""
 
     flag: Literal["srm", "feedback"]
@@ -192,8 +211,8 @@ class SafetyPublic(BaseModel):
     evidence: dict[str, Any]
 
 
-class ArmPublic(BaseModel):
-    """Figures of one arm."""
+class ArmPublic(View):
+    """Figures of one arm (the fields of `ArmView`)."""
 
     version: int
     variant: str
@@ -202,16 +221,18 @@ class ArmPublic(BaseModel):
     reward_sum: float
     n: int
     mean: float | None
+    sd: float | None
     ci_low: float | None
     ci_high: float | None
     p_best: float | None
     expected_loss: float | None
+    p_beats_control: float | None
     weight: float
     is_control: bool
-    units: int = 0
-    new_units: int = 0
-    metrics: dict[str, MetricPublic] = Field(default_factory=dict)
-    guardrails: list[GuardrailPublic] = Field(default_factory=list)
+    units: int
+    new_units: int
+    metrics: dict[str, MetricPublic]
+    guardrails: list[GuardrailPublic]
     calls: int = 0
     error_rate: float | None = None
     cache_hit_rate: float | None = None
@@ -223,22 +244,86 @@ class ArmPublic(BaseModel):
     completion_tokens_mean: float | None = None
 
 
-class ExperimentPublic(BaseModel):
-    """An experiment with per-arm figures."""
-
-    model_config = ConfigDict(extra="allow")
+class ExperimentPublic(View):
+    """An experiment with per-arm figures (the fields of `ExperimentView`)."""
 
     id: int
     prompt: str
-    status: str
+    status: ExperimentStatus
     winner: int | None
     metric: str
-    reward: str
-    strategy: str
-    flags: list[Literal["srm", "feedback"]] = Field(default_factory=list)
-    safety: list[SafetyPublic] = Field(default_factory=list)
-    stop_reason: str | None = None
+    reward: RewardKind
+    strategy: Strategy
+    auto_promote: bool
+    source: str
+    control_version: int | None
+    production_at_start: int | None
+    control_is_production: bool | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    end_reason: str | None
+    epoch: int
+    matured: int
+    last_update_at: float | None
+    policy: dict[str, Any]
+    missing_feedback: MissingFeedback
+    reason: str | None
+    srm_alarm: bool
+    srm_p: float | None
+    value_remaining: float | None
+    checks_done: int
+    metrics: list[str]
+    flags: list[Literal["srm", "feedback"]]
+    safety: list[SafetyPublic]
+    stop_reason: str | None
+    holdout: HoldoutPublic | None
     arms: list[ArmPublic]
+
+
+class ExperimentListPublic(View):
+    """Experiments, newest first."""
+
+    experiments: list[ExperimentPublic]
+
+
+class EpochPublic(View):
+    """One epoch of an experiment (the fields of `EpochView`)."""
+
+    epoch: int
+    started_at: float
+    weights: list[float]
+    matured_at_start: int
+    p_best: list[float | None] | None
+    mean: list[float | None] | None
+    checked: bool
+    assigned: list[int]
+    holdout: bool
+
+
+class HistoryPublic(View):
+    """An experiment's epochs, oldest first."""
+
+    epochs: list[EpochPublic]
+
+
+class AuditEntryPublic(View):
+    """One entry of the audit log (the fields of `AuditEntry`)."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    prompt: str | None
+    experiment_id: int | None
+    message: str
+    details: dict[str, Any]
+
+
+class AuditPublic(View):
+    """A page of the audit log, newest first."""
+
+    entries: list[AuditEntryPublic]
 
 
 class ErrorBody(BaseModel):

@@ -30,7 +30,10 @@ from promptops.domain import (
     LIVE_STATUSES,
     PRODUCTION,
     ExperimentSpec,
+    ExperimentStatus,
     Policy,
+    RewardKind,
+    Strategy,
     metric_name_problem,
     parse_policy,
 )
@@ -38,6 +41,7 @@ from promptops.errors import ExperimentNotFound, ExperimentStateError, InvalidIn
 from promptops.services.calls import arm_usage
 from promptops.services.context import Context
 from promptops.services.registry import Registry, write_audit
+from promptops.services.views import ArmView, EpochView, ExperimentView, Snapshot
 
 
 class Experiments:
@@ -49,11 +53,11 @@ class Experiments:
 
     # -- creation --------------------------------------------------------------------------
     def create(self, prompt: str, versions: Sequence[int], *, metric: str = DEFAULT_METRIC,
-               reward: str = "binary", strategy: str = "thompson",
+               reward: str = RewardKind.BINARY, strategy: str = Strategy.THOMPSON,
                weights: Sequence[float] | None = None, auto_promote: bool | None = None,
                policy: dict[str, Any] | None = None, start: bool = True,
                metrics: Sequence[str] = (), guardrails: Sequence[Any] = (),
-               actor: str = "api") -> dict[str, Any]:
+               actor: str = "api") -> ExperimentView:
         """Create an experiment over versions of a prompt; running unless start is False.
         `guardrails` join the policy's; `metrics` are secondary metrics."""
         pol = dict(policy or {})
@@ -61,7 +65,8 @@ class Experiments:
             pol["guardrails"] = [*(pol.get("guardrails") or []), *guardrails]
         spec = self.make_spec(arms=[str(v) for v in versions], metric=metric, reward=reward,
                               strategy=strategy, weights=weights, auto_promote=auto_promote,
-                              policy=pol, status="running" if start else "draft",
+                              policy=pol,
+                              status=ExperimentStatus.RUNNING if start else ExperimentStatus.DRAFT,
                               metrics=metrics)
         with self.ctx.tx() as s:
             p = self.registry.prompt_row(s, prompt)
@@ -82,15 +87,15 @@ class Experiments:
             raise InvalidInput("an experiment needs at least two arms", field="versions")
         if len(set(arms)) != len(arms):
             raise InvalidInput("arms must be distinct", field="versions")
-        if reward not in ("binary", "continuous"):
+        if reward not in tuple(RewardKind):
             raise InvalidInput("reward must be binary or continuous", field="reward")
-        if strategy not in ("thompson", "fixed"):
+        if strategy not in tuple(Strategy):
             raise InvalidInput("strategy must be thompson or fixed", field="strategy")
         problem = metric_name_problem(metric)
         if problem:
             raise InvalidInput(f"metric {problem}", field="metric")
         w: tuple[float, ...] | None = None
-        if strategy == "fixed":
+        if strategy == Strategy.FIXED:
             if weights is None or len(weights) != len(arms):
                 raise InvalidInput("a fixed experiment needs one weight per arm", field="weights")
             if any((not isinstance(x, int | float)) or x < 0 for x in weights) or not (
@@ -137,7 +142,7 @@ class Experiments:
                            .with_for_update())
         if running is None:
             return None
-        self.finish(s, running, status="stopped", winner=None, actor=actor, reason=reason)
+        self.finish(s, running, status=ExperimentStatus.STOPPED, winner=None, actor=actor, reason=reason)
         return running.id
 
     def insert(self, s: Session, p: PromptRow, spec: ExperimentSpec, vids: list[int], *,
@@ -146,9 +151,9 @@ class Experiments:
         if len(set(vids)) != len(vids):
             raise InvalidInput("two arms are the same version")
         now = self.ctx.now()
-        auto = spec.auto_promote if spec.auto_promote is not None else spec.strategy == "thompson"
+        auto = spec.auto_promote if spec.auto_promote is not None else spec.strategy == Strategy.THOMPSON
         exp = ExperimentRow(
-            prompt_id=p.id, status="draft", metric=spec.metric, reward=spec.reward,
+            prompt_id=p.id, status=ExperimentStatus.DRAFT, metric=spec.metric, reward=spec.reward,
             strategy=spec.strategy, fixed_weights=list(spec.weights) if spec.weights else None,
             auto_promote=auto, policy=spec.policy.to_dict(), control_arm=0, source=source,
             declared_hash=declared_hash, created_at=now, epoch=0, weights=[],
@@ -167,7 +172,7 @@ class Experiments:
         s.flush()
         return exp
 
-    def start(self, experiment_id: int, *, actor: str = "api") -> dict[str, Any]:
+    def start(self, experiment_id: int, *, actor: str = "api") -> ExperimentView:
         """Start a draft experiment."""
         with self.ctx.tx() as s:
             exp = self.row(s, experiment_id, lock=True)
@@ -176,7 +181,7 @@ class Experiments:
 
     def start_row(self, s: Session, exp: ExperimentRow, *, actor: str) -> None:
         """Start a draft experiment inside a transaction (one running per prompt)."""
-        if exp.status != "draft":
+        if exp.status != ExperimentStatus.DRAFT:
             raise ExperimentStateError(f"experiment {exp.id} is {exp.status}, not draft",
                                        status=exp.status)
         arms = self.arms(s, exp.id)
@@ -188,7 +193,7 @@ class Experiments:
         now = self.ctx.now()
         w = stats.initial_weights(len(arms), strategy=exp.strategy,
                                   fixed_weights=exp.fixed_weights or None)
-        exp.status, exp.running_prompt_id = "running", exp.prompt_id
+        exp.status, exp.running_prompt_id = ExperimentStatus.RUNNING, exp.prompt_id
         exp.control_arm, exp.started_at, exp.epoch, exp.epoch_started_at = control, now, 0, now
         exp.production_version_at_start = prod
         exp.weights = [float(x) for x in w]
@@ -207,23 +212,23 @@ class Experiments:
         bump_change_seq(s)
 
     # -- ending ----------------------------------------------------------------------------
-    def stop(self, experiment_id: int, *, actor: str = "api") -> dict[str, Any]:
+    def stop(self, experiment_id: int, *, actor: str = "api") -> ExperimentView:
         """Stop a running or draft experiment; production stays where it is."""
         with self.ctx.tx() as s:
             exp = self.row(s, experiment_id, lock=True)
             if exp.status in ENDED_STATUSES:
                 raise ExperimentStateError(f"experiment {exp.id} has already ended ({exp.status})",
                                            status=exp.status)
-            self.finish(s, exp, status="stopped", winner=None, actor=actor,
+            self.finish(s, exp, status=ExperimentStatus.STOPPED, winner=None, actor=actor,
                          reason="stopped by hand")
         return self.get(experiment_id)
 
     def promote(self, experiment_id: int, *, version: int | None = None,
-                actor: str = "api") -> dict[str, Any]:
+                actor: str = "api") -> ExperimentView:
         """End a running experiment with a winner chosen by hand (the leader by default)."""
         with self.ctx.tx() as s:
             exp = self.row(s, experiment_id, lock=True)
-            if exp.status != "running":
+            if exp.status != ExperimentStatus.RUNNING:
                 raise ExperimentStateError(f"experiment {exp.id} is not running ({exp.status})",
                                            status=exp.status)
             arms = self.arms(s, exp.id)
@@ -235,7 +240,7 @@ class Experiments:
                     raise InvalidInput(f"version {version} is not an arm of experiment {exp.id}",
                                        field="version")
                 winner = numbers[version]
-            self.finish(s, exp, status="completed", winner=winner, actor=actor,
+            self.finish(s, exp, status=ExperimentStatus.COMPLETED, winner=winner, actor=actor,
                          reason="promoted by hand")
         return self.get(experiment_id)
 
@@ -249,8 +254,9 @@ class Experiments:
         holdout = {"new": winner, "old": old, "started_at": now,
                    "decisions_at_start": sum(a.decisions for a in arms)}
         res = s.execute(update(ExperimentRow)
-                        .where(ExperimentRow.id == exp.id, ExperimentRow.status == "running")
-                        .values(status="holdout", winner_arm=winner, holdout=holdout,
+                        .where(ExperimentRow.id == exp.id,
+                               ExperimentRow.status == ExperimentStatus.RUNNING)
+                        .values(status=ExperimentStatus.HOLDOUT, winner_arm=winner, holdout=holdout,
                                 end_reason=reason)
                         .execution_options(synchronize_session=False))
         if rowcount(res) != 1:
@@ -278,9 +284,9 @@ class Experiments:
     @staticmethod
     def leader(exp: ExperimentRow) -> int:
         """The arm with the least expected loss in the snapshot (the control without one)."""
-        arms = (exp.snapshot or {}).get("arms") or []
-        losses = [(a.get("expected_loss"), i) for i, a in enumerate(arms)
-                  if a.get("expected_loss") is not None]
+        arms = Snapshot.from_dict(exp.snapshot).arms
+        losses = [(a.expected_loss, i) for i, a in enumerate(arms)
+                  if a.expected_loss is not None]
         return min(losses)[1] if losses else exp.control_arm
 
     def finish(self, s: Session, exp: ExperimentRow, *, status: str, winner: int | None,
@@ -348,13 +354,13 @@ class Experiments:
         return list(s.scalars(select(ArmRow).where(ArmRow.experiment_id == experiment_id)
                               .order_by(ArmRow.idx)))
 
-    def get(self, experiment_id: int) -> dict[str, Any]:
+    def get(self, experiment_id: int) -> ExperimentView:
         """An experiment with its per-arm figures (the API's shape)."""
         with self.ctx.tx() as s:
             return self._public(s, self.row(s, experiment_id))
 
     def list_experiments(self, *, prompt: str | None = None, status: str | None = None,
-             limit: int = 200) -> list[dict[str, Any]]:
+             limit: int = 200) -> list[ExperimentView]:
         """Experiments, newest first."""
         with self.ctx.tx() as s:
             q = select(ExperimentRow).order_by(ExperimentRow.id.desc()).limit(limit)
@@ -364,7 +370,7 @@ class Experiments:
                 q = q.where(ExperimentRow.status == status)
             return [self._public(s, e) for e in s.scalars(q).all()]
 
-    def _public(self, s: Session, exp: ExperimentRow) -> dict[str, Any]:
+    def _public(self, s: Session, exp: ExperimentRow) -> ExperimentView:
         name = s.scalar(select(PromptRow.name).where(PromptRow.id == exp.prompt_id))
         arms = self.arms(s, exp.id)
         versions = {v.id: v for v in s.scalars(select(VersionRow).where(
@@ -374,66 +380,64 @@ class Experiments:
                                     .where(ArmEpochRow.experiment_id == exp.id)
                                     .group_by(ArmEpochRow.arm)):
             n_by_arm[arm] = int(total or 0)
-        snapshot = exp.snapshot or {}
-        snap_arms = snapshot.get("arms") or []
-        snap_metrics: dict[str, list[dict[str, Any]]] = snapshot.get("metrics") or {}
-        verdicts: list[dict[str, Any]] = snapshot.get("guardrails") or []
+        snapshot = Snapshot.from_dict(exp.snapshot)
+        raw = exp.snapshot or {}
+        snap_arms = raw.get("arms") or []
+        snap_metrics: dict[str, list[dict[str, Any]]] = raw.get("metrics") or {}
+        verdicts: list[dict[str, Any]] = raw.get("guardrails") or []
         usage = arm_usage(s, exp.id, len(arms))
         out_arms = []
         for a in arms:
             v = versions[a.version_id]
-            snap = snap_arms[a.idx] if a.idx < len(snap_arms) else {}
-            arm_metrics = {m: per_arm[a.idx] for m, per_arm in snap_metrics.items()
-                           if a.idx < len(per_arm)}
-            out_arms.append({
-                "version": v.number, "variant": v.variant, "decisions": a.decisions,
-                "feedback": a.feedback, "reward_sum": a.reward_sum, "n": n_by_arm.get(a.idx, 0),
-                "mean": snap.get("mean"), "ci_low": snap.get("ci_low"),
-                "ci_high": snap.get("ci_high"), "p_best": snap.get("p_best"),
-                "expected_loss": snap.get("expected_loss"),
-                "p_beats_control": snap.get("p_beats_control"),
-                "weight": (exp.weights[a.idx] if exp.status in LIVE_STATUSES
-                           and a.idx < len(exp.weights) else 0.0),
-                "is_control": a.idx == exp.control_arm, **usage[a.idx].as_dict(),
-                "units": snap.get("units", 0), "new_units": snap.get("new_units", 0),
-                "metrics": arm_metrics,
-                "guardrails": [{k: g[k] for k in ("metric", "state", "diff", "diff_low",
-                                                  "diff_high", "relative", "sentence")}
-                               for g in verdicts if g.get("arm") == a.idx]})
+            snap = snapshot.arm(a.idx)
+            out_arms.append(ArmView(
+                version=v.number, variant=v.variant, decisions=a.decisions,
+                feedback=a.feedback, reward_sum=a.reward_sum, n=n_by_arm.get(a.idx, 0),
+                mean=snap.mean, sd=snap.sd, ci_low=snap.ci_low, ci_high=snap.ci_high,
+                p_best=snap.p_best, expected_loss=snap.expected_loss,
+                p_beats_control=snap.p_beats_control,
+                weight=(exp.weights[a.idx] if exp.status in LIVE_STATUSES
+                        and a.idx < len(exp.weights) else 0.0),
+                is_control=a.idx == exp.control_arm, **usage[a.idx].as_dict(),
+                units=int((snap_arms[a.idx] if a.idx < len(snap_arms) else {}).get("units", 0)),
+                new_units=int((snap_arms[a.idx] if a.idx < len(snap_arms) else {}).get(
+                    "new_units", 0)),
+                metrics={m: per_arm[a.idx] for m, per_arm in snap_metrics.items()
+                         if a.idx < len(per_arm)},
+                guardrails=[{k: g[k] for k in ("metric", "state", "diff", "diff_low",
+                                               "diff_high", "relative", "sentence")}
+                            for g in verdicts if g.get("arm") == a.idx]))
         winner = None
         if exp.winner_arm is not None and exp.winner_arm < len(arms):
             winner = versions[arms[exp.winner_arm].version_id].number
         policy = parse_policy(exp.policy)
-        control_version = out_arms[exp.control_arm]["version"] if out_arms else None
-        return {
-            "id": exp.id, "prompt": name, "status": exp.status, "winner": winner,
-            "metric": exp.metric, "reward": exp.reward, "strategy": exp.strategy,
-            "auto_promote": exp.auto_promote, "source": exp.source,
-            "control_version": control_version,
-            "production_at_start": exp.production_version_at_start,
-            "control_is_production": (None if exp.production_version_at_start is None
-                                      else control_version == exp.production_version_at_start),
-            "created_at": exp.created_at, "started_at": exp.started_at,
-            "ended_at": exp.ended_at, "end_reason": exp.end_reason, "epoch": exp.epoch,
-            "matured": exp.matured_total, "last_update_at": exp.last_update_at,
-            "policy": policy.to_dict(),
-            "missing_feedback": policy.missing_feedback_for(exp.reward),
-            "reason": (exp.snapshot or {}).get("reason") or self._waiting(exp, policy),
-            "srm_alarm": bool((exp.snapshot or {}).get("srm_alarm", False)),
-            "srm_p": (exp.snapshot or {}).get("srm_p"),
-            "value_remaining": (exp.snapshot or {}).get("value_remaining"),
-            "checks_done": (exp.snapshot or {}).get("checks_done", 0),
-            "metrics": list(exp.metrics or []),
-            "flags": [f["flag"] for f in snapshot.get("flags") or []],
-            "safety": snapshot.get("flags") or [],
-            "stop_reason": snapshot.get("stop_reason"),
-            "holdout": self._holdout_public(exp, versions, arms),
-            "arms": out_arms,
-        }
+        control_version = out_arms[exp.control_arm].version if out_arms else None
+        return ExperimentView(
+            id=exp.id, prompt=name or "", status=ExperimentStatus(exp.status), winner=winner,
+            metric=exp.metric, reward=RewardKind(exp.reward), strategy=Strategy(exp.strategy),
+            auto_promote=exp.auto_promote, source=exp.source,
+            control_version=control_version,
+            production_at_start=exp.production_version_at_start,
+            control_is_production=(None if exp.production_version_at_start is None
+                                   else control_version == exp.production_version_at_start),
+            created_at=exp.created_at, started_at=exp.started_at,
+            ended_at=exp.ended_at, end_reason=exp.end_reason, epoch=exp.epoch,
+            matured=exp.matured_total, last_update_at=exp.last_update_at,
+            policy=policy.to_dict(),
+            missing_feedback=policy.missing_feedback_for(exp.reward),
+            reason=snapshot.reason or self._waiting(exp, policy),
+            srm_alarm=snapshot.srm_alarm, srm_p=snapshot.srm_p,
+            value_remaining=snapshot.value_remaining, checks_done=snapshot.checks_done,
+            metrics=list(exp.metrics or []),
+            flags=[f["flag"] for f in raw.get("flags") or []],
+            safety=list(raw.get("flags") or []),
+            stop_reason=raw.get("stop_reason"),
+            holdout=self._holdout_public(exp, versions, arms),
+            arms=tuple(out_arms))
 
     @staticmethod
     def _holdout_public(exp: ExperimentRow, versions: dict[int, VersionRow],
-                        arms: list[ArmRow]) -> dict[str, Any] | None:
+                        arms: Sequence[ArmRow]) -> dict[str, Any] | None:
         """The guarded rollout: new and old versions, its start and the latest rollback test."""
         hold = exp.holdout
         if not hold:
@@ -446,29 +450,29 @@ class Experiments:
 
     @staticmethod
     def _waiting(exp: ExperimentRow, policy: Policy) -> str | None:
-        if exp.status != "running":
+        if exp.status != ExperimentStatus.RUNNING:
             return None
         return (f"collecting outcomes: each counts {policy.attribution_window_hours:g} h after "
                 f"its decision; burn-in needs {policy.min_samples_per_arm:,} per arm and "
                 f"{policy.min_hours:g} h")
 
-    def history(self, experiment_id: int) -> list[dict[str, Any]]:
+    def history(self, experiment_id: int) -> list[EpochView]:
         """Per-epoch weights, P(best) and means, oldest first (for charts)."""
         with self.ctx.tx() as s:
             self.row(s, experiment_id)
             eps = s.scalars(select(EpochRow).where(EpochRow.experiment_id == experiment_id)
                             .order_by(EpochRow.idx)).all()
-            assigned: dict[int, list[float]] = {}
+            assigned: dict[int, list[int]] = {}
             for r in s.scalars(select(ArmEpochRow).where(
                     ArmEpochRow.experiment_id == experiment_id)):
                 row = assigned.setdefault(r.epoch, [])
                 while len(row) <= r.arm:
                     row.append(0)
                 row[r.arm] = r.assigned
-            return [{"epoch": e.idx, "started_at": e.started_at, "weights": e.weights,
-                     "matured_at_start": e.matured_at_start,
-                     "p_best": (e.summary or {}).get("p_best"),
-                     "mean": (e.summary or {}).get("mean"),
-                     "checked": (e.summary or {}).get("checked", False),
-                     "holdout": bool((e.summary or {}).get("holdout", False)),
-                     "assigned": assigned.get(e.idx, [])} for e in eps]
+            return [EpochView(epoch=e.idx, started_at=e.started_at, weights=e.weights,
+                              matured_at_start=e.matured_at_start,
+                              p_best=(e.summary or {}).get("p_best"),
+                              mean=(e.summary or {}).get("mean"),
+                              checked=(e.summary or {}).get("checked", False),
+                              holdout=bool((e.summary or {}).get("holdout", False)),
+                              assigned=assigned.get(e.idx, [])) for e in eps]

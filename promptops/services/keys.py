@@ -15,11 +15,13 @@ from sqlalchemy import func, select
 
 from promptops.db.models import ApiKeyRow
 from promptops.db.queries import bump_change_seq, get_meta, set_meta
+from promptops.domain import KeyRole
 from promptops.errors import Conflict, InvalidInput
 from promptops.services.context import Context
 from promptops.services.registry import write_audit
+from promptops.services.views import KeyView
 
-ROLES = ("serve", "admin")
+ROLES = tuple(r.value for r in KeyRole)
 AUTH_META = "auth_required"
 ActiveKeys = list[tuple[str, str, str]]  # (hash, role, prefix); `Keys.list` shadows the builtin
 
@@ -50,11 +52,11 @@ class Keys:
             bump_change_seq(s)
         return key
 
-    def list_keys(self) -> list[dict[str, Any]]:
+    def list_keys(self) -> list[KeyView]:
         """Every key's prefix, role and dates (never the key)."""
         with self.ctx.tx() as s:
-            return [{"id": k.id, "prefix": k.prefix, "role": k.role, "name": k.name,
-                     "created_at": k.created_at, "revoked_at": k.revoked_at}
+            return [KeyView(id=k.id, prefix=k.prefix, role=KeyRole(k.role), name=k.name,
+                            created_at=k.created_at, revoked_at=k.revoked_at)
                     for k in s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))]
 
     def revoke(self, key_id: int, *, actor: str = "cli") -> None:

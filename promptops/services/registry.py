@@ -26,6 +26,7 @@ from promptops.errors import (
     VersionNotFound,
 )
 from promptops.services.context import Context
+from promptops.services.views import AuditEntry
 
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -227,7 +228,7 @@ class Registry:
 
     # -- audit -----------------------------------------------------------------------------
     def audit(self, *, prompt: str | None = None, experiment_id: int | None = None,
-              limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
+              limit: int = 200, offset: int = 0) -> list[AuditEntry]:
         """Audit entries, newest first."""
         with self.ctx.tx() as s:
             q = select(AuditRow, PromptRow.name).outerjoin(PromptRow,
@@ -238,8 +239,8 @@ class Registry:
                 q = q.where(AuditRow.experiment_id == experiment_id)
             q = q.order_by(AuditRow.id.desc()).limit(limit).offset(offset)
             return [
-                {"id": a.id, "at": a.at, "actor": a.actor, "action": a.action, "prompt": name,
-                 "experiment_id": a.experiment_id, "message": a.message, "details": a.details}
+                AuditEntry(id=a.id, at=a.at, actor=a.actor, action=a.action, prompt=name,
+                           experiment_id=a.experiment_id, message=a.message, details=a.details)
                 for a, name in s.execute(q).all()
             ]
 

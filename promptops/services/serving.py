@@ -42,6 +42,7 @@ from promptops.domain import (
     PRODUCTION,
     PromptContent,
     Rendered,
+    RewardKind,
     metric_name_problem,
     text_problem,
 )
@@ -513,7 +514,7 @@ class Serving:
             raise UnknownMetric(metric, accepted)
         primary = info.metric if info is not None else DEFAULT_METRIC
         if metric == primary:
-            value = check_reward(reward, binary=info is not None and info.reward == "binary")
+            value = check_reward(reward, binary=info is not None and info.reward == RewardKind.BINARY)
         else:
             value = check_reward(reward, binary=metric in BINARY_METRICS, bounded=False)
         counts = info.id if info is not None and metric == info.metric else None

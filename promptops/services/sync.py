@@ -16,6 +16,7 @@ from promptops.domain import (
     MAIN_VARIANT,
     PRODUCTION,
     ExperimentSpec,
+    ExperimentStatus,
     PromptDefinition,
     content_hash,
 )
@@ -135,7 +136,8 @@ class Sync:
                 stopped = self.experiments.stop_running(s, p, actor=actor,
                                              reason="declaration changed in the file")
                 lines.append(f"experiment {stopped} stopped (declaration changed)")
-            if existing.status == "draft" and spec.status == "running":
+            if (existing.status == ExperimentStatus.DRAFT
+                    and spec.status == ExperimentStatus.RUNNING):
                 self.experiments.stop_running(s, p, actor=actor, reason="another declaration started")
                 self.experiments.start_row(s, existing, actor=actor)
                 lines.append(f"experiment {existing.id} started"
@@ -146,7 +148,7 @@ class Sync:
         if stopped is not None:
             lines.append(f"experiment {stopped} stopped (declaration changed)")
         exp = self.experiments.insert(s, p, spec, vids, source="file", declared_hash=declared, actor=actor)
-        if spec.status == "running":
+        if spec.status == ExperimentStatus.RUNNING:
             self.experiments.start_row(s, exp, actor=actor)
             lines.append(f"experiment {exp.id} started over versions "
                          f"{', '.join(str(self.experiments.number(s, v)) for v in vids)}"

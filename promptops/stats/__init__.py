@@ -54,6 +54,7 @@ from promptops.stats.allocation import apply_floor, thompson_weights
 from promptops.stats.engine import (
     ACTIONS,
     PolicyState,
+    StatsAction,
     StepResult,
     check_interval,
     decide,
@@ -101,6 +102,7 @@ __all__ = [
     "MetricData",
     "MetricEstimate",
     "PolicyState",
+    "StatsAction",
     "StepResult",
     "Summary",
     "apply_floor",

@@ -118,7 +118,7 @@ def test_revoking_the_last_key_on_a_public_bind_locks_the_server(database_url, p
     app = create_app(settings, ops=service, clock=clock, background=False)
     with TestClient(app) as client:
         assert client.get("/v1/prompts").status_code == 401
-        service.keys.revoke(service.keys.list_keys()[0]["id"])
+        service.keys.revoke(service.keys.list_keys()[0].id)
         app.state.runtime.refresh()
         assert client.get("/v1/prompts").status_code == 401
     service.close()
@@ -140,7 +140,7 @@ def test_revoking_the_last_key_on_loopback_keeps_auth_on(ops, prompts_dir, clien
     ops.keys.create("admin")
     rt.refresh()
     assert client.get("/v1/prompts").status_code == 401
-    ops.keys.revoke(ops.keys.list_keys()[0]["id"])
+    ops.keys.revoke(ops.keys.list_keys()[0].id)
     with caplog.at_level("WARNING", logger="promptops.server"):
         rt.refresh()
     assert client.get("/v1/prompts").status_code == 401
@@ -169,7 +169,7 @@ def test_the_session_cookie_carries_nothing_about_the_key(ops, client):
     client.cookies.set(SESSION_COOKIE, token)
     assert client.get("/", follow_redirects=False).status_code == 200
     # Revoking the key ends the session.
-    ops.keys.revoke(ops.keys.list_keys()[0]["id"])
+    ops.keys.revoke(ops.keys.list_keys()[0].id)
     ops.keys.create("serve")
     rt.refresh()
     from promptops.server.auth import session_principal

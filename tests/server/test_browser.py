@@ -135,7 +135,7 @@ def test_sign_in_read_an_experiment_and_promote(server, clock, tmp_path: Path) -
     served, ops, keys = server
     drive_traffic(served, ops, clock, keys["serve"], 1600)
     exp = ops.experiments.list_experiments(prompt="support-triage")[0]
-    assert exp["status"] == "running" and exp["epoch"] >= 2, exp
+    assert exp.status == "running" and exp.epoch >= 2, exp
     shots = tmp_path / "screenshots"
     shots.mkdir()
 
@@ -145,13 +145,13 @@ def test_sign_in_read_an_experiment_and_promote(server, clock, tmp_path: Path) -
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("dialog", lambda dialog: dialog.accept())
 
-            page.goto(f"{served.url}/experiments/{exp['id']}")
-            expect(page).to_have_url(f"{served.url}/login?next=%2Fexperiments%2F{exp['id']}")
+            page.goto(f"{served.url}/experiments/{exp.id}")
+            expect(page).to_have_url(f"{served.url}/login?next=%2Fexperiments%2F{exp.id}")
             page.screenshot(path=shots / "login.png", full_page=True)
             page.get_by_label("API key").fill(keys["admin"])
             page.get_by_role("button", name="Sign in").click()
 
-            expect(page).to_have_url(f"{served.url}/experiments/{exp['id']}")
+            expect(page).to_have_url(f"{served.url}/experiments/{exp.id}")
             expect(page.locator(".flash.ok")).to_have_text("Signed in.")
             rows = page.locator("table.arms tbody tr")
             expect(rows).to_have_count(2)
@@ -170,12 +170,12 @@ def test_sign_in_read_an_experiment_and_promote(server, clock, tmp_path: Path) -
             expect(page.locator("h1")).to_have_text("Error 403")
             expect(page.locator(".error-message")).to_contain_text("CSRF")
             page.screenshot(path=shots / "csrf-refused.png", full_page=True)
-            assert ops.experiments.get(exp["id"])["status"] == "running"
-            forged = page.request.post(f"{served.url}/experiments/{exp['id']}/stop",
+            assert ops.experiments.get(exp.id).status == "running"
+            forged = page.request.post(f"{served.url}/experiments/{exp.id}/stop",
                                        form={"csrf": "forged"})
             assert forged.status == 403
 
-            page.goto(f"{served.url}/experiments/{exp['id']}")
+            page.goto(f"{served.url}/experiments/{exp.id}")
             page.get_by_label("Promote").select_option(label="v2 few-shot")
             page.get_by_role("button", name="Promote", exact=True).click()
             expect(page.locator(".flash.ok")).to_contain_text("promoted version 2 to production")
@@ -202,5 +202,5 @@ def test_sign_in_read_an_experiment_and_promote(server, clock, tmp_path: Path) -
             browser.close()
 
     assert ops.registry.resolve("support-triage").number == 2
-    moves = [a for a in ops.registry.audit(prompt="support-triage") if a["action"] == "label.move"]
-    assert moves[0]["details"]["to"] == 2 and moves[0]["actor"] == f"key:{keys['admin'][:12]}"
+    moves = [a for a in ops.registry.audit(prompt="support-triage") if a.action == "label.move"]
+    assert moves[0].details["to"] == 2 and moves[0].actor == f"key:{keys['admin'][:12]}"

@@ -8,6 +8,7 @@ import random
 import re
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import event, update
@@ -16,6 +17,8 @@ from promptops.db.models import ExperimentRow
 from promptops.server import dashboard
 from promptops.server.auth import SESSION_COOKIE
 from promptops.server.dashboard import charts, formats, pages
+from promptops.services.calls import NO_USAGE
+from promptops.services.views import ArmView, ExperimentView
 
 FAST = ("{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
         "attribution_window_hours: 1, max_decisions: 100000}")  # first check after 2,500
@@ -74,8 +77,8 @@ def busy(ops, clock, synced, client):
     clock.advance(hours=1, seconds=1)
     ops.tick()
     client.app.state.runtime.refresh()
-    exp = ops.experiments.get(synced["id"])
-    assert exp["status"] == "running" and exp["epoch"] >= 2, exp
+    exp = ops.experiments.get(synced.id)
+    assert exp.status == "running" and exp.epoch >= 2, exp
     return exp
 
 
@@ -107,14 +110,14 @@ def test_overview_lists_prompts_and_running_experiments(client, busy):
     ctx = r.context
     assert ctx["auth_off"] is True and "Authentication is off" in r.text
     [p] = ctx["prompts"]
-    assert (p["name"], p["production_version"], p["experiment_id"]) == ("triage", 1, busy["id"])
+    assert (p["name"], p["production_version"], p["experiment_id"]) == ("triage", 1, busy.id)
     [row] = ctx["running"]
-    best = max(busy["arms"], key=lambda a: a["p_best"])
-    assert row["leader"] == f"v{best['version']} {best['variant']}"
-    assert row["leader_p_best"] == best["p_best"]
-    assert row["decisions"] == 1500 and row["running_for"] == pytest.approx(1500 * 3.6 + 3601)
+    best = max(busy.arms, key=lambda a: a.p_best)
+    assert row.leader == f"v{best.version} {best.variant}"
+    assert row.leader_p_best == best.p_best
+    assert row.decisions == 1500 and row.running_for == pytest.approx(1500 * 3.6 + 3601)
     assert ctx["recent"] == []
-    assert f'href="/experiments/{busy["id"]}"' in r.text
+    assert f'href="/experiments/{busy.id}"' in r.text
     assert r.headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
 
@@ -158,16 +161,16 @@ def test_unknown_pages_answer_an_html_error_page(client, synced):
 
 
 def test_experiment_page_shows_arms_charts_and_the_stopping_rule(client, busy):
-    r = client.get(f"/experiments/{busy['id']}", headers=HTML)
+    r = client.get(f"/experiments/{busy.id}", headers=HTML)
     assert r.status_code == 200
     ctx = r.context
     arms = ctx["arms"]
-    assert [a["label"] for a in arms] == ["v1 main", "v2 few-shot"]
-    assert sum(a["decisions"] for a in arms) == 1500
-    assert all(a["n"] > 0 and a["mean"] is not None and a["p_best"] is not None for a in arms)
-    assert all("%" in a["ci_text"] and "–" in a["ci_text"] for a in arms)
-    assert sum(a["weight"] for a in arms) == pytest.approx(1.0)
-    assert len(ctx["history"]) == busy["epoch"] + 1
+    assert [a.label for a in arms] == ["v1 main", "v2 few-shot"]
+    assert sum(a.decisions for a in arms) == 1500
+    assert all(a.n > 0 and a.mean is not None and a.p_best is not None for a in arms)
+    assert all("%" in a.ci_text and "–" in a.ci_text for a in arms)
+    assert sum(a.weight for a in arms) == pytest.approx(1.0)
+    assert len(ctx["history"]) == busy.epoch + 1
     for name in ("density", "p_best", "weights", "cumulative"):
         svg = str(ctx["charts"][name])
         ET.fromstring(svg)  # well-formed
@@ -176,19 +179,19 @@ def test_experiment_page_shows_arms_charts_and_the_stopping_rule(client, busy):
     challenger = arms[1]
     assert ("needs P(beats control) ≥ the boundary spending α = 0.05 over the checks "
             "(first check 99.79%)") in rule
-    assert f"v2 few-shot is at {formats.fmt_pct(challenger['p_beats_control'])}" in rule
-    assert f"{busy['checks_done']} of at most 40 stopping checks" in rule
+    assert f"v2 few-shot is at {formats.fmt_pct(challenger.p_beats_control)}" in rule
+    assert f"{busy.checks_done} of at most 40 stopping checks" in rule
     assert "Promote" in r.text and "Stop experiment" in r.text
     assert "Sample ratio mismatch" not in r.text
 
 
 def test_experiment_page_raises_the_mismatch_alarm(client, ops, busy):
     with ops.ctx.tx() as s:
-        snap = dict(s.get(ExperimentRow, busy["id"]).snapshot, srm_alarm=True, srm_p=1e-6)
-        s.execute(update(ExperimentRow).where(ExperimentRow.id == busy["id"])
+        snap = dict(s.get(ExperimentRow, busy.id).snapshot, srm_alarm=True, srm_p=1e-6)
+        s.execute(update(ExperimentRow).where(ExperimentRow.id == busy.id)
                   .values(snapshot=snap))
-    r = client.get(f"/experiments/{busy['id']}", headers=HTML)
-    assert r.context["exp"]["srm_alarm"] is True
+    r = client.get(f"/experiments/{busy.id}", headers=HTML)
+    assert r.context["exp"].srm_alarm is True
     assert "Sample ratio mismatch" in r.text and "1e-06" in r.text
     assert any("frozen" in line for line in r.context["rule"])
 
@@ -196,7 +199,7 @@ def test_experiment_page_raises_the_mismatch_alarm(client, ops, busy):
 def test_experiment_page_shows_flags_guardrails_metrics_and_the_holdout(client, ops, busy):
     sentence = "blocked: v2 (terse) cost_usd +24% (+18% .. +31%) > 10% allowed"
     with ops.ctx.tx() as s:
-        snap = dict(s.get(ExperimentRow, busy["id"]).snapshot,
+        snap = dict(s.get(ExperimentRow, busy.id).snapshot,
                     flags=[{"flag": "feedback", "sentence": "v2 (terse)'s feedback arrives later "
                             "than the window (80% late): lengthen `attribution_window_hours`",
                             "evidence": {"v2 (terse)": {"late": 321, "on_time": 80}}}],
@@ -206,10 +209,10 @@ def test_experiment_page_shows_flags_guardrails_metrics_and_the_holdout(client, 
                                  "diff": 0.2, "diff_low": 0.1, "diff_high": 0.3,
                                  "relative": True, "sentence": sentence}],
                     holdout={"p_old_better": 0.42, "reason": "holdout running"})
-        s.execute(update(ExperimentRow).where(ExperimentRow.id == busy["id"]).values(
+        s.execute(update(ExperimentRow).where(ExperimentRow.id == busy.id).values(
             snapshot=snap, status="holdout",
             holdout={"new": 1, "old": 0, "started_at": 0.0, "decisions_at_start": 0}))
-    r = client.get(f"/experiments/{busy['id']}", headers=HTML)
+    r = client.get(f"/experiments/{busy.id}", headers=HTML)
     assert r.status_code == 200, r.text
     text = html.unescape(" ".join(r.text.split()))
     assert "Promotion frozen (feedback mismatch).</strong> v2 (terse)'s feedback arrives" in text
@@ -229,7 +232,7 @@ def test_pages_read_aggregates_never_the_decision_log(client, ops, busy):
 
     event.listen(ops.ctx.engine, "before_cursor_execute", record)
     try:
-        for path in ("/", "/prompts/triage", f"/experiments/{busy['id']}", "/audit"):
+        for path in ("/", "/prompts/triage", f"/experiments/{busy.id}", "/audit"):
             assert client.get(path, headers=HTML).status_code == 200, path
     finally:
         event.remove(ops.ctx.engine, "before_cursor_execute", record)
@@ -244,7 +247,7 @@ def test_audit_page_pages_and_filters(client, ops, synced):
     r = client.get("/audit", headers=HTML)
     ctx = r.context
     assert ctx["prompts"] == ["triage"] and ctx["more"] is False
-    actions = [e["action"] for e in ctx["entries"]]
+    actions = [e.action for e in ctx["entries"]]
     assert actions.count("label.move") == 5, actions
     assert client.get("/audit", params={"prompt": "triage"}, headers=HTML).context["prompt"] == \
         "triage"
@@ -256,22 +259,22 @@ def test_audit_page_pages_and_filters(client, ops, synced):
     finally:
         pages.AUDIT_PAGE = old
     assert first["more"] is True and len(first["entries"]) == 2
-    assert {e["id"] for e in first["entries"]}.isdisjoint(e["id"] for e in second["entries"])
+    assert {e.id for e in first["entries"]}.isdisjoint(e.id for e in second["entries"])
 
 
 # -- actions and auth -----------------------------------------------------------------------
 def test_promote_moves_production_and_records_evidence(client, ops, busy):
-    path = f"/experiments/{busy['id']}"
+    path = f"/experiments/{busy.id}"
     r = client.post(f"{path}/promote", data={"version": "2", "csrf": csrf(client, path)},
                     follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == path
     page = client.get(path, headers=HTML)
     assert page.context["flash"] == {"kind": "ok", "message":
-                                     f"Experiment {busy['id']} promoted version 2 to production."}
+                                     f"Experiment {busy.id} promoted version 2 to production."}
     assert ops.registry.resolve("triage").number == 2
-    assert page.context["exp"]["status"] == "completed" and "Promote" not in page.text
-    moves = [(e, ev) for e, ev in page.context["audit"] if e["action"] == "label.move"]
-    assert len(moves) == 1 and moves[0][0]["actor"] == "local (auth off)"
+    assert page.context["exp"].status == "completed" and "Promote" not in page.text
+    moves = [(e, ev) for e, ev in page.context["audit"] if e.action == "label.move"]
+    assert len(moves) == 1 and moves[0][0].actor == "local (auth off)"
     assert [row["label"] for row in moves[0][1]["rows"]] == ["v1 main", "v2 few-shot"]
     assert "Evidence" in page.text
     assert client.get(path, headers=HTML).context["flash"] is None  # shown once
@@ -280,9 +283,9 @@ def test_promote_moves_production_and_records_evidence(client, ops, busy):
 
 
 def test_stop_and_rollback(client, ops, busy):
-    path = f"/experiments/{busy['id']}"
+    path = f"/experiments/{busy.id}"
     client.post(f"{path}/stop", data={"csrf": csrf(client, path)})
-    assert ops.experiments.get(busy["id"])["status"] == "stopped"
+    assert ops.experiments.get(busy.id).status == "stopped"
     token = csrf(client, "/prompts/triage")
     r = client.post("/prompts/triage/production", data={"version": "2", "csrf": token})
     assert r.context["flash"]["message"] == "production: version 1 → 2."
@@ -292,12 +295,12 @@ def test_stop_and_rollback(client, ops, busy):
 
 
 def test_posts_without_a_valid_csrf_token_are_refused(client, ops, busy):
-    path = f"/experiments/{busy['id']}"
+    path = f"/experiments/{busy.id}"
     csrf(client, path)
     for data in ({}, {"csrf": "forged"}):
         r = client.post(f"{path}/promote", data=data, headers=HTML)
         assert r.status_code == 403 and "CSRF" in r.text, r.text
-    assert ops.experiments.get(busy["id"])["status"] == "running"
+    assert ops.experiments.get(busy.id).status == "running"
 
 
 def test_anonymous_visitors_are_sent_to_sign_in(client, keyed):
@@ -318,11 +321,11 @@ def test_admin_session_cookie_and_actions(client, ops, keyed, synced):
     assert f"{SESSION_COOKIE}=" in cookie and "HttpOnly" in cookie
     assert "SameSite=strict" in cookie or "SameSite=Strict" in cookie
     assert keyed["admin"] not in cookie
-    page = client.get(f"/experiments/{synced['id']}", headers=HTML)
+    page = client.get(f"/experiments/{synced.id}", headers=HTML)
     assert page.context["viewer"].is_admin and "Promote" in page.text
-    r = client.post(f"/experiments/{synced['id']}/stop", data={"csrf": page.context["csrf"]})
-    assert r.context["exp"]["status"] == "stopped"
-    assert r.context["audit"][0][0]["actor"] == f"key:{keyed['admin'][:12]}"
+    r = client.post(f"/experiments/{synced.id}/stop", data={"csrf": page.context["csrf"]})
+    assert r.context["exp"].status == "stopped"
+    assert r.context["audit"][0][0].actor == f"key:{keyed['admin'][:12]}"
     r = client.post("/logout", data={"csrf": r.context["csrf"]}, follow_redirects=False)
     assert r.status_code == 303
     assert client.get("/", headers=HTML, follow_redirects=False).status_code == 303
@@ -330,14 +333,14 @@ def test_admin_session_cookie_and_actions(client, ops, keyed, synced):
 
 def test_serve_keys_see_read_only_pages(client, ops, keyed, synced):
     sign_in(client, keyed["serve"])
-    path = f"/experiments/{synced['id']}"
+    path = f"/experiments/{synced.id}"
     page = client.get(path, headers=HTML)
     assert page.status_code == 200 and page.context["viewer"].role == "serve"
     assert "Stop experiment" not in page.text and "read-only" in page.text
     assert "Make production" not in client.get("/prompts/triage", headers=HTML).text
     r = client.post(f"{path}/stop", data={"csrf": page.context["csrf"]}, headers=HTML)
     assert r.status_code == 403 and "admin key" in r.text
-    assert ops.experiments.get(synced["id"])["status"] == "running"
+    assert ops.experiments.get(synced.id).status == "running"
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -358,24 +361,44 @@ def test_durations_and_times():
     assert formats.fmt_time(1_800_000_000) == "2027-01-15 08:00:00Z"
 
 
+def three_arms() -> ExperimentView:
+    arm = ArmView(version=2, variant="b", decisions=1000, feedback=900, reward_sum=90.0, n=900,
+                  mean=0.1, sd=0.01, ci_low=None, ci_high=None, p_best=0.4,
+                  expected_loss=0.002, p_beats_control=0.971, weight=0.3, is_control=False,
+                  **NO_USAGE.as_dict())
+    return ExperimentView(
+        id=1, prompt="triage", status="running", winner=None, metric="reward", reward="binary",
+        strategy="thompson", auto_promote=True, source="api", control_version=1,
+        production_at_start=1, control_is_production=True, created_at=0.0, started_at=0.0,
+        ended_at=None, end_reason=None, epoch=3, matured=2700, last_update_at=None,
+        policy={"min_samples_per_arm": 500, "min_hours": 0, "alpha": 0.005,
+                "loss_threshold": 0.01, "control_p_best": 0.99, "max_decisions": 100000,
+                "max_checks": 40, "max_days": 30},
+        missing_feedback="zero", reason="collecting outcomes", srm_alarm=False, srm_p=None,
+        value_remaining=None, checks_done=3,
+        arms=(replace(arm, is_control=True, version=1, variant="a", p_beats_control=None),
+              arm, replace(arm, version=3, variant="c", expected_loss=0.01)))
+
+
 def test_stopping_rule_in_words_for_three_arms():
-    arm = {"n": 900, "decisions": 1000, "mean": 0.1, "is_control": False, "version": 2,
-           "variant": "b", "p_best": 0.4, "expected_loss": 0.002, "p_beats_control": 0.971}
-    exp = {"status": "running", "reward": "binary", "started_at": 0.0, "checks_done": 3,
-           "srm_alarm": False, "reason": "collecting outcomes", "winner": None,
-           "policy": {"min_samples_per_arm": 500, "min_hours": 0, "alpha": 0.005,
-                      "loss_threshold": 0.01, "control_p_best": 0.99, "max_decisions": 100000,
-                      "max_checks": 40, "max_days": 30},
-           "arms": [dict(arm, is_control=True, version=1, variant="a", p_beats_control=None),
-                    arm, dict(arm, version=3, variant="c", expected_loss=0.01)]}
+    exp = three_arms()
     text = pages.stopping_rule(exp, now=7200.0)
     assert text[0] == ("To promote a challenger it needs P(beats control) ≥ the boundary "
                        "spending α = 0.005/2 over the checks (first check 99.99%); v2 b is at "
                        "97.1%.")
     assert "0.2% now, limit 0.1%" in text[1]
     assert "(3,000 decisions, 0.1 days so far)" in text[-2]
-    assert pages.stopping_rule(dict(exp, status="inconclusive", end_reason="limit"), 0.0) \
+    assert pages.stopping_rule(replace(exp, status="inconclusive", end_reason="limit"), 0.0) \
         == ["Ended inconclusive: limit."]
+
+
+def test_the_density_chart_draws_each_arm_with_the_sd_of_the_snapshot():
+    exp = three_arms()
+    exp = replace(exp, arms=(replace(exp.arms[0], sd=0.02), *exp.arms[1:]))
+    svg = str(charts.experiment_charts(exp, [], now=7200.0)["density"])
+    fmt = formats.value_format("binary")
+    assert f"v1 a: mean {fmt(0.1)}, sd {fmt(0.02)}" in svg
+    assert f"v2 b: mean {fmt(0.1)}, sd {fmt(0.01)}" in svg
 
 
 def test_charts_escape_labels_and_handle_empty_data():
@@ -418,6 +441,6 @@ def test_pages_say_when_content_or_control_is_not_what_production_was(client, op
     page = client.get("/prompts/triage", headers=HTML).text
     assert "uncommitted changes" in page and "untracked" not in page
     assert "untracked in git" in client.get("/prompts/other", headers=HTML).text
-    exp = next(e for e in ops.experiments.list_experiments(prompt="triage") if e["status"] == "running")
-    page = client.get(f"/experiments/{exp['id']}", headers=HTML).text
+    exp = next(e for e in ops.experiments.list_experiments(prompt="triage") if e.status == "running")
+    page = client.get(f"/experiments/{exp.id}", headers=HTML).text
     assert "production at the start was version 1" in page

@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, response_schema_conformance
 from schemathesis.schemas import BaseSchema
 
 from promptops.config import Settings
@@ -71,7 +71,8 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseSchema]
 # pytest 9 removed (`Function._nodeid`), so the operations are driven through Hypothesis directly.
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
                          ids=lambda m: m.value)
-def test_no_server_errors(api_schema: BaseSchema, mode: GenerationMode) -> None:
+def test_no_server_errors_and_answers_match_their_schemas(api_schema: BaseSchema,
+                                                          mode: GenerationMode) -> None:
     failures: dict[str, BaseException] = {}
     for result in api_schema.get_all_operations():
         operation = result.ok()
@@ -80,7 +81,7 @@ def test_no_server_errors(api_schema: BaseSchema, mode: GenerationMode) -> None:
                   suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case: schemathesis.Case) -> None:
-            case.call_and_validate(checks=[not_a_server_error])
+            case.call_and_validate(checks=[not_a_server_error, response_schema_conformance])
 
         try:
             check()

@@ -111,6 +111,6 @@ def test_feedback_under_any_spelling_counts_once(ops, prompts_dir: Path):
     with ops.ctx.tx() as s:
         assert s.scalar(select(func.count()).select_from(DecisionRow)) == 1
         assert s.scalar(select(func.count()).select_from(FeedbackRow)) == 1
-    arm = next(a for a in ops.experiments.get(d["experiment_id"])["arms"]
-               if a["version"] == d["version"])
-    assert (arm["decisions"], arm["feedback"], arm["reward_sum"]) == (1, 1, 1.0)
+    arm = next(a for a in ops.experiments.get(d["experiment_id"]).arms
+               if a.version == d["version"])
+    assert (arm.decisions, arm.feedback, arm.reward_sum) == (1, 1, 1.0)

@@ -66,8 +66,8 @@ def traffic(ops, clock, n: int, rates: dict[int, float], *, seed: int = 1,
 
 def test_declared_experiment_starts_on_sync_and_is_not_restarted(ops, prompts_dir):
     exp = setup(ops, prompts_dir)
-    assert exp["status"] == "running" and [a["version"] for a in exp["arms"]] == [1, 2]
-    assert exp["control_version"] == 1
+    assert exp.status == "running" and [a.version for a in exp.arms] == [1, 2]
+    assert exp.control_version == 1
     assert ops.sync().changes == []
     assert len(ops.experiments.list_experiments()) == 1
 
@@ -76,24 +76,24 @@ def test_changing_the_declaration_stops_and_starts_a_new_one(ops, prompts_dir):
     first = setup(ops, prompts_dir)
     (prompts_dir / "triage.yaml").write_text(prompt_text(FAST.replace("200,", "300,", 1)))
     changes = ops.sync().changes
-    assert f"triage: experiment {first['id']} stopped (declaration changed)" in changes, changes
-    exps = {e["id"]: e["status"] for e in ops.experiments.list_experiments()}
-    assert exps[first["id"]] == "stopped" and sorted(exps.values()) == ["running", "stopped"]
+    assert f"triage: experiment {first.id} stopped (declaration changed)" in changes, changes
+    exps = {e.id: e.status for e in ops.experiments.list_experiments()}
+    assert exps[first.id] == "stopped" and sorted(exps.values()) == ["running", "stopped"]
 
 
 def test_an_ended_declaration_is_not_started_again(ops, prompts_dir):
     exp = setup(ops, prompts_dir)
-    ops.experiments.stop(exp["id"], actor="t")
+    ops.experiments.stop(exp.id, actor="t")
     assert ops.sync().changes == []
-    assert [e["status"] for e in ops.experiments.list_experiments()] == ["stopped"]
+    assert [e.status for e in ops.experiments.list_experiments()] == ["stopped"]
 
 
 def test_draft_declaration_waits(ops, prompts_dir):
     exp = setup(ops, prompts_dir, prompt_text(status="draft"))
-    assert exp["status"] == "draft"
+    assert exp.status == "draft"
     assert ops.serve("triage", {"message": "x"})["experiment_id"] is None
     (prompts_dir / "triage.yaml").write_text(prompt_text(status="running"))
-    assert f"triage: experiment {exp['id']} started" in ops.sync().changes
+    assert f"triage: experiment {exp.id} started" in ops.sync().changes
 
 
 def test_serving_routes_through_the_experiment_and_is_sticky(ops, prompts_dir):
@@ -104,7 +104,7 @@ def test_serving_routes_through_the_experiment_and_is_sticky(ops, prompts_dir):
               for _ in range(50)}
     assert len(sticky) == 1
     d = ops.serve("triage", {"message": "x"})
-    assert d["experiment_id"] == exp["id"] and d["decision_id"].startswith("d_")
+    assert d["experiment_id"] == exp.id and d["decision_id"].startswith("d_")
 
 
 def test_feedback_is_idempotent_and_validated(ops, prompts_dir):
@@ -121,8 +121,8 @@ def test_feedback_is_idempotent_and_validated(ops, prompts_dir):
     for bad in (0.5, 2, -1, float("nan"), "1", None):
         with pytest.raises(InvalidInput):
             ops.feedback(d["decision_id"], bad, metric="resolved")
-    arm = next(a for a in ops.experiments.get(1)["arms"] if a["version"] == d["version"])
-    assert (arm["feedback"], arm["reward_sum"]) == (1, 1.0)
+    arm = next(a for a in ops.experiments.get(1).arms if a.version == d["version"])
+    assert (arm.feedback, arm.reward_sum) == (1, 1.0)
 
 
 def _truth(ops, exp_id: int, window: float) -> dict[tuple[int, int], tuple[int, float]]:
@@ -168,11 +168,11 @@ def test_replayed_feedback_equals_the_deduplicated_truth(ops, prompts_dir, clock
     distinct = {did for did, _ in sends if did != "d_unknown"}
     assert statuses["recorded"] == len(distinct) and statuses["missing"] == 20
     got = {}
-    for (arm, epoch), (n, r) in _truth(ops, exp["id"], 3600).items():
+    for (arm, epoch), (n, r) in _truth(ops, exp.id, 3600).items():
         got[(arm, epoch)] = (n, r)
-    e = ops.experiments.get(exp["id"])
-    assert sum(a["n"] for a in e["arms"]) == 600 == sum(n for n, _ in got.values())
-    assert sum(a["feedback"] for a in e["arms"]) == len(distinct)
+    e = ops.experiments.get(exp.id)
+    assert sum(a.n for a in e.arms) == 600 == sum(n for n, _ in got.values())
+    assert sum(a.feedback for a in e.arms) == len(distinct)
     from promptops.db.models import ArmEpochRow
 
     with ops.ctx.tx() as s:
@@ -185,11 +185,11 @@ def test_outcomes_count_only_after_their_window(ops, prompts_dir, clock):
     d = ops.serve("triage", {"message": "x"})
     ops.feedback(d["decision_id"], 1)
     ops.tick()
-    assert sum(a["n"] for a in ops.experiments.get(exp["id"])["arms"]) == 0
+    assert sum(a.n for a in ops.experiments.get(exp.id).arms) == 0
     clock.advance(hours=1, seconds=5)
     ops.tick()
-    arms = ops.experiments.get(exp["id"])["arms"]
-    assert sum(a["n"] for a in arms) == 1 and sum(a["feedback"] for a in arms) == 1
+    arms = ops.experiments.get(exp.id).arms
+    assert sum(a.n for a in arms) == 1 and sum(a.feedback for a in arms) == 1
 
 
 def test_clear_winner_is_promoted_with_evidence(ops, prompts_dir, clock):
@@ -198,13 +198,13 @@ def test_clear_winner_is_promoted_with_evidence(ops, prompts_dir, clock):
     clock.advance(hours=2)
     for _ in range(5):
         ops.tick()
-    e = ops.experiments.get(exp["id"])
-    assert e["status"] == "completed" and e["winner"] == 2, e
+    e = ops.experiments.get(exp.id)
+    assert e.status == "completed" and e.winner == 2, e
     assert ops.registry.resolve("triage").number == 2
-    entries = ops.registry.audit(experiment_id=exp["id"])
-    promo = [a for a in entries if a["action"] == "label.move"]
-    assert len(promo) == 1 and promo[0]["actor"] == "promptops", entries
-    evidence = promo[0]["details"]["evidence"]
+    entries = ops.registry.audit(experiment_id=exp.id)
+    promo = [a for a in entries if a.action == "label.move"]
+    assert len(promo) == 1 and promo[0].actor == "promptops", entries
+    evidence = promo[0].details["evidence"]
     assert evidence["arms"][1]["p_best"] > 0.99
     assert ops.serve("triage", {"message": "x"})["experiment_id"] is None
 
@@ -215,8 +215,8 @@ def test_equal_arms_reach_the_limit_inconclusive(ops, prompts_dir, clock):
     traffic(ops, clock, 3600, {1: 0.10, 2: 0.10})
     clock.advance(hours=2)
     ops.tick()
-    e = ops.experiments.get(exp["id"])
-    assert e["status"] == "inconclusive" and e["winner"] is None, e
+    e = ops.experiments.get(exp.id)
+    assert e.status == "inconclusive" and e.winner is None, e
     assert ops.registry.resolve("triage").number == 1
 
 
@@ -228,7 +228,7 @@ def test_promotion_happens_exactly_once_under_concurrency(ops, prompts_dir):
     def promote(version: int) -> None:
         barrier.wait()
         try:
-            ops.experiments.promote(exp["id"], version=version, actor="t")
+            ops.experiments.promote(exp.id, version=version, actor="t")
             results.append("ok")
         except ExperimentStateError:
             results.append("409")
@@ -239,7 +239,7 @@ def test_promotion_happens_exactly_once_under_concurrency(ops, prompts_dir):
     for t in threads:
         t.join()
     assert sorted(results) == ["409"] * 5 + ["ok"], results
-    assert len([a for a in ops.registry.audit() if a["action"] == "experiment.completed"]) == 1
+    assert len([a for a in ops.registry.audit() if a.action == "experiment.completed"]) == 1
 
 
 def test_many_threads_of_feedback_lose_nothing_and_count_nothing_twice(ops, prompts_dir):
@@ -262,10 +262,10 @@ def test_many_threads_of_feedback_lose_nothing_and_count_nothing_twice(ops, prom
     for t in threads:
         t.join()
     assert statuses.count("recorded") == 300 and statuses.count("duplicate") == 600
-    arms = ops.experiments.get(exp["id"])["arms"]
-    assert sum(a["feedback"] for a in arms) == 300
-    assert sum(a["reward_sum"] for a in arms) == 300.0
-    assert sum(a["decisions"] for a in arms) == 300
+    arms = ops.experiments.get(exp.id).arms
+    assert sum(a.feedback for a in arms) == 300
+    assert sum(a.reward_sum for a in arms) == 300.0
+    assert sum(a.decisions for a in arms) == 300
 
 
 def test_a_lost_decision_log_raises_the_mismatch_alarm_and_freezes_promotion(ops, prompts_dir,
@@ -290,21 +290,21 @@ def test_a_lost_decision_log_raises_the_mismatch_alarm_and_freezes_promotion(ops
             ops.tick()
     clock.advance(hours=2)
     ops.tick()
-    e = ops.experiments.get(exp["id"])
-    assert e["srm_alarm"] is True, e
-    assert e["status"] == "running" and e["winner"] is None, e
+    e = ops.experiments.get(exp.id)
+    assert e.srm_alarm is True, e
+    assert e.status == "running" and e.winner is None, e
 
 
 def test_going_back_to_an_ended_declaration_stops_the_newer_one(ops, prompts_dir):
     first = setup(ops, prompts_dir)
     (prompts_dir / "triage.yaml").write_text(prompt_text(FAST.replace("200,", "300,", 1)))
     ops.sync()
-    second = next(e for e in ops.experiments.list_experiments() if e["status"] == "running")
+    second = next(e for e in ops.experiments.list_experiments() if e.status == "running")
     (prompts_dir / "triage.yaml").write_text(prompt_text())  # the first declaration again
     changes = ops.sync().changes
-    assert f"triage: experiment {second['id']} stopped (declaration changed)" in changes, changes
-    statuses = {e["id"]: e["status"] for e in ops.experiments.list_experiments()}
-    assert statuses == {first["id"]: "stopped", second["id"]: "stopped"}, statuses
+    assert f"triage: experiment {second.id} stopped (declaration changed)" in changes, changes
+    statuses = {e.id: e.status for e in ops.experiments.list_experiments()}
+    assert statuses == {first.id: "stopped", second.id: "stopped"}, statuses
 
 
 def test_removing_the_declaration_stops_its_experiment(ops, prompts_dir):
@@ -312,7 +312,7 @@ def test_removing_the_declaration_stops_its_experiment(ops, prompts_dir):
     text = prompt_text()
     (prompts_dir / "triage.yaml").write_text(text[: text.index("experiment:")])
     changes = ops.sync().changes
-    assert f"triage: experiment {exp['id']} stopped (removed from the file)" in changes, changes
+    assert f"triage: experiment {exp.id} stopped (removed from the file)" in changes, changes
 
 
 def test_policy_values_are_bounded(ops, prompts_dir):
@@ -328,9 +328,9 @@ def test_the_snapshot_reports_value_remaining(ops, prompts_dir, clock):
     traffic(ops, clock, 600, {1: 0.10, 2: 0.10})
     clock.advance(hours=2)
     ops.tick()
-    e = ops.experiments.get(exp["id"])
+    e = ops.experiments.get(exp.id)
     # zero when the leader is best in over 95% of draws, which equal arms reach by chance too
-    assert e["value_remaining"] is not None and e["value_remaining"] >= 0, e
+    assert e.value_remaining is not None and e.value_remaining >= 0, e
 
 
 def _edit_main(text: str) -> str:
@@ -339,14 +339,14 @@ def _edit_main(text: str) -> str:
 
 def test_after_editing_main_the_first_arm_is_the_control_and_the_read_says_so(ops, prompts_dir):
     first = setup(ops, prompts_dir)
-    assert first["production_at_start"] == 1 and first["control_is_production"] is True
+    assert first.production_at_start == 1 and first.control_is_production is True
     (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text()))
     changes = ops.sync().changes
-    new = next(e for e in ops.experiments.list_experiments() if e["status"] == "running")
-    line = f"triage: experiment {new['id']} started over versions 3, 2"
+    new = next(e for e in ops.experiments.list_experiments() if e.status == "running")
+    line = f"triage: experiment {new.id} started over versions 3, 2"
     assert f"{line} (control v3 is not production v1)" in changes, changes
-    assert new["control_version"] == 3 and new["arms"][0]["is_control"] is True, new
-    assert new["production_at_start"] == 1 and new["control_is_production"] is False, new
+    assert new.control_version == 3 and new.arms[0].is_control is True, new
+    assert new.production_at_start == 1 and new.control_is_production is False, new
 
 
 @pytest.mark.parametrize("rates, winner", [
@@ -358,17 +358,17 @@ def test_production_moves_to_the_winner_even_when_it_is_the_control(ops, prompts
     setup(ops, prompts_dir)
     (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text()))
     ops.sync()
-    exp = next(e for e in ops.experiments.list_experiments() if e["status"] == "running")
+    exp = next(e for e in ops.experiments.list_experiments() if e.status == "running")
     assert ops.registry.resolve("triage").number == 1
     traffic(ops, clock, 12000, rates)
     clock.advance(hours=2)
     for _ in range(5):
         ops.tick()
-    e = ops.experiments.get(exp["id"])
-    assert e["status"] == "completed" and e["winner"] == winner, e
+    e = ops.experiments.get(exp.id)
+    assert e.status == "completed" and e.winner == winner, e
     assert ops.registry.resolve("triage").number == winner
-    moves = [a for a in ops.registry.audit(experiment_id=exp["id"]) if a["action"] == "label.move"]
-    assert [(m["details"]["from"], m["details"]["to"]) for m in moves] == [(1, winner)], moves
+    moves = [a for a in ops.registry.audit(experiment_id=exp.id) if a.action == "label.move"]
+    assert [(m.details["from"], m.details["to"]) for m in moves] == [(1, winner)], moves
 
 
 def test_a_winning_control_replaces_a_hand_move_made_during_the_experiment(ops, prompts_dir,
@@ -379,13 +379,13 @@ def test_a_winning_control_replaces_a_hand_move_made_during_the_experiment(ops, 
     clock.advance(hours=2)
     for _ in range(5):
         ops.tick()
-    e = ops.experiments.get(exp["id"])
-    assert e["status"] == "completed" and e["winner"] == 1, e
+    e = ops.experiments.get(exp.id)
+    assert e.status == "completed" and e.winner == 1, e
     assert ops.registry.resolve("triage").number == 1
-    move = next(a for a in ops.registry.audit(experiment_id=exp["id"])
-                if a["action"] == "label.move")
-    assert (move["details"]["from"], move["details"]["to"]) == (2, 1), move
-    assert "replaces v2, set while the experiment ran" in move["message"], move
+    move = next(a for a in ops.registry.audit(experiment_id=exp.id)
+                if a.action == "label.move")
+    assert (move.details["from"], move.details["to"]) == (2, 1), move
+    assert "replaces v2, set while the experiment ran" in move.message, move
 
 
 def test_an_inconclusive_end_leaves_production_where_it_was(ops, prompts_dir, clock):
@@ -393,10 +393,10 @@ def test_an_inconclusive_end_leaves_production_where_it_was(ops, prompts_dir, cl
     setup(ops, prompts_dir, prompt_text(policy))
     (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text(policy)))
     ops.sync()
-    exp = next(e for e in ops.experiments.list_experiments() if e["status"] == "running")
+    exp = next(e for e in ops.experiments.list_experiments() if e.status == "running")
     traffic(ops, clock, 3600, {3: 0.10, 2: 0.10})
     clock.advance(hours=2)
     ops.tick()
-    e = ops.experiments.get(exp["id"])
-    assert e["status"] == "inconclusive" and e["winner"] is None, e
+    e = ops.experiments.get(exp.id)
+    assert e.status == "inconclusive" and e.winner is None, e
     assert ops.registry.resolve("triage").number == 1

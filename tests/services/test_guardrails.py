@@ -75,8 +75,8 @@ def test_the_api_declares_metrics_and_guardrails(ops, prompts_dir: Path):
     exp = ops.experiments.create("triage", [1, 2], metric="resolved", metrics=["csat"],
                                  guardrails=[{"metric": "latency_ms", "max_increase": 0.2}],
                                  start=False)
-    assert exp["metrics"] == ["csat"]
-    assert list(exp["policy"]["guardrails"]) == [{"metric": "latency_ms", "max_increase": 0.2,
+    assert exp.metrics == ["csat"]
+    assert list(exp.policy["guardrails"]) == [{"metric": "latency_ms", "max_increase": 0.2,
                                             "max_decrease": None, "max_increase_abs": None,
                                             "max_decrease_abs": None}]
     with pytest.raises(InvalidInput):
@@ -103,19 +103,19 @@ def test_a_costlier_challenger_is_blocked_and_shown(ops, prompts_dir: Path, cloc
         clock.advance(3.6)
         if i % 100 == 99:
             ops.tick()
-            status = ops.experiments.get(1)["status"]
+            status = ops.experiments.get(1).status
             if status != "running":
                 break
     exp = ops.experiments.get(1)
-    assert exp["winner"] != 2, exp["reason"]
-    challenger = exp["arms"][1]
-    verdict = {g["metric"]: g for g in challenger["guardrails"]}
+    assert exp.winner != 2, exp.reason
+    challenger = exp.arms[1]
+    verdict = {g["metric"]: g for g in challenger.guardrails}
     assert verdict["cost_usd"]["state"] == "blocked", verdict
     assert re.fullmatch(r"blocked: v2 \(terse\) cost_usd \+(4[5-9]|5[0-5])% "
                         r"\(\+\d+% \.\. \+\d+%\) > 10% allowed",
                         verdict["cost_usd"]["sentence"]), verdict
-    for arm in exp["arms"]:
+    for arm in exp.arms:
         for metric in ("cost_usd", "csat"):
-            m = arm["metrics"][metric]
+            m = arm.metrics[metric]
             assert m["ci_low"] < m["mean"] < m["ci_high"] and m["n"] > 100, (metric, m)
-    assert exp["arms"][0]["guardrails"] == []
+    assert exp.arms[0].guardrails == []

@@ -12,7 +12,7 @@ def test_a_key_is_shown_once_and_only_its_hash_is_stored(ops):
     key = ops.keys.create("serve", name="ci")
     assert key.startswith("po_serve_")
     listed = ops.keys.list_keys()
-    assert [(k["role"], k["name"], k["prefix"]) for k in listed] == [("serve", "ci", key[:12])]
+    assert [(k.role, k.name, k.prefix) for k in listed] == [("serve", "ci", key[:12])]
     assert key not in repr(listed)
     assert ops.keys.table() == {hash_key(key): "serve"}
     assert role_for(key, ops.keys.table()) == "serve"
@@ -29,25 +29,25 @@ def test_auth_is_off_until_a_key_exists(ops):
 
 def test_revoking_the_last_key_keeps_auth_on_and_says_so(ops):
     ops.keys.create("admin")
-    ops.keys.revoke(ops.keys.list_keys()[0]["id"], actor="cli:tester")
+    ops.keys.revoke(ops.keys.list_keys()[0].id, actor="cli:tester")
     assert not ops.keys.any()
     assert ops.keys.auth_required()
     entry = ops.registry.audit()[0]
-    assert entry["action"] == "key.revoke" and "auth stays on" in entry["message"]
-    assert entry["actor"] == "cli:tester"
+    assert entry.action == "key.revoke" and "auth stays on" in entry.message
+    assert entry.actor == "cli:tester"
 
 
 def test_auth_off_is_explicit_and_needs_no_active_key(ops):
     ops.keys.create("admin")
     with pytest.raises(Conflict, match="revoke them first"):
         ops.keys.auth_off()
-    ops.keys.revoke(ops.keys.list_keys()[0]["id"])
+    ops.keys.revoke(ops.keys.list_keys()[0].id)
     ops.keys.auth_off(actor="cli:tester")
     assert not ops.keys.auth_required()
-    assert [e["action"] for e in ops.registry.audit()][:2] == ["auth.off", "key.revoke"]
+    assert [e.action for e in ops.registry.audit()][:2] == ["auth.off", "key.revoke"]
     ops.keys.create("serve")  # a new key turns it back on
     assert ops.keys.auth_required()
-    assert ops.registry.audit()[0]["action"] == "auth.on"
+    assert ops.registry.audit()[0].action == "auth.on"
 
 
 def test_revoking_an_unknown_key(ops):

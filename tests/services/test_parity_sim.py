@@ -111,4 +111,4 @@ def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeyp
                     "threshold", "checks", "burn_in"):
             assert mine[key] == theirs[key], (k, key, mine[key], theirs[key])
     exp = ops.experiments.get(1)
-    assert exp["status"] == "completed" and exp["winner"] == 2
+    assert exp.status == "completed" and exp.winner == 2

@@ -132,8 +132,8 @@ def test_label_moves_are_audited_and_rollback_works(ops, prompts_dir):
     assert ops.registry.resolve("triage").number == 2
     ops.registry.move_label("triage", 1, "production", actor="tester")  # rollback
     assert ops.registry.resolve("triage").number == 1
-    moves = [a for a in ops.registry.audit(prompt="triage") if a["action"] == "label.move"]
-    assert [(m["details"]["from"], m["details"]["to"], m["actor"]) for m in moves] == [
+    moves = [a for a in ops.registry.audit(prompt="triage") if a.action == "label.move"]
+    assert [(m.details["from"], m.details["to"], m.actor) for m in moves] == [
         (2, 1, "tester"), (1, 2, "tester"), (None, 1, "sync")]
 
 
@@ -175,8 +175,8 @@ def test_concurrent_first_moves_of_a_new_label_all_succeed(ops, settings, clock,
         t.join()
     other.close()
     assert errors == []
-    moves = [a["details"] for a in reversed(ops.registry.audit(prompt="triage"))
-             if a["details"].get("label") == "canary"]
+    moves = [a.details for a in reversed(ops.registry.audit(prompt="triage"))
+             if a.details.get("label") == "canary"]
     assert moves[0]["from"] is None and all(m["from"] is not None for m in moves[1:])
     assert all(a["to"] == b["from"] for a, b in zip(moves, moves[1:], strict=False))
     assert ops.registry.resolve("triage", label="canary").number == moves[-1]["to"]
@@ -186,7 +186,7 @@ def test_long_actor_names_are_cut_alike_on_every_database(ops, prompts_dir):
     write(prompts_dir, "triage.yaml", TRIAGE)
     ops.sync()
     ops.registry.move_label("triage", 1, "staging", actor="ü" * 300)
-    assert ops.registry.audit(prompt="triage")[0]["actor"] == "ü" * 128
+    assert ops.registry.audit(prompt="triage")[0].actor == "ü" * 128
 
 
 @pytest.mark.parametrize("call, error", [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from sqlalchemy import func, select
 
 from promptops.db.models import DecisionRow, FeedbackRow
@@ -48,9 +50,9 @@ def test_gc_keeps_statistics_and_removes_raw_rows(ops, prompts_dir, clock):
     assert count(ops, DecisionRow) == 0 and count(ops, FeedbackRow) == 0
     after = ops.experiments.get(1)
     strip = ("status", "ended_at", "end_reason", "reason")
-    assert [(a["decisions"], a["feedback"], a["n"], a["mean"]) for a in after["arms"]] == [
-        (a["decisions"], a["feedback"], a["n"], a["mean"]) for a in before["arms"]]
-    assert {k: v for k, v in after.items() if k not in strip and k != "arms"}.keys()
+    assert [(a.decisions, a.feedback, a.n, a.mean) for a in after.arms] == [
+        (a.decisions, a.feedback, a.n, a.mean) for a in before.arms]
+    assert {k: v for k, v in asdict(after).items() if k not in strip and k != "arms"}.keys()
     assert ops.experiments.history(1)
 
 
@@ -74,10 +76,10 @@ def test_a_replayed_feedback_after_gc_is_not_counted_again(ops, prompts_dir, clo
     clock.advance(hours=49)
     ops.retention.gc(older_than_days=1)
     ops.serving.live.refresh()
-    before = ops.experiments.get(1)["arms"]
+    before = ops.experiments.get(1).arms
     try:
         ops.feedback(d["decision_id"], 1)
         raise AssertionError("a removed decision took feedback again")
     except DecisionNotFound:
         pass
-    assert ops.experiments.get(1)["arms"] == before
+    assert ops.experiments.get(1).arms == before

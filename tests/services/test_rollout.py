@@ -22,7 +22,7 @@ def run(ops, clock, n: int, rate: Callable[[int, str], float], *, seed: int = 3,
     rng = random.Random(seed)
     random.seed(seed + 1)
     served = []
-    status = ops.experiments.get(1)["status"]
+    status = ops.experiments.get(1).status
     for i in range(n):
         d = ops.serve("triage", {"message": "x"})
         served.append((status, d["version"]))
@@ -33,7 +33,7 @@ def run(ops, clock, n: int, rate: Callable[[int, str], float], *, seed: int = 3,
             for r in (ops, *replicas):
                 r.tick()
                 r.serving.live.refresh()
-            status = ops.experiments.get(1)["status"]
+            status = ops.experiments.get(1).status
     return served
 
 
@@ -55,30 +55,30 @@ def test_promotion_enters_the_holdout_and_a_better_old_version_rolls_back(ops, p
     finally:
         replica.close()
     exp = ops.experiments.get(1)
-    assert exp["status"] == "rolled_back", exp["reason"]
-    assert exp["winner"] == 2 and production(ops) == 1
+    assert exp.status == "rolled_back", exp.reason
+    assert exp.winner == 2 and production(ops) == 1
     during = Counter(v for st, v in served if st == "holdout")
     assert during[1] and during[2], during
     share = during[1] / (during[1] + during[2])
     assert 0.3 < share < 0.5, during
-    actions = [a["action"] for a in ops.registry.audit(experiment_id=1)]
+    actions = [a.action for a in ops.registry.audit(experiment_id=1)]
     assert actions.count("experiment.holdout") == 1 and actions.count("experiment.rolled_back") == 1
-    moves = [a["message"] for a in ops.registry.audit(experiment_id=1)
-             if a["action"] == "label.move"]
+    moves = [a.message for a in ops.registry.audit(experiment_id=1)
+             if a.action == "label.move"]
     assert len(moves) == 2 and "v2 -> v1" in moves[0] and "v1 -> v2" in moves[1], moves
-    assert exp["holdout"]["old_version"] == 1 and exp["holdout"]["new_version"] == 2
-    assert exp["holdout"]["p_old_better"] >= 0.95
+    assert exp.holdout["old_version"] == 1 and exp.holdout["new_version"] == 2
+    assert exp.holdout["p_old_better"] >= 0.95
 
 
 def test_the_holdout_ends_completed_when_the_winner_holds(ops, prompts_dir: Path, clock):
     setup(ops, prompts_dir, prompt_text(POLICY % ", holdout_decisions: 1500"))
     served = run(ops, clock, 9000, lambda v, st: 0.10 if v == 1 else 0.30)
     exp = ops.experiments.get(1)
-    assert exp["status"] == "completed" and exp["winner"] == 2, exp["reason"]
+    assert exp.status == "completed" and exp.winner == 2, exp.reason
     assert production(ops) == 2
     assert any(st == "holdout" for st, _ in served)
     assert served[-1] == ("completed", 2)
-    actions = [a["action"] for a in ops.registry.audit(experiment_id=1)]
+    actions = [a.action for a in ops.registry.audit(experiment_id=1)]
     assert actions.count("experiment.holdout") == 1 and actions.count("experiment.completed") == 1
 
 
@@ -86,5 +86,5 @@ def test_no_holdout_when_turned_off(ops, prompts_dir: Path, clock):
     setup(ops, prompts_dir, prompt_text(POLICY.replace("holdout_share: 0.4", "holdout_share: 0")
                                         % ""))
     served = run(ops, clock, 6000, lambda v, st: 0.10 if v == 1 else 0.30)
-    assert ops.experiments.get(1)["status"] == "completed"
+    assert ops.experiments.get(1).status == "completed"
     assert not any(st == "holdout" for st, _ in served)

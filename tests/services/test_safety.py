@@ -36,16 +36,15 @@ def test_late_feedback_on_one_arm_freezes_promotion_and_says_why(ops, prompts_di
     setup(ops, prompts_dir, prompt_text(POLICY % ""))
     drive(ops, clock, 8000, {1: 0.10, 2: 0.12}, {1: 0.0, 2: 2.0})
     exp = ops.experiments.get(1)
-    assert exp["status"] == "running" and exp["winner"] is None, exp["reason"]
-    assert exp["flags"] == ["feedback"]
-    flag = exp["safety"][0]
+    assert exp.status == "running" and exp.winner is None, exp.reason
+    assert exp.flags == ["feedback"]
+    flag = exp.safety[0]
     assert flag["sentence"].startswith(
         "v2 (terse)'s feedback arrives later than the window (100% late): lengthen "
         "`attribution_window_hours`"), flag
     assert flag["evidence"]["v2 (terse)"]["late"] > 100
     assert flag["evidence"]["v1 (main)"]["late"] == 0
-    assert "promotion frozen by a safety flag" in exp["reason"] or "feedback mismatch" in exp[
-        "reason"]
+    assert "promotion frozen by a safety flag" in exp.reason or "feedback mismatch" in exp.reason
 
 
 def test_tied_arms_end_equivalent(ops, prompts_dir: Path, clock):
@@ -53,6 +52,6 @@ def test_tied_arms_end_equivalent(ops, prompts_dir: Path, clock):
                                         "value_remaining_stop: 0"))
     drive(ops, clock, 12000, {1: 0.5, 2: 0.5}, {1: 0.0, 2: 0.0})
     exp = ops.experiments.get(1)
-    assert exp["status"] == "inconclusive", exp["reason"]
-    assert exp["stop_reason"] == "equivalent" and exp["reason"].startswith("equivalent:")
-    assert exp["winner"] is None and ops.render("triage", {"message": "x"})["version"] == 1
+    assert exp.status == "inconclusive", exp.reason
+    assert exp.stop_reason == "equivalent" and exp.reason.startswith("equivalent:")
+    assert exp.winner is None and ops.render("triage", {"message": "x"})["version"] == 1

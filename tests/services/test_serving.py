@@ -94,9 +94,9 @@ def test_a_mistyped_metric_is_refused_naming_the_accepted_ones(synced):
     assert all(m in err.value.message for m in err.value.accepted)
     assert _counts(ops) == (1, 0)
     assert ops.feedback(d["decision_id"], 0.5, metric="csat") == "recorded"
-    arm = next(a for a in ops.experiments.get(d["experiment_id"])["arms"]
-               if a["version"] == d["version"])
-    assert (arm["feedback"], arm["reward_sum"]) == (1, 0.5)
+    arm = next(a for a in ops.experiments.get(d["experiment_id"]).arms
+               if a.version == d["version"])
+    assert (arm.feedback, arm.reward_sum) == (1, 0.5)
 
 
 def test_built_in_metrics_take_any_finite_number_and_error_takes_zero_or_one(synced):
@@ -113,8 +113,8 @@ def test_built_in_metrics_take_any_finite_number_and_error_takes_zero_or_one(syn
         ops.feedback(did, float("inf"), metric="latency_ms")
     with pytest.raises(InvalidInput):  # the primary metric stays within [0, 1]
         ops.feedback(did, 1.5, metric="csat")
-    arms = ops.experiments.get(1)["arms"]
-    assert sum(a["feedback"] for a in arms) == 0  # only the primary metric counts
+    arms = ops.experiments.get(1).arms
+    assert sum(a.feedback for a in arms) == 0  # only the primary metric counts
 
 
 def test_production_decisions_accept_reward_and_the_built_ins(synced):

@@ -36,12 +36,12 @@ def test_a_unit_keeps_its_first_arm_across_epochs(ops, prompts_dir: Path):
     units = [f"u{i}" for i in range(200)]
     first = {u: arm_of(ops, u) for u in units}
     assert set(first.values()) == {1, 2}
-    move_to_epoch(ops, exp["id"], [0.0, 1.0])
+    move_to_epoch(ops, exp.id, [0.0, 1.0])
     assert {u: arm_of(ops, u) for u in units} == first
     # a unit first seen under the new weights gets them, and keeps its arm afterwards
     late = [f"late{i}" for i in range(50)]
     assert {arm_of(ops, u) for u in late} == {2}
-    move_to_epoch(ops, exp["id"], [1.0, 0.0])
+    move_to_epoch(ops, exp.id, [1.0, 0.0])
     assert {arm_of(ops, u) for u in late} == {2}
     assert {u: arm_of(ops, u) for u in units} == first
 
@@ -51,11 +51,11 @@ def test_replicas_agree_on_a_unit_first_seen_in_a_later_epoch(ops, prompts_dir: 
     from promptops.services.facade import PromptOps
 
     exp = setup(ops, prompts_dir, prompt_text(WINDOW))
-    move_to_epoch(ops, exp["id"], [0.0, 1.0])
+    move_to_epoch(ops, exp.id, [0.0, 1.0])
     assert arm_of(ops, "returning") == 2
     replica = PromptOps(settings, clock=clock)
     try:
-        move_to_epoch(ops, exp["id"], [1.0, 0.0])
+        move_to_epoch(ops, exp.id, [1.0, 0.0])
         replica.serving.live.refresh()
         assert replica.serve("triage", {"message": "x"}, unit_id="returning")["version"] == 2
         assert replica.serve("triage", {"message": "x"}, unit_id="fresh")["version"] == 1
@@ -79,11 +79,11 @@ def test_a_unit_is_one_observation_in_its_first_epoch(ops, prompts_dir: Path, cl
     ops.tick()
     with ops.ctx.tx() as s:
         cells = s.scalars(select(ArmEpochRow).where(
-            ArmEpochRow.experiment_id == exp["id"])).all()
+            ArmEpochRow.experiment_id == exp.id)).all()
         arm_of_unit = {u.unit_id: u.arm for u in s.scalars(select(UnitRow))}
     assert sum(c.n for c in cells) == 4  # four units, not ten decisions
     assert sum(c.assigned for c in cells) == 4  # the SRM check counts new units
-    assert ops.experiments.get(exp["id"])["epoch"] == 1
+    assert ops.experiments.get(exp.id).epoch == 1
     means = {u: sum(v) / len(v) for u, v in rewards.items()}
     for c in cells:
         mine = [means[u] for u, a in arm_of_unit.items() if a == c.arm]
@@ -103,5 +103,5 @@ def test_values_arriving_later_move_the_unit_mean(ops, prompts_dir: Path, clock)
     ops.tick()
     with ops.ctx.tx() as s:
         cells = s.scalars(select(ArmEpochRow).where(
-            ArmEpochRow.experiment_id == exp["id"], ArmEpochRow.n > 0)).all()
+            ArmEpochRow.experiment_id == exp.id, ArmEpochRow.n > 0)).all()
     assert [(c.n, c.s, c.ss) for c in cells] == [(1, 0.5, 0.25)]

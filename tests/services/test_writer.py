@@ -72,7 +72,7 @@ def test_a_refused_decision_is_dropped_and_the_rest_are_stored(ops, clock, write
     assert (writer.rejected, writer.pending, writer.failures, writer.healthy) == (
         len(bad), 0, 0, True)
     exp = ops.experiments.get(1)
-    assert sum(a["decisions"] for a in exp["arms"]) == 120  # counted once each, nothing lost
+    assert sum(a.decisions for a in exp.arms) == 120  # counted once each, nothing lost
     later = ops.serve("triage", {})["decision_id"]  # the writer has moved on
     writer.flush()
     assert later in stored_ids(ops) and writer.pending == 0
@@ -115,7 +115,7 @@ def test_a_refused_feedback_fails_alone(ops, clock, writer):
     assert (writer.rejected, writer.failures, writer.healthy) == (len(bad), 0, True)
     with ops.ctx.tx() as s:
         assert set(s.scalars(select(FeedbackRow.decision_id))) == set(ids)
-    assert sum(a["feedback"] for a in ops.experiments.get(1)["arms"]) == 40
+    assert sum(a.feedback for a in ops.experiments.get(1).arms) == 40
 
 
 def test_a_refused_feedback_fails_alone_for_async_callers(ops, clock, writer):

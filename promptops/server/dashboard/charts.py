@@ -17,6 +17,7 @@ from typing import Any
 from markupsafe import Markup
 
 from promptops.server.dashboard.formats import arm_label, fmt_share, value_format
+from promptops.services.views import EpochView, ExperimentView
 
 # The Okabe-Ito palette: distinguishable with the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#999999", "#000000")
@@ -214,16 +215,15 @@ def legend(labels: Sequence[str]) -> Markup:
     return Markup(f'<ul class="legend">{items}</ul>')
 
 
-def experiment_charts(exp: dict[str, Any], history: list[dict[str, Any]],
+def experiment_charts(exp: ExperimentView, history: list[EpochView],
                       now: float) -> dict[str, Any]:
     """The four charts of an experiment page, as inline SVG."""
-    labels = [arm_label(a) for a in exp["arms"]]
-    fmt = value_format(exp["reward"])
-    dens = [(labels[i], a["mean"], (a["ci_high"] - a["ci_low"]) / (2 * 1.96))
-            for i, a in enumerate(exp["arms"])
-            if None not in (a["mean"], a["ci_low"], a["ci_high"])]
-    start = exp["started_at"] or (history[0]["started_at"] if history else now)
-    end = exp["ended_at"] or now
+    labels = [arm_label(a) for a in exp.arms]
+    fmt = value_format(exp.reward)
+    dens = [(labels[i], a.mean, a.sd) for i, a in enumerate(exp.arms)
+            if a.mean is not None and a.sd is not None]
+    start = exp.started_at or (history[0].started_at if history else now)
+    end = exp.ended_at or now
     x_fmt, x_title = hours_format((end - start) / 3600)
     unit = 3600 * (24 if x_title.startswith("days") else 1)
     x_end = (end - start) / unit
@@ -233,30 +233,30 @@ def experiment_charts(exp: dict[str, Any], history: list[dict[str, Any]],
 
     p_best = []
     cumulative = []
-    for i, (label, arm) in enumerate(zip(labels, exp["arms"], strict=True)):
-        pts = [(x(e["started_at"]), e["p_best"][i]) for e in history
-               if e["p_best"] and i < len(e["p_best"]) and e["p_best"][i] is not None]
-        if arm["p_best"] is not None:
-            pts.append((x_end, arm["p_best"]))
+    for i, (label, arm) in enumerate(zip(labels, exp.arms, strict=True)):
+        pts = [(x(e.started_at), p) for e in history
+               if e.p_best and i < len(e.p_best) and (p := e.p_best[i]) is not None]
+        if arm.p_best is not None:
+            pts.append((x_end, arm.p_best))
         p_best.append(Series(label, pts))
         total, steps = 0.0, []
         for e in history:
-            steps.append((x(e["started_at"]), total))
-            total += e["assigned"][i] if i < len(e["assigned"]) else 0
-        steps.append((x_end, float(arm["decisions"])))
+            steps.append((x(e.started_at), total))
+            total += e.assigned[i] if i < len(e.assigned) else 0
+        steps.append((x_end, float(arm.decisions)))
         cumulative.append(Series(label, steps))
-    epochs = [e for e in history if len(e["weights"] or []) == len(labels)]
+    epochs = [e for e in history if len(e.weights or []) == len(labels)]
     return {
         "labels": labels,
         "density": density_chart(
             "density", dens, title="Posterior of each arm's mean", x_fmt=lambda v: fmt(v),
-            x_title=f"mean {exp['metric']}"),
+            x_title=f"mean {exp.metric}"),
         "p_best": line_chart(
             "pbest", p_best, title="P(best) over time", x_fmt=x_fmt, x_title=x_title,
             y_fmt=fmt_share, y_range=(0.0, 1.0), x_range=(0.0, x_end)),
         "weights": stacked_steps(
-            "weights", labels, [x(e["started_at"]) for e in epochs],
-            [e["weights"] for e in epochs], end=x_end, title="Allocation weight per epoch",
+            "weights", labels, [x(e.started_at) for e in epochs],
+            [e.weights for e in epochs], end=x_end, title="Allocation weight per epoch",
             x_fmt=x_fmt, x_title=x_title, y_fmt=fmt_share),
         "cumulative": line_chart(
             "cumulative", cumulative, title="Cumulative decisions", x_fmt=x_fmt,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+
+from promptops.domain import RewardKind
+from promptops.services.views import ArmView
 
 
 def fmt_time(ts: float | None) -> str:
@@ -52,11 +54,11 @@ def fmt_num(x: float | None) -> str:
 
 def value_format(reward: str) -> Callable[[float | None], str]:
     """How a reward-scale value reads: a percentage for binary rewards, 3 decimals otherwise."""
-    if reward == "binary":
+    if reward == RewardKind.BINARY:
         return fmt_pct
     return lambda x: "—" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
-def arm_label(arm: dict[str, Any]) -> str:
+def arm_label(arm: ArmView) -> str:
     """How the pages name an arm: its version and variant."""
-    return f"v{arm['version']} {arm['variant']}"
+    return f"v{arm.version} {arm.variant}"

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
-from promptops.domain import PRODUCTION, Policy, VariableSpec
+from promptops.domain import PRODUCTION, ExperimentStatus, Policy, VariableSpec
 from promptops.errors import PromptOpsError
 from promptops.rendering import coerce_cli_value
 from promptops.server.dashboard import charts
 from promptops.server.dashboard.formats import arm_label, fmt_pct, value_format
 from promptops.services.facade import PromptOps
+from promptops.services.views import ArmView, ExperimentView, Snapshot
 from promptops.stats import check_interval, promotion_threshold
 
 AUDIT_PAGE = 100
@@ -30,25 +32,49 @@ def positive_id(value: Any) -> int | None:
     return number if 0 < number < 2**62 else None
 
 
-def summarize(exp: dict[str, Any], now: float) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class ExperimentSummary(ExperimentView):
+    """An experiment with what its overview row adds: leader, decisions, time running."""
+
+    leader: str | None = None
+    leader_p_best: float | None = None
+    decisions: int = 0
+    running_for: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ArmLine(ArmView):
+    """An arm as the experiment page's table shows it."""
+
+    label: str = ""
+    mean_text: str = ""
+    ci_text: str = ""
+    loss_text: str = ""
+
+
+def _fields(view: Any) -> dict[str, Any]:
+    return {f.name: getattr(view, f.name) for f in fields(view)}
+
+
+def summarize(exp: ExperimentView, now: float) -> ExperimentSummary:
     """An experiment's overview row: leader by P(best), decisions, time running."""
-    scored = [a for a in exp["arms"] if a.get("p_best") is not None]
-    leader = max(scored, key=lambda a: a["p_best"]) if scored else None
-    started = exp.get("started_at")
-    running_for = None if started is None else (exp.get("ended_at") or now) - started
-    return {**exp, "leader": arm_label(leader) if leader else None,
-            "leader_p_best": leader["p_best"] if leader else None,
-            "decisions": sum(a["decisions"] for a in exp["arms"]),
-            "running_for": running_for}
+    scored = [a for a in exp.arms if a.p_best is not None]
+    leader = max(scored, key=lambda a: a.p_best or 0.0) if scored else None
+    started = exp.started_at
+    running_for = None if started is None else (exp.ended_at or now) - started
+    return ExperimentSummary(**_fields(exp), leader=arm_label(leader) if leader else None,
+                             leader_p_best=leader.p_best if leader else None,
+                             decisions=sum(a.decisions for a in exp.arms),
+                             running_for=running_for)
 
 
 def overview_context(ops: PromptOps) -> dict[str, Any]:
     """What the overview shows."""
     now = ops.ctx.now()
-    running = [summarize(e, now) for e in ops.experiments.list_experiments(status="running")]
+    running = [summarize(e, now) for e in ops.experiments.list_experiments(status=ExperimentStatus.RUNNING)]
     recent = [summarize(e, now) for e in ops.experiments.list_experiments(limit=30)
-              if e["status"] != "running"][:10]
-    live = {e["prompt"]: e["id"] for e in running}
+              if e.status != ExperimentStatus.RUNNING][:10]
+    live = {e.prompt: e.id for e in running}
     prompts = [{**p, "experiment_id": live.get(p["name"])} for p in ops.registry.list_prompts()]
     return {"prompts": prompts, "running": running, "recent": recent,
             "audit": ops.registry.audit(limit=8)}
@@ -130,29 +156,29 @@ def prompt_context(ops: PromptOps, name: str, query: Mapping[str, str]) -> dict[
             "audit": reg.audit(prompt=name, limit=20)}
 
 
-def stopping_rule(exp: dict[str, Any], now: float) -> list[str]:
+def stopping_rule(exp: ExperimentView, now: float) -> list[str]:
     """The state of the stopping rule in plain words."""
-    arms, fmt = exp["arms"], value_format(exp["reward"])
-    policy = Policy().with_overrides(exp["policy"])
-    remaining = exp.get("value_remaining")
+    arms, fmt = exp.arms, value_format(exp.reward)
+    policy = Policy().with_overrides(exp.policy)
+    remaining = exp.value_remaining
     remaining_line = (f"Value remaining: with 95% probability no arm beats the leader by more "
                       f"than {fmt_pct(remaining)} of its mean." if remaining is not None else None)
-    hold = exp.get("holdout")
-    if exp["status"] == "holdout" and hold:
+    hold = exp.holdout
+    if exp.status == ExperimentStatus.HOLDOUT and hold:
         test = ("" if hold.get("p_old_better") is None else
                 f" P(version {hold['old_version']} is better) is {fmt_pct(hold['p_old_better'])}"
                 " on the most recent matured decisions;")
         return [f"Guarded rollout: version {hold['new_version']} was promoted and holds "
                 f"production; version {hold['old_version']} keeps {fmt_pct(policy.holdout_share)}"
                 f" of the traffic.{test} production moves back if that reaches 95%."]
-    if exp["status"] not in ("running", "draft"):
-        winner = f"; the winner is version {exp['winner']}" if exp["winner"] else ""
-        ended = [f"Ended {exp['status']}: {exp['end_reason'] or 'no reason recorded'}{winner}."]
-        return ended + ([remaining_line] if remaining_line and not exp["winner"] else [])
+    if exp.status not in (ExperimentStatus.RUNNING, ExperimentStatus.DRAFT):
+        winner = f"; the winner is version {exp.winner}" if exp.winner else ""
+        ended = [f"Ended {exp.status}: {exp.end_reason or 'no reason recorded'}{winner}."]
+        return ended + ([remaining_line] if remaining_line and not exp.winner else [])
     k = len(arms)
     lines = []
-    fewest = min((a["n"] for a in arms), default=0)
-    hours = (now - exp["started_at"]) / 3600 if exp["started_at"] is not None else 0.0
+    fewest = min((a.n for a in arms), default=0)
+    hours = (now - exp.started_at) / 3600 if exp.started_at is not None else 0.0
     if fewest < policy.min_samples_per_arm or hours < policy.min_hours:
         lines.append(f"Burn-in: equal weights until every arm has {policy.min_samples_per_arm:,} "
                      f"matured outcomes (fewest so far: {fewest:,}) and {policy.min_hours:g} h "
@@ -162,38 +188,38 @@ def stopping_rule(exp: dict[str, Any], now: float) -> list[str]:
     need = promotion_threshold(policy, k)
     formula = (f"the boundary spending α = {policy.alpha:g}" + (f"/{k - 1}" if k > 2 else "")
                + " over the checks")
-    challengers = [a for a in arms if not a["is_control"] and a["p_beats_control"] is not None]
+    challengers = [a for a in arms if not a.is_control and a.p_beats_control is not None]
     if challengers:
-        best = min(challengers, key=lambda a: (a["expected_loss"] is None,
-                                               a["expected_loss"] or 0.0, -a["p_beats_control"]))
+        best = min(challengers, key=lambda a: (a.expected_loss is None,
+                                               a.expected_loss or 0.0, -(a.p_beats_control or 0.0)))
         lines.append(f"To promote a challenger it needs P(beats control) ≥ {formula} "
                      f"(first check {fmt_pct(need)}); {arm_label(best)} is at "
-                     f"{fmt_pct(best['p_beats_control'])}.")
-        if best["expected_loss"] is not None and best["mean"] is not None:
+                     f"{fmt_pct(best.p_beats_control)}.")
+        if best.expected_loss is not None and best.mean is not None:
             lines.append(f"Its expected loss must also be at most {fmt_pct(policy.loss_threshold)}"
-                         f" of its mean: {fmt(best['expected_loss'])} now, limit "
-                         f"{fmt(policy.loss_threshold * best['mean'])}.")
+                         f" of its mean: {fmt(best.expected_loss)} now, limit "
+                         f"{fmt(policy.loss_threshold * best.mean)}.")
     else:
         lines.append(f"To promote a challenger it needs P(beats control) ≥ {formula} "
                      f"(first check {fmt_pct(need)}); no arm has matured outcomes yet.")
-    control = next((a for a in arms if a["is_control"]), None)
-    if control is not None and control["p_best"] is not None:
+    control = next((a for a in arms if a.is_control), None)
+    if control is not None and control.p_best is not None:
         lines.append(f"To keep the control early it needs P(best) ≥ "
                      f"{fmt_pct(policy.control_p_best)}; {arm_label(control)} is at "
-                     f"{fmt_pct(control['p_best'])}.")
+                     f"{fmt_pct(control.p_best)}.")
     every = check_interval(policy)
-    lines.append(f"{exp['checks_done']} of at most {policy.max_checks} stopping checks done "
+    lines.append(f"{exp.checks_done} of at most {policy.max_checks} stopping checks done "
                  f"(one per {every:,.0f} matured outcomes).")
-    total = sum(a["decisions"] for a in arms)
+    total = sum(a.decisions for a in arms)
     lines.append(f"Without a decision it ends inconclusive at {policy.max_decisions:,} "
                  f"decisions or {policy.max_days:g} days ({total:,} decisions, "
                  f"{hours / 24:.1f} days so far).")
     if remaining_line:
         lines.append(remaining_line)
-    if exp["srm_alarm"]:
+    if exp.srm_alarm:
         lines.append("Promotion is frozen while the sample-ratio-mismatch alarm is raised.")
-    if exp["reason"]:
-        lines.append(f"Latest update: {exp['reason']}.")
+    if exp.reason:
+        lines.append(f"Latest update: {exp.reason}.")
     return lines
 
 
@@ -202,30 +228,30 @@ def experiment_context(ops: PromptOps, experiment_id: int) -> dict[str, Any]:
     now = ops.ctx.now()
     exp = summarize(ops.experiments.get(experiment_id), now)
     history = ops.experiments.history(experiment_id)
-    fmt = value_format(exp["reward"])
-    arms = [{**a, "label": arm_label(a), "mean_text": fmt(a["mean"]),
-             "ci_text": (f"{fmt(a['ci_low'])} – {fmt(a['ci_high'])}"
-                         if a["ci_low"] is not None and a["ci_high"] is not None else "—"),
-             "loss_text": fmt(a["expected_loss"])} for a in exp["arms"]]
+    fmt = value_format(exp.reward)
+    arms = [ArmLine(**_fields(a), label=arm_label(a), mean_text=fmt(a.mean),
+                    ci_text=(f"{fmt(a.ci_low)} – {fmt(a.ci_high)}"
+                             if a.ci_low is not None and a.ci_high is not None else "—"),
+                    loss_text=fmt(a.expected_loss)) for a in exp.arms]
     audit = ops.registry.audit(experiment_id=experiment_id, limit=100)
     evidence_rows = []
     for entry in audit:
-        ev = (entry["details"] or {}).get("evidence") or {}
-        rows = [{"label": arms[i]["label"] if i < len(arms) else f"arm {i}",
-                 "mean": fmt(a.get("mean")), "p_best": fmt_pct(a.get("p_best")),
-                 "p_beats_control": fmt_pct(a.get("p_beats_control")),
-                 "loss": fmt(a.get("expected_loss"))} for i, a in enumerate(ev.get("arms") or [])]
-        evidence_rows.append({"rows": rows, "reason": ev.get("reason"), "at": ev.get("at")})
+        ev = Snapshot.from_dict((entry.details or {}).get("evidence"))
+        rows = [{"label": arms[i].label if i < len(arms) else f"arm {i}",
+                 "mean": fmt(a.mean), "p_best": fmt_pct(a.p_best),
+                 "p_beats_control": fmt_pct(a.p_beats_control),
+                 "loss": fmt(a.expected_loss)} for i, a in enumerate(ev.arms)]
+        evidence_rows.append({"rows": rows, "reason": ev.reason, "at": ev.at})
     return {"exp": exp, "arms": arms, "history": history, "rule": stopping_rule(exp, now),
             "usage": usage_rows(arms), "metrics": metric_rows(arms),
-            "guardrails": [g for a in arms for g in a.get("guardrails") or []],
+            "guardrails": [g for a in arms for g in a.guardrails],
             "charts": charts.experiment_charts(exp, history, now),
             "audit": list(zip(audit, evidence_rows, strict=True))}
 
 
-def metric_rows(arms: list[dict[str, Any]]) -> dict[str, Any]:
+def metric_rows(arms: list[ArmLine]) -> dict[str, Any]:
     """Secondary and guardrail metrics per arm: mean with its 95% interval and n."""
-    names = sorted({m for a in arms for m in a.get("metrics") or {}})
+    names = sorted({m for a in arms for m in a.metrics})
 
     def text(est: dict[str, Any] | None) -> str:
         if not est or est.get("mean") is None:
@@ -236,23 +262,22 @@ def metric_rows(arms: list[dict[str, Any]]) -> dict[str, Any]:
                 f"n {est['n']:,}")
 
     return {"names": names,
-            "rows": [{"label": a["label"], "cells": [text((a.get("metrics") or {}).get(m))
-                                                     for m in names]} for a in arms]}
+            "rows": [{"label": a.label, "cells": [text(a.metrics.get(m)) for m in names]}
+                     for a in arms]}
 
 
-def usage_rows(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def usage_rows(arms: list[ArmLine]) -> list[dict[str, Any]]:
     """Per-arm gateway figures (none when no arm made a call): cost per 1,000 calls, latency."""
-    if not any(a.get("calls") for a in arms):
+    if not any(a.calls for a in arms):
         return []
 
     def ms(x: float | None) -> str:
         return "—" if x is None else f"{x:,.0f} ms"
 
-    return [{"label": a["label"], "calls": a["calls"],
-             "cost_per_1k": "—" if a.get("cost_usd_mean") is None
-             else f"${1000 * a['cost_usd_mean']:,.4f}",
-             "p50": ms(a.get("latency_ms_p50")), "p95": ms(a.get("latency_ms_p95")),
-             "error_rate": a.get("error_rate"), "cache_hit_rate": a.get("cache_hit_rate")}
+    return [{"label": a.label, "calls": a.calls,
+             "cost_per_1k": "—" if a.cost_usd_mean is None else f"${1000 * a.cost_usd_mean:,.4f}",
+             "p50": ms(a.latency_ms_p50), "p95": ms(a.latency_ms_p95),
+             "error_rate": a.error_rate, "cache_hit_rate": a.cache_hit_rate}
             for a in arms]
 
 

@@ -157,7 +157,7 @@ async def promote(request: Request, experiment_id: int) -> Response:
         exp = runtime_of(request).ops.experiments.promote(
             _experiment_id(experiment_id), version=positive_id(form.get("version")),
             actor=who.actor)
-        return f"Experiment {experiment_id} promoted version {exp['winner']} to production."
+        return f"Experiment {experiment_id} promoted version {exp.winner} to production."
     return await _act(request, f"/experiments/{experiment_id}", act)
 
 
