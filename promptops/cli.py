@@ -385,7 +385,7 @@ def experiment_status(experiment_id: int,
         say("  SAMPLE RATIO MISMATCH: promotion frozen")
     hold = e.holdout
     if hold:
-        phase = "holdout" if e.status == "holdout" else "holdout ended"
+        phase = "holdout" if e.status == ExperimentStatus.HOLDOUT else "holdout ended"
         test = ("" if hold.get("p_old_better") is None
                 else f"; P(v{hold['old_version']} better) {100 * hold['p_old_better']:.1f}%")
         say(f"  {phase}: v{hold['new_version']} promoted, v{hold['old_version']} keeps its "

@@ -229,10 +229,6 @@ class ArmPublic(View):
     p_beats_control: float | None
     weight: float
     is_control: bool
-    units: int
-    new_units: int
-    metrics: dict[str, MetricPublic]
-    guardrails: list[GuardrailPublic]
     calls: int = 0
     error_rate: float | None = None
     cache_hit_rate: float | None = None
@@ -242,6 +238,10 @@ class ArmPublic(View):
     latency_ms_p95: float | None = None
     prompt_tokens_mean: float | None = None
     completion_tokens_mean: float | None = None
+    units: int = 0
+    new_units: int = 0
+    metrics: dict[str, MetricPublic]
+    guardrails: list[GuardrailPublic]
 
 
 class ExperimentPublic(View):
@@ -273,12 +273,12 @@ class ExperimentPublic(View):
     srm_p: float | None
     value_remaining: float | None
     checks_done: int
+    arms: list[ArmPublic]
     metrics: list[str]
     flags: list[Literal["srm", "feedback"]]
     safety: list[SafetyPublic]
     stop_reason: str | None
     holdout: HoldoutPublic | None
-    arms: list[ArmPublic]
 
 
 class ExperimentListPublic(View):

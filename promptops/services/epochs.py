@@ -39,7 +39,9 @@ from promptops.db.queries import bump_change_seq, rowcount
 from promptops.domain import (
     BUILTIN_METRICS,
     LIVE_STATUSES,
+    ExperimentStatus,
     HoldoutAction,
+    MissingFeedback,
     Policy,
     StatsAction,
     parse_policy,
@@ -105,7 +107,7 @@ class EpochUpdater:
             due = stats.should_start_epoch(matured_in_epoch=matured_in_epoch,
                                            minutes_in_epoch=minutes, policy=policy)
             exp.last_update_at = now
-            if exp.status == "holdout":
+            if exp.status == ExperimentStatus.HOLDOUT:
                 return due and self._holdout(s, exp, policy, now, decisions_total)
             names = self._arm_names(s, arms)
             if not (due or at_limit):
@@ -139,12 +141,12 @@ class EpochUpdater:
                         actor=SYSTEM_ACTOR, reason=result.reason, evidence=exp.snapshot)
                     return True
             if result.action in (StatsAction.PROMOTE, StatsAction.KEEP_CONTROL):
-                self.experiments.finish(s, exp, status="completed", winner=result.winner,
+                self.experiments.finish(s, exp, status=ExperimentStatus.COMPLETED, winner=result.winner,
                                         actor=SYSTEM_ACTOR, reason=result.reason,
                                         evidence=exp.snapshot)
                 return True
             if result.action == StatsAction.INCONCLUSIVE:
-                self.experiments.finish(s, exp, status="inconclusive", winner=None,
+                self.experiments.finish(s, exp, status=ExperimentStatus.INCONCLUSIVE, winner=None,
                                         actor=SYSTEM_ACTOR, reason=result.reason,
                                         evidence=exp.snapshot)
                 return True
@@ -207,11 +209,11 @@ class EpochUpdater:
             "window": {"new": _cell(sums[0]), "old": _cell(sums[1])}, "at": now}}
         exp.snapshot = evidence
         if verdict.action == HoldoutAction.ROLLBACK:
-            self.experiments.finish(s, exp, status="rolled_back", winner=new, production=old,
+            self.experiments.finish(s, exp, status=ExperimentStatus.ROLLED_BACK, winner=new, production=old,
                                     actor=SYSTEM_ACTOR, reason=verdict.reason, evidence=evidence)
             return True
         if verdict.action == HoldoutAction.END_HOLDOUT:
-            self.experiments.finish(s, exp, status="completed", winner=new, actor=SYSTEM_ACTOR,
+            self.experiments.finish(s, exp, status=ExperimentStatus.COMPLETED, winner=new, actor=SYSTEM_ACTOR,
                                     reason=verdict.reason, evidence=evidence)
             return True
         self._next_epoch(s, exp, now, exp.weights, {"holdout": True,
@@ -261,7 +263,7 @@ class EpochUpdater:
     def _fold_decisions(self, s: Session, exp: ExperimentRow, policy: Policy, seq: int,
                         window: float, cells: Cells) -> int:
         """Each decision without a unit is its own unit: its value enters its cell once."""
-        zero = policy.missing_feedback_for(exp.reward) == "zero"
+        zero = policy.missing_feedback_for(exp.reward) == MissingFeedback.ZERO
         total = 0
         for arm, epoch, count, with_fb, ssum, ssq in s.execute(
                 self._batch(exp, seq, window, units=False)).all():
@@ -275,7 +277,7 @@ class EpochUpdater:
         rows = s.execute(self._batch(exp, seq, window, units=True)).all()
         if not rows:
             return 0
-        zero = policy.missing_feedback_for(exp.reward) == "zero"
+        zero = policy.missing_feedback_for(exp.reward) == MissingFeedback.ZERO
         k, epochs = len(exp.weights), exp.epoch + 1
         stored: dict[str, UnitRow] = {}
         ids = sorted(r[0] for r in rows)

@@ -40,6 +40,7 @@ from promptops.domain import (
     DEFAULT_METRIC,
     LIVE_STATUSES,
     PRODUCTION,
+    ExperimentStatus,
     PromptContent,
     Rendered,
     RewardKind,
@@ -236,7 +237,8 @@ class LiveState:
                 if 0 <= idx <= e.epoch and ws:
                     history[idx] = _cumulative(tuple(float(w) for w in ws))
             hold = e.holdout or {}
-            keep = (int(hold["new"]), int(hold["old"])) if e.status == "holdout" and hold else ()
+            holding = e.status == ExperimentStatus.HOLDOUT and hold
+            keep = (int(hold["new"]), int(hold["old"])) if holding else ()
             exps[e.prompt_id] = LiveExperiment(
                 id=e.id, metric=e.metric, reward=e.reward, epoch=e.epoch,
                 arms=tuple(live(v) for _, v in arms), weights=weights,
