@@ -28,6 +28,7 @@ from promptops.db.models import (
     ArmEpochRow,
     ArmMetricRow,
     ArmRow,
+    CallStatsRow,
     DecisionRow,
     EpochRow,
     ExperimentRow,
@@ -418,11 +419,16 @@ class EpochUpdater:
         base = stats.EpochData.from_cells(k, e, cells, weights)
         caps = (exp.policy_state or {}).get("metric_caps") or {}
         metrics: dict[str, stats.MetricData] = {}
+        calls = self._call_sums(s, exp)
         for metric in tracked_metrics(exp, policy):
             rows = [(r.arm, r.epoch, r.n, r.s, r.ss, 0) for r in s.scalars(
                 select(ArmMetricRow).where(ArmMetricRow.experiment_id == exp.id,
                                            ArmMetricRow.metric == metric))]
-            sums = stats.EpochData.from_cells(k, e, rows, [])
+            merged: dict[tuple[int, int], list[float]] = {}
+            for arm, epoch, cn, cs, css, _ in [*rows, *calls.get(metric, [])]:
+                _add(merged, (arm, epoch), (cn, cs, css))
+            sums = stats.EpochData.from_cells(
+                k, e, [(a, ep, v[0], v[1], v[2], 0.0) for (a, ep), v in merged.items()], [])
             if sums.n.sum() > 0:
                 metrics[metric] = stats.MetricData(n=sums.n, s=sums.s, ss=sums.ss,
                                                    cap=caps.get(metric))
@@ -430,6 +436,19 @@ class EpochUpdater:
                                weights=base.weights,
                                feedback=self._feedback_counts(s, exp, k, policy, now),
                                metrics=metrics or None)
+
+    @staticmethod
+    def _call_sums(s: Session, exp: ExperimentRow) -> dict[str, list[tuple[Any, ...]]]:
+        """The built-in metrics of the gateway's own calls, from its per-arm, per-epoch sums
+        (`calls.py`): they join the sums of the same metrics sent as feedback."""
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        for r in s.scalars(select(CallStatsRow).where(CallStatsRow.experiment_id == exp.id)):
+            out.setdefault("cost_usd", []).append(
+                (r.arm, r.epoch, r.cost_n, r.cost_sum, r.cost_ss, 0))
+            out.setdefault("latency_ms", []).append(
+                (r.arm, r.epoch, r.calls, r.latency_sum, r.latency_ss, 0))
+            out.setdefault("error", []).append((r.arm, r.epoch, r.calls, r.errors, r.errors, 0))
+        return out
 
     @staticmethod
     def _feedback_counts(s: Session, exp: ExperimentRow, k: int, policy: Policy,

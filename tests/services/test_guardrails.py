@@ -119,3 +119,26 @@ def test_a_costlier_challenger_is_blocked_and_shown(ops, prompts_dir: Path, cloc
             m = arm.metrics[metric]
             assert m["ci_low"] < m["mean"] < m["ci_high"] and m["n"] > 100, (metric, m)
     assert exp.arms[0].guardrails == []
+
+
+def test_the_gateway_call_sums_feed_the_built_in_metrics(ops, prompts_dir: Path, clock):
+    from promptops.db.models import CallStatsRow
+
+    setup(ops, prompts_dir, with_block(DECLARED, POLICY.replace("update_every: 200",
+                                                                "update_every: 1")))
+    with ops.ctx.tx() as s:
+        for arm, mean in ((0, 0.001), (1, 0.002)):
+            s.add(CallStatsRow(experiment_id=1, arm=arm, epoch=0, calls=50, errors=5,
+                               cache_hits=0, cost_n=50, cost_sum=50 * mean,
+                               cost_ss=50 * mean * mean, latency_sum=50 * 900.0,
+                               latency_ss=50 * 900.0**2, tokens_n=0, prompt_tokens_sum=0.0,
+                               completion_tokens_sum=0.0, latency_hist=[]))
+    d = ops.serve("triage", {"message": "x"})
+    ops.feedback(d["decision_id"], 1)
+    clock.advance(hours=2)
+    ops.tick()
+    arms = ops.experiments.get(1).arms
+    assert [a.metrics["cost_usd"]["n"] for a in arms] == [50, 50]
+    assert abs(arms[1].metrics["cost_usd"]["mean"] - 0.002) < 1e-9
+    assert [a.metrics["error"]["mean"] for a in arms] == [0.1, 0.1]
+    assert arms[0].metrics["latency_ms"]["mean"] == 900.0
