@@ -82,9 +82,9 @@ def main() -> None:
             return gb.eval_feature(PROMPT)
 
         figures = {
-            "promptops pick, same unit": best_ns(lambda i: exp.pick("user-0"), **run),
-            "promptops pick, new unit": best_ns(lambda i: exp.pick(units[i]), **run),
-            "promptops pick, no unit (random)": best_ns(lambda i: exp.pick(None), **run),
+            "promptops pick, same unit": best_ns(lambda i: exp.pick("user-0", ops.ctx.rng), **run),
+            "promptops pick, new unit": best_ns(lambda i: exp.pick(units[i], ops.ctx.rng), **run),
+            "promptops pick, no unit (random)": best_ns(lambda i: exp.pick(None, ops.ctx.rng), **run),
             "growthbook eval_feature, same id": best_ns(lambda i: gb.eval_feature(PROMPT),
                                                         **run),
             "growthbook eval_feature, new id": best_ns(gb_varying, **run),

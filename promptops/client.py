@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -27,10 +27,34 @@ from promptops.rendering import Renderer
 RETRY_STATUS = frozenset({502, 503, 504})
 # Failures after which the server surely did not act on the request, so even a serve may be resent.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
-_NOT_FOUND: dict[str, type[e.NotFound]] = {
-    "prompt_not_found": e.PromptNotFound, "version_not_found": e.VersionNotFound,
-    "label_not_found": e.LabelNotFound, "decision_not_found": e.DecisionNotFound,
-    "experiment_not_found": e.ExperimentNotFound}
+# How an error answer becomes an exception: by (status, code) first, then by status alone. Each
+# builder takes the server's message, its `field` and what the call was about (for the ids the
+# not-found errors carry).
+_Build = Callable[[str, Any, Mapping[str, Any]], e.PromptOpsError]
+_BY_CODE: dict[tuple[int, str], _Build] = {
+    (404, "prompt_not_found"): lambda m, f, c: e.PromptNotFound(str(c.get("name", "?"))),
+    (404, "version_not_found"): lambda m, f, c: e.VersionNotFound(
+        str(c.get("name", "?")), int(c.get("version", 0))),
+    (404, "label_not_found"): lambda m, f, c: e.LabelNotFound(
+        str(c.get("name", "?")), str(c.get("label", PRODUCTION))),
+    (404, "decision_not_found"): lambda m, f, c: e.DecisionNotFound(
+        str(c.get("decision_id", "?"))),
+    (404, "experiment_not_found"): lambda m, f, c: e.ExperimentNotFound(
+        c.get("experiment_id", "?")),
+    (409, "conflict"): lambda m, f, c: e.Conflict(m),
+    **{(status, "invalid_variables"): (lambda m, f, c: e.VariableError(m, field=f))
+       for status in (413, 422)},
+    **{(status, "render_error"): (lambda m, f, c: e.RenderError(m)) for status in (413, 422)},
+}
+_BY_STATUS: dict[int, _Build] = {
+    404: lambda m, f, c: e.NotFound(m),
+    413: lambda m, f, c: e.InvalidInput(m, field=f),
+    422: lambda m, f, c: e.InvalidInput(m, field=f),
+    401: lambda m, f, c: e.AuthError(m),
+    403: lambda m, f, c: e.Forbidden(m),
+    409: lambda m, f, c: e.ExperimentStateError(m),
+    **{status: (lambda m, f, c: e.Unavailable(m)) for status in RETRY_STATUS},
+}
 
 
 @dataclass
@@ -102,39 +126,9 @@ def _error(resp: httpx.Response, context: Mapping[str, Any]) -> e.PromptOpsError
         field = body.get("field")
     except (ValueError, KeyError, TypeError):
         code, message, field = "", f"HTTP {status}: {resp.text[:200]}", None
-    exc: e.PromptOpsError
-    if status == 404:
-        cls = _NOT_FOUND.get(code)
-        if cls is e.PromptNotFound:
-            exc = e.PromptNotFound(str(context.get("name", "?")))
-        elif cls is e.VersionNotFound:
-            exc = e.VersionNotFound(str(context.get("name", "?")), int(context.get("version", 0)))
-        elif cls is e.LabelNotFound:
-            exc = e.LabelNotFound(str(context.get("name", "?")),
-                                  str(context.get("label", PRODUCTION)))
-        elif cls is e.DecisionNotFound:
-            exc = e.DecisionNotFound(str(context.get("decision_id", "?")))
-        elif cls is e.ExperimentNotFound:
-            exc = e.ExperimentNotFound(context.get("experiment_id", "?"))
-        else:
-            exc = e.NotFound(message)
-    elif status == 422 or status == 413:
-        if code == "invalid_variables":
-            exc = e.VariableError(message, field=field)
-        elif code == "render_error":
-            exc = e.RenderError(message)
-        else:
-            exc = e.InvalidInput(message, field=field)
-    elif status == 401:
-        exc = e.AuthError(message)
-    elif status == 403:
-        exc = e.Forbidden(message)
-    elif status == 409:
-        exc = e.Conflict(message) if code == "conflict" else e.ExperimentStateError(message)
-    elif status in RETRY_STATUS:
-        exc = e.Unavailable(message)
-    else:
-        exc = e.PromptOpsError(message)
+    build = (_BY_CODE.get((status, code)) or _BY_STATUS.get(status)
+             or (lambda m, f, c: e.PromptOpsError(m)))
+    exc = build(message, field, context)
     exc.message = message
     exc.args = (message,)
     return exc

@@ -11,7 +11,6 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -94,6 +93,8 @@ def text_problem(value: str) -> str | None:
     """What makes a string unstorable (a NUL character or a lone surrogate), or None."""
     if "\x00" in value:
         return "must not contain NUL characters"
+    if value.isascii():  # the common case, without encoding
+        return None
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -381,7 +382,6 @@ class PromptVersion:
     source_path: str | None = None
     git_commit: str | None = None
     git_author: str | None = None
-    created_at: datetime | None = None
     labels: tuple[str, ...] = ()
 
 

@@ -197,6 +197,16 @@ class ModelNotFound(NotFound):
         self.model = model
 
 
+class KeyNotFound(NotFound):
+    """No API key has that id."""
+
+    code = "key_not_found"
+
+    def __init__(self, key_id: int) -> None:
+        super().__init__(f"no key with id {key_id}")
+        self.key_id = key_id
+
+
 class ExperimentStateError(PromptOpsError):
     """The experiment's status does not allow the operation."""
 

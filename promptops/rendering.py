@@ -21,8 +21,9 @@ one-line `RenderError`, and nothing is kept after it):
   a million steps take about 0.3 s, so on an idle machine a runaway loop usually meets the step
   budget first. Filters that walk their input (`sort`, `unique`, `select`, ...) pay a step per
   item before they start and take at most 100 000 items, so no single step runs long either.
-  The server renders on its event loop: the worst stall measured for any template bomb is about
-  0.5 s (0.51 s for nested `range` loops; up to 0.8 s with the machine's cores fully loaded);
+  The server renders a template that `Renderer.may_loop` says can repeat work in a worker thread,
+  so such a render (at worst about 0.5 s; 0.51 s for nested `range` loops, up to 0.8 s with the
+  machine's cores fully loaded) does not stall its event loop; loop-free templates render inline;
 - size: no string or value produced is longer than `MAX_OUTPUT_CHARS`, and sizes are computed
   before the string is built (padding widths, `%` and `format` specs, `replace`, `join`, `~`,
   `indent`, `wordwrap`, `tojson` ...); a render produces at most `MAX_PRODUCED_CHARS` in all;
@@ -388,6 +389,20 @@ class _Instrument(NodeTransformer):
         self.generic_visit(node)
         items = nodes.List(node.nodes, lineno=node.lineno)
         return nodes.Filter(items, "_concat", [], [], None, None, lineno=node.lineno)
+
+
+# What can make one render repeat work: loops, macros (which may recurse), calls (`range`, string
+# methods) and filters that walk their input.
+_LOOPING_NODES = (nodes.For, nodes.Macro, nodes.CallBlock, nodes.Call, nodes.Filter)
+_LOOPING_FILTERS = _ITEMWISE_FILTERS | {"bullets", "numbered", "tojson", "_loop"}
+
+
+def _can_loop(ast: nodes.Template) -> bool:
+    """Whether a parsed template can repeat work (see `Renderer.may_loop`)."""
+    for node in ast.find_all(_LOOPING_NODES):
+        if not isinstance(node, nodes.Filter) or node.name in _LOOPING_FILTERS:
+            return True
+    return False
 
 
 def _nesting_problem(lexer: Any, source: str) -> TemplateSyntaxError | None:
@@ -851,21 +866,26 @@ class Renderer:
     """Renders prompt content with checked variables; caches compiled templates (thread-safe)."""
 
     def __init__(self, *, cache_size: int = 512, time_budget: float = RENDER_TIME_BUDGET) -> None:
-        self._cache: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Any, int, bool]] = OrderedDict()
         self._cache_size = max(1, cache_size)
         self._cache_chars = 0
         self._time_budget = time_budget
         self._lock = threading.Lock()
 
     def _compile(self, source: str) -> Any:
+        return self._compiled(source)[0]
+
+    def _compiled(self, source: str) -> tuple[Any, int, bool]:
         key = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return hit[0]
+                return hit
         try:
-            template = _ENV.from_string(source)
+            ast = _ENV.parse(source)
+            loops = _can_loop(ast)
+            template = _ENV.from_string(ast)
         except TemplateSyntaxError as exc:
             raise _syntax_problem(exc) from None
         except (RecursionError, MemoryError, SyntaxError) as exc:
@@ -873,13 +893,29 @@ class Renderer:
         with self._lock:
             # Bounded by count and by total source size: many large templates evict each other.
             if key not in self._cache:
-                self._cache[key] = (template, len(source))
+                self._cache[key] = (template, len(source), loops)
                 self._cache_chars += len(source)
             while len(self._cache) > self._cache_size or (
                 self._cache_chars > _CACHE_CHARS and len(self._cache) > 1
             ):
                 self._cache_chars -= self._cache.popitem(last=False)[1][1]
-        return template
+        return template, len(source), loops
+
+    def may_loop(self, content: PromptContent) -> bool:
+        """Whether rendering the content can repeat work (a loop, a call, a macro, a filter that
+        walks a list): such a render can run up to the time budget, so the server renders it off
+        its event loop. Loop-free templates render in time linear in their text and variables."""
+        sources = ([m.content for m in content.messages] if content.messages is not None
+                   else [content.template or ""])
+        for source in sources:
+            if "{" not in source:
+                continue
+            try:
+                if self._compiled(source)[2]:
+                    return True
+            except RenderError:  # refused at once when rendered: nothing to run
+                continue
+        return False
 
     def _render_one(self, source: str, context: dict[str, Any], where: str, budget: int) -> str:
         if "{" not in source and "\r" not in source and len(source) <= budget:

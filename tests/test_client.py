@@ -19,6 +19,7 @@ from promptops import errors
 from promptops.client import AsyncClient, Client
 from promptops.config import Settings
 from promptops.server.app import create_app
+from promptops.server.runtime import server_ops
 from promptops.services.facade import PromptOps
 from tests.samples import PLAIN, TRIAGE
 
@@ -70,7 +71,7 @@ def ops(settings: Settings, prompts_dir: Path) -> Iterator[PromptOps]:
     """Services over the database, with the example prompts synced."""
     (prompts_dir / "triage.yaml").write_text(TRIAGE)
     (prompts_dir / "plain.yaml").write_text(PLAIN)
-    service = PromptOps(settings)
+    service = server_ops(settings)
     service.sync()
     yield service
     service.close()
@@ -298,3 +299,22 @@ def test_async_client(live):
             assert fallback["fallback"] is True and fallback["text"] == "Write about t."
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("status, code, cls", [
+    (404, "prompt_not_found", "PromptNotFound"), (404, "decision_not_found", "DecisionNotFound"),
+    (404, "key_not_found", "NotFound"), (422, "invalid_variables", "VariableError"),
+    (413, "render_error", "RenderError"), (422, "unknown_metric", "InvalidInput"),
+    (413, "payload_too_large", "InvalidInput"), (401, "unauthorized", "AuthError"),
+    (403, "forbidden", "Forbidden"), (409, "conflict", "Conflict"),
+    (409, "experiment_state", "ExperimentStateError"), (503, "unavailable", "Unavailable"),
+    (418, "teapot", "PromptOpsError")])
+def test_an_error_answer_becomes_its_exception(status, code, cls):
+    import httpx
+
+    from promptops import errors
+    from promptops.client import _error
+
+    resp = httpx.Response(status, json={"error": {"code": code, "message": "said", "field": "f"}})
+    exc = _error(resp, {"name": "p", "decision_id": "d"})
+    assert type(exc) is getattr(errors, cls) and exc.message == "said" and str(exc) == "said"

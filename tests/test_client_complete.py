@@ -15,6 +15,7 @@ from tests.server import test_openai
 # Fixtures shared with other test modules.
 fake_upstream = fakeupstream.fake_upstream
 gateway_settings = test_openai.gateway_settings
+ops = test_openai.ops
 live = test_openai.live
 
 

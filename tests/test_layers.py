@@ -146,3 +146,17 @@ def test_statuses_kinds_and_roles_are_compared_through_the_domain_enums(path):
                 literals += [(n.lineno, n.value) for n in items
                              if isinstance(n, ast.Constant) and n.value in VOCABULARY]
     assert not literals, literals
+
+
+def test_importing_a_submodule_loads_neither_the_sdk_nor_the_renderer():
+    import subprocess
+    import sys
+
+    code = ("import sys, promptops.stats, promptops.domain; "
+            "print(sorted(m for m in ('httpx', 'jinja2', 'promptops.client', 'promptops.rendering')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    out = subprocess.run([sys.executable, "-c", "import promptops; print(promptops.Client)"],
+                         capture_output=True, text=True, check=True)
+    assert "promptops.client.Client" in out.stdout

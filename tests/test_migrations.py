@@ -10,8 +10,8 @@ from promptops.db import engine as db
 from promptops.db.models import Base
 
 
-def test_upgrade_downgrade_upgrade(database_url):
-    eng = db.make_engine(database_url)
+def test_upgrade_downgrade_upgrade(empty_database_url):
+    eng = db.make_engine(empty_database_url)
     try:
         assert db.needs_migration(eng)
         db.upgrade(eng)
@@ -27,8 +27,8 @@ def test_upgrade_downgrade_upgrade(database_url):
         eng.dispose()
 
 
-def test_models_match_the_migrations(database_url):
-    eng = db.make_engine(database_url)
+def test_models_match_the_migrations(empty_database_url):
+    eng = db.make_engine(empty_database_url)
     try:
         db.upgrade(eng)
         with eng.connect() as conn:
@@ -38,10 +38,10 @@ def test_models_match_the_migrations(database_url):
         eng.dispose()
 
 
-def test_0002_turns_the_dirty_suffix_into_a_state_and_back(database_url):
+def test_0002_turns_the_dirty_suffix_into_a_state_and_back(empty_database_url):
     from sqlalchemy import text
 
-    eng = db.make_engine(database_url)
+    eng = db.make_engine(empty_database_url)
     try:
         db.upgrade(eng, "0001")
         with eng.begin() as conn:

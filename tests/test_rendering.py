@@ -643,3 +643,22 @@ class TestCoerceCliValue:
         with pytest.raises(VariableError, match=message) as info:
             coerce_cli_value(spec_, raw)
         assert info.value.field == "v"
+
+
+@pytest.mark.parametrize("template, loops", [
+    ("plain text", False),
+    ("Hello {{ name }}", False),
+    ("{{ name|upper }} {% if name %}x{% endif %}", False),
+    ("{% for x in xs %}{{ x }}{% endfor %}", True),
+    ("{{ xs|join(', ') }}", True),
+    ("{{ xs|sort|first }}", True),
+    ("{{ range(3)|list }}", True),
+    ("{{ name.upper() }}", True),
+    ("{% macro m() %}x{% endmacro %}{{ m() }}", True),
+])
+def test_the_renderer_says_which_templates_can_loop(template, loops):
+    content = PromptContent.from_dict({"template": template})
+    assert Renderer().may_loop(content) is loops
+    messages = PromptContent.from_dict({"messages": [{"role": "system", "content": "plain"},
+                                                     {"role": "user", "content": template}]})
+    assert Renderer().may_loop(messages) is loops

@@ -1,7 +1,8 @@
 """One provider's HTTP client: a shared connection pool, a concurrency bound, retries, size limits.
 
 `Providers` holds one `Provider` per configured name, each created on first use with one
-`httpx.AsyncClient` (keep-alive pool sized to `max_concurrency`) and one semaphore. A call waits for
+keep-alive connection pool (transport.py, at most `max_concurrency` idle connections; httpx's own
+when proxies are set in the environment) and one semaphore. A call waits for
 a slot at most `timeout_seconds`; the API key is read from its variable for each request and only
 ever placed in the request's Authorization header.
 """
@@ -13,11 +14,13 @@ import logging
 import os
 import random
 import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from promptops.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout
 
@@ -26,6 +29,7 @@ from .prices import ModelPrice, price_for
 from .results import CallResult, CallStatus, EmbeddingsResult, Usage
 from .retry import MAYBE_PROCESSED_STATUSES, RETRY_STATUSES, RetryPolicy, error_excerpt, parse_retry_after
 from .streaming import ChatStream
+from .transport import Http11Transport
 from .wire import (
     ChatRequest,
     WireError,
@@ -41,6 +45,7 @@ MAX_RESPONSE_BYTES = 10_000_000
 """The largest non-stream answer (and stream) read from a provider."""
 _ERROR_BODY_BYTES = 65_536
 _CONNECT_TIMEOUT = 10.0
+_USER_AGENT = f"promptops python-httpx/{httpx.__version__}"
 Sleep = Callable[[float], Any]
 
 
@@ -79,11 +84,26 @@ class Provider:
         self._clock = clock
         self._slots = asyncio.Semaphore(config.max_concurrency)
         seconds = config.timeout_seconds
+        timeout = httpx.Timeout(connect=min(_CONNECT_TIMEOUT, seconds), read=seconds,
+                                write=seconds, pool=seconds)
+        if transport is None and not set(urllib.request.getproxies()) - {"no"}:
+            # With proxies configured in the environment, httpx's own transport handles them.
+            transport = Http11Transport(max_idle=config.max_concurrency)
+        # Requests go straight to the transport when there is one: httpx.AsyncClient's
+        # per-request merging of URLs, headers, cookies, auth and hooks is work a provider
+        # call never needs. The client still owns (and closes) the transport.
+        self._transport = transport
+        self._timeout = {"timeout": timeout.as_dict()}
+        self._base = config.base_url.rstrip("/") + "/"
+        self._headers = {"accept": "application/json", "accept-encoding": "gzip, deflate",
+                         "user-agent": _USER_AGENT, "content-type": "application/json",
+                         **{k.lower(): v for k, v in config.headers.items()}}
+        self._prepared: tuple[str | None, httpx.Headers] | None = None
+        self._urls: dict[str, httpx.URL] = {}
         self._client = httpx.AsyncClient(
             base_url=config.base_url + "/",
             headers=dict(config.headers),
-            timeout=httpx.Timeout(connect=min(_CONNECT_TIMEOUT, seconds), read=seconds,
-                                  write=seconds, pool=seconds),
+            timeout=timeout,
             limits=httpx.Limits(max_connections=config.max_concurrency,
                                 max_keepalive_connections=config.max_concurrency),
             transport=transport,
@@ -170,14 +190,14 @@ class Provider:
     async def _open(self, path: str, body: Mapping[str, Any], state: _Attempts) -> httpx.Response:
         """Send with retries; a 2xx response comes back open, holding a slot the caller releases."""
         key = self.config.api_key(self._env)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        content = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+        headers = self._prepared_headers(key)
         while True:
             state.count += 1
             await self._acquire(state)
             retry_after: float | None = None
             try:
-                request = self._client.build_request("POST", path, json=body, headers=headers)
-                response = await self._client.send(request, stream=True)
+                response = await self._send(path, content, headers)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # The request never reached the server: always safe to try again.
                 self._slots.release()
@@ -220,6 +240,25 @@ class Provider:
             log.warning("provider %s model %s: %s; retry %d of %d in %.2fs", self.name, state.model,
                         message, state.count, self.config.max_retries, delay)
             await self._sleep(delay)
+
+    def _prepared_headers(self, key: str | None) -> httpx.Headers:
+        """The request headers for this API key, built once while the key stays the same."""
+        prepared = self._prepared
+        if prepared is None or prepared[0] != key:
+            headers = {**self._headers, "authorization": f"Bearer {key}"} if key else self._headers
+            prepared = self._prepared = (key, httpx.Headers(headers))
+        return prepared[1]
+
+    async def _send(self, path: str, content: bytes, headers: httpx.Headers) -> httpx.Response:
+        if self._transport is None:
+            request = self._client.build_request("POST", path, content=content, headers=headers)
+            return await self._client.send(request, stream=True)
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self._base + path)
+        request = httpx.Request("POST", url, headers=headers, content=content,
+                                extensions=self._timeout)
+        return await self._transport.handle_async_request(request)
 
     async def _acquire(self, state: _Attempts) -> None:
         try:

@@ -42,6 +42,7 @@ class ChatStream:
         self._ttft_ms: float | None = None
         self._done = False
         self._result: CallResult | None = None
+        self._broken: str | None = None
 
     @property
     def result(self) -> CallResult | None:
@@ -65,6 +66,11 @@ class ChatStream:
                 raise
             self._chunks = self._response.aiter_bytes()
 
+    @property
+    def buffered(self) -> int:
+        """Events already received and parsed, waiting to be iterated."""
+        return len(self._pending)
+
     def __aiter__(self) -> ChatStream:
         return self
 
@@ -79,6 +85,8 @@ class ChatStream:
 
     async def _pull(self) -> None:
         assert self._chunks is not None
+        if self._broken is not None:
+            raise await self._failed(UpstreamError, self._broken)
         limit = self.provider.max_response_bytes
         try:
             chunk = await self._chunks.__anext__()
@@ -97,7 +105,10 @@ class ChatStream:
             for raw in self._parser.feed(chunk):
                 self._take(parse_event(raw))
         except WireError as exc:
-            raise await self._failed(UpstreamError, f"unreadable stream: {exc}") from None
+            if not self._pending:
+                raise await self._failed(UpstreamError, f"unreadable stream: {exc}") from None
+            # The events read before the bad one go out first; the error comes on the next pull.
+            self._broken = f"unreadable stream: {exc}"
 
     def _take(self, event: StreamEvent | None) -> None:
         if event is None or self._done:

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .results import StreamEvent, Usage
 
 # Keys of a version's model settings that are promptops's own, not request parameters.
@@ -105,6 +107,10 @@ def _count(value: Any) -> int | None:
 
 
 def _load(data: bytes | str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass  # orjson refuses some JSON the standard parser reads (NaN, integers past 64 bits)
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError):

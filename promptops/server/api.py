@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from promptops.domain import ExperimentStatus
+from promptops.server import handlers
 from promptops.server.auth import AdminKey, Principal, ReadKey, bearer_principal
 from promptops.server.runtime import Runtime
 from promptops.server.schemas import (
@@ -71,8 +72,13 @@ async def render(name: str, body: RenderCreate, request: Request,
                  _: ServeKey) -> Response:
     """Render a version (production by default); records no decision."""
     rt: Runtime = request.app.state.runtime
+    serving = rt.ops.serving
     if body.version is None and body.label is None:
-        out = rt.ops.serving.render_production(name, body.variables)
+        # As a serve: a template that can loop renders off the event loop.
+        if serving.may_loop(name):
+            out = await run_in_threadpool(serving.render_production, name, body.variables)
+        else:
+            out = serving.render_production(name, body.variables)
         if out is not None:
             return JSON(out)
     return JSON(await run_in_threadpool(rt.ops.render, name, body.variables,
@@ -83,23 +89,15 @@ async def render(name: str, body: RenderCreate, request: Request,
 async def serve(name: str, body: ServeCreate, request: Request,
                 _: ServeKey) -> Response:
     """Serve a prompt: an experiment arm if one runs, else production; records a decision."""
-    rt: Runtime = request.app.state.runtime
-    out = rt.ops.serving.serve(name, body.variables, unit_id=body.unit_id)
-    rt.metrics.child(rt.metrics.decisions, name, str(out["experiment_id"] or ""),
-                     str(out["version"])).inc()
-    return JSON(out)
+    return Response(await handlers.serve(request.app.state.runtime, name, body),
+                    media_type="application/json")
 
 
 @router.post("/v1/feedback", tags=["serving"], response_model=FeedbackPublic)
 async def feedback(body: FeedbackCreate, request: Request, _: ServeKey) -> Response:
     """Record a reward for a decision; a repeat is acknowledged as a duplicate."""
-    rt: Runtime = request.app.state.runtime
-    item = rt.ops.serving.prepare_feedback(body.decision_id, body.reward, body.metric)
-    status = await rt.writer.submit_feedback_async(item)
-    prompt, version = rt.version_labels(item.token.version_id)
-    rt.metrics.child(rt.metrics.feedback, prompt, str(item.token.experiment_id or ""), version,
-                     status).inc()
-    return JSON({"status": status})
+    return Response(await handlers.feedback(request.app.state.runtime, body),
+                    media_type="application/json")
 
 
 @router.get("/healthz", tags=["health"])

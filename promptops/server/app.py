@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp
@@ -20,8 +21,10 @@ from promptops.services.facade import PromptOps
 
 
 def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None,
-               clock: Callable[[], float] | None = None, background: bool = True) -> FastAPI:
-    """Build the API and dashboard app over the configured database."""
+               clock: Callable[[], float] | None = None, background: bool = True,
+               fast_path: bool = True) -> FastAPI:
+    """Build the API and dashboard app over the configured database; `fast_path=False` leaves
+    serve and feedback to the FastAPI routes (the parity tests compare the two)."""
     settings = settings or Settings.from_env()
     runtime = Runtime(settings, ops=ops, clock=clock, background=background)
 
@@ -50,8 +53,10 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
     build_stack = app.build_middleware_stack
 
     def build_middleware_stack() -> ASGIApp:
-        fast = FastPath(build_stack(), runtime=runtime, max_body=settings.max_body_bytes)
-        gateway = openai.GatewayPath(fast, runtime=runtime, max_body=settings.max_body_bytes)
+        inner: Any = build_stack()
+        if fast_path:
+            inner = FastPath(inner, runtime=runtime, max_body=settings.max_body_bytes)
+        gateway = openai.GatewayPath(inner, runtime=runtime, max_body=settings.max_body_bytes)
         return EdgeGuard(gateway, runtime=runtime, settings=settings)  # type: ignore[return-value]
 
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -57,11 +57,15 @@ def _runtime(request: Request):  # type: ignore[no-untyped-def]
 
 def bearer_principal(request: Request) -> Principal:
     """The caller of a JSON route, from `Authorization: Bearer KEY`."""
-    rt = _runtime(request)
+    return principal_of(_runtime(request), request.headers.get("authorization", ""))
+
+
+def principal_of(rt: Any, authorization: str) -> Principal:
+    """The caller named by an Authorization header's value (empty when absent); AuthError for a
+    missing or invalid key unless auth is off."""
     if rt.auth_off:
         return Principal(role=KeyRole.ADMIN, auth_off=True)
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
+    scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise AuthError("missing API key: send 'Authorization: Bearer KEY'")
     key = key.strip()
@@ -126,6 +130,4 @@ def require_admin(principal: Annotated[Principal, Depends(bearer_principal)]) ->
 
 
 ReadKey = Annotated[Principal, Depends(require_read)]
-ServeKey = Annotated[Principal, Depends(require_read)]
 AdminKey = Annotated[Principal, Depends(require_admin)]
-ViewerDep = Annotated[Principal, Depends(session_principal)]

@@ -47,25 +47,34 @@ def status_for(exc: e.PromptOpsError) -> int:
 UNAVAILABLE_MESSAGE = "the database is unavailable; try again shortly"
 
 
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The JSON body of every error answer: `{"error": {"code", "message", ...}}`."""
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+INTERNAL_ERROR = error_body("internal_error", "internal error; see the server log")
+"""The body of a 500: what went wrong goes to the server log only."""
+
+
 def promptops_error_body(exc: e.PromptOpsError) -> tuple[int, dict[str, Any]]:
     """The status and JSON body of a promptops error on an API route: a code and a plain
-    message; what a 5xx says beyond that (driver messages, SQL) goes to the server log only."""
+    message; what a database failure says beyond that (driver messages, SQL) goes to the server
+    log only. Upstream errors keep their message: the provider layer already cut and redacted it."""
     status = status_for(exc)
-    if status >= 500:
+    if isinstance(exc, e.Unavailable):
         logging.getLogger("promptops.server").warning("answered %d: %s", status, exc.message)
-        return status, {"error": {"code": exc.code, "message": UNAVAILABLE_MESSAGE}}
+        return status, error_body(exc.code, UNAVAILABLE_MESSAGE)
     extra: dict[str, Any] = {}
     if isinstance(exc, e.InvalidPromptFile):
         extra["problems"] = [str(p) for p in exc.problems]
     field = getattr(exc, "field", None)
     if field:
         extra["field"] = field
-    return status, {"error": {"code": exc.code, "message": exc.message, **extra}}
+    return status, error_body(exc.code, exc.message, **extra)
 
 
-def json_error(status: int, code: str, message: str, **extra: Any) -> Response:
-    """The JSON error answer."""
-    body = {"error": {"code": code, "message": message, **extra}}
+def json_error(status: int, body: dict[str, Any]) -> Response:
+    """The JSON answer of an error body."""
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return Response(orjson.dumps(body), status_code=status, media_type="application/json",
                     headers=headers)
@@ -79,11 +88,11 @@ def wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def _answer(request: Request, status: int, code: str, message: str, **extra: Any) -> Response:
+def _answer(request: Request, status: int, body: dict[str, Any]) -> Response:
     page = getattr(request.app.state, "error_page", None)
     if page is not None and wants_html(request):
-        return page(request, status, message)
-    return json_error(status, code, message, **extra)
+        return page(request, status, body["error"]["message"])
+    return json_error(status, body)
 
 
 def install(app: FastAPI) -> None:
@@ -91,9 +100,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(e.PromptOpsError)
     async def _promptops(request: Request, exc: e.PromptOpsError) -> Response:
-        status, body = promptops_error_body(exc)
-        error = dict(body["error"])
-        return _answer(request, status, error.pop("code"), error.pop("message"), **error)
+        return _answer(request, *promptops_error_body(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -101,8 +108,9 @@ def install(app: FastAPI) -> None:
         for err in exc.errors()[:20]:
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
             problems.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-        return _answer(request, 422, "invalid_input", "; ".join(problems) or "invalid request",
-                       problems=problems)
+        return _answer(request, 422, error_body("invalid_input",
+                                                "; ".join(problems) or "invalid request",
+                                                problems=problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -110,11 +118,9 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
-        return _answer(request, exc.status_code, code, message)
+        return _answer(request, exc.status_code, error_body(code, message))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        import logging
-
         logging.getLogger("promptops.server").exception("unexpected error")
-        return _answer(request, 500, "internal_error", "internal error; see the server log")
+        return _answer(request, 500, INTERNAL_ERROR)

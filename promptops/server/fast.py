@@ -3,9 +3,9 @@
 FastAPI's request machinery (dependency solving, body validation, its exception middlewares and
 exit stack) cost as much as promptops's own work on a serve (bench/http.py). This layer, outermost
 in the app, answers `POST /v1/prompts/{name}/serve` and `POST /v1/feedback` itself when the request
-is ordinary: a JSON content type, a body that parses into exactly the shape the request models in
-`schemas.py` accept, and a valid key (or auth off). It calls the same service functions and answers
-with the same JSON, status codes and metrics as the routes in `api.py`.
+is ordinary: a JSON content type, a body that orjson parses and the request models of `schemas.py`
+accept, and a valid key (or auth off). It answers through the same functions as the routes in
+`api.py` (`handlers.py`), so with the same JSON, status codes and metrics.
 
 Anything else (another content type, malformed JSON, a field of the wrong type or size, a missing
 or invalid key) is handed, body included, to the FastAPI app, whose routes stay the reference: they
@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from promptops import errors as e
-from promptops.server.errors import promptops_error_body
+from promptops.server import handlers
+from promptops.server.auth import principal_of
+from promptops.server.errors import INTERNAL_ERROR, promptops_error_body
 from promptops.server.metrics import (
     BODY_SECONDS,
     answer_body_timeout,
@@ -31,8 +35,7 @@ from promptops.server.metrics import (
     declared_too_large,
     receive_within,
 )
-from promptops.server.schemas import bad_text
-from promptops.services.keys import role_for
+from promptops.server.schemas import FeedbackCreate, ServeCreate
 
 log = logging.getLogger("promptops.server")
 
@@ -40,50 +43,14 @@ SERVE_PREFIX = "/v1/prompts/"
 SERVE_SUFFIX = "/serve"
 FEEDBACK_PATH = "/v1/feedback"
 SERVE_ROUTE = "/v1/prompts/{name}/serve"
-SERVE_KEYS = frozenset(("variables", "unit_id"))
-FEEDBACK_KEYS = frozenset(("decision_id", "reward", "metric"))
 JSON_HEADERS = b"application/json"
+# orjson reads an integer beyond 64 bits as a float, the standard library (so FastAPI) as an int:
+# a body with such a number falls through (19 digits reach 2**63).
+LONG_NUMBER = re.compile(rb"\d{19}")
 
 
 class FallThrough(Exception):
     """The request is not an ordinary one: FastAPI answers it."""
-
-
-def _serve_body(data: Any) -> tuple[dict[str, Any], str | None]:
-    """`ServeCreate`'s checks, for the inputs it accepts unchanged; FallThrough otherwise."""
-    if type(data) is not dict or not SERVE_KEYS.issuperset(data):
-        raise FallThrough
-    variables = data.get("variables", None)
-    if variables is None:
-        if "variables" in data:  # null is refused by the model
-            raise FallThrough
-        variables = {}
-    elif type(variables) is not dict:
-        raise FallThrough
-    unit_id = data.get("unit_id")
-    if unit_id is not None and (type(unit_id) is not str or len(unit_id) > 256):
-        raise FallThrough
-    return variables, unit_id
-
-
-def _feedback_body(data: Any) -> tuple[str, float | bool, str | None]:
-    """`FeedbackCreate`'s checks, for the inputs it accepts unchanged; FallThrough otherwise."""
-    if type(data) is not dict or not FEEDBACK_KEYS.issuperset(data):
-        raise FallThrough
-    decision_id = data.get("decision_id")
-    reward: Any = data.get("reward")
-    metric = data.get("metric")
-    if type(decision_id) is not str or not 1 <= len(decision_id) <= 256:
-        raise FallThrough
-    # `float | bool`: a bool stays a bool, an int becomes a float, a float stays itself.
-    kind = type(reward)
-    if kind is int:
-        reward = float(reward)
-    elif kind is not float and kind is not bool:
-        raise FallThrough
-    if metric is not None and (type(metric) is not str or not 1 <= len(metric) <= 64):
-        raise FallThrough
-    return decision_id, reward, metric
 
 
 class FastPath:
@@ -151,72 +118,37 @@ class FastPath:
             more = message.get("more_body", False)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            if content_type != JSON_HEADERS or not body:
+            if content_type != JSON_HEADERS or not body or LONG_NUMBER.search(body):
                 raise FallThrough
             try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError:
+                # FastAPI validates the same models: a body they refuse falls through, so
+                # FastAPI words the refusal.
+                if name is None:
+                    parsed: Any = FeedbackCreate.model_validate(orjson.loads(body))
+                else:
+                    parsed = ServeCreate.model_validate(orjson.loads(body))
+                principal_of(self.rt, authorization.decode("latin-1") if authorization else "")
+            except (orjson.JSONDecodeError, ValidationError, e.AuthError):
                 raise FallThrough from None
-            if bad_text(data) is not None:  # FastAPI's models refuse it with their message
-                raise FallThrough
-            if name is None:
-                parsed: Any = _feedback_body(data)
-            else:
-                parsed = _serve_body(data)
-            self._authorize(authorization)
         except FallThrough:
             await self._fall_through(scope, receive, send, body, None)
             return
         status = 200
         try:
             if name is None:
-                answer = await self._feedback(*parsed)
+                answer = await handlers.feedback(self.rt, parsed)
             else:
-                answer = self._serve(name, *parsed)
+                answer = await handlers.serve(self.rt, name, parsed)
         except e.PromptOpsError as exc:
             status, content = promptops_error_body(exc)
             answer = orjson.dumps(content)
         except Exception as exc:
             # As FastAPI's server-error middleware does: log, answer 500, re-raise.
             log.exception("unexpected error")
-            await _send(send, 500, orjson.dumps(
-                {"error": {"code": "internal_error",
-                           "message": "internal error; see the server log"}}))
+            await _send(send, 500, orjson.dumps(INTERNAL_ERROR))
             raise exc
         await _send(send, status, answer)
         self._observe(route, status, start)
-
-    def _authorize(self, authorization: bytes | None) -> None:
-        """`auth.bearer_principal`'s checks; a refused key is answered by FastAPI."""
-        rt = self.rt
-        if rt.auth_off:
-            return
-        if authorization is None:
-            raise FallThrough
-        scheme, _, key = authorization.decode("latin-1").partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key or role_for(key, rt.key_table) is None:
-            raise FallThrough
-
-    def _serve(self, name: str, variables: dict[str, Any], unit_id: str | None) -> bytes:
-        rt = self.rt
-        out = rt.ops.serving.serve(name, variables, unit_id=unit_id)
-        metrics = self.metrics
-        metrics.child(metrics.decisions, name, str(out["experiment_id"] or ""),
-                      str(out["version"])).inc()
-        return orjson.dumps(out)
-
-    async def _feedback(self, decision_id: str, reward: float | bool, metric: str | None) -> bytes:
-        rt = self.rt
-        item = rt.ops.serving.prepare_feedback(decision_id, reward, metric)
-        status = await rt.writer.submit_feedback_async(item)
-        token = item.token
-        metrics = self.metrics
-        prompt, version = rt.version_labels(token.version_id)
-        metrics.child(metrics.feedback, prompt, str(token.experiment_id or ""), version,
-                      status).inc()
-        return b'{"status":"recorded"}' if status == "recorded" else orjson.dumps(
-            {"status": status})
 
     def _observe(self, route: str, status: int, start: float) -> None:
         children = self._latency[route]
@@ -242,9 +174,8 @@ class FastPath:
         await self.app(scope, receive_again, send)
 
 async def _send(send: Any, status: int, body: bytes) -> None:
+    # Never a 401 (a refused key falls through), so no WWW-Authenticate header.
     headers = [(b"content-length", str(len(body)).encode()),
                (b"content-type", b"application/json")]
-    if status == 401:  # as errors.json_error
-        headers.insert(0, (b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -6,8 +6,10 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from promptops.server.errors import error_body
 from promptops.services.views import ExperimentView
 
 
@@ -165,8 +167,8 @@ async def receive_within(receive: Any, deadline: float) -> dict[str, Any]:
 
 async def answer_body_timeout(send: Any) -> None:
     """Answer 408 with the JSON error body."""
-    body = (b'{"error":{"code":"request_timeout","message":"the request body took over %d s"}}'
-            % BODY_SECONDS)
+    body = orjson.dumps(error_body("request_timeout",
+                                   f"the request body took over {int(BODY_SECONDS)} s"))
     await send({"type": "http.response.start", "status": 408,
                 "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
                             (b"content-length", str(len(body)).encode())]})
@@ -183,8 +185,7 @@ def declared_too_large(content_length: bytes, limit: int) -> bool:
 
 async def answer_too_large(send: Any, limit: int) -> None:
     """Answer 413 with the JSON error body."""
-    body = (b'{"error":{"code":"payload_too_large","message":"request body over %d bytes"}}'
-            % limit)
+    body = orjson.dumps(error_body("payload_too_large", f"request body over {limit} bytes"))
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})

@@ -12,6 +12,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from promptops.config import Settings, mask_url
 from promptops.errors import ConfigError, InvalidPromptFile
+from promptops.server.runtime import server_ops
 from promptops.services.facade import PromptOps
 
 # A client gets this long to send a request's headers, from connecting or from the first byte
@@ -23,7 +24,7 @@ KEEP_ALIVE_SECONDS = 5
 
 def prepare(settings: Settings) -> PromptOps:
     """Migrate and sync; raise ConfigError for a public bind without any API key."""
-    ops = PromptOps(settings)
+    ops = server_ops(settings)
     if settings.sync_on_start:
         if settings.prompts_dir.is_dir():
             try:

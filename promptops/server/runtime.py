@@ -20,18 +20,24 @@ from promptops.services.writer import BatchWriter
 log = logging.getLogger("promptops.server")
 
 
+def server_ops(settings: Settings, *, clock: Callable[[], float] | None = None) -> PromptOps:
+    """The services as a server runs them: decisions batched by a `BatchWriter`, the serving
+    cache refreshed by the background loop rather than on each request."""
+    return PromptOps(settings, clock=clock, batch_writes=True, auto_refresh=False)
+
+
 class Runtime:
     """Everything a running server holds: services, writer, key table, metrics, health."""
 
     def __init__(self, settings: Settings, *, ops: PromptOps | None = None,
                  clock: Callable[[], float] | None = None, background: bool = True) -> None:
         self.settings = settings
-        self.ops = ops or PromptOps(settings, clock=clock)
+        self.ops = ops or server_ops(settings, clock=clock)
+        if self.ops.writer is None or self.ops.serving.auto_refresh:
+            raise ValueError("a server's services batch their writes and refresh in the "
+                             "background: build them with server_ops()")
+        self.writer: BatchWriter = self.ops.writer
         self.metrics = Metrics()
-        self.writer = BatchWriter(self.ops.serving.recorder,
-                                  flush_seconds=settings.writer_flush_seconds)
-        self.ops.serving.writer = self.writer
-        self.ops.serving.auto_refresh = False
         self.gateway = Gateway.create(self.ops.serving, settings, on_call=self.metrics.observe_call)
         self.app: Any = None  # the app serving this runtime (set by create_app)
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's (set at start-up)

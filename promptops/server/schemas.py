@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    model_validator,
+)
 
-from promptops.domain import ExperimentStatus, MissingFeedback, RewardKind, Strategy
+from promptops.domain import (
+    ExperimentStatus,
+    MissingFeedback,
+    RewardKind,
+    Strategy,
+    metric_name_problem,
+    text_problem,
+)
 
 TEXT_PROBLEM = "contains a NUL character or a lone surrogate"
 
@@ -27,11 +42,11 @@ def _all_clean(value: Any) -> bool:
         item = stack.pop()
         kind = type(item)
         if kind is str:
-            if not _clean(item):
+            if text_problem(item) is not None:
                 return False
         elif kind is dict:
             for key, inner in item.items():
-                if type(key) is str and not _clean(key):
+                if type(key) is str and text_problem(key) is not None:
                     return False
                 stack.append(inner)
         elif kind is list:
@@ -44,11 +59,11 @@ def _locate(value: Any, where: str) -> str:
     while stack:
         where, item = stack.pop()
         if type(item) is str:
-            if not _clean(item):
+            if text_problem(item) is not None:
                 return where
         elif type(item) is dict:
             for key, inner in item.items():
-                if type(key) is str and not _clean(key):
+                if type(key) is str and text_problem(key) is not None:
                     return where
                 stack.append((f"{where}.{key}", inner))
         elif type(item) is list:
@@ -56,16 +71,15 @@ def _locate(value: Any, where: str) -> str:
     return where
 
 
-def _clean(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _metric_name(name: str) -> str:
+    problem = metric_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+MetricName = Annotated[str, AfterValidator(_metric_name)]
+"""A metric name, by the rule of `domain.metric_name_problem`."""
 
 
 class Strict(BaseModel):
@@ -103,7 +117,7 @@ class FeedbackCreate(Strict):
     decision_id: str = Field(min_length=1, max_length=256)
     # Strict: a string "1" or "true" is refused, as the fast path refuses it; an int is a float.
     reward: StrictFloat | StrictBool
-    metric: str | None = Field(default=None, min_length=1, max_length=64)
+    metric: MetricName | None = None
 
 
 class ExperimentCreate(Strict):
@@ -111,7 +125,7 @@ class ExperimentCreate(Strict):
 
     prompt: str = Field(min_length=1, max_length=64)
     versions: list[int] = Field(min_length=2, max_length=20)
-    metric: str = Field(default="reward", min_length=1, max_length=64)
+    metric: MetricName = "reward"
     reward: RewardKind = RewardKind.BINARY
     strategy: Strategy = Strategy.THOMPSON
     weights: list[float] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,13 +18,15 @@ from promptops.rendering import Renderer
 
 @dataclass
 class Context:
-    """What every service needs: settings, an engine and sessions, a clock, and the renderer."""
+    """What every service needs: settings, an engine and sessions, a clock, the renderer, and a
+    random generator (for arm draws without a unit id; tests seed it)."""
 
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     clock: Callable[[], float] = time.time
     renderer: Renderer = field(default_factory=Renderer)
+    rng: random.Random = field(default_factory=random.Random)
 
     @classmethod
     def create(cls, settings: Settings, *, clock: Callable[[], float] | None = None,

@@ -13,22 +13,32 @@ from promptops.services.experiments import Experiments
 from promptops.services.keys import Keys
 from promptops.services.registry import Registry
 from promptops.services.retention import Retention
-from promptops.services.serving import Serving
+from promptops.services.serving import Recorder, Serving
 from promptops.services.sync import Sync, SyncReport
+from promptops.services.writer import BatchWriter
 
 
 class PromptOps:
     """The services of one promptops project over one database."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] | None = None,
-                 migrate: bool = True) -> None:
+                 migrate: bool = True, batch_writes: bool = False,
+                 auto_refresh: bool = True) -> None:
+        """`batch_writes`: decisions go through a `BatchWriter` (`self.writer`, which the caller
+        starts and stops) instead of one transaction per serve; `auto_refresh=False`: serving
+        reads its cache without checking the database's change counter on each request (the
+        server refreshes it in the background)."""
         self.settings = settings
         self.ctx = Context.create(settings, clock=clock, migrate=migrate)
         self.registry = Registry(self.ctx)
         self.experiments = Experiments(self.ctx, self.registry)
         self.epochs = EpochUpdater(self.ctx, self.experiments)
         self.files = Sync(self.ctx, self.registry, self.experiments)
-        self.serving = Serving(self.ctx)
+        recorder = Recorder(self.ctx)
+        self.writer = (BatchWriter(recorder, flush_seconds=settings.writer_flush_seconds)
+                       if batch_writes else None)
+        self.serving = Serving(self.ctx, recorder=recorder, writer=self.writer,
+                               auto_refresh=auto_refresh)
         self.keys = Keys(self.ctx)
         self.retention = Retention(self.ctx)
 

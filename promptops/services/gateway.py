@@ -366,10 +366,10 @@ class Gateway:
         mode, policy = self._mode(req, decision)
         provider = self.providers.get(upstream.provider)
         key = cache_key(provider.name, upstream.body)
-        plain = ChatRequest(upstream.provider, {k: v for k, v in upstream.body.items()
-                                                if k not in ("stream", "stream_options")})
 
         async def call() -> CacheEntry | None:
+            plain = ChatRequest(upstream.provider, {k: v for k, v in upstream.body.items()
+                                                    if k not in ("stream", "stream_options")})
             return self._entry(await self.providers.chat(plain), decision)
 
         if mode is CacheResult.MISS:
@@ -518,21 +518,23 @@ class CompletionStream:
         chat = self._chat
         new_id = self.decision.id
         include_usage = self.req.include_usage
+        # Events that arrived together leave together: one write to the caller, not one each.
+        out: list[bytes] = []
         try:
             async for event in chat:
                 if event.done:
-                    yield DONE
-                    continue
-                if event.usage_only and not include_usage:
-                    continue
-                data = event.data
-                if data is not None and data.get("id") != new_id:
-                    yield sse({**data, "id": new_id})
-                else:
-                    yield event.raw
+                    out.append(DONE)
+                elif not event.usage_only or include_usage:
+                    data = event.data
+                    out.append(sse({**data, "id": new_id})
+                               if data is not None and data.get("id") != new_id else event.raw)
+                if out and not chat.buffered:
+                    yield out[0] if len(out) == 1 else b"".join(out)
+                    out = []
         except UpstreamError as exc:
-            yield sse({"error": {"message": exc.message, "type": "api_error", "param": None,
-                                 "code": exc.code}})
+            out.append(sse({"error": {"message": exc.message, "type": "api_error",
+                                      "param": None, "code": exc.code}}))
+            yield b"".join(out)
         finally:
             await self.aclose()
 

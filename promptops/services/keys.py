@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from promptops.db.models import ApiKeyRow
 from promptops.db.queries import bump_change_seq, get_meta, set_meta
 from promptops.domain import KeyRole
-from promptops.errors import Conflict, InvalidInput
+from promptops.errors import Conflict, InvalidInput, KeyNotFound
 from promptops.services.context import Context
 from promptops.services.registry import write_audit
 from promptops.services.views import KeyView
@@ -64,7 +64,7 @@ class Keys:
         with self.ctx.tx() as s:
             row = s.get(ApiKeyRow, key_id)
             if row is None:
-                raise InvalidInput(f"no key with id {key_id}")
+                raise KeyNotFound(key_id)
             row.revoked_at = self.ctx.now()
             message = f"key {row.id} ({row.prefix}...) revoked"
             s.flush()

@@ -37,7 +37,7 @@ def version_from_row(row: VersionRow, prompt: str, labels: Sequence[str] = ()) -
         prompt=prompt, number=row.number, variant=row.variant,
         content=PromptContent.from_dict(row.content), content_hash=row.content_hash,
         source_path=row.source_path, git_commit=row.git_commit, git_author=row.git_author,
-        created_at=None, labels=tuple(sorted(labels)),
+        labels=tuple(sorted(labels)),
     )
 
 

@@ -15,7 +15,7 @@ import random
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -60,6 +60,7 @@ class LiveVersion:
     number: int
     variant: str
     content: PromptContent
+    may_loop: bool = False  # `Renderer.may_loop`: the server renders it off its event loop
 
 
 def _cumulative(weights: tuple[float, ...]) -> tuple[float, ...]:
@@ -96,13 +97,14 @@ class LiveExperiment:
     history: tuple[tuple[float, ...], ...] = ()  # cumulative weights per epoch index
     keep: tuple[int, ...] = ()  # during a holdout: the arms a returning unit may keep
 
-    def pick(self, unit_id: str | None, first_epoch: int | None = None) -> int:
+    def pick(self, unit_id: str | None, rng: random.Random,
+             first_epoch: int | None = None) -> int:
         """An arm index from the weights. A unit gets the arm its hash draws from the weights of
         its first-exposure epoch (default: the current one), so every replica computes the same
         arm from (unit, first epoch) alone; in a holdout, a unit whose arm no longer serves is
-        drawn again from the current weights."""
+        drawn again from the current weights. A request without a unit draws from `rng`."""
         if unit_id is None:
-            return _draw(self.cumulative, random.random())
+            return _draw(self.cumulative, rng.random())
         u = unit_hash(self.id, unit_id)
         e = self.epoch if first_epoch is None else first_epoch
         cum = self.history[e] if 0 <= e < len(self.history) and self.history[e] else (
@@ -216,8 +218,9 @@ class LiveState:
 
         def live(v: VersionRow) -> LiveVersion:
             if v.id not in versions:
-                versions[v.id] = LiveVersion(v.id, v.number, v.variant,
-                                             PromptContent.from_dict(v.content))
+                content = PromptContent.from_dict(v.content)
+                versions[v.id] = LiveVersion(v.id, v.number, v.variant, content,
+                                             self.ctx.renderer.may_loop(content))
             return versions[v.id]
 
         prod = {pid: live(v) for pid, v in s.execute(
@@ -382,16 +385,29 @@ def decision_row(decision_id: str, t: DecisionToken, unit_id: str | None = None)
             "unit_id": unit_id, "decided_at": t.decided_at, "counted_in": 0}
 
 
+class DecisionSink(Protocol):
+    """Where a serve puts its decision, and the gateway its call record, when they are not
+    written inline (`BatchWriter`)."""
+
+    def add_decision(self, row: dict[str, Any]) -> None:
+        """Queue a decision row to be stored."""
+
+    def add_call(self, row: dict[str, Any]) -> None:
+        """Queue a gateway call row to be stored after its decision."""
+
+
 class Serving:
     """Serve prompts (choosing arms) and take feedback."""
 
-    def __init__(self, ctx: Context, *, writer: Any = None) -> None:
+    def __init__(self, ctx: Context, *, recorder: Recorder | None = None,
+                 writer: DecisionSink | None = None, auto_refresh: bool = True) -> None:
         self.ctx = ctx
         self.live = LiveState(ctx)
-        self.recorder = Recorder(ctx)
+        self.recorder = recorder or Recorder(ctx)
         self.writer = writer  # a BatchWriter in the server; None writes inline
         self.codec = TokenCodec(self._secret())
-        self.auto_refresh = True  # the server turns this off and refreshes in the background
+        # The server turns this off and refreshes in the background.
+        self.auto_refresh = auto_refresh
         self._units: dict[tuple[int, str], int] = {}  # (experiment, unit) -> first epoch
 
     def _secret(self) -> bytes:
@@ -403,6 +419,16 @@ class Serving:
     def _fresh(self) -> None:
         if self.auto_refresh or self.live.seq < 0:
             self.live.refresh()
+
+    def may_loop(self, name: str) -> bool:
+        """Whether a serve of the prompt may render a template that can repeat work (see
+        `Renderer.may_loop`); False for a prompt not in the cache."""
+        p = self.live.prompts.get(name)
+        if p is None:
+            return False
+        if p.production is not None and p.production.may_loop:
+            return True
+        return p.experiment is not None and any(v.may_loop for v in p.experiment.arms)
 
     def decide(self, name: str, variables: dict[str, Any], *, unit_id: str | None = None,
                pin: LiveVersion | None = None) -> Decision:
@@ -420,7 +446,7 @@ class Serving:
         new_unit: tuple[int, int] | None = None
         if exp is not None:
             first = None if unit_id is None else self._first_epoch(exp, unit_id)
-            arm: int | None = exp.pick(unit_id, first)
+            arm: int | None = exp.pick(unit_id, self.ctx.rng, first)
             if unit_id is not None and first is None:
                 new_unit = (arm, exp.epoch)  # type: ignore[assignment]
                 self._remember((exp.id, unit_id), exp.epoch)

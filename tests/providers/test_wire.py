@@ -141,3 +141,10 @@ def test_sanitize_redacts_keys_and_cuts():
     assert sanitize("the key is my-secret-key", secrets=["my-secret-key"]) == "the key is [redacted]"
     assert error_excerpt(b'{"error": {"message": "bad model"}}') == "bad model"
     assert error_excerpt(b"<html>Bad Gateway</html>") == "<html>Bad Gateway</html>"
+
+
+def test_answers_orjson_refuses_still_parse_and_garbage_does_not() -> None:
+    body = b'{"choices": [{"message": {"content": "x"}}], "seed": 123456789012345678901234, "p": NaN}'
+    assert parse_chat_response(body).message == {"content": "x"}
+    with pytest.raises(WireError):
+        parse_chat_response(b'{"choices": "\xff\xfe"}')

@@ -205,3 +205,50 @@ def test_experiments_declare_metrics_and_guardrails_over_http(synced):
     r = synced.post("/v1/experiments", json={"prompt": "triage", "versions": [1, 2],
                                              "guardrails": [{"metric": "cost_usd"}]})
     assert r.status_code == 422, r.text
+
+
+LOOPING = """\
+name: looping
+variables:
+  items: {type: list, required: true}
+template: "{% for i in items %}{{ i }} {% endfor %}"
+"""
+
+
+def test_a_looping_template_renders_off_the_event_loop(ops, prompts_dir, app, monkeypatch):
+    import asyncio
+    import threading
+
+    import httpx
+
+    (prompts_dir / "looping.yaml").write_text(LOOPING)
+    (prompts_dir / "plain.yaml").write_text(PLAIN)
+    ops.sync()
+    app.state.runtime.refresh()
+    started, released = threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+    render = ops.ctx.renderer.render
+
+    def held_render(content, variables, *, prompt, **kw):  # type: ignore[no-untyped-def]
+        if prompt == "looping":  # held until the other serve has been answered
+            started.set()
+            seen["released"] = released.wait(10)
+        return render(content, variables, prompt=prompt, **kw)
+
+    monkeypatch.setattr(ops.ctx.renderer, "render", held_render)
+
+    async def both() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            slow = asyncio.create_task(c.post("/v1/prompts/looping/serve",
+                                              json={"variables": {"items": [1, 2]}}))
+            # Inline, the held render would block the loop here until its wait ran out.
+            assert await asyncio.to_thread(started.wait, 10)
+            other = await c.post("/v1/prompts/plain/serve", json={"variables": {"topic": "x"}})
+            released.set()
+            return other, await slow
+
+    other, slow = asyncio.run(both())
+    assert other.status_code == 200 and slow.status_code == 200, (other.text, slow.text)
+    assert slow.json()["text"] == "1 2 "
+    assert seen["released"]  # the other serve was answered while the looping one rendered

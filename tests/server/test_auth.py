@@ -110,10 +110,10 @@ def test_revoking_the_last_key_on_a_public_bind_locks_the_server(database_url, p
     from fastapi.testclient import TestClient
 
     from promptops.server.app import create_app
-    from promptops.services.facade import PromptOps
+    from promptops.server.runtime import server_ops
 
     settings = Settings(database_url=database_url, prompts_dir=prompts_dir, host="0.0.0.0")
-    service = PromptOps(settings, clock=clock)
+    service = server_ops(settings, clock=clock)
     service.keys.create("admin")
     app = create_app(settings, ops=service, clock=clock, background=False)
     with TestClient(app) as client:

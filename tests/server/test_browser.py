@@ -84,7 +84,7 @@ class Served:
 @pytest.fixture
 def server(tmp_path: Path, clock) -> Iterator[tuple[Served, Any, dict[str, str]]]:  # type: ignore[no-untyped-def]
     from promptops.server.app import create_app
-    from promptops.services.facade import PromptOps
+    from promptops.server.runtime import server_ops
 
     prompts = tmp_path / "prompts"
     prompts.mkdir()
@@ -92,7 +92,7 @@ def server(tmp_path: Path, clock) -> Iterator[tuple[Served, Any, dict[str, str]]
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'promptops.db'}",
                         prompts_dir=prompts, secret_key="browser-test-secret",
                         writer_flush_seconds=0.005, allowed_hosts=("127.0.0.1",))
-    ops = PromptOps(settings, clock=clock)
+    ops = server_ops(settings, clock=clock)
     ops.sync()
     keys = {"admin": ops.keys.create("admin"), "serve": ops.keys.create("serve")}
     app = create_app(settings, ops=ops, clock=clock, background=False)

@@ -89,7 +89,7 @@ def test_legitimate_hosts_per_bind():
     assert env.allowed_hosts == ("a.example", "b.example:8443")
 
 
-def test_the_fixture_host_is_not_served_without_being_listed(settings, ops):
+def test_the_fixture_host_is_not_served_without_being_listed(settings, ops, app):  # server ops
     app = create_app(replace(settings, allowed_hosts=()), ops=ops, background=False)
     with TestClient(app) as c:
         assert c.get("/v1/prompts").status_code == 403

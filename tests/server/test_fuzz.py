@@ -16,7 +16,7 @@ from schemathesis.schemas import BaseSchema
 
 from promptops.config import Settings
 from promptops.server.app import create_app
-from promptops.services.facade import PromptOps
+from promptops.server.runtime import server_ops
 
 TRIAGE = """\
 name: triage
@@ -56,7 +56,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseSchema]
     (prompts / "plain.yaml").write_text(PLAIN)
     config = Settings(database_url=f"sqlite:///{root / 'promptops.db'}", prompts_dir=prompts,
                       writer_flush_seconds=0.005, allowed_hosts=("localhost", "testserver"))
-    ops = PromptOps(config)
+    ops = server_ops(config)
     ops.sync()
     assert ops.experiments.list_experiments(status="running"), "the fuzzed app needs a running experiment"
     app = create_app(config, ops=ops, background=False)

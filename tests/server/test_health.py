@@ -68,7 +68,7 @@ def test_a_503_is_logged_with_its_detail(synced, ops, monkeypatch, caplog):
     assert "15432" in caplog.text
 
 
-def test_a_growing_backlog_makes_health_503(settings, ops, prompts_dir):
+def test_a_growing_backlog_makes_health_503(settings, ops, app, prompts_dir):  # app: server ops
     (prompts_dir / "plain.yaml").write_text(PLAIN)
     ops.sync()
     app = create_app(replace(settings, max_pending_decisions=2), ops=ops, background=False)

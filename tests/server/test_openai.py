@@ -18,12 +18,21 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from promptops.db.models import CallRow
+from promptops.server.runtime import server_ops
 from tests import fakeupstream
 from tests.fakeupstream import Reply
 from tests.services.test_gateway import ARMS, PROMPT, WARM, config
 
 # Fixtures shared with other test modules.
 fake_upstream = fakeupstream.fake_upstream
+
+
+@pytest.fixture
+def ops(settings, clock):  # type: ignore[no-untyped-def]
+    """The services as a server builds them: the tests here run apps over them."""
+    service = server_ops(settings, clock=clock)
+    yield service
+    service.close()
 
 
 @pytest.fixture

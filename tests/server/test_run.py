@@ -12,6 +12,7 @@ import pytest
 from promptops.errors import ConfigError
 from promptops.server import metrics as metrics_module
 from promptops.server import run
+from promptops.server.runtime import server_ops
 
 
 def test_a_taken_port_is_one_clear_error_and_no_banner(settings, capsys, monkeypatch):
@@ -38,9 +39,8 @@ def test_the_banner_comes_after_the_bind_and_masks_the_password(settings, capsys
         seen["protocol"] = server.config.http
 
     monkeypatch.setattr(uvicorn.Server, "run", fake_run)
-    monkeypatch.setattr(run, "prepare", lambda s: __import__(
-        "promptops.services.facade", fromlist=["PromptOps"]).PromptOps(
-            replace(s, database_url=settings.database_url)))
+    monkeypatch.setattr(run, "prepare", lambda s: server_ops(
+        replace(s, database_url=settings.database_url)))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

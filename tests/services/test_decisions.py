@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import random
 import string
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given
@@ -22,12 +24,15 @@ TOKEN = DecisionToken(prompt_id=3, version_id=7, experiment_id=2, arm=1, epoch=4
 
 def _issued() -> str:
     # An id whose body ends in a character with spare low bits and whose parts hold '-' or '_',
-    # so every kind of respelling below changes something.
-    for _ in range(10_000):
-        d = CODEC.issue(TOKEN)
-        body, sig = d[2:].split(".")
-        if body[-1] in "AQgw" and any(c in "-_" for c in body + sig):
-            return d
+    # so every kind of respelling below changes something. Its random bytes are seeded: the
+    # test ids name it, and parallel workers (pytest-xdist) must collect the same tests.
+    rng = random.Random(0)
+    with mock.patch("promptops.services.decisions.os.urandom", rng.randbytes):
+        for _ in range(10_000):
+            d = CODEC.issue(TOKEN)
+            body, sig = d[2:].split(".")
+            if body[-1] in "AQgw" and any(c in "-_" for c in body + sig):
+                return d
     raise AssertionError("no suitable id issued")
 
 

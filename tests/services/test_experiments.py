@@ -49,7 +49,7 @@ def traffic(ops, clock, n: int, rates: dict[int, float], *, seed: int = 1,
             per_hour: int = 1000) -> list[str]:
     """Serve n decisions at per_hour, answer each with a reward drawn from its version's rate."""
     rng = random.Random(seed)
-    random.seed(seed + 7919)  # serving draws arms from the global generator: make the run reproducible
+    ops.ctx.rng.seed(seed + 7919)  # arm draws without a unit id: make the run reproducible
     ids = []
     for _ in range(n):
         d = ops.serve("triage", {"message": "where is my parcel"})
@@ -273,7 +273,7 @@ def test_a_lost_decision_log_raises_the_mismatch_alarm_and_freezes_promotion(ops
     policy = FAST.replace("max_decisions: 20000", "max_decisions: 100000")
     exp = setup(ops, prompts_dir, prompt_text(policy))
     rng = random.Random(5)
-    random.seed(5 + 7919)
+    ops.ctx.rng.seed(5 + 7919)
     for i in range(5000):
         d = ops.serve("triage", {"message": "x"})
         # the better arm would win, but 10% of arm 2's decision log is lost

@@ -232,6 +232,11 @@ def test_no_secret_in_errors_or_calls(make, ops, fake_upstream, caplog):
         assert SECRET not in text
 
 
+def sse_events(chunks: list[bytes]) -> list[bytes]:
+    """The server-sent events in a stream's chunks (events that arrived together share one)."""
+    return [event + b"\n\n" for event in b"".join(chunks).split(b"\n\n") if event]
+
+
 def test_streams_pass_chunks_through_with_the_decision_id(make, ops, fake_upstream):
     gw = make()
 
@@ -241,6 +246,7 @@ def test_streams_pass_chunks_through_with_the_decision_id(make, ops, fake_upstre
         return stream, [chunk async for chunk in stream]
 
     stream, chunks = run(gw, go())
+    chunks = sse_events(chunks)
     events = [json.loads(c[6:]) for c in chunks if c != b"data: [DONE]\n\n"]
     assert chunks[-1] == b"data: [DONE]\n\n"
     assert {ev["id"] for ev in events} == {stream.decision.id}
@@ -259,7 +265,7 @@ def test_stream_usage_chunk_when_asked(make, fake_upstream):
             name="chat", variables={"question": "q"}, include_usage=True))
         return [chunk async for chunk in stream]
 
-    chunks = run(gw, go())
+    chunks = sse_events(run(gw, go()))
     usage = json.loads(chunks[-2][6:])
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] > 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from promptops.errors import Conflict, InvalidInput
+from promptops.errors import Conflict, InvalidInput, KeyNotFound
 from promptops.services.keys import hash_key, role_for
 
 
@@ -51,5 +51,5 @@ def test_auth_off_is_explicit_and_needs_no_active_key(ops):
 
 
 def test_revoking_an_unknown_key(ops):
-    with pytest.raises(InvalidInput):
+    with pytest.raises(KeyNotFound, match="no key with id 999"):
         ops.keys.revoke(999)

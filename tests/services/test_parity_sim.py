@@ -88,7 +88,7 @@ def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeyp
     monkeypatch.setattr(stats, "step", replay_step)
     monkeypatch.setattr(epochs_service, "MATURITY_GRACE_SECONDS", 0.0)
     monkeypatch.setattr(LiveExperiment, "pick",
-                        lambda self, unit_id, first_epoch=None: int(run.arm[current["i"]]))
+                        lambda self, unit_id, rng, first_epoch=None: int(run.arm[current["i"]]))
     start = clock.t
     (prompts_dir / "triage.yaml").write_text(prompt_text(_flow(POLICY)), encoding="utf-8")
     ops.sync()

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from promptops.domain import PRODUCTION
-from promptops.errors import ExperimentNotFound, PromptOpsError
+from promptops.errors import ExperimentNotFound, InvalidInput, PromptOpsError
 from promptops.server.auth import Principal, session_principal
 from promptops.server.dashboard import pages
 from promptops.server.dashboard.pages import positive_id
@@ -143,7 +143,7 @@ async def move_production(request: Request, name: str) -> Response:
     def act(who: Principal, form: Any) -> str:
         version = positive_id(form.get("version"))
         if version is None:
-            raise PromptOpsError("choose a version")
+            raise InvalidInput("choose a version", field="version")
         out = runtime_of(request).ops.registry.move_label(name, version, PRODUCTION,
                                                           actor=who.actor)
         return f"production: version {out['previous']} → {version}."
