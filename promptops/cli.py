@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from promptops import simreport
 from promptops.config import Settings
 from promptops.domain import ExperimentStatus, KeyRole, RewardKind, Strategy
 from promptops.errors import InvalidInput, InvalidPromptFile, PromptOpsError
@@ -123,42 +124,15 @@ def root(
 # -- files ---------------------------------------------------------------------------------------
 @app.command()
 def init(directory: Annotated[Path, typer.Argument(help="Folder to create.")] = Path(".")) -> None:
-    """Create a project folder with an example prompt and settings."""
-    from promptops import promptfiles
+    """Create a project: an example prompt, an eval with its dataset, promptops.yaml, README."""
+    from promptops.services.scaffold import init_project
 
-    prompts = directory / "prompts"
-    example = prompts / "example.yaml"
-    if example.exists():
-        fail(f"{example} already exists; nothing changed")
-    prompts.mkdir(parents=True, exist_ok=True)
-    example.write_text(promptfiles.example_prompt_text(), encoding="utf-8")
-    env = directory / ".env.example"
-    if not env.exists():
-        env.write_text("PROMPTOPS_DATABASE_URL=sqlite:///./promptops.db\n"
-                       "PROMPTOPS_PROMPTS_DIR=./prompts\n", encoding="utf-8")
-    ignore = _write_gitignore(directory)
-    say(f"created {example} and {env}" + (f"; {ignore}" if ignore else ""))
-    say(f"next: cd {directory} && promptops sync && promptops serve")
-
-
-GITIGNORE_ENTRIES = ("promptops.db", "promptops.db-wal", "promptops.db-shm",
-                     "promptops.db-journal", ".venv/")
-
-
-def _write_gitignore(directory: Path) -> str | None:
-    """Keep the database and the virtualenv out of git; an existing file only gains lines."""
-    path = directory / ".gitignore"
-    existing = path.read_text(encoding="utf-8") if path.exists() else ""
-    present = {line.strip() for line in existing.splitlines()}
-    missing = [e for e in GITIGNORE_ENTRIES if e not in present]
-    if not missing:
-        return None
-    block = "# promptops: the local database and the virtualenv\n" + "".join(
-        f"{e}\n" for e in missing)
-    if existing and not existing.endswith("\n"):
-        existing += "\n"
-    path.write_text(existing + ("\n" if existing else "") + block, encoding="utf-8")
-    return f"{'updated' if existing else 'created'} {path}"
+    report = init_project(directory)
+    for name in report.created:
+        say(f"created {directory / name}")
+    for name in report.updated:
+        say(f"updated {directory / name}")
+    say(f"next: see {directory / 'README.md'}; cd {directory} && promptops validate && promptops serve")
 
 
 @app.command()
@@ -280,6 +254,24 @@ def label(name: str, version: int, label_name: Annotated[str, typer.Argument(
     prev = result["previous"]
     say(f"{name}: {label_name} -> version {version}"
         + (f" (was {prev})" if prev and prev != version else ""))
+
+
+@app.command()
+def adopt(
+    name: str,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff; change nothing.")] = False,
+) -> None:
+    """After a promotion, rewrite the prompt file so that main holds production (comments kept)."""
+    service = ops()
+    report = service.adoption.adopt(name, folder=service.settings.prompts_dir, dry_run=dry_run)
+    if dry_run:
+        sys.stdout.write(clean(report.diff))
+        return
+    removed = [f"variant {report.removed_variant!r}"] if report.removed_variant else []
+    removed += ["the experiment block"] if report.removed_experiment else []
+    say(f"{report.path}: main is now version {report.version} (production)"
+        + (f"; removed {' and '.join(removed)}" if removed else ""))
+    say("next: review the change, commit it, and run `promptops sync` (it makes no new version)")
 
 
 # -- experiments ---------------------------------------------------------------------------------
@@ -451,18 +443,26 @@ def experiment_promote(
 
 
 # -- simulation ----------------------------------------------------------------------------------
-@app.command()
+@app.command(help=simreport.SIMULATE_HELP)
 def simulate(
     scenario: Path,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    table: Annotated[bool | None, typer.Option(
+        "--table/--plain", help="A table, or plain `figure: value` lines (default: a table on "
+                                "a terminal).", show_default=False)] = None,
     runs: Annotated[int | None, typer.Option(help="Override the scenario's runs.")] = None,
 ) -> None:
-    """Run the real policy against simulated traffic."""
     from rich.progress import Progress
 
     from promptops.services import simulation
 
-    sc = simulation.load_scenario(scenario)
+    try:
+        sc = simulation.load_scenario(scenario)
+    except InvalidInput as exc:
+        # PATH:LINE: message lines, one problem each, as `validate` prints them
+        for line in exc.message.splitlines():
+            say(line, console=err)
+        raise typer.Exit(1) from None
     if sys.stderr.isatty():
         with Progress(console=err, transient=True) as progress:
             task = progress.add_task("simulating", total=runs or sc.runs)
@@ -474,13 +474,19 @@ def simulate(
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
-    table = Table("figure", "value", title=cell(f"scenario {scenario}"))
-    for key, value in result.items():
-        table.add_row(cell(key), cell(json.dumps(value)))
-    out.print(table)
+    rows = simreport.simulation_rows(result)
+    if table if table is not None else sys.stdout.isatty():
+        grid = Table("figure", "value", title=cell(f"scenario {scenario}"))
+        for label, value in rows:
+            grid.add_row(cell(label), cell(value))
+        out.print(grid)
+    else:
+        say(f"scenario: {scenario}")
+        for label, value in rows:
+            say(f"{label}: {value}")
 
 
-@app.command()
+@app.command(help=simreport.PLAN_HELP)
 def plan(
     base_rate: Annotated[float, typer.Option("--base-rate", help="The control's rate, e.g. 0.10.")],
     lift: Annotated[float, typer.Option(help="The lift to find, in absolute terms (0.02 = 2 points).")],
@@ -489,8 +495,13 @@ def plan(
     feedback_rate: Annotated[float, typer.Option("--feedback-rate")] = 1.0,
     units: Annotated[float | None, typer.Option(help="Decisions per unit on average.")] = None,
     runs: Annotated[int, typer.Option(help="Simulated runs of each of A/B and A/A.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    table: Annotated[bool | None, typer.Option(
+        "--table/--plain", help="A table, or plain `figure: value` lines (default: a table on "
+                                "a terminal).", show_default=False)] = None,
 ) -> None:
-    """Simulate the policy for your traffic: chance to find the lift, time to it, A/A error."""
+    from dataclasses import asdict
+
     from rich.progress import Progress
 
     from promptops.services import simulation
@@ -506,7 +517,19 @@ def plan(
             base_rate=base_rate, lift=lift, arms=arms, decisions_per_hour=decisions_per_hour,
             feedback_rate=feedback_rate, units=units, runs=runs,
             progress=lambda done, total: progress.update(task, completed=done, total=total))
-    out.print(result.sentence(), markup=False)
+    if as_json:
+        sys.stdout.write(json.dumps(asdict(result)) + "\n")
+        return
+    say(result.sentence())
+    rows = simreport.plan_rows(result)
+    if table if table is not None else sys.stdout.isatty():
+        grid = Table("figure", "value")
+        for label_text, value in rows:
+            grid.add_row(cell(label_text), cell(value))
+        out.print(grid)
+    else:
+        for label_text, value in rows:
+            say(f"{label_text}: {value}")
 
 
 # -- the response cache --------------------------------------------------------------------------

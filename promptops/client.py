@@ -1,28 +1,44 @@
 """The httpx SDK: `Client` and `AsyncClient` for serving prompts and sending feedback.
 
 Both retry connection failures and 502/503/504 answers with exponential backoff (never a 4xx), and
-map error answers to the exceptions of `promptops.errors` with the server's message. Each keeps the
-content of the production version of every prompt it has served or rendered, re-checking the
-`production` label once it is older than `cache_ttl`; when the server cannot be reached, `serve`
-renders that version locally and answers with `fallback=True` and no decision id.
+map error answers to the exceptions of `promptops.errors` with the server's message. Results are
+the frozen dataclasses of `promptops.results`.
+
+Each keeps the content of the production version of every prompt it has served or rendered,
+re-checking the `production` label once it is older than `cache_ttl`; when the server cannot be
+reached, `serve` renders that version locally and answers with `fallback=True` and no decision id.
+With `fallback_dir`, a prompt the client has never seen is rendered from its prompt file there
+(its `main` content, what production is after `promptops adopt`). With `queue_feedback=True`,
+feedback that cannot reach the server is queued (bounded) and sent by a background worker with
+backoff; `close` flushes it, and whatever could not be sent is counted in `feedback_dropped` and
+logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import quote
 
 import httpx
 
 from promptops import errors as e
-from promptops.domain import PRODUCTION, PromptContent
+from promptops import promptfiles
+from promptops.domain import MAIN_VARIANT, PRODUCTION, PromptContent, PromptDefinition
+from promptops.outbox import AsyncOutbox, Body, Outbox
 from promptops.rendering import Renderer
+from promptops.results import CompleteResult, Experiment, Prompt, RenderResult, ServeResult
+
+log = logging.getLogger("promptops.client")
+FeedbackStatus = Literal["recorded", "duplicate", "queued"]
+"""What `feedback` answers: `queued` when it waits in the outbox for the server to come back."""
 
 RETRY_STATUS = frozenset({502, 503, 504})
 # Failures after which the server surely did not act on the request, so even a serve may be resent.
@@ -134,41 +150,6 @@ def _error(resp: httpx.Response, context: Mapping[str, Any]) -> e.PromptOpsError
     return exc
 
 
-@dataclass(frozen=True)
-class CompleteResult:
-    """The answer of a call through the gateway (`Client.complete`)."""
-
-    decision_id: str
-    prompt: str
-    version: int
-    variant: str
-    experiment_id: int | None
-    model: str
-    content: str | None
-    role: str
-    finish_reason: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    cost_usd: float | None
-    latency_ms: float
-    cache: str
-
-    @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> CompleteResult:
-        """The result of the JSON answer of `/complete`."""
-        usage = body.get("usage") or {}
-        output = body.get("output") or {}
-        return cls(decision_id=body["decision_id"], prompt=body["prompt"],
-                   version=int(body["version"]), variant=body["variant"],
-                   experiment_id=body.get("experiment_id"), model=str(body.get("model")),
-                   content=output.get("content"), role=output.get("role", "assistant"),
-                   finish_reason=body.get("finish_reason"),
-                   prompt_tokens=usage.get("prompt_tokens"),
-                   completion_tokens=usage.get("completion_tokens"),
-                   cost_usd=body.get("cost_usd"), latency_ms=float(body.get("latency_ms") or 0.0),
-                   cache=str(body.get("cache")))
-
-
 _UPSTREAM: dict[str, type[e.PromptOpsError]] = {
     "upstream_error": e.UpstreamError, "upstream_timeout": e.UpstreamTimeout,
     "upstream_rate_limited": e.UpstreamRateLimited,
@@ -212,18 +193,37 @@ def _retryable(exc: httpx.TransportError, *, idempotent: bool) -> bool:
 
 
 def _fallback(name: str, entry: _Production, variables: Mapping[str, Any],
-              renderer: Renderer) -> dict[str, Any]:
+              renderer: Renderer) -> ServeResult:
     out = renderer.render(entry.content, variables, prompt=name, version=entry.number,
                           variant=entry.variant).payload()
-    out.update(decision_id=None, experiment_id=None, fallback=True)
-    return out
+    return ServeResult.from_json({**out, "decision_id": None, "experiment_id": None},
+                                 fallback=True)
+
+
+def _load_files(folder: Path) -> dict[str, PromptDefinition]:
+    """The valid prompt files of a folder by prompt name; a broken file is logged and skipped."""
+    found: dict[str, PromptDefinition] = {}
+    try:
+        paths = promptfiles.discover([folder])
+    except e.InvalidPromptFile as exc:
+        log.warning("promptops: fallback_dir %s: %s", folder, exc.message)
+        return found
+    for path in paths:
+        try:
+            definition = promptfiles.load_prompt_file(path)
+        except e.InvalidPromptFile as exc:
+            log.warning("promptops: fallback prompt file skipped: %s", exc.problems[0])
+            continue
+        found.setdefault(definition.name, definition)
+    return found
 
 
 class _Base:
     """Settings and state shared by the sync and async clients."""
 
     def __init__(self, base_url: str, *, api_key: str | None, timeout: float, retries: int,
-                 backoff: float, cache_ttl: float) -> None:
+                 backoff: float, cache_ttl: float, fallback_dir: str | Path | None,
+                 flush_timeout: float) -> None:
         self.base_url = base_url.rstrip("/")
         self.retries = max(0, int(retries))
         self.backoff = backoff
@@ -231,6 +231,29 @@ class _Base:
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.cache = _Cache(cache_ttl)
         self.renderer = Renderer()
+        self.fallback_dir = Path(fallback_dir) if fallback_dir is not None else None
+        self.flush_timeout = flush_timeout
+        self._files: dict[str, PromptDefinition] | None = None
+        self._files_lock = threading.Lock()
+
+    def _offline(self, name: str, variables: Mapping[str, Any]) -> ServeResult | None:
+        """A local rendering when the server is unreachable: the cached production version, else
+        the `main` content of the prompt's file in `fallback_dir`; None when neither exists."""
+        entry = self.cache.get(name)
+        if entry is not None:
+            return _fallback(name, entry, variables, self.renderer)
+        if self.fallback_dir is None:
+            return None
+        with self._files_lock:
+            if self._files is None:  # read once: the files are the last resort, not live
+                self._files = _load_files(self.fallback_dir)
+        definition = self._files.get(name)
+        if definition is None:
+            return None
+        out = self.renderer.render(definition.content, variables, prompt=name, version=0,
+                                   variant=MAIN_VARIANT).payload()
+        return ServeResult.from_json({**out, "version": None, "decision_id": None,
+                                      "experiment_id": None}, fallback=True)
 
     def _delay(self, attempt: int) -> float:
         return float(self.backoff * 2**attempt)
@@ -266,11 +289,39 @@ class Client(_Base):
 
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 2.0,
                  retries: int = 3, backoff: float = 0.05, cache_ttl: float = 5.0,
+                 fallback_dir: str | Path | None = None, queue_feedback: bool = False,
+                 feedback_queue_size: int = 10_000, flush_timeout: float = 5.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         super().__init__(base_url, api_key=api_key, timeout=timeout, retries=retries,
-                         backoff=backoff, cache_ttl=cache_ttl)
+                         backoff=backoff, cache_ttl=cache_ttl, fallback_dir=fallback_dir,
+                         flush_timeout=flush_timeout)
         self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout,
                                   transport=transport)
+        self._outbox = (Outbox(self._send_queued, maxsize=feedback_queue_size,
+                               backoff=max(backoff, 0.05), exit_timeout=flush_timeout)
+                        if queue_feedback else None)
+
+    @property
+    def feedback_dropped(self) -> int:
+        """Feedback given up on: the queue was full, the server refused it, or it was still
+        queued at close (each is logged)."""
+        return self._outbox.dropped if self._outbox is not None else 0
+
+    @property
+    def feedback_pending(self) -> int:
+        """Feedback waiting in the queue for the server."""
+        return self._outbox.pending if self._outbox is not None else 0
+
+    def _send_queued(self, body: Body) -> None:
+        self._request("POST", "/v1/feedback", json=body, retries=0,
+                      decision_id=body["decision_id"])
+
+    def flush_feedback(self, timeout: float | None = None) -> bool:
+        """Send queued feedback now; True once the queue is empty, False if it is not within
+        `timeout` seconds (default `flush_timeout`)."""
+        if self._outbox is None:
+            return True
+        return self._outbox.flush(self.flush_timeout if timeout is None else timeout)
 
     def _request(self, method: str, path: str, *, json: Any = None, idempotent: bool = True,
                  retries: int | None = None, **context: Any) -> Any:
@@ -317,44 +368,66 @@ class Client(_Base):
             pass
 
     def serve(self, name: str, variables: Mapping[str, Any] | None = None,
-              unit_id: str | None = None) -> dict[str, Any]:
-        """Serve a prompt (recording a decision), or render the cached production locally when
-        the server is unreachable."""
+              unit_id: str | None = None) -> ServeResult:
+        """Serve a prompt (recording a decision), or render production locally when the server
+        is unreachable (`fallback=True`)."""
         try:
             out = self._request("POST", _path("prompts", name, "serve"), idempotent=False,
                                 json=self._serve_body(variables, unit_id), name=name)
         except e.Unavailable:
-            entry = self.cache.get(name)
-            if entry is None:
+            local = self._offline(name, variables or {})
+            if local is None:
                 raise
-            return _fallback(name, entry, variables or {}, self.renderer)
-        out["fallback"] = False
+            return local
         self._best_effort(name, out["version"] if out.get("experiment_id") is None else None)
-        return out  # type: ignore[no-any-return]
+        return ServeResult.from_json(out)
 
     def feedback(self, decision_id: str, reward: float | bool,
-                 metric: str | None = None) -> str:
-        """Send a reward for a decision: "recorded", or "duplicate" for a repeat."""
-        out = self._request("POST", "/v1/feedback",
-                            json=self._feedback_body(decision_id, reward, metric),
-                            decision_id=decision_id)
-        return str(out["status"])
+                 metric: str | None = None) -> FeedbackStatus:
+        """Send a reward for a decision: "recorded", "duplicate" for a repeat, or "queued" when
+        `queue_feedback` holds it until the server is back."""
+        body = self._feedback_body(decision_id, reward, metric)
+        if self._outbox is not None and self._outbox.pending:
+            self._outbox.put(body)  # keep the order, and do not wait on a server known down
+            return "queued"
+        try:
+            out = self._request("POST", "/v1/feedback", json=body, decision_id=decision_id)
+        except e.Unavailable:
+            if self._outbox is None:
+                raise
+            self._outbox.put(body)
+            return "queued"
+        return "duplicate" if out["status"] == "duplicate" else "recorded"
 
     def render(self, name: str, variables: Mapping[str, Any] | None = None,
-               version: int | None = None, label: str | None = None) -> dict[str, Any]:
+               version: int | None = None, label: str | None = None) -> RenderResult:
         """Render a version (production by default) without recording a decision."""
         out = self._request("POST", _path("prompts", name, "render"),
                             json=self._render_body(variables, version, label), name=name,
                             version=version or 0, label=label or PRODUCTION)
         if version is None and label in (None, PRODUCTION):
             self._best_effort(name, out["version"])
-        return out  # type: ignore[no-any-return]
+        return RenderResult.from_json(out)
 
-    def get_prompt(self, name: str) -> dict[str, Any]:
+    def get_prompt(self, name: str) -> Prompt:
         """A prompt with its versions and labels; refreshes the cached production version."""
         info = self._request("GET", _path("prompts", name), name=name)
         self._note_labels(name, info)
-        return info  # type: ignore[no-any-return]
+        return Prompt.from_json(info)
+
+    def get_experiment(self, experiment_id: int) -> Experiment:
+        """An experiment with its per-arm figures."""
+        return Experiment.from_json(self._request("GET", _path("experiments", experiment_id),
+                                                  experiment_id=experiment_id))
+
+    def list_experiments(self, *, prompt: str | None = None,
+                         status: str | None = None) -> list[Experiment]:
+        """Experiments, newest first, optionally of one prompt or in one status."""
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in
+                         (("prompt", prompt), ("status", status)) if v is not None)
+        out = self._request("GET", "/v1/experiments" + (f"?{query}" if query else ""),
+                            name=prompt or "?")
+        return [Experiment.from_json(x) for x in out["experiments"]]
 
     def complete(self, name: str, variables: Mapping[str, Any] | None = None, *,
                  unit_id: str | None = None, messages: list[dict[str, Any]] | None = None,
@@ -371,7 +444,9 @@ class Client(_Base):
         return CompleteResult.from_json(resp.json())
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Flush queued feedback (at most `flush_timeout` seconds), then close the connections."""
+        if self._outbox is not None:
+            self._outbox.close(self.flush_timeout)
         self._http.close()
 
     def __enter__(self) -> Self:
@@ -387,11 +462,38 @@ class AsyncClient(_Base):
 
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 2.0,
                  retries: int = 3, backoff: float = 0.05, cache_ttl: float = 5.0,
+                 fallback_dir: str | Path | None = None, queue_feedback: bool = False,
+                 feedback_queue_size: int = 10_000, flush_timeout: float = 5.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         super().__init__(base_url, api_key=api_key, timeout=timeout, retries=retries,
-                         backoff=backoff, cache_ttl=cache_ttl)
+                         backoff=backoff, cache_ttl=cache_ttl, fallback_dir=fallback_dir,
+                         flush_timeout=flush_timeout)
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers,
                                        timeout=timeout, transport=transport)
+        self._outbox = (AsyncOutbox(self._send_queued, maxsize=feedback_queue_size,
+                                    backoff=max(backoff, 0.05)) if queue_feedback else None)
+
+    @property
+    def feedback_dropped(self) -> int:
+        """Feedback given up on: the queue was full, the server refused it, or it was still
+        queued at close (each is logged)."""
+        return self._outbox.dropped if self._outbox is not None else 0
+
+    @property
+    def feedback_pending(self) -> int:
+        """Feedback waiting in the queue for the server."""
+        return self._outbox.pending if self._outbox is not None else 0
+
+    async def _send_queued(self, body: Body) -> None:
+        await self._request("POST", "/v1/feedback", json=body, retries=0,
+                            decision_id=body["decision_id"])
+
+    async def flush_feedback(self, timeout: float | None = None) -> bool:
+        """Send queued feedback now; True once the queue is empty, False if it is not within
+        `timeout` seconds (default `flush_timeout`)."""
+        if self._outbox is None:
+            return True
+        return await self._outbox.flush(self.flush_timeout if timeout is None else timeout)
 
     async def _request(self, method: str, path: str, *, json: Any = None,
                        idempotent: bool = True, retries: int | None = None,
@@ -440,21 +542,20 @@ class AsyncClient(_Base):
             pass
 
     async def serve(self, name: str, variables: Mapping[str, Any] | None = None,
-                    unit_id: str | None = None) -> dict[str, Any]:
-        """Serve a prompt (recording a decision), or render the cached production locally when
-        the server is unreachable."""
+                    unit_id: str | None = None) -> ServeResult:
+        """Serve a prompt (recording a decision), or render production locally when the server
+        is unreachable (`fallback=True`)."""
         try:
             out = await self._request("POST", _path("prompts", name, "serve"), idempotent=False,
                                       json=self._serve_body(variables, unit_id), name=name)
         except e.Unavailable:
-            entry = self.cache.get(name)
-            if entry is None:
+            local = self._offline(name, variables or {})
+            if local is None:
                 raise
-            return _fallback(name, entry, variables or {}, self.renderer)
-        out["fallback"] = False
+            return local
         await self._best_effort(name,
                                 out["version"] if out.get("experiment_id") is None else None)
-        return out  # type: ignore[no-any-return]
+        return ServeResult.from_json(out)
 
     async def complete(self, name: str, variables: Mapping[str, Any] | None = None, *,
                        unit_id: str | None = None, messages: list[dict[str, Any]] | None = None,
@@ -471,31 +572,56 @@ class AsyncClient(_Base):
         return CompleteResult.from_json(resp.json())
 
     async def feedback(self, decision_id: str, reward: float | bool,
-                       metric: str | None = None) -> str:
-        """Send a reward for a decision: "recorded", or "duplicate" for a repeat."""
-        out = await self._request("POST", "/v1/feedback",
-                                  json=self._feedback_body(decision_id, reward, metric),
-                                  decision_id=decision_id)
-        return str(out["status"])
+                       metric: str | None = None) -> FeedbackStatus:
+        """Send a reward for a decision: "recorded", "duplicate" for a repeat, or "queued" when
+        `queue_feedback` holds it until the server is back."""
+        body = self._feedback_body(decision_id, reward, metric)
+        if self._outbox is not None and self._outbox.pending:
+            self._outbox.put(body)  # keep the order, and do not wait on a server known down
+            return "queued"
+        try:
+            out = await self._request("POST", "/v1/feedback", json=body, decision_id=decision_id)
+        except e.Unavailable:
+            if self._outbox is None:
+                raise
+            self._outbox.put(body)
+            return "queued"
+        return "duplicate" if out["status"] == "duplicate" else "recorded"
 
     async def render(self, name: str, variables: Mapping[str, Any] | None = None,
-                     version: int | None = None, label: str | None = None) -> dict[str, Any]:
+                     version: int | None = None, label: str | None = None) -> RenderResult:
         """Render a version (production by default) without recording a decision."""
         out = await self._request("POST", _path("prompts", name, "render"),
                                   json=self._render_body(variables, version, label), name=name,
                                   version=version or 0, label=label or PRODUCTION)
         if version is None and label in (None, PRODUCTION):
             await self._best_effort(name, out["version"])
-        return out  # type: ignore[no-any-return]
+        return RenderResult.from_json(out)
 
-    async def get_prompt(self, name: str) -> dict[str, Any]:
+    async def get_prompt(self, name: str) -> Prompt:
         """A prompt with its versions and labels; refreshes the cached production version."""
         info = await self._request("GET", _path("prompts", name), name=name)
         await self._note_labels(name, info)
-        return info  # type: ignore[no-any-return]
+        return Prompt.from_json(info)
+
+    async def get_experiment(self, experiment_id: int) -> Experiment:
+        """An experiment with its per-arm figures."""
+        return Experiment.from_json(await self._request(
+            "GET", _path("experiments", experiment_id), experiment_id=experiment_id))
+
+    async def list_experiments(self, *, prompt: str | None = None,
+                               status: str | None = None) -> list[Experiment]:
+        """Experiments, newest first, optionally of one prompt or in one status."""
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in
+                         (("prompt", prompt), ("status", status)) if v is not None)
+        out = await self._request("GET", "/v1/experiments" + (f"?{query}" if query else ""),
+                                  name=prompt or "?")
+        return [Experiment.from_json(x) for x in out["experiments"]]
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Flush queued feedback (at most `flush_timeout` seconds), then close the connections."""
+        if self._outbox is not None:
+            await self._outbox.close(self.flush_timeout)
         await self._http.aclose()
 
     async def __aenter__(self) -> Self:

@@ -401,7 +401,7 @@ def load_eval_files(paths: Sequence[str | Path]) -> list[EvalDefinition]:
     """Every eval under the paths (directories: their *.yaml), by name; one error lists all problems."""
     problems: list[FileProblem] = []
     try:
-        files = discover(paths)
+        files = discover(paths, suffixes=(".yaml", ".yml"))
     except InvalidPromptFile as exc:
         raise InvalidEvalFile(exc.problems) from None
     by_name: dict[str, EvalDefinition] = {}

@@ -1,5 +1,6 @@
-"""YAML prompt files: discovery, parsing and validation with `PATH:LINE: message` problems.
+"""Prompt files (YAML or JSON): discovery, parsing and validation with `PATH:LINE: message` problems.
 
+A `.json` file holds the same schema as a YAML one and is read into the same nodes, with lines.
 A file is composed into YAML nodes first (by `yamlnodes`, which refuses hostile input early:
 files over `MAX_FILE_BYTES`, invalid UTF-8, NUL bytes, anchors and aliases, nesting deeper than
 `MAX_DEPTH`, tags beyond plain data), so every problem names the line of its node; it is checked
@@ -25,6 +26,9 @@ from .promptschema import PromptChecker, check_prompt
 from .yamlnodes import MAX_DEPTH as MAX_DEPTH  # re-exported: public API
 from .yamlnodes import MAX_FILE_BYTES as MAX_FILE_BYTES  # re-exported: public API
 
+SUFFIXES = (".yaml", ".yml", ".json")
+"""File name endings that a prompts folder is searched for."""
+
 _EMPTY = "the file is empty; a prompt needs name: and messages: or template:"
 
 
@@ -40,23 +44,25 @@ def load_prompt_file(path: str | Path) -> PromptDefinition:
     return check_prompt(checker, checker.load_file(path, empty=_EMPTY))
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def _walk(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
     # os.walk does not follow directory symlinks, so a link loop cannot recurse forever.
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith(".") and name.endswith((".yaml", ".yml")):
+            if not name.startswith(".") and name.endswith(suffixes):
                 yield Path(folder) / name
 
 
-def _discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[FileProblem]]:
+def _discover(
+    paths: Sequence[str | Path], suffixes: tuple[str, ...] = SUFFIXES
+) -> tuple[list[Path], list[FileProblem]]:
     found: list[Path] = []
     problems: list[FileProblem] = []
     seen: set[Path] = set()
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            candidates = sorted(_walk(path), key=lambda p: p.relative_to(path).parts)
+            candidates = sorted(_walk(path, suffixes), key=lambda p: p.relative_to(path).parts)
         elif path.exists():
             candidates = [path]
         else:
@@ -70,9 +76,9 @@ def _discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[FileProblem
     return found, problems
 
 
-def discover(paths: Sequence[str | Path]) -> list[Path]:
-    """The prompt files under the paths: directories expand to their *.yaml/*.yml, recursively."""
-    found, problems = _discover(paths)
+def discover(paths: Sequence[str | Path], *, suffixes: tuple[str, ...] = SUFFIXES) -> list[Path]:
+    """The files under the paths: directories expand to their files with those endings, recursively."""
+    found, problems = _discover(paths, suffixes)
     if problems:
         raise InvalidPromptFile(problems)
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,29 @@ def test_init_creates_a_valid_project(cli):
     assert r.code == 0 and "valid" in r.out, r
     again = cli("init", "proj")
     assert again.code == 1 and "already exists" in again.err, again
+
+
+def test_init_project_validates_as_is(cli, monkeypatch):
+    from promptops.evalfiles import load_eval_files, variable_problems
+    from promptops.promptfiles import load_prompt_files
+    from promptops.providers.config import load_providers_config
+
+    assert cli("init", "proj").code == 0
+    proj = cli.dir / "proj"
+    assert not (proj / ".env.example").exists()
+    monkeypatch.chdir(proj)
+    monkeypatch.delenv("PROMPTOPS_PROMPTS_DIR")
+    r = cli("validate")
+    assert r.code == 0 and "1 prompt file(s) valid" in r.out, r
+    (prompt,) = load_prompt_files([proj / "prompts"])
+    (evaluation,) = load_eval_files([proj / "evals"])
+    assert evaluation.prompt == prompt.name and len(evaluation.cases) == 3, evaluation
+    assert variable_problems(evaluation, prompt.content.variables) == []
+    config = load_providers_config(proj / "promptops.yaml", env={})
+    assert config.default_provider == "local", config
+    assert config.providers["local"].base_url == "http://127.0.0.1:8080/v1", config
+    readme = (proj / "README.md").read_text(encoding="utf-8")
+    assert "promptops serve" in readme and "promptops adopt summarize" in readme, readme
 
 
 def test_validate_reports_path_and_line(cli):
@@ -315,7 +339,9 @@ def test_init_keeps_the_database_out_of_git(cli):
         (proj / name).write_text("x", encoding="utf-8")
     git(proj, "add", "-A")
     staged = git(proj, "diff", "--cached", "--name-only").split()
-    assert sorted(staged) == [".env.example", ".gitignore", "prompts/example.yaml"], staged
+    assert sorted(staged) == [".gitignore", "README.md", "evals/summarize-smoke.jsonl",
+                              "evals/summarize-smoke.yaml", "promptops.yaml",
+                              "prompts/summarize.yaml"], staged
 
 
 def test_init_writes_a_gitignore_once(cli):
@@ -323,7 +349,7 @@ def test_init_writes_a_gitignore_once(cli):
     path = cli.dir / "proj" / ".gitignore"
     first = path.read_text(encoding="utf-8")
     assert "promptops.db-wal" in first and ".venv/" in first, first
-    (cli.dir / "proj" / "prompts" / "example.yaml").unlink()
+    (cli.dir / "proj" / "prompts" / "summarize.yaml").unlink()
     assert cli("init", "proj").code == 0
     assert path.read_text(encoding="utf-8") == first
 
@@ -420,3 +446,114 @@ def test_status_shows_flags_guardrails_metrics_and_the_holdout(cli):
     body = json.loads(cli("experiment", "status", "1", "--json").out)
     assert body["flags"] == ["feedback"] and body["holdout"]["p_old_better"] == 0.42, body
     assert body["arms"][1]["guardrails"][0]["state"] == "blocked", body
+TRIAGE_JSON = """\
+{
+  "name": "triage",
+  "variables": {"message": {"type": "string", "required": true}, "n": {"type": "integer", "default": 3}},
+  "messages": [
+    {"role": "system", "content": "Pick one of {{ n }} categories."},
+    {"role": "user", "content": "Text: {{ message }}"}
+  ],
+  "variants": {"terse": {"messages": [{"role": "user", "content": "{{ n }} categories. {{ message }}"}]}}
+}
+"""
+
+
+def test_json_prompt_files_validate_and_sync_like_yaml(cli):
+    add(cli, TRIAGE_JSON, "triage.json")
+    r = cli("validate")
+    assert r.code == 0 and "1 prompt file(s) valid" in r.out, r
+    r = cli("sync")
+    assert r.code == 0 and "triage: new version 1 (main)" in r.out, r
+    assert "triage: new version 2 (terse)" in r.out, r
+    r = cli("render", "triage", "--var", "message=hi", "--json")
+    assert json.loads(r.out)["messages"][1]["content"] == "Text: hi", r
+
+
+def test_json_and_yaml_of_one_prompt_hash_alike(cli):
+    add(cli, TRIAGE_JSON, "triage.json")
+    assert cli("sync").code == 0
+    (cli.dir / "prompts" / "triage.json").unlink()
+    add(cli)
+    r = cli("sync")
+    assert r.code == 0 and "up to date" in r.out, r
+
+
+@pytest.mark.parametrize("text, line, needle", [
+    pytest.param('{\n  "name": "triage",\n  "messages": [\n    {"role": "user", "content": "x"},\n  ]\n}\n',
+                 5, "", id="trailing-comma"),
+    pytest.param('{\n  "name": "Bad Name",\n  "template": "x"\n}\n', 2, "name", id="bad-name"),
+    pytest.param('{\n  "name": "t",\n  "template": "{{ y }}"\n}\n', 3, "undeclared", id="undeclared"),
+])
+def test_bad_json_prompt_files_are_path_and_line(cli, text, line, needle):
+    bad = add(cli, text, "bad.json")
+    for command in ("validate", "sync"):
+        r = cli(command)
+        assert r.code == 1, r
+        assert r.err.startswith(f"{bad}:{line}: ") and needle in r.err, r
+        assert "Traceback" not in r.err, r
+
+
+SCENARIO = """\
+name: tiny
+runs: 3
+seed: 1
+decisions: 400
+decisions_per_hour: 100
+arms:
+  - {name: control, mean: 0.10}
+  - {name: challenger, mean: 0.30}
+policy: {min_samples_per_arm: 50, min_hours: 0, update_every: 50, min_update_minutes: 0}
+"""
+
+
+def test_simulate_prints_rounded_figures_plainly_or_as_a_table(cli):
+    path = cli.dir / "tiny.yaml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    exact = json.loads(cli("simulate", str(path), "--json").out)
+    plain = cli("simulate", str(path), "--plain")
+    assert plain.code == 0, plain
+    lines = plain.out.splitlines()
+    assert lines[0] == f"scenario: {path}" and "runs: 3" in lines, plain
+    assert any(line.startswith("wrong promotions: ") and line.endswith("%)") for line in lines), plain
+    regret = next(line for line in lines if line.startswith("mean regret (rewards lost): "))
+    assert regret.startswith(f"mean regret (rewards lost): {exact['mean_regret']:,.1f}"), (regret, exact)
+    assert "% of an even split)" in regret, regret
+    assert not any(len(n) > 8 for n in re.findall(r"\d[\d.,]*", plain.out)), plain  # rounded
+    table = cli("simulate", str(path), "--table")
+    assert table.code == 0 and "┃ figure" in table.out and "wrong promotions" in table.out, table
+
+
+def test_simulate_help_defines_regret_and_wrong_promotion(cli):
+    r = cli("simulate", "--help")
+    text = " ".join(r.out.split())
+    assert "A wrong promotion is a run that ends with an arm" in text, r
+    assert "Regret is the sum, over a run's decisions" in text, r
+    assert "--plain" in text and "--table" in text, r
+
+
+def test_simulate_scenario_errors_are_path_and_line(cli):
+    path = cli.dir / "bad.yaml"
+    path.write_text(SCENARIO.replace("runs: 3", "runs: 0").replace("decisions: 400", "decisions: [x"),
+                    encoding="utf-8")
+    r = cli("simulate", str(path))
+    assert r.code == 1 and r.err.startswith(f"{path}:"), r
+    assert all(re.match(rf"{re.escape(str(path))}:\d+: ", line) for line in r.err.splitlines()), r
+    assert "Traceback" not in r.err, r
+
+
+def test_plan_prints_rounded_figures_and_defines_a_wrong_promotion(cli):
+    args = ("plan", "--base-rate", "0.1", "--lift", "0.1", "--decisions-per-hour", "2000",
+            "--runs", "2")
+    exact = json.loads(cli(*args, "--json").out)
+    r = cli(*args, "--plain")
+    assert r.code == 0, r
+    lines = r.out.splitlines()
+    assert lines[0].startswith("with 2,000 decisions an hour"), r
+    assert f"chance to find the lift: {100 * exact['detection_rate']:.0f}% of 2 runs" in lines, r
+    assert f"A/A wrong promotions: {100 * exact['aa_false_promotion']:.0f}% of 2 runs" in lines, r
+    assert f"median decisions to find it: {exact['median_decisions']:,.0f}" in lines, r
+    table = cli(*args, "--table")
+    assert table.code == 0 and "┃ figure" in table.out, table
+    text = " ".join(cli("plan", "--help").out.split())
+    assert "A wrong promotion, in the A/A runs" in text and "--plain" in text, text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import threading
@@ -10,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +20,7 @@ import uvicorn
 from promptops import errors
 from promptops.client import AsyncClient, Client
 from promptops.config import Settings
+from promptops.results import Arm, Experiment, Message, Prompt, RenderResult, ServeResult, Version
 from promptops.server.app import create_app
 from promptops.server.runtime import server_ops
 from promptops.services.facade import PromptOps
@@ -169,7 +172,7 @@ def test_fallback_when_server_stops(live, client):
     out = client.serve("triage", {"message": "refund please"})
     assert out["fallback"] is True and out["decision_id"] is None, out
     assert out["experiment_id"] is None
-    assert {k: out[k] for k in production} == production
+    assert out.rendered() == production
     with pytest.raises(errors.VariableError):
         client.serve("triage", {})  # rendered locally, with the same variable checks
     with pytest.raises(errors.Unavailable):
@@ -318,3 +321,193 @@ def test_an_error_answer_becomes_its_exception(status, code, cls):
     resp = httpx.Response(status, json={"error": {"code": code, "message": "said", "field": "f"}})
     exc = _error(resp, {"name": "p", "decision_id": "d"})
     assert type(exc) is getattr(errors, cls) and exc.message == "said" and str(exc) == "said"
+
+
+def test_results_are_typed_and_frozen(client):
+    out = client.serve("triage", {"message": "late parcel"}, unit_id="u5")
+    assert isinstance(out, ServeResult) and isinstance(out.messages[0], Message), out
+    assert out.decision_id == out["decision_id"] and out.fallback is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.version = 9  # type: ignore[misc]
+    with pytest.raises(KeyError):
+        out["nope"]
+    rendered = client.render("plain", {"topic": "t"})
+    assert isinstance(rendered, RenderResult) and rendered.text == "Write about t."
+    prompt = client.get_prompt("triage")
+    assert isinstance(prompt, Prompt) and prompt.production == 1, prompt
+    assert all(isinstance(v, Version) and len(v.content_hash) == 64 for v in prompt.versions)
+    experiment = client.get_experiment(out.experiment_id)
+    assert isinstance(experiment, Experiment) and experiment.status == "running", experiment
+    assert [type(a) for a in experiment.arms] == [Arm, Arm] and experiment.arms[0].is_control
+    assert sum(a.decisions for a in experiment.arms) == 1
+    assert [x.id for x in client.list_experiments(prompt="triage")] == [experiment.id]
+    assert client.list_experiments(prompt="plain", status="running") == []
+
+
+def test_the_package_is_typed():
+    import promptops
+
+    assert (Path(promptops.__file__).parent / "py.typed").is_file()
+
+
+def down_transport(calls: list[httpx.Request], state: dict[str, Any]) -> httpx.MockTransport:
+    """A server that refuses connections while state["down"], then answers `state["answer"]`."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if state["down"]:
+            raise httpx.ConnectError("connection refused", request=request)
+        return state["answer"](request)
+
+    return httpx.MockTransport(handler)
+
+
+def recorded(_: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json={"status": "recorded"})
+
+
+def test_fallback_dir_renders_main_when_the_server_was_never_reached(prompts_dir, caplog):
+    (prompts_dir / "triage.yaml").write_text(TRIAGE)
+    (prompts_dir / "broken.yaml").write_text("name: Broken Name\ntemplate: x\n")
+    calls: list[httpx.Request] = []
+    transport = down_transport(calls, {"down": True})
+    with caplog.at_level("WARNING", logger="promptops.client"), \
+            Client("http://promptops.test", retries=0, fallback_dir=prompts_dir,
+                   transport=transport) as c:
+        out = c.serve("triage", {"message": "refund please"})
+        assert out.fallback is True and out.decision_id is None and out.experiment_id is None
+        assert (out.version, out.variant) == (None, "main"), out
+        assert out.messages == (Message("system", "Answer with one category."),
+                                Message("user", "Text: refund please")), out
+        with pytest.raises(errors.VariableError):
+            c.serve("triage", {})
+        with pytest.raises(errors.Unavailable):
+            c.serve("broken", {})
+    assert calls, "the server was asked first"
+    assert any("broken.yaml:1" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_queued_feedback_is_sent_when_the_server_comes_back():
+    calls: list[httpx.Request] = []
+    state: dict[str, Any] = {"down": True, "answer": recorded}
+    with Client("http://promptops.test", retries=0, backoff=0, queue_feedback=True,
+                transport=down_transport(calls, state)) as c:
+        assert c.feedback("d_1", 1) == "queued"
+        asked = len(calls)
+        assert c.feedback("d_2", 0, metric="csat") == "queued"
+        assert c.feedback_pending == 2
+        state["down"] = False
+        assert c.flush_feedback(timeout=30) is True
+        assert c.feedback_pending == 0 and c.feedback_dropped == 0
+        sent = [json.loads(r.content) for r in calls[asked:] if r.url.path == "/v1/feedback"]
+        assert sent[-2:] == [{"decision_id": "d_1", "reward": 1},
+                             {"decision_id": "d_2", "reward": 0, "metric": "csat"}], sent
+        assert c.feedback("d_3", 1) == "recorded"
+
+
+def test_feedback_queue_is_bounded_and_never_drops_silently(caplog):
+    calls: list[httpx.Request] = []
+    state: dict[str, Any] = {"down": True, "answer": recorded}
+    with caplog.at_level("WARNING", logger="promptops.client"):
+        c = Client("http://promptops.test", retries=0, backoff=0, queue_feedback=True,
+                   feedback_queue_size=2, flush_timeout=0, transport=down_transport(calls, state))
+        assert [c.feedback(f"d_{i}", 1) for i in range(3)] == ["queued"] * 3
+        assert (c.feedback_pending, c.feedback_dropped) == (2, 1)
+        assert "d_2" in caplog.text and "queue is full" in caplog.text, caplog.text
+        c.close()  # the server is still down: what is left is counted and logged
+    assert (c.feedback_pending, c.feedback_dropped) == (0, 3)
+    assert "d_0" in caplog.text and "unreachable until close" in caplog.text, caplog.text
+    with pytest.raises(errors.Unavailable):
+        Client("http://promptops.test", retries=0, transport=down_transport([], state)) \
+            .feedback("d_9", 1)  # without queue_feedback, an outage is an error as before
+
+
+def test_queued_feedback_the_server_refuses_is_dropped_and_logged(caplog):
+    state: dict[str, Any] = {"down": True, "answer": _error(404, "decision_not_found", "no such")}
+    with caplog.at_level("WARNING", logger="promptops.client"), \
+            Client("http://promptops.test", retries=0, backoff=0, queue_feedback=True,
+                   transport=down_transport([], state)) as c:
+        assert c.feedback("d_gone", 1) == "queued"
+        state["down"] = False
+        assert c.flush_feedback(timeout=30) is True
+        assert c.feedback_dropped == 1
+    assert "d_gone" in caplog.text and "refused by the server" in caplog.text, caplog.text
+
+
+def test_async_client_queues_feedback_and_falls_back_to_files(prompts_dir):
+    (prompts_dir / "plain.yaml").write_text(PLAIN)
+    calls: list[httpx.Request] = []
+    state: dict[str, Any] = {"down": True, "answer": recorded}
+
+    async def scenario() -> None:
+        async with AsyncClient("http://promptops.test", retries=0, backoff=0,
+                               queue_feedback=True, fallback_dir=prompts_dir,
+                               transport=down_transport(calls, state)) as c:
+            out = await c.serve("plain", {"topic": "t"})
+            assert out.fallback is True and out.text == "Write about t." and out.version is None
+            assert await c.feedback("d_1", 1) == "queued"
+            assert c.feedback_pending == 1
+            state["down"] = False
+            assert await c.flush_feedback(timeout=30) is True
+            assert (c.feedback_pending, c.feedback_dropped) == (0, 0)
+            assert await c.feedback("d_2", 1) == "recorded"
+        bodies = [json.loads(r.content) for r in calls if r.url.path == "/v1/feedback"]
+        assert bodies[-2:] == [{"decision_id": "d_1", "reward": 1},
+                               {"decision_id": "d_2", "reward": 1}], bodies
+
+    asyncio.run(scenario())
+
+
+def test_async_close_counts_what_it_could_not_send(caplog):
+    state: dict[str, Any] = {"down": True, "answer": recorded}
+
+    async def scenario() -> AsyncClient:
+        c = AsyncClient("http://promptops.test", retries=0, backoff=0, queue_feedback=True,
+                        flush_timeout=0, transport=down_transport([], state))
+        assert await c.feedback("d_1", 1) == "queued"
+        await c.close()
+        return c
+
+    with caplog.at_level("WARNING", logger="promptops.client"):
+        c = asyncio.run(scenario())
+    assert c.feedback_dropped == 1 and "d_1" in caplog.text, caplog.text
+
+
+def test_the_sdk_doc_examples_run(settings, prompts_dir, tmp_path, monkeypatch, capsys):
+    import re
+
+    from promptops.promptfiles import example_prompt_text
+
+    (prompts_dir / "summarize.yaml").write_text(example_prompt_text())
+    service = server_ops(settings)
+    service.sync()
+    server = LiveServer(settings, service)
+    server.start()
+    monkeypatch.chdir(prompts_dir.parent)  # the examples' fallback_dir="prompts"
+    doc = (Path(__file__).parent.parent / "docs" / "sdk.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert len(blocks) >= 6, blocks
+    try:
+        for block in blocks:
+            code = block.replace("http://127.0.0.1:8000", server.url)
+            exec(compile(code, "docs/sdk.md", "exec"), {"__name__": "docs"})  # noqa: S102
+    finally:
+        server.stop()
+        service.close()
+    out = capsys.readouterr().out
+    assert "bad variables:" in out and "decision" in out, out
+
+
+def test_feedback_queued_by_a_client_never_closed_is_reported_at_exit():
+    script = (
+        "from promptops import Client\n"
+        "c = Client('http://127.0.0.1:9', retries=0, queue_feedback=True, flush_timeout=0)\n"
+        "print(c.feedback('d_lost', 1))\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout == "queued\n", done
+    assert "feedback for decision d_lost" in done.stderr and "dropped" in done.stderr, done

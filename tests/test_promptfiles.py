@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -642,3 +643,20 @@ def test_unicode_tricks_are_refused(text, line, needle):
 def test_a_byte_order_mark_is_accepted():
     d = parse_prompt_text("\ufeffname: bom\ntemplate: hi\n".encode(), path="bom.yaml")
     assert d.name == "bom"
+
+
+def test_the_prompt_files_doc_examples_validate_alike():
+    import re
+
+    from promptops.promptfiles import parse_prompt_text
+
+    doc = (Path(__file__).parent.parent / "docs" / "prompt-files.md").read_text(encoding="utf-8")
+    yaml_example = re.findall(r"```yaml\n(.*?)```", doc, flags=re.S)[0]
+    json_example = re.findall(r"```json\n(.*?)```", doc, flags=re.S)[0]
+    full = parse_prompt_text(yaml_example, path="support-triage.yaml")
+    assert list(full.variants) == ["few-shot", "warmer"] and full.experiment is not None
+    assert full.variants["warmer"].model["temperature"] == 0.3
+    greet = parse_prompt_text(json_example, path="greet.json")
+    as_yaml = parse_prompt_text(yaml.safe_dump(json.loads(json_example)), path="greet.yaml")
+    assert greet.content.content_hash() == as_yaml.content.content_hash()
+    assert greet.variants["formal"].content_hash() == as_yaml.variants["formal"].content_hash()

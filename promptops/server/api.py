@@ -16,7 +16,6 @@ from promptops.server.auth import AdminKey, Principal, ReadKey, bearer_principal
 from promptops.server.runtime import Runtime
 from promptops.server.schemas import (
     AuditPublic,
-    ErrorPublic,
     ExperimentCreate,
     ExperimentListPublic,
     ExperimentPublic,
@@ -29,6 +28,7 @@ from promptops.server.schemas import (
     RenderPublic,
     ServeCreate,
     ServePublic,
+    error_responses,
 )
 
 
@@ -49,8 +49,10 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 # FastAPI resolves costs about as much as the rest of its work on a serve (bench/http.py).
 ServeKey = Annotated[Principal, Depends(serve_principal)]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorPublic} for code in (401, 403, 404, 409, 413, 422, 503)}
+# Every /v1 route checks the key (401, 403) and may find the database down (503); a path or
+# query parameter may be malformed (422).
+READ = (401, 403, 422, 503)
+WRITE = (401, 403, 413, 422, 503)
 
 
 class JSON(Response):
@@ -63,11 +65,12 @@ class JSON(Response):
         return orjson.dumps(content)
 
 
-router = APIRouter(responses=ERRORS)
+router = APIRouter()
 
 
 # The serving routes come first: routes are matched in order, and these take the traffic.
-@router.post("/v1/prompts/{name}/render", tags=["serving"], response_model=RenderPublic)
+@router.post("/v1/prompts/{name}/render", tags=["serving"],
+            responses=error_responses(404, *WRITE), response_model=RenderPublic)
 async def render(name: str, body: RenderCreate, request: Request,
                  _: ServeKey) -> Response:
     """Render a version (production by default); records no decision."""
@@ -85,7 +88,8 @@ async def render(name: str, body: RenderCreate, request: Request,
                                         version=body.version, label=body.label))
 
 
-@router.post("/v1/prompts/{name}/serve", tags=["serving"], response_model=ServePublic)
+@router.post("/v1/prompts/{name}/serve", tags=["serving"],
+            responses=error_responses(404, *WRITE), response_model=ServePublic)
 async def serve(name: str, body: ServeCreate, request: Request,
                 _: ServeKey) -> Response:
     """Serve a prompt: an experiment arm if one runs, else production; records a decision."""
@@ -93,14 +97,15 @@ async def serve(name: str, body: ServeCreate, request: Request,
                     media_type="application/json")
 
 
-@router.post("/v1/feedback", tags=["serving"], response_model=FeedbackPublic)
+@router.post("/v1/feedback", tags=["serving"],
+            responses=error_responses(404, *WRITE), response_model=FeedbackPublic)
 async def feedback(body: FeedbackCreate, request: Request, _: ServeKey) -> Response:
     """Record a reward for a decision; a repeat is acknowledged as a duplicate."""
     return Response(await handlers.feedback(request.app.state.runtime, body),
                     media_type="application/json")
 
 
-@router.get("/healthz", tags=["health"])
+@router.get("/healthz", tags=["health"], responses=error_responses(503))
 def healthz(rt: RuntimeDep) -> Response:
     """Health: 503 with the reasons when the database is unreachable, writes fail, or the
     decision backlog is over its bound."""
@@ -117,32 +122,32 @@ def metrics(rt: RuntimeDep, _: ReadKey) -> Response:
     return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/prompts", tags=["registry"])
+@router.get("/v1/prompts", tags=["registry"], responses=error_responses(*READ))
 def list_prompts(rt: RuntimeDep, _: ReadKey) -> Response:
     """Every prompt with its production version."""
     return JSON({"prompts": rt.ops.registry.list_prompts()})
 
 
-@router.get("/v1/prompts/{name}", tags=["registry"])
+@router.get("/v1/prompts/{name}", tags=["registry"], responses=error_responses(404, *READ))
 def get_prompt(name: str, rt: RuntimeDep, _: ReadKey) -> Response:
     """A prompt with its versions and labels."""
     return JSON(rt.ops.registry.get_prompt(name))
 
 
-@router.get("/v1/prompts/{name}/versions/{number}", tags=["registry"])
+@router.get("/v1/prompts/{name}/versions/{number}", tags=["registry"], responses=error_responses(404, *READ))
 def get_version(name: str, number: int, rt: RuntimeDep, _: ReadKey) -> Response:
     """One version with its content."""
     return JSON(rt.ops.registry.get_version(name, number))
 
 
-@router.get("/v1/prompts/{name}/diff", tags=["registry"])
+@router.get("/v1/prompts/{name}/diff", tags=["registry"], responses=error_responses(404, *READ))
 def diff_versions(name: str, rt: RuntimeDep, _: ReadKey,
                   a: Annotated[int, Query(ge=1)], b: Annotated[int, Query(ge=1)]) -> Response:
     """A unified diff between two versions."""
     return JSON({"prompt": name, "a": a, "b": b, "diff": rt.ops.registry.diff(name, a, b)})
 
 
-@router.post("/v1/prompts/{name}/labels/{label}", tags=["registry"])
+@router.post("/v1/prompts/{name}/labels/{label}", tags=["registry"], responses=error_responses(404, *WRITE))
 def move_label(name: str, label: str, body: LabelCreate, rt: RuntimeDep,
                who: AdminKey) -> Response:
     """Move a label to a version (rollback included); admin."""
@@ -151,14 +156,15 @@ def move_label(name: str, label: str, body: LabelCreate, rt: RuntimeDep,
     return JSON(result)
 
 
-@router.get("/v1/experiments", tags=["experiments"], response_model=ExperimentListPublic)
+@router.get("/v1/experiments", tags=["experiments"], responses=error_responses(404, *READ),
+            response_model=ExperimentListPublic)
 def list_experiments(rt: RuntimeDep, _: ReadKey, prompt: str | None = None,
                      status: str | None = None) -> Response:
     """Experiments, newest first."""
     return JSON({"experiments": rt.ops.experiments.list_experiments(prompt=prompt, status=status)})
 
 
-@router.get("/v1/experiments/{experiment_id}", tags=["experiments"],
+@router.get("/v1/experiments/{experiment_id}", tags=["experiments"], responses=error_responses(404, *READ),
             response_model=ExperimentPublic)
 def get_experiment(experiment_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
     """An experiment with per-arm figures."""
@@ -166,13 +172,14 @@ def get_experiment(experiment_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
 
 
 @router.get("/v1/experiments/{experiment_id}/history", tags=["experiments"],
-            response_model=HistoryPublic)
+            responses=error_responses(404, *READ), response_model=HistoryPublic)
 def experiment_history(experiment_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
     """Weights and P(best) per epoch."""
     return JSON({"epochs": rt.ops.experiments.history(experiment_id)})
 
 
 @router.post("/v1/experiments", tags=["experiments"], status_code=201,
+            responses=error_responses(404, 409, *WRITE),
              response_model=ExperimentPublic)
 def create_experiment(body: ExperimentCreate, rt: RuntimeDep, who: AdminKey) -> Response:
     """Start (or draft) an experiment over versions of a prompt; admin."""
@@ -186,6 +193,7 @@ def create_experiment(body: ExperimentCreate, rt: RuntimeDep, who: AdminKey) -> 
 
 
 @router.post("/v1/experiments/{experiment_id}/stop", tags=["experiments"],
+            responses=error_responses(404, 409, *WRITE),
              response_model=ExperimentPublic)
 def stop_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey) -> Response:
     """Stop an experiment; production stays; admin."""
@@ -195,6 +203,7 @@ def stop_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey) -> Respon
 
 
 @router.post("/v1/experiments/{experiment_id}/promote", tags=["experiments"],
+            responses=error_responses(404, 409, *WRITE),
              response_model=ExperimentPublic)
 def promote_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey,
                        body: PromoteCreate | None = None) -> Response:
@@ -205,7 +214,7 @@ def promote_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey,
     return JSON(exp)
 
 
-@router.get("/v1/audit", tags=["registry"], response_model=AuditPublic)
+@router.get("/v1/audit", tags=["registry"], responses=error_responses(*READ), response_model=AuditPublic)
 def audit(rt: RuntimeDep, _: ReadKey, prompt: str | None = None,
           experiment_id: Annotated[int | None, Query(ge=-(2**31), le=2**31 - 1)] = None,
           limit: Annotated[int, Query(ge=1, le=1000)] = 200,

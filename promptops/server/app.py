@@ -12,7 +12,7 @@ from starlette.types import ASGIApp
 
 from promptops import __version__
 from promptops.config import Settings
-from promptops.server import api, dashboard, errors, openai
+from promptops.server import api, dashboard, docs, errors, openai
 from promptops.server.fast import FastPath
 from promptops.server.guard import EdgeGuard
 from promptops.server.metrics import TimingMiddleware
@@ -39,12 +39,14 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
             await runtime.gateway.aclose()
 
     app = FastAPI(title="promptops", version=__version__, lifespan=lifespan,
-                  description="Prompts as code with A/B experiments on autopilot.")
+                  description="Prompts as code with A/B experiments on autopilot.",
+                  docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     runtime.app = app
     errors.install(app)
     app.include_router(api.router)
     app.include_router(openai.router)
+    docs.install(app)
     dashboard.install(app)
     app.add_middleware(TimingMiddleware, metrics=runtime.metrics,
                        max_body=settings.max_body_bytes)

@@ -21,6 +21,7 @@ from promptops import errors as e
 from promptops.server.auth import bearer_principal
 from promptops.server.errors import promptops_error_body, status_for
 from promptops.server.metrics import answer_too_large, declared_too_large
+from promptops.server.schemas import ERROR_MEANINGS, error_responses
 from promptops.services.gateway import (
     Completion,
     CompletionRequest,
@@ -148,7 +149,12 @@ class SSEResponse(Response):
             raise sender.exception()  # type: ignore[misc]
 
 
-@router.post("/v1/chat/completions", tags=["gateway"])
+_OPENAI_SHAPE = ' OpenAI\'s error shape: `{"error": {message, type, param, code}}`.'
+_GATEWAY_ERRORS = (401, 403, 404, 413, 422, 429, 502, 503, 504)
+
+
+@router.post("/v1/chat/completions", tags=["gateway"], responses={
+    code: {"description": ERROR_MEANINGS[code] + _OPENAI_SHAPE} for code in _GATEWAY_ERRORS})
 async def chat_completions(request: Request) -> Response:
     """OpenAI-compatible chat completions; `model` is `promptops/NAME[@LABEL|@vN]`."""
     rt = request.app.state.runtime
@@ -165,7 +171,8 @@ async def chat_completions(request: Request) -> Response:
                     headers=_headers(completion))
 
 
-@router.post("/v1/prompts/{name}/complete", tags=["gateway"])
+@router.post("/v1/prompts/{name}/complete", tags=["gateway"],
+             responses=error_responses(*_GATEWAY_ERRORS))
 async def complete(name: str, request: Request) -> Response:
     """Call the model of a prompt (an arm if an experiment runs); records the decision and call."""
     rt = request.app.state.runtime

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from promptops.config import Settings
+from promptops.services.adoption import Adoption
 from promptops.services.context import Context
 from promptops.services.epochs import EpochUpdater
 from promptops.services.experiments import Experiments
@@ -41,6 +42,7 @@ class PromptOps:
                                auto_refresh=auto_refresh)
         self.keys = Keys(self.ctx)
         self.retention = Retention(self.ctx)
+        self.adoption = Adoption(self.ctx, self.registry)
 
     def sync(self, paths: Sequence[str | Path] | None = None, *, dry_run: bool = False,
              actor: str = "sync") -> SyncReport:

@@ -204,3 +204,37 @@ def test_sign_in_read_an_experiment_and_promote(server, clock, tmp_path: Path) -
     assert ops.registry.resolve("support-triage").number == 2
     moves = [a for a in ops.registry.audit(prompt="support-triage") if a.action == "label.move"]
     assert moves[0].details["to"] == 2 and moves[0].actor == f"key:{keys['admin'][:12]}"
+
+
+def test_api_docs_render_with_no_internet(server, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    served, _, _ = server
+    outside: list[str] = []
+
+    def local_only(route: Any) -> None:
+        url = route.request.url
+        if url.startswith(served.url):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=BROWSER, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.route("**/*", local_only)
+            page.goto(f"{served.url}/docs")
+            expect(page.locator(".opblock").first).to_be_visible(timeout=20_000)
+            expect(page.locator(".opblock-summary-path", has_text="/v1/prompts/{name}/serve")
+                   ).to_have_count(1)
+            expect(page.locator("button.authorize")).to_be_visible()  # the Bearer scheme
+            page.screenshot(path=tmp_path / "swagger.png", full_page=False)
+            page.goto(f"{served.url}/redoc")
+            expect(page.get_by_text("Serve a prompt", exact=False).first).to_be_visible(
+                timeout=20_000)
+            page.screenshot(path=tmp_path / "redoc.png", full_page=False)
+        finally:
+            browser.close()
+    assert outside == [], outside

@@ -444,3 +444,15 @@ def test_pages_say_when_content_or_control_is_not_what_production_was(client, op
     exp = next(e for e in ops.experiments.list_experiments(prompt="triage") if e.status == "running")
     page = client.get(f"/experiments/{exp.id}", headers=HTML).text
     assert "production at the start was version 1" in page
+
+
+def test_experiment_page_shows_the_adopt_command_after_a_variant_wins(client, ops, synced):
+    r = client.get(f"/experiments/{synced.id}", headers=HTML)
+    assert r.context["adopt"] is None and "promptops adopt" not in r.text
+    ops.experiments.promote(synced.id, version=2, actor="test")
+    r = client.get(f"/experiments/{synced.id}", headers=HTML)
+    assert r.context["adopt"] == "promptops adopt triage", r.context["adopt"]
+    assert "<code>promptops adopt triage</code>" in r.text
+    ops.registry.move_label("triage", 1, "production", actor="test")  # rolled back by hand
+    r = client.get(f"/experiments/{synced.id}", headers=HTML)
+    assert r.context["adopt"] is None

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from promptops.domain import PRODUCTION, ExperimentStatus, Policy, VariableSpec
+from promptops.domain import MAIN_VARIANT, PRODUCTION, ExperimentStatus, Policy, VariableSpec
 from promptops.errors import PromptOpsError
 from promptops.rendering import coerce_cli_value
 from promptops.server.dashboard import charts
@@ -246,7 +246,20 @@ def experiment_context(ops: PromptOps, experiment_id: int) -> dict[str, Any]:
             "usage": usage_rows(arms), "metrics": metric_rows(arms),
             "guardrails": [g for a in arms for g in a.guardrails],
             "charts": charts.experiment_charts(exp, history, now),
-            "audit": list(zip(audit, evidence_rows, strict=True))}
+            "audit": list(zip(audit, evidence_rows, strict=True)),
+            "adopt": adopt_command(ops, exp.prompt, exp.winner)}
+
+
+def adopt_command(ops: PromptOps, prompt: str, winner: int | None) -> str | None:
+    """`promptops adopt NAME` when a variant won and holds production, so the file's main can
+    take it; None otherwise."""
+    if winner is None or ops.registry.resolve(prompt, version=winner).variant == MAIN_VARIANT:
+        return None
+    try:
+        production = ops.registry.resolve(prompt, label=PRODUCTION).number
+    except PromptOpsError:
+        return None
+    return f"promptops adopt {prompt}" if production == winner else None
 
 
 def metric_rows(arms: list[ArmLine]) -> dict[str, Any]:
