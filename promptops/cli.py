@@ -371,22 +371,46 @@ def experiment_status(experiment_id: int,
         say(f"  {e.reason}")
     if e.value_remaining is not None:
         say(f"  value remaining (95%): {100 * e.value_remaining:.2f}% of the leader's mean")
-    if e.srm_alarm:
+    for flag in e.safety:
+        say(f"  FROZEN ({flag['flag']}): {flag['sentence']}")
+    if e.srm_alarm and "srm" not in e.flags:
         say("  SAMPLE RATIO MISMATCH: promotion frozen")
+    hold = e.holdout
+    if hold:
+        phase = "holdout" if e.status == ExperimentStatus.HOLDOUT else "holdout ended"
+        test = ("" if hold.get("p_old_better") is None
+                else f"; P(v{hold['old_version']} better) {100 * hold['p_old_better']:.1f}%")
+        say(f"  {phase}: v{hold['new_version']} promoted, v{hold['old_version']} keeps its "
+            f"holdout share{test}")
+    for a in e.arms:
+        for g in a.guardrails:
+            say(f"  guardrail {g['sentence']}")
 
     def pct(x: float | None) -> str:
         return "" if x is None else f"{100 * x:.2f}%"
 
-    table = Table("version", "variant", "decisions", "feedback", "n", "mean", "95% CI",
+    table = Table("version", "variant", "decisions", "units", "feedback", "n", "mean", "95% CI",
                   "P(best)", "exp. loss", "weight")
     for a in e.arms:
         ci = "" if a.ci_low is None else f"{pct(a.ci_low)} - {pct(a.ci_high)}"
         table.add_row(cell(f"{a.version}{' (control)' if a.is_control else ''}"),
-                      cell(a.variant), cell(a.decisions), cell(a.feedback), cell(a.n),
-                      cell(pct(a.mean)), cell(ci), cell(pct(a.p_best)),
+                      cell(a.variant), cell(a.decisions), cell(a.new_units), cell(a.feedback),
+                      cell(a.n), cell(pct(a.mean)), cell(ci), cell(pct(a.p_best)),
                       cell("" if a.expected_loss is None else f"{a.expected_loss:.5f}"),
                       cell(pct(a.weight)))
     out.print(table)
+    names = sorted({m for a in e.arms for m in a.metrics})
+    if names:
+        metrics = Table("version", *names, title="metrics (mean, 95% CI, n)")
+        for a in e.arms:
+            row = []
+            for m in names:
+                est = a.metrics.get(m)
+                row.append("" if not est or est["mean"] is None or est["ci_low"] is None else
+                           f"{est['mean']:.4g} ({est['ci_low']:.4g} .. {est['ci_high']:.4g}), "
+                           f"n {est['n']}")
+            metrics.add_row(cell(a.version), *(cell(x) for x in row))
+        out.print(metrics)
     if any(a.calls for a in e.arms):
         def num(x: float | None, fmt: str) -> str:
             return "" if x is None else format(x, fmt)

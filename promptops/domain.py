@@ -69,6 +69,8 @@ EXPERIMENT_STATUSES: tuple[str, ...] = tuple(s.value for s in ExperimentStatus)
 ENDED_STATUSES: frozenset[str] = frozenset({
     ExperimentStatus.COMPLETED, ExperimentStatus.INCONCLUSIVE, ExperimentStatus.STOPPED,
     ExperimentStatus.ROLLED_BACK})
+LIVE_STATUSES: tuple[str, ...] = (ExperimentStatus.RUNNING, ExperimentStatus.HOLDOUT)
+"""Statuses in which an experiment routes its prompt's traffic."""
 MAIN_VARIANT = "main"
 PRODUCTION = "production"
 DEFAULT_METRIC = "reward"
@@ -346,6 +348,7 @@ class ExperimentSpec:
     status: ExperimentStatus = ExperimentStatus.RUNNING  # draft or running
     policy: Policy = field(default_factory=Policy)
     requires_eval: str | None = None  # an eval every arm must pass before the experiment starts
+    metrics: tuple[str, ...] = ()  # secondary metrics: reported per arm, never decide
 
 
 @dataclass(frozen=True)

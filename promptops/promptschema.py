@@ -18,6 +18,7 @@ from .domain import (
     VARIABLE_TYPES,
     ExperimentSpec,
     ExperimentStatus,
+    Guardrail,
     Message,
     Policy,
     PromptContent,
@@ -25,7 +26,9 @@ from .domain import (
     RewardKind,
     Strategy,
     VariableSpec,
+    guardrail_problem,
     metric_name_problem,
+    parse_guardrails,
     policy_value_problem,
 )
 from .errors import InvalidPromptFile, RenderError
@@ -80,6 +83,8 @@ _EXPERIMENT_KEYS = (
     "status",
     "policy",
     "requires_eval",
+    "metrics",
+    "guardrails",
 )
 _CHOICES = {
     "reward": tuple(r.value for r in RewardKind),
@@ -409,9 +414,49 @@ class PromptChecker(NodeReader):
                      f"experiment.requires_eval: {requires!r} is not a valid eval name")
         fields["requires_eval"] = requires
         policy = self.policy(entries["policy"][1]) if "policy" in entries else Policy()
+        metrics = self.metrics(entries, metric)
+        guardrails = self.guardrails(entries)
+        if policy is not None and guardrails:
+            policy = policy.with_overrides({"guardrails": guardrails})
         if len(self.problems) > before or arms is None or policy is None:
             return None
-        return ExperimentSpec(arms=tuple(arms), policy=policy, **fields)
+        return ExperimentSpec(arms=tuple(arms), policy=policy, metrics=tuple(metrics or ()),
+                              **fields)
+
+    def metrics(self, entries: _Entries, primary: Any) -> list[str] | None:
+        """Secondary metric names: valid names, distinct, not the primary metric."""
+        names = self.strings(entries, "metrics", "experiment") if "metrics" in entries else []
+        for i, name in enumerate(names or ()):
+            problem = metric_name_problem(name)
+            if problem is None and name == primary:
+                problem = "is the primary metric"
+            if problem:
+                self.err(entries["metrics"][1].value[i], f"experiment.metrics[{i}]: {problem}")
+        return names
+
+    def guardrails(self, entries: _Entries) -> tuple[Guardrail, ...]:
+        """Guardrails: {metric, one margin per direction}, each reported at its own line."""
+        nodes = self.items(entries, "guardrails", "experiment") or []
+        out: list[Guardrail] = []
+        for i, node in enumerate(nodes):
+            where = f"experiment.guardrails[{i}]"
+            raw = self.data(node)
+            if raw is _BAD:
+                continue
+            found = guardrail_problem(raw)
+            name = raw.get("metric") if isinstance(raw, dict) else None
+            if found is None and isinstance(name, str):
+                problem = metric_name_problem(name)
+                if problem:
+                    found = ("metric", problem)
+                elif any(g.metric == name for g in out):
+                    found = ("metric", f"repeats {name!r}")
+            if found is not None:
+                key, message = found
+                self.err(node, f"{where}" + (f".{key}" if key else "") + f": {message}")
+                continue
+            out.extend(parse_guardrails([raw]))
+        return tuple(out)
 
     def weights(self, entries: _Entries, arms: list[str] | None) -> tuple[float, ...] | None:
         """Fixed allocation weights: non-negative numbers, one per arm, summing to 1."""

@@ -407,6 +407,45 @@ def test_plan_refuses_a_rate_beyond_one(cli):
     assert r.code != 0 and "base rate" in r.err and "Traceback" not in r.err, r
 
 
+def test_status_shows_flags_guardrails_metrics_and_the_holdout(cli):
+    from promptops.config import Settings
+    from promptops.db.models import ExperimentRow
+    from promptops.services.facade import PromptOps
+
+    add(cli)
+    cli("sync")
+    assert cli("experiment", "start", "triage", "1", "2").code == 0
+    service = PromptOps(Settings(database_url=f"sqlite:///{cli.dir / 'cli.db'}",
+                                 prompts_dir=cli.dir / "prompts"))
+    try:
+        with service.ctx.tx() as s:
+            exp = s.get(ExperimentRow, 1)
+            exp.holdout = {"new": 1, "old": 0, "started_at": 0.0, "decisions_at_start": 0}
+            exp.snapshot = {
+                "reason": "promotion frozen by a safety flag",
+                "flags": [{"flag": "feedback", "sentence": "v2 (terse)'s feedback arrives later "
+                           "than the window (80% late): lengthen `attribution_window_hours`",
+                           "evidence": {}}],
+                "metrics": {"cost_usd": [{"mean": 0.001, "ci_low": 0.0009, "ci_high": 0.0011,
+                                          "n": 400}] * 2},
+                "guardrails": [{"arm": 1, "metric": "cost_usd", "state": "blocked", "diff": 0.2,
+                                "diff_low": 0.1, "diff_high": 0.3, "relative": True,
+                                "sentence": "blocked: v2 (terse) cost_usd +24% (+18% .. +31%) "
+                                            "> 10% allowed"}],
+                "holdout": {"p_old_better": 0.42}}
+    finally:
+        service.close()
+    r = cli("experiment", "status", "1")
+    assert r.code == 0, r
+    text = " ".join(r.out.split())
+    assert ("FROZEN (feedback): v2 (terse)'s feedback arrives later than the window (80% late): "
+            "lengthen `attribution_window_hours`") in text, r
+    assert "guardrail blocked: v2 (terse) cost_usd +24% (+18% .. +31%) > 10% allowed" in text, r
+    assert "holdout ended: v2 promoted, v1 keeps its holdout share; P(v1 better) 42.0%" in text, r
+    assert "0.001 (0.0009 .. 0.0011), n 400" in text, r
+    body = json.loads(cli("experiment", "status", "1", "--json").out)
+    assert body["flags"] == ["feedback"] and body["holdout"]["p_old_better"] == 0.42, body
+    assert body["arms"][1]["guardrails"][0]["state"] == "blocked", body
 TRIAGE_JSON = """\
 {
   "name": "triage",

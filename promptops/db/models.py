@@ -143,6 +143,10 @@ class ExperimentRow(Base):
     matured_total: Mapped[int] = mapped_column(Integer, default=0)
     last_update_at: Mapped[float | None] = mapped_column(Double, nullable=True)
     update_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # Secondary metrics declared besides the primary one (guardrail metrics are in the policy).
+    metrics: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    # The guarded rollout while status is `holdout`: {new, old, started_at, decisions_at_start}.
+    holdout: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ArmRow(Base):
@@ -185,6 +189,38 @@ class ArmEpochRow(Base):
     arm: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[int] = mapped_column(Integer)
     assigned: Mapped[int] = mapped_column(Integer, default=0)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+    s: Mapped[float] = mapped_column(Double, default=0.0)
+    ss: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class UnitRow(Base):
+    """A unit (a user, a session) of an experiment: its arm, the epoch of its first exposure,
+    its matured decisions, and the count and sum of its counted matured primary values."""
+
+    __tablename__ = "units"
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    unit_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    arm: Mapped[int] = mapped_column(Integer)
+    first_epoch: Mapped[int] = mapped_column(Integer)
+    decisions: Mapped[int] = mapped_column(Integer, default=0)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class ArmMetricRow(Base):
+    """Matured sums of one secondary or guardrail metric for one arm in one epoch."""
+
+    __tablename__ = "arm_metric_stats"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "metric", "arm", "epoch", name="uq_arm_metric_epoch"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    metric: Mapped[str] = mapped_column(String(64))
+    arm: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
     n: Mapped[int] = mapped_column(Integer, default=0)
     s: Mapped[float] = mapped_column(Double, default=0.0)
     ss: Mapped[float] = mapped_column(Double, default=0.0)

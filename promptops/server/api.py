@@ -187,7 +187,8 @@ def create_experiment(body: ExperimentCreate, rt: RuntimeDep, who: AdminKey) -> 
         body.prompt, body.versions, metric=body.metric, reward=body.reward,
         strategy=body.strategy, weights=body.weights, auto_promote=body.auto_promote,
         policy=body.policy, start=body.status == ExperimentStatus.RUNNING,
-        requires_eval=body.requires_eval, actor=who.actor)
+        requires_eval=body.requires_eval, metrics=body.metrics, guardrails=body.guardrails,
+        actor=who.actor)
     rt.refresh()
     return JSON(exp, status_code=201)
 

@@ -168,6 +168,13 @@ class ExperimentCreate(Strict):
     requires_eval: str | None = Field(
         default=None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
         description="An eval every version must pass before the experiment starts (a draft until then).")
+    metrics: list[MetricName] = Field(
+        default_factory=list, max_length=20,
+        description="Secondary metrics: reported per arm with intervals, never decide.")
+    guardrails: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=20,
+        description="Guardrails: {metric, max_increase | max_decrease | max_increase_abs | "
+                    "max_decrease_abs}; a challenger worse than the control by more is blocked.")
 
 
 class PromoteCreate(Strict):
@@ -281,6 +288,24 @@ FIELD_DOCS = {
     "action": "What happened, e.g. `label.move`.",
     "experiment_id": "The experiment concerned, if any.", "message": "What happened, for people.",
     "details": "Structured details (evidence of a promotion).", "entries": "Entries, newest first.",
+    "units": "Units (a unit_id, else a decision) with a counted matured outcome.",
+    "new_units": "Units first exposed on this arm: what the sample-ratio check counts.",
+    "metrics": "Secondary and guardrail metrics: the declared names, or per arm "
+               "{mean, ci_low, ci_high, n}.",
+    "guardrails": "This challenger's guardrail verdicts with the estimated change.",
+    "flags": "Safety flags that froze promotion: srm, feedback.",
+    "safety": "Each raised safety flag with its sentence and the counts behind it.",
+    "stop_reason": "Why the policy ended it: winner, limit, equivalent, no_meaningful_winner, "
+                   "guardrails.",
+    "holdout": "The guarded rollout: the promoted and the previous version and the latest test.",
+    "state": "allowed, pending or blocked.", "diff": "The challenger's mean minus the control's.",
+    "diff_low": "Low end of the 95% interval of the difference.",
+    "diff_high": "High end of the 95% interval of the difference.",
+    "relative": "Whether the margin is relative to the control's mean.",
+    "sentence": "The verdict or the flag in words.", "flag": "srm or feedback.",
+    "evidence": "The counts behind a flag.", "new_version": "The promoted version.",
+    "old_version": "The previous production version, holding the holdout share.",
+    "p_old_better": "P(the previous version is better) on the most recent matured decisions.",
 }
 """Descriptions of the fields of the answers read from service views."""
 
@@ -295,6 +320,45 @@ class View(BaseModel):
     published schema and the answer cannot drift apart unnoticed."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_describe_fields)
+
+
+class MetricPublic(View):
+    """One arm's estimate of a secondary or guardrail metric with its 95% interval."""
+
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+
+
+class GuardrailPublic(View):
+    """A challenger's standing on one guardrail: the change against the control and a sentence."""
+
+    metric: str
+    state: Literal["allowed", "pending", "blocked"]
+    diff: float | None
+    diff_low: float | None
+    diff_high: float | None
+    relative: bool
+    sentence: str
+
+
+class HoldoutPublic(View):
+    """The guarded rollout: the promoted and the previous version, and the latest rollback test."""
+
+    new_version: int
+    old_version: int
+    started_at: float | None
+    p_old_better: float | None
+    reason: str | None
+
+
+class SafetyPublic(View):
+    """A safety flag that froze promotion, with its sentence and evidence."""
+
+    flag: Literal["srm", "feedback"]
+    sentence: str
+    evidence: dict[str, Any]
 
 
 class ArmPublic(View):
@@ -324,6 +388,10 @@ class ArmPublic(View):
     latency_ms_p95: float | None = None
     prompt_tokens_mean: float | None = None
     completion_tokens_mean: float | None = None
+    units: int = 0
+    new_units: int = 0
+    metrics: dict[str, MetricPublic]
+    guardrails: list[GuardrailPublic]
 
 
 class EvalGatePublic(View):
@@ -368,6 +436,11 @@ class ExperimentPublic(View):
     arms: list[ArmPublic]
     requires_eval: str | None = None
     gate: EvalGatePublic | None = None
+    metrics: list[str]
+    flags: list[Literal["srm", "feedback"]]
+    safety: list[SafetyPublic]
+    stop_reason: str | None
+    holdout: HoldoutPublic | None
 
 
 class ExperimentListPublic(View):
@@ -387,6 +460,7 @@ class EpochPublic(View):
     mean: list[float | None] | None
     checked: bool
     assigned: list[int]
+    holdout: bool
 
 
 class HistoryPublic(View):

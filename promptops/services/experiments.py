@@ -28,6 +28,7 @@ from promptops.db.queries import bump_change_seq, rowcount
 from promptops.domain import (
     DEFAULT_METRIC,
     ENDED_STATUSES,
+    LIVE_STATUSES,
     PRODUCTION,
     ExperimentSpec,
     ExperimentStatus,
@@ -58,13 +59,19 @@ class Experiments:
                reward: str = RewardKind.BINARY, strategy: str = Strategy.THOMPSON,
                weights: Sequence[float] | None = None, auto_promote: bool | None = None,
                policy: dict[str, Any] | None = None, start: bool = True,
-               requires_eval: str | None = None, actor: str = "api") -> ExperimentView:
+               requires_eval: str | None = None, metrics: Sequence[str] = (),
+               guardrails: Sequence[Any] = (), actor: str = "api") -> ExperimentView:
         """Create an experiment over versions of a prompt; running unless start is False (or it
-        requires an eval its arms have not passed yet: then a draft that starts when they do)."""
+        requires an eval its arms have not passed yet: then a draft that starts when they do).
+        `guardrails` join the policy's; `metrics` are secondary metrics."""
+        pol = dict(policy or {})
+        if guardrails:
+            pol["guardrails"] = [*(pol.get("guardrails") or []), *guardrails]
         spec = self.make_spec(arms=[str(v) for v in versions], metric=metric, reward=reward,
                               strategy=strategy, weights=weights, auto_promote=auto_promote,
-                              policy=policy,
-                              status=ExperimentStatus.RUNNING if start else ExperimentStatus.DRAFT)
+                              policy=pol,
+                              status=ExperimentStatus.RUNNING if start else ExperimentStatus.DRAFT,
+                              metrics=metrics)
         with self.ctx.tx() as s:
             p = self.registry.prompt_row(s, prompt)
             vids = [self.registry.version_row(s, p, int(v)).id for v in versions]
@@ -79,7 +86,8 @@ class Experiments:
     @staticmethod
     def make_spec(*, arms: Sequence[str], metric: str, reward: str, strategy: str,
                   weights: Sequence[float] | None, auto_promote: bool | None,
-                  policy: dict[str, Any] | None, status: str) -> ExperimentSpec:
+                  policy: dict[str, Any] | None, status: str,
+                  metrics: Sequence[str] = ()) -> ExperimentSpec:
         """Validate experiment settings into a spec (InvalidInput on any bad value)."""
         if len(arms) < 2:
             raise InvalidInput("an experiment needs at least two arms", field="versions")
@@ -100,14 +108,26 @@ class Experiments:
                     abs(sum(weights) - 1.0) < 1e-6):
                 raise InvalidInput("weights must be non-negative and sum to 1", field="weights")
             w = tuple(float(x) for x in weights)
+        for name in metrics:
+            problem = metric_name_problem(name) if isinstance(name, str) else "must be a string"
+            if problem is None and name == metric:
+                problem = "is the primary metric"
+            if problem:
+                raise InvalidInput(f"metrics: {name!r} {problem}", field="metrics")
+        if len(set(metrics)) != len(metrics):
+            raise InvalidInput("metrics must be distinct", field="metrics")
         try:
             pol = parse_policy(policy or {})
         except ValueError as exc:
             raise InvalidInput(str(exc), field="policy") from None
+        for g in pol.guardrails:
+            problem = metric_name_problem(g.metric)
+            if problem:
+                raise InvalidInput(f"guardrail metric {problem}", field="guardrails")
         return ExperimentSpec(arms=tuple(arms), metric=metric, reward=reward,  # type: ignore[arg-type]
                               strategy=strategy, weights=w,  # type: ignore[arg-type]
                               auto_promote=auto_promote, status=status,  # type: ignore[arg-type]
-                              policy=pol)
+                              policy=pol, metrics=tuple(metrics))
 
     def control_note(self, s: Session, exp: ExperimentRow) -> str:
         """Says so when the control (the first arm) is not the version holding production."""
@@ -143,7 +163,8 @@ class Experiments:
             strategy=spec.strategy, fixed_weights=list(spec.weights) if spec.weights else None,
             auto_promote=auto, policy=spec.policy.to_dict(), control_arm=0, source=source,
             declared_hash=declared_hash, created_at=now, epoch=0, weights=[],
-            policy_state={}, snapshot={}, matured_total=0, update_seq=0)
+            policy_state={}, snapshot={}, matured_total=0, update_seq=0,
+            metrics=list(spec.metrics))
         s.add(exp)
         s.flush()
         for i, vid in enumerate(vids):
@@ -248,6 +269,43 @@ class Experiments:
                          reason="promoted by hand")
         return self.get(experiment_id)
 
+    def enter_holdout(self, s: Session, exp: ExperimentRow, *, winner: int, old: int,
+                      weights: Sequence[float], actor: str, reason: str,
+                      evidence: dict[str, Any]) -> None:
+        """Promote a challenger into the guarded rollout once: production moves to it, the
+        previous production keeps its holdout share, and the experiment keeps routing."""
+        now = self.ctx.now()
+        arms = self.arms(s, exp.id)
+        holdout = {"new": winner, "old": old, "started_at": now,
+                   "decisions_at_start": sum(a.decisions for a in arms)}
+        res = s.execute(update(ExperimentRow)
+                        .where(ExperimentRow.id == exp.id,
+                               ExperimentRow.status == ExperimentStatus.RUNNING)
+                        .values(status=ExperimentStatus.HOLDOUT, winner_arm=winner, holdout=holdout,
+                                end_reason=reason)
+                        .execution_options(synchronize_session=False))
+        if rowcount(res) != 1:
+            raise ExperimentStateError(f"experiment {exp.id} is no longer running")
+        s.refresh(exp)
+        p = s.get(PromptRow, exp.prompt_id)
+        version = s.get(VersionRow, arms[winner].version_id)
+        assert p is not None and version is not None
+        write_audit(s, at=now, actor=actor, action="experiment.holdout", prompt_id=p.id,
+                    experiment_id=exp.id,
+                    message=(f"experiment {exp.id} promoted v{version.number}: {reason}; "
+                             f"v{self.number(s, arms[old].version_id)} keeps a holdout share"),
+                    details={"reason": reason, "winner_version": version.number,
+                             "evidence": evidence, "holdout": holdout})
+        self.registry.set_label(s, p, version, PRODUCTION, actor=actor,
+                                reason=f"experiment {exp.id}: {reason}", experiment_id=exp.id,
+                                details={"evidence": evidence})
+        exp.epoch += 1
+        exp.epoch_started_at = now
+        exp.weights = [float(x) for x in weights]
+        s.add(EpochRow(experiment_id=exp.id, idx=exp.epoch, started_at=now, weights=exp.weights,
+                       matured_at_start=exp.matured_total, summary={"holdout": True}))
+        bump_change_seq(s)
+
     @staticmethod
     def leader(exp: ExperimentRow) -> int:
         """The arm with the least expected loss in the snapshot (the control without one)."""
@@ -257,14 +315,17 @@ class Experiments:
         return min(losses)[1] if losses else exp.control_arm
 
     def finish(self, s: Session, exp: ExperimentRow, *, status: str, winner: int | None,
-                actor: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
+                actor: str, reason: str, evidence: dict[str, Any] | None = None,
+                production: int | None = -1) -> None:
         """End an experiment once; with a winner, production moves to it unless it holds it.
 
         The winner's move applies even when production was moved by hand while the experiment
         ran (the experiment routed all traffic meanwhile, so its verdict is the newer evidence);
         the audited label move names the version it replaces. Stopping the experiment is how a
-        hand-picked production version is kept.
+        hand-picked production version is kept. `production` names another arm to hold
+        production at the end (a rollback), or None to leave it.
         """
+        target = winner if production == -1 else production
         now = self.ctx.now()
         # Conditional on the status we read: of two servers ending the same experiment, one wins.
         res = s.execute(update(ExperimentRow)
@@ -285,8 +346,8 @@ class Experiments:
                     message=f"experiment {exp.id} {status}: {reason}"
                             + (f"; winner version {winner_version}" if winner_version else ""),
                     details={"reason": reason, "winner_version": winner_version, "evidence": ev})
-        if winner is not None:
-            version = s.get(VersionRow, arms[winner].version_id)
+        if target is not None:
+            version = s.get(VersionRow, arms[target].version_id)
             assert version is not None
             label_reason = f"experiment {exp.id}: {reason}"
             current = s.scalar(select(VersionRow.number).join(
@@ -345,6 +406,10 @@ class Experiments:
                                     .group_by(ArmEpochRow.arm)):
             n_by_arm[arm] = int(total or 0)
         snapshot = Snapshot.from_dict(exp.snapshot)
+        raw = exp.snapshot or {}
+        snap_arms = raw.get("arms") or []
+        snap_metrics: dict[str, list[dict[str, Any]]] = raw.get("metrics") or {}
+        verdicts: list[dict[str, Any]] = raw.get("guardrails") or []
         usage = arm_usage(s, exp.id, len(arms))
         out_arms = []
         for a in arms:
@@ -356,9 +421,17 @@ class Experiments:
                 mean=snap.mean, sd=snap.sd, ci_low=snap.ci_low, ci_high=snap.ci_high,
                 p_best=snap.p_best, expected_loss=snap.expected_loss,
                 p_beats_control=snap.p_beats_control,
-                weight=(exp.weights[a.idx] if exp.status == ExperimentStatus.RUNNING
+                weight=(exp.weights[a.idx] if exp.status in LIVE_STATUSES
                         and a.idx < len(exp.weights) else 0.0),
-                is_control=a.idx == exp.control_arm, **usage[a.idx].as_dict()))
+                is_control=a.idx == exp.control_arm, **usage[a.idx].as_dict(),
+                units=int((snap_arms[a.idx] if a.idx < len(snap_arms) else {}).get("units", 0)),
+                new_units=int((snap_arms[a.idx] if a.idx < len(snap_arms) else {}).get(
+                    "new_units", 0)),
+                metrics={m: per_arm[a.idx] for m, per_arm in snap_metrics.items()
+                         if a.idx < len(per_arm)},
+                guardrails=[{k: g[k] for k in ("metric", "state", "diff", "diff_low",
+                                               "diff_high", "relative", "sentence")}
+                            for g in verdicts if g.get("arm") == a.idx]))
         winner = None
         if exp.winner_arm is not None and exp.winner_arm < len(arms):
             winner = versions[arms[exp.winner_arm].version_id].number
@@ -388,8 +461,26 @@ class Experiments:
             reason=waiting or snapshot.reason or self._waiting(exp, policy),
             srm_alarm=snapshot.srm_alarm, srm_p=snapshot.srm_p,
             value_remaining=snapshot.value_remaining, checks_done=snapshot.checks_done,
-            arms=tuple(out_arms),
-            requires_eval=gate_row.eval_name if gate_row is not None else None, gate=gate)
+            requires_eval=gate_row.eval_name if gate_row is not None else None, gate=gate,
+            metrics=list(exp.metrics or []),
+            flags=[f["flag"] for f in raw.get("flags") or []],
+            safety=list(raw.get("flags") or []),
+            stop_reason=raw.get("stop_reason"),
+            holdout=self._holdout_public(exp, versions, arms),
+            arms=tuple(out_arms))
+
+    @staticmethod
+    def _holdout_public(exp: ExperimentRow, versions: dict[int, VersionRow],
+                        arms: Sequence[ArmRow]) -> dict[str, Any] | None:
+        """The guarded rollout: new and old versions, its start and the latest rollback test."""
+        hold = exp.holdout
+        if not hold:
+            return None
+        latest = (exp.snapshot or {}).get("holdout") or {}
+        return {"new_version": versions[arms[int(hold["new"])].version_id].number,
+                "old_version": versions[arms[int(hold["old"])].version_id].number,
+                "started_at": hold.get("started_at"),
+                "p_old_better": latest.get("p_old_better"), "reason": latest.get("reason")}
 
     @staticmethod
     def _waiting(exp: ExperimentRow, policy: Policy) -> str | None:
@@ -417,4 +508,5 @@ class Experiments:
                               p_best=(e.summary or {}).get("p_best"),
                               mean=(e.summary or {}).get("mean"),
                               checked=(e.summary or {}).get("checked", False),
+                              holdout=bool((e.summary or {}).get("holdout", False)),
                               assigned=assigned.get(e.idx, [])) for e in eps]

@@ -19,15 +19,18 @@ from typing import Any, Protocol
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from promptops.db.models import (
     ArmRow,
     DecisionRow,
+    EpochRow,
     ExperimentRow,
     FeedbackRow,
     LabelRow,
     PromptRow,
+    UnitRow,
     VersionRow,
 )
 from promptops.db.queries import RETENTION_CUTOFF, get_meta, read_change_seq, set_meta_if_absent
@@ -35,6 +38,7 @@ from promptops.domain import (
     BINARY_METRICS,
     BUILTIN_METRICS,
     DEFAULT_METRIC,
+    LIVE_STATUSES,
     PRODUCTION,
     ExperimentStatus,
     PromptContent,
@@ -59,9 +63,29 @@ class LiveVersion:
     may_loop: bool = False  # `Renderer.may_loop`: the server renders it off its event loop
 
 
+def _cumulative(weights: tuple[float, ...]) -> tuple[float, ...]:
+    cum, total = [], 0.0
+    for w in weights:
+        total += max(w, 0.0)
+        cum.append(total)
+    return tuple(cum)
+
+
+def _draw(cumulative: tuple[float, ...], u: float) -> int:
+    i = bisect.bisect_right(cumulative, u * cumulative[-1])
+    return min(i, len(cumulative) - 1)
+
+
+def unit_hash(experiment_id: int, unit_id: str) -> float:
+    """A unit's uniform draw in [0, 1) for an experiment: the same on every replica."""
+    h = hashlib.blake2b(f"{experiment_id}:{unit_id}".encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "big") / 2.0**64
+
+
 @dataclass(frozen=True)
 class LiveExperiment:
-    """A running experiment as serving sees it: arms and the current epoch's weights."""
+    """A running experiment as serving sees it: arms, the current epoch's weights and the weights
+    of every earlier epoch (a unit's arm is drawn from those of its first exposure)."""
 
     id: int
     metric: str
@@ -70,17 +94,25 @@ class LiveExperiment:
     arms: tuple[LiveVersion, ...]
     weights: tuple[float, ...]
     cumulative: tuple[float, ...]
+    history: tuple[tuple[float, ...], ...] = ()  # cumulative weights per epoch index
+    keep: tuple[int, ...] = ()  # during a holdout: the arms a returning unit may keep
 
-    def pick(self, unit_id: str | None, rng: random.Random) -> int:
-        """An arm index from the weights; the same unit gets the same arm within an epoch, and a
-        request without a unit draws from `rng`."""
+    def pick(self, unit_id: str | None, rng: random.Random,
+             first_epoch: int | None = None) -> int:
+        """An arm index from the weights. A unit gets the arm its hash draws from the weights of
+        its first-exposure epoch (default: the current one), so every replica computes the same
+        arm from (unit, first epoch) alone; in a holdout, a unit whose arm no longer serves is
+        drawn again from the current weights. A request without a unit draws from `rng`."""
         if unit_id is None:
-            u = rng.random()
-        else:
-            h = hashlib.blake2b(f"{self.id}:{self.epoch}:{unit_id}".encode(), digest_size=8)
-            u = int.from_bytes(h.digest(), "big") / 2.0**64
-        i = bisect.bisect_right(self.cumulative, u * self.cumulative[-1])
-        return min(i, len(self.arms) - 1)
+            return _draw(self.cumulative, rng.random())
+        u = unit_hash(self.id, unit_id)
+        e = self.epoch if first_epoch is None else first_epoch
+        cum = self.history[e] if 0 <= e < len(self.history) and self.history[e] else (
+            self.cumulative)
+        arm = _draw(cum, u)
+        if self.keep and arm not in self.keep:
+            arm = _draw(self.cumulative, u)
+        return arm
 
 
 @dataclass(frozen=True)
@@ -98,6 +130,15 @@ PRODUCTION_METRICS: tuple[str, ...] = (DEFAULT_METRIC, *BUILTIN_METRICS)
 built-ins; nothing counts them towards a statistic, they are stored for reports."""
 
 
+def experiment_metrics(row: ExperimentRow) -> tuple[str, ...]:
+    """Every metric an experiment accepts: the primary one, its secondary metrics, its guardrail
+    metrics, then the built-ins; each once, in that order."""
+    names = [row.metric, *(row.metrics or []),
+             *(g.get("metric") for g in (row.policy or {}).get("guardrails") or []
+               if isinstance(g, dict)), *BUILTIN_METRICS]
+    return tuple(dict.fromkeys(str(n) for n in names if n))
+
+
 @dataclass(frozen=True)
 class Decision:
     """A served version and its rendering, with the signed id of the decision."""
@@ -108,6 +149,7 @@ class Decision:
     rendered: Rendered
     unit_id: str | None
     variables: dict[str, Any]
+    new_unit: tuple[int, int] | None = None  # (arm, first epoch) of a unit seen for the first time
 
     def payload(self) -> dict[str, Any]:
         """The JSON answer of a serve."""
@@ -131,8 +173,7 @@ class ExperimentInfo:
     @classmethod
     def of(cls, row: ExperimentRow) -> ExperimentInfo:
         """The facts of an experiment's row."""
-        extra = tuple(m for m in BUILTIN_METRICS if m != row.metric)
-        return cls(row.id, row.metric, row.reward, (row.metric, *extra))
+        return cls(row.id, row.metric, row.reward, experiment_metrics(row))
 
 
 @dataclass
@@ -187,18 +228,24 @@ class LiveState:
                                                         VersionRow.id == LabelRow.version_id)
             .where(LabelRow.name == PRODUCTION)).all()}
         exps: dict[int, LiveExperiment] = {}
-        for e in s.scalars(select(ExperimentRow).where(ExperimentRow.status == ExperimentStatus.RUNNING)):
+        for e in s.scalars(select(ExperimentRow).where(
+                ExperimentRow.status.in_(LIVE_STATUSES))):
             arms = s.execute(select(ArmRow.idx, VersionRow).join(
                 VersionRow, VersionRow.id == ArmRow.version_id)
                 .where(ArmRow.experiment_id == e.id).order_by(ArmRow.idx)).all()
             weights = tuple(float(w) for w in e.weights) or tuple(1.0 for _ in arms)
-            cum, total = [], 0.0
-            for w in weights:
-                total += max(w, 0.0)
-                cum.append(total)
+            history: list[tuple[float, ...]] = [()] * (e.epoch + 1)
+            for idx, ws in s.execute(select(EpochRow.idx, EpochRow.weights)
+                                     .where(EpochRow.experiment_id == e.id)):
+                if 0 <= idx <= e.epoch and ws:
+                    history[idx] = _cumulative(tuple(float(w) for w in ws))
+            hold = e.holdout or {}
+            holding = e.status == ExperimentStatus.HOLDOUT and hold
+            keep = (int(hold["new"]), int(hold["old"])) if holding else ()
             exps[e.prompt_id] = LiveExperiment(
                 id=e.id, metric=e.metric, reward=e.reward, epoch=e.epoch,
-                arms=tuple(live(v) for _, v in arms), weights=weights, cumulative=tuple(cum))
+                arms=tuple(live(v) for _, v in arms), weights=weights,
+                cumulative=_cumulative(weights), history=tuple(history), keep=keep)
             self.experiments[e.id] = ExperimentInfo.of(e)
         return {p.name: LivePrompt(p.id, p.name, prod.get(p.id), exps.get(p.id))
                 for p in s.scalars(select(PromptRow))}
@@ -232,6 +279,10 @@ _BUMP_ARMS = (update(_ARMS)
                       feedback=_ARMS.c.feedback + bindparam("n_feedback"),
                       reward_sum=_ARMS.c.reward_sum + bindparam("n_reward")))
 _INSERTS: dict[tuple[str, str], Any] = {}
+_DECISION_COLUMNS = tuple(c.name for c in DecisionRow.__table__.columns)
+NEW_UNIT = "new_unit"
+"""The key of a decision row that carries (arm, first epoch) of a unit seen for the first time."""
+UNIT_CACHE_SIZE = 100_000
 
 
 class Recorder:
@@ -269,9 +320,19 @@ class Recorder:
     def _store_decisions(self, s: Session, rows: list[dict[str, Any]],
                          counts: dict[tuple[int, int], list[float]]) -> int:
         by_id = {r["id"]: r for r in rows}
-        inserted = self._insert_returning(s, DecisionRow.__table__,
-                                          [by_id[k] for k in sorted(by_id)],
-                                          DecisionRow.__table__.c.id)
+        inserted = self._insert_returning(
+            s, DecisionRow.__table__,
+            [{c: by_id[k][c] for c in _DECISION_COLUMNS} for k in sorted(by_id)],
+            DecisionRow.__table__.c.id)
+        # A unit first seen under this serve: its first epoch is stored so that any replica
+        # recomputes its arm; of two replicas racing on one unit the first row stays.
+        units = {(r["experiment_id"], r["unit_id"]): r[NEW_UNIT] for r in rows
+                 if r.get(NEW_UNIT) is not None}
+        if units:
+            self._insert_returning(s, UnitRow.__table__, [
+                {"experiment_id": e, "unit_id": u, "arm": arm, "first_epoch": epoch,
+                 "decisions": 0, "count": 0, "total": 0.0}
+                for (e, u), (arm, epoch) in sorted(units.items())], UnitRow.__table__.c.unit_id)
         for (did,) in inserted:
             r = by_id[did]
             if r["experiment_id"] is not None:
@@ -347,6 +408,7 @@ class Serving:
         self.codec = TokenCodec(self._secret())
         # The server turns this off and refreshes in the background.
         self.auto_refresh = auto_refresh
+        self._units: dict[tuple[int, str], int] = {}  # (experiment, unit) -> first epoch
 
     def _secret(self) -> bytes:
         if self.ctx.settings.secret_key:
@@ -381,8 +443,13 @@ class Serving:
             check_text(unit_id, field="unit_id")
         check_text(variables, field="variables")
         exp = p.experiment if pin is None else None
+        new_unit: tuple[int, int] | None = None
         if exp is not None:
-            arm: int | None = exp.pick(unit_id, self.ctx.rng)
+            first = None if unit_id is None else self._first_epoch(exp, unit_id)
+            arm: int | None = exp.pick(unit_id, self.ctx.rng, first)
+            if unit_id is not None and first is None:
+                new_unit = (arm, exp.epoch)  # type: ignore[assignment]
+                self._remember((exp.id, unit_id), exp.epoch)
             version = exp.arms[arm]  # type: ignore[index]
         elif pin is not None:
             arm, version = None, pin
@@ -395,11 +462,14 @@ class Serving:
         token = DecisionToken(prompt_id=p.id, version_id=version.id,
                               experiment_id=exp.id if exp else None, arm=arm,
                               epoch=exp.epoch if exp else None, decided_at=self.ctx.now())
-        return Decision(self.codec.issue(token), token, version, rendered, unit_id, variables)
+        return Decision(self.codec.issue(token), token, version, rendered, unit_id, variables,
+                        new_unit)
 
     def record(self, decision: Decision) -> None:
         """Record a decision (batched in the server)."""
         row = decision_row(decision.id, decision.token, decision.unit_id)
+        if decision.new_unit is not None:
+            row[NEW_UNIT] = decision.new_unit
         if self.writer is not None:
             self.writer.add_decision(row)
         else:
@@ -411,6 +481,30 @@ class Serving:
         decision = self.decide(name, variables, unit_id=unit_id)
         self.record(decision)
         return decision.payload()
+
+    def _first_epoch(self, exp: LiveExperiment, unit_id: str) -> int | None:
+        """The epoch of a unit's first exposure (None for a unit never seen): this replica's
+        memory, else the units table (one primary-key read per unit and replica)."""
+        key = (exp.id, unit_id)
+        first = self._units.get(key)
+        if first is not None:
+            return first
+        try:
+            with self.ctx.tx() as s:
+                first = s.scalar(select(UnitRow.first_epoch).where(
+                    UnitRow.experiment_id == exp.id, UnitRow.unit_id == unit_id))
+        except SQLAlchemyError:
+            # Unreachable database: the unit is served as new; once its stored row is readable
+            # again every later serve follows that row.
+            return None
+        if first is not None:
+            self._remember(key, first)
+        return first
+
+    def _remember(self, key: tuple[int, str], first_epoch: int) -> None:
+        if len(self._units) >= UNIT_CACHE_SIZE:
+            self._units.clear()  # a miss only costs one read, so a crude bound is enough
+        self._units[key] = first_epoch
 
     def render_production(self, name: str, variables: dict[str, Any]) -> dict[str, Any] | None:
         """Render the cached production version (no database), or None if there is none."""

@@ -122,7 +122,9 @@ class Sync:
             "prompt": p.name, "arms": vids, "metric": spec.metric, "reward": spec.reward,
             "strategy": spec.strategy, "weights": spec.weights, "auto_promote": spec.auto_promote,
             "policy": spec.policy.overrides(),
-            **({"requires_eval": spec.requires_eval} if spec.requires_eval else {})})
+            **({"requires_eval": spec.requires_eval} if spec.requires_eval else {}),
+            # only when declared, so declarations written before secondary metrics keep their hash
+            **({"metrics": list(spec.metrics)} if spec.metrics else {})})
         existing = s.scalar(select(ExperimentRow).where(
             ExperimentRow.prompt_id == p.id, ExperimentRow.declared_hash == declared)
             .order_by(ExperimentRow.id.desc()))

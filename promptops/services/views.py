@@ -102,6 +102,13 @@ class ArmView:
     latency_ms_p95: float | None
     prompt_tokens_mean: float | None
     completion_tokens_mean: float | None
+    units: int = 0  # units with a counted outcome
+    new_units: int = 0  # units first exposed on this arm (what the SRM check counts)
+    # secondary and guardrail metrics: {metric: {mean, ci_low, ci_high, n}}
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # this challenger's guardrail verdicts: {metric, state, diff, diff_low, diff_high, relative,
+    # sentence}
+    guardrails: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +144,12 @@ class ExperimentView:
     arms: tuple[ArmView, ...]
     requires_eval: str | None = None
     gate: EvalGateView | None = None
+    metrics: list[str] = field(default_factory=list)  # declared secondary metrics
+    flags: list[str] = field(default_factory=list)  # raised safety flags: srm, feedback
+    safety: list[dict[str, Any]] = field(default_factory=list)  # {flag, sentence, evidence}
+    stop_reason: str | None = None  # winner, limit, equivalent, no_meaningful_winner, ...
+    # the guarded rollout: {new_version, old_version, started_at, p_old_better, reason}
+    holdout: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +175,7 @@ class EpochView:
     mean: list[float | None] | None
     checked: bool
     assigned: list[int] = field(default_factory=list)
+    holdout: bool = False  # an epoch of the guarded rollout
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from promptops.domain import Policy
 
@@ -36,7 +37,7 @@ def feedback_cohort_cutoff(now_hours: float, policy: Policy) -> float:
     return now_hours - 2.0 * policy.attribution_window_hours
 
 
-def matured_values(got_feedback: np.ndarray, reward: np.ndarray, *, reward_kind: str,
+def matured_values(got_feedback: ArrayLike, reward: ArrayLike, *, reward_kind: str,
                    policy: Policy) -> tuple[np.ndarray, np.ndarray]:
     """(counted, value) of matured decisions: feedback within the window counts its reward;
     missing feedback counts 0 under `missing_feedback: zero` and not at all under `ignore`."""
@@ -56,12 +57,12 @@ def fold_units(
     *,
     arms: int,
     epochs: int,
-    arm: np.ndarray,
-    first_epoch: np.ndarray,
-    old_count: np.ndarray,
-    old_sum: np.ndarray,
-    add_count: np.ndarray,
-    add_sum: np.ndarray,
+    arm: ArrayLike,
+    first_epoch: ArrayLike,
+    old_count: ArrayLike,
+    old_sum: ArrayLike,
+    add_count: ArrayLike,
+    add_sum: ArrayLike,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Increments (dn, ds, dss), shape (arms, epochs), of the per-cell unit sums when the units
     listed (one entry each: arm, first epoch, their count and sum so far, what is added) get new
@@ -114,7 +115,7 @@ class MetricData:
     cap: float | None = None
 
 
-def metric_cap(values: np.ndarray, *, quantile: float = 0.995) -> float | None:
+def metric_cap(values: ArrayLike, *, quantile: float = 0.995) -> float | None:
     """The cap for a heavy-tailed metric: a high quantile of the pooled first values (at least
     100 of them), fixed once and stored; values above it count as the cap."""
     v = np.asarray(values, dtype=float)

@@ -184,6 +184,29 @@ def test_openapi_and_docs_are_public(synced):
     assert synced.get("/docs").status_code == 200
 
 
+def test_experiments_declare_metrics_and_guardrails_over_http(synced):
+    synced.post("/v1/experiments/1/stop")
+    r = synced.post("/v1/experiments", json={
+        "prompt": "triage", "versions": [1, 2], "metrics": ["csat"],
+        "guardrails": [{"metric": "cost_usd", "max_increase": 0.1}]})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["metrics"] == ["csat"] and body["flags"] == [] and body["safety"] == []
+    assert body["holdout"] is None and body["stop_reason"] is None
+    assert body["policy"]["guardrails"][0]["metric"] == "cost_usd"
+    assert {"units", "new_units", "metrics", "guardrails"} <= set(body["arms"][0])
+    served = synced.post("/v1/prompts/triage/serve", json={"variables": {"message": "x"}})
+    decision = served.json()["decision_id"]
+    r = synced.post("/v1/feedback", json={"decision_id": decision, "reward": 4, "metric": "csat"})
+    assert r.status_code == 200 and r.json()["status"] == "recorded", r.text
+    r = synced.post("/v1/feedback", json={"decision_id": decision, "reward": 1, "metric": "nps"})
+    assert r.status_code == 422 and error_of(r)["code"] == "unknown_metric", r.text
+    assert "csat" in error_of(r)["message"]
+    r = synced.post("/v1/experiments", json={"prompt": "triage", "versions": [1, 2],
+                                             "guardrails": [{"metric": "cost_usd"}]})
+    assert r.status_code == 422, r.text
+
+
 LOOPING = """\
 name: looping
 variables:

@@ -3,6 +3,7 @@ sign-in, CSRF and the admin actions; plus the charts and formatting helpers."""
 
 from __future__ import annotations
 
+import html
 import random
 import re
 import time
@@ -193,6 +194,34 @@ def test_experiment_page_raises_the_mismatch_alarm(client, ops, busy):
     assert r.context["exp"].srm_alarm is True
     assert "Sample ratio mismatch" in r.text and "1e-06" in r.text
     assert any("frozen" in line for line in r.context["rule"])
+
+
+def test_experiment_page_shows_flags_guardrails_metrics_and_the_holdout(client, ops, busy):
+    sentence = "blocked: v2 (terse) cost_usd +24% (+18% .. +31%) > 10% allowed"
+    with ops.ctx.tx() as s:
+        snap = dict(s.get(ExperimentRow, busy.id).snapshot,
+                    flags=[{"flag": "feedback", "sentence": "v2 (terse)'s feedback arrives later "
+                            "than the window (80% late): lengthen `attribution_window_hours`",
+                            "evidence": {"v2 (terse)": {"late": 321, "on_time": 80}}}],
+                    metrics={"cost_usd": [{"mean": 0.001, "ci_low": 0.0009, "ci_high": 0.0011,
+                                           "n": 400}] * 2},
+                    guardrails=[{"arm": 1, "metric": "cost_usd", "state": "blocked",
+                                 "diff": 0.2, "diff_low": 0.1, "diff_high": 0.3,
+                                 "relative": True, "sentence": sentence}],
+                    holdout={"p_old_better": 0.42, "reason": "holdout running"})
+        s.execute(update(ExperimentRow).where(ExperimentRow.id == busy.id).values(
+            snapshot=snap, status="holdout",
+            holdout={"new": 1, "old": 0, "started_at": 0.0, "decisions_at_start": 0}))
+    r = client.get(f"/experiments/{busy.id}", headers=HTML)
+    assert r.status_code == 200, r.text
+    text = html.unescape(" ".join(r.text.split()))
+    assert "Promotion frozen (feedback mismatch).</strong> v2 (terse)'s feedback arrives" in text
+    assert "late 321" in text
+    assert sentence in text
+    assert "0.001 (0.0009 – 0.0011), n 400" in text
+    assert "<strong>Holdout.</strong> Version 2 is production; version 1 keeps a share" in text
+    assert r.context["rule"][0].startswith("Guarded rollout: version 2 was promoted")
+    assert "P(version 1 is better) is 42" in r.context["rule"][0]
 
 
 def test_pages_read_aggregates_never_the_decision_log(client, ops, busy):

@@ -163,6 +163,14 @@ def stopping_rule(exp: ExperimentView, now: float) -> list[str]:
     remaining = exp.value_remaining
     remaining_line = (f"Value remaining: with 95% probability no arm beats the leader by more "
                       f"than {fmt_pct(remaining)} of its mean." if remaining is not None else None)
+    hold = exp.holdout
+    if exp.status == ExperimentStatus.HOLDOUT and hold:
+        test = ("" if hold.get("p_old_better") is None else
+                f" P(version {hold['old_version']} is better) is {fmt_pct(hold['p_old_better'])}"
+                " on the most recent matured decisions;")
+        return [f"Guarded rollout: version {hold['new_version']} was promoted and holds "
+                f"production; version {hold['old_version']} keeps {fmt_pct(policy.holdout_share)}"
+                f" of the traffic.{test} production moves back if that reaches 95%."]
     if exp.status not in (ExperimentStatus.RUNNING, ExperimentStatus.DRAFT):
         winner = f"; the winner is version {exp.winner}" if exp.winner else ""
         ended = [f"Ended {exp.status}: {exp.end_reason or 'no reason recorded'}{winner}."]
@@ -235,7 +243,8 @@ def experiment_context(ops: PromptOps, experiment_id: int) -> dict[str, Any]:
                  "loss": fmt(a.expected_loss)} for i, a in enumerate(ev.arms)]
         evidence_rows.append({"rows": rows, "reason": ev.reason, "at": ev.at})
     return {"exp": exp, "arms": arms, "history": history, "rule": stopping_rule(exp, now),
-            "usage": usage_rows(arms),
+            "usage": usage_rows(arms), "metrics": metric_rows(arms),
+            "guardrails": [g for a in arms for g in a.guardrails],
             "charts": charts.experiment_charts(exp, history, now),
             "audit": list(zip(audit, evidence_rows, strict=True)),
             "adopt": adopt_command(ops, exp.prompt, exp.winner)}
@@ -251,6 +260,23 @@ def adopt_command(ops: PromptOps, prompt: str, winner: int | None) -> str | None
     except PromptOpsError:
         return None
     return f"promptops adopt {prompt}" if production == winner else None
+
+
+def metric_rows(arms: list[ArmLine]) -> dict[str, Any]:
+    """Secondary and guardrail metrics per arm: mean with its 95% interval and n."""
+    names = sorted({m for a in arms for m in a.metrics})
+
+    def text(est: dict[str, Any] | None) -> str:
+        if not est or est.get("mean") is None:
+            return "—"
+        if est.get("ci_low") is None:
+            return f"{est['mean']:.4g} (n {est['n']:,})"
+        return (f"{est['mean']:.4g} ({est['ci_low']:.4g} – {est['ci_high']:.4g}), "
+                f"n {est['n']:,}")
+
+    return {"names": names,
+            "rows": [{"label": a.label, "cells": [text(a.metrics.get(m)) for m in names]}
+                     for a in arms]}
 
 
 def usage_rows(arms: list[ArmLine]) -> list[dict[str, Any]]:
