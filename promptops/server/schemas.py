@@ -488,6 +488,77 @@ class AuditPublic(View):
     entries: list[AuditEntryPublic]
 
 
+class PromptSummaryPublic(View):
+    """A prompt as listed (the fields of `PromptSummary`)."""
+
+    name: str
+    description: str
+    tags: list[str]
+    production_version: int | None
+    versions: int
+    source_path: str | None
+    updated_at: float
+
+
+class PromptListPublic(View):
+    """Every prompt, by name."""
+
+    prompts: list[PromptSummaryPublic]
+
+
+class VersionPublic(View):
+    """One version in a prompt's history (the fields of `VersionView`)."""
+
+    number: int
+    variant: str
+    content_hash: str
+    source_path: str | None
+    git_commit: str | None
+    git_author: str | None
+    git_state: str | None
+    created_at: float
+    labels: list[str]
+
+
+class VersionDetailPublic(View):
+    """One version with its content (the fields of `VersionDetail`)."""
+
+    prompt: str
+    number: int
+    variant: str
+    content_hash: str
+    source_path: str | None
+    git_commit: str | None
+    git_author: str | None
+    git_state: str | None
+    created_at: float
+    labels: list[str]
+    content: dict[str, Any]
+
+
+class PromptPublic(View):
+    """A prompt with its labels and versions, newest first (the fields of `PromptView`)."""
+
+    name: str
+    description: str
+    tags: list[str]
+    source_path: str | None
+    created_at: float
+    updated_at: float
+    labels: dict[str, int]
+    versions: list[VersionPublic]
+
+
+class LabelMovePublic(View):
+    """Where a label points after a move, and where it pointed before (the fields of
+    `LabelMove`)."""
+
+    prompt: str
+    label: str
+    version: int
+    previous: int | None
+
+
 class ErrorBody(BaseModel):
     """The error details."""
 
