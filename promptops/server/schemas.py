@@ -306,6 +306,16 @@ FIELD_DOCS = {
     "evidence": "The counts behind a flag.", "new_version": "The promoted version.",
     "old_version": "The previous production version, holding the holdout share.",
     "p_old_better": "P(the previous version is better) on the most recent matured decisions.",
+    "prompts": "Prompts, by name.", "name": "The prompt's name.",
+    "description": "What the prompt is for.", "tags": "Free-form tags from the prompt file.",
+    "production_version": "The version holding the production label, if any.",
+    "source_path": "The file it was synced from.", "updated_at": "When it last changed (Unix seconds).",
+    "number": "The version number.", "content_hash": "Hash of the version's content.",
+    "git_commit": "The git commit of the file at sync, if known.",
+    "git_author": "The author of that commit, if known.",
+    "git_state": "The file's git state at sync: `dirty` or `untracked` when not as committed.",
+    "content": "The version's content: messages or template, model and variables.",
+    "label": "The label's name.", "previous": "The version the label held before, if any.",
 }
 """Descriptions of the fields of the answers read from service views."""
 
@@ -495,7 +505,7 @@ class PromptSummaryPublic(View):
     description: str
     tags: list[str]
     production_version: int | None
-    versions: int
+    versions: int = Field(description="How many versions it has.")
     source_path: str | None
     updated_at: float
 
@@ -517,7 +527,7 @@ class VersionPublic(View):
     git_author: str | None
     git_state: str | None
     created_at: float
-    labels: list[str]
+    labels: list[str] = Field(description="The labels this version holds.")
 
 
 class VersionDetailPublic(View):
@@ -532,7 +542,7 @@ class VersionDetailPublic(View):
     git_author: str | None
     git_state: str | None
     created_at: float
-    labels: list[str]
+    labels: list[str] = Field(description="The labels this version holds.")
     content: dict[str, Any]
 
 
@@ -545,8 +555,8 @@ class PromptPublic(View):
     source_path: str | None
     created_at: float
     updated_at: float
-    labels: dict[str, int]
-    versions: list[VersionPublic]
+    labels: dict[str, int] = Field(description="Each label and the version it points at.")
+    versions: list[VersionPublic] = Field(description="Its versions, newest first.")
 
 
 class LabelMovePublic(View):
