@@ -21,7 +21,7 @@ from promptops.domain import ExperimentStatus, KeyRole, RewardKind, Strategy
 from promptops.errors import InvalidInput, InvalidPromptFile, PromptOpsError
 
 if TYPE_CHECKING:
-    from promptops.services.views import ExperimentView
+    from promptops.services.views import ExperimentView, VersionView
 
 app = typer.Typer(help="Prompts as code, with A/B experiments on autopilot.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -224,18 +224,18 @@ def versions(name: str, as_json: Annotated[bool, typer.Option("--json")] = False
         return
     table = Table("version", "variant", "labels", "created", "git commit", "author", "source")
     for v in rows:
-        table.add_row(cell(v["number"]), cell(v["variant"]), cell(", ".join(v["labels"])),
-                      cell(datetime.fromtimestamp(v["created_at"], UTC).strftime(
+        table.add_row(cell(v.number), cell(v.variant), cell(", ".join(v.labels)),
+                      cell(datetime.fromtimestamp(v.created_at, UTC).strftime(
                           "%Y-%m-%d %H:%M")),
-                      cell(_git_cell(v)), cell(v["git_author"]), cell(v["source_path"]))
+                      cell(_git_cell(v)), cell(v.git_author), cell(v.source_path))
     out.print(table)
 
 
-def _git_cell(v: dict[str, Any]) -> str:
+def _git_cell(v: VersionView) -> str:
     from promptops.services.provenance import STATE_NOTES
 
-    commit = (v["git_commit"] or "")[:12]
-    note = STATE_NOTES.get(v.get("git_state") or "")
+    commit = (v.git_commit or "")[:12]
+    note = STATE_NOTES.get(v.git_state or "")
     return f"{commit} ({note})" if commit and note else commit or (f"({note})" if note else "")
 
 
@@ -251,7 +251,7 @@ def label(name: str, version: int, label_name: Annotated[str, typer.Argument(
         metavar="LABEL")]) -> None:
     """Move a label to a version (rollback: move production back)."""
     result = ops().registry.move_label(name, version, label_name, actor=_actor())
-    prev = result["previous"]
+    prev = result.previous
     say(f"{name}: {label_name} -> version {version}"
         + (f" (was {prev})" if prev and prev != version else ""))
 

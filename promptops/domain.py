@@ -459,6 +459,43 @@ def policy_value_problem(name: str, value: Any) -> str | None:
     return f"must be at most {cap:g}" if value > cap else None
 
 
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "integer" if isinstance(value, int) else "number"
+    if isinstance(value, str):
+        return "string"
+    return "list" if isinstance(value, list | tuple) else "mapping"
+
+
+def policy_setting(name: str, value: Any) -> tuple[Any, str | None]:
+    """A policy setting's value in its type (whole numbers as int, others as float) and what is
+    wrong with it ("must be ..."), or None: the one check the API, prompt files and scenarios share."""
+    if value is None and name in _POLICY_NULLABLE:
+        return None, None
+    if name in POLICY_CHOICES:
+        return value, policy_value_problem(name, value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value, f"must be a number, got {_kind(value)}"
+    # holdout_decisions defaults to None (derived) but counts decisions.
+    whole = name == "holdout_decisions" or isinstance(getattr(Policy, name), int)
+    if whole and not isinstance(value, int):
+        if not (math.isfinite(value) and value.is_integer()):
+            return value, "must be an integer, got number"
+        value = int(value)
+    elif not whole:
+        value = float(value)
+    return value, policy_value_problem(name, value)
+
+
+def policy_setting_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a policy setting's value (its type and range), or None."""
+    return policy_setting(name, value)[1]
+
+
 def parse_policy(values: Any, *, base: Policy | None = None) -> Policy:
     """A Policy from a mapping of overrides; raises ValueError naming the first bad setting."""
     base = base or Policy()
@@ -466,7 +503,6 @@ def parse_policy(values: Any, *, base: Policy | None = None) -> Policy:
         return base
     if not isinstance(values, dict):
         raise ValueError("policy must be a mapping of settings")
-    defaults = Policy()
     clean: dict[str, Any] = {}
     for key, value in values.items():
         if key not in Policy.field_names():
@@ -474,24 +510,9 @@ def parse_policy(values: Any, *, base: Policy | None = None) -> Policy:
         if key == "guardrails":
             clean[key] = parse_guardrails(value)
             continue
-        default = getattr(defaults, key)
-        if key == "holdout_decisions":
-            default = 0
-        if value is None and key in _POLICY_NULLABLE:
-            pass
-        elif key not in POLICY_CHOICES:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"policy.{key}: must be a number")
-            if isinstance(default, int) and not isinstance(value, int):
-                if not (math.isfinite(value) and float(value).is_integer()):
-                    raise ValueError(f"policy.{key}: must be a whole number")
-                value = int(value)
-            elif isinstance(default, float):
-                value = float(value)
-        problem = policy_value_problem(key, value)
+        clean[key], problem = policy_setting(key, value)
         if problem:
             raise ValueError(f"policy.{key}: {problem}")
-        clean[key] = value
     return replace(base, **clean)
 
 

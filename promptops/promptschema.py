@@ -29,7 +29,8 @@ from .domain import (
     guardrail_problem,
     metric_name_problem,
     parse_guardrails,
-    policy_value_problem,
+    policy_setting,
+    policy_setting_problem,
 )
 from .errors import InvalidPromptFile, RenderError
 from .rendering import TemplateSyntaxProblem, template_names, value_problem
@@ -483,20 +484,9 @@ class PromptChecker(NodeReader):
         at = "experiment.policy"
         values: dict[str, Any] = {}
         for name, (_, value_node) in entries.items():
-            if name in POLICY_CHOICES:  # missing_feedback may be null: the per-reward default
-                default = None if name == "missing_feedback" else _BAD
-                value = self.get(entries, name, at, "string", default, choices=_CHOICES[name])
-            else:
-                kind = "integer" if isinstance(getattr(Policy, name), int) else "number"
-                value = self.get(entries, name, at, kind, _BAD)
-                problem = None if value is _BAD else policy_value_problem(name, value)
-                if problem:
-                    self.err(value_node, f"{at}.{name}: {problem}")
-                    value = _BAD
-                elif value is not _BAD and kind == "number":
-                    value = float(value)
+            value = self.read(value_node, f"{at}.{name}", functools.partial(policy_setting_problem, name))
             if value is not _BAD:
-                values[name] = value
+                values[name] = policy_setting(name, value)[0]
         return Policy().with_overrides(values) if len(values) == len(entries) else None
 
     def definition(self, root: yaml.Node) -> PromptDefinition | None:

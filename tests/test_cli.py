@@ -229,7 +229,7 @@ def test_template_bombs_are_file_problems_and_serving_goes_on(cli, capsys, templ
     ops = prepare(Settings.from_env())
     try:
         assert "sync skipped" in capsys.readouterr().err
-        assert [p["name"] for p in ops.registry.list_prompts()] == ["triage"]
+        assert [p.name for p in ops.registry.list_prompts()] == ["triage"]
     finally:
         ops.close()
     r = cli("render", "triage", "--var", "message=hi")

@@ -1,10 +1,14 @@
 """Policy settings: the v2 settings' defaults, ranges, guardrails and the stats action names."""
 
 import json
+import re
 
 import pytest
 
-from promptops.domain import Guardrail, Policy, StatsAction, parse_policy
+from promptops.domain import Guardrail, Policy, StatsAction, parse_policy, policy_setting
+from promptops.errors import InvalidInput, InvalidPromptFile
+from promptops.promptfiles import parse_prompt_text
+from promptops.services.simulation import load_scenario
 
 
 def test_v2_defaults():
@@ -60,3 +64,61 @@ def test_guardrails_round_trip_through_json():
 
 def test_actions_are_strings():
     assert StatsAction.PROMOTE == "promote" and str(StatsAction.KEEP_CONTROL) == "keep_control"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        pytest.param("draws", 2000, (2000, None), id="int"),
+        pytest.param("draws", 2000.0, (2000, None), id="whole-float-to-int"),
+        pytest.param("min_hours", 2, (2.0, None), id="int-to-float"),
+        pytest.param("holdout_decisions", None, (None, None), id="nullable"),
+        pytest.param("allocation", "thompson", ("thompson", None), id="choice"),
+        pytest.param("draws", 10.5, (10.5, "must be an integer, got number"), id="fraction"),
+        pytest.param("min_hours", True, (True, "must be a number, got boolean"), id="bool"),
+        pytest.param("alpha", "0.1", ("0.1", "must be a number, got string"), id="string"),
+        pytest.param("alpha", None, (None, "must be a number, got null"), id="not-nullable"),
+        pytest.param("alpha", 1.5, (1.5, "must be strictly between 0 and 1"), id="range"),
+        pytest.param("max_days", 4000, (4000.0, "must be at most 3650"), id="cap"),
+        pytest.param("alpha", float("nan"), (None, "must be finite"), id="nan"),
+        pytest.param("allocation", "greedy",
+                     ("greedy", "must be one of 'top_two', 'thompson'"), id="bad-choice"),
+    ],
+)
+def test_policy_setting_types_and_ranges(name, value, expected):
+    got, problem = policy_setting(name, value)
+    assert problem == expected[1]
+    if expected[0] is not None:
+        assert got == expected[0] and type(got) is type(expected[0])
+
+
+BAD_SETTINGS = [
+    pytest.param("draws", "10.5", "must be an integer, got number", id="fraction"),
+    pytest.param("min_hours", "true", "must be a number, got boolean", id="bool"),
+    pytest.param("alpha", "'x'", "must be a number, got string", id="string"),
+    pytest.param("alpha", "1.5", "must be strictly between 0 and 1", id="range"),
+    pytest.param("max_checks", "0", "must be greater than 0", id="count"),
+    pytest.param("allocation", "greedy", "must be one of 'top_two', 'thompson'", id="choice"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), BAD_SETTINGS)
+def test_api_prompt_files_and_scenarios_give_one_message(name, text, message, tmp_path):
+    value = json.loads(text.replace("'", '"')) if text != "greedy" else text
+    with pytest.raises(ValueError) as api:
+        parse_policy({name: value})
+    assert str(api.value) == f"policy.{name}: {message}"
+
+    prompt = ("name: p\ntemplate: x\nvariants: {b: {template: y}}\nexperiment:\n"
+              f"  arms: [main, b]\n  policy: {{{name}: {text}}}\n")
+    with pytest.raises(InvalidPromptFile) as info:
+        parse_prompt_text(prompt, path="p.yaml")
+    assert [str(p) for p in info.value.problems] == [f"p.yaml:6: experiment.policy.{name}: {message}"]
+
+    scenario = ("arms:\n  - {name: a, mean: 0.1}\n  - {name: b, mean: 0.2}\n"
+                f"policy:\n  {name}: {text}\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(scenario)
+    with pytest.raises(InvalidInput) as sc:
+        load_scenario(path)
+    assert re.fullmatch(rf"{re.escape(str(path))}:5: policy\.{name}: {re.escape(message)}", str(sc.value))

@@ -23,11 +23,15 @@ from promptops.server.schemas import (
     FeedbackPublic,
     HistoryPublic,
     LabelCreate,
+    LabelMovePublic,
     PromoteCreate,
+    PromptListPublic,
+    PromptPublic,
     RenderCreate,
     RenderPublic,
     ServeCreate,
     ServePublic,
+    VersionDetailPublic,
     error_responses,
 )
 
@@ -122,19 +126,22 @@ def metrics(rt: RuntimeDep, _: ReadKey) -> Response:
     return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/prompts", tags=["registry"], responses=error_responses(*READ))
+@router.get("/v1/prompts", tags=["registry"], responses=error_responses(*READ),
+            response_model=PromptListPublic)
 def list_prompts(rt: RuntimeDep, _: ReadKey) -> Response:
     """Every prompt with its production version."""
     return JSON({"prompts": rt.ops.registry.list_prompts()})
 
 
-@router.get("/v1/prompts/{name}", tags=["registry"], responses=error_responses(404, *READ))
+@router.get("/v1/prompts/{name}", tags=["registry"], responses=error_responses(404, *READ),
+            response_model=PromptPublic)
 def get_prompt(name: str, rt: RuntimeDep, _: ReadKey) -> Response:
     """A prompt with its versions and labels."""
     return JSON(rt.ops.registry.get_prompt(name))
 
 
-@router.get("/v1/prompts/{name}/versions/{number}", tags=["registry"], responses=error_responses(404, *READ))
+@router.get("/v1/prompts/{name}/versions/{number}", tags=["registry"],
+            responses=error_responses(404, *READ), response_model=VersionDetailPublic)
 def get_version(name: str, number: int, rt: RuntimeDep, _: ReadKey) -> Response:
     """One version with its content."""
     return JSON(rt.ops.registry.get_version(name, number))
@@ -147,7 +154,8 @@ def diff_versions(name: str, rt: RuntimeDep, _: ReadKey,
     return JSON({"prompt": name, "a": a, "b": b, "diff": rt.ops.registry.diff(name, a, b)})
 
 
-@router.post("/v1/prompts/{name}/labels/{label}", tags=["registry"], responses=error_responses(404, *WRITE))
+@router.post("/v1/prompts/{name}/labels/{label}", tags=["registry"],
+             responses=error_responses(404, *WRITE), response_model=LabelMovePublic)
 def move_label(name: str, label: str, body: LabelCreate, rt: RuntimeDep,
                who: AdminKey) -> Response:
     """Move a label to a version (rollback included); admin."""

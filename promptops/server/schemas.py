@@ -306,6 +306,16 @@ FIELD_DOCS = {
     "evidence": "The counts behind a flag.", "new_version": "The promoted version.",
     "old_version": "The previous production version, holding the holdout share.",
     "p_old_better": "P(the previous version is better) on the most recent matured decisions.",
+    "prompts": "Prompts, by name.", "name": "The prompt's name.",
+    "description": "What the prompt is for.", "tags": "Free-form tags from the prompt file.",
+    "production_version": "The version holding the production label, if any.",
+    "source_path": "The file it was synced from.", "updated_at": "When it last changed (Unix seconds).",
+    "number": "The version number.", "content_hash": "Hash of the version's content.",
+    "git_commit": "The git commit of the file at sync, if known.",
+    "git_author": "The author of that commit, if known.",
+    "git_state": "The file's git state at sync: `dirty` or `untracked` when not as committed.",
+    "content": "The version's content: messages or template, model and variables.",
+    "label": "The label's name.", "previous": "The version the label held before, if any.",
 }
 """Descriptions of the fields of the answers read from service views."""
 
@@ -486,6 +496,77 @@ class AuditPublic(View):
     """A page of the audit log, newest first."""
 
     entries: list[AuditEntryPublic]
+
+
+class PromptSummaryPublic(View):
+    """A prompt as listed (the fields of `PromptSummary`)."""
+
+    name: str
+    description: str
+    tags: list[str]
+    production_version: int | None
+    versions: int = Field(description="How many versions it has.")
+    source_path: str | None
+    updated_at: float
+
+
+class PromptListPublic(View):
+    """Every prompt, by name."""
+
+    prompts: list[PromptSummaryPublic]
+
+
+class VersionPublic(View):
+    """One version in a prompt's history (the fields of `VersionView`)."""
+
+    number: int
+    variant: str
+    content_hash: str
+    source_path: str | None
+    git_commit: str | None
+    git_author: str | None
+    git_state: str | None
+    created_at: float
+    labels: list[str] = Field(description="The labels this version holds.")
+
+
+class VersionDetailPublic(View):
+    """One version with its content (the fields of `VersionDetail`)."""
+
+    prompt: str
+    number: int
+    variant: str
+    content_hash: str
+    source_path: str | None
+    git_commit: str | None
+    git_author: str | None
+    git_state: str | None
+    created_at: float
+    labels: list[str] = Field(description="The labels this version holds.")
+    content: dict[str, Any]
+
+
+class PromptPublic(View):
+    """A prompt with its labels and versions, newest first (the fields of `PromptView`)."""
+
+    name: str
+    description: str
+    tags: list[str]
+    source_path: str | None
+    created_at: float
+    updated_at: float
+    labels: dict[str, int] = Field(description="Each label and the version it points at.")
+    versions: list[VersionPublic] = Field(description="Its versions, newest first.")
+
+
+class LabelMovePublic(View):
+    """Where a label points after a move, and where it pointed before (the fields of
+    `LabelMove`)."""
+
+    prompt: str
+    label: str
+    version: int
+    previous: int | None
 
 
 class ErrorBody(BaseModel):

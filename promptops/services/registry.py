@@ -26,7 +26,14 @@ from promptops.errors import (
     VersionNotFound,
 )
 from promptops.services.context import Context
-from promptops.services.views import AuditEntry
+from promptops.services.views import (
+    AuditEntry,
+    LabelMove,
+    PromptSummary,
+    PromptView,
+    VersionDetail,
+    VersionView,
+)
 
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -89,7 +96,7 @@ class Registry:
             out.setdefault(vid, []).append(name)
         return out
 
-    def list_prompts(self) -> list[dict[str, Any]]:
+    def list_prompts(self) -> list[PromptSummary]:
         """Every prompt with its production version number, version count and last change."""
         with self.ctx.tx() as s:
             counts = dict(s.execute(select(VersionRow.prompt_id, func.count())
@@ -100,13 +107,13 @@ class Registry:
                 .where(LabelRow.name == PRODUCTION)).all())
             rows = s.scalars(select(PromptRow).order_by(PromptRow.name)).all()
             return [
-                {"name": r.name, "description": r.description, "tags": list(r.tags or []),
-                 "production_version": prod.get(r.id), "versions": counts.get(r.id, 0),
-                 "source_path": r.source_path, "updated_at": r.updated_at}
+                PromptSummary(name=r.name, description=r.description, tags=list(r.tags or []),
+                              production_version=prod.get(r.id), versions=counts.get(r.id, 0),
+                              source_path=r.source_path, updated_at=r.updated_at)
                 for r in rows
             ]
 
-    def get_prompt(self, name: str) -> dict[str, Any]:
+    def get_prompt(self, name: str) -> PromptView:
         """A prompt with its versions (newest first) and labels."""
         with self.ctx.tx() as s:
             p = self.prompt_row(s, name)
@@ -114,29 +121,31 @@ class Registry:
             versions = s.scalars(select(VersionRow).where(VersionRow.prompt_id == p.id)
                                  .order_by(VersionRow.number.desc())).all()
             by_id = {v.id: v.number for v in versions}
-            return {
-                "name": p.name, "description": p.description, "tags": list(p.tags or []),
-                "source_path": p.source_path, "created_at": p.created_at,
-                "updated_at": p.updated_at,
-                "labels": {lab: by_id[vid] for vid, labs in labels.items() for lab in labs},
-                "versions": [self._version_summary(v, labels.get(v.id, [])) for v in versions],
-            }
+            return PromptView(
+                name=p.name, description=p.description, tags=list(p.tags or []),
+                source_path=p.source_path, created_at=p.created_at, updated_at=p.updated_at,
+                labels={lab: by_id[vid] for vid, labs in labels.items() for lab in labs},
+                versions=[self._version_view(v, labels.get(v.id, [])) for v in versions],
+            )
 
     @staticmethod
-    def _version_summary(v: VersionRow, labels: list[str]) -> dict[str, Any]:
-        return {"number": v.number, "variant": v.variant, "content_hash": v.content_hash,
-                "source_path": v.source_path, "git_commit": v.git_commit,
-                "git_author": v.git_author, "git_state": v.git_state,
-                "created_at": v.created_at,
-                "labels": sorted(labels)}
+    def _version_view(v: VersionRow, labels: list[str]) -> VersionView:
+        return VersionView(number=v.number, variant=v.variant, content_hash=v.content_hash,
+                           source_path=v.source_path, git_commit=v.git_commit,
+                           git_author=v.git_author, git_state=v.git_state,
+                           created_at=v.created_at, labels=sorted(labels))
 
-    def get_version(self, name: str, number: int) -> dict[str, Any]:
+    def get_version(self, name: str, number: int) -> VersionDetail:
         """One version with its full content."""
         with self.ctx.tx() as s:
             p = self.prompt_row(s, name)
             v = self.version_row(s, p, number)
             labels = self.labels_by_version(s, p.id).get(v.id, [])
-            return {"prompt": p.name, **self._version_summary(v, labels), "content": v.content}
+            return VersionDetail(prompt=p.name, number=v.number, variant=v.variant,
+                                 content_hash=v.content_hash, source_path=v.source_path,
+                                 git_commit=v.git_commit, git_author=v.git_author,
+                                 git_state=v.git_state, created_at=v.created_at,
+                                 labels=sorted(labels), content=v.content)
 
     def version_name(self, version_id: int) -> tuple[str, int] | None:
         """The prompt name and version number of a version row id, or None."""
@@ -166,9 +175,9 @@ class Registry:
         return self.ctx.renderer.render(v.content, variables, prompt=v.prompt, version=v.number,
                                         variant=v.variant)
 
-    def versions(self, name: str) -> list[dict[str, Any]]:
+    def versions(self, name: str) -> list[VersionView]:
         """The history of a prompt, oldest first."""
-        return list(reversed(self.get_prompt(name)["versions"]))
+        return list(reversed(self.get_prompt(name).versions))
 
     def diff(self, name: str, a: int, b: int) -> str:
         """A unified diff between the readable forms of two versions."""
@@ -180,7 +189,7 @@ class Registry:
             fromfile=f"{name}@{a} ({va.variant})", tofile=f"{name}@{b} ({vb.variant})"))
 
     # -- labels ----------------------------------------------------------------------------
-    def move_label(self, name: str, number: int, label: str, *, actor: str) -> dict[str, Any]:
+    def move_label(self, name: str, number: int, label: str, *, actor: str) -> LabelMove:
         """Point a label at a version (rollback included); audited."""
         if not re.match(LABEL_PATTERN, label or ""):
             raise InvalidInput(f"bad label {label!r}: letters, digits, '.', '_', '-'; at most 64")
@@ -188,7 +197,7 @@ class Registry:
             p = self.prompt_row(s, name)
             v = self.version_row(s, p, number)
             previous = self.set_label(s, p, v, label, actor=actor, reason="moved by hand")
-            return {"prompt": name, "label": label, "version": number, "previous": previous}
+            return LabelMove(prompt=name, label=label, version=number, previous=previous)
 
     def set_label(self, s: Session, prompt: PromptRow, version: VersionRow, label: str, *,
                   actor: str, reason: str, experiment_id: int | None = None,

@@ -6,6 +6,7 @@ worker processes (results do not depend on the split) and returns the CONTRACT r
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import os
@@ -18,10 +19,16 @@ from typing import Any
 
 import yaml
 
-from promptops.domain import POLICY_CHOICES, Policy, parse_guardrails, policy_value_problem
+from promptops.domain import (
+    Policy,
+    RewardKind,
+    parse_guardrails,
+    policy_setting,
+    policy_setting_problem,
+)
 from promptops.errors import InvalidInput
 from promptops.stats.simulator import RunResult, Scenario, SimArm, aggregate, simulate_runs
-from promptops.yamlnodes import BAD, Check, Entries, NodeReader, is_null, present
+from promptops.yamlnodes import BAD, Check, Entries, NodeReader, present
 
 __all__ = [
     "PlanResult", "Scenario", "load_scenario", "parse_scenario", "plan_scenarios", "run_plan",
@@ -71,10 +78,6 @@ def _choice(*options: str) -> Check:
     return check
 
 
-def _ok(value: Any) -> str | None:
-    return None
-
-
 class _ScenarioReader(NodeReader):
     """The scenario grammar (CONTRACT.md "Simulation scenarios") over YAML nodes with lines."""
 
@@ -83,7 +86,7 @@ class _ScenarioReader(NodeReader):
         top = self.mapping(root, "", _TOP_KEYS, required=("arms",))
         if top is None:
             return None
-        reward = self.field(top, "reward", "", _choice("binary", "continuous"), "binary")
+        reward = self.field(top, "reward", "", _choice(*RewardKind), RewardKind.BINARY)
         concentration = self.field(top, "concentration", "", _number(0, open_lo=True), 20.0)
         delay = self.field(top, "feedback_delay_hours", "", _number(0), 0.0)
         drift = self.drift(top)
@@ -145,7 +148,7 @@ class _ScenarioReader(NodeReader):
         if len(nodes) < 2:
             self.err(top["arms"][1], "arms: must be a list of at least two arms")
             return None
-        continuous = reward == "continuous"
+        continuous = reward == RewardKind.CONTINUOUS
         mean_check = _number(0, 1.0 / peak, open_lo=continuous)
         out: list[SimArm] = []
         names: list[str] = []
@@ -230,28 +233,11 @@ class _ScenarioReader(NodeReader):
                     self.err(value_node, str(exc))
                     ok = False
                 continue
-            if name in ("holdout_decisions", "missing_feedback") and is_null(value_node):
-                out[name] = None
-                continue
-            whole = name == "holdout_decisions" or (
-                name not in POLICY_CHOICES and isinstance(getattr(default, name), int))
-            if whole:
-                check = _integer()
-            elif name in POLICY_CHOICES:
-                check = _ok
-            else:
-                check = _number()
-            value = self.read(value_node, key, check)
+            value = self.read(value_node, key, functools.partial(policy_setting_problem, name))
             if value is BAD:
                 ok = False
                 continue
-            problem = policy_value_problem(name, value)  # the ranges every policy follows
-            if problem:
-                self.err(value_node, f"{key}: {problem} (got {value!r})")
-                ok = False
-                continue
-            out[name] = float(value) if not whole and isinstance(
-                getattr(default, name), float) else value
+            out[name] = policy_setting(name, value)[0]
         return default.with_overrides(out) if ok else None
 
 

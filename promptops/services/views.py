@@ -10,7 +10,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from promptops.domain import ExperimentStatus, KeyRole, MissingFeedback, RewardKind, Strategy
+from promptops.domain import (
+    PRODUCTION,
+    ExperimentStatus,
+    KeyRole,
+    MissingFeedback,
+    RewardKind,
+    Strategy,
+)
 
 
 def finite(x: Any) -> float | None:
@@ -202,3 +209,77 @@ class AuditEntry:
     experiment_id: int | None
     message: str
     details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSummary:
+    """A prompt as listed: its production version, version count and last change."""
+
+    name: str
+    description: str
+    tags: list[str]
+    production_version: int | None
+    versions: int
+    source_path: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class VersionView:
+    """One version of a prompt as its history lists it, with its labels and provenance."""
+
+    number: int
+    variant: str
+    content_hash: str
+    source_path: str | None
+    git_commit: str | None
+    git_author: str | None
+    git_state: str | None
+    created_at: float
+    labels: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionDetail:
+    """One version read on its own: the fields of `VersionView`, its prompt and its content."""
+
+    prompt: str
+    number: int
+    variant: str
+    content_hash: str
+    source_path: str | None
+    git_commit: str | None
+    git_author: str | None
+    git_state: str | None
+    created_at: float
+    labels: list[str]
+    content: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptView:
+    """A prompt with its labels (name -> version number) and its versions, newest first."""
+
+    name: str
+    description: str
+    tags: list[str]
+    source_path: str | None
+    created_at: float
+    updated_at: float
+    labels: dict[str, int]
+    versions: list[VersionView]
+
+    @property
+    def production_version(self) -> int | None:
+        """The version holding the production label, if any."""
+        return self.labels.get(PRODUCTION)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelMove:
+    """The answer to a label move: where the label points now and where it pointed before."""
+
+    prompt: str
+    label: str
+    version: int
+    previous: int | None

@@ -126,9 +126,9 @@ def test_prompt_page_shows_versions_labels_diff_and_preview(client, synced):
     r = client.get("/prompts/triage", headers=HTML)
     assert r.status_code == 200
     ctx = r.context
-    assert [v["number"] for v in ctx["prompt"]["versions"]] == [2, 1]
-    assert ctx["prompt"]["versions"][0]["source_path"].endswith("triage.yaml")
-    assert ctx["production"] == 1 and ctx["prompt"]["labels"] == {"production": 1}
+    assert [v.number for v in ctx["prompt"].versions] == [2, 1]
+    assert ctx["prompt"].versions[0].source_path.endswith("triage.yaml")
+    assert ctx["production"] == 1 and ctx["prompt"].labels == {"production": 1}
     assert (ctx["diff"]["a"], ctx["diff"]["b"]) == (1, 2)
     kinds = {k for k, _ in ctx["diff"]["lines"]}
     assert {"add", "del", "hunk", "file"} <= kinds

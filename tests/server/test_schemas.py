@@ -16,6 +16,11 @@ PAIRS = [
     (views.ExperimentView, schemas.ExperimentPublic),
     (views.EpochView, schemas.EpochPublic),
     (views.AuditEntry, schemas.AuditEntryPublic),
+    (views.PromptSummary, schemas.PromptSummaryPublic),
+    (views.PromptView, schemas.PromptPublic),
+    (views.VersionView, schemas.VersionPublic),
+    (views.VersionDetail, schemas.VersionDetailPublic),
+    (views.LabelMove, schemas.LabelMovePublic),
 ]
 
 PROMPT = """\
@@ -63,3 +68,18 @@ def test_service_answers_validate_against_their_schemas(ops, prompts_dir, clock)
         orjson.loads(orjson.dumps({"epochs": ops.experiments.history(1)})))
     schemas.AuditPublic.model_validate(
         orjson.loads(orjson.dumps({"entries": ops.registry.audit()})))
+
+
+def test_registry_answers_validate_against_their_schemas(ops, prompts_dir) -> None:
+    (prompts_dir / "triage.yaml").write_text(PROMPT, encoding="utf-8")
+    ops.sync()
+    moved = ops.registry.move_label("triage", 2, "staging", actor="t")
+    assert (moved.previous, ops.registry.get_prompt("triage").production_version) == (None, 1)
+
+    def check(model: type[BaseModel], answer: object) -> None:
+        model.model_validate(orjson.loads(orjson.dumps(answer)))
+
+    check(schemas.PromptListPublic, {"prompts": ops.registry.list_prompts()})
+    check(schemas.PromptPublic, ops.registry.get_prompt("triage"))
+    check(schemas.VersionDetailPublic, ops.registry.get_version("triage", 2))
+    check(schemas.LabelMovePublic, moved)

@@ -216,7 +216,7 @@ def test_a_variant_may_turn_the_cache_off(make, fake_upstream, ops):
                                                 label="production")))
     assert str(out.cache) == "miss"
     prompt = ops.registry.get_prompt("cached")
-    uncached = next(v["number"] for v in prompt["versions"] if v["variant"] == "uncached")
+    uncached = next(v.number for v in prompt.versions if v.variant == "uncached")
     gw = make()
     assert run(gw, twice(gw, ask(name="cached", version=uncached),
                          ask(name="cached", version=uncached))) == ["bypass", "bypass"]

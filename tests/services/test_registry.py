@@ -70,7 +70,7 @@ def test_identical_content_never_makes_a_second_version(ops, prompts_dir):
     ops.sync()
     write(prompts_dir, "triage.yaml", TRIAGE)  # back to the first content
     assert ops.sync().changes == []
-    assert [v["number"] for v in ops.registry.versions("triage")] == [1, 2]
+    assert [v.number for v in ops.registry.versions("triage")] == [1, 2]
 
 
 def test_a_bad_file_among_good_ones_writes_nothing(ops, prompts_dir):
@@ -101,8 +101,8 @@ variants:
     write(prompts_dir, "triage.yaml", text)
     ops.sync()
     rows = ops.registry.versions("triage")
-    assert [(r["number"], r["variant"]) for r in rows] == [(1, "main"), (2, "terse")]
-    assert rows[0]["labels"] == ["production"] and rows[1]["labels"] == []
+    assert [(r.number, r.variant) for r in rows] == [(1, "main"), (2, "terse")]
+    assert rows[0].labels == ["production"] and rows[1].labels == []
 
 
 def test_git_provenance_is_recorded(ops, prompts_dir):
@@ -144,7 +144,7 @@ def test_a_label_is_held_by_one_version(ops, prompts_dir):
     ops.sync()
     ops.registry.move_label("triage", 1, "staging", actor="t")
     ops.registry.move_label("triage", 2, "staging", actor="t")
-    labels = {v["number"]: v["labels"] for v in ops.registry.versions("triage")}
+    labels = {v.number: v.labels for v in ops.registry.versions("triage")}
     assert labels == {1: ["production"], 2: ["staging"]}
     assert ops.registry.resolve("triage", label="staging").number == 2
 
@@ -232,5 +232,5 @@ def test_diff_is_unified(ops, prompts_dir):
 def test_example_prompts_sync(ops):
     report = ops.sync([Path(__file__).resolve().parents[2] / "prompts"])
     assert report.prompts >= 3, report.changes
-    names = {p["name"] for p in ops.registry.list_prompts()}
+    names = {p.name for p in ops.registry.list_prompts()}
     assert {"support-triage", "sentiment", "grounded-answer"} <= names

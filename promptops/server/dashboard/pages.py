@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from promptops.domain import MAIN_VARIANT, PRODUCTION, ExperimentStatus, Policy, VariableSpec
@@ -75,7 +75,7 @@ def overview_context(ops: PromptOps) -> dict[str, Any]:
     recent = [summarize(e, now) for e in ops.experiments.list_experiments(limit=30)
               if e.status != ExperimentStatus.RUNNING][:10]
     live = {e.prompt: e.id for e in running}
-    prompts = [{**p, "experiment_id": live.get(p["name"])} for p in ops.registry.list_prompts()]
+    prompts = [{**asdict(p), "experiment_id": live.get(p.name)} for p in ops.registry.list_prompts()]
     return {"prompts": prompts, "running": running, "recent": recent,
             "audit": ops.registry.audit(limit=8)}
 
@@ -115,8 +115,8 @@ def prompt_context(ops: PromptOps, name: str, query: Mapping[str, str]) -> dict[
     """What the prompt page shows: versions, labels, a diff, a preview, experiments, audit."""
     reg = ops.registry
     prompt = reg.get_prompt(name)
-    numbers = [v["number"] for v in prompt["versions"]]
-    production = prompt["labels"].get(PRODUCTION)
+    numbers = [v.number for v in prompt.versions]
+    production = prompt.production_version
     latest = numbers[0] if numbers else None
     b = positive_id(query.get("b")) or latest
     a = positive_id(query.get("a")) or (production if production != b else None)
@@ -126,7 +126,7 @@ def prompt_context(ops: PromptOps, name: str, query: Mapping[str, str]) -> dict[
     pv = positive_id(query.get("version")) or production or latest
     preview: dict[str, Any] = {"version": pv, "fields": [], "result": None, "error": None}
     if pv is not None:
-        content = reg.get_version(name, pv)["content"]
+        content = reg.get_version(name, pv).content
         values: dict[str, Any] = {}
         for var_name, data in (content.get("variables") or {}).items():
             spec = VariableSpec.from_dict(var_name, data)
@@ -299,4 +299,4 @@ def audit_context(ops: PromptOps, prompt: str | None, offset: int) -> dict[str, 
     entries = ops.registry.audit(prompt=prompt, limit=AUDIT_PAGE + 1, offset=offset)
     return {"entries": entries[:AUDIT_PAGE], "more": len(entries) > AUDIT_PAGE,
             "offset": offset, "page": AUDIT_PAGE, "prompt": prompt,
-            "prompts": [p["name"] for p in ops.registry.list_prompts()]}
+            "prompts": [p.name for p in ops.registry.list_prompts()]}

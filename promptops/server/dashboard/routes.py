@@ -158,7 +158,7 @@ async def move_production(request: Request, name: str) -> Response:
             raise InvalidInput("choose a version", field="version")
         out = runtime_of(request).ops.registry.move_label(name, version, PRODUCTION,
                                                           actor=who.actor)
-        return f"production: version {out['previous']} → {version}."
+        return f"production: version {out.previous} → {version}."
     return await _act(request, f"/prompts/{quote(name)}", act)
 
 
