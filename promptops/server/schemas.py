@@ -298,6 +298,11 @@ FIELD_DOCS = {
     "stop_reason": "Why the policy ended it: winner, limit, equivalent, no_meaningful_winner, "
                    "guardrails.",
     "holdout": "The guarded rollout: the promoted and the previous version and the latest test.",
+    "requires_eval": "The eval every arm must pass before the experiment starts, if any.",
+    "gate": "Where the arms stand against the required eval (null when none is required).",
+    "eval": "The eval's name.", "passed": "Whether every arm passed the gate.",
+    "waiting": "Versions with no run of the eval on its current dataset.",
+    "reasons": "Why the runs there fail the gate.",
     "state": "allowed, pending or blocked.", "diff": "The challenger's mean minus the control's.",
     "diff_low": "Low end of the 95% interval of the difference.",
     "diff_high": "High end of the 95% interval of the difference.",
