@@ -354,6 +354,18 @@ def test_init_writes_a_gitignore_once(cli):
     assert path.read_text(encoding="utf-8") == first
 
 
+def test_init_refuses_before_writing_anything(cli):
+    (cli.dir / "afile").write_text("x", encoding="utf-8")
+    r = cli("init", "afile")
+    assert (r.code, r.err.strip()) == (1, "error: afile is not a folder; nothing changed"), r
+    proj = cli.dir / "proj"
+    proj.mkdir()
+    (proj / ".gitignore").write_bytes(b"\x00\xff")
+    r = cli("init", "proj")
+    assert (r.code, r.err.strip()) == (1, "error: proj/.gitignore is not UTF-8 text; nothing changed"), r
+    assert [p.name for p in proj.iterdir()] == [".gitignore"]
+
+
 MARKUP = "Eve [/bold] [red]x\x1b[31m\x9b2J\x07"
 SHOWN = "Eve [/bold] [red]x[31m2J"
 
