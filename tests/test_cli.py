@@ -458,6 +458,15 @@ def test_status_shows_flags_guardrails_metrics_and_the_holdout(cli):
     body = json.loads(cli("experiment", "status", "1", "--json").out)
     assert body["flags"] == ["feedback"] and body["holdout"]["p_old_better"] == 0.42, body
     assert body["arms"][1]["guardrails"][0]["state"] == "blocked", body
+
+
+def test_plan_refuses_units_beyond_the_scenario_bound(cli):
+    for units in ("nan", "1e308", "10001"):
+        r = cli("plan", "--base-rate", "0.1", "--lift", "0.1", "--units", units)
+        assert (r.code, r.err.strip()) == (
+            1, "error: units must make between 1 and 10000 decisions on average"), r
+
+
 TRIAGE_JSON = """\
 {
   "name": "triage",
