@@ -462,7 +462,7 @@ def looks_like_eval(path: str | Path) -> bool:
     if str(path).endswith(".json"):
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # the prompt file loader reports what is wrong
             return False
         return isinstance(data, Mapping) and "prompt" in data and not (
             "messages" in data or "template" in data)

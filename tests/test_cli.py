@@ -354,6 +354,18 @@ def test_init_writes_a_gitignore_once(cli):
     assert path.read_text(encoding="utf-8") == first
 
 
+def test_init_refuses_before_writing_anything(cli):
+    (cli.dir / "afile").write_text("x", encoding="utf-8")
+    r = cli("init", "afile")
+    assert (r.code, r.err.strip()) == (1, "error: afile is not a folder; nothing changed"), r
+    proj = cli.dir / "proj"
+    proj.mkdir()
+    (proj / ".gitignore").write_bytes(b"\x00\xff")
+    r = cli("init", "proj")
+    assert (r.code, r.err.strip()) == (1, "error: proj/.gitignore is not UTF-8 text; nothing changed"), r
+    assert [p.name for p in proj.iterdir()] == [".gitignore"]
+
+
 MARKUP = "Eve [/bold] [red]x\x1b[31m\x9b2J\x07"
 SHOWN = "Eve [/bold] [red]x[31m2J"
 
@@ -446,6 +458,15 @@ def test_status_shows_flags_guardrails_metrics_and_the_holdout(cli):
     body = json.loads(cli("experiment", "status", "1", "--json").out)
     assert body["flags"] == ["feedback"] and body["holdout"]["p_old_better"] == 0.42, body
     assert body["arms"][1]["guardrails"][0]["state"] == "blocked", body
+
+
+def test_plan_refuses_units_beyond_the_scenario_bound(cli):
+    for units in ("nan", "1e308", "10001"):
+        r = cli("plan", "--base-rate", "0.1", "--lift", "0.1", "--units", units)
+        assert (r.code, r.err.strip()) == (
+            1, "error: units must make between 1 and 10000 decisions on average"), r
+
+
 TRIAGE_JSON = """\
 {
   "name": "triage",

@@ -10,7 +10,13 @@ import pytest
 from promptops.assertions import AssertionType, Transform
 from promptops.domain import VariableSpec
 from promptops.errors import InvalidEvalFile, InvalidPromptFile
-from promptops.evalfiles import load_eval_file, load_eval_files, parse_eval_text, variable_problems
+from promptops.evalfiles import (
+    load_eval_file,
+    load_eval_files,
+    parse_eval_text,
+    validate_files,
+    variable_problems,
+)
 from promptops.stats.evals import GateRule
 
 EVAL = """\
@@ -260,3 +266,11 @@ def test_variable_problems_against_the_prompt(tmp_path):
         f"{dataset}:3: case 'type': vars.ticket must be a string, got integer",
         f"{dataset}:3: case 'type': vars.lang must be one of 'en', 'es', got 'xx'",
     ]
+
+
+def test_a_deeply_nested_json_file_is_a_prompt_file_problem_not_a_crash(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text('{"name": "deep", "x": ' + "[" * 5000 + "]" * 5000 + "}")
+    with pytest.raises(InvalidPromptFile) as info:
+        validate_files([path], prompts_dir=tmp_path / "prompts", evals_dir=tmp_path / "evals")
+    assert f"{path}:1: nesting deeper than" in str(info.value)

@@ -68,8 +68,9 @@ def cache_directive(request: Request, body_value: Any) -> str | None:
 async def _json_body(request: Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise e.InvalidInput("the body must be a JSON object") from None
+    except orjson.JSONDecodeError as exc:
+        raise e.InvalidInput(f"the body is not valid JSON: {exc.msg} "
+                             f"(line {exc.lineno}, column {exc.colno})") from None
     if not isinstance(body, dict):
         raise e.InvalidInput("the body must be a JSON object")
     return body

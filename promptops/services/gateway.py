@@ -98,6 +98,10 @@ def check_messages(messages: Any) -> list[dict[str, Any]]:
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise InvalidInput(f"messages[{i}] must be an object with a role among "
                                f"{', '.join(ROLES)}", field="messages")
+        # Checked here so a malformed message is the caller's 422, not the provider's 502.
+        if not isinstance(m.get("content"), str | list | None):
+            raise InvalidInput(f"messages[{i}].content must be a string, a list of parts or null",
+                               field="messages")
         out.append(m)
     return out
 

@@ -104,9 +104,16 @@ class InitReport:
     updated: list[str] = field(default_factory=list)
 
 
-def _gitignore(path: Path, report: InitReport) -> None:
+def _read_gitignore(path: Path) -> str:
+    """The text of an existing `.gitignore` ("" when there is none), read before anything is written."""
+    try:
+        return path.read_text(encoding="utf-8") if path.exists() else ""
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path} is not UTF-8 text; nothing changed") from None
+
+
+def _gitignore(path: Path, existing: str, report: InitReport) -> None:
     """Keep the database and the virtualenv out of git; an existing file only gains lines."""
-    existing = path.read_text(encoding="utf-8") if path.exists() else ""
     present = {line.strip() for line in existing.splitlines()}
     missing = [e for e in GITIGNORE_ENTRIES if e not in present]
     if not missing:
@@ -124,6 +131,11 @@ def init_project(directory: Path) -> InitReport:
     prompt = directory / "prompts" / "summarize.yaml"
     if prompt.exists():
         raise InvalidInput(f"{prompt} already exists; nothing changed")
+    for folder in (directory / "prompts", directory / "evals"):
+        nearest = next(p for p in (folder, *folder.parents) if p.exists())
+        if not nearest.is_dir():
+            raise InvalidInput(f"{nearest} is not a folder; nothing changed")
+    gitignore = _read_gitignore(directory / ".gitignore")
     files = {
         prompt: promptfiles.example_prompt_text(),
         directory / "evals" / f"{EVAL_NAME}.yaml": EVAL,
@@ -138,5 +150,5 @@ def init_project(directory: Path) -> InitReport:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         report.created.append(path.relative_to(directory).as_posix())
-    _gitignore(directory / ".gitignore", report)
+    _gitignore(directory / ".gitignore", gitignore, report)
     return report

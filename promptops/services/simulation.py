@@ -365,8 +365,8 @@ def plan_scenarios(
     if decisions_per_hour <= 0 or not 0 < feedback_rate <= 1:
         raise InvalidInput("decisions per hour must be positive and the feedback rate in (0, 1]",
                            field="feedback_rate")
-    if units is not None and units < 1:
-        raise InvalidInput("units must make at least one decision on average", field="units")
+    if units is not None and not 1 <= units <= 10_000:  # the bound of a scenario file's units
+        raise InvalidInput("units must make between 1 and 10000 decisions on average", field="units")
 
     def build(name: str, top: float) -> Scenario:
         means = [base_rate] + [base_rate] * (arms - 2) + [top]

@@ -198,6 +198,34 @@ def test_complete_route(http):
     assert r.status_code == 404 and r.json()["error"]["code"] == "prompt_not_found"
 
 
+def test_a_message_whose_content_is_not_text_is_refused_before_the_upstream(http):
+    for content in ({"a": 1}, 5, True):
+        r = http.post("/v1/chat/completions", json={
+            "model": "promptops/ask", "messages": [{"role": "user", "content": content}],
+            "variables": {"question": "q"}})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid_input"
+        assert r.json()["error"]["param"] == "messages"
+    ok = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+          {"role": "assistant", "content": None}]
+    r = http.post("/v1/chat/completions", json={
+        "model": "promptops/ask", "messages": ok, "variables": {"question": "q"}})
+    assert r.status_code == 200, r.text
+
+
+def test_a_body_that_is_not_json_says_why(http):
+    bodies = {b'{"model": "promptops/ask", "user": "\\ud800"}': "no low surrogate in string",
+              b'{"model": "promptops/ask", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}":
+                  "depth limit exceeded"}
+    for body, why in bodies.items():
+        for url in ("/v1/chat/completions", "/v1/prompts/ask/complete"):
+            r = http.post(url, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["message"].startswith(f"the body is not valid JSON: {why}"), r.text
+    r = http.post("/v1/chat/completions", json=[1])
+    assert r.json()["error"]["message"] == "the body must be a JSON object", r.text
+
+
 # --- a live server: the SDK over real HTTP, and a client that disconnects mid-stream ---------
 
 
