@@ -33,7 +33,10 @@ DEADLINE_SECONDS = 120.0
 # window, so with 0 every outcome would mature as a zero.
 SMALL_POLICY = {"min_hours": 0, "attribution_window_hours": 0.001, "min_samples_per_arm": 50,
                 "update_every": 50, "min_update_minutes": 0, "max_decisions": 10000,
-                "max_checks": 100}
+                "max_checks": 100,
+                # These tests check that a promotion happens once and production follows it; the
+                # guarded rollout after it has its own tests (tests/services/test_rollout.py).
+                "holdout_share": 0}
 
 GREET = """\
 name: greet
