@@ -63,12 +63,20 @@ app = FastAPI(title="bare")
 async def serve(name: str, body: ServeCreate) -> Response:
     """A canned serve answer with a fresh decision id."""
     message = body.variables.get("message", "")
-    return JSON({
-        "prompt": name, "version": 1, "variant": "main", "model": MODEL,
-        "messages": [{"role": "system", "content": SYSTEM},
-                     {"role": "user", "content": f"Channel: email\n<message>\n{message}\n"
-                                                 "</message>\nQueue:"}],
-        "decision_id": "d_" + secrets.token_urlsafe(40), "experiment_id": 1})
+    return JSON(
+        {
+            "prompt": name,
+            "version": 1,
+            "variant": "main",
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"Channel: email\n<message>\n{message}\n</message>\nQueue:"},
+            ],
+            "decision_id": "d_" + secrets.token_urlsafe(40),
+            "experiment_id": 1,
+        }
+    )
 
 
 @app.post("/v1/feedback")

@@ -46,9 +46,20 @@ def best_ns(fn: Callable[[int], object], *, n: int, repeats: int) -> float:
 def growthbook(weights: tuple[float, ...]) -> GrowthBook:
     """A GrowthBook instance with one feature: an experiment rule over two variations."""
     total = sum(weights)
-    features = {PROMPT: {"defaultValue": "main", "rules": [{
-        "key": f"{PROMPT}-exp", "variations": ["main", "few-shot"], "hashAttribute": "id",
-        "weights": [w / total for w in weights], "coverage": 1.0}]}}
+    features = {
+        PROMPT: {
+            "defaultValue": "main",
+            "rules": [
+                {
+                    "key": f"{PROMPT}-exp",
+                    "variations": ["main", "few-shot"],
+                    "hashAttribute": "id",
+                    "weights": [w / total for w in weights],
+                    "coverage": 1.0,
+                }
+            ],
+        }
+    }
     return GrowthBook(attributes={"id": "user-0"}, features=features)
 
 
@@ -63,8 +74,7 @@ def main() -> None:
         prompts = tmp / "prompts"
         prompts.mkdir()
         shutil.copy(ROOT / "prompts" / f"{PROMPT}.yaml", prompts)
-        ops = PromptOps(Settings(database_url=f"sqlite:///{tmp / 'promptops.db'}",
-                                 prompts_dir=prompts))
+        ops = PromptOps(Settings(database_url=f"sqlite:///{tmp / 'promptops.db'}", prompts_dir=prompts))
         ops.sync()
         writer = BatchWriter(ops.serving.recorder)
         ops.serving.writer = writer  # as in the server: decisions leave the request path
@@ -85,15 +95,14 @@ def main() -> None:
             "promptops pick, same unit": best_ns(lambda i: exp.pick("user-0", ops.ctx.rng), **run),
             "promptops pick, new unit": best_ns(lambda i: exp.pick(units[i], ops.ctx.rng), **run),
             "promptops pick, no unit (random)": best_ns(lambda i: exp.pick(None, ops.ctx.rng), **run),
-            "growthbook eval_feature, same id": best_ns(lambda i: gb.eval_feature(PROMPT),
-                                                        **run),
+            "growthbook eval_feature, same id": best_ns(lambda i: gb.eval_feature(PROMPT), **run),
             "growthbook eval_feature, new id": best_ns(gb_varying, **run),
         }
         writer.start()
         serve_n = max(args.n // 4, 1000)
         figures["promptops whole serve (pick+render+enqueue)"] = best_ns(
-            lambda i: ops.serving.serve(PROMPT, VARIABLES, unit_id=units[i % args.n]),
-            n=serve_n, repeats=3)
+            lambda i: ops.serving.serve(PROMPT, VARIABLES, unit_id=units[i % args.n]), n=serve_n, repeats=3
+        )
         writer.stop()
         served = min(serve_n, 2000) + 3 * serve_n
         with sqlite3.connect(tmp / "promptops.db") as conn:
@@ -103,10 +112,14 @@ def main() -> None:
             print(f"{label:46} {ns:9.0f} ns/op")
         same = figures["promptops pick, same unit"] / figures["growthbook eval_feature, same id"]
         new = figures["promptops pick, new unit"] / figures["growthbook eval_feature, new id"]
-        whole = (figures["promptops whole serve (pick+render+enqueue)"]
-                 / figures["growthbook eval_feature, new id"])
-        print(f"decision ratio promptops/growthbook: same unit {same:.2f}x, new unit {new:.2f}x "
-              f"(target <= 1.0x); whole serve vs eval_feature {whole:.1f}x")
+        whole = (
+            figures["promptops whole serve (pick+render+enqueue)"]
+            / figures["growthbook eval_feature, new id"]
+        )
+        print(
+            f"decision ratio promptops/growthbook: same unit {same:.2f}x, new unit {new:.2f}x "
+            f"(target <= 1.0x); whole serve vs eval_feature {whole:.1f}x"
+        )
         print(f"decisions stored by the writer: {stored} of {served} served")
         ops.close()
     finally:

@@ -75,8 +75,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     args = parser.parse_args()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(ROOT), str(args.latency_ms / 1000)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(ROOT), str(args.latency_ms / 1000)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
@@ -100,9 +104,17 @@ def bench(tmp: Path, port: int, args: argparse.Namespace) -> None:
             f.write(json.dumps({"id": f"c{i}", "vars": {"message": message}, "expected": word}) + "\n")
     (tmp / "promptops.yaml").write_text(
         f'default_provider: fake\nproviders:\n  fake: {{base_url: "http://127.0.0.1:{port}/v1", '
-        f"max_concurrency: {args.concurrency}}}\n", encoding="utf-8")
-    ops = PromptOps(Settings(database_url=f"sqlite:///{tmp / 'bench.db'}", prompts_dir=tmp / "prompts",
-                             evals_dir=tmp / "evals", config_path=tmp / "promptops.yaml"))
+        f"max_concurrency: {args.concurrency}}}\n",
+        encoding="utf-8",
+    )
+    ops = PromptOps(
+        Settings(
+            database_url=f"sqlite:///{tmp / 'bench.db'}",
+            prompts_dir=tmp / "prompts",
+            evals_dir=tmp / "evals",
+            config_path=tmp / "promptops.yaml",
+        )
+    )
     ops.sync()
     definition = ops.evals.definitions()[0]
     base, targets = ops.evals.targets(definition, versions=[2])
@@ -116,8 +128,14 @@ def bench(tmp: Path, port: int, args: argparse.Namespace) -> None:
         try:
             cpu, wall = time.process_time(), time.perf_counter()
             await calls.prefetch((v, c.vars, 0) for c in definition.cases for v in targets)
-            run = await run_eval(definition, targets, baseline=base, complete=calls.complete,
-                                 judge=calls.judge, concurrency=args.concurrency)
+            run = await run_eval(
+                definition,
+                targets,
+                baseline=base,
+                complete=calls.complete,
+                judge=calls.judge,
+                concurrency=args.concurrency,
+            )
             await calls.flush()  # the answers are in the database before the clock stops
             return run, calls, time.perf_counter() - wall, time.process_time() - cpu
         finally:
@@ -131,19 +149,26 @@ def bench(tmp: Path, port: int, args: argparse.Namespace) -> None:
     record_cpu = time.process_time()
     summary = ops.evals.record(run)  # type: ignore[arg-type]
     record_cpu = time.process_time() - record_cpu
-    rates = ", ".join(f"v{v.version} {v.passed}/{v.passed + v.failed + v.errors}"
-                      for v in summary.versions)
-    print(f"cold: {len(definition.cases)} cases x {len(targets)} versions = {n} calls at "
-          f"concurrency {args.concurrency}, upstream {args.latency_ms:g} ms")
+    rates = ", ".join(f"v{v.version} {v.passed}/{v.passed + v.failed + v.errors}" for v in summary.versions)
+    print(
+        f"cold: {len(definition.cases)} cases x {len(targets)} versions = {n} calls at "
+        f"concurrency {args.concurrency}, upstream {args.latency_ms:g} ms"
+    )
     print(f"  wall {wall:.2f} s vs floor {floor:.2f} s = {wall / floor:.2f}x the floor")
-    print(f"  bare httpx, same calls: wall {bare_wall:.2f} s ({bare_wall / floor:.2f}x the floor), "
-          f"CPU {bare_cpu * 1e6 / n:.0f} us per call; promptops / bare httpx = {wall / bare_wall:.2f}x wall")
-    print(f"  promptops CPU {cpu * 1e6 / n:.0f} us per case and version (run), "
-          f"{record_cpu * 1e6 / n:.0f} us (storing the run); upstream calls {calls.upstream_calls}")
+    print(
+        f"  bare httpx, same calls: wall {bare_wall:.2f} s ({bare_wall / floor:.2f}x the floor), "
+        f"CPU {bare_cpu * 1e6 / n:.0f} us per call; promptops / bare httpx = {wall / bare_wall:.2f}x wall"
+    )
+    print(
+        f"  promptops CPU {cpu * 1e6 / n:.0f} us per case and version (run), "
+        f"{record_cpu * 1e6 / n:.0f} us (storing the run); upstream calls {calls.upstream_calls}"
+    )
     print(f"  passed: {rates}")
     _, warm_calls, warm_wall, warm_cpu = asyncio.run(once())
-    print(f"warm: wall {warm_wall:.2f} s, CPU {warm_cpu * 1e6 / n:.0f} us per case and version, "
-          f"upstream calls {warm_calls.upstream_calls}, cache hits {warm_calls.cache_hits}")
+    print(
+        f"warm: wall {warm_wall:.2f} s, CPU {warm_cpu * 1e6 / n:.0f} us per case and version, "
+        f"upstream calls {warm_calls.upstream_calls}, cache hits {warm_calls.cache_hits}"
+    )
     ops.close()
 
 

@@ -44,8 +44,9 @@ CACHED = PROMPT.replace("name: bench", "name: bench-cached").replace("0.7", "0")
 
 
 def start_fake() -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, "-c", FAKE.format(root=str(ROOT))],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FAKE.format(root=str(ROOT))], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline())
 
@@ -55,14 +56,16 @@ def start_promptops(workdir: Path, upstream: int, port: int) -> subprocess.Popen
     (workdir / "prompts" / "bench.yaml").write_text(PROMPT)
     (workdir / "prompts" / "bench-cached.yaml").write_text(CACHED)
     (workdir / "promptops.yaml").write_text(
-        f'default_provider: fake\nproviders:\n  fake: {{base_url: "http://127.0.0.1:{upstream}/v1",'
-        "}\n")
-    env = {**os.environ, "PROMPTOPS_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
-           "PROMPTOPS_PROMPTS_DIR": str(workdir / "prompts"),
-           "PROMPTOPS_CONFIG": str(workdir / "promptops.yaml")}
+        f'default_provider: fake\nproviders:\n  fake: {{base_url: "http://127.0.0.1:{upstream}/v1",}}\n'
+    )
+    env = {
+        **os.environ,
+        "PROMPTOPS_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
+        "PROMPTOPS_PROMPTS_DIR": str(workdir / "prompts"),
+        "PROMPTOPS_CONFIG": str(workdir / "promptops.yaml"),
+    }
     exe = Path(sys.executable).parent / "promptops"
-    proc = subprocess.Popen([str(exe), "serve", "--port", str(port)], env=env,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([str(exe), "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -82,10 +85,15 @@ def start_litellm(workdir: Path, upstream: int, port: int) -> subprocess.Popen[b
     config.write_text(
         "model_list:\n  - model_name: fake-model\n    litellm_params:\n"
         f"      model: openai/fake-model\n      api_base: http://127.0.0.1:{upstream}/v1\n"
-        "      api_key: unused\n")
+        "      api_key: unused\n"
+    )
     env = {**os.environ, "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
-    proc = subprocess.Popen([exe, "--config", str(config), "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "--config", str(config), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -98,12 +106,14 @@ def start_litellm(workdir: Path, upstream: int, port: int) -> subprocess.Popen[b
     return None
 
 
-async def load(url: str, body: dict[str, Any], *, concurrency: int, requests: int,
-               stream: bool) -> tuple[float, float]:
+async def load(
+    url: str, body: dict[str, Any], *, concurrency: int, requests: int, stream: bool
+) -> tuple[float, float]:
     """(p50 ms, requests per second) of `requests` POSTs, `concurrency` at a time."""
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
         async def one() -> None:
             start = time.perf_counter()
             if stream:
@@ -153,13 +163,16 @@ def run(upstream: int, port: int, requests: int, litellm: int | None) -> None:
     direct = f"http://127.0.0.1:{upstream}/v1/chat/completions"
     gateway = f"http://127.0.0.1:{port}/v1/chat/completions"
     proxy = f"http://127.0.0.1:{litellm}/v1/chat/completions" if litellm else None
-    messages = [{"role": "system", "content": "Answer briefly."},
-                {"role": "user", "content": "why?"}]
-    print(f"fake upstream: fixed 20 ms; {requests} requests per row"
-          + ("" if proxy else "; LiteLLM: n/a (set LITELLM_BIN to its `litellm` to compare)"))
-    print(f"{'load':<22}{'direct p50':>12}{'promptops p50':>15}{'added':>9}"
-          f"{'direct rps':>12}{'promptops rps':>15}{'ratio':>8}{'LiteLLM p50':>13}"
-          f"{'LiteLLM rps':>13}{'ratio':>8}")
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "why?"}]
+    print(
+        f"fake upstream: fixed 20 ms; {requests} requests per row"
+        + ("" if proxy else "; LiteLLM: n/a (set LITELLM_BIN to its `litellm` to compare)")
+    )
+    print(
+        f"{'load':<22}{'direct p50':>12}{'promptops p50':>15}{'added':>9}"
+        f"{'direct rps':>12}{'promptops rps':>15}{'ratio':>8}{'LiteLLM p50':>13}"
+        f"{'LiteLLM rps':>13}{'ratio':>8}"
+    )
     for stream in (False, True):
         for concurrency in (1, 32):
             d_body = {"model": "fake-model", "messages": messages, "temperature": 0.7}
@@ -167,16 +180,21 @@ def run(upstream: int, port: int, requests: int, litellm: int | None) -> None:
             if stream:
                 d_body["stream"] = p_body["stream"] = True
             n = requests if concurrency > 1 else requests // 2
-            d_p50, d_rps = asyncio.run(load(direct, d_body, concurrency=concurrency,
-                                            requests=n, stream=stream))
-            p_p50, p_rps = asyncio.run(load(gateway, p_body, concurrency=concurrency,
-                                            requests=n, stream=stream))
+            d_p50, d_rps = asyncio.run(
+                load(direct, d_body, concurrency=concurrency, requests=n, stream=stream)
+            )
+            p_p50, p_rps = asyncio.run(
+                load(gateway, p_body, concurrency=concurrency, requests=n, stream=stream)
+            )
             label = f"{'stream' if stream else 'plain'}, concurrency {concurrency}"
-            line = (f"{label:<22}{d_p50:>10.2f}ms{p_p50:>13.2f}ms{p_p50 - d_p50:>7.2f}ms"
-                    f"{d_rps:>12.0f}{p_rps:>15.0f}{p_rps / d_rps:>7.2f}x")
+            line = (
+                f"{label:<22}{d_p50:>10.2f}ms{p_p50:>13.2f}ms{p_p50 - d_p50:>7.2f}ms"
+                f"{d_rps:>12.0f}{p_rps:>15.0f}{p_rps / d_rps:>7.2f}x"
+            )
             if proxy:
-                l_p50, l_rps = asyncio.run(load(proxy, d_body, concurrency=concurrency,
-                                                requests=n, stream=stream))
+                l_p50, l_rps = asyncio.run(
+                    load(proxy, d_body, concurrency=concurrency, requests=n, stream=stream)
+                )
                 line += f"{l_p50:>11.2f}ms{l_rps:>13.0f}{l_rps / d_rps:>7.2f}x"
             else:
                 line += f"{'n/a':>13}{'n/a':>13}{'n/a':>8}"
@@ -185,10 +203,11 @@ def run(upstream: int, port: int, requests: int, litellm: int | None) -> None:
     complete = f"http://127.0.0.1:{port}/v1/prompts/bench-cached/complete"
     body = {"variables": {"q": "cached?"}}
     s_p50, s_rps = asyncio.run(load(serve, body, concurrency=1, requests=requests, stream=False))
-    h_p50, h_rps = asyncio.run(load(complete, body, concurrency=1, requests=requests,
-                                    stream=False))
-    print(f"cache hit (/complete) p50 {h_p50:.2f} ms, {h_rps:.0f} rps; plain serve p50 "
-          f"{s_p50:.2f} ms, {s_rps:.0f} rps; hit / serve p50 {h_p50 / s_p50:.2f}x")
+    h_p50, h_rps = asyncio.run(load(complete, body, concurrency=1, requests=requests, stream=False))
+    print(
+        f"cache hit (/complete) p50 {h_p50:.2f} ms, {h_rps:.0f} rps; plain serve p50 "
+        f"{s_p50:.2f} ms, {s_rps:.0f} rps; hit / serve p50 {h_p50 / s_p50:.2f}x"
+    )
 
 
 if __name__ == "__main__":

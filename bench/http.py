@@ -109,15 +109,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, script: Path, pid: int, *, threads: int, connections: int,
-        duration: float) -> dict:
+def wrk(url: str, script: Path, pid: int, *, threads: int, connections: int, duration: float) -> dict:
     """Run wrk once; its summary (requests, req/s, p50/p99, errors) and the server's CPU time."""
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "-s", str(script), url]
     cpu = cpu_seconds(pid)
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     cpu = cpu_seconds(pid) - cpu
     line = next(x for x in res.stdout.splitlines() if x.startswith("WRKJSON "))
-    s = json.loads(line[len("WRKJSON "):])
+    s = json.loads(line[len("WRKJSON ") :])
     s["rps"] = s["requests"] / (s["duration_us"] / 1e6)
     # CPU per request is what the server spends, whatever else runs on the machine.
     s["cpu_us"] = cpu / max(s["requests"], 1) * 1e6
@@ -162,17 +161,21 @@ def show(kind: str, runs: dict[str, list[dict]]) -> float:
     """Print one comparison and return the throughput ratio."""
     for name in ("bare", "promptops"):
         for i, r in enumerate(runs[name], 1):
-            print(f"  {kind:8} {name:9} run {i}: {r['rps']:6.0f} req/s  p50 {r['p50_us']/1000:6.2f}"
-                  f" ms  p99 {r['p99_us']/1000:6.2f} ms  server CPU {r['cpu_us']:4.0f} us/req"
-                  f"  errors {r['errors']}  non-2xx {r['status_errors']}")
+            print(
+                f"  {kind:8} {name:9} run {i}: {r['rps']:6.0f} req/s  p50 {r['p50_us'] / 1000:6.2f}"
+                f" ms  p99 {r['p99_us'] / 1000:6.2f} ms  server CPU {r['cpu_us']:4.0f} us/req"
+                f"  errors {r['errors']}  non-2xx {r['status_errors']}"
+            )
     bare, ours = mean(runs["bare"], "rps"), mean(runs["promptops"], "rps")
     ratio = ours / bare
     cpu = mean(runs["bare"], "cpu_us") / mean(runs["promptops"], "cpu_us")
     ms = {k: {n: mean(runs[n], k) / 1000 for n in runs} for k in ("p50_us", "p99_us")}
-    print(f"{kind}: promptops {ours:.0f} req/s vs bare {bare:.0f} req/s = {ratio:.2f}x "
-          f"(by server CPU per request: {cpu:.2f}x); p50 {ms['p50_us']['promptops']:.2f} vs "
-          f"{ms['p50_us']['bare']:.2f} ms, p99 {ms['p99_us']['promptops']:.2f} vs "
-          f"{ms['p99_us']['bare']:.2f} ms")
+    print(
+        f"{kind}: promptops {ours:.0f} req/s vs bare {bare:.0f} req/s = {ratio:.2f}x "
+        f"(by server CPU per request: {cpu:.2f}x); p50 {ms['p50_us']['promptops']:.2f} vs "
+        f"{ms['p50_us']['bare']:.2f} ms, p99 {ms['p99_us']['promptops']:.2f} vs "
+        f"{ms['p99_us']['bare']:.2f} ms"
+    )
     return ratio
 
 
@@ -185,37 +188,52 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
-    load = {"threads": args.threads, "connections": args.connections,
-            "duration": args.duration}
+    load = {"threads": args.threads, "connections": args.connections, "duration": args.duration}
 
     tmp = Path(tempfile.mkdtemp(prefix="promptops-bench-"))
     prompts = tmp / "prompts"
     prompts.mkdir()
     shutil.copy(ROOT / "prompts" / f"{PROMPT}.yaml", prompts)
     db = tmp / "promptops.db"
-    env = {**os.environ, "PROMPTOPS_DATABASE_URL": f"sqlite:///{db}",
-           "PROMPTOPS_PROMPTS_DIR": str(prompts)}
+    env = {**os.environ, "PROMPTOPS_DATABASE_URL": f"sqlite:///{db}", "PROMPTOPS_PROMPTS_DIR": str(prompts)}
     ports = {"promptops": free_port(), "bare": free_port()}
     urls = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
     exe = Path(sys.executable).parent / "promptops"
     procs = {
-        "promptops": subprocess.Popen([str(exe), "serve", "--port", str(ports["promptops"])],
-                                      env=env, cwd=tmp),
-        "bare": subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.bare_app:app",
-                                  "--port", str(ports["bare"]), "--log-level", "warning",
-                                  "--no-access-log"], cwd=ROOT),
+        "promptops": subprocess.Popen(
+            [str(exe), "serve", "--port", str(ports["promptops"])], env=env, cwd=tmp
+        ),
+        "bare": subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.bare_app:app",
+                "--port",
+                str(ports["bare"]),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+        ),
     }
     try:
         for name, proc in procs.items():
             wait_healthy(urls[name], proc)
-        running = [e for e in httpx.get(urls["promptops"] + "/v1/experiments").json()
-                   ["experiments"] if e["status"] == "running" and e["prompt"] == PROMPT]
+        running = [
+            e
+            for e in httpx.get(urls["promptops"] + "/v1/experiments").json()["experiments"]
+            if e["status"] == "running" and e["prompt"] == PROMPT
+        ]
         assert running, "the example prompt has no running experiment"
         body = json.dumps({"variables": {"message": MESSAGE}})
         serve_lua = tmp / "serve.lua"
         serve_lua.write_text(SERVE_LUA % {"prompt": PROMPT, "body": body} + DONE)
-        print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, "
-              f"{os.cpu_count()} CPUs, SQLite at {db}")
+        print(
+            f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, "
+            f"{os.cpu_count()} CPUs, SQLite at {db}"
+        )
 
         for name in ("bare", "promptops"):  # warm up (and exclude from the counts)
             wrk(urls[name], serve_lua, procs[name].pid, **{**load, "duration": 2})
@@ -230,8 +248,10 @@ def main() -> None:
         sent = sum(r["requests"] for r in serve["promptops"])
         in_flight = args.connections * len(serve["promptops"])
         ok = sent <= stored <= sent + in_flight
-        print(f"decisions stored {stored} for {sent} completed serves "
-              f"(+ at most {in_flight} in flight when wrk stopped): {'OK' if ok else 'MISSING'}")
+        print(
+            f"decisions stored {stored} for {sent} completed serves "
+            f"(+ at most {in_flight} in flight when wrk stopped): {'OK' if ok else 'MISSING'}"
+        )
 
         # One more (unmeasured) serve run so each feedback run has fresh ids to spare.
         wrk(urls["promptops"], serve_lua, procs["promptops"].pid, **load)
@@ -242,20 +262,23 @@ def main() -> None:
         feedback: dict[str, list[dict]] = {"bare": [], "promptops": []}
         for i in range(2):
             chunk = tmp / f"ids{i}.txt"
-            chunk.write_text("\n".join(ids[i * half:(i + 1) * half]) + "\n")
+            chunk.write_text("\n".join(ids[i * half : (i + 1) * half]) + "\n")
             lua = tmp / f"feedback{i}.lua"
-            lua.write_text(FEEDBACK_LUA % {"ids": chunk, "threads": args.threads}
-                           + DONE)
+            lua.write_text(FEEDBACK_LUA % {"ids": chunk, "threads": args.threads} + DONE)
             for name in ("bare", "promptops"):
                 feedback[name].append(wrk(urls[name], lua, procs[name].pid, **load))
         feedback_ratio = show("feedback", feedback)
         rows = count(db, "feedback")
         sent = sum(r["requests"] for r in feedback["promptops"])
         reused = sum(max(0, r["requests"] - half) for r in feedback["promptops"])
-        print(f"feedback rows {rows} for {sent} acknowledged feedback, each a distinct decision"
-              f"{f' ({reused} ids reused: too few decisions)' if reused else ''}")
-        print(f"RESULT serve {serve_ratio:.2f}x (target >= 0.80), "
-              f"feedback {feedback_ratio:.2f}x (target >= 0.60)")
+        print(
+            f"feedback rows {rows} for {sent} acknowledged feedback, each a distinct decision"
+            f"{f' ({reused} ids reused: too few decisions)' if reused else ''}"
+        )
+        print(
+            f"RESULT serve {serve_ratio:.2f}x (target >= 0.80), "
+            f"feedback {feedback_ratio:.2f}x (target >= 0.60)"
+        )
     finally:
         for proc in procs.values():
             stop(proc)

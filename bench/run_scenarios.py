@@ -1,6 +1,6 @@
 """Run bench scenarios and print each result with binomial standard errors (a report, not a test).
 
-    .venv/bin/python -P bench/run_scenarios.py [NAME[:RUNS] ...]
+.venv/bin/python -P bench/run_scenarios.py [NAME[:RUNS] ...]
 """
 
 import json
@@ -22,10 +22,21 @@ def main(args: list[str]) -> None:
         started = time.perf_counter()
         result = run_scenario(scenario, runs=int(runs) if runs else None)
         n = result["runs"]
-        rates = {arm: f"{c / n:.3f}±{math.sqrt(c / n * (1 - c / n) / n):.3f}"
-                 for arm, c in result["promoted"].items()}
-        print(json.dumps({"scenario": name, "seconds": round(time.perf_counter() - started, 1),
-                          "promoted_rate": rates, **result}), flush=True)
+        rates = {
+            arm: f"{c / n:.3f}±{math.sqrt(c / n * (1 - c / n) / n):.3f}"
+            for arm, c in result["promoted"].items()
+        }
+        print(
+            json.dumps(
+                {
+                    "scenario": name,
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "promoted_rate": rates,
+                    **result,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

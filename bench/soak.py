@@ -100,12 +100,14 @@ class Server:
     def __init__(self, database_url: str, prompts: Path, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PROMPTOPS_DATABASE_URL": database_url,
-               "PROMPTOPS_PROMPTS_DIR": str(prompts)}
+        env = {**os.environ, "PROMPTOPS_DATABASE_URL": database_url, "PROMPTOPS_PROMPTS_DIR": str(prompts)}
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "promptops.cli", "serve", "--port", str(self.port)],
-                env=env, stdout=out, stderr=subprocess.STDOUT)
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def wait_ready(self, timeout: float = 120) -> None:
         """Poll /healthz until it answers 200."""
@@ -133,8 +135,16 @@ class Server:
                 self.proc.wait()
 
 
-def worker(servers: list[Server], stats: Stats, *, rate: float, t0: float, until: float,
-           next_slot: list[int], slot_lock: threading.Lock) -> None:
+def worker(
+    servers: list[Server],
+    stats: Stats,
+    *,
+    rate: float,
+    t0: float,
+    until: float,
+    next_slot: list[int],
+    slot_lock: threading.Lock,
+) -> None:
     """Take the next slot of the schedule, wait for it, run one serve + feedback pair."""
     clients = [httpx.Client(base_url=s.url, timeout=30) for s in servers]
     n = len(servers)
@@ -155,15 +165,13 @@ def worker(servers: list[Server], stats: Stats, *, rate: float, t0: float, until
             one, other = k % n, (k + 1) % n
             try:
                 a = time.perf_counter()
-                r = clients[one].post("/v1/prompts/soak/serve",
-                                      json={"variables": {"who": f"u{k}"}})
+                r = clients[one].post("/v1/prompts/soak/serve", json={"variables": {"who": f"u{k}"}})
                 b = time.perf_counter()
                 r.raise_for_status()
                 with stats.lock:
                     stats.served += 1
                 did = r.json()["decision_id"]
-                f = clients[other].post("/v1/feedback",
-                                        json={"decision_id": did, "reward": k % 3 == 0})
+                f = clients[other].post("/v1/feedback", json={"decision_id": did, "reward": k % 3 == 0})
                 c = time.perf_counter()
                 f.raise_for_status()
             except httpx.HTTPError:
@@ -238,19 +246,28 @@ def drive(servers: list[Server], args: argparse.Namespace, shown: str) -> None:
     """The load loop with periodic samples, then the summary."""
     stats = Stats(per_replica=[0] * len(servers))
     rss_start = [rss_mib(s.proc.pid) for s in servers]
-    print(f"soak: {len(servers)} replica(s) on {shown}; {args.rate:g} pairs/s "
-          f"({2 * args.rate:g} requests/s) for {args.duration:g} s; {args.workers} client threads;"
-          f" {os.cpu_count()} CPUs shared by servers and clients")
+    print(
+        f"soak: {len(servers)} replica(s) on {shown}; {args.rate:g} pairs/s "
+        f"({2 * args.rate:g} requests/s) for {args.duration:g} s; {args.workers} client threads;"
+        f" {os.cpu_count()} CPUs shared by servers and clients"
+    )
     print(f"RSS at start (MiB): {', '.join(f'{r:.1f}' for r in rss_start)}")
-    print(f"{'t/s':>6} {'pairs/s':>8} {'serve p50':>9} {'p99':>7} {'fb p50':>7} {'p99':>7}"
-          f" {'errors':>6}  RSS MiB per replica")
+    print(
+        f"{'t/s':>6} {'pairs/s':>8} {'serve p50':>9} {'p99':>7} {'fb p50':>7} {'p99':>7}"
+        f" {'errors':>6}  RSS MiB per replica"
+    )
     t0 = time.monotonic() + 0.5
     until = t0 + args.duration
     slot, slot_lock = [0], threading.Lock()
-    threads = [threading.Thread(target=worker, args=(servers, stats),
-                                kwargs={"rate": args.rate, "t0": t0, "until": until,
-                                        "next_slot": slot, "slot_lock": slot_lock},
-                                daemon=True) for _ in range(args.workers)]
+    threads = [
+        threading.Thread(
+            target=worker,
+            args=(servers, stats),
+            kwargs={"rate": args.rate, "t0": t0, "until": until, "next_slot": slot, "slot_lock": slot_lock},
+            daemon=True,
+        )
+        for _ in range(args.workers)
+    ]
     for t in threads:
         t.start()
     rss_samples: list[list[float]] = []
@@ -264,41 +281,52 @@ def drive(servers: list[Server], args: argparse.Namespace, shown: str) -> None:
         acked = stats.acked
         if now - last < 1 and not any(t.is_alive() for t in threads):
             break  # the tail of the last interval: too short to say anything
-        print(f"{now - t0:6.0f} {(acked - last_acked) / max(now - last, 1e-9):8.1f}"
-              f" {ms(percentile(s, 50)):>9} {ms(percentile(s, 99)):>7}"
-              f" {ms(percentile(f, 50)):>7} {ms(percentile(f, 99)):>7} {stats.errors:>6}  "
-              + ", ".join(f"{r:.1f}" for r in rss), flush=True)
+        print(
+            f"{now - t0:6.0f} {(acked - last_acked) / max(now - last, 1e-9):8.1f}"
+            f" {ms(percentile(s, 50)):>9} {ms(percentile(s, 99)):>7}"
+            f" {ms(percentile(f, 50)):>7} {ms(percentile(f, 99)):>7} {stats.errors:>6}  "
+            + ", ".join(f"{r:.1f}" for r in rss),
+            flush=True,
+        )
         last, last_acked = now, acked
     for t in threads:
         t.join()
     elapsed = time.monotonic() - t0
     print("\nsummary")
     for name, values in (("serve", stats.all_serve), ("feedback", stats.all_feedback)):
-        print(f"  {name:9} n={len(values)}  p50 {ms(percentile(values, 50))} ms  "
-              f"p90 {ms(percentile(values, 90))} ms  p99 {ms(percentile(values, 99))} ms  "
-              f"max {ms(max(values, default=float('nan')))} ms")
-    print(f"  pairs acknowledged {stats.acked} ({stats.acked / elapsed:.1f}/s), errors "
-          f"{stats.errors}, started late (>100 ms) {stats.late}")
+        print(
+            f"  {name:9} n={len(values)}  p50 {ms(percentile(values, 50))} ms  "
+            f"p90 {ms(percentile(values, 90))} ms  p99 {ms(percentile(values, 99))} ms  "
+            f"max {ms(max(values, default=float('nan')))} ms"
+        )
+    print(
+        f"  pairs acknowledged {stats.acked} ({stats.acked / elapsed:.1f}/s), errors "
+        f"{stats.errors}, started late (>100 ms) {stats.late}"
+    )
     for i, handled in enumerate(stats.per_replica):
         print(f"  replica {i}: {handled / elapsed:.1f} requests/s")
     warm = rss_samples[min(len(rss_samples) - 1, max(0, int(60 / args.sample) - 1))]
     end = rss_samples[-1]
     for i, srv in enumerate(servers):
-        print(f"  replica {i} RSS MiB: start {rss_start[i]:.1f}, after ~1 min {warm[i]:.1f}, "
-              f"end {end[i]:.1f} (pid {srv.proc.pid})")
+        print(
+            f"  replica {i} RSS MiB: start {rss_start[i]:.1f}, after ~1 min {warm[i]:.1f}, "
+            f"end {end[i]:.1f} (pid {srv.proc.pid})"
+        )
     with httpx.Client(base_url=servers[0].url, timeout=30) as c:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(
-                httpx.get(f"{s.url}/healthz", timeout=5).json()["pending_decisions"]
-                for s in servers):
+            httpx.get(f"{s.url}/healthz", timeout=5).json()["pending_decisions"] for s in servers
+        ):
             time.sleep(0.2)
         exps = c.get("/v1/experiments", params={"prompt": "soak"}).json()["experiments"]
         exp = exps[0]
         counted = sum(a["feedback"] for a in exp["arms"])
         decisions = sum(a["decisions"] for a in exp["arms"])
-        print(f"  experiment {exp['id']} {exp['status']}, epoch {exp['epoch']}: feedback counted "
-              f"{counted} of {stats.acked} acknowledged; decisions counted {decisions} of "
-              f"{stats.served} served")
+        print(
+            f"  experiment {exp['id']} {exp['status']}, epoch {exp['epoch']}: feedback counted "
+            f"{counted} of {stats.acked} acknowledged; decisions counted {decisions} of "
+            f"{stats.served} served"
+        )
 
 
 def main() -> None:
@@ -313,8 +341,7 @@ def main() -> None:
     p.add_argument("--postgres", help="PostgreSQL URL; the run uses a private schema there")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs)")
     args = p.parse_args()
-    if args.replicas > 1 and not args.postgres and not (
-            args.database_url or "").startswith("postgresql"):
+    if args.replicas > 1 and not args.postgres and not (args.database_url or "").startswith("postgresql"):
         p.error("several replicas need PostgreSQL (--postgres URL)")
     run(args)
 

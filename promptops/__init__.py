@@ -16,9 +16,13 @@ __all__ = ["AsyncClient", "Client", "CompleteResult", "PromptOpsError", "Setting
 
 # Loaded on first use, so importing a submodule (`promptops.stats`, `promptops.domain`) does not
 # load the SDK's httpx or the renderer's jinja2.
-_LAZY = {"AsyncClient": "promptops.client", "Client": "promptops.client",
-         "CompleteResult": "promptops.client", "Settings": "promptops.config",
-         "PromptOpsError": "promptops.errors"}
+_LAZY = {
+    "AsyncClient": "promptops.client",
+    "Client": "promptops.client",
+    "CompleteResult": "promptops.client",
+    "Settings": "promptops.config",
+    "PromptOpsError": "promptops.errors",
+}
 
 
 def __getattr__(name: str) -> Any:

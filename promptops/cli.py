@@ -23,8 +23,12 @@ from promptops.errors import InvalidInput, InvalidPromptFile, PromptOpsError
 if TYPE_CHECKING:
     from promptops.services.views import ExperimentView, VersionView
 
-app = typer.Typer(help="Prompts as code, with A/B experiments on autopilot.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Prompts as code, with A/B experiments on autopilot.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 experiment_app = typer.Typer(help="Experiment lifecycle.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -34,8 +38,7 @@ app.add_typer(keys_app, name="keys")
 
 # Piped output is not cut to 80 columns: tables stay readable in logs and scripts.
 # User data is never read as markup or emoji codes: everything is printed through say() and cell().
-out = Console(highlight=False, soft_wrap=True, emoji=False,
-              width=None if sys.stdout.isatty() else 200)
+out = Console(highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 # C0 controls but tab and newline, DEL and C1 controls: an escape sequence in a git author or a
@@ -68,8 +71,7 @@ class State:
 
 def settings(**overrides: Any) -> Settings:
     """Settings from the environment and the global flags."""
-    return Settings.from_env(database_url=State.database_url, prompts_dir=State.prompts_dir,
-                             **overrides)
+    return Settings.from_env(database_url=State.database_url, prompts_dir=State.prompts_dir, **overrides)
 
 
 def ops(**overrides: Any):  # type: ignore[no-untyped-def]
@@ -108,13 +110,16 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def root(
-    database_url: Annotated[str | None, typer.Option(
-        "--database-url", help="Overrides PROMPTOPS_DATABASE_URL.")] = None,
-    prompts_dir: Annotated[str | None, typer.Option(
-        "--prompts-dir", help="Overrides PROMPTOPS_PROMPTS_DIR.")] = None,
-    version: Annotated[bool, typer.Option(
-        "--version", help="Print the version and exit.", is_eager=True,
-        callback=_print_version)] = False,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="Overrides PROMPTOPS_DATABASE_URL.")
+    ] = None,
+    prompts_dir: Annotated[
+        str | None, typer.Option("--prompts-dir", help="Overrides PROMPTOPS_PROMPTS_DIR.")
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+    ] = False,
 ) -> None:
     """promptops: prompts as code, with A/B experiments on autopilot."""
     State.database_url = database_url
@@ -136,8 +141,11 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to create.")] = 
 
 
 @app.command()
-def validate(paths: Annotated[list[Path] | None, typer.Argument(
-        help="Files or folders (default: the prompts and evals folders).")] = None) -> None:
+def validate(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Files or folders (default: the prompts and evals folders).")
+    ] = None,
+) -> None:
     """Check prompt and eval files; prints PATH:LINE: message for each problem."""
     from promptops.evalfiles import validate_files
 
@@ -165,8 +173,9 @@ def _actor() -> str:
     return f"cli:{os.environ.get('USER') or os.environ.get('USERNAME') or 'unknown'}"
 
 
-def _parse_vars(service: Any, name: str, version: int | None, label: str | None,
-                pairs: list[str], vars_json: str | None) -> dict[str, Any]:
+def _parse_vars(
+    service: Any, name: str, version: int | None, label: str | None, pairs: list[str], vars_json: str | None
+) -> dict[str, Any]:
     from promptops.rendering import coerce_cli_value
 
     values: dict[str, Any] = {}
@@ -224,10 +233,15 @@ def versions(name: str, as_json: Annotated[bool, typer.Option("--json")] = False
         return
     table = Table("version", "variant", "labels", "created", "git commit", "author", "source")
     for v in rows:
-        table.add_row(cell(v.number), cell(v.variant), cell(", ".join(v.labels)),
-                      cell(datetime.fromtimestamp(v.created_at, UTC).strftime(
-                          "%Y-%m-%d %H:%M")),
-                      cell(_git_cell(v)), cell(v.git_author), cell(v.source_path))
+        table.add_row(
+            cell(v.number),
+            cell(v.variant),
+            cell(", ".join(v.labels)),
+            cell(datetime.fromtimestamp(v.created_at, UTC).strftime("%Y-%m-%d %H:%M")),
+            cell(_git_cell(v)),
+            cell(v.git_author),
+            cell(v.source_path),
+        )
     out.print(table)
 
 
@@ -247,13 +261,11 @@ def diff(name: str, a: int, b: int) -> None:
 
 
 @app.command()
-def label(name: str, version: int, label_name: Annotated[str, typer.Argument(
-        metavar="LABEL")]) -> None:
+def label(name: str, version: int, label_name: Annotated[str, typer.Argument(metavar="LABEL")]) -> None:
     """Move a label to a version (rollback: move production back)."""
     result = ops().registry.move_label(name, version, label_name, actor=_actor())
     prev = result.previous
-    say(f"{name}: {label_name} -> version {version}"
-        + (f" (was {prev})" if prev and prev != version else ""))
+    say(f"{name}: {label_name} -> version {version}" + (f" (was {prev})" if prev and prev != version else ""))
 
 
 @app.command()
@@ -269,8 +281,10 @@ def adopt(
         return
     removed = [f"variant {report.removed_variant!r}"] if report.removed_variant else []
     removed += ["the experiment block"] if report.removed_experiment else []
-    say(f"{report.path}: main is now version {report.version} (production)"
-        + (f"; removed {' and '.join(removed)}" if removed else ""))
+    say(
+        f"{report.path}: main is now version {report.version} (production)"
+        + (f"; removed {' and '.join(removed)}" if removed else "")
+    )
     say("next: review the change, commit it, and run `promptops sync` (it makes no new version)")
 
 
@@ -284,8 +298,9 @@ def _parse_settings(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise InvalidInput(f"--set takes SETTING=VALUE, got {pair!r}")
         if key not in Policy.field_names():
-            raise InvalidInput(f"unknown policy setting {key!r}; valid settings: "
-                               + ", ".join(sorted(Policy.field_names())))
+            raise InvalidInput(
+                f"unknown policy setting {key!r}; valid settings: " + ", ".join(sorted(Policy.field_names()))
+            )
         try:
             policy[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -296,15 +311,17 @@ def _parse_settings(pairs: list[str]) -> dict[str, Any]:
 @experiment_app.command("start")
 def experiment_start(
     name: Annotated[str | None, typer.Argument(help="Prompt name.")] = None,
-    versions: Annotated[list[int] | None, typer.Argument(
-        help="Two or more versions; the first is the control.")] = None,
+    versions: Annotated[
+        list[int] | None, typer.Argument(help="Two or more versions; the first is the control.")
+    ] = None,
     experiment_id: Annotated[int | None, typer.Option("--id", help="Start a draft by id.")] = None,
     metric: Annotated[str, typer.Option(help="Metric name.")] = "reward",
     reward: Annotated[RewardKind, typer.Option(help="Kind of reward.")] = RewardKind.BINARY,
     strategy: Annotated[Strategy, typer.Option(help="Allocation.")] = Strategy.THOMPSON,
     weights: Annotated[str | None, typer.Option(help="Fixed weights, e.g. 0.5,0.5.")] = None,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Policy SETTING=VALUE (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Policy SETTING=VALUE (repeatable).")
+    ] = None,
     draft: Annotated[bool, typer.Option("--draft", help="Create without starting.")] = False,
 ) -> None:
     """Start an experiment over versions of a prompt (or a draft by --id)."""
@@ -321,17 +338,29 @@ def experiment_start(
             except ValueError:
                 fail(f"--weights must be numbers separated by commas, got {weights!r}")
         exp = service.experiments.create(
-            name, versions, metric=metric, reward=reward.value, strategy=strategy.value,
-            weights=w, policy=_parse_settings(set_ or []), start=not draft, actor=_actor())
-    say(f"experiment {exp.id} {exp.status}: {exp.prompt} versions "
-        f"{', '.join(str(a.version) for a in exp.arms)}")
+            name,
+            versions,
+            metric=metric,
+            reward=reward.value,
+            strategy=strategy.value,
+            weights=w,
+            policy=_parse_settings(set_ or []),
+            start=not draft,
+            actor=_actor(),
+        )
+    say(
+        f"experiment {exp.id} {exp.status}: {exp.prompt} versions "
+        f"{', '.join(str(a.version) for a in exp.arms)}"
+    )
     _say_control(exp)
 
 
 def _say_control(e: ExperimentView) -> None:
     if e.control_is_production is False:
-        say(f"  control v{e.control_version} is not the version that held production "
-            f"at the start (v{e.production_at_start})")
+        say(
+            f"  control v{e.control_version} is not the version that held production "
+            f"at the start (v{e.production_at_start})"
+        )
 
 
 @experiment_app.command("list")
@@ -348,24 +377,26 @@ def experiment_list(
     table = Table("id", "prompt", "status", "versions", "decisions", "leader", "winner")
     for e in rows:
         leader = max(e.arms, key=lambda a: a.p_best or 0.0)
-        table.add_row(cell(e.id), cell(e.prompt), cell(e.status),
-                      cell(", ".join(str(a.version) for a in e.arms)),
-                      cell(sum(a.decisions for a in e.arms)),
-                      cell(f"v{leader.version}" if leader.p_best is not None else ""),
-                      cell(f"v{e.winner}" if e.winner else ""))
+        table.add_row(
+            cell(e.id),
+            cell(e.prompt),
+            cell(e.status),
+            cell(", ".join(str(a.version) for a in e.arms)),
+            cell(sum(a.decisions for a in e.arms)),
+            cell(f"v{leader.version}" if leader.p_best is not None else ""),
+            cell(f"v{e.winner}" if e.winner else ""),
+        )
     out.print(table)
 
 
 @experiment_app.command("status")
-def experiment_status(experiment_id: int,
-                      as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def experiment_status(experiment_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Per-arm figures of an experiment."""
     e = ops().experiments.get(experiment_id)
     if as_json:
         print_json(e)
         return
-    say(f"experiment {e.id} on {e.prompt}: {e.status}"
-        + (f", winner v{e.winner}" if e.winner else ""))
+    say(f"experiment {e.id} on {e.prompt}: {e.status}" + (f", winner v{e.winner}" if e.winner else ""))
     _say_control(e)
     if e.reason:
         say(f"  {e.reason}")
@@ -378,10 +409,15 @@ def experiment_status(experiment_id: int,
     hold = e.holdout
     if hold:
         phase = "holdout" if e.status == ExperimentStatus.HOLDOUT else "holdout ended"
-        test = ("" if hold.get("p_old_better") is None
-                else f"; P(v{hold['old_version']} better) {100 * hold['p_old_better']:.1f}%")
-        say(f"  {phase}: v{hold['new_version']} promoted, v{hold['old_version']} keeps its "
-            f"holdout share{test}")
+        test = (
+            ""
+            if hold.get("p_old_better") is None
+            else f"; P(v{hold['old_version']} better) {100 * hold['p_old_better']:.1f}%"
+        )
+        say(
+            f"  {phase}: v{hold['new_version']} promoted, v{hold['old_version']} keeps its "
+            f"holdout share{test}"
+        )
     for a in e.arms:
         for g in a.guardrails:
             say(f"  guardrail {g['sentence']}")
@@ -389,15 +425,34 @@ def experiment_status(experiment_id: int,
     def pct(x: float | None) -> str:
         return "" if x is None else f"{100 * x:.2f}%"
 
-    table = Table("version", "variant", "decisions", "units", "feedback", "n", "mean", "95% CI",
-                  "P(best)", "exp. loss", "weight")
+    table = Table(
+        "version",
+        "variant",
+        "decisions",
+        "units",
+        "feedback",
+        "n",
+        "mean",
+        "95% CI",
+        "P(best)",
+        "exp. loss",
+        "weight",
+    )
     for a in e.arms:
         ci = "" if a.ci_low is None else f"{pct(a.ci_low)} - {pct(a.ci_high)}"
-        table.add_row(cell(f"{a.version}{' (control)' if a.is_control else ''}"),
-                      cell(a.variant), cell(a.decisions), cell(a.new_units), cell(a.feedback),
-                      cell(a.n), cell(pct(a.mean)), cell(ci), cell(pct(a.p_best)),
-                      cell("" if a.expected_loss is None else f"{a.expected_loss:.5f}"),
-                      cell(pct(a.weight)))
+        table.add_row(
+            cell(f"{a.version}{' (control)' if a.is_control else ''}"),
+            cell(a.variant),
+            cell(a.decisions),
+            cell(a.new_units),
+            cell(a.feedback),
+            cell(a.n),
+            cell(pct(a.mean)),
+            cell(ci),
+            cell(pct(a.p_best)),
+            cell("" if a.expected_loss is None else f"{a.expected_loss:.5f}"),
+            cell(pct(a.weight)),
+        )
     out.print(table)
     names = sorted({m for a in e.arms for m in a.metrics})
     if names:
@@ -406,22 +461,39 @@ def experiment_status(experiment_id: int,
             row = []
             for m in names:
                 est = a.metrics.get(m)
-                row.append("" if not est or est["mean"] is None or est["ci_low"] is None else
-                           f"{est['mean']:.4g} ({est['ci_low']:.4g} .. {est['ci_high']:.4g}), "
-                           f"n {est['n']}")
+                row.append(
+                    ""
+                    if not est or est["mean"] is None or est["ci_low"] is None
+                    else f"{est['mean']:.4g} ({est['ci_low']:.4g} .. {est['ci_high']:.4g}), n {est['n']}"
+                )
             metrics.add_row(cell(a.version), *(cell(x) for x in row))
         out.print(metrics)
     if any(a.calls for a in e.arms):
+
         def num(x: float | None, fmt: str) -> str:
             return "" if x is None else format(x, fmt)
 
-        usage = Table("version", "calls", "errors", "cache hits", "cost / 1k calls",
-                      "p50 ms", "p95 ms", title="calls through the gateway")
+        usage = Table(
+            "version",
+            "calls",
+            "errors",
+            "cache hits",
+            "cost / 1k calls",
+            "p50 ms",
+            "p95 ms",
+            title="calls through the gateway",
+        )
         for a in e.arms:
             per_k = None if a.cost_usd_mean is None else 1000 * a.cost_usd_mean
-            usage.add_row(str(a.version), str(a.calls), pct(a.error_rate),
-                          pct(a.cache_hit_rate), num(per_k, ".4f"),
-                          num(a.latency_ms_p50, ".0f"), num(a.latency_ms_p95, ".0f"))
+            usage.add_row(
+                str(a.version),
+                str(a.calls),
+                pct(a.error_rate),
+                pct(a.cache_hit_rate),
+                num(per_k, ".4f"),
+                num(a.latency_ms_p50, ".0f"),
+                num(a.latency_ms_p95, ".0f"),
+            )
         out.print(usage)
 
 
@@ -447,9 +519,14 @@ def experiment_promote(
 def simulate(
     scenario: Path,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    table: Annotated[bool | None, typer.Option(
-        "--table/--plain", help="A table, or plain `figure: value` lines (default: a table on "
-                                "a terminal).", show_default=False)] = None,
+    table: Annotated[
+        bool | None,
+        typer.Option(
+            "--table/--plain",
+            help="A table, or plain `figure: value` lines (default: a table on a terminal).",
+            show_default=False,
+        ),
+    ] = None,
     runs: Annotated[int | None, typer.Option(help="Override the scenario's runs.")] = None,
 ) -> None:
     from rich.progress import Progress
@@ -467,8 +544,8 @@ def simulate(
         with Progress(console=err, transient=True) as progress:
             task = progress.add_task("simulating", total=runs or sc.runs)
             result = simulation.run_scenario(
-                sc, runs=runs, progress=lambda done, total: progress.update(
-                    task, completed=done, total=total))
+                sc, runs=runs, progress=lambda done, total: progress.update(task, completed=done, total=total)
+            )
     else:
         result = simulation.run_scenario(sc, runs=runs)
     if as_json:
@@ -496,9 +573,14 @@ def plan(
     units: Annotated[float | None, typer.Option(help="Decisions per unit on average.")] = None,
     runs: Annotated[int, typer.Option(help="Simulated runs of each of A/B and A/A.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    table: Annotated[bool | None, typer.Option(
-        "--table/--plain", help="A table, or plain `figure: value` lines (default: a table on "
-                                "a terminal).", show_default=False)] = None,
+    table: Annotated[
+        bool | None,
+        typer.Option(
+            "--table/--plain",
+            help="A table, or plain `figure: value` lines (default: a table on a terminal).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     from dataclasses import asdict
 
@@ -509,14 +591,26 @@ def plan(
     if runs < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--runs")
     # refuse bad numbers before the progress bar shows
-    simulation.plan_scenarios(base_rate=base_rate, lift=lift, arms=arms, units=units,
-                              decisions_per_hour=decisions_per_hour, feedback_rate=feedback_rate)
+    simulation.plan_scenarios(
+        base_rate=base_rate,
+        lift=lift,
+        arms=arms,
+        units=units,
+        decisions_per_hour=decisions_per_hour,
+        feedback_rate=feedback_rate,
+    )
     with Progress(console=err, transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("simulating", total=2 * runs)
         result = simulation.run_plan(
-            base_rate=base_rate, lift=lift, arms=arms, decisions_per_hour=decisions_per_hour,
-            feedback_rate=feedback_rate, units=units, runs=runs,
-            progress=lambda done, total: progress.update(task, completed=done, total=total))
+            base_rate=base_rate,
+            lift=lift,
+            arms=arms,
+            decisions_per_hour=decisions_per_hour,
+            feedback_rate=feedback_rate,
+            units=units,
+            runs=runs,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     if as_json:
         sys.stdout.write(json.dumps(asdict(result)) + "\n")
         return
@@ -557,8 +651,9 @@ def cache_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
 
 
 @cache_app.command("clear")
-def cache_clear(name: Annotated[str | None, typer.Argument(help="Only this prompt.")] = None,
-                ) -> None:
+def cache_clear(
+    name: Annotated[str | None, typer.Argument(help="Only this prompt.")] = None,
+) -> None:
     """Remove cached answers (every prompt's, or one prompt's)."""
     removed = _gateway(ops()).cache.clear(name)
     say(f"removed {removed} cached answer(s)" + (f" of {name}" if name else ""))
@@ -603,15 +698,20 @@ def cache_warm(
         try:
             with Progress(console=err, transient=True, disable=not sys.stderr.isatty()) as bar:
                 task = bar.add_task(f"warming {name}", total=len(cases))
-                return await warm(gateway, name, cases, version=version, label=label,
-                                  concurrency=concurrency,
-                                  progress=lambda k: bar.advance(task, k))
+                return await warm(
+                    gateway,
+                    name,
+                    cases,
+                    version=version,
+                    label=label,
+                    concurrency=concurrency,
+                    progress=lambda k: bar.advance(task, k),
+                )
         finally:
             await gateway.aclose()
 
     report = asyncio.run(go())
-    say(f"warmed {name}: {report.misses} new, {report.hits} already cached, "
-        f"{report.errors} failed")
+    say(f"warmed {name}: {report.misses} new, {report.hits} already cached, {report.errors} failed")
     if report.errors:
         raise typer.Exit(1)
 
@@ -622,9 +722,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     no_sync: Annotated[bool, typer.Option("--no-sync", help="Do not sync prompts.")] = False,
-    workers: Annotated[int, typer.Option(
-        "--workers", min=1, max=64,
-        help="Processes sharing the port (on SQLite they share one writer).")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", min=1, max=64, help="Processes sharing the port (on SQLite they share one writer)."
+        ),
+    ] = 1,
 ) -> None:
     """Migrate, sync the prompts folder, and serve the API and dashboard."""
     from promptops.server.run import run_server
@@ -641,12 +744,16 @@ def gc(
     service = ops()
     r = service.retention.gc(older_than_days=older_than, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
-    say(f"{verb} {r['decisions']} decisions and {r['feedback']} feedback "
-        f"from {r['experiments']} ended experiment(s) and old production serves")
+    say(
+        f"{verb} {r['decisions']} decisions and {r['feedback']} feedback "
+        f"from {r['experiments']} ended experiment(s) and old production serves"
+    )
     if not dry_run:
         cache = _gateway(service).cache
-        say(f"evicted {cache.evict()} least recently used cache entries "
-            f"(cache.max_entries {cache.max_entries})")
+        say(
+            f"evicted {cache.evict()} least recently used cache entries "
+            f"(cache.max_entries {cache.max_entries})"
+        )
 
 
 @db_app.command("upgrade")
@@ -685,8 +792,13 @@ def keys_list() -> None:
     """List keys (prefixes only)."""
     table = Table("id", "prefix", "role", "name", "revoked")
     for k in ops().keys.list_keys():
-        table.add_row(cell(k.id), cell(k.prefix + "..."), cell(k.role), cell(k.name),
-                      cell("yes" if k.revoked_at else ""))
+        table.add_row(
+            cell(k.id),
+            cell(k.prefix + "..."),
+            cell(k.role),
+            cell(k.name),
+            cell("yes" if k.revoked_at else ""),
+        )
     out.print(table)
 
 
@@ -697,8 +809,11 @@ def keys_revoke(key_id: int) -> None:
     service.keys.revoke(key_id, actor=_actor())
     say(f"key {key_id} revoked")
     if not service.keys.any():
-        say("no active key is left: auth stays on and every request is refused; create a "
-            "key, or run `promptops keys auth-off`", console=err)
+        say(
+            "no active key is left: auth stays on and every request is refused; create a "
+            "key, or run `promptops keys auth-off`",
+            console=err,
+        )
 
 
 @keys_app.command("auth-off")
@@ -730,8 +845,10 @@ def main() -> None:
     except Exception as exc:  # an unexpected failure
         if os.environ.get("PROMPTOPS_DEBUG"):
             raise
-        say(f"error: unexpected {type(exc).__name__}: {exc} "
-            "(set PROMPTOPS_DEBUG=1 for a traceback)", console=err)
+        say(
+            f"error: unexpected {type(exc).__name__}: {exc} (set PROMPTOPS_DEBUG=1 for a traceback)",
+            console=err,
+        )
         sys.exit(2)
 
 

@@ -50,16 +50,15 @@ _Build = Callable[[str, Any, Mapping[str, Any]], e.PromptOpsError]
 _BY_CODE: dict[tuple[int, str], _Build] = {
     (404, "prompt_not_found"): lambda m, f, c: e.PromptNotFound(str(c.get("name", "?"))),
     (404, "version_not_found"): lambda m, f, c: e.VersionNotFound(
-        str(c.get("name", "?")), int(c.get("version", 0))),
+        str(c.get("name", "?")), int(c.get("version", 0))
+    ),
     (404, "label_not_found"): lambda m, f, c: e.LabelNotFound(
-        str(c.get("name", "?")), str(c.get("label", PRODUCTION))),
-    (404, "decision_not_found"): lambda m, f, c: e.DecisionNotFound(
-        str(c.get("decision_id", "?"))),
-    (404, "experiment_not_found"): lambda m, f, c: e.ExperimentNotFound(
-        c.get("experiment_id", "?")),
+        str(c.get("name", "?")), str(c.get("label", PRODUCTION))
+    ),
+    (404, "decision_not_found"): lambda m, f, c: e.DecisionNotFound(str(c.get("decision_id", "?"))),
+    (404, "experiment_not_found"): lambda m, f, c: e.ExperimentNotFound(c.get("experiment_id", "?")),
     (409, "conflict"): lambda m, f, c: e.Conflict(m),
-    **{(status, "invalid_variables"): (lambda m, f, c: e.VariableError(m, field=f))
-       for status in (413, 422)},
+    **{(status, "invalid_variables"): (lambda m, f, c: e.VariableError(m, field=f)) for status in (413, 422)},
     **{(status, "render_error"): (lambda m, f, c: e.RenderError(m)) for status in (413, 422)},
 }
 _BY_STATUS: dict[int, _Build] = {
@@ -142,8 +141,7 @@ def _error(resp: httpx.Response, context: Mapping[str, Any]) -> e.PromptOpsError
         field = body.get("field")
     except (ValueError, KeyError, TypeError):
         code, message, field = "", f"HTTP {status}: {resp.text[:200]}", None
-    build = (_BY_CODE.get((status, code)) or _BY_STATUS.get(status)
-             or (lambda m, f, c: e.PromptOpsError(m)))
+    build = _BY_CODE.get((status, code)) or _BY_STATUS.get(status) or (lambda m, f, c: e.PromptOpsError(m))
     exc = build(message, field, context)
     exc.message = message
     exc.args = (message,)
@@ -151,9 +149,11 @@ def _error(resp: httpx.Response, context: Mapping[str, Any]) -> e.PromptOpsError
 
 
 _UPSTREAM: dict[str, type[e.PromptOpsError]] = {
-    "upstream_error": e.UpstreamError, "upstream_timeout": e.UpstreamTimeout,
+    "upstream_error": e.UpstreamError,
+    "upstream_timeout": e.UpstreamTimeout,
     "upstream_rate_limited": e.UpstreamRateLimited,
-    "provider_not_configured": e.ProviderNotConfigured}
+    "provider_not_configured": e.ProviderNotConfigured,
+}
 
 
 def _complete_error(resp: httpx.Response, name: str) -> e.PromptOpsError:
@@ -171,8 +171,12 @@ def _complete_error(resp: httpx.Response, name: str) -> e.PromptOpsError:
     return _error(resp, {"name": name})
 
 
-def _complete_body(variables: Mapping[str, Any] | None, unit_id: str | None,
-                   messages: list[dict[str, Any]] | None, cache: str | None) -> dict[str, Any]:
+def _complete_body(
+    variables: Mapping[str, Any] | None,
+    unit_id: str | None,
+    messages: list[dict[str, Any]] | None,
+    cache: str | None,
+) -> dict[str, Any]:
     body: dict[str, Any] = {"variables": dict(variables or {})}
     if unit_id is not None:
         body["unit_id"] = unit_id
@@ -184,20 +188,20 @@ def _complete_body(variables: Mapping[str, Any] | None, unit_id: str | None,
 
 
 def _unavailable(exc: httpx.TransportError, base_url: str) -> e.Unavailable:
-    return e.Unavailable(f"promptops server at {base_url} unreachable: "
-                         f"{type(exc).__name__}: {exc}".rstrip(": "))
+    return e.Unavailable(
+        f"promptops server at {base_url} unreachable: {type(exc).__name__}: {exc}".rstrip(": ")
+    )
 
 
 def _retryable(exc: httpx.TransportError, *, idempotent: bool) -> bool:
     return idempotent or isinstance(exc, _NOT_SENT)
 
 
-def _fallback(name: str, entry: _Production, variables: Mapping[str, Any],
-              renderer: Renderer) -> ServeResult:
-    out = renderer.render(entry.content, variables, prompt=name, version=entry.number,
-                          variant=entry.variant).payload()
-    return ServeResult.from_json({**out, "decision_id": None, "experiment_id": None},
-                                 fallback=True)
+def _fallback(name: str, entry: _Production, variables: Mapping[str, Any], renderer: Renderer) -> ServeResult:
+    out = renderer.render(
+        entry.content, variables, prompt=name, version=entry.number, variant=entry.variant
+    ).payload()
+    return ServeResult.from_json({**out, "decision_id": None, "experiment_id": None}, fallback=True)
 
 
 def _load_files(folder: Path) -> dict[str, PromptDefinition]:
@@ -221,9 +225,18 @@ def _load_files(folder: Path) -> dict[str, PromptDefinition]:
 class _Base:
     """Settings and state shared by the sync and async clients."""
 
-    def __init__(self, base_url: str, *, api_key: str | None, timeout: float, retries: int,
-                 backoff: float, cache_ttl: float, fallback_dir: str | Path | None,
-                 flush_timeout: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        cache_ttl: float,
+        fallback_dir: str | Path | None,
+        flush_timeout: float,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retries = max(0, int(retries))
         self.backoff = backoff
@@ -250,10 +263,12 @@ class _Base:
         definition = self._files.get(name)
         if definition is None:
             return None
-        out = self.renderer.render(definition.content, variables, prompt=name, version=0,
-                                   variant=MAIN_VARIANT).payload()
-        return ServeResult.from_json({**out, "version": None, "decision_id": None,
-                                      "experiment_id": None}, fallback=True)
+        out = self.renderer.render(
+            definition.content, variables, prompt=name, version=0, variant=MAIN_VARIANT
+        ).payload()
+        return ServeResult.from_json(
+            {**out, "version": None, "decision_id": None, "experiment_id": None}, fallback=True
+        )
 
     def _delay(self, attempt: int) -> float:
         return float(self.backoff * 2**attempt)
@@ -266,8 +281,9 @@ class _Base:
         return body
 
     @staticmethod
-    def _render_body(variables: Mapping[str, Any] | None, version: int | None,
-                     label: str | None) -> dict[str, Any]:
+    def _render_body(
+        variables: Mapping[str, Any] | None, version: int | None, label: str | None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"variables": dict(variables or {})}
         if version is not None:
             body["version"] = version
@@ -276,8 +292,7 @@ class _Base:
         return body
 
     @staticmethod
-    def _feedback_body(decision_id: str, reward: float | bool,
-                       metric: str | None) -> dict[str, Any]:
+    def _feedback_body(decision_id: str, reward: float | bool, metric: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"decision_id": decision_id, "reward": reward}
         if metric is not None:
             body["metric"] = metric
@@ -287,19 +302,44 @@ class _Base:
 class Client(_Base):
     """A synchronous promptops client over httpx, with retries and a local production fallback."""
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 2.0,
-                 retries: int = 3, backoff: float = 0.05, cache_ttl: float = 5.0,
-                 fallback_dir: str | Path | None = None, queue_feedback: bool = False,
-                 feedback_queue_size: int = 10_000, flush_timeout: float = 5.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key=api_key, timeout=timeout, retries=retries,
-                         backoff=backoff, cache_ttl=cache_ttl, fallback_dir=fallback_dir,
-                         flush_timeout=flush_timeout)
-        self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout,
-                                  transport=transport)
-        self._outbox = (Outbox(self._send_queued, maxsize=feedback_queue_size,
-                               backoff=max(backoff, 0.05), exit_timeout=flush_timeout)
-                        if queue_feedback else None)
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 2.0,
+        retries: int = 3,
+        backoff: float = 0.05,
+        cache_ttl: float = 5.0,
+        fallback_dir: str | Path | None = None,
+        queue_feedback: bool = False,
+        feedback_queue_size: int = 10_000,
+        flush_timeout: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            cache_ttl=cache_ttl,
+            fallback_dir=fallback_dir,
+            flush_timeout=flush_timeout,
+        )
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport
+        )
+        self._outbox = (
+            Outbox(
+                self._send_queued,
+                maxsize=feedback_queue_size,
+                backoff=max(backoff, 0.05),
+                exit_timeout=flush_timeout,
+            )
+            if queue_feedback
+            else None
+        )
 
     @property
     def feedback_dropped(self) -> int:
@@ -313,8 +353,7 @@ class Client(_Base):
         return self._outbox.pending if self._outbox is not None else 0
 
     def _send_queued(self, body: Body) -> None:
-        self._request("POST", "/v1/feedback", json=body, retries=0,
-                      decision_id=body["decision_id"])
+        self._request("POST", "/v1/feedback", json=body, retries=0, decision_id=body["decision_id"])
 
     def flush_feedback(self, timeout: float | None = None) -> bool:
         """Send queued feedback now; True once the queue is empty, False if it is not within
@@ -323,8 +362,16 @@ class Client(_Base):
             return True
         return self._outbox.flush(self.flush_timeout if timeout is None else timeout)
 
-    def _request(self, method: str, path: str, *, json: Any = None, idempotent: bool = True,
-                 retries: int | None = None, **context: Any) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        idempotent: bool = True,
+        retries: int | None = None,
+        **context: Any,
+    ) -> Any:
         tries = self.retries if retries is None else retries
         for attempt in range(tries + 1):
             last = attempt == tries
@@ -343,8 +390,12 @@ class Client(_Base):
 
     def _remember(self, name: str, number: int) -> None:
         if not self.cache.confirm(name, number):
-            self.cache.store(name, self._request("GET", _path("prompts", name, "versions", number),
-                                                 retries=0, name=name, version=number))
+            self.cache.store(
+                name,
+                self._request(
+                    "GET", _path("prompts", name, "versions", number), retries=0, name=name, version=number
+                ),
+            )
 
     def _refresh(self, name: str) -> None:
         info = self._request("GET", _path("prompts", name), retries=0, name=name)
@@ -367,13 +418,19 @@ class Client(_Base):
         except e.PromptOpsError:
             pass
 
-    def serve(self, name: str, variables: Mapping[str, Any] | None = None,
-              unit_id: str | None = None) -> ServeResult:
+    def serve(
+        self, name: str, variables: Mapping[str, Any] | None = None, unit_id: str | None = None
+    ) -> ServeResult:
         """Serve a prompt (recording a decision), or render production locally when the server
         is unreachable (`fallback=True`)."""
         try:
-            out = self._request("POST", _path("prompts", name, "serve"), idempotent=False,
-                                json=self._serve_body(variables, unit_id), name=name)
+            out = self._request(
+                "POST",
+                _path("prompts", name, "serve"),
+                idempotent=False,
+                json=self._serve_body(variables, unit_id),
+                name=name,
+            )
         except e.Unavailable:
             local = self._offline(name, variables or {})
             if local is None:
@@ -382,8 +439,7 @@ class Client(_Base):
         self._best_effort(name, out["version"] if out.get("experiment_id") is None else None)
         return ServeResult.from_json(out)
 
-    def feedback(self, decision_id: str, reward: float | bool,
-                 metric: str | None = None) -> FeedbackStatus:
+    def feedback(self, decision_id: str, reward: float | bool, metric: str | None = None) -> FeedbackStatus:
         """Send a reward for a decision: "recorded", "duplicate" for a repeat, or "queued" when
         `queue_feedback` holds it until the server is back."""
         body = self._feedback_body(decision_id, reward, metric)
@@ -399,12 +455,22 @@ class Client(_Base):
             return "queued"
         return "duplicate" if out["status"] == "duplicate" else "recorded"
 
-    def render(self, name: str, variables: Mapping[str, Any] | None = None,
-               version: int | None = None, label: str | None = None) -> RenderResult:
+    def render(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None = None,
+        version: int | None = None,
+        label: str | None = None,
+    ) -> RenderResult:
         """Render a version (production by default) without recording a decision."""
-        out = self._request("POST", _path("prompts", name, "render"),
-                            json=self._render_body(variables, version, label), name=name,
-                            version=version or 0, label=label or PRODUCTION)
+        out = self._request(
+            "POST",
+            _path("prompts", name, "render"),
+            json=self._render_body(variables, version, label),
+            name=name,
+            version=version or 0,
+            label=label or PRODUCTION,
+        )
         if version is None and label in (None, PRODUCTION):
             self._best_effort(name, out["version"])
         return RenderResult.from_json(out)
@@ -417,26 +483,34 @@ class Client(_Base):
 
     def get_experiment(self, experiment_id: int) -> Experiment:
         """An experiment with its per-arm figures."""
-        return Experiment.from_json(self._request("GET", _path("experiments", experiment_id),
-                                                  experiment_id=experiment_id))
+        return Experiment.from_json(
+            self._request("GET", _path("experiments", experiment_id), experiment_id=experiment_id)
+        )
 
-    def list_experiments(self, *, prompt: str | None = None,
-                         status: str | None = None) -> list[Experiment]:
+    def list_experiments(self, *, prompt: str | None = None, status: str | None = None) -> list[Experiment]:
         """Experiments, newest first, optionally of one prompt or in one status."""
-        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in
-                         (("prompt", prompt), ("status", status)) if v is not None)
-        out = self._request("GET", "/v1/experiments" + (f"?{query}" if query else ""),
-                            name=prompt or "?")
+        query = "&".join(
+            f"{k}={quote(v, safe='')}" for k, v in (("prompt", prompt), ("status", status)) if v is not None
+        )
+        out = self._request("GET", "/v1/experiments" + (f"?{query}" if query else ""), name=prompt or "?")
         return [Experiment.from_json(x) for x in out["experiments"]]
 
-    def complete(self, name: str, variables: Mapping[str, Any] | None = None, *,
-                 unit_id: str | None = None, messages: list[dict[str, Any]] | None = None,
-                 cache: str | None = None, timeout: float = 120.0) -> CompleteResult:
+    def complete(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        unit_id: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        cache: str | None = None,
+        timeout: float = 120.0,
+    ) -> CompleteResult:
         """Call the prompt's model through the gateway (never resent: a call costs money)."""
         path = _path("prompts", name, "complete")
         try:
-            resp = self._http.post(path, json=_complete_body(variables, unit_id, messages, cache),
-                                   timeout=timeout)
+            resp = self._http.post(
+                path, json=_complete_body(variables, unit_id, messages, cache), timeout=timeout
+            )
         except httpx.TransportError as exc:
             raise _unavailable(exc, self.base_url) from exc
         if resp.status_code >= 400:
@@ -452,26 +526,48 @@ class Client(_Base):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
 class AsyncClient(_Base):
     """An asyncio promptops client over httpx, with retries and a local production fallback."""
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 2.0,
-                 retries: int = 3, backoff: float = 0.05, cache_ttl: float = 5.0,
-                 fallback_dir: str | Path | None = None, queue_feedback: bool = False,
-                 feedback_queue_size: int = 10_000, flush_timeout: float = 5.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key=api_key, timeout=timeout, retries=retries,
-                         backoff=backoff, cache_ttl=cache_ttl, fallback_dir=fallback_dir,
-                         flush_timeout=flush_timeout)
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers,
-                                       timeout=timeout, transport=transport)
-        self._outbox = (AsyncOutbox(self._send_queued, maxsize=feedback_queue_size,
-                                    backoff=max(backoff, 0.05)) if queue_feedback else None)
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 2.0,
+        retries: int = 3,
+        backoff: float = 0.05,
+        cache_ttl: float = 5.0,
+        fallback_dir: str | Path | None = None,
+        queue_feedback: bool = False,
+        feedback_queue_size: int = 10_000,
+        flush_timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            cache_ttl=cache_ttl,
+            fallback_dir=fallback_dir,
+            flush_timeout=flush_timeout,
+        )
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport
+        )
+        self._outbox = (
+            AsyncOutbox(self._send_queued, maxsize=feedback_queue_size, backoff=max(backoff, 0.05))
+            if queue_feedback
+            else None
+        )
 
     @property
     def feedback_dropped(self) -> int:
@@ -485,8 +581,7 @@ class AsyncClient(_Base):
         return self._outbox.pending if self._outbox is not None else 0
 
     async def _send_queued(self, body: Body) -> None:
-        await self._request("POST", "/v1/feedback", json=body, retries=0,
-                            decision_id=body["decision_id"])
+        await self._request("POST", "/v1/feedback", json=body, retries=0, decision_id=body["decision_id"])
 
     async def flush_feedback(self, timeout: float | None = None) -> bool:
         """Send queued feedback now; True once the queue is empty, False if it is not within
@@ -495,9 +590,16 @@ class AsyncClient(_Base):
             return True
         return await self._outbox.flush(self.flush_timeout if timeout is None else timeout)
 
-    async def _request(self, method: str, path: str, *, json: Any = None,
-                       idempotent: bool = True, retries: int | None = None,
-                       **context: Any) -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        idempotent: bool = True,
+        retries: int | None = None,
+        **context: Any,
+    ) -> Any:
         tries = self.retries if retries is None else retries
         for attempt in range(tries + 1):
             last = attempt == tries
@@ -516,9 +618,12 @@ class AsyncClient(_Base):
 
     async def _remember(self, name: str, number: int) -> None:
         if not self.cache.confirm(name, number):
-            self.cache.store(name, await self._request(
-                "GET", _path("prompts", name, "versions", number), retries=0, name=name,
-                version=number))
+            self.cache.store(
+                name,
+                await self._request(
+                    "GET", _path("prompts", name, "versions", number), retries=0, name=name, version=number
+                ),
+            )
 
     async def _refresh(self, name: str) -> None:
         info = await self._request("GET", _path("prompts", name), retries=0, name=name)
@@ -541,38 +646,52 @@ class AsyncClient(_Base):
         except e.PromptOpsError:
             pass
 
-    async def serve(self, name: str, variables: Mapping[str, Any] | None = None,
-                    unit_id: str | None = None) -> ServeResult:
+    async def serve(
+        self, name: str, variables: Mapping[str, Any] | None = None, unit_id: str | None = None
+    ) -> ServeResult:
         """Serve a prompt (recording a decision), or render production locally when the server
         is unreachable (`fallback=True`)."""
         try:
-            out = await self._request("POST", _path("prompts", name, "serve"), idempotent=False,
-                                      json=self._serve_body(variables, unit_id), name=name)
+            out = await self._request(
+                "POST",
+                _path("prompts", name, "serve"),
+                idempotent=False,
+                json=self._serve_body(variables, unit_id),
+                name=name,
+            )
         except e.Unavailable:
             local = self._offline(name, variables or {})
             if local is None:
                 raise
             return local
-        await self._best_effort(name,
-                                out["version"] if out.get("experiment_id") is None else None)
+        await self._best_effort(name, out["version"] if out.get("experiment_id") is None else None)
         return ServeResult.from_json(out)
 
-    async def complete(self, name: str, variables: Mapping[str, Any] | None = None, *,
-                       unit_id: str | None = None, messages: list[dict[str, Any]] | None = None,
-                       cache: str | None = None, timeout: float = 120.0) -> CompleteResult:
+    async def complete(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        unit_id: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        cache: str | None = None,
+        timeout: float = 120.0,
+    ) -> CompleteResult:
         """Call the prompt's model through the gateway (never resent: a call costs money)."""
         path = _path("prompts", name, "complete")
         try:
             resp = await self._http.post(
-                path, json=_complete_body(variables, unit_id, messages, cache), timeout=timeout)
+                path, json=_complete_body(variables, unit_id, messages, cache), timeout=timeout
+            )
         except httpx.TransportError as exc:
             raise _unavailable(exc, self.base_url) from exc
         if resp.status_code >= 400:
             raise _complete_error(resp, name)
         return CompleteResult.from_json(resp.json())
 
-    async def feedback(self, decision_id: str, reward: float | bool,
-                       metric: str | None = None) -> FeedbackStatus:
+    async def feedback(
+        self, decision_id: str, reward: float | bool, metric: str | None = None
+    ) -> FeedbackStatus:
         """Send a reward for a decision: "recorded", "duplicate" for a repeat, or "queued" when
         `queue_feedback` holds it until the server is back."""
         body = self._feedback_body(decision_id, reward, metric)
@@ -588,12 +707,22 @@ class AsyncClient(_Base):
             return "queued"
         return "duplicate" if out["status"] == "duplicate" else "recorded"
 
-    async def render(self, name: str, variables: Mapping[str, Any] | None = None,
-                     version: int | None = None, label: str | None = None) -> RenderResult:
+    async def render(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None = None,
+        version: int | None = None,
+        label: str | None = None,
+    ) -> RenderResult:
         """Render a version (production by default) without recording a decision."""
-        out = await self._request("POST", _path("prompts", name, "render"),
-                                  json=self._render_body(variables, version, label), name=name,
-                                  version=version or 0, label=label or PRODUCTION)
+        out = await self._request(
+            "POST",
+            _path("prompts", name, "render"),
+            json=self._render_body(variables, version, label),
+            name=name,
+            version=version or 0,
+            label=label or PRODUCTION,
+        )
         if version is None and label in (None, PRODUCTION):
             await self._best_effort(name, out["version"])
         return RenderResult.from_json(out)
@@ -606,16 +735,20 @@ class AsyncClient(_Base):
 
     async def get_experiment(self, experiment_id: int) -> Experiment:
         """An experiment with its per-arm figures."""
-        return Experiment.from_json(await self._request(
-            "GET", _path("experiments", experiment_id), experiment_id=experiment_id))
+        return Experiment.from_json(
+            await self._request("GET", _path("experiments", experiment_id), experiment_id=experiment_id)
+        )
 
-    async def list_experiments(self, *, prompt: str | None = None,
-                               status: str | None = None) -> list[Experiment]:
+    async def list_experiments(
+        self, *, prompt: str | None = None, status: str | None = None
+    ) -> list[Experiment]:
         """Experiments, newest first, optionally of one prompt or in one status."""
-        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in
-                         (("prompt", prompt), ("status", status)) if v is not None)
-        out = await self._request("GET", "/v1/experiments" + (f"?{query}" if query else ""),
-                                  name=prompt or "?")
+        query = "&".join(
+            f"{k}={quote(v, safe='')}" for k, v in (("prompt", prompt), ("status", status)) if v is not None
+        )
+        out = await self._request(
+            "GET", "/v1/experiments" + (f"?{query}" if query else ""), name=prompt or "?"
+        )
         return [Experiment.from_json(x) for x in out["experiments"]]
 
     async def close(self) -> None:
@@ -627,6 +760,7 @@ class AsyncClient(_Base):
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()

@@ -75,8 +75,9 @@ class Settings:
             secret_key=env.get("PROMPTOPS_SECRET_KEY") or None,
             update_interval_seconds=_float(env, "PROMPTOPS_UPDATE_INTERVAL", 2.0),
             cache_refresh_seconds=_float(env, "PROMPTOPS_CACHE_REFRESH", 1.0),
-            allowed_hosts=tuple(h.strip().lower() for h in
-                                (env.get("PROMPTOPS_ALLOWED_HOSTS") or "").split(",") if h.strip()),
+            allowed_hosts=tuple(
+                h.strip().lower() for h in (env.get("PROMPTOPS_ALLOWED_HOSTS") or "").split(",") if h.strip()
+            ),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         for key in ("prompts_dir", "evals_dir", "config_path"):

@@ -66,9 +66,14 @@ class KeyRole(StrEnum):
 
 VARIABLE_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "list", "object")
 EXPERIMENT_STATUSES: tuple[str, ...] = tuple(s.value for s in ExperimentStatus)
-ENDED_STATUSES: frozenset[str] = frozenset({
-    ExperimentStatus.COMPLETED, ExperimentStatus.INCONCLUSIVE, ExperimentStatus.STOPPED,
-    ExperimentStatus.ROLLED_BACK})
+ENDED_STATUSES: frozenset[str] = frozenset(
+    {
+        ExperimentStatus.COMPLETED,
+        ExperimentStatus.INCONCLUSIVE,
+        ExperimentStatus.STOPPED,
+        ExperimentStatus.ROLLED_BACK,
+    }
+)
 LIVE_STATUSES: tuple[str, ...] = (ExperimentStatus.RUNNING, ExperimentStatus.HOLDOUT)
 """Statuses in which an experiment routes its prompt's traffic."""
 MAIN_VARIANT = "main"
@@ -185,9 +190,7 @@ class PromptContent:
             else None,
             template=data.get("template"),
             model=dict(data.get("model") or {}),
-            variables=tuple(
-                VariableSpec.from_dict(k, v) for k, v in (data.get("variables") or {}).items()
-            ),
+            variables=tuple(VariableSpec.from_dict(k, v) for k, v in (data.get("variables") or {}).items()),
             cache=dict(data["cache"]) if data.get("cache") is not None else None,
         )
 
@@ -263,9 +266,7 @@ class Guardrail:
     max_decrease_abs: float | None = None
 
 
-GUARDRAIL_MARGINS: tuple[str, ...] = (
-    "max_increase", "max_decrease", "max_increase_abs", "max_decrease_abs"
-)
+GUARDRAIL_MARGINS: tuple[str, ...] = ("max_increase", "max_decrease", "max_increase_abs", "max_decrease_abs")
 
 
 @dataclass(frozen=True)
@@ -320,9 +321,7 @@ class Policy:
         default = Policy()
         mine = self.to_dict()
         return {
-            f.name: mine[f.name]
-            for f in fields(self)
-            if getattr(self, f.name) != getattr(default, f.name)
+            f.name: mine[f.name] for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)
         }
 
     @classmethod
@@ -399,8 +398,12 @@ class Rendered:
 
     def payload(self) -> dict[str, Any]:
         """The JSON body fields `messages` or `text`, and `model`."""
-        out: dict[str, Any] = {"prompt": self.prompt, "version": self.version,
-                               "variant": self.variant, "model": self.model}
+        out: dict[str, Any] = {
+            "prompt": self.prompt,
+            "version": self.version,
+            "variant": self.variant,
+            "model": self.model,
+        }
         if self.messages is not None:
             out["messages"] = [{"role": m.role, "content": m.content} for m in self.messages]
         else:
@@ -433,9 +436,15 @@ _POLICY_RULES: dict[str, _Rule] = {
 }
 # Upper bounds keep every stored value within what the database and JSON encoders can hold.
 _POLICY_MAX: dict[str, float] = {
-    "draws": 1_000_000, "max_checks": 10_000, "max_days": 3650, "attribution_window_hours": 8760,
-    "min_hours": 87_600, "min_update_minutes": 525_600, "equivalence_margin": 1.0,
-    "value_remaining_stop": 1.0, "holdout_hours": 87_600,
+    "draws": 1_000_000,
+    "max_checks": 10_000,
+    "max_days": 3650,
+    "attribution_window_hours": 8760,
+    "min_hours": 87_600,
+    "min_update_minutes": 525_600,
+    "equivalence_margin": 1.0,
+    "value_remaining_stop": 1.0,
+    "holdout_hours": 87_600,
 }
 # Settings that may be null (meaning: derived from others).
 _POLICY_NULLABLE: frozenset[str] = frozenset({"missing_feedback", "holdout_decisions"})
@@ -557,9 +566,14 @@ def parse_guardrails(values: Any) -> tuple[Guardrail, ...]:
             key, message = problem
             where = f"policy.guardrails[{i}]" + (f".{key}" if key else "")
             raise ValueError(f"{where}: {message}")
-        item = raw if isinstance(raw, Guardrail) else Guardrail(
-            metric=raw["metric"], **{k: None if raw.get(k) is None else float(raw[k])
-                                     for k in GUARDRAIL_MARGINS})
+        item = (
+            raw
+            if isinstance(raw, Guardrail)
+            else Guardrail(
+                metric=raw["metric"],
+                **{k: None if raw.get(k) is None else float(raw[k]) for k in GUARDRAIL_MARGINS},
+            )
+        )
         if any(g.metric == item.metric for g in out):
             raise ValueError(f"policy.guardrails[{i}].metric: repeats {item.metric!r}")
         out.append(item)

@@ -115,8 +115,9 @@ class UnknownMetric(InvalidInput):
 
     def __init__(self, metric: str, accepted: tuple[str, ...]) -> None:
         shown = metric if len(metric) <= 64 else metric[:61] + "..."
-        super().__init__(f"unknown metric {shown!r}; this decision accepts "
-                         + ", ".join(accepted), field="metric")
+        super().__init__(
+            f"unknown metric {shown!r}; this decision accepts " + ", ".join(accepted), field="metric"
+        )
         self.metric = metric
         self.accepted = accepted
 
@@ -193,8 +194,9 @@ class ModelNotFound(NotFound):
 
     def __init__(self, model: str) -> None:
         shown = model if len(model) <= 80 else model[:77] + "..."
-        super().__init__(f"model {shown!r} not found: use promptops/NAME, promptops/NAME@LABEL "
-                         "or promptops/NAME@vN")
+        super().__init__(
+            f"model {shown!r} not found: use promptops/NAME, promptops/NAME@LABEL or promptops/NAME@vN"
+        )
         self.model = model
 
 

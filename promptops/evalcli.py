@@ -45,16 +45,35 @@ def run_json(summary: Any) -> dict[str, Any]:
         "prompt": summary.prompt,
         "dataset_hash": summary.dataset_hash,
         "cases": summary.cases,
-        "versions": [{
-            "version": v.version, "variant": v.variant, "passed": v.passed, "failed": v.failed,
-            "errors": v.errors, "pass_rate": v.pass_rate, "ci_low": v.ci_low, "ci_high": v.ci_high,
-            "score_mean": v.score_mean, "cost_usd": v.cost_usd, "latency_ms_mean": v.latency_ms_mean,
-        } for v in summary.versions],
-        "comparisons": [{
-            "version": c.version, "baseline": c.baseline, "diff": c.diff, "ci_low": c.ci_low,
-            "ci_high": c.ci_high, "p_value": c.p_value, "improved": list(c.improved),
-            "regressed": list(c.regressed),
-        } for c in summary.comparisons],
+        "versions": [
+            {
+                "version": v.version,
+                "variant": v.variant,
+                "passed": v.passed,
+                "failed": v.failed,
+                "errors": v.errors,
+                "pass_rate": v.pass_rate,
+                "ci_low": v.ci_low,
+                "ci_high": v.ci_high,
+                "score_mean": v.score_mean,
+                "cost_usd": v.cost_usd,
+                "latency_ms_mean": v.latency_ms_mean,
+            }
+            for v in summary.versions
+        ],
+        "comparisons": [
+            {
+                "version": c.version,
+                "baseline": c.baseline,
+                "diff": c.diff,
+                "ci_low": c.ci_low,
+                "ci_high": c.ci_high,
+                "p_value": c.p_value,
+                "improved": list(c.improved),
+                "regressed": list(c.regressed),
+            }
+            for c in summary.comparisons
+        ],
         "gate": {"passed": summary.gate_passed, "reasons": list(summary.gate_reasons)},
     }
 
@@ -78,8 +97,12 @@ def junit_xml(runs: Sequence[Any]) -> bytes:
                 suite.set(key, str(value))
                 totals[key] += value
             for case in vr.cases:
-                element = ET.SubElement(suite, "testcase", classname=f"{run.definition.name}.v"
-                                        f"{vr.version.number}", name=_xml_text(case.case.id, 200))
+                element = ET.SubElement(
+                    suite,
+                    "testcase",
+                    classname=f"{run.definition.name}.v{vr.version.number}",
+                    name=_xml_text(case.case.id, 200),
+                )
                 if case.latency_ms is not None:
                     element.set("time", f"{case.latency_ms / 1000:.3f}")
                 status = case.grade.status.value
@@ -87,8 +110,10 @@ def junit_xml(runs: Sequence[Any]) -> bytes:
                     tag = "failure" if status == "failed" else "error"
                     problem = ET.SubElement(element, tag, message=_xml_text(case.grade.reason, 500))
                     outputs = [getattr(o, "text", None) for o in case.outputs]
-                    problem.text = _xml_text(case.grade.reason + "".join(
-                        f"\noutput {i}: {o}" for i, o in enumerate(outputs, 1) if o is not None))
+                    problem.text = _xml_text(
+                        case.grade.reason
+                        + "".join(f"\noutput {i}: {o}" for i, o in enumerate(outputs, 1) if o is not None)
+                    )
     for key, value in totals.items():
         root.set(key, str(value))
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
@@ -101,22 +126,42 @@ def print_run(out: Console, summary: Any) -> None:
     def line(text: str) -> None:
         say(text, console=out)
 
-    line(f"eval {summary.eval} on {summary.prompt}: {summary.cases} case(s), repeat "
-         f"{summary.repeat}, dataset {summary.dataset_hash[:12]}, run {summary.id}")
-    table = Table("version", "passed", "failed", "errors", "pass rate", "95% CI", "score",
-                  "cost $", "latency ms", "gate")
+    line(
+        f"eval {summary.eval} on {summary.prompt}: {summary.cases} case(s), repeat "
+        f"{summary.repeat}, dataset {summary.dataset_hash[:12]}, run {summary.id}"
+    )
+    table = Table(
+        "version",
+        "passed",
+        "failed",
+        "errors",
+        "pass rate",
+        "95% CI",
+        "score",
+        "cost $",
+        "latency ms",
+        "gate",
+    )
     for v in summary.versions:
         base = " (baseline)" if v.version == summary.baseline else ""
-        table.add_row(cell(f"v{v.version} {v.variant}{base}"), str(v.passed), str(v.failed),
-                      str(v.errors), _pct(v.pass_rate), f"{_pct(v.ci_low)} - {_pct(v.ci_high)}",
-                      "" if v.score_mean is None else f"{v.score_mean:.3f}",
-                      "" if v.cost_usd is None else f"{v.cost_usd:.4f}",
-                      "" if v.latency_ms_mean is None else f"{v.latency_ms_mean:.0f}",
-                      "pass" if v.gate_passed else "FAIL")
+        table.add_row(
+            cell(f"v{v.version} {v.variant}{base}"),
+            str(v.passed),
+            str(v.failed),
+            str(v.errors),
+            _pct(v.pass_rate),
+            f"{_pct(v.ci_low)} - {_pct(v.ci_high)}",
+            "" if v.score_mean is None else f"{v.score_mean:.3f}",
+            "" if v.cost_usd is None else f"{v.cost_usd:.4f}",
+            "" if v.latency_ms_mean is None else f"{v.latency_ms_mean:.0f}",
+            "pass" if v.gate_passed else "FAIL",
+        )
     out.print(table)
     for c in summary.comparisons:
-        line(f"v{c.version} vs v{c.baseline}: diff {100 * c.diff:+.1f} points (paired 95% CI "
-             f"{100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f}), McNemar p = {c.p_value:.3g}")
+        line(
+            f"v{c.version} vs v{c.baseline}: diff {100 * c.diff:+.1f} points (paired 95% CI "
+            f"{100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f}), McNemar p = {c.p_value:.3g}"
+        )
         if c.improved:
             line(f"  improved ({len(c.improved)}): {', '.join(c.improved[:20])}")
         if c.regressed:
@@ -146,10 +191,19 @@ def _pick(definitions: Sequence[Any], names: Sequence[str]) -> list[Any]:
     return chosen
 
 
-async def _run_all(ops: Any, definitions: Sequence[Any], *, versions: Sequence[int],
-                   labels: Sequence[str], baseline: str, repeat: int | None, concurrency: int,
-                   no_cache: bool, progress_console: Console | None, actor: str
-                   ) -> tuple[list[Any], list[Any]]:
+async def _run_all(
+    ops: Any,
+    definitions: Sequence[Any],
+    *,
+    versions: Sequence[int],
+    labels: Sequence[str],
+    baseline: str,
+    repeat: int | None,
+    concurrency: int,
+    no_cache: bool,
+    progress_console: Console | None,
+    actor: str,
+) -> tuple[list[Any], list[Any]]:
     from promptops.providers import Providers, load_providers_config
     from promptops.services.cache import ResponseCache
     from promptops.services.evalcalls import ProviderCalls, SharedAnswers
@@ -164,10 +218,8 @@ async def _run_all(ops: Any, definitions: Sequence[Any], *, versions: Sequence[i
         raise EvalUsageError([exc.message]) from None
     config = load_providers_config(ops.settings.config_path)
     providers = Providers(config)
-    shared = ResponseCache(ops.ctx, max_entries=config.cache.max_entries,
-                           redis_url=ops.settings.redis_url)
-    calls = ProviderCalls(providers, cache=SharedAnswers(shared, clock=ops.ctx.now),
-                          read_cache=not no_cache)
+    shared = ResponseCache(ops.ctx, max_entries=config.cache.max_entries, redis_url=ops.settings.redis_url)
+    calls = ProviderCalls(providers, cache=SharedAnswers(shared, clock=ops.ctx.now), read_cache=not no_cache)
     try:
         for d, _, targets in plans:
             for v in targets:
@@ -184,26 +236,45 @@ async def _run_all(ops: Any, definitions: Sequence[Any], *, versions: Sequence[i
     try:
         for d, base, targets in plans:
             reps = repeat or d.repeat
-            await calls.prefetch((v, c.vars, slot) for c in d.cases for slot in range(reps)
-                                 for v in targets)
+            await calls.prefetch((v, c.vars, slot) for c in d.cases for slot in range(reps) for v in targets)
             if progress_console is not None:
                 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-                with Progress("[progress.description]{task.description}", BarColumn(),
-                              MofNCompleteColumn(), TimeElapsedColumn(), console=progress_console,
-                              transient=True) as bar:
-                    task = bar.add_task(f"{d.name} ({len(targets)} versions)",
-                                        total=len(targets) * len(d.cases) * reps)
+                with Progress(
+                    "[progress.description]{task.description}",
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=progress_console,
+                    transient=True,
+                ) as bar:
+                    task = bar.add_task(
+                        f"{d.name} ({len(targets)} versions)", total=len(targets) * len(d.cases) * reps
+                    )
 
                     def advance(done: int, _total: int, bar: Progress = bar, task: Any = task) -> None:
                         bar.update(task, completed=done)
 
-                    run = await run_eval(d, targets, baseline=base, complete=calls.complete,
-                                         judge=calls.judge, repeat=reps, concurrency=concurrency,
-                                         progress=advance)
+                    run = await run_eval(
+                        d,
+                        targets,
+                        baseline=base,
+                        complete=calls.complete,
+                        judge=calls.judge,
+                        repeat=reps,
+                        concurrency=concurrency,
+                        progress=advance,
+                    )
             else:
-                run = await run_eval(d, targets, baseline=base, complete=calls.complete,
-                                     judge=calls.judge, repeat=reps, concurrency=concurrency)
+                run = await run_eval(
+                    d,
+                    targets,
+                    baseline=base,
+                    complete=calls.complete,
+                    judge=calls.judge,
+                    repeat=reps,
+                    concurrency=concurrency,
+                )
             await calls.flush()
             runs.append(run)
             summaries.append(await asyncio.to_thread(ops.evals.record, run, actor=actor))
@@ -215,21 +286,30 @@ async def _run_all(ops: Any, definitions: Sequence[Any], *, versions: Sequence[i
 
 
 def eval_command(
-    evals: Annotated[list[str] | None, typer.Argument(
-        metavar="[EVAL]...", help="Eval names or files (default: every eval of the evals folder).")] = None,
-    version: Annotated[list[int] | None, typer.Option(
-        "--version", "-v", help="A version to run (repeatable).", min=1)] = None,
-    label: Annotated[list[str] | None, typer.Option(
-        "--label", "-l", help="A labelled version to run (repeatable).")] = None,
+    evals: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[EVAL]...", help="Eval names or files (default: every eval of the evals folder)."
+        ),
+    ] = None,
+    version: Annotated[
+        list[int] | None, typer.Option("--version", "-v", help="A version to run (repeatable).", min=1)
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="A labelled version to run (repeatable).")
+    ] = None,
     baseline: Annotated[str, typer.Option(help="The label of the baseline.")] = "production",
-    repeat: Annotated[int | None, typer.Option(
-        help="Repetitions of each case (overrides the eval's repeat).", min=1, max=100)] = None,
+    repeat: Annotated[
+        int | None,
+        typer.Option(help="Repetitions of each case (overrides the eval's repeat).", min=1, max=100),
+    ] = None,
     concurrency: Annotated[int, typer.Option(help="Calls in flight at once.", min=1, max=1000)] = 16,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached answers.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     junit: Annotated[Path | None, typer.Option("--junit", help="Write a JUnit XML report.")] = None,
-    evals_dir: Annotated[Path | None, typer.Option(
-        "--evals-dir", help="Overrides PROMPTOPS_EVALS_DIR.")] = None,
+    evals_dir: Annotated[
+        Path | None, typer.Option("--evals-dir", help="Overrides PROMPTOPS_EVALS_DIR.")
+    ] = None,
 ) -> None:
     """Run evals over versions: pass rates with 95% intervals, paired comparisons, the gate."""
     from promptops import cli
@@ -247,10 +327,20 @@ def eval_command(
         if not definitions:
             raise EvalUsageError([f"no eval files in {folder}"])
         progress = cli.err if sys.stderr.isatty() and not as_json else None
-        runs, summaries = asyncio.run(_run_all(
-            ops, definitions, versions=version or [], labels=label or [], baseline=baseline,
-            repeat=repeat, concurrency=concurrency, no_cache=no_cache, progress_console=progress,
-            actor=cli._actor()))
+        runs, summaries = asyncio.run(
+            _run_all(
+                ops,
+                definitions,
+                versions=version or [],
+                labels=label or [],
+                baseline=baseline,
+                repeat=repeat,
+                concurrency=concurrency,
+                no_cache=no_cache,
+                progress_console=progress,
+                actor=cli._actor(),
+            )
+        )
     except InvalidEvalFile as exc:
         for problem in exc.problems:
             cli.say(str(problem), console=cli.err)

@@ -464,8 +464,9 @@ def looks_like_eval(path: str | Path) -> bool:
             data = json.loads(text)
         except (ValueError, RecursionError):  # the prompt file loader reports what is wrong
             return False
-        return isinstance(data, Mapping) and "prompt" in data and not (
-            "messages" in data or "template" in data)
+        return (
+            isinstance(data, Mapping) and "prompt" in data and not ("messages" in data or "template" in data)
+        )
     return bool(_EVAL_KEY.search(text)) and not _PROMPT_KEY.search(text)
 
 
@@ -482,8 +483,14 @@ def prompt_problems(definition: EvalDefinition, variables: Sequence[VariableSpec
             name = match.group(1) or match.group(2)
             if name not in declared and (where, name) not in reported:
                 reported.add((where, name))
-                problems.append(FileProblem(path, line, f"{where}: the value template uses vars.{name}, "
-                                            f"which prompt {definition.prompt!r} does not declare"))
+                problems.append(
+                    FileProblem(
+                        path,
+                        line,
+                        f"{where}: the value template uses vars.{name}, "
+                        f"which prompt {definition.prompt!r} does not declare",
+                    )
+                )
 
     for assertion in definition.assertions:
         check(assertion, definition.path, definition.line, "assert")
@@ -519,9 +526,7 @@ def _prompt_definitions(folder: Path) -> dict[str, PromptDefinition]:
     return found
 
 
-def validate_files(
-    paths: Sequence[str | Path], *, prompts_dir: Path, evals_dir: Path
-) -> ValidationReport:
+def validate_files(paths: Sequence[str | Path], *, prompts_dir: Path, evals_dir: Path) -> ValidationReport:
     """Check prompt and eval files together, every problem at once (InvalidPromptFile lists them).
 
     With no paths: the prompts folder and the evals folder (when it exists). Given paths, each
@@ -558,8 +563,11 @@ def validate_files(
     for d in evals:
         prompt = known.get(d.prompt)
         if prompt is None:
-            problems.append(FileProblem(d.path, d.line, f"prompt {d.prompt!r} is not defined in "
-                                        f"the prompt files ({prompts_dir})"))
+            problems.append(
+                FileProblem(
+                    d.path, d.line, f"prompt {d.prompt!r} is not defined in the prompt files ({prompts_dir})"
+                )
+            )
         else:
             problems.extend(prompt_problems(d, prompt.content.variables))
     if problems:

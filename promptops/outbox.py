@@ -41,8 +41,9 @@ class _Queue:
     def _drop(self, body: Body, why: str) -> None:
         self.dropped += 1
         metric = body.get("metric") or "the primary metric"
-        log.warning("promptops: feedback for decision %s (%s) dropped: %s",
-                    body.get("decision_id"), metric, why)
+        log.warning(
+            "promptops: feedback for decision %s (%s) dropped: %s", body.get("decision_id"), metric, why
+        )
 
     def _delay(self, failures: int) -> float:
         return float(min(self.max_backoff, self.backoff * 2 ** min(failures, 30)))
@@ -51,8 +52,15 @@ class _Queue:
 class Outbox(_Queue):
     """The outbox of the synchronous client: a daemon thread sends what is queued."""
 
-    def __init__(self, send: Callable[[Body], None], *, maxsize: int, backoff: float,
-                 exit_timeout: float, max_backoff: float = 30.0) -> None:
+    def __init__(
+        self,
+        send: Callable[[Body], None],
+        *,
+        maxsize: int,
+        backoff: float,
+        exit_timeout: float,
+        max_backoff: float = 30.0,
+    ) -> None:
         super().__init__(maxsize, backoff=backoff, max_backoff=max_backoff)
         self._send = send
         self._exit_timeout = exit_timeout
@@ -78,8 +86,7 @@ class Outbox(_Queue):
                 return False
             self.items.append(body)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="promptops-feedback",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._run, name="promptops-feedback", daemon=True)
                 self._thread.start()
                 # A client never closed still flushes, and reports what it could not send, at exit.
                 atexit.register(self.close, self._exit_timeout)
@@ -137,8 +144,14 @@ class Outbox(_Queue):
 class AsyncOutbox(_Queue):
     """The outbox of the asyncio client: a task on the client's event loop sends what is queued."""
 
-    def __init__(self, send: Callable[[Body], Awaitable[None]], *, maxsize: int, backoff: float,
-                 max_backoff: float = 30.0) -> None:
+    def __init__(
+        self,
+        send: Callable[[Body], Awaitable[None]],
+        *,
+        maxsize: int,
+        backoff: float,
+        max_backoff: float = 30.0,
+    ) -> None:
         super().__init__(maxsize, backoff=backoff, max_backoff=max_backoff)
         self._send = send
         self._task: asyncio.Task[None] | None = None

@@ -91,8 +91,11 @@ def _pin_variant(node: Any, old: PromptContent, main: PromptContent) -> None:
     """Keep a remaining variant's content as it was although main, which it inherits from, changed."""
     if not isinstance(node, dict):
         return
-    if "messages" not in node and "template" not in node and (
-            old.messages != main.messages or old.template != main.template):
+    if (
+        "messages" not in node
+        and "template" not in node
+        and (old.messages != main.messages or old.template != main.template)
+    ):
         form = "messages" if old.messages is not None else "template"
         node[form] = old.to_dict()[form]
     override = dict(_plain(node.get("model") or {}))
@@ -132,8 +135,13 @@ def _set_cache(node: dict[str, Any], wanted: Any, current: Any) -> None:
         node["cache"] = _flow(wanted) if isinstance(node, CommentedMap) else wanted
 
 
-def _edit(doc: Any, content: PromptContent, variant_name: str | None,
-          keep: dict[str, PromptContent], main_before: PromptContent) -> tuple[str | None, bool]:
+def _edit(
+    doc: Any,
+    content: PromptContent,
+    variant_name: str | None,
+    keep: dict[str, PromptContent],
+    main_before: PromptContent,
+) -> tuple[str | None, bool]:
     variants = doc.get("variants")
     if not isinstance(variants, dict):
         variants = {}
@@ -164,12 +172,12 @@ def _yaml() -> YAML:
     y.indent(mapping=2, sequence=4, offset=2)
     # A null that removes an inherited model key reads `null`, not an empty value.
     y.representer.add_representer(
-        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     return y
 
 
-def adopt_text(text: str, *, path: str, content: PromptContent,
-               variant: str | None) -> Adoption:
+def adopt_text(text: str, *, path: str, content: PromptContent, variant: str | None) -> Adoption:
     """The file's text with `main` set to `content`, `variant` out of `variants` and the
     experiment block removed; the other variants keep their content (an inherited part that main
     no longer has is written into them). Raises InvalidPromptFile when the result would not hash
@@ -190,12 +198,25 @@ def adopt_text(text: str, *, path: str, content: PromptContent,
         new = buf.getvalue().rstrip("\n") + "\n"  # no blank tail left by a removed block
     definition = parse_prompt_text(new, path=path)
     if definition.content.content_hash() != content.content_hash():
-        raise InvalidPromptFile([FileProblem(
-            path, definition.line,
-            "cannot rewrite main to the production content: its variables differ from the "
-            "file's; edit the file by hand")])
+        raise InvalidPromptFile(
+            [
+                FileProblem(
+                    path,
+                    definition.line,
+                    "cannot rewrite main to the production content: its variables differ from the "
+                    "file's; edit the file by hand",
+                )
+            ]
+        )
     for name, old in keep.items():
         if definition.variants[name].content_hash() != old.content_hash():
-            raise InvalidPromptFile([FileProblem(
-                path, definition.line, f"cannot keep variant {name!r} unchanged; edit the file by hand")])
+            raise InvalidPromptFile(
+                [
+                    FileProblem(
+                        path,
+                        definition.line,
+                        f"cannot keep variant {name!r} unchanged; edit the file by hand",
+                    )
+                ]
+            )
     return Adoption(new, removed_variant, removed_experiment)

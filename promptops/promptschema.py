@@ -212,9 +212,7 @@ class PromptChecker(NodeReader):
     def body(self, entries: _Entries, where: str) -> tuple[str | None, Any, str | None]:
         """Messages XOR template of the main prompt or a variant: (form, messages, template)."""
         if "messages" in entries and "template" in entries:
-            self.err(
-                entries["template"][0], _at(where, "use either messages or template, not both")
-            )
+            self.err(entries["template"][0], _at(where, "use either messages or template, not both"))
             return "both", None, None
         if "messages" in entries:
             return "messages", self.messages(entries["messages"][1], _join(where, "messages")), None
@@ -234,9 +232,7 @@ class PromptChecker(NodeReader):
         specs: list[VariableSpec | None] = []
         for name, (key, value) in variables.items():
             if not _IDENTIFIER.match(name) or keyword.iskeyword(name) or name in _RESERVED:
-                self.err(
-                    key, f"variables: {name!r} is not a valid variable name ({_VARIABLE_RULE})"
-                )
+                self.err(key, f"variables: {name!r} is not a valid variable name ({_VARIABLE_RULE})")
                 specs.append(None)
             else:
                 specs.append(self.variable(name, value))
@@ -332,9 +328,7 @@ class PromptChecker(NodeReader):
             if vname == MAIN_VARIANT or not NAME_PATTERN.match(vname):
                 reserved = "is reserved for the top-level prompt"
                 invalid = f"is not a valid variant name ({_NAME_RULE})"
-                self.err(
-                    key, f"variants: {vname!r} {reserved if vname == MAIN_VARIANT else invalid}"
-                )
+                self.err(key, f"variants: {vname!r} {reserved if vname == MAIN_VARIANT else invalid}")
                 continue
             self.variant_names.add(vname)
             ventries = self.mapping(value, where, _VARIANT_KEYS)
@@ -361,9 +355,7 @@ class PromptChecker(NodeReader):
                 out[vname] = (messages, template, model, cache)
         return out
 
-    def identical(
-        self, entries: _Entries, main: PromptContent, variants: dict[str, _Variant]
-    ) -> None:
+    def identical(self, entries: _Entries, main: PromptContent, variants: dict[str, _Variant]) -> None:
         """A variant identical to main or to an earlier variant is a problem: it tests nothing."""
         seen = {main.content_hash(): "the main prompt"}
         keys = {k.value: k for k, _ in entries["variants"][1].value}
@@ -411,8 +403,10 @@ class PromptChecker(NodeReader):
             self.err(entries["strategy"][1], "experiment: strategy fixed needs weights")
         requires = self.get(entries, "requires_eval", at, "string")
         if isinstance(requires, str) and not NAME_PATTERN.match(requires):
-            self.err(entries["requires_eval"][1],
-                     f"experiment.requires_eval: {requires!r} is not a valid eval name")
+            self.err(
+                entries["requires_eval"][1],
+                f"experiment.requires_eval: {requires!r} is not a valid eval name",
+            )
         fields["requires_eval"] = requires
         policy = self.policy(entries["policy"][1]) if "policy" in entries else Policy()
         metrics = self.metrics(entries, metric)
@@ -421,8 +415,7 @@ class PromptChecker(NodeReader):
             policy = policy.with_overrides({"guardrails": guardrails})
         if len(self.problems) > before or arms is None or policy is None:
             return None
-        return ExperimentSpec(arms=tuple(arms), policy=policy, metrics=tuple(metrics or ()),
-                              **fields)
+        return ExperimentSpec(arms=tuple(arms), policy=policy, metrics=tuple(metrics or ()), **fields)
 
     def metrics(self, entries: _Entries, primary: Any) -> list[str] | None:
         """Secondary metric names: valid names, distinct, not the primary metric."""
@@ -469,9 +462,7 @@ class PromptChecker(NodeReader):
             return None
         node = entries["weights"][1]
         if any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-3:
-            self.err(
-                node, f"experiment.weights: must be non-negative and sum to 1 (sum {sum(values):g})"
-            )
+            self.err(node, f"experiment.weights: must be non-negative and sum to 1 (sum {sum(values):g})")
         if arms is not None and len(values) != len(arms):
             self.err(node, f"experiment.weights: {len(values)} weights for {len(arms)} arms")
         return tuple(float(v) for v in values)

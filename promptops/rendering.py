@@ -295,18 +295,49 @@ def _lazy(value: Any) -> bool:
     return isinstance(value, Iterable) and not isinstance(value, str | list | tuple | Mapping)
 
 
-_SIZED_FILTERS = frozenset({
-    "format", "indent", "wordwrap", "replace", "join", "tojson",
-    "string", "pprint", "e", "escape", "forceescape", "safe", "urlencode",
-})
+_SIZED_FILTERS = frozenset(
+    {
+        "format",
+        "indent",
+        "wordwrap",
+        "replace",
+        "join",
+        "tojson",
+        "string",
+        "pprint",
+        "e",
+        "escape",
+        "forceescape",
+        "safe",
+        "urlencode",
+    }
+)
 
 
 # Filters that run Python code for every item of their input, and what an item costs in steps.
 _ITEM_STEPS = 4
-_ITEMWISE_FILTERS = frozenset({
-    "batch", "dictsort", "groupby", "items", "join", "list", "map", "max", "min", "reject",
-    "rejectattr", "reverse", "select", "selectattr", "slice", "sort", "sum", "unique",
-})
+_ITEMWISE_FILTERS = frozenset(
+    {
+        "batch",
+        "dictsort",
+        "groupby",
+        "items",
+        "join",
+        "list",
+        "map",
+        "max",
+        "min",
+        "reject",
+        "rejectattr",
+        "reverse",
+        "select",
+        "selectattr",
+        "slice",
+        "sort",
+        "sum",
+        "unique",
+    }
+)
 
 
 def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -325,13 +356,13 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
                 raise SecurityError(f"the {name!r} filter is given more than {MAX_RANGE} items")
             _tick(_ITEM_STEPS * items)
         if len(args) > skip + 1 or kwargs:
-            for param in (*args[skip + 1:], *kwargs.values()):
+            for param in (*args[skip + 1 :], *kwargs.values()):
                 if _too_big(param):
                     raise SecurityError(f"an argument of the {name!r} filter is too large")
         if sized and len(args) > skip:
             if listed and _lazy(args[skip]):
-                args = (*args[:skip], list(args[skip]), *args[skip + 1:])
-            size = _filter_size(name, args[skip], args[skip + 1:], kwargs)
+                args = (*args[:skip], list(args[skip]), *args[skip + 1 :])
+            size = _filter_size(name, args[skip], args[skip + 1 :], kwargs)
             _refuse_size(size, f"the {name!r} filter")
         return _charge(func(*args, **kwargs))
 
@@ -585,9 +616,7 @@ def _literal_problem(node: nodes.Node) -> str | None:
         args, named = params
         if isinstance(node, nodes.Filter):
             value = _const(node.node)
-            if value is not _UNKNOWN and _filter_size(node.name, value, args, named) > (
-                MAX_OUTPUT_CHARS
-            ):
+            if value is not _UNKNOWN and _filter_size(node.name, value, args, named) > (MAX_OUTPUT_CHARS):
                 return f"the {node.name!r} filter would produce more than {MAX_OUTPUT_CHARS} chars"
             return None
         is_range = isinstance(node.node, nodes.Name) and node.node.name == "range"
@@ -611,8 +640,10 @@ def _literal_problem(node: nodes.Node) -> str | None:
             too_big = isinstance(left, str) and _percent_size(left, right) > MAX_OUTPUT_CHARS
         else:
             seq, times = (left, right) if isinstance(right, int) else (right, left)
-            too_big = isinstance(seq, str | list | tuple) and isinstance(times, int) and (
-                len(seq) * times > MAX_OUTPUT_CHARS
+            too_big = (
+                isinstance(seq, str | list | tuple)
+                and isinstance(times, int)
+                and (len(seq) * times > MAX_OUTPUT_CHARS)
             )
         if too_big:
             return f"the result would be longer than {MAX_OUTPUT_CHARS} characters"
@@ -770,8 +801,9 @@ def _value_depth(value: Any) -> int:
             deepest = max(deepest, depth + 1)
             if deepest > MAX_VALUE_DEPTH:
                 break
-            stack.extend((inner, depth + 1) for inner in (
-                item.values() if isinstance(item, Mapping) else item))
+            stack.extend(
+                (inner, depth + 1) for inner in (item.values() if isinstance(item, Mapping) else item)
+            )
     return deepest
 
 
@@ -905,8 +937,11 @@ class Renderer:
         """Whether rendering the content can repeat work (a loop, a call, a macro, a filter that
         walks a list): such a render can run up to the time budget, so the server renders it off
         its event loop. Loop-free templates render in time linear in their text and variables."""
-        sources = ([m.content for m in content.messages] if content.messages is not None
-                   else [content.template or ""])
+        sources = (
+            [m.content for m in content.messages]
+            if content.messages is not None
+            else [content.template or ""]
+        )
         for source in sources:
             if "{" not in source:
                 continue
@@ -956,13 +991,13 @@ class Renderer:
         context = check_variables(content, variables)
         token = _BUDGET.set(_Budget(self._time_budget))
         try:
-            return self._render_all(content, context, prompt=prompt, version=version,
-                                    variant=variant)
+            return self._render_all(content, context, prompt=prompt, version=version, variant=variant)
         finally:
             _BUDGET.reset(token)
 
-    def _render_all(self, content: PromptContent, context: dict[str, Any], *, prompt: str,
-                    version: int, variant: str) -> Rendered:
+    def _render_all(
+        self, content: PromptContent, context: dict[str, Any], *, prompt: str, version: int, variant: str
+    ) -> Rendered:
         model = copy.deepcopy(dict(content.model))
         budget = MAX_OUTPUT_CHARS
         if content.messages is not None:

@@ -48,9 +48,14 @@ class RenderResult(_Fields):
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
         """Read the body of `POST /v1/prompts/{name}/render`."""
-        return cls(prompt=str(data["prompt"]), version=int(data["version"]),
-                   variant=str(data["variant"]), model=dict(data.get("model") or {}),
-                   messages=_messages(data), text=data.get("text"))
+        return cls(
+            prompt=str(data["prompt"]),
+            version=int(data["version"]),
+            variant=str(data["variant"]),
+            model=dict(data.get("model") or {}),
+            messages=_messages(data),
+            text=data.get("text"),
+        )
 
 
 @dataclass(frozen=True)
@@ -73,17 +78,30 @@ class ServeResult(_Fields):
     def from_json(cls, data: Mapping[str, Any], *, fallback: bool = False) -> Self:
         """Read the body of `POST /v1/prompts/{name}/serve` (or a local rendering)."""
         version = data.get("version")
-        return cls(prompt=str(data["prompt"]), version=None if version is None else int(version),
-                   variant=str(data["variant"]), model=dict(data.get("model") or {}),
-                   decision_id=data.get("decision_id"), experiment_id=data.get("experiment_id"),
-                   fallback=fallback, messages=_messages(data), text=data.get("text"))
+        return cls(
+            prompt=str(data["prompt"]),
+            version=None if version is None else int(version),
+            variant=str(data["variant"]),
+            model=dict(data.get("model") or {}),
+            decision_id=data.get("decision_id"),
+            experiment_id=data.get("experiment_id"),
+            fallback=fallback,
+            messages=_messages(data),
+            text=data.get("text"),
+        )
 
     def rendered(self) -> RenderResult:
         """The rendered prompt alone, without the decision."""
         if self.version is None:
             raise ValueError("rendered from a prompt file: there is no version number")
-        return RenderResult(prompt=self.prompt, version=self.version, variant=self.variant,
-                            model=self.model, messages=self.messages, text=self.text)
+        return RenderResult(
+            prompt=self.prompt,
+            version=self.version,
+            variant=self.variant,
+            model=self.model,
+            messages=self.messages,
+            text=self.text,
+        )
 
 
 @dataclass(frozen=True)
@@ -102,11 +120,16 @@ class Version(_Fields):
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
         """Read one entry of a prompt's `versions`."""
-        return cls(number=int(data["number"]), variant=str(data["variant"]),
-                   content_hash=str(data.get("content_hash") or ""),
-                   labels=tuple(data.get("labels") or ()), source_path=data.get("source_path"),
-                   git_commit=data.get("git_commit"), git_author=data.get("git_author"),
-                   created_at=data.get("created_at"))
+        return cls(
+            number=int(data["number"]),
+            variant=str(data["variant"]),
+            content_hash=str(data.get("content_hash") or ""),
+            labels=tuple(data.get("labels") or ()),
+            source_path=data.get("source_path"),
+            git_commit=data.get("git_commit"),
+            git_author=data.get("git_author"),
+            created_at=data.get("created_at"),
+        )
 
 
 @dataclass(frozen=True)
@@ -122,10 +145,13 @@ class Prompt(_Fields):
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
         """Read the body of `GET /v1/prompts/{name}`."""
-        return cls(name=str(data["name"]), description=str(data.get("description") or ""),
-                   tags=tuple(data.get("tags") or ()),
-                   labels={str(k): int(v) for k, v in (data.get("labels") or {}).items()},
-                   versions=tuple(Version.from_json(v) for v in data.get("versions") or ()))
+        return cls(
+            name=str(data["name"]),
+            description=str(data.get("description") or ""),
+            tags=tuple(data.get("tags") or ()),
+            labels={str(k): int(v) for k, v in (data.get("labels") or {}).items()},
+            versions=tuple(Version.from_json(v) for v in data.get("versions") or ()),
+        )
 
     @property
     def production(self) -> int | None:
@@ -177,12 +203,18 @@ class Experiment(_Fields):
     def from_json(cls, data: Mapping[str, Any]) -> Self:
         """Read the body of `GET /v1/experiments/{id}`; fields not named here stay in `extra`."""
         known = {f.name for f in fields(cls)}
-        return cls(id=int(data["id"]), prompt=str(data["prompt"]), status=str(data["status"]),
-                   winner=data.get("winner"), metric=str(data.get("metric") or ""),
-                   reward=str(data.get("reward") or ""), strategy=str(data.get("strategy") or ""),
-                   arms=tuple(Arm.from_json(a) for a in data.get("arms") or ()),
-                   reason=data.get("reason"),
-                   extra={k: v for k, v in data.items() if k not in known})
+        return cls(
+            id=int(data["id"]),
+            prompt=str(data["prompt"]),
+            status=str(data["status"]),
+            winner=data.get("winner"),
+            metric=str(data.get("metric") or ""),
+            reward=str(data.get("reward") or ""),
+            strategy=str(data.get("strategy") or ""),
+            arms=tuple(Arm.from_json(a) for a in data.get("arms") or ()),
+            reason=data.get("reason"),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
 
 
 @dataclass(frozen=True)
@@ -209,12 +241,19 @@ class CompleteResult(_Fields):
         """The result of the JSON answer of `/complete`."""
         usage = body.get("usage") or {}
         output = body.get("output") or {}
-        return cls(decision_id=body["decision_id"], prompt=body["prompt"],
-                   version=int(body["version"]), variant=body["variant"],
-                   experiment_id=body.get("experiment_id"), model=str(body.get("model")),
-                   content=output.get("content"), role=output.get("role", "assistant"),
-                   finish_reason=body.get("finish_reason"),
-                   prompt_tokens=usage.get("prompt_tokens"),
-                   completion_tokens=usage.get("completion_tokens"),
-                   cost_usd=body.get("cost_usd"), latency_ms=float(body.get("latency_ms") or 0.0),
-                   cache=str(body.get("cache")))
+        return cls(
+            decision_id=body["decision_id"],
+            prompt=body["prompt"],
+            version=int(body["version"]),
+            variant=body["variant"],
+            experiment_id=body.get("experiment_id"),
+            model=str(body.get("model")),
+            content=output.get("content"),
+            role=output.get("role", "assistant"),
+            finish_reason=body.get("finish_reason"),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            cost_usd=body.get("cost_usd"),
+            latency_ms=float(body.get("latency_ms") or 0.0),
+            cache=str(body.get("cache")),
+        )

@@ -61,17 +61,21 @@ def simulation_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     add("inconclusive", "inconclusive", _count(result.get("inconclusive", 0), runs))
     add("rolled_back", "rolled back", _count(result.get("rolled_back", 0), runs))
     frozen = result.get("frozen") or {}
-    add("frozen", "frozen by safety flags",
-        ", ".join(f"{k} {_count(v, runs)}" for k, v in frozen.items()) or "none")
-    add("guardrail_blocked", "blocked by a guardrail",
-        _count(result.get("guardrail_blocked", 0), runs))
+    add(
+        "frozen",
+        "frozen by safety flags",
+        ", ".join(f"{k} {_count(v, runs)}" for k, v in frozen.items()) or "none",
+    )
+    add("guardrail_blocked", "blocked by a guardrail", _count(result.get("guardrail_blocked", 0), runs))
     median = result.get("median_decisions_to_end")
-    add("median_decisions_to_end", "median decisions to the end",
-        "never ended" if median is None else f"{float(median):,.0f}")
+    add(
+        "median_decisions_to_end",
+        "median decisions to the end",
+        "never ended" if median is None else f"{float(median):,.0f}",
+    )
     regret, uniform = result.get("mean_regret"), result.get("uniform_regret")
     if regret is not None:
-        share = (f" ({100 * float(regret) / float(uniform):.0f}% of an even split)"
-                 if uniform else "")
+        share = f" ({100 * float(regret) / float(uniform):.0f}% of an even split)" if uniform else ""
         add("mean_regret", "mean regret (rewards lost)", f"{float(regret):,.1f}{share}")
     if uniform is not None:
         add("uniform_regret", "regret of an even split", f"{float(uniform):,.1f}")
@@ -95,9 +99,12 @@ def plan_rows(result: Any) -> list[tuple[str, str]]:
     """The figures of a plan for people: rounded, with the runs they come from."""
     return [
         ("chance to find the lift", f"{100 * result.detection_rate:.0f}% of {result.runs:,} runs"),
-        ("median time to find it", f"{result.median_hours:,.1f} hours"
-                                   if result.median_hours < 10 else
-                                   f"{result.median_hours:,.0f} hours"),
+        (
+            "median time to find it",
+            f"{result.median_hours:,.1f} hours"
+            if result.median_hours < 10
+            else f"{result.median_hours:,.0f} hours",
+        ),
         ("median decisions to find it", f"{result.median_decisions:,.0f}"),
         ("A/A wrong promotions", f"{100 * result.aa_false_promotion:.0f}% of {result.runs:,} runs"),
         ("base rate", f"{100 * result.base_rate:g}%"),

@@ -73,9 +73,7 @@ Check = Callable[[Any], str | None]
 """What is wrong with a plain value (as text after `where: `), or None if it fits."""
 
 _YAML = "tag:yaml.org,2002:"
-_DATA_TAGS = frozenset(
-    _YAML + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "timestamp")
-)
+_DATA_TAGS = frozenset(_YAML + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "timestamp"))
 _NODE_OF_EVENT: dict[type, type] = {
     yaml.ScalarEvent: yaml.ScalarNode,
     yaml.SequenceStartEvent: yaml.SequenceNode,
@@ -240,7 +238,7 @@ def _compose(text: str) -> yaml.Node | None:
 # One token per match: whitespace (which holds every newline: JSON strings cannot), then
 # punctuation, a string, a number or a literal; a file is tokenized in one pass of this pattern.
 _JSON_TOKEN = re.compile(
-    r'([ \t\n\r]*)(?:(?P<p>[{}\[\],:])'
+    r"([ \t\n\r]*)(?:(?P<p>[{}\[\],:])"
     r'|(?P<s>"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")'
     r"|(?P<n>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
     r"|(?P<w>true|false|null))"
@@ -424,9 +422,7 @@ class NodeReader:
                 merge = node.tag == _YAML + "merge"
                 self.err(
                     node,
-                    "merge keys ('<<') are not supported"
-                    if merge
-                    else f"unsupported YAML tag {tag!r}",
+                    "merge keys ('<<') are not supported" if merge else f"unsupported YAML tag {tag!r}",
                 )
                 self.tag_lines.add(line_of(node))
             if isinstance(node, yaml.MappingNode):
@@ -488,9 +484,7 @@ class NodeReader:
             return BAD
         return value
 
-    def field(
-        self, entries: Entries, key: str, where: str, check: Check, default: Any = None
-    ) -> Any:
+    def field(self, entries: Entries, key: str, where: str, check: Check, default: Any = None) -> Any:
         """The checked value at a key; `default` when absent (or null, unless default is BAD)."""
         if key not in entries:
             return default

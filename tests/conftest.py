@@ -92,8 +92,10 @@ class _MigratedSchemas:
 
     def _versions(self, schema: str) -> list[tuple[str, ...]]:
         with self.admin.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(
-                f'SELECT version_num FROM "{schema}".alembic_version ORDER BY 1'))]
+            return [
+                tuple(r)
+                for r in conn.execute(text(f'SELECT version_num FROM "{schema}".alembic_version ORDER BY 1'))
+            ]
 
     def release(self, schema: str) -> None:
         """Empty the schema for the next test; drop it if it cannot be emptied or a test
@@ -101,9 +103,16 @@ class _MigratedSchemas:
         try:
             with self.admin.begin() as conn:
                 conn.execute(text("SET LOCAL lock_timeout = '5s'"))
-                tables = [r[0] for r in conn.execute(text(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = :s "
-                    "AND tablename <> 'alembic_version'"), {"s": schema})]
+                tables = [
+                    r[0]
+                    for r in conn.execute(
+                        text(
+                            "SELECT tablename FROM pg_tables WHERE schemaname = :s "
+                            "AND tablename <> 'alembic_version'"
+                        ),
+                        {"s": schema},
+                    )
+                ]
                 if tables:
                     names = ", ".join(f'"{schema}"."{t}"' for t in tables)
                     conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
@@ -191,9 +200,14 @@ def prompts_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(database_url: str, prompts_dir: Path) -> Settings:
     """Settings over the fresh database and prompts folder."""
-    return Settings(database_url=database_url, prompts_dir=prompts_dir,
-                    cache_refresh_seconds=0.05, update_interval_seconds=0.05,
-                    writer_flush_seconds=0.005, allowed_hosts=("testserver",))
+    return Settings(
+        database_url=database_url,
+        prompts_dir=prompts_dir,
+        cache_refresh_seconds=0.05,
+        update_interval_seconds=0.05,
+        writer_flush_seconds=0.005,
+        allowed_hosts=("testserver",),
+    )
 
 
 @pytest.fixture

@@ -130,9 +130,7 @@ class FakeUpstream:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop
-            self._server = loop.run_until_complete(
-                asyncio.start_server(self._connection, "127.0.0.1", 0)
-            )
+            self._server = loop.run_until_complete(asyncio.start_server(self._connection, "127.0.0.1", 0))
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
             loop.run_forever()
@@ -204,8 +202,13 @@ class FakeUpstream:
             self.in_flight -= 1
 
     async def _answer(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str, path: str,
-        body: Any, reply: Reply,
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        method: str,
+        path: str,
+        body: Any,
+        reply: Reply,
     ) -> bool:
         if reply.latency:
             await asyncio.sleep(reply.latency)
@@ -215,9 +218,20 @@ class FakeUpstream:
         if reply.huge is not None:
             return await self._huge(writer, reply)
         if reply.body is not None or reply.status >= 400:
-            raw = reply.body if reply.body is not None else json.dumps(
-                {"error": {"message": reply.error or f"fake error {reply.status}", "type": "fake",
-                           "param": None, "code": None}}).encode()
+            raw = (
+                reply.body
+                if reply.body is not None
+                else json.dumps(
+                    {
+                        "error": {
+                            "message": reply.error or f"fake error {reply.status}",
+                            "type": "fake",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
+                ).encode()
+            )
             await self._send(writer, reply.status, raw, reply.headers)
             return True
         if path.endswith("/models") and method == "GET":
@@ -227,25 +241,46 @@ class FakeUpstream:
         if path.endswith("/embeddings"):
             return await self._embeddings(writer, body, reply)
         if not path.endswith("/chat/completions") or not isinstance(body, dict):
-            await self._send(writer, 404 if isinstance(body, dict) else 400,
-                             b'{"error": {"message": "not found or not JSON"}}', {})
+            await self._send(
+                writer,
+                404 if isinstance(body, dict) else 400,
+                b'{"error": {"message": "not found or not JSON"}}',
+                {},
+            )
             return True
         messages = body.get("messages") or []
         prompt = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
-        last_user = next((str(m.get("content", "")) for m in reversed(messages)
-                          if isinstance(m, dict) and m.get("role") == "user"), "")
+        last_user = next(
+            (
+                str(m.get("content", ""))
+                for m in reversed(messages)
+                if isinstance(m, dict) and m.get("role") == "user"
+            ),
+            "",
+        )
         content = reply.content if reply.content is not None else f"echo: {last_user}"
-        usage = {"prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(content),
-                 "total_tokens": _tokens(prompt) + _tokens(content)}
+        usage = {
+            "prompt_tokens": _tokens(prompt),
+            "completion_tokens": _tokens(content),
+            "total_tokens": _tokens(prompt) + _tokens(content),
+        }
         model = str(body.get("model", "fake-model"))
         if body.get("stream"):
             options = body.get("stream_options") or {}
             with_usage = reply.stream_usage and bool(options.get("include_usage"))
             return await self._stream(reader, writer, reply, model, content, usage if with_usage else None)
         answer: dict[str, Any] = {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": reply.finish_reason}],
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": reply.finish_reason,
+                }
+            ],
         }
         if reply.usage:
             answer["usage"] = usage
@@ -255,29 +290,48 @@ class FakeUpstream:
     async def _embeddings(self, writer: asyncio.StreamWriter, body: Any, reply: Reply) -> bool:
         inputs = body.get("input") if isinstance(body, dict) else None
         texts = [inputs] if isinstance(inputs, str) else inputs if isinstance(inputs, list) else []
-        data = {"object": "list", "model": body.get("model") if isinstance(body, dict) else None,
-                "data": [{"object": "embedding", "index": i, "embedding": embedding(str(t))}
-                         for i, t in enumerate(texts)]}
+        data = {
+            "object": "list",
+            "model": body.get("model") if isinstance(body, dict) else None,
+            "data": [
+                {"object": "embedding", "index": i, "embedding": embedding(str(t))}
+                for i, t in enumerate(texts)
+            ],
+        }
         if reply.usage:
             tokens = sum(_tokens(str(t)) for t in texts)
             data["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
         await self._send(writer, 200, json.dumps(data).encode(), reply.headers)
         return True
 
-    async def _send(self, writer: asyncio.StreamWriter, status: int, body: bytes,
-                    headers: Mapping[str, str]) -> None:
+    async def _send(
+        self, writer: asyncio.StreamWriter, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> None:
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        writer.write(f"HTTP/1.1 {status} Fake\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(body)}\r\n{extra}\r\n".encode() + body)
+        writer.write(
+            f"HTTP/1.1 {status} Fake\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n".encode()
+            + body
+        )
         await writer.drain()
 
-    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: Reply,
-                      model: str, content: str, usage: dict[str, int] | None) -> bool:
+    async def _stream(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        reply: Reply,
+        model: str,
+        content: str,
+        usage: dict[str, int] | None,
+    ) -> bool:
         extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
-        writer.write(f"HTTP/1.1 {reply.status} Fake\r\nContent-Type: text/event-stream\r\n"
-                     f"Transfer-Encoding: chunked\r\n{extra}\r\n".encode())
-        events = list(reply.events) if reply.events is not None else self._events(
-            reply, model, content, usage)
+        writer.write(
+            f"HTTP/1.1 {reply.status} Fake\r\nContent-Type: text/event-stream\r\n"
+            f"Transfer-Encoding: chunked\r\n{extra}\r\n".encode()
+        )
+        events = (
+            list(reply.events) if reply.events is not None else self._events(reply, model, content, usage)
+        )
         for sent, event in enumerate(events):
             if reply.break_after is not None and sent >= reply.break_after:
                 writer.transport.abort()  # mid-body: the client sees an incomplete chunked answer
@@ -294,9 +348,14 @@ class FakeUpstream:
     @staticmethod
     def _events(reply: Reply, model: str, content: str, usage: dict[str, int] | None) -> list[bytes]:
         def chunk(delta: dict[str, Any], finish: str | None, **more: Any) -> bytes:
-            data = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
-                    "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                    **more}
+            data = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **more,
+            }
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         words = content.split(" ")
@@ -304,8 +363,14 @@ class FakeUpstream:
         events += [chunk({"content": w if i == 0 else " " + w}, None) for i, w in enumerate(words)]
         events.append(chunk({}, reply.finish_reason))
         if usage is not None:
-            data = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
-                    "model": model, "choices": [], "usage": usage}
+            data = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
             events.append(b"data: " + json.dumps(data).encode() + b"\n\n")
         events.append(b"data: [DONE]\n\n")
         return events

@@ -41,9 +41,11 @@ experiment:   # ends with a winner
 def running(ops, prompt: str) -> int | None:
     """The id of the prompt's running experiment, if any."""
     with ops.ctx.tx() as s:
-        return s.scalar(select(ExperimentRow.id).join(
-            PromptRow, ExperimentRow.running_prompt_id == PromptRow.id).where(
-            PromptRow.name == prompt))
+        return s.scalar(
+            select(ExperimentRow.id)
+            .join(PromptRow, ExperimentRow.running_prompt_id == PromptRow.id)
+            .where(PromptRow.name == prompt)
+        )
 
 
 def number_of(ops, prompt: str, variant: str) -> int:
@@ -73,7 +75,10 @@ def test_adopt_makes_main_the_production_content(ops, settings, triage):
     number = promote(ops, "few-shot")
     report = ops.adoption.adopt("triage", folder=settings.prompts_dir)
     assert (report.version, report.removed_variant, report.removed_experiment) == (
-        number, "few-shot", True), report
+        number,
+        "few-shot",
+        True,
+    ), report
     text = triage.read_text(encoding="utf-8")
     production = ops.registry.resolve("triage", label="production")
     assert load_prompt_file(triage).content.content_hash() == production.content_hash
@@ -91,9 +96,12 @@ def test_adopt_makes_main_the_production_content(ops, settings, triage):
 
 def test_adopt_a_model_only_variant(ops, settings, prompts_dir):
     path = prompts_dir / "plain.yaml"
-    path.write_text("name: plain\ntemplate: hi  # short\nvariants:\n  warm:\n"
-                    "    model: {name: big, temperature: 0.7}\n"
-                    "experiment: {metric: ok, arms: [main, warm]}\n", encoding="utf-8")
+    path.write_text(
+        "name: plain\ntemplate: hi  # short\nvariants:\n  warm:\n"
+        "    model: {name: big, temperature: 0.7}\n"
+        "experiment: {metric: ok, arms: [main, warm]}\n",
+        encoding="utf-8",
+    )
     promote(ops, "warm", "plain")
     ops.adoption.adopt("plain", folder=settings.prompts_dir)
     text = path.read_text(encoding="utf-8")
@@ -112,11 +120,19 @@ def test_dry_run_prints_the_diff_and_writes_nothing(ops, settings, triage):
 
 def test_json_prompt_file(ops, settings, prompts_dir):
     path = prompts_dir / "plain.json"
-    path.write_text(json.dumps({
-        "name": "plain", "variables": {"topic": {"type": "string", "required": True}},
-        "template": "Write about {{ topic }}.",
-        "variants": {"poem": {"template": "A poem about {{ topic }}."}},
-        "experiment": {"metric": "liked", "arms": ["main", "poem"]}}, indent=2), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            {
+                "name": "plain",
+                "variables": {"topic": {"type": "string", "required": True}},
+                "template": "Write about {{ topic }}.",
+                "variants": {"poem": {"template": "A poem about {{ topic }}."}},
+                "experiment": {"metric": "liked", "arms": ["main", "poem"]},
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     promote(ops, "poem", "plain")
     ops.adoption.adopt("plain", folder=settings.prompts_dir)
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -180,12 +196,13 @@ def test_adopt_carries_the_response_cache_settings(ops, settings, prompts_dir):
         "name: plain\ntemplate: hi\ncache: {mode: exact, ttl_hours: 1}\nvariants:\n"
         "  fresh:\n    template: hello\n    cache: {ttl_hours: 5}\n"
         "  other:\n    template: hey\n"
-        "experiment: {metric: ok, arms: [main, fresh, other]}\n", encoding="utf-8")
+        "experiment: {metric: ok, arms: [main, fresh, other]}\n",
+        encoding="utf-8",
+    )
     promote(ops, "fresh", "plain")
     ops.adoption.adopt("plain", folder=settings.prompts_dir)
     adopted = load_prompt_file(path)
-    assert adopted.content.content_hash() == ops.registry.resolve(
-        "plain", label="production").content_hash
+    assert adopted.content.content_hash() == ops.registry.resolve("plain", label="production").content_hash
     assert adopted.content.to_dict()["cache"] == {"mode": "exact", "ttl_hours": 5.0}
     assert adopted.variants["other"].to_dict()["cache"] == {"mode": "exact", "ttl_hours": 1.0}
     assert ops.sync().changes == []

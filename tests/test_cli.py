@@ -128,21 +128,27 @@ def test_sync_render_versions_diff_label(cli):
     assert json.loads(r.out)["version"] == 2, r
 
 
-@pytest.mark.parametrize("args, needle", [
-    pytest.param(["render", "nope"], "prompt 'nope' not found", id="unknown-prompt"),
-    pytest.param(["render", "triage"], "message", id="missing-variable"),
-    pytest.param(["render", "triage", "--var", "message=x", "--var", "n=abc"], "n",
-                 id="bad-integer"),
-    pytest.param(["render", "triage", "--var", "oops"], "NAME=VALUE", id="bad-var-syntax"),
-    pytest.param(["render", "triage", "--version", "9", "--var", "message=x"], "no version 9",
-                 id="unknown-version"),
-    pytest.param(["label", "triage", "7", "production"], "no version 7", id="label-unknown"),
-    pytest.param(["diff", "triage", "1", "5"], "no version 5", id="diff-unknown"),
-    pytest.param(["experiment", "status", "42"], "experiment 42 not found", id="no-experiment"),
-    pytest.param(["experiment", "start", "triage", "1"], "at least two", id="one-arm"),
-    pytest.param(["experiment", "start", "triage", "1", "2", "--set", "min_hour=0"],
-                 "min_samples_per_arm, min_update_minutes", id="unknown-policy-setting"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        pytest.param(["render", "nope"], "prompt 'nope' not found", id="unknown-prompt"),
+        pytest.param(["render", "triage"], "message", id="missing-variable"),
+        pytest.param(["render", "triage", "--var", "message=x", "--var", "n=abc"], "n", id="bad-integer"),
+        pytest.param(["render", "triage", "--var", "oops"], "NAME=VALUE", id="bad-var-syntax"),
+        pytest.param(
+            ["render", "triage", "--version", "9", "--var", "message=x"], "no version 9", id="unknown-version"
+        ),
+        pytest.param(["label", "triage", "7", "production"], "no version 7", id="label-unknown"),
+        pytest.param(["diff", "triage", "1", "5"], "no version 5", id="diff-unknown"),
+        pytest.param(["experiment", "status", "42"], "experiment 42 not found", id="no-experiment"),
+        pytest.param(["experiment", "start", "triage", "1"], "at least two", id="one-arm"),
+        pytest.param(
+            ["experiment", "start", "triage", "1", "2", "--set", "min_hour=0"],
+            "min_samples_per_arm, min_update_minutes",
+            id="unknown-policy-setting",
+        ),
+    ],
+)
 def test_mistakes_are_one_line_without_traceback(cli, args, needle):
     add(cli)
     assert cli("sync").code == 0
@@ -161,8 +167,7 @@ def test_bad_database_url_is_one_line(cli, monkeypatch):
 def test_experiment_lifecycle(cli):
     add(cli)
     cli("sync")
-    r = cli("experiment", "start", "triage", "1", "2", "--metric", "resolved",
-            "--set", "min_hours=0")
+    r = cli("experiment", "start", "triage", "1", "2", "--metric", "resolved", "--set", "min_hours=0")
     assert r.code == 0 and "experiment 1 running" in r.out, r
     r = cli("experiment", "status", "1", "--json")
     body = json.loads(r.out)
@@ -236,14 +241,20 @@ def test_template_bombs_are_file_problems_and_serving_goes_on(cli, capsys, templ
     assert r.code == 0 and "Text: hi" in r.out, r
 
 
-@pytest.mark.parametrize("args, needle", [
-    pytest.param(["keys", "create", "--role", "root"], "'serve', 'admin'", id="bad-role"),
-    pytest.param(["experiment", "status", "abc"], "experiment_id", id="bad-integer"),
-    pytest.param(["experiment", "start", "triage", "1", "2", "--reward", "percent"],
-                 "'binary', 'continuous'", id="bad-reward"),
-    pytest.param(["experiment", "list", "--status", "done"], "'inconclusive'", id="bad-status"),
-    pytest.param(["versions", "triage", "--bogus"], "No such option", id="unknown-option"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        pytest.param(["keys", "create", "--role", "root"], "'serve', 'admin'", id="bad-role"),
+        pytest.param(["experiment", "status", "abc"], "experiment_id", id="bad-integer"),
+        pytest.param(
+            ["experiment", "start", "triage", "1", "2", "--reward", "percent"],
+            "'binary', 'continuous'",
+            id="bad-reward",
+        ),
+        pytest.param(["experiment", "list", "--status", "done"], "'inconclusive'", id="bad-status"),
+        pytest.param(["versions", "triage", "--bogus"], "No such option", id="unknown-option"),
+    ],
+)
 def test_usage_errors_print_the_usage_and_exit_2(cli, monkeypatch, args, needle):
     monkeypatch.setenv("COLUMNS", "200")
     r = cli(*args)
@@ -259,12 +270,14 @@ def test_version(cli):
     assert r.code == 0 and r.out == f"promptops {__version__}\n", r
 
 
-@pytest.mark.parametrize("args, choices", [
-    pytest.param(["experiment", "start"], ["binary|continuous", "thompson|fixed"], id="start"),
-    pytest.param(["keys", "create"], ["serve|admin"], id="keys"),
-    pytest.param(["experiment", "list"], ["draft|running|completed|inconclusive|stopped"],
-                 id="list"),
-])
+@pytest.mark.parametrize(
+    "args, choices",
+    [
+        pytest.param(["experiment", "start"], ["binary|continuous", "thompson|fixed"], id="start"),
+        pytest.param(["keys", "create"], ["serve|admin"], id="keys"),
+        pytest.param(["experiment", "list"], ["draft|running|completed|inconclusive|stopped"], id="list"),
+    ],
+)
 def test_help_enumerates_the_choices(cli, monkeypatch, args, choices):
     monkeypatch.setenv("COLUMNS", "200")
     r = cli(*args, "--help")
@@ -281,8 +294,9 @@ def test_status_choices_are_the_experiment_statuses():
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def git_repo(repo: Path, author: str = "Ada Lovelace") -> None:
@@ -309,7 +323,10 @@ def test_provenance_shows_uncommitted_and_untracked_plainly(cli):
 
     rows = json.loads(cli("versions", "triage", "--json").out)
     assert [(v["git_commit"], v["git_state"]) for v in rows] == [
-        (head, "clean"), (head, "clean"), (head, "dirty")], rows
+        (head, "clean"),
+        (head, "clean"),
+        (head, "dirty"),
+    ], rows
     fresh = json.loads(cli("versions", "fresh", "--json").out)
     assert (fresh[0]["git_commit"], fresh[0]["git_state"]) == (None, "untracked"), fresh
     table = cli("versions", "triage").out
@@ -339,9 +356,14 @@ def test_init_keeps_the_database_out_of_git(cli):
         (proj / name).write_text("x", encoding="utf-8")
     git(proj, "add", "-A")
     staged = git(proj, "diff", "--cached", "--name-only").split()
-    assert sorted(staged) == [".gitignore", "README.md", "evals/summarize-smoke.jsonl",
-                              "evals/summarize-smoke.yaml", "promptops.yaml",
-                              "prompts/summarize.yaml"], staged
+    assert sorted(staged) == [
+        ".gitignore",
+        "README.md",
+        "evals/summarize-smoke.jsonl",
+        "evals/summarize-smoke.yaml",
+        "promptops.yaml",
+        "prompts/summarize.yaml",
+    ], staged
 
 
 def test_init_writes_a_gitignore_once(cli):
@@ -374,8 +396,7 @@ def test_user_data_is_printed_literally(cli, monkeypatch):
     monkeypatch.setenv("PROMPTOPS_PROMPTS_DIR", "prompts")  # a short source path: no wrapping
     prompts = cli.dir / "prompts"
     git_repo(prompts, author=MARKUP)
-    add(cli, TRIAGE.replace("Text: {{ message }}", "Text: [/bold] {{ message }}"),
-        "[red]triage.yaml")
+    add(cli, TRIAGE.replace("Text: {{ message }}", "Text: [/bold] {{ message }}"), "[red]triage.yaml")
     git(prompts, "add", "-A")
     git(prompts, "commit", "-qm", "add triage")
     assert cli("sync").code == 0
@@ -402,13 +423,15 @@ def test_an_experiment_whose_control_is_not_production_says_so(cli):
     r = cli("experiment", "status", "1")
     assert "control v2 is not the version that held production" in r.out, r
     body = json.loads(cli("experiment", "status", "1", "--json").out)
-    assert (body["control_version"], body["production_at_start"],
-            body["control_is_production"]) == (2, 1, False), body
+    assert (body["control_version"], body["production_at_start"], body["control_is_production"]) == (
+        2,
+        1,
+        False,
+    ), body
 
 
 def test_plan_prints_one_sentence(cli):
-    r = cli("plan", "--base-rate", "0.1", "--lift", "0.1", "--decisions-per-hour", "2000",
-            "--runs", "2")
+    r = cli("plan", "--base-rate", "0.1", "--lift", "0.1", "--decisions-per-hour", "2000", "--runs", "2")
     assert r.code == 0, r
     assert r.out.startswith("with 2,000 decisions an hour and a 10% base rate, a 10-point lift"), r
     assert "an A/A test would promote wrongly in" in r.out, r
@@ -427,31 +450,47 @@ def test_status_shows_flags_guardrails_metrics_and_the_holdout(cli):
     add(cli)
     cli("sync")
     assert cli("experiment", "start", "triage", "1", "2").code == 0
-    service = PromptOps(Settings(database_url=f"sqlite:///{cli.dir / 'cli.db'}",
-                                 prompts_dir=cli.dir / "prompts"))
+    service = PromptOps(
+        Settings(database_url=f"sqlite:///{cli.dir / 'cli.db'}", prompts_dir=cli.dir / "prompts")
+    )
     try:
         with service.ctx.tx() as s:
             exp = s.get(ExperimentRow, 1)
             exp.holdout = {"new": 1, "old": 0, "started_at": 0.0, "decisions_at_start": 0}
             exp.snapshot = {
                 "reason": "promotion frozen by a safety flag",
-                "flags": [{"flag": "feedback", "sentence": "v2 (terse)'s feedback arrives later "
-                           "than the window (80% late): lengthen `attribution_window_hours`",
-                           "evidence": {}}],
-                "metrics": {"cost_usd": [{"mean": 0.001, "ci_low": 0.0009, "ci_high": 0.0011,
-                                          "n": 400}] * 2},
-                "guardrails": [{"arm": 1, "metric": "cost_usd", "state": "blocked", "diff": 0.2,
-                                "diff_low": 0.1, "diff_high": 0.3, "relative": True,
-                                "sentence": "blocked: v2 (terse) cost_usd +24% (+18% .. +31%) "
-                                            "> 10% allowed"}],
-                "holdout": {"p_old_better": 0.42}}
+                "flags": [
+                    {
+                        "flag": "feedback",
+                        "sentence": "v2 (terse)'s feedback arrives later "
+                        "than the window (80% late): lengthen `attribution_window_hours`",
+                        "evidence": {},
+                    }
+                ],
+                "metrics": {"cost_usd": [{"mean": 0.001, "ci_low": 0.0009, "ci_high": 0.0011, "n": 400}] * 2},
+                "guardrails": [
+                    {
+                        "arm": 1,
+                        "metric": "cost_usd",
+                        "state": "blocked",
+                        "diff": 0.2,
+                        "diff_low": 0.1,
+                        "diff_high": 0.3,
+                        "relative": True,
+                        "sentence": "blocked: v2 (terse) cost_usd +24% (+18% .. +31%) > 10% allowed",
+                    }
+                ],
+                "holdout": {"p_old_better": 0.42},
+            }
     finally:
         service.close()
     r = cli("experiment", "status", "1")
     assert r.code == 0, r
     text = " ".join(r.out.split())
-    assert ("FROZEN (feedback): v2 (terse)'s feedback arrives later than the window (80% late): "
-            "lengthen `attribution_window_hours`") in text, r
+    assert (
+        "FROZEN (feedback): v2 (terse)'s feedback arrives later than the window (80% late): "
+        "lengthen `attribution_window_hours`"
+    ) in text, r
     assert "guardrail blocked: v2 (terse) cost_usd +24% (+18% .. +31%) > 10% allowed" in text, r
     assert "holdout ended: v2 promoted, v1 keeps its holdout share; P(v1 better) 42.0%" in text, r
     assert "0.001 (0.0009 .. 0.0011), n 400" in text, r
@@ -464,7 +503,9 @@ def test_plan_refuses_units_beyond_the_scenario_bound(cli):
     for units in ("nan", "1e308", "10001"):
         r = cli("plan", "--base-rate", "0.1", "--lift", "0.1", "--units", units)
         assert (r.code, r.err.strip()) == (
-            1, "error: units must make between 1 and 10000 decisions on average"), r
+            1,
+            "error: units must make between 1 and 10000 decisions on average",
+        ), r
 
 
 TRIAGE_JSON = """\
@@ -500,12 +541,19 @@ def test_json_and_yaml_of_one_prompt_hash_alike(cli):
     assert r.code == 0 and "up to date" in r.out, r
 
 
-@pytest.mark.parametrize("text, line, needle", [
-    pytest.param('{\n  "name": "triage",\n  "messages": [\n    {"role": "user", "content": "x"},\n  ]\n}\n',
-                 5, "", id="trailing-comma"),
-    pytest.param('{\n  "name": "Bad Name",\n  "template": "x"\n}\n', 2, "name", id="bad-name"),
-    pytest.param('{\n  "name": "t",\n  "template": "{{ y }}"\n}\n', 3, "undeclared", id="undeclared"),
-])
+@pytest.mark.parametrize(
+    "text, line, needle",
+    [
+        pytest.param(
+            '{\n  "name": "triage",\n  "messages": [\n    {"role": "user", "content": "x"},\n  ]\n}\n',
+            5,
+            "",
+            id="trailing-comma",
+        ),
+        pytest.param('{\n  "name": "Bad Name",\n  "template": "x"\n}\n', 2, "name", id="bad-name"),
+        pytest.param('{\n  "name": "t",\n  "template": "{{ y }}"\n}\n', 3, "undeclared", id="undeclared"),
+    ],
+)
 def test_bad_json_prompt_files_are_path_and_line(cli, text, line, needle):
     bad = add(cli, text, "bad.json")
     for command in ("validate", "sync"):
@@ -555,8 +603,9 @@ def test_simulate_help_defines_regret_and_wrong_promotion(cli):
 
 def test_simulate_scenario_errors_are_path_and_line(cli):
     path = cli.dir / "bad.yaml"
-    path.write_text(SCENARIO.replace("runs: 3", "runs: 0").replace("decisions: 400", "decisions: [x"),
-                    encoding="utf-8")
+    path.write_text(
+        SCENARIO.replace("runs: 3", "runs: 0").replace("decisions: 400", "decisions: [x"), encoding="utf-8"
+    )
     r = cli("simulate", str(path))
     assert r.code == 1 and r.err.startswith(f"{path}:"), r
     assert all(re.match(rf"{re.escape(str(path))}:\d+: ", line) for line in r.err.splitlines()), r
@@ -564,8 +613,7 @@ def test_simulate_scenario_errors_are_path_and_line(cli):
 
 
 def test_plan_prints_rounded_figures_and_defines_a_wrong_promotion(cli):
-    args = ("plan", "--base-rate", "0.1", "--lift", "0.1", "--decisions-per-hour", "2000",
-            "--runs", "2")
+    args = ("plan", "--base-rate", "0.1", "--lift", "0.1", "--decisions-per-hour", "2000", "--runs", "2")
     exact = json.loads(cli(*args, "--json").out)
     r = cli(*args, "--plain")
     assert r.code == 0, r

@@ -47,8 +47,9 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         # The app checks Host against the address it is bound to.
         bound = replace(settings, host="127.0.0.1", port=self.port)
-        config = uvicorn.Config(create_app(bound, ops=ops), host="127.0.0.1", port=self.port,
-                                log_level="warning")
+        config = uvicorn.Config(
+            create_app(bound, ops=ops), host="127.0.0.1", port=self.port, log_level="warning"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -126,21 +127,41 @@ def test_render_and_get_prompt(client):
     assert [v["number"] for v in info["versions"]] == [2, 1]
 
 
-@pytest.mark.parametrize(("call", "exc", "needle"), [
-    pytest.param(lambda c: c.serve("nope", {}), errors.PromptNotFound, "nope", id="prompt"),
-    pytest.param(lambda c: c.serve("plain", {}), errors.VariableError, "topic", id="missing"),
-    pytest.param(lambda c: c.serve("plain", {"topic": "a", "x": 1}), errors.VariableError,
-                 "not declared", id="undeclared"),
-    pytest.param(lambda c: c.render("plain", {"topic": "a"}, version=9),
-                 errors.VersionNotFound, "version 9", id="version"),
-    pytest.param(lambda c: c.render("plain", {"topic": "a"}, label="staging"),
-                 errors.LabelNotFound, "staging", id="label"),
-    pytest.param(lambda c: c.feedback("d_forged.sig", 1), errors.DecisionNotFound, "d_forged",
-                 id="decision"),
-    pytest.param(lambda c: c.feedback(c.serve("triage", {"message": "m"})["decision_id"], 0.5),
-                 errors.InvalidInput, "0 or 1", id="reward"),
-    pytest.param(lambda c: c.get_prompt("nope"), errors.PromptNotFound, "nope", id="get"),
-])
+@pytest.mark.parametrize(
+    ("call", "exc", "needle"),
+    [
+        pytest.param(lambda c: c.serve("nope", {}), errors.PromptNotFound, "nope", id="prompt"),
+        pytest.param(lambda c: c.serve("plain", {}), errors.VariableError, "topic", id="missing"),
+        pytest.param(
+            lambda c: c.serve("plain", {"topic": "a", "x": 1}),
+            errors.VariableError,
+            "not declared",
+            id="undeclared",
+        ),
+        pytest.param(
+            lambda c: c.render("plain", {"topic": "a"}, version=9),
+            errors.VersionNotFound,
+            "version 9",
+            id="version",
+        ),
+        pytest.param(
+            lambda c: c.render("plain", {"topic": "a"}, label="staging"),
+            errors.LabelNotFound,
+            "staging",
+            id="label",
+        ),
+        pytest.param(
+            lambda c: c.feedback("d_forged.sig", 1), errors.DecisionNotFound, "d_forged", id="decision"
+        ),
+        pytest.param(
+            lambda c: c.feedback(c.serve("triage", {"message": "m"})["decision_id"], 0.5),
+            errors.InvalidInput,
+            "0 or 1",
+            id="reward",
+        ),
+        pytest.param(lambda c: c.get_prompt("nope"), errors.PromptNotFound, "nope", id="get"),
+    ],
+)
 def test_errors_are_mapped(client, call, exc, needle):
     with pytest.raises(exc) as info:
         call(client)
@@ -155,8 +176,10 @@ def test_auth_errors(settings, ops):
         with Client(server.url) as anonymous, pytest.raises(errors.AuthError) as info:
             anonymous.render("plain", {"topic": "a"})
         assert "API key" in str(info.value) and not isinstance(info.value, errors.Forbidden)
-        with Client(server.url, api_key="po_serve_wrong") as wrong, \
-                pytest.raises(errors.AuthError, match="invalid API key"):
+        with (
+            Client(server.url, api_key="po_serve_wrong") as wrong,
+            pytest.raises(errors.AuthError, match="invalid API key"),
+        ):
             wrong.serve("plain", {"topic": "a"})
         with Client(server.url, api_key=key) as good:
             assert good.serve("plain", {"topic": "a"})["version"] == 1
@@ -235,40 +258,47 @@ def _error(status: int, code: str, message: str) -> Callable[[httpx.Request], ht
     return lambda _: httpx.Response(status, json={"error": {"code": code, "message": message}})
 
 
-@pytest.mark.parametrize("fail", [
-    pytest.param(_refuse, id="connect-error"),
-    pytest.param(_error(503, "unavailable", "db down"), id="503"),
-    pytest.param(_error(502, "bad_gateway", "proxy"), id="502"),
-])
+@pytest.mark.parametrize(
+    "fail",
+    [
+        pytest.param(_refuse, id="connect-error"),
+        pytest.param(_error(503, "unavailable", "db down"), id="503"),
+        pytest.param(_error(502, "bad_gateway", "proxy"), id="502"),
+    ],
+)
 def test_retries_then_succeeds(fail):
     handler = Flaky(2, fail=fail)
-    with Client("http://promptops.test", retries=3, backoff=0,
-                transport=httpx.MockTransport(handler)) as c:
+    with Client("http://promptops.test", retries=3, backoff=0, transport=httpx.MockTransport(handler)) as c:
         assert c.feedback("d_1", 1) == "recorded"
     assert handler.calls == 3
 
 
 def test_retries_give_up_with_unavailable():
     handler = Flaky(10, fail=_error(503, "unavailable", "database unreachable"))
-    with Client("http://promptops.test", retries=2, backoff=0,
-                transport=httpx.MockTransport(handler)) as c, \
-            pytest.raises(errors.Unavailable, match="database unreachable"):
+    with (
+        Client("http://promptops.test", retries=2, backoff=0, transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(errors.Unavailable, match="database unreachable"),
+    ):
         c.feedback("d_1", 1)
     assert handler.calls == 3
 
 
-@pytest.mark.parametrize(("status", "code", "exc"), [
-    pytest.param(404, "decision_not_found", errors.DecisionNotFound, id="404"),
-    pytest.param(422, "invalid_input", errors.InvalidInput, id="422"),
-    pytest.param(401, "unauthorized", errors.AuthError, id="401"),
-    pytest.param(403, "forbidden", errors.Forbidden, id="403"),
-    pytest.param(409, "experiment_state", errors.ExperimentStateError, id="409"),
-])
+@pytest.mark.parametrize(
+    ("status", "code", "exc"),
+    [
+        pytest.param(404, "decision_not_found", errors.DecisionNotFound, id="404"),
+        pytest.param(422, "invalid_input", errors.InvalidInput, id="422"),
+        pytest.param(401, "unauthorized", errors.AuthError, id="401"),
+        pytest.param(403, "forbidden", errors.Forbidden, id="403"),
+        pytest.param(409, "experiment_state", errors.ExperimentStateError, id="409"),
+    ],
+)
 def test_client_errors_are_not_retried(status, code, exc):
     handler = Flaky(10, fail=_error(status, code, "the server's own words"))
-    with Client("http://promptops.test", retries=3, backoff=0,
-                transport=httpx.MockTransport(handler)) as c, \
-            pytest.raises(exc, match="the server's own words"):
+    with (
+        Client("http://promptops.test", retries=3, backoff=0, transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(exc, match="the server's own words"),
+    ):
         c.feedback("d_1", 1)
     assert handler.calls == 1
 
@@ -280,8 +310,10 @@ def test_serve_is_not_resent_after_a_read_timeout():
         calls.append(request)
         raise httpx.ReadTimeout("timed out", request=request)
 
-    with Client("http://promptops.test", retries=3, backoff=0,
-                transport=httpx.MockTransport(handler)) as c, pytest.raises(errors.Unavailable):
+    with (
+        Client("http://promptops.test", retries=3, backoff=0, transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(errors.Unavailable),
+    ):
         c.serve("plain", {"topic": "x"})
     assert len(calls) == 1  # the server may have recorded it: a resend would double the decision
 
@@ -304,14 +336,24 @@ def test_async_client(live):
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("status, code, cls", [
-    (404, "prompt_not_found", "PromptNotFound"), (404, "decision_not_found", "DecisionNotFound"),
-    (404, "key_not_found", "NotFound"), (422, "invalid_variables", "VariableError"),
-    (413, "render_error", "RenderError"), (422, "unknown_metric", "InvalidInput"),
-    (413, "payload_too_large", "InvalidInput"), (401, "unauthorized", "AuthError"),
-    (403, "forbidden", "Forbidden"), (409, "conflict", "Conflict"),
-    (409, "experiment_state", "ExperimentStateError"), (503, "unavailable", "Unavailable"),
-    (418, "teapot", "PromptOpsError")])
+@pytest.mark.parametrize(
+    "status, code, cls",
+    [
+        (404, "prompt_not_found", "PromptNotFound"),
+        (404, "decision_not_found", "DecisionNotFound"),
+        (404, "key_not_found", "NotFound"),
+        (422, "invalid_variables", "VariableError"),
+        (413, "render_error", "RenderError"),
+        (422, "unknown_metric", "InvalidInput"),
+        (413, "payload_too_large", "InvalidInput"),
+        (401, "unauthorized", "AuthError"),
+        (403, "forbidden", "Forbidden"),
+        (409, "conflict", "Conflict"),
+        (409, "experiment_state", "ExperimentStateError"),
+        (503, "unavailable", "Unavailable"),
+        (418, "teapot", "PromptOpsError"),
+    ],
+)
 def test_an_error_answer_becomes_its_exception(status, code, cls):
     import httpx
 
@@ -371,14 +413,17 @@ def test_fallback_dir_renders_main_when_the_server_was_never_reached(prompts_dir
     (prompts_dir / "broken.yaml").write_text("name: Broken Name\ntemplate: x\n")
     calls: list[httpx.Request] = []
     transport = down_transport(calls, {"down": True})
-    with caplog.at_level("WARNING", logger="promptops.client"), \
-            Client("http://promptops.test", retries=0, fallback_dir=prompts_dir,
-                   transport=transport) as c:
+    with (
+        caplog.at_level("WARNING", logger="promptops.client"),
+        Client("http://promptops.test", retries=0, fallback_dir=prompts_dir, transport=transport) as c,
+    ):
         out = c.serve("triage", {"message": "refund please"})
         assert out.fallback is True and out.decision_id is None and out.experiment_id is None
         assert (out.version, out.variant) == (None, "main"), out
-        assert out.messages == (Message("system", "Answer with one category."),
-                                Message("user", "Text: refund please")), out
+        assert out.messages == (
+            Message("system", "Answer with one category."),
+            Message("user", "Text: refund please"),
+        ), out
         with pytest.raises(errors.VariableError):
             c.serve("triage", {})
         with pytest.raises(errors.Unavailable):
@@ -390,8 +435,13 @@ def test_fallback_dir_renders_main_when_the_server_was_never_reached(prompts_dir
 def test_queued_feedback_is_sent_when_the_server_comes_back():
     calls: list[httpx.Request] = []
     state: dict[str, Any] = {"down": True, "answer": recorded}
-    with Client("http://promptops.test", retries=0, backoff=0, queue_feedback=True,
-                transport=down_transport(calls, state)) as c:
+    with Client(
+        "http://promptops.test",
+        retries=0,
+        backoff=0,
+        queue_feedback=True,
+        transport=down_transport(calls, state),
+    ) as c:
         assert c.feedback("d_1", 1) == "queued"
         asked = len(calls)
         assert c.feedback("d_2", 0, metric="csat") == "queued"
@@ -400,8 +450,10 @@ def test_queued_feedback_is_sent_when_the_server_comes_back():
         assert c.flush_feedback(timeout=30) is True
         assert c.feedback_pending == 0 and c.feedback_dropped == 0
         sent = [json.loads(r.content) for r in calls[asked:] if r.url.path == "/v1/feedback"]
-        assert sent[-2:] == [{"decision_id": "d_1", "reward": 1},
-                             {"decision_id": "d_2", "reward": 0, "metric": "csat"}], sent
+        assert sent[-2:] == [
+            {"decision_id": "d_1", "reward": 1},
+            {"decision_id": "d_2", "reward": 0, "metric": "csat"},
+        ], sent
         assert c.feedback("d_3", 1) == "recorded"
 
 
@@ -409,8 +461,15 @@ def test_feedback_queue_is_bounded_and_never_drops_silently(caplog):
     calls: list[httpx.Request] = []
     state: dict[str, Any] = {"down": True, "answer": recorded}
     with caplog.at_level("WARNING", logger="promptops.client"):
-        c = Client("http://promptops.test", retries=0, backoff=0, queue_feedback=True,
-                   feedback_queue_size=2, flush_timeout=0, transport=down_transport(calls, state))
+        c = Client(
+            "http://promptops.test",
+            retries=0,
+            backoff=0,
+            queue_feedback=True,
+            feedback_queue_size=2,
+            flush_timeout=0,
+            transport=down_transport(calls, state),
+        )
         assert [c.feedback(f"d_{i}", 1) for i in range(3)] == ["queued"] * 3
         assert (c.feedback_pending, c.feedback_dropped) == (2, 1)
         assert "d_2" in caplog.text and "queue is full" in caplog.text, caplog.text
@@ -418,15 +477,23 @@ def test_feedback_queue_is_bounded_and_never_drops_silently(caplog):
     assert (c.feedback_pending, c.feedback_dropped) == (0, 3)
     assert "d_0" in caplog.text and "unreachable until close" in caplog.text, caplog.text
     with pytest.raises(errors.Unavailable):
-        Client("http://promptops.test", retries=0, transport=down_transport([], state)) \
-            .feedback("d_9", 1)  # without queue_feedback, an outage is an error as before
+        Client("http://promptops.test", retries=0, transport=down_transport([], state)).feedback(
+            "d_9", 1
+        )  # without queue_feedback, an outage is an error as before
 
 
 def test_queued_feedback_the_server_refuses_is_dropped_and_logged(caplog):
     state: dict[str, Any] = {"down": True, "answer": _error(404, "decision_not_found", "no such")}
-    with caplog.at_level("WARNING", logger="promptops.client"), \
-            Client("http://promptops.test", retries=0, backoff=0, queue_feedback=True,
-                   transport=down_transport([], state)) as c:
+    with (
+        caplog.at_level("WARNING", logger="promptops.client"),
+        Client(
+            "http://promptops.test",
+            retries=0,
+            backoff=0,
+            queue_feedback=True,
+            transport=down_transport([], state),
+        ) as c,
+    ):
         assert c.feedback("d_gone", 1) == "queued"
         state["down"] = False
         assert c.flush_feedback(timeout=30) is True
@@ -440,9 +507,14 @@ def test_async_client_queues_feedback_and_falls_back_to_files(prompts_dir):
     state: dict[str, Any] = {"down": True, "answer": recorded}
 
     async def scenario() -> None:
-        async with AsyncClient("http://promptops.test", retries=0, backoff=0,
-                               queue_feedback=True, fallback_dir=prompts_dir,
-                               transport=down_transport(calls, state)) as c:
+        async with AsyncClient(
+            "http://promptops.test",
+            retries=0,
+            backoff=0,
+            queue_feedback=True,
+            fallback_dir=prompts_dir,
+            transport=down_transport(calls, state),
+        ) as c:
             out = await c.serve("plain", {"topic": "t"})
             assert out.fallback is True and out.text == "Write about t." and out.version is None
             assert await c.feedback("d_1", 1) == "queued"
@@ -452,8 +524,9 @@ def test_async_client_queues_feedback_and_falls_back_to_files(prompts_dir):
             assert (c.feedback_pending, c.feedback_dropped) == (0, 0)
             assert await c.feedback("d_2", 1) == "recorded"
         bodies = [json.loads(r.content) for r in calls if r.url.path == "/v1/feedback"]
-        assert bodies[-2:] == [{"decision_id": "d_1", "reward": 1},
-                               {"decision_id": "d_2", "reward": 1}], bodies
+        assert bodies[-2:] == [{"decision_id": "d_1", "reward": 1}, {"decision_id": "d_2", "reward": 1}], (
+            bodies
+        )
 
     asyncio.run(scenario())
 
@@ -462,8 +535,14 @@ def test_async_close_counts_what_it_could_not_send(caplog):
     state: dict[str, Any] = {"down": True, "answer": recorded}
 
     async def scenario() -> AsyncClient:
-        c = AsyncClient("http://promptops.test", retries=0, backoff=0, queue_feedback=True,
-                        flush_timeout=0, transport=down_transport([], state))
+        c = AsyncClient(
+            "http://promptops.test",
+            retries=0,
+            backoff=0,
+            queue_feedback=True,
+            flush_timeout=0,
+            transport=down_transport([], state),
+        )
         assert await c.feedback("d_1", 1) == "queued"
         await c.close()
         return c
@@ -507,7 +586,8 @@ def test_feedback_queued_by_a_client_never_closed_is_reported_at_exit():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0 and done.stdout == "queued\n", done
     assert "feedback for decision d_lost" in done.stderr and "dropped" in done.stderr, done

@@ -38,8 +38,9 @@ def test_complete(live, fake_upstream):
 def test_async_complete(live):
     async def go() -> CompleteResult:
         async with AsyncClient(live) as client:
-            return await client.complete("chat", {"question": "q"}, unit_id="u1",
-                                         messages=[{"role": "user", "content": "and?"}])
+            return await client.complete(
+                "chat", {"question": "q"}, unit_id="u1", messages=[{"role": "user", "content": "and?"}]
+            )
 
     out = asyncio.run(go())
     assert out.content == "echo: and?" and out.cache == "bypass"

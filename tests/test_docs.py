@@ -79,7 +79,7 @@ def sections(path: Path) -> dict[str, str]:
             continue
         level = len(m.group(1))
         body = []
-        for later in lines[i + 1:]:
+        for later in lines[i + 1 :]:
             h = _HEADING.match(later)
             if h and len(h.group(1)) <= level:
                 break
@@ -90,11 +90,13 @@ def sections(path: Path) -> dict[str, str]:
 
 def commands() -> Iterator[tuple[str, Any]]:
     """Every command of the CLI as (`promptops sub cmd`, its click command), root included."""
+
     def walk(cmd: Any, path: str) -> Iterator[tuple[str, Any]]:
         yield path, cmd
         for name, sub in sorted(getattr(cmd, "commands", {}).items()):
             if not getattr(sub, "hidden", False):
                 yield from walk(sub, f"{path} {name}")
+
     yield from walk(typer.main.get_command(cli_app), "promptops")
 
 
@@ -143,8 +145,11 @@ def test_every_command_and_option_has_its_section_in_cli_md() -> None:
         if body is None:
             missing.append(f"{path}: no heading")
             continue
-        missing += [f"{path} {opt}" for opt in options(cmd) if not re.search(
-            rf"(?<![\w-]){re.escape(opt)}(?![\w-])", body)]
+        missing += [
+            f"{path} {opt}"
+            for opt in options(cmd)
+            if not re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", body)
+        ]
     assert not missing, "undocumented in docs/cli.md: " + ", ".join(missing)
 
 
@@ -189,11 +194,12 @@ def test_relative_links_resolve(page: Path, target: str) -> None:
 
 def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
     page = tmp_path / "p.md"
-    page.write_text("# A `promptops x` page\n\n## Same\n\n```\n# not a heading\n```\n## Same\n"
-                    "### `promptops db upgrade`\n--revision\n### `promptops y`\n",
-                    encoding="utf-8")
-    assert anchors(page) == {"a-promptops-x-page", "same", "same-1", "promptops-db-upgrade",
-                             "promptops-y"}
+    page.write_text(
+        "# A `promptops x` page\n\n## Same\n\n```\n# not a heading\n```\n## Same\n"
+        "### `promptops db upgrade`\n--revision\n### `promptops y`\n",
+        encoding="utf-8",
+    )
+    assert anchors(page) == {"a-promptops-x-page", "same", "same-1", "promptops-db-upgrade", "promptops-y"}
     assert sections(page)["promptops db upgrade"].strip() == "--revision"
     assert "promptops db upgrade" in dict(commands())
     assert "--revision" in options(dict(commands())["promptops db upgrade"])

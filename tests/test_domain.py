@@ -22,28 +22,46 @@ def test_v2_defaults():
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        pytest.param({"holdout_share": 1}, "policy.holdout_share: must be at least 0 and below 1",
-                     id="holdout-share"),
-        pytest.param({"holdout_decisions": 0}, "policy.holdout_decisions: must be greater than 0",
-                     id="holdout-decisions"),
-        pytest.param({"equivalence_margin": -0.1}, "policy.equivalence_margin: must be at least 0",
-                     id="margin"),
-        pytest.param({"feedback_p_value": 1}, "policy.feedback_p_value: must be strictly between",
-                     id="feedback-p"),
-        pytest.param({"guardrails": {"metric": "x"}}, "policy.guardrails: must be a list",
-                     id="guardrails-not-list"),
-        pytest.param({"guardrails": [{"metric": "x"}]}, "policy.guardrails[0]: needs one of",
-                     id="guardrail-no-margin"),
-        pytest.param({"guardrails": [{"metric": "x", "max_increase": -1}]},
-                     "policy.guardrails[0].max_increase: must be a finite number", id="negative"),
-        pytest.param({"guardrails": [{"metric": "x", "max_increase": 0.1, "colour": 1}]},
-                     "policy.guardrails[0].colour: is not a guardrail key", id="unknown-key"),
-        pytest.param({"guardrails": [{"metric": "x", "max_increase": 0.1,
-                                      "max_increase_abs": 1}]},
-                     "policy.guardrails[0].max_increase_abs: cannot be combined", id="both"),
-        pytest.param({"guardrails": [{"metric": "x", "max_increase": 0.1},
-                                     {"metric": "x", "max_decrease": 0.1}]},
-                     "policy.guardrails[1].metric: repeats", id="repeat"),
+        pytest.param(
+            {"holdout_share": 1}, "policy.holdout_share: must be at least 0 and below 1", id="holdout-share"
+        ),
+        pytest.param(
+            {"holdout_decisions": 0},
+            "policy.holdout_decisions: must be greater than 0",
+            id="holdout-decisions",
+        ),
+        pytest.param(
+            {"equivalence_margin": -0.1}, "policy.equivalence_margin: must be at least 0", id="margin"
+        ),
+        pytest.param(
+            {"feedback_p_value": 1}, "policy.feedback_p_value: must be strictly between", id="feedback-p"
+        ),
+        pytest.param(
+            {"guardrails": {"metric": "x"}}, "policy.guardrails: must be a list", id="guardrails-not-list"
+        ),
+        pytest.param(
+            {"guardrails": [{"metric": "x"}]}, "policy.guardrails[0]: needs one of", id="guardrail-no-margin"
+        ),
+        pytest.param(
+            {"guardrails": [{"metric": "x", "max_increase": -1}]},
+            "policy.guardrails[0].max_increase: must be a finite number",
+            id="negative",
+        ),
+        pytest.param(
+            {"guardrails": [{"metric": "x", "max_increase": 0.1, "colour": 1}]},
+            "policy.guardrails[0].colour: is not a guardrail key",
+            id="unknown-key",
+        ),
+        pytest.param(
+            {"guardrails": [{"metric": "x", "max_increase": 0.1, "max_increase_abs": 1}]},
+            "policy.guardrails[0].max_increase_abs: cannot be combined",
+            id="both",
+        ),
+        pytest.param(
+            {"guardrails": [{"metric": "x", "max_increase": 0.1}, {"metric": "x", "max_decrease": 0.1}]},
+            "policy.guardrails[1].metric: repeats",
+            id="repeat",
+        ),
     ],
 )
 def test_bad_v2_settings_are_refused(values, message):
@@ -53,9 +71,15 @@ def test_bad_v2_settings_are_refused(values, message):
 
 
 def test_guardrails_round_trip_through_json():
-    p = parse_policy({"guardrails": [{"metric": "cost_usd", "max_increase": 0.1},
-                                     {"metric": "error", "max_increase_abs": 0.01}],
-                      "holdout_decisions": 5000})
+    p = parse_policy(
+        {
+            "guardrails": [
+                {"metric": "cost_usd", "max_increase": 0.1},
+                {"metric": "error", "max_increase_abs": 0.01},
+            ],
+            "holdout_decisions": 5000,
+        }
+    )
     assert p.guardrails[0] == Guardrail("cost_usd", max_increase=0.1)
     assert parse_policy(json.loads(json.dumps(p.to_dict()))) == p
     assert parse_policy(json.loads(json.dumps(p.overrides()))) == p
@@ -81,8 +105,9 @@ def test_actions_are_strings():
         pytest.param("alpha", 1.5, (1.5, "must be strictly between 0 and 1"), id="range"),
         pytest.param("max_days", 4000, (4000.0, "must be at most 3650"), id="cap"),
         pytest.param("alpha", float("nan"), (None, "must be finite"), id="nan"),
-        pytest.param("allocation", "greedy",
-                     ("greedy", "must be one of 'top_two', 'thompson'"), id="bad-choice"),
+        pytest.param(
+            "allocation", "greedy", ("greedy", "must be one of 'top_two', 'thompson'"), id="bad-choice"
+        ),
     ],
 )
 def test_policy_setting_types_and_ranges(name, value, expected):
@@ -109,14 +134,15 @@ def test_api_prompt_files_and_scenarios_give_one_message(name, text, message, tm
         parse_policy({name: value})
     assert str(api.value) == f"policy.{name}: {message}"
 
-    prompt = ("name: p\ntemplate: x\nvariants: {b: {template: y}}\nexperiment:\n"
-              f"  arms: [main, b]\n  policy: {{{name}: {text}}}\n")
+    prompt = (
+        "name: p\ntemplate: x\nvariants: {b: {template: y}}\nexperiment:\n"
+        f"  arms: [main, b]\n  policy: {{{name}: {text}}}\n"
+    )
     with pytest.raises(InvalidPromptFile) as info:
         parse_prompt_text(prompt, path="p.yaml")
     assert [str(p) for p in info.value.problems] == [f"p.yaml:6: experiment.policy.{name}: {message}"]
 
-    scenario = ("arms:\n  - {name: a, mean: 0.1}\n  - {name: b, mean: 0.2}\n"
-                f"policy:\n  {name}: {text}\n")
+    scenario = f"arms:\n  - {{name: a, mean: 0.1}}\n  - {{name: b, mean: 0.2}}\npolicy:\n  {name}: {text}\n"
     path = tmp_path / "s.yaml"
     path.write_text(scenario)
     with pytest.raises(InvalidInput) as sc:

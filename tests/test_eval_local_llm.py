@@ -29,8 +29,10 @@ def test_eval_with_a_judge_whose_verdicts_are_often_malformed(tmp_path, monkeypa
     prompts.mkdir()
     evals.mkdir()
     text = (ROOT / "prompts" / "support-triage.yaml").read_text(encoding="utf-8")
-    text = text.replace("model: {name: gpt-4o-mini, temperature: 0.0, max_tokens: 8}",
-                        f"model: {{provider: local, name: {MODEL}, temperature: 0.0, max_tokens: 8}}")
+    text = text.replace(
+        "model: {name: gpt-4o-mini, temperature: 0.0, max_tokens: 8}",
+        f"model: {{provider: local, name: {MODEL}, temperature: 0.0, max_tokens: 8}}",
+    )
     assert MODEL in text
     (prompts / "support-triage.yaml").write_text(text, encoding="utf-8")
     lines = (ROOT / "evals" / "support-triage.jsonl").read_text(encoding="utf-8").splitlines()[:6]
@@ -39,10 +41,14 @@ def test_eval_with_a_judge_whose_verdicts_are_often_malformed(tmp_path, monkeypa
         "name: triage-judged\nprompt: support-triage\ndataset: triage.jsonl\nassert:\n"
         '  - {type: icontains, value: "{{ expected }}"}\n'
         f"  - {{type: judge, rubric: 'Names exactly one support queue.', provider: local, model: {MODEL}}}\n"
-        "gate: {min_pass_rate: 0.5}\n", encoding="utf-8")
+        "gate: {min_pass_rate: 0.5}\n",
+        encoding="utf-8",
+    )
     (tmp_path / "promptops.yaml").write_text(
         f'default_provider: local\nproviders:\n  local: {{base_url: "{URL}", timeout_seconds: 120, '
-        "max_retries: 1, max_concurrency: 2}\n", encoding="utf-8")
+        "max_retries: 1, max_concurrency: 2}\n",
+        encoding="utf-8",
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PROMPTOPS_DATABASE_URL", f"sqlite:///{tmp_path / 'llm.db'}")
     for key in ("PROMPTOPS_PROMPTS_DIR", "PROMPTOPS_EVALS_DIR", "PROMPTOPS_CONFIG"):

@@ -14,8 +14,19 @@ from tests.services.evalproject import write_project
 from tests.test_cli import Result
 
 RUN_KEYS = ["eval", "prompt", "dataset_hash", "cases", "versions", "comparisons", "gate"]
-VERSION_KEYS = ["version", "variant", "passed", "failed", "errors", "pass_rate", "ci_low", "ci_high",
-                "score_mean", "cost_usd", "latency_ms_mean"]
+VERSION_KEYS = [
+    "version",
+    "variant",
+    "passed",
+    "failed",
+    "errors",
+    "pass_rate",
+    "ci_low",
+    "ci_high",
+    "score_mean",
+    "cost_usd",
+    "latency_ms_mean",
+]
 COMPARISON_KEYS = ["version", "baseline", "diff", "ci_low", "ci_high", "p_value", "improved", "regressed"]
 
 
@@ -56,7 +67,9 @@ def test_json_has_exactly_the_documented_shape(cli):
     assert len(run["dataset_hash"]) == 64
     assert [list(v) for v in run["versions"]] == [VERSION_KEYS, VERSION_KEYS]
     assert [(v["version"], v["passed"], v["failed"], v["errors"]) for v in run["versions"]] == [
-        (1, 10, 0, 0), (2, 2, 8, 0)]
+        (1, 10, 0, 0),
+        (2, 2, 8, 0),
+    ]
     (comparison,) = run["comparisons"]
     assert list(comparison) == COMPARISON_KEYS
     assert (comparison["version"], comparison["baseline"]) == (2, 1)
@@ -81,8 +94,11 @@ def test_junit_report_parses_with_failures_and_errors(cli):
     assert root.tag == "testsuites"
     assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("30", "8", "10")
     suites = root.findall("testsuite")
-    assert [s.get("name") for s in suites] == ["echo-golden v1 (main)", "echo-golden v2 (shout)",
-                                               "echo-golden v3 (broken)"]
+    assert [s.get("name") for s in suites] == [
+        "echo-golden v1 (main)",
+        "echo-golden v2 (shout)",
+        "echo-golden v3 (broken)",
+    ]
     cases = suites[1].findall("testcase")
     assert len(cases) == 10 and cases[0].get("name") == "c1"
     assert cases[0].find("failure") is not None and "HELLO THERE" in cases[0].find("failure").text
@@ -90,13 +106,16 @@ def test_junit_report_parses_with_failures_and_errors(cli):
     assert all(c.find("failure") is None and c.find("error") is None for c in suites[0])
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    pytest.param(["nope"], "unknown eval 'nope'", id="unknown-eval"),
-    pytest.param(["--version", "2", "--label", "production"], "not both", id="version-and-label"),
-    pytest.param(["--version", "99"], "version", id="unknown-version"),
-    pytest.param(["--baseline", "staging"], "staging", id="unknown-baseline"),
-    pytest.param(["--repeat", "0"], "", id="bad-repeat"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["nope"], "unknown eval 'nope'", id="unknown-eval"),
+        pytest.param(["--version", "2", "--label", "production"], "not both", id="version-and-label"),
+        pytest.param(["--version", "99"], "version", id="unknown-version"),
+        pytest.param(["--baseline", "staging"], "staging", id="unknown-baseline"),
+        pytest.param(["--repeat", "0"], "", id="bad-repeat"),
+    ],
+)
 def test_usage_errors_exit_two(cli, args, message):
     r = cli("eval", *args)
     assert r.code == 2, r
@@ -106,16 +125,18 @@ def test_usage_errors_exit_two(cli, args, message):
 
 def test_invalid_eval_file_exits_two_with_every_problem(cli):
     (cli.paths["evals"] / "bad.yaml").write_text(
-        "name: bad\nprompt: echo\ncases: [{vars: {msg: hi}}]\nassert: [{type: nope}]\n",
-        encoding="utf-8")
+        "name: bad\nprompt: echo\ncases: [{vars: {msg: hi}}]\nassert: [{type: nope}]\n", encoding="utf-8"
+    )
     r = cli("eval")
     assert r.code == 2, r
     assert "bad.yaml:4:" in r.err and "nope" in r.err, r
 
 
 def test_unconfigured_provider_exits_two(cli):
-    cli.paths["config"].write_text("default_provider: other\nproviders:\n"
-                                   "  other: {base_url: \"http://127.0.0.1:9/v1\"}\n", encoding="utf-8")
+    cli.paths["config"].write_text(
+        'default_provider: other\nproviders:\n  other: {base_url: "http://127.0.0.1:9/v1"}\n',
+        encoding="utf-8",
+    )
     r = cli("eval")
     assert r.code == 2, r
     assert "fake" in r.err, r
@@ -126,7 +147,9 @@ def test_validate_checks_eval_files_against_the_prompts(cli):
     assert r.code == 0 and "1 prompt file(s) valid, 1 eval file(s) valid" in r.out, r
     (cli.paths["evals"] / "echo.jsonl").write_text(
         '{"id": "a", "vars": {"message": 3}, "expected": "x"}\n'
-        '{"id": "b", "vars": {"message": "x", "tone": "dry"}, "expected": "x"}\n', encoding="utf-8")
+        '{"id": "b", "vars": {"message": "x", "tone": "dry"}, "expected": "x"}\n',
+        encoding="utf-8",
+    )
     r = cli("validate")
     assert r.code == 1, r
     lines = r.err.strip().splitlines()

@@ -26,17 +26,49 @@ ALLOWED = {
     "embeddings": {"errors"},
     "assertions": {"domain", "errors", "rendering", "judging", "embeddings"},
     "assertionschema": {"errors", "rendering", "assertions"},
-    "evalfiles": {"domain", "errors", "rendering", "yamlnodes", "promptfiles", "stats", "assertions",
-                  "assertionschema"},
+    "evalfiles": {
+        "domain",
+        "errors",
+        "rendering",
+        "yamlnodes",
+        "promptfiles",
+        "stats",
+        "assertions",
+        "assertionschema",
+    },
     "promptedit": {"domain", "errors", "promptfiles"},
     "db": {"domain", "errors", "db"},
-    "services": {"domain", "errors", "config", "rendering", "yamlnodes", "promptfiles", "stats",
-                 "db", "services", "providers", "assertions", "assertionschema", "evalfiles", "promptedit"},
+    "services": {
+        "domain",
+        "errors",
+        "config",
+        "rendering",
+        "yamlnodes",
+        "promptfiles",
+        "stats",
+        "db",
+        "services",
+        "providers",
+        "assertions",
+        "assertionschema",
+        "evalfiles",
+        "promptedit",
+    },
     # server reads the stopping rule's numbers (check_interval, ...) from stats for the dashboard
-    "server": {"domain", "errors", "config", "services", "server", "rendering", "stats",
-               "__init__"},
-    "cli": {"domain", "errors", "config", "services", "server", "rendering", "promptfiles", "db",
-            "simreport", "evalcli", "evalfiles"},
+    "server": {"domain", "errors", "config", "services", "server", "rendering", "stats", "__init__"},
+    "cli": {
+        "domain",
+        "errors",
+        "config",
+        "services",
+        "server",
+        "rendering",
+        "promptfiles",
+        "db",
+        "simreport",
+        "evalcli",
+        "evalfiles",
+    },
     "evalcli": {"domain", "errors", "config", "services", "providers", "cli"},
     "simreport": set(),
     "client": {"domain", "errors", "rendering", "promptfiles", "outbox", "results"},
@@ -81,7 +113,7 @@ def imports(path: Path) -> list[str]:
             out.append(node.module)
         elif isinstance(node, ast.ImportFrom) and node.level > 0:
             # Resolve `from .x import y` against the module's own package.
-            package = path.relative_to(PKG.parent).with_suffix("").parts[:-node.level]
+            package = path.relative_to(PKG.parent).with_suffix("").parts[: -node.level]
             base = ".".join(package)
             if node.module:
                 out.append(f"{base}.{node.module}" if base else node.module)
@@ -123,8 +155,11 @@ def test_dashboard_pages_are_built_without_the_web_framework(name):
 def test_services_define_no_method_named_list(path):
     # `list` as a method shadows the builtin in the class body's annotations.
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    assert not [n.lineno for n in ast.walk(tree)
-                if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "list"]
+    assert not [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "list"
+    ]
 
 
 def test_the_registry_knows_nothing_of_experiments_or_epochs():
@@ -134,16 +169,31 @@ def test_the_registry_knows_nothing_of_experiments_or_epochs():
     assert "services.sync" not in " ".join(imports(PKG / "services" / "experiments.py"))
 
 
-VOCABULARY = {m.value for enum in (domain.ExperimentStatus, domain.RewardKind, domain.Strategy,
-                                   domain.KeyRole, domain.MissingFeedback, domain.Allocation)
-              for m in enum}
+VOCABULARY = {
+    m.value
+    for enum in (
+        domain.ExperimentStatus,
+        domain.RewardKind,
+        domain.Strategy,
+        domain.KeyRole,
+        domain.MissingFeedback,
+        domain.Allocation,
+    )
+    for m in enum
+}
 # The stats helper's scenario loader keeps its own checks for now.
 VOCABULARY_EXEMPT = {PKG / "services" / "simulation.py"}
 
 
 @pytest.mark.parametrize(
-    "path", [p for p in modules() if layer_of(p) in ("services", "server", "cli", "promptschema")
-             and p not in VOCABULARY_EXEMPT], ids=lambda p: str(p.relative_to(PKG)))
+    "path",
+    [
+        p
+        for p in modules()
+        if layer_of(p) in ("services", "server", "cli", "promptschema") and p not in VOCABULARY_EXEMPT
+    ],
+    ids=lambda p: str(p.relative_to(PKG)),
+)
 def test_statuses_kinds_and_roles_are_compared_through_the_domain_enums(path):
     # A literal "running" in a comparison drifts when a status is added or renamed.
     literals = []
@@ -151,8 +201,11 @@ def test_statuses_kinds_and_roles_are_compared_through_the_domain_enums(path):
         if isinstance(node, ast.Compare):
             for side in [node.left, *node.comparators]:
                 items = side.elts if isinstance(side, ast.Tuple | ast.List | ast.Set) else [side]
-                literals += [(n.lineno, n.value) for n in items
-                             if isinstance(n, ast.Constant) and n.value in VOCABULARY]
+                literals += [
+                    (n.lineno, n.value)
+                    for n in items
+                    if isinstance(n, ast.Constant) and n.value in VOCABULARY
+                ]
     assert not literals, literals
 
 
@@ -160,11 +213,17 @@ def test_importing_a_submodule_loads_neither_the_sdk_nor_the_renderer():
     import subprocess
     import sys
 
-    code = ("import sys, promptops.stats, promptops.domain; "
-            "print(sorted(m for m in ('httpx', 'jinja2', 'promptops.client', 'promptops.rendering')"
-            " if m in sys.modules))")
+    code = (
+        "import sys, promptops.stats, promptops.domain; "
+        "print(sorted(m for m in ('httpx', 'jinja2', 'promptops.client', 'promptops.rendering')"
+        " if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
-    out = subprocess.run([sys.executable, "-c", "import promptops; print(promptops.Client)"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import promptops; print(promptops.Client)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "promptops.client.Client" in out.stdout

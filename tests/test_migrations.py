@@ -17,8 +17,16 @@ def test_upgrade_downgrade_upgrade(empty_database_url):
         db.upgrade(eng)
         assert not db.needs_migration(eng)
         tables = set(inspect(eng).get_table_names())
-        assert {"prompts", "versions", "labels", "audit_log", "experiments", "decisions",
-                "feedback", "api_keys"} <= tables
+        assert {
+            "prompts",
+            "versions",
+            "labels",
+            "audit_log",
+            "experiments",
+            "decisions",
+            "feedback",
+            "api_keys",
+        } <= tables
         db.downgrade(eng, "base")
         assert set(inspect(eng).get_table_names()) <= {"alembic_version"}
         db.upgrade(eng)
@@ -45,19 +53,24 @@ def test_0002_turns_the_dirty_suffix_into_a_state_and_back(empty_database_url):
     try:
         db.upgrade(eng, "0001")
         with eng.begin() as conn:
-            conn.execute(text("INSERT INTO prompts (id, name, description, tags, created_at, "
-                              "updated_at) VALUES (1, 'p', '', '[]', 0, 0)"))
+            conn.execute(
+                text(
+                    "INSERT INTO prompts (id, name, description, tags, created_at, "
+                    "updated_at) VALUES (1, 'p', '', '[]', 0, 0)"
+                )
+            )
             for number, commit in [(1, "a" * 40 + "+dirty"), (2, "b" * 40), (3, None)]:
-                conn.execute(text(
-                    "INSERT INTO versions (prompt_id, number, variant, content, content_hash, "
-                    "git_commit, created_at) VALUES (1, :n, 'main', '{}', :h, :c, 0)"),
-                    {"n": number, "h": str(number), "c": commit})
+                conn.execute(
+                    text(
+                        "INSERT INTO versions (prompt_id, number, variant, content, content_hash, "
+                        "git_commit, created_at) VALUES (1, :n, 'main', '{}', :h, :c, 0)"
+                    ),
+                    {"n": number, "h": str(number), "c": commit},
+                )
         db.upgrade(eng)
         with eng.connect() as conn:
-            rows = conn.execute(text("SELECT git_commit, git_state FROM versions "
-                                     "ORDER BY number")).all()
-        assert [tuple(r) for r in rows] == [("a" * 40, "dirty"), ("b" * 40, "clean"),
-                                            (None, None)]
+            rows = conn.execute(text("SELECT git_commit, git_state FROM versions ORDER BY number")).all()
+        assert [tuple(r) for r in rows] == [("a" * 40, "dirty"), ("b" * 40, "clean"), (None, None)]
         db.downgrade(eng, "0001")
         with eng.connect() as conn:
             commits = conn.execute(text("SELECT git_commit FROM versions ORDER BY number")).all()

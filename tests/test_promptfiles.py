@@ -99,14 +99,8 @@ class TestValid:
         assert names == ["message", "categories", "tone", "n", "note"]
         message, categories, tone, n, note = d.content.variables
         assert message.required and message.max_length == 40 and message.description == "The text."
-        assert (
-            categories.type == "list"
-            and categories.has_default
-            and categories.default == ["a", "b"]
-        )
-        assert (
-            tone.type == "string" and tone.enum == ("formal", "casual") and tone.default == "formal"
-        )
+        assert categories.type == "list" and categories.has_default and categories.default == ["a", "b"]
+        assert tone.type == "string" and tone.enum == ("formal", "casual") and tone.default == "formal"
         assert n.type == "integer" and not n.has_default
         assert note.type == "string" and not note.required
 
@@ -218,9 +212,7 @@ experiment:
             variant="main",
         )
         assert out.text is not None
-        assert (
-            "[1] Warranty <https://x.test/w>\nTwo years." in out.text and "[2] Plain." in out.text
-        )
+        assert "[1] Warranty <https://x.test/w>\nTwo years." in out.text and "[2] Plain." in out.text
         triage = defs["support-triage"]
         for variant in ("main", "few-shot"):
             out = renderer.render(
@@ -587,9 +579,7 @@ class TestFiles:
     def test_discover_missing_path(self, tmp_path: Path) -> None:
         with pytest.raises(InvalidPromptFile) as info:
             discover([tmp_path, tmp_path / "gone"])
-        assert info.value.problems == [
-            FileProblem(str(tmp_path / "gone"), 0, "no such file or directory")
-        ]
+        assert info.value.problems == [FileProblem(str(tmp_path / "gone"), 0, "no such file or directory")]
 
     def test_load_prompt_files_sorted_by_name(self, tmp_path: Path) -> None:
         write(tmp_path, "1.yaml", MINIMAL.replace("greet", "zeta"))
@@ -602,9 +592,7 @@ class TestFiles:
         with pytest.raises(InvalidPromptFile) as info:
             load_prompt_files([tmp_path])
         assert info.value.problems == [
-            FileProblem(
-                str(second), 2, f"duplicate prompt name 'greet': already defined in {first}:1"
-            )
+            FileProblem(str(second), 2, f"duplicate prompt name 'greet': already defined in {first}:1")
         ]
 
     def test_problems_collected_across_files(self, tmp_path: Path) -> None:
@@ -623,14 +611,25 @@ class TestFiles:
         assert load_prompt_files([tmp_path]) == []
 
 
-@pytest.mark.parametrize("text, line, needle", [
-    pytest.param('name: "t\u202eest"\ntemplate: hi\n', 1, "not a valid name", id="bidi-override-name"),
-    pytest.param('name: ok\ntemplate: "hi {{ x\u200b }}"\nvariables: {x: {type: string}}\n', 2,
-                 "unexpected char", id="zero-width-in-template"),
-    pytest.param('name: ok\ntemplate: hi\nvariables:\n  "\u0445": {type: string}\n', 4,
-                 "not a valid variable name", id="homoglyph-variable"),
-    pytest.param("name: ok\ntemplate: hi\n\x00\n", 0, "", id="nul-byte"),
-])
+@pytest.mark.parametrize(
+    "text, line, needle",
+    [
+        pytest.param('name: "t\u202eest"\ntemplate: hi\n', 1, "not a valid name", id="bidi-override-name"),
+        pytest.param(
+            'name: ok\ntemplate: "hi {{ x\u200b }}"\nvariables: {x: {type: string}}\n',
+            2,
+            "unexpected char",
+            id="zero-width-in-template",
+        ),
+        pytest.param(
+            'name: ok\ntemplate: hi\nvariables:\n  "\u0445": {type: string}\n',
+            4,
+            "not a valid variable name",
+            id="homoglyph-variable",
+        ),
+        pytest.param("name: ok\ntemplate: hi\n\x00\n", 0, "", id="nul-byte"),
+    ],
+)
 def test_unicode_tricks_are_refused(text, line, needle):
     with pytest.raises(InvalidPromptFile) as info:
         parse_prompt_text(text.encode("utf-8"), path="u.yaml")

@@ -102,9 +102,7 @@ class TestRender:
         renderer = Renderer(cache_size=2)
         for i in range(5):
             content = text_content(f"{i}:{{{{ x }}}}")
-            assert renderer.render(
-                content, {"x": "v"}, prompt="p", version=1, variant="m"
-            ).text == (f"{i}:v")
+            assert renderer.render(content, {"x": "v"}, prompt="p", version=1, variant="m").text == (f"{i}:v")
 
     def test_concurrent_renders(self) -> None:
         renderer = Renderer(cache_size=4)
@@ -187,8 +185,9 @@ BOMBS = [
         "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
         id="nested-range",
     ),
-    pytest.param("{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}",
-                 id="nested-range-variable"),
+    pytest.param(
+        "{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}", id="nested-range-variable"
+    ),
     pytest.param("{{ '%*s' % (999999999, 'a') }}", id="percent-star-width"),
     pytest.param("{{ '%*s' % (n * 9999, 'a') }}", id="percent-star-width-variable"),
     pytest.param("{{ '%999999999s' | format('a') }}", id="format-filter-width"),
@@ -229,8 +228,7 @@ BOMBS = [
     pytest.param("{{ range(10**9) | list }}", id="range-list"),
     pytest.param("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", id="macro-recursion"),
     pytest.param(
-        "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% else %}x{% endif %}{% endmacro %}"
-        "{{ f(40) }}",
+        "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% else %}x{% endif %}{% endmacro %}{{ f(40) }}",
         id="macro-fan-out",
     ),
     pytest.param(
@@ -252,8 +250,7 @@ BOMBS = [
     pytest.param("{{ 'a'.rjust(999999999) }}", id="rjust"),
     pytest.param("{{ ('a' * 900000).translate({97: 'b' * 1000}) }}", id="translate"),
     pytest.param(
-        "{% set x %}{% for i in range(100000) %}" + "y" * 100000 + "{% endfor %}{% endset %}"
-        "{{ x | length }}",
+        "{% set x %}{% for i in range(100000) %}" + "y" * 100000 + "{% endfor %}{% endset %}{{ x | length }}",
         id="set-block-of-loop-text",
     ),
     pytest.param(
@@ -262,8 +259,7 @@ BOMBS = [
         id="filter-block",
     ),
     pytest.param(
-        "{% for i in range(100000) %}{{ range(100000) | list | batch(2) | map('list') | list }}"
-        "{% endfor %}",
+        "{% for i in range(100000) %}{{ range(100000) | list | batch(2) | map('list') | list }}{% endfor %}",
         id="batch-map-list",
     ),
     pytest.param(
@@ -327,9 +323,7 @@ class TestBombs:
         template = "{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}"
         content = text_content(template, VariableSpec("n", type="integer"))
         with pytest.raises(RenderError, match=f"more than {RENDER_WORK_BUDGET} steps"):
-            Renderer(time_budget=3600).render(
-                content, {"n": 2000}, prompt="p", version=1, variant="m"
-            )
+            Renderer(time_budget=3600).render(content, {"n": 2000}, prompt="p", version=1, variant="m")
 
     def test_time_budget(self) -> None:
         content = text_content("{% for i in range(3) %}{{ i }}{% endfor %}")
@@ -377,9 +371,7 @@ class TestBombs:
     def test_ordinary_templates_still_render(self, template: str, expected: str) -> None:
         assert render_text(template) == expected
 
-    def test_compiled_template_cache_is_bounded_by_size(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_compiled_template_cache_is_bounded_by_size(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(rendering, "_CACHE_CHARS", 2_000)
         renderer = Renderer()
         for i in range(10):
@@ -404,15 +396,9 @@ DEEP = [
     pytest.param("{{ x" + ".a" * 5000 + " }}", "expression nested", id="attribute-chain"),
     pytest.param("{{ x" + " | upper" * 5000 + " }}", "expression nested", id="filter-chain"),
     pytest.param("{{ x" + "[0]" * 5000 + " }}", "expression nested", id="index-chain"),
-    pytest.param(
-        "{% for i in x %}" * 25 + "{% endfor %}" * 25, "loops nested deeper", id="loops"
-    ),
-    pytest.param(
-        "{% set y %}" * 3000 + "{% endset %}" * 3000, "nested deeper", id="set-blocks"
-    ),
-    pytest.param(
-        "{% macro m() %}" * 3000 + "{% endmacro %}" * 3000, "nested deeper", id="macros"
-    ),
+    pytest.param("{% for i in x %}" * 25 + "{% endfor %}" * 25, "loops nested deeper", id="loops"),
+    pytest.param("{% set y %}" * 3000 + "{% endset %}" * 3000, "nested deeper", id="set-blocks"),
+    pytest.param("{% macro m() %}" * 3000 + "{% endmacro %}" * 3000, "nested deeper", id="macros"),
 ]
 
 
@@ -459,9 +445,7 @@ def spec(**kwargs: Any) -> VariableSpec:
 
 class TestCheckVariables:
     def test_defaults_are_filled_and_copied(self) -> None:
-        content = PromptContent(
-            template="", variables=(spec(type="list", default=[1], has_default=True),)
-        )
+        content = PromptContent(template="", variables=(spec(type="list", default=[1], has_default=True),))
         values = check_variables(content, {})
         values["v"].append(2)
         assert check_variables(content, {}) == {"v": [1]}
@@ -482,9 +466,7 @@ class TestCheckVariables:
 
     def test_undeclared(self) -> None:
         content = PromptContent(template="", variables=(spec(),))
-        with pytest.raises(
-            VariableError, match=r"'extra' is not declared.*\(declared: v\)"
-        ) as info:
+        with pytest.raises(VariableError, match=r"'extra' is not declared.*\(declared: v\)") as info:
             check_variables(content, {"v": "a", "extra": 1})
         assert info.value.field == "extra"
 
@@ -645,20 +627,24 @@ class TestCoerceCliValue:
         assert info.value.field == "v"
 
 
-@pytest.mark.parametrize("template, loops", [
-    ("plain text", False),
-    ("Hello {{ name }}", False),
-    ("{{ name|upper }} {% if name %}x{% endif %}", False),
-    ("{% for x in xs %}{{ x }}{% endfor %}", True),
-    ("{{ xs|join(', ') }}", True),
-    ("{{ xs|sort|first }}", True),
-    ("{{ range(3)|list }}", True),
-    ("{{ name.upper() }}", True),
-    ("{% macro m() %}x{% endmacro %}{{ m() }}", True),
-])
+@pytest.mark.parametrize(
+    "template, loops",
+    [
+        ("plain text", False),
+        ("Hello {{ name }}", False),
+        ("{{ name|upper }} {% if name %}x{% endif %}", False),
+        ("{% for x in xs %}{{ x }}{% endfor %}", True),
+        ("{{ xs|join(', ') }}", True),
+        ("{{ xs|sort|first }}", True),
+        ("{{ range(3)|list }}", True),
+        ("{{ name.upper() }}", True),
+        ("{% macro m() %}x{% endmacro %}{{ m() }}", True),
+    ],
+)
 def test_the_renderer_says_which_templates_can_loop(template, loops):
     content = PromptContent.from_dict({"template": template})
     assert Renderer().may_loop(content) is loops
-    messages = PromptContent.from_dict({"messages": [{"role": "system", "content": "plain"},
-                                                     {"role": "user", "content": template}]})
+    messages = PromptContent.from_dict(
+        {"messages": [{"role": "system", "content": "plain"}, {"role": "user", "content": template}]}
+    )
     assert Renderer().may_loop(messages) is loops

@@ -98,26 +98,51 @@ def test_a_json_prompt_reads_like_its_yaml_twin() -> None:
     assert from_json.experiment is not None and from_json.experiment.policy.alpha == 0.01
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    pytest.param('{\n  "name": "a",\n  "tmplate": "x",\n  "name": "b"\n}',
-                 ["p.json:1: one of messages or template is required",
-                  "p.json:3: unknown key 'tmplate' (did you mean 'template'?)",
-                  "p.json:4: duplicate key 'name' (first at line 2)"], id="keys"),
-    pytest.param('{"name": "a",\n "template": "x"\n "tags": []}',
-                 ["p.json:3: invalid JSON: expected ',' or '}'"], id="missing-comma"),
-    pytest.param('{"name": "a", "template": "x"}\n[]',
-                 ["p.json:2: invalid JSON: extra data after the value"], id="extra-data"),
-    pytest.param('{"name": "a",\n "template": "\\ud800"}',
-                 ["p.json:2: invalid JSON: a \\u escape is a lone surrogate"], id="surrogate"),
-    pytest.param('{"name": "a",\n "template": "line\nbreak"}',
-                 ["p.json:2: invalid JSON: unterminated string, bad escape or control character"],
-                 id="control-character"),
-    pytest.param('{"name": nope}', ["p.json:1: invalid JSON: expected a value"], id="bare-word"),
-    pytest.param("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1),
-                 [f"p.json:1: nesting deeper than {MAX_DEPTH} levels"], id="deep"),
-    pytest.param(" \n", ["p.json:1: the file is empty; a prompt needs name: and messages: or "
-                         "template:"], id="empty"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            '{\n  "name": "a",\n  "tmplate": "x",\n  "name": "b"\n}',
+            [
+                "p.json:1: one of messages or template is required",
+                "p.json:3: unknown key 'tmplate' (did you mean 'template'?)",
+                "p.json:4: duplicate key 'name' (first at line 2)",
+            ],
+            id="keys",
+        ),
+        pytest.param(
+            '{"name": "a",\n "template": "x"\n "tags": []}',
+            ["p.json:3: invalid JSON: expected ',' or '}'"],
+            id="missing-comma",
+        ),
+        pytest.param(
+            '{"name": "a", "template": "x"}\n[]',
+            ["p.json:2: invalid JSON: extra data after the value"],
+            id="extra-data",
+        ),
+        pytest.param(
+            '{"name": "a",\n "template": "\\ud800"}',
+            ["p.json:2: invalid JSON: a \\u escape is a lone surrogate"],
+            id="surrogate",
+        ),
+        pytest.param(
+            '{"name": "a",\n "template": "line\nbreak"}',
+            ["p.json:2: invalid JSON: unterminated string, bad escape or control character"],
+            id="control-character",
+        ),
+        pytest.param('{"name": nope}', ["p.json:1: invalid JSON: expected a value"], id="bare-word"),
+        pytest.param(
+            "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1),
+            [f"p.json:1: nesting deeper than {MAX_DEPTH} levels"],
+            id="deep",
+        ),
+        pytest.param(
+            " \n",
+            ["p.json:1: the file is empty; a prompt needs name: and messages: or template:"],
+            id="empty",
+        ),
+    ],
+)
 def test_json_problems_name_their_line(text: str, expected: list[str]) -> None:
     with pytest.raises(InvalidPromptFile) as info:
         parse_prompt_text(text, path="p.json")

@@ -28,8 +28,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     try:
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"check_same_thread": False,
-                                                      "timeout": LOCK_WAIT_SECONDS})
+            engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": LOCK_WAIT_SECONDS}
+            )
             _tune_sqlite(engine)
         else:
             engine = create_engine(
@@ -38,8 +39,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             _bound_postgres(engine)
     except Exception as exc:  # a malformed URL surfaces from SQLAlchemy as several types
         # Not the URL itself: it may hold a password.
-        raise ConfigError(f"bad {url.partition(':')[0]} database URL: {type(exc).__name__}"
-                          ) from None
+        raise ConfigError(f"bad {url.partition(':')[0]} database URL: {type(exc).__name__}") from None
     return engine
 
 
@@ -103,8 +103,7 @@ def unreachable(exc: BaseException) -> bool:
     """Whether a failed write says the database cannot be used right now (down, locked, pool
     exhausted, connection lost), so the same rows may succeed later, rather than that the rows
     themselves are refused (a constraint, a value the column cannot hold)."""
-    if isinstance(exc, Unavailable | OperationalError | InterfaceError | DisconnectionError
-                  | PoolTimeout):
+    if isinstance(exc, Unavailable | OperationalError | InterfaceError | DisconnectionError | PoolTimeout):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 

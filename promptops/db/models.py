@@ -181,9 +181,7 @@ class ArmEpochRow(Base):
     """Matured-outcome sums and decision counts of one arm in one epoch."""
 
     __tablename__ = "arm_epoch_stats"
-    __table_args__ = (
-        UniqueConstraint("experiment_id", "arm", "epoch", name="uq_arm_epoch"),
-    )
+    __table_args__ = (UniqueConstraint("experiment_id", "arm", "epoch", name="uq_arm_epoch"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
     arm: Mapped[int] = mapped_column(Integer)
@@ -200,7 +198,8 @@ class UnitRow(Base):
 
     __tablename__ = "units"
     experiment_id: Mapped[int] = mapped_column(
-        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
     unit_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     arm: Mapped[int] = mapped_column(Integer)
     first_epoch: Mapped[int] = mapped_column(Integer)
@@ -230,9 +229,7 @@ class DecisionRow(Base):
     """One serve: which version went out, under which experiment, arm and epoch."""
 
     __tablename__ = "decisions"
-    __table_args__ = (
-        Index("ix_decisions_maturing", "experiment_id", "counted_in", "decided_at"),
-    )
+    __table_args__ = (Index("ix_decisions_maturing", "experiment_id", "counted_in", "decided_at"),)
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
     version_id: Mapped[int] = mapped_column(Integer)
@@ -315,9 +312,7 @@ class CallStatsRow(Base):
     """Running sums of the calls of one arm in one epoch: usage without scanning the call log."""
 
     __tablename__ = "call_stats"
-    __table_args__ = (
-        UniqueConstraint("experiment_id", "arm", "epoch", name="uq_call_stats"),
-    )
+    __table_args__ = (UniqueConstraint("experiment_id", "arm", "epoch", name="uq_call_stats"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
     arm: Mapped[int] = mapped_column(Integer)

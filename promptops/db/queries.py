@@ -53,9 +53,7 @@ def set_meta_if_absent(session: Session, key: str, value: str) -> str:
 def bump_change_seq(session: Session) -> None:
     """Mark that versions, labels or experiments changed, so every server refreshes its cache."""
     res = session.execute(
-        update(MetaRow)
-        .where(MetaRow.key == CHANGE_SEQ)
-        .values(value=_next_seq_expr(session))
+        update(MetaRow).where(MetaRow.key == CHANGE_SEQ).values(value=_next_seq_expr(session))
     )
     if not rowcount(res):
         insert_ignore(session, MetaRow.__table__, [{"key": CHANGE_SEQ, "value": "1"}])

@@ -84,8 +84,9 @@ class Provider:
         self._clock = clock
         self._slots = asyncio.Semaphore(config.max_concurrency)
         seconds = config.timeout_seconds
-        timeout = httpx.Timeout(connect=min(_CONNECT_TIMEOUT, seconds), read=seconds,
-                                write=seconds, pool=seconds)
+        timeout = httpx.Timeout(
+            connect=min(_CONNECT_TIMEOUT, seconds), read=seconds, write=seconds, pool=seconds
+        )
         if transport is None and not set(urllib.request.getproxies()) - {"no"}:
             # With proxies configured in the environment, httpx's own transport handles them.
             transport = Http11Transport(max_idle=config.max_concurrency)
@@ -95,17 +96,22 @@ class Provider:
         self._transport = transport
         self._timeout = {"timeout": timeout.as_dict()}
         self._base = config.base_url.rstrip("/") + "/"
-        self._headers = {"accept": "application/json", "accept-encoding": "gzip, deflate",
-                         "user-agent": _USER_AGENT, "content-type": "application/json",
-                         **{k.lower(): v for k, v in config.headers.items()}}
+        self._headers = {
+            "accept": "application/json",
+            "accept-encoding": "gzip, deflate",
+            "user-agent": _USER_AGENT,
+            "content-type": "application/json",
+            **{k.lower(): v for k, v in config.headers.items()},
+        }
         self._prepared: tuple[str | None, httpx.Headers] | None = None
         self._urls: dict[str, httpx.URL] = {}
         self._client = httpx.AsyncClient(
             base_url=config.base_url + "/",
             headers=dict(config.headers),
             timeout=timeout,
-            limits=httpx.Limits(max_connections=config.max_concurrency,
-                                max_keepalive_connections=config.max_concurrency),
+            limits=httpx.Limits(
+                max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency
+            ),
             transport=transport,
         )
 
@@ -142,15 +148,27 @@ class Provider:
         usage = parsed.usage
         if usage is None:
             content = parsed.message.get("content")
-            usage = Usage(estimate_prompt_tokens(body.get("messages", [])),
-                          estimate_tokens(content if isinstance(content, str) else ""), estimated=True)
+            usage = Usage(
+                estimate_prompt_tokens(body.get("messages", [])),
+                estimate_tokens(content if isinstance(content, str) else ""),
+                estimated=True,
+            )
         latency_ms = self._elapsed_ms(state)
         price = self.price(state.model)
         return CallResult(
-            provider=self.name, model=state.model, status=CallStatus.OK, message=parsed.message,
-            finish_reason=parsed.finish_reason, usage=usage, cost_usd=_cost(price, usage), price=price,
-            latency_ms=latency_ms, http_status=state.http_status, attempts=state.count,
-            may_have_been_processed=state.maybe_processed, response=parsed.body,
+            provider=self.name,
+            model=state.model,
+            status=CallStatus.OK,
+            message=parsed.message,
+            finish_reason=parsed.finish_reason,
+            usage=usage,
+            cost_usd=_cost(price, usage),
+            price=price,
+            latency_ms=latency_ms,
+            http_status=state.http_status,
+            attempts=state.count,
+            may_have_been_processed=state.maybe_processed,
+            response=parsed.body,
         )
 
     def stream(self, request: ChatRequest) -> ChatStream:
@@ -182,8 +200,14 @@ class Provider:
         latency_ms = self._elapsed_ms(state)
         price = self.price(model)
         return EmbeddingsResult(
-            provider=self.name, model=model, vectors=vectors, usage=usage, cost_usd=_cost(price, usage),
-            price=price, latency_ms=latency_ms, http_status=state.http_status,
+            provider=self.name,
+            model=model,
+            vectors=vectors,
+            usage=usage,
+            cost_usd=_cost(price, usage),
+            price=price,
+            latency_ms=latency_ms,
+            http_status=state.http_status,
             attempts=state.count,
         )
 
@@ -203,15 +227,22 @@ class Provider:
                 self._slots.release()
                 failure: tuple[type[UpstreamError], str, bool] = (
                     UpstreamTimeout if isinstance(exc, httpx.TimeoutException) else UpstreamError,
-                    f"cannot connect to the provider ({type(exc).__name__})", True)
+                    f"cannot connect to the provider ({type(exc).__name__})",
+                    True,
+                )
             except httpx.TimeoutException as exc:
                 self._slots.release()
-                raise self._error(UpstreamTimeout, f"no answer within {self.config.timeout_seconds:g}s "
-                                  f"({type(exc).__name__})", state, maybe=True) from None
+                raise self._error(
+                    UpstreamTimeout,
+                    f"no answer within {self.config.timeout_seconds:g}s ({type(exc).__name__})",
+                    state,
+                    maybe=True,
+                ) from None
             except httpx.HTTPError as exc:
                 self._slots.release()
-                raise self._error(UpstreamError, f"the connection failed ({type(exc).__name__})",
-                                  state, maybe=True) from None
+                raise self._error(
+                    UpstreamError, f"the connection failed ({type(exc).__name__})", state, maybe=True
+                ) from None
             except BaseException:
                 self._slots.release()
                 raise
@@ -227,18 +258,36 @@ class Provider:
                 status = response.status_code
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 state.maybe_processed |= status in MAYBE_PROCESSED_STATUSES
-                kind = (UpstreamRateLimited if status == 429
-                        else UpstreamTimeout if status in (408, 504) else UpstreamError)
-                failure = (kind, f"the provider answered {status}: {excerpt}" if excerpt
-                           else f"the provider answered {status}", status in RETRY_STATUSES)
+                kind = (
+                    UpstreamRateLimited
+                    if status == 429
+                    else UpstreamTimeout
+                    if status in (408, 504)
+                    else UpstreamError
+                )
+                failure = (
+                    kind,
+                    f"the provider answered {status}: {excerpt}"
+                    if excerpt
+                    else f"the provider answered {status}",
+                    status in RETRY_STATUSES,
+                )
             kind, message, retryable = failure
             too_long = retry_after is not None and retry_after > self._policy.max_retry_after
             if not retryable or state.count > self.config.max_retries or too_long:
                 raise self._error(kind, message, state, retry_after=retry_after)
-            delay = (retry_after if retry_after is not None
-                     else self._policy.backoff(state.count - 1, self._rng))
-            log.warning("provider %s model %s: %s; retry %d of %d in %.2fs", self.name, state.model,
-                        message, state.count, self.config.max_retries, delay)
+            delay = (
+                retry_after if retry_after is not None else self._policy.backoff(state.count - 1, self._rng)
+            )
+            log.warning(
+                "provider %s model %s: %s; retry %d of %d in %.2fs",
+                self.name,
+                state.model,
+                message,
+                state.count,
+                self.config.max_retries,
+                delay,
+            )
             await self._sleep(delay)
 
     def _prepared_headers(self, key: str | None) -> httpx.Headers:
@@ -256,8 +305,7 @@ class Provider:
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(self._base + path)
-        request = httpx.Request("POST", url, headers=headers, content=content,
-                                extensions=self._timeout)
+        request = httpx.Request("POST", url, headers=headers, content=content, extensions=self._timeout)
         return await self._transport.handle_async_request(request)
 
     async def _acquire(self, state: _Attempts) -> None:
@@ -265,8 +313,12 @@ class Provider:
             async with asyncio.timeout(self.config.timeout_seconds):
                 await self._slots.acquire()
         except TimeoutError:
-            raise self._error(UpstreamTimeout, f"all {self.config.max_concurrency} connections stayed "
-                              f"busy for {self.config.timeout_seconds:g}s", state) from None
+            raise self._error(
+                UpstreamTimeout,
+                f"all {self.config.max_concurrency} connections stayed "
+                f"busy for {self.config.timeout_seconds:g}s",
+                state,
+            ) from None
 
     async def _read(self, response: httpx.Response, state: _Attempts) -> bytes:
         """The whole body, bounded by max_response_bytes."""
@@ -280,15 +332,18 @@ class Provider:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > limit:
-                    raise self._error(UpstreamError, f"the answer is larger than {limit} bytes", state,
-                                      maybe=True)
+                    raise self._error(
+                        UpstreamError, f"the answer is larger than {limit} bytes", state, maybe=True
+                    )
                 chunks.append(chunk)
         except httpx.TimeoutException:
-            raise self._error(UpstreamTimeout, f"the answer stalled for {self.config.timeout_seconds:g}s",
-                              state, maybe=True) from None
+            raise self._error(
+                UpstreamTimeout, f"the answer stalled for {self.config.timeout_seconds:g}s", state, maybe=True
+            ) from None
         except httpx.HTTPError as exc:
-            raise self._error(UpstreamError, f"the answer broke off ({type(exc).__name__})", state,
-                              maybe=True) from None
+            raise self._error(
+                UpstreamError, f"the answer broke off ({type(exc).__name__})", state, maybe=True
+            ) from None
         return b"".join(chunks)
 
     async def _error_excerpt(self, response: httpx.Response, key: str | None) -> str:
@@ -317,16 +372,28 @@ class Provider:
     ) -> UpstreamError:
         """The exception to raise, carrying the CallResult of the failed call."""
         state.maybe_processed |= maybe
-        status = {UpstreamTimeout: CallStatus.TIMEOUT,
-                  UpstreamRateLimited: CallStatus.RATE_LIMITED}.get(kind, CallStatus.ERROR)
+        status = {UpstreamTimeout: CallStatus.TIMEOUT, UpstreamRateLimited: CallStatus.RATE_LIMITED}.get(
+            kind, CallStatus.ERROR
+        )
         text = f"provider {self.name!r}, model {state.model!r}: {message}"
         result = CallResult(
-            provider=self.name, model=state.model, status=status, latency_ms=self._elapsed_ms(state),
-            ttft_ms=ttft_ms, http_status=state.http_status, attempts=state.count,
-            may_have_been_processed=state.maybe_processed, error=message,
+            provider=self.name,
+            model=state.model,
+            status=status,
+            latency_ms=self._elapsed_ms(state),
+            ttft_ms=ttft_ms,
+            http_status=state.http_status,
+            attempts=state.count,
+            may_have_been_processed=state.maybe_processed,
+            error=message,
         )
-        fields: dict[str, Any] = dict(provider=self.name, model=state.model, http_status=state.http_status,
-                                      may_have_been_processed=state.maybe_processed, result=result)
+        fields: dict[str, Any] = dict(
+            provider=self.name,
+            model=state.model,
+            http_status=state.http_status,
+            may_have_been_processed=state.maybe_processed,
+            result=result,
+        )
         if kind is UpstreamRateLimited:
             return UpstreamRateLimited(text, retry_after=retry_after, **fields)
         return kind(text, **fields)
@@ -367,4 +434,3 @@ class Providers:
         providers, self._providers = list(self._providers.values()), {}
         for provider in providers:
             await provider.aclose()
-

@@ -164,7 +164,6 @@ def _header_value(value: Any) -> str | None:
     return None if ok else "must be one line of text"  # the value may be a credential: not echoed
 
 
-
 def _warm_count(value: Any) -> str | None:
     if isinstance(value, bool) or (isinstance(value, int) and 0 <= value <= 100_000):
         return None
@@ -177,6 +176,7 @@ def _between(low: float, high: float, *, integer: bool = False) -> Check:
         if not number or (integer and not isinstance(value, int)):
             return f"must be {'an integer' if integer else 'a number'}, got {value!r}"
         return None if low <= value <= high else f"must be between {low:g} and {high:g}, got {value}"
+
     return check
 
 
@@ -223,8 +223,10 @@ class _ConfigChecker(NodeReader):
             name = self.field(top, "default_provider", "", _text, BAD)
             if name is not BAD and name not in providers and not self.problems:
                 known = ", ".join(sorted(providers)) or "none"
-                self.err(top["default_provider"][1],
-                         f"default_provider: {name!r} is not among the providers ({known})")
+                self.err(
+                    top["default_provider"][1],
+                    f"default_provider: {name!r} is not among the providers ({known})",
+                )
             return name if name is not BAD else ""
         if "openai" in providers or not providers:
             return "openai"
@@ -262,8 +264,11 @@ class _ConfigChecker(NodeReader):
             if None in (given, cache_read) or BAD in figures.values():
                 continue
             read = figures["cache_read_per_mtok"]
-            out[model] = ModelPrice(input_per_mtok=float(given), output_per_mtok=float(cache_read),
-                                    cache_read_per_mtok=None if read is None else float(read))
+            out[model] = ModelPrice(
+                input_per_mtok=float(given),
+                output_per_mtok=float(cache_read),
+                cache_read_per_mtok=None if read is None else float(read),
+            )
         return out
 
     def headers(self, node: yaml.Node, where: str) -> dict[str, str]:

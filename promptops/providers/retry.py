@@ -40,7 +40,7 @@ class RetryPolicy:
 
     def backoff(self, retry: int, rng: random.Random) -> float:
         """Full jitter: a uniform wait between 0 and min(max_delay, base_delay * 2**retry)."""
-        return rng.uniform(0.0, min(self.max_delay, self.base_delay * (2 ** retry)))
+        return rng.uniform(0.0, min(self.max_delay, self.base_delay * (2**retry)))
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

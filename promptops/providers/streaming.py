@@ -94,8 +94,9 @@ class ChatStream:
             await self._end()
             return
         except httpx.TimeoutException:
-            raise await self._failed(UpstreamTimeout, "the stream stalled for "
-                                     f"{self.provider.config.timeout_seconds:g}s") from None
+            raise await self._failed(
+                UpstreamTimeout, f"the stream stalled for {self.provider.config.timeout_seconds:g}s"
+            ) from None
         except httpx.HTTPError as exc:
             raise await self._failed(UpstreamError, f"the stream broke off ({type(exc).__name__})") from None
         self._received += len(chunk)
@@ -187,17 +188,33 @@ class ChatStream:
         usage = self._usage
         if usage is None:
             # llama.cpp, for one, never sends the usage chunk.
-            usage = Usage(estimate_prompt_tokens(self.body.get("messages", [])),
-                          estimate_tokens(content), estimated=True)
+            usage = Usage(
+                estimate_prompt_tokens(self.body.get("messages", [])),
+                estimate_tokens(content),
+                estimated=True,
+            )
         latency_ms = self.provider._elapsed_ms(self._state)
         price = self.provider.price(self._state.model)
-        cost = None if price is None else price.cost_usd(
-            usage.prompt_tokens, usage.completion_tokens, cached_tokens=usage.cached_tokens)
+        cost = (
+            None
+            if price is None
+            else price.cost_usd(
+                usage.prompt_tokens, usage.completion_tokens, cached_tokens=usage.cached_tokens
+            )
+        )
         return CallResult(
-            provider=self.provider.name, model=self._state.model, status=status,
-            message={**self._message, "content": content}, finish_reason=self._finish_reason,
-            usage=usage, cost_usd=cost, price=price, latency_ms=latency_ms,
-            ttft_ms=self._ttft_ms, http_status=self._state.http_status, attempts=self._state.count,
+            provider=self.provider.name,
+            model=self._state.model,
+            status=status,
+            message={**self._message, "content": content},
+            finish_reason=self._finish_reason,
+            usage=usage,
+            cost_usd=cost,
+            price=price,
+            latency_ms=latency_ms,
+            ttft_ms=self._ttft_ms,
+            http_status=self._state.http_status,
+            attempts=self._state.count,
             may_have_been_processed=self._state.maybe_processed,
             error="the caller stopped reading" if status is CallStatus.CANCELLED else None,
         )

@@ -90,8 +90,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
         try:
             async with asyncio.timeout(seconds):
                 reader, writer = await asyncio.open_connection(
-                    host, port, ssl=context, server_hostname=host if context else None,
-                    limit=_MAX_HEAD_BYTES)
+                    host, port, ssl=context, server_hostname=host if context else None, limit=_MAX_HEAD_BYTES
+                )
         except TimeoutError:
             raise httpx.ConnectTimeout("timed out while connecting") from None
         except OSError as exc:
@@ -123,8 +123,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         except OSError as exc:
             raise httpx.WriteError(str(exc) or type(exc).__name__) from None
 
-    async def _receive(self, conn: _Connection, origin: _Origin, request: httpx.Request,
-                       seconds: float | None) -> httpx.Response:
+    async def _receive(
+        self, conn: _Connection, origin: _Origin, request: httpx.Request, seconds: float | None
+    ) -> httpx.Response:
         while True:
             try:
                 async with asyncio.timeout(seconds):
@@ -132,8 +133,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             except TimeoutError:
                 raise httpx.ReadTimeout("timed out while waiting for the answer") from None
             except asyncio.IncompleteReadError:
-                raise httpx.RemoteProtocolError(
-                    "Server disconnected without sending a response.") from None
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.") from None
             except asyncio.LimitOverrunError:
                 raise httpx.RemoteProtocolError("the response head is too large") from None
             except OSError as exc:
@@ -155,10 +155,16 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     raise httpx.RemoteProtocolError("malformed Content-Length")
                 length = int(declared)
             keep_alive = keep_alive and (chunked or length is not None)
-        body = _Body(self, conn, origin, chunked=chunked, length=length, keep_alive=keep_alive,
-                     seconds=seconds)
-        return httpx.Response(status, headers=headers, stream=body, request=request,
-                              extensions={"http_version": version, "reason_phrase": reason})
+        body = _Body(
+            self, conn, origin, chunked=chunked, length=length, keep_alive=keep_alive, seconds=seconds
+        )
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=body,
+            request=request,
+            extensions={"http_version": version, "reason_phrase": reason},
+        )
 
     async def aclose(self) -> None:
         """Close every idle connection."""
@@ -193,9 +199,17 @@ def _chunk_size(line: bytes) -> int:
 class _Body(httpx.AsyncByteStream):
     """A response body read from its connection, which goes back to the pool once read whole."""
 
-    def __init__(self, transport: Http11Transport, conn: _Connection, origin: _Origin, *,
-                 chunked: bool, length: int | None, keep_alive: bool,
-                 seconds: float | None) -> None:
+    def __init__(
+        self,
+        transport: Http11Transport,
+        conn: _Connection,
+        origin: _Origin,
+        *,
+        chunked: bool,
+        length: int | None,
+        keep_alive: bool,
+        seconds: float | None,
+    ) -> None:
         self._transport = transport
         self._conn: _Connection | None = conn
         self._origin = origin
@@ -220,7 +234,8 @@ class _Body(httpx.AsyncByteStream):
                     data = await self._read(reader, min(remaining, _READ_BYTES))
                     if not data:
                         raise httpx.RemoteProtocolError(
-                            "peer closed connection without sending complete message body")
+                            "peer closed connection without sending complete message body"
+                        )
                     remaining -= len(data)
                     yield data
             else:
@@ -230,7 +245,8 @@ class _Body(httpx.AsyncByteStream):
             raise httpx.ReadTimeout("timed out while reading the answer") from None
         except asyncio.IncompleteReadError:
             raise httpx.RemoteProtocolError(
-                "peer closed connection without sending complete message body") from None
+                "peer closed connection without sending complete message body"
+            ) from None
         except asyncio.LimitOverrunError:
             raise httpx.RemoteProtocolError("a chunk header is too large") from None
         except OSError as exc:
@@ -252,7 +268,7 @@ class _Body(httpx.AsyncByteStream):
             pos = 0
             while True:
                 if state == _DATA:
-                    data = buffer[pos:pos + remaining]
+                    data = buffer[pos : pos + remaining]
                     if not data:
                         break
                     out.append(data)
@@ -263,7 +279,7 @@ class _Body(httpx.AsyncByteStream):
                 elif state == _CRLF:
                     if len(buffer) - pos < 2:
                         break
-                    if buffer[pos:pos + 2] != b"\r\n":
+                    if buffer[pos : pos + 2] != b"\r\n":
                         raise httpx.RemoteProtocolError("malformed chunk ending")
                     pos += 2
                     state = _SIZE
@@ -299,4 +315,3 @@ class _Body(httpx.AsyncByteStream):
             self._transport._release(self._origin, conn)
         else:
             conn.close()
-

@@ -80,8 +80,7 @@ def build_chat_request(
     if stream:
         body["stream"] = True
         options = body.get("stream_options")
-        body["stream_options"] = {**(options if isinstance(options, Mapping) else {}),
-                                  "include_usage": True}
+        body["stream_options"] = {**(options if isinstance(options, Mapping) else {}), "include_usage": True}
     else:
         body.pop("stream_options", None)
     return ChatRequest(provider=provider, body=body)
@@ -139,9 +138,12 @@ def parse_chat_response(data: bytes) -> ChatResponse:
     if not isinstance(message, Mapping):
         raise WireError("the answer's first choice has no message")
     reason = choices[0].get("finish_reason")
-    return ChatResponse(body=body, message=message,
-                        finish_reason=reason if isinstance(reason, str) else None,
-                        usage=parse_usage(body.get("usage")))
+    return ChatResponse(
+        body=body,
+        message=message,
+        finish_reason=reason if isinstance(reason, str) else None,
+        usage=parse_usage(body.get("usage")),
+    )
 
 
 def parse_embeddings_response(
@@ -156,8 +158,13 @@ def parse_embeddings_response(
     for position, item in enumerate(items):
         index = item.get("index", position) if isinstance(item, Mapping) else None
         vector = item.get("embedding") if isinstance(item, Mapping) else None
-        if not (isinstance(index, int) and 0 <= index < expected and isinstance(vector, list)
-                and vector and all(isinstance(x, int | float) and not isinstance(x, bool) for x in vector)):
+        if not (
+            isinstance(index, int)
+            and 0 <= index < expected
+            and isinstance(vector, list)
+            and vector
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in vector)
+        ):
             raise WireError("an embedding is malformed")
         vectors[index] = tuple(float(x) for x in vector)
     if any(v is None for v in vectors):
@@ -182,7 +189,7 @@ class SSEParser:
         events = []
         while (end := self._buffer.find(b"\n\n")) >= 0:
             events.append(self._buffer[: end + 2])
-            self._buffer = self._buffer[end + 2:]
+            self._buffer = self._buffer[end + 2 :]
         if len(self._buffer) > self.max_event_bytes:
             raise WireError(f"a stream event is larger than {self.max_event_bytes} bytes")
         return events

@@ -73,10 +73,13 @@ router = APIRouter()
 
 
 # The serving routes come first: routes are matched in order, and these take the traffic.
-@router.post("/v1/prompts/{name}/render", tags=["serving"],
-            responses=error_responses(404, *WRITE), response_model=RenderPublic)
-async def render(name: str, body: RenderCreate, request: Request,
-                 _: ServeKey) -> Response:
+@router.post(
+    "/v1/prompts/{name}/render",
+    tags=["serving"],
+    responses=error_responses(404, *WRITE),
+    response_model=RenderPublic,
+)
+async def render(name: str, body: RenderCreate, request: Request, _: ServeKey) -> Response:
     """Render a version (production by default); records no decision."""
     rt: Runtime = request.app.state.runtime
     serving = rt.ops.serving
@@ -88,25 +91,30 @@ async def render(name: str, body: RenderCreate, request: Request,
             out = serving.render_production(name, body.variables)
         if out is not None:
             return JSON(out)
-    return JSON(await run_in_threadpool(rt.ops.render, name, body.variables,
-                                        version=body.version, label=body.label))
+    return JSON(
+        await run_in_threadpool(rt.ops.render, name, body.variables, version=body.version, label=body.label)
+    )
 
 
-@router.post("/v1/prompts/{name}/serve", tags=["serving"],
-            responses=error_responses(404, *WRITE), response_model=ServePublic)
-async def serve(name: str, body: ServeCreate, request: Request,
-                _: ServeKey) -> Response:
+@router.post(
+    "/v1/prompts/{name}/serve",
+    tags=["serving"],
+    responses=error_responses(404, *WRITE),
+    response_model=ServePublic,
+)
+async def serve(name: str, body: ServeCreate, request: Request, _: ServeKey) -> Response:
     """Serve a prompt: an experiment arm if one runs, else production; records a decision."""
-    return Response(await handlers.serve(request.app.state.runtime, name, body),
-                    media_type="application/json")
+    return Response(
+        await handlers.serve(request.app.state.runtime, name, body), media_type="application/json"
+    )
 
 
-@router.post("/v1/feedback", tags=["serving"],
-            responses=error_responses(404, *WRITE), response_model=FeedbackPublic)
+@router.post(
+    "/v1/feedback", tags=["serving"], responses=error_responses(404, *WRITE), response_model=FeedbackPublic
+)
 async def feedback(body: FeedbackCreate, request: Request, _: ServeKey) -> Response:
     """Record a reward for a decision; a repeat is acknowledged as a duplicate."""
-    return Response(await handlers.feedback(request.app.state.runtime, body),
-                    media_type="application/json")
+    return Response(await handlers.feedback(request.app.state.runtime, body), media_type="application/json")
 
 
 @router.get("/healthz", tags=["health"], responses=error_responses(503))
@@ -126,84 +134,126 @@ def metrics(rt: RuntimeDep, _: ReadKey) -> Response:
     return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/prompts", tags=["registry"], responses=error_responses(*READ),
-            response_model=PromptListPublic)
+@router.get(
+    "/v1/prompts", tags=["registry"], responses=error_responses(*READ), response_model=PromptListPublic
+)
 def list_prompts(rt: RuntimeDep, _: ReadKey) -> Response:
     """Every prompt with its production version."""
     return JSON({"prompts": rt.ops.registry.list_prompts()})
 
 
-@router.get("/v1/prompts/{name}", tags=["registry"], responses=error_responses(404, *READ),
-            response_model=PromptPublic)
+@router.get(
+    "/v1/prompts/{name}",
+    tags=["registry"],
+    responses=error_responses(404, *READ),
+    response_model=PromptPublic,
+)
 def get_prompt(name: str, rt: RuntimeDep, _: ReadKey) -> Response:
     """A prompt with its versions and labels."""
     return JSON(rt.ops.registry.get_prompt(name))
 
 
-@router.get("/v1/prompts/{name}/versions/{number}", tags=["registry"],
-            responses=error_responses(404, *READ), response_model=VersionDetailPublic)
+@router.get(
+    "/v1/prompts/{name}/versions/{number}",
+    tags=["registry"],
+    responses=error_responses(404, *READ),
+    response_model=VersionDetailPublic,
+)
 def get_version(name: str, number: int, rt: RuntimeDep, _: ReadKey) -> Response:
     """One version with its content."""
     return JSON(rt.ops.registry.get_version(name, number))
 
 
 @router.get("/v1/prompts/{name}/diff", tags=["registry"], responses=error_responses(404, *READ))
-def diff_versions(name: str, rt: RuntimeDep, _: ReadKey,
-                  a: Annotated[int, Query(ge=1)], b: Annotated[int, Query(ge=1)]) -> Response:
+def diff_versions(
+    name: str, rt: RuntimeDep, _: ReadKey, a: Annotated[int, Query(ge=1)], b: Annotated[int, Query(ge=1)]
+) -> Response:
     """A unified diff between two versions."""
     return JSON({"prompt": name, "a": a, "b": b, "diff": rt.ops.registry.diff(name, a, b)})
 
 
-@router.post("/v1/prompts/{name}/labels/{label}", tags=["registry"],
-             responses=error_responses(404, *WRITE), response_model=LabelMovePublic)
-def move_label(name: str, label: str, body: LabelCreate, rt: RuntimeDep,
-               who: AdminKey) -> Response:
+@router.post(
+    "/v1/prompts/{name}/labels/{label}",
+    tags=["registry"],
+    responses=error_responses(404, *WRITE),
+    response_model=LabelMovePublic,
+)
+def move_label(name: str, label: str, body: LabelCreate, rt: RuntimeDep, who: AdminKey) -> Response:
     """Move a label to a version (rollback included); admin."""
     result = rt.ops.registry.move_label(name, body.version, label, actor=who.actor)
     rt.refresh()
     return JSON(result)
 
 
-@router.get("/v1/experiments", tags=["experiments"], responses=error_responses(404, *READ),
-            response_model=ExperimentListPublic)
-def list_experiments(rt: RuntimeDep, _: ReadKey, prompt: str | None = None,
-                     status: str | None = None) -> Response:
+@router.get(
+    "/v1/experiments",
+    tags=["experiments"],
+    responses=error_responses(404, *READ),
+    response_model=ExperimentListPublic,
+)
+def list_experiments(
+    rt: RuntimeDep, _: ReadKey, prompt: str | None = None, status: str | None = None
+) -> Response:
     """Experiments, newest first."""
     return JSON({"experiments": rt.ops.experiments.list_experiments(prompt=prompt, status=status)})
 
 
-@router.get("/v1/experiments/{experiment_id}", tags=["experiments"], responses=error_responses(404, *READ),
-            response_model=ExperimentPublic)
+@router.get(
+    "/v1/experiments/{experiment_id}",
+    tags=["experiments"],
+    responses=error_responses(404, *READ),
+    response_model=ExperimentPublic,
+)
 def get_experiment(experiment_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
     """An experiment with per-arm figures."""
     return JSON(rt.ops.experiments.get(experiment_id))
 
 
-@router.get("/v1/experiments/{experiment_id}/history", tags=["experiments"],
-            responses=error_responses(404, *READ), response_model=HistoryPublic)
+@router.get(
+    "/v1/experiments/{experiment_id}/history",
+    tags=["experiments"],
+    responses=error_responses(404, *READ),
+    response_model=HistoryPublic,
+)
 def experiment_history(experiment_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
     """Weights and P(best) per epoch."""
     return JSON({"epochs": rt.ops.experiments.history(experiment_id)})
 
 
-@router.post("/v1/experiments", tags=["experiments"], status_code=201,
-            responses=error_responses(404, 409, *WRITE),
-             response_model=ExperimentPublic)
+@router.post(
+    "/v1/experiments",
+    tags=["experiments"],
+    status_code=201,
+    responses=error_responses(404, 409, *WRITE),
+    response_model=ExperimentPublic,
+)
 def create_experiment(body: ExperimentCreate, rt: RuntimeDep, who: AdminKey) -> Response:
     """Start (or draft) an experiment over versions of a prompt; admin."""
     exp = rt.ops.experiments.create(
-        body.prompt, body.versions, metric=body.metric, reward=body.reward,
-        strategy=body.strategy, weights=body.weights, auto_promote=body.auto_promote,
-        policy=body.policy, start=body.status == ExperimentStatus.RUNNING,
-        requires_eval=body.requires_eval, metrics=body.metrics, guardrails=body.guardrails,
-        actor=who.actor)
+        body.prompt,
+        body.versions,
+        metric=body.metric,
+        reward=body.reward,
+        strategy=body.strategy,
+        weights=body.weights,
+        auto_promote=body.auto_promote,
+        policy=body.policy,
+        start=body.status == ExperimentStatus.RUNNING,
+        requires_eval=body.requires_eval,
+        metrics=body.metrics,
+        guardrails=body.guardrails,
+        actor=who.actor,
+    )
     rt.refresh()
     return JSON(exp, status_code=201)
 
 
-@router.post("/v1/experiments/{experiment_id}/stop", tags=["experiments"],
-            responses=error_responses(404, 409, *WRITE),
-             response_model=ExperimentPublic)
+@router.post(
+    "/v1/experiments/{experiment_id}/stop",
+    tags=["experiments"],
+    responses=error_responses(404, 409, *WRITE),
+    response_model=ExperimentPublic,
+)
 def stop_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey) -> Response:
     """Stop an experiment; production stays; admin."""
     exp = rt.ops.experiments.stop(experiment_id, actor=who.actor)
@@ -211,23 +261,35 @@ def stop_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey) -> Respon
     return JSON(exp)
 
 
-@router.post("/v1/experiments/{experiment_id}/promote", tags=["experiments"],
-            responses=error_responses(404, 409, *WRITE),
-             response_model=ExperimentPublic)
-def promote_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey,
-                       body: PromoteCreate | None = None) -> Response:
+@router.post(
+    "/v1/experiments/{experiment_id}/promote",
+    tags=["experiments"],
+    responses=error_responses(404, 409, *WRITE),
+    response_model=ExperimentPublic,
+)
+def promote_experiment(
+    experiment_id: int, rt: RuntimeDep, who: AdminKey, body: PromoteCreate | None = None
+) -> Response:
     """End a running experiment and move production to the winner; 409 if not running; admin."""
-    exp = rt.ops.experiments.promote(experiment_id, version=body.version if body else None,
-                                     actor=who.actor)
+    exp = rt.ops.experiments.promote(experiment_id, version=body.version if body else None, actor=who.actor)
     rt.refresh()
     return JSON(exp)
 
 
 @router.get("/v1/audit", tags=["registry"], responses=error_responses(*READ), response_model=AuditPublic)
-def audit(rt: RuntimeDep, _: ReadKey, prompt: str | None = None,
-          experiment_id: Annotated[int | None, Query(ge=-(2**31), le=2**31 - 1)] = None,
-          limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-          offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0) -> Response:
+def audit(
+    rt: RuntimeDep,
+    _: ReadKey,
+    prompt: str | None = None,
+    experiment_id: Annotated[int | None, Query(ge=-(2**31), le=2**31 - 1)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> Response:
     """The audit log, newest first."""
-    return JSON({"entries": rt.ops.registry.audit(prompt=prompt, experiment_id=experiment_id,
-                                                  limit=limit, offset=offset)})
+    return JSON(
+        {
+            "entries": rt.ops.registry.audit(
+                prompt=prompt, experiment_id=experiment_id, limit=limit, offset=offset
+            )
+        }
+    )

@@ -20,9 +20,14 @@ from promptops.server.runtime import Runtime
 from promptops.services.facade import PromptOps
 
 
-def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None,
-               clock: Callable[[], float] | None = None, background: bool = True,
-               fast_path: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    ops: PromptOps | None = None,
+    clock: Callable[[], float] | None = None,
+    background: bool = True,
+    fast_path: bool = True,
+) -> FastAPI:
     """Build the API and dashboard app over the configured database; `fast_path=False` leaves
     serve and feedback to the FastAPI routes (the parity tests compare the two)."""
     settings = settings or Settings.from_env()
@@ -38,9 +43,14 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
             runtime.stop()
             await runtime.gateway.aclose()
 
-    app = FastAPI(title="promptops", version=__version__, lifespan=lifespan,
-                  description="Prompts as code with A/B experiments on autopilot.",
-                  docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="promptops",
+        version=__version__,
+        lifespan=lifespan,
+        description="Prompts as code with A/B experiments on autopilot.",
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.runtime = runtime
     runtime.app = app
     errors.install(app)
@@ -49,8 +59,7 @@ def create_app(settings: Settings | None = None, *, ops: PromptOps | None = None
     docs.install(app)
     app.include_router(evals.router)
     dashboard.install(app)
-    app.add_middleware(TimingMiddleware, metrics=runtime.metrics,
-                       max_body=settings.max_body_bytes)
+    app.add_middleware(TimingMiddleware, metrics=runtime.metrics, max_body=settings.max_body_bytes)
     # Serve and feedback take a pure-ASGI path outside FastAPI's whole middleware stack; anything
     # unusual falls through to the routes in api.py (see fast.py). The guard is outside both.
     build_stack = app.build_middleware_stack

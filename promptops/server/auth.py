@@ -106,15 +106,13 @@ def session_principal(request: Request) -> Principal:
 
 
 def _session_mac(secret: str, sid: str, key_hash: str) -> str:
-    return hmac.new(secret.encode(), f"session|{sid}|{key_hash}".encode(),
-                    hashlib.sha256).hexdigest()
+    return hmac.new(secret.encode(), f"session|{sid}|{key_hash}".encode(), hashlib.sha256).hexdigest()
 
 
 def session_token(secret: str, key: str) -> str:
     """A signed cookie value for a key: an opaque session id bound to the key (see above)."""
     sid = secrets.token_urlsafe(16)
-    return session_serializer(secret).dumps({"s": sid,
-                                             "m": _session_mac(secret, sid, hash_key(key))})
+    return session_serializer(secret).dumps({"s": sid, "m": _session_mac(secret, sid, hash_key(key))})
 
 
 def require_read(principal: Annotated[Principal, Depends(bearer_principal)]) -> Principal:

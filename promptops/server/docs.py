@@ -30,12 +30,21 @@ PUBLIC_PATHS = frozenset({"/healthz"})
 def openapi_document(app: FastAPI) -> dict[str, Any]:
     """The app's OpenAPI document with the Bearer scheme, built once."""
     if app.openapi_schema is None:
-        doc = get_openapi(title=app.title, version=app.version, description=app.description,
-                          routes=app.routes, tags=app.openapi_tags)
-        doc.setdefault("components", {})["securitySchemes"] = {SCHEME: {
-            "type": "http", "scheme": "bearer",
-            "description": "An API key from `promptops keys create --role serve|admin`. "
-                           "Not needed while auth is off (a loopback server with no key)."}}
+        doc = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
+        )
+        doc.setdefault("components", {})["securitySchemes"] = {
+            SCHEME: {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key from `promptops keys create --role serve|admin`. "
+                "Not needed while auth is off (a loopback server with no key).",
+            }
+        }
         for path, operations in doc.get("paths", {}).items():
             if path in PUBLIC_PATHS:
                 continue
@@ -55,15 +64,22 @@ def install(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url="/openapi.json", title=f"{app.title} API",
+            openapi_url="/openapi.json",
+            title=f"{app.title} API",
             swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{ASSETS_URL}/swagger-ui.css", swagger_favicon_url=favicon)
+            swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=favicon,
+        )
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        page = get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} API",
-                              redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
-                              redoc_favicon_url=favicon, with_google_fonts=False)
+        page = get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} API",
+            redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )
         # ReDoc's bundle draws its sidebar logo from a CDN: only local images may load, and the
         # bundle hides an image that fails.
         page.headers["Content-Security-Policy"] = "img-src 'self' data:"

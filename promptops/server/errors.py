@@ -29,11 +29,20 @@ STATUS: list[tuple[type[e.PromptOpsError], int]] = [
     (e.UpstreamError, 502),
 ]
 
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 408: "request_timeout", 409: "conflict",
-              413: "payload_too_large",
-              415: "unsupported_media_type", 422: "invalid_input", 429: "too_many_requests",
-              503: "unavailable"}
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "too_many_requests",
+    503: "unavailable",
+}
 
 
 def status_for(exc: e.PromptOpsError) -> int:
@@ -76,8 +85,7 @@ def promptops_error_body(exc: e.PromptOpsError) -> tuple[int, dict[str, Any]]:
 def json_error(status: int, body: dict[str, Any]) -> Response:
     """The JSON answer of an error body."""
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
-                    headers=headers)
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def wants_html(request: Request) -> bool:
@@ -108,9 +116,11 @@ def install(app: FastAPI) -> None:
         for err in exc.errors()[:20]:
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
             problems.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-        return _answer(request, 422, error_body("invalid_input",
-                                                "; ".join(problems) or "invalid request",
-                                                problems=problems))
+        return _answer(
+            request,
+            422,
+            error_body("invalid_input", "; ".join(problems) or "invalid request", problems=problems),
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -123,16 +123,19 @@ class EvalListPublic(BaseModel):
 router = APIRouter()
 
 
-@router.get("/v1/evals", tags=["evals"], response_model=EvalListPublic,
-            responses=error_responses(*READ))
+@router.get("/v1/evals", tags=["evals"], response_model=EvalListPublic, responses=error_responses(*READ))
 def list_evals(rt: RuntimeDep, _: ReadKey) -> Response:
     """Eval definitions with their latest runs."""
     listing = rt.ops.evals.listing()
     return JSON(EvalListPublic.model_validate(asdict(listing)).model_dump())
 
 
-@router.get("/v1/evals/runs/{run_id}", tags=["evals"], response_model=EvalRunDetailPublic,
-            responses=error_responses(404, *READ))
+@router.get(
+    "/v1/evals/runs/{run_id}",
+    tags=["evals"],
+    response_model=EvalRunDetailPublic,
+    responses=error_responses(404, *READ),
+)
 def get_eval_run(run_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
     """One eval run with its cases."""
     detail = rt.ops.evals.get_run(run_id)

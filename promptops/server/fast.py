@@ -73,14 +73,15 @@ class FastPath:
                 await self._handle(scope, receive, send, FEEDBACK_PATH, None)
                 return
             if path.startswith(SERVE_PREFIX) and path.endswith(SERVE_SUFFIX):
-                name = path[len(SERVE_PREFIX):-len(SERVE_SUFFIX)]
+                name = path[len(SERVE_PREFIX) : -len(SERVE_SUFFIX)]
                 if name and "/" not in name:
                     await self._handle(scope, receive, send, SERVE_ROUTE, name)
                     return
         await self.app(scope, receive, send)
 
-    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, route: str,
-                      name: str | None) -> None:
+    async def _handle(
+        self, scope: dict[str, Any], receive: Any, send: Any, route: str, name: str | None
+    ) -> None:
         start = time.perf_counter()
         content_type = authorization = None
         for key, value in scope["headers"]:
@@ -154,15 +155,14 @@ class FastPath:
         children = self._latency[route]
         child = children.get(status)
         if child is None:
-            child = children[status] = self.metrics.child(self.metrics.latency, "POST", route,
-                                                          str(status))
+            child = children[status] = self.metrics.child(self.metrics.latency, "POST", route, str(status))
         child.observe(time.perf_counter() - start)
 
-    async def _fall_through(self, scope: dict[str, Any], receive: Any, send: Any, body: bytes,
-                            last: dict[str, Any] | None) -> None:
+    async def _fall_through(
+        self, scope: dict[str, Any], receive: Any, send: Any, body: bytes, last: dict[str, Any] | None
+    ) -> None:
         """Hand the request to the FastAPI app as if nothing had read its body."""
-        replay: list[dict[str, Any]] = [{"type": "http.request", "body": body,
-                                         "more_body": last is not None}]
+        replay: list[dict[str, Any]] = [{"type": "http.request", "body": body, "more_body": last is not None}]
         if last is not None:  # the client went away while sending the body
             replay.append(last)
 
@@ -173,9 +173,9 @@ class FastPath:
 
         await self.app(scope, receive_again, send)
 
+
 async def _send(send: Any, status: int, body: bytes) -> None:
     # Never a 401 (a refused key falls through), so no WWW-Authenticate header.
-    headers = [(b"content-length", str(len(body)).encode()),
-               (b"content-type", b"application/json")]
+    headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

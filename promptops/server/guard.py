@@ -121,17 +121,23 @@ class EdgeGuard:
                 origin = value.decode("latin-1")
         changes_state = scope["method"] in STATE_CHANGING
         if (changes_state or self.rt.auth_off) and not host_allowed(host or "", self.hosts):
-            return (403, "forbidden_host",
-                    f"host {host!r} is not served here; add it to PROMPTOPS_ALLOWED_HOSTS")
-        if changes_state and origin is not None and not origin_allowed(origin, host or "",
-                                                                       self.settings):
+            return (
+                403,
+                "forbidden_host",
+                f"host {host!r} is not served here; add it to PROMPTOPS_ALLOWED_HOSTS",
+            )
+        if changes_state and origin is not None and not origin_allowed(origin, host or "", self.settings):
             return 403, "forbidden_origin", "cross-origin requests may not change anything"
         return None
 
 
 async def _answer(send: Any, status: int, code: str, message: str) -> None:
     body = orjson.dumps(error_body(code, message))
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -26,8 +26,7 @@ async def serve(rt: Runtime, name: str, body: ServeCreate) -> bytes:
     else:
         out = serving.serve(name, body.variables, unit_id=body.unit_id)
     metrics = rt.metrics
-    metrics.child(metrics.decisions, name, str(out["experiment_id"] or ""),
-                  str(out["version"])).inc()
+    metrics.child(metrics.decisions, name, str(out["experiment_id"] or ""), str(out["version"])).inc()
     return orjson.dumps(out)
 
 
@@ -38,6 +37,5 @@ async def feedback(rt: Runtime, body: FeedbackCreate) -> bytes:
     token = item.token
     metrics = rt.metrics
     prompt, version = rt.version_labels(token.version_id)
-    metrics.child(metrics.feedback, prompt, str(token.experiment_id or ""), version,
-                  status).inc()
+    metrics.child(metrics.feedback, prompt, str(token.experiment_id or ""), version, status).inc()
     return RECORDED if status == "recorded" else orjson.dumps({"status": status})

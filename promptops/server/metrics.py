@@ -18,37 +18,74 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.decisions = Counter("promptops_decisions", "Decisions served.",
-                                 ["prompt", "experiment", "version"], registry=self.registry)
-        self.feedback = Counter("promptops_feedback", "Feedback received, by result.",
-                                ["prompt", "experiment", "version", "status"],
-                                registry=self.registry)
+        self.decisions = Counter(
+            "promptops_decisions",
+            "Decisions served.",
+            ["prompt", "experiment", "version"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "promptops_feedback",
+            "Feedback received, by result.",
+            ["prompt", "experiment", "version", "status"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
-            "promptops_request_seconds", "Request latency.", ["method", "route", "status"],
+            "promptops_request_seconds",
+            "Request latency.",
+            ["method", "route", "status"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=self.registry)
-        self.weight = Gauge("promptops_arm_weight", "Current allocation weight.",
-                            ["prompt", "experiment", "version"], registry=self.registry)
-        self.p_best = Gauge("promptops_arm_p_best", "Posterior probability of being best.",
-                            ["prompt", "experiment", "version"], registry=self.registry)
-        self.pending = Gauge("promptops_decisions_pending", "Decisions buffered, not yet stored.",
-                             registry=self.registry)
-        self.db_up = Gauge("promptops_database_up", "1 if the database answered the last check.",
-                           registry=self.registry)
-        self.calls = Counter("promptops_gateway_calls", "Gateway calls, by outcome and cache result.",
-                             ["provider", "model", "status", "cache"], registry=self.registry)
-        self.tokens = Counter("promptops_gateway_tokens", "Tokens of gateway calls.",
-                              ["provider", "model", "kind"], registry=self.registry)
-        self.cost = Counter("promptops_gateway_cost_usd", "Cost of gateway calls in USD.",
-                            ["provider", "model"], registry=self.registry)
+            registry=self.registry,
+        )
+        self.weight = Gauge(
+            "promptops_arm_weight",
+            "Current allocation weight.",
+            ["prompt", "experiment", "version"],
+            registry=self.registry,
+        )
+        self.p_best = Gauge(
+            "promptops_arm_p_best",
+            "Posterior probability of being best.",
+            ["prompt", "experiment", "version"],
+            registry=self.registry,
+        )
+        self.pending = Gauge(
+            "promptops_decisions_pending", "Decisions buffered, not yet stored.", registry=self.registry
+        )
+        self.db_up = Gauge(
+            "promptops_database_up", "1 if the database answered the last check.", registry=self.registry
+        )
+        self.calls = Counter(
+            "promptops_gateway_calls",
+            "Gateway calls, by outcome and cache result.",
+            ["provider", "model", "status", "cache"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "promptops_gateway_tokens",
+            "Tokens of gateway calls.",
+            ["provider", "model", "kind"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "promptops_gateway_cost_usd",
+            "Cost of gateway calls in USD.",
+            ["provider", "model"],
+            registry=self.registry,
+        )
         self.call_latency = Histogram(
-            "promptops_gateway_call_seconds", "Gateway call latency, cache hits included.",
+            "promptops_gateway_call_seconds",
+            "Gateway call latency, cache hits included.",
             ["provider", "model"],
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-            registry=self.registry)
-        self.upstream_errors = Counter("promptops_gateway_upstream_errors",
-                                       "Failed provider calls, by status.",
-                                       ["provider", "model", "status"], registry=self.registry)
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "promptops_gateway_upstream_errors",
+            "Failed provider calls, by status.",
+            ["provider", "model", "status"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def observe_call(self, row: dict[str, Any]) -> None:
@@ -58,8 +95,7 @@ class Metrics:
         self.child(self.call_latency, provider, model).observe(row["latency_ms"] / 1000.0)
         if row["prompt_tokens"] is not None:
             self.child(self.tokens, provider, model, "prompt").inc(row["prompt_tokens"])
-            self.child(self.tokens, provider, model, "completion").inc(
-                row["completion_tokens"] or 0)
+            self.child(self.tokens, provider, model, "completion").inc(row["completion_tokens"] or 0)
         if row["cost_usd"]:
             self.child(self.cost, provider, model).inc(row["cost_usd"])
         if status in ("error", "timeout", "rate_limited"):
@@ -156,7 +192,8 @@ class TimingMiddleware:
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
         self.metrics.child(self.metrics.latency, scope["method"], path, str(status[0])).observe(
-            time.perf_counter() - start)
+            time.perf_counter() - start
+        )
 
 
 async def receive_within(receive: Any, deadline: float) -> dict[str, Any]:
@@ -167,11 +204,18 @@ async def receive_within(receive: Any, deadline: float) -> dict[str, Any]:
 
 async def answer_body_timeout(send: Any) -> None:
     """Answer 408 with the JSON error body."""
-    body = orjson.dumps(error_body("request_timeout",
-                                   f"the request body took over {int(BODY_SECONDS)} s"))
-    await send({"type": "http.response.start", "status": 408,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
-                            (b"content-length", str(len(body)).encode())]})
+    body = orjson.dumps(error_body("request_timeout", f"the request body took over {int(BODY_SECONDS)} s"))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 408,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"connection", b"close"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -186,7 +230,11 @@ def declared_too_large(content_length: bytes, limit: int) -> bool:
 async def answer_too_large(send: Any, limit: int) -> None:
     """Answer 413 with the JSON error body."""
     body = orjson.dumps(error_body("payload_too_large", f"request body over {limit} bytes"))
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -37,23 +37,32 @@ COMPLETE_ROUTE = "/v1/prompts/{name}/complete"
 
 # Fields of a chat.completions body that promptops reads itself; everything else goes upstream.
 _OWN = frozenset(("model", "messages", "variables", "user", "stream", "stream_options", "cache"))
-_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
-                 429: "rate_limit_error"}
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 def openai_error(exc: e.PromptOpsError) -> Response:
     """A promptops error in OpenAI's shape `{"error": {message, type, param, code}}`."""
     status = status_for(exc)
     kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    body = {"error": {"message": exc.message, "type": kind,
-                      "param": getattr(exc, "field", None), "code": exc.code}}
+    body = {
+        "error": {
+            "message": exc.message,
+            "type": kind,
+            "param": getattr(exc, "field", None),
+            "code": exc.code,
+        }
+    }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
-                    headers=headers)
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def cache_directive(request: Request, body_value: Any) -> str | None:
-    """"refresh", "bypass" or None from the body's `cache` or the Cache-Control header."""
+    """ "refresh", "bypass" or None from the body's `cache` or the Cache-Control header."""
     if body_value is not None:
         return body_value if isinstance(body_value, str) else repr(body_value)
     header = request.headers.get("cache-control", "").lower()
@@ -69,8 +78,9 @@ async def _json_body(request: Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
-        raise e.InvalidInput(f"the body is not valid JSON: {exc.msg} "
-                             f"(line {exc.lineno}, column {exc.colno})") from None
+        raise e.InvalidInput(
+            f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
     if not isinstance(body, dict):
         raise e.InvalidInput("the body must be a JSON object")
     return body
@@ -99,17 +109,26 @@ def chat_request(request: Request, body: dict[str, Any]) -> tuple[CompletionRequ
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     return CompletionRequest(
-        name=name, variables=_variables(body.get("variables")),
-        unit_id=_unit(body.get("user"), "user"), messages=body.get("messages") or [],
-        cache=cache_directive(request, body.get("cache")), version=version, label=label,
+        name=name,
+        variables=_variables(body.get("variables")),
+        unit_id=_unit(body.get("user"), "user"),
+        messages=body.get("messages") or [],
+        cache=cache_directive(request, body.get("cache")),
+        version=version,
+        label=label,
         extra={k: v for k, v in body.items() if k not in _OWN},
-        include_usage=include_usage), stream
+        include_usage=include_usage,
+    ), stream
 
 
 def _headers(completion: Completion | CompletionStream) -> dict[str, str]:
     d = completion.decision
-    return {"x-promptops-decision-id": d.id, "x-promptops-version": str(d.rendered.version),
-            "x-promptops-variant": d.rendered.variant, "x-promptops-cache": str(completion.cache)}
+    return {
+        "x-promptops-decision-id": d.id,
+        "x-promptops-version": str(d.rendered.version),
+        "x-promptops-variant": d.rendered.variant,
+        "x-promptops-cache": str(completion.cache),
+    }
 
 
 class SSEResponse(Response):
@@ -118,15 +137,15 @@ class SSEResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(self, stream: CompletionStream, headers: dict[str, str]) -> None:
-        super().__init__(content=None, headers={**headers, "cache-control": "no-cache",
-                                                "x-accel-buffering": "no"})
+        super().__init__(
+            content=None, headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+        )
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.stream = stream
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         async def pump() -> None:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": self.raw_headers})
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self.stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
@@ -154,8 +173,11 @@ _OPENAI_SHAPE = ' OpenAI\'s error shape: `{"error": {message, type, param, code}
 _GATEWAY_ERRORS = (401, 403, 404, 413, 422, 429, 502, 503, 504)
 
 
-@router.post("/v1/chat/completions", tags=["gateway"], responses={
-    code: {"description": ERROR_MEANINGS[code] + _OPENAI_SHAPE} for code in _GATEWAY_ERRORS})
+@router.post(
+    "/v1/chat/completions",
+    tags=["gateway"],
+    responses={code: {"description": ERROR_MEANINGS[code] + _OPENAI_SHAPE} for code in _GATEWAY_ERRORS},
+)
 async def chat_completions(request: Request) -> Response:
     """OpenAI-compatible chat completions; `model` is `promptops/NAME[@LABEL|@vN]`."""
     rt = request.app.state.runtime
@@ -168,12 +190,12 @@ async def chat_completions(request: Request) -> Response:
         completion = await rt.gateway.complete(req)
     except e.PromptOpsError as exc:
         return openai_error(exc)
-    return Response(orjson.dumps(completion.openai()), media_type="application/json",
-                    headers=_headers(completion))
+    return Response(
+        orjson.dumps(completion.openai()), media_type="application/json", headers=_headers(completion)
+    )
 
 
-@router.post("/v1/prompts/{name}/complete", tags=["gateway"],
-             responses=error_responses(*_GATEWAY_ERRORS))
+@router.post("/v1/prompts/{name}/complete", tags=["gateway"], responses=error_responses(*_GATEWAY_ERRORS))
 async def complete(name: str, request: Request) -> Response:
     """Call the model of a prompt (an arm if an experiment runs); records the decision and call."""
     rt = request.app.state.runtime
@@ -184,16 +206,24 @@ async def complete(name: str, request: Request) -> Response:
         if unknown:
             raise e.InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
         req = CompletionRequest(
-            name=name, variables=_variables(body.get("variables")),
-            unit_id=_unit(body.get("unit_id"), "unit_id"), messages=body.get("messages") or [],
-            cache=cache_directive(request, body.get("cache")))
+            name=name,
+            variables=_variables(body.get("variables")),
+            unit_id=_unit(body.get("unit_id"), "unit_id"),
+            messages=body.get("messages") or [],
+            cache=cache_directive(request, body.get("cache")),
+        )
         completion = await rt.gateway.complete(req)
     except e.PromptOpsError as exc:
         status, content = promptops_error_body(exc)
-        return Response(orjson.dumps(content), status_code=status, media_type="application/json",
-                        headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
-    return Response(orjson.dumps(completion.payload()), media_type="application/json",
-                    headers=_headers(completion))
+        return Response(
+            orjson.dumps(content),
+            status_code=status,
+            media_type="application/json",
+            headers={"WWW-Authenticate": "Bearer"} if status == 401 else None,
+        )
+    return Response(
+        orjson.dumps(completion.payload()), media_type="application/json", headers=_headers(completion)
+    )
 
 
 class GatewayPath:
@@ -214,14 +244,15 @@ class GatewayPath:
                 await self._handle(scope, receive, send, CHAT_PATH, None)
                 return
             if path.startswith(COMPLETE_PREFIX) and path.endswith(COMPLETE_SUFFIX):
-                name = path[len(COMPLETE_PREFIX):-len(COMPLETE_SUFFIX)]
+                name = path[len(COMPLETE_PREFIX) : -len(COMPLETE_SUFFIX)]
                 if name and "/" not in name:
                     await self._handle(scope, receive, send, COMPLETE_ROUTE, name)
                     return
         await self.app(scope, receive, send)
 
-    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, route: str,
-                      name: str | None) -> None:
+    async def _handle(
+        self, scope: dict[str, Any], receive: Any, send: Any, route: str, name: str | None
+    ) -> None:
         start = time.perf_counter()
         for key, value in scope["headers"]:
             if key == b"content-length" and declared_too_large(value, self.max_body):
@@ -265,5 +296,6 @@ class GatewayPath:
         child = self._latency.get(key)
         if child is None:
             child = self._latency[key] = self.rt.metrics.child(
-                self.rt.metrics.latency, "POST", route, str(status[0]))
+                self.rt.metrics.latency, "POST", route, str(status[0])
+            )
         child.observe(time.perf_counter() - start)

@@ -34,18 +34,21 @@ def prepare(settings: Settings) -> PromptOps:
                 # registry keeps serving what it had; `promptops validate` shows the same lines.
                 for problem in exc.problems:
                     print(str(problem), file=sys.stderr)
-                print("sync skipped: fix the files above and run `promptops sync`; serving the "
-                      "registry as it is", file=sys.stderr)
+                print(
+                    "sync skipped: fix the files above and run `promptops sync`; serving the "
+                    "registry as it is",
+                    file=sys.stderr,
+                )
             else:
                 for line in report.changes:
                     print(f"sync: {line}", file=sys.stderr)
         else:
-            print(f"note: prompts folder {settings.prompts_dir} not found; nothing synced",
-                  file=sys.stderr)
+            print(f"note: prompts folder {settings.prompts_dir} not found; nothing synced", file=sys.stderr)
     if not settings.is_loopback and not ops.keys.any():
         raise ConfigError(
             f"refusing to serve on {settings.host} without an API key; create one with "
-            "`promptops keys create --role admin` or bind to 127.0.0.1")
+            "`promptops keys create --role admin` or bind to 127.0.0.1"
+        )
     return ops
 
 
@@ -74,8 +77,7 @@ class BoundedH11Protocol(H11Protocol):
 
     def _arm_head_deadline(self) -> None:
         self._unset_keepalive_if_required()
-        self.timeout_keep_alive_task = self.loop.call_later(HEADER_SECONDS,
-                                                            self.timeout_keep_alive_handler)
+        self.timeout_keep_alive_task = self.loop.call_later(HEADER_SECONDS, self.timeout_keep_alive_handler)
         self._head_armed = True
 
 
@@ -84,7 +86,8 @@ def bind(settings: Settings) -> socket.socket:
     sock: socket.socket | None = None
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
@@ -92,8 +95,9 @@ def bind(settings: Settings) -> socket.socket:
     except OSError as exc:
         if sock is not None:
             sock.close()
-        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: "
-                          f"{exc.strerror or exc}") from None
+        raise ConfigError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
     sock.set_inheritable(True)
     return sock
 
@@ -102,8 +106,13 @@ def uvicorn_config(app: Any) -> Any:
     """uvicorn's settings: quiet logs and the connection time limits above."""
     import uvicorn
 
-    return uvicorn.Config(app, log_level="warning", access_log=False, http=BoundedH11Protocol,
-                          timeout_keep_alive=KEEP_ALIVE_SECONDS)
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        http=BoundedH11Protocol,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
 
 
 def run_server(settings: Settings, *, workers: int = 1) -> None:
@@ -123,14 +132,20 @@ def run_server(settings: Settings, *, workers: int = 1) -> None:
         ops = prepare(settings)
         if workers > 1:
             ops.close()  # each worker opens its own connections after the fork
-            print(f"promptops on http://{settings.host}:{settings.port}  ({workers} workers; "
-                  f"database {mask_url(settings.database_url)})", file=sys.stderr)
+            print(
+                f"promptops on http://{settings.host}:{settings.port}  ({workers} workers; "
+                f"database {mask_url(settings.database_url)})",
+                file=sys.stderr,
+            )
             _run_workers(settings, sock, workers)
             return
         app = create_app(settings, ops=ops)
         auth = "off (no API key; loopback only)" if app.state.runtime.auth_off else "on"
-        print(f"promptops on http://{settings.host}:{settings.port}  (dashboard /, API docs /docs;"
-              f" auth {auth}; database {mask_url(settings.database_url)})", file=sys.stderr)
+        print(
+            f"promptops on http://{settings.host}:{settings.port}  (dashboard /, API docs /docs;"
+            f" auth {auth}; database {mask_url(settings.database_url)})",
+            file=sys.stderr,
+        )
         uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
     finally:
         sock.close()

@@ -29,13 +29,21 @@ def server_ops(settings: Settings, *, clock: Callable[[], float] | None = None) 
 class Runtime:
     """Everything a running server holds: services, writer, key table, metrics, health."""
 
-    def __init__(self, settings: Settings, *, ops: PromptOps | None = None,
-                 clock: Callable[[], float] | None = None, background: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ops: PromptOps | None = None,
+        clock: Callable[[], float] | None = None,
+        background: bool = True,
+    ) -> None:
         self.settings = settings
         self.ops = ops or server_ops(settings, clock=clock)
         if self.ops.writer is None or self.ops.serving.auto_refresh:
-            raise ValueError("a server's services batch their writes and refresh in the "
-                             "background: build them with server_ops()")
+            raise ValueError(
+                "a server's services batch their writes and refresh in the "
+                "background: build them with server_ops()"
+            )
         self.writer: BatchWriter = self.ops.writer
         self.metrics = Metrics()
         self.gateway = Gateway.create(self.ops.serving, settings, on_call=self.metrics.observe_call)
@@ -79,9 +87,12 @@ class Runtime:
             self.key_table = {key_hash: role for key_hash, role, _ in active}
             self.key_prefixes = {key_hash: prefix for key_hash, _, prefix in active}
             if was_off != self.auth_off and not force:
-                log.warning("auth is now %s (%d active key(s))",
-                            "off" if self.auth_off else "on", len(active))
-            self.metrics.set_experiments(self.ops.experiments.list_experiments(status=ExperimentStatus.RUNNING))
+                log.warning(
+                    "auth is now %s (%d active key(s))", "off" if self.auth_off else "on", len(active)
+                )
+            self.metrics.set_experiments(
+                self.ops.experiments.list_experiments(status=ExperimentStatus.RUNNING)
+            )
 
     def version_labels(self, version_id: int) -> tuple[str, str]:
         """Prompt name and version number of a version id (a feedback token carries ids), for
@@ -111,10 +122,12 @@ class Runtime:
         for name, prompt in after.items():
             old = before.get(name)
             new = prompt.production
-            if old is not None and new is not None and (
-                    old.production is None or old.production.id != new.id):
-                asyncio.run_coroutine_threadsafe(
-                    self.gateway.warm_production(name, new.number), self.loop)
+            if (
+                old is not None
+                and new is not None
+                and (old.production is None or old.production.id != new.id)
+            ):
+                asyncio.run_coroutine_threadsafe(self.gateway.warm_production(name, new.number), self.loop)
 
     def check_db(self) -> bool:
         """Ping the database; remember the answer for /healthz and metrics."""
@@ -180,8 +193,11 @@ class Runtime:
 
     def status(self) -> dict[str, Any]:
         """A small health summary (no driver messages: it is public)."""
-        return {"database": "ok" if self.db_ok else "unreachable",
-                "writes": "ok" if self.writer.healthy else "failing",
-                "write_failures": self.writer.failures,
-                "pending_decisions": self.writer.pending, "dropped_decisions": self.writer.dropped,
-                "problems": self.problems()}
+        return {
+            "database": "ok" if self.db_ok else "unreachable",
+            "writes": "ok" if self.writer.healthy else "failing",
+            "write_failures": self.writer.failures,
+            "pending_decisions": self.writer.pending,
+            "dropped_decisions": self.writer.dropped,
+            "problems": self.problems(),
+        }

@@ -107,13 +107,16 @@ _VARIABLES = "Values of the prompt's declared variables; values are data, never 
 class RenderCreate(Strict):
     """Render a version (production by default) without recording a decision."""
 
-    model_config = examples({"variables": {"message": "Where is my parcel?"}},
-                            {"variables": {"message": "Refund please"}, "version": 2})
+    model_config = examples(
+        {"variables": {"message": "Where is my parcel?"}},
+        {"variables": {"message": "Refund please"}, "version": 2},
+    )
 
     variables: dict[str, Any] = Field(default_factory=dict, description=_VARIABLES)
     version: int | None = Field(default=None, ge=1, description="A version number; not with label.")
-    label: str | None = Field(default=None, max_length=64,
-                              description="A label such as `staging`; default `production`.")
+    label: str | None = Field(
+        default=None, max_length=64, description="A label such as `staging`; default `production`."
+    )
 
 
 class ServeCreate(Strict):
@@ -123,24 +126,29 @@ class ServeCreate(Strict):
 
     variables: dict[str, Any] = Field(default_factory=dict, description=_VARIABLES)
     unit_id: str | None = Field(
-        default=None, max_length=256,
-        description="A user, session or conversation: it keeps the arm of its first serve.")
+        default=None,
+        max_length=256,
+        description="A user, session or conversation: it keeps the arm of its first serve.",
+    )
 
 
 class FeedbackCreate(Strict):
     """A reward for a decision."""
 
-    model_config = examples({"decision_id": "d_7f3a9c2e.Xc1", "reward": 1},
-                            {"decision_id": "d_7f3a9c2e.Xc1", "reward": 812, "metric": "latency_ms"})
+    model_config = examples(
+        {"decision_id": "d_7f3a9c2e.Xc1", "reward": 1},
+        {"decision_id": "d_7f3a9c2e.Xc1", "reward": 812, "metric": "latency_ms"},
+    )
 
-    decision_id: str = Field(min_length=1, max_length=256,
-                             description="The `decision_id` of a serve.")
+    decision_id: str = Field(min_length=1, max_length=256, description="The `decision_id` of a serve.")
     # Strict: a string "1" or "true" is refused, as the fast path refuses it; an int is a float.
     reward: StrictFloat | StrictBool = Field(
         description="The primary metric: 0 or 1 (binary) or in [0, 1] (continuous); another "
-                    "metric: any finite number.")
+        "metric: any finite number."
+    )
     metric: MetricName | None = Field(
-        default=None, description="The metric; default the experiment's primary metric.")
+        default=None, description="The metric; default the experiment's primary metric."
+    )
 
 
 class ExperimentCreate(Strict):
@@ -149,32 +157,40 @@ class ExperimentCreate(Strict):
     model_config = examples({"prompt": "support-triage", "versions": [1, 2], "metric": "resolved"})
 
     prompt: str = Field(min_length=1, max_length=64, description="The prompt's name.")
-    versions: list[int] = Field(min_length=2, max_length=20,
-                                description="Two or more versions; the first is the control.")
-    metric: MetricName = Field(default="reward",
-                               description="The primary metric, named by feedback.")
-    reward: RewardKind = Field(default=RewardKind.BINARY,
-                               description="0/1 rewards, or rewards in [0, 1].")
-    strategy: Strategy = Field(default=Strategy.THOMPSON,
-                               description="Thompson sampling, or the fixed `weights`.")
-    weights: list[float] | None = Field(default=None,
-                                        description="Fixed weights per version (strategy fixed).")
+    versions: list[int] = Field(
+        min_length=2, max_length=20, description="Two or more versions; the first is the control."
+    )
+    metric: MetricName = Field(default="reward", description="The primary metric, named by feedback.")
+    reward: RewardKind = Field(default=RewardKind.BINARY, description="0/1 rewards, or rewards in [0, 1].")
+    strategy: Strategy = Field(
+        default=Strategy.THOMPSON, description="Thompson sampling, or the fixed `weights`."
+    )
+    weights: list[float] | None = Field(
+        default=None, description="Fixed weights per version (strategy fixed)."
+    )
     auto_promote: bool | None = Field(
-        default=None, description="Promote the winner by itself when the stopping rule is met.")
-    policy: dict[str, Any] = Field(default_factory=dict,
-                                   description="Overrides of the policy settings.")
-    status: Literal["running", "draft"] = Field(default="running",
-                                                description="Start now, or create a draft.")
+        default=None, description="Promote the winner by itself when the stopping rule is met."
+    )
+    policy: dict[str, Any] = Field(default_factory=dict, description="Overrides of the policy settings.")
+    status: Literal["running", "draft"] = Field(
+        default="running", description="Start now, or create a draft."
+    )
     requires_eval: str | None = Field(
-        default=None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
-        description="An eval every version must pass before the experiment starts (a draft until then).")
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="An eval every version must pass before the experiment starts (a draft until then).",
+    )
     metrics: list[MetricName] = Field(
-        default_factory=list, max_length=20,
-        description="Secondary metrics: reported per arm with intervals, never decide.")
+        default_factory=list,
+        max_length=20,
+        description="Secondary metrics: reported per arm with intervals, never decide.",
+    )
     guardrails: list[dict[str, Any]] = Field(
-        default_factory=list, max_length=20,
+        default_factory=list,
+        max_length=20,
         description="Guardrails: {metric, max_increase | max_decrease | max_increase_abs | "
-                    "max_decrease_abs}; a challenger worse than the control by more is blocked.")
+        "max_decrease_abs}; a challenger worse than the control by more is blocked.",
+    )
 
 
 class PromoteCreate(Strict):
@@ -182,8 +198,7 @@ class PromoteCreate(Strict):
 
     model_config = examples({"version": 2}, {})
 
-    version: int | None = Field(default=None, ge=1,
-                                description="The winner; default the current leader.")
+    version: int | None = Field(default=None, ge=1, description="The winner; default the current leader.")
 
 
 class LabelCreate(Strict):
@@ -200,7 +215,8 @@ class FeedbackPublic(BaseModel):
     model_config = examples({"status": "recorded"}, {"status": "duplicate"})
 
     status: Literal["recorded", "duplicate"] = Field(
-        description="`duplicate`: this decision already had a value for this metric.")
+        description="`duplicate`: this decision already had a value for this metric."
+    )
 
 
 class Message(BaseModel):
@@ -210,16 +226,24 @@ class Message(BaseModel):
     content: str = Field(description="The rendered text.")
 
 
-_MESSAGES = [{"role": "system", "content": "Answer with one category."},
-             {"role": "user", "content": "Text: Where is my parcel?"}]
+_MESSAGES = [
+    {"role": "system", "content": "Answer with one category."},
+    {"role": "user", "content": "Text: Where is my parcel?"},
+]
 
 
 class RenderPublic(BaseModel):
     """A rendered prompt."""
 
-    model_config = examples({"prompt": "support-triage", "version": 1, "variant": "main",
-                             "model": {"name": "gpt-4o-mini", "temperature": 0},
-                             "messages": _MESSAGES})
+    model_config = examples(
+        {
+            "prompt": "support-triage",
+            "version": 1,
+            "variant": "main",
+            "model": {"name": "gpt-4o-mini", "temperature": 0},
+            "messages": _MESSAGES,
+        }
+    )
 
     prompt: str = Field(description="The prompt's name.")
     version: int = Field(description="The version rendered.")
@@ -232,9 +256,17 @@ class RenderPublic(BaseModel):
 class ServePublic(RenderPublic):
     """A served prompt with its decision id."""
 
-    model_config = examples({"decision_id": "d_7f3a9c2e.Xc1", "prompt": "support-triage",
-                             "version": 2, "variant": "few-shot", "experiment_id": 4,
-                             "model": {"name": "gpt-4o-mini"}, "messages": _MESSAGES})
+    model_config = examples(
+        {
+            "decision_id": "d_7f3a9c2e.Xc1",
+            "prompt": "support-triage",
+            "version": 2,
+            "variant": "few-shot",
+            "experiment_id": 4,
+            "model": {"name": "gpt-4o-mini"},
+            "messages": _MESSAGES,
+        }
+    )
 
     decision_id: str = Field(description="Name it in feedback.")
     experiment_id: int | None = Field(description="The experiment that chose the version, if any.")
@@ -243,33 +275,46 @@ class ServePublic(RenderPublic):
 # What the fields of the answers read from service views mean: one glossary, so a field is
 # described alike wherever it appears (an arm, an experiment, an epoch, an audit entry).
 FIELD_DOCS = {
-    "version": "The version number.", "variant": "The variant the version came from (`main`: top level).",
-    "decisions": "Serves of this arm.", "feedback": "Primary-metric values received.",
+    "version": "The version number.",
+    "variant": "The variant the version came from (`main`: top level).",
+    "decisions": "Serves of this arm.",
+    "feedback": "Primary-metric values received.",
     "reward_sum": "Sum of the primary-metric values received.",
-    "n": "Matured outcomes the statistics use.", "mean": "Posterior mean of the matured outcomes.",
+    "n": "Matured outcomes the statistics use.",
+    "mean": "Posterior mean of the matured outcomes.",
     "sd": "Posterior standard deviation of the mean.",
     "ci_low": "Lower end of the 95% credible interval.",
     "ci_high": "Upper end of the 95% credible interval.",
     "p_best": "Probability of being the best arm.",
     "expected_loss": "Expected loss of choosing this arm.",
     "p_beats_control": "Probability of beating the control.",
-    "weight": "Current share of traffic.", "is_control": "Whether this is the control (the first arm).",
-    "calls": "Gateway calls made with this arm.", "error_rate": "Share of gateway calls that failed.",
+    "weight": "Current share of traffic.",
+    "is_control": "Whether this is the control (the first arm).",
+    "calls": "Gateway calls made with this arm.",
+    "error_rate": "Share of gateway calls that failed.",
     "cache_hit_rate": "Share of gateway calls answered from the cache.",
-    "cost_usd_mean": "Mean cost of a call in USD.", "cost_usd_total": "Total cost of the calls in USD.",
-    "latency_ms_p50": "Median call latency in ms.", "latency_ms_p95": "95th percentile latency in ms.",
+    "cost_usd_mean": "Mean cost of a call in USD.",
+    "cost_usd_total": "Total cost of the calls in USD.",
+    "latency_ms_p50": "Median call latency in ms.",
+    "latency_ms_p95": "95th percentile latency in ms.",
     "prompt_tokens_mean": "Mean prompt tokens a call.",
     "completion_tokens_mean": "Mean completion tokens a call.",
-    "id": "The id.", "prompt": "The prompt's name.", "status": "The experiment's status.",
-    "winner": "The promoted version, once there is one.", "metric": "The primary metric.",
-    "reward": "binary (0/1) or continuous (in [0, 1]).", "strategy": "thompson or fixed.",
+    "id": "The id.",
+    "prompt": "The prompt's name.",
+    "status": "The experiment's status.",
+    "winner": "The promoted version, once there is one.",
+    "metric": "The primary metric.",
+    "reward": "binary (0/1) or continuous (in [0, 1]).",
+    "strategy": "thompson or fixed.",
     "auto_promote": "Whether the winner is promoted by itself.",
     "source": "Where the experiment was declared: `file` or `api`.",
     "control_version": "The control's version (the first arm).",
     "production_at_start": "The version that held production when the experiment started.",
     "control_is_production": "Whether the control held production at the start.",
-    "created_at": "When it was created (Unix seconds).", "started_at": "When it started (Unix seconds).",
-    "ended_at": "When it ended (Unix seconds).", "end_reason": "Why it ended.",
+    "created_at": "When it was created (Unix seconds).",
+    "started_at": "When it started (Unix seconds).",
+    "ended_at": "When it ended (Unix seconds).",
+    "end_reason": "Why it ended.",
     "epoch": "The current epoch (allocation update) number.",
     "matured": "Outcomes matured so far, all arms.",
     "last_update_at": "When the allocation was last updated (Unix seconds).",
@@ -279,48 +324,61 @@ FIELD_DOCS = {
     "srm_alarm": "Whether a sample ratio mismatch froze promotion.",
     "srm_p": "The sample-ratio test's p-value.",
     "value_remaining": "The leader's possible shortfall (95th percentile), relative to its mean.",
-    "checks_done": "Stopping checks done so far.", "arms": "One entry per version, the control first.",
-    "experiments": "Experiments, newest first.", "weights": "Traffic shares per arm in this epoch.",
+    "checks_done": "Stopping checks done so far.",
+    "arms": "One entry per version, the control first.",
+    "experiments": "Experiments, newest first.",
+    "weights": "Traffic shares per arm in this epoch.",
     "matured_at_start": "Outcomes matured when the epoch started.",
     "checked": "Whether the stopping rule was checked at this epoch.",
-    "assigned": "Decisions per arm in this epoch.", "epochs": "Epochs, oldest first.",
-    "at": "When (Unix seconds).", "actor": "Who: `cli:USER`, an API key's name, or the system.",
+    "assigned": "Decisions per arm in this epoch.",
+    "epochs": "Epochs, oldest first.",
+    "at": "When (Unix seconds).",
+    "actor": "Who: `cli:USER`, an API key's name, or the system.",
     "action": "What happened, e.g. `label.move`.",
-    "experiment_id": "The experiment concerned, if any.", "message": "What happened, for people.",
-    "details": "Structured details (evidence of a promotion).", "entries": "Entries, newest first.",
+    "experiment_id": "The experiment concerned, if any.",
+    "message": "What happened, for people.",
+    "details": "Structured details (evidence of a promotion).",
+    "entries": "Entries, newest first.",
     "units": "Units (a unit_id, else a decision) with a counted matured outcome.",
     "new_units": "Units first exposed on this arm: what the sample-ratio check counts.",
-    "metrics": "Secondary and guardrail metrics: the declared names, or per arm "
-               "{mean, ci_low, ci_high, n}.",
+    "metrics": "Secondary and guardrail metrics: the declared names, or per arm {mean, ci_low, ci_high, n}.",
     "guardrails": "This challenger's guardrail verdicts with the estimated change.",
     "flags": "Safety flags that froze promotion: srm, feedback.",
     "safety": "Each raised safety flag with its sentence and the counts behind it.",
-    "stop_reason": "Why the policy ended it: winner, limit, equivalent, no_meaningful_winner, "
-                   "guardrails.",
+    "stop_reason": "Why the policy ended it: winner, limit, equivalent, no_meaningful_winner, guardrails.",
     "holdout": "The guarded rollout: the promoted and the previous version and the latest test.",
     "requires_eval": "The eval every arm must pass before the experiment starts, if any.",
     "gate": "Where the arms stand against the required eval (null when none is required).",
-    "eval": "The eval's name.", "passed": "Whether every arm passed the gate.",
+    "eval": "The eval's name.",
+    "passed": "Whether every arm passed the gate.",
     "waiting": "Versions with no run of the eval on its current dataset.",
     "reasons": "Why the runs there fail the gate.",
-    "state": "allowed, pending or blocked.", "diff": "The challenger's mean minus the control's.",
+    "state": "allowed, pending or blocked.",
+    "diff": "The challenger's mean minus the control's.",
     "diff_low": "Low end of the 95% interval of the difference.",
     "diff_high": "High end of the 95% interval of the difference.",
     "relative": "Whether the margin is relative to the control's mean.",
-    "sentence": "The verdict or the flag in words.", "flag": "srm or feedback.",
-    "evidence": "The counts behind a flag.", "new_version": "The promoted version.",
+    "sentence": "The verdict or the flag in words.",
+    "flag": "srm or feedback.",
+    "evidence": "The counts behind a flag.",
+    "new_version": "The promoted version.",
     "old_version": "The previous production version, holding the holdout share.",
     "p_old_better": "P(the previous version is better) on the most recent matured decisions.",
-    "prompts": "Prompts, by name.", "name": "The prompt's name.",
-    "description": "What the prompt is for.", "tags": "Free-form tags from the prompt file.",
+    "prompts": "Prompts, by name.",
+    "name": "The prompt's name.",
+    "description": "What the prompt is for.",
+    "tags": "Free-form tags from the prompt file.",
     "production_version": "The version holding the production label, if any.",
-    "source_path": "The file it was synced from.", "updated_at": "When it last changed (Unix seconds).",
-    "number": "The version number.", "content_hash": "Hash of the version's content.",
+    "source_path": "The file it was synced from.",
+    "updated_at": "When it last changed (Unix seconds).",
+    "number": "The version number.",
+    "content_hash": "Hash of the version's content.",
     "git_commit": "The git commit of the file at sync, if known.",
     "git_author": "The author of that commit, if known.",
     "git_state": "The file's git state at sync: `dirty` or `untracked` when not as committed.",
     "content": "The version's content: messages or template, model and variables.",
-    "label": "The label's name.", "previous": "The version the label held before, if any.",
+    "label": "The label's name.",
+    "previous": "The version the label held before, if any.",
 }
 """Descriptions of the fields of the answers read from service views."""
 
@@ -584,21 +642,18 @@ class ErrorBody(BaseModel):
 class ErrorPublic(BaseModel):
     """Every error answer has this shape."""
 
-    model_config = examples({"error": {"code": "prompt_not_found",
-                                       "message": "prompt 'nope' not found"}})
+    model_config = examples({"error": {"code": "prompt_not_found", "message": "prompt 'nope' not found"}})
 
     error: ErrorBody = Field(description="The error.")
 
 
 ERROR_MEANINGS = {
     401: "No API key, or an unknown or revoked one.",
-    403: "The key's role may not do this, or a cross-origin or foreign-Host request would "
-         "change something.",
+    403: "The key's role may not do this, or a cross-origin or foreign-Host request would change something.",
     404: "The prompt, version, label, decision or experiment does not exist.",
     409: "The experiment is not in a state that allows this.",
     413: "The request body is larger than the server accepts.",
-    422: "The request is malformed: a value of the wrong type or range, or variables the "
-         "prompt refuses.",
+    422: "The request is malformed: a value of the wrong type or range, or variables the prompt refuses.",
     429: "The model provider is rate-limiting the calls; retry later.",
     502: "The model provider failed or answered something unreadable.",
     503: "The database (or, for the gateway, the provider's configuration) is unavailable.",
@@ -610,4 +665,3 @@ ERROR_MEANINGS = {
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI `responses` of a route that can answer these error statuses."""
     return {code: {"model": ErrorPublic, "description": ERROR_MEANINGS[code]} for code in codes}
-

@@ -64,30 +64,45 @@ class Adoption:
         production = self.registry.resolve(name, label=PRODUCTION)
         with self.ctx.tx() as s:
             prompt = self.registry.prompt_row(s, name)
-            running = s.scalar(select(ExperimentRow.id).where(
-                ExperimentRow.running_prompt_id == prompt.id))
+            running = s.scalar(select(ExperimentRow.id).where(ExperimentRow.running_prompt_id == prompt.id))
         if running is not None:
             raise ExperimentStateError(
                 f"{name}: experiment {running} is still running; adopt after it ends",
-                status=ExperimentStatus.RUNNING)
+                status=ExperimentStatus.RUNNING,
+            )
         definition = find_prompt_file(name, folder)
         if definition.experiment is not None and definition.experiment.status == ExperimentStatus.DRAFT:
             raise ExperimentStateError(
-                f"{name}: {definition.path} declares a draft experiment; start or remove it "
-                "before adopting", status=ExperimentStatus.DRAFT)
+                f"{name}: {definition.path} declares a draft experiment; start or remove it before adopting",
+                status=ExperimentStatus.DRAFT,
+            )
         if definition.content.content_hash() == production.content_hash:
-            raise InvalidInput(f"{name}: production (version {production.number}) is already "
-                               f"the main content of {definition.path}; nothing to adopt")
+            raise InvalidInput(
+                f"{name}: production (version {production.number}) is already "
+                f"the main content of {definition.path}; nothing to adopt"
+            )
         path = Path(definition.path)
         text = path.read_text(encoding="utf-8")
         variant = production.variant if production.variant != MAIN_VARIANT else None
-        result = promptedit.adopt_text(text, path=definition.path, content=production.content,
-                                       variant=variant)
-        diff = "".join(difflib.unified_diff(
-            text.splitlines(keepends=True), result.text.splitlines(keepends=True),
-            fromfile=f"a/{definition.path}", tofile=f"b/{definition.path}"))
+        result = promptedit.adopt_text(
+            text, path=definition.path, content=production.content, variant=variant
+        )
+        diff = "".join(
+            difflib.unified_diff(
+                text.splitlines(keepends=True),
+                result.text.splitlines(keepends=True),
+                fromfile=f"a/{definition.path}",
+                tofile=f"b/{definition.path}",
+            )
+        )
         if not dry_run:
             path.write_text(result.text, encoding="utf-8")
-        return AdoptReport(prompt=name, path=definition.path, version=production.number,
-                           diff=diff, removed_variant=result.removed_variant,
-                           removed_experiment=result.removed_experiment, dry_run=dry_run)
+        return AdoptReport(
+            prompt=name,
+            path=definition.path,
+            version=production.number,
+            diff=diff,
+            removed_variant=result.removed_variant,
+            removed_experiment=result.removed_experiment,
+            dry_run=dry_run,
+        )

@@ -61,12 +61,14 @@ class CachePolicy:
             temperature = model.get("temperature")
             mode = EXACT if temperature is not None and temperature == 0 else OFF
         ttl = cache.get("ttl_hours")
-        return cls(mode=EXACT if mode == EXACT else OFF,
-                   ttl_seconds=None if ttl is None else float(ttl) * 3600.0,
-                   stale_seconds=float(cache.get("stale_hours") or 0.0) * 3600.0)
+        return cls(
+            mode=EXACT if mode == EXACT else OFF,
+            ttl_seconds=None if ttl is None else float(ttl) * 3600.0,
+            stale_seconds=float(cache.get("stale_hours") or 0.0) * 3600.0,
+        )
 
     def state(self, age_seconds: float) -> str:
-        """"fresh", "stale" (serve and refresh) or "expired" for an entry of that age."""
+        """ "fresh", "stale" (serve and refresh) or "expired" for an entry of that age."""
         if self.ttl_seconds is None or age_seconds < self.ttl_seconds:
             return "fresh"
         if age_seconds < self.ttl_seconds + self.stale_seconds:
@@ -77,8 +79,9 @@ class CachePolicy:
 def cache_key(provider: str, body: Mapping[str, Any]) -> str:
     """The cache key of an upstream request at a provider."""
     keyed = {k: v for k, v in body.items() if k not in _NOT_KEYED}
-    blob = json.dumps([provider, keyed], sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False, default=str)
+    blob = json.dumps(
+        [provider, keyed], sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -98,18 +101,30 @@ class CacheEntry:
 
     def to_json(self) -> dict[str, Any]:
         """The stored form."""
-        return {"provider": self.provider, "model": self.model, "message": dict(self.message),
-                "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "created_at": self.created_at,
-                "prompt": self.prompt}
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "message": dict(self.message),
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "created_at": self.created_at,
+            "prompt": self.prompt,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CacheEntry:
         """An entry from its stored form."""
-        return cls(provider=data["provider"], model=data["model"], message=data["message"],
-                   finish_reason=data.get("finish_reason"), prompt_tokens=data.get("prompt_tokens"),
-                   completion_tokens=data.get("completion_tokens"),
-                   created_at=float(data["created_at"]), prompt=data.get("prompt"))
+        return cls(
+            provider=data["provider"],
+            model=data["model"],
+            message=data["message"],
+            finish_reason=data.get("finish_reason"),
+            prompt_tokens=data.get("prompt_tokens"),
+            completion_tokens=data.get("completion_tokens"),
+            created_at=float(data["created_at"]),
+            prompt=data.get("prompt"),
+        )
 
 
 @dataclass(frozen=True)
@@ -125,8 +140,14 @@ class CacheStats:
 class ResponseCache:
     """The tiers of the response cache, single flight and background refreshes."""
 
-    def __init__(self, ctx: Context, *, max_entries: int, redis_url: str | None = None,
-                 redis_prefix: str = "promptops:") -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        max_entries: int,
+        redis_url: str | None = None,
+        redis_prefix: str = "promptops:",
+    ) -> None:
         self.ctx = ctx
         self.max_entries = max_entries
         self.lru_limit = max(1, min(max_entries or _LRU_LIMIT, _LRU_LIMIT))
@@ -150,8 +171,7 @@ class ResponseCache:
         if entry is not None:
             self._lru.move_to_end(key)
         else:
-            entry = await (self._redis_get(key) if self.redis_url else
-                           asyncio.to_thread(self._db_get, key))
+            entry = await (self._redis_get(key) if self.redis_url else asyncio.to_thread(self._db_get, key))
             if entry is not None:
                 self._remember(key, entry)
         if entry is not None:
@@ -223,8 +243,11 @@ class ResponseCache:
         found: dict[str, CacheEntry] = {}
         with self.ctx.tx() as s:
             for start in range(0, len(keys), 500):  # bound the statement's parameters
-                rows = s.execute(select(ResponseCacheRow.key, ResponseCacheRow.entry).where(
-                    ResponseCacheRow.key.in_(keys[start:start + 500])))
+                rows = s.execute(
+                    select(ResponseCacheRow.key, ResponseCacheRow.entry).where(
+                        ResponseCacheRow.key.in_(keys[start : start + 500])
+                    )
+                )
                 found.update((key, CacheEntry.from_json(data)) for key, data in rows if data)
         return found
 
@@ -233,17 +256,34 @@ class ResponseCache:
 
     def _db_put_many(self, entries: Mapping[str, CacheEntry]) -> None:
         now = self.ctx.now()
-        rows = [{"key": key, "prompt": entry.prompt, "provider": entry.provider,
-                 "model": entry.model[:256], "entry": entry.to_json(),
-                 "created_at": entry.created_at, "used_at": now, "hits": 0}
-                for key, entry in entries.items()]
+        rows = [
+            {
+                "key": key,
+                "prompt": entry.prompt,
+                "provider": entry.provider,
+                "model": entry.model[:256],
+                "entry": entry.to_json(),
+                "created_at": entry.created_at,
+                "used_at": now,
+                "hits": 0,
+            }
+            for key, entry in entries.items()
+        ]
         with self.ctx.tx() as s:
             mod: Any = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
             stmt = mod.insert(ResponseCacheRow.__table__)
-            s.execute(stmt.on_conflict_do_update(
-                index_elements=["key"],
-                set_={"entry": stmt.excluded.entry, "created_at": stmt.excluded.created_at,
-                      "used_at": stmt.excluded.used_at, "prompt": stmt.excluded.prompt}), rows)
+            s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["key"],
+                    set_={
+                        "entry": stmt.excluded.entry,
+                        "created_at": stmt.excluded.created_at,
+                        "used_at": stmt.excluded.used_at,
+                        "prompt": stmt.excluded.prompt,
+                    },
+                ),
+                rows,
+            )
 
     def _redis_client(self) -> Any:
         if self._redis is None:
@@ -283,8 +323,7 @@ class ResponseCache:
         self._flights[key] = fut
         return Flight(self, key, fut)
 
-    def refresh_in_background(self, key: str,
-                              call: Callable[[], Awaitable[CacheEntry | None]]) -> bool:
+    def refresh_in_background(self, key: str, call: Callable[[], Awaitable[CacheEntry | None]]) -> bool:
         """Start one background refresh of a stale key (none if one runs); whether it started."""
         if key in self._refreshing:
             return False
@@ -338,8 +377,11 @@ class ResponseCache:
         table: Any = ResponseCacheRow.__table__
         from sqlalchemy import bindparam
 
-        stmt = (update(table).where(table.c.key == bindparam("k"))
-                .values(used_at=bindparam("t"), hits=table.c.hits + 1))
+        stmt = (
+            update(table)
+            .where(table.c.key == bindparam("k"))
+            .values(used_at=bindparam("t"), hits=table.c.hits + 1)
+        )
         with self.ctx.tx() as s:
             s.connection().execute(stmt, [{"k": k, "t": t} for k, t in sorted(touched.items())])
         return len(touched)
@@ -350,12 +392,13 @@ class ResponseCache:
             r = self._redis_sync_client()
             by_prompt = {}
             for name in r.scan_iter(match=self.prefix + "rcp:*"):
-                prompt = name.decode()[len(self.prefix) + 4:]
+                prompt = name.decode()[len(self.prefix) + 4 :]
                 by_prompt[prompt] = int(r.scard(name))
             return CacheStats(int(r.zcard(self.prefix + "rcu")), by_prompt, self.hits, self.misses)
         with self.ctx.tx() as s:
-            rows = s.execute(select(ResponseCacheRow.prompt, func.count())
-                             .group_by(ResponseCacheRow.prompt)).all()
+            rows = s.execute(
+                select(ResponseCacheRow.prompt, func.count()).group_by(ResponseCacheRow.prompt)
+            ).all()
         by = {p or "": int(n) for p, n in rows}
         return CacheStats(sum(by.values()), by, self.hits, self.misses)
 
@@ -408,8 +451,11 @@ class ResponseCache:
             extra = total - limit
             if extra <= 0:
                 return 0
-            oldest = select(ResponseCacheRow.key).order_by(ResponseCacheRow.used_at,
-                                                           ResponseCacheRow.key).limit(extra)
+            oldest = (
+                select(ResponseCacheRow.key)
+                .order_by(ResponseCacheRow.used_at, ResponseCacheRow.key)
+                .limit(extra)
+            )
             keys = list(s.scalars(oldest))
             s.execute(delete(ResponseCacheRow).where(ResponseCacheRow.key.in_(keys)))
         for key in keys:
@@ -420,8 +466,7 @@ class ResponseCache:
 class Flight:
     """This request's upstream call for a key: followers wait for `done`."""
 
-    def __init__(self, cache: ResponseCache, key: str,
-                 fut: asyncio.Future[CacheEntry | None]) -> None:
+    def __init__(self, cache: ResponseCache, key: str, fut: asyncio.Future[CacheEntry | None]) -> None:
         self.cache = cache
         self.key = key
         self.fut = fut

@@ -58,8 +58,20 @@ NO_USAGE = ArmUsage(0, None, None, None, None, None, None, None, None)
 class _Sums:
     """The delta of one (experiment, arm, epoch) row within a batch."""
 
-    __slots__ = ("calls", "errors", "hits", "cost_n", "cost_sum", "cost_ss", "lat_sum",
-                 "lat_ss", "tokens_n", "prompt_sum", "completion_sum", "latencies")
+    __slots__ = (
+        "calls",
+        "errors",
+        "hits",
+        "cost_n",
+        "cost_sum",
+        "cost_ss",
+        "lat_sum",
+        "lat_ss",
+        "tokens_n",
+        "prompt_sum",
+        "completion_sum",
+        "latencies",
+    )
 
     def __init__(self) -> None:
         self.calls = self.errors = self.hits = self.cost_n = self.tokens_n = 0
@@ -119,23 +131,33 @@ class CallRecorder:
         table: Any = CallStatsRow.__table__
         # Sorted keys: replicas bumping the same arms take the row locks in one order.
         keys = sorted(sums)
-        s.connection().execute(mod.insert(table).on_conflict_do_nothing(), [
-            {"experiment_id": e, "arm": a, "epoch": p, "latency_hist": []} for e, a, p in keys])
+        s.connection().execute(
+            mod.insert(table).on_conflict_do_nothing(),
+            [{"experiment_id": e, "arm": a, "epoch": p, "latency_hist": []} for e, a, p in keys],
+        )
         for exp_id, arm, epoch in keys:
             d = sums[(exp_id, arm, epoch)]
-            where = ((table.c.experiment_id == exp_id) & (table.c.arm == arm)
-                     & (table.c.epoch == epoch))
+            where = (table.c.experiment_id == exp_id) & (table.c.arm == arm) & (table.c.epoch == epoch)
             # The histogram is a JSON list: read it under the row lock, add, write back.
             hist = s.execute(select(table.c.latency_hist).where(where).with_for_update()).scalar()
-            s.execute(update(table).where(where).values(
-                calls=table.c.calls + d.calls, errors=table.c.errors + d.errors,
-                cache_hits=table.c.cache_hits + d.hits, cost_n=table.c.cost_n + d.cost_n,
-                cost_sum=table.c.cost_sum + d.cost_sum, cost_ss=table.c.cost_ss + d.cost_ss,
-                latency_sum=table.c.latency_sum + d.lat_sum,
-                latency_ss=table.c.latency_ss + d.lat_ss, tokens_n=table.c.tokens_n + d.tokens_n,
-                prompt_tokens_sum=table.c.prompt_tokens_sum + d.prompt_sum,
-                completion_tokens_sum=table.c.completion_tokens_sum + d.completion_sum,
-                latency_hist=latency.add(list(hist or []), latency.histogram(d.latencies))))
+            s.execute(
+                update(table)
+                .where(where)
+                .values(
+                    calls=table.c.calls + d.calls,
+                    errors=table.c.errors + d.errors,
+                    cache_hits=table.c.cache_hits + d.hits,
+                    cost_n=table.c.cost_n + d.cost_n,
+                    cost_sum=table.c.cost_sum + d.cost_sum,
+                    cost_ss=table.c.cost_ss + d.cost_ss,
+                    latency_sum=table.c.latency_sum + d.lat_sum,
+                    latency_ss=table.c.latency_ss + d.lat_ss,
+                    tokens_n=table.c.tokens_n + d.tokens_n,
+                    prompt_tokens_sum=table.c.prompt_tokens_sum + d.prompt_sum,
+                    completion_tokens_sum=table.c.completion_tokens_sum + d.completion_sum,
+                    latency_hist=latency.add(list(hist or []), latency.histogram(d.latencies)),
+                )
+            )
 
 
 def arm_usage(s: Session, experiment_id: int, arms: int) -> list[ArmUsage]:
@@ -154,16 +176,19 @@ def arm_usage(s: Session, experiment_id: int, arms: int) -> list[ArmUsage]:
         hist: list[int] = []
         for r in mine:
             hist = latency.add(hist, r.latency_hist or [])
-        out.append(ArmUsage(
-            calls=calls,
-            error_rate=sum(r.errors for r in mine) / calls,
-            cache_hit_rate=sum(r.cache_hits for r in mine) / calls,
-            cost_usd_mean=cost / cost_n if cost_n else None,
-            cost_usd_total=cost if cost_n else None,
-            latency_ms_p50=latency.quantile(hist, 0.5),
-            latency_ms_p95=latency.quantile(hist, 0.95),
-            prompt_tokens_mean=sum(r.prompt_tokens_sum for r in mine) / tokens_n if tokens_n else None,
-            completion_tokens_mean=(sum(r.completion_tokens_sum for r in mine) / tokens_n
-                                    if tokens_n else None),
-        ))
+        out.append(
+            ArmUsage(
+                calls=calls,
+                error_rate=sum(r.errors for r in mine) / calls,
+                cache_hit_rate=sum(r.cache_hits for r in mine) / calls,
+                cost_usd_mean=cost / cost_n if cost_n else None,
+                cost_usd_total=cost if cost_n else None,
+                latency_ms_p50=latency.quantile(hist, 0.5),
+                latency_ms_p95=latency.quantile(hist, 0.95),
+                prompt_tokens_mean=sum(r.prompt_tokens_sum for r in mine) / tokens_n if tokens_n else None,
+                completion_tokens_mean=(
+                    sum(r.completion_tokens_sum for r in mine) / tokens_n if tokens_n else None
+                ),
+            )
+        )
     return out

@@ -29,14 +29,16 @@ class Context:
     rng: random.Random = field(default_factory=random.Random)
 
     @classmethod
-    def create(cls, settings: Settings, *, clock: Callable[[], float] | None = None,
-               migrate: bool = True) -> Context:
+    def create(
+        cls, settings: Settings, *, clock: Callable[[], float] | None = None, migrate: bool = True
+    ) -> Context:
         """Build a context; migrate an empty or outdated database when asked."""
         engine = db.make_engine(settings.database_url)
         if migrate and db.needs_migration(engine):
             db.upgrade(engine)
-        return cls(settings=settings, engine=engine, sessions=db.make_sessionmaker(engine),
-                   clock=clock or time.time)
+        return cls(
+            settings=settings, engine=engine, sessions=db.make_sessionmaker(engine), clock=clock or time.time
+        )
 
     @contextmanager
     def tx(self) -> Iterator[Session]:

@@ -26,8 +26,7 @@ _SIG_CHARS = -(-_SIG_BYTES * 4 // 3)
 # The one spelling `issue` produces: anything else (padding, other alphabets, spare bits set,
 # trailing characters) is another spelling of the same bytes and must not verify, or one decision
 # could be counted once per spelling.
-_CANONICAL = re.compile(
-    rf"{PREFIX}([A-Za-z0-9_-]{{{_BODY_CHARS}}})\.([A-Za-z0-9_-]{{{_SIG_CHARS}}})")
+_CANONICAL = re.compile(rf"{PREFIX}([A-Za-z0-9_-]{{{_BODY_CHARS}}})\.([A-Za-z0-9_-]{{{_SIG_CHARS}}})")
 
 
 @dataclass(frozen=True)
@@ -64,9 +63,13 @@ class TokenCodec:
     def issue(self, token: DecisionToken) -> str:
         """A new decision id for these facts (unique thanks to random bytes)."""
         body = _PAYLOAD.pack(
-            token.prompt_id, token.version_id, token.experiment_id or 0,
-            _NO_ARM if token.arm is None else token.arm, token.epoch or 0,
-            int(token.decided_at * 1_000_000)) + os.urandom(_RANDOM_BYTES)
+            token.prompt_id,
+            token.version_id,
+            token.experiment_id or 0,
+            _NO_ARM if token.arm is None else token.arm,
+            token.epoch or 0,
+            int(token.decided_at * 1_000_000),
+        ) + os.urandom(_RANDOM_BYTES)
         sig = hmac.new(self._secret, body, hashlib.sha256).digest()[:_SIG_BYTES]
         return PREFIX + _b64(body) + "." + _b64(sig)
 
@@ -80,16 +83,23 @@ class TokenCodec:
         if m is None:
             return None
         body, sig = _unb64(m.group(1)), _unb64(m.group(2))
-        if body is None or sig is None \
-                or len(body) != _PAYLOAD.size + _RANDOM_BYTES or len(sig) != _SIG_BYTES:
+        if (
+            body is None
+            or sig is None
+            or len(body) != _PAYLOAD.size + _RANDOM_BYTES
+            or len(sig) != _SIG_BYTES
+        ):
             return None
         expected = hmac.new(self._secret, body, hashlib.sha256).digest()[:_SIG_BYTES]
         if not hmac.compare_digest(sig, expected):
             return None
-        prompt_id, version_id, exp_id, arm, epoch, micros = _PAYLOAD.unpack(
-            body[:_PAYLOAD.size])
+        prompt_id, version_id, exp_id, arm, epoch, micros = _PAYLOAD.unpack(body[: _PAYLOAD.size])
         has_exp = exp_id != 0
-        return DecisionToken(prompt_id=prompt_id, version_id=version_id,
-                             experiment_id=exp_id if has_exp else None,
-                             arm=None if arm == _NO_ARM else arm,
-                             epoch=epoch if has_exp else None, decided_at=micros / 1_000_000)
+        return DecisionToken(
+            prompt_id=prompt_id,
+            version_id=version_id,
+            experiment_id=exp_id if has_exp else None,
+            arm=None if arm == _NO_ARM else arm,
+            epoch=epoch if has_exp else None,
+            decided_at=micros / 1_000_000,
+        )

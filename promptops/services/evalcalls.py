@@ -131,18 +131,34 @@ class SharedAnswers:
             return None
         kept = entry.message.get(_KEPT)
         kept = kept if isinstance(kept, Mapping) else {}
-        return CachedAnswer(text, _number(kept.get("cost_usd")), _number(kept.get("latency_ms")),
-                            entry.provider, entry.model, entry.prompt_tokens,
-                            entry.completion_tokens, entry.prompt)
+        return CachedAnswer(
+            text,
+            _number(kept.get("cost_usd")),
+            _number(kept.get("latency_ms")),
+            entry.provider,
+            entry.model,
+            entry.prompt_tokens,
+            entry.completion_tokens,
+            entry.prompt,
+        )
 
     async def put(self, key: str, answer: CachedAnswer) -> None:
         """Store an answer under the key (the shared tier is written by `flush`)."""
-        message = {"role": "assistant", "content": answer.text,
-                   _KEPT: {"cost_usd": answer.cost_usd, "latency_ms": answer.latency_ms}}
+        message = {
+            "role": "assistant",
+            "content": answer.text,
+            _KEPT: {"cost_usd": answer.cost_usd, "latency_ms": answer.latency_ms},
+        }
         entry = CacheEntry(
-            provider=answer.provider, model=answer.model, message=message, finish_reason=None,
-            prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
-            created_at=self.clock(), prompt=answer.prompt)
+            provider=answer.provider,
+            model=answer.model,
+            message=message,
+            finish_reason=None,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            created_at=self.clock(),
+            prompt=answer.prompt,
+        )
         self._loaded[key] = self._pending[key] = entry
 
 
@@ -196,11 +212,13 @@ class ProviderCalls:
 
     def request_for(self, version: PromptVersion, variables: Mapping[str, Any]) -> ChatRequest:
         """The upstream request of a version rendered with the variables."""
-        rendered = self.renderer.render(version.content, variables, prompt=version.prompt,
-                                        version=version.number, variant=version.variant)
+        rendered = self.renderer.render(
+            version.content, variables, prompt=version.prompt, version=version.number, variant=version.variant
+        )
         if rendered.messages is not None:
-            messages: list[dict[str, str]] = [{"role": m.role, "content": m.content}
-                                              for m in rendered.messages]
+            messages: list[dict[str, str]] = [
+                {"role": m.role, "content": m.content} for m in rendered.messages
+            ]
         else:
             messages = [{"role": "user", "content": rendered.text or ""}]
         try:
@@ -264,12 +282,24 @@ class ProviderCalls:
             result = await self.providers.chat(request)
         text = result.content
         if text is None:
-            raise UpstreamError(f"provider {result.provider!r}, model {result.model!r}: the answer has "
-                                "no text content", provider=result.provider, model=result.model)
+            raise UpstreamError(
+                f"provider {result.provider!r}, model {result.model!r}: the answer has no text content",
+                provider=result.provider,
+                model=result.model,
+            )
         if self.cache is not None:
             usage = result.usage
-            await self.cache.put(key, CachedAnswer(
-                text, result.cost_usd, result.latency_ms, result.provider, result.model,
-                usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None,
-                prompt))
+            await self.cache.put(
+                key,
+                CachedAnswer(
+                    text,
+                    result.cost_usd,
+                    result.latency_ms,
+                    result.provider,
+                    result.model,
+                    usage.prompt_tokens if usage else None,
+                    usage.completion_tokens if usage else None,
+                    prompt,
+                ),
+            )
         return Output(text, result.cost_usd, result.latency_ms)

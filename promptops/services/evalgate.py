@@ -111,20 +111,33 @@ def gate_status(s: Session, exp: ExperimentRow, eval_name: str, catalog: EvalCat
         _, problems = catalog.load()
         why = "is invalid" if problems else f"is not defined in {catalog.folder}"
         return GateStatus(eval_name, False, reasons=(f"eval {eval_name!r} {why}",))
-    arms = list(s.execute(select(ArmRow.idx, VersionRow.id, VersionRow.number, VersionRow.variant)
-                          .join(VersionRow, VersionRow.id == ArmRow.version_id)
-                          .where(ArmRow.experiment_id == exp.id).order_by(ArmRow.idx)))
-    production_id = s.scalar(select(LabelRow.version_id).where(
-        LabelRow.prompt_id == exp.prompt_id, LabelRow.name == PRODUCTION))
+    arms = list(
+        s.execute(
+            select(ArmRow.idx, VersionRow.id, VersionRow.number, VersionRow.variant)
+            .join(VersionRow, VersionRow.id == ArmRow.version_id)
+            .where(ArmRow.experiment_id == exp.id)
+            .order_by(ArmRow.idx)
+        )
+    )
+    production_id = s.scalar(
+        select(LabelRow.version_id).where(LabelRow.prompt_id == exp.prompt_id, LabelRow.name == PRODUCTION)
+    )
     production = s.scalar(select(VersionRow.number).where(VersionRow.id == production_id))
     waiting: list[int] = []
     reasons: list[str] = []
     for _, version_id, number, variant in arms:
-        q = (select(EvalRunVersionRow).join(EvalRunRow, EvalRunRow.id == EvalRunVersionRow.run_id)
-             .where(EvalRunRow.eval_name == eval_name, EvalRunRow.prompt_id == exp.prompt_id,
-                    EvalRunRow.dataset_hash == definition.dataset_hash,
-                    EvalRunVersionRow.version_id == version_id)
-             .order_by(EvalRunRow.id.desc()).limit(1))
+        q = (
+            select(EvalRunVersionRow)
+            .join(EvalRunRow, EvalRunRow.id == EvalRunVersionRow.run_id)
+            .where(
+                EvalRunRow.eval_name == eval_name,
+                EvalRunRow.prompt_id == exp.prompt_id,
+                EvalRunRow.dataset_hash == definition.dataset_hash,
+                EvalRunVersionRow.version_id == version_id,
+            )
+            .order_by(EvalRunRow.id.desc())
+            .limit(1)
+        )
         is_production = version_id == production_id
         if not is_production:
             q = q.where(EvalRunRow.baseline_version == production)
@@ -134,8 +147,7 @@ def gate_status(s: Session, exp: ExperimentRow, eval_name: str, catalog: EvalCat
             continue
         rate = pass_rate(row.passed, row.failed, row.errors)
         comparison = None if is_production or row.comparison is None else _comparison(row.comparison)
-        verdict = check_gate(definition.gate, name=f"v{number} ({variant})", rate=rate,
-                             comparison=comparison)
+        verdict = check_gate(definition.gate, name=f"v{number} ({variant})", rate=rate, comparison=comparison)
         reasons.extend(verdict.reasons)
     return GateStatus(eval_name, not waiting and not reasons, tuple(waiting), tuple(reasons))
 

@@ -132,8 +132,7 @@ def summarize(
         rate = pass_rate(count[CaseStatus.PASSED], count[CaseStatus.FAILED], count[CaseStatus.ERROR])
         comparison = None
         if version.number != baseline.number:
-            comparison = compare_paired(
-                {c.case.id: c.grade.status is CaseStatus.PASSED for c in cases}, base)
+            comparison = compare_paired({c.case.id: c.grade.status is CaseStatus.PASSED for c in cases}, base)
         verdict = check_gate(rule, name=_name(version), rate=rate, comparison=comparison)
         runs.append(VersionRun(version, tuple(cases), rate, comparison, verdict))
     return EvalRun(definition, baseline, repeat, tuple(runs), combine_verdicts(r.verdict for r in runs))
@@ -156,8 +155,7 @@ async def run_eval(
         raise ValueError("the baseline must be one of the versions")
     repeats = repeat or definition.repeat
     # Versions interleaved: when they call different providers, each provider stays busy.
-    jobs = [(v, i, slot) for i in range(len(definition.cases)) for slot in range(repeats)
-            for v in versions]
+    jobs = [(v, i, slot) for i in range(len(definition.cases)) for slot in range(repeats) for v in versions]
     results: dict[tuple[int, int, int], _Repetition] = {}
     total = len(jobs)
     pending = iter(jobs)
@@ -168,8 +166,9 @@ async def run_eval(
         except PromptOpsError as exc:
             failed = CallError(exc.message)
             return failed, failed
-        graded = await run_assertions(definition.assertions_for(case), output, case,
-                                      complete=judge, embed=embed)
+        graded = await run_assertions(
+            definition.assertions_for(case), output, case, complete=judge, embed=embed
+        )
         return output, graded
 
     async def worker() -> None:

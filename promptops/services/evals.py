@@ -167,10 +167,20 @@ class EvalListing:
 def _version_summary(row: EvalRunVersionRow) -> VersionSummary:
     rate = pass_rate(row.passed, row.failed, row.errors)
     return VersionSummary(
-        version=row.number, variant=row.variant, passed=row.passed, failed=row.failed,
-        errors=row.errors, pass_rate=rate.rate, ci_low=rate.ci_low, ci_high=rate.ci_high,
-        score_mean=row.score_mean, cost_usd=row.cost_usd, latency_ms_mean=row.latency_ms_mean,
-        gate_passed=row.gate_passed, gate_reasons=tuple(row.gate_reasons or ()))
+        version=row.number,
+        variant=row.variant,
+        passed=row.passed,
+        failed=row.failed,
+        errors=row.errors,
+        pass_rate=rate.rate,
+        ci_low=rate.ci_low,
+        ci_high=rate.ci_high,
+        score_mean=row.score_mean,
+        cost_usd=row.cost_usd,
+        latency_ms_mean=row.latency_ms_mean,
+        gate_passed=row.gate_passed,
+        gate_reasons=tuple(row.gate_reasons or ()),
+    )
 
 
 def _comparison_summary(row: EvalRunVersionRow, baseline: int) -> ComparisonSummary | None:
@@ -178,9 +188,15 @@ def _comparison_summary(row: EvalRunVersionRow, baseline: int) -> ComparisonSumm
     if c is None:
         return None
     return ComparisonSummary(
-        version=row.number, baseline=baseline, diff=float(c["diff"]), ci_low=float(c["ci_low"]),
-        ci_high=float(c["ci_high"]), p_value=float(c["p_value"]),
-        improved=tuple(c.get("improved") or ()), regressed=tuple(c.get("regressed") or ()))
+        version=row.number,
+        baseline=baseline,
+        diff=float(c["diff"]),
+        ci_low=float(c["ci_low"]),
+        ci_high=float(c["ci_high"]),
+        p_value=float(c["p_value"]),
+        improved=tuple(c.get("improved") or ()),
+        regressed=tuple(c.get("regressed") or ()),
+    )
 
 
 def _finite(x: float | None) -> float | None:
@@ -205,8 +221,9 @@ class Evals:
             try:
                 production = self.registry.resolve(d.prompt)
             except NotFound:
-                problems.append(_problem(d, f"prompt {d.prompt!r} is not in the registry (run "
-                                            "promptops sync first)"))
+                problems.append(
+                    _problem(d, f"prompt {d.prompt!r} is not in the registry (run promptops sync first)")
+                )
                 continue
             problems.extend(variable_problems(d, production.content.variables))
         if problems:
@@ -230,13 +247,19 @@ class Evals:
         else:
             with self.ctx.tx() as s:
                 p = self.registry.prompt_row(s, definition.prompt)
-                numbers = list(s.scalars(
-                    select(VersionRow.number).join(ArmRow, ArmRow.version_id == VersionRow.id)
-                    .join(ExperimentRow, ExperimentRow.id == ArmRow.experiment_id)
-                    .where(ExperimentRow.prompt_id == p.id,
-                           ExperimentRow.status.in_(
-                               (ExperimentStatus.RUNNING, ExperimentStatus.DRAFT)))
-                    .order_by(VersionRow.number).distinct()))
+                numbers = list(
+                    s.scalars(
+                        select(VersionRow.number)
+                        .join(ArmRow, ArmRow.version_id == VersionRow.id)
+                        .join(ExperimentRow, ExperimentRow.id == ArmRow.experiment_id)
+                        .where(
+                            ExperimentRow.prompt_id == p.id,
+                            ExperimentRow.status.in_((ExperimentStatus.RUNNING, ExperimentStatus.DRAFT)),
+                        )
+                        .order_by(VersionRow.number)
+                        .distinct()
+                    )
+                )
             chosen += [self.registry.resolve(definition.prompt, version=n) for n in numbers]
         unique: dict[int, PromptVersion] = {}
         for v in chosen:
@@ -250,12 +273,20 @@ class Evals:
         with self.ctx.tx() as s:
             p = self.registry.prompt_row(s, d.prompt)
             row = EvalRunRow(
-                eval_name=d.name, prompt_id=p.id, dataset_hash=d.dataset_hash, cases=len(d.cases),
-                repeat=run.repeat, threshold=d.threshold,
+                eval_name=d.name,
+                prompt_id=p.id,
+                dataset_hash=d.dataset_hash,
+                cases=len(d.cases),
+                repeat=run.repeat,
+                threshold=d.threshold,
                 gate={"min_pass_rate": d.gate.min_pass_rate, "max_regression": d.gate.max_regression},
-                baseline_version=run.baseline.number, gate_passed=run.verdict.passed,
-                gate_reasons=list(run.verdict.reasons), source_path=d.path, actor=actor[:128],
-                created_at=self.ctx.now())
+                baseline_version=run.baseline.number,
+                gate_passed=run.verdict.passed,
+                gate_reasons=list(run.verdict.reasons),
+                source_path=d.path,
+                actor=actor[:128],
+                created_at=self.ctx.now(),
+            )
             s.add(row)
             s.flush()
             for position, vr in enumerate(run.versions):
@@ -266,30 +297,62 @@ class Evals:
             summary = self._summaries(s, [s.get(EvalRunRow, run_id)])[0]  # type: ignore[list-item]
         return replace(summary, started_experiments=started)
 
-    def _store_version(self, s: Session, run_id: int, p: PromptRow, position: int,
-                       vr: VersionRun) -> None:
+    def _store_version(self, s: Session, run_id: int, p: PromptRow, position: int, vr: VersionRun) -> None:
         version = self.registry.version_row(s, p, vr.version.number)
-        comparison = None if vr.comparison is None else {
-            **asdict(vr.comparison), "improved": list(vr.comparison.improved),
-            "regressed": list(vr.comparison.regressed)}
-        s.add(EvalRunVersionRow(
-            run_id=run_id, version_id=version.id, position=position, number=version.number,
-            variant=version.variant, passed=vr.rate.passed, failed=vr.rate.failed,
-            errors=vr.rate.errors, score_mean=_finite(vr.score_mean), cost_usd=_finite(vr.cost_usd),
-            latency_ms_mean=_finite(vr.latency_ms_mean), comparison=comparison,
-            gate_passed=vr.verdict.passed, gate_reasons=list(vr.verdict.reasons)))
+        comparison = (
+            None
+            if vr.comparison is None
+            else {
+                **asdict(vr.comparison),
+                "improved": list(vr.comparison.improved),
+                "regressed": list(vr.comparison.regressed),
+            }
+        )
+        s.add(
+            EvalRunVersionRow(
+                run_id=run_id,
+                version_id=version.id,
+                position=position,
+                number=version.number,
+                variant=version.variant,
+                passed=vr.rate.passed,
+                failed=vr.rate.failed,
+                errors=vr.rate.errors,
+                score_mean=_finite(vr.score_mean),
+                cost_usd=_finite(vr.cost_usd),
+                latency_ms_mean=_finite(vr.latency_ms_mean),
+                comparison=comparison,
+                gate_passed=vr.verdict.passed,
+                gate_reasons=list(vr.verdict.reasons),
+            )
+        )
         rows = []
         for i, case in enumerate(vr.cases):
-            outputs = [{"error": o.message} if isinstance(o, CallError) else
-                       {"text": o.text, "cost_usd": o.cost_usd, "latency_ms": o.latency_ms}
-                       for o in case.outputs]
-            reps = [{"error": r.message} if isinstance(r, CallError) else
-                    [asdict(a) for a in r] for r in case.grade.repetitions]
-            rows.append(dict(
-                run_id=run_id, version_id=version.id, position=i, case_id=case.case.id,
-                status=case.grade.status.value, score=case.grade.score, reason=case.grade.reason,
-                outputs=outputs, assertions=reps, cost_usd=_finite(case.cost_usd),
-                latency_ms=_finite(case.latency_ms)))
+            outputs = [
+                {"error": o.message}
+                if isinstance(o, CallError)
+                else {"text": o.text, "cost_usd": o.cost_usd, "latency_ms": o.latency_ms}
+                for o in case.outputs
+            ]
+            reps = [
+                {"error": r.message} if isinstance(r, CallError) else [asdict(a) for a in r]
+                for r in case.grade.repetitions
+            ]
+            rows.append(
+                dict(
+                    run_id=run_id,
+                    version_id=version.id,
+                    position=i,
+                    case_id=case.case.id,
+                    status=case.grade.status.value,
+                    score=case.grade.score,
+                    reason=case.grade.reason,
+                    outputs=outputs,
+                    assertions=reps,
+                    cost_usd=_finite(case.cost_usd),
+                    latency_ms=_finite(case.latency_ms),
+                )
+            )
         if rows:
             s.execute(insert(EvalCaseRow), rows)
 
@@ -297,12 +360,19 @@ class Evals:
         """Start each draft of the prompt that waits for this eval and now passes its gate."""
         with self.ctx.tx() as s:
             p = self.registry.prompt_row(s, prompt)
-            drafts = list(s.scalars(
-                select(ExperimentRow).join(ExperimentGateRow,
-                                           ExperimentGateRow.experiment_id == ExperimentRow.id)
-                .where(ExperimentRow.prompt_id == p.id, ExperimentRow.status == ExperimentStatus.DRAFT,
-                       ExperimentGateRow.eval_name == eval_name, ExperimentGateRow.auto_start)
-                .order_by(ExperimentRow.id)))
+            drafts = list(
+                s.scalars(
+                    select(ExperimentRow)
+                    .join(ExperimentGateRow, ExperimentGateRow.experiment_id == ExperimentRow.id)
+                    .where(
+                        ExperimentRow.prompt_id == p.id,
+                        ExperimentRow.status == ExperimentStatus.DRAFT,
+                        ExperimentGateRow.eval_name == eval_name,
+                        ExperimentGateRow.auto_start,
+                    )
+                    .order_by(ExperimentRow.id)
+                )
+            )
             ready = [e.id for e in drafts if gate_status(s, e, eval_name, self.catalog).passed]
         started = []
         for exp_id in ready:
@@ -317,24 +387,40 @@ class Evals:
     def _summaries(self, s: Session, runs: Sequence[EvalRunRow]) -> list[RunSummary]:
         if not runs:
             return []
-        prompts = dict(s.execute(select(PromptRow.id, PromptRow.name).where(
-            PromptRow.id.in_({r.prompt_id for r in runs}))).all())
+        prompts = dict(
+            s.execute(
+                select(PromptRow.id, PromptRow.name).where(PromptRow.id.in_({r.prompt_id for r in runs}))
+            ).all()
+        )
         by_run: dict[int, list[EvalRunVersionRow]] = {}
-        for v in s.scalars(select(EvalRunVersionRow).where(
-                EvalRunVersionRow.run_id.in_([r.id for r in runs])).order_by(
-                EvalRunVersionRow.run_id, EvalRunVersionRow.position)):
+        for v in s.scalars(
+            select(EvalRunVersionRow)
+            .where(EvalRunVersionRow.run_id.in_([r.id for r in runs]))
+            .order_by(EvalRunVersionRow.run_id, EvalRunVersionRow.position)
+        ):
             by_run.setdefault(v.run_id, []).append(v)
         out = []
         for r in runs:
             rows = by_run.get(r.id, [])
             base = r.baseline_version if r.baseline_version is not None else 0
             comparisons = [c for c in (_comparison_summary(v, base) for v in rows) if c is not None]
-            out.append(RunSummary(
-                id=r.id, eval=r.eval_name, prompt=prompts.get(r.prompt_id, ""),
-                dataset_hash=r.dataset_hash, cases=r.cases, repeat=r.repeat,
-                baseline=r.baseline_version, created_at=r.created_at, actor=r.actor,
-                versions=tuple(_version_summary(v) for v in rows), comparisons=tuple(comparisons),
-                gate_passed=r.gate_passed, gate_reasons=tuple(r.gate_reasons or ())))
+            out.append(
+                RunSummary(
+                    id=r.id,
+                    eval=r.eval_name,
+                    prompt=prompts.get(r.prompt_id, ""),
+                    dataset_hash=r.dataset_hash,
+                    cases=r.cases,
+                    repeat=r.repeat,
+                    baseline=r.baseline_version,
+                    created_at=r.created_at,
+                    actor=r.actor,
+                    versions=tuple(_version_summary(v) for v in rows),
+                    comparisons=tuple(comparisons),
+                    gate_passed=r.gate_passed,
+                    gate_reasons=tuple(r.gate_reasons or ()),
+                )
+            )
         return out
 
     def get_run(self, run_id: int) -> RunDetail:
@@ -346,15 +432,26 @@ class Evals:
             if row is None:
                 raise EvalRunNotFound(run_id)
             summary = self._summaries(s, [row])[0]
-            numbers = dict(s.execute(select(EvalRunVersionRow.version_id, EvalRunVersionRow.number)
-                                     .where(EvalRunVersionRow.run_id == run_id)).all())
-            cases = [_case_outcome(c, numbers.get(c.version_id, 0)) for c in s.scalars(
-                select(EvalCaseRow).where(EvalCaseRow.run_id == run_id)
-                .order_by(EvalCaseRow.version_id, EvalCaseRow.position))]
+            numbers = dict(
+                s.execute(
+                    select(EvalRunVersionRow.version_id, EvalRunVersionRow.number).where(
+                        EvalRunVersionRow.run_id == run_id
+                    )
+                ).all()
+            )
+            cases = [
+                _case_outcome(c, numbers.get(c.version_id, 0))
+                for c in s.scalars(
+                    select(EvalCaseRow)
+                    .where(EvalCaseRow.run_id == run_id)
+                    .order_by(EvalCaseRow.version_id, EvalCaseRow.position)
+                )
+            ]
         return RunDetail(summary, tuple(cases))
 
-    def runs(self, *, eval_name: str | None = None, prompt: str | None = None,
-             limit: int = 50) -> list[RunSummary]:
+    def runs(
+        self, *, eval_name: str | None = None, prompt: str | None = None, limit: int = 50
+    ) -> list[RunSummary]:
         """Stored runs, newest first."""
         with self.ctx.tx() as s:
             q = select(EvalRunRow).order_by(EvalRunRow.id.desc()).limit(limit)
@@ -368,10 +465,14 @@ class Evals:
         """The latest run of each eval of a prompt."""
         with self.ctx.tx() as s:
             p = self.registry.prompt_row(s, prompt)
-            latest = (select(func.max(EvalRunRow.id)).where(EvalRunRow.prompt_id == p.id)
-                      .group_by(EvalRunRow.eval_name))
-            rows = list(s.scalars(select(EvalRunRow).where(EvalRunRow.id.in_(latest))
-                                  .order_by(EvalRunRow.eval_name)))
+            latest = (
+                select(func.max(EvalRunRow.id))
+                .where(EvalRunRow.prompt_id == p.id)
+                .group_by(EvalRunRow.eval_name)
+            )
+            rows = list(
+                s.scalars(select(EvalRunRow).where(EvalRunRow.id.in_(latest)).order_by(EvalRunRow.eval_name))
+            )
             return self._summaries(s, rows)
 
     def listing(self, *, runs_per_eval: int = RUNS_PER_EVAL) -> EvalListing:
@@ -381,20 +482,34 @@ class Evals:
             names = set(definitions) | set(s.scalars(select(EvalRunRow.eval_name).distinct()))
             recent: dict[str, list[RunSummary]] = {}
             for name in names:
-                rows = list(s.scalars(select(EvalRunRow).where(EvalRunRow.eval_name == name)
-                                      .order_by(EvalRunRow.id.desc()).limit(runs_per_eval)))
+                rows = list(
+                    s.scalars(
+                        select(EvalRunRow)
+                        .where(EvalRunRow.eval_name == name)
+                        .order_by(EvalRunRow.id.desc())
+                        .limit(runs_per_eval)
+                    )
+                )
                 recent[name] = self._summaries(s, rows)
         out = []
         for name in sorted(names):
             d = definitions.get(name)
             runs = tuple(recent.get(name, ()))
-            out.append(EvalSummary(
-                name=name, prompt=d.prompt if d else (runs[0].prompt if runs else ""),
-                path=d.path if d else None, description=d.description if d else None,
-                cases=len(d.cases) if d else None, dataset_hash=d.dataset_hash if d else None,
-                threshold=d.threshold if d else None, repeat=d.repeat if d else None,
-                min_pass_rate=d.gate.min_pass_rate if d else None,
-                max_regression=d.gate.max_regression if d else None, latest_runs=runs))
+            out.append(
+                EvalSummary(
+                    name=name,
+                    prompt=d.prompt if d else (runs[0].prompt if runs else ""),
+                    path=d.path if d else None,
+                    description=d.description if d else None,
+                    cases=len(d.cases) if d else None,
+                    dataset_hash=d.dataset_hash if d else None,
+                    threshold=d.threshold if d else None,
+                    repeat=d.repeat if d else None,
+                    min_pass_rate=d.gate.min_pass_rate if d else None,
+                    max_regression=d.gate.max_regression if d else None,
+                    latest_runs=runs,
+                )
+            )
         return EvalListing(tuple(out), problems)
 
 
@@ -411,12 +526,28 @@ def _case_outcome(row: EvalCaseRow, version: int) -> CaseOutcome:
     assertions = []
     for i, rep in enumerate(row.assertions or [], 1):
         if isinstance(rep, list):
-            assertions += [AssertionOutcome(
-                repetition=i, type=str(a.get("type")), passed=bool(a.get("passed")),
-                score=float(a.get("score") or 0.0), reason=str(a.get("reason") or ""),
-                error=bool(a.get("error")), weight=float(a.get("weight") or 0.0)) for a in rep]
+            assertions += [
+                AssertionOutcome(
+                    repetition=i,
+                    type=str(a.get("type")),
+                    passed=bool(a.get("passed")),
+                    score=float(a.get("score") or 0.0),
+                    reason=str(a.get("reason") or ""),
+                    error=bool(a.get("error")),
+                    weight=float(a.get("weight") or 0.0),
+                )
+                for a in rep
+            ]
     return CaseOutcome(
-        case_id=row.case_id, position=row.position, version=version, status=row.status,
-        score=row.score, reason=row.reason, outputs=tuple(outputs), errors=tuple(errors),
-        assertions=tuple(assertions), cost_usd=row.cost_usd, latency_ms=row.latency_ms)
-
+        case_id=row.case_id,
+        position=row.position,
+        version=version,
+        status=row.status,
+        score=row.score,
+        reason=row.reason,
+        outputs=tuple(outputs),
+        errors=tuple(errors),
+        assertions=tuple(assertions),
+        cost_usd=row.cost_usd,
+        latency_ms=row.latency_ms,
+    )

@@ -23,9 +23,15 @@ from promptops.services.writer import BatchWriter
 class PromptOps:
     """The services of one promptops project over one database."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] | None = None,
-                 migrate: bool = True, batch_writes: bool = False,
-                 auto_refresh: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] | None = None,
+        migrate: bool = True,
+        batch_writes: bool = False,
+        auto_refresh: bool = True,
+    ) -> None:
         """`batch_writes`: decisions go through a `BatchWriter` (`self.writer`, which the caller
         starts and stops) instead of one transaction per serve; `auto_refresh=False`: serving
         reads its cache without checking the database's change counter on each request (the
@@ -38,16 +44,17 @@ class PromptOps:
         self.epochs = EpochUpdater(self.ctx, self.experiments)
         self.files = Sync(self.ctx, self.registry, self.experiments)
         recorder = Recorder(self.ctx)
-        self.writer = (BatchWriter(recorder, flush_seconds=settings.writer_flush_seconds)
-                       if batch_writes else None)
-        self.serving = Serving(self.ctx, recorder=recorder, writer=self.writer,
-                               auto_refresh=auto_refresh)
+        self.writer = (
+            BatchWriter(recorder, flush_seconds=settings.writer_flush_seconds) if batch_writes else None
+        )
+        self.serving = Serving(self.ctx, recorder=recorder, writer=self.writer, auto_refresh=auto_refresh)
         self.keys = Keys(self.ctx)
         self.retention = Retention(self.ctx)
         self.adoption = Adoption(self.ctx, self.registry)
 
-    def sync(self, paths: Sequence[str | Path] | None = None, *, dry_run: bool = False,
-             actor: str = "sync") -> SyncReport:
+    def sync(
+        self, paths: Sequence[str | Path] | None = None, *, dry_run: bool = False, actor: str = "sync"
+    ) -> SyncReport:
         """Register prompt files (the prompts folder by default); all or nothing."""
         targets = list(paths) if paths else [self.settings.prompts_dir]
         report = self.files.sync(targets, dry_run=dry_run, actor=actor)
@@ -55,14 +62,20 @@ class PromptOps:
             self.serving.live.refresh()
         return report
 
-    def render(self, name: str, variables: dict[str, Any] | None = None, *,
-               version: int | None = None, label: str | None = None) -> dict[str, Any]:
+    def render(
+        self,
+        name: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+    ) -> dict[str, Any]:
         """Render a version (production by default); no decision is recorded."""
-        return self.registry.render(name, variables or {}, version=version,
-                                    label=label).payload()
+        return self.registry.render(name, variables or {}, version=version, label=label).payload()
 
-    def serve(self, name: str, variables: dict[str, Any] | None = None, *,
-              unit_id: str | None = None) -> dict[str, Any]:
+    def serve(
+        self, name: str, variables: dict[str, Any] | None = None, *, unit_id: str | None = None
+    ) -> dict[str, Any]:
         """Serve a prompt: an experiment arm if one runs, else production; records a decision."""
         return self.serving.serve(name, variables or {}, unit_id=unit_id)
 

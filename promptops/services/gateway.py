@@ -78,7 +78,7 @@ def parse_model(model: Any) -> tuple[str, int | None, str | None]:
     """(prompt name, pinned version, pinned label) of a `promptops/NAME[@vN|@LABEL]` model name."""
     if not isinstance(model, str) or not model.startswith(MODEL_PREFIX) or len(model) > 200:
         raise ModelNotFound(model if isinstance(model, str) else repr(model))
-    name, _, pin = model[len(MODEL_PREFIX):].partition("@")
+    name, _, pin = model[len(MODEL_PREFIX) :].partition("@")
     if not name or (_ and not pin):
         raise ModelNotFound(model)
     if not pin:
@@ -96,12 +96,14 @@ def check_messages(messages: Any) -> list[dict[str, Any]]:
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise InvalidInput(f"messages[{i}] must be an object with a role among "
-                               f"{', '.join(ROLES)}", field="messages")
+            raise InvalidInput(
+                f"messages[{i}] must be an object with a role among {', '.join(ROLES)}", field="messages"
+            )
         # Checked here so a malformed message is the caller's 422, not the provider's 502.
         if not isinstance(m.get("content"), str | list | None):
-            raise InvalidInput(f"messages[{i}].content must be a string, a list of parts or null",
-                               field="messages")
+            raise InvalidInput(
+                f"messages[{i}].content must be a string, a list of parts or null", field="messages"
+            )
         out.append(m)
     return out
 
@@ -125,23 +127,32 @@ class Completion:
         """The JSON answer of `POST /v1/prompts/{name}/complete`."""
         r = self.decision.rendered
         content = self.message.get("content")
-        return {"decision_id": self.decision.id, "prompt": r.prompt, "version": r.version,
-                "variant": r.variant, "experiment_id": self.decision.token.experiment_id,
-                "model": self.model,
-                "output": {"role": self.message.get("role", "assistant"), "content": content},
-                "finish_reason": self.finish_reason,
-                "usage": self.usage.as_openai() if self.usage else None,
-                "cost_usd": self.cost_usd, "latency_ms": round(self.latency_ms, 3),
-                "cache": str(self.cache)}
+        return {
+            "decision_id": self.decision.id,
+            "prompt": r.prompt,
+            "version": r.version,
+            "variant": r.variant,
+            "experiment_id": self.decision.token.experiment_id,
+            "model": self.model,
+            "output": {"role": self.message.get("role", "assistant"), "content": content},
+            "finish_reason": self.finish_reason,
+            "usage": self.usage.as_openai() if self.usage else None,
+            "cost_usd": self.cost_usd,
+            "latency_ms": round(self.latency_ms, 3),
+            "cache": str(self.cache),
+        }
 
     def openai(self) -> dict[str, Any]:
         """The OpenAI chat.completion body, its id the decision id."""
         if self.response is not None:
             return {**self.response, "id": self.decision.id}
         body: dict[str, Any] = {
-            "id": self.decision.id, "object": "chat.completion", "created": int(time.time()),
-            "model": self.model, "choices": [{"index": 0, "message": dict(self.message),
-                                              "finish_reason": self.finish_reason}]}
+            "id": self.decision.id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [{"index": 0, "message": dict(self.message), "finish_reason": self.finish_reason}],
+        }
         if self.usage is not None:
             body["usage"] = self.usage.as_openai()
         return body
@@ -156,9 +167,15 @@ def _entry_usage(entry: CacheEntry) -> Usage | None:
 class Gateway:
     """Calls models through promptops: decisions, cache, providers and the call record."""
 
-    def __init__(self, serving: Serving, providers: Providers, cache: ResponseCache, *,
-                 store_io: bool = True,
-                 on_call: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        serving: Serving,
+        providers: Providers,
+        cache: ResponseCache,
+        *,
+        store_io: bool = True,
+        on_call: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.serving = serving
         self.providers = providers
         self.cache = cache
@@ -169,22 +186,25 @@ class Gateway:
         self._pins: dict[tuple[str, int | None, str | None], tuple[int, LiveVersion]] = {}
 
     @classmethod
-    def create(cls, serving: Serving, settings: Settings, *,
-               on_call: Callable[[dict[str, Any]], None] | None = None,
-               **provider_options: Any) -> Gateway:
+    def create(
+        cls,
+        serving: Serving,
+        settings: Settings,
+        *,
+        on_call: Callable[[dict[str, Any]], None] | None = None,
+        **provider_options: Any,
+    ) -> Gateway:
         """The gateway of a process: promptops.yaml's providers and cache settings."""
         config = load_providers_config(settings.config_path)
-        cache = ResponseCache(serving.ctx, max_entries=config.cache.max_entries,
-                              redis_url=settings.redis_url)
-        gateway = cls(serving, Providers(config, **provider_options), cache,
-                      store_io=settings.store_io, on_call=on_call)
+        cache = ResponseCache(serving.ctx, max_entries=config.cache.max_entries, redis_url=settings.redis_url)
+        gateway = cls(
+            serving, Providers(config, **provider_options), cache, store_io=settings.store_io, on_call=on_call
+        )
         warm_n = config.cache.warm_on_promote
-        gateway.warm_on_promote = (DEFAULT_WARM_ON_PROMOTE if warm_n is True
-                                   else int(warm_n or 0))
+        gateway.warm_on_promote = DEFAULT_WARM_ON_PROMOTE if warm_n is True else int(warm_n or 0)
         return gateway
 
-    def recent_requests(self, name: str, *, limit: int, days: float = 7.0
-                        ) -> list[dict[str, Any]]:
+    def recent_requests(self, name: str, *, limit: int, days: float = 7.0) -> list[dict[str, Any]]:
         """The variables of a prompt's most frequent distinct requests of the last days (calls
         stored with their variables only), most frequent first."""
         since = self.serving.ctx.now() - days * 86400.0
@@ -194,14 +214,19 @@ class Gateway:
                 return []
             top = s.execute(
                 select(CallRow.request_key, func.count().label("n"))
-                .where(CallRow.prompt_id == prompt_id, CallRow.created_at >= since,
-                       CallRow.request_key.is_not(None), CallRow.variables.is_not(None))
-                .group_by(CallRow.request_key).order_by(func.count().desc(), CallRow.request_key)
-                .limit(limit)).all()
+                .where(
+                    CallRow.prompt_id == prompt_id,
+                    CallRow.created_at >= since,
+                    CallRow.request_key.is_not(None),
+                    CallRow.variables.is_not(None),
+                )
+                .group_by(CallRow.request_key)
+                .order_by(func.count().desc(), CallRow.request_key)
+                .limit(limit)
+            ).all()
             out = []
             for key, _ in top:
-                variables = s.scalar(select(CallRow.variables).where(CallRow.request_key == key)
-                                     .limit(1))
+                variables = s.scalar(select(CallRow.variables).where(CallRow.request_key == key).limit(1))
                 if isinstance(variables, dict):
                     out.append(variables)
             return out
@@ -211,8 +236,14 @@ class Gateway:
         requests (`cache.warm_on_promote` of them)."""
         cases = await asyncio.to_thread(self.recent_requests, name, limit=self.warm_on_promote)
         report = await warm(self, name, cases, version=version)
-        log.info("warmed %s v%d after production moved: %d new, %d cached, %d failed",
-                 name, version, report.misses, report.hits, report.errors)
+        log.info(
+            "warmed %s v%d after production moved: %d new, %d cached, %d failed",
+            name,
+            version,
+            report.misses,
+            report.hits,
+            report.errors,
+        )
         return report
 
     # --- deciding -----------------------------------------------------------------------------
@@ -229,44 +260,56 @@ class Gateway:
             if prompt is None:
                 raise PromptNotFound(name)
             if number is not None:
-                row = s.scalar(select(VersionRow).where(VersionRow.prompt_id == prompt.id,
-                                                        VersionRow.number == number))
+                row = s.scalar(
+                    select(VersionRow).where(VersionRow.prompt_id == prompt.id, VersionRow.number == number)
+                )
                 if row is None:
                     raise VersionNotFound(name, number)
             else:
-                row = s.scalar(select(VersionRow).join(LabelRow, LabelRow.version_id == VersionRow.id)
-                               .where(LabelRow.prompt_id == prompt.id, LabelRow.name == label))
+                row = s.scalar(
+                    select(VersionRow)
+                    .join(LabelRow, LabelRow.version_id == VersionRow.id)
+                    .where(LabelRow.prompt_id == prompt.id, LabelRow.name == label)
+                )
                 if row is None:
                     raise LabelNotFound(name, str(label))
-            version = LiveVersion(row.id, row.number, row.variant,
-                                  PromptContent.from_dict(row.content))
+            version = LiveVersion(row.id, row.number, row.variant, PromptContent.from_dict(row.content))
         self._pins[(name, number, label)] = (seq, version)
         return version
 
-    def _prepare(self, req: CompletionRequest, *, stream: bool
-                 ) -> tuple[Decision, ChatRequest | None, PromptOpsError | None]:
+    def _prepare(
+        self, req: CompletionRequest, *, stream: bool
+    ) -> tuple[Decision, ChatRequest | None, PromptOpsError | None]:
         """Decide and record the decision, then build the upstream request (or the error that
         prevents it: the decision stays recorded with the failure)."""
         if req.cache is not None and req.cache not in CACHE_CHOICES:
             raise InvalidInput('cache must be "refresh" or "bypass"', field="cache")
         caller = check_messages(list(req.messages) if req.messages else None)
-        pin = (self._pinned(req.name, req.version, req.label)
-               if req.version is not None or req.label is not None else None)
+        pin = (
+            self._pinned(req.name, req.version, req.label)
+            if req.version is not None or req.label is not None
+            else None
+        )
         decision = self.serving.decide(req.name, dict(req.variables), unit_id=req.unit_id, pin=pin)
         self.serving.record(decision)
         rendered = decision.rendered
         if rendered.messages is not None:
-            messages: list[Any] = [{"role": m.role, "content": m.content}
-                                   for m in rendered.messages]
+            messages: list[Any] = [{"role": m.role, "content": m.content} for m in rendered.messages]
         else:
             messages = [{"role": "user", "content": rendered.text}]
         try:
-            upstream = build_chat_request(messages + caller, decision.version.content.model,
-                                          extra=req.extra, stream=stream)
+            upstream = build_chat_request(
+                messages + caller, decision.version.content.model, extra=req.extra, stream=stream
+            )
             self.providers.get(upstream.provider)
         except ValueError as exc:
-            return decision, None, ProviderNotConfigured(
-                f"prompt {rendered.prompt!r} version {rendered.version}: {exc}", provider=None)
+            return (
+                decision,
+                None,
+                ProviderNotConfigured(
+                    f"prompt {rendered.prompt!r} version {rendered.version}: {exc}", provider=None
+                ),
+            )
         except ProviderNotConfigured as exc:
             return decision, None, exc
         return decision, upstream, None
@@ -280,8 +323,7 @@ class Gateway:
             return CacheResult.REFRESH, policy
         return CacheResult.MISS, policy
 
-    async def _lookup(self, key: str, policy: CachePolicy,
-                      refresh: Callable[[], Any]) -> CacheEntry | None:
+    async def _lookup(self, key: str, policy: CachePolicy, refresh: Callable[[], Any]) -> CacheEntry | None:
         """A servable entry (fresh, or stale while one background call refreshes it)."""
         entry = await self.cache.get(key)
         if entry is not None:
@@ -304,11 +346,16 @@ class Gateway:
         if result.status is not CallStatus.OK or result.message is None:
             return None
         usage = result.usage
-        return CacheEntry(provider=result.provider, model=result.model,
-                          message=dict(result.message), finish_reason=result.finish_reason,
-                          prompt_tokens=usage.prompt_tokens if usage else None,
-                          completion_tokens=usage.completion_tokens if usage else None,
-                          created_at=self.serving.ctx.now(), prompt=decision.rendered.prompt)
+        return CacheEntry(
+            provider=result.provider,
+            model=result.model,
+            message=dict(result.message),
+            finish_reason=result.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            created_at=self.serving.ctx.now(),
+            prompt=decision.rendered.prompt,
+        )
 
     # --- non-stream ---------------------------------------------------------------------------
 
@@ -329,9 +376,17 @@ class Gateway:
         if mode is CacheResult.MISS:
             entry = await self._lookup(key, policy, call)
             if entry is not None:
-                completion = Completion(decision, entry.provider, entry.model, entry.message,
-                                        entry.finish_reason, _entry_usage(entry), 0.0,
-                                        _ms(start), CacheResult.HIT)
+                completion = Completion(
+                    decision,
+                    entry.provider,
+                    entry.model,
+                    entry.message,
+                    entry.finish_reason,
+                    _entry_usage(entry),
+                    0.0,
+                    _ms(start),
+                    CacheResult.HIT,
+                )
                 self._record(decision, upstream, key, start, hit=entry, stream=False)
                 return completion
         flight = self.cache.lead(key) if mode is CacheResult.MISS else None
@@ -340,8 +395,7 @@ class Gateway:
         except UpstreamError as exc:
             if flight is not None:
                 flight.done(None)
-            self._record(decision, upstream, key, start, result=exc.result, mode=mode,
-                         stream=False)
+            self._record(decision, upstream, key, start, result=exc.result, mode=mode, stream=False)
             raise
         except BaseException:
             if flight is not None:
@@ -353,9 +407,18 @@ class Gateway:
         if entry is not None and mode is not CacheResult.BYPASS:
             self.cache.put_soon(key, entry)
         self._record(decision, upstream, key, start, result=result, mode=mode, stream=False)
-        return Completion(decision, result.provider, result.model, result.message or {},
-                          result.finish_reason, result.usage, result.cost_usd, _ms(start), mode,
-                          response=result.response)
+        return Completion(
+            decision,
+            result.provider,
+            result.model,
+            result.message or {},
+            result.finish_reason,
+            result.usage,
+            result.cost_usd,
+            _ms(start),
+            mode,
+            response=result.response,
+        )
 
     # --- streams ------------------------------------------------------------------------------
 
@@ -372,15 +435,16 @@ class Gateway:
         key = cache_key(provider.name, upstream.body)
 
         async def call() -> CacheEntry | None:
-            plain = ChatRequest(upstream.provider, {k: v for k, v in upstream.body.items()
-                                                    if k not in ("stream", "stream_options")})
+            plain = ChatRequest(
+                upstream.provider,
+                {k: v for k, v in upstream.body.items() if k not in ("stream", "stream_options")},
+            )
             return self._entry(await self.providers.chat(plain), decision)
 
         if mode is CacheResult.MISS:
             entry = await self._lookup(key, policy, call)
             if entry is not None:
-                return CompletionStream(self, req, decision, upstream, key, start,
-                                        CacheResult.HIT, hit=entry)
+                return CompletionStream(self, req, decision, upstream, key, start, CacheResult.HIT, hit=entry)
         flight = self.cache.lead(key) if mode is CacheResult.MISS else None
         chat = self.providers.stream(upstream)
         try:
@@ -395,58 +459,131 @@ class Gateway:
                 flight.done(None)
             await chat.aclose()
             raise
-        return CompletionStream(self, req, decision, upstream, key, start, mode, chat=chat,
-                                flight=flight)
+        return CompletionStream(self, req, decision, upstream, key, start, mode, chat=chat, flight=flight)
 
     # --- the record ---------------------------------------------------------------------------
 
-    def _record_failure(self, decision: Decision, upstream: ChatRequest | None,
-                        problem: PromptOpsError | None, start: float, *, stream: bool) -> None:
+    def _record_failure(
+        self,
+        decision: Decision,
+        upstream: ChatRequest | None,
+        problem: PromptOpsError | None,
+        start: float,
+        *,
+        stream: bool,
+    ) -> None:
         provider = getattr(problem, "provider", None) or (upstream.provider if upstream else None)
-        self._write(decision, status="error", provider=provider or "",
-                    model=str((decision.version.content.model or {}).get("name") or ""),
-                    cache=CacheResult.BYPASS, latency_ms=_ms(start), stream=stream,
-                    error=str(problem)[:500] if problem else None, http_status=None)
+        self._write(
+            decision,
+            status="error",
+            provider=provider or "",
+            model=str((decision.version.content.model or {}).get("name") or ""),
+            cache=CacheResult.BYPASS,
+            latency_ms=_ms(start),
+            stream=stream,
+            error=str(problem)[:500] if problem else None,
+            http_status=None,
+        )
 
-    def _record(self, decision: Decision, upstream: ChatRequest, key: str, start: float, *,
-                stream: bool, result: CallResult | None = None, mode: CacheResult | None = None,
-                hit: CacheEntry | None = None) -> None:
+    def _record(
+        self,
+        decision: Decision,
+        upstream: ChatRequest,
+        key: str,
+        start: float,
+        *,
+        stream: bool,
+        result: CallResult | None = None,
+        mode: CacheResult | None = None,
+        hit: CacheEntry | None = None,
+    ) -> None:
         elapsed = _ms(start)
         if hit is not None:
-            self._write(decision, status="ok", provider=hit.provider, model=hit.model,
-                        cache=CacheResult.HIT, latency_ms=elapsed, ttft_ms=elapsed,
-                        usage=_entry_usage(hit), cost_usd=0.0, stream=stream, request_key=key,
-                        output=dict(hit.message), http_status=None)
+            self._write(
+                decision,
+                status="ok",
+                provider=hit.provider,
+                model=hit.model,
+                cache=CacheResult.HIT,
+                latency_ms=elapsed,
+                ttft_ms=elapsed,
+                usage=_entry_usage(hit),
+                cost_usd=0.0,
+                stream=stream,
+                request_key=key,
+                output=dict(hit.message),
+                http_status=None,
+            )
             return
         assert result is not None and mode is not None
         price = result.price
-        self._write(decision, status=str(result.status), provider=result.provider,
-                    model=result.model, cache=mode, latency_ms=elapsed, ttft_ms=result.ttft_ms,
-                    usage=result.usage, cost_usd=result.cost_usd, stream=stream,
-                    input_per_mtok=price.input_per_mtok if price else None,
-                    output_per_mtok=price.output_per_mtok if price else None,
-                    error=result.error, request_key=key, http_status=result.http_status,
-                    output=dict(result.message) if result.message is not None else None)
+        self._write(
+            decision,
+            status=str(result.status),
+            provider=result.provider,
+            model=result.model,
+            cache=mode,
+            latency_ms=elapsed,
+            ttft_ms=result.ttft_ms,
+            usage=result.usage,
+            cost_usd=result.cost_usd,
+            stream=stream,
+            input_per_mtok=price.input_per_mtok if price else None,
+            output_per_mtok=price.output_per_mtok if price else None,
+            error=result.error,
+            request_key=key,
+            http_status=result.http_status,
+            output=dict(result.message) if result.message is not None else None,
+        )
 
-    def _write(self, decision: Decision, *, status: str, provider: str, model: str,
-               cache: CacheResult, latency_ms: float, stream: bool, http_status: int | None,
-               ttft_ms: float | None = None, usage: Usage | None = None,
-               cost_usd: float | None = None, input_per_mtok: float | None = None,
-               output_per_mtok: float | None = None, error: str | None = None,
-               request_key: str | None = None, output: dict[str, Any] | None = None) -> None:
+    def _write(
+        self,
+        decision: Decision,
+        *,
+        status: str,
+        provider: str,
+        model: str,
+        cache: CacheResult,
+        latency_ms: float,
+        stream: bool,
+        http_status: int | None,
+        ttft_ms: float | None = None,
+        usage: Usage | None = None,
+        cost_usd: float | None = None,
+        input_per_mtok: float | None = None,
+        output_per_mtok: float | None = None,
+        error: str | None = None,
+        request_key: str | None = None,
+        output: dict[str, Any] | None = None,
+    ) -> None:
         t = decision.token
-        row = {"decision_id": decision.id, "prompt_id": t.prompt_id, "version_id": t.version_id,
-               "experiment_id": t.experiment_id, "arm": t.arm, "epoch": t.epoch,
-               "created_at": t.decided_at, "status": status, "http_status": http_status,
-               "provider": provider[:64], "model": model[:256], "cache": str(cache),
-               "prompt_tokens": usage.prompt_tokens if usage else None,
-               "completion_tokens": usage.completion_tokens if usage else None,
-               "tokens_estimated": bool(usage and usage.estimated), "cost_usd": cost_usd,
-               "input_per_mtok": input_per_mtok, "output_per_mtok": output_per_mtok,
-               "latency_ms": latency_ms, "ttft_ms": ttft_ms, "stream": stream,
-               "error": error, "request_key": request_key,
-               "variables": dict(decision.variables) if self.store_io else None,
-               "output": output if self.store_io else None}
+        row = {
+            "decision_id": decision.id,
+            "prompt_id": t.prompt_id,
+            "version_id": t.version_id,
+            "experiment_id": t.experiment_id,
+            "arm": t.arm,
+            "epoch": t.epoch,
+            "created_at": t.decided_at,
+            "status": status,
+            "http_status": http_status,
+            "provider": provider[:64],
+            "model": model[:256],
+            "cache": str(cache),
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "tokens_estimated": bool(usage and usage.estimated),
+            "cost_usd": cost_usd,
+            "input_per_mtok": input_per_mtok,
+            "output_per_mtok": output_per_mtok,
+            "latency_ms": latency_ms,
+            "ttft_ms": ttft_ms,
+            "stream": stream,
+            "error": error,
+            "request_key": request_key,
+            "variables": dict(decision.variables) if self.store_io else None,
+            "output": output if self.store_io else None,
+        }
         writer = self.serving.writer
         if writer is not None:
             writer.add_call(row)
@@ -476,9 +613,20 @@ DONE = b"data: [DONE]\n\n"
 class CompletionStream:
     """A streaming completion on its way to the caller: OpenAI SSE bytes with `id` = decision id."""
 
-    def __init__(self, gateway: Gateway, req: CompletionRequest, decision: Decision,
-                 upstream: ChatRequest, key: str, start: float, cache: CacheResult, *,
-                 hit: CacheEntry | None = None, chat: Any = None, flight: Any = None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        req: CompletionRequest,
+        decision: Decision,
+        upstream: ChatRequest,
+        key: str,
+        start: float,
+        cache: CacheResult,
+        *,
+        hit: CacheEntry | None = None,
+        chat: Any = None,
+        flight: Any = None,
+    ) -> None:
         self.gateway = gateway
         self.req = req
         self.decision = decision
@@ -497,15 +645,18 @@ class CompletionStream:
     async def _hit_chunks(self) -> AsyncIterator[bytes]:
         entry = self._hit
         assert entry is not None
-        base = {"id": self.decision.id, "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": entry.model}
+        base = {
+            "id": self.decision.id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": entry.model,
+        }
         delta: dict[str, Any] = {k: v for k, v in entry.message.items()}
         delta.setdefault("role", "assistant")
         if isinstance(delta.get("tool_calls"), list):
             delta["tool_calls"] = [{**c, "index": i} for i, c in enumerate(delta["tool_calls"])]
         yield sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
-        yield sse({**base, "choices": [{"index": 0, "delta": {},
-                                        "finish_reason": entry.finish_reason}]})
+        yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": entry.finish_reason}]})
         usage = _entry_usage(entry)
         if self.req.include_usage and usage is not None:
             yield sse({**base, "choices": [], "usage": usage.as_openai()})
@@ -515,8 +666,9 @@ class CompletionStream:
     def _finish_hit(self) -> None:
         if not self._recorded:
             self._recorded = True
-            self.gateway._record(self.decision, self.upstream, self.key, self.start,
-                                 hit=self._hit, stream=True)
+            self.gateway._record(
+                self.decision, self.upstream, self.key, self.start, hit=self._hit, stream=True
+            )
 
     async def _upstream_chunks(self) -> AsyncIterator[bytes]:
         chat = self._chat
@@ -530,14 +682,18 @@ class CompletionStream:
                     out.append(DONE)
                 elif not event.usage_only or include_usage:
                     data = event.data
-                    out.append(sse({**data, "id": new_id})
-                               if data is not None and data.get("id") != new_id else event.raw)
+                    out.append(
+                        sse({**data, "id": new_id})
+                        if data is not None and data.get("id") != new_id
+                        else event.raw
+                    )
                 if out and not chat.buffered:
                     yield out[0] if len(out) == 1 else b"".join(out)
                     out = []
         except UpstreamError as exc:
-            out.append(sse({"error": {"message": exc.message, "type": "api_error",
-                                      "param": None, "code": exc.code}}))
+            out.append(
+                sse({"error": {"message": exc.message, "type": "api_error", "param": None, "code": exc.code}})
+            )
             yield b"".join(out)
         finally:
             await self.aclose()
@@ -559,8 +715,15 @@ class CompletionStream:
         if entry is not None and self.cache is not CacheResult.BYPASS:
             self.gateway.cache.put_soon(self.key, entry)
         if result is not None:
-            self.gateway._record(self.decision, self.upstream, self.key, self.start,
-                                 result=result, mode=self.cache, stream=True)
+            self.gateway._record(
+                self.decision,
+                self.upstream,
+                self.key,
+                self.start,
+                result=result,
+                mode=self.cache,
+                stream=True,
+            )
 
 
 @dataclass(frozen=True)
@@ -572,9 +735,16 @@ class WarmReport:
     errors: int
 
 
-async def warm(gateway: Gateway, name: str, cases: Sequence[Mapping[str, Any]], *,
-               version: int | None = None, label: str | None = None, concurrency: int = 4,
-               progress: Callable[[int], None] | None = None) -> WarmReport:
+async def warm(
+    gateway: Gateway,
+    name: str,
+    cases: Sequence[Mapping[str, Any]],
+    *,
+    version: int | None = None,
+    label: str | None = None,
+    concurrency: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> WarmReport:
     """Fill the cache with the answers of a version (production by default) for these variables,
     at most `concurrency` calls at a time; each call is a recorded decision of that version."""
     slots = asyncio.Semaphore(max(1, concurrency))
@@ -584,8 +754,9 @@ async def warm(gateway: Gateway, name: str, cases: Sequence[Mapping[str, Any]], 
     async def one(variables: Mapping[str, Any]) -> None:
         async with slots:
             try:
-                out = await gateway.complete(CompletionRequest(
-                    name=name, variables=variables, version=pinned[0], label=pinned[1]))
+                out = await gateway.complete(
+                    CompletionRequest(name=name, variables=variables, version=pinned[0], label=pinned[1])
+                )
             except (UpstreamError, ProviderNotConfigured, InvalidInput):
                 counts["errors"] += 1
             else:

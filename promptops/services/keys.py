@@ -43,11 +43,19 @@ class Keys:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
         key = f"po_{role}_{secrets.token_urlsafe(32)}"
         with self.ctx.tx() as s:
-            s.add(ApiKeyRow(prefix=key[:12], key_hash=hash_key(key), role=role, name=name,
-                            created_at=self.ctx.now()))
+            s.add(
+                ApiKeyRow(
+                    prefix=key[:12], key_hash=hash_key(key), role=role, name=name, created_at=self.ctx.now()
+                )
+            )
             if get_meta(s, AUTH_META) != "on":
-                write_audit(s, at=self.ctx.now(), actor=actor, action="auth.on",
-                            message=f"auth turned on: {role} key {key[:12]}... created")
+                write_audit(
+                    s,
+                    at=self.ctx.now(),
+                    actor=actor,
+                    action="auth.on",
+                    message=f"auth turned on: {role} key {key[:12]}... created",
+                )
             set_meta(s, AUTH_META, "on")
             bump_change_seq(s)
         return key
@@ -55,9 +63,17 @@ class Keys:
     def list_keys(self) -> list[KeyView]:
         """Every key's prefix, role and dates (never the key)."""
         with self.ctx.tx() as s:
-            return [KeyView(id=k.id, prefix=k.prefix, role=KeyRole(k.role), name=k.name,
-                            created_at=k.created_at, revoked_at=k.revoked_at)
-                    for k in s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))]
+            return [
+                KeyView(
+                    id=k.id,
+                    prefix=k.prefix,
+                    role=KeyRole(k.role),
+                    name=k.name,
+                    created_at=k.created_at,
+                    revoked_at=k.revoked_at,
+                )
+                for k in s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))
+            ]
 
     def revoke(self, key_id: int, *, actor: str = "cli") -> None:
         """Revoke a key by id; revoking the last one leaves auth on (nobody gets in)."""
@@ -69,8 +85,10 @@ class Keys:
             message = f"key {row.id} ({row.prefix}...) revoked"
             s.flush()
             if not self._active(s):
-                message += ("; no active key is left and auth stays on: create a key, or run "
-                            "`promptops keys auth-off`")
+                message += (
+                    "; no active key is left and auth stays on: create a key, or run "
+                    "`promptops keys auth-off`"
+                )
             write_audit(s, at=self.ctx.now(), actor=actor, action="key.revoke", message=message)
             bump_change_seq(s)
 
@@ -90,17 +108,25 @@ class Keys:
         with self.ctx.tx() as s:
             active = self._active(s)
             if active:
-                raise Conflict(f"{active} active key(s) exist: revoke them first "
-                               "(`promptops keys list`, `promptops keys revoke ID`)")
-            write_audit(s, at=self.ctx.now(), actor=actor, action="auth.off",
-                        message="auth turned off: a loopback server answers without a key")
+                raise Conflict(
+                    f"{active} active key(s) exist: revoke them first "
+                    "(`promptops keys list`, `promptops keys revoke ID`)"
+                )
+            write_audit(
+                s,
+                at=self.ctx.now(),
+                actor=actor,
+                action="auth.off",
+                message="auth turned off: a loopback server answers without a key",
+            )
             set_meta(s, AUTH_META, "off")
             bump_change_seq(s)
 
     @staticmethod
     def _active(s: Any) -> int:
-        return int(s.scalar(select(func.count()).select_from(ApiKeyRow)
-                            .where(ApiKeyRow.revoked_at.is_(None))) or 0)
+        return int(
+            s.scalar(select(func.count()).select_from(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None))) or 0
+        )
 
     def table(self) -> dict[str, str]:
         """Hash -> role of every active key (the server caches this)."""
@@ -109,9 +135,14 @@ class Keys:
     def active(self) -> ActiveKeys:
         """Hash, role and prefix of every active key."""
         with self.ctx.tx() as s:
-            return [(h, r, p) for h, r, p in s.execute(
-                select(ApiKeyRow.key_hash, ApiKeyRow.role, ApiKeyRow.prefix)
-                .where(ApiKeyRow.revoked_at.is_(None)).order_by(ApiKeyRow.id)).all()]
+            return [
+                (h, r, p)
+                for h, r, p in s.execute(
+                    select(ApiKeyRow.key_hash, ApiKeyRow.role, ApiKeyRow.prefix)
+                    .where(ApiKeyRow.revoked_at.is_(None))
+                    .order_by(ApiKeyRow.id)
+                ).all()
+            ]
 
     def any(self) -> bool:
         """Whether any active key exists."""

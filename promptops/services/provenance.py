@@ -54,6 +54,7 @@ def git_info(path: str | Path) -> GitInfo:
 
 
 def _git(cwd: Path, *args: str) -> str:
-    res = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True,
-                         timeout=10, check=False)
+    res = subprocess.run(
+        ["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=10, check=False
+    )
     return res.stdout.strip() if res.returncode == 0 else ""

@@ -41,19 +41,41 @@ LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 def version_from_row(row: VersionRow, prompt: str, labels: Sequence[str] = ()) -> PromptVersion:
     """A domain version from its table row."""
     return PromptVersion(
-        prompt=prompt, number=row.number, variant=row.variant,
-        content=PromptContent.from_dict(row.content), content_hash=row.content_hash,
-        source_path=row.source_path, git_commit=row.git_commit, git_author=row.git_author,
+        prompt=prompt,
+        number=row.number,
+        variant=row.variant,
+        content=PromptContent.from_dict(row.content),
+        content_hash=row.content_hash,
+        source_path=row.source_path,
+        git_commit=row.git_commit,
+        git_author=row.git_author,
         labels=tuple(sorted(labels)),
     )
 
 
-def write_audit(session: Session, *, at: float, actor: str, action: str, message: str,
-                prompt_id: int | None = None, experiment_id: int | None = None,
-                details: dict[str, Any] | None = None) -> None:
+def write_audit(
+    session: Session,
+    *,
+    at: float,
+    actor: str,
+    action: str,
+    message: str,
+    prompt_id: int | None = None,
+    experiment_id: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
     """Append one entry to the audit log (the actor's name cut to what the column holds)."""
-    session.add(AuditRow(at=at, actor=fit_actor(actor), action=action, prompt_id=prompt_id,
-                         experiment_id=experiment_id, message=message, details=details or {}))
+    session.add(
+        AuditRow(
+            at=at,
+            actor=fit_actor(actor),
+            action=action,
+            prompt_id=prompt_id,
+            experiment_id=experiment_id,
+            message=message,
+            details=details or {},
+        )
+    )
 
 
 class Registry:
@@ -74,16 +96,20 @@ class Registry:
         """The row of one version, or VersionNotFound."""
         if not 0 < number < 2**31:
             raise VersionNotFound(prompt.name, number)
-        row = session.scalar(select(VersionRow).where(
-            VersionRow.prompt_id == prompt.id, VersionRow.number == number))
+        row = session.scalar(
+            select(VersionRow).where(VersionRow.prompt_id == prompt.id, VersionRow.number == number)
+        )
         if row is None:
             raise VersionNotFound(prompt.name, number)
         return row
 
     def labelled_row(self, session: Session, prompt: PromptRow, label: str) -> VersionRow:
         """The version holding a label, or LabelNotFound."""
-        row = session.scalar(select(VersionRow).join(LabelRow, LabelRow.version_id == VersionRow.id)
-                             .where(LabelRow.prompt_id == prompt.id, LabelRow.name == label))
+        row = session.scalar(
+            select(VersionRow)
+            .join(LabelRow, LabelRow.version_id == VersionRow.id)
+            .where(LabelRow.prompt_id == prompt.id, LabelRow.name == label)
+        )
         if row is None:
             raise LabelNotFound(prompt.name, label)
         return row
@@ -92,24 +118,35 @@ class Registry:
         """Version id -> the labels it holds."""
         out: dict[int, list[str]] = {}
         for name, vid in session.execute(
-                select(LabelRow.name, LabelRow.version_id).where(LabelRow.prompt_id == prompt_id)):
+            select(LabelRow.name, LabelRow.version_id).where(LabelRow.prompt_id == prompt_id)
+        ):
             out.setdefault(vid, []).append(name)
         return out
 
     def list_prompts(self) -> list[PromptSummary]:
         """Every prompt with its production version number, version count and last change."""
         with self.ctx.tx() as s:
-            counts = dict(s.execute(select(VersionRow.prompt_id, func.count())
-                                    .group_by(VersionRow.prompt_id)).all())
-            prod = dict(s.execute(
-                select(LabelRow.prompt_id, VersionRow.number)
-                .join(VersionRow, VersionRow.id == LabelRow.version_id)
-                .where(LabelRow.name == PRODUCTION)).all())
+            counts = dict(
+                s.execute(select(VersionRow.prompt_id, func.count()).group_by(VersionRow.prompt_id)).all()
+            )
+            prod = dict(
+                s.execute(
+                    select(LabelRow.prompt_id, VersionRow.number)
+                    .join(VersionRow, VersionRow.id == LabelRow.version_id)
+                    .where(LabelRow.name == PRODUCTION)
+                ).all()
+            )
             rows = s.scalars(select(PromptRow).order_by(PromptRow.name)).all()
             return [
-                PromptSummary(name=r.name, description=r.description, tags=list(r.tags or []),
-                              production_version=prod.get(r.id), versions=counts.get(r.id, 0),
-                              source_path=r.source_path, updated_at=r.updated_at)
+                PromptSummary(
+                    name=r.name,
+                    description=r.description,
+                    tags=list(r.tags or []),
+                    production_version=prod.get(r.id),
+                    versions=counts.get(r.id, 0),
+                    source_path=r.source_path,
+                    updated_at=r.updated_at,
+                )
                 for r in rows
             ]
 
@@ -118,22 +155,34 @@ class Registry:
         with self.ctx.tx() as s:
             p = self.prompt_row(s, name)
             labels = self.labels_by_version(s, p.id)
-            versions = s.scalars(select(VersionRow).where(VersionRow.prompt_id == p.id)
-                                 .order_by(VersionRow.number.desc())).all()
+            versions = s.scalars(
+                select(VersionRow).where(VersionRow.prompt_id == p.id).order_by(VersionRow.number.desc())
+            ).all()
             by_id = {v.id: v.number for v in versions}
             return PromptView(
-                name=p.name, description=p.description, tags=list(p.tags or []),
-                source_path=p.source_path, created_at=p.created_at, updated_at=p.updated_at,
+                name=p.name,
+                description=p.description,
+                tags=list(p.tags or []),
+                source_path=p.source_path,
+                created_at=p.created_at,
+                updated_at=p.updated_at,
                 labels={lab: by_id[vid] for vid, labs in labels.items() for lab in labs},
                 versions=[self._version_view(v, labels.get(v.id, [])) for v in versions],
             )
 
     @staticmethod
     def _version_view(v: VersionRow, labels: list[str]) -> VersionView:
-        return VersionView(number=v.number, variant=v.variant, content_hash=v.content_hash,
-                           source_path=v.source_path, git_commit=v.git_commit,
-                           git_author=v.git_author, git_state=v.git_state,
-                           created_at=v.created_at, labels=sorted(labels))
+        return VersionView(
+            number=v.number,
+            variant=v.variant,
+            content_hash=v.content_hash,
+            source_path=v.source_path,
+            git_commit=v.git_commit,
+            git_author=v.git_author,
+            git_state=v.git_state,
+            created_at=v.created_at,
+            labels=sorted(labels),
+        )
 
     def get_version(self, name: str, number: int) -> VersionDetail:
         """One version with its full content."""
@@ -141,22 +190,31 @@ class Registry:
             p = self.prompt_row(s, name)
             v = self.version_row(s, p, number)
             labels = self.labels_by_version(s, p.id).get(v.id, [])
-            return VersionDetail(prompt=p.name, number=v.number, variant=v.variant,
-                                 content_hash=v.content_hash, source_path=v.source_path,
-                                 git_commit=v.git_commit, git_author=v.git_author,
-                                 git_state=v.git_state, created_at=v.created_at,
-                                 labels=sorted(labels), content=v.content)
+            return VersionDetail(
+                prompt=p.name,
+                number=v.number,
+                variant=v.variant,
+                content_hash=v.content_hash,
+                source_path=v.source_path,
+                git_commit=v.git_commit,
+                git_author=v.git_author,
+                git_state=v.git_state,
+                created_at=v.created_at,
+                labels=sorted(labels),
+                content=v.content,
+            )
 
     def version_name(self, version_id: int) -> tuple[str, int] | None:
         """The prompt name and version number of a version row id, or None."""
         with self.ctx.tx() as s:
-            row = s.execute(select(PromptRow.name, VersionRow.number)
-                            .join(VersionRow, VersionRow.prompt_id == PromptRow.id)
-                            .where(VersionRow.id == version_id)).first()
+            row = s.execute(
+                select(PromptRow.name, VersionRow.number)
+                .join(VersionRow, VersionRow.prompt_id == PromptRow.id)
+                .where(VersionRow.id == version_id)
+            ).first()
             return (row[0], row[1]) if row else None
 
-    def resolve(self, name: str, *, version: int | None = None,
-                label: str | None = None) -> PromptVersion:
+    def resolve(self, name: str, *, version: int | None = None, label: str | None = None) -> PromptVersion:
         """The version asked for: by number, by label, or production by default."""
         if version is not None and label is not None:
             raise InvalidInput("give a version or a label, not both")
@@ -168,12 +226,14 @@ class Registry:
                 row = self.labelled_row(s, p, label or PRODUCTION)
             return version_from_row(row, p.name, self.labels_by_version(s, p.id).get(row.id, []))
 
-    def render(self, name: str, variables: dict[str, Any], *, version: int | None = None,
-               label: str | None = None) -> Rendered:
+    def render(
+        self, name: str, variables: dict[str, Any], *, version: int | None = None, label: str | None = None
+    ) -> Rendered:
         """Render a version (production by default) with the given variables."""
         v = self.resolve(name, version=version, label=label)
-        return self.ctx.renderer.render(v.content, variables, prompt=v.prompt, version=v.number,
-                                        variant=v.variant)
+        return self.ctx.renderer.render(
+            v.content, variables, prompt=v.prompt, version=v.number, variant=v.variant
+        )
 
     def versions(self, name: str) -> list[VersionView]:
         """The history of a prompt, oldest first."""
@@ -183,10 +243,14 @@ class Registry:
         """A unified diff between the readable forms of two versions."""
         va = self.resolve(name, version=a)
         vb = self.resolve(name, version=b)
-        return "".join(difflib.unified_diff(
-            readable(va.content).splitlines(keepends=True),
-            readable(vb.content).splitlines(keepends=True),
-            fromfile=f"{name}@{a} ({va.variant})", tofile=f"{name}@{b} ({vb.variant})"))
+        return "".join(
+            difflib.unified_diff(
+                readable(va.content).splitlines(keepends=True),
+                readable(vb.content).splitlines(keepends=True),
+                fromfile=f"{name}@{a} ({va.variant})",
+                tofile=f"{name}@{b} ({vb.variant})",
+            )
+        )
 
     # -- labels ----------------------------------------------------------------------------
     def move_label(self, name: str, number: int, label: str, *, actor: str) -> LabelMove:
@@ -199,18 +263,29 @@ class Registry:
             previous = self.set_label(s, p, v, label, actor=actor, reason="moved by hand")
             return LabelMove(prompt=name, label=label, version=number, previous=previous)
 
-    def set_label(self, s: Session, prompt: PromptRow, version: VersionRow, label: str, *,
-                  actor: str, reason: str, experiment_id: int | None = None,
-                  details: dict[str, Any] | None = None) -> int | None:
+    def set_label(
+        self,
+        s: Session,
+        prompt: PromptRow,
+        version: VersionRow,
+        label: str,
+        *,
+        actor: str,
+        reason: str,
+        experiment_id: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> int | None:
         """Move a label inside a transaction and audit it; returns the previous version number."""
         now = self.ctx.now()
         row = self._locked_label(s, prompt, label)
         # A new name is created by an insert that yields to a concurrent one: two first moves
         # otherwise both find no row, both insert, and one dies on the unique key. The loser
         # waits for the winner's row and then moves the label like any later move.
-        if row is None and not insert_ignore(s, LabelRow.__table__, [{
-                "prompt_id": prompt.id, "name": label, "version_id": version.id,
-                "updated_at": now}]):
+        if row is None and not insert_ignore(
+            s,
+            LabelRow.__table__,
+            [{"prompt_id": prompt.id, "name": label, "version_id": version.id, "updated_at": now}],
+        ):
             row = self._locked_label(s, prompt, label)
         previous = None
         if row is not None:
@@ -221,35 +296,62 @@ class Registry:
             row.updated_at = now
         prompt.updated_at = now
         write_audit(
-            s, at=now, actor=actor, action="label.move", prompt_id=prompt.id,
+            s,
+            at=now,
+            actor=actor,
+            action="label.move",
+            prompt_id=prompt.id,
             experiment_id=experiment_id,
-            message=(f"{label}: {prompt.name} v{previous} -> v{version.number} ({reason})"
-                     if previous else f"{label}: {prompt.name} -> v{version.number} ({reason})"),
-            details={"label": label, "from": previous, "to": version.number, "reason": reason,
-                     **(details or {})})
+            message=(
+                f"{label}: {prompt.name} v{previous} -> v{version.number} ({reason})"
+                if previous
+                else f"{label}: {prompt.name} -> v{version.number} ({reason})"
+            ),
+            details={
+                "label": label,
+                "from": previous,
+                "to": version.number,
+                "reason": reason,
+                **(details or {}),
+            },
+        )
         bump_change_seq(s)
         return previous
 
     @staticmethod
     def _locked_label(s: Session, prompt: PromptRow, label: str) -> LabelRow | None:
-        return s.scalar(select(LabelRow).where(LabelRow.prompt_id == prompt.id,
-                                               LabelRow.name == label).with_for_update())
+        return s.scalar(
+            select(LabelRow).where(LabelRow.prompt_id == prompt.id, LabelRow.name == label).with_for_update()
+        )
 
     # -- audit -----------------------------------------------------------------------------
-    def audit(self, *, prompt: str | None = None, experiment_id: int | None = None,
-              limit: int = 200, offset: int = 0) -> list[AuditEntry]:
+    def audit(
+        self,
+        *,
+        prompt: str | None = None,
+        experiment_id: int | None = None,
+        limit: int = 200,
+        offset: int = 0,
+    ) -> list[AuditEntry]:
         """Audit entries, newest first."""
         with self.ctx.tx() as s:
-            q = select(AuditRow, PromptRow.name).outerjoin(PromptRow,
-                                                           PromptRow.id == AuditRow.prompt_id)
+            q = select(AuditRow, PromptRow.name).outerjoin(PromptRow, PromptRow.id == AuditRow.prompt_id)
             if prompt is not None:
                 q = q.where(AuditRow.prompt_id == self.prompt_row(s, prompt).id)
             if experiment_id is not None:
                 q = q.where(AuditRow.experiment_id == experiment_id)
             q = q.order_by(AuditRow.id.desc()).limit(limit).offset(offset)
             return [
-                AuditEntry(id=a.id, at=a.at, actor=a.actor, action=a.action, prompt=name,
-                           experiment_id=a.experiment_id, message=a.message, details=a.details)
+                AuditEntry(
+                    id=a.id,
+                    at=a.at,
+                    actor=a.actor,
+                    action=a.action,
+                    prompt=name,
+                    experiment_id=a.experiment_id,
+                    message=a.message,
+                    details=a.details,
+                )
                 for a, name in s.execute(q).all()
             ]
 

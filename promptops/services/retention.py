@@ -33,9 +33,15 @@ class Retention:
             raise InvalidInput("older-than must be zero or more days")
         cutoff = self.ctx.now() - older_than_days * 86400
         with self.ctx.tx() as s:
-            ended = list(s.scalars(select(ExperimentRow.id).where(
-                ExperimentRow.status.in_(sorted(ENDED_STATUSES)),
-                ExperimentRow.ended_at.is_not(None), ExperimentRow.ended_at <= cutoff)))
+            ended = list(
+                s.scalars(
+                    select(ExperimentRow.id).where(
+                        ExperimentRow.status.in_(sorted(ENDED_STATUSES)),
+                        ExperimentRow.ended_at.is_not(None),
+                        ExperimentRow.ended_at <= cutoff,
+                    )
+                )
+            )
         totals = {"experiments": len(ended), "decisions": 0, "feedback": 0, "dry_run": dry_run}
         for exp_id in ended:
             d, f = self._purge(DecisionRow.experiment_id == exp_id, dry_run=dry_run)
@@ -47,11 +53,11 @@ class Retention:
                     if exp is not None:
                         snap = dict(exp.snapshot or {})
                         prior = (snap.get("retention") or {}).get("decisions_deleted", 0)
-                        snap["retention"] = {"raw_deleted_at": self.ctx.now(),
-                                             "decisions_deleted": prior + d}
+                        snap["retention"] = {"raw_deleted_at": self.ctx.now(), "decisions_deleted": prior + d}
                         exp.snapshot = snap
-        d, f = self._purge((DecisionRow.experiment_id.is_(None))
-                           & (DecisionRow.decided_at <= cutoff), dry_run=dry_run)
+        d, f = self._purge(
+            (DecisionRow.experiment_id.is_(None)) & (DecisionRow.decided_at <= cutoff), dry_run=dry_run
+        )
         totals["decisions"] += d
         totals["feedback"] += f
         if not dry_run and totals["decisions"]:
@@ -67,8 +73,11 @@ class Retention:
         decisions = feedback = 0
         while True:
             with self.ctx.tx() as s:
-                ids = list(s.scalars(select(DecisionRow.id).where(where).limit(BATCH)
-                                     .offset(decisions if dry_run else 0)))
+                ids = list(
+                    s.scalars(
+                        select(DecisionRow.id).where(where).limit(BATCH).offset(decisions if dry_run else 0)
+                    )
+                )
                 if not ids:
                     return decisions, feedback
                 fb = s.scalars(select(FeedbackRow.id).where(FeedbackRow.decision_id.in_(ids)))

@@ -30,24 +30,37 @@ gate: {{min_pass_rate: 0.66}}          # a version needs two of the three cases 
 """
 
 _CASES = [
-    {"id": "refund-window",
-     "vars": {"document": "Customers may return any item within 30 days of delivery for a full "
-                          "refund. Items must be unused and in their original packaging. Refunds "
-                          "are paid to the original payment method within five business days.",
-              "audience": "customer"},
-     "expected": "30 days"},
-    {"id": "outage-cause",
-     "vars": {"document": "On 3 March the checkout service was unavailable for 42 minutes. The "
-                          "cause was an expired TLS certificate on the payments gateway. The "
-                          "certificate was renewed and an expiry alert was added.",
-              "audience": "engineer", "max_points": 2},
-     "expected": "certificate"},
-    {"id": "quarter-revenue",
-     "vars": {"document": "Revenue for the quarter grew 12% to 4.1 million euros, driven by "
-                          "subscriptions. Hardware sales fell 8%. Hiring is paused until the next "
-                          "quarter.",
-              "audience": "executive"},
-     "expected": "12%"},
+    {
+        "id": "refund-window",
+        "vars": {
+            "document": "Customers may return any item within 30 days of delivery for a full "
+            "refund. Items must be unused and in their original packaging. Refunds "
+            "are paid to the original payment method within five business days.",
+            "audience": "customer",
+        },
+        "expected": "30 days",
+    },
+    {
+        "id": "outage-cause",
+        "vars": {
+            "document": "On 3 March the checkout service was unavailable for 42 minutes. The "
+            "cause was an expired TLS certificate on the payments gateway. The "
+            "certificate was renewed and an expiry alert was added.",
+            "audience": "engineer",
+            "max_points": 2,
+        },
+        "expected": "certificate",
+    },
+    {
+        "id": "quarter-revenue",
+        "vars": {
+            "document": "Revenue for the quarter grew 12% to 4.1 million euros, driven by "
+            "subscriptions. Hardware sales fell 8%. Hiring is paused until the next "
+            "quarter.",
+            "audience": "executive",
+        },
+        "expected": "12%",
+    },
 ]
 DATASET = "".join(json.dumps(case, ensure_ascii=False) + "\n" for case in _CASES)
 
@@ -92,8 +105,7 @@ Next steps:
 Commit everything here; `.gitignore` keeps the local database out of git.
 """
 
-GITIGNORE_ENTRIES = ("promptops.db", "promptops.db-wal", "promptops.db-shm",
-                     "promptops.db-journal", ".venv/")
+GITIGNORE_ENTRIES = ("promptops.db", "promptops.db-wal", "promptops.db-shm", "promptops.db-journal", ".venv/")
 
 
 @dataclass
@@ -118,8 +130,7 @@ def _gitignore(path: Path, existing: str, report: InitReport) -> None:
     missing = [e for e in GITIGNORE_ENTRIES if e not in present]
     if not missing:
         return
-    block = "# promptops: the local database and the virtualenv\n" + "".join(
-        f"{e}\n" for e in missing)
+    block = "# promptops: the local database and the virtualenv\n" + "".join(f"{e}\n" for e in missing)
     if existing and not existing.endswith("\n"):
         existing += "\n"
     path.write_text(existing + ("\n" if existing else "") + block, encoding="utf-8")

@@ -97,8 +97,7 @@ class LiveExperiment:
     history: tuple[tuple[float, ...], ...] = ()  # cumulative weights per epoch index
     keep: tuple[int, ...] = ()  # during a holdout: the arms a returning unit may keep
 
-    def pick(self, unit_id: str | None, rng: random.Random,
-             first_epoch: int | None = None) -> int:
+    def pick(self, unit_id: str | None, rng: random.Random, first_epoch: int | None = None) -> int:
         """An arm index from the weights. A unit gets the arm its hash draws from the weights of
         its first-exposure epoch (default: the current one), so every replica computes the same
         arm from (unit, first epoch) alone; in a holdout, a unit whose arm no longer serves is
@@ -107,8 +106,7 @@ class LiveExperiment:
             return _draw(self.cumulative, rng.random())
         u = unit_hash(self.id, unit_id)
         e = self.epoch if first_epoch is None else first_epoch
-        cum = self.history[e] if 0 <= e < len(self.history) and self.history[e] else (
-            self.cumulative)
+        cum = self.history[e] if 0 <= e < len(self.history) and self.history[e] else (self.cumulative)
         arm = _draw(cum, u)
         if self.keep and arm not in self.keep:
             arm = _draw(self.cumulative, u)
@@ -133,9 +131,12 @@ built-ins; nothing counts them towards a statistic, they are stored for reports.
 def experiment_metrics(row: ExperimentRow) -> tuple[str, ...]:
     """Every metric an experiment accepts: the primary one, its secondary metrics, its guardrail
     metrics, then the built-ins; each once, in that order."""
-    names = [row.metric, *(row.metrics or []),
-             *(g.get("metric") for g in (row.policy or {}).get("guardrails") or []
-               if isinstance(g, dict)), *BUILTIN_METRICS]
+    names = [
+        row.metric,
+        *(row.metrics or []),
+        *(g.get("metric") for g in (row.policy or {}).get("guardrails") or [] if isinstance(g, dict)),
+        *BUILTIN_METRICS,
+    ]
     return tuple(dict.fromkeys(str(n) for n in names if n))
 
 
@@ -219,36 +220,53 @@ class LiveState:
         def live(v: VersionRow) -> LiveVersion:
             if v.id not in versions:
                 content = PromptContent.from_dict(v.content)
-                versions[v.id] = LiveVersion(v.id, v.number, v.variant, content,
-                                             self.ctx.renderer.may_loop(content))
+                versions[v.id] = LiveVersion(
+                    v.id, v.number, v.variant, content, self.ctx.renderer.may_loop(content)
+                )
             return versions[v.id]
 
-        prod = {pid: live(v) for pid, v in s.execute(
-            select(LabelRow.prompt_id, VersionRow).join(VersionRow,
-                                                        VersionRow.id == LabelRow.version_id)
-            .where(LabelRow.name == PRODUCTION)).all()}
+        prod = {
+            pid: live(v)
+            for pid, v in s.execute(
+                select(LabelRow.prompt_id, VersionRow)
+                .join(VersionRow, VersionRow.id == LabelRow.version_id)
+                .where(LabelRow.name == PRODUCTION)
+            ).all()
+        }
         exps: dict[int, LiveExperiment] = {}
-        for e in s.scalars(select(ExperimentRow).where(
-                ExperimentRow.status.in_(LIVE_STATUSES))):
-            arms = s.execute(select(ArmRow.idx, VersionRow).join(
-                VersionRow, VersionRow.id == ArmRow.version_id)
-                .where(ArmRow.experiment_id == e.id).order_by(ArmRow.idx)).all()
+        for e in s.scalars(select(ExperimentRow).where(ExperimentRow.status.in_(LIVE_STATUSES))):
+            arms = s.execute(
+                select(ArmRow.idx, VersionRow)
+                .join(VersionRow, VersionRow.id == ArmRow.version_id)
+                .where(ArmRow.experiment_id == e.id)
+                .order_by(ArmRow.idx)
+            ).all()
             weights = tuple(float(w) for w in e.weights) or tuple(1.0 for _ in arms)
             history: list[tuple[float, ...]] = [()] * (e.epoch + 1)
-            for idx, ws in s.execute(select(EpochRow.idx, EpochRow.weights)
-                                     .where(EpochRow.experiment_id == e.id)):
+            for idx, ws in s.execute(
+                select(EpochRow.idx, EpochRow.weights).where(EpochRow.experiment_id == e.id)
+            ):
                 if 0 <= idx <= e.epoch and ws:
                     history[idx] = _cumulative(tuple(float(w) for w in ws))
             hold = e.holdout or {}
             holding = e.status == ExperimentStatus.HOLDOUT and hold
             keep = (int(hold["new"]), int(hold["old"])) if holding else ()
             exps[e.prompt_id] = LiveExperiment(
-                id=e.id, metric=e.metric, reward=e.reward, epoch=e.epoch,
-                arms=tuple(live(v) for _, v in arms), weights=weights,
-                cumulative=_cumulative(weights), history=tuple(history), keep=keep)
+                id=e.id,
+                metric=e.metric,
+                reward=e.reward,
+                epoch=e.epoch,
+                arms=tuple(live(v) for _, v in arms),
+                weights=weights,
+                cumulative=_cumulative(weights),
+                history=tuple(history),
+                keep=keep,
+            )
             self.experiments[e.id] = ExperimentInfo.of(e)
-        return {p.name: LivePrompt(p.id, p.name, prod.get(p.id), exps.get(p.id))
-                for p in s.scalars(select(PromptRow))}
+        return {
+            p.name: LivePrompt(p.id, p.name, prod.get(p.id), exps.get(p.id))
+            for p in s.scalars(select(PromptRow))
+        }
 
     def prompt(self, name: str) -> LivePrompt:
         """The cached prompt, or PromptNotFound."""
@@ -273,11 +291,15 @@ class LiveState:
 _ARMS: Any = ArmRow.__table__
 # Statements are built once: building and compiling them per batch cost more than storing the
 # rows (bench/http.py).
-_BUMP_ARMS = (update(_ARMS)
-              .where(_ARMS.c.experiment_id == bindparam("exp"), _ARMS.c.idx == bindparam("arm_idx"))
-              .values(decisions=_ARMS.c.decisions + bindparam("n_decisions"),
-                      feedback=_ARMS.c.feedback + bindparam("n_feedback"),
-                      reward_sum=_ARMS.c.reward_sum + bindparam("n_reward")))
+_BUMP_ARMS = (
+    update(_ARMS)
+    .where(_ARMS.c.experiment_id == bindparam("exp"), _ARMS.c.idx == bindparam("arm_idx"))
+    .values(
+        decisions=_ARMS.c.decisions + bindparam("n_decisions"),
+        feedback=_ARMS.c.feedback + bindparam("n_feedback"),
+        reward_sum=_ARMS.c.reward_sum + bindparam("n_reward"),
+    )
+)
 _INSERTS: dict[tuple[str, str], Any] = {}
 _DECISION_COLUMNS = tuple(c.name for c in DecisionRow.__table__.columns)
 NEW_UNIT = "new_unit"
@@ -291,8 +313,7 @@ class Recorder:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def _insert_returning(self, s: Session, table: Any, rows: list[dict[str, Any]],
-                          *keys: Any) -> list[Any]:
+    def _insert_returning(self, s: Session, table: Any, rows: list[dict[str, Any]], *keys: Any) -> list[Any]:
         """Insert rows, skipping conflicts; the `keys` of the rows actually inserted."""
         if not rows:
             return []
@@ -301,7 +322,8 @@ class Recorder:
         if stmt is None:
             mod = postgresql if dialect == "postgresql" else sqlite
             stmt = _INSERTS[(dialect, table.name)] = (
-                mod.insert(table).on_conflict_do_nothing().returning(*keys))
+                mod.insert(table).on_conflict_do_nothing().returning(*keys)
+            )
         return list(s.connection().execute(stmt, rows).all())
 
     def record_decisions(self, rows: list[dict[str, Any]]) -> int:
@@ -317,22 +339,37 @@ class Recorder:
     # Every transaction here takes its row locks in one order: decisions by id, then feedback by
     # decision id, then arm counters by experiment and arm. Replicas writing the same decisions
     # and arms at once therefore wait for each other but never deadlock.
-    def _store_decisions(self, s: Session, rows: list[dict[str, Any]],
-                         counts: dict[tuple[int, int], list[float]]) -> int:
+    def _store_decisions(
+        self, s: Session, rows: list[dict[str, Any]], counts: dict[tuple[int, int], list[float]]
+    ) -> int:
         by_id = {r["id"]: r for r in rows}
         inserted = self._insert_returning(
-            s, DecisionRow.__table__,
+            s,
+            DecisionRow.__table__,
             [{c: by_id[k][c] for c in _DECISION_COLUMNS} for k in sorted(by_id)],
-            DecisionRow.__table__.c.id)
+            DecisionRow.__table__.c.id,
+        )
         # A unit first seen under this serve: its first epoch is stored so that any replica
         # recomputes its arm; of two replicas racing on one unit the first row stays.
-        units = {(r["experiment_id"], r["unit_id"]): r[NEW_UNIT] for r in rows
-                 if r.get(NEW_UNIT) is not None}
+        units = {(r["experiment_id"], r["unit_id"]): r[NEW_UNIT] for r in rows if r.get(NEW_UNIT) is not None}
         if units:
-            self._insert_returning(s, UnitRow.__table__, [
-                {"experiment_id": e, "unit_id": u, "arm": arm, "first_epoch": epoch,
-                 "decisions": 0, "count": 0, "total": 0.0}
-                for (e, u), (arm, epoch) in sorted(units.items())], UnitRow.__table__.c.unit_id)
+            self._insert_returning(
+                s,
+                UnitRow.__table__,
+                [
+                    {
+                        "experiment_id": e,
+                        "unit_id": u,
+                        "arm": arm,
+                        "first_epoch": epoch,
+                        "decisions": 0,
+                        "count": 0,
+                        "total": 0.0,
+                    }
+                    for (e, u), (arm, epoch) in sorted(units.items())
+                ],
+                UnitRow.__table__.c.unit_id,
+            )
         for (did,) in inserted:
             r = by_id[did]
             if r["experiment_id"] is not None:
@@ -342,10 +379,19 @@ class Recorder:
     @staticmethod
     def _bump_arms(s: Session, counts: dict[tuple[int, int], list[float]]) -> None:
         if counts:
-            s.connection().execute(_BUMP_ARMS, [
-                {"exp": exp_id, "arm_idx": arm, "n_decisions": int(decisions),
-                 "n_feedback": int(feedback), "n_reward": reward}
-                for (exp_id, arm), (decisions, feedback, reward) in sorted(counts.items())])
+            s.connection().execute(
+                _BUMP_ARMS,
+                [
+                    {
+                        "exp": exp_id,
+                        "arm_idx": arm,
+                        "n_decisions": int(decisions),
+                        "n_feedback": int(feedback),
+                        "n_reward": reward,
+                    }
+                    for (exp_id, arm), (decisions, feedback, reward) in sorted(counts.items())
+                ],
+            )
 
     def record_feedback(self, items: list[FeedbackItem]) -> list[str]:
         """Store feedback durably; each result is "recorded" or "duplicate"."""
@@ -354,24 +400,37 @@ class Recorder:
         out = ["duplicate"] * len(items)
         with self.ctx.tx() as s:
             counts: dict[tuple[int, int], list[float]] = {}
-            self._store_decisions(s, [decision_row(i.decision_id, i.token) for i in items],
-                                  counts)
-            order = sorted(range(len(items)),
-                           key=lambda k: (items[k].decision_id, items[k].metric, k))
+            self._store_decisions(s, [decision_row(i.decision_id, i.token) for i in items], counts)
+            order = sorted(range(len(items)), key=lambda k: (items[k].decision_id, items[k].metric, k))
             # One statement for the batch; a repeat within it loses to its first occurrence.
             fb = FeedbackRow.__table__
-            inserted = set(self._insert_returning(s, fb, [{
-                "decision_id": items[k].decision_id, "metric": items[k].metric,
-                "reward": items[k].reward, "received_at": items[k].received_at} for k in order],
-                fb.c.decision_id, fb.c.metric))
+            inserted = set(
+                self._insert_returning(
+                    s,
+                    fb,
+                    [
+                        {
+                            "decision_id": items[k].decision_id,
+                            "metric": items[k].metric,
+                            "reward": items[k].reward,
+                            "received_at": items[k].received_at,
+                        }
+                        for k in order
+                    ],
+                    fb.c.decision_id,
+                    fb.c.metric,
+                )
+            )
             for pos in order:
                 item = items[pos]
                 if (item.decision_id, item.metric) in inserted:
                     inserted.discard((item.decision_id, item.metric))
                     out[pos] = "recorded"
                     if item.counts_for is not None:
-                        c = counts.setdefault((item.counts_for, item.token.arm),  # type: ignore[arg-type]
-                                              [0, 0, 0.0])
+                        c = counts.setdefault(
+                            (item.counts_for, item.token.arm),  # type: ignore[arg-type]
+                            [0, 0, 0.0],
+                        )
                         c[1] += 1
                         c[2] += item.reward
             self._bump_arms(s, counts)
@@ -380,9 +439,17 @@ class Recorder:
 
 def decision_row(decision_id: str, t: DecisionToken, unit_id: str | None = None) -> dict[str, Any]:
     """The table row of a decision."""
-    return {"id": decision_id, "prompt_id": t.prompt_id, "version_id": t.version_id,
-            "experiment_id": t.experiment_id, "arm": t.arm, "epoch": t.epoch,
-            "unit_id": unit_id, "decided_at": t.decided_at, "counted_in": 0}
+    return {
+        "id": decision_id,
+        "prompt_id": t.prompt_id,
+        "version_id": t.version_id,
+        "experiment_id": t.experiment_id,
+        "arm": t.arm,
+        "epoch": t.epoch,
+        "unit_id": unit_id,
+        "decided_at": t.decided_at,
+        "counted_in": 0,
+    }
 
 
 class DecisionSink(Protocol):
@@ -399,8 +466,14 @@ class DecisionSink(Protocol):
 class Serving:
     """Serve prompts (choosing arms) and take feedback."""
 
-    def __init__(self, ctx: Context, *, recorder: Recorder | None = None,
-                 writer: DecisionSink | None = None, auto_refresh: bool = True) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        recorder: Recorder | None = None,
+        writer: DecisionSink | None = None,
+        auto_refresh: bool = True,
+    ) -> None:
         self.ctx = ctx
         self.live = LiveState(ctx)
         self.recorder = recorder or Recorder(ctx)
@@ -430,15 +503,20 @@ class Serving:
             return True
         return p.experiment is not None and any(v.may_loop for v in p.experiment.arms)
 
-    def decide(self, name: str, variables: dict[str, Any], *, unit_id: str | None = None,
-               pin: LiveVersion | None = None) -> Decision:
+    def decide(
+        self,
+        name: str,
+        variables: dict[str, Any],
+        *,
+        unit_id: str | None = None,
+        pin: LiveVersion | None = None,
+    ) -> Decision:
         """Pick a version (an arm when an experiment runs, or `pin`) and render it; the decision
         is not recorded yet (`record`)."""
         self._fresh()
         p = self.live.prompt(name)
         if unit_id is not None and (not isinstance(unit_id, str) or len(unit_id) > 256):
-            raise InvalidInput("unit_id must be a string of at most 256 characters",
-                               field="unit_id")
+            raise InvalidInput("unit_id must be a string of at most 256 characters", field="unit_id")
         if unit_id is not None:
             check_text(unit_id, field="unit_id")
         check_text(variables, field="variables")
@@ -457,13 +535,18 @@ class Serving:
             arm, version = None, p.production
         else:
             raise PromptNotFound(name)
-        rendered = self.ctx.renderer.render(version.content, variables, prompt=p.name,
-                                            version=version.number, variant=version.variant)
-        token = DecisionToken(prompt_id=p.id, version_id=version.id,
-                              experiment_id=exp.id if exp else None, arm=arm,
-                              epoch=exp.epoch if exp else None, decided_at=self.ctx.now())
-        return Decision(self.codec.issue(token), token, version, rendered, unit_id, variables,
-                        new_unit)
+        rendered = self.ctx.renderer.render(
+            version.content, variables, prompt=p.name, version=version.number, variant=version.variant
+        )
+        token = DecisionToken(
+            prompt_id=p.id,
+            version_id=version.id,
+            experiment_id=exp.id if exp else None,
+            arm=arm,
+            epoch=exp.epoch if exp else None,
+            decided_at=self.ctx.now(),
+        )
+        return Decision(self.codec.issue(token), token, version, rendered, unit_id, variables, new_unit)
 
     def record(self, decision: Decision) -> None:
         """Record a decision (batched in the server)."""
@@ -475,8 +558,13 @@ class Serving:
         else:
             self.recorder.record_decisions([row])
 
-    def serve(self, name: str, variables: dict[str, Any], *, unit_id: str | None = None,
-              ) -> dict[str, Any]:
+    def serve(
+        self,
+        name: str,
+        variables: dict[str, Any],
+        *,
+        unit_id: str | None = None,
+    ) -> dict[str, Any]:
         """Pick a version (an arm when an experiment runs), render it, record the decision."""
         decision = self.decide(name, variables, unit_id=unit_id)
         self.record(decision)
@@ -491,8 +579,11 @@ class Serving:
             return first
         try:
             with self.ctx.tx() as s:
-                first = s.scalar(select(UnitRow.first_epoch).where(
-                    UnitRow.experiment_id == exp.id, UnitRow.unit_id == unit_id))
+                first = s.scalar(
+                    select(UnitRow.first_epoch).where(
+                        UnitRow.experiment_id == exp.id, UnitRow.unit_id == unit_id
+                    )
+                )
         except SQLAlchemyError:
             # Unreachable database: the unit is served as new; once its stored row is readable
             # again every later serve follows that row.
@@ -512,11 +603,11 @@ class Serving:
         v = self.live.prompt(name).production
         if v is None:
             return None
-        return self.ctx.renderer.render(v.content, variables, prompt=name, version=v.number,
-                                        variant=v.variant).payload()
+        return self.ctx.renderer.render(
+            v.content, variables, prompt=name, version=v.number, variant=v.variant
+        ).payload()
 
-    def prepare_feedback(self, decision_id: Any, reward: Any,
-                         metric: str | None = None) -> FeedbackItem:
+    def prepare_feedback(self, decision_id: Any, reward: Any, metric: str | None = None) -> FeedbackItem:
         """Validate a feedback (unknown id, unknown metric, bad reward) without touching the
         database; `accepted_metrics` says which metrics a decision takes."""
         if not isinstance(decision_id, str) or not decision_id:
@@ -529,8 +620,7 @@ class Serving:
         token = self.codec.verify(decision_id)
         if token is None:
             raise DecisionNotFound(decision_id)
-        info = (self.live.experiment_info(token.experiment_id)
-                if token.experiment_id is not None else None)
+        info = self.live.experiment_info(token.experiment_id) if token.experiment_id is not None else None
         if token.experiment_id is not None and info is None:
             raise DecisionNotFound(decision_id)
         if token.decided_at <= self.live.retention_cutoff and not self._stored(decision_id):
@@ -546,8 +636,14 @@ class Serving:
         else:
             value = check_reward(reward, binary=metric in BINARY_METRICS, bounded=False)
         counts = info.id if info is not None and metric == info.metric else None
-        return FeedbackItem(decision_id=decision_id, token=token, metric=metric, reward=value,
-                            received_at=self.ctx.now(), counts_for=counts)
+        return FeedbackItem(
+            decision_id=decision_id,
+            token=token,
+            metric=metric,
+            reward=value,
+            received_at=self.ctx.now(),
+            counts_for=counts,
+        )
 
     def _stored(self, decision_id: str) -> bool:
         with self.ctx.tx() as s:

@@ -31,39 +31,55 @@ from promptops.stats.simulator import RunResult, Scenario, SimArm, aggregate, si
 from promptops.yamlnodes import BAD, Check, Entries, NodeReader, present
 
 __all__ = [
-    "PlanResult", "Scenario", "load_scenario", "parse_scenario", "plan_scenarios", "run_plan",
+    "PlanResult",
+    "Scenario",
+    "load_scenario",
+    "parse_scenario",
+    "plan_scenarios",
+    "run_plan",
     "run_scenario",
 ]
 
 Progress = Callable[[int, int], None]
 
 _TOP_KEYS = (
-    "name", "runs", "seed", "decisions", "decisions_per_hour", "reward", "concentration", "arms",
-    "drift", "feedback_delay_hours", "feedback_rate", "policy", "tolerance", "units",
+    "name",
+    "runs",
+    "seed",
+    "decisions",
+    "decisions_per_hour",
+    "reward",
+    "concentration",
+    "arms",
+    "drift",
+    "feedback_delay_hours",
+    "feedback_rate",
+    "policy",
+    "tolerance",
+    "units",
 )
-_ARM_KEYS = ("name", "mean", "feedback_delay_hours", "concentration", "feedback_rate", "schedule",
-             "metrics")
+_ARM_KEYS = ("name", "mean", "feedback_delay_hours", "concentration", "feedback_rate", "schedule", "metrics")
 
 
 def _integer(minimum: int | None = None) -> Check:
     def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int) or (
-                minimum is not None and value < minimum):
+        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
             bound = "" if minimum is None else f" >= {minimum}"
             return f"must be an integer{bound} (got {value!r})"
         return None
+
     return check
 
 
 def _number(lo: float = -math.inf, hi: float = math.inf, *, open_lo: bool = False) -> Check:
     def check(value: Any) -> str | None:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or value > hi or value < lo or (
-                open_lo and value == lo):
+        if not ok or not math.isfinite(value) or value > hi or value < lo or (open_lo and value == lo):
             low = f"> {lo:g}" if open_lo else f">= {lo:g}"
             bound = low if hi == math.inf else f"{low} and <= {hi:g}"
             return f"must be a number {bound} (got {value!r})"
         return None
+
     return check
 
 
@@ -73,8 +89,8 @@ def _text(value: Any) -> str | None:
 
 def _choice(*options: str) -> Check:
     def check(value: Any) -> str | None:
-        return None if value in options else (
-            f"must be {' or '.join(options)} (got {value!r})")
+        return None if value in options else (f"must be {' or '.join(options)} (got {value!r})")
+
     return check
 
 
@@ -103,28 +119,41 @@ class _ScenarioReader(NodeReader):
             for j, rule in enumerate(policy.guardrails):
                 if rule.metric not in simulated:
                     where = rules if rules is not None else root
-                    self.err(where, f"policy.guardrails[{j}].metric: {rule.metric!r} is not "
-                                    f"simulated: give every arm metrics.{rule.metric}")
+                    self.err(
+                        where,
+                        f"policy.guardrails[{j}].metric: {rule.metric!r} is not "
+                        f"simulated: give every arm metrics.{rule.metric}",
+                    )
         values = {
             "name": self.field(top, "name", "", _text, default_name),
             "runs": self.field(top, "runs", "", _integer(1), 100),
             "seed": self.field(top, "seed", "", _integer(0), 0),
             "decisions": self.field(top, "decisions", "", _integer(1), 10_000),
-            "decisions_per_hour": self.field(top, "decisions_per_hour", "",
-                                             _number(0, open_lo=True), 1000.0),
+            "decisions_per_hour": self.field(top, "decisions_per_hour", "", _number(0, open_lo=True), 1000.0),
             "feedback_rate": self.field(top, "feedback_rate", "", _number(0, 1), 1.0),
             "tolerance": self.field(top, "tolerance", "", _number(0), 0.0),
         }
-        if self.problems or arms is None or policy is None or any(
-                v is BAD for v in (*values.values(), reward)):
+        if (
+            self.problems
+            or arms is None
+            or policy is None
+            or any(v is BAD for v in (*values.values(), reward))
+        ):
             return None
         return Scenario(
-            name=values["name"], runs=values["runs"], seed=values["seed"],
+            name=values["name"],
+            runs=values["runs"],
+            seed=values["seed"],
             decisions=values["decisions"],
             decisions_per_hour=float(values["decisions_per_hour"]),
-            feedback_rate=float(values["feedback_rate"]), tolerance=float(values["tolerance"]),
-            arms=tuple(arms), reward=reward, drift=tuple(drift), policy=policy,
-            unit_mean_decisions=unit_mean, unit_icc=icc,
+            feedback_rate=float(values["feedback_rate"]),
+            tolerance=float(values["tolerance"]),
+            arms=tuple(arms),
+            reward=reward,
+            drift=tuple(drift),
+            policy=policy,
+            unit_mean_decisions=unit_mean,
+            unit_icc=icc,
         )
 
     def drift(self, top: Entries) -> list[tuple[float, float]]:
@@ -140,8 +169,9 @@ class _ScenarioReader(NodeReader):
                 out.append((float(at_), float(times)))
         return sorted(out)
 
-    def arms(self, top: Entries, *, reward: Any, peak: float, delay: Any,
-             concentration: Any) -> list[SimArm] | None:
+    def arms(
+        self, top: Entries, *, reward: Any, peak: float, delay: Any, concentration: Any
+    ) -> list[SimArm] | None:
         nodes = self.items(top, "arms", "")
         if nodes is None:
             return None
@@ -164,8 +194,7 @@ class _ScenarioReader(NodeReader):
             # the largest the mean gets under drift must stay a valid mean
             mean = self.field(entries, "mean", where, mean_check, BAD)
             if continuous and mean is not BAD and mean * peak >= 1.0:
-                self.err(entries["mean"][1], f"{where}.mean: must stay below 1 for a continuous "
-                                             "reward")
+                self.err(entries["mean"][1], f"{where}.mean: must stay below 1 for a continuous reward")
             schedule = []
             for j, step_node in enumerate(self.items(entries, "schedule", where) or []):
                 sw = f"{where}.schedule[{j}]"
@@ -191,15 +220,20 @@ class _ScenarioReader(NodeReader):
                         metrics.append((str(metric), float(m), float(sd)))
             rate = self.field(entries, "feedback_rate", where, _number(0, 1), None)
             arm_delay = self.field(entries, "feedback_delay_hours", where, _number(0), delay)
-            conc = self.field(entries, "concentration", where, _number(0, open_lo=True),
-                              concentration)
-            if BAD in (name, mean, rate, arm_delay, conc) or "name" not in entries or (
-                    "mean" not in entries):
+            conc = self.field(entries, "concentration", where, _number(0, open_lo=True), concentration)
+            if BAD in (name, mean, rate, arm_delay, conc) or "name" not in entries or ("mean" not in entries):
                 continue
-            out.append(SimArm(name=name, mean=float(mean), feedback_delay_hours=float(arm_delay),
-                              concentration=float(conc), schedule=tuple(sorted(schedule)),
-                              metrics=tuple(sorted(metrics)),
-                              feedback_rate=None if rate is None else float(rate)))
+            out.append(
+                SimArm(
+                    name=name,
+                    mean=float(mean),
+                    feedback_delay_hours=float(arm_delay),
+                    concentration=float(conc),
+                    schedule=tuple(sorted(schedule)),
+                    metrics=tuple(sorted(metrics)),
+                    feedback_rate=None if rate is None else float(rate),
+                )
+            )
         return out if len(out) == len(nodes) else None
 
     def units(self, top: Entries) -> tuple[float | None, float]:
@@ -241,21 +275,23 @@ class _ScenarioReader(NodeReader):
         return default.with_overrides(out) if ok else None
 
 
-def parse_scenario(
-    raw: Any, *, source: str = "scenario", default_name: str = "scenario"
-) -> Scenario:
+def parse_scenario(raw: Any, *, source: str = "scenario", default_name: str = "scenario") -> Scenario:
     """Validate a scenario given as plain data (read as the YAML it dumps to); errors are
     `SOURCE:LINE: key: message` lines, every problem at once."""
     text = yaml.safe_dump(raw, sort_keys=False, default_flow_style=False)
     return _read_scenario(source, text.encode("utf-8"), default_name=default_name)
 
 
-def _read_scenario(source: str, data: bytes | None, *, default_name: str,
-                   path: Path | None = None) -> Scenario:
+def _read_scenario(
+    source: str, data: bytes | None, *, default_name: str, path: Path | None = None
+) -> Scenario:
     reader = _ScenarioReader(source)
     empty = "the scenario file is empty; it needs arms:"
-    root = (reader.load_file(path, empty=empty) if path is not None
-            else reader.load_text(data or b"", empty=empty))
+    root = (
+        reader.load_file(path, empty=empty)
+        if path is not None
+        else reader.load_text(data or b"", empty=empty)
+    )
     scenario = reader.scenario(root, default_name=default_name) if root is not None else None
     if scenario is None or reader.problems:
         lines = [str(p) for p in reader.sorted_problems()] or [f"{source}:1: not a scenario"]
@@ -363,20 +399,27 @@ def plan_scenarios(
     if arms < 2:
         raise InvalidInput("a plan needs at least two arms", field="arms")
     if decisions_per_hour <= 0 or not 0 < feedback_rate <= 1:
-        raise InvalidInput("decisions per hour must be positive and the feedback rate in (0, 1]",
-                           field="feedback_rate")
+        raise InvalidInput(
+            "decisions per hour must be positive and the feedback rate in (0, 1]", field="feedback_rate"
+        )
     if units is not None and not 1 <= units <= 10_000:  # the bound of a scenario file's units
         raise InvalidInput("units must make between 1 and 10000 decisions on average", field="units")
 
     def build(name: str, top: float) -> Scenario:
         means = [base_rate] + [base_rate] * (arms - 2) + [top]
         return Scenario(
-            name=name, runs=runs, seed=seed, decisions=policy.max_decisions,
+            name=name,
+            runs=runs,
+            seed=seed,
+            decisions=policy.max_decisions,
             decisions_per_hour=decisions_per_hour,
-            arms=tuple(SimArm(name="control" if i == 0 else f"challenger-{i}", mean=m)
-                       for i, m in enumerate(means)),
-            feedback_rate=feedback_rate, policy=policy,
-            unit_mean_decisions=units, unit_icc=icc if units and units > 1 else 0.0,
+            arms=tuple(
+                SimArm(name="control" if i == 0 else f"challenger-{i}", mean=m) for i, m in enumerate(means)
+            ),
+            feedback_rate=feedback_rate,
+            policy=policy,
+            unit_mean_decisions=units,
+            unit_icc=icc if units and units > 1 else 0.0,
         )
 
     return build("plan-ab", base_rate + lift), build("plan-aa", base_rate)
@@ -395,9 +438,15 @@ def run_plan(
     workers: int | None = None,
 ) -> PlanResult:
     """Simulate the plan's A/B and A/A scenarios and summarise them (STATS.md item 17)."""
-    ab, aa = plan_scenarios(base_rate=base_rate, lift=lift, arms=arms,
-                            decisions_per_hour=decisions_per_hour, feedback_rate=feedback_rate,
-                            units=units, runs=runs)
+    ab, aa = plan_scenarios(
+        base_rate=base_rate,
+        lift=lift,
+        arms=arms,
+        decisions_per_hour=decisions_per_hour,
+        feedback_rate=feedback_rate,
+        units=units,
+        runs=runs,
+    )
 
     def part(offset: int) -> Progress | None:
         if progress is None:
@@ -412,7 +461,12 @@ def run_plan(
     median = float(statistics.median(ends))
     wrong = sum(1 for r in aa_runs if r.winner not in (None, 0))
     return PlanResult(
-        runs=runs, detection_rate=len(found) / runs, median_hours=median / decisions_per_hour,
-        median_decisions=median, aa_false_promotion=wrong / runs, base_rate=base_rate, lift=lift,
+        runs=runs,
+        detection_rate=len(found) / runs,
+        median_hours=median / decisions_per_hour,
+        median_decisions=median,
+        aa_false_promotion=wrong / runs,
+        base_rate=base_rate,
+        lift=lift,
         decisions_per_hour=decisions_per_hour,
     )

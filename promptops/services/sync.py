@@ -69,36 +69,48 @@ class Sync:
             session.close()
         return report
 
-    def _sync_one(self, s: Session, d: PromptDefinition, report: SyncReport, *,
-                  actor: str) -> None:
+    def _sync_one(self, s: Session, d: PromptDefinition, report: SyncReport, *, actor: str) -> None:
         now = self.ctx.now()
         p = s.scalar(select(PromptRow).where(PromptRow.name == d.name).with_for_update())
         is_new = p is None
         if p is None:
-            p = PromptRow(name=d.name, description=d.description, tags=list(d.tags),
-                          source_path=d.path, created_at=now, updated_at=now)
+            p = PromptRow(
+                name=d.name,
+                description=d.description,
+                tags=list(d.tags),
+                source_path=d.path,
+                created_at=now,
+                updated_at=now,
+            )
             s.add(p)
             s.flush()
             report.add(f"{d.name}: new prompt")
-        elif (p.description, list(p.tags or []), p.source_path) != (d.description, list(d.tags),
-                                                                    d.path):
-            p.description, p.tags, p.source_path, p.updated_at = (
-                d.description, list(d.tags), d.path, now)
+        elif (p.description, list(p.tags or []), p.source_path) != (d.description, list(d.tags), d.path):
+            p.description, p.tags, p.source_path, p.updated_at = (d.description, list(d.tags), d.path, now)
         git = git_info(d.path) if d.path else None
         version_ids: dict[str, int] = {}
         for variant in [MAIN_VARIANT, *d.variants]:
             content = d.variant_content(variant)
             h = content.content_hash()
-            row = s.scalar(select(VersionRow).where(VersionRow.prompt_id == p.id,
-                                                    VersionRow.content_hash == h))
+            row = s.scalar(
+                select(VersionRow).where(VersionRow.prompt_id == p.id, VersionRow.content_hash == h)
+            )
             if row is None:
-                number = (s.scalar(select(func.max(VersionRow.number))
-                                   .where(VersionRow.prompt_id == p.id)) or 0) + 1
-                row = VersionRow(prompt_id=p.id, number=number, variant=variant,
-                                 content=content.to_dict(), content_hash=h, source_path=d.path,
-                                 git_commit=git.commit if git else None,
-                                 git_author=git.author if git else None,
-                                 git_state=git.state if git else None, created_at=now)
+                number = (
+                    s.scalar(select(func.max(VersionRow.number)).where(VersionRow.prompt_id == p.id)) or 0
+                ) + 1
+                row = VersionRow(
+                    prompt_id=p.id,
+                    number=number,
+                    variant=variant,
+                    content=content.to_dict(),
+                    content_hash=h,
+                    source_path=d.path,
+                    git_commit=git.commit if git else None,
+                    git_author=git.author if git else None,
+                    git_state=git.state if git else None,
+                    created_at=now,
+                )
                 s.add(row)
                 s.flush()
                 p.updated_at = now
@@ -109,41 +121,56 @@ class Sync:
             if is_new and variant == MAIN_VARIANT:
                 self.registry.set_label(s, p, row, PRODUCTION, actor=actor, reason="first version")
                 report.add(f"{d.name}: production -> version {row.number}")
-        lines = (self._declare(s, p, d.experiment, version_ids, actor=actor)
-                 if d.experiment is not None else self._undeclare(s, p, actor=actor))
+        lines = (
+            self._declare(s, p, d.experiment, version_ids, actor=actor)
+            if d.experiment is not None
+            else self._undeclare(s, p, actor=actor)
+        )
         for line in lines:
             report.add(f"{d.name}: {line}")
 
-    def _declare(self, s: Session, p: PromptRow, spec: ExperimentSpec,
-                version_ids: dict[str, int], *, actor: str) -> list[str]:
+    def _declare(
+        self, s: Session, p: PromptRow, spec: ExperimentSpec, version_ids: dict[str, int], *, actor: str
+    ) -> list[str]:
         """Apply an experiment declared in a prompt file during sync; returns change lines."""
         vids = [version_ids[a] for a in spec.arms]
-        declared = content_hash({
-            "prompt": p.name, "arms": vids, "metric": spec.metric, "reward": spec.reward,
-            "strategy": spec.strategy, "weights": spec.weights, "auto_promote": spec.auto_promote,
-            "policy": spec.policy.overrides(),
-            **({"requires_eval": spec.requires_eval} if spec.requires_eval else {}),
-            # only when declared, so declarations written before secondary metrics keep their hash
-            **({"metrics": list(spec.metrics)} if spec.metrics else {})})
-        existing = s.scalar(select(ExperimentRow).where(
-            ExperimentRow.prompt_id == p.id, ExperimentRow.declared_hash == declared)
-            .order_by(ExperimentRow.id.desc()))
+        declared = content_hash(
+            {
+                "prompt": p.name,
+                "arms": vids,
+                "metric": spec.metric,
+                "reward": spec.reward,
+                "strategy": spec.strategy,
+                "weights": spec.weights,
+                "auto_promote": spec.auto_promote,
+                "policy": spec.policy.overrides(),
+                **({"requires_eval": spec.requires_eval} if spec.requires_eval else {}),
+                # only when declared, so declarations written before secondary metrics keep their hash
+                **({"metrics": list(spec.metrics)} if spec.metrics else {}),
+            }
+        )
+        existing = s.scalar(
+            select(ExperimentRow)
+            .where(ExperimentRow.prompt_id == p.id, ExperimentRow.declared_hash == declared)
+            .order_by(ExperimentRow.id.desc())
+        )
         if existing is not None:
             lines = []
-            running = s.scalar(select(ExperimentRow).where(
-                ExperimentRow.running_prompt_id == p.id))
+            running = s.scalar(select(ExperimentRow).where(ExperimentRow.running_prompt_id == p.id))
             if running is not None and running.id != existing.id and running.source == "file":
                 # The file went back to an earlier declaration: the one it replaced must stop.
-                stopped = self.experiments.stop_running(s, p, actor=actor,
-                                             reason="declaration changed in the file")
+                stopped = self.experiments.stop_running(
+                    s, p, actor=actor, reason="declaration changed in the file"
+                )
                 lines.append(f"experiment {stopped} stopped (declaration changed)")
-            if (existing.status == ExperimentStatus.DRAFT
-                    and spec.status == ExperimentStatus.RUNNING
-                    and self.experiments.gate(s, existing) is None):
+            if (
+                existing.status == ExperimentStatus.DRAFT
+                and spec.status == ExperimentStatus.RUNNING
+                and self.experiments.gate(s, existing) is None
+            ):
                 self.experiments.stop_running(s, p, actor=actor, reason="another declaration started")
                 self.experiments.start_row(s, existing, actor=actor)
-                lines.append(f"experiment {existing.id} started"
-                             + self.experiments.control_note(s, existing))
+                lines.append(f"experiment {existing.id} started" + self.experiments.control_note(s, existing))
             return lines
         lines = []
         stopped = self.experiments.stop_running(s, p, actor=actor, reason="declaration changed in the file")
@@ -151,17 +178,20 @@ class Sync:
             lines.append(f"experiment {stopped} stopped (declaration changed)")
         exp = self.experiments.insert(s, p, spec, vids, source="file", declared_hash=declared, actor=actor)
         if spec.requires_eval is not None:
-            self.experiments.require_eval(s, exp, spec.requires_eval,
-                                          auto_start=spec.status == ExperimentStatus.RUNNING)
+            self.experiments.require_eval(
+                s, exp, spec.requires_eval, auto_start=spec.status == ExperimentStatus.RUNNING
+            )
             blocked = self.experiments.gate(s, exp)
             if spec.status == ExperimentStatus.RUNNING and blocked is not None:
                 lines.append(f"experiment {exp.id} created as draft ({blocked.message})")
                 return lines
         if spec.status == ExperimentStatus.RUNNING:
             self.experiments.start_row(s, exp, actor=actor)
-            lines.append(f"experiment {exp.id} started over versions "
-                         f"{', '.join(str(self.experiments.number(s, v)) for v in vids)}"
-                         + self.experiments.control_note(s, exp))
+            lines.append(
+                f"experiment {exp.id} started over versions "
+                f"{', '.join(str(self.experiments.number(s, v)) for v in vids)}"
+                + self.experiments.control_note(s, exp)
+            )
         else:
             lines.append(f"experiment {exp.id} created as draft")
         return lines

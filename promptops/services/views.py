@@ -62,19 +62,27 @@ class Snapshot:
     def from_dict(cls, d: dict[str, Any] | None) -> Snapshot:
         """Read the stored JSON back (an empty snapshot for a row never updated)."""
         d = d or {}
-        return cls(arms=tuple(ArmSnapshot.from_dict(a) for a in d.get("arms") or []),
-                   reason=d.get("reason"), srm_p=finite(d.get("srm_p")),
-                   value_remaining=finite(d.get("value_remaining")),
-                   srm_alarm=bool(d.get("srm_alarm", False)),
-                   checks_done=int(d.get("checks_done", 0)), at=d.get("at"))
+        return cls(
+            arms=tuple(ArmSnapshot.from_dict(a) for a in d.get("arms") or []),
+            reason=d.get("reason"),
+            srm_p=finite(d.get("srm_p")),
+            value_remaining=finite(d.get("value_remaining")),
+            srm_alarm=bool(d.get("srm_alarm", False)),
+            checks_done=int(d.get("checks_done", 0)),
+            at=d.get("at"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON stored in the experiment row (and as evidence in the audit log)."""
-        return {"arms": [{k: getattr(a, k) for k in ArmSnapshot.__dataclass_fields__}
-                         for a in self.arms],
-                "reason": self.reason, "srm_p": self.srm_p,
-                "value_remaining": self.value_remaining, "srm_alarm": self.srm_alarm,
-                "checks_done": self.checks_done, "at": self.at}
+        return {
+            "arms": [{k: getattr(a, k) for k in ArmSnapshot.__dataclass_fields__} for a in self.arms],
+            "reason": self.reason,
+            "srm_p": self.srm_p,
+            "value_remaining": self.value_remaining,
+            "srm_alarm": self.srm_alarm,
+            "checks_done": self.checks_done,
+            "at": self.at,
+        }
 
     def arm(self, idx: int) -> ArmSnapshot:
         """An arm's figures (all None when the snapshot has none yet)."""

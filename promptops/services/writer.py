@@ -59,8 +59,15 @@ def _settle(outcomes: list[tuple[asyncio.Future[str], str | BaseException]]) -> 
 class BatchWriter:
     """A background thread that stores decisions and feedback in batches."""
 
-    def __init__(self, recorder: Recorder, *, flush_seconds: float = 0.02, max_batch: int = 2000,
-                 max_pending: int = 500_000, calls: CallRecorder | None = None) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        *,
+        flush_seconds: float = 0.02,
+        max_batch: int = 2000,
+        max_pending: int = 500_000,
+        calls: CallRecorder | None = None,
+    ) -> None:
         self.recorder = recorder
         self.call_recorder = calls or CallRecorder(recorder.ctx)
         self.flush_seconds = flush_seconds
@@ -95,8 +102,11 @@ class BatchWriter:
             self._thread.join(timeout)
             self._thread = None
         if self._decisions:
-            log.error("stopping with %d decisions not stored: %s", len(self._decisions),
-                      self.last_error or "the database did not answer in time")
+            log.error(
+                "stopping with %d decisions not stored: %s",
+                len(self._decisions),
+                self.last_error or "the database did not answer in time",
+            )
 
     @property
     def pending(self) -> int:
@@ -168,18 +178,21 @@ class BatchWriter:
             batch: list[Any] = []
             while self._feedback and len(batch) < self.max_batch:
                 batch.append(self._feedback.popleft())
-            results, stop, exc = self._write(
-                [item for item, _ in batch], self.recorder.record_feedback)
+            results, stop, exc = self._write([item for item, _ in batch], self.recorder.record_feedback)
             outcomes: list[tuple[Waiter, str | BaseException]] = []
             for (item, waiter), result in zip(batch[:stop], results, strict=True):
                 if isinstance(result, _Refused):
-                    log.error("feedback for %s refused by the database: %s", item.decision_id,
-                              _short(result.exc))
+                    log.error(
+                        "feedback for %s refused by the database: %s", item.decision_id, _short(result.exc)
+                    )
                     result = InvalidInput("the database refused this feedback")
                 outcomes.append((waiter, result))
             if exc is not None:
-                error = exc if isinstance(exc, Unavailable) else Unavailable(
-                    f"could not store feedback: {_short(exc)}")
+                error = (
+                    exc
+                    if isinstance(exc, Unavailable)
+                    else Unavailable(f"could not store feedback: {_short(exc)}")
+                )
                 outcomes += [(waiter, error) for _, waiter in batch[stop:]]
             self._resolve(outcomes)
             if exc is not None:
@@ -187,8 +200,7 @@ class BatchWriter:
 
     @staticmethod
     def _resolve(outcomes: list[tuple[Waiter, str | BaseException]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[str],
-                                                            str | BaseException]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[str], str | BaseException]]] = {}
         for waiter, outcome in outcomes:
             if isinstance(waiter, Future):
                 if isinstance(outcome, BaseException):
@@ -213,8 +225,9 @@ class BatchWriter:
                 self._in_flight = 0
             for row, result in zip(batch[:stop], results, strict=True):
                 if isinstance(result, _Refused):
-                    log.error("decision %s refused by the database, dropped: %s", row["id"],
-                              _short(result.exc))
+                    log.error(
+                        "decision %s refused by the database, dropped: %s", row["id"], _short(result.exc)
+                    )
             if exc is not None:
                 # Put the rest back in order; they are retried when the database returns, within
                 # the bound on what is buffered.
@@ -229,8 +242,11 @@ class BatchWriter:
         self.written += len(rows)
         return [None] * len(rows)
 
-    def _write(self, rows: Sequence[T], write: Callable[[list[T]], Sequence[Any]],
-               ) -> tuple[list[Any], int, BaseException | None]:
+    def _write(
+        self,
+        rows: Sequence[T],
+        write: Callable[[list[T]], Sequence[Any]],
+    ) -> tuple[list[Any], int, BaseException | None]:
         """Write rows, isolating any the database refuses; returns the outcome of each row
         attempted (`write`'s result, or _Refused), how many were attempted, and the error that
         stopped the rest when the database became unreachable (else None)."""
@@ -262,8 +278,11 @@ class BatchWriter:
             results, stop, exc = self._write(batch, self._record_calls)
             for row, result in zip(batch[:stop], results, strict=True):
                 if isinstance(result, _Refused):
-                    log.error("call of decision %s refused by the database, dropped: %s",
-                              row["decision_id"], _short(result.exc))
+                    log.error(
+                        "call of decision %s refused by the database, dropped: %s",
+                        row["decision_id"],
+                        _short(result.exc),
+                    )
             if exc is not None:  # kept, in order, for when the database returns
                 self._calls.extendleft(reversed(batch[stop:]))
                 return

@@ -50,7 +50,11 @@ def apply_floor(weights: np.ndarray, floor: float) -> np.ndarray:
 
 
 def thompson_weights(
-    mean: np.ndarray, sd: np.ndarray, *, policy: Policy, rng: np.random.Generator,
+    mean: np.ndarray,
+    sd: np.ndarray,
+    *,
+    policy: Policy,
+    rng: np.random.Generator,
     blocked: Sequence[int] = (),
 ) -> np.ndarray:
     """Serving weights from posterior draws: top-two or plain Thompson, then the floor; blocked
@@ -65,9 +69,7 @@ def thompson_weights(
     return apply_floor(_sampling(mean, sd, policy=policy, rng=rng), policy.floor)
 
 
-def _sampling(
-    mean: np.ndarray, sd: np.ndarray, *, policy: Policy, rng: np.random.Generator
-) -> np.ndarray:
+def _sampling(mean: np.ndarray, sd: np.ndarray, *, policy: Policy, rng: np.random.Generator) -> np.ndarray:
     """The serving probabilities psi of top-two or plain Thompson sampling, before the floor."""
     mean = np.asarray(mean, dtype=float)
     sd = np.asarray(sd, dtype=float)

@@ -72,8 +72,11 @@ class PolicyState:
     @property
     def flags(self) -> tuple[SafetyFlag, ...]:
         """The safety flags raised so far."""
-        return tuple(f for f, on in ((SafetyFlag.SRM, self.srm_alarm),
-                                     (SafetyFlag.FEEDBACK, self.feedback_alarm)) if on)
+        return tuple(
+            f
+            for f, on in ((SafetyFlag.SRM, self.srm_alarm), (SafetyFlag.FEEDBACK, self.feedback_alarm))
+            if on
+        )
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,9 @@ def promotion_threshold(policy: Policy, arms: int, looks: Sequence[float] | None
     return promotion_level(tuple(looks), alpha=policy.alpha, arms=arms)
 
 
-def value_remaining_vs_control(mean: np.ndarray, sd: np.ndarray, *, control: int,
-                               arms: Sequence[int], quantile: float = 0.95) -> float:
+def value_remaining_vs_control(
+    mean: np.ndarray, sd: np.ndarray, *, control: int, arms: Sequence[int], quantile: float = 0.95
+) -> float:
     """The `quantile` of max(0, max_j theta_j - theta_control) over the challengers `arms`, by
     Gauss-Hermite quadrature over the control and bisection (no Monte Carlo)."""
     if not arms:
@@ -157,9 +161,16 @@ def value_remaining_vs_control(mean: np.ndarray, sd: np.ndarray, *, control: int
     return hi
 
 
-def decide(summary: Summary, *, control: int, policy: Policy, need: float | None = None,
-           names: Sequence[str] | None = None, blocked: Sequence[int] = (),
-           pending: Sequence[int] = ()) -> tuple[StatsAction, int | None, str]:
+def decide(
+    summary: Summary,
+    *,
+    control: int,
+    policy: Policy,
+    need: float | None = None,
+    names: Sequence[str] | None = None,
+    blocked: Sequence[int] = (),
+    pending: Sequence[int] = (),
+) -> tuple[StatsAction, int | None, str]:
     """The promotion rule at one check: promote, keep the control, or continue, and why.
 
     `need` is the P(beats control) a challenger needs (default: this check's spending boundary as
@@ -180,30 +191,37 @@ def decide(summary: Summary, *, control: int, policy: Policy, need: float | None
         p = float(summary.p_beats_control[w])
         if p >= need and loss_ok:
             if w in pending:
-                return CONTINUE, None, (
-                    f"{_name(names, w)} beats the control with {_pct(p)} but a guardrail is "
-                    "still pending")
+                return (
+                    CONTINUE,
+                    None,
+                    (f"{_name(names, w)} beats the control with {_pct(p)} but a guardrail is still pending"),
+                )
             return PROMOTE, w, f"{_name(names, w)} beats the control with {_pct(p)} (needs {_pct(need)})"
         if p < need:
             return CONTINUE, None, f"needs {_pct(need)} to promote; {_name(names, w)} is at {_pct(p)}"
-        return CONTINUE, None, (
-            f"{_name(names, w)} clears {_pct(need)} but its {loss_text} is above "
-            f"{_pct(policy.loss_threshold)}"
+        return (
+            CONTINUE,
+            None,
+            (
+                f"{_name(names, w)} clears {_pct(need)} but its {loss_text} is above "
+                f"{_pct(policy.loss_threshold)}"
+            ),
         )
     p = float(summary.p_best[control])
     if p >= policy.control_p_best and loss_ok:
         return KEEP_CONTROL, control, f"the control is best with P(best) {_pct(p)}"
     if p < policy.control_p_best:
-        return CONTINUE, None, (
-            f"keeping the control needs P(best) {_pct(policy.control_p_best)}; it is at {_pct(p)}"
+        return (
+            CONTINUE,
+            None,
+            (f"keeping the control needs P(best) {_pct(policy.control_p_best)}; it is at {_pct(p)}"),
         )
-    return CONTINUE, None, (
-        f"the control leads but its {loss_text} is above {_pct(policy.loss_threshold)}"
-    )
+    return CONTINUE, None, (f"the control leads but its {loss_text} is above {_pct(policy.loss_threshold)}")
 
 
-def early_stop(summary: Summary, *, control: int, policy: Policy,
-               live: Sequence[int]) -> tuple[StopReason, str] | None:
+def early_stop(
+    summary: Summary, *, control: int, policy: Policy, live: Sequence[int]
+) -> tuple[StopReason, str] | None:
     """The stops without a winner: every live challenger equivalent to the control, or no
     challenger plausibly better by a meaningful amount (value remaining), or none left."""
     if not live:
@@ -214,25 +232,25 @@ def early_stop(summary: Summary, *, control: int, policy: Policy,
     if policy.equivalence_margin > 0 and scale > 0:
         margin = policy.equivalence_margin * scale
         ok = all(
-            abs(float(summary.mean[a]) - mc) + CI_Z * math.hypot(float(sd[a]), float(sd[control]))
-            <= margin
+            abs(float(summary.mean[a]) - mc) + CI_Z * math.hypot(float(sd[a]), float(sd[control])) <= margin
             for a in live
         )
         if ok:
             return StopReason.EQUIVALENT, (
                 f"equivalent: every challenger's 95% interval for its difference from the control "
-                f"lies within +-{_pct(policy.equivalence_margin)} of the control's mean")
+                f"lies within +-{_pct(policy.equivalence_margin)} of the control's mean"
+            )
     if policy.value_remaining_stop > 0 and scale > 0:
         vr = value_remaining_vs_control(summary.mean, sd, control=control, arms=list(live))
         if vr <= policy.value_remaining_stop * scale:
             return StopReason.NO_MEANINGFUL_WINNER, (
                 f"no meaningful winner: the 95th percentile of the value remaining over the "
-                f"control is {_pct(vr / scale)}, under {_pct(policy.value_remaining_stop)}")
+                f"control is {_pct(vr / scale)}, under {_pct(policy.value_remaining_stop)}"
+            )
     return None
 
 
-def _burn_in_reason(per_arm: np.ndarray, hours: float, policy: Policy,
-                    names: Sequence[str] | None) -> str:
+def _burn_in_reason(per_arm: np.ndarray, hours: float, policy: Policy, names: Sequence[str] | None) -> str:
     a = int(np.argmin(per_arm))
     if per_arm[a] < policy.min_samples_per_arm:
         return (
@@ -280,9 +298,12 @@ def step(
     fb_alarm, fb_reason = state.feedback_alarm, state.feedback_reason
     if not fb_alarm and data.feedback is not None:
         finding = feedback_finding(
-            data.feedback, level=safety_level(policy.feedback_p_value, state.safety_t, t_safe),
-            ignore_missing=policy.missing_feedback_for(reward_kind) == "ignore", control=control,
-            names=names)
+            data.feedback,
+            level=safety_level(policy.feedback_p_value, state.safety_t, t_safe),
+            ignore_missing=policy.missing_feedback_for(reward_kind) == "ignore",
+            control=control,
+            names=names,
+        )
         if finding is not None:
             fb_alarm, fb_reason = True, f"{finding.sentence} (p = {finding.p_value:.2g})"
     frozen = srm_alarm or fb_alarm
@@ -297,8 +318,9 @@ def step(
     pending = {v.arm for v in verdicts if v.state == GuardrailState.PENDING}
     if policy.guardrails:
         seen = {(v.arm, v.metric) for v in verdicts}
-        pending |= {a for a in range(k) if a != control
-                    for g in policy.guardrails if (a, g.metric) not in seen}
+        pending |= {
+            a for a in range(k) if a != control for g in policy.guardrails if (a, g.metric) not in seen
+        }
     live = [a for a in range(k) if a != control and a not in blocked]
 
     burn_in = state.burn_in_done or (
@@ -325,8 +347,10 @@ def step(
     elif checks_done >= policy.max_checks:
         reason = f"all {policy.max_checks} decision checks spent; waiting for the limit"
     elif not settled and not at_limit:
-        reason = (f"waiting until {2 * policy.attribution_window_hours:g} hours (twice the "
-                  "attribution window) have passed before any decision check")
+        reason = (
+            f"waiting until {2 * policy.attribution_window_hours:g} hours (twice the "
+            "attribution window) have passed before any decision check"
+        )
     elif matured >= due_at or at_limit:
         checked = True
         checks_done += 1
@@ -336,8 +360,15 @@ def step(
             need = promotion_threshold(policy, arms=k, looks=looks)
         else:
             need = 1.0  # no new information since the last look: nothing to spend
-        verdict, win, reason = decide(summary, control=control, policy=policy, need=need,
-                                      names=names, blocked=sorted(blocked), pending=sorted(pending))
+        verdict, win, reason = decide(
+            summary,
+            control=control,
+            policy=policy,
+            need=need,
+            names=names,
+            blocked=sorted(blocked),
+            pending=sorted(pending),
+        )
         if verdict == CONTINUE:
             found = early_stop(summary, control=control, policy=policy, live=live)
             if found is not None:
@@ -373,8 +404,7 @@ def step(
     elif not burn_in:
         weights = equal_weights(k)
     else:
-        weights = thompson_weights(summary.mean, summary.sd, policy=policy, rng=rng,
-                                   blocked=sorted(blocked))
+        weights = thompson_weights(summary.mean, summary.sd, policy=policy, rng=rng, blocked=sorted(blocked))
 
     new_state = replace(
         state,

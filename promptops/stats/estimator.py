@@ -248,8 +248,9 @@ def summarize(data: EpochData, *, control: int, policy: Policy) -> Summary:
     )
 
 
-def value_remaining(mean: np.ndarray, sd: np.ndarray, *, rng: np.random.Generator,
-                    draws: int = 10_000, quantile: float = 0.95) -> float | None:
+def value_remaining(
+    mean: np.ndarray, sd: np.ndarray, *, rng: np.random.Generator, draws: int = 10_000, quantile: float = 0.95
+) -> float | None:
     """Scott's "potential value remaining": the `quantile` of (max_j theta_j - theta_w) / theta_w
     over the posterior, w being the arm with the smallest expected loss; how much better than the
     current leader another arm could still plausibly be (a report figure, not a stopping input)."""

@@ -60,8 +60,9 @@ def metric_estimates(data: MetricData) -> list[MetricEstimate]:
     mean, se = stratified(data.n, data.s, data.ss)
     n = np.asarray(data.n, dtype=float).sum(axis=1)
     return [
-        MetricEstimate(mean=float(m), se=float(e), ci_low=float(m - CI_Z * e),
-                       ci_high=float(m + CI_Z * e), n=int(c))
+        MetricEstimate(
+            mean=float(m), se=float(e), ci_low=float(m - CI_Z * e), ci_high=float(m + CI_Z * e), n=int(c)
+        )
         for m, e, c in zip(mean, se, n, strict=True)
     ]
 
@@ -100,8 +101,18 @@ def guardrail_verdicts(
             continue
         name = names[a] if names is not None and a < len(names) else f"arm {a}"
         if not (e.n >= 2 and c.n >= 2 and math.isfinite(e.mean) and math.isfinite(c.mean)):
-            out.append(GuardrailVerdict(a, rule.metric, GuardrailState.PENDING, math.nan, math.nan,
-                                        math.nan, True, f"pending: no {rule.metric} values yet"))
+            out.append(
+                GuardrailVerdict(
+                    a,
+                    rule.metric,
+                    GuardrailState.PENDING,
+                    math.nan,
+                    math.nan,
+                    math.nan,
+                    True,
+                    f"pending: no {rule.metric} values yet",
+                )
+            )
             continue
         d = e.mean - c.mean
         sd = max(math.hypot(e.se, c.se), 1e-300)
@@ -110,8 +121,10 @@ def guardrail_verdicts(
         p_below = norm_cdf_scalar((-down - d) / sd) if math.isfinite(down) else 0.0
         scale = abs(c.mean)
         lo, hi = d - CI_Z * sd, d + CI_Z * sd
-        change = (f"{rule.metric} {_fmt(d, relative, scale)} "
-                  f"({_fmt(lo, relative, scale)} .. {_fmt(hi, relative, scale)})")
+        change = (
+            f"{rule.metric} {_fmt(d, relative, scale)} "
+            f"({_fmt(lo, relative, scale)} .. {_fmt(hi, relative, scale)})"
+        )
         if p_above >= BLOCK_P:
             state = GuardrailState.BLOCKED
             limit = _fmt(up, relative, scale).lstrip("+")

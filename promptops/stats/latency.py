@@ -32,8 +32,7 @@ def bound(k: int) -> float:
 def add(counts: Sequence[int], more: Sequence[int]) -> list[int]:
     """The element-wise sum of two histograms (either may be shorter, or empty)."""
     size = max(len(counts), len(more))
-    return [(counts[i] if i < len(counts) else 0) + (more[i] if i < len(more) else 0)
-            for i in range(size)]
+    return [(counts[i] if i < len(counts) else 0) + (more[i] if i < len(more) else 0) for i in range(size)]
 
 
 def histogram(latencies: Iterable[float]) -> list[int]:

@@ -37,8 +37,9 @@ def feedback_cohort_cutoff(now_hours: float, policy: Policy) -> float:
     return now_hours - 2.0 * policy.attribution_window_hours
 
 
-def matured_values(got_feedback: ArrayLike, reward: ArrayLike, *, reward_kind: str,
-                   policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+def matured_values(
+    got_feedback: ArrayLike, reward: ArrayLike, *, reward_kind: str, policy: Policy
+) -> tuple[np.ndarray, np.ndarray]:
     """(counted, value) of matured decisions: feedback within the window counts its reward;
     missing feedback counts 0 under `missing_feedback: zero` and not at all under `ignore`."""
     got = np.asarray(got_feedback, dtype=bool)

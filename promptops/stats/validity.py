@@ -58,8 +58,14 @@ def _name(names: Sequence[str] | None, arm: int, control: int) -> str:
     return f"the control ({base})" if arm == control else base
 
 
-def feedback_finding(counts: FeedbackCounts, *, level: float, ignore_missing: bool, control: int,
-                     names: Sequence[str] | None = None) -> FeedbackFinding | None:
+def feedback_finding(
+    counts: FeedbackCounts,
+    *,
+    level: float,
+    ignore_missing: bool,
+    control: int,
+    names: Sequence[str] | None = None,
+) -> FeedbackFinding | None:
     """The first feedback mismatch significant at `level` (split over the tests run), or None."""
     if level <= 0:
         return None
@@ -72,9 +78,14 @@ def feedback_finding(counts: FeedbackCounts, *, level: float, ignore_missing: bo
         share = late / np.maximum(on_time + late, 1.0)
         arm = int(np.argmax(share))
         who = _name(names, arm, control)
-        return FeedbackFinding(p, arm, (
-            f"{who}'s feedback arrives later than the window ({100 * share[arm]:.0f}% late): "
-            "lengthen `attribution_window_hours`"))
+        return FeedbackFinding(
+            p,
+            arm,
+            (
+                f"{who}'s feedback arrives later than the window ({100 * share[arm]:.0f}% late): "
+                "lengthen `attribution_window_hours`"
+            ),
+        )
     if ignore_missing:
         p = contingency_p(np.vstack([on_time, np.maximum(eligible - on_time, 0.0)]))
         if p is not None and p < each:
@@ -82,8 +93,13 @@ def feedback_finding(counts: FeedbackCounts, *, level: float, ignore_missing: bo
             arm = int(np.argmin(rate))
             who = _name(names, arm, control)
             others = float(np.delete(on_time, arm).sum() / max(np.delete(eligible, arm).sum(), 1))
-            return FeedbackFinding(p, arm, (
-                f"{who} gets feedback on {100 * rate[arm]:.0f}% of its decisions against "
-                f"{100 * others:.0f}% for the others: missing feedback is left out "
-                "(`missing_feedback: ignore`), so every arm must send it alike"))
+            return FeedbackFinding(
+                p,
+                arm,
+                (
+                    f"{who} gets feedback on {100 * rate[arm]:.0f}% of its decisions against "
+                    f"{100 * others:.0f}% for the others: missing feedback is left out "
+                    "(`missing_feedback: ignore`), so every arm must send it alike"
+                ),
+            )
     return None

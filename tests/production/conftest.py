@@ -31,12 +31,18 @@ DEADLINE_SECONDS = 120.0
 # Small enough that burn-in ends after a hundred decisions; checks every 100 matured outcomes.
 # The attribution window is 3.6 seconds, not 0: feedback counts only if it arrives within the
 # window, so with 0 every outcome would mature as a zero.
-SMALL_POLICY = {"min_hours": 0, "attribution_window_hours": 0.001, "min_samples_per_arm": 50,
-                "update_every": 50, "min_update_minutes": 0, "max_decisions": 10000,
-                "max_checks": 100,
-                # These tests check that a promotion happens once and production follows it; the
-                # guarded rollout after it has its own tests (tests/services/test_rollout.py).
-                "holdout_share": 0}
+SMALL_POLICY = {
+    "min_hours": 0,
+    "attribution_window_hours": 0.001,
+    "min_samples_per_arm": 50,
+    "update_every": 50,
+    "min_update_minutes": 0,
+    "max_decisions": 10000,
+    "max_checks": 100,
+    # These tests check that a promotion happens once and production follows it; the
+    # guarded rollout after it has its own tests (tests/services/test_rollout.py).
+    "holdout_share": 0,
+}
 
 GREET = """\
 name: greet
@@ -100,8 +106,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def poll(check: Callable[[], T], *, what: str, timeout: float = DEADLINE_SECONDS,
-             interval: float = 0.05) -> T:
+def poll(
+    check: Callable[[], T], *, what: str, timeout: float = DEADLINE_SECONDS, interval: float = 0.05
+) -> T:
     """Poll `check` until it returns something truthy; fail with `what` after the deadline."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -121,8 +128,15 @@ def poll(check: Callable[[], T], *, what: str, timeout: float = DEADLINE_SECONDS
 class Server:
     """One `promptops serve` subprocess."""
 
-    def __init__(self, *, database_url: str, prompts_dir: Path, log_path: Path,
-                 port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        prompts_dir: Path,
+        log_path: Path,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.database_url = database_url
         self.prompts_dir = prompts_dir
         self.log_path = log_path
@@ -139,20 +153,29 @@ class Server:
 
     def start(self, *, wait: bool = True) -> Server:
         """Start the process (appending to its log); wait until /healthz answers 200 if asked."""
-        env = {**os.environ, "PROMPTOPS_DATABASE_URL": self.database_url,
-               "PROMPTOPS_PROMPTS_DIR": str(self.prompts_dir),
-               "PROMPTOPS_CACHE_REFRESH": "0.2", "PROMPTOPS_UPDATE_INTERVAL": "0.2",
-               **self.extra_env}
+        env = {
+            **os.environ,
+            "PROMPTOPS_DATABASE_URL": self.database_url,
+            "PROMPTOPS_PROMPTS_DIR": str(self.prompts_dir),
+            "PROMPTOPS_CACHE_REFRESH": "0.2",
+            "PROMPTOPS_UPDATE_INTERVAL": "0.2",
+            **self.extra_env,
+        }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "promptops.cli", "serve", "--port", str(self.port)],
-                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if wait:
             self.wait_ready()
         return self
 
     def wait_ready(self) -> None:
         """Poll /healthz until it answers 200; fail early if the process died."""
+
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -160,8 +183,7 @@ class Server:
             with httpx.Client(timeout=5) as c:
                 return c.get(f"{self.url}/healthz").status_code == 200
 
-        poll(ready, what=f"server on port {self.port} to be ready", timeout=STARTUP_SECONDS,
-                 interval=0.1)
+        poll(ready, what=f"server on port {self.port} to be ready", timeout=STARTUP_SECONDS, interval=0.1)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An httpx client bound to this server (closed when the server is stopped)."""
@@ -225,13 +247,23 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Start `promptops serve` processes; all of them are stopped when the test ends."""
     started: list[Server] = []
 
-    def _spawn(database_url: str, *, prompts_dir: Path | None = None, port: int | None = None,
-               name: str | None = None, wait: bool = True) -> Server:
+    def _spawn(
+        database_url: str,
+        *,
+        prompts_dir: Path | None = None,
+        port: int | None = None,
+        name: str | None = None,
+        wait: bool = True,
+    ) -> Server:
         folder = prompts_dir or tmp_path / "prompts"
         if not folder.exists():
             write_prompts(folder)
-        server = Server(database_url=database_url, prompts_dir=folder, port=port,
-                        log_path=tmp_path / f"{name or f'server-{len(started)}'}.log")
+        server = Server(
+            database_url=database_url,
+            prompts_dir=folder,
+            port=port,
+            log_path=tmp_path / f"{name or f'server-{len(started)}'}.log",
+        )
         started.append(server)
         return server.start(wait=wait)
 
@@ -261,7 +293,7 @@ def db_engine() -> Iterator[Callable[[str], Engine]]:
 
     def _open(url: str) -> Engine:
         if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
         engine = create_engine(url)
         engines.append(engine)
         return engine

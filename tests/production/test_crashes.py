@@ -41,41 +41,62 @@ def check_consistent(engine: Engine) -> None:
         running: Counter[int] = Counter()
         for exp in conn.execute(select(ExperimentRow)).all():
             where = (DecisionRow.experiment_id == exp.id,)
-            assert exp.status in ("draft", "running", "holdout", "completed", "inconclusive", "stopped",
-                                  "rolled_back")
+            assert exp.status in (
+                "draft",
+                "running",
+                "holdout",
+                "completed",
+                "inconclusive",
+                "stopped",
+                "rolled_back",
+            )
             if exp.status == "running":
                 running[exp.prompt_id] += 1
                 assert exp.running_prompt_id == exp.prompt_id, exp
             else:
                 assert exp.running_prompt_id is None, exp
             if exp.status == "completed" and exp.winner_arm is not None:
-                winner = conn.scalar(select(ArmRow.version_id).where(
-                    ArmRow.experiment_id == exp.id, ArmRow.idx == exp.winner_arm))
-                production = conn.scalar(select(LabelRow.version_id).where(
-                    LabelRow.prompt_id == exp.prompt_id, LabelRow.name == "production"))
+                winner = conn.scalar(
+                    select(ArmRow.version_id).where(
+                        ArmRow.experiment_id == exp.id, ArmRow.idx == exp.winner_arm
+                    )
+                )
+                production = conn.scalar(
+                    select(LabelRow.version_id).where(
+                        LabelRow.prompt_id == exp.prompt_id, LabelRow.name == "production"
+                    )
+                )
                 assert production == winner, f"experiment {exp.id} won but production differs"
             for arm in conn.execute(select(ArmRow).where(ArmRow.experiment_id == exp.id)).all():
-                decisions = conn.scalar(select(func.count()).select_from(DecisionRow).where(
-                    *where, DecisionRow.arm == arm.idx))
+                decisions = conn.scalar(
+                    select(func.count()).select_from(DecisionRow).where(*where, DecisionRow.arm == arm.idx)
+                )
                 fb, total = conn.execute(
-                    select(func.count(FeedbackRow.id), func.coalesce(func.sum(FeedbackRow.reward),
-                                                                     0.0))
+                    select(func.count(FeedbackRow.id), func.coalesce(func.sum(FeedbackRow.reward), 0.0))
                     .join(DecisionRow, DecisionRow.id == FeedbackRow.decision_id)
-                    .where(*where, DecisionRow.arm == arm.idx,
-                           FeedbackRow.metric == exp.metric)).one()
-                assert (arm.decisions, arm.feedback, arm.reward_sum) == (
-                    decisions, fb, float(total)), f"experiment {exp.id} arm {arm.idx}"
-            epochs = list(conn.scalars(select(EpochRow.idx).where(
-                EpochRow.experiment_id == exp.id).order_by(EpochRow.idx)))
+                    .where(*where, DecisionRow.arm == arm.idx, FeedbackRow.metric == exp.metric)
+                ).one()
+                assert (arm.decisions, arm.feedback, arm.reward_sum) == (decisions, fb, float(total)), (
+                    f"experiment {exp.id} arm {arm.idx}"
+                )
+            epochs = list(
+                conn.scalars(
+                    select(EpochRow.idx).where(EpochRow.experiment_id == exp.id).order_by(EpochRow.idx)
+                )
+            )
             if exp.status != "draft":
                 assert epochs == list(range(exp.epoch + 1)), (exp.epoch, epochs)
             # `assigned` counts new units at serve time (for the sample-ratio check), refreshed
             # when an epoch closes, so it is bounded by the stored decisions rather than equal to
             # the matured ones; the matured total must equal the decisions counted in.
-            assigned = conn.scalar(select(func.coalesce(func.sum(ArmEpochRow.assigned), 0))
-                                   .where(ArmEpochRow.experiment_id == exp.id))
-            counted = conn.scalar(select(func.count()).select_from(DecisionRow)
-                                  .where(*where, DecisionRow.counted_in > 0))
+            assigned = conn.scalar(
+                select(func.coalesce(func.sum(ArmEpochRow.assigned), 0)).where(
+                    ArmEpochRow.experiment_id == exp.id
+                )
+            )
+            counted = conn.scalar(
+                select(func.count()).select_from(DecisionRow).where(*where, DecisionRow.counted_in > 0)
+            )
             stored = conn.scalar(select(func.count()).select_from(DecisionRow).where(*where))
             assert exp.matured_total == counted, (exp.id, exp.matured_total, counted)
             assert assigned <= stored, (exp.id, assigned, stored)
@@ -83,8 +104,11 @@ def check_consistent(engine: Engine) -> None:
 
 
 def test_kill_9_under_feedback_load_loses_nothing_acknowledged(
-        database_url: str, spawn: Callable[..., Server], db_engine: Callable[[str], Engine],
-        wait_for: Callable[..., Any]) -> None:
+    database_url: str,
+    spawn: Callable[..., Server],
+    db_engine: Callable[[str], Engine],
+    wait_for: Callable[..., Any],
+) -> None:
     first = spawn(database_url, name="before-crash")
     exp = first.experiment("greet")
     warm = next(a["version"] for a in exp["arms"] if a["variant"] == "warm")
@@ -110,8 +134,7 @@ def test_kill_9_under_feedback_load_loses_nothing_acknowledged(
                 per_arm[out["version"]] += 1
                 reward = float(per_arm[out["version"]] % 2)
             try:
-                f = c.post("/v1/feedback", json={"decision_id": out["decision_id"],
-                                                 "reward": reward})
+                f = c.post("/v1/feedback", json={"decision_id": out["decision_id"], "reward": reward})
             except httpx.TransportError:
                 if not killed.is_set():
                     raise
@@ -151,8 +174,13 @@ def test_kill_9_under_feedback_load_loses_nothing_acknowledged(
     check_consistent(engine)
 
     with engine.connect() as conn:
-        stored = dict(conn.execute(select(FeedbackRow.decision_id, FeedbackRow.reward)
-                                   .where(FeedbackRow.decision_id.in_(list(acknowledged)))).all())
+        stored = dict(
+            conn.execute(
+                select(FeedbackRow.decision_id, FeedbackRow.reward).where(
+                    FeedbackRow.decision_id.in_(list(acknowledged))
+                )
+            ).all()
+        )
     assert stored == acknowledged
     c = second.client()
     for did, reward in acknowledged.items():
@@ -172,8 +200,10 @@ def test_kill_9_under_feedback_load_loses_nothing_acknowledged(
             out = c.post("/v1/prompts/greet/serve", json={"variables": {"who": "x"}}).json()
             if out["experiment_id"] is None:
                 return True
-            f = c.post("/v1/feedback", json={"decision_id": out["decision_id"],
-                                             "reward": int(out["version"] == warm)})
+            f = c.post(
+                "/v1/feedback",
+                json={"decision_id": out["decision_id"], "reward": int(out["version"] == warm)},
+            )
             assert f.status_code == 200, f.text
         return second.experiment("greet")["status"] != "running"
 
@@ -181,8 +211,10 @@ def test_kill_9_under_feedback_load_loses_nothing_acknowledged(
     final = second.client().get(f"/v1/experiments/{exp['id']}").json()
     assert (final["status"], final["winner"]) == ("completed", warm), final["reason"]
     assert final["epoch"] >= epoch_at_restart
-    ends = [(e["action"], e["actor"]) for e in second.audit(exp["id"])
-            if e["action"] in ("experiment.completed", "experiment.inconclusive",
-                               "experiment.stopped")]
+    ends = [
+        (e["action"], e["actor"])
+        for e in second.audit(exp["id"])
+        if e["action"] in ("experiment.completed", "experiment.inconclusive", "experiment.stopped")
+    ]
     assert ends == [("experiment.completed", "promptops")]  # by the epoch update, once
     check_consistent(engine)

@@ -84,8 +84,9 @@ class Cluster:
         return ["su", "postgres", "-s", "/bin/sh", "-c", shlex.join(cmd)]
 
     def _run(self, tool: str, *args: str) -> None:
-        done = subprocess.run(self._command(tool, *args), cwd=self.root, capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            self._command(tool, *args), cwd=self.root, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, f"{tool} failed:\n{done.stdout}\n{done.stderr}"
 
     def init(self) -> None:
@@ -95,8 +96,19 @@ class Cluster:
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-o", opts,
-                  "-w", "-t", "60", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: open sessions are cut off)."""
@@ -105,9 +117,12 @@ class Cluster:
     def destroy(self) -> None:
         """Stop the server if it runs and delete the folder."""
         if (self.data / "postmaster.pid").exists():
-            subprocess.run(self._command("pg_ctl", "-D", str(self.data), "-m", "immediate",
-                                         "-w", "stop"),
-                           cwd=self.root, capture_output=True, timeout=120)
+            subprocess.run(
+                self._command("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"),
+                cwd=self.root,
+                capture_output=True,
+                timeout=120,
+            )
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -127,8 +142,11 @@ def cluster() -> Iterator[Cluster]:
 
 
 def test_database_outage_is_survived_and_nothing_acknowledged_is_lost(
-        cluster: Cluster, spawn: Callable[..., Server], db_engine: Callable[[str], Engine],
-        wait_for: Callable[..., Any]) -> None:
+    cluster: Cluster,
+    spawn: Callable[..., Server],
+    db_engine: Callable[[str], Engine],
+    wait_for: Callable[..., Any],
+) -> None:
     server = spawn(cluster.url)
     c = server.client(timeout=30)
     who = {"variables": {"who": "x"}}
@@ -180,8 +198,7 @@ def test_database_outage_is_survived_and_nothing_acknowledged_is_lost(
     assert (r.status_code, r.json()["error"]["code"]) == (503, "unavailable"), r.text
 
     cluster.start()
-    wait_for(lambda: c.get("/healthz").status_code == 200,
-             what="/healthz to recover by itself")
+    wait_for(lambda: c.get("/healthz").status_code == 200, what="/healthz to recover by itself")
 
     # Decisions served during the outage were buffered and are all written now.
     engine = db_engine(cluster.url)
@@ -206,7 +223,10 @@ def test_database_outage_is_survived_and_nothing_acknowledged_is_lost(
     # The background refresh is back too: a label moved by another process reaches this server.
     moved = subprocess.run(
         [sys.executable, "-m", "promptops.cli", "label", "plain", "2", "production"],
-        env={**os.environ, "PROMPTOPS_DATABASE_URL": cluster.url}, capture_output=True,
-        text=True, timeout=120)
+        env={**os.environ, "PROMPTOPS_DATABASE_URL": cluster.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert moved.returncode == 0, moved.stderr
     wait_for(lambda: serve("plain")["version"] == 2, what="the moved label to be served")

@@ -65,8 +65,7 @@ class Clients:
         self.check()
 
 
-def _feedback_twice(first: httpx.Client, second: httpx.Client, body: dict[str, Any]
-                    ) -> list[str]:
+def _feedback_twice(first: httpx.Client, second: httpx.Client, body: dict[str, Any]) -> list[str]:
     """Send one feedback through two replicas at the same time; both statuses."""
     answers: list[httpx.Response] = []
 
@@ -84,8 +83,11 @@ def _feedback_twice(first: httpx.Client, second: httpx.Client, body: dict[str, A
 
 
 def test_totals_are_exact_and_promotion_happens_once(
-        replicas: tuple[Server, Server], pg_url: str, db_engine: Callable[[str], Any],
-        wait_for: Callable[..., Any]) -> None:
+    replicas: tuple[Server, Server],
+    pg_url: str,
+    db_engine: Callable[[str], Any],
+    wait_for: Callable[..., Any],
+) -> None:
     a, b = replicas
     served: Counter[int] = Counter()  # decisions per version of `steady`
     rewards: defaultdict[int, float] = defaultdict(float)
@@ -104,8 +106,7 @@ def test_totals_are_exact_and_promotion_happens_once(
             out = s.json()
             assert out["experiment_id"] == exp_id
             reward = float((i * 7 + r) % 3 == 0)
-            statuses = _feedback_twice(one, other, {"decision_id": out["decision_id"],
-                                                    "reward": reward})
+            statuses = _feedback_twice(one, other, {"decision_id": out["decision_id"], "reward": reward})
             p = other.post("/v1/prompts/plain/serve", json={"variables": {"who": "x"}})
             assert p.status_code == 200, p.text
             with lock:
@@ -120,8 +121,7 @@ def test_totals_are_exact_and_promotion_happens_once(
     # Feedback is durable before its 200 and stores its decision first: no waiting needed.
     for server in (a, b):
         exp = server.client().get(f"/v1/experiments/{exp_id}").json()
-        got = {arm["version"]: (arm["decisions"], arm["feedback"], arm["reward_sum"])
-               for arm in exp["arms"]}
+        got = {arm["version"]: (arm["decisions"], arm["feedback"], arm["reward_sum"]) for arm in exp["arms"]}
         assert got == {v: (served[v], served[v], rewards[v]) for v in got}, got
     assert sum(served.values()) == CLIENTS * ROUNDS
 
@@ -131,8 +131,7 @@ def test_totals_are_exact_and_promotion_happens_once(
     def plain_rows() -> bool:
         with engine.connect() as conn:
             pid = conn.scalar(select(PromptRow.id).where(PromptRow.name == "plain"))
-            n = conn.scalar(select(func.count()).select_from(DecisionRow)
-                            .where(DecisionRow.prompt_id == pid))
+            n = conn.scalar(select(func.count()).select_from(DecisionRow).where(DecisionRow.prompt_id == pid))
         assert n <= plain_serves, f"{n} stored, {plain_serves} served"
         return n == plain_serves
 
@@ -156,12 +155,15 @@ def test_totals_are_exact_and_promotion_happens_once(
     assert all(r.json()["error"]["code"] for r in answers if r.status_code == 409)
 
     entries = a.audit(exp_id)
-    ends = [e for e in entries if e["action"].startswith("experiment.")
-            and e["action"] not in ("experiment.create", "experiment.start")]
+    ends = [
+        e
+        for e in entries
+        if e["action"].startswith("experiment.")
+        and e["action"] not in ("experiment.create", "experiment.start")
+    ]
     assert [e["action"] for e in ends] == ["experiment.completed"], ends
     moves = [e for e in entries if e["action"] == "label.move"]
-    assert [(m["details"]["label"], m["details"]["to"]) for m in moves] == [
-        ("production", casual)]
+    assert [(m["details"]["label"], m["details"]["to"]) for m in moves] == [("production", casual)]
     final = a.client().get(f"/v1/experiments/{exp_id}").json()
     assert (final["status"], final["winner"]) == ("completed", casual)
 
@@ -177,7 +179,8 @@ def test_totals_are_exact_and_promotion_happens_once(
 
 
 def test_label_moved_through_one_replica_is_served_by_the_other(
-        replicas: tuple[Server, Server], wait_for: Callable[..., Any]) -> None:
+    replicas: tuple[Server, Server], wait_for: Callable[..., Any]
+) -> None:
     a, b = replicas
     ca, cb = a.client(), b.client()
 
@@ -186,6 +189,7 @@ def test_label_moved_through_one_replica_is_served_by_the_other(
             r = c.post("/v1/prompts/plain/serve", json={"variables": {"who": "y"}})
             assert r.status_code == 200, r.text
             return r.json()["version"] == version
+
         return check
 
     assert serves(cb, 1)()
@@ -202,7 +206,8 @@ def test_label_moved_through_one_replica_is_served_by_the_other(
 
 
 def test_automatic_promotion_happens_once_with_two_replicas(
-        replicas: tuple[Server, Server], wait_for: Callable[..., Any]) -> None:
+    replicas: tuple[Server, Server], wait_for: Callable[..., Any]
+) -> None:
     a, b = replicas
     exp = a.experiment("greet")
     warm = next(arm["version"] for arm in exp["arms"] if arm["variant"] == "warm")
@@ -219,8 +224,10 @@ def test_automatic_promotion_happens_once_with_two_replicas(
             out = s.json()
             if out["experiment_id"] != exp["id"]:
                 continue
-            f = other.post("/v1/feedback", json={"decision_id": out["decision_id"],
-                                                 "reward": int(out["version"] == warm)})
+            f = other.post(
+                "/v1/feedback",
+                json={"decision_id": out["decision_id"], "reward": int(out["version"] == warm)},
+            )
             assert f.status_code == 200, f.text
 
     load = Clients(client, 4)
@@ -238,11 +245,13 @@ def test_automatic_promotion_happens_once_with_two_replicas(
     final = a.client().get(f"/v1/experiments/{exp['id']}").json()
     assert (final["status"], final["winner"]) == ("completed", warm), final["reason"]
     entries = b.audit(exp["id"])
-    ends = [e["action"] for e in entries if e["action"] in (
-        "experiment.completed", "experiment.inconclusive", "experiment.stopped")]
+    ends = [
+        e["action"]
+        for e in entries
+        if e["action"] in ("experiment.completed", "experiment.inconclusive", "experiment.stopped")
+    ]
     assert ends == ["experiment.completed"], entries
-    moves = [(e["details"]["label"], e["details"]["to"]) for e in entries
-             if e["action"] == "label.move"]
+    moves = [(e["details"]["label"], e["details"]["to"]) for e in entries if e["action"] == "label.move"]
     assert moves == [("production", warm)], entries
     for server in (a, b):
         c = server.client()

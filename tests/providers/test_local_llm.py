@@ -17,8 +17,10 @@ MESSAGES = [{"role": "user", "content": "Say hello."}]
 
 
 def run(scenario):
-    provider = Provider(ProviderConfig(name="local", base_url=(URL or "").rstrip("/"), timeout_seconds=60,
-                                       max_retries=0), env={})
+    provider = Provider(
+        ProviderConfig(name="local", base_url=(URL or "").rstrip("/"), timeout_seconds=60, max_retries=0),
+        env={},
+    )
 
     async def go():
         try:

@@ -50,14 +50,17 @@ def test_cost_counts_cached_prompt_tokens_at_their_price():
 
 def test_a_call_carries_its_unit_prices_and_cost(fake_upstream):
     price = ModelPrice(input_per_mtok=1.0, output_per_mtok=3.0)
-    provider = Provider(ProviderConfig(name="fake", base_url=fake_upstream.base_url,
-                                       prices={"priced": price}), env={})
+    provider = Provider(
+        ProviderConfig(name="fake", base_url=fake_upstream.base_url, prices={"priced": price}), env={}
+    )
     messages = [{"role": "user", "content": "a b c"}]
 
     async def go():
         try:
-            return (await provider.chat(build_chat_request(messages, {"name": "priced"})),
-                    await provider.chat(build_chat_request(messages, {"name": "unpriced"})))
+            return (
+                await provider.chat(build_chat_request(messages, {"name": "priced"})),
+                await provider.chat(build_chat_request(messages, {"name": "unpriced"})),
+            )
         finally:
             await provider.aclose()
 

@@ -28,8 +28,13 @@ class Recorder:
 
 def provider(base_url: str, sleep: Recorder, **config: Any) -> Provider:
     policy = RetryPolicy(base_delay=0.5, max_delay=8.0, max_retry_after=30)
-    return Provider(ProviderConfig(name="fake", base_url=base_url, **config), env={}, sleep=sleep,
-                    rng=random.Random(0), policy=policy)
+    return Provider(
+        ProviderConfig(name="fake", base_url=base_url, **config),
+        env={},
+        sleep=sleep,
+        rng=random.Random(0),
+        policy=policy,
+    )
 
 
 def call(p: Provider, request=REQUEST):
@@ -38,6 +43,7 @@ def call(p: Provider, request=REQUEST):
             return await p.chat(request)
         finally:
             await p.aclose()
+
     return asyncio.run(go())
 
 

@@ -45,8 +45,15 @@ def test_the_key_is_sent_but_never_shown(fake_upstream, caplog):
     assert [r.headers["authorization"] for r in fake_upstream.requests] == [f"Bearer {KEY}"] * 2
     error = info.value
     assert error.http_status == 401
-    shown = [str(error), repr(error), error.message, repr(error.result), repr(provider), repr(config),
-             caplog.text]
+    shown = [
+        str(error),
+        repr(error),
+        error.message,
+        repr(error.result),
+        repr(provider),
+        repr(config),
+        caplog.text,
+    ]
     assert caplog.text, "the retry is logged"
     for text in shown:
         assert KEY not in text and "Zq9vX2mN4bL7pR1t" not in text
@@ -54,7 +61,8 @@ def test_the_key_is_sent_but_never_shown(fake_upstream, caplog):
 
 def test_an_unset_key_variable_is_not_configured(fake_upstream):
     config = parse_providers_config(
-        f"providers:\n  a: {{base_url: '{fake_upstream.base_url}', api_key_env: MISSING_KEY_VAR}}\n", env={})
+        f"providers:\n  a: {{base_url: '{fake_upstream.base_url}', api_key_env: MISSING_KEY_VAR}}\n", env={}
+    )
     providers = Providers(config, env={})
 
     async def go():

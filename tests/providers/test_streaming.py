@@ -20,8 +20,12 @@ async def no_sleep(seconds: float) -> None:
 
 
 def provider(fake, **config) -> Provider:
-    return Provider(ProviderConfig(name="fake", base_url=fake.base_url, **config), env={},
-                    sleep=no_sleep, rng=random.Random(0))
+    return Provider(
+        ProviderConfig(name="fake", base_url=fake.base_url, **config),
+        env={},
+        sleep=no_sleep,
+        rng=random.Random(0),
+    )
 
 
 async def drain(p: Provider, request=REQUEST) -> tuple[ChatStream, list]:
@@ -59,10 +63,12 @@ def test_a_stream_with_usage(fake_upstream):
 
 
 def test_the_raw_bytes_are_what_the_provider_sent(fake_upstream):
-    sent = (b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]}\n\n',
-            b": a comment\n\n",
-            b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}\n\n',
-            b"data: [DONE]\n\n")
+    sent = (
+        b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]}\n\n',
+        b": a comment\n\n",
+        b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}\n\n',
+        b"data: [DONE]\n\n",
+    )
     fake_upstream.reply = Reply(events=sent)
     stream, events = run_stream(fake_upstream)
     assert tuple(e.raw for e in events) == (sent[0], sent[2], sent[3])
@@ -84,14 +90,26 @@ def test_a_stream_without_usage_is_estimated(fake_upstream):
     ("reply", "message"),
     [
         pytest.param(Reply(break_after=3), "the stream broke off", id="broken"),
-        pytest.param(Reply(events=(b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n',
-                                   b"data: {oops\n\n")),
-                     "unreadable stream", id="malformed"),
-        pytest.param(Reply(events=(b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n',
-                                   b'data: {"error": {"message": "model crashed"}}\n\n')),
-                     "error in the stream", id="error-event"),
-        pytest.param(Reply(events=(b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n',)),
-                     "ended before it finished", id="unfinished"),
+        pytest.param(
+            Reply(events=(b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', b"data: {oops\n\n")),
+            "unreadable stream",
+            id="malformed",
+        ),
+        pytest.param(
+            Reply(
+                events=(
+                    b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n',
+                    b'data: {"error": {"message": "model crashed"}}\n\n',
+                )
+            ),
+            "error in the stream",
+            id="error-event",
+        ),
+        pytest.param(
+            Reply(events=(b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n',)),
+            "ended before it finished",
+            id="unfinished",
+        ),
     ],
 )
 def test_a_stream_that_fails_after_it_started(fake_upstream, reply, message):
@@ -204,16 +222,21 @@ def test_streamed_tool_calls_are_merged(fake_upstream):
     def chunk(delta: str) -> bytes:
         return b'data: {"choices": [{"index": 0, "delta": ' + delta.encode() + b"}]}\n\n"
 
-    fake_upstream.reply = Reply(events=(
-        chunk('{"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",'
-              ' "function": {"name": "lookup", "arguments": ""}}]}'),
-        chunk('{"tool_calls": [{"index": 0, "function": {"arguments": "{\\"q\\": "}}]}'),
-        chunk('{"tool_calls": [{"index": 0, "function": {"arguments": "\\"cats\\"}"}}]}'),
-        b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}\n\n',
-        b"data: [DONE]\n\n",
-    ))
+    fake_upstream.reply = Reply(
+        events=(
+            chunk(
+                '{"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",'
+                ' "function": {"name": "lookup", "arguments": ""}}]}'
+            ),
+            chunk('{"tool_calls": [{"index": 0, "function": {"arguments": "{\\"q\\": "}}]}'),
+            chunk('{"tool_calls": [{"index": 0, "function": {"arguments": "\\"cats\\"}"}}]}'),
+            b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}\n\n',
+            b"data: [DONE]\n\n",
+        )
+    )
     stream, _ = run_stream(fake_upstream)
     result = stream.result
     assert result is not None and result.finish_reason == "tool_calls"
     assert result.message is not None and result.message["tool_calls"] == [
-        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "cats"}'}}]
+        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "cats"}'}}
+    ]

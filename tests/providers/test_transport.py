@@ -25,8 +25,14 @@ async def _serve(handler: Handler) -> tuple[asyncio.Server, str]:
 
 async def _request(reader: asyncio.StreamReader) -> bytes:
     head = await reader.readuntil(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), 0)
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
     return head + await reader.readexactly(length)
 
 
@@ -41,8 +47,7 @@ def test_provider_calls_reuse_one_connection(fake_upstream: FakeUpstream) -> Non
         provider = Provider(ProviderConfig(name="fake", base_url=fake_upstream.base_url))
         request = ChatRequest(None, {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
         for _ in range(3):
-            assert (await provider.chat(request)).message == {"role": "assistant",
-                                                              "content": "echo: hi"}
+            assert (await provider.chat(request)).message == {"role": "assistant", "content": "echo: hi"}
         async with provider.stream(ChatRequest(None, {**request.body, "stream": True})) as s:
             assert [e async for e in s]
         await provider.aclose()
@@ -52,9 +57,11 @@ def test_provider_calls_reuse_one_connection(fake_upstream: FakeUpstream) -> Non
 
 
 def test_chunked_and_read_to_close_bodies() -> None:
-    answers = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-               b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n",
-               b"HTTP/1.0 200 OK\r\n\r\nuntil the end"]
+    answers = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil the end",
+    ]
     requests: list[bytes] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -109,12 +116,15 @@ def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
     assert connections == 2
 
 
-@pytest.mark.parametrize("answer, error", [
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", httpx.RemoteProtocolError),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", httpx.RemoteProtocolError),
-    (b"nonsense\r\n\r\n", httpx.RemoteProtocolError),
-    (b"", httpx.RemoteProtocolError),
-])
+@pytest.mark.parametrize(
+    "answer, error",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", httpx.RemoteProtocolError),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", httpx.RemoteProtocolError),
+        (b"nonsense\r\n\r\n", httpx.RemoteProtocolError),
+        (b"", httpx.RemoteProtocolError),
+    ],
+)
 def test_broken_answers_raise_httpx_errors(answer: bytes, error: type[Exception]) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _request(reader)
@@ -154,12 +164,16 @@ def test_a_body_left_unread_closes_its_connection(fake_upstream: FakeUpstream) -
         transport = Http11Transport()
         async with httpx.AsyncClient(transport=transport) as client:
             body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-            async with client.stream("POST", f"{fake_upstream.base_url}/chat/completions",
-                                     json=body) as response:
+            async with client.stream(
+                "POST", f"{fake_upstream.base_url}/chat/completions", json=body
+            ) as response:
                 async for _ in response.aiter_bytes():
                     break
-            assert (await client.post(f"{fake_upstream.base_url}/chat/completions",
-                                      json={**body, "stream": False})).status_code == 200
+            assert (
+                await client.post(
+                    f"{fake_upstream.base_url}/chat/completions", json={**body, "stream": False}
+                )
+            ).status_code == 200
 
     asyncio.run(main())
     assert fake_upstream.connections == 2
@@ -177,8 +191,12 @@ def test_provider_request_head_has_each_header_once() -> None:
 
     async def main() -> None:
         server, url = await _serve(handler)
-        config = ProviderConfig(name="p", base_url=url + "v1", api_key_env="KEY",
-                                headers={"X-Org": "acme", "Content-Type": "application/json"})
+        config = ProviderConfig(
+            name="p",
+            base_url=url + "v1",
+            api_key_env="KEY",
+            headers={"X-Org": "acme", "Content-Type": "application/json"},
+        )
         provider = Provider(config, env={"KEY": "sk-1"})
         result = await provider.chat(ChatRequest(None, {"model": "m", "messages": []}))
         assert result.message["content"] == "ok"
@@ -191,8 +209,12 @@ def test_provider_request_head_has_each_header_once() -> None:
     assert lines[0] == b"post /v1/chat/completions http/1.1"
     names = [line.split(b":")[0] for line in lines[1:]]
     assert sorted(names) == sorted(set(names))
-    assert {b"x-org: acme", b"authorization: bearer sk-1", b"content-type: application/json",
-            b"host: 127.0.0.1:%d" % int(head.split(b"127.0.0.1:")[1].split(b"\r\n")[0])} <= set(lines)
+    assert {
+        b"x-org: acme",
+        b"authorization: bearer sk-1",
+        b"content-type: application/json",
+        b"host: 127.0.0.1:%d" % int(head.split(b"127.0.0.1:")[1].split(b"\r\n")[0]),
+    } <= set(lines)
     assert body == b'{"model":"m","messages":[]}'
 
 
@@ -209,9 +231,7 @@ def test_a_changed_key_variable_is_sent_on_the_next_call(fake_upstream: FakeUpst
         await provider.aclose()
 
     asyncio.run(main())
-    assert [r.headers["authorization"] for r in fake_upstream.requests] == ["Bearer sk-old",
-                                                                            "Bearer sk-new"]
-
+    assert [r.headers["authorization"] for r in fake_upstream.requests] == ["Bearer sk-old", "Bearer sk-new"]
 
 
 class _Writer:
@@ -232,8 +252,15 @@ def test_chunks_read_together_come_out_together() -> None:
     async def decode() -> list[bytes]:
         reader = asyncio.StreamReader()
         conn = _Connection(reader, writer)  # type: ignore[arg-type]
-        body = _Body(Http11Transport(), conn, ("http", "h", 80), chunked=True, length=None,
-                     keep_alive=False, seconds=None)
+        body = _Body(
+            Http11Transport(),
+            conn,
+            ("http", "h", 80),
+            chunked=True,
+            length=None,
+            keep_alive=False,
+            seconds=None,
+        )
         reader.feed_data(chunked[:7])  # the first chunk, split mid-way
         pieces = body.__aiter__()
         out = [await pieces.__anext__()]

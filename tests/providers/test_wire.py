@@ -31,7 +31,11 @@ def test_version_settings_win_over_the_callers_fields():
     assert request.provider == "local"
     assert request.model == "small"
     assert dict(request.body) == {
-        "temperature": 0, "seed": 7, "tools": [{"x": 1}], "max_tokens": 5, "model": "small",
+        "temperature": 0,
+        "seed": 7,
+        "tools": [{"x": 1}],
+        "max_tokens": 5,
+        "model": "small",
         "messages": [{"role": "system", "content": "Be short."}, {"role": "user", "content": "hi"}],
     }
     assert not request.stream
@@ -53,17 +57,24 @@ def test_parse_chat_response():
     parsed = parse_chat_response(
         b'{"choices": [{"message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],'
         b' "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4,'
-        b' "prompt_tokens_details": {"cached_tokens": 2}}}')
+        b' "prompt_tokens_details": {"cached_tokens": 2}}}'
+    )
     assert parsed.message == {"role": "assistant", "content": "ok"}
     assert parsed.finish_reason == "stop"
     assert parsed.usage is not None
-    assert (parsed.usage.prompt_tokens, parsed.usage.completion_tokens, parsed.usage.total_tokens,
-            parsed.usage.cached_tokens, parsed.usage.estimated) == (3, 1, 4, 2, False)
+    assert (
+        parsed.usage.prompt_tokens,
+        parsed.usage.completion_tokens,
+        parsed.usage.total_tokens,
+        parsed.usage.cached_tokens,
+        parsed.usage.estimated,
+    ) == (3, 1, 4, 2, False)
     assert parsed.usage.as_openai() == {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
 
 
-@pytest.mark.parametrize("body", [b"{nope", b"[]", b'{"choices": []}', b'{"choices": [{"text": "x"}]}',
-                                  b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "body", [b"{nope", b"[]", b'{"choices": []}', b'{"choices": [{"text": "x"}]}', b"\xff\xfe"]
+)
 def test_malformed_chat_responses(body):
     with pytest.raises(WireError):
         parse_chat_response(body)
@@ -72,7 +83,9 @@ def test_malformed_chat_responses(body):
 def test_embeddings_are_put_in_input_order():
     vectors, usage = parse_embeddings_response(
         b'{"data": [{"index": 1, "embedding": [0, 1]}, {"index": 0, "embedding": [1.5, 0]}],'
-        b' "usage": {"prompt_tokens": 4, "total_tokens": 4}}', 2)
+        b' "usage": {"prompt_tokens": 4, "total_tokens": 4}}',
+        2,
+    )
     assert vectors == ((1.5, 0.0), (0.0, 1.0))
     assert usage is not None and usage.prompt_tokens == 4
     with pytest.raises(WireError):
@@ -81,10 +94,12 @@ def test_embeddings_are_put_in_input_order():
 
 def test_sse_events_split_across_reads():
     parser = SSEParser()
-    stream = (b'data: {"choices": [{"delta": {"content": "a"}}]}\r\n\r\n: keep-alive\n\n'
-              b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\n'
-              b"data: [DONE]\n\n")
-    events = [e for i in range(len(stream)) for e in parser.feed(stream[i:i + 1])]
+    stream = (
+        b'data: {"choices": [{"delta": {"content": "a"}}]}\r\n\r\n: keep-alive\n\n'
+        b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    events = [e for i in range(len(stream)) for e in parser.feed(stream[i : i + 1])]
     assert len(events) == 4 and parser.pending == b""
     parsed = [parse_event(e) for e in events]
     assert parsed[0] is not None and parsed[0].content == "a" and not parsed[0].usage_only

@@ -38,7 +38,11 @@ def test_contract_example_parses():
     assert config.provider().name == "local"
     openai = config.provider("openai")
     assert (openai.api_key_env, openai.timeout_seconds, openai.max_retries, openai.max_concurrency) == (
-        "OPENAI_API_KEY", 60.0, 2, 16)
+        "OPENAI_API_KEY",
+        60.0,
+        2,
+        16,
+    )
     cheap = config.provider("cheap")
     assert cheap.base_url == "https://cheap.example/v1"
     assert cheap.prices == {"my-model": ModelPrice(0.1, 0.4)}
@@ -77,20 +81,33 @@ extra: 1
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        pytest.param("providers:\n  a: {base_url: http://x}\n  a: {base_url: http://y}\n",
-                     "conf/promptops.yaml:3: duplicate key 'a' (first at line 2)", id="duplicate"),
-        pytest.param("a: &x 1\nb: *x\n", "conf/promptops.yaml:1: YAML anchors and aliases are not allowed",
-                     id="anchor"),
+        pytest.param(
+            "providers:\n  a: {base_url: http://x}\n  a: {base_url: http://y}\n",
+            "conf/promptops.yaml:3: duplicate key 'a' (first at line 2)",
+            id="duplicate",
+        ),
+        pytest.param(
+            "a: &x 1\nb: *x\n", "conf/promptops.yaml:1: YAML anchors and aliases are not allowed", id="anchor"
+        ),
         pytest.param("providers: [1, 2\n", "conf/promptops.yaml:2: invalid YAML", id="syntax"),
-        pytest.param("providers:\n  a: {base_url: http://x}\n  b: {base_url: http://y}\n",
-                     "conf/promptops.yaml:1: default_provider is required", id="no-default"),
-        pytest.param("default_provider: c\nproviders:\n  a: {base_url: http://x}\n",
-                     "conf/promptops.yaml:1: default_provider: 'c' is not among the providers (a)",
-                     id="unknown-default"),
-        pytest.param("providers:\n  a: {}\n", "conf/promptops.yaml:2: providers.a: missing required key",
-                     id="no-url"),
-        pytest.param("providers:\n  a: {base_url: http://x, headers: {'bad name': v}}\n",
-                     "conf/promptops.yaml:2: providers.a.headers: bad header name", id="header"),
+        pytest.param(
+            "providers:\n  a: {base_url: http://x}\n  b: {base_url: http://y}\n",
+            "conf/promptops.yaml:1: default_provider is required",
+            id="no-default",
+        ),
+        pytest.param(
+            "default_provider: c\nproviders:\n  a: {base_url: http://x}\n",
+            "conf/promptops.yaml:1: default_provider: 'c' is not among the providers (a)",
+            id="unknown-default",
+        ),
+        pytest.param(
+            "providers:\n  a: {}\n", "conf/promptops.yaml:2: providers.a: missing required key", id="no-url"
+        ),
+        pytest.param(
+            "providers:\n  a: {base_url: http://x, headers: {'bad name': v}}\n",
+            "conf/promptops.yaml:2: providers.a.headers: bad header name",
+            id="header",
+        ),
     ],
 )
 def test_single_problems(text, expected):
@@ -99,8 +116,10 @@ def test_single_problems(text, expected):
 
 def test_a_key_pasted_into_api_key_env_is_not_echoed():
     found = problems("providers:\n  a: {base_url: http://x, api_key_env: sk-live-abcdef123456}\n")
-    assert found == ["conf/promptops.yaml:2: providers.a.api_key_env: must name an environment variable "
-                     "(letters, digits, '_'), not hold the key itself"]
+    assert found == [
+        "conf/promptops.yaml:2: providers.a.api_key_env: must name an environment variable "
+        "(letters, digits, '_'), not hold the key itself"
+    ]
 
 
 def test_without_a_file_openai_comes_from_the_environment(tmp_path):
@@ -136,10 +155,14 @@ def test_headers_stay_out_of_repr():
 
 
 def test_settings_read_the_new_variables(tmp_path):
-    settings = Settings.from_env({
-        "PROMPTOPS_CONFIG": str(tmp_path / "p.yaml"), "PROMPTOPS_STORE_IO": "0",
-        "PROMPTOPS_EVALS_DIR": "ev", "PROMPTOPS_REDIS_URL": "redis://:pw@127.0.0.1:6379/0",
-    })
+    settings = Settings.from_env(
+        {
+            "PROMPTOPS_CONFIG": str(tmp_path / "p.yaml"),
+            "PROMPTOPS_STORE_IO": "0",
+            "PROMPTOPS_EVALS_DIR": "ev",
+            "PROMPTOPS_REDIS_URL": "redis://:pw@127.0.0.1:6379/0",
+        }
+    )
     assert settings.config_path == tmp_path / "p.yaml"
     assert settings.store_io is False
     assert str(settings.evals_dir) == "ev"
@@ -147,7 +170,11 @@ def test_settings_read_the_new_variables(tmp_path):
     assert "pw@" not in repr(settings)
     defaults = Settings.from_env({})
     assert (str(defaults.config_path), defaults.store_io, str(defaults.evals_dir), defaults.redis_url) == (
-        "promptops.yaml", True, "evals", None)
+        "promptops.yaml",
+        True,
+        "evals",
+        None,
+    )
     with pytest.raises(ConfigError, match="PROMPTOPS_STORE_IO"):
         Settings.from_env({"PROMPTOPS_STORE_IO": "maybe"})
 

@@ -31,8 +31,7 @@ def test_healthz(client):
 def test_registry_reads(synced):
     r = synced.get("/v1/prompts")
     assert r.status_code == 200
-    assert {p["name"]: p["production_version"] for p in r.json()["prompts"]} == {
-        "plain": 1, "triage": 1}
+    assert {p["name"]: p["production_version"] for p in r.json()["prompts"]} == {"plain": 1, "triage": 1}
     r = synced.get("/v1/prompts/triage")
     assert r.json()["labels"] == {"production": 1}
     assert [v["number"] for v in r.json()["versions"]] == [2, 1]
@@ -47,8 +46,7 @@ def test_render_records_no_decision(synced):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["text"] == "Write about {{ 7*7 }}." and body["version"] == 1
-    r = synced.post("/v1/prompts/triage/render",
-                    json={"variables": {"message": "hi"}, "version": 2})
+    r = synced.post("/v1/prompts/triage/render", json={"variables": {"message": "hi"}, "version": 2})
     assert r.json()["variant"] == "terse"
     exp = synced.get("/v1/experiments").json()["experiments"][0]
     assert sum(a["decisions"] for a in exp["arms"]) == 0
@@ -79,71 +77,148 @@ def test_serve_and_feedback_move_the_figures(synced, ops, clock):
     assert all(a["mean"] is not None for a in exp["arms"]), exp
 
 
-@pytest.mark.parametrize("method, path, body, status, code", [
-    pytest.param("post", "/v1/prompts/nope/serve", {"variables": {}}, 404, "prompt_not_found",
-                 id="serve-unknown-prompt"),
-    pytest.param("post", "/v1/prompts/triage/serve", {"variables": {}}, 422,
-                 "invalid_variables", id="serve-missing-variable"),
-    pytest.param("post", "/v1/prompts/triage/serve", {"variables": {"message": "x" * 101}},
-                 422, "invalid_variables", id="serve-too-long"),
-    pytest.param("post", "/v1/prompts/triage/serve",
-                 {"variables": {"message": "x", "other": 1}}, 422, "invalid_variables",
-                 id="serve-undeclared"),
-    pytest.param("post", "/v1/prompts/triage/serve", {"variables": {"message": 3}}, 422,
-                 "invalid_variables", id="serve-wrong-type"),
-    pytest.param("post", "/v1/prompts/triage/serve", {"variables": [1]}, 422, "invalid_input",
-                 id="serve-variables-not-object"),
-    pytest.param("post", "/v1/prompts/triage/serve", {"variables": {}, "junk": 1}, 422,
-                 "invalid_input", id="serve-unknown-field"),
-    pytest.param("post", "/v1/feedback", {"decision_id": "nope", "reward": 1}, 404,
-                 "decision_not_found", id="feedback-unknown"),
-    pytest.param("post", "/v1/feedback", {"decision_id": "x"}, 422, "invalid_input",
-                 id="feedback-no-reward"),
-    pytest.param("post", "/v1/feedback", {"decision_id": "x", "reward": "high"}, 422,
-                 "invalid_input", id="feedback-reward-text"),
-    pytest.param("get", "/v1/prompts/nope", None, 404, "prompt_not_found", id="prompt-unknown"),
-    pytest.param("get", "/v1/prompts/triage/versions/9", None, 404, "version_not_found",
-                 id="version-unknown"),
-    pytest.param("get", "/v1/prompts/triage/versions/abc", None, 422, "invalid_input",
-                 id="version-not-int"),
-    pytest.param("get", "/v1/experiments/99", None, 404, "experiment_not_found",
-                 id="experiment-unknown"),
-    pytest.param("post", "/v1/experiments/99/stop", None, 404, "experiment_not_found",
-                 id="stop-unknown"),
-    pytest.param("post", "/v1/experiments", {"prompt": "triage", "versions": [1]}, 422,
-                 "invalid_input", id="create-one-arm"),
-    pytest.param("post", "/v1/experiments", {"prompt": "triage", "versions": [1, 2]}, 409,
-                 "experiment_state", id="create-while-running"),
-    pytest.param("post", "/v1/experiments",
-                 {"prompt": "plain", "versions": [1, 2]}, 404, "version_not_found",
-                 id="create-unknown-version"),
-    pytest.param("post", "/v1/experiments",
-                 {"prompt": "triage", "versions": [1, 2], "policy": {"bogus": 1}}, 422,
-                 "invalid_input", id="create-bad-policy"),
-    pytest.param("get", "/v1/nothing", None, 404, "not_found", id="no-route"),
-])
+@pytest.mark.parametrize(
+    "method, path, body, status, code",
+    [
+        pytest.param(
+            "post",
+            "/v1/prompts/nope/serve",
+            {"variables": {}},
+            404,
+            "prompt_not_found",
+            id="serve-unknown-prompt",
+        ),
+        pytest.param(
+            "post",
+            "/v1/prompts/triage/serve",
+            {"variables": {}},
+            422,
+            "invalid_variables",
+            id="serve-missing-variable",
+        ),
+        pytest.param(
+            "post",
+            "/v1/prompts/triage/serve",
+            {"variables": {"message": "x" * 101}},
+            422,
+            "invalid_variables",
+            id="serve-too-long",
+        ),
+        pytest.param(
+            "post",
+            "/v1/prompts/triage/serve",
+            {"variables": {"message": "x", "other": 1}},
+            422,
+            "invalid_variables",
+            id="serve-undeclared",
+        ),
+        pytest.param(
+            "post",
+            "/v1/prompts/triage/serve",
+            {"variables": {"message": 3}},
+            422,
+            "invalid_variables",
+            id="serve-wrong-type",
+        ),
+        pytest.param(
+            "post",
+            "/v1/prompts/triage/serve",
+            {"variables": [1]},
+            422,
+            "invalid_input",
+            id="serve-variables-not-object",
+        ),
+        pytest.param(
+            "post",
+            "/v1/prompts/triage/serve",
+            {"variables": {}, "junk": 1},
+            422,
+            "invalid_input",
+            id="serve-unknown-field",
+        ),
+        pytest.param(
+            "post",
+            "/v1/feedback",
+            {"decision_id": "nope", "reward": 1},
+            404,
+            "decision_not_found",
+            id="feedback-unknown",
+        ),
+        pytest.param(
+            "post", "/v1/feedback", {"decision_id": "x"}, 422, "invalid_input", id="feedback-no-reward"
+        ),
+        pytest.param(
+            "post",
+            "/v1/feedback",
+            {"decision_id": "x", "reward": "high"},
+            422,
+            "invalid_input",
+            id="feedback-reward-text",
+        ),
+        pytest.param("get", "/v1/prompts/nope", None, 404, "prompt_not_found", id="prompt-unknown"),
+        pytest.param(
+            "get", "/v1/prompts/triage/versions/9", None, 404, "version_not_found", id="version-unknown"
+        ),
+        pytest.param(
+            "get", "/v1/prompts/triage/versions/abc", None, 422, "invalid_input", id="version-not-int"
+        ),
+        pytest.param("get", "/v1/experiments/99", None, 404, "experiment_not_found", id="experiment-unknown"),
+        pytest.param("post", "/v1/experiments/99/stop", None, 404, "experiment_not_found", id="stop-unknown"),
+        pytest.param(
+            "post",
+            "/v1/experiments",
+            {"prompt": "triage", "versions": [1]},
+            422,
+            "invalid_input",
+            id="create-one-arm",
+        ),
+        pytest.param(
+            "post",
+            "/v1/experiments",
+            {"prompt": "triage", "versions": [1, 2]},
+            409,
+            "experiment_state",
+            id="create-while-running",
+        ),
+        pytest.param(
+            "post",
+            "/v1/experiments",
+            {"prompt": "plain", "versions": [1, 2]},
+            404,
+            "version_not_found",
+            id="create-unknown-version",
+        ),
+        pytest.param(
+            "post",
+            "/v1/experiments",
+            {"prompt": "triage", "versions": [1, 2], "policy": {"bogus": 1}},
+            422,
+            "invalid_input",
+            id="create-bad-policy",
+        ),
+        pytest.param("get", "/v1/nothing", None, 404, "not_found", id="no-route"),
+    ],
+)
 def test_errors_are_json_with_the_right_status(synced, method, path, body, status, code):
-    r = getattr(synced, method)(path, json=body) if body is not None else getattr(
-        synced, method)(path)
+    r = getattr(synced, method)(path, json=body) if body is not None else getattr(synced, method)(path)
     assert r.status_code == status, r.text
     assert error_of(r)["code"] == code, r.text
 
 
 def test_malformed_json_is_422(synced):
-    r = synced.post("/v1/feedback", content=b"{not json", headers={
-        "content-type": "application/json"})
+    r = synced.post("/v1/feedback", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and error_of(r)["code"] == "invalid_input"
 
 
 def test_oversized_body_is_413(synced):
-    r = synced.post("/v1/prompts/triage/serve", content=b"x" * 2_000_000,
-                    headers={"content-type": "application/json"})
+    r = synced.post(
+        "/v1/prompts/triage/serve", content=b"x" * 2_000_000, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413 and error_of(r)["code"] == "payload_too_large"
 
 
 def test_binary_reward_must_be_zero_or_one(synced):
-    did = synced.post("/v1/prompts/triage/serve",
-                      json={"variables": {"message": "x"}}).json()["decision_id"]
+    did = synced.post("/v1/prompts/triage/serve", json={"variables": {"message": "x"}}).json()["decision_id"]
     r = synced.post("/v1/feedback", json={"decision_id": did, "reward": 0.5})
     assert r.status_code == 422 and error_of(r)["field"] == "reward"
     r = synced.post("/v1/feedback", json={"decision_id": did, "reward": 1.5, "metric": "x"})
@@ -158,8 +233,10 @@ def test_experiment_lifecycle_over_http(synced):
     assert r.status_code == 409 and error_of(r)["code"] == "experiment_state"
     served = synced.post("/v1/prompts/triage/serve", json={"variables": {"message": "x"}})
     assert served.json()["version"] == 2 and served.json()["experiment_id"] is None
-    r = synced.post("/v1/experiments", json={"prompt": "triage", "versions": [2, 1],
-                                             "strategy": "fixed", "weights": [0.5, 0.5]})
+    r = synced.post(
+        "/v1/experiments",
+        json={"prompt": "triage", "versions": [2, 1], "strategy": "fixed", "weights": [0.5, 0.5]},
+    )
     assert r.status_code == 201, r.text
     new = r.json()
     assert new["status"] == "running" and new["arms"][0]["is_control"] is True
@@ -186,9 +263,15 @@ def test_openapi_and_docs_are_public(synced):
 
 def test_experiments_declare_metrics_and_guardrails_over_http(synced):
     synced.post("/v1/experiments/1/stop")
-    r = synced.post("/v1/experiments", json={
-        "prompt": "triage", "versions": [1, 2], "metrics": ["csat"],
-        "guardrails": [{"metric": "cost_usd", "max_increase": 0.1}]})
+    r = synced.post(
+        "/v1/experiments",
+        json={
+            "prompt": "triage",
+            "versions": [1, 2],
+            "metrics": ["csat"],
+            "guardrails": [{"metric": "cost_usd", "max_increase": 0.1}],
+        },
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["metrics"] == ["csat"] and body["flags"] == [] and body["safety"] == []
@@ -202,8 +285,10 @@ def test_experiments_declare_metrics_and_guardrails_over_http(synced):
     r = synced.post("/v1/feedback", json={"decision_id": decision, "reward": 1, "metric": "nps"})
     assert r.status_code == 422 and error_of(r)["code"] == "unknown_metric", r.text
     assert "csat" in error_of(r)["message"]
-    r = synced.post("/v1/experiments", json={"prompt": "triage", "versions": [1, 2],
-                                             "guardrails": [{"metric": "cost_usd"}]})
+    r = synced.post(
+        "/v1/experiments",
+        json={"prompt": "triage", "versions": [1, 2], "guardrails": [{"metric": "cost_usd"}]},
+    )
     assert r.status_code == 422, r.text
 
 
@@ -240,8 +325,9 @@ def test_a_looping_template_renders_off_the_event_loop(ops, prompts_dir, app, mo
     async def both() -> tuple[httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            slow = asyncio.create_task(c.post("/v1/prompts/looping/serve",
-                                              json={"variables": {"items": [1, 2]}}))
+            slow = asyncio.create_task(
+                c.post("/v1/prompts/looping/serve", json={"variables": {"items": [1, 2]}})
+            )
             # Inline, the held render would block the loop here until its wait ran out.
             assert await asyncio.to_thread(started.wait, 10)
             other = await c.post("/v1/prompts/plain/serve", json={"variables": {"topic": "x"}})

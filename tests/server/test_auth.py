@@ -54,8 +54,7 @@ def call(client, method, path, body, key):
     return getattr(client, method)(path, json=body, headers=headers)
 
 
-@pytest.mark.parametrize("method, path, body, need", ROUTES,
-                         ids=[f"{m} {p}" for m, p, _, _ in ROUTES])
+@pytest.mark.parametrize("method, path, body, need", ROUTES, ids=[f"{m} {p}" for m, p, _, _ in ROUTES])
 def test_auth_matrix(keyed, method, path, body, need):
     client, keys = keyed
     r = call(client, method, path, body, None)

@@ -19,8 +19,16 @@ import pytest
 from promptops.config import Settings
 
 BROWSER = os.environ.get("PROMPTOPS_BROWSER", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = [
     pytest.mark.browser,
@@ -64,8 +72,7 @@ class Served:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> Served:
         self.thread.start()
@@ -89,9 +96,13 @@ def server(tmp_path: Path, clock) -> Iterator[tuple[Served, Any, dict[str, str]]
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     (prompts / "support-triage.yaml").write_text(PROMPT, encoding="utf-8")
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'promptops.db'}",
-                        prompts_dir=prompts, secret_key="browser-test-secret",
-                        writer_flush_seconds=0.005, allowed_hosts=("127.0.0.1",))
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'promptops.db'}",
+        prompts_dir=prompts,
+        secret_key="browser-test-secret",
+        writer_flush_seconds=0.005,
+        allowed_hosts=("127.0.0.1",),
+    )
     ops = server_ops(settings, clock=clock)
     ops.sync()
     keys = {"admin": ops.keys.create("admin"), "serve": ops.keys.create("serve")}
@@ -110,8 +121,9 @@ def drive_traffic(served: Served, ops: Any, clock: Any, key: str, n: int) -> Non
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=served.url, headers=headers, timeout=10) as http:
         for i in range(n):
-            r = http.post("/v1/prompts/support-triage/serve",
-                          json={"variables": {"message": "my parcel is late"}})
+            r = http.post(
+                "/v1/prompts/support-triage/serve", json={"variables": {"message": "my parcel is late"}}
+            )
             assert r.status_code == 200, r.text
             d = r.json()
             if rng.random() < rates[d["version"]]:
@@ -161,7 +173,8 @@ def test_sign_in_read_an_experiment_and_promote(server, clock, tmp_path: Path) -
             for i in range(4):
                 assert page.locator("figure svg.chart").nth(i).locator("path").count() >= 2
             expect(page.locator("ul.rule")).to_contain_text(
-                "needs P(beats control) ≥ the boundary spending α = 0.05")
+                "needs P(beats control) ≥ the boundary spending α = 0.05"
+            )
             page.screenshot(path=shots / "experiment.png", full_page=True)
 
             # a form whose CSRF token was removed is refused, and nothing changes
@@ -171,8 +184,7 @@ def test_sign_in_read_an_experiment_and_promote(server, clock, tmp_path: Path) -
             expect(page.locator(".error-message")).to_contain_text("CSRF")
             page.screenshot(path=shots / "csrf-refused.png", full_page=True)
             assert ops.experiments.get(exp.id).status == "running"
-            forged = page.request.post(f"{served.url}/experiments/{exp.id}/stop",
-                                       form={"csrf": "forged"})
+            forged = page.request.post(f"{served.url}/experiments/{exp.id}/stop", form={"csrf": "forged"})
             assert forged.status == 403
 
             page.goto(f"{served.url}/experiments/{exp.id}")
@@ -227,13 +239,13 @@ def test_api_docs_render_with_no_internet(server, tmp_path: Path) -> None:
             page.route("**/*", local_only)
             page.goto(f"{served.url}/docs")
             expect(page.locator(".opblock").first).to_be_visible(timeout=20_000)
-            expect(page.locator(".opblock-summary-path", has_text="/v1/prompts/{name}/serve")
-                   ).to_have_count(1)
+            expect(page.locator(".opblock-summary-path", has_text="/v1/prompts/{name}/serve")).to_have_count(
+                1
+            )
             expect(page.locator("button.authorize")).to_be_visible()  # the Bearer scheme
             page.screenshot(path=tmp_path / "swagger.png", full_page=False)
             page.goto(f"{served.url}/redoc")
-            expect(page.get_by_text("Serve a prompt", exact=False).first).to_be_visible(
-                timeout=20_000)
+            expect(page.get_by_text("Serve a prompt", exact=False).first).to_be_visible(timeout=20_000)
             page.screenshot(path=tmp_path / "redoc.png", full_page=False)
         finally:
             browser.close()

@@ -20,8 +20,10 @@ from promptops.server.dashboard import charts, formats, pages
 from promptops.services.calls import NO_USAGE
 from promptops.services.views import ArmView, ExperimentView
 
-FAST = ("{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
-        "attribution_window_hours: 1, max_decisions: 100000}")  # first check after 2,500
+FAST = (
+    "{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
+    "attribution_window_hours: 1, max_decisions: 100000}"
+)  # first check after 2,500
 PROMPT = f"""\
 name: triage
 description: Route a message.
@@ -91,8 +93,9 @@ def keyed(ops, client, synced):
 
 def sign_in(client, key: str):
     page = client.get("/login", headers=HTML)
-    r = client.post("/login", data={"key": key, "csrf": page.context["csrf"], "next": "/"},
-                    follow_redirects=False)
+    r = client.post(
+        "/login", data={"key": key, "csrf": page.context["csrf"], "next": "/"}, follow_redirects=False
+    )
     assert r.status_code == 303, r.text
     return r
 
@@ -140,8 +143,7 @@ def test_prompt_page_shows_versions_labels_diff_and_preview(client, synced):
 
 
 def test_prompt_preview_takes_variables_and_reports_problems(client, synced):
-    r = client.get("/prompts/triage", params={"version": 2, "var.message": "<b>late</b>"},
-                   headers=HTML)
+    r = client.get("/prompts/triage", params={"version": 2, "var.message": "<b>late</b>"}, headers=HTML)
     result = r.context["preview"]["result"]
     assert result["version"] == 2 and "Text: <b>late</b>" in result["messages"][0]["content"]
     assert "&lt;b&gt;late&lt;/b&gt;" in r.text and "<b>late</b>" not in r.text  # autoescaped
@@ -177,8 +179,9 @@ def test_experiment_page_shows_arms_charts_and_the_stopping_rule(client, busy):
         assert svg.count("<path") >= 2, name
     rule = " ".join(ctx["rule"])
     challenger = arms[1]
-    assert ("needs P(beats control) ≥ the boundary spending α = 0.05 over the checks "
-            "(first check 99.79%)") in rule
+    assert (
+        "needs P(beats control) ≥ the boundary spending α = 0.05 over the checks (first check 99.79%)"
+    ) in rule
     assert f"v2 few-shot is at {formats.fmt_pct(challenger.p_beats_control)}" in rule
     assert f"{busy.checks_done} of at most 40 stopping checks" in rule
     assert "Promote" in r.text and "Stop experiment" in r.text
@@ -188,8 +191,7 @@ def test_experiment_page_shows_arms_charts_and_the_stopping_rule(client, busy):
 def test_experiment_page_raises_the_mismatch_alarm(client, ops, busy):
     with ops.ctx.tx() as s:
         snap = dict(s.get(ExperimentRow, busy.id).snapshot, srm_alarm=True, srm_p=1e-6)
-        s.execute(update(ExperimentRow).where(ExperimentRow.id == busy.id)
-                  .values(snapshot=snap))
+        s.execute(update(ExperimentRow).where(ExperimentRow.id == busy.id).values(snapshot=snap))
     r = client.get(f"/experiments/{busy.id}", headers=HTML)
     assert r.context["exp"].srm_alarm is True
     assert "Sample ratio mismatch" in r.text and "1e-06" in r.text
@@ -199,19 +201,40 @@ def test_experiment_page_raises_the_mismatch_alarm(client, ops, busy):
 def test_experiment_page_shows_flags_guardrails_metrics_and_the_holdout(client, ops, busy):
     sentence = "blocked: v2 (terse) cost_usd +24% (+18% .. +31%) > 10% allowed"
     with ops.ctx.tx() as s:
-        snap = dict(s.get(ExperimentRow, busy.id).snapshot,
-                    flags=[{"flag": "feedback", "sentence": "v2 (terse)'s feedback arrives later "
-                            "than the window (80% late): lengthen `attribution_window_hours`",
-                            "evidence": {"v2 (terse)": {"late": 321, "on_time": 80}}}],
-                    metrics={"cost_usd": [{"mean": 0.001, "ci_low": 0.0009, "ci_high": 0.0011,
-                                           "n": 400}] * 2},
-                    guardrails=[{"arm": 1, "metric": "cost_usd", "state": "blocked",
-                                 "diff": 0.2, "diff_low": 0.1, "diff_high": 0.3,
-                                 "relative": True, "sentence": sentence}],
-                    holdout={"p_old_better": 0.42, "reason": "holdout running"})
-        s.execute(update(ExperimentRow).where(ExperimentRow.id == busy.id).values(
-            snapshot=snap, status="holdout",
-            holdout={"new": 1, "old": 0, "started_at": 0.0, "decisions_at_start": 0}))
+        snap = dict(
+            s.get(ExperimentRow, busy.id).snapshot,
+            flags=[
+                {
+                    "flag": "feedback",
+                    "sentence": "v2 (terse)'s feedback arrives later "
+                    "than the window (80% late): lengthen `attribution_window_hours`",
+                    "evidence": {"v2 (terse)": {"late": 321, "on_time": 80}},
+                }
+            ],
+            metrics={"cost_usd": [{"mean": 0.001, "ci_low": 0.0009, "ci_high": 0.0011, "n": 400}] * 2},
+            guardrails=[
+                {
+                    "arm": 1,
+                    "metric": "cost_usd",
+                    "state": "blocked",
+                    "diff": 0.2,
+                    "diff_low": 0.1,
+                    "diff_high": 0.3,
+                    "relative": True,
+                    "sentence": sentence,
+                }
+            ],
+            holdout={"p_old_better": 0.42, "reason": "holdout running"},
+        )
+        s.execute(
+            update(ExperimentRow)
+            .where(ExperimentRow.id == busy.id)
+            .values(
+                snapshot=snap,
+                status="holdout",
+                holdout={"new": 1, "old": 0, "started_at": 0.0, "decisions_at_start": 0},
+            )
+        )
     r = client.get(f"/experiments/{busy.id}", headers=HTML)
     assert r.status_code == 200, r.text
     text = html.unescape(" ".join(r.text.split()))
@@ -249,8 +272,7 @@ def test_audit_page_pages_and_filters(client, ops, synced):
     assert ctx["prompts"] == ["triage"] and ctx["more"] is False
     actions = [e.action for e in ctx["entries"]]
     assert actions.count("label.move") == 5, actions
-    assert client.get("/audit", params={"prompt": "triage"}, headers=HTML).context["prompt"] == \
-        "triage"
+    assert client.get("/audit", params={"prompt": "triage"}, headers=HTML).context["prompt"] == "triage"
     old = pages.AUDIT_PAGE
     pages.AUDIT_PAGE = 2
     try:
@@ -265,12 +287,15 @@ def test_audit_page_pages_and_filters(client, ops, synced):
 # -- actions and auth -----------------------------------------------------------------------
 def test_promote_moves_production_and_records_evidence(client, ops, busy):
     path = f"/experiments/{busy.id}"
-    r = client.post(f"{path}/promote", data={"version": "2", "csrf": csrf(client, path)},
-                    follow_redirects=False)
+    r = client.post(
+        f"{path}/promote", data={"version": "2", "csrf": csrf(client, path)}, follow_redirects=False
+    )
     assert r.status_code == 303 and r.headers["location"] == path
     page = client.get(path, headers=HTML)
-    assert page.context["flash"] == {"kind": "ok", "message":
-                                     f"Experiment {busy.id} promoted version 2 to production."}
+    assert page.context["flash"] == {
+        "kind": "ok",
+        "message": f"Experiment {busy.id} promoted version 2 to production.",
+    }
     assert ops.registry.resolve("triage").number == 2
     assert page.context["exp"].status == "completed" and "Promote" not in page.text
     moves = [(e, ev) for e, ev in page.context["audit"] if e.action == "label.move"]
@@ -344,13 +369,16 @@ def test_serve_keys_see_read_only_pages(client, ops, keyed, synced):
 
 
 # -- helpers --------------------------------------------------------------------------------
-@pytest.mark.parametrize("value, text", [
-    pytest.param(0.971, "97.1%", id="plain"),
-    pytest.param(0.995, "99.5%", id="threshold"),
-    pytest.param(0.99532, "99.53%", id="near-one"),
-    pytest.param(0.004, "0.4%", id="near-zero"),
-    pytest.param(None, "—", id="none"),
-])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        pytest.param(0.971, "97.1%", id="plain"),
+        pytest.param(0.995, "99.5%", id="threshold"),
+        pytest.param(0.99532, "99.53%", id="near-one"),
+        pytest.param(0.004, "0.4%", id="near-zero"),
+        pytest.param(None, "—", id="none"),
+    ],
+)
 def test_percentages(value, text):
     assert formats.fmt_pct(value) == text
 
@@ -362,34 +390,81 @@ def test_durations_and_times():
 
 
 def three_arms() -> ExperimentView:
-    arm = ArmView(version=2, variant="b", decisions=1000, feedback=900, reward_sum=90.0, n=900,
-                  mean=0.1, sd=0.01, ci_low=None, ci_high=None, p_best=0.4,
-                  expected_loss=0.002, p_beats_control=0.971, weight=0.3, is_control=False,
-                  **NO_USAGE.as_dict())
+    arm = ArmView(
+        version=2,
+        variant="b",
+        decisions=1000,
+        feedback=900,
+        reward_sum=90.0,
+        n=900,
+        mean=0.1,
+        sd=0.01,
+        ci_low=None,
+        ci_high=None,
+        p_best=0.4,
+        expected_loss=0.002,
+        p_beats_control=0.971,
+        weight=0.3,
+        is_control=False,
+        **NO_USAGE.as_dict(),
+    )
     return ExperimentView(
-        id=1, prompt="triage", status="running", winner=None, metric="reward", reward="binary",
-        strategy="thompson", auto_promote=True, source="api", control_version=1,
-        production_at_start=1, control_is_production=True, created_at=0.0, started_at=0.0,
-        ended_at=None, end_reason=None, epoch=3, matured=2700, last_update_at=None,
-        policy={"min_samples_per_arm": 500, "min_hours": 0, "alpha": 0.005,
-                "loss_threshold": 0.01, "control_p_best": 0.99, "max_decisions": 100000,
-                "max_checks": 40, "max_days": 30},
-        missing_feedback="zero", reason="collecting outcomes", srm_alarm=False, srm_p=None,
-        value_remaining=None, checks_done=3,
-        arms=(replace(arm, is_control=True, version=1, variant="a", p_beats_control=None),
-              arm, replace(arm, version=3, variant="c", expected_loss=0.01)))
+        id=1,
+        prompt="triage",
+        status="running",
+        winner=None,
+        metric="reward",
+        reward="binary",
+        strategy="thompson",
+        auto_promote=True,
+        source="api",
+        control_version=1,
+        production_at_start=1,
+        control_is_production=True,
+        created_at=0.0,
+        started_at=0.0,
+        ended_at=None,
+        end_reason=None,
+        epoch=3,
+        matured=2700,
+        last_update_at=None,
+        policy={
+            "min_samples_per_arm": 500,
+            "min_hours": 0,
+            "alpha": 0.005,
+            "loss_threshold": 0.01,
+            "control_p_best": 0.99,
+            "max_decisions": 100000,
+            "max_checks": 40,
+            "max_days": 30,
+        },
+        missing_feedback="zero",
+        reason="collecting outcomes",
+        srm_alarm=False,
+        srm_p=None,
+        value_remaining=None,
+        checks_done=3,
+        arms=(
+            replace(arm, is_control=True, version=1, variant="a", p_beats_control=None),
+            arm,
+            replace(arm, version=3, variant="c", expected_loss=0.01),
+        ),
+    )
 
 
 def test_stopping_rule_in_words_for_three_arms():
     exp = three_arms()
     text = pages.stopping_rule(exp, now=7200.0)
-    assert text[0] == ("To promote a challenger it needs P(beats control) ≥ the boundary "
-                       "spending α = 0.005/2 over the checks (first check 99.99%); v2 b is at "
-                       "97.1%.")
+    assert text[0] == (
+        "To promote a challenger it needs P(beats control) ≥ the boundary "
+        "spending α = 0.005/2 over the checks (first check 99.99%); v2 b is at "
+        "97.1%."
+    )
     assert "0.2% now, limit 0.1%" in text[1]
     assert "(3,000 decisions, 0.1 days so far)" in text[-2]
-    assert pages.stopping_rule(replace(exp, status="inconclusive", end_reason="limit"), 0.0) \
-        == ["Ended inconclusive: limit."]
+    assert pages.stopping_rule(replace(exp, status="inconclusive", end_reason="limit"), 0.0) == [
+        "Ended inconclusive: limit."
+    ]
 
 
 def test_the_density_chart_draws_each_arm_with_the_sd_of_the_snapshot():
@@ -402,14 +477,18 @@ def test_the_density_chart_draws_each_arm_with_the_sd_of_the_snapshot():
 
 
 def test_charts_escape_labels_and_handle_empty_data():
-    svg = charts.line_chart("x", [charts.Series("<v1>", [(0, 0.1), (1, 0.5)])], title="t & t",
-                            x_fmt=str, x_title="hours", y_fmt=str)
+    svg = charts.line_chart(
+        "x",
+        [charts.Series("<v1>", [(0, 0.1), (1, 0.5)])],
+        title="t & t",
+        x_fmt=str,
+        x_title="hours",
+        y_fmt=str,
+    )
     ET.fromstring(str(svg))
     assert "&lt;v1&gt;" in svg and "t &amp; t" in svg
-    assert "no data yet" in charts.line_chart("y", [], title="t", x_fmt=str, x_title="h",
-                                              y_fmt=str)
-    assert "no matured" in charts.density_chart("z", [("a", 0.1, 0.0)], title="t", x_fmt=str,
-                                                x_title="m")
+    assert "no data yet" in charts.line_chart("y", [], title="t", x_fmt=str, x_title="h", y_fmt=str)
+    assert "no matured" in charts.density_chart("z", [("a", 0.1, 0.0)], title="t", x_fmt=str, x_title="m")
     assert charts.nice_ticks(0, 1, 4) == [0, 0.25, 0.5, 0.75, 1.0]
     assert "&lt;b&gt;" in charts.legend(["<b>"])
 

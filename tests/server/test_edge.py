@@ -29,13 +29,21 @@ def code_of(resp) -> str:
 EVIL = {"Origin": "http://evil.example"}
 
 
-@pytest.mark.parametrize("path", ["/v1/experiments/1/stop", "/v1/prompts/plain/serve",
-                                  "/v1/feedback", "/v1/prompts/plain/labels/production",
-                                  "/prompts/plain/production"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/experiments/1/stop",
+        "/v1/prompts/plain/serve",
+        "/v1/feedback",
+        "/v1/prompts/plain/labels/production",
+        "/prompts/plain/production",
+    ],
+)
 def test_a_foreign_origin_cannot_change_anything(synced, path):
     # A "simple" cross-origin request (no JSON content type) needs no preflight in a browser.
-    r = synced.post(path, content=b'{"decision_id": "x", "reward": 1}',
-                    headers={**EVIL, "Content-Type": "text/plain"})
+    r = synced.post(
+        path, content=b'{"decision_id": "x", "reward": 1}', headers={**EVIL, "Content-Type": "text/plain"}
+    )
     assert r.status_code == 403 and code_of(r) == "forbidden_origin", r.text
     # The fast path too: a JSON body it would otherwise answer itself.
     r = synced.post(path, json={"variables": {"topic": "x"}}, headers=EVIL)
@@ -45,8 +53,9 @@ def test_a_foreign_origin_cannot_change_anything(synced, path):
 
 
 def test_same_origin_and_clients_without_origin_still_work(synced):
-    r = synced.post("/v1/prompts/plain/serve", json={"variables": {"topic": "x"}},
-                    headers={"Origin": "http://testserver"})
+    r = synced.post(
+        "/v1/prompts/plain/serve", json={"variables": {"topic": "x"}}, headers={"Origin": "http://testserver"}
+    )
     assert r.status_code == 200, r.text
     r = synced.post("/v1/prompts/plain/serve", json={"variables": {"topic": "x"}})
     assert r.status_code == 200, r.text
@@ -100,18 +109,20 @@ BAD_TEXT = ["\x00", "\ud800"]
 
 
 @pytest.mark.parametrize("bad", BAD_TEXT, ids=["nul", "surrogate"])
-@pytest.mark.parametrize("body", [
-    lambda b: {"variables": {"topic": b}},
-    lambda b: {"variables": {"topic": "x", b: "y"}},
-    lambda b: {"variables": {"topic": ["ok", {"deep": b}]}},
-    lambda b: {"variables": {"topic": "x"}, "unit_id": b},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda b: {"variables": {"topic": b}},
+        lambda b: {"variables": {"topic": "x", b: "y"}},
+        lambda b: {"variables": {"topic": ["ok", {"deep": b}]}},
+        lambda b: {"variables": {"topic": "x"}, "unit_id": b},
+    ],
+)
 def test_serve_refuses_bad_text_before_recording(synced, ops, bad, body):
     import json
 
     raw = json.dumps(body(bad)).encode()  # \u escapes, as a client would send them
-    r = synced.post("/v1/prompts/plain/serve", content=raw,
-                    headers={"Content-Type": "application/json"})
+    r = synced.post("/v1/prompts/plain/serve", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and code_of(r) == "invalid_input", r.text
     synced.app.state.runtime.writer.flush()
     assert ops.serving.live.prompt("plain")  # still serving
@@ -125,18 +136,28 @@ def test_feedback_and_render_refuse_bad_text(synced, bad, field):
     import json
 
     body = {"decision_id": "d", "reward": 1, field: f"a{bad}"}
-    r = synced.post("/v1/feedback", content=json.dumps(body).encode(),
-                    headers={"Content-Type": "application/json"})
+    r = synced.post(
+        "/v1/feedback", content=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 422 and code_of(r) == "invalid_input", r.text
-    r = synced.post("/v1/prompts/plain/render",
-                    content=json.dumps({"variables": {"topic": bad}}).encode(),
-                    headers={"Content-Type": "application/json"})
+    r = synced.post(
+        "/v1/prompts/plain/render",
+        content=json.dumps({"variables": {"topic": bad}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 422 and code_of(r) == "invalid_input", r.text
 
 
-@pytest.mark.parametrize("url", ["/v1/prompts/pl%00ain", "/v1/prompts/pl%00ain/serve",
-                                 "/v1/experiments?prompt=a%00b", "/v1/audit?prompt=%ED%A0%80",
-                                 "/prompts/x%00"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v1/prompts/pl%00ain",
+        "/v1/prompts/pl%00ain/serve",
+        "/v1/experiments?prompt=a%00b",
+        "/v1/audit?prompt=%ED%A0%80",
+        "/prompts/x%00",
+    ],
+)
 def test_nul_in_path_or_query_is_refused(synced, url):
     r = synced.post(url, json={}) if url.endswith("/serve") else synced.get(url)
     assert r.status_code == 422 and code_of(r) == "invalid_input", r.text
@@ -147,8 +168,11 @@ def test_string_rewards_are_refused_on_every_path(synced, reward):
     # The fast path falls through for these; FastAPI's model must refuse them too.
     r = synced.post("/v1/feedback", json={"decision_id": "x", "reward": reward})
     assert r.status_code == 422 and code_of(r) == "invalid_input", r.text
-    r = synced.post("/v1/feedback", json={"decision_id": "x", "reward": reward},
-                    headers={"Content-Type": "application/json; charset=utf-8"})
+    r = synced.post(
+        "/v1/feedback",
+        json={"decision_id": "x", "reward": reward},
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
     assert r.status_code == 422, r.text
 
 

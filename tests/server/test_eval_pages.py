@@ -17,8 +17,9 @@ HTML = {"accept": "text/html"}
 @pytest.fixture
 def settings(settings, tmp_path, fake_upstream):  # noqa: F811
     paths = write_project(tmp_path, fake_upstream)
-    return replace(settings, prompts_dir=paths["prompts"], evals_dir=paths["evals"],
-                   config_path=paths["config"])
+    return replace(
+        settings, prompts_dir=paths["prompts"], evals_dir=paths["evals"], config_path=paths["config"]
+    )
 
 
 @pytest.fixture
@@ -50,8 +51,7 @@ def test_run_context_puts_the_flips_first(ops, runs):
 def test_prompt_results_show_each_versions_latest_run(ops, runs):
     first, second = runs
     rows = evalpages.prompt_eval_results(ops, "echo")
-    assert [(r["version"], r["run_id"]) for r in rows] == [(1, second.id), (4, second.id),
-                                                           (2, first.id)]
+    assert [(r["version"], r["run_id"]) for r in rows] == [(1, second.id), (4, second.id), (2, first.id)]
     assert rows[2]["pass_rate"] == "20.0%" and not rows[2]["gate_passed"]
 
 

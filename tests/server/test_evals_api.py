@@ -14,8 +14,9 @@ from tests.services.test_evals import run
 @pytest.fixture
 def settings(settings, tmp_path, fake_upstream):  # noqa: F811
     paths = write_project(tmp_path, fake_upstream)
-    return replace(settings, prompts_dir=paths["prompts"], evals_dir=paths["evals"],
-                   config_path=paths["config"])
+    return replace(
+        settings, prompts_dir=paths["prompts"], evals_dir=paths["evals"], config_path=paths["config"]
+    )
 
 
 @pytest.fixture
@@ -30,7 +31,11 @@ def test_list_evals_with_their_latest_runs(synced, ops):
     assert r.status_code == 200, r.text
     (item,) = r.json()["evals"]
     assert (item["name"], item["prompt"], item["cases"], item["latest_runs"]) == (
-        "echo-golden", "echo", 10, [])
+        "echo-golden",
+        "echo",
+        10,
+        [],
+    )
     summary, _ = run(ops, versions=[2])
     body = synced.get("/v1/evals").json()
     assert body["problems"] == []
@@ -69,16 +74,18 @@ def test_invalid_eval_folder_is_listed_as_problems(synced, settings):
 
 
 def test_experiment_created_with_requires_eval_waits_as_a_draft(synced, ops):
-    r = synced.post("/v1/experiments", json={"prompt": "echo", "versions": [1, 4],
-                                             "requires_eval": "echo-golden"})
+    r = synced.post(
+        "/v1/experiments", json={"prompt": "echo", "versions": [1, 4], "requires_eval": "echo-golden"}
+    )
     assert r.status_code == 201, r.text
     exp = r.json()
     assert exp["status"] == "draft" and exp["requires_eval"] == "echo-golden"
     assert exp["gate"]["waiting"] == [1, 4] and "waiting for a passing run" in exp["gate"]["message"]
     r = synced.post(f"/v1/experiments/{exp['id']}/stop")
     assert r.status_code == 200
-    r = synced.post("/v1/experiments", json={"prompt": "echo", "versions": [1, 4],
-                                             "requires_eval": "Not A Name"})
+    r = synced.post(
+        "/v1/experiments", json={"prompt": "echo", "versions": [1, 4], "requires_eval": "Not A Name"}
+    )
     assert r.status_code == 422
 
 

@@ -31,14 +31,15 @@ def test_failing_writes_make_health_503_without_driver_detail(synced, monkeypatc
 
     def broken(items):  # type: ignore[no-untyped-def]
         # What a full disk or a dead server looks like to the writer: the driver's OperationalError.
-        raise OperationalError("INSERT INTO feedback VALUES ('other-client-id')", {},
-                               Exception(DRIVER))
+        raise OperationalError("INSERT INTO feedback VALUES ('other-client-id')", {}, Exception(DRIVER))
 
     monkeypatch.setattr(rt.writer.recorder, "record_feedback", broken)
     for content_type in ("application/json", "application/json; charset=utf-8"):  # both paths
-        r = synced.post("/v1/feedback", headers={"Content-Type": content_type},
-                        content=b'{"decision_id": "%s", "reward": 1}' % decision[
-                            "decision_id"].encode())
+        r = synced.post(
+            "/v1/feedback",
+            headers={"Content-Type": content_type},
+            content=b'{"decision_id": "%s", "reward": 1}' % decision["decision_id"].encode(),
+        )
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "unavailable"
         assert "15432" not in r.text and "INSERT" not in r.text
@@ -74,8 +75,7 @@ def test_a_growing_backlog_makes_health_503(settings, ops, app, prompts_dir):  #
     app = create_app(replace(settings, max_pending_decisions=2), ops=ops, background=False)
     client = TestClient(app)  # no lifespan: the writer does not run, so decisions wait
     for _ in range(3):
-        assert client.post("/v1/prompts/plain/serve",
-                           json={"variables": {"topic": "x"}}).status_code == 200
+        assert client.post("/v1/prompts/plain/serve", json={"variables": {"topic": "x"}}).status_code == 200
     r = client.get("/healthz")
     assert r.status_code == 503 and r.json()["pending_decisions"] == 3, r.text
     assert r.json()["problems"] == ["over 2 decisions wait to be stored"]
@@ -83,29 +83,32 @@ def test_a_growing_backlog_makes_health_503(settings, ops, app, prompts_dir):  #
 
 def test_the_database_gauge_is_kept_by_the_server_itself(synced, monkeypatch):
     rt = synced.app.state.runtime
-    assert 'promptops_database_up 1.0' in synced.get("/metrics").text
+    assert "promptops_database_up 1.0" in synced.get("/metrics").text
 
     def down(**_):  # type: ignore[no-untyped-def]
         raise Unavailable("database unavailable")
 
     monkeypatch.setattr(rt.ops.serving.live, "refresh", down)
     rt.step(tick=False)  # one round of the background loop
-    assert 'promptops_database_up 0.0' in synced.get("/metrics").text
+    assert "promptops_database_up 0.0" in synced.get("/metrics").text
     monkeypatch.undo()
     rt.step(tick=False)
-    assert 'promptops_database_up 1.0' in synced.get("/metrics").text
+    assert "promptops_database_up 1.0" in synced.get("/metrics").text
 
 
 def test_feedback_metrics_are_labelled_by_names(synced):
     for content_type in ("application/json", "application/json; charset=utf-8"):  # both paths
         out = synced.post("/v1/prompts/plain/serve", json={"variables": {"topic": "x"}}).json()
-        r = synced.post("/v1/feedback", headers={"Content-Type": content_type},
-                        content=b'{"decision_id": "%s", "reward": 1}' % out[
-                            "decision_id"].encode())
+        r = synced.post(
+            "/v1/feedback",
+            headers={"Content-Type": content_type},
+            content=b'{"decision_id": "%s", "reward": 1}' % out["decision_id"].encode(),
+        )
         assert r.status_code == 200, r.text
     text_ = synced.get("/metrics").text
-    assert ('promptops_feedback_total{experiment="",prompt="plain",status="recorded",'
-            'version="1"} 2.0') in text_, text_
+    assert (
+        'promptops_feedback_total{experiment="",prompt="plain",status="recorded",version="1"} 2.0'
+    ) in text_, text_
 
 
 def test_statements_and_lock_waits_are_bounded(ops):

@@ -59,8 +59,7 @@ def http(gateway_settings, ops, clock) -> Iterator[TestClient]:  # type: ignore[
 @pytest.fixture
 def sdk(http: TestClient) -> openai.OpenAI:
     """The official SDK, talking to the app through the TestClient."""
-    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http,
-                         max_retries=0)
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
 
 
 def recorded(ops, http: TestClient, count: int = 1) -> list[CallRow]:  # type: ignore[no-untyped-def]
@@ -78,7 +77,8 @@ def recorded(ops, http: TestClient, count: int = 1) -> list[CallRow]:  # type: i
 
 def test_sdk_completion(sdk, http, ops):
     raw = sdk.chat.completions.with_raw_response.create(
-        model="promptops/ask", messages=[], extra_body={"variables": {"question": "hi"}})
+        model="promptops/ask", messages=[], extra_body={"variables": {"question": "hi"}}
+    )
     out = raw.parse()
     assert out.choices[0].message.content == "echo: hi"
     assert out.id == raw.headers["x-promptops-decision-id"]
@@ -89,10 +89,16 @@ def test_sdk_completion(sdk, http, ops):
 
 
 def test_sdk_stream(sdk, http, ops):
-    chunks = list(sdk.chat.completions.create(
-        model="promptops/chat", messages=[{"role": "user", "content": "more"}], stream=True,
-        stream_options={"include_usage": True}, user="unit-1",
-        extra_body={"variables": {"question": "hi"}}))
+    chunks = list(
+        sdk.chat.completions.create(
+            model="promptops/chat",
+            messages=[{"role": "user", "content": "more"}],
+            stream=True,
+            stream_options={"include_usage": True},
+            user="unit-1",
+            extra_body={"variables": {"question": "hi"}},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "echo: more"
     assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("d_")
@@ -106,7 +112,8 @@ def test_cached_answer_replays_as_a_stream(sdk, http, fake_upstream):
     sdk.chat.completions.create(model="promptops/ask", messages=[], extra_body=body)
     http.app.state.runtime.writer.flush()
     raw = sdk.chat.completions.with_raw_response.create(
-        model="promptops/ask", messages=[], stream=True, extra_body=body)
+        model="promptops/ask", messages=[], stream=True, extra_body=body
+    )
     assert raw.headers["x-promptops-cache"] == "hit"
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     assert text == "echo: same" and fake_upstream.count == 1
@@ -116,26 +123,29 @@ def test_cache_control_header(sdk, fake_upstream):
     body = {"variables": {"question": "x"}}
     sdk.chat.completions.create(model="promptops/ask", messages=[], extra_body=body)
     raw = sdk.chat.completions.with_raw_response.create(
-        model="promptops/ask", messages=[], extra_body=body,
-        extra_headers={"Cache-Control": "no-store"})
+        model="promptops/ask", messages=[], extra_body=body, extra_headers={"Cache-Control": "no-store"}
+    )
     assert raw.headers["x-promptops-cache"] == "bypass" and fake_upstream.count == 2
 
 
 def test_pinned_version(sdk):
     raw = sdk.chat.completions.with_raw_response.create(model="promptops/duel@v2", messages=[])
     assert raw.headers["x-promptops-version"] == "2" and raw.headers["x-promptops-variant"] == "two"
-    raw = sdk.chat.completions.with_raw_response.create(model="promptops/duel@production",
-                                                        messages=[])
+    raw = sdk.chat.completions.with_raw_response.create(model="promptops/duel@production", messages=[])
     assert raw.headers["x-promptops-version"] == "1"
 
 
-@pytest.mark.parametrize("model, error, code", [
-    pytest.param("gpt-4o", openai.NotFoundError, "model_not_found", id="not-promptops"),
-    pytest.param("promptops/nope", openai.NotFoundError, "prompt_not_found", id="unknown-prompt"),
-    pytest.param("promptops/duel@v9", openai.NotFoundError, "version_not_found", id="no-version"),
-    pytest.param("promptops/ask", openai.UnprocessableEntityError, "invalid_variables",
-                 id="missing-variable"),
-])
+@pytest.mark.parametrize(
+    "model, error, code",
+    [
+        pytest.param("gpt-4o", openai.NotFoundError, "model_not_found", id="not-promptops"),
+        pytest.param("promptops/nope", openai.NotFoundError, "prompt_not_found", id="unknown-prompt"),
+        pytest.param("promptops/duel@v9", openai.NotFoundError, "version_not_found", id="no-version"),
+        pytest.param(
+            "promptops/ask", openai.UnprocessableEntityError, "invalid_variables", id="missing-variable"
+        ),
+    ],
+)
 def test_errors_in_openai_shape(sdk, model, error, code):
     with pytest.raises(error) as caught:
         sdk.chat.completions.create(model=model, messages=[])
@@ -144,17 +154,21 @@ def test_errors_in_openai_shape(sdk, model, error, code):
     assert set(body) == {"message", "type", "param", "code"}
 
 
-@pytest.mark.parametrize("reply, error, status", [
-    pytest.param(Reply(status=500), openai.InternalServerError, 502, id="refuses"),
-    pytest.param(Reply(status=429), openai.RateLimitError, 429, id="rate-limited"),
-    pytest.param(Reply(hang=True), openai.InternalServerError, 504, id="hangs"),
-    pytest.param(Reply(body=b"<html>"), openai.InternalServerError, 502, id="malformed"),
-])
+@pytest.mark.parametrize(
+    "reply, error, status",
+    [
+        pytest.param(Reply(status=500), openai.InternalServerError, 502, id="refuses"),
+        pytest.param(Reply(status=429), openai.RateLimitError, 429, id="rate-limited"),
+        pytest.param(Reply(hang=True), openai.InternalServerError, 504, id="hangs"),
+        pytest.param(Reply(body=b"<html>"), openai.InternalServerError, 502, id="malformed"),
+    ],
+)
 def test_upstream_failures(sdk, http, ops, fake_upstream, reply, error, status):
     fake_upstream.enqueue(reply)
     with pytest.raises(error) as caught:
-        sdk.chat.completions.create(model="promptops/chat", messages=[],
-                                    extra_body={"variables": {"question": "q"}})
+        sdk.chat.completions.create(
+            model="promptops/chat", messages=[], extra_body={"variables": {"question": "q"}}
+        )
     assert caught.value.status_code == status
     [call] = recorded(ops, http)
     assert call.status != "ok"
@@ -163,8 +177,11 @@ def test_upstream_failures(sdk, http, ops, fake_upstream, reply, error, status):
 def test_error_after_the_stream_started(sdk, fake_upstream):
     fake_upstream.enqueue(Reply(content="a b c d", break_after=2))
     with pytest.raises(openai.APIError) as caught:
-        list(sdk.chat.completions.create(model="promptops/chat", messages=[], stream=True,
-                                         extra_body={"variables": {"question": "q"}}))
+        list(
+            sdk.chat.completions.create(
+                model="promptops/chat", messages=[], stream=True, extra_body={"variables": {"question": "q"}}
+            )
+        )
     assert "broke off" in caught.value.message
 
 
@@ -177,8 +194,7 @@ def test_serve_key_is_the_api_key(gateway_settings, ops, clock):
         good = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=http)
         out = good.chat.completions.create(model="promptops/duel", messages=[])
         assert out.choices[0].message.content == "echo: one" or "echo: two"
-        bad = openai.OpenAI(base_url="http://testserver/v1", api_key="wrong", http_client=http,
-                            max_retries=0)
+        bad = openai.OpenAI(base_url="http://testserver/v1", api_key="wrong", http_client=http, max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             bad.chat.completions.create(model="promptops/duel", messages=[])
 
@@ -187,8 +203,20 @@ def test_complete_route(http):
     r = http.post("/v1/prompts/ask/complete", json={"variables": {"question": "q"}})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"decision_id", "prompt", "version", "variant", "experiment_id", "model",
-                         "output", "finish_reason", "usage", "cost_usd", "latency_ms", "cache"}
+    assert set(body) == {
+        "decision_id",
+        "prompt",
+        "version",
+        "variant",
+        "experiment_id",
+        "model",
+        "output",
+        "finish_reason",
+        "usage",
+        "cost_usd",
+        "latency_ms",
+        "cache",
+    }
     assert body["output"] == {"role": "assistant", "content": "echo: q"}
     r = http.post("/v1/prompts/ask/complete", json={"variables": {"question": "q"}})
     assert r.json()["cache"] == "hit" and r.json()["cost_usd"] == 0.0
@@ -200,23 +228,33 @@ def test_complete_route(http):
 
 def test_a_message_whose_content_is_not_text_is_refused_before_the_upstream(http):
     for content in ({"a": 1}, 5, True):
-        r = http.post("/v1/chat/completions", json={
-            "model": "promptops/ask", "messages": [{"role": "user", "content": content}],
-            "variables": {"question": "q"}})
+        r = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "promptops/ask",
+                "messages": [{"role": "user", "content": content}],
+                "variables": {"question": "q"},
+            },
+        )
         assert r.status_code == 422, r.text
         assert r.json()["error"]["code"] == "invalid_input"
         assert r.json()["error"]["param"] == "messages"
-    ok = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
-          {"role": "assistant", "content": None}]
-    r = http.post("/v1/chat/completions", json={
-        "model": "promptops/ask", "messages": ok, "variables": {"question": "q"}})
+    ok = [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": None},
+    ]
+    r = http.post(
+        "/v1/chat/completions",
+        json={"model": "promptops/ask", "messages": ok, "variables": {"question": "q"}},
+    )
     assert r.status_code == 200, r.text
 
 
 def test_a_body_that_is_not_json_says_why(http):
-    bodies = {b'{"model": "promptops/ask", "user": "\\ud800"}': "no low surrogate in string",
-              b'{"model": "promptops/ask", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}":
-                  "depth limit exceeded"}
+    bodies = {
+        b'{"model": "promptops/ask", "user": "\\ud800"}': "no low surrogate in string",
+        b'{"model": "promptops/ask", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}": "depth limit exceeded",
+    }
     for body, why in bodies.items():
         for url in ("/v1/chat/completions", "/v1/prompts/ask/complete"):
             r = http.post(url, content=body, headers={"content-type": "application/json"})
@@ -259,14 +297,19 @@ def live(gateway_settings, ops) -> Iterator[str]:  # type: ignore[no-untyped-def
 
 def test_live_stream_and_disconnect(live, ops, fake_upstream):
     client = openai.OpenAI(base_url=live + "/v1", api_key="unused", max_retries=0)
-    chunks = list(client.chat.completions.create(model="promptops/chat", messages=[], stream=True,
-                                                 extra_body={"variables": {"question": "a b"}}))
+    chunks = list(
+        client.chat.completions.create(
+            model="promptops/chat", messages=[], stream=True, extra_body={"variables": {"question": "a b"}}
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "echo: a b"
 
     fake_upstream.enqueue(Reply(content="one two three four five", stall_after=2))
-    with httpx.stream("POST", live + "/v1/chat/completions", json={
-            "model": "promptops/chat", "messages": [], "stream": True,
-            "variables": {"question": "q"}}) as r:
+    with httpx.stream(
+        "POST",
+        live + "/v1/chat/completions",
+        json={"model": "promptops/chat", "messages": [], "stream": True, "variables": {"question": "q"}},
+    ) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             if line.startswith("data:"):
@@ -323,8 +366,7 @@ variants:
 """
 
 
-def test_production_move_warms_the_new_version(tmp_path, gateway_settings, ops, clock,
-                                               fake_upstream):
+def test_production_move_warms_the_new_version(tmp_path, gateway_settings, ops, clock, fake_upstream):
     from promptops.server.app import create_app
 
     (tmp_path / "prompts" / "two.yaml").write_text(TWO)
@@ -334,8 +376,7 @@ def test_production_move_warms_the_new_version(tmp_path, gateway_settings, ops, 
     app = create_app(gateway_settings, ops=ops, clock=clock, background=False)
     with TestClient(app) as http:
         for q in ("x", "x", "x", "y", "y", "z"):
-            assert http.post("/v1/prompts/two/complete",
-                             json={"variables": {"q": q}}).status_code == 200
+            assert http.post("/v1/prompts/two/complete", json={"variables": {"q": q}}).status_code == 200
         recorded(ops, http, 6)
         before = fake_upstream.count
         assert http.post("/v1/prompts/two/labels/production", json={"version": 2}).status_code == 200

@@ -30,16 +30,20 @@ def test_stream_cache_and_replay(tmp_path: Path, settings, ops, clock):  # type:
     (tmp_path / "prompts" / "hello.yaml").write_text(PROMPT)
     ops.sync()
     config = tmp_path / "promptops.yaml"
-    config.write_text(f'default_provider: local\nproviders:\n  local: {{base_url: "{URL}", '
-                      "timeout_seconds: 120}\n")
-    app = create_app(dataclasses.replace(settings, config_path=config), ops=ops, clock=clock,
-                     background=False)
+    config.write_text(
+        f'default_provider: local\nproviders:\n  local: {{base_url: "{URL}", timeout_seconds: 120}}\n'
+    )
+    app = create_app(
+        dataclasses.replace(settings, config_path=config), ops=ops, clock=clock, background=False
+    )
     with TestClient(app) as http:
-        sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http,
-                            max_retries=0)
+        sdk = openai.OpenAI(
+            base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0
+        )
         body = {"variables": {"who": "Ada"}}
         first = sdk.chat.completions.with_raw_response.create(
-            model="promptops/hello", messages=[], stream=True, extra_body=body)
+            model="promptops/hello", messages=[], stream=True, extra_body=body
+        )
         assert first.headers["x-promptops-cache"] == "miss"
         chunks = list(first.parse())
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -47,12 +51,14 @@ def test_stream_cache_and_replay(tmp_path: Path, settings, ops, clock):  # type:
         http.app.state.runtime.writer.flush()
 
         again = sdk.chat.completions.with_raw_response.create(
-            model="promptops/hello", messages=[], stream=True, extra_body=body)
+            model="promptops/hello", messages=[], stream=True, extra_body=body
+        )
         assert again.headers["x-promptops-cache"] == "hit"
         replayed = "".join(c.choices[0].delta.content or "" for c in again.parse() if c.choices)
         assert replayed == text
 
         plain = sdk.chat.completions.with_raw_response.create(
-            model="promptops/hello", messages=[], extra_body=body)
+            model="promptops/hello", messages=[], extra_body=body
+        )
         assert plain.headers["x-promptops-cache"] == "hit"
         assert plain.parse().choices[0].message.content == text

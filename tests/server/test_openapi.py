@@ -62,9 +62,14 @@ def test_each_route_lists_only_its_errors(client):
 
 
 def public_models() -> list[type[BaseModel]]:
-    return [m for m in vars(schemas).values()
-            if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ == schemas.__name__
-            and m not in (schemas.Strict, schemas.View)]
+    return [
+        m
+        for m in vars(schemas).values()
+        if isinstance(m, type)
+        and issubclass(m, BaseModel)
+        and m.__module__ == schemas.__name__
+        and m not in (schemas.Strict, schemas.View)
+    ]
 
 
 @pytest.mark.parametrize("model", public_models(), ids=lambda m: m.__name__)
@@ -74,8 +79,15 @@ def test_every_field_is_described(model):
     assert not undescribed, (model.__name__, undescribed)
 
 
-@pytest.mark.parametrize("model", [m for m in public_models() if m.__name__.endswith(
-    ("Create", "Public")) and not issubclass(m, schemas.View)], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "model",
+    [
+        m
+        for m in public_models()
+        if m.__name__.endswith(("Create", "Public")) and not issubclass(m, schemas.View)
+    ],
+    ids=lambda m: m.__name__,
+)
 def test_every_request_and_response_model_has_valid_examples(model):
     examples = model.model_json_schema().get("examples")
     assert examples, model.__name__

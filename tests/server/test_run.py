@@ -39,13 +39,13 @@ def test_the_banner_comes_after_the_bind_and_masks_the_password(settings, capsys
         seen["protocol"] = server.config.http
 
     monkeypatch.setattr(uvicorn.Server, "run", fake_run)
-    monkeypatch.setattr(run, "prepare", lambda s: server_ops(
-        replace(s, database_url=settings.database_url)))
+    monkeypatch.setattr(run, "prepare", lambda s: server_ops(replace(s, database_url=settings.database_url)))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    shown = replace(settings, port=port, sync_on_start=False,
-                    database_url="postgresql+psycopg://po:hunter2@db.example/po")
+    shown = replace(
+        settings, port=port, sync_on_start=False, database_url="postgresql+psycopg://po:hunter2@db.example/po"
+    )
     run.run_server(shown)
     assert seen["port"] == port and seen["protocol"] is run.BoundedH11Protocol
     assert f"promptops on http://127.0.0.1:{port}" in seen["banner"]
@@ -58,8 +58,7 @@ class FakeTransport(asyncio.Transport):
         self.closed = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name,
-                                                                                     default)
+        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
     def is_closing(self) -> bool:
         return self.closed
@@ -80,8 +79,9 @@ def test_trickled_headers_do_not_reset_the_deadline():
     async def scenario() -> None:
         config = run.uvicorn_config(app)
         config.load()
-        proto = run.BoundedH11Protocol(config=config, server_state=ServerState(), app_state={},
-                                       _loop=asyncio.get_running_loop())
+        proto = run.BoundedH11Protocol(
+            config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+        )
         proto.connection_made(FakeTransport())
         deadline = proto.timeout_keep_alive_task
         assert deadline is not None

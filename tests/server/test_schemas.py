@@ -48,8 +48,18 @@ def test_every_view_field_is_in_its_schema_and_back(view: type, model: type[Base
 def test_a_field_the_schema_does_not_name_is_refused() -> None:
     with pytest.raises(ValidationError):
         schemas.AuditEntryPublic.model_validate(
-            {"id": 1, "at": 0.0, "actor": "a", "action": "x", "prompt": None,
-             "experiment_id": None, "message": "", "details": {}, "extra": 1})
+            {
+                "id": 1,
+                "at": 0.0,
+                "actor": "a",
+                "action": "x",
+                "prompt": None,
+                "experiment_id": None,
+                "message": "",
+                "details": {},
+                "extra": 1,
+            }
+        )
 
 
 def test_service_answers_validate_against_their_schemas(ops, prompts_dir, clock) -> None:
@@ -64,10 +74,8 @@ def test_service_answers_validate_against_their_schemas(ops, prompts_dir, clock)
     assert exp.arms[0].sd is not None, exp  # the snapshot keeps each arm's sd
     as_json = orjson.loads(orjson.dumps({"experiments": ops.experiments.list_experiments()}))
     schemas.ExperimentListPublic.model_validate(as_json)
-    schemas.HistoryPublic.model_validate(
-        orjson.loads(orjson.dumps({"epochs": ops.experiments.history(1)})))
-    schemas.AuditPublic.model_validate(
-        orjson.loads(orjson.dumps({"entries": ops.registry.audit()})))
+    schemas.HistoryPublic.model_validate(orjson.loads(orjson.dumps({"epochs": ops.experiments.history(1)})))
+    schemas.AuditPublic.model_validate(orjson.loads(orjson.dumps({"entries": ops.registry.audit()})))
 
 
 def test_registry_answers_validate_against_their_schemas(ops, prompts_dir) -> None:

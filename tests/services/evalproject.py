@@ -40,12 +40,27 @@ assert:
 gate: GATE
 """
 
-MESSAGES = ["hello there", "where is my parcel", "refund please", "42", "thanks a lot",
-            "my card was charged twice", "2024", "is it in stock", "reset my password", "bye"]
+MESSAGES = [
+    "hello there",
+    "where is my parcel",
+    "refund please",
+    "42",
+    "thanks a lot",
+    "my card was charged twice",
+    "2024",
+    "is it in stock",
+    "reset my password",
+    "bye",
+]
 
 
-def write_project(root: Path, fake: FakeUpstream, *, experiment: str = "",
-                  gate: str = "{min_pass_rate: 0.5, max_regression: 0.0}") -> dict[str, Path]:
+def write_project(
+    root: Path,
+    fake: FakeUpstream,
+    *,
+    experiment: str = "",
+    gate: str = "{min_pass_rate: 0.5, max_regression: 0.0}",
+) -> dict[str, Path]:
     """Write prompts/echo.yaml, evals/echo.yaml (+ echo.jsonl) and promptops.yaml under root."""
     fake.models["broken-model"] = Reply(status=400, error="no such model")
     prompts, evals = root / "prompts", root / "evals"
@@ -53,10 +68,13 @@ def write_project(root: Path, fake: FakeUpstream, *, experiment: str = "",
     evals.mkdir(exist_ok=True)
     (prompts / "echo.yaml").write_text(PROMPT.replace("EXPERIMENT", experiment), encoding="utf-8")
     (evals / "echo.yaml").write_text(EVAL.replace("GATE", gate), encoding="utf-8")
-    lines = [json.dumps({"id": f"c{i}", "vars": {"message": m}, "expected": m})
-             for i, m in enumerate(MESSAGES, 1)]
+    lines = [
+        json.dumps({"id": f"c{i}", "vars": {"message": m}, "expected": m}) for i, m in enumerate(MESSAGES, 1)
+    ]
     (evals / "echo.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = root / "promptops.yaml"
-    config.write_text("default_provider: fake\nproviders:\n"
-                      f"  fake: {{base_url: \"{fake.base_url}\", max_retries: 0}}\n", encoding="utf-8")
+    config.write_text(
+        f'default_provider: fake\nproviders:\n  fake: {{base_url: "{fake.base_url}", max_retries: 0}}\n',
+        encoding="utf-8",
+    )
     return {"prompts": prompts, "evals": evals, "config": config}

@@ -58,8 +58,10 @@ def make(tmp_path, settings, ops, fake_upstream):  # type: ignore[no-untyped-def
     def build(*, redis: bool = False) -> Gateway:
         path = tmp_path / "promptops.yaml"
         path.write_text(config(fake_upstream))
-        gateway = Gateway.create(ops.serving, dataclasses.replace(
-            settings, config_path=path, redis_url=REDIS_URL if redis else None))
+        gateway = Gateway.create(
+            ops.serving,
+            dataclasses.replace(settings, config_path=path, redis_url=REDIS_URL if redis else None),
+        )
         if redis:
             gateway.cache.prefix = random_prefix()
             prefixes.append(gateway.cache.prefix)
@@ -84,6 +86,7 @@ def run(gateway: Gateway, coro: Any) -> Any:
             return result
         finally:
             await gateway.aclose()
+
     return asyncio.run(go())
 
 
@@ -100,19 +103,23 @@ async def twice(gw: Gateway, first: CompletionRequest, second: CompletionRequest
 
 def test_key_ignores_stream_but_not_parameters():
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0}
-    assert cache_key("p", body) == cache_key("p", {**body, "stream": True,
-                                                   "stream_options": {"include_usage": True}})
+    assert cache_key("p", body) == cache_key(
+        "p", {**body, "stream": True, "stream_options": {"include_usage": True}}
+    )
     assert cache_key("p", body) != cache_key("p", {**body, "temperature": 0.1})
     assert cache_key("p", body) != cache_key("q", body)
 
 
-@pytest.mark.parametrize("settings_, model, enabled", [
-    pytest.param(None, {"temperature": 0}, True, id="temperature-0"),
-    pytest.param(None, {"temperature": 0.2}, False, id="temperature-0.2"),
-    pytest.param(None, {}, False, id="no-temperature"),
-    pytest.param({"mode": "off"}, {"temperature": 0}, False, id="off"),
-    pytest.param({"mode": "exact"}, {"temperature": 1}, True, id="exact"),
-])
+@pytest.mark.parametrize(
+    "settings_, model, enabled",
+    [
+        pytest.param(None, {"temperature": 0}, True, id="temperature-0"),
+        pytest.param(None, {"temperature": 0.2}, False, id="temperature-0.2"),
+        pytest.param(None, {}, False, id="no-temperature"),
+        pytest.param({"mode": "off"}, {"temperature": 0}, False, id="off"),
+        pytest.param({"mode": "exact"}, {"temperature": 1}, True, id="exact"),
+    ],
+)
 def test_default_mode(settings_, model, enabled):
     assert CachePolicy.of(settings_, model).enabled is enabled
 
@@ -120,7 +127,12 @@ def test_default_mode(settings_, model, enabled):
 def test_ttl_and_stale_windows():
     policy = CachePolicy.of({"mode": "exact", "ttl_hours": 1, "stale_hours": 2}, {})
     assert [policy.state(s) for s in (0, 3599, 3600, 3 * 3600 - 1, 3 * 3600)] == [
-        "fresh", "fresh", "stale", "stale", "expired"]
+        "fresh",
+        "fresh",
+        "stale",
+        "stale",
+        "expired",
+    ]
     assert CachePolicy.of({"mode": "exact"}, {}).state(1e12) == "fresh"
 
 
@@ -212,14 +224,17 @@ def test_expired_entries_miss(make, fake_upstream, clock):
 
 def test_a_variant_may_turn_the_cache_off(make, fake_upstream, ops):
     gw = make()
-    out = run(gw, gw.complete(CompletionRequest(name="cached", variables={"question": "q"},
-                                                label="production")))
+    out = run(
+        gw, gw.complete(CompletionRequest(name="cached", variables={"question": "q"}, label="production"))
+    )
     assert str(out.cache) == "miss"
     prompt = ops.registry.get_prompt("cached")
     uncached = next(v.number for v in prompt.versions if v.variant == "uncached")
     gw = make()
-    assert run(gw, twice(gw, ask(name="cached", version=uncached),
-                         ask(name="cached", version=uncached))) == ["bypass", "bypass"]
+    assert run(gw, twice(gw, ask(name="cached", version=uncached), ask(name="cached", version=uncached))) == [
+        "bypass",
+        "bypass",
+    ]
 
 
 def test_a_hit_replays_as_a_stream(make, fake_upstream):
@@ -265,17 +280,25 @@ def test_failures_are_not_cached(make, fake_upstream):
 
 
 def entry(n: int) -> CacheEntry:
-    return CacheEntry(provider="p", model="m", message={"role": "assistant", "content": str(n)},
-                      finish_reason="stop", prompt_tokens=1, completion_tokens=1,
-                      created_at=0.0, prompt="ask" if n % 2 else "chat")
+    return CacheEntry(
+        provider="p",
+        model="m",
+        message={"role": "assistant", "content": str(n)},
+        finish_reason="stop",
+        prompt_tokens=1,
+        completion_tokens=1,
+        created_at=0.0,
+        prompt="ask" if n % 2 else "chat",
+    )
 
 
 @pytest.mark.parametrize("redis", [False, pytest.param(True, id="redis")])
 def test_eviction_keeps_the_recently_used(ops, redis, clock):
     if redis and not _redis_up():
         pytest.skip("no Redis at 127.0.0.1:6379")
-    cache = ResponseCache(ops.ctx, max_entries=3, redis_url=REDIS_URL if redis else None,
-                          redis_prefix=random_prefix())
+    cache = ResponseCache(
+        ops.ctx, max_entries=3, redis_url=REDIS_URL if redis else None, redis_prefix=random_prefix()
+    )
 
     async def go() -> None:
         for n in range(5):

@@ -18,8 +18,7 @@ from promptops.errors import DecisionNotFound, InvalidInput
 from promptops.services.decisions import DecisionToken, TokenCodec
 
 CODEC = TokenCodec(b"test-secret")
-TOKEN = DecisionToken(prompt_id=3, version_id=7, experiment_id=2, arm=1, epoch=4,
-                      decided_at=1_800_000_000.25)
+TOKEN = DecisionToken(prompt_id=3, version_id=7, experiment_id=2, arm=1, epoch=4, decided_at=1_800_000_000.25)
 
 
 def _issued() -> str:
@@ -50,18 +49,38 @@ def spellings() -> list[str]:
     """Other spellings of D (or near misses) that a lenient decoder reads as the same bytes."""
     std = D.replace("-", "+").replace("_", "/")
     return [
-        D + "=", D + "==", D + "!", D + "%", D + "\n", D + " ", " " + D, D + "\x00",
-        D.replace(".", ".."), D.replace(".", ".="), "d_" + BODY + "=." + SIG, D + ".",
-        "D_" + D[2:], std, "d_" + _spare_bits(BODY) + "." + SIG, D + "%3D", D.upper(),
-        "d_" + base64.urlsafe_b64encode(base64.urlsafe_b64decode(BODY + "=")).decode()
-        + "." + SIG, D.replace(".", "\n."), D + "\r\n", D + "\t",
-        D[:-1], D + "A", "d_" + BODY + "." + SIG + "=" * 4, D + "\u00a0",
+        D + "=",
+        D + "==",
+        D + "!",
+        D + "%",
+        D + "\n",
+        D + " ",
+        " " + D,
+        D + "\x00",
+        D.replace(".", ".."),
+        D.replace(".", ".="),
+        "d_" + BODY + "=." + SIG,
+        D + ".",
+        "D_" + D[2:],
+        std,
+        "d_" + _spare_bits(BODY) + "." + SIG,
+        D + "%3D",
+        D.upper(),
+        "d_" + base64.urlsafe_b64encode(base64.urlsafe_b64decode(BODY + "=")).decode() + "." + SIG,
+        D.replace(".", "\n."),
+        D + "\r\n",
+        D + "\t",
+        D[:-1],
+        D + "A",
+        "d_" + BODY + "." + SIG + "=" * 4,
+        D + "\u00a0",
     ]
 
 
 def test_the_issued_id_verifies():
-    assert CODEC.verify(D) == DecisionToken(prompt_id=3, version_id=7, experiment_id=2, arm=1,
-                                            epoch=4, decided_at=1_800_000_000.25)
+    assert CODEC.verify(D) == DecisionToken(
+        prompt_id=3, version_id=7, experiment_id=2, arm=1, epoch=4, decided_at=1_800_000_000.25
+    )
 
 
 @pytest.mark.parametrize("spelling", spellings(), ids=repr)
@@ -70,12 +89,17 @@ def test_no_other_spelling_verifies(spelling):
     assert CODEC.verify(spelling) is None
 
 
-@given(st.integers(0, len(D)), st.integers(0, 2), st.characters(codec="utf-8") | st.sampled_from(
-    list("=.!%\n-_+/ A")))
+@given(
+    st.integers(0, len(D)),
+    st.integers(0, 2),
+    st.characters(codec="utf-8") | st.sampled_from(list("=.!%\n-_+/ A")),
+)
 def test_no_edit_of_an_id_verifies(pos, kind, char):
-    edited = (D[:pos] + char + D[pos:],  # insert
-              D[:pos] + char + D[pos + 1:],  # replace
-              D[:pos] + D[pos + 1:])[kind]  # delete
+    edited = (
+        D[:pos] + char + D[pos:],  # insert
+        D[:pos] + char + D[pos + 1 :],  # replace
+        D[:pos] + D[pos + 1 :],
+    )[kind]  # delete
     assert edited == D or CODEC.verify(edited) is None
 
 
@@ -103,8 +127,15 @@ def test_feedback_under_any_spelling_counts_once(ops, prompts_dir: Path):
     did = d["decision_id"]
     assert ops.feedback(did, 1) == "recorded"
     body, sig = did[2:].split(".")
-    variants = [did + "=", did + "==", did + "!", did + "%", did + "\n", did.replace(".", ".."),
-                "d_" + _spare_bits(body) + "." + sig]
+    variants = [
+        did + "=",
+        did + "==",
+        did + "!",
+        did + "%",
+        did + "\n",
+        did.replace(".", ".."),
+        "d_" + _spare_bits(body) + "." + sig,
+    ]
     for v in variants:
         with pytest.raises((DecisionNotFound, InvalidInput)):
             ops.feedback(v, 1)
@@ -116,6 +147,5 @@ def test_feedback_under_any_spelling_counts_once(ops, prompts_dir: Path):
     with ops.ctx.tx() as s:
         assert s.scalar(select(func.count()).select_from(DecisionRow)) == 1
         assert s.scalar(select(func.count()).select_from(FeedbackRow)) == 1
-    arm = next(a for a in ops.experiments.get(d["experiment_id"]).arms
-               if a.version == d["version"])
+    arm = next(a for a in ops.experiments.get(d["experiment_id"]).arms if a.version == d["version"])
     assert (arm.decisions, arm.feedback, arm.reward_sum) == (1, 1, 1.0)

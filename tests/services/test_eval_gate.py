@@ -18,8 +18,12 @@ FAILING = "experiment: {arms: [main, shout], requires_eval: echo-golden}"
 
 def make(tmp_path, settings, clock, fake, experiment):
     paths = write_project(tmp_path, fake, experiment=experiment)
-    service = PromptOps(replace(settings, prompts_dir=paths["prompts"], evals_dir=paths["evals"],
-                                config_path=paths["config"]), clock=clock)
+    service = PromptOps(
+        replace(
+            settings, prompts_dir=paths["prompts"], evals_dir=paths["evals"], config_path=paths["config"]
+        ),
+        clock=clock,
+    )
     report = service.sync()
     return service, report, paths
 
@@ -39,8 +43,7 @@ def test_draft_until_the_arms_pass_then_the_eval_starts_it(tmp_path, settings, c
         assert summary.gate_passed and summary.started_experiments == (exp.id,)
         started = ops.experiments.get(exp.id)
         assert started.status == "running" and started.gate.passed
-        audit = [a for a in ops.registry.audit(experiment_id=exp.id)
-                 if a.action == "experiment.start"]
+        audit = [a for a in ops.registry.audit(experiment_id=exp.id) if a.action == "experiment.start"]
         assert audit and audit[0].actor == "test"
         assert ops.sync().changes == []  # the running experiment is the file's declaration
     finally:

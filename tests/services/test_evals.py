@@ -19,8 +19,12 @@ from tests.services.evalproject import write_project
 @pytest.fixture
 def project(tmp_path, settings, clock, fake_upstream):  # noqa: F811
     paths = write_project(tmp_path, fake_upstream)
-    service = PromptOps(replace(settings, prompts_dir=paths["prompts"], evals_dir=paths["evals"],
-                                config_path=paths["config"]), clock=clock)
+    service = PromptOps(
+        replace(
+            settings, prompts_dir=paths["prompts"], evals_dir=paths["evals"], config_path=paths["config"]
+        ),
+        clock=clock,
+    )
     service.sync()
     yield service
     service.close()
@@ -35,8 +39,15 @@ def run(ops, *, versions=(), labels=(), repeat=None, cache=None, concurrency=4):
         providers = Providers(load_providers_config(ops.settings.config_path))
         calls = ProviderCalls(providers, cache=cache)
         try:
-            result = await run_eval(definition, targets, baseline=base, complete=calls.complete,
-                                    judge=calls.judge, repeat=repeat, concurrency=concurrency)
+            result = await run_eval(
+                definition,
+                targets,
+                baseline=base,
+                complete=calls.complete,
+                judge=calls.judge,
+                repeat=repeat,
+                concurrency=concurrency,
+            )
         finally:
             await providers.aclose()
         return result, calls
@@ -118,8 +129,9 @@ def test_default_targets_are_production_and_the_experiment_arms(project):
 
 def test_eval_cases_are_checked_against_the_registry(project, tmp_path):
     bad = tmp_path / "evals" / "bad.yaml"
-    bad.write_text("name: bad\nprompt: echo\ncases: [{vars: {msg: hi}}]\n"
-                   "assert: [{type: is_json}]\n", encoding="utf-8")
+    bad.write_text(
+        "name: bad\nprompt: echo\ncases: [{vars: {msg: hi}}]\nassert: [{type: is_json}]\n", encoding="utf-8"
+    )
     from promptops.errors import InvalidEvalFile
 
     with pytest.raises(InvalidEvalFile) as info:
@@ -146,7 +158,8 @@ def test_judge_verdicts_unreadable_are_errors_and_judge_calls_are_cached(project
             f"name: judged-{name}\nprompt: echo\ncases:\n"
             "  - {id: a, vars: {message: one}}\n  - {id: b, vars: {message: two}}\n"
             f"assert: [{{type: judge, rubric: Polite., provider: fake, model: {model}}}]\n",
-            encoding="utf-8")
+            encoding="utf-8",
+        )
     cache = MemoryAnswers()
     by_name = {d.name: d for d in project.evals.definitions()}
 
@@ -155,8 +168,9 @@ def test_judge_verdicts_unreadable_are_errors_and_judge_calls_are_cached(project
         providers = Providers(load_providers_config(project.settings.config_path))
         calls = ProviderCalls(providers, cache=cache)
         try:
-            result = await run_eval(definition, targets, baseline=base, complete=calls.complete,
-                                    judge=calls.judge)
+            result = await run_eval(
+                definition, targets, baseline=base, complete=calls.complete, judge=calls.judge
+            )
         finally:
             await providers.aclose()
         return result, calls
@@ -177,7 +191,9 @@ def test_calls_queue_for_the_providers_bound_instead_of_timing_out(project, fake
     fake_upstream.reply = Reply(latency=0.3)
     project.settings.config_path.write_text(
         f'default_provider: fake\nproviders:\n  fake: {{base_url: "{fake_upstream.base_url}", '
-        "max_retries: 0, max_concurrency: 2, timeout_seconds: 1}\n", encoding="utf-8")
+        "max_retries: 0, max_concurrency: 2, timeout_seconds: 1}\n",
+        encoding="utf-8",
+    )
     # Ten calls at once through two connections: the last would wait 1.2 s for a connection,
     # past the provider's 1 s timeout, if the eval did not queue them itself.
     summary, calls = run(project, concurrency=10)

@@ -13,12 +13,15 @@ from sqlalchemy import delete, func, select
 from promptops.db.models import DecisionRow, FeedbackRow
 from promptops.errors import DecisionNotFound, ExperimentStateError, InvalidInput
 
-FAST = ("{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
-        "attribution_window_hours: 1, max_decisions: 20000}")
+FAST = (
+    "{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
+    "attribution_window_hours: 1, max_decisions: 20000}"
+)
 
 
-def prompt_text(policy: str = FAST, arms: str = "[main, terse]", status: str = "running",
-                extra_variant: str = "") -> str:
+def prompt_text(
+    policy: str = FAST, arms: str = "[main, terse]", status: str = "running", extra_variant: str = ""
+) -> str:
     return f"""\
 name: triage
 variables:
@@ -45,8 +48,7 @@ def setup(ops, prompts_dir: Path, text: str | None = None) -> dict:
     return ops.experiments.list_experiments(prompt="triage")[0]
 
 
-def traffic(ops, clock, n: int, rates: dict[int, float], *, seed: int = 1,
-            per_hour: int = 1000) -> list[str]:
+def traffic(ops, clock, n: int, rates: dict[int, float], *, seed: int = 1, per_hour: int = 1000) -> list[str]:
     """Serve n decisions at per_hour, answer each with a reward drawn from its version's rate."""
     rng = random.Random(seed)
     ops.ctx.rng.seed(seed + 7919)  # arm draws without a unit id: make the run reproducible
@@ -100,8 +102,7 @@ def test_serving_routes_through_the_experiment_and_is_sticky(ops, prompts_dir):
     exp = setup(ops, prompts_dir)
     seen = {ops.serve("triage", {"message": "x"})["version"] for _ in range(200)}
     assert seen == {1, 2}
-    sticky = {ops.serve("triage", {"message": "x"}, unit_id="user-7")["version"]
-              for _ in range(50)}
+    sticky = {ops.serve("triage", {"message": "x"}, unit_id="user-7")["version"] for _ in range(50)}
     assert len(sticky) == 1
     d = ops.serve("triage", {"message": "x"})
     assert d["experiment_id"] == exp.id and d["decision_id"].startswith("d_")
@@ -129,20 +130,27 @@ def _truth(ops, exp_id: int, window: float) -> dict[tuple[int, int], tuple[int, 
     """Per (arm, epoch): matured decisions and rewards, recomputed from the raw tables."""
     with ops.ctx.tx() as s:
         rows = s.execute(
-            select(DecisionRow.arm, DecisionRow.epoch, func.count(DecisionRow.id),
-                   func.coalesce(func.sum(FeedbackRow.reward), 0.0))
-            .outerjoin(FeedbackRow, (FeedbackRow.decision_id == DecisionRow.id)
-                       & (FeedbackRow.metric == "resolved")
-                       & (FeedbackRow.received_at <= DecisionRow.decided_at + window))
+            select(
+                DecisionRow.arm,
+                DecisionRow.epoch,
+                func.count(DecisionRow.id),
+                func.coalesce(func.sum(FeedbackRow.reward), 0.0),
+            )
+            .outerjoin(
+                FeedbackRow,
+                (FeedbackRow.decision_id == DecisionRow.id)
+                & (FeedbackRow.metric == "resolved")
+                & (FeedbackRow.received_at <= DecisionRow.decided_at + window),
+            )
             .where(DecisionRow.experiment_id == exp_id, DecisionRow.counted_in > 0)
-            .group_by(DecisionRow.arm, DecisionRow.epoch)).all()
+            .group_by(DecisionRow.arm, DecisionRow.epoch)
+        ).all()
     return {(a, e): (int(n), float(r)) for a, e, n, r in rows}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_replayed_feedback_equals_the_deduplicated_truth(ops, prompts_dir, clock, seed):
-    exp = setup(ops, prompts_dir, prompt_text(FAST.replace("max_decisions: 20000",
-                                                           "max_decisions: 100000")))
+    exp = setup(ops, prompts_dir, prompt_text(FAST.replace("max_decisions: 20000", "max_decisions: 100000")))
     rng = random.Random(seed)
     decisions = []
     for _ in range(600):
@@ -268,8 +276,7 @@ def test_many_threads_of_feedback_lose_nothing_and_count_nothing_twice(ops, prom
     assert sum(a.decisions for a in arms) == 300
 
 
-def test_a_lost_decision_log_raises_the_mismatch_alarm_and_freezes_promotion(ops, prompts_dir,
-                                                                             clock):
+def test_a_lost_decision_log_raises_the_mismatch_alarm_and_freezes_promotion(ops, prompts_dir, clock):
     policy = FAST.replace("max_decisions: 20000", "max_decisions: 100000")
     exp = setup(ops, prompts_dir, prompt_text(policy))
     rng = random.Random(5)
@@ -282,8 +289,9 @@ def test_a_lost_decision_log_raises_the_mismatch_alarm_and_freezes_promotion(ops
         clock.advance(3.6)
         if i % 500 == 499:
             with ops.ctx.tx() as s:
-                ids = list(s.scalars(select(DecisionRow.id).where(
-                    DecisionRow.arm == 1, DecisionRow.counted_in == 0)))
+                ids = list(
+                    s.scalars(select(DecisionRow.id).where(DecisionRow.arm == 1, DecisionRow.counted_in == 0))
+                )
                 lost = ids[: len(ids) // 10]
                 s.execute(delete(FeedbackRow).where(FeedbackRow.decision_id.in_(lost)))
                 s.execute(delete(DecisionRow).where(DecisionRow.id.in_(lost)))
@@ -349,12 +357,14 @@ def test_after_editing_main_the_first_arm_is_the_control_and_the_read_says_so(op
     assert new.production_at_start == 1 and new.control_is_production is False, new
 
 
-@pytest.mark.parametrize("rates, winner", [
-    pytest.param({3: 0.30, 2: 0.10}, 3, id="control-wins"),
-    pytest.param({3: 0.10, 2: 0.30}, 2, id="challenger-wins"),
-])
-def test_production_moves_to_the_winner_even_when_it_is_the_control(ops, prompts_dir, clock,
-                                                                    rates, winner):
+@pytest.mark.parametrize(
+    "rates, winner",
+    [
+        pytest.param({3: 0.30, 2: 0.10}, 3, id="control-wins"),
+        pytest.param({3: 0.10, 2: 0.30}, 2, id="challenger-wins"),
+    ],
+)
+def test_production_moves_to_the_winner_even_when_it_is_the_control(ops, prompts_dir, clock, rates, winner):
     setup(ops, prompts_dir)
     (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text()))
     ops.sync()
@@ -371,8 +381,7 @@ def test_production_moves_to_the_winner_even_when_it_is_the_control(ops, prompts
     assert [(m.details["from"], m.details["to"]) for m in moves] == [(1, winner)], moves
 
 
-def test_a_winning_control_replaces_a_hand_move_made_during_the_experiment(ops, prompts_dir,
-                                                                          clock):
+def test_a_winning_control_replaces_a_hand_move_made_during_the_experiment(ops, prompts_dir, clock):
     exp = setup(ops, prompts_dir)
     ops.registry.move_label("triage", 2, "production", actor="tester")
     traffic(ops, clock, 12000, {1: 0.30, 2: 0.10})
@@ -382,8 +391,7 @@ def test_a_winning_control_replaces_a_hand_move_made_during_the_experiment(ops, 
     e = ops.experiments.get(exp.id)
     assert e.status == "completed" and e.winner == 1, e
     assert ops.registry.resolve("triage").number == 1
-    move = next(a for a in ops.registry.audit(experiment_id=exp.id)
-                if a.action == "label.move")
+    move = next(a for a in ops.registry.audit(experiment_id=exp.id) if a.action == "label.move")
     assert (move.details["from"], move.details["to"]) == (2, 1), move
     assert "replaces v2, set while the experiment ran" in move.message, move
 

@@ -86,16 +86,20 @@ providers:
 def make(tmp_path: Path, settings, ops, fake_upstream, monkeypatch):  # type: ignore[no-untyped-def]
     """Build a gateway over the fake upstream (options: store_io, timeout)."""
     monkeypatch.setenv("GW_TEST_KEY", SECRET)
-    for name, text in (("ask", PROMPT), ("chat", WARM), ("duel", ARMS), ("elsewhere", ELSEWHERE),
-                       ("keyed", KEYED)):
+    for name, text in (
+        ("ask", PROMPT),
+        ("chat", WARM),
+        ("duel", ARMS),
+        ("elsewhere", ELSEWHERE),
+        ("keyed", KEYED),
+    ):
         (tmp_path / "prompts" / f"{name}.yaml").write_text(text)
     ops.sync()
 
     def build(*, store_io: bool = True, timeout: float = 2.0) -> Gateway:
         path = tmp_path / "promptops.yaml"
         path.write_text(config(fake_upstream, timeout=timeout))
-        return Gateway.create(ops.serving, dataclasses.replace(
-            settings, config_path=path, store_io=store_io))
+        return Gateway.create(ops.serving, dataclasses.replace(settings, config_path=path, store_io=store_io))
 
     return build
 
@@ -106,6 +110,7 @@ def run(gateway: Gateway, coro: Any) -> Any:
             return await coro
         finally:
             await gateway.aclose()
+
     return asyncio.run(go())
 
 
@@ -159,11 +164,14 @@ def test_version_settings_win_over_the_callers(make, fake_upstream):
     assert sent["temperature"] == 0 and sent["seed"] == 7
 
 
-@pytest.mark.parametrize("model, expected", [
-    pytest.param("promptops/ask", ("ask", None, None), id="routed"),
-    pytest.param("promptops/ask@v2", ("ask", 2, None), id="version"),
-    pytest.param("promptops/ask@staging", ("ask", None, "staging"), id="label"),
-])
+@pytest.mark.parametrize(
+    "model, expected",
+    [
+        pytest.param("promptops/ask", ("ask", None, None), id="routed"),
+        pytest.param("promptops/ask@v2", ("ask", 2, None), id="version"),
+        pytest.param("promptops/ask@staging", ("ask", None, "staging"), id="label"),
+    ],
+)
 def test_parse_model(model, expected):
     assert parse_model(model) == expected
 
@@ -203,13 +211,16 @@ def test_provider_not_configured_is_recorded(make, ops, fake_upstream):
     assert fake_upstream.count == 0
 
 
-@pytest.mark.parametrize("reply, error, status", [
-    pytest.param(Reply(status=500), e.UpstreamError, "error", id="refuses"),
-    pytest.param(Reply(status=429), e.UpstreamRateLimited, "rate_limited", id="rate-limited"),
-    pytest.param(Reply(hang=True), e.UpstreamTimeout, "timeout", id="hangs"),
-    pytest.param(Reply(body=b"{not json"), e.UpstreamError, "error", id="malformed"),
-    pytest.param(Reply(huge=50_000_000), e.UpstreamError, "error", id="50MB"),
-])
+@pytest.mark.parametrize(
+    "reply, error, status",
+    [
+        pytest.param(Reply(status=500), e.UpstreamError, "error", id="refuses"),
+        pytest.param(Reply(status=429), e.UpstreamRateLimited, "rate_limited", id="rate-limited"),
+        pytest.param(Reply(hang=True), e.UpstreamTimeout, "timeout", id="hangs"),
+        pytest.param(Reply(body=b"{not json"), e.UpstreamError, "error", id="malformed"),
+        pytest.param(Reply(huge=50_000_000), e.UpstreamError, "error", id="50MB"),
+    ],
+)
 def test_upstream_failures_are_recorded(make, ops, fake_upstream, reply, error, status):
     gw = make(timeout=0.5)
     fake_upstream.enqueue(reply)
@@ -241,8 +252,7 @@ def test_streams_pass_chunks_through_with_the_decision_id(make, ops, fake_upstre
     gw = make()
 
     async def go() -> tuple[Any, list[bytes]]:
-        stream = await gw.open_stream(CompletionRequest(name="chat",
-                                                        variables={"question": "a b c"}))
+        stream = await gw.open_stream(CompletionRequest(name="chat", variables={"question": "a b c"}))
         return stream, [chunk async for chunk in stream]
 
     stream, chunks = run(gw, go())
@@ -261,8 +271,9 @@ def test_stream_usage_chunk_when_asked(make, fake_upstream):
     gw = make()
 
     async def go() -> list[bytes]:
-        stream = await gw.open_stream(CompletionRequest(
-            name="chat", variables={"question": "q"}, include_usage=True))
+        stream = await gw.open_stream(
+            CompletionRequest(name="chat", variables={"question": "q"}, include_usage=True)
+        )
         return [chunk async for chunk in stream]
 
     chunks = sse_events(run(gw, go()))

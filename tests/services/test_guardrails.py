@@ -14,8 +14,10 @@ from promptops.errors import InvalidInput, InvalidPromptFile, UnknownMetric
 from promptops.promptfiles import parse_prompt_text
 from tests.services.test_experiments import prompt_text, setup
 
-POLICY = ("{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
-          "attribution_window_hours: 1, max_decisions: 20000, holdout_share: 0}")
+POLICY = (
+    "{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
+    "attribution_window_hours: 1, max_decisions: 20000, holdout_share: 0}"
+)
 DECLARED = """\
   metrics: [csat]
   guardrails:
@@ -33,23 +35,45 @@ def test_the_file_declares_metrics_and_guardrails():
     assert d.experiment is not None
     assert d.experiment.metrics == ("csat",)
     assert d.experiment.policy.guardrails == (
-        Guardrail("cost_usd", max_increase=0.10), Guardrail("csat", max_decrease_abs=0.5))
+        Guardrail("cost_usd", max_increase=0.10),
+        Guardrail("csat", max_decrease_abs=0.5),
+    )
 
 
-@pytest.mark.parametrize(("block", "line", "needle"), [
-    pytest.param("  guardrails:\n    - {metric: cost_usd, max_more: 0.1}\n", 18,
-                 "experiment.guardrails[0].max_more: is not a guardrail key", id="key"),
-    pytest.param("  guardrails:\n    - {metric: cost_usd}\n", 18,
-                 "experiment.guardrails[0]: needs one of", id="no-margin"),
-    pytest.param("  guardrails:\n    - {metric: cost_usd, max_increase: 0.1}\n"
-                 "    - {metric: cost_usd, max_decrease: 0.1}\n", 19,
-                 "experiment.guardrails[1].metric: repeats 'cost_usd'", id="repeat"),
-    pytest.param("  guardrails:\n    - {metric: 'a b', max_increase: 0.1}\n", 18,
-                 "experiment.guardrails[0].metric:", id="name"),
-    pytest.param("  metrics: [resolved]\n", 17, "experiment.metrics[0]: is the primary metric",
-                 id="primary"),
-    pytest.param("  metrics: [csat, csat]\n", 18, "experiments.metrics", id="duplicate"),
-])
+@pytest.mark.parametrize(
+    ("block", "line", "needle"),
+    [
+        pytest.param(
+            "  guardrails:\n    - {metric: cost_usd, max_more: 0.1}\n",
+            18,
+            "experiment.guardrails[0].max_more: is not a guardrail key",
+            id="key",
+        ),
+        pytest.param(
+            "  guardrails:\n    - {metric: cost_usd}\n",
+            18,
+            "experiment.guardrails[0]: needs one of",
+            id="no-margin",
+        ),
+        pytest.param(
+            "  guardrails:\n    - {metric: cost_usd, max_increase: 0.1}\n"
+            "    - {metric: cost_usd, max_decrease: 0.1}\n",
+            19,
+            "experiment.guardrails[1].metric: repeats 'cost_usd'",
+            id="repeat",
+        ),
+        pytest.param(
+            "  guardrails:\n    - {metric: 'a b', max_increase: 0.1}\n",
+            18,
+            "experiment.guardrails[0].metric:",
+            id="name",
+        ),
+        pytest.param(
+            "  metrics: [resolved]\n", 17, "experiment.metrics[0]: is the primary metric", id="primary"
+        ),
+        pytest.param("  metrics: [csat, csat]\n", 18, "experiments.metrics", id="duplicate"),
+    ],
+)
 def test_bad_declarations_name_path_and_line(block, line, needle):
     with pytest.raises(InvalidPromptFile) as info:
         parse_prompt_text(with_block(block), path="p.yaml")
@@ -72,13 +96,24 @@ def test_feedback_for_undeclared_metrics_is_refused(ops, prompts_dir: Path):
 
 def test_the_api_declares_metrics_and_guardrails(ops, prompts_dir: Path):
     setup(ops, prompts_dir, prompt_text(POLICY, status="draft"))
-    exp = ops.experiments.create("triage", [1, 2], metric="resolved", metrics=["csat"],
-                                 guardrails=[{"metric": "latency_ms", "max_increase": 0.2}],
-                                 start=False)
+    exp = ops.experiments.create(
+        "triage",
+        [1, 2],
+        metric="resolved",
+        metrics=["csat"],
+        guardrails=[{"metric": "latency_ms", "max_increase": 0.2}],
+        start=False,
+    )
     assert exp.metrics == ["csat"]
-    assert list(exp.policy["guardrails"]) == [{"metric": "latency_ms", "max_increase": 0.2,
-                                            "max_decrease": None, "max_increase_abs": None,
-                                            "max_decrease_abs": None}]
+    assert list(exp.policy["guardrails"]) == [
+        {
+            "metric": "latency_ms",
+            "max_increase": 0.2,
+            "max_decrease": None,
+            "max_increase_abs": None,
+            "max_decrease_abs": None,
+        }
+    ]
     with pytest.raises(InvalidInput):
         ops.experiments.create("triage", [1, 2], guardrails=[{"metric": "x"}], start=False)
     with pytest.raises(InvalidInput):
@@ -111,9 +146,11 @@ def test_a_costlier_challenger_is_blocked_and_shown(ops, prompts_dir: Path, cloc
     challenger = exp.arms[1]
     verdict = {g["metric"]: g for g in challenger.guardrails}
     assert verdict["cost_usd"]["state"] == "blocked", verdict
-    assert re.fullmatch(r"blocked: v2 \(terse\) cost_usd \+(4[5-9]|5[0-5])% "
-                        r"\(\+\d+% \.\. \+\d+%\) > 10% allowed",
-                        verdict["cost_usd"]["sentence"]), verdict
+    assert re.fullmatch(
+        r"blocked: v2 \(terse\) cost_usd \+(4[5-9]|5[0-5])% "
+        r"\(\+\d+% \.\. \+\d+%\) > 10% allowed",
+        verdict["cost_usd"]["sentence"],
+    ), verdict
     for arm in exp.arms:
         for metric in ("cost_usd", "csat"):
             m = arm.metrics[metric]
@@ -124,15 +161,28 @@ def test_a_costlier_challenger_is_blocked_and_shown(ops, prompts_dir: Path, cloc
 def test_the_gateway_call_sums_feed_the_built_in_metrics(ops, prompts_dir: Path, clock):
     from promptops.db.models import CallStatsRow
 
-    setup(ops, prompts_dir, with_block(DECLARED, POLICY.replace("update_every: 200",
-                                                                "update_every: 1")))
+    setup(ops, prompts_dir, with_block(DECLARED, POLICY.replace("update_every: 200", "update_every: 1")))
     with ops.ctx.tx() as s:
         for arm, mean in ((0, 0.001), (1, 0.002)):
-            s.add(CallStatsRow(experiment_id=1, arm=arm, epoch=0, calls=50, errors=5,
-                               cache_hits=0, cost_n=50, cost_sum=50 * mean,
-                               cost_ss=50 * mean * mean, latency_sum=50 * 900.0,
-                               latency_ss=50 * 900.0**2, tokens_n=0, prompt_tokens_sum=0.0,
-                               completion_tokens_sum=0.0, latency_hist=[]))
+            s.add(
+                CallStatsRow(
+                    experiment_id=1,
+                    arm=arm,
+                    epoch=0,
+                    calls=50,
+                    errors=5,
+                    cache_hits=0,
+                    cost_n=50,
+                    cost_sum=50 * mean,
+                    cost_ss=50 * mean * mean,
+                    latency_sum=50 * 900.0,
+                    latency_ss=50 * 900.0**2,
+                    tokens_n=0,
+                    prompt_tokens_sum=0.0,
+                    completion_tokens_sum=0.0,
+                    latency_hist=[],
+                )
+            )
     d = ops.serve("triage", {"message": "x"})
     ops.feedback(d["decision_id"], 1)
     clock.advance(hours=2)

@@ -17,9 +17,16 @@ from promptops.services.serving import LiveExperiment
 from promptops.stats import simulator
 from tests.services.test_experiments import prompt_text
 
-POLICY = {"min_hours": 0, "min_samples_per_arm": 300, "update_every": 300,
-          "min_update_minutes": 0, "attribution_window_hours": 0.2, "max_decisions": 20000,
-          "max_checks": 20, "holdout_share": 0}
+POLICY = {
+    "min_hours": 0,
+    "min_samples_per_arm": 300,
+    "update_every": 300,
+    "min_update_minutes": 0,
+    "attribution_window_hours": 0.2,
+    "max_decisions": 20000,
+    "max_checks": 20,
+    "holdout_share": 0,
+}
 DECISIONS = 6000
 
 
@@ -27,18 +34,28 @@ def _flow(policy: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in policy.items()) + "}"
 
 
-def _record(data: stats.EpochData, kwargs: dict[str, Any], result: stats.StepResult,
-            ) -> dict[str, Any]:
+def _record(
+    data: stats.EpochData,
+    kwargs: dict[str, Any],
+    result: stats.StepResult,
+) -> dict[str, Any]:
     fb = data.feedback
     return {
-        "n": np.array(data.n, dtype=float), "s": np.array(data.s, dtype=float),
-        "ss": np.array(data.ss, dtype=float), "assigned": np.array(data.assigned, dtype=float),
+        "n": np.array(data.n, dtype=float),
+        "s": np.array(data.s, dtype=float),
+        "ss": np.array(data.ss, dtype=float),
+        "assigned": np.array(data.assigned, dtype=float),
         "weights": np.array(data.weights, dtype=float),
         "feedback": None if fb is None else np.vstack([fb.eligible, fb.on_time, fb.late]),
-        "hours": kwargs["hours_elapsed"], "decisions": kwargs["decisions_total"],
-        "matured": kwargs["matured_decisions"], "action": str(result.action),
-        "winner": result.winner, "checked": result.checked, "stop": result.stop_reason,
-        "threshold": result.threshold, "checks": result.state.checks_done,
+        "hours": kwargs["hours_elapsed"],
+        "decisions": kwargs["decisions_total"],
+        "matured": kwargs["matured_decisions"],
+        "action": str(result.action),
+        "winner": result.winner,
+        "checked": result.checked,
+        "stop": result.stop_reason,
+        "threshold": result.threshold,
+        "checks": result.state.checks_done,
         "burn_in": result.state.burn_in_done,
     }
 
@@ -46,8 +63,14 @@ def _record(data: stats.EpochData, kwargs: dict[str, Any], result: stats.StepRes
 def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeypatch):
     policy = parse_policy(POLICY)
     scenario = simulator.Scenario(
-        name="parity", arms=(simulator.SimArm("main", 0.10), simulator.SimArm("terse", 0.16)),
-        runs=1, seed=7, decisions=DECISIONS, decisions_per_hour=3600, policy=policy)
+        name="parity",
+        arms=(simulator.SimArm("main", 0.10), simulator.SimArm("terse", 0.16)),
+        runs=1,
+        seed=7,
+        decisions=DECISIONS,
+        decisions_per_hour=3600,
+        policy=policy,
+    )
 
     # the simulator's run: its traffic and every policy step
     runs: list[Any] = []
@@ -87,8 +110,9 @@ def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeyp
 
     monkeypatch.setattr(stats, "step", replay_step)
     monkeypatch.setattr(epochs_service, "MATURITY_GRACE_SECONDS", 0.0)
-    monkeypatch.setattr(LiveExperiment, "pick",
-                        lambda self, unit_id, rng, first_epoch=None: int(run.arm[current["i"]]))
+    monkeypatch.setattr(
+        LiveExperiment, "pick", lambda self, unit_id, rng, first_epoch=None: int(run.arm[current["i"]])
+    )
     start = clock.t
     (prompts_dir / "triage.yaml").write_text(prompt_text(_flow(POLICY)), encoding="utf-8")
     ops.sync()
@@ -107,8 +131,18 @@ def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeyp
     for k, (mine, theirs) in enumerate(zip(server_steps, sim_steps, strict=True)):
         for key in ("n", "s", "ss", "assigned", "weights", "feedback"):
             assert np.allclose(mine[key], theirs[key]), (k, key, mine[key], theirs[key])
-        for key in ("hours", "decisions", "matured", "action", "winner", "checked", "stop",
-                    "threshold", "checks", "burn_in"):
+        for key in (
+            "hours",
+            "decisions",
+            "matured",
+            "action",
+            "winner",
+            "checked",
+            "stop",
+            "threshold",
+            "checks",
+            "burn_in",
+        ):
             assert mine[key] == theirs[key], (k, key, mine[key], theirs[key])
     exp = ops.experiments.get(1)
     assert exp.status == "completed" and exp.winner == 2

@@ -92,12 +92,15 @@ def test_dry_run_reports_but_writes_nothing(ops, prompts_dir):
 
 
 def test_variants_become_versions(ops, prompts_dir):
-    text = TRIAGE + """\
+    text = (
+        TRIAGE
+        + """\
 variants:
   terse:
     messages:
       - {role: user, content: "Category of: {{ message }}"}
 """
+    )
     write(prompts_dir, "triage.yaml", text)
     ops.sync()
     rows = ops.registry.versions("triage")
@@ -115,8 +118,9 @@ def test_git_provenance_is_recorded(ops, prompts_dir):
     write(prompts_dir, "triage.yaml", TRIAGE)
     git("add", "triage.yaml")
     git("commit", "-qm", "add triage")
-    head = subprocess.run(["git", "-C", str(prompts_dir), "rev-parse", "HEAD"], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(prompts_dir), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     ops.sync()
     v = ops.registry.resolve("triage")
     assert v.git_commit == head
@@ -134,7 +138,10 @@ def test_label_moves_are_audited_and_rollback_works(ops, prompts_dir):
     assert ops.registry.resolve("triage").number == 1
     moves = [a for a in ops.registry.audit(prompt="triage") if a.action == "label.move"]
     assert [(m.details["from"], m.details["to"], m.actor) for m in moves] == [
-        (2, 1, "tester"), (1, 2, "tester"), (None, 1, "sync")]
+        (2, 1, "tester"),
+        (1, 2, "tester"),
+        (None, 1, "sync"),
+    ]
 
 
 def test_a_label_is_held_by_one_version(ops, prompts_dir):
@@ -163,8 +170,7 @@ def test_concurrent_first_moves_of_a_new_label_all_succeed(ops, settings, clock,
     def move(i: int) -> None:
         start.wait()
         try:
-            (ops, other)[i % 2].registry.move_label("triage", 1 + i % 3 % 2, "canary",
-                                                    actor=f"t{i}")
+            (ops, other)[i % 2].registry.move_label("triage", 1 + i % 3 % 2, "canary", actor=f"t{i}")
         except BaseException as exc:  # noqa: BLE001 - the test reports whatever escaped
             errors.append(exc)
 
@@ -175,8 +181,9 @@ def test_concurrent_first_moves_of_a_new_label_all_succeed(ops, settings, clock,
         t.join()
     other.close()
     assert errors == []
-    moves = [a.details for a in reversed(ops.registry.audit(prompt="triage"))
-             if a.details.get("label") == "canary"]
+    moves = [
+        a.details for a in reversed(ops.registry.audit(prompt="triage")) if a.details.get("label") == "canary"
+    ]
     assert moves[0]["from"] is None and all(m["from"] is not None for m in moves[1:])
     assert all(a["to"] == b["from"] for a, b in zip(moves, moves[1:], strict=False))
     assert ops.registry.resolve("triage", label="canary").number == moves[-1]["to"]
@@ -189,21 +196,31 @@ def test_long_actor_names_are_cut_alike_on_every_database(ops, prompts_dir):
     assert ops.registry.audit(prompt="triage")[0].actor == "ü" * 128
 
 
-@pytest.mark.parametrize("call, error", [
-    pytest.param(lambda o: o.registry.resolve("nope"), PromptNotFound, id="unknown-prompt"),
-    pytest.param(lambda o: o.registry.resolve("triage", version=9), VersionNotFound,
-                 id="unknown-version"),
-    pytest.param(lambda o: o.registry.resolve("triage", label="canary"), LabelNotFound,
-                 id="unknown-label"),
-    pytest.param(lambda o: o.registry.move_label("triage", 1, "bad label!", actor="t"),
-                 InvalidInput, id="bad-label-name"),
-    pytest.param(lambda o: o.render("triage", {}), VariableError, id="missing-variable"),
-    pytest.param(lambda o: o.render("triage", {"message": 5}), VariableError, id="wrong-type"),
-    pytest.param(lambda o: o.render("triage", {"message": "x", "extra": 1}), VariableError,
-                 id="undeclared-variable"),
-    pytest.param(lambda o: o.render("triage", {"message": "x" * 201}), VariableError,
-                 id="too-long"),
-])
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        pytest.param(lambda o: o.registry.resolve("nope"), PromptNotFound, id="unknown-prompt"),
+        pytest.param(
+            lambda o: o.registry.resolve("triage", version=9), VersionNotFound, id="unknown-version"
+        ),
+        pytest.param(
+            lambda o: o.registry.resolve("triage", label="canary"), LabelNotFound, id="unknown-label"
+        ),
+        pytest.param(
+            lambda o: o.registry.move_label("triage", 1, "bad label!", actor="t"),
+            InvalidInput,
+            id="bad-label-name",
+        ),
+        pytest.param(lambda o: o.render("triage", {}), VariableError, id="missing-variable"),
+        pytest.param(lambda o: o.render("triage", {"message": 5}), VariableError, id="wrong-type"),
+        pytest.param(
+            lambda o: o.render("triage", {"message": "x", "extra": 1}),
+            VariableError,
+            id="undeclared-variable",
+        ),
+        pytest.param(lambda o: o.render("triage", {"message": "x" * 201}), VariableError, id="too-long"),
+    ],
+)
 def test_mistakes_are_clear_errors(ops, prompts_dir, call, error):
     write(prompts_dir, "triage.yaml", TRIAGE)
     ops.sync()

@@ -51,7 +51,8 @@ def test_gc_keeps_statistics_and_removes_raw_rows(ops, prompts_dir, clock):
     after = ops.experiments.get(1)
     strip = ("status", "ended_at", "end_reason", "reason")
     assert [(a.decisions, a.feedback, a.n, a.mean) for a in after.arms] == [
-        (a.decisions, a.feedback, a.n, a.mean) for a in before.arms]
+        (a.decisions, a.feedback, a.n, a.mean) for a in before.arms
+    ]
     assert {k: v for k, v in asdict(after).items() if k not in strip and k != "arms"}.keys()
     assert ops.experiments.history(1)
 

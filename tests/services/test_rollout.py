@@ -11,13 +11,16 @@ from pathlib import Path
 
 from tests.services.test_experiments import prompt_text, setup
 
-POLICY = ("{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
-          "attribution_window_hours: 1, max_decisions: 20000, holdout_share: 0.4, "
-          "equivalence_margin: 0, value_remaining_stop: 0%s}")
+POLICY = (
+    "{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
+    "attribution_window_hours: 1, max_decisions: 20000, holdout_share: 0.4, "
+    "equivalence_margin: 0, value_remaining_stop: 0%s}"
+)
 
 
-def run(ops, clock, n: int, rate: Callable[[int, str], float], *, seed: int = 3,
-        replicas: tuple = ()) -> list[tuple[str, int]]:
+def run(
+    ops, clock, n: int, rate: Callable[[int, str], float], *, seed: int = 3, replicas: tuple = ()
+) -> list[tuple[str, int]]:
     """Serve n decisions at 1000/h with rewards from rate(version, status); tick every 100."""
     rng = random.Random(seed)
     random.seed(seed + 1)
@@ -41,17 +44,22 @@ def production(ops) -> int:
     return ops.render("triage", {"message": "x"})["version"]
 
 
-def test_promotion_enters_the_holdout_and_a_better_old_version_rolls_back(ops, prompts_dir: Path,
-                                                                          clock, settings):
+def test_promotion_enters_the_holdout_and_a_better_old_version_rolls_back(
+    ops, prompts_dir: Path, clock, settings
+):
     from promptops.services.facade import PromptOps
 
     setup(ops, prompts_dir, prompt_text(POLICY % ""))
     replica = PromptOps(settings, clock=clock)
     try:
         # the challenger wins at first, then turns worse once it is promoted
-        served = run(ops, clock, 12000,
-                     lambda v, st: (0.10 if v == 1 else 0.30) if st == "running"
-                     else (0.30 if v == 1 else 0.05), replicas=(replica,))
+        served = run(
+            ops,
+            clock,
+            12000,
+            lambda v, st: (0.10 if v == 1 else 0.30) if st == "running" else (0.30 if v == 1 else 0.05),
+            replicas=(replica,),
+        )
     finally:
         replica.close()
     exp = ops.experiments.get(1)
@@ -63,8 +71,7 @@ def test_promotion_enters_the_holdout_and_a_better_old_version_rolls_back(ops, p
     assert 0.3 < share < 0.5, during
     actions = [a.action for a in ops.registry.audit(experiment_id=1)]
     assert actions.count("experiment.holdout") == 1 and actions.count("experiment.rolled_back") == 1
-    moves = [a.message for a in ops.registry.audit(experiment_id=1)
-             if a.action == "label.move"]
+    moves = [a.message for a in ops.registry.audit(experiment_id=1) if a.action == "label.move"]
     assert len(moves) == 2 and "v2 -> v1" in moves[0] and "v1 -> v2" in moves[1], moves
     assert exp.holdout["old_version"] == 1 and exp.holdout["new_version"] == 2
     assert exp.holdout["p_old_better"] >= 0.95
@@ -83,8 +90,7 @@ def test_the_holdout_ends_completed_when_the_winner_holds(ops, prompts_dir: Path
 
 
 def test_no_holdout_when_turned_off(ops, prompts_dir: Path, clock):
-    setup(ops, prompts_dir, prompt_text(POLICY.replace("holdout_share: 0.4", "holdout_share: 0")
-                                        % ""))
+    setup(ops, prompts_dir, prompt_text(POLICY.replace("holdout_share: 0.4", "holdout_share: 0") % ""))
     served = run(ops, clock, 6000, lambda v, st: 0.10 if v == 1 else 0.30)
     assert ops.experiments.get(1).status == "completed"
     assert not any(st == "holdout" for st, _ in served)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from tests.services.test_experiments import prompt_text, setup
 
-POLICY = ("{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
-          "attribution_window_hours: 1, max_decisions: 20000, holdout_share: 0%s}")
+POLICY = (
+    "{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
+    "attribution_window_hours: 1, max_decisions: 20000, holdout_share: 0%s}"
+)
 
 
-def drive(ops, clock, n: int, rates: dict[int, float], delays: dict[int, float],
-          *, seed: int = 11) -> None:
+def drive(ops, clock, n: int, rates: dict[int, float], delays: dict[int, float], *, seed: int = 11) -> None:
     """Serve n decisions at 1000/h; feedback comes delays[version] hours after its decision."""
     rng = random.Random(seed)
     random.seed(seed + 1)
@@ -40,16 +41,15 @@ def test_late_feedback_on_one_arm_freezes_promotion_and_says_why(ops, prompts_di
     assert exp.flags == ["feedback"]
     flag = exp.safety[0]
     assert flag["sentence"].startswith(
-        "v2 (terse)'s feedback arrives later than the window (100% late): lengthen "
-        "`attribution_window_hours`"), flag
+        "v2 (terse)'s feedback arrives later than the window (100% late): lengthen `attribution_window_hours`"
+    ), flag
     assert flag["evidence"]["v2 (terse)"]["late"] > 100
     assert flag["evidence"]["v1 (main)"]["late"] == 0
     assert "promotion frozen by a safety flag" in exp.reason or "feedback mismatch" in exp.reason
 
 
 def test_tied_arms_end_equivalent(ops, prompts_dir: Path, clock):
-    setup(ops, prompts_dir, prompt_text(POLICY % ", equivalence_margin: 0.1, "
-                                        "value_remaining_stop: 0"))
+    setup(ops, prompts_dir, prompt_text(POLICY % ", equivalence_margin: 0.1, value_remaining_stop: 0"))
     drive(ops, clock, 12000, {1: 0.5, 2: 0.5}, {1: 0.0, 2: 0.0})
     exp = ops.experiments.get(1)
     assert exp.status == "inconclusive", exp.reason

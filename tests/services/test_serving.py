@@ -47,8 +47,10 @@ def synced(ops, prompts_dir: Path):
 
 def _counts(ops) -> tuple[int, int]:
     with ops.ctx.tx() as s:
-        return (s.scalar(select(func.count()).select_from(DecisionRow)) or 0,
-                s.scalar(select(func.count()).select_from(FeedbackRow)) or 0)
+        return (
+            s.scalar(select(func.count()).select_from(DecisionRow)) or 0,
+            s.scalar(select(func.count()).select_from(FeedbackRow)) or 0,
+        )
 
 
 BAD_TEXT = ["a\x00b", "\x00", "a\ud800b", "\udfff"]
@@ -60,8 +62,11 @@ def test_serve_refuses_unstorable_unit_ids_and_variables(synced, text):
     with pytest.raises(InvalidInput) as err:
         ops.serve("triage", {"message": "x"}, unit_id=text)
     assert err.value.field == "unit_id"
-    for variables in ({"message": text}, {"message": "x", "tags": ["a", {"k": [text]}]},
-                      {"message": "x", text: "y"}):
+    for variables in (
+        {"message": text},
+        {"message": "x", "tags": ["a", {"k": [text]}]},
+        {"message": "x", text: "y"},
+    ):
         with pytest.raises(InvalidInput) as err:
             ops.serve("triage", variables)
         assert err.value.field == "variables"
@@ -94,8 +99,7 @@ def test_a_mistyped_metric_is_refused_naming_the_accepted_ones(synced):
     assert all(m in err.value.message for m in err.value.accepted)
     assert _counts(ops) == (1, 0)
     assert ops.feedback(d["decision_id"], 0.5, metric="csat") == "recorded"
-    arm = next(a for a in ops.experiments.get(d["experiment_id"]).arms
-               if a.version == d["version"])
+    arm = next(a for a in ops.experiments.get(d["experiment_id"]).arms if a.version == d["version"])
     assert (arm.feedback, arm.reward_sum) == (1, 0.5)
 
 
@@ -135,21 +139,26 @@ def test_metric_names_that_are_valid(name):
     assert metric_name_problem(name) is None
 
 
-@pytest.mark.parametrize("name", ["", "a b", "x" * 65, "csat\n", ".x", "-x", "a\x00", "é", None,
-                                  3])
+@pytest.mark.parametrize("name", ["", "a b", "x" * 65, "csat\n", ".x", "-x", "a\x00", "é", None, 3])
 def test_metric_names_that_are_not(name):
     assert metric_name_problem(name)
     if isinstance(name, str):
         with pytest.raises(InvalidInput) as err:
-            Experiments.make_spec(arms=["1", "2"], metric=name, reward="binary",
-                                  strategy="thompson", weights=None, auto_promote=None,
-                                  policy=None, status="running")
+            Experiments.make_spec(
+                arms=["1", "2"],
+                metric=name,
+                reward="binary",
+                strategy="thompson",
+                weights=None,
+                auto_promote=None,
+                policy=None,
+                status="running",
+            )
         assert err.value.field == "metric"
 
 
 def test_http_answers_an_unknown_metric_with_422_unknown_metric(synced, client):
-    did = client.post("/v1/prompts/triage/serve",
-                      json={"variables": {"message": "x"}}).json()["decision_id"]
+    did = client.post("/v1/prompts/triage/serve", json={"variables": {"message": "x"}}).json()["decision_id"]
     r = client.post("/v1/feedback", json={"decision_id": did, "reward": 0.5, "metric": "CSAT"})
     assert r.status_code == 422, r.text
     error = r.json()["error"]

@@ -11,8 +11,10 @@ from promptops.db.models import ArmEpochRow, EpochRow, ExperimentRow, UnitRow
 from promptops.db.queries import bump_change_seq
 from tests.services.test_experiments import prompt_text, setup
 
-WINDOW = ("{min_hours: 0, min_samples_per_arm: 5000, update_every: 100000, min_update_minutes: 0, "
-          "attribution_window_hours: 1, max_decisions: 100000}")
+WINDOW = (
+    "{min_hours: 0, min_samples_per_arm: 5000, update_every: 100000, min_update_minutes: 0, "
+    "attribution_window_hours: 1, max_decisions: 100000}"
+)
 
 
 def move_to_epoch(ops, exp_id: int, weights: list[float]) -> None:
@@ -21,8 +23,16 @@ def move_to_epoch(ops, exp_id: int, weights: list[float]) -> None:
         exp = s.get(ExperimentRow, exp_id)
         exp.epoch += 1
         exp.weights = weights
-        s.add(EpochRow(experiment_id=exp_id, idx=exp.epoch, started_at=ops.ctx.now(),
-                       weights=weights, matured_at_start=exp.matured_total, summary={}))
+        s.add(
+            EpochRow(
+                experiment_id=exp_id,
+                idx=exp.epoch,
+                started_at=ops.ctx.now(),
+                weights=weights,
+                matured_at_start=exp.matured_total,
+                summary={},
+            )
+        )
         bump_change_seq(s)
     ops.serving.live.refresh()
 
@@ -46,8 +56,7 @@ def test_a_unit_keeps_its_first_arm_across_epochs(ops, prompts_dir: Path):
     assert {u: arm_of(ops, u) for u in units} == first
 
 
-def test_replicas_agree_on_a_unit_first_seen_in_a_later_epoch(ops, prompts_dir: Path, settings,
-                                                              clock):
+def test_replicas_agree_on_a_unit_first_seen_in_a_later_epoch(ops, prompts_dir: Path, settings, clock):
     from promptops.services.facade import PromptOps
 
     exp = setup(ops, prompts_dir, prompt_text(WINDOW))
@@ -67,8 +76,7 @@ def test_replicas_agree_on_a_unit_first_seen_in_a_later_epoch(ops, prompts_dir: 
 
 
 def test_a_unit_is_one_observation_in_its_first_epoch(ops, prompts_dir: Path, clock):
-    exp = setup(ops, prompts_dir, prompt_text(WINDOW.replace("update_every: 100000",
-                                                             "update_every: 1")))
+    exp = setup(ops, prompts_dir, prompt_text(WINDOW.replace("update_every: 100000", "update_every: 1")))
     rewards = {"a": [1, 1, 0], "b": [0], "c": [1, 1], "d": [0, 0, 0, 1]}
     for unit, values in rewards.items():
         for r in values:
@@ -78,8 +86,7 @@ def test_a_unit_is_one_observation_in_its_first_epoch(ops, prompts_dir: Path, cl
     clock.advance(hours=2)
     ops.tick()
     with ops.ctx.tx() as s:
-        cells = s.scalars(select(ArmEpochRow).where(
-            ArmEpochRow.experiment_id == exp.id)).all()
+        cells = s.scalars(select(ArmEpochRow).where(ArmEpochRow.experiment_id == exp.id)).all()
         arm_of_unit = {u.unit_id: u.arm for u in s.scalars(select(UnitRow))}
     assert sum(c.n for c in cells) == 4  # four units, not ten decisions
     assert sum(c.assigned for c in cells) == 4  # the SRM check counts new units
@@ -102,6 +109,7 @@ def test_values_arriving_later_move_the_unit_mean(ops, prompts_dir: Path, clock)
     clock.advance(hours=2)
     ops.tick()
     with ops.ctx.tx() as s:
-        cells = s.scalars(select(ArmEpochRow).where(
-            ArmEpochRow.experiment_id == exp.id, ArmEpochRow.n > 0)).all()
+        cells = s.scalars(
+            select(ArmEpochRow).where(ArmEpochRow.experiment_id == exp.id, ArmEpochRow.n > 0)
+        ).all()
     assert [(c.n, c.s, c.ss) for c in cells] == [(1, 0.5, 0.25)]

@@ -47,8 +47,9 @@ def _dialect(ops) -> str:
 def bad_decisions(ops, clock) -> list[dict[str, Any]]:
     """Decision rows the database refuses: a prompt that does not exist; on PostgreSQL also
     a NUL in the unit id (the services refuse it, so it is injected behind their back)."""
-    orphan = DecisionToken(prompt_id=999_999, version_id=1, experiment_id=None, arm=None,
-                           epoch=None, decided_at=clock())
+    orphan = DecisionToken(
+        prompt_id=999_999, version_id=1, experiment_id=None, arm=None, epoch=None, decided_at=clock()
+    )
     rows = [decision_row("d_orphan", orphan)]
     if _dialect(ops) == "postgresql":
         good = ops.serving.codec.verify(ops.serve("triage", {})["decision_id"])
@@ -69,8 +70,7 @@ def test_a_refused_decision_is_dropped_and_the_rest_are_stored(ops, clock, write
         writer._decisions.insert(10 + 60 * i, row)
     writer.flush()
     assert stored_ids(ops) == set(good)
-    assert (writer.rejected, writer.pending, writer.failures, writer.healthy) == (
-        len(bad), 0, 0, True)
+    assert (writer.rejected, writer.pending, writer.failures, writer.healthy) == (len(bad), 0, 0, True)
     exp = ops.experiments.get(1)
     assert sum(a.decisions for a in exp.arms) == 120  # counted once each, nothing lost
     later = ops.serve("triage", {})["decision_id"]  # the writer has moved on
@@ -88,20 +88,41 @@ def test_decisions_queued_behind_a_refused_one_survive_shutdown(ops, clock, writ
     assert writer.pending == 0
 
 
-def _item(ops, decision_id: str, *, metric: str = "resolved", reward: float = 1.0,
-          token: DecisionToken | None = None) -> FeedbackItem:
+def _item(
+    ops,
+    decision_id: str,
+    *,
+    metric: str = "resolved",
+    reward: float = 1.0,
+    token: DecisionToken | None = None,
+) -> FeedbackItem:
     item = ops.serving.prepare_feedback(decision_id, reward)
-    return FeedbackItem(decision_id=decision_id, token=token or item.token, metric=metric,
-                        reward=reward, received_at=item.received_at, counts_for=item.counts_for)
+    return FeedbackItem(
+        decision_id=decision_id,
+        token=token or item.token,
+        metric=metric,
+        reward=reward,
+        received_at=item.received_at,
+        counts_for=item.counts_for,
+    )
 
 
 def test_a_refused_feedback_fails_alone(ops, clock, writer):
     ids = [ops.serve("triage", {})["decision_id"] for _ in range(40)]
     writer.flush()
-    orphan = DecisionToken(prompt_id=999_999, version_id=1, experiment_id=None, arm=None,
-                           epoch=None, decided_at=clock())
-    bad = [FeedbackItem(decision_id="d_orphan", token=orphan, metric="reward", reward=1.0,
-                        received_at=clock(), counts_for=None)]
+    orphan = DecisionToken(
+        prompt_id=999_999, version_id=1, experiment_id=None, arm=None, epoch=None, decided_at=clock()
+    )
+    bad = [
+        FeedbackItem(
+            decision_id="d_orphan",
+            token=orphan,
+            metric="reward",
+            reward=1.0,
+            received_at=clock(),
+            counts_for=None,
+        )
+    ]
     if _dialect(ops) == "postgresql":
         bad.append(_item(ops, ids[0], metric="re\x00solved"))
     futures = [writer.submit_feedback(_item(ops, d)) for d in ids[:20]]
@@ -120,14 +141,22 @@ def test_a_refused_feedback_fails_alone(ops, clock, writer):
 
 def test_a_refused_feedback_fails_alone_for_async_callers(ops, clock, writer):
     did = ops.serve("triage", {})["decision_id"]
-    orphan = DecisionToken(prompt_id=999_999, version_id=1, experiment_id=None, arm=None,
-                           epoch=None, decided_at=clock())
+    orphan = DecisionToken(
+        prompt_id=999_999, version_id=1, experiment_id=None, arm=None, epoch=None, decided_at=clock()
+    )
 
     async def main() -> list[Any]:
         good = writer.submit_feedback_async(_item(ops, did))
-        bad = writer.submit_feedback_async(FeedbackItem(
-            decision_id="d_orphan", token=orphan, metric="reward", reward=1.0,
-            received_at=clock(), counts_for=None))
+        bad = writer.submit_feedback_async(
+            FeedbackItem(
+                decision_id="d_orphan",
+                token=orphan,
+                metric="reward",
+                reward=1.0,
+                received_at=clock(),
+                counts_for=None,
+            )
+        )
         await asyncio.get_running_loop().run_in_executor(None, writer.flush)
         return await asyncio.gather(good, bad, return_exceptions=True)
 
@@ -146,8 +175,11 @@ def test_an_unreachable_database_keeps_decisions_for_later(ops, clock, writer, m
 
     monkeypatch.setattr(writer.recorder, "record_decisions", down)
     fut = writer.submit_feedback(_item(ops, good[0]))
-    monkeypatch.setattr(writer.recorder, "record_feedback", lambda items: (_ for _ in ()).throw(
-        Unavailable("database unavailable: connection refused")))
+    monkeypatch.setattr(
+        writer.recorder,
+        "record_feedback",
+        lambda items: (_ for _ in ()).throw(Unavailable("database unavailable: connection refused")),
+    )
     clock.advance(5)
     writer.flush()
     assert calls == [50]  # not split: the rows are not at fault
@@ -163,8 +195,7 @@ def test_an_unreachable_database_keeps_decisions_for_later(ops, clock, writer, m
     assert (writer.pending, writer.healthy, writer.oldest_pending_at) == (0, True, None)
 
 
-def test_the_backlog_stays_bounded_while_the_database_is_down(ops, clock, writer,
-                                                              monkeypatch):
+def test_the_backlog_stays_bounded_while_the_database_is_down(ops, clock, writer, monkeypatch):
     writer.max_pending = 60
     for _ in range(60):
         ops.serve("triage", {})

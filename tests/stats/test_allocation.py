@@ -54,8 +54,9 @@ def test_two_arms_are_exact_without_draws():
     even = thompson_weights(mean, sd, policy=Policy(), rng=np.random.default_rng(0))
     np.testing.assert_allclose(even, [0.5, 0.5], atol=1e-15)
     p = sps.norm.cdf(0.01 / math.hypot(0.004, 0.003))
-    plain = thompson_weights(mean, sd, policy=Policy(allocation="thompson", floor=0.0),
-                             rng=np.random.default_rng(0))
+    plain = thompson_weights(
+        mean, sd, policy=Policy(allocation="thompson", floor=0.0), rng=np.random.default_rng(0)
+    )
     np.testing.assert_allclose(plain, [1 - p, p], rtol=1e-12)
 
 

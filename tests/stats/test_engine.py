@@ -31,8 +31,16 @@ def epochs(rates, per_epoch, count, *, weights=None, served=None) -> EpochData:
 
 def run(data, state=None, policy=POLICY, *, hours=100.0, total=None, **kw):
     total = int(data.n.sum()) if total is None else total
-    return step(data, control=0, state=state or PolicyState(), policy=policy,
-                rng=np.random.default_rng(0), hours_elapsed=hours, decisions_total=total, **kw)
+    return step(
+        data,
+        control=0,
+        state=state or PolicyState(),
+        policy=policy,
+        rng=np.random.default_rng(0),
+        hours_elapsed=hours,
+        decisions_total=total,
+        **kw,
+    )
 
 
 def test_should_start_epoch():
@@ -113,8 +121,16 @@ def summarize_from(mean, sd):
     from promptops.stats.estimator import Summary, best_probabilities, p_beats
 
     p_best, e_max = best_probabilities(mean, sd)
-    return Summary(mean=mean, sd=sd, ci_low=mean, ci_high=mean, p_best=p_best,
-                   expected_loss=e_max - mean, p_beats_control=p_beats(mean, sd, 0), srm_p=None)
+    return Summary(
+        mean=mean,
+        sd=sd,
+        ci_low=mean,
+        ci_high=mean,
+        p_best=p_best,
+        expected_loss=e_max - mean,
+        p_beats_control=p_beats(mean, sd, 0),
+        srm_p=None,
+    )
 
 
 def test_loss_rule_blocks_promotion_with_a_wide_competitor():
@@ -174,8 +190,7 @@ def test_fixed_strategy_keeps_its_weights():
     fixed = np.array([0.8, 0.2])
     state = PolicyState(burn_in_done=True, next_check_at=2500)
     data = epochs([0.10, 0.104], 500, 10, weights=np.tile(fixed[:, None], 10))
-    data = EpochData(n=data.n, s=data.s, ss=data.ss, assigned=data.weights * 500,
-                     weights=data.weights)
+    data = EpochData(n=data.n, s=data.s, ss=data.ss, assigned=data.weights * 500, weights=data.weights)
     r = run(data, state, strategy="fixed", fixed_weights=fixed)
     np.testing.assert_allclose(r.weights, fixed)
     r = run(epochs([0.10, 0.13], 500, 10), state, strategy="fixed", auto_promote=False)
@@ -195,8 +210,15 @@ def test_state_round_trips_through_json():
 def test_bad_arguments():
     data = epochs([0.1, 0.1], 500, 2)
     with pytest.raises(ValueError):
-        step(data, control=2, state=PolicyState(), policy=POLICY, rng=np.random.default_rng(),
-             hours_elapsed=1, decisions_total=10)
+        step(
+            data,
+            control=2,
+            state=PolicyState(),
+            policy=POLICY,
+            rng=np.random.default_rng(),
+            hours_elapsed=1,
+            decisions_total=10,
+        )
     with pytest.raises(ValueError):
         run(data, strategy="greedy")
     with pytest.raises(ValueError):
@@ -242,10 +264,12 @@ def test_late_feedback_freezes_promotion_with_the_arm_named():
     from promptops.stats import FeedbackCounts
 
     data = epochs([0.10, 0.13], 500, 10)
-    fb = FeedbackCounts(eligible=np.array([2000.0, 2000.0]), on_time=np.array([200.0, 0.0]),
-                        late=np.array([0.0, 260.0]))
-    data = EpochData(n=data.n, s=data.s, ss=data.ss, assigned=data.assigned,
-                     weights=data.weights, feedback=fb)
+    fb = FeedbackCounts(
+        eligible=np.array([2000.0, 2000.0]), on_time=np.array([200.0, 0.0]), late=np.array([0.0, 260.0])
+    )
+    data = EpochData(
+        n=data.n, s=data.s, ss=data.ss, assigned=data.assigned, weights=data.weights, feedback=fb
+    )
     state = PolicyState(burn_in_done=True, next_check_at=2500)
     r = run(data, state, names=["v1", "v2"])
     assert r.state.feedback_alarm and r.action == "continue" and r.checked
@@ -260,10 +284,12 @@ def test_guardrail_blocks_and_keeps_the_challenger_at_the_floor():
 
     data = epochs([0.10, 0.10, 0.13], 600, 10)
     n = data.n
-    cost = MetricData(n=n, s=n * np.array([[2.0], [2.0], [2.6]]),
-                      ss=n * (np.array([[2.0], [2.0], [2.6]]) ** 2 + 0.36))
-    data = EpochData(n=n, s=data.s, ss=data.ss, assigned=data.assigned, weights=data.weights,
-                     metrics={"cost_usd": cost})
+    cost = MetricData(
+        n=n, s=n * np.array([[2.0], [2.0], [2.6]]), ss=n * (np.array([[2.0], [2.0], [2.6]]) ** 2 + 0.36)
+    )
+    data = EpochData(
+        n=n, s=data.s, ss=data.ss, assigned=data.assigned, weights=data.weights, metrics={"cost_usd": cost}
+    )
     policy = Policy(min_hours=0, guardrails=(Guardrail("cost_usd", max_increase=0.1),))
     state = PolicyState(burn_in_done=True, next_check_at=2500)
     r = run(data, state, policy, names=["a", "b", "c"])

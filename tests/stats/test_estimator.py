@@ -127,12 +127,20 @@ def quad_reference(mean, sd):
         return np.prod([sps.norm.cdf(x, mean[j], sd[j]) for j in range(k) if j != a])
 
     p = [
-        integrate.quad(lambda x, a=a: sps.norm.pdf(x, mean[a], sd[a]) * others(x, a), lo, hi,
-                       points=pts, limit=500, epsabs=1e-14, epsrel=1e-12)[0]
+        integrate.quad(
+            lambda x, a=a: sps.norm.pdf(x, mean[a], sd[a]) * others(x, a),
+            lo,
+            hi,
+            points=pts,
+            limit=500,
+            epsabs=1e-14,
+            epsrel=1e-12,
+        )[0]
         for a in range(k)
     ]
-    tail = integrate.quad(lambda x: 1 - others(x, -1), lo, hi, points=pts, limit=500,
-                          epsabs=1e-14, epsrel=1e-12)[0]
+    tail = integrate.quad(
+        lambda x: 1 - others(x, -1), lo, hi, points=pts, limit=500, epsabs=1e-14, epsrel=1e-12
+    )[0]
     return np.array(p), lo + tail
 
 

@@ -12,7 +12,7 @@ def metric(means, sds, n):
     means, sds = np.asarray(means, float), np.asarray(sds, float)
     nn = np.full((means.size, 1), float(n))
     s = means[:, None] * nn
-    ss = (sds[:, None] ** 2 * (nn - 1) + nn * means[:, None] ** 2)
+    ss = sds[:, None] ** 2 * (nn - 1) + nn * means[:, None] ** 2
     return MetricData(n=nn, s=s, ss=ss)
 
 
@@ -32,8 +32,7 @@ def test_estimates_are_the_sample_mean_and_standard_error():
 )
 def test_relative_margin_verdicts(challenger, state, text):
     rule = Guardrail(metric="cost_usd", max_increase=0.10)
-    (v,) = guardrail_verdicts(rule, metric([2.0, challenger], [0.6, 0.6], 2000), control=0,
-                              names=["a", "b"])
+    (v,) = guardrail_verdicts(rule, metric([2.0, challenger], [0.6, 0.6], 2000), control=0, names=["a", "b"])
     assert v.state == state and v.sentence.startswith(text), v.sentence
     if state == GuardrailState.BLOCKED:
         assert v.sentence.endswith("> 10% allowed")

@@ -52,11 +52,18 @@ tolerance: 0.005
 
 
 def test_defaults_and_overrides():
-    sc = parse_scenario(with_(feedback_delay_hours=2, concentration=7, reward="continuous",
-                              arms=[{"name": "a", "mean": 0.5, "concentration": 3},
-                                    {"name": "b", "mean": 0.4, "feedback_delay_hours": 0}],
-                              policy={"min_hours": 0, "update_every": 250,
-                                      "missing_feedback": "zero", "alpha": 0.01}))
+    sc = parse_scenario(
+        with_(
+            feedback_delay_hours=2,
+            concentration=7,
+            reward="continuous",
+            arms=[
+                {"name": "a", "mean": 0.5, "concentration": 3},
+                {"name": "b", "mean": 0.4, "feedback_delay_hours": 0},
+            ],
+            policy={"min_hours": 0, "update_every": 250, "missing_feedback": "zero", "alpha": 0.01},
+        )
+    )
     assert [a.feedback_delay_hours for a in sc.arms] == [2, 0]
     assert [a.concentration for a in sc.arms] == [3, 7]
     assert sc.policy.update_every == 250 and sc.policy.missing_feedback == "zero"
@@ -72,48 +79,78 @@ def test_defaults_and_overrides():
         pytest.param(with_(decisions=2.5), "decisions", id="decisions-float"),
         pytest.param(with_(reward="ordinal"), "reward", id="reward"),
         pytest.param(with_(arms=[{"name": "a", "mean": 0.1}]), "arms", id="one-arm"),
-        pytest.param(with_(arms=[{"name": "a", "mean": 0.1}, {"name": "a", "mean": 0.2}]),
-                     "arms[1].name", id="duplicate-arm"),
-        pytest.param(with_(arms=[{"name": "a", "mean": 1.2}, {"name": "b", "mean": 0.2}]),
-                     "arms[0].mean", id="mean-above-1"),
-        pytest.param(with_(arms=[{"name": "a"}, {"name": "b", "mean": 0.2}]),
-                     "arms[0].mean", id="mean-missing"),
-        pytest.param(with_(arms=[{"name": "a", "mean": 0.1, "colour": 1},
-                                 {"name": "b", "mean": 0.2}]), "arms[0].colour", id="arm-key"),
-        pytest.param(with_(drift=[{"at": 0.5, "multiply": 4.0}]), "arms[1].mean",
-                     id="drift-beyond-1"),
+        pytest.param(
+            with_(arms=[{"name": "a", "mean": 0.1}, {"name": "a", "mean": 0.2}]),
+            "arms[1].name",
+            id="duplicate-arm",
+        ),
+        pytest.param(
+            with_(arms=[{"name": "a", "mean": 1.2}, {"name": "b", "mean": 0.2}]),
+            "arms[0].mean",
+            id="mean-above-1",
+        ),
+        pytest.param(
+            with_(arms=[{"name": "a"}, {"name": "b", "mean": 0.2}]), "arms[0].mean", id="mean-missing"
+        ),
+        pytest.param(
+            with_(arms=[{"name": "a", "mean": 0.1, "colour": 1}, {"name": "b", "mean": 0.2}]),
+            "arms[0].colour",
+            id="arm-key",
+        ),
+        pytest.param(with_(drift=[{"at": 0.5, "multiply": 4.0}]), "arms[1].mean", id="drift-beyond-1"),
         pytest.param(with_(drift=[{"at": 1.5, "multiply": 2.0}]), "drift[0].at", id="drift-at"),
         pytest.param(with_(drift={"at": 0.5}), "drift", id="drift-not-list"),
         pytest.param(with_(feedback_rate=1.5), "feedback_rate", id="feedback-rate"),
         pytest.param(with_(policy={"min_hour": 0}), "policy.min_hour", id="policy-unknown"),
         pytest.param(with_(policy={"alpha": 0}), "policy.alpha", id="policy-alpha"),
-        pytest.param(with_(policy={"update_every": 0.5}), "policy.update_every",
-                     id="policy-int"),
-        pytest.param(with_(policy={"allocation": "greedy"}), "policy.allocation",
-                     id="policy-choice"),
+        pytest.param(with_(policy={"update_every": 0.5}), "policy.update_every", id="policy-int"),
+        pytest.param(with_(policy={"allocation": "greedy"}), "policy.allocation", id="policy-choice"),
         pytest.param(with_(policy={"max_checks": True}), "policy.max_checks", id="policy-bool"),
         pytest.param(with_(tolerance=-1), "tolerance", id="tolerance"),
-        pytest.param(with_(units={"mean_decisions": 0.5}), "units.mean_decisions",
-                     id="units-mean"),
+        pytest.param(with_(units={"mean_decisions": 0.5}), "units.mean_decisions", id="units-mean"),
         pytest.param(with_(units={"mean_decisions": 3, "icc": 1.5}), "units.icc", id="units-icc"),
         pytest.param(with_(units={"size": 3}), "units.size", id="units-key"),
-        pytest.param(with_(arms=[{"name": "a", "mean": 0.1, "feedback_rate": 2},
-                                 {"name": "b", "mean": 0.2}]), "arms[0].feedback_rate",
-                     id="arm-feedback-rate"),
-        pytest.param(with_(arms=[{"name": "a", "mean": 0.1, "schedule": [{"at": 0.2}]},
-                                 {"name": "b", "mean": 0.2}]), "arms[0].schedule[0]",
-                     id="schedule-incomplete"),
-        pytest.param(with_(arms=[{"name": "a", "mean": 0.1, "metrics": {"cost": {"sd": 1}}},
-                                 {"name": "b", "mean": 0.2, "metrics": {"cost": {"mean": 1}}}]),
-                     "arms[0].metrics.cost.mean", id="metric-mean"),
-        pytest.param(with_(arms=[{"name": "a", "mean": 0.1, "metrics": {"cost": {"mean": 1}}},
-                                 {"name": "b", "mean": 0.2}]), "arms", id="metrics-differ"),
-        pytest.param(with_(policy={"guardrails": [{"metric": "cost_usd", "max_increase": 0.1}]}),
-                     "policy.guardrails[0].metric", id="guardrail-not-simulated"),
-        pytest.param(with_(policy={"guardrails": [{"metric": "cost_usd"}]}),
-                     "policy.guardrails[0]", id="guardrail-no-margin"),
-        pytest.param(with_(policy={"holdout_share": 1.0}), "policy.holdout_share",
-                     id="holdout-share"),
+        pytest.param(
+            with_(arms=[{"name": "a", "mean": 0.1, "feedback_rate": 2}, {"name": "b", "mean": 0.2}]),
+            "arms[0].feedback_rate",
+            id="arm-feedback-rate",
+        ),
+        pytest.param(
+            with_(arms=[{"name": "a", "mean": 0.1, "schedule": [{"at": 0.2}]}, {"name": "b", "mean": 0.2}]),
+            "arms[0].schedule[0]",
+            id="schedule-incomplete",
+        ),
+        pytest.param(
+            with_(
+                arms=[
+                    {"name": "a", "mean": 0.1, "metrics": {"cost": {"sd": 1}}},
+                    {"name": "b", "mean": 0.2, "metrics": {"cost": {"mean": 1}}},
+                ]
+            ),
+            "arms[0].metrics.cost.mean",
+            id="metric-mean",
+        ),
+        pytest.param(
+            with_(
+                arms=[
+                    {"name": "a", "mean": 0.1, "metrics": {"cost": {"mean": 1}}},
+                    {"name": "b", "mean": 0.2},
+                ]
+            ),
+            "arms",
+            id="metrics-differ",
+        ),
+        pytest.param(
+            with_(policy={"guardrails": [{"metric": "cost_usd", "max_increase": 0.1}]}),
+            "policy.guardrails[0].metric",
+            id="guardrail-not-simulated",
+        ),
+        pytest.param(
+            with_(policy={"guardrails": [{"metric": "cost_usd"}]}),
+            "policy.guardrails[0]",
+            id="guardrail-no-margin",
+        ),
+        pytest.param(with_(policy={"holdout_share": 1.0}), "policy.holdout_share", id="holdout-share"),
         pytest.param([1, 2], "mapping", id="not-a-mapping"),
     ],
 )
@@ -146,14 +183,27 @@ def test_scenario_errors_give_the_line_and_every_problem(tmp_path):
 
 
 def test_v2_keys_parse():
-    sc = parse_scenario(with_(
-        units={"mean_decisions": 4, "icc": 0.2},
-        arms=[{"name": "a", "mean": 0.1, "metrics": {"cost_usd": {"mean": 0.002, "sd": 0.001}}},
-              {"name": "b", "mean": 0.12, "feedback_rate": 0.5,
-               "schedule": [{"at": 0.2, "mean": 0.09}],
-               "metrics": {"cost_usd": {"mean": 0.003, "sd": 0.001}}}],
-        policy={"min_hours": 0, "holdout_share": 0.1, "holdout_decisions": None,
-                "guardrails": [{"metric": "cost_usd", "max_increase": 0.1}]}))
+    sc = parse_scenario(
+        with_(
+            units={"mean_decisions": 4, "icc": 0.2},
+            arms=[
+                {"name": "a", "mean": 0.1, "metrics": {"cost_usd": {"mean": 0.002, "sd": 0.001}}},
+                {
+                    "name": "b",
+                    "mean": 0.12,
+                    "feedback_rate": 0.5,
+                    "schedule": [{"at": 0.2, "mean": 0.09}],
+                    "metrics": {"cost_usd": {"mean": 0.003, "sd": 0.001}},
+                },
+            ],
+            policy={
+                "min_hours": 0,
+                "holdout_share": 0.1,
+                "holdout_decisions": None,
+                "guardrails": [{"metric": "cost_usd", "max_increase": 0.1}],
+            },
+        )
+    )
     assert sc.unit_mean_decisions == 4 and sc.unit_icc == 0.2
     assert sc.arms[1].feedback_rate == 0.5 and sc.arms[0].feedback_rate is None
     assert sc.arms[1].schedule == ((0.2, 0.09),)
@@ -182,18 +232,24 @@ def test_bench_scenarios_load(path):
 def test_plan_reports_detection_time_and_aa_rate():
     from promptops.services.simulation import plan_scenarios, run_plan
 
-    ab, aa = plan_scenarios(base_rate=0.1, lift=0.02, arms=3, decisions_per_hour=500,
-                            units=3.0, runs=5)
+    ab, aa = plan_scenarios(base_rate=0.1, lift=0.02, arms=3, decisions_per_hour=500, units=3.0, runs=5)
     assert [a.mean for a in ab.arms] == [0.1, 0.1, pytest.approx(0.12)]
     assert [a.mean for a in aa.arms] == [0.1, 0.1, 0.1] and ab.unit_mean_decisions == 3.0
     seen = []
-    result = run_plan(base_rate=0.1, lift=0.1, decisions_per_hour=2000, runs=4, workers=1,
-                      progress=lambda done, total: seen.append((done, total)))
+    result = run_plan(
+        base_rate=0.1,
+        lift=0.1,
+        decisions_per_hour=2000,
+        runs=4,
+        workers=1,
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert seen[-1] == (8, 8)
     assert result.detection_rate == 1.0 and 0 < result.median_decisions < 100_000
     assert result.median_hours == pytest.approx(result.median_decisions / 2000)
     assert result.sentence().startswith(
-        "with 2,000 decisions an hour and a 10% base rate, a 10-point lift is found in 100% of runs")
+        "with 2,000 decisions an hour and a 10% base rate, a 10-point lift is found in 100% of runs"
+    )
     with pytest.raises(InvalidInput):
         plan_scenarios(base_rate=0.95, lift=0.1)
 

@@ -17,9 +17,19 @@ from promptops.stats.simulator import (
     simulate_runs,
 )
 
-CONTRACT_KEYS = {"runs", "promoted", "final", "inconclusive", "rolled_back", "wrong_promotions",
-                 "frozen", "guardrail_blocked", "median_decisions_to_end", "mean_regret",
-                 "uniform_regret"}
+CONTRACT_KEYS = {
+    "runs",
+    "promoted",
+    "final",
+    "inconclusive",
+    "rolled_back",
+    "wrong_promotions",
+    "frozen",
+    "guardrail_blocked",
+    "median_decisions_to_end",
+    "mean_regret",
+    "uniform_regret",
+}
 
 
 def scenario(*means, decisions=6000, **kw) -> Scenario:
@@ -76,8 +86,7 @@ def test_limit_ends_the_run_inconclusive():
 def _assigned_run(sc, n=20_000):
     run = simulator._Run(dataclasses.replace(sc, decisions=n), 0)
     run.assign(0, n, np.full(len(sc.arms), 1.0 / len(sc.arms)))
-    run.counted, run.val = matured_values(run.on_time, run.reward, reward_kind=sc.reward,
-                                          policy=sc.policy)
+    run.counted, run.val = matured_values(run.on_time, run.reward, reward_kind=sc.reward, policy=sc.policy)
     return run
 
 
@@ -157,8 +166,10 @@ def test_unit_propensity_correlates_rewards_within_units():
 
 
 def test_per_arm_feedback_rate_schedule_and_metrics():
-    arms = (SimArm("a", 0.2, feedback_rate=0.5, metrics=(("cost_usd", 2.0, 0.5),)),
-            SimArm("b", 0.2, schedule=((0.5, 0.4),), metrics=(("cost_usd", 3.0, 0.5),)))
+    arms = (
+        SimArm("a", 0.2, feedback_rate=0.5, metrics=(("cost_usd", 2.0, 0.5),)),
+        SimArm("b", 0.2, schedule=((0.5, 0.4),), metrics=(("cost_usd", 3.0, 0.5),)),
+    )
     sc = scenario(arms=arms, decisions=20_000)
     starts, mu = mean_schedule(sc)
     assert starts.tolist() == [0, 10_000]

@@ -32,8 +32,7 @@ def test_a_partial_horizon_spends_only_its_share():
 
 def test_single_look_is_the_normal_quantile():
     assert boundary([1.0], 0.05) == pytest.approx(1.6448536, abs=1e-6)
-    assert boundary([0.3], 0.05) == pytest.approx(
-        -_norm_ppf(spent(0.05, 0.3)), abs=1e-6)
+    assert boundary([0.3], 0.05) == pytest.approx(-_norm_ppf(spent(0.05, 0.3)), abs=1e-6)
 
 
 def _norm_ppf(p):

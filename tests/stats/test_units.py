@@ -48,9 +48,18 @@ def test_folding_units_in_pieces_equals_the_unit_means():
         uniq, inv = np.unique(who, return_inverse=True)
         add_c = np.bincount(inv, minlength=uniq.size).astype(float)
         add_s = np.bincount(inv, weights=vals, minlength=uniq.size)
-        cells += np.stack(fold_units(arms=k, epochs=e, arm=arm[uniq], first_epoch=first[uniq],
-                                     old_count=count[uniq], old_sum=total[uniq],
-                                     add_count=add_c, add_sum=add_s))
+        cells += np.stack(
+            fold_units(
+                arms=k,
+                epochs=e,
+                arm=arm[uniq],
+                first_epoch=first[uniq],
+                old_count=count[uniq],
+                old_sum=total[uniq],
+                add_count=add_c,
+                add_sum=add_s,
+            )
+        )
         count[uniq] += add_c
         total[uniq] += add_s
     has = count > 0
@@ -65,9 +74,16 @@ def test_folding_units_in_pieces_equals_the_unit_means():
 
 def test_without_units_folding_is_the_per_decision_sums():
     vals = np.array([1.0, 0.0, 1.0, 1.0])
-    dn, ds, dss = fold_units(arms=2, epochs=1, arm=np.array([0, 0, 1, 1]),
-                             first_epoch=np.zeros(4, dtype=int), old_count=np.zeros(4),
-                             old_sum=np.zeros(4), add_count=np.ones(4), add_sum=vals)
+    dn, ds, dss = fold_units(
+        arms=2,
+        epochs=1,
+        arm=np.array([0, 0, 1, 1]),
+        first_epoch=np.zeros(4, dtype=int),
+        old_count=np.zeros(4),
+        old_sum=np.zeros(4),
+        add_count=np.ones(4),
+        add_sum=vals,
+    )
     assert dn[:, 0].tolist() == [2, 2] and ds[:, 0].tolist() == [1, 2] and dss[:, 0].tolist() == [1, 2]
 
 

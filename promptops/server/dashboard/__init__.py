@@ -1,11 +1,11 @@
 """The dashboard: server-rendered pages over the services, with sign-in, CSRF and admin actions.
 
-    formats.py     number, percent and time formats shared by pages and charts
-    charts.py      hand-drawn SVG charts (a charting library's inline styles would break the CSP)
-    pages.py       template contexts built from service reads; no request, no HTML
-    session.py     the session cookie, CSRF tokens and flash messages
-    templating.py  the Jinja environment and page responses with the security headers
-    routes.py      the routes and form actions, thin over the modules above
+formats.py     number, percent and time formats shared by pages and charts
+charts.py      hand-drawn SVG charts (a charting library's inline styles would break the CSP)
+pages.py       template contexts built from service reads; no request, no HTML
+session.py     the session cookie, CSRF tokens and flash messages
+templating.py  the Jinja environment and page responses with the security headers
+routes.py      the routes and form actions, thin over the modules above
 """
 
 from __future__ import annotations

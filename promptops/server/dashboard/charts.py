@@ -84,40 +84,62 @@ class _Frame:
     def py(self, y: float) -> float:
         return HEIGHT - BOTTOM - (y - self.y0) / (self.y1 - self.y0) * (HEIGHT - TOP - BOTTOM)
 
-    def axes(self, x_ticks: list[float], y_ticks: list[float], x_fmt: Format, y_fmt: Format,
-             x_title: str) -> list[str]:
+    def axes(
+        self, x_ticks: list[float], y_ticks: list[float], x_fmt: Format, y_fmt: Format, x_title: str
+    ) -> list[str]:
         out = []
         for t in y_ticks:
             y = self.py(t)
-            out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{WIDTH - RIGHT}" y2="{y:.1f}" '
-                       'stroke="#e3e6ea" stroke-width="1"/>')
-            out.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" '
-                       f'font-size="11" fill="#555">{escape(y_fmt(t))}</text>')
+            out.append(
+                f'<line x1="{LEFT}" y1="{y:.1f}" x2="{WIDTH - RIGHT}" y2="{y:.1f}" '
+                'stroke="#e3e6ea" stroke-width="1"/>'
+            )
+            out.append(
+                f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" '
+                f'font-size="11" fill="#555">{escape(y_fmt(t))}</text>'
+            )
         base = HEIGHT - BOTTOM
-        out.append(f'<line x1="{LEFT}" y1="{base}" x2="{WIDTH - RIGHT}" y2="{base}" '
-                   'stroke="#888" stroke-width="1"/>')
+        out.append(
+            f'<line x1="{LEFT}" y1="{base}" x2="{WIDTH - RIGHT}" y2="{base}" stroke="#888" stroke-width="1"/>'
+        )
         for t in x_ticks:
             x = self.px(t)
-            out.append(f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" '
-                       'stroke="#888" stroke-width="1"/>')
-            out.append(f'<text x="{x:.1f}" y="{base + 17}" text-anchor="middle" '
-                       f'font-size="11" fill="#555">{escape(x_fmt(t))}</text>')
-        out.append(f'<text x="{(LEFT + WIDTH - RIGHT) / 2:.0f}" y="{HEIGHT - 6}" '
-                   f'text-anchor="middle" font-size="11" fill="#555">{escape(x_title)}</text>')
+            out.append(
+                f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" '
+                'stroke="#888" stroke-width="1"/>'
+            )
+            out.append(
+                f'<text x="{x:.1f}" y="{base + 17}" text-anchor="middle" '
+                f'font-size="11" fill="#555">{escape(x_fmt(t))}</text>'
+            )
+        out.append(
+            f'<text x="{(LEFT + WIDTH - RIGHT) / 2:.0f}" y="{HEIGHT - 6}" '
+            f'text-anchor="middle" font-size="11" fill="#555">{escape(x_title)}</text>'
+        )
         return out
 
 
 def _svg(chart_id: str, title: str, desc: str, body: list[str]) -> Markup:
-    head = (f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-            f'aria-labelledby="{chart_id}-t {chart_id}-d" xmlns="http://www.w3.org/2000/svg">'
-            f'<title id="{chart_id}-t">{escape(title)}</title>'
-            f'<desc id="{chart_id}-d">{escape(desc)}</desc>')
+    head = (
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'aria-labelledby="{chart_id}-t {chart_id}-d" xmlns="http://www.w3.org/2000/svg">'
+        f'<title id="{chart_id}-t">{escape(title)}</title>'
+        f'<desc id="{chart_id}-d">{escape(desc)}</desc>'
+    )
     return Markup(head + "".join(body) + "</svg>")
 
 
-def line_chart(chart_id: str, series: Sequence[Series], *, title: str, x_fmt: Format,
-               x_title: str, y_fmt: Format, y_range: tuple[float, float] | None = None,
-               x_range: tuple[float, float] | None = None) -> Markup:
+def line_chart(
+    chart_id: str,
+    series: Sequence[Series],
+    *,
+    title: str,
+    x_fmt: Format,
+    x_title: str,
+    y_fmt: Format,
+    y_range: tuple[float, float] | None = None,
+    x_range: tuple[float, float] | None = None,
+) -> Markup:
     """Lines with point markers of several series on one plot."""
     pts = [p for s in series for p in s.points]
     if not pts:
@@ -125,22 +147,34 @@ def line_chart(chart_id: str, series: Sequence[Series], *, title: str, x_fmt: Fo
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     y_range = y_range or (0.0, nice_ceiling(max(ys)))
     frame = _Frame(x_range or (min(xs), max(xs)), y_range)
-    body = frame.axes(nice_ticks(frame.x0, frame.x1, 6), nice_ticks(*y_range, 4), x_fmt, y_fmt,
-                      x_title)
+    body = frame.axes(nice_ticks(frame.x0, frame.x1, 6), nice_ticks(*y_range, 4), x_fmt, y_fmt, x_title)
     for i, s in enumerate(series):
-        path = " ".join(f"{'L' if j else 'M'}{frame.px(x):.1f},{frame.py(y):.1f}"
-                        for j, (x, y) in enumerate(s.points))
-        body.append(f'<path d="{path}" fill="none" stroke="{color(i)}" stroke-width="2" '
-                    'stroke-linejoin="round"/>')
-        body.extend(f'<circle cx="{frame.px(x):.1f}" cy="{frame.py(y):.1f}" r="2.5" '
-                    f'fill="{color(i)}"/>' for x, y in s.points)
+        path = " ".join(
+            f"{'L' if j else 'M'}{frame.px(x):.1f},{frame.py(y):.1f}" for j, (x, y) in enumerate(s.points)
+        )
+        body.append(
+            f'<path d="{path}" fill="none" stroke="{color(i)}" stroke-width="2" stroke-linejoin="round"/>'
+        )
+        body.extend(
+            f'<circle cx="{frame.px(x):.1f}" cy="{frame.py(y):.1f}" r="2.5" fill="{color(i)}"/>'
+            for x, y in s.points
+        )
     desc = "; ".join(f"{s.label}: last {y_fmt(s.points[-1][1])}" for s in series if s.points)
     return _svg(chart_id, title, desc, body)
 
 
-def stacked_steps(chart_id: str, labels: Sequence[str], starts: Sequence[float],
-                  shares: Sequence[Sequence[float]], *, end: float, title: str, x_fmt: Format,
-                  x_title: str, y_fmt: Format) -> Markup:
+def stacked_steps(
+    chart_id: str,
+    labels: Sequence[str],
+    starts: Sequence[float],
+    shares: Sequence[Sequence[float]],
+    *,
+    end: float,
+    title: str,
+    x_fmt: Format,
+    x_title: str,
+    y_fmt: Format,
+) -> Markup:
     """Shares that sum to one, held from each start until the next (allocation weights per epoch).
 
     Stacked rather than overlaid, so equal weights (the burn-in, or two arms under top-two
@@ -149,8 +183,7 @@ def stacked_steps(chart_id: str, labels: Sequence[str], starts: Sequence[float],
     if not starts:
         return _svg(chart_id, title, "no data yet", [])
     frame = _Frame((starts[0], max(end, starts[-1])), (0.0, 1.0))
-    body = frame.axes(nice_ticks(frame.x0, frame.x1, 6), nice_ticks(0.0, 1.0, 4), x_fmt, y_fmt,
-                      x_title)
+    body = frame.axes(nice_ticks(frame.x0, frame.x1, 6), nice_ticks(0.0, 1.0, 4), x_fmt, y_fmt, x_title)
     ends = [*starts[1:], max(end, starts[-1])]
     for i in range(len(labels)):
         top: list[tuple[float, float]] = []
@@ -160,12 +193,16 @@ def stacked_steps(chart_id: str, labels: Sequence[str], starts: Sequence[float],
             hi = lo + (row[i] if i < len(row) else 0.0)
             top += [(t0, hi), (t1, hi)]
             bottom += [(t0, lo), (t1, lo)]
-        d = " ".join(f"{'L' if j else 'M'}{frame.px(x):.1f},{frame.py(y):.1f}"
-                     for j, (x, y) in enumerate(top + bottom[::-1]))
-        body.append(f'<path d="{d} Z" fill="{color(i)}" fill-opacity="0.8" stroke="#fff" '
-                    'stroke-width="0.5"/>')
-    desc = "; ".join(f"{label}: {y_fmt(shares[-1][i] if i < len(shares[-1]) else 0.0)}"
-                     for i, label in enumerate(labels))
+        d = " ".join(
+            f"{'L' if j else 'M'}{frame.px(x):.1f},{frame.py(y):.1f}"
+            for j, (x, y) in enumerate(top + bottom[::-1])
+        )
+        body.append(
+            f'<path d="{d} Z" fill="{color(i)}" fill-opacity="0.8" stroke="#fff" stroke-width="0.5"/>'
+        )
+    desc = "; ".join(
+        f"{label}: {y_fmt(shares[-1][i] if i < len(shares[-1]) else 0.0)}" for i, label in enumerate(labels)
+    )
     return _svg(chart_id, title, f"latest weights: {desc}", body)
 
 
@@ -175,9 +212,16 @@ def normal_pdf(x: float, mean: float, sd: float) -> float:
     return math.exp(-0.5 * z * z) / (sd * math.sqrt(2 * math.pi))
 
 
-def density_chart(chart_id: str, arms: Sequence[tuple[str, float, float]], *, title: str,
-                  x_fmt: Format, x_title: str, bounds: tuple[float, float] = (0.0, 1.0),
-                  samples: int = 160) -> Markup:
+def density_chart(
+    chart_id: str,
+    arms: Sequence[tuple[str, float, float]],
+    *,
+    title: str,
+    x_fmt: Format,
+    x_title: str,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    samples: int = 160,
+) -> Markup:
     """Gaussian posterior densities, one per (label, mean, sd), on a shared axis."""
     arms = [a for a in arms if a[2] > 0 and math.isfinite(a[1]) and math.isfinite(a[2])]
     if not arms:
@@ -193,15 +237,19 @@ def density_chart(chart_id: str, arms: Sequence[tuple[str, float, float]], *, ti
     body = frame.axes(nice_ticks(lo, hi, 6), [], x_fmt, x_fmt, x_title)
     base = frame.py(0)
     for i, ((_, mean, _), ys) in enumerate(zip(arms, curves, strict=True)):
-        line = " ".join(f"{'L' if k else 'M'}{frame.px(x):.1f},{frame.py(y):.1f}"
-                        for k, (x, y) in enumerate(zip(xs, ys, strict=True)))
+        line = " ".join(
+            f"{'L' if k else 'M'}{frame.px(x):.1f},{frame.py(y):.1f}"
+            for k, (x, y) in enumerate(zip(xs, ys, strict=True))
+        )
         area = f"{line} L{frame.px(xs[-1]):.1f},{base:.1f} L{frame.px(xs[0]):.1f},{base:.1f} Z"
         body.append(f'<path d="{area}" fill="{color(i)}" fill-opacity="0.15" stroke="none"/>')
         body.append(f'<path d="{line}" fill="none" stroke="{color(i)}" stroke-width="2"/>')
         mx = frame.px(mean)
-        body.append(f'<line x1="{mx:.1f}" y1="{base:.1f}" x2="{mx:.1f}" '
-                    f'y2="{frame.py(normal_pdf(mean, mean, arms[i][2])):.1f}" '
-                    f'stroke="{color(i)}" stroke-dasharray="3 3" stroke-width="1"/>')
+        body.append(
+            f'<line x1="{mx:.1f}" y1="{base:.1f}" x2="{mx:.1f}" '
+            f'y2="{frame.py(normal_pdf(mean, mean, arms[i][2])):.1f}" '
+            f'stroke="{color(i)}" stroke-dasharray="3 3" stroke-width="1"/>'
+        )
     desc = "; ".join(f"{label}: mean {x_fmt(m)}, sd {x_fmt(sd)}" for label, m, sd in arms)
     return _svg(chart_id, title, desc, body)
 
@@ -211,17 +259,18 @@ def legend(labels: Sequence[str]) -> Markup:
     items = "".join(
         f'<li><svg width="14" height="14" aria-hidden="true"><rect width="14" height="14" '
         f'rx="3" fill="{color(i)}"/></svg> {escape(label)}</li>'
-        for i, label in enumerate(labels))
+        for i, label in enumerate(labels)
+    )
     return Markup(f'<ul class="legend">{items}</ul>')
 
 
-def experiment_charts(exp: ExperimentView, history: list[EpochView],
-                      now: float) -> dict[str, Any]:
+def experiment_charts(exp: ExperimentView, history: list[EpochView], now: float) -> dict[str, Any]:
     """The four charts of an experiment page, as inline SVG."""
     labels = [arm_label(a) for a in exp.arms]
     fmt = value_format(exp.reward)
-    dens = [(labels[i], a.mean, a.sd) for i, a in enumerate(exp.arms)
-            if a.mean is not None and a.sd is not None]
+    dens = [
+        (labels[i], a.mean, a.sd) for i, a in enumerate(exp.arms) if a.mean is not None and a.sd is not None
+    ]
     start = exp.started_at or (history[0].started_at if history else now)
     end = exp.ended_at or now
     x_fmt, x_title = hours_format((end - start) / 3600)
@@ -234,8 +283,11 @@ def experiment_charts(exp: ExperimentView, history: list[EpochView],
     p_best = []
     cumulative = []
     for i, (label, arm) in enumerate(zip(labels, exp.arms, strict=True)):
-        pts = [(x(e.started_at), p) for e in history
-               if e.p_best and i < len(e.p_best) and (p := e.p_best[i]) is not None]
+        pts = [
+            (x(e.started_at), p)
+            for e in history
+            if e.p_best and i < len(e.p_best) and (p := e.p_best[i]) is not None
+        ]
         if arm.p_best is not None:
             pts.append((x_end, arm.p_best))
         p_best.append(Series(label, pts))
@@ -249,16 +301,40 @@ def experiment_charts(exp: ExperimentView, history: list[EpochView],
     return {
         "labels": labels,
         "density": density_chart(
-            "density", dens, title="Posterior of each arm's mean", x_fmt=lambda v: fmt(v),
-            x_title=f"mean {exp.metric}"),
+            "density",
+            dens,
+            title="Posterior of each arm's mean",
+            x_fmt=lambda v: fmt(v),
+            x_title=f"mean {exp.metric}",
+        ),
         "p_best": line_chart(
-            "pbest", p_best, title="P(best) over time", x_fmt=x_fmt, x_title=x_title,
-            y_fmt=fmt_share, y_range=(0.0, 1.0), x_range=(0.0, x_end)),
+            "pbest",
+            p_best,
+            title="P(best) over time",
+            x_fmt=x_fmt,
+            x_title=x_title,
+            y_fmt=fmt_share,
+            y_range=(0.0, 1.0),
+            x_range=(0.0, x_end),
+        ),
         "weights": stacked_steps(
-            "weights", labels, [x(e.started_at) for e in epochs],
-            [e.weights for e in epochs], end=x_end, title="Allocation weight per epoch",
-            x_fmt=x_fmt, x_title=x_title, y_fmt=fmt_share),
+            "weights",
+            labels,
+            [x(e.started_at) for e in epochs],
+            [e.weights for e in epochs],
+            end=x_end,
+            title="Allocation weight per epoch",
+            x_fmt=x_fmt,
+            x_title=x_title,
+            y_fmt=fmt_share,
+        ),
         "cumulative": line_chart(
-            "cumulative", cumulative, title="Cumulative decisions", x_fmt=x_fmt,
-            x_title=x_title, y_fmt=lambda v: f"{v:,.0f}", x_range=(0.0, x_end)),
+            "cumulative",
+            cumulative,
+            title="Cumulative decisions",
+            x_fmt=x_fmt,
+            x_title=x_title,
+            y_fmt=lambda v: f"{v:,.0f}",
+            x_range=(0.0, x_end),
+        ),
     }

@@ -15,12 +15,20 @@ _FLIP_ORDER = {"regressed": 0, "improved": 1, None: 2}
 
 
 def _result_row(run: RunSummary, version: Any) -> dict[str, Any]:
-    return {"eval": run.eval, "run_id": run.id, "created_at": run.created_at,
-            "version": version.version, "variant": version.variant,
-            "passed": version.passed, "total": version.passed + version.failed + version.errors,
-            "errors": version.errors, "pass_rate": fmt_pct(version.pass_rate),
-            "ci": f"{fmt_pct(version.ci_low)} – {fmt_pct(version.ci_high)}",
-            "gate_passed": version.gate_passed, "baseline": run.baseline}
+    return {
+        "eval": run.eval,
+        "run_id": run.id,
+        "created_at": run.created_at,
+        "version": version.version,
+        "variant": version.variant,
+        "passed": version.passed,
+        "total": version.passed + version.failed + version.errors,
+        "errors": version.errors,
+        "pass_rate": fmt_pct(version.pass_rate),
+        "ci": f"{fmt_pct(version.ci_low)} – {fmt_pct(version.ci_high)}",
+        "gate_passed": version.gate_passed,
+        "baseline": run.baseline,
+    }
 
 
 def prompt_eval_results(ops: PromptOps, prompt: str) -> list[dict[str, Any]]:
@@ -40,8 +48,14 @@ def _side(case: CaseOutcome | None) -> dict[str, Any] | None:
         return None
     output = next((o for o in case.outputs if o is not None), None)
     error = next((e for e in case.errors if e is not None), None)
-    return {"status": case.status, "score": case.score, "reason": case.reason, "output": output,
-            "error": error, "assertions": [asdict(a) for a in case.assertions]}
+    return {
+        "status": case.status,
+        "score": case.score,
+        "reason": case.reason,
+        "output": output,
+        "error": error,
+        "assertions": [asdict(a) for a in case.assertions],
+    }
 
 
 def eval_run_context(ops: PromptOps, run_id: int, query: Mapping[str, str]) -> dict[str, Any]:
@@ -76,12 +90,32 @@ def eval_run_context(ops: PromptOps, run_id: int, query: Mapping[str, str]) -> d
         flip = None
         if r_case is not None and l_pass != r_pass:
             flip = "improved" if r_pass else "regressed"
-        rows.append({"case_id": case_id, "position": position, "flip": flip,
-                     "left": _side(l_case), "right": _side(r_case)})
+        rows.append(
+            {
+                "case_id": case_id,
+                "position": position,
+                "flip": flip,
+                "left": _side(l_case),
+                "right": _side(r_case),
+            }
+        )
     rows.sort(key=lambda r: (_FLIP_ORDER[r["flip"]], r["position"]))
     comparison = next((c for c in run.comparisons if c.version == b and c.baseline == a), None)
-    versions = [{**asdict(v), "pass_rate_text": fmt_pct(v.pass_rate),
-                 "ci_text": f"{fmt_pct(v.ci_low)} – {fmt_pct(v.ci_high)}"} for v in run.versions]
-    return {"run": asdict(run), "versions": versions, "a": a, "b": b, "numbers": numbers,
-            "comparison": asdict(comparison) if comparison else None, "rows": rows,
-            "flips": sum(1 for r in rows if r["flip"])}
+    versions = [
+        {
+            **asdict(v),
+            "pass_rate_text": fmt_pct(v.pass_rate),
+            "ci_text": f"{fmt_pct(v.ci_low)} – {fmt_pct(v.ci_high)}",
+        }
+        for v in run.versions
+    ]
+    return {
+        "run": asdict(run),
+        "versions": versions,
+        "a": a,
+        "b": b,
+        "numbers": numbers,
+        "comparison": asdict(comparison) if comparison else None,
+        "rows": rows,
+        "flips": sum(1 for r in rows if r["flip"]),
+    }

@@ -62,22 +62,27 @@ def summarize(exp: ExperimentView, now: float) -> ExperimentSummary:
     leader = max(scored, key=lambda a: a.p_best or 0.0) if scored else None
     started = exp.started_at
     running_for = None if started is None else (exp.ended_at or now) - started
-    return ExperimentSummary(**_fields(exp), leader=arm_label(leader) if leader else None,
-                             leader_p_best=leader.p_best if leader else None,
-                             decisions=sum(a.decisions for a in exp.arms),
-                             running_for=running_for)
+    return ExperimentSummary(
+        **_fields(exp),
+        leader=arm_label(leader) if leader else None,
+        leader_p_best=leader.p_best if leader else None,
+        decisions=sum(a.decisions for a in exp.arms),
+        running_for=running_for,
+    )
 
 
 def overview_context(ops: PromptOps) -> dict[str, Any]:
     """What the overview shows."""
     now = ops.ctx.now()
     running = [summarize(e, now) for e in ops.experiments.list_experiments(status=ExperimentStatus.RUNNING)]
-    recent = [summarize(e, now) for e in ops.experiments.list_experiments(limit=30)
-              if e.status != ExperimentStatus.RUNNING][:10]
+    recent = [
+        summarize(e, now)
+        for e in ops.experiments.list_experiments(limit=30)
+        if e.status != ExperimentStatus.RUNNING
+    ][:10]
     live = {e.prompt: e.id for e in running}
     prompts = [{**asdict(p), "experiment_id": live.get(p.name)} for p in ops.registry.list_prompts()]
-    return {"prompts": prompts, "running": running, "recent": recent,
-            "audit": ops.registry.audit(limit=8)}
+    return {"prompts": prompts, "running": running, "recent": recent, "audit": ops.registry.audit(limit=8)}
 
 
 def sample_value(spec: VariableSpec) -> Any:
@@ -86,9 +91,13 @@ def sample_value(spec: VariableSpec) -> Any:
         return spec.default
     if spec.enum:
         return spec.enum[0]
-    return {"integer": 1, "number": 0.5, "boolean": True, "object": {},
-            "list": [f"sample {spec.name} 1", f"sample {spec.name} 2"]}.get(
-        spec.type, f"sample {spec.name}"[: spec.max_length or None])
+    return {
+        "integer": 1,
+        "number": 0.5,
+        "boolean": True,
+        "object": {},
+        "list": [f"sample {spec.name} 1", f"sample {spec.name} 2"],
+    }.get(spec.type, f"sample {spec.name}"[: spec.max_length or None])
 
 
 def _as_text(value: Any) -> str:
@@ -132,11 +141,17 @@ def prompt_context(ops: PromptOps, name: str, query: Mapping[str, str]) -> dict[
             spec = VariableSpec.from_dict(var_name, data)
             raw = query.get(f"var.{var_name}")
             text = _as_text(sample_value(spec)) if raw is None else str(raw)
-            choices = (["true", "false"] if spec.type == "boolean"
-                       else [_as_text(c) for c in spec.enum or ()])
-            preview["fields"].append({"name": var_name, "type": spec.type, "value": text,
-                                      "required": spec.required, "choices": choices,
-                                      "description": spec.description})
+            choices = ["true", "false"] if spec.type == "boolean" else [_as_text(c) for c in spec.enum or ()]
+            preview["fields"].append(
+                {
+                    "name": var_name,
+                    "type": spec.type,
+                    "value": text,
+                    "required": spec.required,
+                    "choices": choices,
+                    "description": spec.description,
+                }
+            )
             if text == "" and not spec.required:
                 continue
             try:
@@ -149,11 +164,15 @@ def prompt_context(ops: PromptOps, name: str, query: Mapping[str, str]) -> dict[
             except PromptOpsError as exc:
                 preview["error"] = exc.message
     now = ops.ctx.now()
-    return {"prompt": prompt, "numbers": numbers, "production": production,
-            "diff": {"a": a, "b": b, "lines": diff_lines(diff)}, "preview": preview,
-            "experiments": [summarize(e, now) for e in ops.experiments.list_experiments(prompt=name,
-                                                                                limit=20)],
-            "audit": reg.audit(prompt=name, limit=20)}
+    return {
+        "prompt": prompt,
+        "numbers": numbers,
+        "production": production,
+        "diff": {"a": a, "b": b, "lines": diff_lines(diff)},
+        "preview": preview,
+        "experiments": [summarize(e, now) for e in ops.experiments.list_experiments(prompt=name, limit=20)],
+        "audit": reg.audit(prompt=name, limit=20),
+    }
 
 
 def stopping_rule(exp: ExperimentView, now: float) -> list[str]:
@@ -161,16 +180,25 @@ def stopping_rule(exp: ExperimentView, now: float) -> list[str]:
     arms, fmt = exp.arms, value_format(exp.reward)
     policy = Policy().with_overrides(exp.policy)
     remaining = exp.value_remaining
-    remaining_line = (f"Value remaining: with 95% probability no arm beats the leader by more "
-                      f"than {fmt_pct(remaining)} of its mean." if remaining is not None else None)
+    remaining_line = (
+        f"Value remaining: with 95% probability no arm beats the leader by more "
+        f"than {fmt_pct(remaining)} of its mean."
+        if remaining is not None
+        else None
+    )
     hold = exp.holdout
     if exp.status == ExperimentStatus.HOLDOUT and hold:
-        test = ("" if hold.get("p_old_better") is None else
-                f" P(version {hold['old_version']} is better) is {fmt_pct(hold['p_old_better'])}"
-                " on the most recent matured decisions;")
-        return [f"Guarded rollout: version {hold['new_version']} was promoted and holds "
-                f"production; version {hold['old_version']} keeps {fmt_pct(policy.holdout_share)}"
-                f" of the traffic.{test} production moves back if that reaches 95%."]
+        test = (
+            ""
+            if hold.get("p_old_better") is None
+            else f" P(version {hold['old_version']} is better) is {fmt_pct(hold['p_old_better'])}"
+            " on the most recent matured decisions;"
+        )
+        return [
+            f"Guarded rollout: version {hold['new_version']} was promoted and holds "
+            f"production; version {hold['old_version']} keeps {fmt_pct(policy.holdout_share)}"
+            f" of the traffic.{test} production moves back if that reaches 95%."
+        ]
     if exp.status not in (ExperimentStatus.RUNNING, ExperimentStatus.DRAFT):
         winner = f"; the winner is version {exp.winner}" if exp.winner else ""
         ended = [f"Ended {exp.status}: {exp.end_reason or 'no reason recorded'}{winner}."]
@@ -180,40 +208,57 @@ def stopping_rule(exp: ExperimentView, now: float) -> list[str]:
     fewest = min((a.n for a in arms), default=0)
     hours = (now - exp.started_at) / 3600 if exp.started_at is not None else 0.0
     if fewest < policy.min_samples_per_arm or hours < policy.min_hours:
-        lines.append(f"Burn-in: equal weights until every arm has {policy.min_samples_per_arm:,} "
-                     f"matured outcomes (fewest so far: {fewest:,}) and {policy.min_hours:g} h "
-                     f"have passed ({hours:.1f} h so far).")
+        lines.append(
+            f"Burn-in: equal weights until every arm has {policy.min_samples_per_arm:,} "
+            f"matured outcomes (fewest so far: {fewest:,}) and {policy.min_hours:g} h "
+            f"have passed ({hours:.1f} h so far)."
+        )
     # alpha is spent over the checks (Lan-DeMets, Pocock type): each check has its own boundary,
     # the strictest at the first check
     need = promotion_threshold(policy, k)
-    formula = (f"the boundary spending α = {policy.alpha:g}" + (f"/{k - 1}" if k > 2 else "")
-               + " over the checks")
+    formula = (
+        f"the boundary spending α = {policy.alpha:g}" + (f"/{k - 1}" if k > 2 else "") + " over the checks"
+    )
     challengers = [a for a in arms if not a.is_control and a.p_beats_control is not None]
     if challengers:
-        best = min(challengers, key=lambda a: (a.expected_loss is None,
-                                               a.expected_loss or 0.0, -(a.p_beats_control or 0.0)))
-        lines.append(f"To promote a challenger it needs P(beats control) ≥ {formula} "
-                     f"(first check {fmt_pct(need)}); {arm_label(best)} is at "
-                     f"{fmt_pct(best.p_beats_control)}.")
+        best = min(
+            challengers,
+            key=lambda a: (a.expected_loss is None, a.expected_loss or 0.0, -(a.p_beats_control or 0.0)),
+        )
+        lines.append(
+            f"To promote a challenger it needs P(beats control) ≥ {formula} "
+            f"(first check {fmt_pct(need)}); {arm_label(best)} is at "
+            f"{fmt_pct(best.p_beats_control)}."
+        )
         if best.expected_loss is not None and best.mean is not None:
-            lines.append(f"Its expected loss must also be at most {fmt_pct(policy.loss_threshold)}"
-                         f" of its mean: {fmt(best.expected_loss)} now, limit "
-                         f"{fmt(policy.loss_threshold * best.mean)}.")
+            lines.append(
+                f"Its expected loss must also be at most {fmt_pct(policy.loss_threshold)}"
+                f" of its mean: {fmt(best.expected_loss)} now, limit "
+                f"{fmt(policy.loss_threshold * best.mean)}."
+            )
     else:
-        lines.append(f"To promote a challenger it needs P(beats control) ≥ {formula} "
-                     f"(first check {fmt_pct(need)}); no arm has matured outcomes yet.")
+        lines.append(
+            f"To promote a challenger it needs P(beats control) ≥ {formula} "
+            f"(first check {fmt_pct(need)}); no arm has matured outcomes yet."
+        )
     control = next((a for a in arms if a.is_control), None)
     if control is not None and control.p_best is not None:
-        lines.append(f"To keep the control early it needs P(best) ≥ "
-                     f"{fmt_pct(policy.control_p_best)}; {arm_label(control)} is at "
-                     f"{fmt_pct(control.p_best)}.")
+        lines.append(
+            f"To keep the control early it needs P(best) ≥ "
+            f"{fmt_pct(policy.control_p_best)}; {arm_label(control)} is at "
+            f"{fmt_pct(control.p_best)}."
+        )
     every = check_interval(policy)
-    lines.append(f"{exp.checks_done} of at most {policy.max_checks} stopping checks done "
-                 f"(one per {every:,.0f} matured outcomes).")
+    lines.append(
+        f"{exp.checks_done} of at most {policy.max_checks} stopping checks done "
+        f"(one per {every:,.0f} matured outcomes)."
+    )
     total = sum(a.decisions for a in arms)
-    lines.append(f"Without a decision it ends inconclusive at {policy.max_decisions:,} "
-                 f"decisions or {policy.max_days:g} days ({total:,} decisions, "
-                 f"{hours / 24:.1f} days so far).")
+    lines.append(
+        f"Without a decision it ends inconclusive at {policy.max_decisions:,} "
+        f"decisions or {policy.max_days:g} days ({total:,} decisions, "
+        f"{hours / 24:.1f} days so far)."
+    )
     if remaining_line:
         lines.append(remaining_line)
     if exp.srm_alarm:
@@ -229,25 +274,47 @@ def experiment_context(ops: PromptOps, experiment_id: int) -> dict[str, Any]:
     exp = summarize(ops.experiments.get(experiment_id), now)
     history = ops.experiments.history(experiment_id)
     fmt = value_format(exp.reward)
-    arms = [ArmLine(**_fields(a), label=arm_label(a), mean_text=fmt(a.mean),
-                    ci_text=(f"{fmt(a.ci_low)} – {fmt(a.ci_high)}"
-                             if a.ci_low is not None and a.ci_high is not None else "—"),
-                    loss_text=fmt(a.expected_loss)) for a in exp.arms]
+    arms = [
+        ArmLine(
+            **_fields(a),
+            label=arm_label(a),
+            mean_text=fmt(a.mean),
+            ci_text=(
+                f"{fmt(a.ci_low)} – {fmt(a.ci_high)}"
+                if a.ci_low is not None and a.ci_high is not None
+                else "—"
+            ),
+            loss_text=fmt(a.expected_loss),
+        )
+        for a in exp.arms
+    ]
     audit = ops.registry.audit(experiment_id=experiment_id, limit=100)
     evidence_rows = []
     for entry in audit:
         ev = Snapshot.from_dict((entry.details or {}).get("evidence"))
-        rows = [{"label": arms[i].label if i < len(arms) else f"arm {i}",
-                 "mean": fmt(a.mean), "p_best": fmt_pct(a.p_best),
-                 "p_beats_control": fmt_pct(a.p_beats_control),
-                 "loss": fmt(a.expected_loss)} for i, a in enumerate(ev.arms)]
+        rows = [
+            {
+                "label": arms[i].label if i < len(arms) else f"arm {i}",
+                "mean": fmt(a.mean),
+                "p_best": fmt_pct(a.p_best),
+                "p_beats_control": fmt_pct(a.p_beats_control),
+                "loss": fmt(a.expected_loss),
+            }
+            for i, a in enumerate(ev.arms)
+        ]
         evidence_rows.append({"rows": rows, "reason": ev.reason, "at": ev.at})
-    return {"exp": exp, "arms": arms, "history": history, "rule": stopping_rule(exp, now),
-            "usage": usage_rows(arms), "metrics": metric_rows(arms),
-            "guardrails": [g for a in arms for g in a.guardrails],
-            "charts": charts.experiment_charts(exp, history, now),
-            "audit": list(zip(audit, evidence_rows, strict=True)),
-            "adopt": adopt_command(ops, exp.prompt, exp.winner)}
+    return {
+        "exp": exp,
+        "arms": arms,
+        "history": history,
+        "rule": stopping_rule(exp, now),
+        "usage": usage_rows(arms),
+        "metrics": metric_rows(arms),
+        "guardrails": [g for a in arms for g in a.guardrails],
+        "charts": charts.experiment_charts(exp, history, now),
+        "audit": list(zip(audit, evidence_rows, strict=True)),
+        "adopt": adopt_command(ops, exp.prompt, exp.winner),
+    }
 
 
 def adopt_command(ops: PromptOps, prompt: str, winner: int | None) -> str | None:
@@ -271,12 +338,12 @@ def metric_rows(arms: list[ArmLine]) -> dict[str, Any]:
             return "—"
         if est.get("ci_low") is None:
             return f"{est['mean']:.4g} (n {est['n']:,})"
-        return (f"{est['mean']:.4g} ({est['ci_low']:.4g} – {est['ci_high']:.4g}), "
-                f"n {est['n']:,}")
+        return f"{est['mean']:.4g} ({est['ci_low']:.4g} – {est['ci_high']:.4g}), n {est['n']:,}"
 
-    return {"names": names,
-            "rows": [{"label": a.label, "cells": [text(a.metrics.get(m)) for m in names]}
-                     for a in arms]}
+    return {
+        "names": names,
+        "rows": [{"label": a.label, "cells": [text(a.metrics.get(m)) for m in names]} for a in arms],
+    }
 
 
 def usage_rows(arms: list[ArmLine]) -> list[dict[str, Any]]:
@@ -287,16 +354,28 @@ def usage_rows(arms: list[ArmLine]) -> list[dict[str, Any]]:
     def ms(x: float | None) -> str:
         return "—" if x is None else f"{x:,.0f} ms"
 
-    return [{"label": a.label, "calls": a.calls,
-             "cost_per_1k": "—" if a.cost_usd_mean is None else f"${1000 * a.cost_usd_mean:,.4f}",
-             "p50": ms(a.latency_ms_p50), "p95": ms(a.latency_ms_p95),
-             "error_rate": a.error_rate, "cache_hit_rate": a.cache_hit_rate}
-            for a in arms]
+    return [
+        {
+            "label": a.label,
+            "calls": a.calls,
+            "cost_per_1k": "—" if a.cost_usd_mean is None else f"${1000 * a.cost_usd_mean:,.4f}",
+            "p50": ms(a.latency_ms_p50),
+            "p95": ms(a.latency_ms_p95),
+            "error_rate": a.error_rate,
+            "cache_hit_rate": a.cache_hit_rate,
+        }
+        for a in arms
+    ]
 
 
 def audit_context(ops: PromptOps, prompt: str | None, offset: int) -> dict[str, Any]:
     """One page of the audit log, optionally for one prompt."""
     entries = ops.registry.audit(prompt=prompt, limit=AUDIT_PAGE + 1, offset=offset)
-    return {"entries": entries[:AUDIT_PAGE], "more": len(entries) > AUDIT_PAGE,
-            "offset": offset, "page": AUDIT_PAGE, "prompt": prompt,
-            "prompts": [p.name for p in ops.registry.list_prompts()]}
+    return {
+        "entries": entries[:AUDIT_PAGE],
+        "more": len(entries) > AUDIT_PAGE,
+        "offset": offset,
+        "page": AUDIT_PAGE,
+        "prompt": prompt,
+        "prompts": [p.name for p in ops.registry.list_prompts()],
+    }

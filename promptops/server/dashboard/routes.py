@@ -34,8 +34,9 @@ async def _admin_form(request: Request) -> tuple[Any, Principal | Response]:
     """The posted form and its admin sender, or the error page if the token or role is wrong."""
     form = await request.form()
     if not csrf_ok(request, form):
-        return form, error_page(request, 403, "This form has no valid CSRF token. Reload the "
-                                              "page and try again.")
+        return form, error_page(
+            request, 403, "This form has no valid CSRF token. Reload the page and try again."
+        )
     viewer = session_principal(request)
     if viewer.role is None:
         return form, error_page(request, 403, "Sign in first.")
@@ -54,8 +55,9 @@ def _experiment_id(value: int) -> int:
 @router.get("/login")
 def login_page(request: Request, next: str = "/") -> Response:
     """The sign-in form."""
-    return render(request, "login.html", {"next": safe_next(next), "error": None},
-                  viewer=session_principal(request))
+    return render(
+        request, "login.html", {"next": safe_next(next), "error": None}, viewer=session_principal(request)
+    )
 
 
 @router.post("/login")
@@ -65,12 +67,18 @@ async def login(request: Request) -> Response:
     rt = runtime_of(request)
     target = safe_next(str(form.get("next", "/")))
     if not csrf_ok(request, form):
-        return error_page(request, 403, "The sign-in form has no valid CSRF token. Reload the "
-                                        "page and try again.")
+        return error_page(
+            request, 403, "The sign-in form has no valid CSRF token. Reload the page and try again."
+        )
     key = str(form.get("key", "")).strip()
     if not key or role_for(key, rt.key_table) is None:
-        return render(request, "login.html", {"next": target, "error": "That key is not valid."},
-                      viewer=Principal(role=None), status=401)
+        return render(
+            request,
+            "login.html",
+            {"next": target, "error": "That key is not valid."},
+            viewer=Principal(role=None),
+            status=401,
+        )
     resp = redirect(request, target, "Signed in.")
     start_session(request, resp, key)
     return resp
@@ -105,17 +113,24 @@ def overview(request: Request) -> Response:
 def prompt_page(request: Request, name: str) -> Response:
     """One prompt: versions, labels, diff, preview, rollback."""
     ops = runtime_of(request).ops
-    return _page(request, "prompt.html",
-                 lambda: {**pages.prompt_context(ops, name, request.query_params),
-                          "evals": evalpages.prompt_eval_results(ops, name)})
+    return _page(
+        request,
+        "prompt.html",
+        lambda: {
+            **pages.prompt_context(ops, name, request.query_params),
+            "evals": evalpages.prompt_eval_results(ops, name),
+        },
+    )
 
 
 @router.get("/experiments/{experiment_id}")
 def experiment_page(request: Request, experiment_id: int) -> Response:
     """One experiment: arms, charts, stopping rule, audit trail."""
-    return _page(request, "experiment.html",
-                 lambda: pages.experiment_context(runtime_of(request).ops,
-                                                  _experiment_id(experiment_id)))
+    return _page(
+        request,
+        "experiment.html",
+        lambda: pages.experiment_context(runtime_of(request).ops, _experiment_id(experiment_id)),
+    )
 
 
 @router.get("/evals/runs/{run_id}")
@@ -123,17 +138,21 @@ def eval_run_page(request: Request, run_id: int) -> Response:
     """One eval run: each version's pass rate, and two versions side by side per case."""
     if positive_id(run_id) is None:
         raise EvalRunNotFound(run_id)
-    return _page(request, "eval_run.html",
-                 lambda: evalpages.eval_run_context(runtime_of(request).ops, run_id,
-                                                    request.query_params))
+    return _page(
+        request,
+        "eval_run.html",
+        lambda: evalpages.eval_run_context(runtime_of(request).ops, run_id, request.query_params),
+    )
 
 
 @router.get("/audit")
 def audit_page(request: Request, prompt: str | None = None, offset: int = 0) -> Response:
     """The audit log across prompts."""
-    return _page(request, "audit.html",
-                 lambda: pages.audit_context(runtime_of(request).ops, prompt or None,
-                                             min(max(offset, 0), 2**31 - 1)))
+    return _page(
+        request,
+        "audit.html",
+        lambda: pages.audit_context(runtime_of(request).ops, prompt or None, min(max(offset, 0), 2**31 - 1)),
+    )
 
 
 # -- actions --------------------------------------------------------------------------------
@@ -152,31 +171,36 @@ async def _act(request: Request, back: str, action: Callable[[Principal, Any], s
 @router.post("/prompts/{name}/production")
 async def move_production(request: Request, name: str) -> Response:
     """Move the production label to a version (rollback); admin."""
+
     def act(who: Principal, form: Any) -> str:
         version = positive_id(form.get("version"))
         if version is None:
             raise InvalidInput("choose a version", field="version")
-        out = runtime_of(request).ops.registry.move_label(name, version, PRODUCTION,
-                                                          actor=who.actor)
+        out = runtime_of(request).ops.registry.move_label(name, version, PRODUCTION, actor=who.actor)
         return f"production: version {out.previous} → {version}."
+
     return await _act(request, f"/prompts/{quote(name)}", act)
 
 
 @router.post("/experiments/{experiment_id}/promote")
 async def promote(request: Request, experiment_id: int) -> Response:
     """End the experiment and move production to a chosen arm (the leader by default); admin."""
+
     def act(who: Principal, form: Any) -> str:
         exp = runtime_of(request).ops.experiments.promote(
-            _experiment_id(experiment_id), version=positive_id(form.get("version")),
-            actor=who.actor)
+            _experiment_id(experiment_id), version=positive_id(form.get("version")), actor=who.actor
+        )
         return f"Experiment {experiment_id} promoted version {exp.winner} to production."
+
     return await _act(request, f"/experiments/{experiment_id}", act)
 
 
 @router.post("/experiments/{experiment_id}/stop")
 async def stop(request: Request, experiment_id: int) -> Response:
     """Stop the experiment; production stays; admin."""
+
     def act(who: Principal, form: Any) -> str:
         runtime_of(request).ops.experiments.stop(_experiment_id(experiment_id), actor=who.actor)
         return f"Experiment {experiment_id} stopped; production stays."
+
     return await _act(request, f"/experiments/{experiment_id}", act)

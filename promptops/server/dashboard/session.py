@@ -32,8 +32,14 @@ def secure(request: Request) -> bool:
 def start_session(request: Request, resp: Response, key: str) -> None:
     """Sign the browser in with a valid key: a signed, HttpOnly, SameSite=Strict cookie."""
     rt = runtime_of(request)
-    resp.set_cookie(SESSION_COOKIE, make_session_token(rt.secret, key), max_age=SESSION_MAX_AGE,
-                    httponly=True, samesite="strict", secure=secure(request))
+    resp.set_cookie(
+        SESSION_COOKIE,
+        make_session_token(rt.secret, key),
+        max_age=SESSION_MAX_AGE,
+        httponly=True,
+        samesite="strict",
+        secure=secure(request),
+    )
 
 
 def end_session(resp: Response) -> None:
@@ -43,10 +49,8 @@ def end_session(resp: Response) -> None:
 
 def csrf_token(request: Request, csrf_cookie: str | None = None) -> str:
     """The form token of this browser: an HMAC of its CSRF cookie and its session cookie."""
-    basis = f"{csrf_cookie or request.cookies.get(CSRF_COOKIE, '')}|" \
-            f"{request.cookies.get(SESSION_COOKIE, '')}"
-    return hmac.new(runtime_of(request).secret.encode(), basis.encode(),
-                    hashlib.sha256).hexdigest()
+    basis = f"{csrf_cookie or request.cookies.get(CSRF_COOKIE, '')}|{request.cookies.get(SESSION_COOKIE, '')}"
+    return hmac.new(runtime_of(request).secret.encode(), basis.encode(), hashlib.sha256).hexdigest()
 
 
 def csrf_ok(request: Request, form: Any) -> bool:
@@ -59,13 +63,18 @@ def _flash_signer(request: Request) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(runtime_of(request).secret, salt="promptops-flash")
 
 
-def redirect(request: Request, url: str, message: str | None = None,
-             kind: str = "ok") -> RedirectResponse:
+def redirect(request: Request, url: str, message: str | None = None, kind: str = "ok") -> RedirectResponse:
     """A 303 redirect, with a message for the next page if given."""
     resp = RedirectResponse(url, status_code=303)
     if message:
-        resp.set_cookie(FLASH_COOKIE, _flash_signer(request).dumps([kind, message]), max_age=60,
-                        httponly=True, samesite="strict", secure=secure(request))
+        resp.set_cookie(
+            FLASH_COOKIE,
+            _flash_signer(request).dumps([kind, message]),
+            max_age=60,
+            httponly=True,
+            samesite="strict",
+            secure=secure(request),
+        )
     return resp
 
 

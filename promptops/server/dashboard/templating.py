@@ -26,9 +26,11 @@ from promptops.server.dashboard.session import (
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
-                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-    "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
 }
 
 
@@ -42,12 +44,20 @@ def web_dir() -> Path:
 
 
 def _environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(web_dir() / "templates"),
-                      autoescape=select_autoescape(["html"]), undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(ts=fmt_time, duration=fmt_duration, pct=fmt_pct, num=fmt_num,
-                       tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True,
-                                                          default=str))
+    env = Environment(
+        loader=FileSystemLoader(web_dir() / "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        ts=fmt_time,
+        duration=fmt_duration,
+        pct=fmt_pct,
+        num=fmt_num,
+        tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str),
+    )
     env.globals["legend"] = charts.legend
     return env
 
@@ -55,17 +65,22 @@ def _environment() -> Environment:
 templates = Jinja2Templates(env=_environment())
 
 
-def render(request: Request, name: str, context: dict[str, Any], *, viewer: Principal,
-           status: int = 200) -> Response:
+def render(
+    request: Request, name: str, context: dict[str, Any], *, viewer: Principal, status: int = 200
+) -> Response:
     """A page: the template with the viewer, banner, flash message and a fresh CSRF token."""
     cookie = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
     message = flash(request)
-    base = {"viewer": viewer, "auth_off": runtime_of(request).auth_off, "flash": message,
-            "csrf": csrf_token(request, cookie), "path": request.url.path}
+    base = {
+        "viewer": viewer,
+        "auth_off": runtime_of(request).auth_off,
+        "flash": message,
+        "csrf": csrf_token(request, cookie),
+        "path": request.url.path,
+    }
     resp = templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
     if CSRF_COOKIE not in request.cookies:
-        resp.set_cookie(CSRF_COOKIE, cookie, httponly=True, samesite="strict",
-                        secure=secure(request))
+        resp.set_cookie(CSRF_COOKIE, cookie, httponly=True, samesite="strict", secure=secure(request))
     if message or FLASH_COOKIE in request.cookies:
         resp.delete_cookie(FLASH_COOKIE)
     resp.headers.update(SECURITY_HEADERS)
@@ -74,5 +89,10 @@ def render(request: Request, name: str, context: dict[str, Any], *, viewer: Prin
 
 def error_page(request: Request, status: int, message: str) -> Response:
     """The HTML error page (the app's error handlers call this for dashboard requests)."""
-    return render(request, "error.html", {"status": status, "message": message},
-                  viewer=session_principal(request), status=status)
+    return render(
+        request,
+        "error.html",
+        {"status": status, "message": message},
+        viewer=session_principal(request),
+        status=status,
+    )
