@@ -8,9 +8,9 @@ eighth (ROLLBACK_SCAN). For each, the Gaussian probability that the previous pro
 is P(old > new) = Phi((m_old - m_new) / sd); roll back when one reaches ROLLBACK_P, once both sides
 have min_samples_per_arm outcomes. A window over both arms' recent decisions held only the holdout
 share's few thousand old-version outcomes, and a single long window on the new version mixes the
-weeks before a novelty fades with the weeks after: the short windows see the fade first, and the
-old version's whole history keeps their standard error low. True winners (10% vs 11% and 12%) are
-rolled back in about 1% of runs (the repeated looks' error on them), the same as one window did.
+decisions before a novelty fades with those after: the short windows see the fade first, and the
+old version's longer history keeps their standard error low. On true winners the repeated looks
+roll back 2.3% of 10% vs 11% (60k decisions) and 0-0.3% of 10% vs 12% (400 runs each).
 The holdout ends when it has lasted holdout_decisions or holdout_hours, whichever comes first;
 otherwise it continues.
 """
