@@ -71,3 +71,11 @@ def test_short_windows_below_min_samples_are_ignored():
     v = holdout_step(**sums(0.11, 0.10, 20_000, 8_000), decisions=1, hours=0, policy=POLICY,
                      recent=(few,))
     assert v.action == HoldoutAction.CONTINUE_HOLDOUT
+
+
+def test_the_new_version_needs_five_times_min_samples_before_a_rollback():
+    bad_start = sums(0.07, 0.10, 2_000, 10_000)  # its first 2,000 outcomes look 3 points worse
+    v = holdout_step(**bad_start, decisions=2_500, hours=2.5, policy=POLICY)
+    assert v.action == HoldoutAction.CONTINUE_HOLDOUT and v.p_old_better is None
+    v = holdout_step(**sums(0.07, 0.10, 2_500, 10_000), decisions=3_000, hours=3, policy=POLICY)
+    assert v.action == HoldoutAction.ROLLBACK
