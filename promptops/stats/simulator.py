@@ -37,7 +37,7 @@ import numpy as np
 from promptops.domain import HoldoutAction, Policy, StatsAction
 from promptops.stats.engine import CONTINUE, PolicyState, initial_weights, step
 from promptops.stats.estimator import EpochData
-from promptops.stats.rollout import holdout_step, holdout_weights, rollback_window
+from promptops.stats.rollout import holdout_step, holdout_weights, rollback_scan, rollback_window
 from promptops.stats.units import (
     FeedbackCounts,
     MetricData,
@@ -338,6 +338,10 @@ def _feedback_counts(run: _Run, t: float) -> FeedbackCounts:
     return FeedbackCounts(eligible=eligible, on_time=on_time, late=late)
 
 
+def _sums(v: np.ndarray) -> tuple[float, float, float]:
+    return float(v.size), float(v.sum()), float((v * v).sum())
+
+
 def simulate_run(scenario: Scenario, index: int) -> RunResult:
     """Simulate run number `index` of a scenario through the real policy step."""
     run = _Run(scenario, index)
@@ -379,18 +383,17 @@ def simulate_run(scenario: Scenario, index: int) -> RunResult:
         epoch, t0, i0, matured = e1, t, end, new
         if holdout_from is not None:
             assert winner is not None
-            lo = max(holdout_from, matured - rollback_window(pol))
-            counted, value = matured_values(run.on_time[lo:matured], run.reward[lo:matured],
+            counted, value = matured_values(run.on_time[:matured], run.reward[:matured],
                                             reward_kind=scenario.reward, policy=pol)
-            arm = run.arm[lo:matured]
-            stats = []
-            for a in (winner, 0):
-                sel = (arm == a) & counted
-                v = value[sel]
-                stats.append((float(sel.sum()), float(v.sum()), float((v * v).sum())))
-            verdict = holdout_step(n=(stats[0][0], stats[1][0]), s=(stats[0][1], stats[1][1]),
-                                   ss=(stats[0][2], stats[1][2]), decisions=end - holdout_from,
-                                   hours=(t - holdout_t0) / dph, policy=pol)
+            arm = run.arm[:matured]
+            old_v = value[(arm == 0) & counted][-rollback_window(pol):]
+            new_all = value[holdout_from:][(arm[holdout_from:] == winner) & counted[holdout_from:]]
+            scans = [_sums(new_all[-size:]) for size in rollback_scan(pol)]
+            old_s = _sums(old_v)
+            verdict = holdout_step(n=(scans[0][0], old_s[0]), s=(scans[0][1], old_s[1]),
+                                   ss=(scans[0][2], old_s[2]), decisions=end - holdout_from,
+                                   hours=(t - holdout_t0) / dph, policy=pol,
+                                   recent=tuple(scans[1:]))
             if verdict.action == HoldoutAction.ROLLBACK:
                 final, rolled_back, served_all = 0, True, True
                 run.serve_rest(end, 0)

@@ -4,6 +4,7 @@ import numpy as np
 
 from promptops.domain import HoldoutAction, Policy
 from promptops.stats import holdout_step, holdout_weights, rollback_window
+from promptops.stats.rollout import rollback_scan
 
 POLICY = Policy()
 
@@ -46,4 +47,35 @@ def test_no_rollback_on_a_few_early_outcomes():
     v = holdout_step(**early, decisions=500, hours=0.5, policy=POLICY)
     assert v.action == HoldoutAction.CONTINUE_HOLDOUT and v.p_old_better is None
     v = holdout_step(**early, decisions=500, hours=0.5, policy=Policy(min_samples_per_arm=50))
+    assert v.action == HoldoutAction.ROLLBACK
+
+
+def test_scan_windows_halve_the_rollback_window():
+    assert rollback_scan(POLICY) == (20_000, 10_000, 5_000, 2_500)
+
+
+def test_a_recent_fade_rolls_back_though_the_long_window_hides_it():
+    # the new version's 20,000-decision window still averages its novelty weeks (10.5% vs 10%),
+    # its last 2,500 show the fade (8.5%); the old version has 8,000 outcomes
+    long_window = sums(0.105, 0.10, 20_000, 8_000)
+    v = holdout_step(**long_window, decisions=20_000, hours=20, policy=POLICY)
+    assert v.action == HoldoutAction.CONTINUE_HOLDOUT and v.p_old_better < 0.5
+    faded = (2_500, 0.085 * 2_500, 0.085 * 2_500)
+    v = holdout_step(**long_window, decisions=20_000, hours=20, policy=POLICY, recent=(faded,))
+    assert v.action == HoldoutAction.ROLLBACK and v.p_old_better > 0.95
+    assert "2,500" not in v.reason and "10,500" in v.reason
+
+
+def test_short_windows_below_min_samples_are_ignored():
+    few = (400, 0.0, 0.0)  # a zero rate on 400 outcomes
+    v = holdout_step(**sums(0.11, 0.10, 20_000, 8_000), decisions=1, hours=0, policy=POLICY,
+                     recent=(few,))
+    assert v.action == HoldoutAction.CONTINUE_HOLDOUT
+
+
+def test_the_new_version_needs_five_times_min_samples_before_a_rollback():
+    bad_start = sums(0.07, 0.10, 2_000, 10_000)  # its first 2,000 outcomes look 3 points worse
+    v = holdout_step(**bad_start, decisions=2_500, hours=2.5, policy=POLICY)
+    assert v.action == HoldoutAction.CONTINUE_HOLDOUT and v.p_old_better is None
+    v = holdout_step(**sums(0.07, 0.10, 2_500, 10_000), decisions=3_000, hours=3, policy=POLICY)
     assert v.action == HoldoutAction.ROLLBACK

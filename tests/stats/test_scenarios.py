@@ -81,12 +81,10 @@ def check_late(r):
 
 
 def check_novelty(r):
-    # STATS.md asks for the control in production in >= 85% of runs; the guarded rollout with the
-    # default settings reaches about 64% (400 runs): the holdout's 20% share gives the rollback
-    # test about 4,000 old-version decisions in its 20,000-decision window, z of about 1 for the
-    # 0.5-point reversal. This guards the level reached, not the provisional target.
-    assert final(r, "control") >= 0.55
-    assert r["rolled_back"] / r["runs"] >= 0.45
+    # STATS.md: the control in production in >= 85% of runs (94% at 400 runs: the rollback test
+    # compares the old version's own recent outcomes with the new version's shorter recent windows)
+    assert final(r, "control") >= 0.85
+    assert r["rolled_back"] / r["runs"] >= 0.75
 
 
 def check_guardrail_holds(r):
