@@ -240,49 +240,68 @@ class EpochUpdater:
         return exp.control_arm
 
     # -- the guarded rollout -----------------------------------------------------------------
-    def _holdout(
-        self, s: Session, exp: ExperimentRow, policy: Policy, now: float, decisions_total: int
-    ) -> bool:
-        """At an epoch boundary of the holdout: roll back, end it, or keep going."""
-        hold = exp.holdout or {}
-        new, old = int(hold["new"]), int(hold["old"])
+    @staticmethod
+    def _matured_values(
+        s: Session, exp: ExperimentRow, policy: Policy, *, arm: int, since: float | None, limit: int
+    ) -> list[float]:
+        """One arm's most recent counted outcomes (newest first), as maturation values them."""
         window = policy.attribution_window_hours * 3600
         fb = FeedbackRow
-        q = (
-            select(DecisionRow.arm, fb.reward)
+        where = [
+            DecisionRow.experiment_id == exp.id,
+            DecisionRow.counted_in > 0,
+            DecisionRow.arm == arm,
+        ]
+        if since is not None:
+            where.append(DecisionRow.decided_at >= since)
+        rows = s.execute(
+            select(fb.reward)
+            .select_from(DecisionRow)
             .outerjoin(
                 fb,
                 (fb.decision_id == DecisionRow.id)
                 & (fb.metric == exp.metric)
                 & (fb.received_at <= DecisionRow.decided_at + window),
             )
-            .where(
-                DecisionRow.experiment_id == exp.id,
-                DecisionRow.counted_in > 0,
-                DecisionRow.decided_at >= float(hold["started_at"]),
-                DecisionRow.arm.in_([new, old]),
-            )
+            .where(*where)
             .order_by(DecisionRow.decided_at.desc())
-            .limit(stats.rollback_window(policy))
-        )
-        rows = s.execute(q).all()
+            .limit(limit)
+        ).all()
         counted, value = stats.matured_values(
-            [r[1] is not None for r in rows],
-            [0.0 if r[1] is None else float(r[1]) for r in rows],
+            [r[0] is not None for r in rows],
+            [0.0 if r[0] is None else float(r[0]) for r in rows],
             reward_kind=exp.reward,
             policy=policy,
         )
-        sums = []
-        for a in (new, old):
-            mine = [float(v) for r, c, v in zip(rows, counted, value, strict=True) if r[0] == a and c]
-            sums.append((float(len(mine)), sum(mine), sum(v * v for v in mine)))
+        return [float(v) for c, v in zip(counted, value, strict=True) if c]
+
+    def _holdout(
+        self, s: Session, exp: ExperimentRow, policy: Policy, now: float, decisions_total: int
+    ) -> bool:
+        """At an epoch boundary of the holdout: roll back, end it, or keep going."""
+        hold = exp.holdout or {}
+        new, old = int(hold["new"]), int(hold["old"])
+        # As the simulator does (stats.rollout): the previous production's own most recent
+        # matured outcomes, before the promotion included, against the new version's most recent
+        # holdout outcomes over each window of the scan.
+        scan = stats.rollback_scan(policy)
+        old_values = self._matured_values(
+            s, exp, policy, arm=old, since=None, limit=stats.rollback_window(policy)
+        )
+        new_values = self._matured_values(
+            s, exp, policy, arm=new, since=float(hold["started_at"]), limit=scan[0]
+        )
+        scans = [_sums(new_values[:size]) for size in scan]
+        old_sums = _sums(old_values)
+        sums = [scans[0], old_sums]
         verdict = stats.holdout_step(
-            n=(sums[0][0], sums[1][0]),
-            s=(sums[0][1], sums[1][1]),
-            ss=(sums[0][2], sums[1][2]),
+            n=(scans[0][0], old_sums[0]),
+            s=(scans[0][1], old_sums[1]),
+            ss=(scans[0][2], old_sums[2]),
             decisions=decisions_total - int(hold.get("decisions_at_start", 0)),
             hours=(now - float(hold["started_at"])) / 3600,
             policy=policy,
+            recent=tuple(scans[1:]),
         )
         evidence = {
             **(exp.snapshot or {}),
@@ -799,3 +818,8 @@ def _float(x: Any) -> float | None:
 
 def _floats(xs: Any) -> list[float | None]:
     return [_float(x) for x in xs]
+
+
+def _sums(values: Sequence[float]) -> tuple[float, float, float]:
+    """Count, sum and sum of squares."""
+    return float(len(values)), float(sum(values)), float(sum(v * v for v in values))

@@ -77,7 +77,13 @@ from promptops.stats.estimator import (
     value_remaining,
 )
 from promptops.stats.guardrails import GuardrailVerdict, MetricEstimate, guardrail_verdicts, metric_estimates
-from promptops.stats.rollout import HoldoutVerdict, holdout_step, holdout_weights, rollback_window
+from promptops.stats.rollout import (
+    HoldoutVerdict,
+    holdout_step,
+    holdout_weights,
+    rollback_scan,
+    rollback_window,
+)
 from promptops.stats.special import chi2_sf, norm_cdf
 from promptops.stats.spending import boundary, information_fraction, safety_level, spent
 from promptops.stats.units import (
@@ -130,6 +136,7 @@ __all__ = [
     "p_beats",
     "posterior",
     "promotion_threshold",
+    "rollback_scan",
     "rollback_window",
     "safety_level",
     "should_start_epoch",

@@ -81,17 +81,26 @@ def holdout_step(
         if p is not None and (p_old is None or p > p_old):
             p_old, used = p, n_new + n[1]
     if p_old is not None and p_old >= ROLLBACK_P:
-        return HoldoutVerdict(HoldoutAction.ROLLBACK, p_old, (
-            f"the previous production is better with {100 * p_old:.1f}% on the last "
-            f"{int(used):,} matured units: rolled back"))
+        return HoldoutVerdict(
+            HoldoutAction.ROLLBACK,
+            p_old,
+            (
+                f"the previous production is better with {100 * p_old:.1f}% on the last "
+                f"{int(used):,} matured units: rolled back"
+            ),
+        )
     if decisions >= policy.holdout_decisions_effective or hours >= policy.holdout_hours:
-        return HoldoutVerdict(HoldoutAction.END_HOLDOUT, p_old, (
-            f"holdout over after {decisions:,} decisions and {hours:.1f} hours"))
+        return HoldoutVerdict(
+            HoldoutAction.END_HOLDOUT,
+            p_old,
+            (f"holdout over after {decisions:,} decisions and {hours:.1f} hours"),
+        )
     return HoldoutVerdict(HoldoutAction.CONTINUE_HOLDOUT, p_old, "holdout running")
 
 
-def _p_old_better(n: tuple[float, float], s: tuple[float, float], ss: tuple[float, float],
-                  policy: Policy) -> float | None:
+def _p_old_better(
+    n: tuple[float, float], s: tuple[float, float], ss: tuple[float, float], policy: Policy
+) -> float | None:
     if n[1] < max(policy.min_samples_per_arm, 2) or n[0] < NEW_MIN_FACTOR * policy.min_samples_per_arm:
         return None
     means = [s[i] / n[i] for i in range(2)]

@@ -186,8 +186,9 @@ class _Run:
         dph = sc.decisions_per_hour
         self.delay_ticks = np.array([a.feedback_delay_hours for a in sc.arms]) * dph
         self.window_ticks = self.pol.attribution_window_hours * dph
-        self.rate = np.array([sc.feedback_rate if a.feedback_rate is None else a.feedback_rate
-                              for a in sc.arms])
+        self.rate = np.array(
+            [sc.feedback_rate if a.feedback_rate is None else a.feedback_rate for a in sc.arms]
+        )
         self.conc = np.array([a.concentration for a in sc.arms], dtype=float)
         starts, self.mu = mean_schedule(sc)
         self.seg_of = np.searchsorted(starts, np.arange(self.total), side="right") - 1
@@ -217,8 +218,7 @@ class _Run:
         if keep:
             fresh |= ~np.isin(prior, keep)
         cum = np.cumsum(weights)
-        drawn = np.minimum(np.searchsorted(cum / cum[-1], rng.random(m), side="right"),
-                           self.k - 1)
+        drawn = np.minimum(np.searchsorted(cum / cum[-1], rng.random(m), side="right"), self.k - 1)
         # a unit's first fresh decision in the block fixes its arm (numpy keeps the last write of a
         # repeated index, so write in reverse order)
         idx = np.flatnonzero(fresh)[::-1]
@@ -279,16 +279,24 @@ class _Sums:
         run = self.run
         k, cap = run.k, self.cap
         unit = run.traffic.unit[lo:hi]
-        counted, value = matured_values(run.on_time[lo:hi], run.reward[lo:hi],
-                                        reward_kind=reward_kind, policy=policy)
+        counted, value = matured_values(
+            run.on_time[lo:hi], run.reward[lo:hi], reward_kind=reward_kind, policy=policy
+        )
         uniq, inv = np.unique(unit, return_inverse=True)
         add_c = np.bincount(inv, weights=counted.astype(float), minlength=uniq.size)
         add_s = np.bincount(inv, weights=np.where(counted, value, 0.0), minlength=uniq.size)
         arm = run.unit_arm[uniq]
         first = self.first_epoch[uniq]
-        dn, ds, dss = fold_units(arms=k, epochs=cap, arm=arm, first_epoch=first,
-                                 old_count=self.count[uniq], old_sum=self.sum[uniq],
-                                 add_count=add_c, add_sum=add_s)
+        dn, ds, dss = fold_units(
+            arms=k,
+            epochs=cap,
+            arm=arm,
+            first_epoch=first,
+            old_count=self.count[uniq],
+            old_sum=self.sum[uniq],
+            add_count=add_c,
+            add_sum=add_s,
+        )
         self.cells += np.stack([dn, ds, dss])
         self.count[uniq] += add_c
         self.sum[uniq] += add_s
@@ -302,9 +310,16 @@ class _Sums:
                 if cap_j is not None:
                     vals = np.minimum(vals, cap_j)
                 add = np.bincount(inv, weights=vals, minlength=uniq.size)
-                dn, ds, dss = fold_units(arms=k, epochs=cap, arm=arm, first_epoch=first,
-                                         old_count=self.mcount[uniq], old_sum=self.msum[j, uniq],
-                                         add_count=add_m, add_sum=add)
+                dn, ds, dss = fold_units(
+                    arms=k,
+                    epochs=cap,
+                    arm=arm,
+                    first_epoch=first,
+                    old_count=self.mcount[uniq],
+                    old_sum=self.msum[j, uniq],
+                    add_count=add_m,
+                    add_sum=add,
+                )
                 self.mcells[j] += np.stack([dn, ds, dss])
                 self.msum[j, uniq] += add
             self.mcount[uniq] += add_m
@@ -313,14 +328,23 @@ class _Sums:
         """The EpochData of the first `epochs` epochs."""
         run = self.run
         metrics = {
-            name: MetricData(n=self.mcells[j, 0, :, :epochs], s=self.mcells[j, 1, :, :epochs],
-                             ss=self.mcells[j, 2, :, :epochs], cap=self.caps[j])
+            name: MetricData(
+                n=self.mcells[j, 0, :, :epochs],
+                s=self.mcells[j, 1, :, :epochs],
+                ss=self.mcells[j, 2, :, :epochs],
+                cap=self.caps[j],
+            )
             for j, name in enumerate(run.metric_names)
         }
-        return EpochData(n=self.cells[0, :, :epochs], s=self.cells[1, :, :epochs],
-                         ss=self.cells[2, :, :epochs], assigned=self.assigned[:, :epochs],
-                         weights=self.weights[:, :epochs], feedback=feedback,
-                         metrics=metrics or None)
+        return EpochData(
+            n=self.cells[0, :, :epochs],
+            s=self.cells[1, :, :epochs],
+            ss=self.cells[2, :, :epochs],
+            assigned=self.assigned[:, :epochs],
+            weights=self.weights[:, :epochs],
+            feedback=feedback,
+            metrics=metrics or None,
+        )
 
 
 def _feedback_counts(run: _Run, t: float) -> FeedbackCounts:
@@ -383,17 +407,23 @@ def simulate_run(scenario: Scenario, index: int) -> RunResult:
         epoch, t0, i0, matured = e1, t, end, new
         if holdout_from is not None:
             assert winner is not None
-            counted, value = matured_values(run.on_time[:matured], run.reward[:matured],
-                                            reward_kind=scenario.reward, policy=pol)
+            counted, value = matured_values(
+                run.on_time[:matured], run.reward[:matured], reward_kind=scenario.reward, policy=pol
+            )
             arm = run.arm[:matured]
-            old_v = value[(arm == 0) & counted][-rollback_window(pol):]
+            old_v = value[(arm == 0) & counted][-rollback_window(pol) :]
             new_all = value[holdout_from:][(arm[holdout_from:] == winner) & counted[holdout_from:]]
             scans = [_sums(new_all[-size:]) for size in rollback_scan(pol)]
             old_s = _sums(old_v)
-            verdict = holdout_step(n=(scans[0][0], old_s[0]), s=(scans[0][1], old_s[1]),
-                                   ss=(scans[0][2], old_s[2]), decisions=end - holdout_from,
-                                   hours=(t - holdout_t0) / dph, policy=pol,
-                                   recent=tuple(scans[1:]))
+            verdict = holdout_step(
+                n=(scans[0][0], old_s[0]),
+                s=(scans[0][1], old_s[1]),
+                ss=(scans[0][2], old_s[2]),
+                decisions=end - holdout_from,
+                hours=(t - holdout_t0) / dph,
+                policy=pol,
+                recent=tuple(scans[1:]),
+            )
             if verdict.action == HoldoutAction.ROLLBACK:
                 final, rolled_back, served_all = 0, True, True
                 run.serve_rest(end, 0)
@@ -405,9 +435,17 @@ def simulate_run(scenario: Scenario, index: int) -> RunResult:
             if end >= total:
                 break
             continue
-        res = step(sums.data(e1, _feedback_counts(run, t)), control=0, state=state, policy=pol,
-                   rng=rng, hours_elapsed=t / dph, decisions_total=end,
-                   reward_kind=scenario.reward, matured_decisions=float(matured))
+        res = step(
+            sums.data(e1, _feedback_counts(run, t)),
+            control=0,
+            state=state,
+            policy=pol,
+            rng=rng,
+            hours_elapsed=t / dph,
+            decisions_total=end,
+            reward_kind=scenario.reward,
+            matured_decisions=float(matured),
+        )
         state, weights = res.state, res.weights
         if res.action != CONTINUE:
             winner, action, ended_at = res.winner, str(res.action), end
@@ -475,8 +513,10 @@ def aggregate(scenario: Scenario, results: list[RunResult]) -> dict[str, object]
         "inconclusive": runs - sum(promoted.values()),
         "rolled_back": sum(r.rolled_back for r in results),
         "wrong_promotions": sum(r.wrong for r in results),
-        "frozen": {"srm": sum(r.srm_alarm for r in results),
-                   "feedback": sum(r.feedback_alarm for r in results)},
+        "frozen": {
+            "srm": sum(r.srm_alarm for r in results),
+            "feedback": sum(r.feedback_alarm for r in results),
+        },
         "guardrail_blocked": sum(r.guardrail_blocked for r in results),
         "median_decisions_to_end": float(np.median(ends)) if ends else 0.0,
         "mean_regret": float(np.mean([r.regret for r in results])) if results else 0.0,

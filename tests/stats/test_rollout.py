@@ -11,8 +11,9 @@ POLICY = Policy()
 
 def sums(mean_new, mean_old, n_new, n_old):
     """(n, s, ss) of binary outcomes with these exact rates."""
-    return dict(n=(n_new, n_old), s=(mean_new * n_new, mean_old * n_old),
-                ss=(mean_new * n_new, mean_old * n_old))
+    return dict(
+        n=(n_new, n_old), s=(mean_new * n_new, mean_old * n_old), ss=(mean_new * n_new, mean_old * n_old)
+    )
 
 
 def test_old_version_clearly_better_rolls_back():
@@ -23,12 +24,11 @@ def test_old_version_clearly_better_rolls_back():
 
 def test_ties_continue_then_end_on_decisions_or_hours():
     tie = sums(0.10, 0.10, 8_000, 2_000)
-    assert holdout_step(**tie, decisions=1000, hours=1, policy=POLICY).action == \
-        HoldoutAction.CONTINUE_HOLDOUT
-    assert holdout_step(**tie, decisions=40_000, hours=1, policy=POLICY).action == \
-        HoldoutAction.END_HOLDOUT
-    assert holdout_step(**tie, decisions=10, hours=72, policy=POLICY).action == \
-        HoldoutAction.END_HOLDOUT
+    assert (
+        holdout_step(**tie, decisions=1000, hours=1, policy=POLICY).action == HoldoutAction.CONTINUE_HOLDOUT
+    )
+    assert holdout_step(**tie, decisions=40_000, hours=1, policy=POLICY).action == HoldoutAction.END_HOLDOUT
+    assert holdout_step(**tie, decisions=10, hours=72, policy=POLICY).action == HoldoutAction.END_HOLDOUT
 
 
 def test_defaults_and_weights():
@@ -68,8 +68,7 @@ def test_a_recent_fade_rolls_back_though_the_long_window_hides_it():
 
 def test_short_windows_below_min_samples_are_ignored():
     few = (400, 0.0, 0.0)  # a zero rate on 400 outcomes
-    v = holdout_step(**sums(0.11, 0.10, 20_000, 8_000), decisions=1, hours=0, policy=POLICY,
-                     recent=(few,))
+    v = holdout_step(**sums(0.11, 0.10, 20_000, 8_000), decisions=1, hours=0, policy=POLICY, recent=(few,))
     assert v.action == HoldoutAction.CONTINUE_HOLDOUT
 
 
