@@ -71,6 +71,13 @@ RENDER_TIME_BUDGET = 0.5
 RENDER_WORK_BUDGET = 1_000_000
 """Steps (loop iterations, calls, filters, operators) one render may take."""
 
+INLINE_TIME_BUDGET = 0.005
+"""Wall-clock seconds a render may take on an event loop's thread before it is handed to a worker
+thread: ordinary prompts render in about 0.1 ms, so only heavy templates (and bombs) move."""
+
+INLINE_WORK_BUDGET = 20_000
+"""Steps a render may take on an event loop's thread before it is handed to a worker thread."""
+
 MAX_NESTING = 24
 """Deepest nesting of blocks, brackets and unary operators a template may have."""
 
@@ -128,16 +135,23 @@ def _too_big(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_OUTPUT_CHARS
 
 
+class RenderTooSlow(RenderError):
+    """A render ran out of a short inline budget (`Renderer.render(..., inline=True)`): the
+    caller may render it again, off its event loop, with the full budget."""
+
+
 class _Budget:
     """What one render may still spend: a deadline, work units and characters produced."""
 
-    __slots__ = ("seconds", "deadline", "work", "chars")
+    __slots__ = ("seconds", "deadline", "work", "chars", "max_work", "inline")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, max_work: int = RENDER_WORK_BUDGET, *, inline: bool = False) -> None:
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
         self.work = 0
         self.chars = 0
+        self.max_work = max_work
+        self.inline = inline
 
 
 _BUDGET: ContextVar[_Budget | None] = ContextVar("promptops_render_budget", default=None)
@@ -149,11 +163,15 @@ def _tick(work: int = 1, chars: int = 0) -> None:
         return
     budget.work += work
     budget.chars += chars
-    if budget.work > RENDER_WORK_BUDGET:
+    if budget.work > budget.max_work:
+        if budget.inline:
+            raise RenderTooSlow("the template needs more than the inline budget")
         raise RenderError(f"the template does more than {RENDER_WORK_BUDGET} steps")
     if budget.chars > MAX_PRODUCED_CHARS:
         raise RenderError(f"the template produces more than {MAX_PRODUCED_CHARS} characters")
     if time.monotonic() > budget.deadline:
+        if budget.inline:
+            raise RenderTooSlow("the template needs more than the inline budget")
         raise RenderError(f"the template takes longer than {budget.seconds:g} s to render")
 
 
@@ -968,6 +986,8 @@ class Renderer:
                     raise RenderError(f"the rendered prompt exceeds {MAX_OUTPUT_CHARS} characters")
                 parts.append(chunk)
             return "".join(parts)
+        except RenderTooSlow:
+            raise
         except RenderError as exc:
             raise RenderError(f"{where}: {exc.message}") from None
         except SecurityError as exc:
@@ -986,10 +1006,19 @@ class Renderer:
         prompt: str,
         version: int,
         variant: str,
+        inline: bool = False,
     ) -> Rendered:
-        """Check the variables and render every message (or the text template) of the content."""
+        """Check the variables and render every message (or the text template) of the content.
+        `inline=True` (an event loop's thread) allows only INLINE_TIME_BUDGET and
+        INLINE_WORK_BUDGET and raises RenderTooSlow past them, so the caller can render again in
+        a worker thread with the full budget; a loop-free prompt renders inline in microseconds."""
         context = check_variables(content, variables)
-        token = _BUDGET.set(_Budget(self._time_budget))
+        budget = (
+            _Budget(min(INLINE_TIME_BUDGET, self._time_budget), INLINE_WORK_BUDGET, inline=True)
+            if inline
+            else _Budget(self._time_budget)
+        )
+        token = _BUDGET.set(budget)
         try:
             return self._render_all(content, context, prompt=prompt, version=version, variant=variant)
         finally:

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from promptops.domain import ExperimentStatus
+from promptops.rendering import RenderTooSlow
 from promptops.server import handlers
 from promptops.server.auth import AdminKey, Principal, ReadKey, bearer_principal
 from promptops.server.runtime import Runtime
@@ -86,7 +87,10 @@ async def render(name: str, body: RenderCreate, request: Request, _: ServeKey) -
     if body.version is None and body.label is None:
         # As a serve: a template that can loop renders off the event loop.
         if serving.may_loop(name):
-            out = await run_in_threadpool(serving.render_production, name, body.variables)
+            try:
+                out = serving.render_production(name, body.variables, inline=True)
+            except RenderTooSlow:
+                out = await run_in_threadpool(serving.render_production, name, body.variables)
         else:
             out = serving.render_production(name, body.variables)
         if out is not None:

@@ -10,6 +10,7 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 
 from promptops.server.schemas import FeedbackCreate, ServeCreate
+from promptops.services.serving import RenderDeferred
 
 if TYPE_CHECKING:
     from promptops.server.runtime import Runtime
@@ -18,11 +19,15 @@ RECORDED = b'{"status":"recorded"}'
 
 
 async def serve(rt: Runtime, name: str, body: ServeCreate) -> bytes:
-    """Serve a prompt and count the decision; the JSON answer. A prompt whose template can loop
-    renders in a worker thread, so a slow render does not stall the event loop."""
+    """Serve a prompt and count the decision; the JSON answer. A template that can loop renders
+    inline within a short budget (milliseconds); one that needs more is finished in a worker
+    thread, so a slow render never stalls the event loop and ordinary ones pay no thread hop."""
     serving = rt.ops.serving
     if serving.may_loop(name):
-        out = await run_in_threadpool(serving.serve, name, body.variables, unit_id=body.unit_id)
+        try:
+            out = serving.serve(name, body.variables, unit_id=body.unit_id, inline=True)
+        except RenderDeferred as slow:
+            out = await run_in_threadpool(serving.serve_deferred, slow)
     else:
         out = serving.serve(name, body.variables, unit_id=body.unit_id)
     metrics = rt.metrics

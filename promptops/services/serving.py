@@ -48,6 +48,7 @@ from promptops.domain import (
     text_problem,
 )
 from promptops.errors import DecisionNotFound, InvalidInput, PromptNotFound, UnknownMetric
+from promptops.rendering import RenderTooSlow
 from promptops.services.context import Context
 from promptops.services.decisions import DecisionToken, TokenCodec
 
@@ -138,6 +139,30 @@ def experiment_metrics(row: ExperimentRow) -> tuple[str, ...]:
         *BUILTIN_METRICS,
     ]
     return tuple(dict.fromkeys(str(n) for n in names if n))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A picked version, before it is rendered."""
+
+    prompt: LivePrompt
+    exp: LiveExperiment | None
+    arm: int | None
+    version: LiveVersion
+    unit_id: str | None
+    variables: dict[str, Any]
+    new_unit: tuple[int, int] | None
+
+
+class RenderDeferred(Exception):
+    """The inline render of a decision ran out of its budget; `Serving.finish` completes it.
+
+    Not a PromptOpsError: it never reaches a caller of the server, only the code that moves the
+    render off the event loop."""
+
+    def __init__(self, choice: Choice) -> None:
+        super().__init__("render deferred")
+        self.choice = choice
 
 
 @dataclass(frozen=True)
@@ -510,9 +535,25 @@ class Serving:
         *,
         unit_id: str | None = None,
         pin: LiveVersion | None = None,
+        inline: bool = False,
     ) -> Decision:
         """Pick a version (an arm when an experiment runs, or `pin`) and render it; the decision
-        is not recorded yet (`record`)."""
+        is not recorded yet (`record`). With `inline=True` (on an event loop) a render that needs
+        more than the inline budget raises `RenderDeferred`, to be finished in a worker thread
+        with `finish(deferred)`: the arm it picked stays the same."""
+        choice = self._choose(name, variables, unit_id=unit_id, pin=pin)
+        try:
+            return self._render(choice, inline=inline)
+        except RenderTooSlow:
+            raise RenderDeferred(choice) from None
+
+    def finish(self, deferred: RenderDeferred) -> Decision:
+        """Render a deferred decision with the full budget (off the event loop)."""
+        return self._render(deferred.choice, inline=False)
+
+    def _choose(
+        self, name: str, variables: dict[str, Any], *, unit_id: str | None, pin: LiveVersion | None
+    ) -> Choice:
         self._fresh()
         p = self.live.prompt(name)
         if unit_id is not None and (not isinstance(unit_id, str) or len(unit_id) > 256):
@@ -535,18 +576,28 @@ class Serving:
             arm, version = None, p.production
         else:
             raise PromptNotFound(name)
+        return Choice(p, exp, arm, version, unit_id, variables, new_unit)
+
+    def _render(self, c: Choice, *, inline: bool) -> Decision:
         rendered = self.ctx.renderer.render(
-            version.content, variables, prompt=p.name, version=version.number, variant=version.variant
+            c.version.content,
+            c.variables,
+            prompt=c.prompt.name,
+            version=c.version.number,
+            variant=c.version.variant,
+            inline=inline,
         )
         token = DecisionToken(
-            prompt_id=p.id,
-            version_id=version.id,
-            experiment_id=exp.id if exp else None,
-            arm=arm,
-            epoch=exp.epoch if exp else None,
+            prompt_id=c.prompt.id,
+            version_id=c.version.id,
+            experiment_id=c.exp.id if c.exp else None,
+            arm=c.arm,
+            epoch=c.exp.epoch if c.exp else None,
             decided_at=self.ctx.now(),
         )
-        return Decision(self.codec.issue(token), token, version, rendered, unit_id, variables, new_unit)
+        return Decision(
+            self.codec.issue(token), token, c.version, rendered, c.unit_id, c.variables, c.new_unit
+        )
 
     def record(self, decision: Decision) -> None:
         """Record a decision (batched in the server)."""
@@ -564,9 +615,17 @@ class Serving:
         variables: dict[str, Any],
         *,
         unit_id: str | None = None,
+        inline: bool = False,
     ) -> dict[str, Any]:
-        """Pick a version (an arm when an experiment runs), render it, record the decision."""
-        decision = self.decide(name, variables, unit_id=unit_id)
+        """Pick a version (an arm when an experiment runs), render it, record the decision
+        (`inline`: see `decide`)."""
+        decision = self.decide(name, variables, unit_id=unit_id, inline=inline)
+        self.record(decision)
+        return decision.payload()
+
+    def serve_deferred(self, deferred: RenderDeferred) -> dict[str, Any]:
+        """Finish a serve whose inline render was deferred, and record it."""
+        decision = self.finish(deferred)
         self.record(decision)
         return decision.payload()
 
@@ -597,14 +656,17 @@ class Serving:
             self._units.clear()  # a miss only costs one read, so a crude bound is enough
         self._units[key] = first_epoch
 
-    def render_production(self, name: str, variables: dict[str, Any]) -> dict[str, Any] | None:
-        """Render the cached production version (no database), or None if there is none."""
+    def render_production(
+        self, name: str, variables: dict[str, Any], *, inline: bool = False
+    ) -> dict[str, Any] | None:
+        """Render the cached production version (no database), or None if there is none;
+        `inline=True` raises RenderTooSlow past the inline budget (render it again off the loop)."""
         self._fresh()
         v = self.live.prompt(name).production
         if v is None:
             return None
         return self.ctx.renderer.render(
-            v.content, variables, prompt=name, version=v.number, variant=v.variant
+            v.content, variables, prompt=name, version=v.number, variant=v.variant, inline=inline
         ).payload()
 
     def prepare_feedback(self, decision_id: Any, reward: Any, metric: str | None = None) -> FeedbackItem:

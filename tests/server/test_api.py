@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from promptops.rendering import RenderTooSlow
 from tests.samples import PLAIN, TRIAGE
 
 
@@ -300,7 +301,7 @@ template: "{% for i in items %}{{ i }} {% endfor %}"
 """
 
 
-def test_a_looping_template_renders_off_the_event_loop(ops, prompts_dir, app, monkeypatch):
+def test_a_slow_template_renders_off_the_event_loop(ops, prompts_dir, app, monkeypatch):
     import asyncio
     import threading
 
@@ -314,11 +315,13 @@ def test_a_looping_template_renders_off_the_event_loop(ops, prompts_dir, app, mo
     seen: dict[str, bool] = {}
     render = ops.ctx.renderer.render
 
-    def held_render(content, variables, *, prompt, **kw):  # type: ignore[no-untyped-def]
-        if prompt == "looping":  # held until the other serve has been answered
-            started.set()
-            seen["released"] = released.wait(10)
-        return render(content, variables, prompt=prompt, **kw)
+    def held_render(content, variables, *, prompt, inline=False, **kw):  # type: ignore[no-untyped-def]
+        if prompt == "looping":
+            if inline:  # a slow render runs out of the inline budget on the event loop ...
+                raise RenderTooSlow("the template needs more than the inline budget")
+            started.set()  # ... and is finished in a worker thread, held until the other serve
+            seen["released"] = released.wait(10)  # has been answered
+        return render(content, variables, prompt=prompt, inline=inline, **kw)
 
     monkeypatch.setattr(ops.ctx.renderer, "render", held_render)
 
@@ -338,3 +341,18 @@ def test_a_looping_template_renders_off_the_event_loop(ops, prompts_dir, app, mo
     assert other.status_code == 200 and slow.status_code == 200, (other.text, slow.text)
     assert slow.json()["text"] == "1 2 "
     assert seen["released"]  # the other serve was answered while the looping one rendered
+
+
+def test_a_quick_looping_template_renders_inline_and_the_same_arm_finishes_a_slow_one(ops, prompts_dir):
+    from promptops.rendering import INLINE_WORK_BUDGET
+    from promptops.services.serving import RenderDeferred
+
+    (prompts_dir / "looping.yaml").write_text(LOOPING)
+    ops.sync()
+    out = ops.serving.serve("looping", {"items": [1, 2]}, inline=True)
+    assert out["text"] == "1 2 "
+    with pytest.raises(RenderDeferred) as slow:
+        ops.serving.serve("looping", {"items": list(range(INLINE_WORK_BUDGET))}, inline=True)
+    finished = ops.serving.serve_deferred(slow.value)
+    assert finished["version"] == slow.value.choice.version.number
+    assert finished["text"].startswith("0 1 2 ")
