@@ -23,7 +23,9 @@ def run(
 ) -> list[tuple[str, int]]:
     """Serve n decisions at 1000/h with rewards from rate(version, status); tick every 100."""
     rng = random.Random(seed)
-    random.seed(seed + 1)
+    ops.ctx.rng.seed(seed + 1)  # arm draws without a unit id: make the run reproducible
+    for replica in replicas:
+        replica.ctx.rng.seed(seed + 2)
     served = []
     status = ops.experiments.get(1).status
     for i in range(n):

@@ -18,7 +18,7 @@ POLICY = (
 def drive(ops, clock, n: int, rates: dict[int, float], delays: dict[int, float], *, seed: int = 11) -> None:
     """Serve n decisions at 1000/h; feedback comes delays[version] hours after its decision."""
     rng = random.Random(seed)
-    random.seed(seed + 1)
+    ops.ctx.rng.seed(seed + 1)  # arm draws without a unit id: make the run reproducible
     due: list[tuple[float, int, str]] = []
     for i in range(n):
         d = ops.serve("triage", {"message": "x"})
