@@ -11,6 +11,7 @@ read-to-close bodies, TLS. It raises httpx's own exceptions, so callers handle i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 
@@ -37,6 +38,13 @@ class _Connection:
 
     def close(self) -> None:
         self.writer.close()
+
+    async def aclose(self) -> None:
+        """Close and wait until the socket is closed: an event loop that ends right after must
+        not leave the peer waiting on a socket whose close was only scheduled."""
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
 
 
 class Http11Transport(httpx.AsyncBaseTransport):
@@ -171,7 +179,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         idle, self._idle = self._idle, {}
         for conns in idle.values():
             for conn in conns:
-                conn.close()
+                await conn.aclose()
 
 
 def _parse_head(head: bytes) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
@@ -314,4 +322,4 @@ class _Body(httpx.AsyncByteStream):
         if self._complete and self._keep_alive:
             self._transport._release(self._origin, conn)
         else:
-            conn.close()
+            await conn.aclose()
