@@ -37,7 +37,7 @@ from .assertions import Assertion, Case
 from .assertionschema import parse_assertion, template_fields
 from .domain import PromptDefinition, VariableSpec, content_hash
 from .errors import FileProblem, InvalidEvalFile, InvalidPromptFile
-from .promptfiles import NAME_PATTERN, discover, load_prompt_file, load_prompt_files
+from .promptfiles import NAME_PATTERN, discover, load_named, load_prompt_file, load_prompt_files
 from .rendering import value_problem
 from .stats.evals import GateRule
 from .yamlnodes import BAD, Entries, NodeReader, line_of, plain_problem, present
@@ -405,22 +405,10 @@ def load_eval_files(paths: Sequence[str | Path]) -> list[EvalDefinition]:
         files = discover(paths, suffixes=(".yaml", ".yml"))
     except InvalidPromptFile as exc:
         raise InvalidEvalFile(exc.problems) from None
-    by_name: dict[str, EvalDefinition] = {}
-    for file in files:
-        try:
-            definition = load_eval_file(file)
-        except InvalidEvalFile as exc:
-            problems.extend(exc.problems)
-            continue
-        first = by_name.get(definition.name)
-        if first is not None:
-            message = f"duplicate eval name {definition.name!r}: already defined in {first.path}:{first.line}"
-            problems.append(FileProblem(definition.path, definition.line, message))
-            continue
-        by_name[definition.name] = definition
+    found = load_named(files, load_eval_file, kind="eval", problems=problems)
     if problems:
         raise InvalidEvalFile(problems)
-    return sorted(by_name.values(), key=lambda d: d.name)
+    return found
 
 
 def variable_problems(definition: EvalDefinition, variables: Sequence[VariableSpec]) -> list[FileProblem]:

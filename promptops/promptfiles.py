@@ -15,8 +15,9 @@ is merged over the main `model` key by key; a key set to null in the variant rem
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .domain import PromptDefinition
 from .errors import FileProblem, InvalidPromptFile
@@ -87,22 +88,32 @@ def discover(paths: Sequence[str | Path], *, suffixes: tuple[str, ...] = SUFFIXE
 def load_prompt_files(paths: Sequence[str | Path]) -> list[PromptDefinition]:
     """Every prompt under the paths, sorted by name; one InvalidPromptFile lists all problems."""
     files, problems = _discover(paths)
-    by_name: dict[str, PromptDefinition] = {}
+    found = load_named(files, load_prompt_file, kind="prompt", problems=problems)
+    if problems:
+        raise InvalidPromptFile(problems)
+    return found
+
+
+def load_named(
+    files: Sequence[Path], load: Callable[[Path], Any], *, kind: str, problems: list[FileProblem]
+) -> list[Any]:
+    """Load each file (`load` raises InvalidPromptFile or a subclass) into definitions with a
+    `name`, `path` and `line`, sorted by name; every problem, a duplicate name included, is
+    appended to `problems`. Prompt and eval files share this rule."""
+    by_name: dict[str, Any] = {}
     for file in files:
         try:
-            definition = load_prompt_file(file)
+            definition = load(file)
         except InvalidPromptFile as exc:
             problems.extend(exc.problems)
             continue
         first = by_name.get(definition.name)
         if first is not None:
             where = f"{first.path}:{first.line}"
-            message = f"duplicate prompt name {definition.name!r}: already defined in {where}"
+            message = f"duplicate {kind} name {definition.name!r}: already defined in {where}"
             problems.append(FileProblem(definition.path, definition.line, message))
             continue
         by_name[definition.name] = definition
-    if problems:
-        raise InvalidPromptFile(problems)
     return sorted(by_name.values(), key=lambda d: d.name)
 
 
