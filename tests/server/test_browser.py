@@ -114,11 +114,22 @@ def server(tmp_path: Path, clock) -> Iterator[tuple[Served, Any, dict[str, str]]
         ops.close()
 
 
+def stored(writer: Any, count: int) -> None:
+    """Wait until the server's batched writer has stored `count` decisions (a moment after they
+    are served; later on a loaded machine), so each epoch update sees the same traffic."""
+    deadline = time.monotonic() + 60
+    while writer.written < count:
+        assert time.monotonic() < deadline, "decisions were not written"
+        time.sleep(0.01)
+
+
 def drive_traffic(served: Served, ops: Any, clock: Any, key: str, n: int) -> None:
     """Real traffic through the HTTP API: serve, then feedback at each version's own rate."""
     rates = {1: 0.08, 2: 0.16}
     rng = random.Random(3)
     headers = {"Authorization": f"Bearer {key}"}
+    writer = served.app.state.runtime.writer
+    start = writer.written
     with httpx.Client(base_url=served.url, headers=headers, timeout=10) as http:
         for i in range(n):
             r = http.post(
@@ -131,12 +142,8 @@ def drive_traffic(served: Served, ops: Any, clock: Any, key: str, n: int) -> Non
                 assert fb.json() == {"status": "recorded"}, fb.text
             clock.advance(3.6)
             if i % 100 == 99:
+                stored(writer, start + i + 1)
                 ops.tick()
-    writer = served.app.state.runtime.writer
-    deadline = time.monotonic() + 20
-    while writer.written < n:  # the batched writer stores the last decisions a moment later
-        assert time.monotonic() < deadline, "decisions were not written"
-        time.sleep(0.02)
     clock.advance(hours=1, seconds=1)
     ops.tick()
 

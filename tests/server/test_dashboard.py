@@ -47,15 +47,27 @@ experiment:
 HTML = {"accept": "text/html"}
 
 
+def stored(writer, count: int) -> None:
+    """Wait until the app's batched writer has stored `count` decisions (it stores them a moment
+    after they are served, later still on a loaded machine)."""
+    deadline = time.monotonic() + 60
+    while writer.written < count:
+        assert time.monotonic() < deadline, "decisions were not written"
+        time.sleep(0.01)
+
+
 def traffic(ops, clock, n: int, rates: dict[int, float], *, seed: int = 1) -> None:
-    """Serve n decisions at 1,000 an hour, each rewarded with its version's rate."""
+    """Serve n decisions at 1,000 an hour, each rewarded with its version's rate; every 100
+    decisions, once they are stored, run the epoch update."""
     rng = random.Random(seed)
+    start = ops.writer.written
     for i in range(n):
         d = ops.serve("triage", {"message": "where is my parcel"})
         if rng.random() < rates[d["version"]]:
             ops.feedback(d["decision_id"], 1)
         clock.advance(3.6)
         if i % 100 == 99:
+            stored(ops.writer, start + i + 1)
             ops.tick()
 
 
@@ -70,12 +82,8 @@ def synced(ops, prompts_dir, client):
 @pytest.fixture
 def busy(ops, clock, synced, client):
     """An experiment with a few epochs of traffic and feedback, still running."""
+    assert ops.writer is client.app.state.runtime.writer
     traffic(ops, clock, 1500, {1: 0.10, 2: 0.14})
-    writer = client.app.state.runtime.writer
-    deadline = time.monotonic() + 20
-    while writer.written < 1500:  # the app's batched writer stores decisions a moment later
-        assert time.monotonic() < deadline, "decisions were not written"
-        time.sleep(0.01)
     clock.advance(hours=1, seconds=1)
     ops.tick()
     client.app.state.runtime.refresh()

@@ -24,19 +24,19 @@ messages:
 """
 
 
-def test_stream_cache_and_replay(tmp_path: Path, settings, ops, clock):  # type: ignore[no-untyped-def]
+def test_stream_cache_and_replay(tmp_path: Path, settings, clock):  # type: ignore[no-untyped-def]
     from promptops.server.app import create_app
 
     (tmp_path / "prompts" / "hello.yaml").write_text(PROMPT)
-    ops.sync()
     config = tmp_path / "promptops.yaml"
     config.write_text(
         f'default_provider: local\nproviders:\n  local: {{base_url: "{URL}", timeout_seconds: 120}}\n'
     )
-    app = create_app(
-        dataclasses.replace(settings, config_path=config), ops=ops, clock=clock, background=False
-    )
+    # The app builds its own services (batched writer, refreshed by the server) over the config.
+    app = create_app(dataclasses.replace(settings, config_path=config), clock=clock, background=False)
     with TestClient(app) as http:
+        app.state.runtime.ops.sync()
+        app.state.runtime.refresh(force=True)
         sdk = openai.OpenAI(
             base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0
         )
