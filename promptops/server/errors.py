@@ -103,6 +103,18 @@ def _answer(request: Request, status: int, body: dict[str, Any]) -> Response:
     return json_error(status, body)
 
 
+def validation_problem(err: Any) -> str:
+    """One line for one pydantic error: where, then what (without pydantic's "Value error, "
+    prefix, and without a second location when the message names its own)."""
+    loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+    msg = str(err.get("msg", "invalid"))
+    if err.get("type") == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    if not loc and msg.startswith("body."):
+        return msg
+    return f"{loc or 'body'}: {msg}"
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers."""
 
@@ -112,10 +124,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        problems = []
-        for err in exc.errors()[:20]:
-            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-            problems.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+        problems = [validation_problem(err) for err in exc.errors()[:20]]
         return _answer(
             request,
             422,

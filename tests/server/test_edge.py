@@ -124,6 +124,9 @@ def test_serve_refuses_bad_text_before_recording(synced, ops, bad, body):
     raw = json.dumps(body(bad)).encode()  # \u escapes, as a client would send them
     r = synced.post("/v1/prompts/plain/serve", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and code_of(r) == "invalid_input", r.text
+    message = r.json()["error"]["message"]  # one plain line naming the field, no pydantic prefix
+    assert "Value error" not in message and not message.startswith("body: body."), message
+    assert "NUL character or a lone surrogate" in message, message
     synced.app.state.runtime.writer.flush()
     assert ops.serving.live.prompt("plain")  # still serving
     exp = synced.get("/v1/experiments").json()["experiments"][0]
