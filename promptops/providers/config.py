@@ -119,8 +119,10 @@ def default_config(env: Mapping[str, str] | None = None) -> ProvidersConfig:
     """The configuration without a file: one provider `openai` from OPENAI_BASE_URL/OPENAI_API_KEY."""
     env = os.environ if env is None else env
     base_url = (env.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL).rstrip("/")
-    # A local server needs no key: the variable is only required when it is there to be used.
-    key_env = "OPENAI_API_KEY" if env.get("OPENAI_API_KEY") else None
+    # The OpenAI API always needs a key, so a missing one is a clear "not configured" before any
+    # call; another server (a local one) may need none: its key is sent only when set.
+    needs_key = base_url == DEFAULT_OPENAI_BASE_URL or bool(env.get("OPENAI_API_KEY"))
+    key_env = "OPENAI_API_KEY" if needs_key else None
     openai = ProviderConfig(name="openai", base_url=base_url, api_key_env=key_env)
     return ProvidersConfig(default_provider="openai", providers=MappingProxyType({"openai": openai}))
 

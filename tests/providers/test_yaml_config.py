@@ -130,8 +130,15 @@ def test_without_a_file_openai_comes_from_the_environment(tmp_path):
     assert (openai.base_url, openai.api_key_env) == ("http://127.0.0.1:9/v1", "OPENAI_API_KEY")
     assert openai.api_key(env) == "sk-secret-value-1234"
     assert "sk-secret" not in repr(config)
+    # The OpenAI API without a key is not configured (a clear 503 before any call) ...
     plain = load_providers_config(tmp_path / "promptops.yaml", env={}).provider()
-    assert (plain.base_url, plain.api_key_env) == ("https://api.openai.com/v1", None)
+    assert (plain.base_url, plain.api_key_env) == ("https://api.openai.com/v1", "OPENAI_API_KEY")
+    with pytest.raises(ProviderNotConfigured, match="OPENAI_API_KEY is not set"):
+        plain.api_key({})
+    # ... while a local server needs none.
+    local_env = {"OPENAI_BASE_URL": "http://127.0.0.1:8080/v1"}
+    local = load_providers_config(tmp_path / "promptops.yaml", env=local_env).provider()
+    assert (local.api_key_env, local.api_key(local_env)) == (None, None)
 
 
 def test_an_empty_file_is_the_default(tmp_path):
