@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from tests import fakeupstream, test_cli
-from tests.services.test_gateway import ARMS, PROMPT, config
+from tests.samples import ASK, DUEL
+from tests.services.test_gateway import config
 
 # Fixtures shared with other test modules.
 fake_upstream = fakeupstream.fake_upstream
@@ -14,7 +15,7 @@ cli = test_cli.cli
 
 
 def test_warm_stats_clear(cli, tmp_path: Path, fake_upstream, monkeypatch):
-    (tmp_path / "prompts" / "ask.yaml").write_text(PROMPT)
+    (tmp_path / "prompts" / "ask.yaml").write_text(ASK)
     (tmp_path / "promptops.yaml").write_text(config(fake_upstream))
     monkeypatch.setenv("PROMPTOPS_CONFIG", str(tmp_path / "promptops.yaml"))
     assert cli("sync").code == 0
@@ -33,7 +34,7 @@ def test_warm_stats_clear(cli, tmp_path: Path, fake_upstream, monkeypatch):
 
 
 def test_status_shows_gateway_usage(cli, tmp_path: Path, fake_upstream, monkeypatch):
-    (tmp_path / "prompts" / "duel.yaml").write_text(ARMS)
+    (tmp_path / "prompts" / "duel.yaml").write_text(DUEL)
     (tmp_path / "promptops.yaml").write_text(config(fake_upstream))
     monkeypatch.setenv("PROMPTOPS_CONFIG", str(tmp_path / "promptops.yaml"))
     assert cli("sync").code == 0

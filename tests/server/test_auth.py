@@ -6,18 +6,7 @@ import pytest
 
 from promptops.config import Settings
 from promptops.errors import ConfigError
-
-PROMPT = """\
-name: triage
-variables:
-  message: {type: string, required: true}
-messages:
-  - {role: user, content: "Text: {{ message }}"}
-variants:
-  terse:
-    messages:
-      - {role: user, content: "Category: {{ message }}"}
-"""
+from tests.samples import TRIAGE_NO_EXPERIMENT
 
 # (method, path, body, role needed); bodies are valid so the admin/serve answers are not 401/403
 ROUTES = [
@@ -40,7 +29,7 @@ ROUTES = [
 
 @pytest.fixture
 def keyed(ops, prompts_dir, client):
-    (prompts_dir / "triage.yaml").write_text(PROMPT)
+    (prompts_dir / "triage.yaml").write_text(TRIAGE_NO_EXPERIMENT)
     ops.sync()
     keys = {"serve": ops.keys.create("serve"), "admin": ops.keys.create("admin")}
     client.app.state.runtime.refresh(force=True)
@@ -77,7 +66,7 @@ def test_public_routes_need_no_key(keyed):
 
 
 def test_no_keys_on_loopback_means_auth_off(ops, prompts_dir, client):
-    (prompts_dir / "triage.yaml").write_text(PROMPT)
+    (prompts_dir / "triage.yaml").write_text(TRIAGE_NO_EXPERIMENT)
     ops.sync()
     client.app.state.runtime.refresh(force=True)
     assert client.app.state.runtime.auth_off

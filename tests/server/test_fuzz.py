@@ -17,33 +17,7 @@ from schemathesis.schemas import BaseSchema
 from promptops.config import Settings
 from promptops.server.app import create_app
 from promptops.server.runtime import server_ops
-
-TRIAGE = """\
-name: triage
-model: {name: gpt-4o-mini}
-variables:
-  message: {type: string, required: true, max_length: 100}
-  channel: {type: string, enum: [email, chat], default: email}
-messages:
-  - {role: system, content: "Answer with one category."}
-  - {role: user, content: "{{ channel }}: {{ message }}"}
-variants:
-  terse:
-    messages:
-      - {role: user, content: "Category of: {{ message }}"}
-experiment:
-  metric: resolved
-  arms: [main, terse]
-  policy: {min_hours: 0, min_samples_per_arm: 100, update_every: 100, min_update_minutes: 0}
-"""
-
-PLAIN = """\
-name: plain
-variables:
-  topic: {type: string, required: true}
-  n: {type: integer, default: 3}
-template: "Write {{ n }} lines about {{ topic }}."
-"""
+from tests.samples import PLAIN, TRIAGE
 
 
 @pytest.fixture(scope="module")

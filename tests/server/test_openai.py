@@ -21,7 +21,8 @@ from promptops.db.models import CallRow
 from promptops.server.runtime import server_ops
 from tests import fakeupstream
 from tests.fakeupstream import Reply
-from tests.services.test_gateway import ARMS, PROMPT, WARM, config
+from tests.samples import ASK, CHAT, DUEL
+from tests.services.test_gateway import config
 
 # Fixtures shared with other test modules.
 fake_upstream = fakeupstream.fake_upstream
@@ -38,7 +39,7 @@ def ops(settings, clock):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def gateway_settings(tmp_path: Path, settings, ops, fake_upstream):  # type: ignore[no-untyped-def]
     """Settings with a promptops.yaml over the fake upstream, and the test prompts synced."""
-    for name, text in (("ask", PROMPT), ("chat", WARM), ("duel", ARMS)):
+    for name, text in (("ask", ASK), ("chat", CHAT), ("duel", DUEL)):
         (tmp_path / "prompts" / f"{name}.yaml").write_text(text)
     ops.sync()
     path = tmp_path / "promptops.yaml"

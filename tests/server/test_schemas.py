@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from promptops.server import schemas
 from promptops.services import views
+from tests.samples import triage
 
 PAIRS = [
     (views.ArmView, schemas.ArmPublic),
@@ -23,21 +24,10 @@ PAIRS = [
     (views.LabelMove, schemas.LabelMovePublic),
 ]
 
-PROMPT = """\
-name: triage
-variables:
-  message: {type: string, required: true}
-messages:
-  - {role: user, content: "Text: {{ message }}"}
-variants:
-  terse:
-    messages:
-      - {role: user, content: "Category of: {{ message }}"}
-experiment:
-  arms: [main, terse]
-  policy: {min_hours: 0, min_samples_per_arm: 10, update_every: 10, min_update_minutes: 0,
-           attribution_window_hours: 1}
-"""
+PROMPT = triage(
+    "{min_hours: 0, min_samples_per_arm: 10, update_every: 10, min_update_minutes: 0, "
+    "attribution_window_hours: 1}"
+)
 
 
 @pytest.mark.parametrize(("view", "model"), PAIRS, ids=lambda x: x.__name__)

@@ -15,7 +15,8 @@ from promptops.services.cache import CacheEntry, CachePolicy, ResponseCache, cac
 from promptops.services.gateway import CompletionRequest, Gateway
 from tests import fakeupstream
 from tests.fakeupstream import Reply
-from tests.services.test_gateway import PROMPT, WARM, config
+from tests.samples import ASK, CHAT
+from tests.services.test_gateway import config
 
 # Fixtures shared with other test modules.
 fake_upstream = fakeupstream.fake_upstream
@@ -50,7 +51,7 @@ def _redis_up() -> bool:
 @pytest.fixture
 def make(tmp_path, settings, ops, fake_upstream):  # type: ignore[no-untyped-def]
     """Build a gateway over the fake upstream, with the database or the Redis tier."""
-    for name, text in (("ask", PROMPT), ("chat", WARM), ("cached", CACHED)):
+    for name, text in (("ask", ASK), ("chat", CHAT), ("cached", CACHED)):
         (tmp_path / "prompts" / f"{name}.yaml").write_text(text)
     ops.sync()
     prefixes = []

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from promptops.db.models import DecisionRow, FeedbackRow
 from promptops.errors import DecisionNotFound, InvalidInput
 from promptops.services.decisions import DecisionToken, TokenCodec
+from tests.samples import triage
 
 CODEC = TokenCodec(b"test-secret")
 TOKEN = DecisionToken(prompt_id=3, version_id=7, experiment_id=2, arm=1, epoch=4, decided_at=1_800_000_000.25)
@@ -103,25 +104,8 @@ def test_no_edit_of_an_id_verifies(pos, kind, char):
     assert edited == D or CODEC.verify(edited) is None
 
 
-PROMPT = """\
-name: triage
-variables:
-  message: {type: string, required: true}
-messages:
-  - {role: user, content: "Text: {{ message }}"}
-variants:
-  terse:
-    messages:
-      - {role: user, content: "Category of: {{ message }}"}
-experiment:
-  metric: resolved
-  reward: binary
-  arms: [main, terse]
-"""
-
-
 def test_feedback_under_any_spelling_counts_once(ops, prompts_dir: Path):
-    (prompts_dir / "triage.yaml").write_text(PROMPT, encoding="utf-8")
+    (prompts_dir / "triage.yaml").write_text(triage(None), encoding="utf-8")
     ops.sync()
     d = ops.serve("triage", {"message": "x"})
     did = d["decision_id"]

@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, select
 
 from promptops.db.models import DecisionRow, FeedbackRow
 from promptops.errors import DecisionNotFound, ExperimentStateError, InvalidInput
+from tests.samples import triage
 
 FAST = (
     "{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
@@ -19,31 +20,8 @@ FAST = (
 )
 
 
-def prompt_text(
-    policy: str = FAST, arms: str = "[main, terse]", status: str = "running", extra_variant: str = ""
-) -> str:
-    return f"""\
-name: triage
-variables:
-  message: {{type: string, required: true}}
-messages:
-  - {{role: system, content: "Answer with one category."}}
-  - {{role: user, content: "Text: {{{{ message }}}}"}}
-variants:
-  terse:
-    messages:
-      - {{role: user, content: "Category of: {{{{ message }}}}"}}
-{extra_variant}experiment:
-  metric: resolved
-  reward: binary
-  status: {status}
-  arms: {arms}
-  policy: {policy}
-"""
-
-
 def setup(ops, prompts_dir: Path, text: str | None = None) -> dict:
-    (prompts_dir / "triage.yaml").write_text(text or prompt_text(), encoding="utf-8")
+    (prompts_dir / "triage.yaml").write_text(text or triage(FAST), encoding="utf-8")
     ops.sync()
     return ops.experiments.list_experiments(prompt="triage")[0]
 
@@ -76,7 +54,7 @@ def test_declared_experiment_starts_on_sync_and_is_not_restarted(ops, prompts_di
 
 def test_changing_the_declaration_stops_and_starts_a_new_one(ops, prompts_dir):
     first = setup(ops, prompts_dir)
-    (prompts_dir / "triage.yaml").write_text(prompt_text(FAST.replace("200,", "300,", 1)))
+    (prompts_dir / "triage.yaml").write_text(triage(FAST.replace("200,", "300,", 1)))
     changes = ops.sync().changes
     assert f"triage: experiment {first.id} stopped (declaration changed)" in changes, changes
     exps = {e.id: e.status for e in ops.experiments.list_experiments()}
@@ -91,10 +69,10 @@ def test_an_ended_declaration_is_not_started_again(ops, prompts_dir):
 
 
 def test_draft_declaration_waits(ops, prompts_dir):
-    exp = setup(ops, prompts_dir, prompt_text(status="draft"))
+    exp = setup(ops, prompts_dir, triage(FAST, status="draft"))
     assert exp.status == "draft"
     assert ops.serve("triage", {"message": "x"})["experiment_id"] is None
-    (prompts_dir / "triage.yaml").write_text(prompt_text(status="running"))
+    (prompts_dir / "triage.yaml").write_text(triage(FAST, status="running"))
     assert f"triage: experiment {exp.id} started" in ops.sync().changes
 
 
@@ -150,7 +128,7 @@ def _truth(ops, exp_id: int, window: float) -> dict[tuple[int, int], tuple[int, 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_replayed_feedback_equals_the_deduplicated_truth(ops, prompts_dir, clock, seed):
-    exp = setup(ops, prompts_dir, prompt_text(FAST.replace("max_decisions: 20000", "max_decisions: 100000")))
+    exp = setup(ops, prompts_dir, triage(FAST.replace("max_decisions: 20000", "max_decisions: 100000")))
     rng = random.Random(seed)
     decisions = []
     for _ in range(600):
@@ -219,7 +197,7 @@ def test_clear_winner_is_promoted_with_evidence(ops, prompts_dir, clock):
 
 def test_equal_arms_reach_the_limit_inconclusive(ops, prompts_dir, clock):
     policy = FAST.replace("max_decisions: 20000", "max_decisions: 3000")
-    exp = setup(ops, prompts_dir, prompt_text(policy))
+    exp = setup(ops, prompts_dir, triage(policy))
     traffic(ops, clock, 3600, {1: 0.10, 2: 0.10})
     clock.advance(hours=2)
     ops.tick()
@@ -278,7 +256,7 @@ def test_many_threads_of_feedback_lose_nothing_and_count_nothing_twice(ops, prom
 
 def test_a_lost_decision_log_raises_the_mismatch_alarm_and_freezes_promotion(ops, prompts_dir, clock):
     policy = FAST.replace("max_decisions: 20000", "max_decisions: 100000")
-    exp = setup(ops, prompts_dir, prompt_text(policy))
+    exp = setup(ops, prompts_dir, triage(policy))
     rng = random.Random(5)
     ops.ctx.rng.seed(5 + 7919)
     for i in range(5000):
@@ -305,10 +283,10 @@ def test_a_lost_decision_log_raises_the_mismatch_alarm_and_freezes_promotion(ops
 
 def test_going_back_to_an_ended_declaration_stops_the_newer_one(ops, prompts_dir):
     first = setup(ops, prompts_dir)
-    (prompts_dir / "triage.yaml").write_text(prompt_text(FAST.replace("200,", "300,", 1)))
+    (prompts_dir / "triage.yaml").write_text(triage(FAST.replace("200,", "300,", 1)))
     ops.sync()
     second = next(e for e in ops.experiments.list_experiments() if e.status == "running")
-    (prompts_dir / "triage.yaml").write_text(prompt_text())  # the first declaration again
+    (prompts_dir / "triage.yaml").write_text(triage(FAST))  # the first declaration again
     changes = ops.sync().changes
     assert f"triage: experiment {second.id} stopped (declaration changed)" in changes, changes
     statuses = {e.id: e.status for e in ops.experiments.list_experiments()}
@@ -317,7 +295,7 @@ def test_going_back_to_an_ended_declaration_stops_the_newer_one(ops, prompts_dir
 
 def test_removing_the_declaration_stops_its_experiment(ops, prompts_dir):
     exp = setup(ops, prompts_dir)
-    text = prompt_text()
+    text = triage(FAST)
     (prompts_dir / "triage.yaml").write_text(text[: text.index("experiment:")])
     changes = ops.sync().changes
     assert f"triage: experiment {exp.id} stopped (removed from the file)" in changes, changes
@@ -348,7 +326,7 @@ def _edit_main(text: str) -> str:
 def test_after_editing_main_the_first_arm_is_the_control_and_the_read_says_so(ops, prompts_dir):
     first = setup(ops, prompts_dir)
     assert first.production_at_start == 1 and first.control_is_production is True
-    (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text()))
+    (prompts_dir / "triage.yaml").write_text(_edit_main(triage(FAST)))
     changes = ops.sync().changes
     new = next(e for e in ops.experiments.list_experiments() if e.status == "running")
     line = f"triage: experiment {new.id} started over versions 3, 2"
@@ -366,7 +344,7 @@ def test_after_editing_main_the_first_arm_is_the_control_and_the_read_says_so(op
 )
 def test_production_moves_to_the_winner_even_when_it_is_the_control(ops, prompts_dir, clock, rates, winner):
     setup(ops, prompts_dir)
-    (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text()))
+    (prompts_dir / "triage.yaml").write_text(_edit_main(triage(FAST)))
     ops.sync()
     exp = next(e for e in ops.experiments.list_experiments() if e.status == "running")
     assert ops.registry.resolve("triage").number == 1
@@ -398,8 +376,8 @@ def test_a_winning_control_replaces_a_hand_move_made_during_the_experiment(ops, 
 
 def test_an_inconclusive_end_leaves_production_where_it_was(ops, prompts_dir, clock):
     policy = FAST.replace("max_decisions: 20000", "max_decisions: 3000")
-    setup(ops, prompts_dir, prompt_text(policy))
-    (prompts_dir / "triage.yaml").write_text(_edit_main(prompt_text(policy)))
+    setup(ops, prompts_dir, triage(policy))
+    (prompts_dir / "triage.yaml").write_text(_edit_main(triage(policy)))
     ops.sync()
     exp = next(e for e in ops.experiments.list_experiments() if e.status == "running")
     traffic(ops, clock, 3600, {3: 0.10, 2: 0.10})

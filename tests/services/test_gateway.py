@@ -17,44 +17,12 @@ from promptops.services.calls import arm_usage
 from promptops.services.gateway import CompletionRequest, Gateway, parse_model
 from tests import fakeupstream
 from tests.fakeupstream import FakeUpstream, Reply
+from tests.samples import ASK, CHAT, DUEL
 
 # Fixtures shared with other test modules.
 fake_upstream = fakeupstream.fake_upstream
 
 SECRET = "sk-test-4f1c9a77d2e0b5c3"
-
-PROMPT = """\
-name: ask
-model: {name: fake-model, temperature: 0}
-variables:
-  question: {type: string, required: true}
-messages:
-  - {role: system, content: "Answer briefly."}
-  - {role: user, content: "{{ question }}"}
-"""
-
-WARM = """\
-name: chat
-model: {name: fake-model, temperature: 0.7}
-variables:
-  question: {type: string, required: true}
-messages:
-  - {role: user, content: "{{ question }}"}
-"""
-
-ARMS = """\
-name: duel
-model: {name: fake-model}
-messages:
-  - {role: user, content: "one"}
-variants:
-  two:
-    messages:
-      - {role: user, content: "two"}
-experiment:
-  metric: resolved
-  arms: [main, two]
-"""
 
 ELSEWHERE = """\
 name: elsewhere
@@ -87,9 +55,9 @@ def make(tmp_path: Path, settings, ops, fake_upstream, monkeypatch):  # type: ig
     """Build a gateway over the fake upstream (options: store_io, timeout)."""
     monkeypatch.setenv("GW_TEST_KEY", SECRET)
     for name, text in (
-        ("ask", PROMPT),
-        ("chat", WARM),
-        ("duel", ARMS),
+        ("ask", ASK),
+        ("chat", CHAT),
+        ("duel", DUEL),
         ("elsewhere", ELSEWHERE),
         ("keyed", KEYED),
     ):

@@ -12,7 +12,8 @@ import pytest
 from promptops.domain import Guardrail
 from promptops.errors import InvalidInput, InvalidPromptFile, UnknownMetric
 from promptops.promptfiles import parse_prompt_text
-from tests.services.test_experiments import prompt_text, setup
+from tests.samples import triage
+from tests.services.test_experiments import setup
 
 POLICY = (
     "{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
@@ -27,7 +28,7 @@ DECLARED = """\
 
 
 def with_block(block: str, policy: str = POLICY) -> str:
-    return prompt_text(policy) + block
+    return triage(policy) + block
 
 
 def test_the_file_declares_metrics_and_guardrails():
@@ -95,7 +96,7 @@ def test_feedback_for_undeclared_metrics_is_refused(ops, prompts_dir: Path):
 
 
 def test_the_api_declares_metrics_and_guardrails(ops, prompts_dir: Path):
-    setup(ops, prompts_dir, prompt_text(POLICY, status="draft"))
+    setup(ops, prompts_dir, triage(POLICY, status="draft"))
     exp = ops.experiments.create(
         "triage",
         [1, 2],

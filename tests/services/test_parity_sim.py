@@ -15,7 +15,7 @@ from promptops.domain import parse_policy
 from promptops.services import epochs as epochs_service
 from promptops.services.serving import LiveExperiment
 from promptops.stats import simulator
-from tests.services.test_experiments import prompt_text
+from tests.samples import triage
 
 POLICY = {
     "min_hours": 0,
@@ -114,7 +114,7 @@ def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeyp
         LiveExperiment, "pick", lambda self, unit_id, rng, first_epoch=None: int(run.arm[current["i"]])
     )
     start = clock.t
-    (prompts_dir / "triage.yaml").write_text(prompt_text(_flow(POLICY)), encoding="utf-8")
+    (prompts_dir / "triage.yaml").write_text(triage(_flow(POLICY)), encoding="utf-8")
     ops.sync()
     for i in served:
         clock.t = start + i

@@ -7,22 +7,9 @@ from dataclasses import asdict
 from sqlalchemy import func, select
 
 from promptops.db.models import DecisionRow, FeedbackRow
+from tests.samples import triage
 
-PROMPT = """\
-name: triage
-variables:
-  message: {type: string, required: true}
-messages:
-  - {role: user, content: "Text: {{ message }}"}
-variants:
-  terse:
-    messages:
-      - {role: user, content: "Category: {{ message }}"}
-experiment:
-  metric: resolved
-  arms: [main, terse]
-  policy: {min_hours: 0, attribution_window_hours: 0.001, min_update_minutes: 0}
-"""
+PROMPT = triage("{min_hours: 0, attribution_window_hours: 0.001, min_update_minutes: 0}")
 
 
 def count(ops, table) -> int:

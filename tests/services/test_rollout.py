@@ -9,7 +9,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.services.test_experiments import prompt_text, setup
+from tests.samples import triage
+from tests.services.test_experiments import setup
 
 POLICY = (
     "{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
@@ -51,7 +52,7 @@ def test_promotion_enters_the_holdout_and_a_better_old_version_rolls_back(
 ):
     from promptops.services.facade import PromptOps
 
-    setup(ops, prompts_dir, prompt_text(POLICY % ""))
+    setup(ops, prompts_dir, triage(POLICY % ""))
     replica = PromptOps(settings, clock=clock)
     try:
         # the challenger wins at first, then turns worse once it is promoted
@@ -80,7 +81,7 @@ def test_promotion_enters_the_holdout_and_a_better_old_version_rolls_back(
 
 
 def test_the_holdout_ends_completed_when_the_winner_holds(ops, prompts_dir: Path, clock):
-    setup(ops, prompts_dir, prompt_text(POLICY % ", holdout_decisions: 1500"))
+    setup(ops, prompts_dir, triage(POLICY % ", holdout_decisions: 1500"))
     served = run(ops, clock, 9000, lambda v, st: 0.10 if v == 1 else 0.30)
     exp = ops.experiments.get(1)
     assert exp.status == "completed" and exp.winner == 2, exp.reason
@@ -92,7 +93,7 @@ def test_the_holdout_ends_completed_when_the_winner_holds(ops, prompts_dir: Path
 
 
 def test_no_holdout_when_turned_off(ops, prompts_dir: Path, clock):
-    setup(ops, prompts_dir, prompt_text(POLICY.replace("holdout_share: 0.4", "holdout_share: 0") % ""))
+    setup(ops, prompts_dir, triage(POLICY.replace("holdout_share: 0.4", "holdout_share: 0") % ""))
     served = run(ops, clock, 6000, lambda v, st: 0.10 if v == 1 else 0.30)
     assert ops.experiments.get(1).status == "completed"
     assert not any(st == "holdout" for st, _ in served)

@@ -7,7 +7,8 @@ import heapq
 import random
 from pathlib import Path
 
-from tests.services.test_experiments import prompt_text, setup
+from tests.samples import triage
+from tests.services.test_experiments import setup
 
 POLICY = (
     "{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
@@ -34,7 +35,7 @@ def drive(ops, clock, n: int, rates: dict[int, float], delays: dict[int, float],
 
 
 def test_late_feedback_on_one_arm_freezes_promotion_and_says_why(ops, prompts_dir: Path, clock):
-    setup(ops, prompts_dir, prompt_text(POLICY % ""))
+    setup(ops, prompts_dir, triage(POLICY % ""))
     drive(ops, clock, 8000, {1: 0.10, 2: 0.12}, {1: 0.0, 2: 2.0})
     exp = ops.experiments.get(1)
     assert exp.status == "running" and exp.winner is None, exp.reason
@@ -49,7 +50,7 @@ def test_late_feedback_on_one_arm_freezes_promotion_and_says_why(ops, prompts_di
 
 
 def test_tied_arms_end_equivalent(ops, prompts_dir: Path, clock):
-    setup(ops, prompts_dir, prompt_text(POLICY % ", equivalence_margin: 0.1, value_remaining_stop: 0"))
+    setup(ops, prompts_dir, triage(POLICY % ", equivalence_margin: 0.1, value_remaining_stop: 0"))
     drive(ops, clock, 12000, {1: 0.5, 2: 0.5}, {1: 0.0, 2: 0.0})
     exp = ops.experiments.get(1)
     assert exp.status == "inconclusive", exp.reason

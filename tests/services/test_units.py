@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from promptops.db.models import ArmEpochRow, EpochRow, ExperimentRow, UnitRow
 from promptops.db.queries import bump_change_seq
-from tests.services.test_experiments import prompt_text, setup
+from tests.samples import triage
+from tests.services.test_experiments import setup
 
 WINDOW = (
     "{min_hours: 0, min_samples_per_arm: 5000, update_every: 100000, min_update_minutes: 0, "
@@ -42,7 +43,7 @@ def arm_of(ops, unit: str) -> int:
 
 
 def test_a_unit_keeps_its_first_arm_across_epochs(ops, prompts_dir: Path):
-    exp = setup(ops, prompts_dir, prompt_text(WINDOW))
+    exp = setup(ops, prompts_dir, triage(WINDOW))
     units = [f"u{i}" for i in range(200)]
     first = {u: arm_of(ops, u) for u in units}
     assert set(first.values()) == {1, 2}
@@ -59,7 +60,7 @@ def test_a_unit_keeps_its_first_arm_across_epochs(ops, prompts_dir: Path):
 def test_replicas_agree_on_a_unit_first_seen_in_a_later_epoch(ops, prompts_dir: Path, settings, clock):
     from promptops.services.facade import PromptOps
 
-    exp = setup(ops, prompts_dir, prompt_text(WINDOW))
+    exp = setup(ops, prompts_dir, triage(WINDOW))
     move_to_epoch(ops, exp.id, [0.0, 1.0])
     assert arm_of(ops, "returning") == 2
     replica = PromptOps(settings, clock=clock)
@@ -76,7 +77,7 @@ def test_replicas_agree_on_a_unit_first_seen_in_a_later_epoch(ops, prompts_dir: 
 
 
 def test_a_unit_is_one_observation_in_its_first_epoch(ops, prompts_dir: Path, clock):
-    exp = setup(ops, prompts_dir, prompt_text(WINDOW.replace("update_every: 100000", "update_every: 1")))
+    exp = setup(ops, prompts_dir, triage(WINDOW.replace("update_every: 100000", "update_every: 1")))
     rewards = {"a": [1, 1, 0], "b": [0], "c": [1, 1], "d": [0, 0, 0, 1]}
     for unit, values in rewards.items():
         for r in values:
@@ -99,7 +100,7 @@ def test_a_unit_is_one_observation_in_its_first_epoch(ops, prompts_dir: Path, cl
 
 
 def test_values_arriving_later_move_the_unit_mean(ops, prompts_dir: Path, clock):
-    exp = setup(ops, prompts_dir, prompt_text(WINDOW))
+    exp = setup(ops, prompts_dir, triage(WINDOW))
     d = ops.serve("triage", {"message": "x"}, unit_id="u")
     ops.feedback(d["decision_id"], 1)
     clock.advance(hours=2)
