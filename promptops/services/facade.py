@@ -15,7 +15,8 @@ from promptops.services.experiments import Experiments
 from promptops.services.keys import Keys
 from promptops.services.registry import Registry
 from promptops.services.retention import Retention
-from promptops.services.serving import Recorder, Serving
+from promptops.services.recorder import Recorder
+from promptops.services.serving import Serving
 from promptops.services.sync import Sync, SyncReport
 from promptops.services.writer import BatchWriter
 

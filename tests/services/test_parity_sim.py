@@ -13,7 +13,7 @@ import numpy as np
 from promptops import stats
 from promptops.domain import parse_policy
 from promptops.services import epochs as epochs_service
-from promptops.services.serving import LiveExperiment
+from promptops.services.live import LiveExperiment
 from promptops.stats import simulator
 from tests.services.test_experiments import prompt_text
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from promptops.db.models import DecisionRow, FeedbackRow
 from promptops.errors import InvalidInput, Unavailable
 from promptops.services.decisions import DecisionToken
-from promptops.services.serving import FeedbackItem, decision_row
+from promptops.services.recorder import FeedbackItem, decision_row
 from promptops.services.writer import BatchWriter
 
 PROMPT = """\
