@@ -32,6 +32,7 @@ from promptops.services.context import Context
 from promptops.services.decisions import DecisionToken, TokenCodec
 from promptops.services.live import ExperimentInfo, LiveExperiment, LivePrompt, LiveState, LiveVersion
 from promptops.services.recorder import NEW_UNIT, DecisionSink, FeedbackItem, Recorder, decision_row
+from promptops.services.views import ServeView
 
 PRODUCTION_METRICS: tuple[str, ...] = (DEFAULT_METRIC, *BUILTIN_METRICS)
 """Metrics a decision served outside any experiment accepts: `reward` (within [0, 1]) and the
@@ -76,12 +77,9 @@ class Decision:
     variables: dict[str, Any]
     new_unit: tuple[int, int] | None = None  # (arm, first epoch) of a unit seen for the first time
 
-    def payload(self) -> dict[str, Any]:
-        """The JSON answer of a serve."""
-        out = self.rendered.payload()
-        out["decision_id"] = self.id
-        out["experiment_id"] = self.token.experiment_id
-        return out
+    def view(self) -> ServeView:
+        """What a serve answers: the rendering, the decision id and the experiment."""
+        return ServeView.of(self.rendered, decision_id=self.id, experiment_id=self.token.experiment_id)
 
 
 class Serving:
@@ -212,18 +210,18 @@ class Serving:
         *,
         unit_id: str | None = None,
         inline: bool = False,
-    ) -> dict[str, Any]:
+    ) -> ServeView:
         """Pick a version (an arm when an experiment runs), render it, record the decision
         (`inline`: see `decide`)."""
         decision = self.decide(name, variables, unit_id=unit_id, inline=inline)
         self.record(decision)
-        return decision.payload()
+        return decision.view()
 
-    def serve_deferred(self, deferred: RenderDeferred) -> dict[str, Any]:
+    def serve_deferred(self, deferred: RenderDeferred) -> ServeView:
         """Finish a serve whose inline render was deferred, and record it."""
         decision = self.finish(deferred)
         self.record(decision)
-        return decision.payload()
+        return decision.view()
 
     def _first_epoch(self, exp: LiveExperiment, unit_id: str) -> int | None:
         """The epoch of a unit's first exposure (None for a unit never seen): this replica's
@@ -254,7 +252,7 @@ class Serving:
 
     def render_production(
         self, name: str, variables: dict[str, Any], *, inline: bool = False
-    ) -> dict[str, Any] | None:
+    ) -> Rendered | None:
         """Render the cached production version (no database), or None if there is none;
         `inline=True` raises RenderTooSlow past the inline budget (render it again off the loop)."""
         self._fresh()
@@ -263,7 +261,7 @@ class Serving:
             return None
         return self.ctx.renderer.render(
             v.content, variables, prompt=name, version=v.number, variant=v.variant, inline=inline
-        ).payload()
+        )
 
     def prepare_feedback(self, decision_id: Any, reward: Any, metric: str | None = None) -> FeedbackItem:
         """Validate a feedback (unknown id, unknown metric, bad reward) without touching the

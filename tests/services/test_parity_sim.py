@@ -120,11 +120,11 @@ def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeyp
         clock.t = start + i
         current["i"] = i
         d = ops.serve("triage", {"message": "x"})
-        if d["experiment_id"] is None:
+        if d.experiment_id is None:
             break
-        assert d["version"] == int(run.arm[i]) + 1
+        assert d.version == int(run.arm[i]) + 1
         if run.got[i] and run.on_time[i]:
-            ops.feedback(d["decision_id"], float(run.reward[i]))
+            ops.feedback(d.decision_id, float(run.reward[i]))
         ops.tick()
 
     assert len(server_steps) == len(sim_steps)
