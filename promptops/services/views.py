@@ -20,6 +20,7 @@ from promptops.domain import (
     Rendered,
     RewardKind,
     Strategy,
+    rendered_payload,
 )
 
 
@@ -332,7 +333,7 @@ class ServeView:
     def payload(self) -> dict[str, Any]:
         """The JSON answer of a serve: the rendered prompt's fields (`messages` or `text`), then
         `decision_id` and `experiment_id`."""
-        out = self.rendered.payload()
+        out = rendered_payload(self.prompt, self.version, self.variant, self.model, self.messages, self.text)
         out["decision_id"] = self.decision_id
         out["experiment_id"] = self.experiment_id
         return out
