@@ -325,11 +325,6 @@ class ServeView:
             experiment_id,
         )
 
-    @property
-    def rendered(self) -> Rendered:
-        """The rendered prompt alone, without the decision."""
-        return Rendered(self.prompt, self.version, self.variant, self.model, self.messages, self.text)
-
     def payload(self) -> dict[str, Any]:
         """The JSON answer of a serve: the rendered prompt's fields (`messages` or `text`), then
         `decision_id` and `experiment_id`."""
