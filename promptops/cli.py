@@ -211,15 +211,15 @@ def render(
     values = _parse_vars(service, name, version, label, var or [], vars_json)
     result = service.render(name, values, version=version, label=label)
     if as_json:
-        print_json(result)
+        print_json(result.payload())
         return
-    say(f"# {result['prompt']} v{result['version']} ({result['variant']})")
-    if "messages" in result:
-        for m in result["messages"]:
-            say(f"[{m['role']}]")
-            say(m["content"])
+    say(f"# {result.prompt} v{result.version} ({result.variant})")
+    if result.messages is not None:
+        for m in result.messages:
+            say(f"[{m.role}]")
+            say(m.content)
     else:
-        say(result["text"])
+        say(result.text)
 
 
 @app.command()
@@ -745,8 +745,8 @@ def gc(
     r = service.retention.gc(older_than_days=older_than, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     say(
-        f"{verb} {r['decisions']} decisions and {r['feedback']} feedback "
-        f"from {r['experiments']} ended experiment(s) and old production serves"
+        f"{verb} {r.decisions} decisions and {r.feedback} feedback "
+        f"from {r.experiments} ended experiment(s) and old production serves"
     )
     if not dry_run:
         cache = _gateway(service).cache

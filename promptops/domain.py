@@ -398,17 +398,25 @@ class Rendered:
 
     def payload(self) -> dict[str, Any]:
         """The JSON body fields `messages` or `text`, and `model`."""
-        out: dict[str, Any] = {
-            "prompt": self.prompt,
-            "version": self.version,
-            "variant": self.variant,
-            "model": self.model,
-        }
-        if self.messages is not None:
-            out["messages"] = [{"role": m.role, "content": m.content} for m in self.messages]
-        else:
-            out["text"] = self.text
-        return out
+        return rendered_payload(self.prompt, self.version, self.variant, self.model, self.messages, self.text)
+
+
+def rendered_payload(
+    prompt: str,
+    version: int,
+    variant: str,
+    model: dict[str, Any],
+    messages: tuple[Message, ...] | None,
+    text: str | None,
+) -> dict[str, Any]:
+    """The JSON of a rendered prompt: prompt, version, variant, model, then `messages` (chat
+    prompts) or `text` (text prompts), never both."""
+    out: dict[str, Any] = {"prompt": prompt, "version": version, "variant": variant, "model": model}
+    if messages is not None:
+        out["messages"] = [{"role": m.role, "content": m.content} for m in messages]
+    else:
+        out["text"] = text
+    return out
 
 
 POLICY_CHOICES: dict[str, tuple[str, ...]] = {

@@ -358,7 +358,7 @@ def test_an_error_answer_becomes_its_exception(status, code, cls):
     import httpx
 
     from promptops import errors
-    from promptops.client import _error
+    from promptops.client.wire import error_of as _error
 
     resp = httpx.Response(status, json={"error": {"code": code, "message": "said", "field": "f"}})
     exc = _error(resp, {"name": "p", "decision_id": "d"})
@@ -591,3 +591,55 @@ def test_feedback_queued_by_a_client_never_closed_is_reported_at_exit():
     )
     assert done.returncode == 0 and done.stdout == "queued\n", done
     assert "feedback for decision d_lost" in done.stderr and "dropped" in done.stderr, done
+
+
+SERVED = {"prompt": "p", "version": 1, "variant": "main", "model": {}, "text": "Hi Ann."}
+VERSION_1 = {
+    "number": 1,
+    "variant": "main",
+    "content": {"template": "Hi {{ who }}.", "variables": {"who": {"type": "string", "required": True}}},
+}
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_both_clients_keep_the_cache_warm_best_effort_and_fall_back_to_it(kind):
+    # The operations are written once for both clients: a failed cache read never fails the serve
+    # that triggered it, and the version read later is what the fallback renders.
+    seen: list[str] = []
+    state = {"versions": 0, "down": False}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if state["down"]:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/v1/prompts/p/serve":
+            return httpx.Response(200, json={**SERVED, "decision_id": "d_1", "experiment_id": None})
+        state["versions"] += 1
+        if state["versions"] == 1:
+            return httpx.Response(503, json={"error": {"code": "unavailable", "message": "busy"}})
+        return httpx.Response(200, json=VERSION_1)
+
+    def serve_three_times(serve: Callable[[], Any]) -> list[Any]:
+        first, second = serve(), serve()
+        state["down"] = True
+        return [first, second, serve()]
+
+    if kind == "sync":
+        with Client("http://promptops.test", retries=0, transport=httpx.MockTransport(handler)) as c:
+            served = serve_three_times(lambda: c.serve("p", {"who": "Ann"}))
+    else:
+
+        async def scenario() -> list[Any]:
+            async with AsyncClient(
+                "http://promptops.test", retries=0, transport=httpx.MockTransport(handler)
+            ) as c:
+                out = [await c.serve("p", {"who": "Ann"}), await c.serve("p", {"who": "Ann"})]
+                state["down"] = True
+                return [*out, await c.serve("p", {"who": "Ann"})]
+
+        served = asyncio.run(scenario())
+    assert [s.decision_id for s in served] == ["d_1", "d_1", None], served
+    assert served[2].fallback is True and (served[2].version, served[2].text) == (1, "Hi Ann.")
+    assert seen == ["POST /v1/prompts/p/serve", "GET /v1/prompts/p/versions/1"] * 2 + [
+        "POST /v1/prompts/p/serve"
+    ], seen

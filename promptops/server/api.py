@@ -94,10 +94,11 @@ async def render(name: str, body: RenderCreate, request: Request, _: ServeKey) -
         else:
             out = serving.render_production(name, body.variables)
         if out is not None:
-            return JSON(out)
-    return JSON(
-        await run_in_threadpool(rt.ops.render, name, body.variables, version=body.version, label=body.label)
+            return JSON(out.payload())
+    rendered = await run_in_threadpool(
+        rt.ops.render, name, body.variables, version=body.version, label=body.label
     )
+    return JSON(rendered.payload())
 
 
 @router.post(

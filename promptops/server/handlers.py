@@ -31,8 +31,8 @@ async def serve(rt: Runtime, name: str, body: ServeCreate) -> bytes:
     else:
         out = serving.serve(name, body.variables, unit_id=body.unit_id)
     metrics = rt.metrics
-    metrics.child(metrics.decisions, name, str(out["experiment_id"] or ""), str(out["version"])).inc()
-    return orjson.dumps(out)
+    metrics.child(metrics.decisions, name, str(out.experiment_id or ""), str(out.version)).inc()
+    return orjson.dumps(out.payload())
 
 
 async def feedback(rt: Runtime, body: FeedbackCreate) -> bytes:

@@ -7,16 +7,19 @@ from pathlib import Path
 from typing import Any
 
 from promptops.config import Settings
+from promptops.domain import Rendered
 from promptops.services.adoption import Adoption
 from promptops.services.context import Context
 from promptops.services.epochs import EpochUpdater
 from promptops.services.evals import Evals
 from promptops.services.experiments import Experiments
 from promptops.services.keys import Keys
+from promptops.services.recorder import Recorder
 from promptops.services.registry import Registry
 from promptops.services.retention import Retention
-from promptops.services.serving import Recorder, Serving
+from promptops.services.serving import Serving
 from promptops.services.sync import Sync, SyncReport
+from promptops.services.views import ServeView
 from promptops.services.writer import BatchWriter
 
 
@@ -69,13 +72,13 @@ class PromptOps:
         *,
         version: int | None = None,
         label: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Rendered:
         """Render a version (production by default); no decision is recorded."""
-        return self.registry.render(name, variables or {}, version=version, label=label).payload()
+        return self.registry.render(name, variables or {}, version=version, label=label)
 
     def serve(
         self, name: str, variables: dict[str, Any] | None = None, *, unit_id: str | None = None
-    ) -> dict[str, Any]:
+    ) -> ServeView:
         """Serve a prompt: an experiment arm if one runs, else production; records a decision."""
         return self.serving.serve(name, variables or {}, unit_id=unit_id)
 

@@ -49,7 +49,8 @@ from promptops.providers import (
 from promptops.providers.config import DEFAULT_WARM_ON_PROMOTE
 from promptops.services.cache import CacheEntry, CachePolicy, ResponseCache, cache_key
 from promptops.services.calls import CacheResult, CallRecorder
-from promptops.services.serving import Decision, LiveVersion, Serving
+from promptops.services.live import LiveVersion
+from promptops.services.serving import Decision, Serving
 
 log = logging.getLogger("promptops.gateway")
 

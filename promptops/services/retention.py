@@ -8,6 +8,7 @@ tables are never locked for long. Experiment pages and APIs keep working from th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -21,13 +22,24 @@ from promptops.services.context import Context
 BATCH = 5000
 
 
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """What `gc` deleted (or, with `dry_run`, would delete): raw decisions and feedback rows, and
+    how many experiments had ended long enough ago to be purged."""
+
+    experiments: int
+    decisions: int
+    feedback: int
+    dry_run: bool
+
+
 class Retention:
     """Deletes raw rows that are no longer needed."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def gc(self, *, older_than_days: float, dry_run: bool = False) -> dict[str, Any]:
+    def gc(self, *, older_than_days: float, dry_run: bool = False) -> GcReport:
         """Delete raw decisions and feedback of long-ended experiments and old production serves."""
         if older_than_days < 0:
             raise InvalidInput("older-than must be zero or more days")
@@ -42,11 +54,11 @@ class Retention:
                     )
                 )
             )
-        totals = {"experiments": len(ended), "decisions": 0, "feedback": 0, "dry_run": dry_run}
+        decisions = feedback = 0
         for exp_id in ended:
             d, f = self._purge(DecisionRow.experiment_id == exp_id, dry_run=dry_run)
-            totals["decisions"] += d
-            totals["feedback"] += f
+            decisions += d
+            feedback += f
             if not dry_run and d:
                 with self.ctx.tx() as s:
                     exp = s.get(ExperimentRow, exp_id)
@@ -58,16 +70,16 @@ class Retention:
         d, f = self._purge(
             (DecisionRow.experiment_id.is_(None)) & (DecisionRow.decided_at <= cutoff), dry_run=dry_run
         )
-        totals["decisions"] += d
-        totals["feedback"] += f
-        if not dry_run and totals["decisions"]:
+        decisions += d
+        feedback += f
+        if not dry_run and decisions:
             # Decision ids are self-signed: remember the cutoff so a replayed feedback for a
             # removed decision is refused instead of being counted a second time.
             with self.ctx.tx() as s:
                 before = float(get_meta(s, RETENTION_CUTOFF) or 0.0)
                 set_meta(s, RETENTION_CUTOFF, repr(max(before, cutoff)))
                 bump_change_seq(s)
-        return totals
+        return GcReport(experiments=len(ended), decisions=decisions, feedback=feedback, dry_run=dry_run)
 
     def _purge(self, where: Any, *, dry_run: bool) -> tuple[int, int]:
         decisions = feedback = 0

@@ -1,7 +1,8 @@
 """Typed read models: what the services answer, shared by the API, CLI, dashboard and metrics.
 
 Frozen dataclasses: orjson encodes them as they are, and the API's `*Public` schemas are tested
-field for field against them (tests/server/test_schemas.py).
+field for field against them (tests/server/test_schemas.py). A render answers the domain's
+`Rendered`; a serve answers `ServeView`, whose `payload()` is the JSON of the serve route.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from promptops.domain import (
     PRODUCTION,
     ExperimentStatus,
     KeyRole,
+    Message,
     MissingFeedback,
+    Rendered,
     RewardKind,
     Strategy,
+    rendered_payload,
 )
 
 
@@ -291,3 +295,40 @@ class LabelMove:
     label: str
     version: int
     previous: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServeView:
+    """A served prompt: the rendered version (chat `messages` or a `text`, with its model
+    settings), the id of its decision, and the experiment that chose it (None: production)."""
+
+    prompt: str
+    version: int
+    variant: str
+    model: dict[str, Any]
+    messages: tuple[Message, ...] | None
+    text: str | None
+    decision_id: str
+    experiment_id: int | None
+
+    @classmethod
+    def of(cls, rendered: Rendered, *, decision_id: str, experiment_id: int | None) -> ServeView:
+        """The view of a rendering served under a decision."""
+        return cls(
+            rendered.prompt,
+            rendered.version,
+            rendered.variant,
+            rendered.model,
+            rendered.messages,
+            rendered.text,
+            decision_id,
+            experiment_id,
+        )
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON answer of a serve: the rendered prompt's fields (`messages` or `text`), then
+        `decision_id` and `experiment_id`."""
+        out = rendered_payload(self.prompt, self.version, self.variant, self.model, self.messages, self.text)
+        out["decision_id"] = self.decision_id
+        out["experiment_id"] = self.experiment_id
+        return out

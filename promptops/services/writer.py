@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from promptops.db.engine import unreachable
 from promptops.errors import InvalidInput, Unavailable
 from promptops.services.calls import CallRecorder
-from promptops.services.serving import FeedbackItem, Recorder
+from promptops.services.recorder import FeedbackItem, Recorder
 
 log = logging.getLogger("promptops.writer")
 

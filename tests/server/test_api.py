@@ -350,9 +350,9 @@ def test_a_quick_looping_template_renders_inline_and_the_same_arm_finishes_a_slo
     (prompts_dir / "looping.yaml").write_text(LOOPING)
     ops.sync()
     out = ops.serving.serve("looping", {"items": [1, 2]}, inline=True)
-    assert out["text"] == "1 2 "
+    assert out.text == "1 2 "
     with pytest.raises(RenderDeferred) as slow:
         ops.serving.serve("looping", {"items": list(range(INLINE_WORK_BUDGET))}, inline=True)
     finished = ops.serving.serve_deferred(slow.value)
-    assert finished["version"] == slow.value.choice.version.number
-    assert finished["text"].startswith("0 1 2 ")
+    assert finished.version == slow.value.choice.version.number
+    assert finished.text.startswith("0 1 2 ")

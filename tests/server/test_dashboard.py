@@ -63,8 +63,8 @@ def traffic(ops, clock, n: int, rates: dict[int, float], *, seed: int = 1) -> No
     start = ops.writer.written
     for i in range(n):
         d = ops.serve("triage", {"message": "where is my parcel"})
-        if rng.random() < rates[d["version"]]:
-            ops.feedback(d["decision_id"], 1)
+        if rng.random() < rates[d.version]:
+            ops.feedback(d.decision_id, 1)
         clock.advance(3.6)
         if i % 100 == 99:
             stored(ops.writer, start + i + 1)
@@ -146,14 +146,14 @@ def test_prompt_page_shows_versions_labels_diff_and_preview(client, synced):
     preview = ctx["preview"]
     assert preview["version"] == 1 and preview["error"] is None
     assert [f["name"] for f in preview["fields"]] == ["message", "limit"]
-    assert preview["result"]["messages"][1]["content"] == "Text: sample message (3)"
+    assert preview["result"].messages[1].content == "Text: sample message (3)"
     assert 'class="d-add"' in r.text and "Make production" in r.text  # auth off: admin
 
 
 def test_prompt_preview_takes_variables_and_reports_problems(client, synced):
     r = client.get("/prompts/triage", params={"version": 2, "var.message": "<b>late</b>"}, headers=HTML)
     result = r.context["preview"]["result"]
-    assert result["version"] == 2 and "Text: <b>late</b>" in result["messages"][0]["content"]
+    assert result.version == 2 and "Text: <b>late</b>" in result.messages[0].content
     assert "&lt;b&gt;late&lt;/b&gt;" in r.text and "<b>late</b>" not in r.text  # autoescaped
     r = client.get("/prompts/triage", params={"var.limit": "many"}, headers=HTML)
     assert r.status_code == 200 and "limit" in r.context["preview"]["error"]

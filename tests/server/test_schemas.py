@@ -8,11 +8,14 @@ import orjson
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from promptops import domain
 from promptops.server import schemas
 from promptops.services import views
 from tests.samples import triage
 
 PAIRS = [
+    (domain.Rendered, schemas.RenderPublic),
+    (views.ServeView, schemas.ServePublic),
     (views.ArmView, schemas.ArmPublic),
     (views.ExperimentView, schemas.ExperimentPublic),
     (views.EpochView, schemas.EpochPublic),
@@ -57,7 +60,7 @@ def test_service_answers_validate_against_their_schemas(ops, prompts_dir, clock)
     ops.sync()
     for i in range(40):
         d = ops.serve("triage", {"message": "x"})
-        ops.feedback(d["decision_id"], i % 2)
+        ops.feedback(d.decision_id, i % 2)
     clock.advance(hours=1, seconds=5)
     ops.tick()
     exp = ops.experiments.get(1)

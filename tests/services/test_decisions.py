@@ -108,7 +108,7 @@ def test_feedback_under_any_spelling_counts_once(ops, prompts_dir: Path):
     (prompts_dir / "triage.yaml").write_text(triage(None), encoding="utf-8")
     ops.sync()
     d = ops.serve("triage", {"message": "x"})
-    did = d["decision_id"]
+    did = d.decision_id
     assert ops.feedback(did, 1) == "recorded"
     body, sig = did[2:].split(".")
     variants = [
@@ -131,5 +131,5 @@ def test_feedback_under_any_spelling_counts_once(ops, prompts_dir: Path):
     with ops.ctx.tx() as s:
         assert s.scalar(select(func.count()).select_from(DecisionRow)) == 1
         assert s.scalar(select(func.count()).select_from(FeedbackRow)) == 1
-    arm = next(a for a in ops.experiments.get(d["experiment_id"]).arms if a.version == d["version"])
+    arm = next(a for a in ops.experiments.get(d.experiment_id).arms if a.version == d.version)
     assert (arm.decisions, arm.feedback, arm.reward_sum) == (1, 1, 1.0)

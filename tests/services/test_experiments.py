@@ -33,11 +33,11 @@ def traffic(ops, clock, n: int, rates: dict[int, float], *, seed: int = 1, per_h
     ids = []
     for _ in range(n):
         d = ops.serve("triage", {"message": "where is my parcel"})
-        if d["experiment_id"] is None:
+        if d.experiment_id is None:
             break  # the experiment ended
-        ids.append(d["decision_id"])
-        if rng.random() < rates[d["version"]]:
-            ops.feedback(d["decision_id"], 1)
+        ids.append(d.decision_id)
+        if rng.random() < rates[d.version]:
+            ops.feedback(d.decision_id, 1)
         clock.advance(3600 / per_hour)
         if len(ids) % 100 == 0:
             ops.tick()
@@ -71,36 +71,36 @@ def test_an_ended_declaration_is_not_started_again(ops, prompts_dir):
 def test_draft_declaration_waits(ops, prompts_dir):
     exp = setup(ops, prompts_dir, triage(FAST, status="draft"))
     assert exp.status == "draft"
-    assert ops.serve("triage", {"message": "x"})["experiment_id"] is None
+    assert ops.serve("triage", {"message": "x"}).experiment_id is None
     (prompts_dir / "triage.yaml").write_text(triage(FAST, status="running"))
     assert f"triage: experiment {exp.id} started" in ops.sync().changes
 
 
 def test_serving_routes_through_the_experiment_and_is_sticky(ops, prompts_dir):
     exp = setup(ops, prompts_dir)
-    seen = {ops.serve("triage", {"message": "x"})["version"] for _ in range(200)}
+    seen = {ops.serve("triage", {"message": "x"}).version for _ in range(200)}
     assert seen == {1, 2}
-    sticky = {ops.serve("triage", {"message": "x"}, unit_id="user-7")["version"] for _ in range(50)}
+    sticky = {ops.serve("triage", {"message": "x"}, unit_id="user-7").version for _ in range(50)}
     assert len(sticky) == 1
     d = ops.serve("triage", {"message": "x"})
-    assert d["experiment_id"] == exp.id and d["decision_id"].startswith("d_")
+    assert d.experiment_id == exp.id and d.decision_id.startswith("d_")
 
 
 def test_feedback_is_idempotent_and_validated(ops, prompts_dir):
     setup(ops, prompts_dir)
     d = ops.serve("triage", {"message": "x"})
-    assert ops.feedback(d["decision_id"], 1) == "recorded"
-    assert ops.feedback(d["decision_id"], 1) == "duplicate"
-    assert ops.feedback(d["decision_id"], 0) == "duplicate"
-    assert ops.feedback(d["decision_id"], 1, metric="cost_usd") == "recorded"
+    assert ops.feedback(d.decision_id, 1) == "recorded"
+    assert ops.feedback(d.decision_id, 1) == "duplicate"
+    assert ops.feedback(d.decision_id, 0) == "duplicate"
+    assert ops.feedback(d.decision_id, 1, metric="cost_usd") == "recorded"
     with pytest.raises(DecisionNotFound):
         ops.feedback("d_forged.token", 1)
     with pytest.raises(DecisionNotFound):
-        ops.feedback(d["decision_id"][:-2] + "AA", 1)
+        ops.feedback(d.decision_id[:-2] + "AA", 1)
     for bad in (0.5, 2, -1, float("nan"), "1", None):
         with pytest.raises(InvalidInput):
-            ops.feedback(d["decision_id"], bad, metric="resolved")
-    arm = next(a for a in ops.experiments.get(1).arms if a.version == d["version"])
+            ops.feedback(d.decision_id, bad, metric="resolved")
+    arm = next(a for a in ops.experiments.get(1).arms if a.version == d.version)
     assert (arm.feedback, arm.reward_sum) == (1, 1.0)
 
 
@@ -138,7 +138,7 @@ def test_replayed_feedback_equals_the_deduplicated_truth(ops, prompts_dir, clock
     for d in decisions:
         if rng.random() < 0.4:
             reward = 1 if rng.random() < 0.5 else 0
-            sends += [(d["decision_id"], reward)] * rng.randint(1, 3)
+            sends += [(d.decision_id, reward)] * rng.randint(1, 3)
     sends += [("d_unknown", 1)] * 20
     rng.shuffle(sends)
     statuses = {"recorded": 0, "duplicate": 0, "missing": 0}
@@ -169,7 +169,7 @@ def test_replayed_feedback_equals_the_deduplicated_truth(ops, prompts_dir, clock
 def test_outcomes_count_only_after_their_window(ops, prompts_dir, clock):
     exp = setup(ops, prompts_dir)
     d = ops.serve("triage", {"message": "x"})
-    ops.feedback(d["decision_id"], 1)
+    ops.feedback(d.decision_id, 1)
     ops.tick()
     assert sum(a.n for a in ops.experiments.get(exp.id).arms) == 0
     clock.advance(hours=1, seconds=5)
@@ -192,7 +192,7 @@ def test_clear_winner_is_promoted_with_evidence(ops, prompts_dir, clock):
     assert len(promo) == 1 and promo[0].actor == "promptops", entries
     evidence = promo[0].details["evidence"]
     assert evidence["arms"][1]["p_best"] > 0.99
-    assert ops.serve("triage", {"message": "x"})["experiment_id"] is None
+    assert ops.serve("triage", {"message": "x"}).experiment_id is None
 
 
 def test_equal_arms_reach_the_limit_inconclusive(ops, prompts_dir, clock):
@@ -236,7 +236,7 @@ def test_many_threads_of_feedback_lose_nothing_and_count_nothing_twice(ops, prom
 
     def send(chunk: list[dict]) -> None:
         for d in chunk:
-            s = ops.feedback(d["decision_id"], 1)
+            s = ops.feedback(d.decision_id, 1)
             with lock:
                 statuses.append(s)
 
@@ -262,8 +262,8 @@ def test_a_lost_decision_log_raises_the_mismatch_alarm_and_freezes_promotion(ops
     for i in range(5000):
         d = ops.serve("triage", {"message": "x"})
         # the better arm would win, but 10% of arm 2's decision log is lost
-        if rng.random() < (0.30 if d["version"] == 2 else 0.10):
-            ops.feedback(d["decision_id"], 1)
+        if rng.random() < (0.30 if d.version == 2 else 0.10):
+            ops.feedback(d.decision_id, 1)
         clock.advance(3.6)
         if i % 500 == 499:
             with ops.ctx.tx() as s:

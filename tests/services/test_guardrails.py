@@ -88,10 +88,10 @@ def test_bad_declarations_name_path_and_line(block, line, needle):
 def test_feedback_for_undeclared_metrics_is_refused(ops, prompts_dir: Path):
     setup(ops, prompts_dir, with_block(DECLARED))
     d = ops.serve("triage", {"message": "x"})
-    assert ops.feedback(d["decision_id"], 4.5, metric="csat") == "recorded"
-    assert ops.feedback(d["decision_id"], 0.002, metric="cost_usd") == "recorded"
+    assert ops.feedback(d.decision_id, 4.5, metric="csat") == "recorded"
+    assert ops.feedback(d.decision_id, 0.002, metric="cost_usd") == "recorded"
     with pytest.raises(UnknownMetric) as info:
-        ops.feedback(d["decision_id"], 1, metric="nps")
+        ops.feedback(d.decision_id, 1, metric="nps")
     assert "csat" in str(info.value)
 
 
@@ -128,14 +128,14 @@ def test_a_costlier_challenger_is_blocked_and_shown(ops, prompts_dir: Path, cloc
     status = "running"
     for i in range(12000):
         d = ops.serve("triage", {"message": "x"})
-        if d["experiment_id"] is None:
+        if d.experiment_id is None:
             break
-        better = d["version"] == 2
+        better = d.version == 2
         if rng.random() < (0.30 if better else 0.10):
-            ops.feedback(d["decision_id"], 1)
+            ops.feedback(d.decision_id, 1)
         cost = rng.gauss(0.0015 if better else 0.001, 0.0002)
-        ops.feedback(d["decision_id"], max(cost, 0.0), metric="cost_usd")
-        ops.feedback(d["decision_id"], rng.gauss(4.0, 0.5), metric="csat")
+        ops.feedback(d.decision_id, max(cost, 0.0), metric="cost_usd")
+        ops.feedback(d.decision_id, rng.gauss(4.0, 0.5), metric="csat")
         clock.advance(3.6)
         if i % 100 == 99:
             ops.tick()
@@ -185,7 +185,7 @@ def test_the_gateway_call_sums_feed_the_built_in_metrics(ops, prompts_dir: Path,
                 )
             )
     d = ops.serve("triage", {"message": "x"})
-    ops.feedback(d["decision_id"], 1)
+    ops.feedback(d.decision_id, 1)
     clock.advance(hours=2)
     ops.tick()
     arms = ops.experiments.get(1).arms

@@ -13,7 +13,7 @@ import numpy as np
 from promptops import stats
 from promptops.domain import parse_policy
 from promptops.services import epochs as epochs_service
-from promptops.services.serving import LiveExperiment
+from promptops.services.live import LiveExperiment
 from promptops.stats import simulator
 from tests.samples import triage
 
@@ -120,11 +120,11 @@ def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeyp
         clock.t = start + i
         current["i"] = i
         d = ops.serve("triage", {"message": "x"})
-        if d["experiment_id"] is None:
+        if d.experiment_id is None:
             break
-        assert d["version"] == int(run.arm[i]) + 1
+        assert d.version == int(run.arm[i]) + 1
         if run.got[i] and run.on_time[i]:
-            ops.feedback(d["decision_id"], float(run.reward[i]))
+            ops.feedback(d.decision_id, float(run.reward[i]))
         ops.tick()
 
     assert len(server_steps) == len(sim_steps)

@@ -232,8 +232,8 @@ def test_render_treats_values_as_data(ops, prompts_dir):
     write(prompts_dir, "triage.yaml", TRIAGE)
     ops.sync()
     out = ops.render("triage", {"message": "{{ 7*7 }}"})
-    assert out["messages"][1]["content"] == "Text: {{ 7*7 }}"
-    assert out["model"] == {"name": "gpt-4o-mini", "temperature": 0.1}
+    assert out.messages[1].content == "Text: {{ 7*7 }}"
+    assert out.model == {"name": "gpt-4o-mini", "temperature": 0.1}
 
 
 def test_diff_is_unified(ops, prompts_dir):

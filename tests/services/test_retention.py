@@ -22,18 +22,18 @@ def test_gc_keeps_statistics_and_removes_raw_rows(ops, prompts_dir, clock):
     ops.sync()
     for i in range(50):
         d = ops.serve("triage", {"message": "x"})
-        ops.feedback(d["decision_id"], i % 2)
+        ops.feedback(d.decision_id, i % 2)
         clock.advance(1)
     ops.tick()
     before = ops.experiments.get(1)
     ops.experiments.stop(1, actor="t")
-    assert ops.retention.gc(older_than_days=1)["decisions"] == 0  # ended too recently
+    assert ops.retention.gc(older_than_days=1).decisions == 0  # ended too recently
     clock.advance(hours=49)
     dry = ops.retention.gc(older_than_days=1, dry_run=True)
-    assert (dry["decisions"], dry["feedback"]) == (50, 50)
+    assert (dry.decisions, dry.feedback) == (50, 50)
     assert count(ops, DecisionRow) == 50
     done = ops.retention.gc(older_than_days=1)
-    assert (done["decisions"], done["feedback"]) == (50, 50)
+    assert (done.decisions, done.feedback) == (50, 50)
     assert count(ops, DecisionRow) == 0 and count(ops, FeedbackRow) == 0
     after = ops.experiments.get(1)
     strip = ("status", "ended_at", "end_reason", "reason")
@@ -49,7 +49,7 @@ def test_gc_spares_running_experiments(ops, prompts_dir, clock):
     ops.sync()
     ops.serve("triage", {"message": "x"})
     clock.advance(hours=24 * 30)
-    assert ops.retention.gc(older_than_days=0)["decisions"] == 0
+    assert ops.retention.gc(older_than_days=0).decisions == 0
     assert count(ops, DecisionRow) == 1
 
 
@@ -59,14 +59,14 @@ def test_a_replayed_feedback_after_gc_is_not_counted_again(ops, prompts_dir, clo
     (prompts_dir / "triage.yaml").write_text(PROMPT)
     ops.sync()
     d = ops.serve("triage", {"message": "x"})
-    assert ops.feedback(d["decision_id"], 1) == "recorded"
+    assert ops.feedback(d.decision_id, 1) == "recorded"
     ops.experiments.stop(1, actor="t")
     clock.advance(hours=49)
     ops.retention.gc(older_than_days=1)
     ops.serving.live.refresh()
     before = ops.experiments.get(1).arms
     try:
-        ops.feedback(d["decision_id"], 1)
+        ops.feedback(d.decision_id, 1)
         raise AssertionError("a removed decision took feedback again")
     except DecisionNotFound:
         pass

@@ -31,9 +31,9 @@ def run(
     status = ops.experiments.get(1).status
     for i in range(n):
         d = ops.serve("triage", {"message": "x"})
-        served.append((status, d["version"]))
-        if d["experiment_id"] is not None and rng.random() < rate(d["version"], status):
-            ops.feedback(d["decision_id"], 1)
+        served.append((status, d.version))
+        if d.experiment_id is not None and rng.random() < rate(d.version, status):
+            ops.feedback(d.decision_id, 1)
         clock.advance(3.6)
         if i % 100 == 99:
             for r in (ops, *replicas):
@@ -44,7 +44,7 @@ def run(
 
 
 def production(ops) -> int:
-    return ops.render("triage", {"message": "x"})["version"]
+    return ops.render("triage", {"message": "x"}).version
 
 
 def test_promotion_enters_the_holdout_and_a_better_old_version_rolls_back(

@@ -23,10 +23,10 @@ def drive(ops, clock, n: int, rates: dict[int, float], delays: dict[int, float],
     due: list[tuple[float, int, str]] = []
     for i in range(n):
         d = ops.serve("triage", {"message": "x"})
-        if d["experiment_id"] is None:
+        if d.experiment_id is None:
             return
-        if rng.random() < rates[d["version"]]:
-            heapq.heappush(due, (clock() + delays[d["version"]] * 3600, i, d["decision_id"]))
+        if rng.random() < rates[d.version]:
+            heapq.heappush(due, (clock() + delays[d.version] * 3600, i, d.decision_id))
         clock.advance(3.6)
         while due and due[0][0] <= clock():
             ops.feedback(heapq.heappop(due)[2], 1)
@@ -55,4 +55,4 @@ def test_tied_arms_end_equivalent(ops, prompts_dir: Path, clock):
     exp = ops.experiments.get(1)
     assert exp.status == "inconclusive", exp.reason
     assert exp.stop_reason == "equivalent" and exp.reason.startswith("equivalent:")
-    assert exp.winner is None and ops.render("triage", {"message": "x"})["version"] == 1
+    assert exp.winner is None and ops.render("triage", {"message": "x"}).version == 1

@@ -71,13 +71,13 @@ def test_serve_refuses_unstorable_unit_ids_and_variables(synced, text):
             ops.serve("triage", variables)
         assert err.value.field == "variables"
     assert _counts(ops) == (0, 0)
-    assert ops.serve("triage", {"message": "x"}, unit_id="a b")["decision_id"]
+    assert ops.serve("triage", {"message": "x"}, unit_id="a b").decision_id
 
 
 @pytest.mark.parametrize("text", BAD_TEXT, ids=repr)
 def test_feedback_refuses_unstorable_metric_and_decision_id(synced, text):
     ops = synced
-    did = ops.serve("triage", {"message": "x"})["decision_id"]
+    did = ops.serve("triage", {"message": "x"}).decision_id
     with pytest.raises(InvalidInput) as err:
         ops.feedback(did, 0.5, metric="cs" + text)
     assert err.value.field == "metric"
@@ -92,20 +92,20 @@ def test_a_mistyped_metric_is_refused_naming_the_accepted_ones(synced):
     ops = synced
     d = ops.serve("triage", {"message": "x"})
     with pytest.raises(UnknownMetric) as err:
-        ops.feedback(d["decision_id"], 0.5, metric="CSAT")
+        ops.feedback(d.decision_id, 0.5, metric="CSAT")
     assert err.value.code == "unknown_metric" and err.value.field == "metric"
     assert isinstance(err.value, InvalidInput)
     assert err.value.accepted == ("csat", "cost_usd", "latency_ms", "error")
     assert all(m in err.value.message for m in err.value.accepted)
     assert _counts(ops) == (1, 0)
-    assert ops.feedback(d["decision_id"], 0.5, metric="csat") == "recorded"
-    arm = next(a for a in ops.experiments.get(d["experiment_id"]).arms if a.version == d["version"])
+    assert ops.feedback(d.decision_id, 0.5, metric="csat") == "recorded"
+    arm = next(a for a in ops.experiments.get(d.experiment_id).arms if a.version == d.version)
     assert (arm.feedback, arm.reward_sum) == (1, 0.5)
 
 
 def test_built_in_metrics_take_any_finite_number_and_error_takes_zero_or_one(synced):
     ops = synced
-    did = ops.serve("triage", {"message": "x"})["decision_id"]
+    did = ops.serve("triage", {"message": "x"}).decision_id
     assert ops.feedback(did, 0.0042, metric="cost_usd") == "recorded"
     assert ops.feedback(did, 1834.5, metric="latency_ms") == "recorded"
     for bad in (0.5, 2, -1):
@@ -123,7 +123,7 @@ def test_built_in_metrics_take_any_finite_number_and_error_takes_zero_or_one(syn
 
 def test_production_decisions_accept_reward_and_the_built_ins(synced):
     ops = synced
-    did = ops.serve("plain", {})["decision_id"]
+    did = ops.serve("plain", {}).decision_id
     with pytest.raises(UnknownMetric) as err:
         ops.feedback(did, 1, metric="csat")
     assert err.value.accepted == ("reward", "cost_usd", "latency_ms", "error")

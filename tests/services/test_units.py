@@ -39,7 +39,7 @@ def move_to_epoch(ops, exp_id: int, weights: list[float]) -> None:
 
 
 def arm_of(ops, unit: str) -> int:
-    return ops.serve("triage", {"message": "x"}, unit_id=unit)["version"]
+    return ops.serve("triage", {"message": "x"}, unit_id=unit).version
 
 
 def test_a_unit_keeps_its_first_arm_across_epochs(ops, prompts_dir: Path):
@@ -67,8 +67,8 @@ def test_replicas_agree_on_a_unit_first_seen_in_a_later_epoch(ops, prompts_dir: 
     try:
         move_to_epoch(ops, exp.id, [1.0, 0.0])
         replica.serving.live.refresh()
-        assert replica.serve("triage", {"message": "x"}, unit_id="returning")["version"] == 2
-        assert replica.serve("triage", {"message": "x"}, unit_id="fresh")["version"] == 1
+        assert replica.serve("triage", {"message": "x"}, unit_id="returning").version == 2
+        assert replica.serve("triage", {"message": "x"}, unit_id="fresh").version == 1
     finally:
         replica.close()
     with ops.ctx.tx() as s:
@@ -82,7 +82,7 @@ def test_a_unit_is_one_observation_in_its_first_epoch(ops, prompts_dir: Path, cl
     for unit, values in rewards.items():
         for r in values:
             d = ops.serve("triage", {"message": "x"}, unit_id=unit)
-            ops.feedback(d["decision_id"], r)
+            ops.feedback(d.decision_id, r)
             clock.advance(60)
     clock.advance(hours=2)
     ops.tick()
@@ -102,11 +102,11 @@ def test_a_unit_is_one_observation_in_its_first_epoch(ops, prompts_dir: Path, cl
 def test_values_arriving_later_move_the_unit_mean(ops, prompts_dir: Path, clock):
     exp = setup(ops, prompts_dir, triage(WINDOW))
     d = ops.serve("triage", {"message": "x"}, unit_id="u")
-    ops.feedback(d["decision_id"], 1)
+    ops.feedback(d.decision_id, 1)
     clock.advance(hours=2)
     ops.tick()
     d = ops.serve("triage", {"message": "x"}, unit_id="u")
-    ops.feedback(d["decision_id"], 0)
+    ops.feedback(d.decision_id, 0)
     clock.advance(hours=2)
     ops.tick()
     with ops.ctx.tx() as s:

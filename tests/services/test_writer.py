@@ -13,7 +13,7 @@ from sqlalchemy import select
 from promptops.db.models import DecisionRow, FeedbackRow
 from promptops.errors import InvalidInput, Unavailable
 from promptops.services.decisions import DecisionToken
-from promptops.services.serving import FeedbackItem, decision_row
+from promptops.services.recorder import FeedbackItem, decision_row
 from promptops.services.writer import BatchWriter
 
 PROMPT = """\
@@ -52,7 +52,7 @@ def bad_decisions(ops, clock) -> list[dict[str, Any]]:
     )
     rows = [decision_row("d_orphan", orphan)]
     if _dialect(ops) == "postgresql":
-        good = ops.serving.codec.verify(ops.serve("triage", {})["decision_id"])
+        good = ops.serving.codec.verify(ops.serve("triage", {}).decision_id)
         ops.serving.writer._decisions.pop()  # that serve's own row stays out of the test
         rows.append(decision_row("d_nul", good, unit_id="a\x00b"))
     return rows
@@ -64,7 +64,7 @@ def stored_ids(ops) -> set[str]:
 
 
 def test_a_refused_decision_is_dropped_and_the_rest_are_stored(ops, clock, writer):
-    good = [ops.serve("triage", {})["decision_id"] for _ in range(120)]
+    good = [ops.serve("triage", {}).decision_id for _ in range(120)]
     bad = bad_decisions(ops, clock)
     for i, row in enumerate(bad):  # in the middle of the first batch and of a later one
         writer._decisions.insert(10 + 60 * i, row)
@@ -73,7 +73,7 @@ def test_a_refused_decision_is_dropped_and_the_rest_are_stored(ops, clock, write
     assert (writer.rejected, writer.pending, writer.failures, writer.healthy) == (len(bad), 0, 0, True)
     exp = ops.experiments.get(1)
     assert sum(a.decisions for a in exp.arms) == 120  # counted once each, nothing lost
-    later = ops.serve("triage", {})["decision_id"]  # the writer has moved on
+    later = ops.serve("triage", {}).decision_id  # the writer has moved on
     writer.flush()
     assert later in stored_ids(ops) and writer.pending == 0
 
@@ -82,7 +82,7 @@ def test_decisions_queued_behind_a_refused_one_survive_shutdown(ops, clock, writ
     writer.start()
     for row in bad_decisions(ops, clock):
         writer.add_decision(row)
-    good = [ops.serve("triage", {})["decision_id"] for _ in range(30)]
+    good = [ops.serve("triage", {}).decision_id for _ in range(30)]
     writer.stop()
     assert stored_ids(ops) == set(good)
     assert writer.pending == 0
@@ -108,7 +108,7 @@ def _item(
 
 
 def test_a_refused_feedback_fails_alone(ops, clock, writer):
-    ids = [ops.serve("triage", {})["decision_id"] for _ in range(40)]
+    ids = [ops.serve("triage", {}).decision_id for _ in range(40)]
     writer.flush()
     orphan = DecisionToken(
         prompt_id=999_999, version_id=1, experiment_id=None, arm=None, epoch=None, decided_at=clock()
@@ -140,7 +140,7 @@ def test_a_refused_feedback_fails_alone(ops, clock, writer):
 
 
 def test_a_refused_feedback_fails_alone_for_async_callers(ops, clock, writer):
-    did = ops.serve("triage", {})["decision_id"]
+    did = ops.serve("triage", {}).decision_id
     orphan = DecisionToken(
         prompt_id=999_999, version_id=1, experiment_id=None, arm=None, epoch=None, decided_at=clock()
     )
@@ -165,7 +165,7 @@ def test_a_refused_feedback_fails_alone_for_async_callers(ops, clock, writer):
 
 
 def test_an_unreachable_database_keeps_decisions_for_later(ops, clock, writer, monkeypatch):
-    good = [ops.serve("triage", {})["decision_id"] for _ in range(70)]
+    good = [ops.serve("triage", {}).decision_id for _ in range(70)]
     record = writer.recorder.record_decisions
     calls = []
 

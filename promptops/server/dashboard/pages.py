@@ -160,7 +160,7 @@ def prompt_context(ops: PromptOps, name: str, query: Mapping[str, str]) -> dict[
                 preview["error"] = exc.message
         if preview["error"] is None:
             try:
-                preview["result"] = reg.render(name, values, version=pv).payload()
+                preview["result"] = reg.render(name, values, version=pv)
             except PromptOpsError as exc:
                 preview["error"] = exc.message
     now = ops.ctx.now()
