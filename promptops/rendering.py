@@ -72,8 +72,10 @@ RENDER_WORK_BUDGET = 1_000_000
 """Steps (loop iterations, calls, filters, operators) one render may take."""
 
 INLINE_TIME_BUDGET = 0.005
-"""Wall-clock seconds a render may take on an event loop's thread before it is handed to a worker
-thread: ordinary prompts render in about 0.1 ms, so only heavy templates (and bombs) move."""
+"""Seconds a render may take on an event loop's thread before it is handed to a worker thread:
+ordinary prompts render in about 0.1 ms, so only heavy templates (and bombs) move. Measured on the
+thread's CPU clock once the wall clock has passed it, so time spent waiting (another process had
+the core, another thread the GIL) is not counted: moving such a render would not undo the wait."""
 
 INLINE_WORK_BUDGET = 20_000
 """Steps a render may take on an event loop's thread before it is handed to a worker thread."""
@@ -143,7 +145,7 @@ class RenderTooSlow(RenderError):
 class _Budget:
     """What one render may still spend: a deadline, work units and characters produced."""
 
-    __slots__ = ("seconds", "deadline", "work", "chars", "max_work", "inline")
+    __slots__ = ("seconds", "deadline", "work", "chars", "max_work", "inline", "cpu")
 
     def __init__(self, seconds: float, max_work: int = RENDER_WORK_BUDGET, *, inline: bool = False) -> None:
         self.seconds = seconds
@@ -152,6 +154,7 @@ class _Budget:
         self.chars = 0
         self.max_work = max_work
         self.inline = inline
+        self.cpu = time.thread_time() if inline else 0.0
 
 
 _BUDGET: ContextVar[_Budget | None] = ContextVar("promptops_render_budget", default=None)
@@ -171,6 +174,10 @@ def _tick(work: int = 1, chars: int = 0) -> None:
         raise RenderError(f"the template produces more than {MAX_PRODUCED_CHARS} characters")
     if time.monotonic() > budget.deadline:
         if budget.inline:
+            spent = time.thread_time() - budget.cpu
+            if spent < budget.seconds:  # the thread was waiting, not rendering
+                budget.deadline = time.monotonic() + budget.seconds - spent
+                return
             raise RenderTooSlow("the template needs more than the inline budget")
         raise RenderError(f"the template takes longer than {budget.seconds:g} s to render")
 
@@ -843,32 +850,64 @@ def value_problem(spec: VariableSpec, value: Any) -> str | None:
     return None
 
 
+_SCALARS = (str, int, float, type(None))  # bool is an int
+
+
+def _copier(value: Any) -> Callable[[Any], Any] | None:
+    """How a default is copied for each render: not at all when it is immutable, a shallow copy
+    when it is a flat list or object of scalars (as good as a deep one), else a deep copy."""
+    if isinstance(value, _SCALARS):
+        return None
+    if type(value) is list and all(isinstance(v, _SCALARS) for v in value):
+        return list.copy
+    if type(value) is dict and all(isinstance(v, _SCALARS) for v in value.values()):
+        return dict.copy
+    return copy.deepcopy
+
+
+class VariableCheck:
+    """The declared variables of one content, prepared once: checks values and fills defaults."""
+
+    __slots__ = ("_declared", "_known", "_specs")
+
+    def __init__(self, specs: tuple[VariableSpec, ...]) -> None:
+        self._declared = frozenset(spec.name for spec in specs)
+        self._known = ", ".join(spec.name for spec in specs) or "none"
+        self._specs = tuple(
+            (spec, spec.default, _copier(spec.default)) if spec.has_default else (spec, None, None)
+            for spec in specs
+        )
+
+    def __call__(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate values and return them with defaults filled in (each default a fresh copy)."""
+        if not isinstance(values, Mapping):
+            raise VariableError(f"variables must be an object, got {_type_name(values)}")
+        if not self._declared.issuperset(values):
+            for name in sorted(values, key=str):
+                if name not in self._declared:
+                    raise VariableError(
+                        f"variable {_show(name)} is not declared by this prompt (declared: {self._known})",
+                        field=str(name),
+                    )
+        out: dict[str, Any] = {}
+        for spec, default, copier in self._specs:
+            # An explicit null means "not given": the default applies, a required variable is missing.
+            value = values.get(spec.name)
+            if value is None:
+                if spec.required:
+                    raise VariableError(f"variable {spec.name!r} is required", field=spec.name)
+                out[spec.name] = default if copier is None else copier(default)
+                continue
+            problem = value_problem(spec, value)
+            if problem is not None:
+                raise VariableError(f"variable {spec.name!r} {problem}", field=spec.name)
+            out[spec.name] = value
+        return out
+
+
 def check_variables(content: PromptContent, values: Mapping[str, Any]) -> dict[str, Any]:
     """Validate values against the declared variables and return them with defaults filled in."""
-    if not isinstance(values, Mapping):
-        raise VariableError(f"variables must be an object, got {_type_name(values)}")
-    declared = {spec.name for spec in content.variables}
-    for name in sorted(values, key=str):
-        if name not in declared:
-            known = ", ".join(spec.name for spec in content.variables) or "none"
-            raise VariableError(
-                f"variable {_show(name)} is not declared by this prompt (declared: {known})",
-                field=str(name),
-            )
-    out: dict[str, Any] = {}
-    for spec in content.variables:
-        # An explicit null means "not given": the default applies, a required variable is missing.
-        value = values.get(spec.name)
-        if value is None:
-            if spec.required:
-                raise VariableError(f"variable {spec.name!r} is required", field=spec.name)
-            out[spec.name] = copy.deepcopy(spec.default) if spec.has_default else None
-            continue
-        problem = value_problem(spec, value)
-        if problem is not None:
-            raise VariableError(f"variable {spec.name!r} {problem}", field=spec.name)
-        out[spec.name] = value
-    return out
+    return VariableCheck(content.variables)(values)
 
 
 def coerce_cli_value(spec: VariableSpec | None, raw: str) -> Any:
@@ -912,20 +951,219 @@ def coerce_cli_value(spec: VariableSpec | None, raw: str) -> Any:
     return value
 
 
+def _substitution(ast: nodes.Template, names: frozenset[str]) -> tuple[str, ...] | None:
+    """A template that is only text and `{{ name }}` of declared variables, as alternating pieces
+    (text, name, text, ..., text); None for anything else. Such a template cannot loop or grow its
+    input, so it renders without Jinja: each name is output as Jinja outputs it,
+    `str(_finalize(value))`, and every variable is defined (the check fills it in)."""
+    pieces = [""]
+    for output in ast.body:
+        if not isinstance(output, nodes.Output):
+            return None
+        for node in output.nodes:
+            if isinstance(node, nodes.TemplateData):
+                pieces[-1] += node.data
+            elif isinstance(node, nodes.Name) and node.ctx == "load" and node.name in names:
+                pieces += [node.name, ""]
+            else:
+                return None
+    return tuple(pieces)
+
+
+_GLOBALS = dict(_ENV.globals)  # what every template sees besides the variables (no per-template globals)
+
+
+class _Part:
+    """One message (or the text template) of a prepared content: literal text, a substitution, a
+    compiled template, or the problem that stops it from compiling (raised when it is reached)."""
+
+    __slots__ = ("where", "text", "pieces", "template", "problem")
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.text: str | None = None
+        self.pieces: tuple[str, ...] | None = None
+        self.template: Any = None
+        self.problem: str | None = None
+
+
+class PreparedContent:
+    """A content ready to render: everything that does not depend on the variables (compiled
+    templates, whether they can loop, the variable checks, the model settings) worked out once.
+    The server keeps one per live version (`Renderer.prepare`)."""
+
+    def __init__(self, renderer: Renderer, content: PromptContent) -> None:
+        self._time_budget = renderer.time_budget
+        self._check = VariableCheck(content.variables)
+        names = frozenset(spec.name for spec in content.variables)
+        self._model = copy.deepcopy(dict(content.model))
+        self._copy_model = (
+            dict.copy if all(isinstance(v, _SCALARS) for v in self._model.values()) else copy.deepcopy
+        )
+        self._chat = content.messages is not None
+        self._roles = tuple(m.role for m in content.messages) if content.messages is not None else ()
+        self.may_loop = False
+        """Whether rendering can repeat work (a loop, a call, a macro, a filter that walks a list):
+        such a render can run up to the time budget, so the server renders it off its event loop.
+        Loop-free templates render in time linear in their text and variables."""
+        if content.messages is not None:
+            sources = [(f"messages[{i}].content", m.content) for i, m in enumerate(content.messages)]
+        elif content.template is not None:
+            sources = [("template", content.template)]
+        else:
+            sources = []
+        self._parts = tuple(self._part(renderer, where, source, names) for where, source in sources)
+
+    def _part(self, renderer: Renderer, where: str, source: str, names: frozenset[str]) -> _Part:
+        part = _Part(where)
+        if "{" not in source and "\r" not in source:
+            # No tag, expression or comment, and no newline to normalise: Jinja would return the
+            # text unchanged (for few-shot prompts most messages are such examples).
+            part.text = source
+            return part
+        try:
+            compiled = renderer._compiled(source)
+        except RenderError as exc:
+            part.problem = f"{where}: {exc.message}"
+            return part
+        part.pieces = _substitution(compiled.ast, names) if compiled.ast is not None else None
+        if part.pieces is None:
+            part.template = compiled.template
+        self.may_loop = self.may_loop or compiled.loops
+        return part
+
+    def render(
+        self,
+        variables: Mapping[str, Any],
+        *,
+        prompt: str,
+        version: int,
+        variant: str,
+        inline: bool = False,
+    ) -> Rendered:
+        """Check the variables and render every message (or the text template); see
+        `Renderer.render`."""
+        context = self._check(variables)
+        budget = (
+            _Budget(min(INLINE_TIME_BUDGET, self._time_budget), INLINE_WORK_BUDGET, inline=True)
+            if inline
+            else _Budget(self._time_budget)
+        )
+        token = _BUDGET.set(budget)
+        try:
+            texts = self._render_parts(context)
+        finally:
+            _BUDGET.reset(token)
+        model = self._copy_model(self._model)
+        if self._chat:
+            messages = tuple(map(Message, self._roles, texts))
+            return Rendered(prompt, version, variant, model, messages=messages)
+        if not texts:
+            raise RenderError("the prompt has neither messages nor a template")
+        return Rendered(prompt, version, variant, model, text=texts[0])
+
+    def _render_parts(self, context: dict[str, Any]) -> list[str]:
+        texts: list[str] = []
+        left = MAX_OUTPUT_CHARS
+        parent: dict[str, Any] | None = None  # the Jinja context's variables, shared by the parts
+        for part in self._parts:
+            if part.text is not None:
+                text = part.text
+                if len(text) > left:
+                    raise RenderError(f"{part.where}: {_exceeds().message}")
+            elif part.problem is not None:
+                raise RenderError(part.problem)
+            else:
+                try:
+                    if part.pieces is not None:
+                        text = _substitute(part.pieces, context, left)
+                    else:
+                        if parent is None:
+                            parent = {**_GLOBALS, **context}
+                        text = _generate(part.template, parent, left)
+                except RenderTooSlow:
+                    raise
+                except RenderError as exc:
+                    raise RenderError(f"{part.where}: {exc.message}") from None
+                except SecurityError as exc:
+                    detail = _one_line(str(exc))
+                    raise RenderError(f"{part.where}: refused by the sandbox: {detail}") from None
+                except TemplateError as exc:
+                    raise RenderError(f"{part.where}: {_one_line(exc.message or str(exc))}") from None
+                except Exception as exc:  # noqa: BLE001 - any failure of an authored template is a RenderError
+                    detail = _one_line(str(exc)) or type(exc).__name__
+                    raise RenderError(f"{part.where}: {type(exc).__name__}: {detail}") from None
+            left -= len(text)
+            texts.append(text)
+        return texts
+
+
+def _exceeds() -> RenderError:
+    return RenderError(f"the rendered prompt exceeds {MAX_OUTPUT_CHARS} characters")
+
+
+def _substitute(pieces: tuple[str, ...], context: dict[str, Any], left: int) -> str:
+    """Render a substitution (see `_substitution`) as Jinja would, within `left` characters."""
+    out: list[str] = []
+    size = 0
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            piece = str(_finalize(context[piece]))
+        size += len(piece)
+        if size > left:
+            raise _exceeds()
+        out.append(piece)
+    return "".join(out)
+
+
+def _generate(template: Any, parent: dict[str, Any], left: int) -> str:
+    """Run a compiled template over `parent` (globals and variables), as `Template.generate`
+    does but without copying the variables for every message; the output is streamed so that
+    a runaway loop is stopped at the cap, not after filling memory."""
+    context = _ENV.context_class(_ENV, parent, template.name, template.blocks)
+    parts: list[str] = []
+    size = 0
+    for chunk in template.root_render_func(context):
+        size += len(chunk)
+        if size > left:
+            raise _exceeds()
+        parts.append(chunk)
+    return "".join(parts)
+
+
+class _Compiled:
+    """A compiled template with what is known about it before any render."""
+
+    __slots__ = ("template", "size", "loops", "ast")
+
+    def __init__(self, template: Any, size: int, loops: bool, ast: nodes.Template | None) -> None:
+        self.template = template
+        self.size = size
+        self.loops = loops
+        self.ast = ast  # kept only when it is small text-and-names (see `_substitution`)
+
+
+def _plain_ast(ast: nodes.Template) -> nodes.Template | None:
+    """The parse tree if it is only text and names (what `_substitution` may use), else None."""
+    for output in ast.body:
+        if not isinstance(output, nodes.Output):
+            return None
+        if not all(isinstance(n, nodes.TemplateData | nodes.Name) for n in output.nodes):
+            return None
+    return ast
+
+
 class Renderer:
     """Renders prompt content with checked variables; caches compiled templates (thread-safe)."""
 
     def __init__(self, *, cache_size: int = 512, time_budget: float = RENDER_TIME_BUDGET) -> None:
-        self._cache: OrderedDict[str, tuple[Any, int, bool]] = OrderedDict()
+        self._cache: OrderedDict[str, _Compiled] = OrderedDict()
         self._cache_size = max(1, cache_size)
         self._cache_chars = 0
-        self._time_budget = time_budget
+        self.time_budget = time_budget
         self._lock = threading.Lock()
 
-    def _compile(self, source: str) -> Any:
-        return self._compiled(source)[0]
-
-    def _compiled(self, source: str) -> tuple[Any, int, bool]:
+    def _compiled(self, source: str) -> _Compiled:
         key = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
         with self._lock:
             hit = self._cache.get(key)
@@ -934,8 +1172,7 @@ class Renderer:
                 return hit
         try:
             ast = _ENV.parse(source)
-            loops = _can_loop(ast)
-            template = _ENV.from_string(ast)
+            compiled = _Compiled(_ENV.from_string(ast), len(source), _can_loop(ast), _plain_ast(ast))
         except TemplateSyntaxError as exc:
             raise _syntax_problem(exc) from None
         except (RecursionError, MemoryError, SyntaxError) as exc:
@@ -943,60 +1180,21 @@ class Renderer:
         with self._lock:
             # Bounded by count and by total source size: many large templates evict each other.
             if key not in self._cache:
-                self._cache[key] = (template, len(source), loops)
-                self._cache_chars += len(source)
+                self._cache[key] = compiled
+                self._cache_chars += compiled.size
             while len(self._cache) > self._cache_size or (
                 self._cache_chars > _CACHE_CHARS and len(self._cache) > 1
             ):
-                self._cache_chars -= self._cache.popitem(last=False)[1][1]
-        return template, len(source), loops
+                self._cache_chars -= self._cache.popitem(last=False)[1].size
+        return compiled
+
+    def prepare(self, content: PromptContent) -> PreparedContent:
+        """The content compiled for rendering; keep it to render the same content many times."""
+        return PreparedContent(self, content)
 
     def may_loop(self, content: PromptContent) -> bool:
-        """Whether rendering the content can repeat work (a loop, a call, a macro, a filter that
-        walks a list): such a render can run up to the time budget, so the server renders it off
-        its event loop. Loop-free templates render in time linear in their text and variables."""
-        sources = (
-            [m.content for m in content.messages]
-            if content.messages is not None
-            else [content.template or ""]
-        )
-        for source in sources:
-            if "{" not in source:
-                continue
-            try:
-                if self._compiled(source)[2]:
-                    return True
-            except RenderError:  # refused at once when rendered: nothing to run
-                continue
-        return False
-
-    def _render_one(self, source: str, context: dict[str, Any], where: str, budget: int) -> str:
-        if "{" not in source and "\r" not in source and len(source) <= budget:
-            # No tag, expression or comment, and no newline to normalise: Jinja would return
-            # the text unchanged, so skip it (a third of a serve's time for few-shot prompts).
-            return source
-        try:
-            template = self._compile(source)
-            parts: list[str] = []
-            size = 0
-            # Stream the output so a runaway loop is stopped at the cap, not after filling memory.
-            for chunk in template.generate(context):
-                size += len(chunk)
-                if size > budget:
-                    raise RenderError(f"the rendered prompt exceeds {MAX_OUTPUT_CHARS} characters")
-                parts.append(chunk)
-            return "".join(parts)
-        except RenderTooSlow:
-            raise
-        except RenderError as exc:
-            raise RenderError(f"{where}: {exc.message}") from None
-        except SecurityError as exc:
-            raise RenderError(f"{where}: refused by the sandbox: {_one_line(str(exc))}") from None
-        except TemplateError as exc:
-            raise RenderError(f"{where}: {_one_line(exc.message or str(exc))}") from None
-        except Exception as exc:  # noqa: BLE001 - any failure of an authored template is a RenderError
-            detail = _one_line(str(exc)) or type(exc).__name__
-            raise RenderError(f"{where}: {type(exc).__name__}: {detail}") from None
+        """Whether rendering the content can repeat work (see `PreparedContent.may_loop`)."""
+        return self.prepare(content).may_loop
 
     def render(
         self,
@@ -1012,31 +1210,6 @@ class Renderer:
         `inline=True` (an event loop's thread) allows only INLINE_TIME_BUDGET and
         INLINE_WORK_BUDGET and raises RenderTooSlow past them, so the caller can render again in
         a worker thread with the full budget; a loop-free prompt renders inline in microseconds."""
-        context = check_variables(content, variables)
-        budget = (
-            _Budget(min(INLINE_TIME_BUDGET, self._time_budget), INLINE_WORK_BUDGET, inline=True)
-            if inline
-            else _Budget(self._time_budget)
+        return self.prepare(content).render(
+            variables, prompt=prompt, version=version, variant=variant, inline=inline
         )
-        token = _BUDGET.set(budget)
-        try:
-            return self._render_all(content, context, prompt=prompt, version=version, variant=variant)
-        finally:
-            _BUDGET.reset(token)
-
-    def _render_all(
-        self, content: PromptContent, context: dict[str, Any], *, prompt: str, version: int, variant: str
-    ) -> Rendered:
-        model = copy.deepcopy(dict(content.model))
-        budget = MAX_OUTPUT_CHARS
-        if content.messages is not None:
-            rendered: list[Message] = []
-            for i, message in enumerate(content.messages):
-                text = self._render_one(message.content, context, f"messages[{i}].content", budget)
-                budget -= len(text)
-                rendered.append(Message(message.role, text))
-            return Rendered(prompt, version, variant, model, messages=tuple(rendered))
-        if content.template is None:
-            raise RenderError("the prompt has neither messages nor a template")
-        text = self._render_one(content.template, context, "template", budget)
-        return Rendered(prompt, version, variant, model, text=text)

@@ -48,7 +48,7 @@ from promptops.domain import (
     text_problem,
 )
 from promptops.errors import DecisionNotFound, InvalidInput, PromptNotFound, UnknownMetric
-from promptops.rendering import RenderTooSlow
+from promptops.rendering import PreparedContent, RenderTooSlow
 from promptops.services.context import Context
 from promptops.services.decisions import DecisionToken, TokenCodec
 
@@ -61,7 +61,13 @@ class LiveVersion:
     number: int
     variant: str
     content: PromptContent
-    may_loop: bool = False  # `Renderer.may_loop`: the server renders it off its event loop
+    prepared: PreparedContent | None = None  # the content compiled once (`Renderer.prepare`)
+
+    @property
+    def may_loop(self) -> bool:
+        """Whether its render can repeat work (`PreparedContent.may_loop`): the server renders
+        such a version off its event loop once the inline budget runs out."""
+        return self.prepared is not None and self.prepared.may_loop
 
 
 def _cumulative(weights: tuple[float, ...]) -> tuple[float, ...]:
@@ -246,7 +252,7 @@ class LiveState:
             if v.id not in versions:
                 content = PromptContent.from_dict(v.content)
                 versions[v.id] = LiveVersion(
-                    v.id, v.number, v.variant, content, self.ctx.renderer.may_loop(content)
+                    v.id, v.number, v.variant, content, self.ctx.renderer.prepare(content)
                 )
             return versions[v.id]
 
@@ -579,8 +585,7 @@ class Serving:
         return Choice(p, exp, arm, version, unit_id, variables, new_unit)
 
     def _render(self, c: Choice, *, inline: bool) -> Decision:
-        rendered = self.ctx.renderer.render(
-            c.version.content,
+        rendered = self._prepared(c.version).render(
             c.variables,
             prompt=c.prompt.name,
             version=c.version.number,
@@ -665,9 +670,14 @@ class Serving:
         v = self.live.prompt(name).production
         if v is None:
             return None
-        return self.ctx.renderer.render(
-            v.content, variables, prompt=name, version=v.number, variant=v.variant, inline=inline
-        ).payload()
+        return (
+            self._prepared(v)
+            .render(variables, prompt=name, version=v.number, variant=v.variant, inline=inline)
+            .payload()
+        )
+
+    def _prepared(self, version: LiveVersion) -> PreparedContent:
+        return version.prepared or self.ctx.renderer.prepare(version.content)
 
     def prepare_feedback(self, decision_id: Any, reward: Any, metric: str | None = None) -> FeedbackItem:
         """Validate a feedback (unknown id, unknown metric, bad reward) without touching the
