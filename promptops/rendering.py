@@ -193,7 +193,13 @@ def _rendered_size(value: Any, indent: int = 0) -> int:
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack and size <= MAX_OUTPUT_CHARS:
         item, depth = stack.pop()
-        if isinstance(item, str):
+        kind = type(item)
+        if kind is str:  # the common case first, without the abstract-class checks below
+            size += len(item) + 2
+        elif kind is list and not indent:
+            size += 2 + 2 * len(item)
+            stack.extend((inner, 0) for inner in item)
+        elif isinstance(item, str):
             size += len(item) + 2
         elif isinstance(item, int) and not isinstance(item, bool):
             size += item.bit_length() // 3 + 2
@@ -317,7 +323,12 @@ def _filter_size(name: str, value: Any, args: tuple[Any, ...], kwargs: Mapping[s
 
 def _lazy(value: Any) -> bool:
     """An iterable (a range, a generator) whose items must be listed before they can be sized."""
+    if type(value) in _EAGER:
+        return False
     return isinstance(value, Iterable) and not isinstance(value, str | list | tuple | Mapping)
+
+
+_EAGER = frozenset({str, list, tuple, dict})
 
 
 _SIZED_FILTERS = frozenset(
@@ -374,7 +385,7 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        if itemwise and len(args) > skip and isinstance(args[skip], Sized):
+        if itemwise and len(args) > skip and (type(args[skip]) in _EAGER or isinstance(args[skip], Sized)):
             # Paid before a long sort or scan starts, which the deadline cannot interrupt.
             items = len(args[skip])
             if items > MAX_RANGE:
