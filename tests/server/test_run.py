@@ -47,7 +47,7 @@ def test_the_banner_comes_after_the_bind_and_masks_the_password(settings, capsys
         settings, port=port, sync_on_start=False, database_url="postgresql+psycopg://po:hunter2@db.example/po"
     )
     run.run_server(shown)
-    assert seen["port"] == port and seen["protocol"] is run.BoundedH11Protocol
+    assert seen["port"] == port and seen["protocol"] is run.BoundedHttpToolsProtocol
     assert f"promptops on http://127.0.0.1:{port}" in seen["banner"]
     assert "hunter2" not in seen["banner"] and "po:***@db.example" in seen["banner"]
 
@@ -56,6 +56,7 @@ class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.closed = False
+        self.written = b""
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
@@ -67,6 +68,12 @@ class FakeTransport(asyncio.Transport):
         self.closed = True
 
     def write(self, data: Any) -> None:
+        self.written += bytes(data)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
         pass
 
 
@@ -79,7 +86,7 @@ def test_trickled_headers_do_not_reset_the_deadline():
     async def scenario() -> None:
         config = run.uvicorn_config(app)
         config.load()
-        proto = run.BoundedH11Protocol(
+        proto = run.BoundedHttpToolsProtocol(
             config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
         )
         proto.connection_made(FakeTransport())
@@ -89,6 +96,88 @@ def test_trickled_headers_do_not_reset_the_deadline():
         proto.data_received(b"TP/1.1\r\nHo")
         assert proto.timeout_keep_alive_task is deadline and not deadline.cancelled()
         deadline.cancel()
+
+    asyncio.run(scenario())
+
+
+def bounded_protocol(app: Any) -> Any:
+    from uvicorn.server import ServerState
+
+    config = run.uvicorn_config(app)
+    config.load()
+    return run.BoundedHttpToolsProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+
+
+def test_the_head_deadline_ends_with_the_head_and_restarts_with_the_next_request():
+    answered = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+        answered.set()
+
+    async def scenario() -> None:
+        proto = bounded_protocol(app)
+        proto.connection_made(FakeTransport())
+        first = proto.timeout_keep_alive_task
+        proto.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+        # The head is complete: a slow body or a slow answer is not cut by the head deadline.
+        assert first.cancelled() and proto.timeout_keep_alive_task is None
+        proto.data_received(b"abc")
+        await asyncio.wait_for(answered.wait(), 10)
+        idle = proto.timeout_keep_alive_task  # uvicorn's keep-alive idle timer
+        assert idle is not None and not idle.cancelled()
+        proto.data_received(b"GET / HT")  # the next request's first bytes start a new deadline
+        second = proto.timeout_keep_alive_task
+        assert idle.cancelled() and second is not None and second is not first
+        proto.data_received(b"TP/1.1\r\nHo")
+        assert proto.timeout_keep_alive_task is second and not second.cancelled()
+        proto.connection_lost(None)
+        assert second.cancelled()
+
+    asyncio.run(scenario())
+
+
+def test_a_head_too_large_is_refused_but_a_large_body_is_not():
+    bodies: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message["body"], message["more_body"]
+        bodies.append(body)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> None:
+        proto = bounded_protocol(app)
+        transport = FakeTransport()
+        proto.connection_made(transport)
+        proto.data_received(b"GET / HTTP/1.1\r\n")
+        for _ in range(run.MAX_HEAD_BYTES // 1000 + 1):
+            if transport.closed:
+                break
+            proto.data_received(b"X-Filler: " + b"a" * 988 + b"\r\n")
+        assert transport.closed and transport.written.startswith(b"HTTP/1.1 400 ")
+        assert run.HEAD_TOO_LARGE.encode() in transport.written
+
+        proto = bounded_protocol(app)
+        transport = FakeTransport()
+        proto.connection_made(transport)
+        size = 4 * run.MAX_HEAD_BYTES
+        proto.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // 1024):
+            proto.data_received(b"b" * 1024)
+        for _ in range(1000):
+            if transport.written:
+                break
+            await asyncio.sleep(0.01)
+        assert not transport.closed and transport.written.startswith(b"HTTP/1.1 200 ")
+        assert bodies == [b"b" * size]
 
     asyncio.run(scenario())
 
