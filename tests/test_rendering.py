@@ -373,7 +373,7 @@ class TestBombs:
         assert render_text(template) == expected
 
     def test_compiled_template_cache_is_bounded_by_size(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(rendering, "_CACHE_CHARS", 2_000)
+        monkeypatch.setattr(rendering.renderer, "_CACHE_CHARS", 2_000)
         renderer = Renderer()
         for i in range(10):
             content = text_content(f"{i}{{{{ x }}}}" + "." * 900)
@@ -382,9 +382,9 @@ class TestBombs:
         assert renderer._cache_chars <= 2_000
 
     def test_large_sources_are_not_memoised(self) -> None:
-        before = rendering._cached_template_names.cache_info().currsize
+        before = rendering.templates._cached_template_names.cache_info().currsize
         assert template_names("{{ big }}" + "." * 100_000) == {"big"}
-        assert rendering._cached_template_names.cache_info().currsize == before
+        assert rendering.templates._cached_template_names.cache_info().currsize == before
 
 
 DEEP = [
@@ -672,7 +672,7 @@ def test_the_renderer_says_which_templates_can_loop(template, loops):
     assert Renderer().may_loop(messages) is loops
 
 
-# Templates of text and `{{ name }}` only render without Jinja (`rendering._substitute`); each must
+# Templates of text and `{{ name }}` only render without Jinja (`rendering.renderer._substitute`); each must
 # give what the compiled template gives, output or error.
 SUBSTITUTIONS = [
     pytest.param("{{ x }}", id="name"),
@@ -711,16 +711,16 @@ def test_substitutions_render_as_jinja_does(template: str, value: Any) -> None:
     assert part.pieces is not None  # the substitution is what is compared
     compiled = renderer._compiled(template)
     context = {"x": value}
-    budget = rendering._BUDGET.set(rendering._Budget(60))
+    budget = rendering.budget._BUDGET.set(rendering.budget._Budget(60))
     try:
         jinja = outcome(
-            lambda: rendering._generate(
-                compiled.template, {**rendering._GLOBALS, **context}, MAX_OUTPUT_CHARS
+            lambda: rendering.renderer._generate(
+                compiled.template, {**rendering.renderer._GLOBALS, **context}, MAX_OUTPUT_CHARS
             )
         )
-        substituted = outcome(lambda: rendering._substitute(part.pieces, context, MAX_OUTPUT_CHARS))
+        substituted = outcome(lambda: rendering.renderer._substitute(part.pieces, context, MAX_OUTPUT_CHARS))
     finally:
-        rendering._BUDGET.reset(budget)
+        rendering.budget._BUDGET.reset(budget)
     assert substituted == jinja
 
 
@@ -806,8 +806,8 @@ def test_the_inline_budget_counts_the_threads_own_time(
     # Wall time passes at every step; only when the thread itself spent it is the render too slow
     # for the event loop (time spent waiting for a core or the GIL would pass in a worker too).
     clocks = FakeClocks(cpu_step)
-    monkeypatch.setattr(rendering.time, "monotonic", clocks.monotonic)
-    monkeypatch.setattr(rendering.time, "thread_time", clocks.thread_time)
+    monkeypatch.setattr(rendering.budget.time, "monotonic", clocks.monotonic)
+    monkeypatch.setattr(rendering.budget.time, "thread_time", clocks.thread_time)
     content = text_content("{% for i in range(50) %}{{ i }}{% endfor %}")
     render = lambda: Renderer().render(content, {}, prompt="p", version=1, variant="m", inline=True)  # noqa: E731
     if deferred:
