@@ -202,3 +202,43 @@ def test_a_body_that_never_finishes_gets_408(monkeypatch):
     scope = {"type": "http", "method": "POST", "path": "/x", "headers": []}
     asyncio.run(mw(scope, never, send))
     assert sent[0]["status"] == 408 and reached == ["http.disconnect"]
+
+
+def test_receive_within_returns_what_is_there_and_waits_under_the_deadline():
+    receive_within = metrics_module.receive_within
+    message = {"type": "http.request", "body": b"x", "more_body": False}
+
+    async def ready() -> dict[str, Any]:
+        return message
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        assert await receive_within(ready, loop.time() - 1) is message  # there already: no deadline
+
+        arrived: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+        async def later() -> dict[str, Any]:
+            return await arrived
+
+        loop.call_later(0.01, arrived.set_result, message)
+        assert await receive_within(later, loop.time() + 30) is message
+
+        cleaned: list[str] = []
+
+        async def never() -> dict[str, Any]:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                cleaned.append("never")
+            raise AssertionError
+
+        with pytest.raises(TimeoutError):
+            await receive_within(never, loop.time() + 0.01)
+        task = asyncio.ensure_future(receive_within(never, loop.time() + 30))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert cleaned == ["never", "never"]  # the waiting receive saw both ends
+
+    asyncio.run(scenario())
