@@ -57,6 +57,7 @@ class FakeTransport(asyncio.Transport):
         super().__init__()
         self.closed = False
         self.written = b""
+        self.writes: list[bytes] = []
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
@@ -68,7 +69,10 @@ class FakeTransport(asyncio.Transport):
         self.closed = True
 
     def write(self, data: Any) -> None:
+        if self.closed:
+            raise AssertionError("written after close")
         self.written += bytes(data)
+        self.writes.append(bytes(data))
 
     def pause_reading(self) -> None:
         pass
@@ -178,6 +182,81 @@ def test_a_head_too_large_is_refused_but_a_large_body_is_not():
             await asyncio.sleep(0.01)
         assert not transport.closed and transport.written.startswith(b"HTTP/1.1 200 ")
         assert bodies == [b"b" * size]
+
+    asyncio.run(scenario())
+
+
+def test_a_response_leaves_in_one_write():
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def scenario() -> None:
+        proto = bounded_protocol(app)
+        transport = FakeTransport()
+        proto.connection_made(transport)
+        for _ in range(2):  # and again on the kept-alive connection
+            before = len(transport.writes)
+            proto.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(1000):
+                if len(transport.writes) > before:
+                    break
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.01)
+            (answer,) = transport.writes[before:]
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nok")
+        proto.connection_lost(None)
+
+    asyncio.run(scenario())
+
+
+def test_a_streamed_response_leaves_in_order_turn_by_turn():
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (b"one", b"two", b"three"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+            await asyncio.sleep(0.01)  # as a stream waiting for its upstream
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> None:
+        proto = bounded_protocol(app)
+        transport = FakeTransport()
+        proto.connection_made(transport)
+        proto.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(1000):
+            if transport.written.endswith(b"0\r\n\r\n"):
+                break
+            await asyncio.sleep(0.001)
+        head, _, body = transport.written.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"transfer-encoding: chunked" in head
+        assert body == b"3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n0\r\n\r\n"
+        # Each part left in the turn it was sent (the head with the first), none waited for the end.
+        assert len(transport.writes) == 4
+        proto.connection_lost(None)
+
+    asyncio.run(scenario())
+
+
+def test_turn_writes_keep_order_and_flow():
+    async def scenario() -> None:
+        transport = FakeTransport()
+        writes = run.TurnWrites(transport, asyncio.get_running_loop())
+        writes.write(b"head ")
+        writes.write(b"body")
+        assert transport.writes == []  # held until the end of this turn
+        await asyncio.sleep(0)
+        assert transport.writes == [b"head body"]
+        writes.write(b"a")
+        writes.write(b"b" * run.TURN_WRITE_BYTES)  # a large body goes at once (flow control sees it)
+        assert transport.writes[1:] == [b"a" + b"b" * run.TURN_WRITE_BYTES]
+        writes.write(b"last")
+        writes.close()  # what is held goes before the close
+        assert transport.writes[2:] == [b"last"] and transport.closed and writes.is_closing()
+        writes.write(b"late")
+        await asyncio.sleep(0)  # nothing is written to a closed connection
+        assert transport.writes[3:] == []
 
     asyncio.run(scenario())
 
