@@ -19,7 +19,6 @@ from promptops.rendering import (
     MAX_VALUE_DEPTH,
     RENDER_WORK_BUDGET,
     Renderer,
-    RenderTooSlow,
     TemplateSyntaxProblem,
     check_variables,
     coerce_cli_value,
@@ -780,38 +779,3 @@ class TestPreparedContent:
         content = PromptContent(messages=(Message("system", big), Message("user", big)))
         with pytest.raises(RenderError, match=rf"^messages\[1\]\.content: .*exceeds {MAX_OUTPUT_CHARS}"):
             Renderer().prepare(content).render({}, prompt="p", version=1, variant="main")
-
-
-class FakeClocks:
-    """time.monotonic and time.thread_time for the inline budget: each read of the wall clock
-    moves it 1 ms; the thread's CPU clock moves only by `cpu_step` per read."""
-
-    def __init__(self, cpu_step: float) -> None:
-        self.wall = self.cpu = 0.0
-        self.cpu_step = cpu_step
-
-    def monotonic(self) -> float:
-        self.wall += 0.001
-        return self.wall
-
-    def thread_time(self) -> float:
-        self.cpu += self.cpu_step
-        return self.cpu
-
-
-@pytest.mark.parametrize(("cpu_step", "deferred"), [(0.0, False), (0.001, True)])
-def test_the_inline_budget_counts_the_threads_own_time(
-    monkeypatch: pytest.MonkeyPatch, cpu_step: float, deferred: bool
-) -> None:
-    # Wall time passes at every step; only when the thread itself spent it is the render too slow
-    # for the event loop (time spent waiting for a core or the GIL would pass in a worker too).
-    clocks = FakeClocks(cpu_step)
-    monkeypatch.setattr(rendering.budget.time, "monotonic", clocks.monotonic)
-    monkeypatch.setattr(rendering.budget.time, "thread_time", clocks.thread_time)
-    content = text_content("{% for i in range(50) %}{{ i }}{% endfor %}")
-    render = lambda: Renderer().render(content, {}, prompt="p", version=1, variant="m", inline=True)  # noqa: E731
-    if deferred:
-        with pytest.raises(RenderTooSlow):
-            render()
-    else:
-        assert render().text == "".join(map(str, range(50)))

@@ -31,10 +31,8 @@ RENDER_WORK_BUDGET = 1_000_000
 """Steps (loop iterations, calls, filters, operators) one render may take."""
 
 INLINE_TIME_BUDGET = 0.005
-"""Seconds a render may take on an event loop's thread before it is handed to a worker thread:
-ordinary prompts render in about 0.1 ms, so only heavy templates (and bombs) move. Measured on the
-thread's CPU clock once the wall clock has passed it, so time spent waiting (another process had
-the core, another thread the GIL) is not counted: moving such a render would not undo the wait."""
+"""Wall-clock seconds a render may take on an event loop's thread before it is handed to a worker
+thread: ordinary prompts render in about 0.1 ms, so only heavy templates (and bombs) move."""
 
 INLINE_WORK_BUDGET = 20_000
 """Steps a render may take on an event loop's thread before it is handed to a worker thread."""
@@ -52,7 +50,7 @@ class RenderTooSlow(RenderError):
 class _Budget:
     """What one render may still spend: a deadline, work units and characters produced."""
 
-    __slots__ = ("seconds", "deadline", "work", "chars", "max_work", "inline", "cpu")
+    __slots__ = ("seconds", "deadline", "work", "chars", "max_work", "inline")
 
     def __init__(self, seconds: float, max_work: int = RENDER_WORK_BUDGET, *, inline: bool = False) -> None:
         self.seconds = seconds
@@ -61,7 +59,6 @@ class _Budget:
         self.chars = 0
         self.max_work = max_work
         self.inline = inline
-        self.cpu = time.thread_time() if inline else 0.0
 
 
 _BUDGET: ContextVar[_Budget | None] = ContextVar("promptops_render_budget", default=None)
@@ -81,10 +78,6 @@ def _tick(work: int = 1, chars: int = 0) -> None:
         raise RenderError(f"the template produces more than {MAX_PRODUCED_CHARS} characters")
     if time.monotonic() > budget.deadline:
         if budget.inline:
-            spent = time.thread_time() - budget.cpu
-            if spent < budget.seconds:  # the thread was waiting, not rendering
-                budget.deadline = time.monotonic() + budget.seconds - spent
-                return
             raise RenderTooSlow("the template needs more than the inline budget")
         raise RenderError(f"the template takes longer than {budget.seconds:g} s to render")
 
