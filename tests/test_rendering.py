@@ -739,6 +739,15 @@ def test_only_text_and_declared_names_are_substituted(template: str) -> None:
     assert part.pieces is None and part.template is not None
 
 
+def test_a_variable_named_like_a_jinja_special_name_renders_as_jinja_renders_it():
+    # `self` at the top level is Jinja's template reference, whatever the context holds.
+    content = text_content("{{ self }}", VariableSpec("self"))
+    (part,) = Renderer().prepare(content)._parts
+    assert part.pieces is None
+    out = Renderer().render(content, {"self": "x"}, prompt="p", version=1, variant="m")
+    assert out.text == "<TemplateReference None>"
+
+
 class TestPreparedContent:
     def test_renders_like_the_renderer_every_time(self) -> None:
         renderer = Renderer()

@@ -36,6 +36,9 @@ from promptops.rendering.variables import _SCALARS, VariableCheck
 _CACHE_CHARS = 16 * MAX_OUTPUT_CHARS  # total source size of the compiled templates a Renderer keeps
 
 
+_SPECIAL = frozenset({"self"})  # a name Jinja resolves itself at the top level, not from the context
+
+
 def _substitution(ast: nodes.Template, names: frozenset[str]) -> tuple[str, ...] | None:
     """A template that is only text and `{{ name }}` of declared variables, as alternating pieces
     (text, name, text, ..., text); None for anything else. Such a template cannot loop or grow its
@@ -48,7 +51,7 @@ def _substitution(ast: nodes.Template, names: frozenset[str]) -> tuple[str, ...]
         for node in output.nodes:
             if isinstance(node, nodes.TemplateData):
                 pieces[-1] += node.data
-            elif isinstance(node, nodes.Name) and node.ctx == "load" and node.name in names:
+            elif isinstance(node, nodes.Name) and node.ctx == "load" and node.name in names - _SPECIAL:
                 pieces += [node.name, ""]
             else:
                 return None
