@@ -372,7 +372,7 @@ class TestBombs:
         assert render_text(template) == expected
 
     def test_compiled_template_cache_is_bounded_by_size(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(rendering, "_CACHE_CHARS", 2_000)
+        monkeypatch.setattr(rendering.renderer, "_CACHE_CHARS", 2_000)
         renderer = Renderer()
         for i in range(10):
             content = text_content(f"{i}{{{{ x }}}}" + "." * 900)
@@ -381,9 +381,9 @@ class TestBombs:
         assert renderer._cache_chars <= 2_000
 
     def test_large_sources_are_not_memoised(self) -> None:
-        before = rendering._cached_template_names.cache_info().currsize
+        before = rendering.templates._cached_template_names.cache_info().currsize
         assert template_names("{{ big }}" + "." * 100_000) == {"big"}
-        assert rendering._cached_template_names.cache_info().currsize == before
+        assert rendering.templates._cached_template_names.cache_info().currsize == before
 
 
 DEEP = [
@@ -449,6 +449,27 @@ class TestCheckVariables:
         values = check_variables(content, {})
         values["v"].append(2)
         assert check_variables(content, {}) == {"v": [1]}
+
+    @pytest.mark.parametrize(
+        "default",
+        [
+            pytest.param([[1]], id="nested-list"),
+            pytest.param({"a": {"b": 1}}, id="nested-object"),
+            pytest.param([{"a": 1}], id="list-of-objects"),
+            pytest.param({"a": 1}, id="flat-object"),
+        ],
+    )
+    def test_nested_defaults_are_copied_deeply(self, default: Any) -> None:
+        kind = "list" if isinstance(default, list) else "object"
+        content = PromptContent(template="", variables=(spec(type=kind, default=default, has_default=True),))
+        check = rendering.VariableCheck(content.variables)
+        first = check({})["v"]
+        inner = first[0] if isinstance(first, list) else first["a"]
+        if isinstance(inner, list | dict):
+            inner.clear()
+        else:
+            first.clear()
+        assert check({}) == {"v": default} == check_variables(content, {})
 
     def test_optional_without_default_is_none(self) -> None:
         assert check_variables(PromptContent(template="", variables=(spec(),)), {}) == {"v": None}
@@ -648,3 +669,122 @@ def test_the_renderer_says_which_templates_can_loop(template, loops):
         {"messages": [{"role": "system", "content": "plain"}, {"role": "user", "content": template}]}
     )
     assert Renderer().may_loop(messages) is loops
+
+
+# Templates of text and `{{ name }}` only render without Jinja (`rendering.renderer._substitute`); each must
+# give what the compiled template gives, output or error.
+SUBSTITUTIONS = [
+    pytest.param("{{ x }}", id="name"),
+    pytest.param("a {{ x }} b {{ x }}\n", id="text-and-names"),
+    pytest.param("  {{- x -}}  \n{{ x }}", id="whitespace-control"),
+    pytest.param("{# note #}{{ x }}{% raw %}{{ y }}{% endraw %}", id="comment-and-raw"),
+    pytest.param("line\r\n{{ x }}\r", id="carriage-returns"),
+]
+SUBSTITUTED_VALUES = [
+    pytest.param("Ada", id="string"),
+    pytest.param(None, id="none"),
+    pytest.param(3, id="int"),
+    pytest.param(2.5, id="float"),
+    pytest.param(True, id="bool"),
+    pytest.param([1, "a", None], id="list"),
+    pytest.param({"k": [1], "é": "{{ 7*7 }}"}, id="object"),
+    pytest.param("x" * (MAX_OUTPUT_CHARS // 2 + 1), id="over-the-cap-twice"),
+    pytest.param("x" * (MAX_OUTPUT_CHARS + 1), id="over-the-cap"),
+    pytest.param(["x" * 1000] * 1001, id="container-over-the-cap"),
+]
+
+
+def outcome(render: Any) -> Any:
+    try:
+        return render()
+    except RenderError as exc:
+        return type(exc), exc.message
+
+
+@pytest.mark.parametrize("template", SUBSTITUTIONS)
+@pytest.mark.parametrize("value", SUBSTITUTED_VALUES)
+def test_substitutions_render_as_jinja_does(template: str, value: Any) -> None:
+    renderer = Renderer()
+    content = text_content(template, VariableSpec("x", type="string"))
+    (part,) = renderer.prepare(content)._parts
+    assert part.pieces is not None  # the substitution is what is compared
+    compiled = renderer._compiled(template)
+    context = {"x": value}
+    budget = rendering.budget._BUDGET.set(rendering.budget._Budget(60))
+    try:
+        jinja = outcome(
+            lambda: rendering.renderer._generate(
+                compiled.template, {**rendering.renderer._GLOBALS, **context}, MAX_OUTPUT_CHARS
+            )
+        )
+        substituted = outcome(lambda: rendering.renderer._substitute(part.pieces, context, MAX_OUTPUT_CHARS))
+    finally:
+        rendering.budget._BUDGET.reset(budget)
+    assert substituted == jinja
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        pytest.param("{{ y }}", id="undeclared-name"),
+        pytest.param("{{ range }}", id="global"),
+        pytest.param("{{ x.y }}", id="attribute"),
+        pytest.param("{{ x | upper }}", id="filter"),
+        pytest.param("{{ 'x' }}", id="constant"),
+        pytest.param("{% if x %}{{ x }}{% endif %}", id="block"),
+    ],
+)
+def test_only_text_and_declared_names_are_substituted(template: str) -> None:
+    (part,) = Renderer().prepare(text_content(template))._parts
+    assert part.pieces is None and part.template is not None
+
+
+def test_a_variable_named_like_a_jinja_special_name_renders_as_jinja_renders_it():
+    # `self` at the top level is Jinja's template reference, whatever the context holds.
+    content = text_content("{{ self }}", VariableSpec("self"))
+    (part,) = Renderer().prepare(content)._parts
+    assert part.pieces is None
+    out = Renderer().render(content, {"self": "x"}, prompt="p", version=1, variant="m")
+    assert out.text == "<TemplateReference None>"
+
+
+class TestPreparedContent:
+    def test_renders_like_the_renderer_every_time(self) -> None:
+        renderer = Renderer()
+        prepared = renderer.prepare(CHAT)
+        for kind in ("fruit", "cars", "{{ 7*7 }}"):
+            out = prepared.render({"kind": kind}, prompt="p", version=1, variant="main")
+            assert out == renderer.render(CHAT, {"kind": kind}, prompt="p", version=1, variant="main")
+            assert out.messages is not None and out.messages[0].content == f"You sort {kind}."
+
+    def test_each_render_has_its_own_model_and_defaults(self) -> None:
+        prepared = Renderer().prepare(CHAT)
+        out = prepared.render({"kind": "x"}, prompt="p", version=1, variant="main")
+        out.model["extra"]["stop"].append("X")
+        out.model["name"] = "other"
+        again = prepared.render({"kind": "x"}, prompt="p", version=1, variant="main")
+        assert (
+            again.model
+            == CHAT.model
+            == {"name": "gpt-4o-mini", "temperature": 0.1, "extra": {"stop": ["\n"]}}
+        )
+
+    def test_variables_are_checked_before_a_broken_message_is_reached(self) -> None:
+        content = PromptContent(
+            messages=(Message("system", "ok {{ x }}"), Message("user", "{{ x }")),
+            variables=(VariableSpec("x", required=True),),
+        )
+        prepared = Renderer().prepare(content)
+        with pytest.raises(VariableError, match="'x' is required"):
+            prepared.render({}, prompt="p", version=1, variant="main")
+        for _ in range(2):  # the compile error is kept and reported at every render
+            with pytest.raises(
+                RenderError, match=r"^messages\[1\]\.content: template syntax error at line 1"
+            ):
+                prepared.render({"x": "a"}, prompt="p", version=1, variant="main")
+
+    def test_literal_message_over_the_cap(self) -> None:
+        big = "x" * (MAX_OUTPUT_CHARS // 2 + 1)
+        content = PromptContent(messages=(Message("system", big), Message("user", big)))
+        with pytest.raises(RenderError, match=rf"^messages\[1\]\.content: .*exceeds {MAX_OUTPUT_CHARS}"):
+            Renderer().prepare(content).render({}, prompt="p", version=1, variant="main")

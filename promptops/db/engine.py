@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -97,6 +97,17 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise Unavailable(f"database unavailable: {_short(exc)}") from exc
     finally:
         session.close()
+
+
+@contextmanager
+def connection_transaction(engine: Engine) -> Iterator[Connection]:
+    """A bare connection in one transaction (no ORM session, which costs more than a batch of
+    core statements): committed on success, rolled back on any error."""
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except OperationalError as exc:
+        raise Unavailable(f"database unavailable: {_short(exc)}") from exc
 
 
 def unreachable(exc: BaseException) -> bool:

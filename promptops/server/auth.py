@@ -60,11 +60,15 @@ def bearer_principal(request: Request) -> Principal:
     return principal_of(_runtime(request), request.headers.get("authorization", ""))
 
 
+AUTH_OFF = Principal(role=KeyRole.ADMIN, auth_off=True)
+"""The caller of every request while auth is off (one frozen instance)."""
+
+
 def principal_of(rt: Any, authorization: str) -> Principal:
     """The caller named by an Authorization header's value (empty when absent); AuthError for a
     missing or invalid key unless auth is off."""
     if rt.auth_off:
-        return Principal(role=KeyRole.ADMIN, auth_off=True)
+        return AUTH_OFF
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise AuthError("missing API key: send 'Authorization: Bearer KEY'")
@@ -79,7 +83,7 @@ def session_principal(request: Request) -> Principal:
     """The caller of a dashboard page, from the session cookie (or a Bearer key)."""
     rt = _runtime(request)
     if rt.auth_off:
-        return Principal(role=KeyRole.ADMIN, auth_off=True)
+        return AUTH_OFF
     if request.headers.get("authorization"):
         try:
             return bearer_principal(request)

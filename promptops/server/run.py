@@ -8,7 +8,7 @@ import socket
 import sys
 from typing import Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from promptops.config import Settings, mask_url
 from promptops.errors import ConfigError, InvalidPromptFile
@@ -18,6 +18,13 @@ from promptops.services.facade import PromptOps
 # A client gets this long to send a request's headers, from connecting or from the first byte
 # after a kept-alive idle; bodies are bounded by metrics.BODY_SECONDS.
 HEADER_SECONDS = 10.0
+# The most a request's line and headers may take (h11, uvicorn's other parser, allows 16 KiB).
+# Counted per read from the read after the head's first byte, so a head still incomplete past
+# this is refused, and what is buffered stays under this plus one read.
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TOO_LARGE = "Request head too large."
+# What a response may hold back to write in one go at the end of an event loop turn (TurnWrites).
+TURN_WRITE_BYTES = 64 * 1024
 # How long an idle kept-alive connection stays open (uvicorn's default).
 KEEP_ALIVE_SECONDS = 5
 
@@ -52,11 +59,18 @@ def prepare(settings: Settings) -> PromptOps:
     return ops
 
 
-class BoundedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on request headers: uvicorn restarts its idle timer
-    on every byte received, so a client trickling headers held a connection for ever."""
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline and a size cap on request heads: uvicorn
+    stops its idle timer at the first byte of a request, so a client trickling headers held a
+    connection for ever, and llhttp buffers a head of any size.
+
+    The deadline runs from the connection's opening, or from the first byte of the next request
+    on a kept-alive connection, until the head is complete; bodies are bounded by
+    metrics.BODY_SECONDS. (httptools rather than h11: h11 parses in Python, a third of a serve's
+    CPU time under bench/http.py.)"""
 
     _head_armed = False
+    _head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the header deadline as the connection opens."""
@@ -64,21 +78,92 @@ class BoundedH11Protocol(H11Protocol):
         self._arm_head_deadline()
 
     def data_received(self, data: bytes) -> None:
-        """Feed h11; only a complete request head (in handle_events) ends the deadline."""
-        if not self._head_armed:  # the first bytes of the next request on a kept-alive connection
-            self._arm_head_deadline()
-        self.conn.receive_data(data)
-        self.handle_events()
+        """Feed llhttp; refuse a head that grows past MAX_HEAD_BYTES before it is complete."""
+        if self._head_armed:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._head_armed and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+            self.send_400_response(HEAD_TOO_LARGE)
 
-    def on_response_complete(self) -> None:
-        """uvicorn's keep-alive idle timer runs until the next request's first byte."""
-        super().on_response_complete()
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Cancel the head deadline with the connection."""
         self._head_armed = False
+        super()._unset_keepalive_if_required()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        """The first byte of a request: its head must be complete within HEADER_SECONDS."""
+        if not self._head_armed:
+            self._arm_head_deadline()
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        """The head is complete: the deadline ends (uvicorn's own timers take over), and the
+        request's response is written through `TurnWrites`."""
+        self._head_armed = False
+        self._unset_keepalive_if_required()
+        before = self.cycle
+        super().on_headers_complete()
+        if self.cycle is not before:
+            self.cycle.transport = TurnWrites(self.transport, self.loop)  # type: ignore[assignment]
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn calls this on every byte received; the head deadline stays until the head ends.
+        if not self._head_armed:
+            super()._unset_keepalive_if_required()
 
     def _arm_head_deadline(self) -> None:
-        self._unset_keepalive_if_required()
+        super()._unset_keepalive_if_required()  # the idle timer of a kept-alive connection
         self.timeout_keep_alive_task = self.loop.call_later(HEADER_SECONDS, self.timeout_keep_alive_handler)
         self._head_armed = True
+        self._head_bytes = 0
+
+
+class TurnWrites:
+    """A response's way to its connection: what it writes in one turn of the event loop leaves in
+    one write at the end of that turn (or at once past `TURN_WRITE_BYTES`, so that the transport's
+    flow control still sees a large body). uvicorn writes a response's head and its body
+    separately: two system calls, and on loopback two segments whose delivery the sender's CPU
+    pays (about a tenth of the server's CPU per serve under bench/http.py). Order is kept:
+    everything of the response goes through here, and the connection's next request is read in a
+    later turn."""
+
+    __slots__ = ("_transport", "_loop", "_held", "_size")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] | None = None
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        """Hold `data` until the end of this turn."""
+        if self._held is None:
+            self._held = [data]
+            self._size = len(data)
+            self._loop.call_soon(self._flush)
+        else:
+            self._held.append(data)
+            self._size += len(data)
+        if self._size > TURN_WRITE_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held and not self._transport.is_closing():
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def is_closing(self) -> bool:
+        """Whether the connection is closing."""
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        """Write what is held, then close the connection."""
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -110,7 +195,7 @@ def uvicorn_config(app: Any) -> Any:
         app,
         log_level="warning",
         access_log=False,
-        http=BoundedH11Protocol,
+        http=BoundedHttpToolsProtocol,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
 

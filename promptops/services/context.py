@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from promptops.config import Settings
@@ -45,6 +45,12 @@ class Context:
         """One transaction; committed on success."""
         with db.transaction(self.sessions) as session:
             yield session
+
+    @contextmanager
+    def conn(self) -> Iterator[Connection]:
+        """One transaction on a bare connection, for core statements only (the batched writes)."""
+        with db.connection_transaction(self.engine) as conn:
+            yield conn
 
     def now(self) -> float:
         """The current time in seconds since the epoch."""

@@ -66,7 +66,13 @@ class TokenCodec:
     """Issues and verifies decision ids with one secret."""
 
     def __init__(self, secret: bytes) -> None:
-        self._secret = secret
+        # Keyed once: copying the keyed state costs less than keying HMAC again for every id.
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
+
+    def _sign(self, body: bytes) -> bytes:
+        mac = self._keyed.copy()
+        mac.update(body)
+        return mac.digest()[:_SIG_BYTES]
 
     def issue(self, token: DecisionToken) -> str:
         """A new decision id for these facts (unique thanks to random bytes)."""
@@ -78,8 +84,7 @@ class TokenCodec:
             token.epoch or 0,
             int(token.decided_at * 1_000_000),
         ) + _RANDOM.getrandbits(8 * _RANDOM_BYTES).to_bytes(_RANDOM_BYTES, "big")
-        sig = hmac.new(self._secret, body, hashlib.sha256).digest()[:_SIG_BYTES]
-        return PREFIX + _b64(body) + "." + _b64(sig)
+        return PREFIX + _b64(body) + "." + _b64(self._sign(body))
 
     def verify(self, decision_id: str) -> DecisionToken | None:
         """The facts of a genuine id, or None for anything forged, truncated, foreign or spelled
@@ -98,8 +103,7 @@ class TokenCodec:
             or len(sig) != _SIG_BYTES
         ):
             return None
-        expected = hmac.new(self._secret, body, hashlib.sha256).digest()[:_SIG_BYTES]
-        if not hmac.compare_digest(sig, expected):
+        if not hmac.compare_digest(sig, self._sign(body)):
             return None
         prompt_id, version_id, exp_id, arm, epoch, micros = _PAYLOAD.unpack(body[: _PAYLOAD.size])
         has_exp = exp_id != 0

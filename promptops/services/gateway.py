@@ -274,7 +274,9 @@ class Gateway:
                 )
                 if row is None:
                     raise LabelNotFound(name, str(label))
-            version = LiveVersion(row.id, row.number, row.variant, PromptContent.from_dict(row.content))
+            content = PromptContent.from_dict(row.content)
+            prepared = self.serving.ctx.renderer.prepare(content)
+            version = LiveVersion(row.id, row.number, row.variant, content, prepared)
         self._pins[(name, number, label)] = (seq, version)
         return version
 

@@ -20,6 +20,7 @@ from promptops.db.models import ArmRow, EpochRow, ExperimentRow, LabelRow, Promp
 from promptops.db.queries import RETENTION_CUTOFF, get_meta, read_change_seq
 from promptops.domain import BUILTIN_METRICS, LIVE_STATUSES, PRODUCTION, ExperimentStatus, PromptContent
 from promptops.errors import PromptNotFound
+from promptops.rendering import PreparedContent
 from promptops.services.context import Context
 
 
@@ -31,7 +32,13 @@ class LiveVersion:
     number: int
     variant: str
     content: PromptContent
-    may_loop: bool = False  # `Renderer.may_loop`: the server renders it off its event loop
+    prepared: PreparedContent | None = None  # the content compiled once (`Renderer.prepare`)
+
+    @property
+    def may_loop(self) -> bool:
+        """Whether its render can repeat work (`PreparedContent.may_loop`): the server renders
+        such a version off its event loop once the inline budget runs out."""
+        return self.prepared is not None and self.prepared.may_loop
 
 
 def _cumulative(weights: tuple[float, ...]) -> tuple[float, ...]:
@@ -155,7 +162,7 @@ class LiveState:
             if v.id not in versions:
                 content = PromptContent.from_dict(v.content)
                 versions[v.id] = LiveVersion(
-                    v.id, v.number, v.variant, content, self.ctx.renderer.may_loop(content)
+                    v.id, v.number, v.variant, content, self.ctx.renderer.prepare(content)
                 )
             return versions[v.id]
 

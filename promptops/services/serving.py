@@ -27,7 +27,7 @@ from promptops.domain import (
     text_problem,
 )
 from promptops.errors import DecisionNotFound, InvalidInput, PromptNotFound, UnknownMetric
-from promptops.rendering import RenderTooSlow
+from promptops.rendering import PreparedContent, RenderTooSlow
 from promptops.services.context import Context
 from promptops.services.decisions import DecisionToken, TokenCodec
 from promptops.services.live import ExperimentInfo, LiveExperiment, LivePrompt, LiveState, LiveVersion
@@ -173,8 +173,7 @@ class Serving:
         return Choice(p, exp, arm, version, unit_id, variables, new_unit)
 
     def _render(self, c: Choice, *, inline: bool) -> Decision:
-        rendered = self.ctx.renderer.render(
-            c.version.content,
+        rendered = self._prepared(c.version).render(
             c.variables,
             prompt=c.prompt.name,
             version=c.version.number,
@@ -259,9 +258,12 @@ class Serving:
         v = self.live.prompt(name).production
         if v is None:
             return None
-        return self.ctx.renderer.render(
-            v.content, variables, prompt=name, version=v.number, variant=v.variant, inline=inline
+        return self._prepared(v).render(
+            variables, prompt=name, version=v.number, variant=v.variant, inline=inline
         )
+
+    def _prepared(self, version: LiveVersion) -> PreparedContent:
+        return version.prepared or self.ctx.renderer.prepare(version.content)
 
     def prepare_feedback(self, decision_id: Any, reward: Any, metric: str | None = None) -> FeedbackItem:
         """Validate a feedback (unknown id, unknown metric, bad reward) without touching the

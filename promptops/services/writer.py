@@ -141,13 +141,20 @@ class BatchWriter:
             self._decisions.popleft()
             self.dropped += 1
         if len(self._decisions) >= self.max_batch:
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        # Event.set takes a lock and notifies even when the event is set already. Skipping it
+        # then is safe: the row was queued before the check, and the thread clears the event
+        # before it reads the queues, so a set seen here means a flush that will include it.
+        if not self._wake.is_set():
             self._wake.set()
 
     def submit_feedback(self, item: FeedbackItem) -> Future[str]:
         """Queue a feedback; the future resolves after its batch commits."""
         fut: Future[str] = Future()
         self._feedback.append((item, fut))
-        self._wake.set()
+        self._wake_writer()
         return fut
 
     def submit_feedback_async(self, item: FeedbackItem) -> asyncio.Future[str]:
@@ -156,7 +163,7 @@ class BatchWriter:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[str] = loop.create_future()
         self._feedback.append((item, (loop, fut)))
-        self._wake.set()
+        self._wake_writer()
         return fut
 
     def _run(self) -> None:

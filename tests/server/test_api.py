@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from promptops.rendering import RenderTooSlow
+from promptops.rendering import PreparedContent, RenderTooSlow
 from tests.samples import PLAIN, TRIAGE
 
 
@@ -313,17 +313,17 @@ def test_a_slow_template_renders_off_the_event_loop(ops, prompts_dir, app, monke
     app.state.runtime.refresh()
     started, released = threading.Event(), threading.Event()
     seen: dict[str, bool] = {}
-    render = ops.ctx.renderer.render
+    render = PreparedContent.render
 
-    def held_render(content, variables, *, prompt, inline=False, **kw):  # type: ignore[no-untyped-def]
+    def held_render(prepared, variables, *, prompt, inline=False, **kw):  # type: ignore[no-untyped-def]
         if prompt == "looping":
             if inline:  # a slow render runs out of the inline budget on the event loop ...
                 raise RenderTooSlow("the template needs more than the inline budget")
             started.set()  # ... and is finished in a worker thread, held until the other serve
             seen["released"] = released.wait(10)  # has been answered
-        return render(content, variables, prompt=prompt, inline=inline, **kw)
+        return render(prepared, variables, prompt=prompt, inline=inline, **kw)
 
-    monkeypatch.setattr(ops.ctx.renderer, "render", held_render)
+    monkeypatch.setattr(PreparedContent, "render", held_render)
 
     async def both() -> tuple[httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=app)
