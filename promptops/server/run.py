@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import sys
 from typing import Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
 from promptops.config import Settings, mask_url
 from promptops.errors import ConfigError, InvalidPromptFile
+from promptops.server.protocol import BoundedHttpToolsProtocol
 from promptops.server.runtime import server_ops
 from promptops.services.facade import PromptOps
 
-# A client gets this long to send a request's headers, from connecting or from the first byte
-# after a kept-alive idle; bodies are bounded by metrics.BODY_SECONDS.
-HEADER_SECONDS = 10.0
 # How long an idle kept-alive connection stays open (uvicorn's default).
 KEEP_ALIVE_SECONDS = 5
 
@@ -52,35 +47,6 @@ def prepare(settings: Settings) -> PromptOps:
     return ops
 
 
-class BoundedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on request headers: uvicorn restarts its idle timer
-    on every byte received, so a client trickling headers held a connection for ever."""
-
-    _head_armed = False
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Start the header deadline as the connection opens."""
-        super().connection_made(transport)
-        self._arm_head_deadline()
-
-    def data_received(self, data: bytes) -> None:
-        """Feed h11; only a complete request head (in handle_events) ends the deadline."""
-        if not self._head_armed:  # the first bytes of the next request on a kept-alive connection
-            self._arm_head_deadline()
-        self.conn.receive_data(data)
-        self.handle_events()
-
-    def on_response_complete(self) -> None:
-        """uvicorn's keep-alive idle timer runs until the next request's first byte."""
-        super().on_response_complete()
-        self._head_armed = False
-
-    def _arm_head_deadline(self) -> None:
-        self._unset_keepalive_if_required()
-        self.timeout_keep_alive_task = self.loop.call_later(HEADER_SECONDS, self.timeout_keep_alive_handler)
-        self._head_armed = True
-
-
 def bind(settings: Settings) -> socket.socket:
     """A listening socket on the configured address, or ConfigError in one line (port taken)."""
     sock: socket.socket | None = None
@@ -103,14 +69,15 @@ def bind(settings: Settings) -> socket.socket:
 
 
 def uvicorn_config(app: Any) -> Any:
-    """uvicorn's settings: quiet logs and the connection time limits above."""
+    """uvicorn's settings: quiet logs, the header deadline and coalesced writes (protocol.py), and
+    the keep-alive limit above."""
     import uvicorn
 
     return uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
-        http=BoundedH11Protocol,
+        http=BoundedHttpToolsProtocol,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
 

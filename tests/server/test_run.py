@@ -12,6 +12,7 @@ import pytest
 from promptops.errors import ConfigError
 from promptops.server import metrics as metrics_module
 from promptops.server import run
+from promptops.server.protocol import BoundedHttpToolsProtocol
 from promptops.server.runtime import server_ops
 
 
@@ -47,7 +48,7 @@ def test_the_banner_comes_after_the_bind_and_masks_the_password(settings, capsys
         settings, port=port, sync_on_start=False, database_url="postgresql+psycopg://po:hunter2@db.example/po"
     )
     run.run_server(shown)
-    assert seen["port"] == port and seen["protocol"] is run.BoundedH11Protocol
+    assert seen["port"] == port and seen["protocol"] is BoundedHttpToolsProtocol
     assert f"promptops on http://127.0.0.1:{port}" in seen["banner"]
     assert "hunter2" not in seen["banner"] and "po:***@db.example" in seen["banner"]
 
@@ -79,7 +80,7 @@ def test_trickled_headers_do_not_reset_the_deadline():
     async def scenario() -> None:
         config = run.uvicorn_config(app)
         config.load()
-        proto = run.BoundedH11Protocol(
+        proto = BoundedHttpToolsProtocol(
             config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
         )
         proto.connection_made(FakeTransport())
