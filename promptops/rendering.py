@@ -913,6 +913,39 @@ def coerce_cli_value(spec: VariableSpec | None, raw: str) -> Any:
 
 
 _SCALARS = (str, int, float, bool, type(None))
+_CONSTANTS = frozenset(("true", "false", "none", "True", "False", "None"))  # literals, not names
+_PLACEHOLDER = re.compile(r"\{\{ *([A-Za-z_][A-Za-z0-9_]*) *\}\}")
+
+
+def _placeholders(source: str) -> Placeholders | None:
+    """The literal text and variable names of a template made only of text and `{{ name }}`
+    placeholders (text, name, text, ..., text), or None for anything else."""
+    if "\r" in source:
+        return None
+    parts = _PLACEHOLDER.split(source)
+    texts, names = tuple(parts[0::2]), tuple(parts[1::2])
+    if not names or any("{" in text for text in texts) or _CONSTANTS.intersection(names):
+        return None
+    return texts, names
+
+
+Placeholders = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def _substitute(found: Placeholders | None, context: Mapping[str, Any]) -> str | None:
+    """What Jinja renders for a template of text and `{{ name }}` placeholders (`_placeholders`)
+    whose variables are all plain strings (the value itself, with this environment's settings),
+    without running Jinja; None when the template or a value needs Jinja."""
+    if found is None:
+        return None
+    texts, names = found
+    out = [texts[0]]
+    for name, text in zip(names, texts[1:], strict=True):
+        value = context.get(name, _UNKNOWN)
+        if type(value) is not str:  # missing, another type, or a str subclass: Jinja decides
+            return None
+        out += (value, text)
+    return "".join(out)
 
 
 def _copy_settings(model: Mapping[str, Any]) -> dict[str, Any]:
@@ -927,7 +960,7 @@ class Renderer:
     """Renders prompt content with checked variables; caches compiled templates (thread-safe)."""
 
     def __init__(self, *, cache_size: int = 512, time_budget: float = RENDER_TIME_BUDGET) -> None:
-        self._cache: OrderedDict[str, tuple[Any, int, bool]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Any, int, bool, Placeholders | None]] = OrderedDict()
         self._cache_size = max(1, cache_size)
         self._cache_chars = 0
         self._time_budget = time_budget
@@ -936,7 +969,7 @@ class Renderer:
     def _compile(self, source: str) -> Any:
         return self._compiled(source)[0]
 
-    def _compiled(self, source: str) -> tuple[Any, int, bool]:
+    def _compiled(self, source: str) -> tuple[Any, int, bool, Placeholders | None]:
         key = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
         with self._lock:
             hit = self._cache.get(key)
@@ -951,16 +984,17 @@ class Renderer:
             raise _syntax_problem(exc) from None
         except (RecursionError, MemoryError, SyntaxError) as exc:
             raise _compile_problem(exc) from None
+        entry = (template, len(source), loops, _placeholders(source))
         with self._lock:
             # Bounded by count and by total source size: many large templates evict each other.
             if key not in self._cache:
-                self._cache[key] = (template, len(source), loops)
+                self._cache[key] = entry
                 self._cache_chars += len(source)
             while len(self._cache) > self._cache_size or (
                 self._cache_chars > _CACHE_CHARS and len(self._cache) > 1
             ):
                 self._cache_chars -= self._cache.popitem(last=False)[1][1]
-        return template, len(source), loops
+        return entry
 
     def may_loop(self, content: PromptContent) -> bool:
         """Whether rendering the content can repeat work (a loop, a call, a macro, a filter that
@@ -987,7 +1021,11 @@ class Renderer:
             # the text unchanged, so skip it (a third of a serve's time for few-shot prompts).
             return source
         try:
-            template = self._compile(source)
+            template, _, _, placeholders = self._compiled(source)
+            # Text and `{{ name }}` with string values: Jinja's output without running Jinja.
+            quick = _substitute(placeholders, context)
+            if quick is not None and len(quick) <= budget:
+                return quick
             parts: list[str] = []
             size = 0
             # Stream the output so a runaway loop is stopped at the cap, not after filling memory.

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from promptops import rendering
 from promptops.domain import Message, PromptContent, VariableSpec
@@ -648,3 +650,28 @@ def test_the_renderer_says_which_templates_can_loop(template, loops):
         {"messages": [{"role": "system", "content": "plain"}, {"role": "user", "content": template}]}
     )
     assert Renderer().may_loop(messages) is loops
+
+
+_TEXT = st.text(st.characters(blacklist_characters="{}\r", blacklist_categories=("Cs",)), max_size=12)
+_NAME = st.sampled_from(["q", "name", "true", "loop", "_x1"])
+
+
+@given(
+    pieces=st.lists(st.tuples(_TEXT, _NAME, st.sampled_from(["", " ", "  "])), min_size=1, max_size=4),
+    tail=_TEXT,
+    values=st.dictionaries(_NAME, st.one_of(st.text(max_size=12), st.integers(), st.none()), min_size=5),
+)
+@settings(max_examples=200, deadline=None)
+def test_placeholder_substitution_renders_what_jinja_renders(pieces, tail, values):
+    source = "".join(f"{text}{{{{{pad}{name}{pad}}}}}" for text, name, pad in pieces) + tail
+    context = {k: v for k, v in values.items()}
+    quick = rendering._substitute(rendering._placeholders(source), context)
+    template = rendering._ENV.from_string(source)
+    try:
+        expected = template.render(context)
+    except Exception:  # noqa: BLE001 - a name Jinja refuses is never substituted quickly
+        assert quick is None
+        return
+    if quick is not None:
+        assert quick == expected
+    assert quick is None or all(type(context.get(n)) is str for _, n, _ in pieces)
