@@ -150,7 +150,7 @@ def main() -> None:
         server = start_promptops(Path(tmp), upstream, port)
         litellm = start_litellm(Path(tmp), upstream, port + 1)
         try:
-            run(upstream, port, args.requests, port + 1 if litellm else None)
+            run(upstream, port, args.requests, port + 1 if litellm else None, server.pid)
         finally:
             for proc in (server, litellm):
                 if proc is not None:
@@ -159,7 +159,16 @@ def main() -> None:
             fake.terminate()
 
 
-def run(upstream: int, port: int, requests: int, litellm: int | None) -> None:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux), or None where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(upstream: int, port: int, requests: int, litellm: int | None, pid: int) -> None:
     direct = f"http://127.0.0.1:{upstream}/v1/chat/completions"
     gateway = f"http://127.0.0.1:{port}/v1/chat/completions"
     proxy = f"http://127.0.0.1:{litellm}/v1/chat/completions" if litellm else None
@@ -170,7 +179,7 @@ def run(upstream: int, port: int, requests: int, litellm: int | None) -> None:
     )
     print(
         f"{'load':<22}{'direct p50':>12}{'promptops p50':>15}{'added':>9}"
-        f"{'direct rps':>12}{'promptops rps':>15}{'ratio':>8}{'LiteLLM p50':>13}"
+        f"{'direct rps':>12}{'promptops rps':>15}{'ratio':>8}{'CPU/call':>10}{'LiteLLM p50':>13}"
         f"{'LiteLLM rps':>13}{'ratio':>8}"
     )
     for stream in (False, True):
@@ -183,13 +192,20 @@ def run(upstream: int, port: int, requests: int, litellm: int | None) -> None:
             d_p50, d_rps = asyncio.run(
                 load(direct, d_body, concurrency=concurrency, requests=n, stream=stream)
             )
+            before = cpu_seconds(pid)
             p_p50, p_rps = asyncio.run(
                 load(gateway, p_body, concurrency=concurrency, requests=n, stream=stream)
+            )
+            after = cpu_seconds(pid)
+            # The server's CPU per call (warm-up calls included) moves less than latency on a
+            # shared machine.
+            per_call = (
+                f"{(after - before) / (n + min(20, n)) * 1e6:>8.0f}us" if before and after else "     n/a"
             )
             label = f"{'stream' if stream else 'plain'}, concurrency {concurrency}"
             line = (
                 f"{label:<22}{d_p50:>10.2f}ms{p_p50:>13.2f}ms{p_p50 - d_p50:>7.2f}ms"
-                f"{d_rps:>12.0f}{p_rps:>15.0f}{p_rps / d_rps:>7.2f}x"
+                f"{d_rps:>12.0f}{p_rps:>15.0f}{p_rps / d_rps:>7.2f}x{per_call}"
             )
             if proxy:
                 l_p50, l_rps = asyncio.run(

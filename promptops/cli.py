@@ -672,7 +672,7 @@ def cache_warm(
 
     from rich.progress import Progress
 
-    from promptops.services.gateway import warm
+    from promptops.services.warming import warm
 
     if label is not None and version is not None:
         fail("give --label or --version, not both", 2)

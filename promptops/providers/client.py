@@ -29,7 +29,7 @@ from .prices import ModelPrice, price_for
 from .results import CallResult, CallStatus, EmbeddingsResult, Usage
 from .retry import MAYBE_PROCESSED_STATUSES, RETRY_STATUSES, RetryPolicy, error_excerpt, parse_retry_after
 from .streaming import ChatStream
-from .transport import Http11Transport
+from .transport import Http11Transport, prepare_head
 from .wire import (
     ChatRequest,
     WireError,
@@ -105,6 +105,7 @@ class Provider:
         }
         self._prepared: tuple[str | None, httpx.Headers] | None = None
         self._urls: dict[str, httpx.URL] = {}
+        self._heads: dict[str, tuple[httpx.Headers, bytes]] = {}
         self._client = httpx.AsyncClient(
             base_url=config.base_url + "/",
             headers=dict(config.headers),
@@ -305,10 +306,20 @@ class Provider:
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(self._base + path)
+        if isinstance(self._transport, Http11Transport):
+            # The head is the same on every call while the key stays the same: built once.
+            prepared = self._heads.get(path)
+            if prepared is None or prepared[0] is not headers:
+                head = prepare_head(httpx.Request("POST", url, headers=headers))
+                prepared = self._heads[path] = (headers, head)
+            return await self._transport.post(url, prepared[1], content, self._timeout["timeout"])
         request = httpx.Request("POST", url, headers=headers, content=content, extensions=self._timeout)
         return await self._transport.handle_async_request(request)
 
     async def _acquire(self, state: _Attempts) -> None:
+        if not self._slots.locked():  # a free slot: taken at once, no deadline to arm
+            await self._slots.acquire()
+            return
         try:
             async with asyncio.timeout(self.config.timeout_seconds):
                 await self._slots.acquire()

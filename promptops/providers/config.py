@@ -35,7 +35,11 @@ from .prices import ModelPrice
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_MAX_RETRIES = 2
-DEFAULT_MAX_CONCURRENCY = 16
+DEFAULT_MAX_CONCURRENCY = 256
+"""Calls in flight per provider (per server process) unless `max_concurrency` says otherwise:
+calls per second times seconds per call, so 50 calls a second to a model that answers in 2 to 5
+seconds need 100 to 250; each call holds two sockets (the caller's and the upstream's), so 256
+stays well inside the usual limit of 1,024 open files."""
 DEFAULT_CACHE_MAX_ENTRIES = 10_000
 DEFAULT_WARM_ON_PROMOTE = 100
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
@@ -57,15 +57,38 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send one request on a pooled (or new) connection; the body streams from the socket."""
-        timeout: dict[str, float | None] = request.extensions.get("timeout", {})
-        url = request.url
+        body = await request.aread()
+        head = prepare_head(request)
+        if body or request.method not in ("GET", "HEAD"):
+            head += b"Content-Length: %d\r\n" % len(body)
+        return await self._exchange(
+            request.url, head + b"\r\n" + body, request.extensions.get("timeout", {}), request.method, request
+        )
+
+    async def post(
+        self, url: httpx.URL, head: bytes, body: bytes, timeout: Mapping[str, float | None]
+    ) -> httpx.Response:
+        """POST `body` with a head made once by `prepare_head` (a provider sends the same head on
+        every call: building an httpx.Request for each cost more than the rest of the call)."""
+        return await self._exchange(
+            url, b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body), timeout, "POST", None
+        )
+
+    async def _exchange(
+        self,
+        url: httpx.URL,
+        data: bytes,
+        timeout: Mapping[str, float | None],
+        method: str,
+        request: httpx.Request | None,
+    ) -> httpx.Response:
         origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         conn = self._pooled(origin)
         if conn is None:
             conn = await self._connect(origin, timeout.get("connect"))
         try:
-            await self._send(conn, request, timeout.get("write"))
-            return await self._receive(conn, origin, request, timeout.get("read"))
+            await self._send(conn, data, timeout.get("write"))
+            return await self._receive(conn, origin, method, request, timeout.get("read"))
         except BaseException:
             conn.close()
             raise
@@ -106,33 +129,25 @@ class Http11Transport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
         return _Connection(reader, writer)
 
-    async def _send(self, conn: _Connection, request: httpx.Request, seconds: float | None) -> None:
-        body = await request.aread()
-        url = request.url
-        parts = [request.method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"]
-        has_length = False
-        for name, value in request.headers.raw:
-            lower = name.lower()
-            if lower == b"content-length":
-                has_length = True
-            elif lower == b"transfer-encoding":
-                continue  # the body is already whole: it goes with a Content-Length
-            parts += (name, b": ", value, b"\r\n")
-        if not has_length and (body or request.method not in ("GET", "HEAD")):
-            parts += (b"Content-Length: ", str(len(body)).encode("ascii"), b"\r\n")
-        parts.append(b"\r\n")
-        parts.append(body)
+    async def _send(self, conn: _Connection, data: bytes, seconds: float | None) -> None:
+        writer = conn.writer
         try:
-            conn.writer.write(b"".join(parts))
-            async with asyncio.timeout(seconds):
-                await conn.writer.drain()
+            writer.write(data)
+            if writer.transport.get_write_buffer_size():  # not all sent at once: wait, bounded
+                async with asyncio.timeout(seconds):
+                    await writer.drain()
         except TimeoutError:
             raise httpx.WriteTimeout("timed out while sending the request") from None
         except OSError as exc:
             raise httpx.WriteError(str(exc) or type(exc).__name__) from None
 
     async def _receive(
-        self, conn: _Connection, origin: _Origin, request: httpx.Request, seconds: float | None
+        self,
+        conn: _Connection,
+        origin: _Origin,
+        method: str,
+        request: httpx.Request | None,
+        seconds: float | None,
     ) -> httpx.Response:
         while True:
             try:
@@ -151,7 +166,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 break
         fields = {name.lower(): value for name, value in headers}
         keep_alive = version == b"HTTP/1.1" and b"close" not in fields.get(b"connection", b"").lower()
-        if request.method == "HEAD" or status in (204, 304):
+        if method == "HEAD" or status in (204, 304):
             length: int | None = 0
             chunked = False
         else:
@@ -180,6 +195,17 @@ class Http11Transport(httpx.AsyncBaseTransport):
         for conns in idle.values():
             for conn in conns:
                 await conn.aclose()
+
+
+def prepare_head(request: httpx.Request) -> bytes:
+    """The request line and header lines of a request, without Content-Length (it goes with
+    each body) and without the blank line that ends the head."""
+    parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    for name, value in request.headers.raw:
+        if name.lower() not in (b"content-length", b"transfer-encoding"):
+            # The body is always whole: it goes with a Content-Length, never chunked.
+            parts += (name, b": ", value, b"\r\n")
+    return b"".join(parts)
 
 
 def _parse_head(head: bytes) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:

@@ -22,12 +22,16 @@ from promptops.server.auth import bearer_principal
 from promptops.server.errors import promptops_error_body, status_for
 from promptops.server.metrics import answer_too_large, declared_too_large
 from promptops.server.schemas import ERROR_MEANINGS, error_responses
-from promptops.services.gateway import (
+from promptops.services.completions import (
+    MODEL_FORMS,
     Completion,
     CompletionRequest,
-    CompletionStream,
+    check_cache,
+    check_messages,
+    json_kind,
     parse_model,
 )
+from promptops.services.completionstream import CompletionStream
 
 router = APIRouter()
 CHAT_PATH = "/v1/chat/completions"
@@ -64,7 +68,7 @@ def openai_error(exc: e.PromptOpsError) -> Response:
 def cache_directive(request: Request, body_value: Any) -> str | None:
     """ "refresh", "bypass" or None from the body's `cache` or the Cache-Control header."""
     if body_value is not None:
-        return body_value if isinstance(body_value, str) else repr(body_value)
+        return check_cache(body_value)
     header = request.headers.get("cache-control", "").lower()
     directives = {d.strip().split("=")[0] for d in header.split(",")}
     if "no-store" in directives:
@@ -90,29 +94,43 @@ def _variables(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise e.InvalidInput("variables must be an object", field="variables")
+        raise e.InvalidInput(f"variables must be an object, got {json_kind(value)}", field="variables")
     return value
 
 
 def _unit(value: Any, field: str) -> str | None:
     if value is not None and (not isinstance(value, str) or len(value) > 256):
-        raise e.InvalidInput(f"{field} must be a string of at most 256 characters", field=field)
+        got = f"{len(value)} characters" if isinstance(value, str) else json_kind(value)
+        raise e.InvalidInput(f"{field} must be a string of at most 256 characters, got {got}", field=field)
     return value
+
+
+def _flag(value: Any, field: str) -> bool:
+    if value is not None and not isinstance(value, bool):
+        raise e.InvalidInput(f"{field} must be true or false, got {json_kind(value)}", field=field)
+    return bool(value)
 
 
 def chat_request(request: Request, body: dict[str, Any]) -> tuple[CompletionRequest, bool]:
     """The gateway request of a chat.completions body, and whether it streams."""
-    name, version, label = parse_model(body.get("model"))
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise e.InvalidInput("stream must be true or false", field="stream")
+    model = body.get("model")
+    if not isinstance(model, str):
+        # A model that is not a string is a malformed request (422), not an unknown model (404).
+        problem = "is required" if model is None else f"must be a string, got {json_kind(model)}"
+        raise e.InvalidInput(f"model {problem}: {MODEL_FORMS}", field="model")
+    name, version, label = parse_model(model)
+    stream = _flag(body.get("stream"), "stream")
     options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    if options is not None and not isinstance(options, dict):
+        raise e.InvalidInput(
+            f"stream_options must be an object, got {json_kind(options)}", field="stream_options"
+        )
+    include_usage = _flag((options or {}).get("include_usage"), "stream_options.include_usage")
     return CompletionRequest(
         name=name,
         variables=_variables(body.get("variables")),
         unit_id=_unit(body.get("user"), "user"),
-        messages=body.get("messages") or [],
+        messages=check_messages(body.get("messages")),
         cache=cache_directive(request, body.get("cache")),
         version=version,
         label=label,
@@ -209,7 +227,7 @@ async def complete(name: str, request: Request) -> Response:
             name=name,
             variables=_variables(body.get("variables")),
             unit_id=_unit(body.get("unit_id"), "unit_id"),
-            messages=body.get("messages") or [],
+            messages=check_messages(body.get("messages")),
             cache=cache_directive(request, body.get("cache")),
         )
         completion = await rt.gateway.complete(req)

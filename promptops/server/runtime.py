@@ -15,6 +15,7 @@ from promptops.errors import PromptOpsError
 from promptops.server.metrics import Metrics
 from promptops.services.facade import PromptOps
 from promptops.services.gateway import Gateway
+from promptops.services.warming import warm_production
 from promptops.services.writer import BatchWriter
 
 log = logging.getLogger("promptops.server")
@@ -127,7 +128,7 @@ class Runtime:
                 and new is not None
                 and (old.production is None or old.production.id != new.id)
             ):
-                asyncio.run_coroutine_threadsafe(self.gateway.warm_production(name, new.number), self.loop)
+                asyncio.run_coroutine_threadsafe(warm_production(self.gateway, name, new.number), self.loop)
 
     def check_db(self) -> bool:
         """Ping the database; remember the answer for /healthz and metrics."""

@@ -20,6 +20,8 @@ from promptops.db.models import CallRow, CallStatsRow
 from promptops.services.context import Context
 from promptops.stats import latency
 
+_INSERTS: dict[str, Any] = {}  # the call insert statement per dialect, built once
+
 ERROR_STATUSES = frozenset(("error", "timeout", "rate_limited"))
 """Call statuses that count as `error` = 1 (a cancelled call is not the provider's failure)."""
 
@@ -109,20 +111,30 @@ class CallRecorder:
         if not rows:
             return 0
         with self.ctx.tx() as s:
-            dialect = s.get_bind().dialect.name
-            mod: Any = postgresql if dialect == "postgresql" else sqlite
+            return self.store_calls(s, rows)
+
+    def store_calls(self, s: Session, rows: Sequence[dict[str, Any]]) -> int:
+        """`record_calls` inside the caller's transaction, which has stored their decisions."""
+        if not rows:
+            return 0
+        dialect = s.get_bind().dialect.name
+        mod: Any = postgresql if dialect == "postgresql" else sqlite
+        stmt = _INSERTS.get(dialect)
+        if stmt is None:
             table: Any = CallRow.__table__
-            by_id = {r["decision_id"]: r for r in rows}
-            stmt = mod.insert(table).on_conflict_do_nothing().returning(table.c.decision_id)
-            inserted = s.connection().execute(stmt, [by_id[k] for k in sorted(by_id)]).all()
-            sums: dict[tuple[int, int, int], _Sums] = {}
-            for (decision_id,) in inserted:
-                r = by_id[decision_id]
-                if r["experiment_id"] is not None and r["arm"] is not None:
-                    key = (r["experiment_id"], r["arm"], r["epoch"] or 0)
-                    sums.setdefault(key, _Sums()).add(r)
-            self._bump(s, mod, sums)
-            return len(inserted)
+            stmt = _INSERTS[dialect] = (
+                mod.insert(table).on_conflict_do_nothing().returning(table.c.decision_id)
+            )
+        by_id = {r["decision_id"]: r for r in rows}
+        inserted = s.connection().execute(stmt, [by_id[k] for k in sorted(by_id)]).all()
+        sums: dict[tuple[int, int, int], _Sums] = {}
+        for (decision_id,) in inserted:
+            r = by_id[decision_id]
+            if r["experiment_id"] is not None and r["arm"] is not None:
+                key = (r["experiment_id"], r["arm"], r["epoch"] or 0)
+                sums.setdefault(key, _Sums()).add(r)
+        self._bump(s, mod, sums)
+        return len(inserted)
 
     @staticmethod
     def _bump(s: Session, mod: Any, sums: dict[tuple[int, int, int], _Sums]) -> None:

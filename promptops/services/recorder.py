@@ -74,10 +74,15 @@ class Recorder:
         if not rows:
             return 0
         with self.ctx.conn() as conn:
-            counts: dict[tuple[int, int], list[float]] = {}
-            stored = self._store_decisions(conn, rows, counts)
-            self._bump_arms(conn, counts)
-            return stored
+            return self.store_decisions(conn, rows)
+
+    def store_decisions(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        """`record_decisions` inside the caller's transaction (the batched writer stores a batch's
+        decisions and their gateway calls in one)."""
+        counts: dict[tuple[int, int], list[float]] = {}
+        stored = self._store_decisions(conn, rows, counts)
+        self._bump_arms(conn, counts)
+        return stored
 
     # Every transaction here takes its row locks in one order: decisions by id, then feedback by
     # decision id, then arm counters by experiment and arm. Replicas writing the same decisions

@@ -1,8 +1,9 @@
 """The batched writer: decisions leave the request path, feedback is group-committed.
 
 A serve appends its decision to an in-memory buffer and returns at once; a background thread stores
-the buffer every few milliseconds in one transaction. A feedback waits for the commit of the batch
-it joined (group commit), so an acknowledged feedback is always durable. If the database is down,
+the buffer every few milliseconds in one transaction, with the gateway calls of those decisions (a
+call is never stored before its decision). A feedback waits for the commit of the batch it joined
+(group commit), so an acknowledged feedback is always durable. If the database is down,
 the feedback futures fail (the server answers 503) and buffered decisions are kept, up to a bound,
 until it returns. If the database is up but refuses a batch, the batch is split in halves until the
 refused rows stand alone: the others are stored, a refused feedback fails its own request
@@ -176,9 +177,12 @@ class BatchWriter:
     def flush(self) -> None:
         """Store everything buffered now (called by the thread, or by tests)."""
         self._flush_feedback()
-        self._flush_decisions()
-        if not self._decisions:  # a call is stored only once its decision is
-            self._flush_calls()
+        # A gateway call is queued after its decision, so every call queued now has its decision
+        # queued or stored already: a call is stored only once its decision is.
+        ready = len(self._calls)
+        left = self._flush_decisions(ready)
+        if left is not None:
+            self._flush_calls(left)
 
     def _flush_feedback(self) -> None:
         while self._feedback:
@@ -220,13 +224,28 @@ class BatchWriter:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, pending)
 
-    def _flush_decisions(self) -> None:
+    def _flush_decisions(self, ready: int) -> int | None:
+        """Store the queued decisions; the last batch takes along (up to a batch of) the `ready`
+        calls, whose decisions are all in it or stored before, in the same transaction. Returns
+        how many ready calls are left to store, or None when the database stopped the flush."""
+        # The decisions of the ready calls were queued before this count was taken.
+        behind = len(self._decisions)
         while self._decisions:
             batch: list[dict[str, Any]] = []
             while self._decisions and len(batch) < self.max_batch:
                 batch.append(self._decisions.popleft())
+            behind -= len(batch)
+            calls: list[dict[str, Any]] = []
+            if behind <= 0:
+                while ready and self._calls and len(calls) < self.max_batch:
+                    calls.append(self._calls.popleft())
+                    ready -= 1
             self._in_flight = len(batch)
             try:
+                if calls:
+                    if self._record_together(batch, calls):
+                        continue
+                    ready += len(calls)
                 results, stop, exc = self._write(batch, self._record_decisions)
             finally:
                 self._in_flight = 0
@@ -242,12 +261,28 @@ class BatchWriter:
                 while len(self._decisions) > self.max_pending:
                     self._decisions.popleft()
                     self.dropped += 1
-                return
+                return None
+        return ready
 
     def _record_decisions(self, rows: list[dict[str, Any]]) -> list[None]:
         self.recorder.record_decisions(rows)
         self.written += len(rows)
         return [None] * len(rows)
+
+    def _record_together(self, rows: list[dict[str, Any]], calls: list[dict[str, Any]]) -> bool:
+        """Store decisions and their calls in one transaction (one commit instead of two). When
+        that fails the calls go back to the front of their queue, to follow their decisions
+        through the usual path that isolates refused rows or waits for the database."""
+        try:
+            with self.recorder.ctx.tx() as s:
+                self.recorder.store_decisions(s.connection(), rows)
+                self.call_recorder.store_calls(s, calls)
+        except Exception:  # retried row by row below, where each failure is handled
+            self._calls.extendleft(reversed(calls))
+            return False
+        self.written += len(rows)
+        self.healthy = True
+        return True
 
     def _write(
         self,
@@ -277,11 +312,13 @@ class BatchWriter:
             self.healthy = True
         return results, len(rows), None
 
-    def _flush_calls(self) -> None:
-        while self._calls:
+    def _flush_calls(self, ready: int) -> None:
+        """Store the first `ready` queued calls (their decisions are stored)."""
+        while ready and self._calls:
             batch: list[dict[str, Any]] = []
-            while self._calls and len(batch) < self.max_batch:
+            while ready and self._calls and len(batch) < self.max_batch:
                 batch.append(self._calls.popleft())
+                ready -= 1
             results, stop, exc = self._write(batch, self._record_calls)
             for row, result in zip(batch[:stop], results, strict=True):
                 if isinstance(result, _Refused):

@@ -136,8 +136,10 @@ class Server:
         log_path: Path,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.database_url = database_url
+        self.args = args
         self.prompts_dir = prompts_dir
         self.log_path = log_path
         self.port = port or free_port()
@@ -163,7 +165,7 @@ class Server:
         }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "promptops.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "promptops.cli", "serve", "--port", str(self.port), *self.args],
                 env=env,
                 cwd=REPO,
                 stdout=log,
@@ -254,6 +256,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         port: int | None = None,
         name: str | None = None,
         wait: bool = True,
+        args: tuple[str, ...] = (),
     ) -> Server:
         folder = prompts_dir or tmp_path / "prompts"
         if not folder.exists():
@@ -263,6 +266,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             prompts_dir=folder,
             port=port,
             log_path=tmp_path / f"{name or f'server-{len(started)}'}.log",
+            args=args,
         )
         started.append(server)
         return server.start(wait=wait)

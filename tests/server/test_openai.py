@@ -15,9 +15,9 @@ import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from promptops.db.models import CallRow
+from promptops.db.models import CallRow, DecisionRow
 from promptops.server.runtime import server_ops
 from tests import fakeupstream
 from tests.fakeupstream import Reply
@@ -263,6 +263,95 @@ def test_a_body_that_is_not_json_says_why(http):
             assert r.json()["error"]["message"].startswith(f"the body is not valid JSON: {why}"), r.text
     r = http.post("/v1/chat/completions", json=[1])
     assert r.json()["error"]["message"] == "the body must be a JSON object", r.text
+
+
+CHAT_BODY_ERRORS = [
+    ("model", 123, "model", "model must be a string, got a number: promptops/NAME"),
+    ("model", None, "model", "model is required: promptops/NAME, promptops/NAME@LABEL or promptops/NAME@vN"),
+    ("model", ["promptops/ask"], "model", "model must be a string, got a list"),
+    (
+        "messages",
+        "x",
+        "messages",
+        'messages must be a list of chat messages ({"role": ..., "content": ...}), got a string',
+    ),
+    ("messages", {"role": "user"}, "messages", "messages must be a list of chat messages"),
+    ("messages", 5, "messages", "messages must be a list of chat messages"),
+    ("messages", False, "messages", "messages must be a list of chat messages"),
+    ("messages", ["hi"], "messages", "messages[0] must be an object with a role among"),
+    ("variables", "x", "variables", "variables must be an object, got a string"),
+    ("variables", [1], "variables", "variables must be an object, got a list"),
+    ("user", 5, "user", "user must be a string of at most 256 characters, got a number"),
+    ("user", "u" * 300, "user", "user must be a string of at most 256 characters, got 300 characters"),
+    ("stream", "yes", "stream", "stream must be true or false, got a string"),
+    ("stream", 1, "stream", "stream must be true or false, got a number"),
+    ("stream_options", "x", "stream_options", "stream_options must be an object, got a string"),
+    (
+        "stream_options",
+        {"include_usage": "yes"},
+        "stream_options.include_usage",
+        "stream_options.include_usage must be true or false, got a string",
+    ),
+    ("cache", 5, "cache", 'cache must be "refresh" or "bypass", got a number'),
+    ("cache", "sometimes", "cache", """cache must be "refresh" or "bypass", got 'sometimes'"""),
+    ("temperature", "hot", "temperature", "temperature must be a number, got a string"),
+    ("temperature", True, "temperature", "temperature must be a number, got true"),
+    ("top_p", [1], "top_p", "top_p must be a number, got a list"),
+    ("max_tokens", 1.5, "max_tokens", "max_tokens must be an integer, got a number"),
+    ("max_completion_tokens", "9", "max_completion_tokens", "max_completion_tokens must be an integer"),
+    ("n", "2", "n", "n must be an integer, got a string"),
+    ("seed", {}, "seed", "seed must be an integer, got an object"),
+    ("stop", 5, "stop", "stop must be a string or a list of strings, got a number"),
+    ("stop", ["a", 1], "stop", "stop must be a string or a list of strings, got a list"),
+    ("tools", {}, "tools", "tools must be a list, got an object"),
+    ("tool_choice", 5, "tool_choice", "tool_choice must be a string or an object, got a number"),
+    ("response_format", "json", "response_format", "response_format must be an object, got a string"),
+    ("logprobs", "yes", "logprobs", "logprobs must be true or false, got a string"),
+    ("logit_bias", [], "logit_bias", "logit_bias must be an object, got a list"),
+    ("presence_penalty", "0", "presence_penalty", "presence_penalty must be a number, got a string"),
+]
+
+
+def _no_decision_and_no_call(http: TestClient, ops, fake_upstream) -> None:  # type: ignore[no-untyped-def]
+    http.app.state.runtime.writer.flush()
+    with ops.ctx.tx() as s:
+        assert s.scalar(select(func.count()).select_from(DecisionRow)) == 0
+    assert fake_upstream.count == 0
+
+
+@pytest.mark.parametrize(
+    "field, value, param, message",
+    [pytest.param(*case, id=f"{case[0]}={str(case[1])[:12]}") for case in CHAT_BODY_ERRORS],
+)
+def test_a_chat_body_field_of_the_wrong_type_is_a_422_that_says_what_is_expected(
+    http, ops, fake_upstream, field, value, param, message
+):
+    body = {"model": "promptops/ask", "messages": [], "variables": {"question": "q"}, field: value}
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["code"], error["type"], error["param"]) == ("invalid_input", "invalid_request_error", param)
+    assert error["message"].startswith(message), error["message"]
+    _no_decision_and_no_call(http, ops, fake_upstream)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("variables", "x", "variables must be an object, got a string"),
+        ("unit_id", 7, "unit_id must be a string of at most 256 characters, got a number"),
+        ("messages", "x", "messages must be a list of chat messages"),
+        ("messages", {}, "messages must be a list of chat messages"),
+        ("cache", True, 'cache must be "refresh" or "bypass", got true'),
+    ],
+)
+def test_a_complete_body_field_of_the_wrong_type_is_a_422(http, ops, fake_upstream, field, value, message):
+    r = http.post("/v1/prompts/ask/complete", json={"variables": {"question": "q"}, field: value})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "invalid_input" and error["message"].startswith(message), error
+    _no_decision_and_no_call(http, ops, fake_upstream)
 
 
 # --- a live server: the SDK over real HTTP, and a client that disconnects mid-stream ---------

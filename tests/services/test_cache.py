@@ -12,7 +12,8 @@ import pytest
 
 from promptops import errors as e
 from promptops.services.cache import CacheEntry, CachePolicy, ResponseCache, cache_key, random_prefix
-from promptops.services.gateway import CompletionRequest, Gateway
+from promptops.services.completions import CompletionRequest
+from promptops.services.gateway import Gateway
 from tests import fakeupstream
 from tests.fakeupstream import Reply
 from tests.samples import ASK, CHAT

@@ -14,7 +14,8 @@ from sqlalchemy import select
 from promptops import errors as e
 from promptops.db.models import CallRow, DecisionRow
 from promptops.services.calls import arm_usage
-from promptops.services.gateway import CompletionRequest, Gateway, parse_model
+from promptops.services.completions import CompletionRequest, parse_model
+from promptops.services.gateway import Gateway
 from tests import fakeupstream
 from tests.fakeupstream import FakeUpstream, Reply
 from tests.samples import ASK, CHAT, DUEL

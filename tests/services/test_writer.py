@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
-from promptops.db.models import DecisionRow, FeedbackRow
+from promptops.db.models import CallRow, DecisionRow, FeedbackRow
 from promptops.errors import InvalidInput, Unavailable
 from promptops.services.decisions import DecisionToken
 from promptops.services.recorder import FeedbackItem, decision_row
@@ -208,3 +208,86 @@ def test_the_backlog_stays_bounded_while_the_database_is_down(ops, clock, writer
     monkeypatch.setattr(writer.recorder, "record_decisions", down)
     writer.flush()
     assert writer.pending == 60 and writer.dropped == 30
+
+
+def call_row(ops, decision_id: str, **changes: Any) -> dict[str, Any]:
+    """A gateway call row for a served decision, as the gateway queues it."""
+    t = ops.serving.codec.verify(decision_id)
+    row = {
+        "decision_id": decision_id,
+        "prompt_id": t.prompt_id,
+        "version_id": t.version_id,
+        "experiment_id": t.experiment_id,
+        "arm": t.arm,
+        "epoch": t.epoch,
+        "created_at": t.decided_at,
+        "status": "ok",
+        "http_status": 200,
+        "provider": "fake",
+        "model": "m",
+        "cache": "bypass",
+        "prompt_tokens": 3,
+        "completion_tokens": 2,
+        "tokens_estimated": False,
+        "cost_usd": None,
+        "input_per_mtok": None,
+        "output_per_mtok": None,
+        "latency_ms": 20.0,
+        "ttft_ms": None,
+        "stream": False,
+        "error": None,
+        "request_key": None,
+        "variables": None,
+        "output": None,
+    }
+    return {**row, **changes}
+
+
+def stored_calls(ops) -> set[str]:
+    with ops.ctx.tx() as s:
+        return set(s.scalars(select(CallRow.decision_id)))
+
+
+def test_decisions_and_their_calls_are_stored_in_one_commit(ops, writer):
+    ids = [ops.serve("triage", {})["decision_id"] for _ in range(70)]  # two batches of decisions
+    for decision_id in ids[:40]:  # made calls; the other decisions are serves
+        writer.add_call(call_row(ops, decision_id))
+    commits: list[int] = []
+
+    def count(conn: Any) -> None:
+        commits.append(1)
+
+    event.listen(ops.ctx.engine, "commit", count)
+    writer.flush()
+    event.remove(ops.ctx.engine, "commit", count)
+    assert len(commits) == 2  # one per batch of decisions, the calls with the last one
+    assert stored_ids(ops) == set(ids) and stored_calls(ops) == set(ids[:40])
+    assert writer.pending == 0 and writer.pending_calls == 0
+    assert sum(a.calls for a in ops.experiments.get(1).arms) == 40
+
+
+def test_a_refused_call_is_dropped_and_its_decision_and_the_other_calls_are_stored(ops, writer):
+    ids = [ops.serve("triage", {})["decision_id"] for _ in range(5)]
+    for i, decision_id in enumerate(ids):
+        writer.add_call(call_row(ops, decision_id, latency_ms=None if i == 2 else 20.0))
+    writer.flush()
+    assert stored_ids(ops) == set(ids)
+    assert stored_calls(ops) == set(ids) - {ids[2]}
+    assert (writer.pending, writer.pending_calls, writer.rejected, writer.healthy) == (0, 0, 1, True)
+
+
+def test_calls_wait_for_their_decisions_while_the_database_is_down(ops, writer, monkeypatch):
+    ids = [ops.serve("triage", {})["decision_id"] for _ in range(3)]
+    for decision_id in ids:
+        writer.add_call(call_row(ops, decision_id))
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise Unavailable("database unavailable: connection refused")
+
+    monkeypatch.setattr(writer.recorder.ctx, "tx", down)
+    writer.flush()
+    assert (writer.pending, writer.pending_calls, writer.healthy) == (3, 3, False)
+    monkeypatch.undo()
+    writer.flush()
+    assert stored_ids(ops) == set(ids) and stored_calls(ops) == set(ids)
+    assert (writer.pending, writer.pending_calls, writer.healthy) == (0, 0, True)

@@ -1,0 +1,149 @@
+"""A streaming completion on its way to the caller: OpenAI server-sent events, `id` = decision id.
+
+The events come from the cache (an entry replayed as a role chunk, a finish chunk and the usage
+chunk when asked for) or from the provider's stream, passed through as they arrive: events that
+arrived together leave together. Closing the stream early closes the upstream call (it is recorded
+`cancelled`); every stream is recorded with its decision once it ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from promptops.errors import UpstreamError
+from promptops.providers import CallResult, ChatRequest
+from promptops.services.cache import CacheEntry
+from promptops.services.calls import CacheResult
+from promptops.services.completions import CompletionRequest, entry_usage
+from promptops.services.serving import Decision
+
+if TYPE_CHECKING:
+    from promptops.services.gateway import Gateway
+
+
+def sse(data: Mapping[str, Any]) -> bytes:
+    """One server-sent event carrying a JSON object."""
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+class CompletionStream:
+    """A streaming completion on its way to the caller: OpenAI SSE bytes with `id` = decision id."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        req: CompletionRequest,
+        decision: Decision,
+        upstream: ChatRequest,
+        key: str,
+        start: float,
+        cache: CacheResult,
+        *,
+        hit: CacheEntry | None = None,
+        chat: Any = None,
+        flight: Any = None,
+    ) -> None:
+        self.gateway = gateway
+        self.req = req
+        self.decision = decision
+        self.upstream = upstream
+        self.key = key
+        self.start = start
+        self.cache = cache
+        self._hit = hit
+        self._chat = chat
+        self._flight = flight
+        self._recorded = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._hit_chunks() if self._hit is not None else self._upstream_chunks()
+
+    async def _hit_chunks(self) -> AsyncIterator[bytes]:
+        entry = self._hit
+        assert entry is not None
+        base = {
+            "id": self.decision.id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": entry.model,
+        }
+        delta: dict[str, Any] = {k: v for k, v in entry.message.items()}
+        delta.setdefault("role", "assistant")
+        if isinstance(delta.get("tool_calls"), list):
+            delta["tool_calls"] = [{**c, "index": i} for i, c in enumerate(delta["tool_calls"])]
+        yield sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+        yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": entry.finish_reason}]})
+        usage = entry_usage(entry)
+        if self.req.include_usage and usage is not None:
+            yield sse({**base, "choices": [], "usage": usage.as_openai()})
+        yield DONE
+        self._finish_hit()
+
+    def _finish_hit(self) -> None:
+        if not self._recorded:
+            self._recorded = True
+            self.gateway.record_call(
+                self.decision, self.upstream, self.key, self.start, hit=self._hit, stream=True
+            )
+
+    async def _upstream_chunks(self) -> AsyncIterator[bytes]:
+        chat = self._chat
+        new_id = self.decision.id
+        include_usage = self.req.include_usage
+        # Events that arrived together leave together: one write to the caller, not one each.
+        out: list[bytes] = []
+        try:
+            async for event in chat:
+                if event.done:
+                    out.append(DONE)
+                elif not event.usage_only or include_usage:
+                    data = event.data
+                    out.append(
+                        sse({**data, "id": new_id})
+                        if data is not None and data.get("id") != new_id
+                        else event.raw
+                    )
+                if out and not chat.buffered:
+                    yield out[0] if len(out) == 1 else b"".join(out)
+                    out = []
+        except UpstreamError as exc:
+            out.append(
+                sse({"error": {"message": exc.message, "type": "api_error", "param": None, "code": exc.code}})
+            )
+            yield b"".join(out)
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """End the call: close the upstream (a caller that left cancels it), then record it."""
+        if self._recorded:
+            return
+        if self._hit is not None:
+            self._finish_hit()
+            return
+        self._recorded = True
+        chat = self._chat
+        await chat.aclose()
+        result: CallResult = chat.result
+        entry = self.gateway.cache_entry(result, self.decision) if result is not None else None
+        if self._flight is not None:
+            self._flight.done(entry)
+        if entry is not None and self.cache is not CacheResult.BYPASS:
+            self.gateway.cache.put_soon(self.key, entry)
+        if result is not None:
+            self.gateway.record_call(
+                self.decision,
+                self.upstream,
+                self.key,
+                self.start,
+                result=result,
+                mode=self.cache,
+                stream=True,
+            )
