@@ -249,7 +249,7 @@ def stored_calls(ops) -> set[str]:
 
 
 def test_decisions_and_their_calls_are_stored_in_one_commit(ops, writer):
-    ids = [ops.serve("triage", {})["decision_id"] for _ in range(70)]  # two batches of decisions
+    ids = [ops.serve("triage", {}).decision_id for _ in range(70)]  # two batches of decisions
     for decision_id in ids[:40]:  # made calls; the other decisions are serves
         writer.add_call(call_row(ops, decision_id))
     commits: list[int] = []
@@ -267,7 +267,7 @@ def test_decisions_and_their_calls_are_stored_in_one_commit(ops, writer):
 
 
 def test_a_refused_call_is_dropped_and_its_decision_and_the_other_calls_are_stored(ops, writer):
-    ids = [ops.serve("triage", {})["decision_id"] for _ in range(5)]
+    ids = [ops.serve("triage", {}).decision_id for _ in range(5)]
     for i, decision_id in enumerate(ids):
         writer.add_call(call_row(ops, decision_id, latency_ms=None if i == 2 else 20.0))
     writer.flush()
@@ -277,7 +277,7 @@ def test_a_refused_call_is_dropped_and_its_decision_and_the_other_calls_are_stor
 
 
 def test_calls_wait_for_their_decisions_while_the_database_is_down(ops, writer, monkeypatch):
-    ids = [ops.serve("triage", {})["decision_id"] for _ in range(3)]
+    ids = [ops.serve("triage", {}).decision_id for _ in range(3)]
     for decision_id in ids:
         writer.add_call(call_row(ops, decision_id))
 
@@ -285,6 +285,7 @@ def test_calls_wait_for_their_decisions_while_the_database_is_down(ops, writer, 
         raise Unavailable("database unavailable: connection refused")
 
     monkeypatch.setattr(writer.recorder.ctx, "tx", down)
+    monkeypatch.setattr(writer.recorder.ctx, "conn", down)  # decisions are written on a bare connection
     writer.flush()
     assert (writer.pending, writer.pending_calls, writer.healthy) == (3, 3, False)
     monkeypatch.undo()
