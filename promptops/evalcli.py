@@ -285,6 +285,20 @@ async def _run_all(
     return runs, summaries
 
 
+def run_evals(ops: Any, definitions: Sequence[Any], **options: Any) -> tuple[list[Any], list[Any]]:
+    """Run and store the evals on a new event loop: (runs, summaries); options as `_run_all`'s."""
+    out: list[tuple[list[Any], list[Any]]] = []
+
+    async def main() -> None:
+        # The results leave through a list, not as the main coroutine's result: when asyncio.run
+        # restores the SIGINT handler, Python 3.11 formats the repr of the main task, result
+        # included, and the repr of a run of thousands of cases takes a third of a second.
+        out.append(await _run_all(ops, definitions, **options))
+
+    asyncio.run(main())
+    return out[0]
+
+
 def eval_command(
     evals: Annotated[
         list[str] | None,
@@ -327,19 +341,17 @@ def eval_command(
         if not definitions:
             raise EvalUsageError([f"no eval files in {folder}"])
         progress = cli.err if sys.stderr.isatty() and not as_json else None
-        runs, summaries = asyncio.run(
-            _run_all(
-                ops,
-                definitions,
-                versions=version or [],
-                labels=label or [],
-                baseline=baseline,
-                repeat=repeat,
-                concurrency=concurrency,
-                no_cache=no_cache,
-                progress_console=progress,
-                actor=cli._actor(),
-            )
+        runs, summaries = run_evals(
+            ops,
+            definitions,
+            versions=version or [],
+            labels=label or [],
+            baseline=baseline,
+            repeat=repeat,
+            concurrency=concurrency,
+            no_cache=no_cache,
+            progress_console=progress,
+            actor=cli._actor(),
         )
     except InvalidEvalFile as exc:
         for problem in exc.problems:

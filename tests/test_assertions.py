@@ -21,6 +21,7 @@ from promptops.assertions import (
     run_assertion,
 )
 from promptops.assertionschema import parse_assertion
+from promptops.errors import PromptOpsError
 
 CASE = Case(
     id="c1",
@@ -170,6 +171,64 @@ def test_value_template_is_sandboxed_and_undefined_names_are_errors():
 def test_variable_values_are_data_not_templates():
     case = Case(id="c", vars={"x": "{{ 7 * 7 }}"})
     assert grade({"type": "equals", "value": "{{ vars.x }}"}, "{{ 7 * 7 }}", case=case).passed
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ expected }}",
+        "{{expected}}",
+        "{{ expected }}\n",
+        " {{ expected }}",
+        "{{- expected }}",
+        "{{ expected | upper }}",
+        "{{ vars.ticket }}",
+        "{{ vars.items }}",
+        "{{ vars.missing }}",
+        "{{ vars.queues }}",
+        "{{ metadata.lang }}",
+        "{{ metadata.keys }}",
+        "plain text",
+        "line\r\nbreak",
+        "",
+    ],
+)
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(CASE, id="strings"),
+        pytest.param(Case(id="c", vars={"ticket": "t"}), id="no-expected"),
+        pytest.param(Case(id="c", vars={"ticket": "t"}, expected=None, has_expected=True), id="null"),
+        pytest.param(Case(id="c", vars={"ticket": "t"}, expected=7, has_expected=True), id="number"),
+        pytest.param(Case(id="c", expected=float("nan"), has_expected=True), id="nan"),
+        pytest.param(Case(id="c", expected="e", has_expected=True, metadata={"d": _nested(40)}), id="deep"),
+        pytest.param(Case(id="c", expected=_nested(40), has_expected=True), id="deep-expected"),
+    ],
+)
+def test_value_templates_render_the_same_without_jinja_when_they_can(template, case, monkeypatch):
+    """Plain text and a lone `{{ expected }}`-like reference skip Jinja: the result (or the error)
+    is the sandbox's own."""
+
+    def rendered() -> tuple[str, str]:
+        try:
+            return "ok", A.render_value(template, case).replace(hex(id(case.vars)), "ADDR")
+        except PromptOpsError as exc:
+            return "error", exc.message
+
+    quick = rendered()
+    monkeypatch.setattr(A, "_plain_value", lambda template, case: None)
+    full = rendered()
+    if "built-in method" in quick[1]:  # the address of a copied dict differs
+        assert "built-in method" in full[1]
+    else:
+        assert quick == full
 
 
 @pytest.mark.parametrize(
@@ -327,6 +386,16 @@ def test_judge_negated_verdict():
     answer = json.dumps({"reasoning": "polite", "pass": True, "score": 0.75})
     result = grade({**JUDGE, "not": True}, "x", complete=_judge_answering(answer))
     assert (result.passed, result.score) == (False, 0.25)
+
+
+def test_assertions_that_call_out_run_together_and_results_keep_their_order():
+    answer = '{"reasoning": "fine", "pass": true, "score": 1}'
+    raws = [{"type": "equals", "value": "billing"}, JUDGE, {"type": "contains", "value": "bill"}, JUDGE]
+    results = asyncio.run(
+        A.run_assertions([make(r) for r in raws], Output("billing"), CASE, complete=_judge_answering(answer))
+    )
+    assert [r.type for r in results] == ["equals", "judge", "contains", "judge"]
+    assert all(r.passed for r in results)
 
 
 def test_registry_covers_every_type():

@@ -198,8 +198,9 @@ class ProviderCalls:
         self.upstream_calls = 0
         self.cache_hits = 0
         self._slots: dict[str, asyncio.Semaphore] = {}
-        # Requests rendered by `prefetch`, by (prompt, version, the variables' identity).
-        self._requests: dict[tuple[str, int, int], tuple[Mapping[str, Any], ChatRequest]] = {}
+        # Requests rendered by `prefetch`, by (prompt, version, the variables' identity), with
+        # their cache keys by slot.
+        self._requests: dict[tuple[str, int, int], tuple[Mapping[str, Any], ChatRequest, dict[int, str]]] = {}
 
     def _slot(self, provider: str | None) -> asyncio.Semaphore:
         # Calls wait here rather than in the provider's own bound, which gives up after the
@@ -230,14 +231,25 @@ class ProviderCalls:
         """Raise ProviderNotConfigured (or ConfigError) unless the provider can be called."""
         self.providers.get(name).config.api_key()
 
-    def _request(self, version: PromptVersion, variables: Mapping[str, Any]) -> ChatRequest:
+    def _request(
+        self, version: PromptVersion, variables: Mapping[str, Any], slot: int
+    ) -> tuple[ChatRequest, str]:
+        """The request of a version with the variables, its provider resolved, and its cache key in
+        the slot; rendered and keyed once per run (`prefetch` does it before the calls)."""
         memo = self._requests.get((version.prompt, version.number, id(variables)))
-        if memo is not None and memo[0] is variables:
-            return memo[1]
-        request = self.request_for(version, variables)
-        request = replace(request, provider=self.providers.get(request.provider).name)
-        self._requests[version.prompt, version.number, id(variables)] = (variables, request)
-        return request
+        if memo is None or memo[0] is not variables:
+            request = self._resolved(self.request_for(version, variables))
+            memo = self._requests[version.prompt, version.number, id(variables)] = (variables, request, {})
+        keys = memo[2]
+        key = keys.get(slot)
+        if key is None:
+            key = keys[slot] = cache_key(memo[1], slot) if self.cache is not None else ""
+        return memo[1], key
+
+    def _resolved(self, request: ChatRequest) -> ChatRequest:
+        # Keyed on the provider's resolved name: "the default provider" may change meaning.
+        name = self.providers.get(request.provider).name
+        return request if request.provider == name else replace(request, provider=name)
 
     async def prefetch(self, calls: Iterable[tuple[PromptVersion, Mapping[str, Any], int]]) -> None:
         """Render the calls of a run, (version, variables, slot) each, and load their cached
@@ -247,7 +259,7 @@ class ProviderCalls:
         keys = []
         for version, variables, slot in calls:
             try:
-                keys.append(cache_key(self._request(version, variables), slot))
+                keys.append(self._request(version, variables, slot)[1])
             except PromptOpsError:
                 continue  # the call itself reports it, as that case's error
         await self.cache.prefetch(keys)
@@ -261,17 +273,17 @@ class ProviderCalls:
         self, version: PromptVersion, variables: Mapping[str, Any], *, cache_slot: int
     ) -> Output:
         """Call a version; a cached answer of the same request and slot is reused."""
-        return await self._call(self._request(version, variables), cache_slot, prompt=version.prompt)
+        request, key = self._request(version, variables, cache_slot)
+        return await self._call(request, key, prompt=version.prompt)
 
     async def judge(self, messages: list[dict[str, str]], provider: str, model: str) -> str:
         """The judge's answer to its rubric prompt (cached like any call)."""
         request = build_chat_request(messages, {"provider": provider, "name": model, "temperature": 0})
-        return (await self._call(request, 0, prompt=None)).text
+        request = self._resolved(request)
+        key = cache_key(request, 0) if self.cache is not None else ""
+        return (await self._call(request, key, prompt=None)).text
 
-    async def _call(self, request: ChatRequest, slot: int, *, prompt: str | None) -> Output:
-        # Keyed on the provider's resolved name: "the default provider" may change meaning.
-        request = replace(request, provider=self.providers.get(request.provider).name)
-        key = cache_key(request, slot) if self.cache is not None else ""
+    async def _call(self, request: ChatRequest, key: str, *, prompt: str | None) -> Output:
         if self.cache is not None and self.read_cache:
             hit = await self.cache.get(key)
             if hit is not None:
