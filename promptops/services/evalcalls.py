@@ -24,6 +24,11 @@ from promptops.providers import ChatRequest, Providers, build_chat_request
 from promptops.rendering import Renderer
 from promptops.services.cache import CacheEntry, ResponseCache
 
+PREFETCH_CHUNK = 256
+"""How many calls' answers `ProviderCalls.prefetch_ahead` looks up at once, at most."""
+
+PREFETCH_FIRST_CHUNK = 32  # the calls that wait before anything starts; the next chunks double
+
 
 class CompleteVersion(Protocol):
     """Calls a version with a case's variables; raises a PromptOpsError when the call fails."""
@@ -201,6 +206,8 @@ class ProviderCalls:
         # Requests rendered by `prefetch`, by (prompt, version, the variables' identity), with
         # their cache keys by slot.
         self._requests: dict[tuple[str, int, int], tuple[Mapping[str, Any], ChatRequest, dict[int, str]]] = {}
+        # Calls whose answers `prefetch_ahead` is still loading: the future of their chunk.
+        self._loading: dict[tuple[str, int, int, int], tuple[Mapping[str, Any], asyncio.Future[None]]] = {}
 
     def _slot(self, provider: str | None) -> asyncio.Semaphore:
         # Calls wait here rather than in the provider's own bound, which gives up after the
@@ -264,6 +271,48 @@ class ProviderCalls:
                 continue  # the call itself reports it, as that case's error
         await self.cache.prefetch(keys)
 
+    def prefetch_ahead(
+        self, calls: Iterable[tuple[PromptVersion, Mapping[str, Any], int]], *, chunk: int = PREFETCH_CHUNK
+    ) -> asyncio.Task[None]:
+        """`prefetch` the calls in the background, chunk after chunk in their order (the first
+        chunks small, so the first calls start soon); a call whose chunk is not loaded yet waits
+        for it. Rendering and lookups then overlap the calls' own waiting instead of preceding
+        them. Await the task after the run: it raises what a chunk's lookup raised."""
+        calls = list(calls)
+        loop = asyncio.get_running_loop()
+        parts: list[tuple[list[tuple[PromptVersion, Mapping[str, Any], int]], asyncio.Future[None]]] = []
+        start, size = 0, max(1, min(chunk, PREFETCH_FIRST_CHUNK))
+        while start < len(calls) and self.cache is not None and self.read_cache:
+            part = calls[start : start + size]
+            future: asyncio.Future[None] = loop.create_future()
+            for version, variables, slot in part:
+                self._loading[version.prompt, version.number, id(variables), slot] = (variables, future)
+            parts.append((part, future))
+            start, size = start + size, min(chunk, 2 * size)
+
+        async def load() -> None:
+            failure: BaseException | None = None
+            for part, future in parts:
+                try:
+                    if failure is None:
+                        await self.prefetch(part)
+                except BaseException as exc:  # later calls must not wait for chunks never loaded
+                    failure = exc
+                if failure is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(failure)
+                    future.exception()  # retrieved here: only the calls that wait on it raise it
+                for version, variables, slot in part:
+                    self._loading.pop((version.prompt, version.number, id(variables), slot), None)
+            if failure is not None:
+                raise failure
+
+        task = asyncio.create_task(load())
+        # A failed lookup reaches the calls that wait on it; the task need not be awaited then.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
+
     async def flush(self) -> None:
         """Write the answers of the calls made so far to the cache."""
         if self.cache is not None:
@@ -273,6 +322,10 @@ class ProviderCalls:
         self, version: PromptVersion, variables: Mapping[str, Any], *, cache_slot: int
     ) -> Output:
         """Call a version; a cached answer of the same request and slot is reused."""
+        if self._loading:
+            waiting = self._loading.get((version.prompt, version.number, id(variables), cache_slot))
+            if waiting is not None and waiting[0] is variables:
+                await waiting[1]
         request, key = self._request(version, variables, cache_slot)
         return await self._call(request, key, prompt=version.prompt)
 

@@ -9,6 +9,7 @@ import pytest
 
 from promptops.evalfiles import load_eval_files
 from promptops.providers import Providers, load_providers_config
+from promptops.services import evalcalls
 from promptops.services.evalcalls import MemoryAnswers, ProviderCalls
 from promptops.services.evalrunner import run_eval
 from promptops.services.facade import PromptOps
@@ -199,3 +200,53 @@ def test_calls_queue_for_the_providers_bound_instead_of_timing_out(project, fake
     summary, calls = run(project, concurrency=10)
     assert (summary.versions[0].passed, summary.versions[0].errors) == (10, 0)
     assert fake_upstream.max_in_flight <= 2
+
+
+class CountingAnswers(MemoryAnswers):
+    """A memory cache that counts its lookups: one `prefetch` per chunk, `get` per call."""
+
+    def __init__(self, *, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.chunks: list[int] = []
+        self.fail_after = fail_after
+
+    async def prefetch(self, keys):
+        if self.fail_after is not None and len(self.chunks) >= self.fail_after:
+            raise OSError("the cache's database is gone")
+        self.chunks.append(len(keys))
+        await asyncio.sleep(0.01)  # a lookup takes a while: the calls of loaded chunks go on
+
+
+def test_answers_are_looked_up_ahead_in_chunks_in_the_runs_order(project, fake_upstream, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(evalcalls, "PREFETCH_FIRST_CHUNK", 4)
+    definition = project.evals.definitions()[0]
+    base, targets = project.evals.targets(definition, versions=[2])
+
+    async def go(cache):
+        providers = Providers(load_providers_config(project.settings.config_path))
+        calls = ProviderCalls(providers, cache=cache)
+        try:
+            loading = calls.prefetch_ahead(
+                ((v, c.vars, slot) for c in definition.cases for slot in range(3) for v in targets), chunk=16
+            )
+            result = await run_eval(
+                definition, targets, baseline=base, complete=calls.complete, repeat=3, concurrency=4
+            )
+            await loading
+        finally:
+            await providers.aclose()
+        return result, calls
+
+    cache = CountingAnswers()
+    first, calls = asyncio.run(go(cache))
+    # 10 cases x 3 slots x 2 versions: chunks grow from the first one to the cap.
+    assert cache.chunks == [4, 8, 16, 16, 16] and calls.upstream_calls == 60
+    cache.chunks.clear()
+    again, calls = asyncio.run(go(cache))
+    assert calls.upstream_calls == 0 and calls.cache_hits == 60 and sum(cache.chunks) == 60
+    assert [v.rate.passed for v in again.versions] == [v.rate.passed for v in first.versions]
+
+    broken = CountingAnswers(fail_after=2)
+    with pytest.raises(OSError, match="database is gone"):
+        asyncio.run(go(broken))
+    assert broken.chunks == [4, 8]
