@@ -2,7 +2,8 @@
 
 Types (one table, `ASSERTION_TYPES`): `equals`, `contains`, `icontains`, `starts_with`, `regex`,
 `is_json`, `json_schema` (`value` a JSON Schema), `similar` (embedding cosine >= `threshold`,
-default 0.8), `judge` (an LLM grades the output against `rubric` with `provider` and `model`),
+default 0.8), `judge` (an LLM grades the output against `rubric` with `provider` and `model`, in
+at most `max_tokens`, default `judging.DEFAULT_MAX_TOKENS`),
 `cost` (`max_usd`) and `latency` (`max_ms`). Common keys: `weight` (default 1), `not: true`, and
 `transform: strip | lower | strip_lower`.
 
@@ -35,14 +36,14 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema
 import regex
 
 from .domain import PromptContent, VariableSpec
 from .errors import PromptOpsError
-from .judging import VerdictError, judge_messages, parse_verdict
+from .judging import DEFAULT_MAX_TOKENS, VerdictError, judge_messages, parse_verdict
 from .rendering import MAX_OUTPUT_CHARS, Renderer, value_problem
 
 REGEX_TIMEOUT_SECONDS = 1.0
@@ -51,8 +52,14 @@ REGEX_TIMEOUT_SECONDS = 1.0
 DEFAULT_SIMILARITY = 0.8
 """The cosine a `similar` assertion needs when it sets no `threshold`."""
 
-Complete = Callable[[list[dict[str, str]], str, str], Awaitable[str]]
-"""An async function (messages, provider, model) -> the completion's text; used by `judge`."""
+
+class Complete(Protocol):
+    """The judge's call: (messages, provider, model, max_tokens=N) -> the completion's text."""
+
+    def __call__(
+        self, messages: list[dict[str, str]], provider: str, model: str, *, max_tokens: int
+    ) -> Awaitable[str]: ...
+
 
 Embed = Callable[[Sequence[str]], Awaitable[Sequence[Sequence[float]]]]
 """An async function that embeds texts into vectors; used by `similar`."""
@@ -113,6 +120,7 @@ class Assertion:
     model: str | None = None
     max_usd: float | None = None
     max_ms: float | None = None
+    max_tokens: int | None = None  # judge: the most tokens of its answer (None: DEFAULT_MAX_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -417,7 +425,12 @@ async def _judge(
         has_expected=case.has_expected,
     )
     try:
-        answer = await deps.complete(messages, assertion.provider or "", assertion.model or "")
+        answer = await deps.complete(
+            messages,
+            assertion.provider or "",
+            assertion.model or "",
+            max_tokens=assertion.max_tokens or DEFAULT_MAX_TOKENS,
+        )
     except PromptOpsError as exc:
         raise _Failed(f"judge call failed: {exc.message}") from None
     except Exception as exc:  # noqa: BLE001 - any failure of the judge's call is this assertion's error
@@ -470,7 +483,9 @@ ASSERTION_TYPES: dict[AssertionType, _Kind] = {
     AssertionType.IS_JSON: _Kind((), (), _is_json),
     AssertionType.JSON_SCHEMA: _Kind(("value",), ("value",), _json_schema),
     AssertionType.SIMILAR: _Kind(("value", "threshold"), ("value",), _similar),
-    AssertionType.JUDGE: _Kind(("rubric", "provider", "model"), ("rubric", "provider", "model"), _judge),
+    AssertionType.JUDGE: _Kind(
+        ("rubric", "provider", "model", "max_tokens"), ("rubric", "provider", "model"), _judge
+    ),
     AssertionType.COST: _Kind(("max_usd",), ("max_usd",), _cost, text=False),
     AssertionType.LATENCY: _Kind(("max_ms",), ("max_ms",), _latency, text=False),
 }

@@ -326,10 +326,12 @@ def test_similar_without_embedder_or_extra_says_what_to_install(monkeypatch):
 JUDGE = {"type": "judge", "rubric": "Names exactly one queue.", "provider": "local", "model": "judge-model"}
 
 
-def _judge_answering(answer: Any, calls: list | None = None):
-    async def complete(messages, provider, model):
+def _judge_answering(answer: Any, calls: list | None = None, limits: list | None = None):
+    async def complete(messages, provider, model, *, max_tokens):
         if calls is not None:
             calls.append((messages, provider, model))
+        if limits is not None:
+            limits.append(max_tokens)
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -380,6 +382,22 @@ def test_judge_call_failure_or_missing_provider_layer_is_an_error():
     assert failed.error and "judge call failed: TimeoutError" in failed.reason
     nobody = grade(JUDGE, "x")
     assert nobody.error and "completion function" in nobody.reason
+
+
+def test_judge_answers_are_bounded_by_max_tokens():
+    answer = '{"reasoning": "ok", "pass": true, "score": 1}'
+    limits: list = []
+    assert grade(JUDGE, "x", complete=_judge_answering(answer, limits=limits)).passed
+    assert grade({**JUDGE, "max_tokens": 64}, "x", complete=_judge_answering(answer, limits=limits)).passed
+    assert limits == [A.DEFAULT_MAX_TOKENS, 64]
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "many", 10**6])
+def test_judge_max_tokens_must_be_a_sensible_integer(value):
+    assertion, problems = parse_assertion({**JUDGE, "max_tokens": value})
+    assert assertion is None and [p.key for p in problems] == ["max_tokens"]
+    assert "must be an integer from 1 to" in problems[0].message
+    assert parse_assertion({"type": "equals", "value": "x", "max_tokens": 5})[1][0].key == "max_tokens"
 
 
 def test_judge_negated_verdict():

@@ -1,12 +1,12 @@
 """The calls of an eval run: a version's rendered prompt or a judge's rubric sent to a provider.
 
 An eval run depends only on two coroutines, `complete(version, variables, *, cache_slot)` for the
-version under test and `judge(messages, provider, model)` for `judge` assertions, so the runner does
-not care where an answer comes from. `ProviderCalls` makes both over the provider layer (retries
-live there), at most each provider's `max_concurrency` at once, with a response cache in front:
-the key is the provider, the exact upstream request and the cache slot, so the repetitions of a
-case (slots 0, 1, ...) are distinct samples and a second run of the same eval makes no upstream
-call.
+version under test and `judge(messages, provider, model, *, max_tokens)` for `judge` assertions,
+so the runner does not care where an answer comes from. `ProviderCalls` makes both over the
+provider layer (retries live there), at most each provider's `max_concurrency` at once, with a
+response cache in front: the key is the provider, the exact upstream request and the cache slot,
+so the repetitions of a case (slots 0, 1, ...) are distinct samples and a second run of the same
+eval makes no upstream call.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from promptops.assertions import Output
+from promptops.assertions import Complete, Output
 from promptops.domain import PromptVersion
 from promptops.errors import ConfigError, PromptOpsError, UpstreamError
+from promptops.judging import DEFAULT_MAX_TOKENS, VerdictError, parse_verdict
 from promptops.providers import ChatRequest, Providers, build_chat_request
 from promptops.rendering import Renderer
 from promptops.services.cache import CacheEntry, ResponseCache
@@ -38,8 +39,8 @@ class CompleteVersion(Protocol):
     ) -> Awaitable[Output]: ...
 
 
-Judge = Callable[[list[dict[str, str]], str, str], Awaitable[str]]
-"""The judge's call: (messages, provider, model) -> the verdict's text."""
+Judge = Complete
+"""The judge's call: (messages, provider, model, max_tokens=N) -> the verdict's text."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class CachedAnswer:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     prompt: str | None = None  # the prompt the answer is for (None: a judge's verdict)
+    finish_reason: str | None = None
 
 
 class AnswerCache(Protocol):
@@ -145,6 +147,7 @@ class SharedAnswers:
             entry.prompt_tokens,
             entry.completion_tokens,
             entry.prompt,
+            entry.finish_reason,
         )
 
     async def put(self, key: str, answer: CachedAnswer) -> None:
@@ -158,7 +161,7 @@ class SharedAnswers:
             provider=answer.provider,
             model=answer.model,
             message=message,
-            finish_reason=None,
+            finish_reason=answer.finish_reason,
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens,
             created_at=self.clock(),
@@ -327,21 +330,38 @@ class ProviderCalls:
             if waiting is not None and waiting[0] is variables:
                 await waiting[1]
         request, key = self._request(version, variables, cache_slot)
-        return await self._call(request, key, prompt=version.prompt)
+        return (await self._call(request, key, prompt=version.prompt))[0]
 
-    async def judge(self, messages: list[dict[str, str]], provider: str, model: str) -> str:
-        """The judge's answer to its rubric prompt (cached like any call)."""
-        request = build_chat_request(messages, {"provider": provider, "name": model, "temperature": 0})
-        request = self._resolved(request)
+    async def judge(
+        self,
+        messages: list[dict[str, str]],
+        provider: str,
+        model: str,
+        *,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> str:
+        """The judge's answer to its rubric prompt, in at most max_tokens (cached like any call)."""
+        settings = {"provider": provider, "name": model, "temperature": 0, "max_tokens": max_tokens}
+        request = self._resolved(build_chat_request(messages, settings))
         key = cache_key(request, 0) if self.cache is not None else ""
-        return (await self._call(request, key, prompt=None)).text
+        output, finish_reason = await self._call(request, key, prompt=None)
+        if finish_reason == "length":
+            try:
+                parse_verdict(output.text)
+            except VerdictError:
+                raise PromptOpsError(
+                    f"the answer reached max_tokens {max_tokens} before its verdict "
+                    "(raise the assertion's max_tokens)"
+                ) from None
+        return output.text
 
-    async def _call(self, request: ChatRequest, key: str, *, prompt: str | None) -> Output:
+    async def _call(self, request: ChatRequest, key: str, *, prompt: str | None) -> tuple[Output, str | None]:
+        """The answer to a request (cached, or from the provider) and why it ended."""
         if self.cache is not None and self.read_cache:
             hit = await self.cache.get(key)
             if hit is not None:
                 self.cache_hits += 1
-                return Output(hit.text, hit.cost_usd, hit.latency_ms)
+                return Output(hit.text, hit.cost_usd, hit.latency_ms), hit.finish_reason
         self.upstream_calls += 1
         async with self._slot(request.provider):
             result = await self.providers.chat(request)
@@ -365,6 +385,7 @@ class ProviderCalls:
                     usage.prompt_tokens if usage else None,
                     usage.completion_tokens if usage else None,
                     prompt,
+                    result.finish_reason,
                 ),
             )
-        return Output(text, result.cost_usd, result.latency_ms)
+        return Output(text, result.cost_usd, result.latency_ms), result.finish_reason

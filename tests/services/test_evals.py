@@ -250,3 +250,41 @@ def test_answers_are_looked_up_ahead_in_chunks_in_the_runs_order(project, fake_u
     with pytest.raises(OSError, match="database is gone"):
         asyncio.run(go(broken))
     assert broken.chunks == [4, 8]
+
+
+def test_judge_calls_are_bounded_and_a_cut_off_verdict_says_so(project, fake_upstream):  # noqa: F811
+    from tests.fakeupstream import Reply
+
+    fake_upstream.models["judge-long"] = Reply(
+        content='{"reasoning": "First, the output', finish_reason="length"
+    )
+    fake_upstream.models["judge-ok"] = Reply(content='{"reasoning": "fine", "pass": true, "score": 1}')
+    folder = project.settings.evals_dir
+    for name, model, extra in (("cut", "judge-long", ""), ("ok", "judge-ok", ", max_tokens: 200")):
+        (folder / f"{name}.yaml").write_text(
+            f"name: judged-{name}\nprompt: echo\ncases:\n  - {{id: a, vars: {{message: one}}}}\n"
+            f"assert: [{{type: judge, rubric: Polite., provider: fake, model: {model}{extra}}}]\n",
+            encoding="utf-8",
+        )
+    cache = MemoryAnswers()
+    by_name = {d.name: d for d in project.evals.definitions()}
+
+    async def go(definition):
+        base, targets = project.evals.targets(definition)
+        providers = Providers(load_providers_config(project.settings.config_path))
+        calls = ProviderCalls(providers, cache=cache)
+        try:
+            return await run_eval(
+                definition, targets, baseline=base, complete=calls.complete, judge=calls.judge
+            )
+        finally:
+            await providers.aclose()
+
+    for _ in range(2):  # the second time from the cache, which keeps why the answer ended
+        cut = asyncio.run(go(by_name["judged-cut"])).versions[0].cases[0].grade
+        assert cut.status.value == "error"
+        assert "reached max_tokens 1024 before its verdict" in cut.reason, cut.reason
+    ok = asyncio.run(go(by_name["judged-ok"])).versions[0].cases[0].grade
+    assert ok.status.value == "passed"
+    judged = [r.json() for r in fake_upstream.requests if r.json()["model"].startswith("judge-")]
+    assert [(r["model"], r["max_tokens"]) for r in judged] == [("judge-long", 1024), ("judge-ok", 200)]
