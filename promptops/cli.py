@@ -630,6 +630,14 @@ def plan(
 cache_app = typer.Typer(help="The response cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
+WARM_FAILURES_SHOWN = 10
+"""How many distinct failure reasons `cache warm` lists (the most frequent first)."""
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 def _gateway(service: Any) -> Any:
     from promptops.services.gateway import Gateway
@@ -712,6 +720,11 @@ def cache_warm(
 
     report = asyncio.run(go())
     say(f"warmed {name}: {report.misses} new, {report.hits} already cached, {report.errors} failed")
+    for message, count in report.failures[:WARM_FAILURES_SHOWN]:
+        say(f"  {count} failed: {_one_line(message)}", console=err)
+    hidden = report.failures[WARM_FAILURES_SHOWN:]
+    if hidden:
+        say(f"  {sum(c for _, c in hidden)} failed for {len(hidden)} other reason(s)", console=err)
     if report.errors:
         raise typer.Exit(1)
 
