@@ -588,9 +588,7 @@ def plan(
 
     from promptops.services import simulation
 
-    if runs < 1:
-        raise typer.BadParameter("must be at least 1", param_hint="--runs")
-    # refuse bad numbers before the progress bar shows
+    # refuse bad numbers (one line each) before the progress bar shows
     simulation.plan_scenarios(
         base_rate=base_rate,
         lift=lift,
@@ -598,6 +596,7 @@ def plan(
         units=units,
         decisions_per_hour=decisions_per_hour,
         feedback_rate=feedback_rate,
+        runs=runs,
     )
     with Progress(console=err, transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("simulating", total=2 * runs)

@@ -508,6 +508,40 @@ def test_plan_refuses_units_beyond_the_scenario_bound(cli):
         ), r
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--arms", "1000000000", "error: a plan has at most 20 arms, as an experiment does"),
+        ("--arms", "1", "error: a plan needs at least two arms"),
+        ("--runs", "100000000", "error: runs must be at most 100000"),
+        ("--runs", "0", "error: runs must be at least 1"),
+        ("--decisions-per-hour", "nan", "error: decisions per hour must be a number > 0 and <= 1e+09"),
+        ("--decisions-per-hour", "1e308", "error: decisions per hour must be a number > 0 and <= 1e+09"),
+        ("--decisions-per-hour", "0", "error: decisions per hour must be a number > 0 and <= 1e+09"),
+        ("--feedback-rate", "nan", "error: the feedback rate must lie in (0, 1]"),
+    ],
+)
+def test_plan_refuses_absurd_numbers_in_one_line(cli, option, value, message):
+    r = cli("plan", "--base-rate", "0.1", "--lift", "0.1", option, value)
+    assert (r.code, r.err.strip()) == (1, message), r
+
+
+def test_simulate_refuses_absurd_runs_and_traffic(cli):
+    path = cli.dir / "tiny.yaml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    for runs, message in (("1000000000", "at most 100000"), ("0", "at least 1")):
+        r = cli("simulate", str(path), "--runs", runs)
+        assert (r.code, r.err.strip()) == (1, f"error: runs must be {message}"), r
+    huge = SCENARIO.replace("runs: 3", "runs: 1000000000").replace("decisions: 400", "decisions: 10000000000")
+    path.write_text(huge.replace("decisions_per_hour: 100", "decisions_per_hour: 1.0e+308"), encoding="utf-8")
+    r = cli("simulate", str(path))
+    assert r.code == 1 and r.err.splitlines() == [
+        f"{path}:2: runs: must be an integer <= 100000 (got 1000000000)",
+        f"{path}:4: decisions: must be an integer <= 10000000 (got 10000000000)",
+        f"{path}:5: decisions_per_hour: must be a number > 0 and <= 1e+09 (got 1e+308)",
+    ], r
+
+
 TRIAGE_JSON = """\
 {
   "name": "triage",
