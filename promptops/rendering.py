@@ -32,7 +32,8 @@ one-line `RenderError`, and nothing is kept after it):
   variable value nests at most `MAX_VALUE_DEPTH` levels;
 - `template_names` (so validation and sync) also refuses, at the template's line, what literals
   alone show to be too big: `range(10**9)`, `'%*s' % (10**9, 'a')`, nested loops over ranges
-  whose product exceeds the step budget, ...
+  whose product exceeds the step budget, ...; and a macro that calls itself, directly or through
+  other macros, which would render until the budget stops it.
 """
 
 from __future__ import annotations
@@ -600,18 +601,34 @@ _UNKNOWN = object()
 
 
 def _const(node: nodes.Node | None) -> Any:
-    """The value of a literal (`3`, `'a'`, `(1, 'b')`, `-5`), or _UNKNOWN."""
+    """The value of a literal (`3`, `'a'`, `(1, 'b')`, `-5`, `10**9`), or _UNKNOWN."""
     if isinstance(node, nodes.Const):
         return node.value
     if isinstance(node, nodes.Neg):
         inner = _const(node.node)
         return -inner if isinstance(inner, int | float) else _UNKNOWN
+    if isinstance(node, nodes.Add | nodes.Sub | nodes.Mul | nodes.Pow):
+        return _int_arithmetic(node)
     if isinstance(node, nodes.Tuple | nodes.List):
         items = [_const(item) for item in node.items]
         if any(item is _UNKNOWN for item in items):
             return _UNKNOWN
         return tuple(items) if isinstance(node, nodes.Tuple) else items
     return _UNKNOWN
+
+
+def _int_arithmetic(node: nodes.BinExpr) -> Any:
+    """`10**9`, `1000 * 1000`, `2**20 + 1` over integer literals, when small enough to work out."""
+    left, right = _const(node.left), _const(node.right)
+    if type(left) is not int or type(right) is not int:
+        return _UNKNOWN
+    if isinstance(node, nodes.Pow):
+        if right < 0 or (abs(left) > 1 and left.bit_length() * right > _MAX_POW_BITS):
+            return _UNKNOWN  # a fraction, or refused by the sandbox when it runs
+        return left**right
+    if isinstance(node, nodes.Mul):
+        return left * right
+    return left + right if isinstance(node, nodes.Add) else left - right
 
 
 def _const_params(args: list[nodes.Expr], kwargs: list[Any]) -> Any:
@@ -706,6 +723,43 @@ def check_limits(ast: nodes.Template) -> None:
         stack.extend((child, runs) for child in node.iter_child_nodes())
 
 
+def check_recursion(ast: nodes.Template) -> None:
+    """Refuse a macro that calls itself, directly or through other macros of the template (a
+    `{% call %}` block included): its render only ends when the budget stops it."""
+    macros = {m.name: m for m in ast.find_all(nodes.Macro)}
+    calls: dict[str, list[tuple[str, int]]] = {}
+    for name, macro in macros.items():
+        own = {arg.name for arg in macro.args}  # an argument of the same name hides the macro
+        calls[name] = [
+            (call.node.name, call.lineno or macro.lineno or 1)
+            for call in macro.find_all(nodes.Call)
+            if isinstance(call.node, nodes.Name) and call.node.name in macros and call.node.name not in own
+        ]
+    for name in macros:  # in source order: the first recursive macro is reported
+        for callee, line in calls[name]:
+            path = _call_path(calls, callee, name)
+            if path is not None:
+                through = "" if not path else " through " + ", ".join(repr(m) for m in path)
+                raise TemplateSyntaxProblem(
+                    f"macro {name!r} calls itself{through}: it would render until stopped", lineno=line
+                )
+
+
+def _call_path(calls: Mapping[str, list[tuple[str, int]]], start: str, target: str) -> list[str] | None:
+    """The macros a call chain from `start` passes through before it reaches `target`, or None."""
+    seen: set[str] = set()
+    stack: list[tuple[str, list[str]]] = [(start, [])]
+    while stack:
+        name, path = stack.pop()
+        if name == target:
+            return path
+        if name in seen:
+            continue
+        seen.add(name)
+        stack.extend((callee, [*path, name]) for callee, _ in calls.get(name, ()))
+    return None
+
+
 _ENV = _environment()
 _FORBIDDEN_NODES = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
 
@@ -749,6 +803,7 @@ def _template_names(source: str) -> frozenset[str]:
             lineno=node.lineno,
         )
     check_limits(ast)
+    check_recursion(ast)
     try:  # compiling is when unknown filters and tests, and Python's own limits, show up
         _ENV.compile(ast)
         return frozenset(meta.find_undeclared_variables(ast))

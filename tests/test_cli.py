@@ -103,6 +103,19 @@ def test_validate_reports_path_and_line(cli):
     assert "Traceback" not in r.err
 
 
+def test_validate_refuses_a_macro_that_calls_itself_at_its_line(cli):
+    text = (
+        "name: loops\nmessages:\n  - role: user\n    content: |\n      Hello\n"
+        "      {% macro again(n) %}{{ again(n) }}{% endmacro %}{{ again(1) }}\n"
+    )
+    bad = add(cli, text, "loops.yaml")
+    r = cli("validate", str(bad))
+    assert r.code == 1 and r.err.strip() == (
+        f"{bad}:6: messages[0].content: template syntax error: macro 'again' calls itself: "
+        "it would render until stopped"
+    ), r
+
+
 def test_sync_render_versions_diff_label(cli):
     add(cli)
     r = cli("sync")
