@@ -358,7 +358,7 @@ def eval_command(
             concurrency=concurrency,
             no_cache=no_cache,
             progress_console=progress,
-            actor=cli._actor(),
+            actor=cli.actor(),
         )
     except InvalidEvalFile as exc:
         for problem in exc.problems:
