@@ -30,6 +30,9 @@ PREFETCH_CHUNK = 256
 
 PREFETCH_FIRST_CHUNK = 32  # the calls that wait before anything starts; the next chunks double
 
+WRITE_EVERY = 256
+"""How many new answers `SharedAnswers` collects before it writes them (in the background)."""
+
 
 class CompleteVersion(Protocol):
     """Calls a version with a case's variables; raises a PromptOpsError when the call fails."""
@@ -110,12 +113,16 @@ class SharedAnswers:
     in fields of its own (`_KEPT`), which only evals read.
     """
 
-    def __init__(self, cache: ResponseCache, *, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, cache: ResponseCache, *, clock: Callable[[], float], write_every: int = WRITE_EVERY
+    ) -> None:
         self.cache = cache
         self.clock = clock
+        self.write_every = write_every
         self._loaded: dict[str, CacheEntry] = {}
         self._known: set[str] = set()  # keys looked up by `prefetch`: absent means a miss
         self._pending: dict[str, CacheEntry] = {}
+        self._writes: list[asyncio.Task[None]] = []
 
     async def prefetch(self, keys: Sequence[str]) -> None:
         """Load the entries of many keys in one query (per call, a lookup costs more than a run's
@@ -124,9 +131,16 @@ class SharedAnswers:
         self._known.update(keys)
 
     async def flush(self) -> None:
-        """Write the answers stored since the last flush, in one transaction."""
+        """Write the answers not written yet (one transaction), and wait for the writes that
+        `put` started; raises what a write raised."""
         pending, self._pending = self._pending, {}
-        await self.cache.put_many(pending)
+        writes, self._writes = self._writes, []
+        if pending:
+            writes.append(asyncio.ensure_future(self.cache.put_many(pending)))
+        ended = await asyncio.gather(*writes, return_exceptions=True)
+        failed = [e for e in ended if isinstance(e, BaseException)]
+        if failed:
+            raise failed[0]
 
     async def get(self, key: str) -> CachedAnswer | None:
         """The answer stored under the key, or None."""
@@ -168,6 +182,11 @@ class SharedAnswers:
             prompt=answer.prompt,
         )
         self._loaded[key] = self._pending[key] = entry
+        if len(self._pending) >= self.write_every:
+            # Written while the run goes on (in a worker thread, for the database tier), so the
+            # run's end only writes the last answers.
+            batch, self._pending = self._pending, {}
+            self._writes.append(asyncio.create_task(self.cache.put_many(batch)))
 
 
 _KEPT = "promptops_eval"

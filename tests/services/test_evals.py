@@ -288,3 +288,39 @@ def test_judge_calls_are_bounded_and_a_cut_off_verdict_says_so(project, fake_ups
     assert ok.status.value == "passed"
     judged = [r.json() for r in fake_upstream.requests if r.json()["model"].startswith("judge-")]
     assert [(r["model"], r["max_tokens"]) for r in judged] == [("judge-long", 1024), ("judge-ok", 200)]
+
+
+def test_answers_are_written_in_batches_while_the_run_goes_on(project, fake_upstream):  # noqa: F811
+    from promptops.services.cache import ResponseCache
+    from promptops.services.evalcalls import SharedAnswers
+
+    definition = project.evals.definitions()[0]
+    base, targets = project.evals.targets(definition)
+    calls_made = [(v, c.vars, slot) for c in definition.cases for slot in range(3) for v in targets]
+
+    async def go(shared_cache):
+        providers = Providers(load_providers_config(project.settings.config_path))
+        answers = SharedAnswers(shared_cache, clock=project.ctx.now, write_every=7)
+        calls = ProviderCalls(providers, cache=answers)
+        try:
+            await calls.prefetch(calls_made)
+            await run_eval(definition, targets, baseline=base, complete=calls.complete, repeat=3)
+            writes = len(answers._writes)
+            await calls.flush()
+        finally:
+            await providers.aclose()
+        return calls, writes
+
+    first, writes = asyncio.run(go(ResponseCache(project.ctx, max_entries=1000)))
+    assert first.upstream_calls == 30 and writes == 4  # 4 batches of 7 during the run, 2 at the end
+    # A new process finds every answer in the database.
+    again, _ = asyncio.run(go(ResponseCache(project.ctx, max_entries=1000)))
+    assert again.upstream_calls == 0 and again.cache_hits == 30
+
+    class Broken(ResponseCache):
+        async def put_many(self, entries):
+            raise OSError("disk full")
+
+    assert ResponseCache(project.ctx, max_entries=1000).clear() == 30
+    with pytest.raises(OSError, match="disk full"):
+        asyncio.run(go(Broken(project.ctx, max_entries=1000)))
