@@ -2,7 +2,8 @@
 
 Types (one table, `ASSERTION_TYPES`): `equals`, `contains`, `icontains`, `starts_with`, `regex`,
 `is_json`, `json_schema` (`value` a JSON Schema), `similar` (embedding cosine >= `threshold`,
-default 0.8), `judge` (an LLM grades the output against `rubric` with `provider` and `model`),
+default 0.8), `judge` (an LLM grades the output against `rubric` with `provider` and `model`, in
+at most `max_tokens`, default `judging.DEFAULT_MAX_TOKENS`),
 `cost` (`max_usd`) and `latency` (`max_ms`). Common keys: `weight` (default 1), `not: true`, and
 `transform: strip | lower | strip_lower`.
 
@@ -28,20 +29,22 @@ Rules a user should know:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema
 import regex
 
 from .domain import PromptContent, VariableSpec
 from .errors import PromptOpsError
-from .judging import VerdictError, judge_messages, parse_verdict
-from .rendering import Renderer
+from .judging import DEFAULT_MAX_TOKENS, VerdictError, judge_messages, parse_verdict
+from .rendering import MAX_OUTPUT_CHARS, Renderer, value_problem
 
 REGEX_TIMEOUT_SECONDS = 1.0
 """How long one regex match may run before the assertion ends as an error."""
@@ -49,8 +52,14 @@ REGEX_TIMEOUT_SECONDS = 1.0
 DEFAULT_SIMILARITY = 0.8
 """The cosine a `similar` assertion needs when it sets no `threshold`."""
 
-Complete = Callable[[list[dict[str, str]], str, str], Awaitable[str]]
-"""An async function (messages, provider, model) -> the completion's text; used by `judge`."""
+
+class Complete(Protocol):
+    """The judge's call: (messages, provider, model, max_tokens=N) -> the completion's text."""
+
+    def __call__(
+        self, messages: list[dict[str, str]], provider: str, model: str, *, max_tokens: int
+    ) -> Awaitable[str]: ...
+
 
 Embed = Callable[[Sequence[str]], Awaitable[Sequence[Sequence[float]]]]
 """An async function that embeds texts into vectors; used by `similar`."""
@@ -111,6 +120,7 @@ class Assertion:
     model: str | None = None
     max_usd: float | None = None
     max_ms: float | None = None
+    max_tokens: int | None = None  # judge: the most tokens of its answer (None: DEFAULT_MAX_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,18 @@ class Case:
     has_expected: bool = False
     metadata: Mapping[str, Any] = field(default_factory=dict)
     assertions: tuple[Assertion, ...] = ()
+
+    @functools.cached_property
+    def _context_fits(self) -> bool:
+        """Whether the sandbox accepts the case's values as the context of a `value` template
+        (it checks every value, referenced or not); worked out once per case."""
+        values = (
+            (self.vars, self.metadata, self.expected) if self.has_expected else (self.vars, self.metadata)
+        )
+        for value in map(_context_value, values):
+            if value is not None and value_problem(_SELF_TYPED[_type_of(value)], value) is not None:
+                return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -213,8 +235,39 @@ def _context_value(value: Any) -> Any:
     return value if value is None or _type_of(value) != "string" else str(value)
 
 
+_SELF_TYPED = {
+    t: VariableSpec("value", type=t)  # type: ignore[arg-type]
+    for t in ("boolean", "integer", "number", "list", "object", "string")
+}
+# `{{ expected }}`, `{{ vars.NAME }}` or `{{ metadata.NAME }}` alone: the commonest `value`s.
+_PLAIN_REFERENCE = re.compile(r"\{\{\s*(?:(expected)|(vars|metadata)\.([A-Za-z_][A-Za-z0-9_]*))\s*\}\}")
+
+
+def _plain_value(template: str, case: Case) -> str | None:
+    """What rendering the template gives, when that is known without Jinja: text with no markup,
+    or a lone reference to a string (whose rendering is the string itself); else None."""
+    found = _PLAIN_REFERENCE.fullmatch(template) if "{" in template else None
+    if found is None and ("{" in template or "\r" in template or len(template) > MAX_OUTPUT_CHARS):
+        return None
+    if not case._context_fits:
+        return None
+    if found is None:
+        return template
+    if found.group(1):
+        value = case.expected if case.has_expected else None
+    else:
+        name = found.group(3)
+        # The sandbox looks a dict's attributes up before its keys (`vars.items` is the method).
+        scope = case.vars if found.group(2) == "vars" else case.metadata
+        value = None if hasattr(dict, name) else scope.get(name)
+    return value if isinstance(value, str) and len(value) <= MAX_OUTPUT_CHARS else None
+
+
 def render_value(template: str, case: Case) -> str:
     """Render a `value` template over the case's `expected`, `vars` and `metadata` in the sandbox."""
+    plain = _plain_value(template, case)
+    if plain is not None:
+        return plain
     context: dict[str, Any] = {"vars": dict(case.vars), "metadata": dict(case.metadata)}
     if case.has_expected:
         context["expected"] = _context_value(case.expected)
@@ -246,12 +299,18 @@ def _compare(test: Callable[[str, str], bool], verb: str, negated: str) -> _Chec
     return check
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> Any:
+    # An eval's pattern is usually the same for every case: compile it once.
+    return regex.compile(pattern)
+
+
 async def _regex(
     assertion: Assertion, output: Output, text: str, case: Case, deps: _Deps
 ) -> tuple[bool, float, str]:
     pattern = _expected_text(assertion, case)
     try:
-        found = regex.search(pattern, text, timeout=REGEX_TIMEOUT_SECONDS)
+        found = _compiled(pattern).search(text, timeout=REGEX_TIMEOUT_SECONDS)
     except regex.error as exc:
         raise _Failed(f"invalid regex {_show(pattern)}: {exc}") from None
     except TimeoutError:
@@ -366,7 +425,12 @@ async def _judge(
         has_expected=case.has_expected,
     )
     try:
-        answer = await deps.complete(messages, assertion.provider or "", assertion.model or "")
+        answer = await deps.complete(
+            messages,
+            assertion.provider or "",
+            assertion.model or "",
+            max_tokens=assertion.max_tokens or DEFAULT_MAX_TOKENS,
+        )
     except PromptOpsError as exc:
         raise _Failed(f"judge call failed: {exc.message}") from None
     except Exception as exc:  # noqa: BLE001 - any failure of the judge's call is this assertion's error
@@ -419,11 +483,15 @@ ASSERTION_TYPES: dict[AssertionType, _Kind] = {
     AssertionType.IS_JSON: _Kind((), (), _is_json),
     AssertionType.JSON_SCHEMA: _Kind(("value",), ("value",), _json_schema),
     AssertionType.SIMILAR: _Kind(("value", "threshold"), ("value",), _similar),
-    AssertionType.JUDGE: _Kind(("rubric", "provider", "model"), ("rubric", "provider", "model"), _judge),
+    AssertionType.JUDGE: _Kind(
+        ("rubric", "provider", "model", "max_tokens"), ("rubric", "provider", "model"), _judge
+    ),
     AssertionType.COST: _Kind(("max_usd",), ("max_usd",), _cost, text=False),
     AssertionType.LATENCY: _Kind(("max_ms",), ("max_ms",), _latency, text=False),
 }
 """The registry of assertion types: each type's own keys, the required ones, and its check."""
+
+_CALLING = frozenset({AssertionType.JUDGE, AssertionType.SIMILAR})  # checks that wait on a call
 
 
 async def run_assertion(
@@ -460,11 +528,22 @@ async def run_assertions(
     complete: Complete | None = None,
     embed: Embed | None = None,
 ) -> tuple[AssertionResult, ...]:
-    """Grade one output with every assertion, concurrently (judges wait on their calls)."""
-    results = await asyncio.gather(
-        *(run_assertion(a, output, case, complete=complete, embed=embed) for a in assertions)
-    )
-    return tuple(results)
+    """Grade one output with every assertion; those that wait on a call (judges, embeddings) run
+    concurrently, the others in turn (a task each would cost more than their check)."""
+    results: list[AssertionResult | None] = [None] * len(assertions)
+    waiting = []
+    for i, a in enumerate(assertions):
+        if a.type in _CALLING:
+            waiting.append(i)
+        else:
+            results[i] = await run_assertion(a, output, case, complete=complete, embed=embed)
+    if waiting:
+        graded = await asyncio.gather(
+            *(run_assertion(assertions[i], output, case, complete=complete, embed=embed) for i in waiting)
+        )
+        for i, result in zip(waiting, graded, strict=True):
+            results[i] = result
+    return tuple(r for r in results if r is not None)
 
 
 def _weighted(results: Sequence[AssertionResult]) -> tuple[float, float]:

@@ -19,6 +19,7 @@ import regex
 
 from .assertions import ASSERTION_TYPES, Assertion, AssertionType, Transform
 from .errors import PromptOpsError
+from .judging import MAX_MAX_TOKENS
 from .rendering import template_names
 
 _COMMON_KEYS = ("type", "weight", "not", "transform")
@@ -148,6 +149,11 @@ def parse_assertion(raw: Any) -> tuple[Assertion | None, tuple[AssertionProblem,
     for key in ("rubric", "provider", "model"):
         if raw.get(key) is not None and key in kind.keys:
             check(key, _text_problem(raw[key]))
+    max_tokens = raw.get("max_tokens")
+    if max_tokens is not None and "max_tokens" in kind.keys:
+        whole = isinstance(max_tokens, int) and not isinstance(max_tokens, bool)
+        if not whole or not 1 <= max_tokens <= MAX_MAX_TOKENS:
+            check("max_tokens", f"must be an integer from 1 to {MAX_MAX_TOKENS}")
     limits: dict[str, float | None] = {}
     for key, low_open in (("max_usd", False), ("max_ms", True)):
         if raw.get(key) is not None:
@@ -168,6 +174,7 @@ def parse_assertion(raw: Any) -> tuple[Assertion | None, tuple[AssertionProblem,
         model=raw.get("model"),
         max_usd=limits.get("max_usd"),
         max_ms=limits.get("max_ms"),
+        max_tokens=max_tokens if "max_tokens" in kind.keys else None,
     )
     return assertion, ()
 

@@ -79,6 +79,8 @@ LIVE_STATUSES: tuple[str, ...] = (ExperimentStatus.RUNNING, ExperimentStatus.HOL
 MAIN_VARIANT = "main"
 PRODUCTION = "production"
 DEFAULT_METRIC = "reward"
+MAX_ARMS = 20
+"""The most versions an experiment may compare (the control included)."""
 BUILTIN_METRICS: tuple[str, ...] = ("cost_usd", "latency_ms", "error")
 """Metrics every decision accepts besides its experiment's own (the gateway records them)."""
 BINARY_METRICS: frozenset[str] = frozenset({"error"})

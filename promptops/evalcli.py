@@ -7,18 +7,23 @@ eval file, an unknown eval, version or label, a provider that is not configured)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import re
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from promptops.errors import ConfigError, InvalidEvalFile, NotFound, ProviderNotConfigured
+
+if TYPE_CHECKING:
+    from promptops.services.evalrunner import Progress
 
 EXIT_GATE_FAILED = 1
 EXIT_USAGE = 2
@@ -191,6 +196,21 @@ def _pick(definitions: Sequence[Any], names: Sequence[str]) -> list[Any]:
     return chosen
 
 
+@contextlib.contextmanager
+def _progress(console: Console | None, title: str, total: int) -> Iterator[Progress | None]:
+    """A transient progress bar on the console (none without one): yields its update function."""
+    if console is None:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
+    with Bar(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(title, total=total)
+        yield lambda done, _total: bar.update(task, completed=done)
+
+
 async def _run_all(
     ops: Any,
     definitions: Sequence[Any],
@@ -236,25 +256,13 @@ async def _run_all(
     try:
         for d, base, targets in plans:
             reps = repeat or d.repeat
-            await calls.prefetch((v, c.vars, slot) for c in d.cases for slot in range(reps) for v in targets)
-            if progress_console is not None:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-                with Progress(
-                    "[progress.description]{task.description}",
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                    console=progress_console,
-                    transient=True,
-                ) as bar:
-                    task = bar.add_task(
-                        f"{d.name} ({len(targets)} versions)", total=len(targets) * len(d.cases) * reps
-                    )
-
-                    def advance(done: int, _total: int, bar: Progress = bar, task: Any = task) -> None:
-                        bar.update(task, completed=done)
-
+            # In the runner's order, so each chunk is loaded before the workers reach it.
+            loading = calls.prefetch_ahead(
+                (v, c.vars, slot) for c in d.cases for slot in range(reps) for v in targets
+            )
+            total = len(targets) * len(d.cases) * reps
+            try:
+                with _progress(progress_console, f"{d.name} ({len(targets)} versions)", total) as advance:
                     run = await run_eval(
                         d,
                         targets,
@@ -265,16 +273,9 @@ async def _run_all(
                         concurrency=concurrency,
                         progress=advance,
                     )
-            else:
-                run = await run_eval(
-                    d,
-                    targets,
-                    baseline=base,
-                    complete=calls.complete,
-                    judge=calls.judge,
-                    repeat=reps,
-                    concurrency=concurrency,
-                )
+                await loading
+            finally:
+                loading.cancel()  # nothing left to load unless the run failed
             await calls.flush()
             runs.append(run)
             summaries.append(await asyncio.to_thread(ops.evals.record, run, actor=actor))
@@ -283,6 +284,26 @@ async def _run_all(
         await shared.aclose()  # the answers' background writes end here
         await asyncio.to_thread(shared.flush_touches)
     return runs, summaries
+
+
+def run_evals(ops: Any, definitions: Sequence[Any], **options: Any) -> tuple[list[Any], list[Any]]:
+    """Run and store the evals on a new event loop: (runs, summaries); options as `_run_all`'s."""
+    out: list[tuple[list[Any], list[Any]]] = []
+
+    async def main() -> None:
+        # The results leave through a list, not as the main coroutine's result: when asyncio.run
+        # restores the SIGINT handler, Python 3.11 formats the repr of the main task, result
+        # included, and the repr of a run of thousands of cases takes a third of a second.
+        out.append(await _run_all(ops, definitions, **options))
+
+    # What exists now (modules, settings, the loaded cases) lives until the run ends: frozen, the
+    # garbage collector's full passes, frequent while a run's results pile up, skip it.
+    gc.freeze()
+    try:
+        asyncio.run(main())
+    finally:
+        gc.unfreeze()
+    return out[0]
 
 
 def eval_command(
@@ -327,19 +348,17 @@ def eval_command(
         if not definitions:
             raise EvalUsageError([f"no eval files in {folder}"])
         progress = cli.err if sys.stderr.isatty() and not as_json else None
-        runs, summaries = asyncio.run(
-            _run_all(
-                ops,
-                definitions,
-                versions=version or [],
-                labels=label or [],
-                baseline=baseline,
-                repeat=repeat,
-                concurrency=concurrency,
-                no_cache=no_cache,
-                progress_console=progress,
-                actor=cli._actor(),
-            )
+        runs, summaries = run_evals(
+            ops,
+            definitions,
+            versions=version or [],
+            labels=label or [],
+            baseline=baseline,
+            repeat=repeat,
+            concurrency=concurrency,
+            no_cache=no_cache,
+            progress_console=progress,
+            actor=cli.actor(),
         )
     except InvalidEvalFile as exc:
         for problem in exc.problems:

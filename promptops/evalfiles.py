@@ -61,10 +61,16 @@ _MAX_ID_CHARS = 200
 
 @dataclass(frozen=True)
 class CaseSource:
-    """Where a case is defined: the dataset's (or the eval file's) path and the case's line."""
+    """Where a case is defined: the dataset's (or the eval file's) path and the case's line, and
+    for a case written in the eval file, the line of each of its own assertions' `value`."""
 
     path: str
     line: int
+    assertion_lines: tuple[int, ...] = ()
+
+    def assertion_line(self, index: int) -> int:
+        """The line of the case's assertion at that index (the case's own line in a dataset)."""
+        return self.assertion_lines[index] if index < len(self.assertion_lines) else self.line
 
 
 @dataclass(frozen=True)
@@ -84,10 +90,15 @@ class EvalDefinition:
     repeat: int = 1
     gate: GateRule = GateRule()
     description: str | None = None
+    assertion_lines: tuple[int, ...] = ()  # the line of each of `assertions`' `value` (or item)
 
     def assertions_for(self, case: Case) -> tuple[Assertion, ...]:
         """The assertions a case is graded by: the eval's, then the case's own."""
         return self.assertions + case.assertions
+
+    def assertion_line(self, index: int) -> int:
+        """The line of the eval's assertion at that index (the file's first line if unknown)."""
+        return self.assertion_lines[index] if index < len(self.assertion_lines) else self.line
 
 
 def _name(value: Any) -> str | None:
@@ -112,6 +123,17 @@ def _repeat(value: Any) -> str | None:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _assertion_lines(node: yaml.Node | None) -> tuple[int, ...]:
+    """The line of each item's `value` (else of the item) in a list node of assertions."""
+    if not isinstance(node, yaml.SequenceNode):
+        return ()
+    lines = []
+    for item in node.value:
+        keys = {k.value: v for k, v in item.value} if isinstance(item, yaml.MappingNode) else {}
+        lines.append(line_of(keys.get("value", item)))
+    return tuple(lines)
 
 
 class EvalChecker(NodeReader):
@@ -276,7 +298,8 @@ class EvalChecker(NodeReader):
             case = self.case(value, default_id=f"case-{i}", err=err)
             if case is not None:
                 cases.append(case)
-                sources.append(CaseSource(self.path, line_of(item)))
+                keys = {k.value: v for k, v in item.value} if isinstance(item, yaml.MappingNode) else {}
+                sources.append(CaseSource(self.path, line_of(item), _assertion_lines(keys.get("assert"))))
                 raws.append(value)
         return cases, sources, raws
 
@@ -365,6 +388,7 @@ class EvalChecker(NodeReader):
             repeat=int(repeat),
             gate=gate,
             description=description,
+            assertion_lines=_assertion_lines(common_node),
         )
 
 
@@ -465,6 +489,7 @@ def prompt_problems(definition: EvalDefinition, variables: Sequence[VariableSpec
     reported: set[tuple[str, str]] = set()
 
     def check(assertion: Assertion, path: str, line: int, where: str) -> None:
+        # Reported at the template's own line, once per place and name.
         if "vars" not in template_fields(assertion):
             return
         for match in _VARS_REF.finditer(str(assertion.value)):
@@ -480,11 +505,11 @@ def prompt_problems(definition: EvalDefinition, variables: Sequence[VariableSpec
                     )
                 )
 
-    for assertion in definition.assertions:
-        check(assertion, definition.path, definition.line, "assert")
+    for i, assertion in enumerate(definition.assertions):
+        check(assertion, definition.path, definition.assertion_line(i), f"assert[{i}]")
     for case, source in zip(definition.cases, definition.sources, strict=True):
-        for assertion in case.assertions:
-            check(assertion, source.path, source.line, f"case {case.id!r}: assert")
+        for i, assertion in enumerate(case.assertions):
+            check(assertion, source.path, source.assertion_line(i), f"case {case.id!r}: assert[{i}]")
     return problems
 
 

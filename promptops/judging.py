@@ -7,6 +7,8 @@ and the reference answer are fenced as data, and the judge is told to ignore ins
 them. A verdict is read strictly: one JSON object (a Markdown code fence or text around the object
 is tolerated), `pass` a boolean, `score` a number from 0 to 1, `reasoning` a string if present.
 Anything else raises `VerdictError`, which the assertion reports as an error, never a pass.
+A judge answers in at most `max_tokens` tokens (`DEFAULT_MAX_TOKENS` unless its assertion says);
+an answer cut off at that bound before its verdict is readable is an error that says so.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ from typing import Any
 
 MAX_REASONING_CHARS = 1000
 """Longest reasoning kept in an assertion's reason."""
+
+DEFAULT_MAX_TOKENS = 1024
+"""The most tokens a judge may answer with, unless its assertion sets `max_tokens`: room for a
+few paragraphs of reasoning and the verdict, while a judge that rambles (or never stops) cannot
+run up cost or time without bound."""
+
+MAX_MAX_TOKENS = 32_768
+"""The largest `max_tokens` a judge assertion may set."""
 
 _SYSTEM = """\
 You are a strict grader. You judge the output of an AI system against a rubric.

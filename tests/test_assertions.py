@@ -21,6 +21,7 @@ from promptops.assertions import (
     run_assertion,
 )
 from promptops.assertionschema import parse_assertion
+from promptops.errors import PromptOpsError
 
 CASE = Case(
     id="c1",
@@ -172,6 +173,64 @@ def test_variable_values_are_data_not_templates():
     assert grade({"type": "equals", "value": "{{ vars.x }}"}, "{{ 7 * 7 }}", case=case).passed
 
 
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ expected }}",
+        "{{expected}}",
+        "{{ expected }}\n",
+        " {{ expected }}",
+        "{{- expected }}",
+        "{{ expected | upper }}",
+        "{{ vars.ticket }}",
+        "{{ vars.items }}",
+        "{{ vars.missing }}",
+        "{{ vars.queues }}",
+        "{{ metadata.lang }}",
+        "{{ metadata.keys }}",
+        "plain text",
+        "line\r\nbreak",
+        "",
+    ],
+)
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(CASE, id="strings"),
+        pytest.param(Case(id="c", vars={"ticket": "t"}), id="no-expected"),
+        pytest.param(Case(id="c", vars={"ticket": "t"}, expected=None, has_expected=True), id="null"),
+        pytest.param(Case(id="c", vars={"ticket": "t"}, expected=7, has_expected=True), id="number"),
+        pytest.param(Case(id="c", expected=float("nan"), has_expected=True), id="nan"),
+        pytest.param(Case(id="c", expected="e", has_expected=True, metadata={"d": _nested(40)}), id="deep"),
+        pytest.param(Case(id="c", expected=_nested(40), has_expected=True), id="deep-expected"),
+    ],
+)
+def test_value_templates_render_the_same_without_jinja_when_they_can(template, case, monkeypatch):
+    """Plain text and a lone `{{ expected }}`-like reference skip Jinja: the result (or the error)
+    is the sandbox's own."""
+
+    def rendered() -> tuple[str, str]:
+        try:
+            return "ok", A.render_value(template, case).replace(hex(id(case.vars)), "ADDR")
+        except PromptOpsError as exc:
+            return "error", exc.message
+
+    quick = rendered()
+    monkeypatch.setattr(A, "_plain_value", lambda template, case: None)
+    full = rendered()
+    if "built-in method" in quick[1]:  # the address of a copied dict differs
+        assert "built-in method" in full[1]
+    else:
+        assert quick == full
+
+
 @pytest.mark.parametrize(
     ("transform", "text", "passed"),
     [
@@ -267,10 +326,12 @@ def test_similar_without_embedder_or_extra_says_what_to_install(monkeypatch):
 JUDGE = {"type": "judge", "rubric": "Names exactly one queue.", "provider": "local", "model": "judge-model"}
 
 
-def _judge_answering(answer: Any, calls: list | None = None):
-    async def complete(messages, provider, model):
+def _judge_answering(answer: Any, calls: list | None = None, limits: list | None = None):
+    async def complete(messages, provider, model, *, max_tokens):
         if calls is not None:
             calls.append((messages, provider, model))
+        if limits is not None:
+            limits.append(max_tokens)
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -323,10 +384,36 @@ def test_judge_call_failure_or_missing_provider_layer_is_an_error():
     assert nobody.error and "completion function" in nobody.reason
 
 
+def test_judge_answers_are_bounded_by_max_tokens():
+    answer = '{"reasoning": "ok", "pass": true, "score": 1}'
+    limits: list = []
+    assert grade(JUDGE, "x", complete=_judge_answering(answer, limits=limits)).passed
+    assert grade({**JUDGE, "max_tokens": 64}, "x", complete=_judge_answering(answer, limits=limits)).passed
+    assert limits == [A.DEFAULT_MAX_TOKENS, 64]
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "many", 10**6])
+def test_judge_max_tokens_must_be_a_sensible_integer(value):
+    assertion, problems = parse_assertion({**JUDGE, "max_tokens": value})
+    assert assertion is None and [p.key for p in problems] == ["max_tokens"]
+    assert "must be an integer from 1 to" in problems[0].message
+    assert parse_assertion({"type": "equals", "value": "x", "max_tokens": 5})[1][0].key == "max_tokens"
+
+
 def test_judge_negated_verdict():
     answer = json.dumps({"reasoning": "polite", "pass": True, "score": 0.75})
     result = grade({**JUDGE, "not": True}, "x", complete=_judge_answering(answer))
     assert (result.passed, result.score) == (False, 0.25)
+
+
+def test_assertions_that_call_out_run_together_and_results_keep_their_order():
+    answer = '{"reasoning": "fine", "pass": true, "score": 1}'
+    raws = [{"type": "equals", "value": "billing"}, JUDGE, {"type": "contains", "value": "bill"}, JUDGE]
+    results = asyncio.run(
+        A.run_assertions([make(r) for r in raws], Output("billing"), CASE, complete=_judge_answering(answer))
+    )
+    assert [r.type for r in results] == ["equals", "judge", "contains", "judge"]
+    assert all(r.passed for r in results)
 
 
 def test_registry_covers_every_type():

@@ -103,6 +103,19 @@ def test_validate_reports_path_and_line(cli):
     assert "Traceback" not in r.err
 
 
+def test_validate_refuses_a_macro_that_calls_itself_at_its_line(cli):
+    text = (
+        "name: loops\nmessages:\n  - role: user\n    content: |\n      Hello\n"
+        "      {% macro again(n) %}{{ again(n) }}{% endmacro %}{{ again(1) }}\n"
+    )
+    bad = add(cli, text, "loops.yaml")
+    r = cli("validate", str(bad))
+    assert r.code == 1 and r.err.strip() == (
+        f"{bad}:6: messages[0].content: template syntax error: macro 'again' calls itself: "
+        "it would render until stopped"
+    ), r
+
+
 def test_sync_render_versions_diff_label(cli):
     add(cli)
     r = cli("sync")
@@ -506,6 +519,40 @@ def test_plan_refuses_units_beyond_the_scenario_bound(cli):
             1,
             "error: units must make between 1 and 10000 decisions on average",
         ), r
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--arms", "1000000000", "error: a plan has at most 20 arms, as an experiment does"),
+        ("--arms", "1", "error: a plan needs at least two arms"),
+        ("--runs", "100000000", "error: runs must be at most 100000"),
+        ("--runs", "0", "error: runs must be at least 1"),
+        ("--decisions-per-hour", "nan", "error: decisions per hour must be a number > 0 and <= 1e+09"),
+        ("--decisions-per-hour", "1e308", "error: decisions per hour must be a number > 0 and <= 1e+09"),
+        ("--decisions-per-hour", "0", "error: decisions per hour must be a number > 0 and <= 1e+09"),
+        ("--feedback-rate", "nan", "error: the feedback rate must lie in (0, 1]"),
+    ],
+)
+def test_plan_refuses_absurd_numbers_in_one_line(cli, option, value, message):
+    r = cli("plan", "--base-rate", "0.1", "--lift", "0.1", option, value)
+    assert (r.code, r.err.strip()) == (1, message), r
+
+
+def test_simulate_refuses_absurd_runs_and_traffic(cli):
+    path = cli.dir / "tiny.yaml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    for runs, message in (("1000000000", "at most 100000"), ("0", "at least 1")):
+        r = cli("simulate", str(path), "--runs", runs)
+        assert (r.code, r.err.strip()) == (1, f"error: runs must be {message}"), r
+    huge = SCENARIO.replace("runs: 3", "runs: 1000000000").replace("decisions: 400", "decisions: 10000000000")
+    path.write_text(huge.replace("decisions_per_hour: 100", "decisions_per_hour: 1.0e+308"), encoding="utf-8")
+    r = cli("simulate", str(path))
+    assert r.code == 1 and r.err.splitlines() == [
+        f"{path}:2: runs: must be an integer <= 100000 (got 1000000000)",
+        f"{path}:4: decisions: must be an integer <= 10000000 (got 10000000000)",
+        f"{path}:5: decisions_per_hour: must be a number > 0 and <= 1e+09 (got 1e+308)",
+    ], r
 
 
 TRIAGE_JSON = """\

@@ -45,3 +45,23 @@ def test_status_shows_gateway_usage(cli, tmp_path: Path, fake_upstream, monkeypa
     arms = json.loads(r.out)["arms"]
     assert [a["calls"] for a in arms] == [0, 0], r  # a pinned call is no decision of the experiment
     assert arms[0]["latency_ms_p50"] is None
+
+
+def test_warm_says_why_calls_failed_one_line_per_reason(cli, tmp_path: Path, fake_upstream, monkeypatch):
+    from tests.fakeupstream import Reply
+
+    (tmp_path / "prompts" / "ask.yaml").write_text(PROMPT)
+    (tmp_path / "promptops.yaml").write_text(config(fake_upstream))
+    monkeypatch.setenv("PROMPTOPS_CONFIG", str(tmp_path / "promptops.yaml"))
+    assert cli("sync").code == 0
+    fake_upstream.enqueue(*[Reply(status=400, error="context too long")] * 3)
+    data = tmp_path / "warm.jsonl"
+    cases = [{"vars": {"question": q}} for q in "abcd"] + [{"vars": {"questoin": "x"}}] * 2
+    data.write_text("\n".join(json.dumps(c) for c in cases) + "\n")
+    r = cli("cache", "warm", "ask", "--dataset", str(data), "--concurrency", "1")
+    assert r.code == 1 and "1 new, 0 already cached, 5 failed" in r.out, r
+    lines = r.err.splitlines()
+    assert len(lines) == 2, r
+    assert lines[0].startswith("  3 failed: provider 'fake', model 'fake-model': the provider answered 400")
+    assert "context too long" in lines[0]
+    assert lines[1].startswith("  2 failed: variable 'questoin' is not declared"), r

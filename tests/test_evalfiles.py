@@ -274,3 +274,57 @@ def test_a_deeply_nested_json_file_is_a_prompt_file_problem_not_a_crash(tmp_path
     with pytest.raises(InvalidPromptFile) as info:
         validate_files([path], prompts_dir=tmp_path / "prompts", evals_dir=tmp_path / "evals")
     assert f"{path}:1: nesting deeper than" in str(info.value)
+
+
+def test_value_templates_with_undeclared_vars_point_at_their_own_lines(tmp_path):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "triage.yaml").write_text(
+        "name: support-triage\nmodel: {name: m}\n"
+        "variables:\n  ticket: {type: string, required: true}\n"
+        'messages:\n  - {role: user, content: "{{ ticket }}"}\n',
+        encoding="utf-8",
+    )
+    inline = """\
+name: inline-golden
+prompt: support-triage
+cases:
+  - vars: {ticket: a}
+    expected: x
+  - id: own
+    vars: {ticket: b}
+    expected: y
+    assert:
+      - {type: equals, value: "{{ vars.ticket }}"}
+      - type: contains
+        value: "{{ vars['other'] }}"
+assert:
+  - {type: equals, value: "{{ expected }}"}
+  - type: contains
+    transform: strip
+    value: "{{ vars.nope }}"
+"""
+    lines = [
+        json.dumps({"id": "a", "vars": {"ticket": "x"}, "expected": "a"}),
+        json.dumps(
+            {
+                "id": "b",
+                "vars": {"ticket": "x"},
+                "expected": "b",
+                "assert": [{"type": "equals", "value": "{{ vars.x }}"}],
+            }
+        ),
+    ]
+    write(tmp_path, lines=lines)
+    (tmp_path / "evals" / "inline.yaml").write_text(inline, encoding="utf-8")
+    with pytest.raises(InvalidEvalFile) as info:
+        validate_files([], prompts_dir=prompts, evals_dir=tmp_path / "evals")
+    evals = tmp_path / "evals"
+    assert [str(p) for p in info.value.problems] == [
+        f"{evals / 'inline.yaml'}:12: case 'own': assert[1]: the value template uses vars.other, "
+        "which prompt 'support-triage' does not declare",
+        f"{evals / 'inline.yaml'}:17: assert[1]: the value template uses vars.nope, "
+        "which prompt 'support-triage' does not declare",
+        f"{evals / 'support-triage.jsonl'}:2: case 'b': assert[0]: the value template uses vars.x, "
+        "which prompt 'support-triage' does not declare",
+    ]

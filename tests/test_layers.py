@@ -25,7 +25,7 @@ ALLOWED = {
     "judging": set(),
     "embeddings": {"errors"},
     "assertions": {"domain", "errors", "rendering", "judging", "embeddings"},
-    "assertionschema": {"errors", "rendering", "assertions"},
+    "assertionschema": {"errors", "rendering", "judging", "assertions"},
     "evalfiles": {
         "domain",
         "errors",
@@ -49,6 +49,7 @@ ALLOWED = {
         "db",
         "services",
         "providers",
+        "judging",
         "assertions",
         "assertionschema",
         "evalfiles",

@@ -312,12 +312,47 @@ class TestBombs:
                 "nested loops run more than",
                 id="loop-product",
             ),
+            pytest.param("{{ range(10**9) | list }}", "an argument is larger", id="range-power"),
+            pytest.param("{{ 'ab' * (1000 * 1000) }}", "longer than", id="repeat-product"),
+            pytest.param(
+                "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+                "macro 'f' calls itself: it would render until stopped",
+                id="macro-recursion",
+            ),
+            pytest.param(
+                "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(3) }}",
+                "macro 'f' calls itself",
+                id="macro-recursion-with-a-base-case",
+            ),
+            pytest.param(
+                "{% macro a() %}{{ b() }}{% endmacro %}{% macro b() %}{{ c() }}{% endmacro %}"
+                "{% macro c() %}{{ a() }}{% endmacro %}{{ a() }}",
+                "macro 'a' calls itself through 'b', 'c'",
+                id="macro-cycle",
+            ),
+            pytest.param(
+                "{% macro m() %}{% call m() %}x{% endcall %}{% endmacro %}{{ m() }}",
+                "macro 'm' calls itself",
+                id="macro-call-block",
+            ),
         ],
     )
     def test_literal_bombs_are_refused_before_rendering(self, template: str, message: str) -> None:
         with pytest.raises(TemplateSyntaxProblem, match=message) as info:
             template_names("ok\n" + template)
         assert info.value.lineno == 2
+
+    def test_macros_that_do_not_call_themselves_pass(self) -> None:
+        ok = (
+            "{% macro item(x) %}- {{ x }}{% endmacro %}"
+            "{% macro list(xs, item) %}{% for x in xs %}{{ item(x) }}{% endfor %}{% endmacro %}"
+            "{% macro wrap() %}[{{ caller() }}]{% endmacro %}"
+            "{% call wrap() %}{{ list(items, item) }}{% endcall %}"
+        )
+        assert template_names(ok) == {"items"}
+        content = text_content(ok, VariableSpec("items", type="list"))
+        out = Renderer().render(content, {"items": ["a", "b"]}, prompt="p", version=1, variant="m")
+        assert out.text == "[- a- b]"
 
     def test_work_budget(self) -> None:
         template = "{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}"

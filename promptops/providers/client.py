@@ -339,8 +339,11 @@ class Provider:
             raise self._error(UpstreamError, f"the answer is larger than {limit} bytes", state, maybe=True)
         chunks: list[bytes] = []
         size = 0
+        # Our transport's body raises httpx's errors itself: without a content encoding to undo,
+        # it is read as it is, without httpx's decoder and chunker layers.
+        plain = isinstance(self._transport, Http11Transport) and "content-encoding" not in response.headers
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.stream if plain else response.aiter_bytes():  # type: ignore[union-attr]
                 size += len(chunk)
                 if size > limit:
                     raise self._error(

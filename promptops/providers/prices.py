@@ -8,7 +8,9 @@ no price: `None`, never a guess.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -67,8 +69,26 @@ def _unit(value: Any) -> float | None:
     return float(base) if isinstance(base, Decimal | int | float) else None
 
 
+def _public_api(base_url: str) -> bool:
+    """Whether the URL can be one the table knows: every API it prices is at a public host name,
+    never `localhost` or an IP address (a local server, a fake upstream)."""
+    try:
+        host = urllib.parse.urlsplit(base_url).hostname or ""
+    except ValueError:
+        return True
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
 @functools.lru_cache(maxsize=1024)
 def _table_price(base_url: str, model: str) -> ModelPrice | None:
+    if not _public_api(base_url):
+        return None  # without loading the table (about 0.4 s)
     try:
         # Imported on first use: the table is large and a server without priced models never needs it.
         from genai_prices import Usage, calc_price

@@ -33,7 +33,8 @@ one-line `RenderError`, and nothing is kept after it):
   variable value nests at most `MAX_VALUE_DEPTH` levels;
 - `template_names` (so validation and sync) also refuses, at the template's line, what literals
   alone show to be too big: `range(10**9)`, `'%*s' % (10**9, 'a')`, nested loops over ranges
-  whose product exceeds the step budget, ...
+  whose product exceeds the step budget, ...; and a macro that calls itself, directly or through
+  other macros, which would render until the budget stops it.
 
 The package's modules, one concept each: `budget` (what a render may spend, sizes before they are
 built), `sandbox` (the Jinja environment), `templates` (checks before any render, names),

@@ -8,6 +8,7 @@ be too big, refused at the template's line) and compiles it, then lists the name
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, meta, nodes
@@ -23,7 +24,7 @@ from promptops.rendering.budget import (
     _str_method_size,
     _too_big,
 )
-from promptops.rendering.sandbox import _ENV
+from promptops.rendering.sandbox import _ENV, _MAX_POW_BITS
 
 _CACHED_SOURCE_CHARS = 65_536  # larger sources are parsed again rather than their names kept
 
@@ -47,12 +48,28 @@ def _const(node: nodes.Node | None) -> Any:
     if isinstance(node, nodes.Neg):
         inner = _const(node.node)
         return -inner if isinstance(inner, int | float) else _UNKNOWN
+    if isinstance(node, nodes.Add | nodes.Sub | nodes.Mul | nodes.Pow):
+        return _int_arithmetic(node)
     if isinstance(node, nodes.Tuple | nodes.List):
         items = [_const(item) for item in node.items]
         if any(item is _UNKNOWN for item in items):
             return _UNKNOWN
         return tuple(items) if isinstance(node, nodes.Tuple) else items
     return _UNKNOWN
+
+
+def _int_arithmetic(node: nodes.BinExpr) -> Any:
+    """`10**9`, `1000 * 1000`, `2**20 + 1` over integer literals, when small enough to work out."""
+    left, right = _const(node.left), _const(node.right)
+    if type(left) is not int or type(right) is not int:
+        return _UNKNOWN
+    if isinstance(node, nodes.Pow):
+        if right < 0 or (abs(left) > 1 and left.bit_length() * right > _MAX_POW_BITS):
+            return _UNKNOWN  # a fraction, or refused by the sandbox when it runs
+        return left**right
+    if isinstance(node, nodes.Mul):
+        return left * right
+    return left + right if isinstance(node, nodes.Add) else left - right
 
 
 def _const_params(args: list[nodes.Expr], kwargs: list[Any]) -> Any:
@@ -147,6 +164,43 @@ def check_limits(ast: nodes.Template) -> None:
         stack.extend((child, runs) for child in node.iter_child_nodes())
 
 
+def check_recursion(ast: nodes.Template) -> None:
+    """Refuse a macro that calls itself, directly or through other macros of the template (a
+    `{% call %}` block included): its render only ends when the budget stops it."""
+    macros = {m.name: m for m in ast.find_all(nodes.Macro)}
+    calls: dict[str, list[tuple[str, int]]] = {}
+    for name, macro in macros.items():
+        own = {arg.name for arg in macro.args}  # an argument of the same name hides the macro
+        calls[name] = [
+            (call.node.name, call.lineno or macro.lineno or 1)
+            for call in macro.find_all(nodes.Call)
+            if isinstance(call.node, nodes.Name) and call.node.name in macros and call.node.name not in own
+        ]
+    for name in macros:  # in source order: the first recursive macro is reported
+        for callee, line in calls[name]:
+            path = _call_path(calls, callee, name)
+            if path is not None:
+                through = "" if not path else " through " + ", ".join(repr(m) for m in path)
+                raise TemplateSyntaxProblem(
+                    f"macro {name!r} calls itself{through}: it would render until stopped", lineno=line
+                )
+
+
+def _call_path(calls: Mapping[str, list[tuple[str, int]]], start: str, target: str) -> list[str] | None:
+    """The macros a call chain from `start` passes through before it reaches `target`, or None."""
+    seen: set[str] = set()
+    stack: list[tuple[str, list[str]]] = [(start, [])]
+    while stack:
+        name, path = stack.pop()
+        if name == target:
+            return path
+        if name in seen:
+            continue
+        seen.add(name)
+        stack.extend((callee, [*path, name]) for callee, _ in calls.get(name, ()))
+    return None
+
+
 _FORBIDDEN_NODES = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
 
 
@@ -189,6 +243,7 @@ def _template_names(source: str) -> frozenset[str]:
             lineno=node.lineno,
         )
     check_limits(ast)
+    check_recursion(ast)
     try:  # compiling is when unknown filters and tests, and Python's own limits, show up
         _ENV.compile(ast)
         return frozenset(meta.find_undeclared_variables(ast))

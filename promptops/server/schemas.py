@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from promptops.domain import (
+    MAX_ARMS,
     ExperimentStatus,
     MissingFeedback,
     RewardKind,
@@ -158,7 +159,7 @@ class ExperimentCreate(Strict):
 
     prompt: str = Field(min_length=1, max_length=64, description="The prompt's name.")
     versions: list[int] = Field(
-        min_length=2, max_length=20, description="Two or more versions; the first is the control."
+        min_length=2, max_length=MAX_ARMS, description="Two or more versions; the first is the control."
     )
     metric: MetricName = Field(default="reward", description="The primary metric, named by feedback.")
     reward: RewardKind = Field(default=RewardKind.BINARY, description="0/1 rewards, or rewards in [0, 1].")

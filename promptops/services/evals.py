@@ -13,11 +13,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from promptops.assertions import CallError
+from promptops.assertions import AssertionResult, CallError
 from promptops.db.models import (
     ArmRow,
     EvalCaseRow,
@@ -335,7 +336,7 @@ class Evals:
                 for o in case.outputs
             ]
             reps = [
-                {"error": r.message} if isinstance(r, CallError) else [asdict(a) for a in r]
+                {"error": r.message} if isinstance(r, CallError) else [_result_json(a) for a in r]
                 for r in case.grade.repetitions
             ]
             rows.append(
@@ -511,6 +512,18 @@ class Evals:
                 )
             )
         return EvalListing(tuple(out), problems)
+
+
+def _result_json(a: AssertionResult) -> dict[str, Any]:
+    # What dataclasses.asdict gives, without its deep copies (most of storing a run's time).
+    return {
+        "type": a.type,
+        "passed": a.passed,
+        "score": a.score,
+        "reason": a.reason,
+        "error": a.error,
+        "weight": a.weight,
+    }
 
 
 def _problem(d: EvalDefinition, message: str) -> FileProblem:

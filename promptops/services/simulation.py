@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from promptops.domain import (
+    MAX_ARMS,
     Policy,
     RewardKind,
     parse_guardrails,
@@ -42,6 +43,15 @@ __all__ = [
 
 Progress = Callable[[int, int], None]
 
+MAX_RUNS = 100_000
+"""The most seeded runs a scenario or a plan may ask for."""
+
+MAX_DECISIONS = 10_000_000
+"""The most decisions one simulated run may serve (a run keeps about 100 bytes per decision)."""
+
+MAX_DECISIONS_PER_HOUR = 1e9
+"""The fastest traffic simulated: policy windows (up to a year) stay countable in decisions."""
+
 _TOP_KEYS = (
     "name",
     "runs",
@@ -61,11 +71,13 @@ _TOP_KEYS = (
 _ARM_KEYS = ("name", "mean", "feedback_delay_hours", "concentration", "feedback_rate", "schedule", "metrics")
 
 
-def _integer(minimum: int | None = None) -> Check:
+def _integer(minimum: int | None = None, maximum: int | None = None) -> Check:
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
             bound = "" if minimum is None else f" >= {minimum}"
             return f"must be an integer{bound} (got {value!r})"
+        if maximum is not None and value > maximum:
+            return f"must be an integer <= {maximum} (got {value!r})"
         return None
 
     return check
@@ -126,10 +138,12 @@ class _ScenarioReader(NodeReader):
                     )
         values = {
             "name": self.field(top, "name", "", _text, default_name),
-            "runs": self.field(top, "runs", "", _integer(1), 100),
+            "runs": self.field(top, "runs", "", _integer(1, MAX_RUNS), 100),
             "seed": self.field(top, "seed", "", _integer(0), 0),
-            "decisions": self.field(top, "decisions", "", _integer(1), 10_000),
-            "decisions_per_hour": self.field(top, "decisions_per_hour", "", _number(0, open_lo=True), 1000.0),
+            "decisions": self.field(top, "decisions", "", _integer(1, MAX_DECISIONS), 10_000),
+            "decisions_per_hour": self.field(
+                top, "decisions_per_hour", "", _number(0, MAX_DECISIONS_PER_HOUR, open_lo=True), 1000.0
+            ),
             "feedback_rate": self.field(top, "feedback_rate", "", _number(0, 1), 1.0),
             "tolerance": self.field(top, "tolerance", "", _number(0), 0.0),
         }
@@ -316,6 +330,13 @@ def run_scenario(
     return aggregate(scenario, _results(scenario, progress=progress, runs=runs, workers=workers))
 
 
+def _check_runs(runs: int) -> None:
+    if runs < 1:
+        raise InvalidInput("runs must be at least 1", field="runs")
+    if runs > MAX_RUNS:
+        raise InvalidInput(f"runs must be at most {MAX_RUNS}", field="runs")
+
+
 def _results(
     scenario: Scenario,
     *,
@@ -325,8 +346,7 @@ def _results(
 ) -> list[RunResult]:
     """The seeded runs' results in run order, spread over worker processes."""
     total = scenario.runs if runs is None else runs
-    if total < 1:
-        raise InvalidInput("runs must be at least 1", field="runs")
+    _check_runs(total)
     size = max(1, min(20, total // 16 or 1))
     chunks = [range(i, min(i + size, total)) for i in range(0, total, size)]
     workers = min(workers or os.cpu_count() or 1, len(chunks))
@@ -398,12 +418,18 @@ def plan_scenarios(
         raise InvalidInput("base rate and base rate + lift must lie in (0, 1]", field="lift")
     if arms < 2:
         raise InvalidInput("a plan needs at least two arms", field="arms")
-    if decisions_per_hour <= 0 or not 0 < feedback_rate <= 1:
+    if arms > MAX_ARMS:
+        raise InvalidInput(f"a plan has at most {MAX_ARMS} arms, as an experiment does", field="arms")
+    if not 0 < decisions_per_hour <= MAX_DECISIONS_PER_HOUR:  # NaN too
         raise InvalidInput(
-            "decisions per hour must be positive and the feedback rate in (0, 1]", field="feedback_rate"
+            f"decisions per hour must be a number > 0 and <= {MAX_DECISIONS_PER_HOUR:g}",
+            field="decisions_per_hour",
         )
+    if not 0 < feedback_rate <= 1:
+        raise InvalidInput("the feedback rate must lie in (0, 1]", field="feedback_rate")
     if units is not None and not 1 <= units <= 10_000:  # the bound of a scenario file's units
         raise InvalidInput("units must make between 1 and 10000 decisions on average", field="units")
+    _check_runs(runs)
 
     def build(name: str, top: float) -> Scenario:
         means = [base_rate] + [base_rate] * (arms - 2) + [top]

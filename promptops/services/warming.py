@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 
 from promptops.db.models import CallRow, PromptRow
-from promptops.errors import InvalidInput, ProviderNotConfigured, UpstreamError
+from promptops.errors import InvalidInput, ProviderNotConfigured, RenderError, UpstreamError
 from promptops.services.calls import CacheResult
 from promptops.services.completions import CompletionRequest
 from promptops.services.context import Context
@@ -29,11 +29,13 @@ log = logging.getLogger("promptops.gateway")
 
 @dataclass(frozen=True)
 class WarmReport:
-    """What a cache warm-up did: calls answered from the cache, made upstream, and failed."""
+    """What a cache warm-up did: calls answered from the cache, made upstream, and failed, with
+    each distinct failure's message and how many calls failed so (most frequent first)."""
 
     hits: int
     misses: int
     errors: int
+    failures: tuple[tuple[str, int], ...] = ()
 
 
 async def warm(
@@ -50,6 +52,7 @@ async def warm(
     at most `concurrency` calls at a time; each call is a recorded decision of that version."""
     slots = asyncio.Semaphore(max(1, concurrency))
     counts = {"hits": 0, "misses": 0, "errors": 0}
+    failures: dict[str, int] = {}
     pinned = (version, label) if version is not None or label is not None else (None, "production")
 
     async def one(variables: Mapping[str, Any]) -> None:
@@ -58,7 +61,8 @@ async def warm(
                 out = await gateway.complete(
                     CompletionRequest(name=name, variables=variables, version=pinned[0], label=pinned[1])
                 )
-            except (UpstreamError, ProviderNotConfigured, InvalidInput):
+            except (UpstreamError, ProviderNotConfigured, InvalidInput, RenderError) as exc:
+                failures[exc.message] = failures.get(exc.message, 0) + 1
                 counts["errors"] += 1
             else:
                 counts["hits" if out.cache is CacheResult.HIT else "misses"] += 1
@@ -67,7 +71,8 @@ async def warm(
 
     await asyncio.gather(*(one(case) for case in cases))
     await gateway.cache.drain()
-    return WarmReport(**counts)
+    ranked = sorted(failures.items(), key=lambda item: -item[1])  # stable: first seen first on ties
+    return WarmReport(**counts, failures=tuple(ranked))
 
 
 def recent_requests(ctx: Context, name: str, *, limit: int, days: float = 7.0) -> list[dict[str, Any]]:

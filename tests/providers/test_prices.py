@@ -14,6 +14,7 @@ from promptops.providers import (
     build_chat_request,
     price_for,
 )
+from promptops.providers.prices import _public_api
 
 
 def test_a_configured_price_wins():
@@ -39,6 +40,22 @@ def test_known_models_come_from_the_table():
 )
 def test_unknown_prices_are_none(model, base_url):
     assert price_for(model, base_url=base_url) is None
+
+
+@pytest.mark.parametrize(
+    ("base_url", "public"),
+    [
+        ("http://127.0.0.1:8080/v1", False),
+        ("http://localhost:11434/v1", False),
+        ("http://[::1]:8000/v1", False),
+        ("http://10.0.0.7/v1", False),
+        ("https://api.openai.com/v1", True),
+        ("https://my-resource.openai.azure.com/openai", True),
+    ],
+)
+def test_local_servers_are_never_looked_up_in_the_table(base_url, public):
+    # Loading the table takes about 0.4 s; no API it prices lives at an IP address or localhost.
+    assert _public_api(base_url) is public
 
 
 def test_cost_counts_cached_prompt_tokens_at_their_price():

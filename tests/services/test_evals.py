@@ -9,6 +9,7 @@ import pytest
 
 from promptops.evalfiles import load_eval_files
 from promptops.providers import Providers, load_providers_config
+from promptops.services import evalcalls
 from promptops.services.evalcalls import MemoryAnswers, ProviderCalls
 from promptops.services.evalrunner import run_eval
 from promptops.services.facade import PromptOps
@@ -199,3 +200,127 @@ def test_calls_queue_for_the_providers_bound_instead_of_timing_out(project, fake
     summary, calls = run(project, concurrency=10)
     assert (summary.versions[0].passed, summary.versions[0].errors) == (10, 0)
     assert fake_upstream.max_in_flight <= 2
+
+
+class CountingAnswers(MemoryAnswers):
+    """A memory cache that counts its lookups: one `prefetch` per chunk, `get` per call."""
+
+    def __init__(self, *, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.chunks: list[int] = []
+        self.fail_after = fail_after
+
+    async def prefetch(self, keys):
+        if self.fail_after is not None and len(self.chunks) >= self.fail_after:
+            raise OSError("the cache's database is gone")
+        self.chunks.append(len(keys))
+        await asyncio.sleep(0.01)  # a lookup takes a while: the calls of loaded chunks go on
+
+
+def test_answers_are_looked_up_ahead_in_chunks_in_the_runs_order(project, fake_upstream, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(evalcalls, "PREFETCH_FIRST_CHUNK", 4)
+    definition = project.evals.definitions()[0]
+    base, targets = project.evals.targets(definition, versions=[2])
+
+    async def go(cache):
+        providers = Providers(load_providers_config(project.settings.config_path))
+        calls = ProviderCalls(providers, cache=cache)
+        try:
+            loading = calls.prefetch_ahead(
+                ((v, c.vars, slot) for c in definition.cases for slot in range(3) for v in targets), chunk=16
+            )
+            result = await run_eval(
+                definition, targets, baseline=base, complete=calls.complete, repeat=3, concurrency=4
+            )
+            await loading
+        finally:
+            await providers.aclose()
+        return result, calls
+
+    cache = CountingAnswers()
+    first, calls = asyncio.run(go(cache))
+    # 10 cases x 3 slots x 2 versions: chunks grow from the first one to the cap.
+    assert cache.chunks == [4, 8, 16, 16, 16] and calls.upstream_calls == 60
+    cache.chunks.clear()
+    again, calls = asyncio.run(go(cache))
+    assert calls.upstream_calls == 0 and calls.cache_hits == 60 and sum(cache.chunks) == 60
+    assert [v.rate.passed for v in again.versions] == [v.rate.passed for v in first.versions]
+
+    broken = CountingAnswers(fail_after=2)
+    with pytest.raises(OSError, match="database is gone"):
+        asyncio.run(go(broken))
+    assert broken.chunks == [4, 8]
+
+
+def test_judge_calls_are_bounded_and_a_cut_off_verdict_says_so(project, fake_upstream):  # noqa: F811
+    from tests.fakeupstream import Reply
+
+    fake_upstream.models["judge-long"] = Reply(
+        content='{"reasoning": "First, the output', finish_reason="length"
+    )
+    fake_upstream.models["judge-ok"] = Reply(content='{"reasoning": "fine", "pass": true, "score": 1}')
+    folder = project.settings.evals_dir
+    for name, model, extra in (("cut", "judge-long", ""), ("ok", "judge-ok", ", max_tokens: 200")):
+        (folder / f"{name}.yaml").write_text(
+            f"name: judged-{name}\nprompt: echo\ncases:\n  - {{id: a, vars: {{message: one}}}}\n"
+            f"assert: [{{type: judge, rubric: Polite., provider: fake, model: {model}{extra}}}]\n",
+            encoding="utf-8",
+        )
+    cache = MemoryAnswers()
+    by_name = {d.name: d for d in project.evals.definitions()}
+
+    async def go(definition):
+        base, targets = project.evals.targets(definition)
+        providers = Providers(load_providers_config(project.settings.config_path))
+        calls = ProviderCalls(providers, cache=cache)
+        try:
+            return await run_eval(
+                definition, targets, baseline=base, complete=calls.complete, judge=calls.judge
+            )
+        finally:
+            await providers.aclose()
+
+    for _ in range(2):  # the second time from the cache, which keeps why the answer ended
+        cut = asyncio.run(go(by_name["judged-cut"])).versions[0].cases[0].grade
+        assert cut.status.value == "error"
+        assert "reached max_tokens 1024 before its verdict" in cut.reason, cut.reason
+    ok = asyncio.run(go(by_name["judged-ok"])).versions[0].cases[0].grade
+    assert ok.status.value == "passed"
+    judged = [r.json() for r in fake_upstream.requests if r.json()["model"].startswith("judge-")]
+    assert [(r["model"], r["max_tokens"]) for r in judged] == [("judge-long", 1024), ("judge-ok", 200)]
+
+
+def test_answers_are_written_in_batches_while_the_run_goes_on(project, fake_upstream):  # noqa: F811
+    from promptops.services.cache import ResponseCache
+    from promptops.services.evalcalls import SharedAnswers
+
+    definition = project.evals.definitions()[0]
+    base, targets = project.evals.targets(definition)
+    calls_made = [(v, c.vars, slot) for c in definition.cases for slot in range(3) for v in targets]
+
+    async def go(shared_cache):
+        providers = Providers(load_providers_config(project.settings.config_path))
+        answers = SharedAnswers(shared_cache, clock=project.ctx.now, write_every=7)
+        calls = ProviderCalls(providers, cache=answers)
+        try:
+            await calls.prefetch(calls_made)
+            await run_eval(definition, targets, baseline=base, complete=calls.complete, repeat=3)
+            writes = len(answers._writes)
+            await calls.flush()
+        finally:
+            await providers.aclose()
+        return calls, writes
+
+    first, writes = asyncio.run(go(ResponseCache(project.ctx, max_entries=1000)))
+    assert first.upstream_calls == 30 and writes == 4  # 4 batches of 7 during the run, 2 at the end
+    # A new process finds every answer in the database.
+    again, _ = asyncio.run(go(ResponseCache(project.ctx, max_entries=1000)))
+    assert again.upstream_calls == 0 and again.cache_hits == 30
+
+    class Broken(ResponseCache):
+        async def put_many(self, entries):
+            raise OSError("disk full")
+
+    assert ResponseCache(project.ctx, max_entries=1000).clear() == 30
+    with pytest.raises(OSError, match="disk full"):
+        asyncio.run(go(Broken(project.ctx, max_entries=1000)))
