@@ -50,7 +50,7 @@ def test_status_shows_gateway_usage(cli, tmp_path: Path, fake_upstream, monkeypa
 def test_warm_says_why_calls_failed_one_line_per_reason(cli, tmp_path: Path, fake_upstream, monkeypatch):
     from tests.fakeupstream import Reply
 
-    (tmp_path / "prompts" / "ask.yaml").write_text(PROMPT)
+    (tmp_path / "prompts" / "ask.yaml").write_text(ASK)
     (tmp_path / "promptops.yaml").write_text(config(fake_upstream))
     monkeypatch.setenv("PROMPTOPS_CONFIG", str(tmp_path / "promptops.yaml"))
     assert cli("sync").code == 0
