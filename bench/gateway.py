@@ -1,9 +1,13 @@
 """What the gateway adds to a model call: the same load sent straight to a fake upstream (fixed
-20 ms), through promptops (a real `promptops serve`), and through LiteLLM's proxy when it is
-installed in its own venv (LITELLM_BIN=/path/to/litellm), at concurrency 1 and 32, streaming and
-not; plus a cache hit against a plain serve. Prints p50 and throughput side by side, as ratios.
+20 ms), through promptops (a real `promptops serve`), and through LiteLLM's proxy, at concurrency
+1 and 32, streaming and not; plus a cache hit against a plain serve. Prints p50 and throughput
+side by side, as ratios.
 
-    .venv/bin/python -m bench.gateway [--requests 320]
+LiteLLM runs from its own venv, which the benchmark creates and fills the first time
+(`pip install 'litellm[proxy]'` into bench/.litellm-venv, a minute or two); LITELLM_BIN=/path/to/litellm
+uses an existing install instead, and --no-litellm leaves it out.
+
+    .venv/bin/python -m bench.gateway [--requests 320] [--no-litellm]
 """
 
 from __future__ import annotations
@@ -76,10 +80,35 @@ def start_promptops(workdir: Path, upstream: int, port: int) -> subprocess.Popen
     raise SystemExit("promptops did not start")
 
 
+LITELLM_VENV = Path(__file__).resolve().parent / ".litellm-venv"
+
+
+def litellm_bin() -> str | None:
+    """LITELLM_BIN, or the `litellm` of the benchmark's own venv, installed there on first use
+    (None, with a line saying why, when it cannot be installed)."""
+    given = os.environ.get("LITELLM_BIN")
+    if given:
+        return given if Path(given).exists() else None
+    exe = LITELLM_VENV / "bin" / "litellm"
+    if not exe.exists():
+        print(f"installing LiteLLM's proxy into {LITELLM_VENV} (once) ...", flush=True)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+            subprocess.run(
+                [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.CalledProcessError) as exc:
+            print(f"LiteLLM could not be installed ({exc}); comparing without it", flush=True)
+            return None
+    return str(exe) if exe.exists() else None
+
+
 def start_litellm(workdir: Path, upstream: int, port: int) -> subprocess.Popen[bytes] | None:
-    """LiteLLM's proxy in front of the fake upstream, when LITELLM_BIN names its `litellm`."""
-    exe = os.environ.get("LITELLM_BIN")
-    if not exe or not Path(exe).exists():
+    """LiteLLM's proxy in front of the fake upstream (None when it is not available)."""
+    exe = litellm_bin()
+    if exe is None:
         return None
     config = workdir / "litellm.yaml"
     config.write_text(
@@ -143,12 +172,13 @@ async def load(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=320)
+    parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
     args = parser.parse_args()
     fake, upstream = start_fake()
     port = 18700 + os.getpid() % 200
     with tempfile.TemporaryDirectory() as tmp:
         server = start_promptops(Path(tmp), upstream, port)
-        litellm = start_litellm(Path(tmp), upstream, port + 1)
+        litellm = None if args.no_litellm else start_litellm(Path(tmp), upstream, port + 1)
         try:
             run(upstream, port, args.requests, port + 1 if litellm else None, server.pid)
         finally:
@@ -175,7 +205,7 @@ def run(upstream: int, port: int, requests: int, litellm: int | None, pid: int) 
     messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "why?"}]
     print(
         f"fake upstream: fixed 20 ms; {requests} requests per row"
-        + ("" if proxy else "; LiteLLM: n/a (set LITELLM_BIN to its `litellm` to compare)")
+        + ("" if proxy else "; LiteLLM: n/a (not installed, or --no-litellm)")
     )
     print(
         f"{'load':<22}{'direct p50':>12}{'promptops p50':>15}{'added':>9}"
