@@ -1,7 +1,8 @@
 """Experiment lifecycle: create, start, stop, promote, finish, and the reads.
 
 Every end of an experiment is a conditional update from the status read, so promotion happens
-exactly once even when several servers share one database (the epoch update is in `epochs`).
+exactly once even when several servers share one database (the epoch update is in `epochs`, the
+guarded rollout in `rollout`, the reads' shapes in `experimentview`).
 """
 
 from __future__ import annotations
@@ -9,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from promptops import stats
 from promptops.db.models import (
-    ArmEpochRow,
     ArmRow,
     EpochRow,
     ExperimentGateRow,
@@ -28,22 +28,20 @@ from promptops.db.queries import bump_change_seq, rowcount
 from promptops.domain import (
     DEFAULT_METRIC,
     ENDED_STATUSES,
-    LIVE_STATUSES,
     PRODUCTION,
     ExperimentSpec,
     ExperimentStatus,
-    Policy,
     RewardKind,
     Strategy,
     metric_name_problem,
     parse_policy,
 )
 from promptops.errors import ExperimentNotFound, ExperimentStateError, InvalidInput
-from promptops.services.calls import arm_usage
 from promptops.services.context import Context
 from promptops.services.evalgate import EvalCatalog, GateStatus, gate_of, gate_status
+from promptops.services.experimentview import arm_rows, epoch_history, experiment_view
 from promptops.services.registry import Registry, write_audit
-from promptops.services.views import ArmView, EpochView, EvalGateView, ExperimentView, Snapshot
+from promptops.services.views import EpochView, ExperimentView, Snapshot
 
 
 class Experiments:
@@ -366,83 +364,6 @@ class Experiments:
             )
         return self.get(experiment_id)
 
-    def enter_holdout(
-        self,
-        s: Session,
-        exp: ExperimentRow,
-        *,
-        winner: int,
-        old: int,
-        weights: Sequence[float],
-        actor: str,
-        reason: str,
-        evidence: dict[str, Any],
-    ) -> None:
-        """Promote a challenger into the guarded rollout once: production moves to it, the
-        previous production keeps its holdout share, and the experiment keeps routing."""
-        now = self.ctx.now()
-        arms = self.arms(s, exp.id)
-        holdout = {
-            "new": winner,
-            "old": old,
-            "started_at": now,
-            "decisions_at_start": sum(a.decisions for a in arms),
-        }
-        res = s.execute(
-            update(ExperimentRow)
-            .where(ExperimentRow.id == exp.id, ExperimentRow.status == ExperimentStatus.RUNNING)
-            .values(status=ExperimentStatus.HOLDOUT, winner_arm=winner, holdout=holdout, end_reason=reason)
-            .execution_options(synchronize_session=False)
-        )
-        if rowcount(res) != 1:
-            raise ExperimentStateError(f"experiment {exp.id} is no longer running")
-        s.refresh(exp)
-        p = s.get(PromptRow, exp.prompt_id)
-        version = s.get(VersionRow, arms[winner].version_id)
-        assert p is not None and version is not None
-        write_audit(
-            s,
-            at=now,
-            actor=actor,
-            action="experiment.holdout",
-            prompt_id=p.id,
-            experiment_id=exp.id,
-            message=(
-                f"experiment {exp.id} promoted v{version.number}: {reason}; "
-                f"v{self.number(s, arms[old].version_id)} keeps a holdout share"
-            ),
-            details={
-                "reason": reason,
-                "winner_version": version.number,
-                "evidence": evidence,
-                "holdout": holdout,
-            },
-        )
-        self.registry.set_label(
-            s,
-            p,
-            version,
-            PRODUCTION,
-            actor=actor,
-            reason=f"experiment {exp.id}: {reason}",
-            experiment_id=exp.id,
-            details={"evidence": evidence},
-        )
-        exp.epoch += 1
-        exp.epoch_started_at = now
-        exp.weights = [float(x) for x in weights]
-        s.add(
-            EpochRow(
-                experiment_id=exp.id,
-                idx=exp.epoch,
-                started_at=now,
-                weights=exp.weights,
-                matured_at_start=exp.matured_total,
-                summary={"holdout": True},
-            )
-        )
-        bump_change_seq(s)
-
     @staticmethod
     def leader(exp: ExperimentRow) -> int:
         """The arm with the least expected loss in the snapshot (the control without one)."""
@@ -541,14 +462,12 @@ class Experiments:
     @staticmethod
     def arms(s: Session, experiment_id: int) -> list[ArmRow]:
         """An experiment's arm rows in arm order."""
-        return list(
-            s.scalars(select(ArmRow).where(ArmRow.experiment_id == experiment_id).order_by(ArmRow.idx))
-        )
+        return arm_rows(s, experiment_id)
 
     def get(self, experiment_id: int) -> ExperimentView:
         """An experiment with its per-arm figures (the API's shape)."""
         with self.ctx.tx() as s:
-            return self._public(s, self.row(s, experiment_id))
+            return experiment_view(s, self.row(s, experiment_id), self.catalog)
 
     def list_experiments(
         self, *, prompt: str | None = None, status: str | None = None, limit: int = 200
@@ -560,190 +479,28 @@ class Experiments:
                 q = q.where(ExperimentRow.prompt_id == self.registry.prompt_row(s, prompt).id)
             if status is not None:
                 q = q.where(ExperimentRow.status == status)
-            return [self._public(s, e) for e in s.scalars(q).all()]
-
-    def _public(self, s: Session, exp: ExperimentRow) -> ExperimentView:
-        name = s.scalar(select(PromptRow.name).where(PromptRow.id == exp.prompt_id))
-        arms = self.arms(s, exp.id)
-        versions = {
-            v.id: v
-            for v in s.scalars(select(VersionRow).where(VersionRow.id.in_([a.version_id for a in arms])))
-        }
-        n_by_arm: dict[int, int] = {}
-        for arm, total in s.execute(
-            select(ArmEpochRow.arm, func.sum(ArmEpochRow.n))
-            .where(ArmEpochRow.experiment_id == exp.id)
-            .group_by(ArmEpochRow.arm)
-        ):
-            n_by_arm[arm] = int(total or 0)
-        snapshot = Snapshot.from_dict(exp.snapshot)
-        raw = exp.snapshot or {}
-        snap_arms = raw.get("arms") or []
-        snap_metrics: dict[str, list[dict[str, Any]]] = raw.get("metrics") or {}
-        verdicts: list[dict[str, Any]] = raw.get("guardrails") or []
-        usage = arm_usage(s, exp.id, len(arms))
-        out_arms = []
-        for a in arms:
-            v = versions[a.version_id]
-            snap = snapshot.arm(a.idx)
-            out_arms.append(
-                ArmView(
-                    version=v.number,
-                    variant=v.variant,
-                    decisions=a.decisions,
-                    feedback=a.feedback,
-                    reward_sum=a.reward_sum,
-                    n=n_by_arm.get(a.idx, 0),
-                    mean=snap.mean,
-                    sd=snap.sd,
-                    ci_low=snap.ci_low,
-                    ci_high=snap.ci_high,
-                    p_best=snap.p_best,
-                    expected_loss=snap.expected_loss,
-                    p_beats_control=snap.p_beats_control,
-                    weight=(
-                        exp.weights[a.idx]
-                        if exp.status in LIVE_STATUSES and a.idx < len(exp.weights)
-                        else 0.0
-                    ),
-                    is_control=a.idx == exp.control_arm,
-                    **usage[a.idx].as_dict(),
-                    units=int((snap_arms[a.idx] if a.idx < len(snap_arms) else {}).get("units", 0)),
-                    new_units=int((snap_arms[a.idx] if a.idx < len(snap_arms) else {}).get("new_units", 0)),
-                    metrics={
-                        m: per_arm[a.idx] for m, per_arm in snap_metrics.items() if a.idx < len(per_arm)
-                    },
-                    guardrails=[
-                        {
-                            k: g[k]
-                            for k in (
-                                "metric",
-                                "state",
-                                "diff",
-                                "diff_low",
-                                "diff_high",
-                                "relative",
-                                "sentence",
-                            )
-                        }
-                        for g in verdicts
-                        if g.get("arm") == a.idx
-                    ],
-                )
-            )
-        winner = None
-        if exp.winner_arm is not None and exp.winner_arm < len(arms):
-            winner = versions[arms[exp.winner_arm].version_id].number
-        policy = parse_policy(exp.policy)
-        control_version = out_arms[exp.control_arm].version if out_arms else None
-        gate_row = gate_of(s, exp.id)
-        gate = None
-        if gate_row is not None:
-            status = gate_status(s, exp, gate_row.eval_name, self.catalog)
-            gate = EvalGateView(
-                eval=status.eval,
-                passed=status.passed,
-                waiting=status.waiting,
-                reasons=status.reasons,
-                message=status.message,
-            )
-        waiting = (
-            gate.message
-            if gate is not None and not gate.passed and exp.status == ExperimentStatus.DRAFT
-            else None
-        )
-        return ExperimentView(
-            id=exp.id,
-            prompt=name or "",
-            status=ExperimentStatus(exp.status),
-            winner=winner,
-            metric=exp.metric,
-            reward=RewardKind(exp.reward),
-            strategy=Strategy(exp.strategy),
-            auto_promote=exp.auto_promote,
-            source=exp.source,
-            control_version=control_version,
-            production_at_start=exp.production_version_at_start,
-            control_is_production=(
-                None
-                if exp.production_version_at_start is None
-                else control_version == exp.production_version_at_start
-            ),
-            created_at=exp.created_at,
-            started_at=exp.started_at,
-            ended_at=exp.ended_at,
-            end_reason=exp.end_reason,
-            epoch=exp.epoch,
-            matured=exp.matured_total,
-            last_update_at=exp.last_update_at,
-            policy=policy.to_dict(),
-            missing_feedback=policy.missing_feedback_for(exp.reward),
-            reason=waiting or snapshot.reason or self._waiting(exp, policy),
-            srm_alarm=snapshot.srm_alarm,
-            srm_p=snapshot.srm_p,
-            value_remaining=snapshot.value_remaining,
-            checks_done=snapshot.checks_done,
-            requires_eval=gate_row.eval_name if gate_row is not None else None,
-            gate=gate,
-            metrics=list(exp.metrics or []),
-            flags=[f["flag"] for f in raw.get("flags") or []],
-            safety=list(raw.get("flags") or []),
-            stop_reason=raw.get("stop_reason"),
-            holdout=self._holdout_public(exp, versions, arms),
-            arms=tuple(out_arms),
-        )
-
-    @staticmethod
-    def _holdout_public(
-        exp: ExperimentRow, versions: dict[int, VersionRow], arms: Sequence[ArmRow]
-    ) -> dict[str, Any] | None:
-        """The guarded rollout: new and old versions, its start and the latest rollback test."""
-        hold = exp.holdout
-        if not hold:
-            return None
-        latest = (exp.snapshot or {}).get("holdout") or {}
-        return {
-            "new_version": versions[arms[int(hold["new"])].version_id].number,
-            "old_version": versions[arms[int(hold["old"])].version_id].number,
-            "started_at": hold.get("started_at"),
-            "p_old_better": latest.get("p_old_better"),
-            "reason": latest.get("reason"),
-        }
-
-    @staticmethod
-    def _waiting(exp: ExperimentRow, policy: Policy) -> str | None:
-        if exp.status != ExperimentStatus.RUNNING:
-            return None
-        return (
-            f"collecting outcomes: each counts {policy.attribution_window_hours:g} h after "
-            f"its decision; burn-in needs {policy.min_samples_per_arm:,} per arm and "
-            f"{policy.min_hours:g} h"
-        )
+            return [experiment_view(s, e, self.catalog) for e in s.scalars(q).all()]
 
     def history(self, experiment_id: int) -> list[EpochView]:
         """Per-epoch weights, P(best) and means, oldest first (for charts)."""
         with self.ctx.tx() as s:
             self.row(s, experiment_id)
-            eps = s.scalars(
-                select(EpochRow).where(EpochRow.experiment_id == experiment_id).order_by(EpochRow.idx)
-            ).all()
-            assigned: dict[int, list[int]] = {}
-            for r in s.scalars(select(ArmEpochRow).where(ArmEpochRow.experiment_id == experiment_id)):
-                row = assigned.setdefault(r.epoch, [])
-                while len(row) <= r.arm:
-                    row.append(0)
-                row[r.arm] = r.assigned
-            return [
-                EpochView(
-                    epoch=e.idx,
-                    started_at=e.started_at,
-                    weights=e.weights,
-                    matured_at_start=e.matured_at_start,
-                    p_best=(e.summary or {}).get("p_best"),
-                    mean=(e.summary or {}).get("mean"),
-                    checked=(e.summary or {}).get("checked", False),
-                    holdout=bool((e.summary or {}).get("holdout", False)),
-                    assigned=assigned.get(e.idx, []),
-                )
-                for e in eps
-            ]
+            return epoch_history(s, experiment_id)
+
+
+def open_epoch(s: Session, exp: ExperimentRow, now: float, weights: Any, summary: dict[str, Any]) -> None:
+    """Start the experiment's next epoch with these weights (constant until it closes)."""
+    exp.epoch += 1
+    exp.epoch_started_at = now
+    exp.weights = [float(x) for x in weights]
+    s.add(
+        EpochRow(
+            experiment_id=exp.id,
+            idx=exp.epoch,
+            started_at=now,
+            weights=exp.weights,
+            matured_at_start=exp.matured_total,
+            summary=summary,
+        )
+    )
+    bump_change_seq(s)

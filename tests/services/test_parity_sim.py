@@ -12,7 +12,7 @@ import numpy as np
 
 from promptops import stats
 from promptops.domain import parse_policy
-from promptops.services import epochs as epochs_service
+from promptops.services import maturation
 from promptops.services.live import LiveExperiment
 from promptops.stats import simulator
 from tests.samples import triage
@@ -109,7 +109,7 @@ def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeyp
         return result
 
     monkeypatch.setattr(stats, "step", replay_step)
-    monkeypatch.setattr(epochs_service, "MATURITY_GRACE_SECONDS", 0.0)
+    monkeypatch.setattr(maturation, "MATURITY_GRACE_SECONDS", 0.0)
     monkeypatch.setattr(
         LiveExperiment, "pick", lambda self, unit_id, rng, first_epoch=None: int(run.arm[current["i"]])
     )
