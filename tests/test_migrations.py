@@ -77,3 +77,63 @@ def test_0002_turns_the_dirty_suffix_into_a_state_and_back(empty_database_url):
         assert [r[0] for r in commits] == ["a" * 40 + "+dirty", "b" * 40, None]
     finally:
         eng.dispose()
+
+
+def test_0006_queues_the_late_feedback_of_live_experiments(empty_database_url):
+    from sqlalchemy import text
+
+    eng = db.make_engine(empty_database_url)
+    try:
+        db.upgrade(eng, "0005")
+        with eng.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO prompts (id, name, description, tags, created_at, updated_at) "
+                    "VALUES (1, 'p', '', '[]', 0, 0)"
+                )
+            )
+            for exp_id, status in [(1, "running"), (2, "completed")]:
+                conn.execute(
+                    text(
+                        "INSERT INTO experiments (id, prompt_id, status, metric, reward, strategy, "
+                        "auto_promote, policy, control_arm, source, created_at, epoch, weights, "
+                        "policy_state, snapshot, matured_total, update_seq) VALUES (:id, 1, :status, "
+                        "'resolved', 'binary', 'thompson', true, :policy, 0, 'api', 0, 0, '[]', '{}', "
+                        "'{}', 0, 0)"
+                    ),
+                    {"id": exp_id, "status": status, "policy": '{"attribution_window_hours": 0.5}'},
+                )
+            # (decision, experiment, arm, decided_at, metric, received_at): the window is 1,800 s
+            rows = [
+                ("a", 1, 0, 100.0, "resolved", 1000.0),  # on time
+                ("b", 1, 1, 100.0, "resolved", 1900.5),  # late
+                ("c", 1, 1, 200.0, "csat", 9000.0),  # late, but not the primary metric
+                ("d", 2, 1, 100.0, "resolved", 9000.0),  # late, but the experiment has ended
+            ]
+            for decision, exp_id, arm, decided, metric, received in rows:
+                conn.execute(
+                    text(
+                        "INSERT INTO decisions (id, prompt_id, version_id, experiment_id, arm, epoch, "
+                        "decided_at, counted_in) VALUES (:id, 1, 1, :exp, :arm, 0, :at, 0)"
+                    ),
+                    {"id": decision, "exp": exp_id, "arm": arm, "at": decided},
+                )
+                conn.execute(
+                    text(
+                        "INSERT INTO feedback (decision_id, metric, reward, received_at) "
+                        "VALUES (:id, :metric, 1, :at)"
+                    ),
+                    {"id": decision, "metric": metric, "at": received},
+                )
+        db.upgrade(eng)
+        with eng.connect() as conn:
+            late = conn.execute(text("SELECT experiment_id, arm, decided_at FROM late_feedback")).all()
+            cutoffs = conn.execute(
+                text("SELECT validity_cutoff, validity_seq, validity_low FROM experiments")
+            ).all()
+        assert [tuple(r) for r in late] == [(1, 1, 100.0)]
+        assert [tuple(r) for r in cutoffs] == [(None, 0, 1), (None, 0, 1)]
+        db.downgrade(eng, "0005")
+        assert "late_feedback" not in inspect(eng).get_table_names()
+    finally:
+        eng.dispose()

@@ -147,6 +147,12 @@ class ExperimentRow(Base):
     metrics: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     # The guarded rollout while status is `holdout`: {new, old, started_at, decisions_at_start}.
     holdout: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # How far the feedback-validity counts (`arm_feedback_stats`) have folded: decisions decided
+    # at or before `validity_cutoff` and matured in an update up to `validity_seq` are counted;
+    # no decision of an update before `validity_low` is left to count.
+    validity_cutoff: Mapped[float | None] = mapped_column(Double, nullable=True)
+    validity_seq: Mapped[int] = mapped_column(Integer, default=0)
+    validity_low: Mapped[int] = mapped_column(Integer, default=1)
 
 
 class ArmRow(Base):
@@ -223,6 +229,34 @@ class ArmMetricRow(Base):
     n: Mapped[int] = mapped_column(Integer, default=0)
     s: Mapped[float] = mapped_column(Double, default=0.0)
     ss: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class ArmFeedbackRow(Base):
+    """Feedback-validity counts of one arm: its matured decisions at least two windows old, how
+    many got their primary feedback within the window, and how many only after it."""
+
+    __tablename__ = "arm_feedback_stats"
+    __table_args__ = (UniqueConstraint("experiment_id", "arm", name="uq_arm_feedback"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    arm: Mapped[int] = mapped_column(Integer)
+    eligible: Mapped[int] = mapped_column(Integer, default=0)
+    on_time: Mapped[int] = mapped_column(Integer, default=0)
+    late: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LateFeedbackRow(Base):
+    """A primary feedback that came after its decision's window, stored with the feedback and
+    waiting until its decision is old enough to enter the feedback-validity counts."""
+
+    __tablename__ = "late_feedback"
+    __table_args__ = (Index("ix_late_feedback_waiting", "experiment_id", "decided_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # No foreign key, like decisions: the feedback path must not wait on the experiment's row
+    # lock, which the epoch update holds for its whole transaction.
+    experiment_id: Mapped[int] = mapped_column(Integer)
+    arm: Mapped[int] = mapped_column(Integer)
+    decided_at: Mapped[float] = mapped_column(Double)
 
 
 class DecisionRow(Base):

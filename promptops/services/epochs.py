@@ -19,7 +19,7 @@ from promptops import stats
 from promptops.db.models import EpochRow, ExperimentRow
 from promptops.domain import LIVE_STATUSES, ExperimentStatus, StatsAction, parse_policy
 from promptops.errors import ExperimentStateError
-from promptops.services import maturation, snapshots
+from promptops.services import maturation, snapshots, validity
 from promptops.services.context import Context
 from promptops.services.experiments import Experiments, open_epoch
 from promptops.services.rollout import GuardedRollout
@@ -60,6 +60,7 @@ class EpochUpdater:
             policy = parse_policy(exp.policy)
             arms = self.experiments.arms(s, exp.id)
             new = maturation.mature(s, exp, policy, now)
+            validity.fold(s, exp, policy, now)
             hours = (now - (exp.started_at or now)) / 3600
             decisions_total = sum(a.decisions for a in arms)
             epoch_row = s.scalar(

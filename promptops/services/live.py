@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import random
 import threading
 from dataclasses import dataclass
@@ -18,7 +19,14 @@ from sqlalchemy.orm import Session
 
 from promptops.db.models import ArmRow, EpochRow, ExperimentRow, LabelRow, PromptRow, VersionRow
 from promptops.db.queries import RETENTION_CUTOFF, get_meta, read_change_seq
-from promptops.domain import BUILTIN_METRICS, LIVE_STATUSES, PRODUCTION, ExperimentStatus, PromptContent
+from promptops.domain import (
+    BUILTIN_METRICS,
+    LIVE_STATUSES,
+    PRODUCTION,
+    ExperimentStatus,
+    PromptContent,
+    parse_policy,
+)
 from promptops.errors import PromptNotFound
 from promptops.rendering import PreparedContent
 from promptops.services.context import Context
@@ -123,11 +131,13 @@ class ExperimentInfo:
     # Every metric its feedback may name: the primary one first, then the built-ins (secondary
     # and guardrail metrics join here when experiments declare them).
     metrics: tuple[str, ...] = ()
+    window: float = math.inf  # the attribution window in seconds: primary feedback after it is late
 
     @classmethod
     def of(cls, row: ExperimentRow) -> ExperimentInfo:
         """The facts of an experiment's row."""
-        return cls(row.id, row.metric, row.reward, experiment_metrics(row))
+        window = parse_policy(row.policy or {}).attribution_window_hours * 3600
+        return cls(row.id, row.metric, row.reward, experiment_metrics(row), window)
 
 
 class LiveState:

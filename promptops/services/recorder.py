@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, bindparam, update
+from sqlalchemy import Connection, bindparam, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from promptops.db.models import ArmRow, DecisionRow, FeedbackRow, UnitRow
+from promptops.db.models import ArmRow, DecisionRow, FeedbackRow, LateFeedbackRow, UnitRow
 from promptops.services.context import Context
 from promptops.services.decisions import DecisionToken
 
@@ -27,6 +27,7 @@ class FeedbackItem:
     reward: float
     received_at: float
     counts_for: int | None  # experiment whose arm counters it updates (its metric matches)
+    late: bool = False  # a primary feedback after its decision's window (queued for the validity counts)
 
 
 _ARMS: Any = ArmRow.__table__
@@ -41,6 +42,8 @@ _BUMP_ARMS = (
         reward_sum=_ARMS.c.reward_sum + bindparam("n_reward"),
     )
 )
+_LATE_TABLE: Any = LateFeedbackRow.__table__
+_LATE = insert(_LATE_TABLE)
 _INSERTS: dict[tuple[str, str], Any] = {}
 _DECISION_COLUMNS = tuple(c.name for c in DecisionRow.__table__.columns)
 NEW_UNIT = "new_unit"
@@ -148,6 +151,7 @@ class Recorder:
         out = ["duplicate"] * len(items)
         with self.ctx.conn() as conn:
             counts: dict[tuple[int, int], list[float]] = {}
+            late: list[dict[str, Any]] = []
             self._store_decisions(conn, [decision_row(i.decision_id, i.token) for i in items], counts)
             order = sorted(range(len(items)), key=lambda k: (items[k].decision_id, items[k].metric, k))
             # One statement for the batch; a repeat within it loses to its first occurrence.
@@ -181,6 +185,17 @@ class Recorder:
                         )
                         c[1] += 1
                         c[2] += item.reward
+                        if item.late:
+                            late.append(
+                                {
+                                    "experiment_id": item.counts_for,
+                                    "arm": item.token.arm,
+                                    "decided_at": item.token.decided_at,
+                                }
+                            )
+            if late:
+                # In the feedback's own transaction: an update counts it exactly once (`validity`).
+                conn.execute(_LATE, late)
             self._bump_arms(conn, counts)
         return out
 

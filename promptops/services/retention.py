@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from promptops.db.models import DecisionRow, ExperimentRow, FeedbackRow
+from promptops.db.models import DecisionRow, ExperimentRow, FeedbackRow, LateFeedbackRow
 from promptops.db.queries import RETENTION_CUTOFF, bump_change_seq, get_meta, set_meta
 from promptops.domain import ENDED_STATUSES
 from promptops.errors import InvalidInput
@@ -57,6 +57,9 @@ class Retention:
         decisions = feedback = 0
         for exp_id in ended:
             d, f = self._purge(DecisionRow.experiment_id == exp_id, dry_run=dry_run)
+            if not dry_run:
+                with self.ctx.tx() as s:  # late feedback still queued for the validity counts
+                    s.execute(delete(LateFeedbackRow).where(LateFeedbackRow.experiment_id == exp_id))
             decisions += d
             feedback += f
             if not dry_run and d:

@@ -294,13 +294,18 @@ class Serving:
         else:
             value = check_reward(reward, binary=metric in BINARY_METRICS, bounded=False)
         counts = info.id if info is not None and metric == info.metric else None
+        now = self.ctx.now()
         return FeedbackItem(
             decision_id=decision_id,
             token=token,
             metric=metric,
             reward=value,
-            received_at=self.ctx.now(),
+            received_at=now,
             counts_for=counts,
+            late=info is not None
+            and counts is not None
+            and token.arm is not None
+            and now > token.decided_at + info.window,
         )
 
     def _stored(self, decision_id: str) -> bool:

@@ -35,7 +35,7 @@ def epoch_data(s: Session, exp: ExperimentRow, k: int, policy: Policy, now: floa
         ss=base.ss,
         assigned=base.assigned,
         weights=base.weights,
-        feedback=validity.recount(s, exp, k, policy, now),
+        feedback=validity.counts(s, exp, k),
         metrics=metrics or None,
     )
 
