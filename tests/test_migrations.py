@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -135,5 +137,53 @@ def test_0006_queues_the_late_feedback_of_live_experiments(empty_database_url):
         assert [tuple(r) for r in cutoffs] == [(None, 0, 1), (None, 0, 1)]
         db.downgrade(eng, "0005")
         assert "late_feedback" not in inspect(eng).get_table_names()
+    finally:
+        eng.dispose()
+
+
+def test_0007_downgrade_merges_the_call_sums_of_unit_calls(empty_database_url):
+    from sqlalchemy import text
+
+    eng = db.make_engine(empty_database_url)
+    try:
+        db.upgrade(eng)
+        with eng.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO prompts (id, name, description, tags, created_at, updated_at) "
+                    "VALUES (1, 'p', '', '[]', 0, 0)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO experiments (id, prompt_id, status, metric, reward, strategy, "
+                    "auto_promote, policy, control_arm, source, created_at, epoch, weights, "
+                    "policy_state, snapshot, matured_total, update_seq, validity_seq, validity_low) "
+                    "VALUES (1, 1, 'running', 'resolved', 'binary', 'thompson', true, '{}', 0, 'api', "
+                    "0, 0, '[]', '{}', '{}', 0, 0, 0, 1)"
+                )
+            )
+            # (arm, with_unit, calls, histogram): arm 0 has both kinds, arm 1 unit calls only
+            for arm, with_unit, calls, hist in [
+                (0, False, 3, "[1, 2]"),
+                (0, True, 2, "[0, 1, 1]"),
+                (1, True, 4, "[4]"),
+            ]:
+                conn.execute(
+                    text(
+                        "INSERT INTO call_stats (experiment_id, arm, epoch, with_unit, calls, errors, "
+                        "cache_hits, cost_n, cost_sum, cost_ss, latency_sum, latency_ss, tokens_n, "
+                        "prompt_tokens_sum, completion_tokens_sum, latency_hist) VALUES (1, :arm, 0, "
+                        ":unit, :calls, 1, 0, :calls, :calls, 0, 0, 0, 0, 0, 0, :hist)"
+                    ),
+                    {"arm": arm, "unit": with_unit, "calls": calls, "hist": hist},
+                )
+        db.downgrade(eng, "0006")
+        with eng.connect() as conn:
+            rows = conn.execute(
+                text("SELECT arm, calls, errors, cost_sum, latency_hist FROM call_stats ORDER BY arm")
+            ).all()
+        assert [(r[0], r[1], r[2], r[3]) for r in rows] == [(0, 5, 2, 5.0), (1, 4, 1, 4.0)]
+        assert [json.loads(r[4]) if isinstance(r[4], str) else r[4] for r in rows] == [[1, 3, 1], [4]]
     finally:
         eng.dispose()

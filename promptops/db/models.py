@@ -214,8 +214,23 @@ class UnitRow(Base):
     total: Mapped[float] = mapped_column(Double, default=0.0)
 
 
+class UnitMetricRow(Base):
+    """The count and sum of one unit's matured values of one secondary or guardrail metric (its
+    feedback within the window and its gateway calls), so its mean can move between cells."""
+
+    __tablename__ = "unit_metrics"
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    unit_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[float] = mapped_column(Double, default=0.0)
+
+
 class ArmMetricRow(Base):
-    """Matured sums of one secondary or guardrail metric for one arm in one epoch."""
+    """Matured sums of one secondary or guardrail metric for one arm in one epoch: per decision
+    for decisions without a unit, per unit (its mean, in its first epoch) otherwise."""
 
     __tablename__ = "arm_metric_stats"
     __table_args__ = (
@@ -320,6 +335,8 @@ class CallRow(Base):
     experiment_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     arm: Mapped[int | None] = mapped_column(Integer, nullable=True)
     epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The decision's unit: its calls' built-in metrics count per unit, at maturation.
+    unit_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
     created_at: Mapped[float] = mapped_column(Double)
     status: Mapped[str] = mapped_column(String(16))
     http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -343,14 +360,17 @@ class CallRow(Base):
 
 
 class CallStatsRow(Base):
-    """Running sums of the calls of one arm in one epoch: usage without scanning the call log."""
+    """Running sums of the calls of one arm in one epoch: usage without scanning the call log.
+    Calls of decisions with a unit have their own row (`with_unit`): their built-in metrics
+    count per unit at maturation, not per call."""
 
     __tablename__ = "call_stats"
-    __table_args__ = (UniqueConstraint("experiment_id", "arm", "epoch", name="uq_call_stats"),)
+    __table_args__ = (UniqueConstraint("experiment_id", "arm", "epoch", "with_unit", name="uq_call_stats"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
     arm: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[int] = mapped_column(Integer)
+    with_unit: Mapped[bool] = mapped_column(Boolean, default=False)
     calls: Mapped[int] = mapped_column(Integer, default=0)
     errors: Mapped[int] = mapped_column(Integer, default=0)
     cache_hits: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,8 +1,10 @@
 """The call log and its per-arm usage: each gateway call is stored with its decision, and the
 arm's running sums (calls, errors, cache hits, cost, latency histogram, tokens) are bumped in the
 same transaction, per experiment, arm and epoch. Reading an arm's usage sums a handful of rows,
-never the call log; the sums also carry the built-in metrics `cost_usd`, `latency_ms` and
-`error` per epoch for guardrails.
+never the call log. The sums of calls whose decision has no unit also carry the built-in metrics
+`cost_usd`, `latency_ms` and `error` per epoch for guardrails; calls of decisions with a unit are
+summed apart (`with_unit`), since their metrics count per unit once the decision matures
+(`metricsums`).
 """
 
 from __future__ import annotations
@@ -127,17 +129,17 @@ class CallRecorder:
             )
         by_id = {r["decision_id"]: r for r in rows}
         inserted = s.connection().execute(stmt, [by_id[k] for k in sorted(by_id)]).all()
-        sums: dict[tuple[int, int, int], _Sums] = {}
+        sums: dict[tuple[int, int, int, bool], _Sums] = {}
         for (decision_id,) in inserted:
             r = by_id[decision_id]
             if r["experiment_id"] is not None and r["arm"] is not None:
-                key = (r["experiment_id"], r["arm"], r["epoch"] or 0)
+                key = (r["experiment_id"], r["arm"], r["epoch"] or 0, r.get("unit_id") is not None)
                 sums.setdefault(key, _Sums()).add(r)
         self._bump(s, mod, sums)
         return len(inserted)
 
     @staticmethod
-    def _bump(s: Session, mod: Any, sums: dict[tuple[int, int, int], _Sums]) -> None:
+    def _bump(s: Session, mod: Any, sums: dict[tuple[int, int, int, bool], _Sums]) -> None:
         if not sums:
             return
         table: Any = CallStatsRow.__table__
@@ -145,11 +147,19 @@ class CallRecorder:
         keys = sorted(sums)
         s.connection().execute(
             mod.insert(table).on_conflict_do_nothing(),
-            [{"experiment_id": e, "arm": a, "epoch": p, "latency_hist": []} for e, a, p in keys],
+            [
+                {"experiment_id": e, "arm": a, "epoch": p, "with_unit": u, "latency_hist": []}
+                for e, a, p, u in keys
+            ],
         )
-        for exp_id, arm, epoch in keys:
-            d = sums[(exp_id, arm, epoch)]
-            where = (table.c.experiment_id == exp_id) & (table.c.arm == arm) & (table.c.epoch == epoch)
+        for exp_id, arm, epoch, with_unit in keys:
+            d = sums[(exp_id, arm, epoch, with_unit)]
+            where = (
+                (table.c.experiment_id == exp_id)
+                & (table.c.arm == arm)
+                & (table.c.epoch == epoch)
+                & (table.c.with_unit == with_unit)
+            )
             # The histogram is a JSON list: read it under the row lock, add, write back.
             hist = s.execute(select(table.c.latency_hist).where(where).with_for_update()).scalar()
             s.execute(

@@ -430,6 +430,7 @@ class Gateway:
             "experiment_id": t.experiment_id,
             "arm": t.arm,
             "epoch": t.epoch,
+            "unit_id": decision.unit_id,
             "created_at": t.decided_at,
             "status": status,
             "http_status": http_status,

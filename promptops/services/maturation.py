@@ -50,9 +50,10 @@ def mature(s: Session, exp: ExperimentRow, policy: Policy, now: float) -> int:
     exp.update_seq = seq
     cells: Cells = {}
     total = _fold_decisions(s, exp, policy, seq, window, cells)
-    total += _fold_units(s, exp, policy, seq, window, cells)
+    units: dict[str, UnitRow] = {}
+    total += _fold_units(s, exp, policy, seq, window, cells, units)
     _add_cells(s, exp, cells)
-    metricsums.fold(s, exp, policy, seq, window)
+    metricsums.fold(s, exp, policy, seq, window, units)
     exp.matured_total += total
     return total
 
@@ -118,8 +119,17 @@ def load_units(s: Session, exp: ExperimentRow, ids: list[str]) -> dict[str, Unit
     return stored
 
 
-def _fold_units(s: Session, exp: ExperimentRow, policy: Policy, seq: int, window: float, cells: Cells) -> int:
-    """Units move their mean between values: `fold_units` gives the cell increments."""
+def _fold_units(
+    s: Session,
+    exp: ExperimentRow,
+    policy: Policy,
+    seq: int,
+    window: float,
+    cells: Cells,
+    units: dict[str, UnitRow],
+) -> int:
+    """Units move their mean between values: `fold_units` gives the cell increments. `units`
+    receives the row of every unit of the batch."""
     rows = s.execute(_batch(exp, seq, window, units=True)).all()
     if not rows:
         return 0
@@ -143,6 +153,7 @@ def _fold_units(s: Session, exp: ExperimentRow, policy: Policy, seq: int, window
                 total=0.0,
             )
             s.add(u)
+        units[unit_id] = u
         total += int(count)
         if not (0 <= u.arm < k and 0 <= u.first_epoch < epochs):
             continue

@@ -87,6 +87,7 @@ from promptops.stats.rollout import (
 from promptops.stats.special import chi2_sf, norm_cdf
 from promptops.stats.spending import boundary, information_fraction, safety_level, spent
 from promptops.stats.units import (
+    CAP_MIN_VALUES,
     FeedbackCounts,
     MetricData,
     feedback_cohort_cutoff,
@@ -100,6 +101,7 @@ from promptops.stats.validity import FeedbackFinding, contingency_p, feedback_fi
 
 __all__ = [
     "ACTIONS",
+    "CAP_MIN_VALUES",
     "EpochData",
     "FeedbackCounts",
     "FeedbackFinding",

@@ -13,8 +13,11 @@ Feedback comes with probability feedback_rate, feedback_delay_hours after the de
 else is the server's rules, called from `units`, `engine` and `rollout`: an epoch closes when
 update_every decisions have matured since it began and min_update_minutes have passed (or at the
 limit); a decision matures when its window closes and counts through `matured_values`; unit sums
-are updated with `fold_units`; SRM counts new units per epoch; the feedback counts cover decisions
-two windows old, late feedback counted once it has arrived. `step` runs at every boundary. After a
+are updated with `fold_units`, for the reward and for every metric (a metric's cap is fixed from
+its first CAP_MIN_VALUES values once they have matured, and the values summed before are capped
+then); SRM
+counts new units per epoch; the feedback counts cover decisions two windows old, late feedback
+counted once it has arrived. `step` runs at every boundary. After a
 challenger's promotion (holdout_share > 0) the previous production keeps its share and
 `holdout_step` runs at every boundary. Once the experiment ends the rest of the traffic goes to
 production.
@@ -39,6 +42,7 @@ from promptops.stats.engine import CONTINUE, PolicyState, initial_weights, step
 from promptops.stats.estimator import EpochData
 from promptops.stats.rollout import holdout_step, holdout_weights, rollback_scan, rollback_window
 from promptops.stats.units import (
+    CAP_MIN_VALUES,
     FeedbackCounts,
     MetricData,
     fold_units,
@@ -304,8 +308,8 @@ class _Sums:
             add_m = np.bincount(inv, minlength=uniq.size).astype(float)
             for j in range(len(run.metric_names)):
                 vals = run.metric[j, lo:hi]
-                if self.caps[j] is None:
-                    self.caps[j] = metric_cap(vals)
+                if self.caps[j] is None and hi >= CAP_MIN_VALUES:
+                    self._fix_cap(j, lo, hi)
                 cap_j = self.caps[j]
                 if cap_j is not None:
                     vals = np.minimum(vals, cap_j)
@@ -323,6 +327,33 @@ class _Sums:
                 self.mcells[j] += np.stack([dn, ds, dss])
                 self.msum[j, uniq] += add
             self.mcount[uniq] += add_m
+
+    def _fix_cap(self, j: int, lo: int, hi: int) -> None:
+        """Fix metric j's cap from its first CAP_MIN_VALUES values (hi of them have matured), and
+        cap the values already summed (0..lo-1): each unit's mean moves to its capped mean."""
+        run = self.run
+        cap = metric_cap(run.metric[j, :CAP_MIN_VALUES])
+        self.caps[j] = cap
+        if cap is None or lo <= 0:
+            return
+        before = run.metric[j, :lo]
+        over = before > cap
+        if not over.any():
+            return
+        uniq, inv = np.unique(run.traffic.unit[:lo][over], return_inverse=True)
+        delta = np.bincount(inv, weights=cap - before[over], minlength=uniq.size)
+        dn, ds, dss = fold_units(
+            arms=run.k,
+            epochs=self.cap,
+            arm=run.unit_arm[uniq],
+            first_epoch=self.first_epoch[uniq],
+            old_count=self.mcount[uniq],
+            old_sum=self.msum[j, uniq],
+            add_count=np.zeros(uniq.size),
+            add_sum=delta,
+        )
+        self.mcells[j] += np.stack([dn, ds, dss])
+        self.msum[j, uniq] += delta
 
     def data(self, epochs: int, feedback: FeedbackCounts) -> EpochData:
         """The EpochData of the first `epochs` epochs."""

@@ -7,6 +7,10 @@ the mean of its counted matured values, filed under (its arm, the epoch of its f
 
 What the services store so that everything is rebuilt from sums:
 - per unit: arm, first_epoch, count and sum of its counted matured values (per metric as well);
+  a secondary or guardrail metric is one observation per unit too, its mean value, each value capped
+  at the metric's cap (`metric_cap`), fixed in the update where at least `CAP_MIN_VALUES` of its
+  values have matured, from all of them; the values summed before then are capped at that moment,
+  so the sums are always those of capped values once a cap exists;
 - per (arm, epoch): n units with at least one counted value, s = sum of their means, ss = sum of
   squared means (`fold_units` gives the increments), and `assigned` = new units first exposed in
   that epoch (what the SRM check counts);
@@ -116,11 +120,15 @@ class MetricData:
     cap: float | None = None
 
 
+CAP_MIN_VALUES = 100
+"""How many values of a metric must have matured before its cap is fixed."""
+
+
 def metric_cap(values: ArrayLike, *, quantile: float = 0.995) -> float | None:
     """The cap for a heavy-tailed metric: a high quantile of the pooled first values (at least
-    100 of them), fixed once and stored; values above it count as the cap."""
+    `CAP_MIN_VALUES` of them), fixed once and stored; values above it count as the cap."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
-    if v.size < 100:
+    if v.size < CAP_MIN_VALUES:
         return None
     return float(np.quantile(v, quantile))

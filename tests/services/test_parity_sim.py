@@ -57,22 +57,20 @@ def _record(
         "threshold": result.threshold,
         "checks": result.state.checks_done,
         "burn_in": result.state.burn_in_done,
+        "metrics": {
+            name: {"n": md.n.copy(), "s": md.s.copy(), "ss": md.ss.copy(), "cap": np.array([md.cap or 0.0])}
+            for name, md in (data.metrics or {}).items()
+        },
     }
 
 
-def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeypatch):
-    policy = parse_policy(POLICY)
-    scenario = simulator.Scenario(
-        name="parity",
-        arms=(simulator.SimArm("main", 0.10), simulator.SimArm("terse", 0.16)),
-        runs=1,
-        seed=7,
-        decisions=DECISIONS,
-        decisions_per_hour=3600,
-        policy=policy,
-    )
-
-    # the simulator's run: its traffic and every policy step
+def replay(
+    ops, prompts_dir: Path, clock, monkeypatch, scenario: Any, policy_text: str, *, units: bool = False
+):
+    """Run the scenario's first run through the simulator and its traffic through the server
+    (one decision per virtual second, each arm the one the simulator served, feedback and metric
+    values as they came, the allocation draws the simulator's); returns the simulator's run and
+    outcome and both lists of recorded steps."""
     runs: list[Any] = []
     sim_steps: list[dict[str, Any]] = []
     init, sim_step = simulator._Run.__init__, simulator.step
@@ -91,11 +89,7 @@ def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeyp
     monkeypatch.setattr(simulator, "step", capture_sim_step)
     outcome = simulator.simulate_run(scenario, 0)
     run = runs[0]
-    assert outcome.winner == 1 and len(sim_steps) > 5  # the run promotes after several epochs
 
-    # the same traffic through the server: one decision per virtual second, each arm the one
-    # the simulator served, feedback as it came; the allocation draws are the simulator's
-    served = iter(range(DECISIONS))
     current = {"i": 0}
     server_steps: list[dict[str, Any]] = []
     real_step = stats.step
@@ -114,23 +108,34 @@ def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeyp
         LiveExperiment, "pick", lambda self, unit_id, rng, first_epoch=None: int(run.arm[current["i"]])
     )
     start = clock.t
-    (prompts_dir / "triage.yaml").write_text(triage(_flow(POLICY)), encoding="utf-8")
+    (prompts_dir / "triage.yaml").write_text(policy_text, encoding="utf-8")
     ops.sync()
-    for i in served:
+    for i in range(scenario.decisions):
         clock.t = start + i
         current["i"] = i
-        d = ops.serve("triage", {"message": "x"})
+        unit_id = f"u{run.traffic.unit[i]}" if units else None
+        d = ops.serve("triage", {"message": "x"}, unit_id=unit_id)
         if d.experiment_id is None:
             break
         assert d.version == int(run.arm[i]) + 1
         if run.got[i] and run.on_time[i]:
             ops.feedback(d.decision_id, float(run.reward[i]))
+        for j, name in enumerate(run.metric_names):
+            ops.feedback(d.decision_id, float(run.metric[j, i]), metric=name)
         ops.tick()
+    return run, outcome, sim_steps, server_steps
 
+
+def compare(sim_steps: list[dict[str, Any]], server_steps: list[dict[str, Any]]) -> None:
+    """The server's steps read the same data and decide the same as the simulator's."""
     assert len(server_steps) == len(sim_steps)
     for k, (mine, theirs) in enumerate(zip(server_steps, sim_steps, strict=True)):
         for key in ("n", "s", "ss", "assigned", "weights", "feedback"):
             assert np.allclose(mine[key], theirs[key]), (k, key, mine[key], theirs[key])
+        assert mine["metrics"].keys() == theirs["metrics"].keys(), k
+        for name, sums in mine["metrics"].items():
+            for part, value in sums.items():
+                assert np.allclose(value, theirs["metrics"][name][part], rtol=1e-9), (k, name, part)
         for key in (
             "hours",
             "decisions",
@@ -144,5 +149,49 @@ def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeyp
             "burn_in",
         ):
             assert mine[key] == theirs[key], (k, key, mine[key], theirs[key])
+
+
+def test_the_server_replays_the_simulator(ops, prompts_dir: Path, clock, monkeypatch):
+    policy = parse_policy(POLICY)
+    scenario = simulator.Scenario(
+        name="parity",
+        arms=(simulator.SimArm("main", 0.10), simulator.SimArm("terse", 0.16)),
+        runs=1,
+        seed=7,
+        decisions=DECISIONS,
+        decisions_per_hour=3600,
+        policy=policy,
+    )
+    run, outcome, sim_steps, server_steps = replay(
+        ops, prompts_dir, clock, monkeypatch, scenario, triage(_flow(POLICY))
+    )
+    assert outcome.winner == 1 and len(sim_steps) > 5  # the run promotes after several epochs
+    compare(sim_steps, server_steps)
     exp = ops.experiments.get(1)
     assert exp.status == "completed" and exp.winner == 2
+
+
+def test_the_server_replays_units_and_a_guardrail_metric(ops, prompts_dir: Path, clock, monkeypatch):
+    # returning units and a cost metric: per unit (its mean, in its first epoch) on both sides
+    policy = {**POLICY, "max_decisions": 100000}
+    guardrail = "  guardrails:\n    - {metric: cost_usd, max_increase: 0.10}\n"
+    scenario = simulator.Scenario(
+        name="parity-units",
+        arms=(
+            simulator.SimArm("main", 0.10, metrics=(("cost_usd", 1.0, 0.5),)),
+            simulator.SimArm("terse", 0.16, metrics=(("cost_usd", 1.2, 0.5),)),
+        ),
+        runs=1,
+        seed=11,
+        decisions=3000,
+        decisions_per_hour=3600,
+        policy=parse_policy({**policy, "guardrails": [{"metric": "cost_usd", "max_increase": 0.1}]}),
+        unit_mean_decisions=6.0,
+        unit_icc=0.1,
+    )
+    run, _, sim_steps, server_steps = replay(
+        ops, prompts_dir, clock, monkeypatch, scenario, triage(_flow(policy)) + guardrail, units=True
+    )
+    assert run.traffic.units < 1000 and len(sim_steps) > 4
+    assert all(step["metrics"] for step in sim_steps)
+    compare(sim_steps, server_steps)

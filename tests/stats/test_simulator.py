@@ -207,3 +207,50 @@ def test_a_novelty_that_flips_is_rolled_back():
     out = aggregate(sc, simulate_runs(sc, range(4)))
     assert out["promoted"]["novel"] == 4 and out["rolled_back"] == 4
     assert out["final"]["control"] == 4 and out["wrong_promotions"] == 0
+
+
+def test_a_unit_counts_once_in_a_metric_however_many_decisions_it_makes():
+    arms = (
+        SimArm("a", 0.2, metrics=(("cost_usd", 2.0, 1.0),)),
+        SimArm("b", 0.2, metrics=(("cost_usd", 3.0, 1.0),)),
+    )
+    sc = scenario(arms=arms, unit_mean_decisions=8.0, unit_icc=0.1)
+    run = _assigned_run(sc, 6000)
+    sums = simulator._Sums(run)
+    # fold in two batches: a unit with decisions in both has its mean moved, not added twice
+    for lo, hi in ((0, 2500), (2500, 6000)):
+        sums.fold(lo, hi, reward_kind=sc.reward, policy=sc.policy)
+    cap = sums.caps[0]
+    assert cap is not None
+    unit, value = run.traffic.unit, np.minimum(run.metric[0], cap)
+    sizes = np.bincount(unit)
+    means = np.bincount(unit, weights=value) / np.maximum(sizes, 1)
+    arm_of = run.unit_arm
+    assert sizes.max() >= 15  # some units make many decisions
+    for a in (0, 1):
+        mine = (arm_of == a) & (sizes > 0)
+        n, s, ss = sums.mcells[0, :, a, 0]
+        assert n == mine.sum()  # one observation per unit
+        assert s == pytest.approx(means[mine].sum(), rel=1e-9)
+        assert ss == pytest.approx((means[mine] ** 2).sum(), rel=1e-9)
+
+
+def test_a_metric_cap_fixed_after_small_folds_caps_the_values_summed_before():
+    arms = (
+        SimArm("a", 0.2, metrics=(("cost_usd", 2.0, 3.0),)),
+        SimArm("b", 0.2, metrics=(("cost_usd", 2.0, 3.0),)),
+    )
+    sc = scenario(arms=arms, unit_mean_decisions=3.0, unit_icc=0.1)
+    run = _assigned_run(sc, 400)
+    sums = simulator._Sums(run)
+    for lo, hi in ((0, 50), (50, 60), (60, 400)):  # the cap waits for 100 values
+        sums.fold(lo, hi, reward_kind=sc.reward, policy=sc.policy)
+        assert (sums.caps[0] is None) == (hi < 100)
+    cap = sums.caps[0]
+    assert cap == promptops.stats.metric_cap(run.metric[0, :100]) and (run.metric[0, :60] > cap).any()
+    unit, value = run.traffic.unit, np.minimum(run.metric[0], cap)
+    sizes = np.bincount(unit)
+    means = np.bincount(unit, weights=value)[sizes > 0] / sizes[sizes > 0]
+    n, s, ss = sums.mcells[0, :, :, 0].sum(axis=1)
+    assert n == (sizes > 0).sum()
+    assert s == pytest.approx(means.sum(), rel=1e-9) and ss == pytest.approx((means**2).sum(), rel=1e-9)
