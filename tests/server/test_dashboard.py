@@ -13,12 +13,12 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import event, update
 
-from promptops.db.models import ExperimentRow
+from promptops.db.models import EpochRow, ExperimentRow
 from promptops.server import dashboard
 from promptops.server.auth import SESSION_COOKIE
 from promptops.server.dashboard import charts, formats, pages
 from promptops.services.calls import NO_USAGE
-from promptops.services.views import ArmView, ExperimentView
+from promptops.services.views import ArmView, EpochView, ExperimentView
 
 FAST = (
     "{min_hours: 0, min_samples_per_arm: 200, update_every: 200, min_update_minutes: 0, "
@@ -253,6 +253,109 @@ def test_experiment_page_shows_flags_guardrails_metrics_and_the_holdout(client, 
     assert "<strong>Holdout.</strong> Version 2 is production; version 1 keeps a share" in text
     assert r.context["rule"][0].startswith("Guarded rollout: version 2 was promoted")
     assert "P(version 1 is better) is 42" in r.context["rule"][0]
+
+
+def _into_rollout(ops, exp_id: int, *, started: float, ended: float | None, status: str) -> None:
+    """Put an experiment into its guarded rollout at `started` (v2 promoted, v1 holding 20%), and
+    end it at `ended` with `status` if given, as the epoch update does."""
+    with ops.ctx.tx() as s:
+        row = s.get(ExperimentRow, exp_id)
+        s.add(
+            EpochRow(
+                experiment_id=exp_id,
+                idx=row.epoch + 1,
+                started_at=started,
+                weights=[0.2, 0.8],
+                matured_at_start=row.matured_total,
+                summary={"holdout": True},
+            )
+        )
+        snap = dict(row.snapshot, holdout={"p_old_better": 0.97, "reason": "v1 beats v2 on the holdout"})
+        s.execute(
+            update(ExperimentRow)
+            .where(ExperimentRow.id == exp_id)
+            .values(
+                status=status,
+                epoch=row.epoch + 1,
+                winner_arm=1,
+                snapshot=snap,
+                ended_at=ended,
+                end_reason="P(v1 better) 97% on the holdout" if ended else None,
+                holdout={"new": 1, "old": 0, "started_at": started, "decisions_at_start": 1500},
+            )
+        )
+
+
+def test_experiment_page_draws_the_holdout_on_the_time_charts(client, ops, clock, busy):
+    started = clock() - 1800
+    _into_rollout(ops, busy.id, started=started, ended=None, status="holdout")
+    r = client.get(f"/experiments/{busy.id}", headers=HTML)
+    assert r.status_code == 200, r.text
+    assert '<span class="status holdout">holdout: guarded rollout</span>' in r.text
+    assert r.context["history"][-1].holdout
+    for name in ("p_best", "weights"):
+        svg = str(r.context["charts"][name])
+        tree = ET.fromstring(svg)
+        marks = [g for g in tree.iter("{http://www.w3.org/2000/svg}g") if "marker" in g.get("class", "")]
+        assert [g.get("class") for g in marks] == ["marker holdout"], name
+        label = marks[0].find("{http://www.w3.org/2000/svg}text")
+        assert label is not None and label.text == "holdout: v2 80% / v1 20%", name
+        assert "holdout: v2 80% / v1 20%" in tree.find("{http://www.w3.org/2000/svg}desc").text
+    # the weights chart holds the split from the marker on
+    assert "rolled back" not in r.text
+
+
+def test_experiment_page_marks_a_rollback(client, ops, clock, busy):
+    now = clock()
+    _into_rollout(ops, busy.id, started=now - 3600, ended=now - 600, status="rolled_back")
+    r = client.get(f"/experiments/{busy.id}", headers=HTML)
+    assert r.status_code == 200, r.text
+    assert '<span class="status rolled_back">rolled back</span>' in r.text
+    assert r.context["rule"] == [
+        "Rolled back: version 2 was promoted, then version 1 proved better on its holdout share; "
+        "production moved back to version 1. P(v1 better) 97% on the holdout."
+    ]
+    for name in ("p_best", "weights"):
+        tree = ET.fromstring(str(r.context["charts"][name]))
+        marks = {
+            g.get("class"): g
+            for g in tree.iter("{http://www.w3.org/2000/svg}g")
+            if "marker" in g.get("class", "")
+        }
+        assert set(marks) == {"marker holdout", "marker rollback"}, name
+        line = marks["marker rollback"].find("{http://www.w3.org/2000/svg}line")
+        label = marks["marker rollback"].find("{http://www.w3.org/2000/svg}text")
+        assert label is not None and label.text == "rolled back to v1"
+        assert line is not None and line.get("stroke") == charts.MARKER_COLORS["rollback"]
+        # the rollback is drawn after the holdout's start
+        start = marks["marker holdout"].find("{http://www.w3.org/2000/svg}line")
+        assert start is not None and float(start.get("x1")) < float(line.get("x1"))
+    overview = client.get("/", headers=HTML)
+    assert [e.id for e in overview.context["recent"]] == [busy.id]
+    assert "rolled back</span>" in overview.text
+
+
+def test_rollout_markers_sit_at_their_times():
+    exp = three_arms()
+    hold = {"new_version": 2, "old_version": 1, "started_at": 3600.0, "p_old_better": None, "reason": None}
+    history = [
+        EpochView(0, 0.0, [0.4, 0.3, 0.3], 0, None, None, False),
+        EpochView(1, 3600.0, [0.2, 0.8, 0.0], 900, None, None, False, holdout=True),
+    ]
+    ended = replace(exp, status="rolled_back", holdout=hold, ended_at=7200.0, started_at=0.0)
+    assert charts.rollout_markers(ended, history) == [
+        charts.Marker(3600.0, "holdout: v2 80% / v1 20%"),
+        charts.Marker(7200.0, "rolled back to v1", "rollback"),
+    ]
+    completed = replace(ended, status="completed")
+    assert charts.rollout_markers(completed, history)[1] == charts.Marker(7200.0, "holdout over: v2 stays")
+    assert charts.rollout_markers(replace(exp, holdout=None), history) == []
+    svg = str(charts.experiment_charts(ended, history, now=7200.0)["weights"])
+    # two hours on the axis: the holdout starts halfway across the plot, the rollback at its end
+    half = charts.LEFT + (charts.WIDTH - charts.LEFT - charts.RIGHT) / 2
+    assert f'<line x1="{half:.1f}" y1="{charts.TOP}"' in svg
+    assert f'<line x1="{charts.WIDTH - charts.RIGHT:.1f}" y1="{charts.TOP}"' in svg
+    assert formats.status_text("rolled_back") == "rolled back" and formats.status_text("running") == "running"
 
 
 def test_pages_read_aggregates_never_the_decision_log(client, ops, busy):

@@ -4,18 +4,22 @@ Why SVG drawn here rather than a vendored JavaScript chart library: the pages st
 JavaScript off, nothing has to be vendored, licensed or updated, the strict Content-Security-Policy
 needs no exception, and the charts show in the same response as the numbers they explain. Colours
 are passed as SVG presentation attributes (not `style=`), which that policy allows.
+
+The time charts (P(best), weights) mark the moments of the guarded rollout: when the holdout
+started, with its split, and when production rolled back (or the holdout ended).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html import escape
 from typing import Any
 
 from markupsafe import Markup
 
+from promptops.domain import ExperimentStatus
 from promptops.server.dashboard.formats import arm_label, fmt_share, value_format
 from promptops.services.views import EpochView, ExperimentView
 
@@ -30,6 +34,18 @@ Format = Callable[[float], str]
 def color(i: int) -> str:
     """The colour of the i-th series."""
     return PALETTE[i % len(PALETTE)]
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A moment on a time chart: a dashed vertical line with a short label."""
+
+    x: float
+    label: str
+    kind: str = "holdout"  # holdout (its start or end) or rollback: the line's colour
+
+
+MARKER_COLORS = {"holdout": "#44515d", "rollback": "#b3261e"}
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,27 @@ class _Frame:
         return out
 
 
+def _markers(frame: _Frame, markers: Sequence[Marker]) -> list[str]:
+    """Each marker's line across the plot and its label at the top, on the side with room."""
+    out = []
+    for i, m in enumerate(markers):
+        x = frame.px(min(max(m.x, frame.x0), frame.x1))
+        stroke = MARKER_COLORS.get(m.kind, MARKER_COLORS["holdout"])
+        left = x > (LEFT + WIDTH - RIGHT) / 2
+        out.append(
+            f'<g class="marker {escape(m.kind)}"><line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" '
+            f'y2="{HEIGHT - BOTTOM}" stroke="{stroke}" stroke-width="1.5" stroke-dasharray="5 3"/>'
+            f'<text x="{x - 4 if left else x + 4:.1f}" y="{TOP + 11 + 13 * i}" '
+            f'text-anchor="{"end" if left else "start"}" font-size="11" fill="{stroke}">'
+            f"{escape(m.label)}</text></g>"
+        )
+    return out
+
+
+def _marked(desc: str, markers: Sequence[Marker]) -> str:
+    return "; ".join([desc, *(m.label for m in markers)]) if markers else desc
+
+
 def _svg(chart_id: str, title: str, desc: str, body: list[str]) -> Markup:
     head = (
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
@@ -139,8 +176,9 @@ def line_chart(
     y_fmt: Format,
     y_range: tuple[float, float] | None = None,
     x_range: tuple[float, float] | None = None,
+    markers: Sequence[Marker] = (),
 ) -> Markup:
-    """Lines with point markers of several series on one plot."""
+    """Lines with point markers of several series on one plot (and `markers` across it)."""
     pts = [p for s in series for p in s.points]
     if not pts:
         return _svg(chart_id, title, "no data yet", [])
@@ -159,8 +197,9 @@ def line_chart(
             f'<circle cx="{frame.px(x):.1f}" cy="{frame.py(y):.1f}" r="2.5" fill="{color(i)}"/>'
             for x, y in s.points
         )
+    body.extend(_markers(frame, markers))
     desc = "; ".join(f"{s.label}: last {y_fmt(s.points[-1][1])}" for s in series if s.points)
-    return _svg(chart_id, title, desc, body)
+    return _svg(chart_id, title, _marked(desc, markers), body)
 
 
 def stacked_steps(
@@ -174,6 +213,7 @@ def stacked_steps(
     x_fmt: Format,
     x_title: str,
     y_fmt: Format,
+    markers: Sequence[Marker] = (),
 ) -> Markup:
     """Shares that sum to one, held from each start until the next (allocation weights per epoch).
 
@@ -200,10 +240,11 @@ def stacked_steps(
         body.append(
             f'<path d="{d} Z" fill="{color(i)}" fill-opacity="0.8" stroke="#fff" stroke-width="0.5"/>'
         )
+    body.extend(_markers(frame, markers))
     desc = "; ".join(
         f"{label}: {y_fmt(shares[-1][i] if i < len(shares[-1]) else 0.0)}" for i, label in enumerate(labels)
     )
-    return _svg(chart_id, title, f"latest weights: {desc}", body)
+    return _svg(chart_id, title, _marked(f"latest weights: {desc}", markers), body)
 
 
 def normal_pdf(x: float, mean: float, sd: float) -> float:
@@ -298,6 +339,7 @@ def experiment_charts(exp: ExperimentView, history: list[EpochView], now: float)
         steps.append((x_end, float(arm.decisions)))
         cumulative.append(Series(label, steps))
     epochs = [e for e in history if len(e.weights or []) == len(labels)]
+    markers = [replace(m, x=x(m.x)) for m in rollout_markers(exp, history)]
     return {
         "labels": labels,
         "density": density_chart(
@@ -316,6 +358,7 @@ def experiment_charts(exp: ExperimentView, history: list[EpochView], now: float)
             y_fmt=fmt_share,
             y_range=(0.0, 1.0),
             x_range=(0.0, x_end),
+            markers=markers,
         ),
         "weights": stacked_steps(
             "weights",
@@ -327,6 +370,7 @@ def experiment_charts(exp: ExperimentView, history: list[EpochView], now: float)
             x_fmt=x_fmt,
             x_title=x_title,
             y_fmt=fmt_share,
+            markers=markers,
         ),
         "cumulative": line_chart(
             "cumulative",
@@ -338,3 +382,28 @@ def experiment_charts(exp: ExperimentView, history: list[EpochView], now: float)
             x_range=(0.0, x_end),
         ),
     }
+
+
+def rollout_markers(exp: ExperimentView, history: list[EpochView]) -> list[Marker]:
+    """The guarded rollout's moments, at their times: the holdout's start with its split, and a
+    rollback (or the end of the holdout)."""
+    hold = exp.holdout
+    if not hold or hold.get("started_at") is None:
+        return []
+    new, old = hold["new_version"], hold["old_version"]
+    index = {a.version: i for i, a in enumerate(exp.arms)}
+    split = next((e.weights for e in history if e.holdout and e.weights), None)
+    if (
+        split is not None
+        and index.get(new, len(split)) < len(split)
+        and index.get(old, len(split)) < len(split)
+    ):
+        shares = f"v{new} {fmt_share(split[index[new]])} / v{old} {fmt_share(split[index[old]])}"
+    else:
+        shares = f"v{new} and v{old}"
+    out = [Marker(float(hold["started_at"]), f"holdout: {shares}")]
+    if exp.ended_at is not None and exp.status == ExperimentStatus.ROLLED_BACK:
+        out.append(Marker(exp.ended_at, f"rolled back to v{old}", "rollback"))
+    elif exp.ended_at is not None:
+        out.append(Marker(exp.ended_at, f"holdout over: v{new} stays"))
+    return out

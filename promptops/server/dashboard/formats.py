@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from promptops.domain import RewardKind
+from promptops.domain import ExperimentStatus, RewardKind
 from promptops.services.views import ArmView
 
 
@@ -57,6 +57,18 @@ def value_format(reward: str) -> Callable[[float | None], str]:
     if reward == RewardKind.BINARY:
         return fmt_pct
     return lambda x: "—" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+STATUS_TEXT: dict[str, str] = {
+    ExperimentStatus.HOLDOUT: "holdout: guarded rollout",
+    ExperimentStatus.ROLLED_BACK: "rolled back",
+}
+"""How a status reads where its stored value is not plain words."""
+
+
+def status_text(status: str) -> str:
+    """An experiment status in words: `rolled back`, `holdout: guarded rollout`, `running`."""
+    return STATUS_TEXT.get(status, str(status))
 
 
 def arm_label(arm: ArmView) -> str:

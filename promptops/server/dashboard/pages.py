@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from promptops.domain import MAIN_VARIANT, PRODUCTION, ExperimentStatus, Policy, VariableSpec
+from promptops.domain import LIVE_STATUSES, MAIN_VARIANT, PRODUCTION, ExperimentStatus, Policy, VariableSpec
 from promptops.errors import PromptOpsError
 from promptops.rendering import coerce_cli_value
 from promptops.server.dashboard import charts
@@ -74,11 +74,13 @@ def summarize(exp: ExperimentView, now: float) -> ExperimentSummary:
 def overview_context(ops: PromptOps) -> dict[str, Any]:
     """What the overview shows."""
     now = ops.ctx.now()
-    running = [summarize(e, now) for e in ops.experiments.list_experiments(status=ExperimentStatus.RUNNING)]
-    recent = [
+    running = [
         summarize(e, now)
-        for e in ops.experiments.list_experiments(limit=30)
-        if e.status != ExperimentStatus.RUNNING
+        for status in (ExperimentStatus.RUNNING, ExperimentStatus.HOLDOUT)
+        for e in ops.experiments.list_experiments(status=status)
+    ]
+    recent = [
+        summarize(e, now) for e in ops.experiments.list_experiments(limit=30) if e.status not in LIVE_STATUSES
     ][:10]
     live = {e.prompt: e.id for e in running}
     prompts = [{**asdict(p), "experiment_id": live.get(p.name)} for p in ops.registry.list_prompts()]
@@ -199,8 +201,16 @@ def stopping_rule(exp: ExperimentView, now: float) -> list[str]:
             f"production; version {hold['old_version']} keeps {fmt_pct(policy.holdout_share)}"
             f" of the traffic.{test} production moves back if that reaches 95%."
         ]
+    if exp.status == ExperimentStatus.ROLLED_BACK and hold:
+        return [
+            f"Rolled back: version {hold['new_version']} was promoted, then version "
+            f"{hold['old_version']} proved better on its holdout share; production moved back to "
+            f"version {hold['old_version']}. {exp.end_reason or 'No reason recorded'}."
+        ]
     if exp.status not in (ExperimentStatus.RUNNING, ExperimentStatus.DRAFT):
         winner = f"; the winner is version {exp.winner}" if exp.winner else ""
+        if hold and exp.winner:
+            winner += f", which held up against version {hold['old_version']} during the holdout"
         ended = [f"Ended {exp.status}: {exp.end_reason or 'no reason recorded'}{winner}."]
         return ended + ([remaining_line] if remaining_line and not exp.winner else [])
     k = len(arms)

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from promptops.server.auth import Principal, session_principal
 from promptops.server.dashboard import charts
-from promptops.server.dashboard.formats import fmt_duration, fmt_num, fmt_pct, fmt_time
+from promptops.server.dashboard.formats import fmt_duration, fmt_num, fmt_pct, fmt_time, status_text
 from promptops.server.dashboard.session import (
     CSRF_COOKIE,
     FLASH_COOKIE,
@@ -56,6 +56,7 @@ def _environment() -> Environment:
         duration=fmt_duration,
         pct=fmt_pct,
         num=fmt_num,
+        status_text=status_text,
         tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str),
     )
     env.globals["legend"] = charts.legend
