@@ -132,20 +132,20 @@ GUARDRAIL = "  guardrails:\n    - {metric: cost_usd, max_increase: 0.10}\n"
 def test_a_unit_with_many_decisions_weighs_as_one_in_the_guardrail_metric(ops, prompts_dir: Path, clock):
     from promptops import stats
 
-    exp = setup(ops, prompts_dir, prompt_text(GUARDED) + GUARDRAIL)
+    exp = setup(ops, prompts_dir, triage(GUARDED) + GUARDRAIL)
     costs: dict[str, list[float]] = {"heavy": [9.0] * 40}
     costs.update({f"u{i}": [1.0 + 0.01 * i] for i in range(40)})
     versions: dict[str, int] = {}
     for unit, values in costs.items():
         for value in values:
             d = ops.serve("triage", {"message": "x"}, unit_id=unit)
-            versions[unit] = d["version"]
-            ops.feedback(d["decision_id"], 1)
-            ops.feedback(d["decision_id"], value, metric="cost_usd")
+            versions[unit] = d.version
+            ops.feedback(d.decision_id, 1)
+            ops.feedback(d.decision_id, value, metric="cost_usd")
             clock.advance(10)
     d = ops.serve("triage", {"message": "x"})  # a decision without a unit counts as its own unit
-    ops.feedback(d["decision_id"], 5.0, metric="cost_usd")
-    versions["(none)"], costs["(none)"] = d["version"], [5.0]
+    ops.feedback(d.decision_id, 5.0, metric="cost_usd")
+    versions["(none)"], costs["(none)"] = d.version, [5.0]
     clock.advance(hours=2)
     ops.tick()
     arms = ops.experiments.get(exp.id).arms
@@ -170,10 +170,10 @@ def test_a_unit_with_many_decisions_weighs_as_one_in_the_guardrail_metric(ops, p
 
 
 def test_a_unit_metric_mean_moves_as_its_values_mature(ops, prompts_dir: Path, clock):
-    exp = setup(ops, prompts_dir, prompt_text(GUARDED) + GUARDRAIL)
+    exp = setup(ops, prompts_dir, triage(GUARDED) + GUARDRAIL)
     for value in (2.0, 4.0):
         d = ops.serve("triage", {"message": "x"}, unit_id="u")
-        ops.feedback(d["decision_id"], value, metric="cost_usd")
+        ops.feedback(d.decision_id, value, metric="cost_usd")
         clock.advance(hours=2)
         ops.tick()
     with ops.ctx.tx() as s:
@@ -186,7 +186,7 @@ def test_a_unit_metric_mean_moves_as_its_values_mature(ops, prompts_dir: Path, c
 def test_gateway_calls_of_a_unit_count_as_its_mean(ops, prompts_dir: Path, clock):
     from promptops.services.calls import CallRecorder, arm_usage
 
-    exp = setup(ops, prompts_dir, prompt_text(GUARDED) + GUARDRAIL)
+    exp = setup(ops, prompts_dir, triage(GUARDED) + GUARDRAIL)
     recorder = CallRecorder(ops.ctx)
     plan = {
         "heavy": [(0.05, "ok")] * 30,
@@ -197,8 +197,8 @@ def test_gateway_calls_of_a_unit_count_as_its_mean(ops, prompts_dir: Path, clock
     for unit, made in plan.items():
         for cost, status in made:
             d = ops.serve("triage", {"message": "x"}, unit_id=unit)
-            versions[unit] = d["version"]
-            recorder.record_calls([call_row(ops, d["decision_id"], unit, cost=cost, status=status)])
+            versions[unit] = d.version
+            recorder.record_calls([call_row(ops, d.decision_id, unit, cost=cost, status=status)])
             calls += 1
             clock.advance(10)
     clock.advance(hours=2)
@@ -258,15 +258,15 @@ def test_a_metric_cap_fixed_late_caps_the_values_summed_before(ops, prompts_dir:
     # one decision matures per update: the cap waits for 100 values, then caps all of them
     from promptops import stats
 
-    exp = setup(ops, prompts_dir, prompt_text(GUARDED) + GUARDRAIL)
+    exp = setup(ops, prompts_dir, triage(GUARDED) + GUARDRAIL)
     values: dict[str, list[float]] = {}
     ordered: list[float] = []
     for i in range(130):
         unit = None if i % 3 == 0 else f"u{i % 7}"
         d = ops.serve("triage", {"message": "x"}, unit_id=unit)
         value = 1000.0 if i in (5, 120) else 1.0 + (i % 10) / 10  # outliers before and after the cap
-        ops.feedback(d["decision_id"], value, metric="cost_usd")
-        values.setdefault(unit or d["decision_id"], []).append(value)
+        ops.feedback(d.decision_id, value, metric="cost_usd")
+        values.setdefault(unit or d.decision_id, []).append(value)
         ordered.append(value)
         clock.advance(hours=1, seconds=10)
         ops.tick()

@@ -15,7 +15,8 @@ from promptops import stats
 from promptops.db.models import DecisionRow, ExperimentRow, FeedbackRow
 from promptops.domain import parse_policy
 from promptops.services import validity
-from tests.services.test_experiments import prompt_text, setup
+from tests.samples import triage
+from tests.services.test_experiments import setup
 
 POLICY = (
     "{min_hours: 0, min_samples_per_arm: 100000, update_every: 300, min_update_minutes: 0, "
@@ -70,7 +71,7 @@ class HeldBack:
 
 
 def test_the_folded_counts_equal_the_recount_on_random_traffic(ops, prompts_dir: Path, clock):
-    exp = setup(ops, prompts_dir, prompt_text(POLICY))
+    exp = setup(ops, prompts_dir, triage(POLICY))
     rng = random.Random(4)
     ops.ctx.rng.seed(5)
     window = 0.25 * 3600
@@ -82,12 +83,12 @@ def test_the_folded_counts_equal_the_recount_on_random_traffic(ops, prompts_dir:
         ops.serving.writer = held if holding else None
         d = ops.serve("triage", {"message": "x"})
         ops.serving.writer = None
-        arm = d["version"] - 1
+        arm = d.version - 1
         roll = rng.random()
         if roll < 0.5:  # on time
-            due.append((clock() + rng.uniform(0, 0.9 * window), d["decision_id"]))
+            due.append((clock() + rng.uniform(0, 0.9 * window), d.decision_id))
         elif roll < 0.5 + (0.35 if arm == 1 else 0.05):  # late, mostly on the second arm
-            due.append((clock() + rng.uniform(1.01 * window, 4 * window), d["decision_id"]))
+            due.append((clock() + rng.uniform(1.01 * window, 4 * window), d.decision_id))
         clock.advance(rng.uniform(0.5, 3.0))
         held.release(clock())
         due.sort()
@@ -112,7 +113,7 @@ def test_the_folded_counts_equal_the_recount_on_random_traffic(ops, prompts_dir:
 
 
 def test_an_update_reads_about_a_window_of_decisions_not_the_log(ops, prompts_dir: Path, clock):
-    exp = setup(ops, prompts_dir, prompt_text(POLICY))
+    exp = setup(ops, prompts_dir, triage(POLICY))
     for i in range(2000):
         ops.serve("triage", {"message": "x"})
         clock.advance(3.6)  # 1,000 an hour: 250 decisions per window
