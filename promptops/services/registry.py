@@ -6,6 +6,7 @@ import difflib
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import func, select
@@ -189,20 +190,9 @@ class Registry:
         with self.ctx.tx() as s:
             p = self.prompt_row(s, name)
             v = self.version_row(s, p, number)
-            labels = self.labels_by_version(s, p.id).get(v.id, [])
-            return VersionDetail(
-                prompt=p.name,
-                number=v.number,
-                variant=v.variant,
-                content_hash=v.content_hash,
-                source_path=v.source_path,
-                git_commit=v.git_commit,
-                git_author=v.git_author,
-                git_state=v.git_state,
-                created_at=v.created_at,
-                labels=sorted(labels),
-                content=v.content,
-            )
+            view = self._version_view(v, self.labels_by_version(s, p.id).get(v.id, []))
+            shared = {f.name: getattr(view, f.name) for f in fields(view)}
+            return VersionDetail(prompt=p.name, content=v.content, **shared)
 
     def version_name(self, version_id: int) -> tuple[str, int] | None:
         """The prompt name and version number of a version row id, or None."""
