@@ -96,6 +96,14 @@ def metric_name_problem(name: object) -> str | None:
     return None
 
 
+def arm_count_problem(count: int) -> str | None:
+    """What is wrong with an experiment of `count` arms beyond MAX_ARMS, or None (every entry
+    point, the API, the CLI and prompt files, refuses with this one message)."""
+    if count > MAX_ARMS:
+        return f"an experiment has at most {MAX_ARMS} arms, got {count}"
+    return None
+
+
 def text_problem(value: str) -> str | None:
     """What makes a string unstorable (a NUL character or a lone surrogate), or None."""
     if "\x00" in value:

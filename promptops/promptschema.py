@@ -26,6 +26,7 @@ from .domain import (
     RewardKind,
     Strategy,
     VariableSpec,
+    arm_count_problem,
     guardrail_problem,
     metric_name_problem,
     parse_guardrails,
@@ -395,6 +396,9 @@ class PromptChecker(NodeReader):
                 self.err(entries["arms"][1].value[i], f"experiment.arms[{i}]: {arm!r} {why}")
         if arms is not None and len(arms) < 2:
             self.err(entries["arms"][1], "experiment.arms: at least two arms are needed")
+        too_many = arm_count_problem(len(arms)) if arms is not None else None
+        if too_many:
+            self.err(entries["arms"][1], f"experiment.arms: {too_many}")
         if "weights" in entries:
             fields["weights"] = self.weights(entries, arms)
             if fields["strategy"] == Strategy.THOMPSON:

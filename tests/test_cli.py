@@ -443,6 +443,37 @@ def test_an_experiment_whose_control_is_not_production_says_so(cli):
     ), body
 
 
+def wide(arms: int, *, experiment: bool) -> str:
+    """A prompt with `arms` versions (main and arms - 1 variants), declaring an experiment over
+    all of them when asked (its `arms:` on line arms + 4)."""
+    names = [f"v{i}" for i in range(1, arms)]
+    text = "name: wide\ntemplate: x\nvariants:\n" + "".join(f"  {n}: {{template: {n}}}\n" for n in names)
+    return text + (f"experiment:\n  arms: [main, {', '.join(names)}]\n" if experiment else "")
+
+
+def test_an_experiment_of_more_than_max_arms_is_refused_before_anything_is_written(cli):
+    add(cli, wide(21, experiment=False), "wide.yaml")
+    assert cli("sync").code == 0
+    r = cli("experiment", "start", "wide", *map(str, range(1, 22)))
+    assert (r.code, r.err.strip()) == (1, "error: an experiment has at most 20 arms, got 21"), r
+    assert json.loads(cli("experiment", "list", "--json").out) == [], r
+    r = cli("experiment", "start", "wide", *map(str, range(1, 21)))
+    assert r.code == 0 and "experiment 1 running" in r.out, r
+
+
+def test_a_prompt_file_declaring_more_than_max_arms_is_path_and_line(cli):
+    path = add(cli, wide(21, experiment=True), "wide.yaml")
+    message = f"{path}:25: experiment.arms: an experiment has at most 20 arms, got 21"
+    r = cli("validate", str(path))
+    assert (r.code, r.err.strip()) == (1, message), r
+    r = cli("sync")
+    assert r.code == 1 and message in r.err, r
+    assert cli("versions", "wide").code == 1
+    add(cli, wide(20, experiment=True), "wide.yaml")
+    r = cli("sync")
+    assert r.code == 0 and "experiment 1 started over versions 1, 2" in r.out, r
+
+
 def test_plan_prints_one_sentence(cli):
     r = cli("plan", "--base-rate", "0.1", "--lift", "0.1", "--decisions-per-hour", "2000", "--runs", "2")
     assert r.code == 0, r

@@ -343,6 +343,10 @@ INVALID = [
          'experiment.arms: at least two arms'),
     case('unknown-arm', 5, T + 'variants: {b: {template: y}}\nexperiment:\n  arms: [main, c]\n',
          "experiment.arms[1]: 'c' is not main or a declared variant (known: b, main)"),
+    case('too-many-arms', 25,
+         T + 'variants:\n' + ''.join(f'  v{i}: {{template: y{i}}}\n' for i in range(1, 21))
+         + 'experiment:\n  arms: [main' + ''.join(f', v{i}' for i in range(1, 21)) + ']\n',
+         'experiment.arms: an experiment has at most 20 arms, got 21'),
     case('duplicate-arm', 5,
          T + 'variants: {b: {template: y}}\n' 'experiment:\n' '  arms: [main, b, b]\n',
          "experiment.arms[2]: duplicate 'b'"),

@@ -33,6 +33,7 @@ from promptops.domain import (
     ExperimentStatus,
     RewardKind,
     Strategy,
+    arm_count_problem,
     metric_name_problem,
     parse_policy,
 )
@@ -114,6 +115,9 @@ class Experiments:
         """Validate experiment settings into a spec (InvalidInput on any bad value)."""
         if len(arms) < 2:
             raise InvalidInput("an experiment needs at least two arms", field="versions")
+        too_many = arm_count_problem(len(arms))
+        if too_many:
+            raise InvalidInput(too_many, field="versions")
         if len(set(arms)) != len(arms):
             raise InvalidInput("arms must be distinct", field="versions")
         if reward not in tuple(RewardKind):
@@ -194,9 +198,13 @@ class Experiments:
         declared_hash: str | None,
         actor: str,
     ) -> ExperimentRow:
-        """Insert a draft experiment with its arms, audited."""
+        """Insert a draft experiment with its arms, audited (every way of creating one ends here,
+        so the bounds on its arms hold for the API, the CLI and prompt files alike)."""
         if len(set(vids)) != len(vids):
             raise InvalidInput("two arms are the same version")
+        too_many = arm_count_problem(len(vids))
+        if too_many:
+            raise InvalidInput(too_many, field="versions")
         now = self.ctx.now()
         auto = spec.auto_promote if spec.auto_promote is not None else spec.strategy == Strategy.THOMPSON
         exp = ExperimentRow(

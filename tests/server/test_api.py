@@ -206,6 +206,16 @@ def test_errors_are_json_with_the_right_status(synced, method, path, body, statu
     assert error_of(r)["code"] == code, r.text
 
 
+def test_more_than_max_arms_is_refused_over_http_as_before(synced):
+    before = synced.get("/v1/experiments").json()
+    r = synced.post("/v1/experiments", json={"prompt": "triage", "versions": list(range(1, 22))})
+    assert r.status_code == 422, r.text
+    error = error_of(r)
+    assert error["code"] == "invalid_input" and error["message"].startswith("versions: "), r.text
+    assert "at most 20" in error["message"], r.text
+    assert synced.get("/v1/experiments").json() == before
+
+
 def test_malformed_json_is_422(synced):
     r = synced.post("/v1/feedback", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and error_of(r)["code"] == "invalid_input"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, func, select
 
-from promptops.db.models import DecisionRow, FeedbackRow
+from promptops.db.models import DecisionRow, ExperimentRow, FeedbackRow, PromptRow
+from promptops.domain import MAX_ARMS, ExperimentSpec
 from promptops.errors import DecisionNotFound, ExperimentStateError, InvalidInput
 from tests.samples import triage
 
@@ -307,6 +308,23 @@ def test_policy_values_are_bounded(ops, prompts_dir):
         ops.experiments.create("triage", [1, 2], policy={"min_samples_per_arm": 10**30})
     with pytest.raises(InvalidInput):
         ops.experiments.create("triage", [1, 2], policy={"attribution_window_hours": 0})
+
+
+def test_no_way_of_creating_an_experiment_takes_more_than_max_arms(ops, prompts_dir):
+    setup(ops, prompts_dir)
+    message = f"an experiment has at most {MAX_ARMS} arms, got {MAX_ARMS + 1}"
+    with pytest.raises(InvalidInput, match=message) as info:
+        ops.experiments.create("triage", list(range(1, MAX_ARMS + 2)), start=False)
+    assert info.value.field == "versions"
+    # A prompt file's declaration reaches the insert without create's checks: it refuses too.
+    spec = ExperimentSpec(arms=tuple(f"v{i}" for i in range(MAX_ARMS + 1)))
+    with ops.ctx.tx() as s:
+        p = s.scalar(select(PromptRow).where(PromptRow.name == "triage"))
+        with pytest.raises(InvalidInput, match=message):
+            ops.experiments.insert(
+                s, p, spec, list(range(1, MAX_ARMS + 2)), source="file", declared_hash=None, actor="t"
+            )
+        assert s.scalar(select(func.count()).select_from(ExperimentRow)) == 1
 
 
 def test_the_snapshot_reports_value_remaining(ops, prompts_dir, clock):
