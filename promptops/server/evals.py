@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from promptops.server.api import JSON, READ, RuntimeDep
 from promptops.server.auth import ReadKey
-from promptops.server.schemas import error_responses
+from promptops.server.schemas.errors import error_responses
 
 
 class EvalVersionPublic(BaseModel):

@@ -3,9 +3,9 @@
 FastAPI's request machinery (dependency solving, body validation, its exception middlewares and
 exit stack) cost as much as promptops's own work on a serve (bench/http.py). This layer, outermost
 in the app, answers `POST /v1/prompts/{name}/serve` and `POST /v1/feedback` itself when the request
-is ordinary: a JSON content type, a body that orjson parses and the request models of `schemas.py`
-accept, and a valid key (or auth off). It answers through the same functions as the routes in
-`api.py` (`handlers.py`), so with the same JSON, status codes and metrics.
+is ordinary: a JSON content type, a body that orjson parses and the request models of
+`schemas/serving.py` accept, and a valid key (or auth off). It answers through the same functions
+as the routes in `api.py` (`handlers.py`), so with the same JSON, status codes and metrics.
 
 Anything else (another content type, malformed JSON, a field of the wrong type or size, a missing
 or invalid key) is handed, body included, to the FastAPI app, whose routes stay the reference: they
@@ -35,7 +35,7 @@ from promptops.server.metrics import (
     declared_too_large,
     receive_within,
 )
-from promptops.server.schemas import FeedbackCreate, ServeCreate
+from promptops.server.schemas.serving import FeedbackCreate, ServeCreate
 
 log = logging.getLogger("promptops.server")
 

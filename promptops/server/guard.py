@@ -16,7 +16,7 @@ that rewrites Host); clients that send no Origin (curl, SDKs) are not browsers a
 refusals answer 403 before any route runs, the fast path included.
 
 NUL characters and lone surrogates in the path or the query string are refused here with 422
-`invalid_input`; in JSON bodies by `schemas.bad_text`, the same check the fast path runs.
+`invalid_input`; in JSON bodies by `schemas.common.bad_text`, the same check the fast path runs.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import orjson
 
 from promptops.config import Settings
 from promptops.server.errors import error_body
-from promptops.server.schemas import TEXT_PROBLEM, bad_text
+from promptops.server.schemas.common import TEXT_PROBLEM, bad_text
 
 STATE_CHANGING = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")

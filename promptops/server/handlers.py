@@ -1,5 +1,5 @@
 """Serve and feedback over HTTP, once: the FastAPI routes in `api.py` and the pure-ASGI fast path
-in `fast.py` both validate with the request models of `schemas.py` and answer through these
+in `fast.py` both validate with the request models of `schemas/serving.py` and answer through these
 functions, so they give the same answers and count the same metrics."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import orjson
 from starlette.concurrency import run_in_threadpool
 
-from promptops.server.schemas import FeedbackCreate, ServeCreate
+from promptops.server.schemas.serving import FeedbackCreate, ServeCreate
 from promptops.services.serving import RenderDeferred
 
 if TYPE_CHECKING:

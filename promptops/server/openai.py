@@ -21,7 +21,7 @@ from promptops import errors as e
 from promptops.server.auth import bearer_principal
 from promptops.server.errors import promptops_error_body, status_for
 from promptops.server.metrics import answer_too_large, declared_too_large
-from promptops.server.schemas import ERROR_MEANINGS, error_responses
+from promptops.server.schemas.errors import ERROR_MEANINGS, error_responses
 from promptops.services.completions import (
     MODEL_FORMS,
     Completion,

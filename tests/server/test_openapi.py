@@ -67,7 +67,7 @@ def public_models() -> list[type[BaseModel]]:
         for m in vars(schemas).values()
         if isinstance(m, type)
         and issubclass(m, BaseModel)
-        and m.__module__ == schemas.__name__
+        and m.__module__.startswith(f"{schemas.__name__}.")
         and m not in (schemas.Strict, schemas.View)
     ]
 
