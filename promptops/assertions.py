@@ -44,7 +44,7 @@ import regex
 from .domain import PromptContent, VariableSpec
 from .errors import PromptOpsError
 from .judging import DEFAULT_MAX_TOKENS, VerdictError, judge_messages, parse_verdict
-from .rendering import MAX_OUTPUT_CHARS, Renderer, value_problem
+from .rendering import MAX_OUTPUT_CHARS, Renderer, value_problem, value_type
 
 REGEX_TIMEOUT_SECONDS = 1.0
 """How long one regex match may run before the assertion ends as an error."""
@@ -217,17 +217,8 @@ def _show(text: Any) -> str:
 
 
 def _type_of(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, list | tuple):
-        return "list"
-    if isinstance(value, Mapping):
-        return "object"
-    return "string"
+    # What a case value is in a `value` template's context: anything not JSON-like is text.
+    return value_type(value) or "string"
 
 
 def _context_value(value: Any) -> Any:

@@ -59,6 +59,7 @@ from promptops.rendering.variables import (
     check_variables,
     coerce_cli_value,
     value_problem,
+    value_type,
 )
 
 __all__ = [
@@ -82,4 +83,5 @@ __all__ = [
     "coerce_cli_value",
     "template_names",
     "value_problem",
+    "value_type",
 ]

@@ -27,9 +27,9 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
+def value_type(value: Any) -> str | None:
+    """The variable type (one of `domain.VARIABLE_TYPES`) a value has, or None: null, or not
+    JSON-like data (a date, bytes, ...)."""
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
@@ -42,7 +42,12 @@ def _type_name(value: Any) -> str:
         return "list"
     if isinstance(value, Mapping):
         return "object"
-    return type(value).__name__
+    return None
+
+
+def _type_name(value: Any) -> str:
+    # A value's type in a message: its variable type, null, or its Python type.
+    return "null" if value is None else value_type(value) or type(value).__name__
 
 
 def _has_type(type_: str, value: Any) -> bool:
