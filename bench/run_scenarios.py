@@ -1,6 +1,10 @@
 """Run bench scenarios and print each result with binomial standard errors (a report, not a test).
 
 .venv/bin/python -P bench/run_scenarios.py [NAME[:RUNS] ...]
+
+Each line is one scenario's JSON result plus `promoted_rate` and `final_rate` per arm and `rates`
+(inconclusive, wrong promotions, rollbacks, SRM and feedback freezes, guardrail blocks), each as
+"rate±standard error" with the binomial standard error sqrt(p (1 - p) / runs).
 """
 
 import json
@@ -14,6 +18,11 @@ from promptops.services.simulation import load_scenario, run_scenario
 HERE = Path(__file__).resolve().parent / "scenarios"
 
 
+def _rate(count: int, runs: int) -> str:
+    p = count / runs
+    return f"{p:.3f}±{math.sqrt(p * (1 - p) / runs):.3f}"
+
+
 def main(args: list[str]) -> None:
     names = args or sorted(p.stem for p in HERE.glob("*.yaml"))
     for item in names:
@@ -22,18 +31,25 @@ def main(args: list[str]) -> None:
         started = time.perf_counter()
         result = run_scenario(scenario, runs=int(runs) if runs else None)
         n = result["runs"]
-        rates = {
-            arm: f"{c / n:.3f}±{math.sqrt(c / n * (1 - c / n) / n):.3f}"
-            for arm, c in result["promoted"].items()
+        counts = {
+            "inconclusive": result["inconclusive"],
+            "wrong": result["wrong_promotions"],
+            "rolled_back": result["rolled_back"],
+            "frozen_srm": result["frozen"]["srm"],
+            "frozen_feedback": result["frozen"]["feedback"],
+            "guardrail_blocked": result["guardrail_blocked"],
         }
         print(
             json.dumps(
                 {
                     "scenario": name,
                     "seconds": round(time.perf_counter() - started, 1),
-                    "promoted_rate": rates,
+                    "promoted_rate": {arm: _rate(c, n) for arm, c in result["promoted"].items()},
+                    "final_rate": {arm: _rate(c, n) for arm, c in result["final"].items()},
+                    "rates": {key: _rate(c, n) for key, c in counts.items()},
                     **result,
-                }
+                },
+                ensure_ascii=False,
             ),
             flush=True,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from promptops.domain import GuardrailState, Policy, SafetyFlag, StatsAction, St
 from promptops.stats.allocation import equal_weights, normalize_fixed, thompson_weights
 from promptops.stats.estimator import CI_Z, EpochData, Summary, summarize
 from promptops.stats.guardrails import GuardrailVerdict, guardrail_verdicts
-from promptops.stats.special import norm_cdf
+from promptops.stats.special import norm_cdf, norm_cdf_scalar
 from promptops.stats.spending import (
     information_fraction,
     promotion_level,
@@ -32,6 +33,10 @@ KEEP_CONTROL = StatsAction.KEEP_CONTROL
 INCONCLUSIVE = StatsAction.INCONCLUSIVE
 ACTIONS: tuple[str, ...] = tuple(StatsAction)
 _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(48)
+# The "no meaningful winner" horizon rule stops once no challenger has more than this predictive
+# probability of clearing the promotion boundary by the limit (see `promotion_chance`).
+FUTILITY = 0.05
+_STD_NORMAL = NormalDist()
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,44 @@ def value_remaining_vs_control(
     return hi
 
 
+def promotion_chance(
+    summary: Summary,
+    *,
+    control: int,
+    arms: Sequence[int],
+    per_arm: np.ndarray,
+    units_left: float,
+    alpha: float,
+) -> float:
+    """An upper bound on the chance that a challenger in `arms` can still be promoted by the limit:
+    the largest posterior predictive probability that its difference from the control ends above
+    the promotion boundary.
+
+    Each challenger is given its best case: all the `units_left` go to it and the control, half
+    each, and its variance shrinks as n / (n + units_left / 2). The boundary is taken at its
+    floor, z = Phi^-1(1 - alpha / (K - 1)): no look of the spending boundary is lower (were one
+    lower, that look alone would spend more than alpha(t) - alpha(t_prev)). With D the difference's
+    posterior mean, s its sd now and s_end at the limit, the final estimate is predicted as
+    N(D, s^2 - s_end^2), so the chance is 1 - Phi((z s_end - D) / sqrt(s^2 - s_end^2)).
+    """
+    if not arms or units_left <= 0:
+        return 1.0
+    k = summary.mean.size
+    z = _STD_NORMAL.inv_cdf(1.0 - alpha / max(k - 1, 1))
+    sd = np.asarray(summary.sd, dtype=float)
+    n = np.maximum(np.asarray(per_arm, dtype=float), 1.0)
+    add = 0.5 * units_left
+    var_c_end = sd[control] ** 2 * n[control] / (n[control] + add)
+    best = 0.0
+    for a in arms:
+        s2_now = sd[a] ** 2 + sd[control] ** 2
+        s2_end = sd[a] ** 2 * n[a] / (n[a] + add) + var_c_end
+        spread = math.sqrt(max(s2_now - s2_end, 1e-300))
+        d = float(summary.mean[a] - summary.mean[control])
+        best = max(best, 1.0 - norm_cdf_scalar((z * math.sqrt(s2_end) - d) / spread))
+    return best
+
+
 def decide(
     summary: Summary,
     *,
@@ -220,10 +263,18 @@ def decide(
 
 
 def early_stop(
-    summary: Summary, *, control: int, policy: Policy, live: Sequence[int]
+    summary: Summary,
+    *,
+    control: int,
+    policy: Policy,
+    live: Sequence[int],
+    per_arm: np.ndarray | None = None,
+    units_left: float = 0.0,
 ) -> tuple[StopReason, str] | None:
-    """The stops without a winner: every live challenger equivalent to the control, or no
-    challenger plausibly better by a meaningful amount (value remaining), or none left."""
+    """The stops without a winner: every live challenger equivalent to the control, no challenger
+    plausibly better by a meaningful amount (value remaining), none that could still be promoted
+    by the limit (`promotion_chance` at most FUTILITY, given the units per arm `per_arm` and the
+    `units_left` before the limit), or none left."""
     if not live:
         return StopReason.GUARDRAILS, "every challenger is blocked by a guardrail"
     mc = float(summary.mean[control])
@@ -247,6 +298,20 @@ def early_stop(
                 f"no meaningful winner: the 95th percentile of the value remaining over the "
                 f"control is {_pct(vr / scale)}, under {_pct(policy.value_remaining_stop)}"
             )
+        if per_arm is not None and units_left > 0:
+            chance = promotion_chance(
+                summary,
+                control=control,
+                arms=live,
+                per_arm=per_arm,
+                units_left=units_left,
+                alpha=policy.alpha,
+            )
+            if chance <= FUTILITY:
+                return StopReason.NO_MEANINGFUL_WINNER, (
+                    f"no meaningful winner: even with all the traffic left before the limit, no "
+                    f"challenger has more than {_pct(chance)} chance of clearing the promotion boundary"
+                )
     return None
 
 
@@ -370,7 +435,16 @@ def step(
             pending=sorted(pending),
         )
         if verdict == CONTINUE:
-            found = early_stop(summary, control=control, policy=policy, live=live)
+            # units still to come before the limit, at the units per matured decision so far
+            units_left = max(policy.max_decisions - matured, 0.0) * float(per_arm.sum()) / max(matured, 1.0)
+            found = early_stop(
+                summary,
+                control=control,
+                policy=policy,
+                live=live,
+                per_arm=per_arm,
+                units_left=0.0 if at_limit else units_left,
+            )
             if found is not None:
                 verdict, win = INCONCLUSIVE, None
                 stop, reason = found
