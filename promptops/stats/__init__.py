@@ -34,8 +34,17 @@ Model, for K arms (0..K-1, one of them the control) with rewards in [0, 1], bina
 - Early stops without a winner (production stays): "equivalent" when every live challenger's 95%
   interval for its difference from the control lies within +-equivalence_margin x the control's
   mean; "no meaningful winner" when the 95th percentile of max(0, max_j theta_j - theta_control)
-  is under value_remaining_stop x the control's mean; "guardrails" when every challenger is blocked.
-  They only lower the false-promotion rate.
+  is under value_remaining_stop x the control's mean (Scott's rule; at 10% it needs about a
+  million units per arm, so at the default horizon it rarely fires), or when no live challenger
+  can still be promoted by the limit: even with all the units left before max_decisions split
+  between it and the control, the posterior predictive probability that its difference ends above
+  Phi^-1(1 - alpha / (K - 1)) (a floor no look's boundary goes under) is at most 5%
+  (`promotion_chance`; value_remaining_stop 0 turns both off). Top-two sampling starves the
+  arms that look worse, so their intervals stay wide and the equivalence stop cannot end a
+  many-arm A/A; their predictive chance is small because their means are low, which ends it
+  (6-arm A/A, 100k: median 72,000 decisions instead of the limit). "guardrails" when every
+  challenger is blocked. These stops only lower the false-promotion rate; what they cost in
+  detection is measured by the scenario rows.
 - Limit. At max_decisions served or max_days elapsed the boundary checks once more (if a check is
   left) and otherwise ends `inconclusive`; thresholds are never relaxed.
 - Guardrails (`guardrails`). Metrics are estimated like the reward (stratified Gaussian on unit
@@ -61,6 +70,7 @@ from promptops.stats.engine import (
     early_stop,
     initial_weights,
     new_rng,
+    promotion_chance,
     promotion_threshold,
     step,
     value_remaining_vs_control,
@@ -137,6 +147,7 @@ __all__ = [
     "norm_cdf",
     "p_beats",
     "posterior",
+    "promotion_chance",
     "promotion_threshold",
     "rollback_scan",
     "rollback_window",

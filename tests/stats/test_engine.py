@@ -10,6 +10,8 @@ from promptops.stats import (
     EpochData,
     PolicyState,
     decide,
+    early_stop,
+    promotion_chance,
     promotion_threshold,
     should_start_epoch,
     step,
@@ -63,7 +65,8 @@ def test_burn_in_keeps_equal_weights_until_samples_and_hours():
 
 
 def test_checks_are_spaced_one_interval_apart_after_burn_in():
-    policy = Policy(min_hours=0, max_decisions=20_000, max_checks=8)  # one check per 2,500
+    # one check per 2,500; no early stop without a winner (it would end this A/A before the limit)
+    policy = Policy(min_hours=0, max_decisions=20_000, max_checks=8, value_remaining_stop=0)
     state = PolicyState()
     checked_at = []
     for e in range(1, 41):
@@ -258,6 +261,65 @@ def test_no_meaningful_winner_stops_when_no_challenger_can_be_much_better():
     draws = np.random.default_rng(1).normal(mean, sd, size=(400_000, 3))
     mc = np.quantile(np.maximum(draws[:, 1:].max(axis=1) - draws[:, 0], 0), 0.95)
     assert vr == pytest.approx(mc, abs=1e-4)
+
+
+def test_promotion_chance_is_the_predictive_probability_at_the_lowest_boundary():
+    mean, sd = np.array([0.10, 0.102, 0.097]), np.array([0.003, 0.002, 0.004])
+    n = np.array([10_000.0, 22_500.0, 5_600.0])
+    got = promotion_chance(
+        summarize_from(mean, sd), control=0, arms=[1, 2], per_arm=n, units_left=20_000, alpha=0.05
+    )
+    # by simulation, for arm 1 (arm 2 is far behind): it and the control get 10,000 more units
+    # each; a true mean is drawn from the posterior, the new units' mean around it, and the final
+    # estimate pools old and new; it must clear the fixed-sample z of alpha / 2
+    rng = np.random.default_rng(3)
+    arms = [0, 1]
+    finals, end_var = [], 0.0
+    for a in arms:
+        theta = rng.normal(mean[a], sd[a], 400_000)
+        sigma = sd[a] * np.sqrt(n[a])
+        new = rng.normal(theta, sigma / np.sqrt(10_000))
+        finals.append((n[a] * mean[a] + 10_000 * new) / (n[a] + 10_000))
+        end_var += sigma**2 / (n[a] + 10_000)
+    z = 1.959963984540054  # Phi^-1(1 - 0.05 / 2)
+    expected = np.mean(finals[1] - finals[0] >= z * np.sqrt(end_var))
+    assert got == pytest.approx(expected, abs=0.005)
+    assert (
+        promotion_chance(summarize_from(mean, sd), control=0, arms=[1], per_arm=n, units_left=0, alpha=0.05)
+        == 1
+    )
+
+
+def test_no_challenger_that_can_still_win_ends_with_no_meaningful_winner():
+    # six equal arms, 80,000 units in, 20,000 left: no challenger can still clear the boundary
+    mean = np.array([0.100, 0.1015, 0.099, 0.1008, 0.098, 0.1002])
+    n = np.array([12_000.0, 18_000, 7_000, 16_000, 6_000, 21_000])
+    summary = summarize_from(mean, np.sqrt(0.09 / n))
+    found = early_stop(summary, control=0, policy=POLICY, live=[1, 2, 3, 4, 5], per_arm=n, units_left=20_000)
+    assert found is not None and found[0] == "no_meaningful_winner"
+    assert "no challenger has more than" in found[1]
+    # a challenger 15% ahead keeps the experiment going
+    ahead = summarize_from(np.where(np.arange(6) == 1, 0.115, mean), np.sqrt(0.09 / n))
+    assert (
+        early_stop(ahead, control=0, policy=POLICY, live=[1, 2, 3, 4, 5], per_arm=n, units_left=20_000)
+        is None
+    )
+    # early on, with most of the horizon left, nothing is futile yet
+    assert (
+        early_stop(summary, control=0, policy=POLICY, live=[1, 2, 3, 4, 5], per_arm=n / 10, units_left=94_000)
+        is None
+    )
+    # the rule belongs to the no-meaningful-winner stop: value_remaining_stop 0 turns it off
+    off = Policy(min_hours=0, value_remaining_stop=0)
+    assert (
+        early_stop(summary, control=0, policy=off, live=[1, 2, 3, 4, 5], per_arm=n, units_left=20_000) is None
+    )
+
+
+def test_the_limit_keeps_its_own_reason():
+    state = PolicyState(burn_in_done=True, next_check_at=10**6, checks_done=5)
+    r = run(epochs([0.10, 0.1], 500, 10), state, total=100_000)
+    assert r.action == "inconclusive" and r.stop_reason == "limit"
 
 
 def test_late_feedback_freezes_promotion_with_the_arm_named():

@@ -52,6 +52,16 @@ def test_no_new_information_spends_nothing():
     assert promotion_threshold(Policy(), arms=2, looks=[0.4, 0.3]) == 1.0
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_no_look_is_below_the_fixed_sample_quantile(seed):
+    # the floor `promotion_chance` relies on: every look's boundary is at least Phi^-1(1 - alpha)
+    rng = np.random.default_rng(seed)
+    looks = np.sort(rng.uniform(0.01, 1.0, rng.integers(2, 60)))
+    looks = [*np.unique(looks), 1.0]
+    floor = -_norm_ppf(0.01)
+    assert all(boundary(looks[: i + 1], 0.01) >= floor - 1e-9 for i in range(len(looks)))
+
+
 def test_threshold_divides_alpha_over_challengers():
     assert promotion_threshold(Policy(), arms=5, looks=[1.0]) == pytest.approx(1 - 0.05 / 4)
 
