@@ -1,10 +1,9 @@
 """The call log and its per-arm usage: each gateway call is stored with its decision, and the
 arm's running sums (calls, errors, cache hits, cost, latency histogram, tokens) are bumped in the
 same transaction, per experiment, arm and epoch. Reading an arm's usage sums a handful of rows,
-never the call log. The sums of calls whose decision has no unit also carry the built-in metrics
-`cost_usd`, `latency_ms` and `error` per epoch for guardrails; calls of decisions with a unit are
-summed apart (`with_unit`), since their metrics count per unit once the decision matures
-(`metricsums`).
+never the call log. These sums are usage only: the built-in metrics `cost_usd`, `latency_ms` and
+`error` that guardrails read come from the call log when each decision matures, capped like
+feedback values (`metricsums`).
 """
 
 from __future__ import annotations

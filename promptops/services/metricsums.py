@@ -8,9 +8,13 @@ metric's feedback within the attribution window, capped at a high quantile of th
 (`stats.metric_cap` of the first `stats.CAP_MIN_VALUES` values by decision time), fixed in the
 update where that many have matured; the values summed before are capped then, so the sums do not
 depend on how often updates run (the simulator folds larger batches and gets the same sums).
-The gateway's own calls add `cost_usd`, `latency_ms` and `error`, uncapped: for decisions without
-a unit from their per-arm, per-epoch sums as the calls are recorded (`calls.py`), for units from
-the call log of the matured batch.
+The gateway's own calls add values of `cost_usd` (when the price is known), `latency_ms` and `error`
+(1 for a failed call, else 0): a call recorded by the time its decision matures is one more value
+of each, read from the call log of the matured batch and treated like feedback: it counts toward
+the first values that fix the cap, it is capped, and a cap fixed later caps it too. So a
+heavy-tailed latency cannot swing a guardrail, and the simulator's metric values (which it caps the
+same way) stand for either source. A metric whose values are all 0 or 1 (`error`) is never capped
+(`stats.metric_cap`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from promptops import stats
 from promptops.db.models import (
     ArmMetricRow,
     CallRow,
-    CallStatsRow,
     DecisionRow,
     ExperimentRow,
     FeedbackRow,
@@ -39,6 +42,23 @@ CHUNK = 500
 """Units read per query when their stored rows are loaded."""
 Cells = dict[tuple[str, int, int], list[float]]
 """Increments of (n, sum, sum of squares) per (metric, arm, epoch) cell."""
+
+
+def _call_values(names: list[str]) -> list[tuple[str, Any]]:
+    """(metric, SQL value of a call) for the built-in metrics among `names`; a call without a
+    known cost has no `cost_usd` value (NULL, which count and sum skip)."""
+    c = CallRow
+    exprs: dict[str, Any] = {
+        "cost_usd": c.cost_usd,
+        "latency_ms": c.latency_ms,
+        "error": case((c.status.in_(sorted(ERROR_STATUSES)), 1.0), else_=0.0),
+    }
+    return [(m, exprs[m]) for m in BUILTIN_METRICS if m in names]
+
+
+def _cap_expr(value: Any, cap: float | None) -> Any:
+    """`value` capped at `cap` (SQL)."""
+    return value if cap is None else case((value > cap, cap), else_=value)
 
 
 def tracked_metrics(exp: ExperimentRow, policy: Policy) -> list[str]:
@@ -101,10 +121,10 @@ def _fix_caps(
     state = dict(exp.policy_state or {})
     caps: dict[str, float | None] = dict(state.get("metric_caps") or {})
     seen: dict[str, int] = dict(state.get("metric_values") or {})
-    missing = [m for m in names if caps.get(m) is None]
+    missing = [m for m in names if m not in caps]
     if not missing:
         return caps
-    fb, d = FeedbackRow, DecisionRow
+    fb, d, c = FeedbackRow, DecisionRow, CallRow
     batch = dict(
         s.execute(
             select(fb.metric, func.count(fb.id))
@@ -112,28 +132,51 @@ def _fix_caps(
             .group_by(fb.metric)
         ).all()
     )
+    call_values = dict(_call_values(missing))
+    if call_values:
+        counts = s.execute(
+            select(*(func.count(v) for v in call_values.values()))
+            .select_from(d)
+            .join(c, c.decision_id == d.id)
+            .where(d.experiment_id == exp.id, d.counted_in == seq)
+        ).one()
+        for metric, n in zip(call_values, counts, strict=True):
+            batch[metric] = int(batch.get(metric, 0)) + int(n or 0)
     for metric in missing:
         total = seen.get(metric, 0) + int(batch.get(metric, 0))
         if total < stats.CAP_MIN_VALUES:
             seen[metric] = total
             continue
-        rows = s.execute(
-            select(d.arm, d.epoch, d.unit_id, d.counted_in, fb.reward)
-            .where(
-                fb.decision_id == d.id,
-                d.experiment_id == exp.id,
-                d.counted_in > 0,
-                fb.received_at <= d.decided_at + window,
-                fb.metric == metric,
-            )
-            .order_by(d.decided_at, d.id)
-        ).all()
-        cap = stats.metric_cap([float(r[4]) for r in rows[: stats.CAP_MIN_VALUES]])
+        # every matured value, by decision time (a call's before a feedback's of the same decision)
+        rows = [
+            (r[0], r[1], 1, r[2], r[3], r[4], r[5], r[6])
+            for r in s.execute(
+                select(d.decided_at, d.id, d.arm, d.epoch, d.unit_id, d.counted_in, fb.reward).where(
+                    fb.decision_id == d.id,
+                    d.experiment_id == exp.id,
+                    d.counted_in > 0,
+                    fb.received_at <= d.decided_at + window,
+                    fb.metric == metric,
+                )
+            ).all()
+        ]
+        value = call_values.get(metric)
+        if value is not None:
+            rows += [
+                (r[0], r[1], 0, r[2], r[3], r[4], r[5], r[6])
+                for r in s.execute(
+                    select(d.decided_at, d.id, d.arm, d.epoch, d.unit_id, d.counted_in, value)
+                    .join(c, c.decision_id == d.id)
+                    .where(d.experiment_id == exp.id, d.counted_in > 0, value.is_not(None))
+                ).all()
+            ]
+        rows.sort(key=lambda r: (r[0], r[1], r[2]))
+        cap = stats.metric_cap([float(r[7]) for r in rows[: stats.CAP_MIN_VALUES]])
         caps[metric] = cap
         seen.pop(metric, None)
         if cap is None:
             continue
-        for arm, epoch, unit_id, counted_in, raw in rows:
+        for _, _, _, arm, epoch, unit_id, counted_in, raw in rows:
             v = float(raw)
             if counted_in == seq or v <= cap:
                 continue  # this batch is folded capped; a value under the cap stays
@@ -180,6 +223,31 @@ def _fold_decisions(
     ).all():
         if arm is not None and epoch is not None:
             _add(cells, (metric, arm, epoch), (n, total, squares))
+    calls = _call_values(names)
+    if not calls:
+        return
+    d = DecisionRow
+    for arm, epoch, *sums in s.execute(
+        select(d.arm, d.epoch, *_call_sums(calls, caps, squares=True))
+        .join(CallRow, CallRow.decision_id == d.id)
+        .where(d.experiment_id == exp.id, d.counted_in == seq, d.unit_id.is_(None))
+        .group_by(d.arm, d.epoch)
+    ).all():
+        for i, (metric, _) in enumerate(calls):
+            n, total, squares = sums[3 * i : 3 * i + 3]
+            if arm is not None and epoch is not None and n:
+                _add(cells, (metric, arm, epoch), (n, total, squares))
+
+
+def _call_sums(calls: list[tuple[str, Any]], caps: dict[str, float | None], *, squares: bool) -> list[Any]:
+    """Per built-in metric: the count of its call values, their capped sum (and sum of squares)."""
+    out: list[Any] = []
+    for metric, raw in calls:
+        v = _cap_expr(raw, caps.get(metric))
+        out += [func.count(raw), func.coalesce(func.sum(v), 0.0)]
+        if squares:
+            out.append(func.coalesce(func.sum(v * v), 0.0))
+    return out
 
 
 def _fold_units(
@@ -206,19 +274,11 @@ def _fold_units(
         .group_by(DecisionRow.unit_id, fb.metric)
     ).all():
         _count(added, (unit_id, metric), n, total)
-    builtins = [m for m in BUILTIN_METRICS if m in names]
-    if builtins:
-        c = CallRow
-        for unit_id, calls, latency, cost_n, cost, errors in s.execute(
-            select(
-                DecisionRow.unit_id,
-                func.count(c.decision_id),
-                func.coalesce(func.sum(c.latency_ms), 0.0),
-                func.count(c.cost_usd),
-                func.coalesce(func.sum(c.cost_usd), 0.0),
-                func.coalesce(func.sum(case((c.status.in_(sorted(ERROR_STATUSES)), 1), else_=0)), 0),
-            )
-            .join(c, c.decision_id == DecisionRow.id)
+    calls = _call_values(names)
+    if calls:
+        for unit_id, *sums in s.execute(
+            select(DecisionRow.unit_id, *_call_sums(calls, caps, squares=False))
+            .join(CallRow, CallRow.decision_id == DecisionRow.id)
             .where(
                 DecisionRow.experiment_id == exp.id,
                 DecisionRow.counted_in == seq,
@@ -226,12 +286,9 @@ def _fold_units(
             )
             .group_by(DecisionRow.unit_id)
         ).all():
-            for metric, n, total in (
-                ("cost_usd", cost_n, cost),
-                ("latency_ms", calls, latency),
-                ("error", calls, errors),
-            ):
-                if metric in builtins and n:
+            for i, (metric, _) in enumerate(calls):
+                n, total = sums[2 * i : 2 * i + 2]
+                if n:
                     _count(added, (unit_id, metric), n, total)
     if not added:
         return
@@ -300,33 +357,18 @@ def _add(cells: Cells, key: tuple[str, int, int], values: Any) -> None:
         cell[i] += float(v)
 
 
-def call_sums(s: Session, exp: ExperimentRow) -> dict[str, list[tuple[Any, ...]]]:
-    """The built-in metrics of the gateway's own calls of decisions without a unit, from its
-    per-arm, per-epoch sums (`calls.py`): they join the sums of the same metrics sent as feedback
-    (calls of decisions with a unit count per unit, at maturation)."""
-    out: dict[str, list[tuple[Any, ...]]] = {}
-    for r in s.scalars(
-        select(CallStatsRow).where(CallStatsRow.experiment_id == exp.id, CallStatsRow.with_unit.is_(False))
-    ):
-        out.setdefault("cost_usd", []).append((r.arm, r.epoch, r.cost_n, r.cost_sum, r.cost_ss))
-        out.setdefault("latency_ms", []).append((r.arm, r.epoch, r.calls, r.latency_sum, r.latency_ss))
-        out.setdefault("error", []).append((r.arm, r.epoch, r.calls, r.errors, r.errors))
-    return out
-
-
 def metric_data(
     s: Session, exp: ExperimentRow, policy: Policy, k: int, e: int
 ) -> dict[str, stats.MetricData]:
     """Per tracked metric with any value: its per-arm, per-epoch sums over `e` epochs."""
     caps = (exp.policy_state or {}).get("metric_caps") or {}
-    calls = call_sums(s, exp)
     rows: dict[str, list[tuple[Any, ...]]] = {}
     for r in s.scalars(select(ArmMetricRow).where(ArmMetricRow.experiment_id == exp.id)):
         rows.setdefault(r.metric, []).append((r.arm, r.epoch, r.n, r.s, r.ss))
     out: dict[str, stats.MetricData] = {}
     for metric in tracked_metrics(exp, policy):
         merged: dict[tuple[int, int], list[float]] = {}
-        for arm, epoch, cn, cs, css in [*rows.get(metric, []), *calls.get(metric, [])]:
+        for arm, epoch, cn, cs, css in rows.get(metric, []):
             cell = merged.setdefault((arm, epoch), [0.0, 0.0, 0.0])
             cell[0] += float(cn)
             cell[1] += float(cs)

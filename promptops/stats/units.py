@@ -126,9 +126,11 @@ CAP_MIN_VALUES = 100
 
 def metric_cap(values: ArrayLike, *, quantile: float = 0.995) -> float | None:
     """The cap for a heavy-tailed metric: a high quantile of the pooled first values (at least
-    `CAP_MIN_VALUES` of them), fixed once and stored; values above it count as the cap."""
+    `CAP_MIN_VALUES` of them), fixed once and stored; values above it count as the cap. A metric
+    whose first values are all 0 or 1 (a rate, such as the gateway's `error`) has no tail and is
+    never capped: its quantile would be 0 whenever the first values hold no 1, and cap every 1."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
-    if v.size < CAP_MIN_VALUES:
+    if v.size < CAP_MIN_VALUES or np.all((v == 0.0) | (v == 1.0)):
         return None
     return float(np.quantile(v, quantile))

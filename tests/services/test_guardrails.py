@@ -159,37 +159,49 @@ def test_a_costlier_challenger_is_blocked_and_shown(ops, prompts_dir: Path, cloc
     assert exp.arms[0].guardrails == []
 
 
-def test_the_gateway_call_sums_feed_the_built_in_metrics(ops, prompts_dir: Path, clock):
-    from promptops.db.models import CallStatsRow
+def test_gateway_calls_feed_the_built_in_metrics_capped_like_feedback(ops, prompts_dir: Path, clock):
+    # calls are values of cost_usd, latency_ms and error once their decision matures; latency's
+    # cap is fixed from its first 100 values by decision time, so a heavy tail cannot swing it
+    import numpy as np
+    from sqlalchemy import select
+
+    from promptops.db.models import ArmMetricRow, ExperimentRow
+    from promptops.services.calls import CallRecorder
+    from promptops.stats import CAP_MIN_VALUES
+    from tests.services.test_units import call_row
 
     setup(ops, prompts_dir, with_block(DECLARED, POLICY.replace("update_every: 200", "update_every: 1")))
+    recorder = CallRecorder(ops.ctx)
+    made: list[tuple[int, float, float, str]] = []  # (version, cost, latency, status)
+    for count in (60, 80):
+        for _ in range(count):
+            d = ops.serve("triage", {"message": "x"})
+            j = len(made)
+            latency = 800.0 + j if j < 120 else 1e6  # the last 20: a heavy tail, and failures
+            status = "error" if j >= 120 else "ok"
+            row = call_row(ops, d.decision_id, None, cost=0.001 * (1 + d.version), status=status)
+            recorder.record_calls([{**row, "latency_ms": latency}])
+            made.append((d.version, 0.001 * (1 + d.version), latency, status))
+            clock.advance(1)
+        clock.advance(hours=2)
+        ops.tick()  # phase 0 matures 60 values (no cap yet), phase 1 the rest (cap fixed)
+    cap = float(np.quantile([m[2] for m in made[:CAP_MIN_VALUES]], 0.995))
     with ops.ctx.tx() as s:
-        for arm, mean in ((0, 0.001), (1, 0.002)):
-            s.add(
-                CallStatsRow(
-                    experiment_id=1,
-                    arm=arm,
-                    epoch=0,
-                    calls=50,
-                    errors=5,
-                    cache_hits=0,
-                    cost_n=50,
-                    cost_sum=50 * mean,
-                    cost_ss=50 * mean * mean,
-                    latency_sum=50 * 900.0,
-                    latency_ss=50 * 900.0**2,
-                    tokens_n=0,
-                    prompt_tokens_sum=0.0,
-                    completion_tokens_sum=0.0,
-                    latency_hist=[],
-                )
-            )
-    d = ops.serve("triage", {"message": "x"})
-    ops.feedback(d.decision_id, 1)
-    clock.advance(hours=2)
-    ops.tick()
+        state = s.get(ExperimentRow, 1).policy_state
+        cells = s.scalars(select(ArmMetricRow).where(ArmMetricRow.experiment_id == 1)).all()
+    assert state["metric_caps"]["latency_ms"] == cap and state["metric_caps"]["error"] is None
+    for arm in (0, 1):
+        mine = [m for m in made if m[0] == arm + 1]
+        # (metric, the arm's values as they must be summed): latency capped, the 1e6 ms calls at
+        # the cap; error 0/1, never capped though its first 100 values hold no failure
+        for metric, values in (
+            ("latency_ms", [min(m[2], cap) for m in mine]),
+            ("error", [float(m[3] == "error") for m in mine]),
+            ("cost_usd", [m[1] for m in mine]),
+        ):
+            got = [c for c in cells if c.metric == metric and c.arm == arm]
+            assert sum(c.n for c in got) == len(values), metric
+            assert abs(sum(c.s for c in got) - sum(values)) < 1e-6, (metric, arm)
+            assert abs(sum(c.ss for c in got) - sum(v * v for v in values)) < 1e-3 * max(1.0, cap**2), metric
     arms = ops.experiments.get(1).arms
-    assert [a.metrics["cost_usd"]["n"] for a in arms] == [50, 50]
-    assert abs(arms[1].metrics["cost_usd"]["mean"] - 0.002) < 1e-9
-    assert [a.metrics["error"]["mean"] for a in arms] == [0.1, 0.1]
-    assert arms[0].metrics["latency_ms"]["mean"] == 900.0
+    assert all(a.metrics["latency_ms"]["ci_high"] < 1000 for a in arms)  # the tail does not swing it

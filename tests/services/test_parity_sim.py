@@ -13,9 +13,11 @@ import numpy as np
 from promptops import stats
 from promptops.domain import parse_policy
 from promptops.services import maturation
+from promptops.services.calls import CallRecorder
 from promptops.services.live import LiveExperiment
 from promptops.stats import simulator
 from tests.samples import triage
+from tests.services.test_units import call_row
 
 POLICY = {
     "min_hours": 0,
@@ -65,12 +67,21 @@ def _record(
 
 
 def replay(
-    ops, prompts_dir: Path, clock, monkeypatch, scenario: Any, policy_text: str, *, units: bool = False
+    ops,
+    prompts_dir: Path,
+    clock,
+    monkeypatch,
+    scenario: Any,
+    policy_text: str,
+    *,
+    units: bool = False,
+    calls: bool = False,
 ):
     """Run the scenario's first run through the simulator and its traffic through the server
     (one decision per virtual second, each arm the one the simulator served, feedback and metric
-    values as they came, the allocation draws the simulator's); returns the simulator's run and
-    outcome and both lists of recorded steps."""
+    values as they came, the allocation draws the simulator's); with `calls`, the values of
+    `latency_ms` and `error` come as each decision's gateway call instead of feedback. Returns the
+    simulator's run and outcome and both lists of recorded steps."""
     runs: list[Any] = []
     sim_steps: list[dict[str, Any]] = []
     init, sim_step = simulator._Run.__init__, simulator.step
@@ -107,6 +118,7 @@ def replay(
     monkeypatch.setattr(
         LiveExperiment, "pick", lambda self, unit_id, rng, first_epoch=None: int(run.arm[current["i"]])
     )
+    recorder = CallRecorder(ops.ctx)
     start = clock.t
     (prompts_dir / "triage.yaml").write_text(policy_text, encoding="utf-8")
     ops.sync()
@@ -120,8 +132,14 @@ def replay(
         assert d.version == int(run.arm[i]) + 1
         if run.got[i] and run.on_time[i]:
             ops.feedback(d.decision_id, float(run.reward[i]))
-        for j, name in enumerate(run.metric_names):
-            ops.feedback(d.decision_id, float(run.metric[j, i]), metric=name)
+        values = {name: float(run.metric[j, i]) for j, name in enumerate(run.metric_names)}
+        if calls:
+            row = call_row(ops, d.decision_id, unit_id, cost=None, status="ok")
+            if values.pop("error") >= 0.5:
+                row["status"] = "error"
+            recorder.record_calls([{**row, "latency_ms": values.pop("latency_ms")}])
+        for name, value in values.items():
+            ops.feedback(d.decision_id, value, metric=name)
         ops.tick()
     return run, outcome, sim_steps, server_steps
 
@@ -194,4 +212,31 @@ def test_the_server_replays_units_and_a_guardrail_metric(ops, prompts_dir: Path,
     )
     assert run.traffic.units < 1000 and len(sim_steps) > 4
     assert all(step["metrics"] for step in sim_steps)
+    compare(sim_steps, server_steps)
+
+
+def test_the_server_caps_gateway_call_values_like_the_simulator(ops, prompts_dir: Path, clock, monkeypatch):
+    # latency from the gateway's own calls, heavy enough that values above its cap keep coming:
+    # the server caps them as the simulator caps its metric values (the cap from the first 100)
+    policy = {**POLICY, "max_decisions": 100000}
+    guardrail = "  guardrails:\n    - {metric: latency_ms, max_increase: 0.10}\n"
+    arms = (("main", 0.10, 800.0), ("terse", 0.16, 820.0))
+    scenario = simulator.Scenario(
+        name="parity-calls",
+        arms=tuple(
+            simulator.SimArm(name, p, metrics=(("latency_ms", ms, 900.0), ("error", 0.0, 0.0)))
+            for name, p, ms in arms
+        ),
+        runs=1,
+        seed=13,
+        decisions=3000,
+        decisions_per_hour=3600,
+        policy=parse_policy({**policy, "guardrails": [{"metric": "latency_ms", "max_increase": 0.1}]}),
+    )
+    run, _, sim_steps, server_steps = replay(
+        ops, prompts_dir, clock, monkeypatch, scenario, triage(_flow(policy)) + guardrail, calls=True
+    )
+    cap = server_steps[-1]["metrics"]["latency_ms"]["cap"][0]
+    j = run.metric_names.index("latency_ms")
+    assert cap > 0 and (run.metric[j, : len(server_steps) * 300] > cap).sum() > 5  # the cap bites
     compare(sim_steps, server_steps)

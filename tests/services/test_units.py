@@ -217,7 +217,7 @@ def test_gateway_calls_of_a_unit_count_as_its_mean(ops, prompts_dir: Path, clock
     assert sum(u.calls for u in usage) == calls  # usage still counts every call
 
 
-def call_row(ops, decision_id: str, unit: str | None, *, cost: float, status: str) -> dict:
+def call_row(ops, decision_id: str, unit: str | None, *, cost: float | None, status: str) -> dict:
     with ops.ctx.tx() as s:
         d = s.get(DecisionRow, decision_id)
         assert d is not None
