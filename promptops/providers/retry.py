@@ -79,7 +79,7 @@ def error_excerpt(body: bytes, *, secrets: Iterable[str] = ()) -> str:
     text = body[:4096].decode("utf-8", errors="replace")
     try:
         data = json.loads(body[:65536])
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict):
         error = data.get("error")

@@ -114,6 +114,8 @@ def _load(data: bytes | str) -> Any:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise WireError("the answer is not valid JSON") from None
+    except RecursionError:  # nesting deeper than either parser goes
+        raise WireError("the answer is JSON nested too deeply") from None
 
 
 @dataclass(frozen=True)

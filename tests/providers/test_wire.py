@@ -163,3 +163,14 @@ def test_answers_orjson_refuses_still_parse_and_garbage_does_not() -> None:
     assert parse_chat_response(body).message == {"content": "x"}
     with pytest.raises(WireError):
         parse_chat_response(b'{"choices": "\xff\xfe"}')
+
+
+def test_json_nested_deeper_than_the_parsers_go_is_unreadable_not_a_crash() -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000
+    with pytest.raises(WireError, match="nested too deeply"):
+        parse_chat_response(deep)
+    with pytest.raises(WireError):
+        parse_event(b"data: " + deep)
+    with pytest.raises(WireError):
+        parse_embeddings_response(deep, 1)
+    assert error_excerpt(b'{"error": ' + b"[" * 30_000 + b"]" * 30_000 + b"}").startswith('{"error": [[[')
