@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import MutableMapping
 from typing import Any
@@ -18,9 +19,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from promptops import errors as e
+from promptops.server import metrics
 from promptops.server.auth import bearer_principal
-from promptops.server.errors import promptops_error_body, status_for
-from promptops.server.metrics import answer_too_large, declared_too_large
+from promptops.server.errors import INTERNAL_ERROR, promptops_error_body, status_for
+from promptops.server.metrics import answer_body_timeout, answer_too_large, declared_too_large, receive_within
 from promptops.server.schemas.errors import ERROR_MEANINGS, error_responses
 from promptops.services.completions import (
     MODEL_FORMS,
@@ -33,6 +35,7 @@ from promptops.services.completions import (
 )
 from promptops.services.completionstream import CompletionStream
 
+log = logging.getLogger("promptops.server")
 router = APIRouter()
 CHAT_PATH = "/v1/chat/completions"
 COMPLETE_PREFIX = "/v1/prompts/"
@@ -187,6 +190,14 @@ class SSEResponse(Response):
             raise sender.exception()  # type: ignore[misc]
 
 
+_OPENAI_INTERNAL = {
+    "error": {
+        "message": INTERNAL_ERROR["error"]["message"],
+        "type": "api_error",
+        "param": None,
+        "code": INTERNAL_ERROR["error"]["code"],
+    }
+}
 _OPENAI_SHAPE = ' OpenAI\'s error shape: `{"error": {message, type, param, code}}`.'
 _GATEWAY_ERRORS = (401, 403, 404, 413, 422, 429, 502, 503, 504)
 
@@ -278,8 +289,14 @@ class GatewayPath:
                 return
         chunks: list[bytes] = []
         seen = 0
+        deadline = asyncio.get_running_loop().time() + metrics.BODY_SECONDS
         while True:
-            message = await receive()
+            try:
+                message = await receive_within(receive, deadline)
+            except TimeoutError:  # a body that never finishes holds no connection for ever
+                await answer_body_timeout(send)
+                self._observe(route, 408, start)
+                return
             if message["type"] != "http.request":
                 return  # the client left before sending its request
             chunk = message.get("body", b"")
@@ -304,16 +321,25 @@ class GatewayPath:
 
         request = Request(scope, replay)
         request.scope["app"] = self.rt.app
-        if name is None:
-            response = await chat_completions(request)
-        else:
-            response = await complete(name, request)
+        try:
+            if name is None:
+                response = await chat_completions(request)
+            else:
+                response = await complete(name, request)
+        except Exception:
+            # As FastAPI's handler of unexpected errors does: log, answer 500 in the route's shape.
+            log.exception("unexpected error")
+            internal = _OPENAI_INTERNAL if name is None else INTERNAL_ERROR
+            response = Response(orjson.dumps(internal), status_code=500, media_type="application/json")
         sse = isinstance(response, SSEResponse)
         await response(scope, receive if sse else replay, sending)
-        key = (route, status[0])
+        self._observe(route, status[0], start)
+
+    def _observe(self, route: str, status: int, start: float) -> None:
+        key = (route, status)
         child = self._latency.get(key)
         if child is None:
             child = self._latency[key] = self.rt.metrics.child(
-                self.rt.metrics.latency, "POST", route, str(status[0])
+                self.rt.metrics.latency, "POST", route, str(status)
             )
         child.observe(time.perf_counter() - start)

@@ -477,3 +477,57 @@ def test_production_move_warms_the_new_version(tmp_path, gateway_settings, ops, 
         assert sorted(warmed) == ["B x", "B y"]  # the two most frequent requests
         out = http.post("/v1/prompts/two/complete", json={"variables": {"q": "x"}}).json()
         assert out["version"] == 2 and out["cache"] == "hit"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/prompts/ask/complete"])
+def test_a_gateway_body_that_never_finishes_gets_408(monkeypatch, path):
+    """The gateway's own ASGI layer bounds the body's time as every other route does."""
+    import asyncio
+
+    from promptops.server import metrics as metrics_module
+    from promptops.server.openai import GatewayPath
+
+    monkeypatch.setattr(metrics_module, "BODY_SECONDS", 0.01)
+    sent: list[dict[str, Any]] = []
+    first = [True]
+
+    async def slow() -> dict[str, Any]:
+        if first[0]:  # part of the body, then nothing more
+            first[0] = False
+            return {"type": "http.request", "body": b'{"mod', "more_body": True}
+        await asyncio.Event().wait()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    runtime = type("Runtime", (), {"metrics": metrics_module.Metrics()})()
+    layer = GatewayPath(None, runtime=runtime, max_body=1000)
+    scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+    asyncio.run(layer(scope, slow, send))
+    assert sent[0]["status"] == 408
+    assert json.loads(sent[1]["body"])["error"]["code"] == "request_timeout"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "shape"),
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "promptops/ask", "messages": [], "variables": {"question": "q"}},
+            "openai",
+        ),
+        ("/v1/prompts/ask/complete", {"variables": {"question": "q"}}, "promptops"),
+    ],
+)
+def test_an_unexpected_gateway_failure_is_a_json_500(http, monkeypatch, path, body, shape):
+    async def broken(req: Any) -> Any:
+        raise RuntimeError("a bug, with a detail that stays in the log")
+
+    monkeypatch.setattr(http.app.state.runtime.gateway, "complete", broken)
+    r = http.post(path, json=body)
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert error["code"] == "internal_error" and "detail" not in error["message"]
+    if shape == "openai":
+        assert error["type"] == "api_error" and error["param"] is None
