@@ -178,6 +178,9 @@ class EvalChecker(NodeReader):
         elif not str(raw_id).strip() or len(str(raw_id)) > _MAX_ID_CHARS:
             err(f"id must be a non-empty string of at most {_MAX_ID_CHARS} characters")
             ok = False
+        elif (id_problem := plain_problem(raw_id)) is not None:
+            err(f"id {id_problem}")
+            ok = False
         case_id = str(raw_id)
         variables = data.get("vars")
         if not isinstance(variables, Mapping):

@@ -55,6 +55,7 @@ from typing import Any
 
 import yaml
 
+from .domain import text_problem
 from .errors import FileProblem
 
 MAX_FILE_BYTES = 1_000_000
@@ -121,8 +122,10 @@ def present(entries: Entries, key: str) -> yaml.Node | None:
 
 
 def plain_problem(value: Any) -> str | None:
-    """Why a value is not plain JSON-like data, or None."""
-    if value is None or isinstance(value, str | bool | int):
+    """Why a value is not plain JSON-like data (text included: no NUL, no lone surrogate), or None."""
+    if isinstance(value, str):
+        return text_problem(value)
+    if value is None or isinstance(value, bool | int):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else "must not contain .nan or .inf"
@@ -131,6 +134,9 @@ def plain_problem(value: Any) -> str | None:
     if isinstance(value, dict):
         if any(not isinstance(k, str) for k in value):
             return "mapping keys must be strings"
+        bad_key = next((p for k in value if (p := text_problem(k))), None)
+        if bad_key is not None:
+            return f"a key {bad_key}"
         return next((p for v in value.values() if (p := plain_problem(v))), None)
     return f"must be plain data, got {type(value).__name__} {value}; quote it to make it a string"
 
@@ -167,6 +173,10 @@ def _compose_events(loader: Any) -> yaml.Node | None:
                 value = event.value if kind is yaml.ScalarNode else None
                 tag = loader.resolve(kind, value, event.implicit)
             if kind is yaml.ScalarNode:
+                # A quoted "\0" or "\U0000D800" escape: text no database or encoder takes.
+                problem = text_problem(event.value)
+                if problem is not None:
+                    raise _Refused(line, f"a string {problem}")
                 node = kind(tag, event.value, event.start_mark, event.end_mark, style=event.style)
             else:
                 if len(stack) >= MAX_DEPTH:
@@ -316,6 +326,8 @@ class _JsonComposer:
     @staticmethod
     def string(token: str, mark: yaml.Mark) -> str:
         text: str = json.loads(token)
+        if "\x00" in text:
+            raise _Refused(mark.line + 1, "invalid JSON: a \\u0000 escape (a NUL character) is not allowed")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:

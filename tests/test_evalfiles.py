@@ -141,6 +141,13 @@ def test_a_bad_jsonl_line_is_dataset_path_and_line(tmp_path):
         pytest.param({"id": " ", "vars": {}}, "id must be a non-empty string", id="id-blank"),
         pytest.param({"vars": {}, "metadata": 3}, '"metadata" must be an object', id="metadata"),
         pytest.param({"vars": {}, "assert": {"type": "equals"}}, '"assert" must be a list', id="assert-map"),
+        pytest.param({"vars": {"ticket": "a\x00b"}}, "vars: must not contain NUL characters", id="vars-nul"),
+        pytest.param({"vars": {"ticket": "\ud800"}}, "vars: must be valid Unicode", id="vars-surrogate"),
+        pytest.param({"vars": {}, "expected": "\x00"}, "expected: must not contain NUL", id="expected-nul"),
+        pytest.param(
+            {"vars": {}, "metadata": {"\x00": 1}}, "metadata: a key must not contain NUL", id="key-nul"
+        ),
+        pytest.param({"id": "\udc00", "vars": {}}, "id must be valid Unicode", id="id-surrogate"),
         pytest.param(
             {"vars": {}, "assert": [{"type": "nope"}]},
             "assert[0]: unknown assertion type 'nope'",

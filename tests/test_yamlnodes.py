@@ -126,6 +126,11 @@ def test_a_json_prompt_reads_like_its_yaml_twin() -> None:
             id="surrogate",
         ),
         pytest.param(
+            '{"name": "a",\n "template": "a\\u0000b"}',
+            ["p.json:2: invalid JSON: a \\u0000 escape (a NUL character) is not allowed"],
+            id="nul",
+        ),
+        pytest.param(
             '{"name": "a",\n "template": "line\nbreak"}',
             ["p.json:2: invalid JSON: unterminated string, bad escape or control character"],
             id="control-character",
