@@ -337,6 +337,10 @@ def eval_command(
 
     if version and label:
         cli.fail("give --version or --label, not both", EXIT_USAGE)
+    if junit is not None and (junit.is_dir() or not junit.absolute().parent.is_dir()):
+        # Known before any call: a run's results are not lost to a report that cannot be written.
+        why = "it is a directory" if junit.is_dir() else f"no directory {junit.absolute().parent}"
+        cli.fail(f"cannot write {junit}: {why}", EXIT_USAGE)
     try:
         ops = cli.ops(evals_dir=evals_dir)
         folder = ops.settings.evals_dir

@@ -114,6 +114,8 @@ def test_junit_report_parses_with_failures_and_errors(cli):
         pytest.param(["--version", "99"], "version", id="unknown-version"),
         pytest.param(["--baseline", "staging"], "staging", id="unknown-baseline"),
         pytest.param(["--repeat", "0"], "", id="bad-repeat"),
+        pytest.param(["--junit", "no/such/dir/report.xml"], "cannot write", id="junit-no-dir"),
+        pytest.param(["--junit", "."], "it is a directory", id="junit-a-directory"),
     ],
 )
 def test_usage_errors_exit_two(cli, args, message):
@@ -175,3 +177,10 @@ def test_a_second_run_answers_from_the_shared_cache(cli, fake_upstream):  # noqa
     assert fresh.code == 0 and fake_upstream.count == 50, fresh
     stats = cli("cache", "stats", "--json")
     assert stats.code == 0 and json.loads(stats.out)["by_prompt"].get("echo") == 40, stats
+
+
+def test_an_unwritable_junit_report_is_refused_before_any_call(cli, fake_upstream):  # noqa: F811
+    before = len(fake_upstream.requests)
+    r = cli("eval", "--junit", "no/such/dir/report.xml")
+    assert r.code == 2 and "cannot write no/such/dir/report.xml" in r.err, r
+    assert len(fake_upstream.requests) == before
