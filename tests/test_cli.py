@@ -704,3 +704,15 @@ def test_plan_prints_rounded_figures_and_defines_a_wrong_promotion(cli):
     assert table.code == 0 and "┃ figure" in table.out, table
     text = " ".join(cli("plan", "--help").out.split())
     assert "A wrong promotion, in the A/A runs" in text and "--plain" in text, text
+
+
+def test_init_that_cannot_write_says_so_and_leaves_nothing_half_written(cli):
+    r = cli("init", "/proc/no-such-project")
+    assert r.code == 1 and r.err.startswith("error: cannot write /proc/no-such-project"), r
+    assert "Traceback" not in r.err and "unexpected" not in r.err
+    proj = cli.dir / "proj"
+    proj.mkdir()
+    (proj / "promptops.yaml").symlink_to("/proc/no-such-dir/promptops.yaml")  # written after prompts/, evals/
+    r = cli("init", "proj")
+    assert r.code == 1 and "cannot write" in r.err and r.err.strip().endswith("nothing changed"), r
+    assert [p.name for p in proj.iterdir()] == ["promptops.yaml"]

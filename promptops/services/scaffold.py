@@ -8,6 +8,7 @@ overwritten (a `.gitignore` only gains the lines it lacks).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,11 +156,25 @@ def init_project(directory: Path) -> InitReport:
         directory / "README.md": README,
     }
     report = InitReport()
-    for path, text in files.items():
-        if path.exists():
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        report.created.append(path.relative_to(directory).as_posix())
-    _gitignore(directory / ".gitignore", gitignore, report)
+    made: list[Path] = []  # files and folders this call created, undone if a later write fails
+    try:
+        for path, text in files.items():
+            if path.exists():
+                continue
+            for folder in reversed((path.parent, *path.parent.parents)):
+                if not folder.exists():
+                    folder.mkdir()
+                    made.append(folder)
+            path.write_text(text, encoding="utf-8")
+            made.append(path)
+            report.created.append(path.relative_to(directory).as_posix())
+        _gitignore(directory / ".gitignore", gitignore, report)
+    except OSError as exc:
+        for done in reversed(made):
+            with contextlib.suppress(OSError):
+                done.rmdir() if done.is_dir() else done.unlink()
+        where = exc.filename or directory
+        raise InvalidInput(
+            f"cannot write {where}: {(exc.strerror or str(exc)).lower()}; nothing changed"
+        ) from None
     return report
