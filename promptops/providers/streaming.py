@@ -183,16 +183,21 @@ class ChatStream:
             await response.aclose()
             self.provider._slots.release()
 
+    @property
+    def usage(self) -> Usage:
+        """The usage the provider reported, else an estimate from the request and the answer so
+        far (llama.cpp, for one, never sends the usage chunk)."""
+        if self._usage is not None:
+            return self._usage
+        return Usage(
+            estimate_prompt_tokens(self.body.get("messages", [])),
+            estimate_tokens("".join(self._content)),
+            estimated=True,
+        )
+
     def _outcome(self, status: CallStatus) -> CallResult:
         content = "".join(self._content)
-        usage = self._usage
-        if usage is None:
-            # llama.cpp, for one, never sends the usage chunk.
-            usage = Usage(
-                estimate_prompt_tokens(self.body.get("messages", [])),
-                estimate_tokens(content),
-                estimated=True,
-            )
+        usage = self.usage
         latency_ms = self.provider._elapsed_ms(self._state)
         price = self.provider.price(self._state.model)
         cost = (

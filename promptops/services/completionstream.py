@@ -99,12 +99,21 @@ class CompletionStream:
         include_usage = self.req.include_usage
         # Events that arrived together leave together: one write to the caller, not one each.
         out: list[bytes] = []
+        usage_sent = False
+        model = self.upstream.model
         try:
             async for event in chat:
                 if event.done:
+                    if include_usage and not usage_sent:
+                        # The provider sent none (llama.cpp never does): the caller asked for
+                        # one, so it gets the usage the call is recorded with (estimated).
+                        out.append(self._usage_chunk(new_id, model, chat.usage))
                     out.append(DONE)
                 elif not event.usage_only or include_usage:
+                    usage_sent = usage_sent or event.usage is not None
                     data = event.data
+                    if data is not None and isinstance(data.get("model"), str):
+                        model = data["model"]
                     out.append(
                         sse({**data, "id": new_id})
                         if data is not None and data.get("id") != new_id
@@ -120,6 +129,18 @@ class CompletionStream:
             yield b"".join(out)
         finally:
             await self.aclose()
+
+    @staticmethod
+    def _usage_chunk(decision_id: str, model: str, usage: Any) -> bytes:
+        chunk = {
+            "id": decision_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [],
+            "usage": usage.as_openai(),
+        }
+        return sse(chunk)
 
     async def aclose(self) -> None:
         """End the call: close the upstream (a caller that left cancels it), then record it."""

@@ -250,6 +250,36 @@ def test_stream_usage_chunk_when_asked(make, fake_upstream):
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] > 0
 
 
+def test_a_usage_chunk_when_asked_even_if_the_provider_sends_none(make, ops, fake_upstream):
+    """llama.cpp ignores stream_options.include_usage: the caller still gets the usage chunk it
+    asked for, with the (estimated) figures the call is recorded with; one only, before [DONE]."""
+    gw = make()
+    fake_upstream.enqueue(Reply(stream_usage=False))
+
+    async def go() -> list[bytes]:
+        stream = await gw.open_stream(
+            CompletionRequest(name="chat", variables={"question": "q"}, include_usage=True)
+        )
+        return [chunk async for chunk in stream]
+
+    chunks = sse_events(run(gw, go()))
+    assert chunks[-1] == b"data: [DONE]\n\n"
+    events = [json.loads(c[6:]) for c in chunks[:-1]]
+    with_usage = [ev for ev in events if "usage" in ev]
+    assert len(with_usage) == 1 and with_usage[0] is events[-1] and with_usage[0]["choices"] == []
+    usage = with_usage[0]["usage"]
+    assert (
+        usage["completion_tokens"] > 0
+        and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    )
+    assert with_usage[0]["id"] == events[0]["id"]
+    [call] = calls(ops)
+    assert (call.prompt_tokens, call.completion_tokens) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
+
+
 def test_a_caller_that_leaves_cancels_the_upstream(make, ops, fake_upstream):
     gw = make()
     fake_upstream.enqueue(Reply(content="one two three four", stall_after=2))
