@@ -95,12 +95,41 @@ def _is(value: Any, kind: str) -> bool:
     return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)  # list of strings
 
 
+MAX_FIELD_DEPTH = 128
+"""How deep a field that goes upstream may nest: the request to the provider is serialized by a
+JSON writer that stops at 255 levels, so deeper input is the caller's 422, not a failed call."""
+
+
+def nesting_depth(value: Any) -> int:
+    """How many lists and objects deep a JSON value nests (0 for a scalar), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _check_depth(value: Any, where: str, field: str) -> None:
+    if isinstance(value, Mapping | list | tuple) and nesting_depth(value) > MAX_FIELD_DEPTH:
+        raise InvalidInput(f"{where} nests deeper than {MAX_FIELD_DEPTH} levels", field=field)
+
+
 def check_openai_fields(fields: Mapping[str, Any]) -> None:
-    """InvalidInput naming the first standard field whose value has the wrong JSON type."""
+    """InvalidInput naming the first standard field whose value has the wrong JSON type, or any
+    field nested too deeply to be sent on."""
     for name, value in fields.items():
         expected = OPENAI_FIELDS.get(name)
         if expected is not None and value is not None and not any(_is(value, k) for k in expected[0]):
             raise InvalidInput(f"{name} must be {expected[1]}, got {json_kind(value)}", field=name)
+        _check_depth(value, name, name)
 
 
 @dataclass(frozen=True)
@@ -152,6 +181,7 @@ def check_messages(messages: Any) -> list[dict[str, Any]]:
             raise InvalidInput(
                 f"messages[{i}].content must be a string, a list of parts or null", field="messages"
             )
+        _check_depth(m, f"messages[{i}]", "messages")
         out.append(m)
     return out
 

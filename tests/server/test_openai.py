@@ -265,6 +265,10 @@ def test_a_body_that_is_not_json_says_why(http):
     assert r.json()["error"]["message"] == "the body must be a JSON object", r.text
 
 
+DEEP: list = []
+for _ in range(300):
+    DEEP = [DEEP]
+
 CHAT_BODY_ERRORS = [
     ("model", 123, "model", "model must be a string, got a number: promptops/NAME"),
     ("model", None, "model", "model is required: promptops/NAME, promptops/NAME@LABEL or promptops/NAME@vN"),
@@ -309,6 +313,11 @@ CHAT_BODY_ERRORS = [
     ("logprobs", "yes", "logprobs", "logprobs must be true or false, got a string"),
     ("logit_bias", [], "logit_bias", "logit_bias must be an object, got a list"),
     ("presence_penalty", "0", "presence_penalty", "presence_penalty must be a number, got a string"),
+    # Deeper than the JSON writer of the upstream request goes (it stopped with a plain-text 500).
+    ("tools", DEEP, "tools", "tools nests deeper than 128 levels"),
+    ("response_format", {"a": DEEP}, "response_format", "response_format nests deeper than 128"),
+    ("x_vendor_field", DEEP, "x_vendor_field", "x_vendor_field nests deeper than 128 levels"),
+    ("messages", [{"role": "user", "content": DEEP}], "messages", "messages[0] nests deeper than 128"),
 ]
 
 
@@ -344,6 +353,7 @@ def test_a_chat_body_field_of_the_wrong_type_is_a_422_that_says_what_is_expected
         ("messages", "x", "messages must be a list of chat messages"),
         ("messages", {}, "messages must be a list of chat messages"),
         ("cache", True, 'cache must be "refresh" or "bypass", got true'),
+        ("messages", [{"role": "user", "content": DEEP}], "messages[0] nests deeper than 128 levels"),
     ],
 )
 def test_a_complete_body_field_of_the_wrong_type_is_a_422(http, ops, fake_upstream, field, value, message):
