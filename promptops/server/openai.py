@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from promptops import errors as e
+from promptops.domain import text_problem
 from promptops.server import metrics
 from promptops.server.auth import bearer_principal
 from promptops.server.errors import INTERNAL_ERROR, promptops_error_body, status_for
@@ -105,6 +106,9 @@ def _unit(value: Any, field: str) -> str | None:
     if value is not None and (not isinstance(value, str) or len(value) > 256):
         got = f"{len(value)} characters" if isinstance(value, str) else json_kind(value)
         raise e.InvalidInput(f"{field} must be a string of at most 256 characters, got {got}", field=field)
+    problem = text_problem(value) if value is not None else None
+    if problem is not None:  # named as the caller sent it (`user` on chat.completions)
+        raise e.InvalidInput(f"{field} {problem}", field=field)
     return value
 
 
