@@ -111,11 +111,47 @@ def _load(data: bytes | str) -> Any:
     except orjson.JSONDecodeError:
         pass  # orjson refuses some JSON the standard parser reads (NaN, integers past 64 bits)
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise WireError("the answer is not valid JSON") from None
     except RecursionError:  # nesting deeper than either parser goes
         raise WireError("the answer is JSON nested too deeply") from None
+    return _without_lone_surrogates(value)
+
+
+def _clean_text(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # a lone surrogate: U+FFFD, as a UTF-8 decoder would show it
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """The value with every string's lone surrogates replaced by U+FFFD.
+
+    The standard parser reads a `\\ud800` escape that orjson refuses; such text cannot be encoded
+    as UTF-8 (so neither answered to the caller nor stored), whatever else the answer holds."""
+    if isinstance(value, str):
+        return _clean_text(value)
+    if not isinstance(value, dict | list):
+        return value
+    root: list[Any] = [value]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        parent, key = stack.pop()
+        item = parent[key]
+        if isinstance(item, str):
+            parent[key] = _clean_text(item)
+        elif isinstance(item, dict):
+            cleaned = {_clean_text(k): v for k, v in item.items()}
+            parent[key] = cleaned
+            stack.extend((cleaned, k) for k in cleaned)
+        elif isinstance(item, list):
+            stack.extend((item, i) for i in range(len(item)))
+    return root[0]
 
 
 @dataclass(frozen=True)

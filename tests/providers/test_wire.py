@@ -174,3 +174,12 @@ def test_json_nested_deeper_than_the_parsers_go_is_unreadable_not_a_crash() -> N
     with pytest.raises(WireError):
         parse_embeddings_response(deep, 1)
     assert error_excerpt(b'{"error": ' + b"[" * 30_000 + b"]" * 30_000 + b"}").startswith('{"error": [[[')
+
+
+def test_lone_surrogates_in_an_answer_become_replacement_characters() -> None:
+    """orjson refuses a lone \\ud800 escape and the standard parser reads it: such text could be
+    neither answered (UTF-8) nor stored, so it reads as U+FFFD, keys and nested values included."""
+    body = b'{"choices": [{"message": {"content": "a\\ud800b \\ud83d\\ude00", "\\udc00k": ["\\udbff"]}}]}'
+    assert parse_chat_response(body).message == {"content": "a\ufffdb \U0001f600", "\ufffdk": ["\ufffd"]}
+    event = parse_event(b'data: {"choices": [{"delta": {"content": "x\\ud800"}}]}')
+    assert event is not None and event.content == "x\ufffd"

@@ -542,3 +542,31 @@ def test_an_unexpected_gateway_failure_is_a_json_500(http, monkeypatch, path, bo
     assert error["code"] == "internal_error" and "detail" not in error["message"]
     if shape == "openai":
         assert error["type"] == "api_error" and error["param"] is None
+
+
+SURROGATE_ANSWER = (
+    b'{"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",'
+    b' "content": "a\\ud800b"}, "finish_reason": "stop"}],'
+    b' "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'
+)
+SURROGATE_EVENTS = (
+    b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "a\\ud800b"}}]}\n\n',
+    b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n',
+    b"data: [DONE]\n\n",
+)
+
+
+def test_an_answer_with_a_lone_surrogate_is_answered_and_recorded(http, ops, fake_upstream):
+    """A provider's \\ud800 escape made the answer unencodable: /complete answered 500 and a
+    stream broke off after its headers. It now reads as U+FFFD everywhere."""
+    fake_upstream.enqueue(Reply(body=SURROGATE_ANSWER))
+    r = http.post("/v1/prompts/ask/complete", json={"variables": {"question": "s1"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["output"]["content"] == "a\ufffdb"
+    fake_upstream.enqueue(Reply(events=SURROGATE_EVENTS))
+    body = {"model": "promptops/ask", "messages": [], "variables": {"question": "s2"}, "stream": True}
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n"), r.text
+    assert "a\ufffdb" in r.content.decode("utf-8")
+    outputs = [c.output["content"] for c in recorded(ops, http, count=2)]
+    assert sorted(outputs) == ["a\ufffdb", "a\ufffdb"]
