@@ -31,7 +31,8 @@ independent; no cluster-robust correction is needed for repeats.
 - Gate. A version passes when its pass rate is at least `min_pass_rate` and, when `max_regression`
   is set and a baseline is given, the paired interval of its difference from the baseline does not
   lie entirely below -max_regression (upper bound < -max_regression fails). The baseline itself is
-  held to `min_pass_rate` alone.
+  held to `min_pass_rate` alone. Whatever the rule (none included), a version whose every case is
+  an error fails: nothing was graded, so nothing passed (a provider that is down is not green).
 """
 
 from __future__ import annotations
@@ -205,6 +206,8 @@ def check_gate(
 ) -> GateVerdict:
     """Apply the gate to one version; pass `comparison=None` for the baseline (min_pass_rate only)."""
     reasons: list[str] = []
+    if rate.cases and rate.errors == rate.cases:
+        reasons.append(f"{name}: every case is an error ({rate.errors}/{rate.cases}): no output was graded")
     if rule.min_pass_rate is not None and rate.rate < rule.min_pass_rate - _TOLERANCE:
         reasons.append(
             f"{name}: pass rate {_pct(rate.rate)} ({rate.passed}/{rate.cases}, 95% CI "

@@ -231,3 +231,13 @@ def test_wilson_interval_covers_the_true_rate_about_95_percent():
         low, high = wilson_interval(k, 200)
         covered += low <= 0.85 <= high
     assert 0.93 <= covered / runs <= 0.97, covered / runs
+
+
+def test_a_version_whose_every_case_is_an_error_fails_any_gate():
+    """A dead provider makes every case an error: with no rule that used to pass (exit 0 in CI)."""
+    for rule in (GateRule(), GateRule(min_pass_rate=0.0), GateRule(max_regression=1.0)):
+        verdict = check_gate(rule, name="v1", rate=pass_rate(0, 0, 3))
+        assert not verdict.passed and verdict.reasons[0] == (
+            "v1: every case is an error (3/3): no output was graded"
+        )
+    assert check_gate(GateRule(), name="v1", rate=pass_rate(0, 1, 2)).passed  # one was graded
