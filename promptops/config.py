@@ -92,7 +92,7 @@ class Settings:
         url = self.database_url
         if not (url.startswith("sqlite") or url.startswith("postgresql")):
             raise ConfigError(
-                f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql+psycopg://..."
+                f"unsupported database URL {mask_url(url)!r}: use sqlite:///PATH or postgresql+psycopg://..."
             )
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be between 1 and 65535, got {self.port}")

@@ -133,3 +133,10 @@ def test_loopback_hosts(host, loopback):
 )
 def test_mask_url_hides_the_password(url, shown):
     assert mask_url(url) == shown
+
+
+def test_an_unsupported_database_url_is_named_without_its_password():
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"PROMPTOPS_DATABASE_URL": "mysql://app:S3cretPW@db.internal/prod"})
+    assert "S3cretPW" not in info.value.message
+    assert "'mysql://app:***@db.internal/prod'" in info.value.message
