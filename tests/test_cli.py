@@ -149,6 +149,11 @@ def test_sync_render_versions_diff_label(cli):
         pytest.param(["render", "triage", "--var", "message=x", "--var", "n=abc"], "n", id="bad-integer"),
         pytest.param(["render", "triage", "--var", "oops"], "NAME=VALUE", id="bad-var-syntax"),
         pytest.param(
+            ["render", "triage", "--vars-json", '{"message": ' + "[" * 5000 + "]" * 5000 + "}"],
+            "--vars-json is nested too deeply",
+            id="vars-json-too-deep",
+        ),
+        pytest.param(
             ["render", "triage", "--version", "9", "--var", "message=x"], "no version 9", id="unknown-version"
         ),
         pytest.param(["label", "triage", "7", "production"], "no version 7", id="label-unknown"),

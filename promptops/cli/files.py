@@ -71,6 +71,8 @@ def _parse_vars(
             loaded = json.loads(vars_json)
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"--vars-json is not valid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise InvalidInput("--vars-json is nested too deeply") from None
         if not isinstance(loaded, dict):
             raise InvalidInput("--vars-json must be a JSON object")
         values.update(loaded)
