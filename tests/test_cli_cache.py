@@ -65,3 +65,27 @@ def test_warm_says_why_calls_failed_one_line_per_reason(cli, tmp_path: Path, fak
     assert lines[0].startswith("  3 failed: provider 'fake', model 'fake-model': the provider answered 400")
     assert "context too long" in lines[0]
     assert lines[1].startswith("  2 failed: variable 'questoin' is not declared"), r
+
+
+def test_a_hostile_warm_dataset_is_one_line_with_its_line(cli, tmp_path: Path, fake_upstream, monkeypatch):
+    (tmp_path / "prompts" / "ask.yaml").write_text(ASK)
+    (tmp_path / "promptops.yaml").write_text(config(fake_upstream))
+    monkeypatch.setenv("PROMPTOPS_CONFIG", str(tmp_path / "promptops.yaml"))
+    assert cli("sync").code == 0
+    data = tmp_path / "warm.jsonl"
+    cases = [
+        ('{"vars": ' + "[" * 5000 + "]" * 5000 + "}", ":1: not valid JSON"),
+        (
+            '{"vars": {"question": "ok"}}\n{"vars": {"question": "a\\u0000b"}}',
+            ":2: a string must not contain NUL",
+        ),
+        ('{"vars": {"question": "\\ud800"}}', ":1: a string must be valid Unicode"),
+    ]
+    for text, message in cases:
+        data.write_text(text + "\n")
+        r = cli("cache", "warm", "ask", "--dataset", str(data))
+        assert r.code == 2 and f"{data}{message}" in r.err and len(r.err.strip().splitlines()) == 1, r
+    data.write_bytes(b'{"vars": {"question": "\xff"}}\n')
+    r = cli("cache", "warm", "ask", "--dataset", str(data))
+    assert r.code == 2 and r.err.strip() == f"error: {data}: not UTF-8 text", r
+    assert fake_upstream.count == 0

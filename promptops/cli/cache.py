@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from promptops.cli.base import cache_app, cell, err, fail, ops, out, print_json, say
+from promptops.domain import text_problem
 
 WARM_FAILURES_SHOWN = 10
 """How many distinct failure reasons `cache warm` lists (the most frequent first)."""
@@ -25,6 +26,23 @@ def gateway_of(service: Any) -> Any:
     from promptops.services.gateway import Gateway
 
     return Gateway.create(service.serving, service.settings)
+
+
+def _text_problem(value: Any) -> str | None:
+    """What makes a string of a JSON value (keys included) unusable in a request, or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem is not None:
+                return problem
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 @cache_app.command("stats")
@@ -71,15 +89,20 @@ def cache_warm(
         lines = dataset.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         fail(f"{dataset}: {exc.strerror or exc}", 2)
+    except UnicodeDecodeError:
+        fail(f"{dataset}: not UTF-8 text", 2)
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             case = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             fail(f"{dataset}:{n}: not valid JSON", 2)
         if not isinstance(case, dict) or not isinstance(case.get("vars", {}), dict):
             fail(f'{dataset}:{n}: each line must be an object {{"vars": {{...}}}}', 2)
+        problem = _text_problem(case)
+        if problem is not None:  # text no request may carry
+            fail(f"{dataset}:{n}: a string {problem}", 2)
         cases.append(case.get("vars", {}))
     service = ops()
     gateway = gateway_of(service)
