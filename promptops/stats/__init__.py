@@ -43,8 +43,8 @@ Model, for K arms (0..K-1, one of them the control) with rewards in [0, 1], bina
   arms that look worse, so their intervals stay wide and the equivalence stop cannot end a
   many-arm A/A; their predictive chance is small because their means are low, which ends it
   (6-arm A/A, 100k: median 77,000 decisions over 1,000 runs, instead of the limit).
-  "guardrails" when every challenger is blocked. These stops only lower the false-promotion rate; what they cost in
-  detection is measured by the scenario rows.
+  "guardrails" when every challenger is blocked. These stops only lower the false-promotion rate;
+  what they cost in detection is measured by the scenario rows.
 - Limit. At max_decisions served or max_days elapsed the boundary checks once more (if a check is
   left) and otherwise ends `inconclusive`; thresholds are never relaxed.
 - Guardrails (`guardrails`). Metrics are estimated like the reward (stratified Gaussian on unit
