@@ -97,8 +97,10 @@ def metric_name_problem(name: object) -> str | None:
 
 
 def arm_count_problem(count: int) -> str | None:
-    """What is wrong with an experiment of `count` arms beyond MAX_ARMS, or None (every entry
-    point, the API, the CLI and prompt files, refuses with this one message)."""
+    """What is wrong with an experiment of `count` arms (fewer than two, or more than MAX_ARMS),
+    or None (every entry point, the API, the CLI and prompt files, refuses with this one message)."""
+    if count < 2:
+        return f"an experiment needs at least two arms, got {count}"
     if count > MAX_ARMS:
         return f"an experiment has at most {MAX_ARMS} arms, got {count}"
     return None

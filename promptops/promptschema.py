@@ -394,11 +394,9 @@ class PromptChecker(NodeReader):
             if arm not in allowed:
                 why = f"is not main or a declared variant (known: {', '.join(allowed)})"
                 self.err(entries["arms"][1].value[i], f"experiment.arms[{i}]: {arm!r} {why}")
-        if arms is not None and len(arms) < 2:
-            self.err(entries["arms"][1], "experiment.arms: at least two arms are needed")
-        too_many = arm_count_problem(len(arms)) if arms is not None else None
-        if too_many:
-            self.err(entries["arms"][1], f"experiment.arms: {too_many}")
+        bad_count = arm_count_problem(len(arms)) if arms is not None else None
+        if bad_count:
+            self.err(entries["arms"][1], f"experiment.arms: {bad_count}")
         if "weights" in entries:
             fields["weights"] = self.weights(entries, arms)
             if fields["strategy"] == Strategy.THOMPSON:

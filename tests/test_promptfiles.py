@@ -340,7 +340,7 @@ INVALID = [
     case('experiment-no-arms', 3, T + 'experiment: {metric: m}\n',
          "experiment: missing required key 'arms'"),
     case('one-arm', 5, T + 'variants: {b: {template: y}}\nexperiment:\n  arms: [main]\n',
-         'experiment.arms: at least two arms'),
+         'experiment.arms: an experiment needs at least two arms, got 1'),
     case('unknown-arm', 5, T + 'variants: {b: {template: y}}\nexperiment:\n  arms: [main, c]\n',
          "experiment.arms[1]: 'c' is not main or a declared variant (known: b, main)"),
     case('too-many-arms', 25,
@@ -427,7 +427,7 @@ class TestInvalid:
             "p.yaml:4: variables.n.default: must be an integer, got boolean",
             "p.yaml:6: messages[0].role: must be one of",
             "p.yaml:6: messages[0].content uses undeclared variable 'foo'",
-            "p.yaml:7: experiment.arms: at least two arms",
+            "p.yaml:7: experiment.arms: an experiment needs at least two arms, got 1",
         ):
             assert expected in text, text
 

@@ -25,6 +25,7 @@ from promptops.server.schemas import (
     HistoryPublic,
     LabelCreate,
     LabelMovePublic,
+    PathInt,
     PromoteCreate,
     PromptListPublic,
     PromptPublic,
@@ -164,7 +165,7 @@ def get_prompt(name: str, rt: RuntimeDep, _: ReadKey) -> Response:
     responses=error_responses(404, *READ),
     response_model=VersionDetailPublic,
 )
-def get_version(name: str, number: int, rt: RuntimeDep, _: ReadKey) -> Response:
+def get_version(name: str, number: PathInt, rt: RuntimeDep, _: ReadKey) -> Response:
     """One version with its content."""
     return JSON(rt.ops.registry.get_version(name, number))
 
@@ -209,7 +210,7 @@ def list_experiments(
     responses=error_responses(404, *READ),
     response_model=ExperimentPublic,
 )
-def get_experiment(experiment_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
+def get_experiment(experiment_id: PathInt, rt: RuntimeDep, _: ReadKey) -> Response:
     """An experiment with per-arm figures."""
     return JSON(rt.ops.experiments.get(experiment_id))
 
@@ -220,7 +221,7 @@ def get_experiment(experiment_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
     responses=error_responses(404, *READ),
     response_model=HistoryPublic,
 )
-def experiment_history(experiment_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
+def experiment_history(experiment_id: PathInt, rt: RuntimeDep, _: ReadKey) -> Response:
     """Weights and P(best) per epoch."""
     return JSON({"epochs": rt.ops.experiments.history(experiment_id)})
 
@@ -259,7 +260,7 @@ def create_experiment(body: ExperimentCreate, rt: RuntimeDep, who: AdminKey) -> 
     responses=error_responses(404, 409, *WRITE),
     response_model=ExperimentPublic,
 )
-def stop_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey) -> Response:
+def stop_experiment(experiment_id: PathInt, rt: RuntimeDep, who: AdminKey) -> Response:
     """Stop an experiment; production stays; admin."""
     exp = rt.ops.experiments.stop(experiment_id, actor=who.actor)
     rt.refresh()
@@ -273,7 +274,7 @@ def stop_experiment(experiment_id: int, rt: RuntimeDep, who: AdminKey) -> Respon
     response_model=ExperimentPublic,
 )
 def promote_experiment(
-    experiment_id: int, rt: RuntimeDep, who: AdminKey, body: PromoteCreate | None = None
+    experiment_id: PathInt, rt: RuntimeDep, who: AdminKey, body: PromoteCreate | None = None
 ) -> Response:
     """End a running experiment and move production to the winner; 409 if not running; admin."""
     exp = rt.ops.experiments.promote(experiment_id, version=body.version if body else None, actor=who.actor)

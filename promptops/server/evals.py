@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from promptops.server.api import JSON, READ, RuntimeDep
 from promptops.server.auth import ReadKey
+from promptops.server.schemas.common import PathInt
 from promptops.server.schemas.errors import error_responses
 
 
@@ -136,7 +137,7 @@ def list_evals(rt: RuntimeDep, _: ReadKey) -> Response:
     response_model=EvalRunDetailPublic,
     responses=error_responses(404, *READ),
 )
-def get_eval_run(run_id: int, rt: RuntimeDep, _: ReadKey) -> Response:
+def get_eval_run(run_id: PathInt, rt: RuntimeDep, _: ReadKey) -> Response:
     """One eval run with its cases."""
     detail = rt.ops.evals.get_run(run_id)
     body = {**asdict(detail.run), "case_results": [asdict(c) for c in detail.cases]}

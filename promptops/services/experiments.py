@@ -113,11 +113,9 @@ class Experiments:
         metrics: Sequence[str] = (),
     ) -> ExperimentSpec:
         """Validate experiment settings into a spec (InvalidInput on any bad value)."""
-        if len(arms) < 2:
-            raise InvalidInput("an experiment needs at least two arms", field="versions")
-        too_many = arm_count_problem(len(arms))
-        if too_many:
-            raise InvalidInput(too_many, field="versions")
+        bad_count = arm_count_problem(len(arms))
+        if bad_count:
+            raise InvalidInput(bad_count, field="versions")
         if len(set(arms)) != len(arms):
             raise InvalidInput("arms must be distinct", field="versions")
         if reward not in tuple(RewardKind):
@@ -202,9 +200,9 @@ class Experiments:
         so the bounds on its arms hold for the API, the CLI and prompt files alike)."""
         if len(set(vids)) != len(vids):
             raise InvalidInput("two arms are the same version")
-        too_many = arm_count_problem(len(vids))
-        if too_many:
-            raise InvalidInput(too_many, field="versions")
+        bad_count = arm_count_problem(len(vids))
+        if bad_count:
+            raise InvalidInput(bad_count, field="versions")
         now = self.ctx.now()
         auto = spec.auto_promote if spec.auto_promote is not None else spec.strategy == Strategy.THOMPSON
         exp = ExperimentRow(

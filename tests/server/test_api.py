@@ -216,6 +216,42 @@ def test_more_than_max_arms_is_refused_over_http_as_before(synced):
     assert synced.get("/v1/experiments").json() == before
 
 
+def test_one_arm_is_refused_with_the_shared_message(synced):
+    r = synced.post("/v1/experiments", json={"prompt": "triage", "versions": [1]})
+    assert r.status_code == 422, r.text
+    assert error_of(r)["message"] == "versions: an experiment needs at least two arms, got 1", r.text
+
+
+NON_CANONICAL_IDS = ["%201", "1%20", "+1", "01", "1_0", "%EF%BC%91", "-0", "1.0", "%091"]
+
+
+@pytest.mark.parametrize("spelling", NON_CANONICAL_IDS)
+@pytest.mark.parametrize(
+    "method, template",
+    [
+        ("get", "/v1/experiments/{}"),
+        ("get", "/v1/experiments/{}/history"),
+        ("post", "/v1/experiments/{}/stop"),
+        ("post", "/v1/experiments/{}/promote"),
+        ("get", "/v1/evals/runs/{}"),
+        ("get", "/v1/prompts/triage/versions/{}"),
+    ],
+)
+def test_only_the_canonical_spelling_of_an_id_is_found(synced, method, template, spelling):
+    r = getattr(synced, method)(template.format(spelling))
+    assert r.status_code == 422, r.text
+    error = error_of(r)
+    assert error["code"] == "invalid_input" and "plain ASCII digits" in error["message"], r.text
+    assert synced.get("/v1/experiments/1").json()["status"] == "running"
+
+
+def test_canonical_ids_still_answer(synced):
+    assert synced.get("/v1/experiments/1").status_code == 200
+    assert synced.get("/v1/prompts/triage/versions/1").status_code == 200
+    for path in ("/v1/experiments/0", "/v1/experiments/-1", "/v1/experiments/99999999999999999999999"):
+        assert error_of(synced.get(path))["code"] == "experiment_not_found", path
+
+
 def test_malformed_json_is_422(synced):
     r = synced.post("/v1/feedback", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and error_of(r)["code"] == "invalid_input"

@@ -25,6 +25,7 @@ from promptops.server.dashboard.session import (
     start_session,
 )
 from promptops.server.dashboard.templating import error_page, render
+from promptops.server.schemas import PathInt
 from promptops.services.keys import role_for
 
 router = APIRouter(include_in_schema=False)
@@ -124,7 +125,7 @@ def prompt_page(request: Request, name: str) -> Response:
 
 
 @router.get("/experiments/{experiment_id}")
-def experiment_page(request: Request, experiment_id: int) -> Response:
+def experiment_page(request: Request, experiment_id: PathInt) -> Response:
     """One experiment: arms, charts, stopping rule, audit trail."""
     return _page(
         request,
@@ -134,7 +135,7 @@ def experiment_page(request: Request, experiment_id: int) -> Response:
 
 
 @router.get("/evals/runs/{run_id}")
-def eval_run_page(request: Request, run_id: int) -> Response:
+def eval_run_page(request: Request, run_id: PathInt) -> Response:
     """One eval run: each version's pass rate, and two versions side by side per case."""
     if positive_id(run_id) is None:
         raise EvalRunNotFound(run_id)
@@ -183,7 +184,7 @@ async def move_production(request: Request, name: str) -> Response:
 
 
 @router.post("/experiments/{experiment_id}/promote")
-async def promote(request: Request, experiment_id: int) -> Response:
+async def promote(request: Request, experiment_id: PathInt) -> Response:
     """End the experiment and move production to a chosen arm (the leader by default); admin."""
 
     def act(who: Principal, form: Any) -> str:
@@ -196,7 +197,7 @@ async def promote(request: Request, experiment_id: int) -> Response:
 
 
 @router.post("/experiments/{experiment_id}/stop")
-async def stop(request: Request, experiment_id: int) -> Response:
+async def stop(request: Request, experiment_id: PathInt) -> Response:
     """Stop the experiment; production stays; admin."""
 
     def act(who: Principal, form: Any) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from promptops.server.schemas.common import (
     TEXT_PROBLEM,
     MetricName,
+    PathInt,
     Strict,
     bad_text,
     examples,
@@ -58,6 +59,7 @@ from promptops.server.schemas.serving import (
 
 __all__ = [
     "ArmPublic",
+    "PathInt",
     "AuditEntryPublic",
     "AuditPublic",
     "ERROR_MEANINGS",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, model_validator
 
 from promptops.domain import metric_name_problem, text_problem
 
@@ -65,6 +66,25 @@ def _metric_name(name: str) -> str:
 
 MetricName = Annotated[str, AfterValidator(_metric_name)]
 """A metric name, by the rule of `domain.metric_name_problem`."""
+
+
+_CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*", re.ASCII)
+CANONICAL_INT_RULE = "must be an integer in plain ASCII digits (no '+', spaces, '_' or leading zeros)"
+
+
+def _canonical_int(value: Any) -> Any:
+    # Python's int() (and pydantic's lax mode) also reads " 1", "+1", "01", "1_0" and "１": each
+    # would name the same row under several URLs, so only the one canonical spelling is an id.
+    if isinstance(value, str):
+        if not _CANONICAL_INT.fullmatch(value):
+            raise ValueError(CANONICAL_INT_RULE)
+        return int(value)
+    return value
+
+
+PathInt = Annotated[int, BeforeValidator(_canonical_int)]
+"""An integer path parameter (an experiment, eval run or version number): only its canonical
+spelling is accepted; any other is a 422 `invalid_input`, like a non-number."""
 
 
 class Strict(BaseModel):

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from promptops.domain import MAX_ARMS, ExperimentStatus, MissingFeedback, RewardKind, Strategy
+from promptops.domain import (
+    MAX_ARMS,
+    ExperimentStatus,
+    MissingFeedback,
+    RewardKind,
+    Strategy,
+    arm_count_problem,
+)
 from promptops.server.schemas.common import MetricName, Strict, examples
 from promptops.server.schemas.glossary import View
+
+
+def _arm_count(versions: list[int]) -> list[int]:
+    problem = arm_count_problem(len(versions))
+    if problem:
+        raise ValueError(problem)
+    return versions
 
 
 class ExperimentCreate(Strict):
@@ -17,8 +31,10 @@ class ExperimentCreate(Strict):
     model_config = examples({"prompt": "support-triage", "versions": [1, 2], "metric": "resolved"})
 
     prompt: str = Field(min_length=1, max_length=64, description="The prompt's name.")
-    versions: list[int] = Field(
-        min_length=2, max_length=MAX_ARMS, description="Two or more versions; the first is the control."
+    # The bounds come from `arm_count_problem`, so the API words them as prompt files do.
+    versions: Annotated[list[int], AfterValidator(_arm_count)] = Field(
+        description=f"Two to {MAX_ARMS} versions; the first is the control.",
+        json_schema_extra={"minItems": 2, "maxItems": MAX_ARMS},
     )
     metric: MetricName = Field(default="reward", description="The primary metric, named by feedback.")
     reward: RewardKind = Field(default=RewardKind.BINARY, description="0/1 rewards, or rewards in [0, 1].")
