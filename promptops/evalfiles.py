@@ -35,7 +35,7 @@ import yaml
 
 from .assertions import Assertion, Case
 from .assertionschema import parse_assertion, template_fields
-from .domain import PromptDefinition, VariableSpec, content_hash
+from .domain import PromptDefinition, VariableSpec, content_hash, text_problem
 from .errors import FileProblem, InvalidEvalFile, InvalidPromptFile
 from .promptfiles import NAME_PATTERN, discover, load_named, load_prompt_file, load_prompt_files
 from .rendering import value_problem
@@ -226,6 +226,10 @@ class EvalChecker(NodeReader):
         """The cases of a JSONL dataset; None after reporting where it cannot be read."""
         path = Path(self.path).parent / relative
         shown = str(path)
+        outside = self.outside_folder(relative)
+        if outside:
+            self.err(node, f"dataset: {relative!r} {outside}")
+            return None
         try:
             info = os.stat(path)
             if not stat.S_ISREG(info.st_mode):
@@ -281,6 +285,24 @@ class EvalChecker(NodeReader):
         if not cases and not any(p.path == shown for p in self.problems):
             self.err(node, f"dataset: {relative!r} has no cases")
         return cases, sources, raws
+
+    def outside_folder(self, relative: str) -> str | None:
+        """Why the dataset path leaves the eval file's folder (absolute, `..`, or a symlink that
+        resolves outside it), or None: an eval reads its cases from beside it, never from
+        elsewhere on the machine, so `../../etc/passwd` is refused before anything is read."""
+        folder = Path(self.path).parent
+        if text_problem(relative) is not None:
+            return "is not a valid path"
+        if Path(relative).is_absolute() or Path(relative).drive:
+            return f"must be relative to the eval file's folder ({folder}), not absolute"
+        try:
+            base = folder.resolve()
+            target = (folder / relative).resolve()
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, an unreadable folder
+            return "cannot be resolved"
+        if not target.is_relative_to(base):
+            return f"is outside the eval file's folder ({folder})"
+        return None
 
     def inline(self, node: yaml.Node) -> tuple[list[Case], list[CaseSource], list[Any]] | None:
         """The cases of an inline `cases` list; None after reporting."""

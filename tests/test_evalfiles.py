@@ -218,6 +218,53 @@ def test_empty_dataset_and_a_directory_are_problems(tmp_path):
     assert any(":3: dataset: 'folder' is not a file" in p for p in problems(folder))
 
 
+def dataset_outside(tmp_path: Path, dataset: str) -> list[str]:
+    (tmp_path / "secret.jsonl").write_text(json.dumps(CASES[0]) + "\n", encoding="utf-8")
+    return problems(write(tmp_path, EVAL.replace("support-triage.jsonl", dataset)))
+
+
+@pytest.mark.parametrize("dataset", ["../secret.jsonl", "sub/../../secret.jsonl", "../../etc/passwd"])
+def test_a_dataset_above_the_eval_folder_is_refused(tmp_path, dataset):
+    found = dataset_outside(tmp_path, dataset)
+    folder = tmp_path / "evals"
+    assert found == [
+        f"{folder / 'triage.yaml'}:3: dataset: {dataset!r} is outside the eval file's folder ({folder})"
+    ]
+
+
+@pytest.mark.parametrize("dataset", ["/etc/passwd", "SECRET"])
+def test_an_absolute_dataset_path_is_refused(tmp_path, dataset):
+    dataset = str(tmp_path / "secret.jsonl") if dataset == "SECRET" else dataset
+    found = dataset_outside(tmp_path, dataset)
+    folder = tmp_path / "evals"
+    assert found == [
+        f"{folder / 'triage.yaml'}:3: dataset: {dataset!r} must be relative to the eval file's folder "
+        f"({folder}), not absolute"
+    ]
+
+
+def test_a_symlink_leaving_the_eval_folder_is_refused(tmp_path):
+    folder = tmp_path / "evals"
+    folder.mkdir()
+    (folder / "link.jsonl").symlink_to(tmp_path / "secret.jsonl")
+    (folder / "linked").symlink_to(tmp_path)
+    for dataset in ("link.jsonl", "linked/secret.jsonl"):
+        found = dataset_outside(tmp_path, dataset)
+        assert found == [
+            f"{folder / 'triage.yaml'}:3: dataset: {dataset!r} is outside the eval file's folder ({folder})"
+        ]
+
+
+def test_a_dataset_in_a_subfolder_or_linked_inside_is_read(tmp_path):
+    path = write(tmp_path)
+    (path.parent / "data").mkdir()
+    (path.parent / "data" / "cases.jsonl").write_text(json.dumps(CASES[0]) + "\n", encoding="utf-8")
+    (path.parent / "alias.jsonl").symlink_to(path.parent / "support-triage.jsonl")
+    for dataset, count in (("data/cases.jsonl", 1), ("./data/../alias.jsonl", 3)):
+        path.write_text(EVAL.replace("support-triage.jsonl", dataset), encoding="utf-8")
+        assert len(load_eval_file(path).cases) == count
+
+
 def test_cross_checks_duplicates_missing_assertions_and_expected(tmp_path):
     text = "".join(line + "\n" for line in EVAL.splitlines() if not line.startswith(("assert:", "  - ")))
     lines = [
