@@ -26,7 +26,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -564,6 +564,64 @@ def _prompt_definitions(folder: Path) -> dict[str, PromptDefinition]:
     return found
 
 
+def unknown_eval_problem(name: str, known: Collection[str], folder: str | Path) -> str | None:
+    """Why `requires_eval: name` names no eval of a valid evals folder (its eval names are
+    `known`), or None when it is one of them."""
+    if name in known:
+        return None
+    listed = ", ".join(sorted(known)) if known else "none"
+    return f"eval {name!r} is not defined in {folder} (known: {listed})"
+
+
+def _requires_eval_line(d: PromptDefinition) -> int:
+    # The definition keeps the line of its name only; the file is read again for the key's line
+    # (only when there is a problem to report).
+    reader = NodeReader(d.path)
+    root = reader.load_file(d.path, empty="") if d.path and os.path.isfile(d.path) else None
+    for key, value in root.value if isinstance(root, yaml.MappingNode) else ():
+        if key.value == "experiment" and isinstance(value, yaml.MappingNode):
+            for inner, node in value.value:
+                if inner.value == "requires_eval":
+                    return line_of(node)
+    return d.line
+
+
+def requires_eval_problems(
+    prompts: Sequence[PromptDefinition], known: Collection[str] | None, folder: str | Path
+) -> list[FileProblem]:
+    """A `PATH:LINE` problem for each prompt whose experiment requires an eval that the evals
+    folder does not define. `known` is None when that cannot be told (no evals folder, or one
+    with invalid files, whose problems are reported on their own): nothing is reported then."""
+    problems = []
+    for d in prompts:
+        name = d.experiment.requires_eval if d.experiment is not None else None
+        problem = None if name is None or known is None else unknown_eval_problem(name, known, folder)
+        if problem:
+            problems.append(
+                FileProblem(d.path, _requires_eval_line(d), f"experiment.requires_eval: {problem}")
+            )
+    return problems
+
+
+def _known_evals(
+    eval_files: Sequence[str | Path], evals: Sequence[EvalDefinition] | None, evals_dir: Path
+) -> set[str] | None:
+    # The evals a prompt may require: those validated here and those of the evals folder. None
+    # (nothing to check against) when they cannot be read, their problems being reported on
+    # their own, or when there are neither eval files nor an evals folder.
+    if evals is None:
+        return None
+    names = {d.name for d in evals}
+    if any(Path(f) == Path(evals_dir) for f in eval_files):
+        return names
+    if not Path(evals_dir).is_dir():
+        return names if eval_files else None
+    try:
+        return names | {d.name for d in load_eval_files([evals_dir])}
+    except InvalidEvalFile:
+        return None
+
+
 def validate_files(paths: Sequence[str | Path], *, prompts_dir: Path, evals_dir: Path) -> ValidationReport:
     """Check prompt and eval files together, every problem at once (InvalidPromptFile lists them).
 
@@ -571,6 +629,7 @@ def validate_files(paths: Sequence[str | Path], *, prompts_dir: Path, evals_dir:
     file is a prompt file or an eval file by its keys. Eval files are also checked against their
     prompt (from the given files, else from the prompts folder): the prompt exists, the cases'
     variables are declared and of the declared types, and value templates use declared `vars`.
+    A prompt's `requires_eval` must name an eval of the given files or of the evals folder.
     """
     problems: list[FileProblem] = []
     if paths:
@@ -590,11 +649,14 @@ def validate_files(paths: Sequence[str | Path], *, prompts_dir: Path, evals_dir:
         except InvalidPromptFile as exc:
             problems.extend(exc.problems)
     evals: list[EvalDefinition] = []
+    loaded: list[EvalDefinition] | None = evals
     if eval_files:
         try:
-            evals = load_eval_files(eval_files)
+            evals = loaded = load_eval_files(eval_files)
         except InvalidEvalFile as exc:
             problems.extend(exc.problems)
+            loaded = None
+    problems.extend(requires_eval_problems(prompts, _known_evals(eval_files, loaded, evals_dir), evals_dir))
     known = {p.name: p for p in prompts}
     if any(d.prompt not in known for d in evals):
         known = {**_prompt_definitions(prompts_dir), **known}

@@ -479,6 +479,29 @@ def test_a_prompt_file_declaring_more_than_max_arms_is_path_and_line(cli):
     assert r.code == 0 and "experiment 1 started over versions 1, 2" in r.out, r
 
 
+def test_a_prompt_file_requiring_an_unknown_eval_is_path_and_line(cli):
+    evals = cli.dir / "evals"  # the default evals folder, in the working directory
+    evals.mkdir()
+    (evals / "golden.yaml").write_text(
+        "name: golden\nprompt: wide\ncases: [{vars: {}}]\nassert: [{type: contains, value: x}]\n",
+        encoding="utf-8",
+    )
+    text = wide(2, experiment=True) + "  requires_eval: goldne\n"
+    path = add(cli, text, "wide.yaml")
+    line = len(text.splitlines())
+    message = (
+        f"{path}:{line}: experiment.requires_eval: eval 'goldne' is not defined in evals (known: golden)"
+    )
+    r = cli("validate")
+    assert (r.code, r.err.strip()) == (1, message), r
+    r = cli("sync")
+    assert r.code == 1 and message in r.err, r
+    assert cli("versions", "wide").code == 1  # nothing written
+    add(cli, text.replace("goldne", "golden"), "wide.yaml")
+    r = cli("sync")
+    assert r.code == 0 and "experiment 1 created as draft" in r.out, r
+
+
 def test_plan_prints_one_sentence(cli):
     r = cli("plan", "--base-rate", "0.1", "--lift", "0.1", "--decisions-per-hour", "2000", "--runs", "2")
     assert r.code == 0, r

@@ -382,3 +382,51 @@ assert:
         f"{evals / 'support-triage.jsonl'}:2: case 'b': assert[0]: the value template uses vars.x, "
         "which prompt 'support-triage' does not declare",
     ]
+
+
+GATED = """\
+name: support-triage
+model: {name: m}
+variables:
+  ticket: {type: string, required: true}
+messages:
+  - {role: user, content: "{{ ticket }}"}
+variants:
+  terse: {messages: [{role: user, content: "Short: {{ ticket }}"}]}
+experiment:
+  arms: [main, terse]
+  requires_eval: REQUIRED
+"""
+
+
+def gated_project(tmp_path: Path, required: str) -> tuple[Path, Path]:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir(exist_ok=True)
+    prompt = prompts / "triage.yaml"
+    prompt.write_text(GATED.replace("REQUIRED", required), encoding="utf-8")
+    write(tmp_path, EVAL.replace("  - {type: judge", "  # - {type: judge"))
+    return prompts, prompt
+
+
+def test_requires_eval_must_name_an_eval_of_the_evals_folder(tmp_path):
+    prompts, prompt = gated_project(tmp_path, "support-triage-goldne")
+    evals = tmp_path / "evals"
+    for paths in ([], [prompt]):  # the whole project, or only the prompt file
+        with pytest.raises(InvalidPromptFile) as info:
+            validate_files(paths, prompts_dir=prompts, evals_dir=evals)
+        assert [str(p) for p in info.value.problems] == [
+            f"{prompt}:11: experiment.requires_eval: eval 'support-triage-goldne' is not defined in "
+            f"{evals} (known: support-triage-golden)"
+        ]
+    prompt.write_text(GATED.replace("REQUIRED", "support-triage-golden"), encoding="utf-8")
+    assert validate_files([], prompts_dir=prompts, evals_dir=evals).evals == 1
+
+
+def test_requires_eval_is_not_checked_without_evals_or_with_invalid_ones(tmp_path):
+    prompts, prompt = gated_project(tmp_path, "nope")
+    evals = tmp_path / "evals"
+    (evals / "bad.yaml").write_text("name: bad\n", encoding="utf-8")
+    with pytest.raises(InvalidEvalFile) as info:
+        validate_files([], prompts_dir=prompts, evals_dir=evals)
+    assert all("bad.yaml" in str(p) for p in info.value.problems), info.value.problems
+    validate_files([prompt], prompts_dir=prompts, evals_dir=tmp_path / "no-evals")

@@ -28,7 +28,7 @@ from promptops.db.models import (
 )
 from promptops.domain import PRODUCTION
 from promptops.errors import InvalidEvalFile
-from promptops.evalfiles import EvalDefinition, load_eval_files
+from promptops.evalfiles import EvalDefinition, load_eval_files, unknown_eval_problem
 from promptops.stats.evals import PairedComparison, check_gate, pass_rate
 
 
@@ -91,6 +91,21 @@ class EvalCatalog:
                     self._problems = tuple(str(p) for p in exc.problems)
                 self._signature = signature
             return dict(self._definitions), self._problems
+
+    def names(self) -> set[str] | None:
+        """The names of the valid evals; None when they cannot be told: there is no evals folder
+        here (evals may be run from another checkout against the same database), or its files
+        have problems (the eval named may be one of them)."""
+        if not self.folder.is_dir():
+            return None
+        definitions, problems = self.load()
+        return None if problems else set(definitions)
+
+    def unknown(self, name: str) -> str | None:
+        """Why `requires_eval: name` can never pass here (the folder is valid and has no such
+        eval), or None."""
+        known = self.names()
+        return None if known is None else unknown_eval_problem(name, known, self.folder)
 
     def get(self, name: str) -> EvalDefinition | None:
         """The eval of that name, or None."""

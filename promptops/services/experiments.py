@@ -258,9 +258,12 @@ class Experiments:
             self.start_row(s, exp, actor=actor)
         return self.get(experiment_id)
 
-    @staticmethod
-    def require_eval(s: Session, exp: ExperimentRow, eval_name: str, *, auto_start: bool) -> None:
-        """Hold the experiment until its arms pass an eval; `auto_start`: start it when they do."""
+    def require_eval(self, s: Session, exp: ExperimentRow, eval_name: str, *, auto_start: bool) -> None:
+        """Hold the experiment until its arms pass an eval; `auto_start`: start it when they do.
+        An eval the evals folder does not define is refused: the draft would wait for ever."""
+        unknown = self.catalog.unknown(eval_name)
+        if unknown:
+            raise InvalidInput(f"requires_eval: {unknown}", field="requires_eval")
         s.add(ExperimentGateRow(experiment_id=exp.id, eval_name=eval_name, auto_start=auto_start))
         s.flush()
 

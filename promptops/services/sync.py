@@ -20,6 +20,8 @@ from promptops.domain import (
     PromptDefinition,
     content_hash,
 )
+from promptops.errors import InvalidPromptFile
+from promptops.evalfiles import requires_eval_problems
 from promptops.services.context import Context
 from promptops.services.experiments import Experiments
 from promptops.services.provenance import git_info
@@ -51,6 +53,10 @@ class Sync:
     def sync(self, paths: Sequence[str | Path], *, dry_run: bool = False, actor: str = "sync") -> SyncReport:
         """Register new versions and declared experiments from prompt files; all or nothing."""
         definitions = promptfiles.load_prompt_files(paths)  # raises before anything is written
+        catalog = self.experiments.catalog
+        unknown = requires_eval_problems(definitions, catalog.names(), catalog.folder)
+        if unknown:
+            raise InvalidPromptFile(unknown)
         report = SyncReport(dry_run=dry_run, prompts=len(definitions))
         session = self.ctx.sessions()
         try:

@@ -89,6 +89,21 @@ def test_experiment_created_with_requires_eval_waits_as_a_draft(synced, ops):
     assert r.status_code == 422
 
 
+def test_experiment_requiring_an_unknown_eval_is_a_422(synced, settings):
+    r = synced.post(
+        "/v1/experiments", json={"prompt": "echo", "versions": [1, 4], "requires_eval": "echo-goldne"}
+    )
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error == {
+        "code": "invalid_input",
+        "message": f"requires_eval: eval 'echo-goldne' is not defined in {settings.evals_dir} "
+        "(known: echo-golden)",
+        "field": "requires_eval",
+    }
+    assert synced.get("/v1/experiments", params={"prompt": "echo"}).json()["experiments"] == []
+
+
 def test_openapi_documents_the_eval_routes(synced):
     paths = synced.get("/openapi.json").json()["paths"]
     assert "/v1/evals" in paths and "/v1/evals/runs/{run_id}" in paths

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from promptops.errors import ExperimentStateError
+from promptops.errors import ExperimentStateError, InvalidInput, InvalidPromptFile
 from promptops.services.facade import PromptOps
 from tests.fakeupstream import fake_upstream  # noqa: F401  (a fixture)
 from tests.services.evalproject import write_project
@@ -81,11 +81,75 @@ def test_a_changed_dataset_needs_a_new_run(tmp_path, settings, clock, fake_upstr
         ops.close()
 
 
-def test_an_unknown_eval_blocks_with_a_reason(tmp_path, settings, clock, fake_upstream):  # noqa: F811
+def test_an_unknown_eval_is_refused_and_nothing_is_created(tmp_path, settings, clock, fake_upstream):  # noqa: F811
     ops, _, _ = make(tmp_path, settings, clock, fake_upstream, "")
     try:
-        exp = ops.experiments.create("echo", [1, 4], requires_eval="nope")
+        with pytest.raises(InvalidInput) as info:
+            ops.experiments.create("echo", [1, 4], requires_eval="echo-goldne")
+        folder = tmp_path / "evals"
+        assert info.value.message == (
+            f"requires_eval: eval 'echo-goldne' is not defined in {folder} (known: echo-golden)"
+        )
+        assert info.value.field == "requires_eval"
+        assert ops.experiments.list_experiments(prompt="echo") == []
+    finally:
+        ops.close()
+
+
+def test_an_eval_removed_after_creation_blocks_with_a_reason(tmp_path, settings, clock, fake_upstream):  # noqa: F811
+    ops, _, paths = make(tmp_path, settings, clock, fake_upstream, "")
+    try:
+        exp = ops.experiments.create("echo", [1, 4], requires_eval="echo-golden")
+        (paths["evals"] / "echo.yaml").unlink()
+        exp = ops.experiments.get(exp.id)
         assert exp.status == "draft"
-        assert "eval 'nope' is not defined" in exp.gate.reasons[0]
+        assert "eval 'echo-golden' is not defined" in exp.gate.reasons[0]
+    finally:
+        ops.close()
+
+
+def test_without_a_valid_evals_folder_the_name_cannot_be_told_and_is_kept(
+    tmp_path,
+    settings,
+    clock,
+    fake_upstream,  # noqa: F811
+):
+    # No evals folder here (evals may run from another checkout), or one whose files have
+    # problems (the eval named may be among them): the draft is created and says why it waits.
+    ops, _, paths = make(tmp_path, settings, clock, fake_upstream, "")
+    try:
+        (paths["evals"] / "other.yaml").write_text("name: other\n", encoding="utf-8")
+        exp = ops.experiments.create("echo", [1, 4], requires_eval="nope")
+        assert exp.status == "draft" and "is invalid" in exp.gate.reasons[0]
+        ops.experiments.stop(exp.id)
+        for f in paths["evals"].iterdir():
+            f.unlink()
+        paths["evals"].rmdir()
+        exp = ops.experiments.create("echo", [1, 4], requires_eval="nope")
+        assert exp.status == "draft" and "is not defined" in exp.gate.reasons[0]
+    finally:
+        ops.close()
+
+
+def test_sync_refuses_a_prompt_file_requiring_an_unknown_eval(tmp_path, settings, clock, fake_upstream):  # noqa: F811
+    paths = write_project(
+        tmp_path,
+        fake_upstream,
+        experiment="experiment:\n  arms: [main, polite]\n  requires_eval: echo-goldne\n",
+    )
+    ops = PromptOps(
+        replace(
+            settings, prompts_dir=paths["prompts"], evals_dir=paths["evals"], config_path=paths["config"]
+        ),
+        clock=clock,
+    )
+    try:
+        with pytest.raises(InvalidPromptFile) as info:
+            ops.sync()
+        assert [str(p) for p in info.value.problems] == [
+            f"{paths['prompts'] / 'echo.yaml'}:17: experiment.requires_eval: eval 'echo-goldne' is not "
+            f"defined in {paths['evals']} (known: echo-golden)"
+        ]
+        assert ops.registry.list_prompts() == []  # nothing written
     finally:
         ops.close()
