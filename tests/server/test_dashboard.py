@@ -170,6 +170,15 @@ def test_unknown_pages_answer_an_html_error_page(client, synced):
     assert client.get("/experiments/424242", headers=HTML).status_code == 404
 
 
+@pytest.mark.parametrize(
+    "path", ["/experiments/01", "/experiments/+1", "/evals/runs/%201", "/experiments/1_0"]
+)
+def test_only_the_canonical_spelling_of_a_page_id_is_found(client, synced, path):
+    r = client.get(path, headers=HTML)
+    assert r.status_code == 422 and r.template.name == "error.html", r.text
+    assert client.get("/experiments/1", headers=HTML).status_code == 200
+
+
 def test_experiment_page_shows_arms_charts_and_the_stopping_rule(client, busy):
     r = client.get(f"/experiments/{busy.id}", headers=HTML)
     assert r.status_code == 200
