@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from starlette.responses import Response
 from promptops import errors as e
 from promptops.domain import text_problem
 from promptops.server import metrics
-from promptops.server.auth import bearer_principal
+from promptops.server.auth import principal_of
 from promptops.server.errors import INTERNAL_ERROR, promptops_error_body, status_for
 from promptops.server.metrics import answer_body_timeout, answer_too_large, declared_too_large, receive_within
 from promptops.server.schemas.errors import ERROR_MEANINGS, error_responses
@@ -53,6 +53,32 @@ _OPENAI_TYPES = {
 }
 
 
+Headers = Mapping[str, str]
+"""What the handlers read of a request's headers, by lower-case name: starlette's `Headers`, or
+the few that `GatewayPath` picked out of the ASGI scope."""
+
+
+class JSONAnswer(Response):
+    """A JSON response, its head built directly: the same head as starlette's
+    `Response(body, status, media_type="application/json", headers=...)` (given headers
+    lower-cased, then content-length and content-type), without its generic header handling."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status_code: int = 200, headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = body
+        raw = (
+            [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+            if headers
+            else []
+        )
+        raw.append((b"content-length", b"%d" % len(body)))
+        raw.append((b"content-type", b"application/json"))
+        self.raw_headers = raw
+
+
 def openai_error(exc: e.PromptOpsError) -> Response:
     """A promptops error in OpenAI's shape `{"error": {message, type, param, code}}`."""
     status = status_for(exc)
@@ -66,14 +92,14 @@ def openai_error(exc: e.PromptOpsError) -> Response:
         }
     }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+    return JSONAnswer(orjson.dumps(body), status, headers)
 
 
-def cache_directive(request: Request, body_value: Any) -> str | None:
+def cache_directive(headers: Headers, body_value: Any) -> str | None:
     """ "refresh", "bypass" or None from the body's `cache` or the Cache-Control header."""
     if body_value is not None:
         return check_cache(body_value)
-    header = request.headers.get("cache-control", "").lower()
+    header = headers.get("cache-control", "").lower()
     directives = {d.strip().split("=")[0] for d in header.split(",")}
     if "no-store" in directives:
         return "bypass"
@@ -82,9 +108,9 @@ def cache_directive(request: Request, body_value: Any) -> str | None:
     return None
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+def _json_body(raw: bytes) -> dict[str, Any]:
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise e.InvalidInput(
             f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
@@ -118,7 +144,7 @@ def _flag(value: Any, field: str) -> bool:
     return bool(value)
 
 
-def chat_request(request: Request, body: dict[str, Any]) -> tuple[CompletionRequest, bool]:
+def chat_request(headers: Headers, body: dict[str, Any]) -> tuple[CompletionRequest, bool]:
     """The gateway request of a chat.completions body, and whether it streams."""
     model = body.get("model")
     if not isinstance(model, str):
@@ -138,7 +164,7 @@ def chat_request(request: Request, body: dict[str, Any]) -> tuple[CompletionRequ
         variables=_variables(body.get("variables")),
         unit_id=_unit(body.get("user"), "user"),
         messages=check_messages(body.get("messages")),
-        cache=cache_directive(request, body.get("cache")),
+        cache=cache_directive(headers, body.get("cache")),
         version=version,
         label=label,
         extra={k: v for k, v in body.items() if k not in _OWN},
@@ -162,10 +188,16 @@ class SSEResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(self, stream: CompletionStream, headers: dict[str, str]) -> None:
-        super().__init__(
-            content=None, headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-        )
-        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        # starlette's head for these headers and media type, less its content-length.
+        self.status_code = 200
+        self.background = None
+        self.body = b""
+        self.raw_headers = [
+            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+        ]
         self.stream = stream
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -213,28 +245,34 @@ _GATEWAY_ERRORS = (401, 403, 404, 413, 422, 429, 502, 503, 504)
 )
 async def chat_completions(request: Request) -> Response:
     """OpenAI-compatible chat completions; `model` is `promptops/NAME[@LABEL|@vN]`."""
-    rt = request.app.state.runtime
+    return await answer_chat(request.app.state.runtime, request.headers, await request.body())
+
+
+@router.post("/v1/prompts/{name}/complete", tags=["gateway"], responses=error_responses(*_GATEWAY_ERRORS))
+async def complete(name: str, request: Request) -> Response:
+    """Call the model of a prompt (an arm if an experiment runs); records the decision and call."""
+    return await answer_complete(request.app.state.runtime, name, request.headers, await request.body())
+
+
+async def answer_chat(rt: Any, headers: Headers, raw: bytes) -> Response:
+    """The answer to a chat.completions request (the route's, and `GatewayPath`'s)."""
     try:
-        bearer_principal(request)
-        req, stream = chat_request(request, await _json_body(request))
+        principal_of(rt, headers.get("authorization", ""))
+        req, stream = chat_request(headers, _json_body(raw))
         if stream:
             opened = await rt.gateway.open_stream(req)
             return SSEResponse(opened, _headers(opened))
         completion = await rt.gateway.complete(req)
     except e.PromptOpsError as exc:
         return openai_error(exc)
-    return Response(
-        orjson.dumps(completion.openai()), media_type="application/json", headers=_headers(completion)
-    )
+    return JSONAnswer(orjson.dumps(completion.openai()), 200, _headers(completion))
 
 
-@router.post("/v1/prompts/{name}/complete", tags=["gateway"], responses=error_responses(*_GATEWAY_ERRORS))
-async def complete(name: str, request: Request) -> Response:
-    """Call the model of a prompt (an arm if an experiment runs); records the decision and call."""
-    rt = request.app.state.runtime
+async def answer_complete(rt: Any, name: str, headers: Headers, raw: bytes) -> Response:
+    """The answer to `POST /v1/prompts/{name}/complete` (the route's, and `GatewayPath`'s)."""
     try:
-        bearer_principal(request)
-        body = await _json_body(request)
+        principal_of(rt, headers.get("authorization", ""))
+        body = _json_body(raw)
         unknown = set(body) - {"unit_id", "variables", "messages", "cache"}
         if unknown:
             raise e.InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -243,20 +281,15 @@ async def complete(name: str, request: Request) -> Response:
             variables=_variables(body.get("variables")),
             unit_id=_unit(body.get("unit_id"), "unit_id"),
             messages=check_messages(body.get("messages")),
-            cache=cache_directive(request, body.get("cache")),
+            cache=cache_directive(headers, body.get("cache")),
         )
         completion = await rt.gateway.complete(req)
     except e.PromptOpsError as exc:
         status, content = promptops_error_body(exc)
-        return Response(
-            orjson.dumps(content),
-            status_code=status,
-            media_type="application/json",
-            headers={"WWW-Authenticate": "Bearer"} if status == 401 else None,
+        return JSONAnswer(
+            orjson.dumps(content), status, {"WWW-Authenticate": "Bearer"} if status == 401 else None
         )
-    return Response(
-        orjson.dumps(completion.payload()), media_type="application/json", headers=_headers(completion)
-    )
+    return JSONAnswer(orjson.dumps(completion.payload()), 200, _headers(completion))
 
 
 class GatewayPath:
@@ -311,33 +344,37 @@ class GatewayPath:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        status = [500]
-
-        async def sending(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        request = Request(scope, replay)
-        request.scope["app"] = self.rt.app
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        # The headers the handlers read, first value of each (as starlette's Headers.get).
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            if key in _READ_HEADERS:
+                headers.setdefault(key.decode("latin-1"), value.decode("latin-1"))
         try:
             if name is None:
-                response = await chat_completions(request)
+                response = await answer_chat(self.rt, headers, body)
             else:
-                response = await complete(name, request)
+                response = await answer_complete(self.rt, name, headers, body)
         except Exception:
             # As FastAPI's handler of unexpected errors does: log, answer 500 in the route's shape.
             log.exception("unexpected error")
             internal = _OPENAI_INTERNAL if name is None else INTERNAL_ERROR
-            response = Response(orjson.dumps(internal), status_code=500, media_type="application/json")
-        sse = isinstance(response, SSEResponse)
-        await response(scope, receive if sse else replay, sending)
-        self._observe(route, status[0], start)
+            response = JSONAnswer(orjson.dumps(internal), 500)
+        if isinstance(response, SSEResponse):
+            status = [500]
+
+            async def sending(message: MutableMapping[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            await response(scope, receive, sending)
+            code = status[0]
+        else:
+            code = response.status_code
+            await send({"type": "http.response.start", "status": code, "headers": response.raw_headers})
+            await send({"type": "http.response.body", "body": response.body})
+        self._observe(route, code, start)
 
     def _observe(self, route: str, status: int, start: float) -> None:
         key = (route, status)
@@ -347,3 +384,6 @@ class GatewayPath:
                 self.rt.metrics.latency, "POST", route, str(status)
             )
         child.observe(time.perf_counter() - start)
+
+
+_READ_HEADERS = frozenset((b"authorization", b"cache-control"))

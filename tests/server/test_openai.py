@@ -570,3 +570,27 @@ def test_an_answer_with_a_lone_surrogate_is_answered_and_recorded(http, ops, fak
     assert "a\ufffdb" in r.content.decode("utf-8")
     outputs = [c.output["content"] for c in recorded(ops, http, count=2)]
     assert sorted(outputs) == ["a\ufffdb", "a\ufffdb"]
+
+
+def test_gateway_answers_have_starlettes_heads():
+    from starlette.responses import Response
+
+    from promptops.server.openai import JSONAnswer, SSEResponse
+
+    headers = {"x-promptops-decision-id": "d1", "WWW-Authenticate": "Bearer"}
+    for status in (200, 401, 502):
+        ours = JSONAnswer(b'{"a":1}', status, headers)
+        theirs = Response(b'{"a":1}', status_code=status, media_type="application/json", headers=headers)
+        assert (ours.status_code, ours.body, ours.raw_headers) == (
+            theirs.status_code,
+            theirs.body,
+            theirs.raw_headers,
+        )
+    assert JSONAnswer(b"{}").raw_headers == Response(b"{}", media_type="application/json").raw_headers
+    sse = SSEResponse(None, {"x-promptops-cache": "hit"})  # type: ignore[arg-type]
+    reference = Response(
+        None,
+        media_type="text/event-stream",
+        headers={"x-promptops-cache": "hit", "cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+    assert sse.raw_headers == [(k, v) for k, v in reference.raw_headers if k != b"content-length"]
