@@ -88,15 +88,32 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._call_children: dict[tuple[str, str, str, str], list[Any]] = {}
 
     def observe_call(self, row: dict[str, Any]) -> None:
         """Count a recorded gateway call (its row, as the call log stores it)."""
         provider, model, status = row["provider"], row["model"], row["status"]
-        self.child(self.calls, provider, model, status, row["cache"]).inc()
-        self.child(self.call_latency, provider, model).observe(row["latency_ms"] / 1000.0)
+        key = (provider, model, status, row["cache"])
+        # The children of one kind of call, found once (a series appears in /metrics only once
+        # its child exists, so the token and cost children are still made on first use).
+        kids = self._call_children.get(key)
+        if kids is None:
+            kids = self._call_children[key] = [
+                self.child(self.calls, *key),
+                self.child(self.call_latency, provider, model),
+                None,
+            ]
+        kids[0].inc()
+        kids[1].observe(row["latency_ms"] / 1000.0)
         if row["prompt_tokens"] is not None:
-            self.child(self.tokens, provider, model, "prompt").inc(row["prompt_tokens"])
-            self.child(self.tokens, provider, model, "completion").inc(row["completion_tokens"] or 0)
+            tokens = kids[2]
+            if tokens is None:
+                tokens = kids[2] = (
+                    self.child(self.tokens, provider, model, "prompt"),
+                    self.child(self.tokens, provider, model, "completion"),
+                )
+            tokens[0].inc(row["prompt_tokens"])
+            tokens[1].inc(row["completion_tokens"] or 0)
         if row["cost_usd"]:
             self.child(self.cost, provider, model).inc(row["cost_usd"])
         if status in ("error", "timeout", "rate_limited"):

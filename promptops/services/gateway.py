@@ -56,6 +56,10 @@ from promptops.services.live import LiveVersion
 from promptops.services.serving import Decision, RenderDeferred, Serving
 
 log = logging.getLogger("promptops.gateway")
+KEY_MEMO_SIZE = 1024
+"""How many cache keys of short renderings a gateway remembers before it starts over."""
+KEY_MEMO_TEXT = 2048
+"""Renderings of this many characters or more are hashed every time (bounds the memo's memory)."""
 
 
 class Gateway:
@@ -79,6 +83,7 @@ class Gateway:
         self.warm_on_promote = 0
         self._pins: dict[tuple[str, int | None, str | None], tuple[int, LiveVersion]] = {}
         self._policies: dict[int, CachePolicy] = {}
+        self._keys: dict[tuple[str, int, tuple[tuple[str, str], ...] | str], str] = {}
 
     @classmethod
     def create(
@@ -206,6 +211,34 @@ class Gateway:
             self.cache.hits += 1
         return entry
 
+    def _cache_key(
+        self, provider: str, req: CompletionRequest, decision: Decision, upstream: ChatRequest
+    ) -> str:
+        """`cache_key` of the upstream request, remembered for short renderings of a version
+        without caller messages or fields: the body is then a function of the version (immutable)
+        and the rendered text, so the canonical JSON and its hash need not be made again."""
+        if req.messages or req.extra:
+            return cache_key(provider, upstream.body)
+        rendered = decision.rendered
+        text: tuple[tuple[str, str], ...] | str
+        if rendered.messages is not None:
+            text = tuple((m.role, m.content) for m in rendered.messages)
+            size = sum(len(c) if type(c) is str else KEY_MEMO_TEXT for _, c in text)
+        elif isinstance(rendered.text, str):
+            text = rendered.text
+            size = len(text)
+        else:
+            return cache_key(provider, upstream.body)
+        if size >= KEY_MEMO_TEXT:
+            return cache_key(provider, upstream.body)
+        memo = (provider, decision.version.id, text)
+        key = self._keys.get(memo)
+        if key is None:
+            if len(self._keys) >= KEY_MEMO_SIZE:
+                self._keys.clear()  # a miss costs one hash: a crude bound is enough
+            key = self._keys[memo] = cache_key(provider, upstream.body)
+        return key
+
     def cache_entry(self, result: CallResult, decision: Decision) -> CacheEntry | None:
         """The cache entry of a successful call (None for a failed one)."""
         if result.status is not CallStatus.OK or result.message is None:
@@ -233,7 +266,7 @@ class Gateway:
             raise problem  # type: ignore[misc]
         mode, policy = self._mode(req, decision)
         provider = self.providers.get(upstream.provider)
-        key = cache_key(provider.name, upstream.body)
+        key = self._cache_key(provider.name, req, decision, upstream)
 
         async def call() -> CacheEntry | None:
             return self.cache_entry(await self.providers.chat(upstream), decision)
@@ -297,7 +330,7 @@ class Gateway:
             raise problem  # type: ignore[misc]
         mode, policy = self._mode(req, decision)
         provider = self.providers.get(upstream.provider)
-        key = cache_key(provider.name, upstream.body)
+        key = self._cache_key(provider.name, req, decision, upstream)
 
         async def call() -> CacheEntry | None:
             plain = ChatRequest(

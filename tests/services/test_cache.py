@@ -336,3 +336,29 @@ def test_the_redis_tier_is_shared(make, fake_upstream):
     out = run(second, second.complete(ask()))
     assert str(out.cache) == "hit" and fake_upstream.count == 1
     assert second.cache.stats().by_prompt == {"ask": 1}
+
+
+def test_remembered_keys_are_the_keys_of_the_upstream_bodies(make, fake_upstream):
+    gw = make()
+
+    async def go() -> list[tuple[str, str]]:
+        keys = []
+        for req in (
+            ask("why?"),
+            ask("why?"),  # remembered
+            ask("how?"),
+            ask("why?", messages=[{"role": "user", "content": "more"}]),  # caller messages: hashed
+            CompletionRequest(name="cached", variables={"question": "why?"}, unit_id="u1"),
+        ):
+            decision, upstream, _ = await gw._prepare(req, stream=False)
+            assert upstream is not None
+            provider = gw.providers.get(upstream.provider).name
+            keys.append(
+                (gw._cache_key(provider, req, decision, upstream), cache_key(provider, upstream.body))
+            )
+        return keys
+
+    keys = run(gw, go())
+    assert all(remembered == computed for remembered, computed in keys)
+    assert keys[0][0] == keys[1][0] and len({k for k, _ in keys}) == 4
+    assert len(gw._keys) == 3  # the call with caller messages was not remembered
