@@ -243,27 +243,37 @@ def parse_event(raw: bytes) -> StreamEvent | None:
 
     An `error` object in the stream (some servers report failures that way) raises WireError.
     """
-    lines = [line[5:].lstrip(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")]
-    if not lines:
-        return None
-    payload = b"\n".join(lines).strip()
+    if raw.startswith(b"data:") and raw.find(b"\n") == len(raw) - 2:
+        # The usual event, one data line and its blank line: what the general case below gives.
+        payload = raw[5:-2].lstrip(b" ").strip()
+    else:
+        lines = [line[5:].lstrip(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")]
+        if not lines:
+            return None
+        payload = b"\n".join(lines).strip()
     if payload == b"[DONE]":
         return StreamEvent(raw=raw, done=True)
     data = _load(payload)
-    if not isinstance(data, Mapping):
+    # `type(...) is dict` first: orjson gives dicts, and an ABC's isinstance is slow per event.
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise WireError("a stream chunk is not a JSON object")
     if "error" in data:
         raise WireError("the provider reported an error in the stream")
     choices = data.get("choices")
-    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else {}
+    first = (
+        choices[0]
+        if type(choices) is list and choices and (type(choices[0]) is dict or isinstance(choices[0], Mapping))
+        else {}
+    )
     delta = first.get("delta")
     reason = first.get("finish_reason")
+    usage = data.get("usage")
     return StreamEvent(
         raw=raw,
         data=data,
-        delta=delta if isinstance(delta, Mapping) else None,
+        delta=delta if type(delta) is dict or isinstance(delta, Mapping) else None,
         finish_reason=reason if isinstance(reason, str) else None,
-        usage=parse_usage(data.get("usage")),
+        usage=None if usage is None else parse_usage(usage),
     )
 
 
