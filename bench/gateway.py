@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -72,12 +73,27 @@ def start_promptops(workdir: Path, upstream: int, port: int) -> subprocess.Popen
     proc = subprocess.Popen([str(exe), "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        if proc.poll() is not None:  # it could not start (the port taken, say): never load another
+            raise SystemExit(f"promptops exited with {proc.returncode} before answering")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
                 return proc
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise SystemExit("promptops did not start")
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free TCP ports on loopback, from the kernel."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 LITELLM_VENV = Path(__file__).resolve().parent / ".litellm-venv"
@@ -124,7 +140,7 @@ def start_litellm(workdir: Path, upstream: int, port: int) -> subprocess.Popen[b
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health/liveliness").status_code == 200:
                 return proc
@@ -140,7 +156,11 @@ async def load(
 ) -> tuple[float, float]:
     """(p50 ms, requests per second) of `requests` POSTs, `concurrency` at a time."""
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # Idle connections are dropped well before the servers' own 5 s keep-alive timeout: at equal
+    # timeouts a request can leave on a connection the server is closing (a ReadError).
+    limits = httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
 
         async def one() -> None:
@@ -175,12 +195,14 @@ def main() -> None:
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
     args = parser.parse_args()
     fake, upstream = start_fake()
-    port = 18700 + os.getpid() % 200
+    # Ports from the kernel: ports derived from the process id could be another benchmark's on a
+    # shared machine, whose server then answered (and went away) in the middle of the loads.
+    port, proxy_port = free_ports(2)
     with tempfile.TemporaryDirectory() as tmp:
         server = start_promptops(Path(tmp), upstream, port)
-        litellm = None if args.no_litellm else start_litellm(Path(tmp), upstream, port + 1)
+        litellm = None if args.no_litellm else start_litellm(Path(tmp), upstream, proxy_port)
         try:
-            run(upstream, port, args.requests, port + 1 if litellm else None, server.pid)
+            run(upstream, port, args.requests, proxy_port if litellm else None, server.pid)
         finally:
             for proc in (server, litellm):
                 if proc is not None:
