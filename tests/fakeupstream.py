@@ -143,7 +143,7 @@ class FakeUpstream:
 
         self._thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
         self._thread.start()
-        ready.wait(10)
+        ready.wait(60)
         return self
 
     def stop(self) -> None:

@@ -366,7 +366,7 @@ def test_a_slow_template_renders_off_the_event_loop(ops, prompts_dir, app, monke
             if inline:  # a slow render runs out of the inline budget on the event loop ...
                 raise RenderTooSlow("the template needs more than the inline budget")
             started.set()  # ... and is finished in a worker thread, held until the other serve
-            seen["released"] = released.wait(10)  # has been answered
+            seen["released"] = released.wait(60)  # has been answered
         return render(prepared, variables, prompt=prompt, inline=inline, **kw)
 
     monkeypatch.setattr(PreparedContent, "render", held_render)

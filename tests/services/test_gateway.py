@@ -291,7 +291,7 @@ def test_a_caller_that_leaves_cancels_the_upstream(make, ops, fake_upstream):
         await stream.aclose()
 
     run(gw, go())
-    assert fake_upstream.left.wait(5)
+    assert fake_upstream.left.wait(60)
     [call] = calls(ops)
     assert call.status == "cancelled"
 
