@@ -41,7 +41,7 @@ class CompletionStream:
         gateway: Gateway,
         req: CompletionRequest,
         decision: Decision,
-        upstream: ChatRequest,
+        upstream: ChatRequest | None,  # None for a hit answered without building it
         key: str,
         start: float,
         cache: CacheResult,
@@ -100,6 +100,7 @@ class CompletionStream:
         # Events that arrived together leave together: one write to the caller, not one each.
         out: list[bytes] = []
         usage_sent = False
+        assert self.upstream is not None
         model = self.upstream.model
         try:
             async for event in chat:

@@ -83,7 +83,7 @@ class Gateway:
         self.warm_on_promote = 0
         self._pins: dict[tuple[str, int | None, str | None], tuple[int, LiveVersion]] = {}
         self._policies: dict[int, CachePolicy] = {}
-        self._keys: dict[tuple[str, int, tuple[tuple[str, str], ...] | str], str] = {}
+        self._keys: dict[tuple[int, tuple[tuple[str, str], ...] | str], str] = {}
 
     @classmethod
     def create(
@@ -137,14 +137,10 @@ class Gateway:
         self._pins[(name, number, label)] = (seq, version)
         return version
 
-    async def _prepare(
-        self, req: CompletionRequest, *, stream: bool
-    ) -> tuple[Decision, ChatRequest | None, PromptOpsError | None]:
-        """Decide and record the decision, then build the upstream request (or the error that
-        prevents it: the decision stays recorded with the failure). Bad input raises before any
-        decision."""
+    async def _decide(self, req: CompletionRequest) -> Decision:
+        """Decide and record the decision. Bad input raises before any decision."""
         check_cache(req.cache)
-        caller = check_messages(req.messages)
+        check_messages(req.messages)
         check_openai_fields(req.extra)
         pin = (
             self._pinned(req.name, req.version, req.label)
@@ -159,6 +155,13 @@ class Gateway:
         except RenderDeferred as slow:  # a template that needs more than the inline budget
             decision = await asyncio.to_thread(serving.finish, slow)
         serving.record(decision)
+        return decision
+
+    def _build(
+        self, req: CompletionRequest, decision: Decision, *, stream: bool
+    ) -> tuple[ChatRequest | None, PromptOpsError | None]:
+        """The upstream request of a decision, or the error that prevents it (the decision stays
+        recorded with the failure)."""
         rendered = decision.rendered
         if rendered.messages is not None:
             messages: list[Any] = [{"role": m.role, "content": m.content} for m in rendered.messages]
@@ -166,20 +169,54 @@ class Gateway:
             messages = [{"role": "user", "content": rendered.text}]
         try:
             upstream = build_chat_request(
-                messages + caller, decision.version.content.model, extra=req.extra, stream=stream
+                [*messages, *req.messages],
+                decision.version.content.model,
+                extra=req.extra,
+                stream=stream,
             )
             self.providers.get(upstream.provider)
         except ValueError as exc:
             return (
-                decision,
                 None,
                 ProviderNotConfigured(
                     f"prompt {rendered.prompt!r} version {rendered.version}: {exc}", provider=None
                 ),
             )
         except ProviderNotConfigured as exc:
-            return decision, None, exc
-        return decision, upstream, None
+            return None, exc
+        return upstream, None
+
+    def _upstream(self, req: CompletionRequest, decision: Decision, *, stream: bool) -> ChatRequest:
+        """`_build`'s request, or its error raised (a refresh in the background)."""
+        upstream, problem = self._build(req, decision, stream=stream)
+        if upstream is None:
+            raise problem  # type: ignore[misc]
+        return upstream
+
+    async def _prepare(
+        self, req: CompletionRequest, start: float, *, stream: bool
+    ) -> tuple[Decision, ChatRequest | None, str, CacheResult, CachePolicy]:
+        """Decide and record the decision, then the cache key, mode and policy. The upstream
+        request is built only when the key is not remembered (a remembered key means it was
+        built for this version and rendering before, so it would be built again): a cache hit
+        then never builds it. A request that cannot be built is recorded as a failure and raises."""
+        decision = await self._decide(req)
+        memo = self._memo(req, decision)
+        key = self._keys.get(memo) if memo is not None else None
+        if key is not None:
+            mode, policy = self._mode(req, decision)
+            return decision, None, key, mode, policy
+        upstream, problem = self._build(req, decision, stream=stream)
+        if problem is not None or upstream is None:
+            self._record_failure(decision, upstream, problem, start, stream=stream)
+            raise problem  # type: ignore[misc]
+        mode, policy = self._mode(req, decision)
+        key = cache_key(self.providers.get(upstream.provider).name, upstream.body)
+        if memo is not None:
+            if len(self._keys) >= KEY_MEMO_SIZE:
+                self._keys.clear()  # a miss costs one hash: a crude bound is enough
+            self._keys[memo] = key
+        return decision, upstream, key, mode, policy
 
     def _mode(self, req: CompletionRequest, decision: Decision) -> tuple[CacheResult, CachePolicy]:
         version = decision.version
@@ -211,14 +248,14 @@ class Gateway:
             self.cache.hits += 1
         return entry
 
-    def _cache_key(
-        self, provider: str, req: CompletionRequest, decision: Decision, upstream: ChatRequest
-    ) -> str:
-        """`cache_key` of the upstream request, remembered for short renderings of a version
-        without caller messages or fields: the body is then a function of the version (immutable)
-        and the rendered text, so the canonical JSON and its hash need not be made again."""
+    def _memo(
+        self, req: CompletionRequest, decision: Decision
+    ) -> tuple[int, tuple[tuple[str, str], ...] | str] | None:
+        """What a remembered cache key is found by: for short renderings without caller messages
+        or fields, the upstream body (and so its key) is a function of the version (immutable, as
+        are the process's providers) and the rendered text; None when it is not."""
         if req.messages or req.extra:
-            return cache_key(provider, upstream.body)
+            return None
         rendered = decision.rendered
         text: tuple[tuple[str, str], ...] | str
         if rendered.messages is not None:
@@ -228,16 +265,10 @@ class Gateway:
             text = rendered.text
             size = len(text)
         else:
-            return cache_key(provider, upstream.body)
+            return None
         if size >= KEY_MEMO_TEXT:
-            return cache_key(provider, upstream.body)
-        memo = (provider, decision.version.id, text)
-        key = self._keys.get(memo)
-        if key is None:
-            if len(self._keys) >= KEY_MEMO_SIZE:
-                self._keys.clear()  # a miss costs one hash: a crude bound is enough
-            key = self._keys[memo] = cache_key(provider, upstream.body)
-        return key
+            return None
+        return (decision.version.id, text)
 
     def cache_entry(self, result: CallResult, decision: Decision) -> CacheEntry | None:
         """The cache entry of a successful call (None for a failed one)."""
@@ -260,16 +291,11 @@ class Gateway:
     async def complete(self, req: CompletionRequest) -> Completion:
         """Call the model for a prompt (or answer from the cache); errors raise after recording."""
         start = time.perf_counter()
-        decision, upstream, problem = await self._prepare(req, stream=False)
-        if problem is not None or upstream is None:
-            self._record_failure(decision, upstream, problem, start, stream=False)
-            raise problem  # type: ignore[misc]
-        mode, policy = self._mode(req, decision)
-        provider = self.providers.get(upstream.provider)
-        key = self._cache_key(provider.name, req, decision, upstream)
+        decision, upstream, key, mode, policy = await self._prepare(req, start, stream=False)
 
         async def call() -> CacheEntry | None:
-            return self.cache_entry(await self.providers.chat(upstream), decision)
+            plain = upstream or self._upstream(req, decision, stream=False)
+            return self.cache_entry(await self.providers.chat(plain), decision)
 
         if mode is CacheResult.MISS:
             entry = await self._lookup(key, policy, call)
@@ -287,6 +313,8 @@ class Gateway:
                 )
                 self.record_call(decision, upstream, key, start, hit=entry, stream=False)
                 return completion
+        if upstream is None:
+            upstream = self._upstream(req, decision, stream=False)
         flight = self.cache.lead(key) if mode is CacheResult.MISS else None
         try:
             result = await self.providers.chat(upstream)
@@ -324,18 +352,13 @@ class Gateway:
         """Start a streaming call: the cache answers, or the provider's stream is open (its
         refusal raises here, before any byte is sent)."""
         start = time.perf_counter()
-        decision, upstream, problem = await self._prepare(req, stream=True)
-        if problem is not None or upstream is None:
-            self._record_failure(decision, upstream, problem, start, stream=True)
-            raise problem  # type: ignore[misc]
-        mode, policy = self._mode(req, decision)
-        provider = self.providers.get(upstream.provider)
-        key = self._cache_key(provider.name, req, decision, upstream)
+        decision, upstream, key, mode, policy = await self._prepare(req, start, stream=True)
 
         async def call() -> CacheEntry | None:
+            streamed = upstream or self._upstream(req, decision, stream=True)
             plain = ChatRequest(
-                upstream.provider,
-                {k: v for k, v in upstream.body.items() if k not in ("stream", "stream_options")},
+                streamed.provider,
+                {k: v for k, v in streamed.body.items() if k not in ("stream", "stream_options")},
             )
             return self.cache_entry(await self.providers.chat(plain), decision)
 
@@ -343,6 +366,8 @@ class Gateway:
             entry = await self._lookup(key, policy, call)
             if entry is not None:
                 return CompletionStream(self, req, decision, upstream, key, start, CacheResult.HIT, hit=entry)
+        if upstream is None:
+            upstream = self._upstream(req, decision, stream=True)
         flight = self.cache.lead(key) if mode is CacheResult.MISS else None
         chat = self.providers.stream(upstream)
         try:
@@ -386,7 +411,7 @@ class Gateway:
     def record_call(
         self,
         decision: Decision,
-        upstream: ChatRequest,
+        upstream: ChatRequest | None,
         key: str,
         start: float,
         *,
@@ -395,7 +420,8 @@ class Gateway:
         mode: CacheResult | None = None,
         hit: CacheEntry | None = None,
     ) -> None:
-        """Record the call of a decision: a cache hit, or the provider's result in `mode`."""
+        """Record the call of a decision: a cache hit, or the provider's result in `mode`
+        (`upstream`, None for a hit answered without building it, is not part of the record)."""
         elapsed = _ms(start)
         if hit is not None:
             self._write(

@@ -211,6 +211,26 @@ def test_stale_entries_are_served_while_one_call_refreshes(make, fake_upstream, 
     assert fake_upstream.count == 2
 
 
+def test_streams_after_a_remembered_key_refresh_and_call_upstream(make, fake_upstream, clock):
+    gw = make()
+
+    async def go() -> list[str]:
+        await gw.complete(ask(name="cached"))  # the key is remembered from here on
+        await gw.cache.drain()
+        clock.advance(hours=1.5)  # past ttl, within stale
+        fake_upstream.reply = Reply(content="fresher")
+        stale = await gw.open_stream(ask(name="cached"))
+        served = [str(stale.cache), *[c.decode() async for c in stale]]
+        await gw.cache.drain()
+        again = await gw.open_stream(ask(name="cached", cache="refresh"))
+        return [*served, str(again.cache), *[c.decode() async for c in again]]
+
+    out = run(gw, go())
+    assert out[0] == "hit" and "echo: why?" in "".join(out)
+    assert out.index("refresh") > 0 and "fresher" in "".join(out[out.index("refresh") :])
+    assert fake_upstream.count == 3  # the first call, the background refresh, the refresh
+
+
 def test_expired_entries_miss(make, fake_upstream, clock):
     gw = make()
 
@@ -350,15 +370,15 @@ def test_remembered_keys_are_the_keys_of_the_upstream_bodies(make, fake_upstream
             ask("why?", messages=[{"role": "user", "content": "more"}]),  # caller messages: hashed
             CompletionRequest(name="cached", variables={"question": "why?"}, unit_id="u1"),
         ):
-            decision, upstream, _ = await gw._prepare(req, stream=False)
-            assert upstream is not None
-            provider = gw.providers.get(upstream.provider).name
-            keys.append(
-                (gw._cache_key(provider, req, decision, upstream), cache_key(provider, upstream.body))
-            )
+            decision, upstream, key, _, _ = await gw._prepare(req, 0.0, stream=False)
+            built.append(upstream is not None)
+            upstream = gw._upstream(req, decision, stream=False)
+            keys.append((key, cache_key(gw.providers.get(upstream.provider).name, upstream.body)))
         return keys
 
+    built: list[bool] = []
     keys = run(gw, go())
     assert all(remembered == computed for remembered, computed in keys)
+    assert built == [True, False, True, True, True]  # a remembered key needs no upstream request
     assert keys[0][0] == keys[1][0] and len({k for k, _ in keys}) == 4
     assert len(gw._keys) == 3  # the call with caller messages was not remembered
