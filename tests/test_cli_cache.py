@@ -14,11 +14,17 @@ fake_upstream = fakeupstream.fake_upstream
 cli = test_cli.cli
 
 
-def test_warm_stats_clear(cli, tmp_path: Path, fake_upstream, monkeypatch):
-    (tmp_path / "prompts" / "ask.yaml").write_text(ASK)
+def synced(cli, tmp_path: Path, fake_upstream, monkeypatch, **prompts: str) -> None:
+    """Write the prompts and a config pointing at the fake upstream, then sync."""
+    for name, text in prompts.items():
+        (tmp_path / "prompts" / f"{name}.yaml").write_text(text)
     (tmp_path / "promptops.yaml").write_text(config(fake_upstream))
     monkeypatch.setenv("PROMPTOPS_CONFIG", str(tmp_path / "promptops.yaml"))
     assert cli("sync").code == 0
+
+
+def test_warm_stats_clear(cli, tmp_path: Path, fake_upstream, monkeypatch):
+    synced(cli, tmp_path, fake_upstream, monkeypatch, ask=ASK)
     data = tmp_path / "warm.jsonl"
     data.write_text("\n".join(json.dumps({"vars": {"question": q}}) for q in "abcab") + "\n")
     r = cli("cache", "warm", "ask", "--dataset", str(data), "--concurrency", "1")
@@ -34,10 +40,7 @@ def test_warm_stats_clear(cli, tmp_path: Path, fake_upstream, monkeypatch):
 
 
 def test_status_shows_gateway_usage(cli, tmp_path: Path, fake_upstream, monkeypatch):
-    (tmp_path / "prompts" / "duel.yaml").write_text(DUEL)
-    (tmp_path / "promptops.yaml").write_text(config(fake_upstream))
-    monkeypatch.setenv("PROMPTOPS_CONFIG", str(tmp_path / "promptops.yaml"))
-    assert cli("sync").code == 0
+    synced(cli, tmp_path, fake_upstream, monkeypatch, duel=DUEL)
     data = tmp_path / "warm.jsonl"
     data.write_text('{"vars": {}}\n')
     assert cli("cache", "warm", "duel", "--dataset", str(data), "--version", "2").code == 0
@@ -50,10 +53,7 @@ def test_status_shows_gateway_usage(cli, tmp_path: Path, fake_upstream, monkeypa
 def test_warm_says_why_calls_failed_one_line_per_reason(cli, tmp_path: Path, fake_upstream, monkeypatch):
     from tests.fakeupstream import Reply
 
-    (tmp_path / "prompts" / "ask.yaml").write_text(ASK)
-    (tmp_path / "promptops.yaml").write_text(config(fake_upstream))
-    monkeypatch.setenv("PROMPTOPS_CONFIG", str(tmp_path / "promptops.yaml"))
-    assert cli("sync").code == 0
+    synced(cli, tmp_path, fake_upstream, monkeypatch, ask=ASK)
     fake_upstream.enqueue(*[Reply(status=400, error="context too long")] * 3)
     data = tmp_path / "warm.jsonl"
     cases = [{"vars": {"question": q}} for q in "abcd"] + [{"vars": {"questoin": "x"}}] * 2
@@ -68,10 +68,7 @@ def test_warm_says_why_calls_failed_one_line_per_reason(cli, tmp_path: Path, fak
 
 
 def test_a_hostile_warm_dataset_is_one_line_with_its_line(cli, tmp_path: Path, fake_upstream, monkeypatch):
-    (tmp_path / "prompts" / "ask.yaml").write_text(ASK)
-    (tmp_path / "promptops.yaml").write_text(config(fake_upstream))
-    monkeypatch.setenv("PROMPTOPS_CONFIG", str(tmp_path / "promptops.yaml"))
-    assert cli("sync").code == 0
+    synced(cli, tmp_path, fake_upstream, monkeypatch, ask=ASK)
     data = tmp_path / "warm.jsonl"
     cases = [
         ('{"vars": ' + "[" * 5000 + "]" * 5000 + "}", ":1: not valid JSON"),
