@@ -172,7 +172,11 @@ def get_version(name: str, number: PathInt, rt: RuntimeDep, _: ReadKey) -> Respo
 
 @router.get("/v1/prompts/{name}/diff", tags=["registry"], responses=error_responses(404, *READ))
 def diff_versions(
-    name: str, rt: RuntimeDep, _: ReadKey, a: Annotated[int, Query(ge=1)], b: Annotated[int, Query(ge=1)]
+    name: str,
+    rt: RuntimeDep,
+    _: ReadKey,
+    a: Annotated[PathInt, Query(ge=1)],
+    b: Annotated[PathInt, Query(ge=1)],
 ) -> Response:
     """A unified diff between two versions."""
     return JSON({"prompt": name, "a": a, "b": b, "diff": rt.ops.registry.diff(name, a, b)})
@@ -287,9 +291,9 @@ def audit(
     rt: RuntimeDep,
     _: ReadKey,
     prompt: str | None = None,
-    experiment_id: Annotated[int | None, Query(ge=-(2**31), le=2**31 - 1)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    experiment_id: Annotated[PathInt | None, Query(ge=-(2**31), le=2**31 - 1)] = None,
+    limit: Annotated[PathInt, Query(ge=1, le=1000)] = 200,
+    offset: Annotated[PathInt, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
     """The audit log, newest first."""
     return JSON(

@@ -245,6 +245,27 @@ def test_only_the_canonical_spelling_of_an_id_is_found(synced, method, template,
     assert synced.get("/v1/experiments/1").json()["status"] == "running"
 
 
+@pytest.mark.parametrize("spelling", NON_CANONICAL_IDS)
+@pytest.mark.parametrize(
+    "template",
+    [
+        "/v1/prompts/triage/diff?a={}&b=2",
+        "/v1/audit?experiment_id={}",
+        "/v1/audit?limit={}",
+        "/v1/audit?offset={}",
+    ],
+)
+def test_integer_query_parameters_take_only_their_canonical_spelling(synced, template, spelling):
+    r = synced.get(template.format(spelling))
+    assert r.status_code == 422, r.text
+    assert "plain ASCII digits" in error_of(r)["message"], r.text
+
+
+def test_canonical_query_parameters_still_answer(synced):
+    assert synced.get("/v1/prompts/triage/diff?a=1&b=2").status_code == 200
+    assert synced.get("/v1/audit?experiment_id=1&limit=5&offset=0").status_code == 200
+
+
 def test_canonical_ids_still_answer(synced):
     assert synced.get("/v1/experiments/1").status_code == 200
     assert synced.get("/v1/prompts/triage/versions/1").status_code == 200

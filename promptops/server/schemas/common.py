@@ -83,8 +83,8 @@ def _canonical_int(value: Any) -> Any:
 
 
 PathInt = Annotated[int, BeforeValidator(_canonical_int)]
-"""An integer path parameter (an experiment, eval run or version number): only its canonical
-spelling is accepted; any other is a 422 `invalid_input`, like a non-number."""
+"""An integer path or query parameter (an experiment, eval run or version number, a limit): only
+its canonical spelling is accepted; any other is a 422 `invalid_input`, like a non-number."""
 
 
 class Strict(BaseModel):
