@@ -206,3 +206,73 @@ def test_adopt_carries_the_response_cache_settings(ops, settings, prompts_dir):
     assert adopted.content.to_dict()["cache"] == {"mode": "exact", "ttl_hours": 5.0}
     assert adopted.variants["other"].to_dict()["cache"] == {"mode": "exact", "ttl_hours": 1.0}
     assert ops.sync().changes == []
+
+
+def test_refuses_unsynced_edits_a_symlink_and_a_read_only_file(ops, settings, triage, tmp_path):
+    promote(ops, "few-shot")
+    original = triage.read_text(encoding="utf-8")
+    # main edited after the sync: adopt would overwrite the edit
+    triage.write_text(original.replace("Answer with one category.", "One category."), encoding="utf-8")
+    with pytest.raises(errors.InvalidInput, match="never synced"):
+        ops.adoption.adopt("triage", folder=settings.prompts_dir)
+    # the promoted variant edited after the sync: adopt would drop it
+    triage.write_text(original.replace("shipping}", "delivery}"), encoding="utf-8")
+    with pytest.raises(errors.InvalidInput, match="variant 'few-shot' has changes"):
+        ops.adoption.adopt("triage", folder=settings.prompts_dir)
+    triage.write_text(original, encoding="utf-8")
+    triage.chmod(0o444)
+    with pytest.raises(errors.InvalidInput, match="read-only"):
+        ops.adoption.adopt("triage", folder=settings.prompts_dir)
+    triage.chmod(0o644)
+    target = tmp_path / "elsewhere.yaml"
+    triage.rename(target)
+    triage.symlink_to(target)
+    with pytest.raises(errors.InvalidInput, match="symbolic link"):
+        ops.adoption.adopt("triage", folder=settings.prompts_dir)
+    assert target.read_text(encoding="utf-8") == original
+    assert triage.is_symlink()
+
+
+def test_adopt_replaces_the_file_whole_and_keeps_crlf_and_mode(ops, settings, triage, monkeypatch):
+    from promptops.services import adoption
+
+    promote(ops, "few-shot")
+    triage.write_bytes(TRIAGE.replace("\n", "\r\n").encode())
+    triage.chmod(0o640)
+    # The file changes between reading and writing: nothing is written, no temporary file left.
+    real = adoption._replace_file
+
+    def racing(path, before, new):  # type: ignore[no-untyped-def]
+        path.write_bytes(path.read_bytes() + b"# edited meanwhile\r\n")
+        real(path, before, new)
+
+    monkeypatch.setattr(adoption, "_replace_file", racing)
+    with pytest.raises(errors.InvalidInput, match="changed while adopting"):
+        ops.adoption.adopt("triage", folder=settings.prompts_dir)
+    assert triage.read_bytes().endswith(b"# edited meanwhile\r\n")
+    assert sorted(p.name for p in triage.parent.iterdir()) == ["triage.yaml"]
+    triage.write_bytes(TRIAGE.replace("\n", "\r\n").encode())
+    monkeypatch.setattr(adoption, "_replace_file", real)
+    ops.adoption.adopt("triage", folder=settings.prompts_dir)
+    raw = triage.read_bytes()
+    assert raw.count(b"\r\n") == raw.count(b"\n")  # every line still ends in CRLF
+    assert b"# cheap and deterministic" in raw
+    assert triage.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in triage.parent.iterdir()) == ["triage.yaml"]
+    ops.sync()
+    assert number_of(ops, "triage", "main") == 1  # no new version: main hashes as production
+
+
+def test_a_write_failure_leaves_the_file_whole(ops, settings, triage, monkeypatch):
+    from promptops.services import adoption
+
+    promote(ops, "few-shot")
+
+    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(adoption.os, "fsync", full)
+    with pytest.raises(errors.InvalidInput, match="cannot write: No space left on device"):
+        ops.adoption.adopt("triage", folder=settings.prompts_dir)
+    assert triage.read_text(encoding="utf-8") == TRIAGE
+    assert sorted(p.name for p in triage.parent.iterdir()) == ["triage.yaml"]

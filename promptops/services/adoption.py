@@ -8,13 +8,16 @@ the experiment block, which has ended, goes away, so the next sync starts nothin
 from __future__ import annotations
 
 import difflib
+import os
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 
 from promptops import promptedit, promptfiles
-from promptops.db.models import ExperimentRow
+from promptops.db.models import ExperimentRow, VersionRow
 from promptops.domain import MAIN_VARIANT, PRODUCTION, ExperimentStatus, PromptDefinition
 from promptops.errors import ExperimentStateError, InvalidInput, InvalidPromptFile
 from promptops.services.context import Context
@@ -51,6 +54,41 @@ def find_prompt_file(name: str, folder: Path) -> PromptDefinition:
     raise InvalidInput(f"no prompt file under {folder} defines {name!r}")
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse a file adopt must not rewrite: a symbolic link (the rewrite would replace the link,
+    not its target) or a file without write permission (even for a user who could override it)."""
+    if path.is_symlink():
+        raise InvalidInput(f"{path}: is a symbolic link; adopt rewrites regular files only")
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise InvalidInput(f"{path}: not a regular file")
+    if not mode & stat.S_IWUSR or not os.access(path, os.W_OK):
+        raise InvalidInput(f"{path}: is read-only; make it writable to adopt")
+
+
+def _replace_file(path: Path, before: str, new: str) -> None:
+    """Write `new` over the file all at once (a temporary file renamed over it, with the same
+    permissions), refusing when the file no longer holds `before`: nothing is ever half-written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(new)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        if path.is_symlink() or path.read_bytes().decode("utf-8", errors="replace") != before:
+            raise InvalidInput(f"{path}: changed while adopting; nothing written, run adopt again")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 class Adoption:
     """Rewrites prompt files to hold their production version in `main`."""
 
@@ -65,6 +103,7 @@ class Adoption:
         with self.ctx.tx() as s:
             prompt = self.registry.prompt_row(s, name)
             running = s.scalar(select(ExperimentRow.id).where(ExperimentRow.running_prompt_id == prompt.id))
+            synced = set(s.scalars(select(VersionRow.content_hash).where(VersionRow.prompt_id == prompt.id)))
         if running is not None:
             raise ExperimentStateError(
                 f"{name}: experiment {running} is still running; adopt after it ends",
@@ -81,9 +120,22 @@ class Adoption:
                 f"{name}: production (version {production.number}) is already "
                 f"the main content of {definition.path}; nothing to adopt"
             )
-        path = Path(definition.path)
-        text = path.read_text(encoding="utf-8")
         variant = production.variant if production.variant != MAIN_VARIANT else None
+        # What adopt replaces must be in the registry: unsynced edits would be lost silently.
+        replaced = [("main", definition.content)]
+        if variant is not None and variant in definition.variants:
+            replaced.append((f"variant {variant!r}", definition.variants[variant]))
+        for part, content in replaced:
+            if content.content_hash() not in synced:
+                raise InvalidInput(
+                    f"{definition.path}: {part} has changes that were never synced and adopt would "
+                    "overwrite them; sync or revert them first"
+                )
+        path = Path(definition.path)
+        _check_writable(path)
+        raw = path.read_bytes().decode("utf-8")
+        crlf = "\r\n" in raw
+        text = raw.replace("\r\n", "\n")
         result = promptedit.adopt_text(
             text, path=definition.path, content=production.content, variant=variant
         )
@@ -96,7 +148,8 @@ class Adoption:
             )
         )
         if not dry_run:
-            path.write_text(result.text, encoding="utf-8")
+            new = result.text.replace("\n", "\r\n") if crlf else result.text
+            _replace_file(path, raw, new)
         return AdoptReport(
             prompt=name,
             path=definition.path,
