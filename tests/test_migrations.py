@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -185,5 +186,48 @@ def test_0007_downgrade_merges_the_call_sums_of_unit_calls(empty_database_url):
             ).all()
         assert [(r[0], r[1], r[2], r[3]) for r in rows] == [(0, 5, 2, 5.0), (1, 4, 1, 4.0)]
         assert [json.loads(r[4]) if isinstance(r[4], str) else r[4] for r in rows] == [[1, 3, 1], [4]]
+    finally:
+        eng.dispose()
+
+
+def test_downgrade_to_base_and_back_with_data(ops, settings, prompts_dir):
+    """Experiments, arms and labels referencing versions do not block dropping the tables (SQLite
+    checks foreign keys on DROP TABLE); the foreign keys are back on afterwards."""
+    from sqlalchemy import text
+
+    (prompts_dir / "p.yaml").write_text(
+        "name: p\ntemplate: a\nvariants:\n  b: {template: b}\nexperiment: {metric: m, arms: [main, b]}\n",
+        encoding="utf-8",
+    )
+    ops.sync()
+    ops.close()
+    eng = db.make_engine(settings.database_url)
+    try:
+        db.downgrade(eng, "0001")
+        db.upgrade(eng)
+        with eng.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM versions")).scalar() == 2
+        db.downgrade(eng, "base")
+        assert set(inspect(eng).get_table_names()) <= {"alembic_version"}
+        db.upgrade(eng)
+        assert not db.needs_migration(eng)
+        if eng.dialect.name == "sqlite":
+            with eng.connect() as conn:
+                assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    finally:
+        eng.dispose()
+
+
+def test_unknown_revision_is_invalid_input(empty_database_url):
+    from promptops.errors import InvalidInput
+
+    eng = db.make_engine(empty_database_url)
+    try:
+        db.upgrade(eng)
+        with pytest.raises(InvalidInput, match="cannot downgrade to 'nonsense'"):
+            db.downgrade(eng, "nonsense")
+        with pytest.raises(InvalidInput, match="cannot upgrade to 'zz'"):
+            db.upgrade(eng, "zz")
+        assert not db.needs_migration(eng)
     finally:
         eng.dispose()

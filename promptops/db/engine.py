@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from promptops.errors import ConfigError, Unavailable
+from promptops.errors import ConfigError, InvalidInput, Unavailable
 
 _migrate_lock = threading.Lock()
 
@@ -145,6 +145,7 @@ def alembic_config(url: str):  # type: ignore[no-untyped-def]
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run Alembic migrations up to `revision` on this engine."""
     from alembic import command
+    from alembic.util import CommandError
 
     with _migrate_lock, engine.begin() as conn:
         if engine.dialect.name == "postgresql":
@@ -153,18 +154,34 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(7201)"))
         cfg = alembic_config(engine.url.render_as_string(hide_password=False))
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        try:
+            command.upgrade(cfg, revision)
+        except CommandError as exc:  # an unknown or unreachable revision
+            raise InvalidInput(f"cannot upgrade to {revision!r}: {exc}") from None
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    """Run Alembic migrations down to `revision` on this engine."""
+    """Run Alembic migrations down to `revision` on this engine (all or nothing). On SQLite the
+    foreign keys are off meanwhile: dropping a table that other rows reference would fail."""
     from alembic import command
+    from alembic.util import CommandError
 
-    with _migrate_lock, engine.begin() as conn:
-        _unbounded(conn)
-        cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
+    with _migrate_lock, engine.connect() as conn:
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:  # a no-op inside a transaction: set before BEGIN, on the driver's connection
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+        try:
+            with conn.begin():
+                _unbounded(conn)
+                cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+                cfg.attributes["connection"] = conn
+                try:
+                    command.downgrade(cfg, revision)
+                except CommandError as exc:  # an unknown or unreachable revision
+                    raise InvalidInput(f"cannot downgrade to {revision!r}: {exc}") from None
+        finally:
+            if sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
 
 
 def needs_migration(engine: Engine) -> bool:
