@@ -8,6 +8,7 @@ tables are never locked for long. Experiment pages and APIs keep working from th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +42,9 @@ class Retention:
 
     def gc(self, *, older_than_days: float, dry_run: bool = False) -> GcReport:
         """Delete raw decisions and feedback of long-ended experiments and old production serves."""
-        if older_than_days < 0:
-            raise InvalidInput("older-than must be zero or more days")
+        if not math.isfinite(older_than_days) or older_than_days < 0:
+            # NaN compared false with everything and deleted nothing, silently
+            raise InvalidInput(f"older-than must be a finite number of days >= 0 (got {older_than_days})")
         cutoff = self.ctx.now() - older_than_days * 86400
         with self.ctx.tx() as s:
             ended = list(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import pytest
 from sqlalchemy import func, select
 
 from promptops.db.models import DecisionRow, FeedbackRow
+from promptops.errors import InvalidInput
 from tests.samples import triage
 
 PROMPT = triage("{min_hours: 0, attribution_window_hours: 0.001, min_update_minutes: 0}")
@@ -71,3 +73,9 @@ def test_a_replayed_feedback_after_gc_is_not_counted_again(ops, prompts_dir, clo
     except DecisionNotFound:
         pass
     assert ops.experiments.get(1).arms == before
+
+
+@pytest.mark.parametrize("days", [-1.0, float("nan"), float("inf"), float("-inf")])
+def test_gc_refuses_a_negative_or_non_finite_age(ops, days):
+    with pytest.raises(InvalidInput, match="older-than must be a finite number of days"):
+        ops.retention.gc(older_than_days=days)
