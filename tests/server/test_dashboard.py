@@ -427,6 +427,15 @@ def test_promote_moves_production_and_records_evidence(client, ops, busy):
     assert again.status_code == 200 and again.context["flash"]["kind"] == "error"
 
 
+def test_promote_with_a_malformed_version_is_refused_not_the_leader(client, ops, busy):
+    path = f"/experiments/{busy.id}"
+    token = csrf(client, path)
+    for version in ("abc", "-1", "0", "1.5", "\uff11"):  # the last is a full-width digit one
+        r = client.post(f"{path}/promote", data={"version": version, "csrf": token})
+        assert r.status_code == 200 and "choose a version" in r.text, (version, r.text)
+    assert ops.experiments.get(busy.id).status == "running"
+
+
 def test_stop_and_rollback(client, ops, busy):
     path = f"/experiments/{busy.id}"
     client.post(f"{path}/stop", data={"csrf": csrf(client, path)})
@@ -442,9 +451,10 @@ def test_stop_and_rollback(client, ops, busy):
 def test_posts_without_a_valid_csrf_token_are_refused(client, ops, busy):
     path = f"/experiments/{busy.id}"
     csrf(client, path)
-    for data in ({}, {"csrf": "forged"}):
-        r = client.post(f"{path}/promote", data=data, headers=HTML)
-        assert r.status_code == 403 and "CSRF" in r.text, r.text
+    for data in ({}, {"csrf": "forged"}, {"csrf": "é"}, {"csrf": "\x00"}):  # non-ASCII: no 500
+        for url in (f"{path}/promote", f"{path}/stop", "/prompts/triage/production", "/login", "/logout"):
+            r = client.post(url, data=data, headers=HTML)
+            assert r.status_code == 403 and "CSRF" in r.text, (url, r.text)
     assert ops.experiments.get(busy.id).status == "running"
 
 

@@ -7,6 +7,7 @@ the decision log, so they stay fast however many decisions an experiment has ser
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -23,13 +24,19 @@ from promptops.stats import check_interval, promotion_threshold
 AUDIT_PAGE = 100
 
 
+_POSITIVE_ID = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
+
+
 def positive_id(value: Any) -> int | None:
-    """A positive id from a form or query value, or None (ids past 2**62 are treated as absent)."""
-    try:
-        number = int(str(value))
-    except (TypeError, ValueError):
+    """A positive id from a form or query value, or None (ids past 2**62 are treated as absent).
+    Only plain ASCII digits count: int() would also read ' 1', '+1', '1_0' and a full-width '１'."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
         return None
-    return number if 0 < number < 2**62 else None
+    if isinstance(value, str):
+        if not _POSITIVE_ID.fullmatch(value):
+            return None
+        value = int(value)
+    return value if 0 < value < 2**62 else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -188,8 +188,13 @@ async def promote(request: Request, experiment_id: PathInt) -> Response:
     """End the experiment and move production to a chosen arm (the leader by default); admin."""
 
     def act(who: Principal, form: Any) -> str:
+        # Empty is "the leader"; anything else must be a version, never read as the leader.
+        raw = str(form.get("version") or "")
+        version = positive_id(raw)
+        if raw and version is None:
+            raise InvalidInput("choose a version", field="version")
         exp = runtime_of(request).ops.experiments.promote(
-            _experiment_id(experiment_id), version=positive_id(form.get("version")), actor=who.actor
+            _experiment_id(experiment_id), version=version, actor=who.actor
         )
         return f"Experiment {experiment_id} promoted version {exp.winner} to production."
 

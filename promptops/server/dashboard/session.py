@@ -56,7 +56,10 @@ def csrf_token(request: Request, csrf_cookie: str | None = None) -> str:
 def csrf_ok(request: Request, form: Any) -> bool:
     """Whether a posted form carries this browser's CSRF token."""
     sent = str(form.get("csrf", ""))
-    return bool(request.cookies.get(CSRF_COOKIE)) and hmac.compare_digest(sent, csrf_token(request))
+    # As bytes: compare_digest raises on a str with non-ASCII characters, which anyone can post.
+    return bool(request.cookies.get(CSRF_COOKIE)) and hmac.compare_digest(
+        sent.encode("utf-8", "surrogatepass"), csrf_token(request).encode()
+    )
 
 
 def _flash_signer(request: Request) -> URLSafeTimedSerializer:
