@@ -42,7 +42,9 @@ def keys_list() -> None:
 def keys_revoke(key_id: int) -> None:
     """Revoke a key by id."""
     service = ops()
-    service.keys.revoke(key_id, actor=actor())
+    if not service.keys.revoke(key_id, actor=actor()):
+        say(f"key {key_id} was already revoked")
+        return
     say(f"key {key_id} revoked")
     if not service.keys.any():
         say(

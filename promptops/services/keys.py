@@ -22,6 +22,8 @@ from promptops.services.registry import write_audit
 from promptops.services.views import KeyView
 
 ROLES = tuple(r.value for r in KeyRole)
+NAME_MAX = 128  # the column's width
+_MAX_ID = 2**63 - 1  # larger ids overflow the INTEGER column instead of matching no key
 AUTH_META = "auth_required"
 ActiveKeys = list[tuple[str, str, str]]  # (hash, role, prefix); `Keys.list` shadows the builtin
 
@@ -41,6 +43,11 @@ class Keys:
         """A new key for the role; the caller must show it now, it cannot be read back."""
         if role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
+        if len(name) > NAME_MAX:
+            raise InvalidInput(f"the key's name is longer than {NAME_MAX} characters", field="name")
+        # Other control characters are stored and removed on display; these cannot be stored.
+        if any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in name):
+            raise InvalidInput("the key's name may not contain NUL or lone surrogates", field="name")
         key = f"po_{role}_{secrets.token_urlsafe(32)}"
         with self.ctx.tx() as s:
             s.add(
@@ -75,12 +82,17 @@ class Keys:
                 for k in s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))
             ]
 
-    def revoke(self, key_id: int, *, actor: str = "cli") -> None:
-        """Revoke a key by id; revoking the last one leaves auth on (nobody gets in)."""
+    def revoke(self, key_id: int, *, actor: str = "cli") -> bool:
+        """Revoke a key by id; revoking the last one leaves auth on (nobody gets in). False when
+        it was already revoked: its revocation time and the audit log stay as they were."""
+        if not 0 < key_id <= _MAX_ID:
+            raise KeyNotFound(key_id)
         with self.ctx.tx() as s:
             row = s.get(ApiKeyRow, key_id)
             if row is None:
                 raise KeyNotFound(key_id)
+            if row.revoked_at is not None:
+                return False
             row.revoked_at = self.ctx.now()
             message = f"key {row.id} ({row.prefix}...) revoked"
             s.flush()
@@ -91,6 +103,7 @@ class Keys:
                 )
             write_audit(s, at=self.ctx.now(), actor=actor, action="key.revoke", message=message)
             bump_change_seq(s)
+        return True
 
     def auth_required(self) -> bool:
         """Whether auth is on even without active keys: a key has existed and auth was not

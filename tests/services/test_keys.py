@@ -53,3 +53,25 @@ def test_auth_off_is_explicit_and_needs_no_active_key(ops):
 def test_revoking_an_unknown_key(ops):
     with pytest.raises(KeyNotFound, match="no key with id 999"):
         ops.keys.revoke(999)
+    for key_id in (0, -1, 2**63, 10**30):  # past the INTEGER column: not an OverflowError
+        with pytest.raises(KeyNotFound):
+            ops.keys.revoke(key_id)
+
+
+def test_revoking_twice_keeps_the_first_revocation(ops, clock):
+    ops.keys.create("admin")
+    key = ops.keys.list_keys()[0]
+    assert ops.keys.revoke(key.id) is True
+    first = ops.keys.list_keys()[0].revoked_at
+    entries = len(ops.registry.audit())
+    clock.advance(60)
+    assert ops.keys.revoke(key.id) is False
+    assert ops.keys.list_keys()[0].revoked_at == first
+    assert len(ops.registry.audit()) == entries
+
+
+@pytest.mark.parametrize("name", ["x" * 129, "a\x00b", "\ud800"])
+def test_a_key_name_must_be_short_printable_text(ops, name):
+    with pytest.raises(InvalidInput, match="name"):
+        ops.keys.create("serve", name=name)
+    assert ops.keys.list_keys() == []
