@@ -276,3 +276,13 @@ def test_a_write_failure_leaves_the_file_whole(ops, settings, triage, monkeypatc
         ops.adoption.adopt("triage", folder=settings.prompts_dir)
     assert triage.read_text(encoding="utf-8") == TRIAGE
     assert sorted(p.name for p in triage.parent.iterdir()) == ["triage.yaml"]
+
+
+def test_refuses_a_prompt_defined_in_two_files(ops, settings, triage):
+    promote(ops, "few-shot")
+    copy = triage.with_name("a-copy.yaml")
+    copy.write_text(TRIAGE, encoding="utf-8")
+    with pytest.raises(errors.InvalidPromptFile) as info:
+        ops.adoption.adopt("triage", folder=settings.prompts_dir)
+    assert "duplicate prompt name 'triage'" in str(info.value.problems[0])
+    assert triage.read_text(encoding="utf-8") == copy.read_text(encoding="utf-8") == TRIAGE

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from promptops import promptedit, promptfiles
 from promptops.db.models import ExperimentRow, VersionRow
 from promptops.domain import MAIN_VARIANT, PRODUCTION, ExperimentStatus, PromptDefinition
-from promptops.errors import ExperimentStateError, InvalidInput, InvalidPromptFile
+from promptops.errors import ExperimentStateError, FileProblem, InvalidInput, InvalidPromptFile
 from promptops.services.context import Context
 from promptops.services.registry import Registry
 
@@ -41,14 +41,22 @@ def find_prompt_file(name: str, folder: Path) -> PromptDefinition:
     """The prompt file under `folder` that defines `name`; when none does, the problems of the
     files that could not be read (one of them may be it), else a one-line refusal."""
     problems = []
+    found: PromptDefinition | None = None
     for path in promptfiles.discover([folder]):
         try:
             definition = promptfiles.load_prompt_file(path)
         except InvalidPromptFile as exc:
             problems.extend(exc.problems)
             continue
-        if definition.name == name:
-            return definition
+        if definition.name != name:
+            continue
+        if found is not None:  # which one sync reads is not for adopt to guess
+            where = f"{found.path}:{found.line}"
+            message = f"duplicate prompt name {name!r}: already defined in {where}"
+            raise InvalidPromptFile([FileProblem(definition.path, definition.line, message)])
+        found = definition
+    if found is not None:
+        return found
     if problems:
         raise InvalidPromptFile(problems)
     raise InvalidInput(f"no prompt file under {folder} defines {name!r}")
