@@ -97,17 +97,21 @@ otherwise (--table or --plain choose); --json prints the exact numbers."""
 
 def plan_rows(result: Any) -> list[tuple[str, str]]:
     """The figures of a plan for people: rounded, with the runs they come from."""
+    hours = (
+        f"{result.median_hours:,.1f} hours"
+        if result.median_hours < 10
+        else f"{result.median_hours:,.0f} hours"
+    )
+    decisions = f"{result.median_decisions:,.0f}"
+    if result.detection_rate == 0:  # the figures are then the whole budget
+        hours, decisions = f"not found within {hours}", f"not found within {decisions}"
+    rate = result.decisions_per_hour
     return [
         ("chance to find the lift", f"{100 * result.detection_rate:.0f}% of {result.runs:,} runs"),
-        (
-            "median time to find it",
-            f"{result.median_hours:,.1f} hours"
-            if result.median_hours < 10
-            else f"{result.median_hours:,.0f} hours",
-        ),
-        ("median decisions to find it", f"{result.median_decisions:,.0f}"),
+        ("median time to find it", hours),
+        ("median decisions to find it", decisions),
         ("A/A wrong promotions", f"{100 * result.aa_false_promotion:.0f}% of {result.runs:,} runs"),
         ("base rate", f"{100 * result.base_rate:g}%"),
         ("lift", f"{100 * result.lift:g} points"),
-        ("decisions per hour", f"{result.decisions_per_hour:,.0f}"),
+        ("decisions per hour", f"{rate:,.0f}" if rate >= 1 else f"{rate:.3g}"),
     ]

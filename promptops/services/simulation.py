@@ -389,13 +389,24 @@ class PlanResult:
 
     def sentence(self) -> str:
         """The answer in one sentence."""
-        return (
-            f"with {self.decisions_per_hour:,.0f} decisions an hour and a "
-            f"{100 * self.base_rate:g}% base rate, a {100 * self.lift:g}-point lift is found in "
-            f"{100 * self.detection_rate:.0f}% of runs, after about {self.median_hours:,.0f} hours "
-            f"({self.median_decisions:,.0f} decisions); an A/A test would promote wrongly in "
-            f"{100 * self.aa_false_promotion:.0f}%"
+        found = (
+            f"is found in {100 * self.detection_rate:.0f}% of runs, after about "
+            f"{self.median_hours:,.0f} hours ({self.median_decisions:,.0f} decisions)"
+            if self.detection_rate > 0
+            # then the figures are the whole budget, not a time to find it
+            else f"is not found in any run within {self.median_hours:,.0f} hours "
+            f"({self.median_decisions:,.0f} decisions)"
         )
+        return (
+            f"with {per_hour(self.decisions_per_hour)} decisions an hour and a "
+            f"{100 * self.base_rate:g}% base rate, a {100 * self.lift:g}-point lift {found}; "
+            f"an A/A test would promote wrongly in {100 * self.aa_false_promotion:.0f}%"
+        )
+
+
+def per_hour(rate: float) -> str:
+    """A traffic rate for people: whole numbers with thousands separators, a fraction as it is."""
+    return f"{rate:,.0f}" if rate >= 1 else f"{rate:.3g}"
 
 
 def plan_scenarios(

@@ -263,3 +263,29 @@ def test_run_scenario_reports_progress_and_matches_across_workers():
     pooled = run_scenario(sc, workers=2)
     assert pooled == inline
     assert run_scenario(sc, runs=2, workers=1)["runs"] == 2
+
+
+def test_a_plan_that_never_finds_the_lift_says_so():
+    """With no run finding the lift the figures are the whole budget, not a time to find it; a
+    rate below one decision an hour is not printed as 0."""
+    from promptops.services.simulation import PlanResult
+    from promptops.simreport import plan_rows
+
+    result = PlanResult(
+        runs=2,
+        detection_rate=0.0,
+        median_hours=1e11,
+        median_decisions=100_000,
+        aa_false_promotion=0.0,
+        base_rate=0.1,
+        lift=0.02,
+        decisions_per_hour=1e-6,
+    )
+    assert result.sentence() == (
+        "with 1e-06 decisions an hour and a 10% base rate, a 2-point lift is not found in any run "
+        "within 100,000,000,000 hours (100,000 decisions); an A/A test would promote wrongly in 0%"
+    )
+    rows = dict(plan_rows(result))
+    assert rows["median time to find it"] == "not found within 100,000,000,000 hours"
+    assert rows["median decisions to find it"] == "not found within 100,000"
+    assert rows["decisions per hour"] == "1e-06"
