@@ -183,6 +183,8 @@ def adopt_text(text: str, *, path: str, content: PromptContent, variant: str | N
     no longer has is written into them). Raises InvalidPromptFile when the result would not hash
     alike."""
     before = parse_prompt_text(text, path=path)
+    bom = "\ufeff" if text.startswith("\ufeff") else ""  # kept, as the file had it
+    text = text.removeprefix(bom)
     keep = {k: v for k, v in before.variants.items() if k != variant}
     removed_variant: str | None
     if path.endswith(".json"):
@@ -219,4 +221,4 @@ def adopt_text(text: str, *, path: str, content: PromptContent, variant: str | N
                     )
                 ]
             )
-    return Adoption(new, removed_variant, removed_experiment)
+    return Adoption(bom + new, removed_variant, removed_experiment)

@@ -286,3 +286,18 @@ def test_refuses_a_prompt_defined_in_two_files(ops, settings, triage):
         ops.adoption.adopt("triage", folder=settings.prompts_dir)
     assert "duplicate prompt name 'triage'" in str(info.value.problems[0])
     assert triage.read_text(encoding="utf-8") == copy.read_text(encoding="utf-8") == TRIAGE
+
+
+@pytest.mark.parametrize("suffix", ["yaml", "json"])
+def test_a_byte_order_mark_is_kept(suffix):
+    from promptops.promptedit import adopt_text
+    from promptops.promptfiles import parse_prompt_text
+
+    body = {"name": "j", "template": "a", "variants": {"b": {"template": "b"}}}
+    text = "\ufeff" + (
+        json.dumps(body) if suffix == "json" else "name: j\ntemplate: a\nvariants:\n  b: {template: b}\n"
+    )
+    definition = parse_prompt_text(text, path=f"j.{suffix}")
+    new = adopt_text(text, path=f"j.{suffix}", content=definition.variants["b"], variant="b").text
+    assert new.startswith("\ufeff") and new.count("\ufeff") == 1
+    assert parse_prompt_text(new, path=f"j.{suffix}").content.template == "b"
