@@ -7,7 +7,6 @@ the decision log, so they stay fast however many decisions an experiment has ser
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -17,6 +16,7 @@ from promptops.errors import PromptOpsError
 from promptops.rendering import coerce_cli_value
 from promptops.server.dashboard import charts
 from promptops.server.dashboard.formats import arm_label, fmt_pct, value_format
+from promptops.server.schemas.common import canonical_int
 from promptops.services.facade import PromptOps
 from promptops.services.views import ArmView, ExperimentView, Snapshot
 from promptops.stats import check_interval, promotion_threshold
@@ -24,18 +24,15 @@ from promptops.stats import check_interval, promotion_threshold
 AUDIT_PAGE = 100
 
 
-_POSITIVE_ID = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
-
-
 def positive_id(value: Any) -> int | None:
     """A positive id from a form or query value, or None (ids past 2**62 are treated as absent).
-    Only plain ASCII digits count: int() would also read ' 1', '+1', '1_0' and a full-width '１'."""
+    Only the canonical spelling counts (`canonical_int`), as for ids in API paths."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         return None
     if isinstance(value, str):
-        if not _POSITIVE_ID.fullmatch(value):
+        if len(value) > 19 or (number := canonical_int(value)) is None:
             return None
-        value = int(value)
+        value = number
     return value if 0 < value < 2**62 else None
 
 

@@ -72,13 +72,19 @@ _CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*", re.ASCII)
 CANONICAL_INT_RULE = "must be an integer in plain ASCII digits (no '+', spaces, '_' or leading zeros)"
 
 
+def canonical_int(text: str) -> int | None:
+    """The integer `text` spells canonically, or None. Python's int() (and pydantic's lax mode)
+    also reads " 1", "+1", "01", "1_0" and "１": each would name the same row under several URLs,
+    so only the one canonical spelling is an id."""
+    return int(text) if _CANONICAL_INT.fullmatch(text) else None
+
+
 def _canonical_int(value: Any) -> Any:
-    # Python's int() (and pydantic's lax mode) also reads " 1", "+1", "01", "1_0" and "１": each
-    # would name the same row under several URLs, so only the one canonical spelling is an id.
     if isinstance(value, str):
-        if not _CANONICAL_INT.fullmatch(value):
+        number = canonical_int(value)
+        if number is None:
             raise ValueError(CANONICAL_INT_RULE)
-        return int(value)
+        return number
     return value
 
 
