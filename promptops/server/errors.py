@@ -143,3 +143,11 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> Response:
         logging.getLogger("promptops.server").exception("unexpected error")
         return _answer(request, 500, INTERNAL_ERROR)
+
+
+async def send_json(send: Any, status: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+    """Answer a raw ASGI request with a JSON body: the given headers, then content-length and
+    content-type (starlette's order), for the layers that answer before FastAPI does."""
+    head = [*headers, (b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from promptops import errors as e
 from promptops.server import handlers
 from promptops.server.auth import principal_of
-from promptops.server.errors import INTERNAL_ERROR, promptops_error_body
+from promptops.server.errors import INTERNAL_ERROR, promptops_error_body, send_json
 from promptops.server.metrics import (
     BODY_SECONDS,
     answer_body_timeout,
@@ -176,6 +176,4 @@ class FastPath:
 
 async def _send(send: Any, status: int, body: bytes) -> None:
     # Never a 401 (a refused key falls through), so no WWW-Authenticate header.
-    headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, body)

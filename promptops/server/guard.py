@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from promptops.config import Settings
-from promptops.server.errors import error_body
+from promptops.server.errors import error_body, send_json
 from promptops.server.schemas.common import TEXT_PROBLEM, bad_text
 
 STATE_CHANGING = frozenset(("POST", "PUT", "PATCH", "DELETE"))
@@ -132,12 +132,4 @@ class EdgeGuard:
 
 
 async def _answer(send: Any, status: int, code: str, message: str) -> None:
-    body = orjson.dumps(error_body(code, message))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, orjson.dumps(error_body(code, message)))

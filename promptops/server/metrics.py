@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from promptops.server.errors import error_body
+from promptops.server.errors import error_body, send_json
 from promptops.services.views import ExperimentView
 
 
@@ -251,18 +251,7 @@ def _resume(steps: Any, waiting_on: Any) -> Any:
 async def answer_body_timeout(send: Any) -> None:
     """Answer 408 with the JSON error body."""
     body = orjson.dumps(error_body("request_timeout", f"the request body took over {int(BODY_SECONDS)} s"))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 408,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"connection", b"close"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, 408, body, (b"connection", b"close"))
 
 
 def declared_too_large(content_length: bytes, limit: int) -> bool:
@@ -276,11 +265,4 @@ def declared_too_large(content_length: bytes, limit: int) -> bool:
 async def answer_too_large(send: Any, limit: int) -> None:
     """Answer 413 with the JSON error body."""
     body = orjson.dumps(error_body("payload_too_large", f"request body over {limit} bytes"))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, 413, body)
