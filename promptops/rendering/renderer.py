@@ -101,6 +101,10 @@ class PreparedContent:
         else:
             sources = []
         self._parts = tuple(self._part(renderer, where, source, names) for where, source in sources)
+        self.pure = all(p.template is None and p.problem is None for p in self._parts)
+        """Whether every part is literal text or a substitution of variables: its rendering is
+        then a function of the variables alone (a Jinja template could call `random`), so a
+        caller may keep the rendering of variables it saw before instead of rendering again."""
 
     def _part(self, renderer: Renderer, where: str, source: str, names: frozenset[str]) -> _Part:
         part = _Part(where)

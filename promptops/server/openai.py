@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -65,7 +65,14 @@ class JSONAnswer(Response):
 
     media_type = "application/json"
 
-    def __init__(self, body: bytes, status_code: int = 200, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        body: bytes,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        *,
+        raw_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.status_code = status_code
         self.background = None
         self.body = body
@@ -74,6 +81,8 @@ class JSONAnswer(Response):
             if headers
             else []
         )
+        if raw_headers:  # already lower-case and encoded
+            raw += raw_headers
         raw.append((b"content-length", b"%d" % len(body)))
         raw.append((b"content-type", b"application/json"))
         self.raw_headers = raw
@@ -99,7 +108,10 @@ def cache_directive(headers: Headers, body_value: Any) -> str | None:
     """ "refresh", "bypass" or None from the body's `cache` or the Cache-Control header."""
     if body_value is not None:
         return check_cache(body_value)
-    header = headers.get("cache-control", "").lower()
+    header = headers.get("cache-control")
+    if not header:
+        return None
+    header = header.lower()
     directives = {d.strip().split("=")[0] for d in header.split(",")}
     if "no-store" in directives:
         return "bypass"
@@ -172,14 +184,15 @@ def chat_request(headers: Headers, body: dict[str, Any]) -> tuple[CompletionRequ
     ), stream
 
 
-def _headers(completion: Completion | CompletionStream) -> dict[str, str]:
+def _headers(completion: Completion | CompletionStream) -> list[tuple[bytes, bytes]]:
+    """The `x-promptops-*` response headers of a call, encoded for the ASGI head."""
     d = completion.decision
-    return {
-        "x-promptops-decision-id": d.id,
-        "x-promptops-version": str(d.rendered.version),
-        "x-promptops-variant": d.rendered.variant,
-        "x-promptops-cache": str(completion.cache),
-    }
+    return [
+        (b"x-promptops-decision-id", d.id.encode("latin-1")),
+        (b"x-promptops-version", b"%d" % d.rendered.version),
+        (b"x-promptops-variant", d.rendered.variant.encode("latin-1")),
+        (b"x-promptops-cache", completion.cache.encode("latin-1")),
+    ]
 
 
 class SSEResponse(Response):
@@ -187,13 +200,13 @@ class SSEResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, stream: CompletionStream, headers: dict[str, str]) -> None:
+    def __init__(self, stream: CompletionStream, headers: list[tuple[bytes, bytes]]) -> None:
         # starlette's head for these headers and media type, less its content-length.
         self.status_code = 200
         self.background = None
         self.body = b""
         self.raw_headers = [
-            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+            *headers,
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
             (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -254,22 +267,28 @@ async def complete(name: str, request: Request) -> Response:
     return await answer_complete(request.app.state.runtime, name, request.headers, await request.body())
 
 
-async def answer_chat(rt: Any, headers: Headers, raw: bytes) -> Response:
-    """The answer to a chat.completions request (the route's, and `GatewayPath`'s)."""
+async def answer_chat(
+    rt: Any, headers: Headers, raw: bytes, after: list[Callable[[], None]] | None = None
+) -> Response:
+    """The answer to a chat.completions request (the route's, and `GatewayPath`'s; with `after`,
+    see `Gateway.complete`)."""
     try:
         principal_of(rt, headers.get("authorization", ""))
         req, stream = chat_request(headers, _json_body(raw))
         if stream:
             opened = await rt.gateway.open_stream(req)
             return SSEResponse(opened, _headers(opened))
-        completion = await rt.gateway.complete(req)
+        completion = await rt.gateway.complete(req, after=after)
     except e.PromptOpsError as exc:
         return openai_error(exc)
-    return JSONAnswer(orjson.dumps(completion.openai()), 200, _headers(completion))
+    return JSONAnswer(orjson.dumps(completion.openai()), 200, raw_headers=_headers(completion))
 
 
-async def answer_complete(rt: Any, name: str, headers: Headers, raw: bytes) -> Response:
-    """The answer to `POST /v1/prompts/{name}/complete` (the route's, and `GatewayPath`'s)."""
+async def answer_complete(
+    rt: Any, name: str, headers: Headers, raw: bytes, after: list[Callable[[], None]] | None = None
+) -> Response:
+    """The answer to `POST /v1/prompts/{name}/complete` (the route's, and `GatewayPath`'s; with
+    `after`, see `Gateway.complete`)."""
     try:
         principal_of(rt, headers.get("authorization", ""))
         body = _json_body(raw)
@@ -283,13 +302,13 @@ async def answer_complete(rt: Any, name: str, headers: Headers, raw: bytes) -> R
             messages=check_messages(body.get("messages")),
             cache=cache_directive(headers, body.get("cache")),
         )
-        completion = await rt.gateway.complete(req)
+        completion = await rt.gateway.complete(req, after=after)
     except e.PromptOpsError as exc:
         status, content = promptops_error_body(exc)
         return JSONAnswer(
             orjson.dumps(content), status, {"WWW-Authenticate": "Bearer"} if status == 401 else None
         )
-    return JSONAnswer(orjson.dumps(completion.payload()), 200, _headers(completion))
+    return JSONAnswer(orjson.dumps(completion.payload()), 200, raw_headers=_headers(completion))
 
 
 class GatewayPath:
@@ -350,30 +369,40 @@ class GatewayPath:
         for key, value in scope["headers"]:
             if key in _READ_HEADERS:
                 headers.setdefault(key.decode("latin-1"), value.decode("latin-1"))
+        # The call's record waits until the answer is sent: the caller does not wait for it.
+        after: list[Callable[[], None]] = []
         try:
-            if name is None:
-                response = await answer_chat(self.rt, headers, body)
+            try:
+                if name is None:
+                    response = await answer_chat(self.rt, headers, body, after)
+                else:
+                    response = await answer_complete(self.rt, name, headers, body, after)
+            except Exception:
+                # As FastAPI's handler of unexpected errors does: log, answer 500 in the route's shape.
+                log.exception("unexpected error")
+                internal = _OPENAI_INTERNAL if name is None else INTERNAL_ERROR
+                response = JSONAnswer(orjson.dumps(internal), 500)
+            if isinstance(response, SSEResponse):
+                status = [500]
+
+                async def sending(message: MutableMapping[str, Any]) -> None:
+                    if message["type"] == "http.response.start":
+                        status[0] = message["status"]
+                    await send(message)
+
+                await response(scope, receive, sending)
+                code = status[0]
             else:
-                response = await answer_complete(self.rt, name, headers, body)
-        except Exception:
-            # As FastAPI's handler of unexpected errors does: log, answer 500 in the route's shape.
-            log.exception("unexpected error")
-            internal = _OPENAI_INTERNAL if name is None else INTERNAL_ERROR
-            response = JSONAnswer(orjson.dumps(internal), 500)
-        if isinstance(response, SSEResponse):
-            status = [500]
-
-            async def sending(message: MutableMapping[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                await send(message)
-
-            await response(scope, receive, sending)
-            code = status[0]
-        else:
-            code = response.status_code
-            await send({"type": "http.response.start", "status": code, "headers": response.raw_headers})
-            await send({"type": "http.response.body", "body": response.body})
+                code = response.status_code
+                await send({"type": "http.response.start", "status": code, "headers": response.raw_headers})
+                await send({"type": "http.response.body", "body": response.body})
+        finally:
+            # Recorded whatever happened to the answer (a client that left, a failed send).
+            for record in after:
+                try:
+                    record()
+                except Exception:
+                    log.exception("could not record a gateway call")
         self._observe(route, code, start)
 
     def _observe(self, route: str, status: int, start: float) -> None:

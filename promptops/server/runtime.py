@@ -47,7 +47,7 @@ class Runtime:
             )
         self.writer: BatchWriter = self.ops.writer
         self.metrics = Metrics()
-        self.gateway = Gateway.create(self.ops.serving, settings, on_call=self.metrics.observe_call)
+        self.gateway = Gateway.create(self.ops.serving, settings, on_call=self._on_call)
         self.app: Any = None  # the app serving this runtime (set by create_app)
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's (set at start-up)
         self.background = background
@@ -94,6 +94,14 @@ class Runtime:
             self.metrics.set_experiments(
                 self.ops.experiments.list_experiments(status=ExperimentStatus.RUNNING)
             )
+
+    def _on_call(self, row: dict[str, Any]) -> None:
+        """Count a recorded gateway call, and its decision (a gateway decision is counted in
+        `promptops_decisions` as a serve's is: each has exactly one call row)."""
+        metrics = self.metrics
+        metrics.observe_call(row)
+        prompt, version = self.version_labels(row["version_id"])
+        metrics.child(metrics.decisions, prompt, str(row["experiment_id"] or ""), version).inc()
 
     def version_labels(self, version_id: int) -> tuple[str, str]:
         """Prompt name and version number of a version id (a feedback token carries ids), for

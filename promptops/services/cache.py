@@ -23,12 +23,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from promptops.db.models import ResponseCacheRow
+from promptops.providers.results import Usage
 from promptops.services.context import Context
 
 log = logging.getLogger("promptops.cache")
@@ -99,6 +101,14 @@ class CacheEntry:
     prompt: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    @cached_property
+    def usage(self) -> Usage | None:
+        """The token usage of the call that made the entry (None when it reported none); made
+        once per entry, as every hit on it answers with it."""
+        if self.prompt_tokens is None:
+            return None
+        return Usage(self.prompt_tokens, self.completion_tokens or 0)
+
     def to_json(self) -> dict[str, Any]:
         """The stored form."""
         return {
@@ -164,6 +174,15 @@ class ResponseCache:
         self._redis_sync: Any = None
 
     # --- the tiers -----------------------------------------------------------------------------
+
+    def get_local(self, key: str) -> CacheEntry | None:
+        """The entry of a key if this process holds it (any age), else None: `get` without its
+        slower tiers, and without an await."""
+        entry = self._lru.get(key)
+        if entry is not None:
+            self._lru.move_to_end(key)
+            self._touched[key] = self.ctx.now()
+        return entry
 
     async def get(self, key: str) -> CacheEntry | None:
         """The entry of a key from the nearest tier that has it (any age), or None."""

@@ -196,9 +196,7 @@ def check_cache(value: Any) -> str | None:
 
 def entry_usage(entry: CacheEntry) -> Usage | None:
     """The token usage of the call that made a cache entry."""
-    if entry.prompt_tokens is None:
-        return None
-    return Usage(entry.prompt_tokens, entry.completion_tokens or 0)
+    return entry.usage
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
 
 from promptops.config import Settings
 from promptops.db.models import LabelRow, PromptRow, VersionRow
-from promptops.domain import PromptContent
+from promptops.domain import PromptContent, Rendered
 from promptops.errors import (
     LabelNotFound,
     PromptNotFound,
@@ -53,13 +54,17 @@ from promptops.services.completions import (
 )
 from promptops.services.completionstream import CompletionStream
 from promptops.services.live import LiveVersion
-from promptops.services.serving import Decision, RenderDeferred, Serving
+from promptops.services.serving import Choice, Decision, RenderDeferred, Serving
 
 log = logging.getLogger("promptops.gateway")
 KEY_MEMO_SIZE = 1024
 """How many cache keys of short renderings a gateway remembers before it starts over."""
 KEY_MEMO_TEXT = 2048
 """Renderings of this many characters or more are hashed every time (bounds the memo's memory)."""
+
+
+InputMemo = tuple[int, tuple[tuple[str, str], ...]]
+"""A version id and a request's variables (all strings), in the caller's order."""
 
 
 class Gateway:
@@ -84,6 +89,7 @@ class Gateway:
         self._pins: dict[tuple[str, int | None, str | None], tuple[int, LiveVersion]] = {}
         self._policies: dict[int, CachePolicy] = {}
         self._keys: dict[tuple[int, tuple[tuple[str, str], ...] | str], str] = {}
+        self._inputs: dict[InputMemo, tuple[Rendered, str]] = {}
 
     @classmethod
     def create(
@@ -137,25 +143,58 @@ class Gateway:
         self._pins[(name, number, label)] = (seq, version)
         return version
 
-    async def _decide(self, req: CompletionRequest) -> Decision:
-        """Decide and record the decision. Bad input raises before any decision."""
-        check_cache(req.cache)
-        check_messages(req.messages)
-        check_openai_fields(req.extra)
+    async def _decide(self, req: CompletionRequest) -> tuple[Decision, InputMemo | None, str | None]:
+        """Decide and record the decision. Bad input raises before any decision. Also the
+        memo key of the request's inputs (None when they are not remembered, see `_inputs_of`),
+        and the cache key remembered for them (None when none is): for inputs seen before, the
+        rendering is the one kept then, not made again."""
+        # Checked again for callers other than the HTTP routes (warming, eval); free when empty.
+        if req.cache is not None:
+            check_cache(req.cache)
+        if req.messages:
+            check_messages(req.messages)
+        if req.extra:
+            check_openai_fields(req.extra)
         pin = (
             self._pinned(req.name, req.version, req.label)
             if req.version is not None or req.label is not None
             else None
         )
         serving = self.serving
-        try:
-            decision = serving.decide(
-                req.name, dict(req.variables), unit_id=req.unit_id, pin=pin, inline=True
-            )
-        except RenderDeferred as slow:  # a template that needs more than the inline budget
-            decision = await asyncio.to_thread(serving.finish, slow)
+        choice = serving.choose(req.name, dict(req.variables), unit_id=req.unit_id, pin=pin)
+        inputs = self._inputs_of(req, choice)
+        known = self._inputs.get(inputs) if inputs is not None else None
+        if known is not None:
+            decision = serving.decided(choice, known[0])
+        else:
+            try:
+                decision = serving.render(choice, inline=True)
+            except RenderDeferred as slow:  # a template that needs more than the inline budget
+                decision = await asyncio.to_thread(serving.finish, slow)
         serving.record(decision)
-        return decision
+        return decision, inputs, known[1] if known is not None else None
+
+    @staticmethod
+    def _inputs_of(req: CompletionRequest, choice: Choice) -> InputMemo | None:
+        """What the rendering and cache key of a request are remembered by: the version and the
+        variables, when the version renders by substitution alone (`PreparedContent.pure`), every
+        variable is a short string and the caller adds no messages or fields (else None).
+        Repeated inputs are what cache hits are made of: this spares a hit the render."""
+        if req.messages or req.extra:
+            return None
+        version = choice.version
+        prepared = version.prepared
+        if prepared is None or not prepared.pure:
+            return None
+        items = tuple(choice.variables.items())
+        size = 0
+        for _, value in items:
+            if type(value) is not str:  # 1, 1.0 and True are equal keys but render apart
+                return None
+            size += len(value)
+        if size >= KEY_MEMO_TEXT:
+            return None
+        return (version.id, items)
 
     def _build(
         self, req: CompletionRequest, decision: Decision, *, stream: bool
@@ -200,10 +239,14 @@ class Gateway:
         request is built only when the key is not remembered (a remembered key means it was
         built for this version and rendering before, so it would be built again): a cache hit
         then never builds it. A request that cannot be built is recorded as a failure and raises."""
-        decision = await self._decide(req)
+        decision, inputs, key = await self._decide(req)
+        if key is not None:
+            mode, policy = self._mode(req, decision)
+            return decision, None, key, mode, policy
         memo = self._memo(req, decision)
         key = self._keys.get(memo) if memo is not None else None
         if key is not None:
+            self._remember(inputs, decision, key)
             mode, policy = self._mode(req, decision)
             return decision, None, key, mode, policy
         upstream, problem = self._build(req, decision, stream=stream)
@@ -216,7 +259,17 @@ class Gateway:
             if len(self._keys) >= KEY_MEMO_SIZE:
                 self._keys.clear()  # a miss costs one hash: a crude bound is enough
             self._keys[memo] = key
+            self._remember(inputs, decision, key)
         return decision, upstream, key, mode, policy
+
+    def _remember(self, inputs: InputMemo | None, decision: Decision, key: str) -> None:
+        """Keep the rendering and cache key of a request's inputs (short renderings only: the
+        cache-key memo took them, so the memo's memory stays bounded)."""
+        if inputs is None:
+            return
+        if len(self._inputs) >= KEY_MEMO_SIZE:
+            self._inputs.clear()
+        self._inputs[inputs] = (decision.rendered, key)
 
     def _mode(self, req: CompletionRequest, decision: Decision) -> tuple[CacheResult, CachePolicy]:
         version = decision.version
@@ -231,7 +284,9 @@ class Gateway:
 
     async def _lookup(self, key: str, policy: CachePolicy, refresh: Callable[[], Any]) -> CacheEntry | None:
         """A servable entry (fresh, or stale while one background call refreshes it)."""
-        entry = await self.cache.get(key)
+        entry = self.cache.get_local(key)
+        if entry is None:
+            entry = await self.cache.get(key)
         if entry is not None:
             state = policy.state(self.serving.ctx.now() - entry.created_at)
             if state == "stale":
@@ -288,8 +343,15 @@ class Gateway:
 
     # --- non-stream ---------------------------------------------------------------------------
 
-    async def complete(self, req: CompletionRequest) -> Completion:
-        """Call the model for a prompt (or answer from the cache); errors raise after recording."""
+    async def complete(
+        self, req: CompletionRequest, *, after: list[Callable[[], None]] | None = None
+    ) -> Completion:
+        """Call the model for a prompt (or answer from the cache); errors raise after recording.
+
+        With `after`, the record of a call that succeeded (a hit, or the provider's answer) is
+        appended to it instead of written at once, for the caller to run once the answer is on
+        its way: the row is the same (its latency taken here), only the caller's answer no longer
+        waits for it. The caller must run `after`, whatever happens to the answer."""
         start = time.perf_counter()
         decision, upstream, key, mode, policy = await self._prepare(req, start, stream=False)
 
@@ -300,6 +362,7 @@ class Gateway:
         if mode is CacheResult.MISS:
             entry = await self._lookup(key, policy, call)
             if entry is not None:
+                elapsed = _ms(start)
                 completion = Completion(
                     decision,
                     entry.provider,
@@ -308,10 +371,22 @@ class Gateway:
                     entry.finish_reason,
                     entry_usage(entry),
                     0.0,
-                    _ms(start),
+                    elapsed,
                     CacheResult.HIT,
                 )
-                self.record_call(decision, upstream, key, start, hit=entry, stream=False)
+                self._record_after(
+                    after,
+                    partial(
+                        self.record_call,
+                        decision,
+                        upstream,
+                        key,
+                        start,
+                        hit=entry,
+                        stream=False,
+                        elapsed=elapsed,
+                    ),
+                )
                 return completion
         if upstream is None:
             upstream = self._upstream(req, decision, stream=False)
@@ -332,7 +407,21 @@ class Gateway:
             flight.done(entry)
         if entry is not None and mode is not CacheResult.BYPASS:
             self.cache.put_soon(key, entry)
-        self.record_call(decision, upstream, key, start, result=result, mode=mode, stream=False)
+        elapsed = _ms(start)
+        self._record_after(
+            after,
+            partial(
+                self.record_call,
+                decision,
+                upstream,
+                key,
+                start,
+                result=result,
+                mode=mode,
+                stream=False,
+                elapsed=elapsed,
+            ),
+        )
         return Completion(
             decision,
             result.provider,
@@ -341,10 +430,17 @@ class Gateway:
             result.finish_reason,
             result.usage,
             result.cost_usd,
-            _ms(start),
+            elapsed,
             mode,
             response=result.response,
         )
+
+    @staticmethod
+    def _record_after(after: list[Callable[[], None]] | None, record: Callable[[], None]) -> None:
+        if after is None:
+            record()
+        else:
+            after.append(record)
 
     # --- streams ------------------------------------------------------------------------------
 
@@ -419,10 +515,13 @@ class Gateway:
         result: CallResult | None = None,
         mode: CacheResult | None = None,
         hit: CacheEntry | None = None,
+        elapsed: float | None = None,
     ) -> None:
         """Record the call of a decision: a cache hit, or the provider's result in `mode`
-        (`upstream`, None for a hit answered without building it, is not part of the record)."""
-        elapsed = _ms(start)
+        (`upstream`, None for a hit answered without building it, is not part of the record);
+        its latency `elapsed` ms, else the time since `start`."""
+        if elapsed is None:
+            elapsed = _ms(start)
         if hit is not None:
             self._write(
                 decision,

@@ -135,19 +135,30 @@ class Serving:
         is not recorded yet (`record`). With `inline=True` (on an event loop) a render that needs
         more than the inline budget raises `RenderDeferred`, to be finished in a worker thread
         with `finish(deferred)`: the arm it picked stays the same."""
-        choice = self._choose(name, variables, unit_id=unit_id, pin=pin)
-        try:
-            return self._render(choice, inline=inline)
-        except RenderTooSlow:
-            raise RenderDeferred(choice) from None
+        return self.render(self.choose(name, variables, unit_id=unit_id, pin=pin), inline=inline)
 
     def finish(self, deferred: RenderDeferred) -> Decision:
         """Render a deferred decision with the full budget (off the event loop)."""
         return self._render(deferred.choice, inline=False)
 
-    def _choose(
-        self, name: str, variables: dict[str, Any], *, unit_id: str | None, pin: LiveVersion | None
+    def render(self, choice: Choice, *, inline: bool = False) -> Decision:
+        """The decision of a choice, rendered (`inline`: see `decide`)."""
+        try:
+            return self._render(choice, inline=inline)
+        except RenderTooSlow:
+            raise RenderDeferred(choice) from None
+
+    def choose(
+        self,
+        name: str,
+        variables: dict[str, Any],
+        *,
+        unit_id: str | None = None,
+        pin: LiveVersion | None = None,
     ) -> Choice:
+        """Pick the version of a decision (an arm when an experiment runs, or `pin`), before it
+        is rendered: the first half of `decide`, for a caller that may already know the rendering
+        (`decided`)."""
         self._fresh()
         p = self.live.prompt(name)
         if unit_id is not None and (not isinstance(unit_id, str) or len(unit_id) > 256):
@@ -180,6 +191,12 @@ class Serving:
             variant=c.version.variant,
             inline=inline,
         )
+        return self.decided(c, rendered)
+
+    def decided(self, c: Choice, rendered: Rendered) -> Decision:
+        """The decision of a choice and its rendering. A caller that passes a rendering it kept
+        must know it is the one `render` would make: the same version and variables, and a
+        version whose rendering depends on nothing else (`PreparedContent.pure`)."""
         token = DecisionToken(
             prompt_id=c.prompt.id,
             version_id=c.version.id,

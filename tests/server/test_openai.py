@@ -532,7 +532,7 @@ def test_a_gateway_body_that_never_finishes_gets_408(monkeypatch, path):
     ],
 )
 def test_an_unexpected_gateway_failure_is_a_json_500(http, monkeypatch, path, body, shape):
-    async def broken(req: Any) -> Any:
+    async def broken(req: Any, **options: Any) -> Any:
         raise RuntimeError("a bug, with a detail that stays in the log")
 
     monkeypatch.setattr(http.app.state.runtime.gateway, "complete", broken)
@@ -542,6 +542,52 @@ def test_an_unexpected_gateway_failure_is_a_json_500(http, monkeypatch, path, bo
     assert error["code"] == "internal_error" and "detail" not in error["message"]
     if shape == "openai":
         assert error["type"] == "api_error" and error["param"] is None
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "promptops/ask", "messages": [], "variables": {"question": "q"}}),
+        ("/v1/prompts/ask/complete", {"variables": {"question": "q"}}),
+    ],
+)
+def test_a_call_is_recorded_after_its_answer_even_when_sending_fails(http, ops, fake_upstream, path, body):
+    """The gateway's own layer records a call once its answer is sent (the caller does not wait
+    for the record), and records it when the send fails too; the call and its decision count
+    in the metrics, as a serve's decision does."""
+    app = http.app
+    raw = json.dumps(body).encode()
+    for cached in (False, True):  # a miss, then a hit of the same inputs
+
+        async def receive(raw: bytes = raw) -> dict[str, Any]:
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                raise OSError("the client is gone")
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 5000),
+            "server": ("testserver", 80),
+        }
+        with pytest.raises(OSError):  # run on the app's own loop, as the TestClient does
+            http.portal.call(app, scope, receive, send)
+        rows = recorded(ops, http, 1 + cached)
+        assert [r.cache for r in rows] == ["miss", "hit"][: 1 + cached]
+    assert fake_upstream.count == 1
+    text = http.get("/metrics").text
+    assert 'promptops_decisions_total{experiment="",prompt="ask",version="1"} 2.0' in text
+    assert 'cache="hit",model="fake-model",provider="fake",status="ok"} 1.0' in text
 
 
 SURROGATE_ANSWER = (
@@ -587,7 +633,12 @@ def test_gateway_answers_have_starlettes_heads():
             theirs.raw_headers,
         )
     assert JSONAnswer(b"{}").raw_headers == Response(b"{}", media_type="application/json").raw_headers
-    sse = SSEResponse(None, {"x-promptops-cache": "hit"})  # type: ignore[arg-type]
+    # The x-promptops-* headers, given encoded, land where starlette puts given headers.
+    given = {"x-promptops-decision-id": "d1", "x-promptops-cache": "hit"}
+    encoded = [(k.encode(), v.encode()) for k, v in given.items()]
+    reference = Response(b"{}", media_type="application/json", headers=given)
+    assert JSONAnswer(b"{}", raw_headers=encoded).raw_headers == reference.raw_headers
+    sse = SSEResponse(None, [(b"x-promptops-cache", b"hit")])  # type: ignore[arg-type]
     reference = Response(
         None,
         media_type="text/event-stream",

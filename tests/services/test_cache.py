@@ -382,3 +382,65 @@ def test_remembered_keys_are_the_keys_of_the_upstream_bodies(make, fake_upstream
     assert built == [True, False, True, True, True]  # a remembered key needs no upstream request
     assert keys[0][0] == keys[1][0] and len({k for k, _ in keys}) == 4
     assert len(gw._keys) == 3  # the call with caller messages was not remembered
+
+
+PICKY = """\
+name: picky
+model: {name: fake-model, temperature: 0}
+variables:
+  options: {type: string, required: true}
+messages:
+  - {role: user, content: "Pick one of {{ options.split(',') | random }}"}
+"""
+
+
+def test_repeated_inputs_reuse_the_rendering_only_for_pure_templates(make, ops, tmp_path, monkeypatch):
+    """A hit on inputs seen before takes the rendering kept then (no render): only for a version
+    that renders by substitution, string variables and no caller messages; the decision and its
+    answer are the same as a fresh render's."""
+    from promptops.rendering.renderer import PreparedContent
+
+    (tmp_path / "prompts" / "picky.yaml").write_text(PICKY)
+    ops.sync()
+    renders: list[str] = []
+    real = PreparedContent.render
+
+    def counting(self, variables, **kw):  # type: ignore[no-untyped-def]
+        renders.append(kw["prompt"])
+        return real(self, variables, **kw)
+
+    monkeypatch.setattr(PreparedContent, "render", counting)
+    gw = make()
+
+    async def go() -> list[Any]:
+        out = []
+        for req in (
+            ask("why?"),
+            ask("why?"),  # the same inputs: rendering and key kept
+            ask("why?", messages=[{"role": "user", "content": "more"}]),  # caller messages: rendered
+            CompletionRequest(name="picky", variables={"options": "a,b"}),  # Jinja: rendered
+            CompletionRequest(name="picky", variables={"options": "a,b"}),
+        ):
+            out.append(await gw.complete(req))
+        return out
+
+    first, second, _, _, _ = run(gw, go())
+    assert renders == ["ask", "ask", "picky", "picky"]
+    assert str(first.cache) == "miss" and str(second.cache) == "hit"
+    assert second.decision.rendered == first.decision.rendered
+    assert second.decision.id != first.decision.id and second.decision.variables == {"question": "why?"}
+    assert len(gw._inputs) == 1
+
+
+@pytest.mark.parametrize("value", [1, 1.0, True, None, ["why?"], {"a": "b"}])
+def test_inputs_other_than_strings_are_rendered_every_time(make, monkeypatch, value):
+    """1, 1.0 and True are equal as keys but render as "1", "1.0" and "True": only strings are
+    remembered."""
+    gw = make()
+    choice = gw.serving.choose("ask", {"question": value})
+    assert gw._inputs_of(CompletionRequest(name="ask", variables={"question": value}), choice) is None
+    choice = gw.serving.choose("ask", {"question": "why?"})
+    assert gw._inputs_of(ask("why?"), choice) == (choice.version.id, (("question", "why?"),))
+    long = "x" * 5000
+    assert gw._inputs_of(ask(long), gw.serving.choose("ask", {"question": long})) is None
+    run(gw, asyncio.sleep(0))
