@@ -339,10 +339,15 @@ class GatewayPath:
         self, scope: dict[str, Any], receive: Any, send: Any, route: str, name: str | None
     ) -> None:
         start = time.perf_counter()
+        # The headers the handlers read, first value of each (as starlette's Headers.get).
+        headers: dict[str, str] = {}
         for key, value in scope["headers"]:
-            if key == b"content-length" and declared_too_large(value, self.max_body):
-                await answer_too_large(send, self.max_body)
-                return
+            if key == b"content-length":
+                if declared_too_large(value, self.max_body):
+                    await answer_too_large(send, self.max_body)
+                    return
+            elif key in _READ_HEADERS:
+                headers.setdefault(key.decode("latin-1"), value.decode("latin-1"))
         chunks: list[bytes] = []
         seen = 0
         deadline = asyncio.get_running_loop().time() + metrics.BODY_SECONDS
@@ -364,11 +369,6 @@ class GatewayPath:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        # The headers the handlers read, first value of each (as starlette's Headers.get).
-        headers: dict[str, str] = {}
-        for key, value in scope["headers"]:
-            if key in _READ_HEADERS:
-                headers.setdefault(key.decode("latin-1"), value.decode("latin-1"))
         # The call's record waits until the answer is sent: the caller does not wait for it.
         after: list[Callable[[], None]] = []
         try:

@@ -78,6 +78,7 @@ class BatchWriter:
         self._calls: deque[dict[str, Any]] = deque()
         self._feedback: deque[tuple[FeedbackItem, Waiter]] = deque()
         self._wake = threading.Event()
+        self._flushing = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = 0  # decisions pushed out of a full buffer
@@ -175,7 +176,12 @@ class BatchWriter:
         self.flush()
 
     def flush(self) -> None:
-        """Store everything buffered now (called by the thread, or by tests)."""
+        """Store everything buffered now (called by the thread, or by tests and `stop` while the
+        thread may be flushing too: one flush at a time, or both would pop the same queues)."""
+        with self._flushing:
+            self._flush_once()
+
+    def _flush_once(self) -> None:
         self._flush_feedback()
         # A gateway call is queued after its decision, so every call queued now has its decision
         # queued or stored already: a call is stored only once its decision is.

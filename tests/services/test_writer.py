@@ -292,3 +292,35 @@ def test_calls_wait_for_their_decisions_while_the_database_is_down(ops, writer, 
     writer.flush()
     assert stored_ids(ops) == set(ids) and stored_calls(ops) == set(ids)
     assert (writer.pending, writer.pending_calls, writer.healthy) == (0, 0, True)
+
+
+def test_a_flush_from_another_thread_waits_for_the_one_under_way(ops, writer, monkeypatch):
+    """Tests (and `stop`) flush while the writer thread may be flushing: the second flush waits
+    for the first (two at once could pop a queue another emptied between its check and its pop,
+    or store a call before the other committed its decision), and every row is stored once."""
+    import threading
+
+    writer.max_batch = 1
+    for _ in range(4):
+        ops.serve("triage", {})
+    errors: list[BaseException] = []
+    other: list[threading.Thread] = []
+    real = writer.recorder.record_decisions
+
+    def flush_elsewhere() -> None:
+        try:
+            writer.flush()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    def record(rows: list[dict[str, Any]]) -> Any:
+        if not other:  # in the middle of the first flush, a second one starts
+            other.append(threading.Thread(target=flush_elsewhere))
+            other[0].start()
+        return real(rows)
+
+    monkeypatch.setattr(writer.recorder, "record_decisions", record)
+    writer.flush()
+    other[0].join(60)
+    assert not other[0].is_alive() and errors == []
+    assert len(stored_ids(ops)) == 4 and writer.pending == 0
