@@ -514,6 +514,14 @@ def test_plan_refuses_a_rate_beyond_one(cli):
     assert r.code != 0 and "base rate" in r.err and "Traceback" not in r.err, r
 
 
+@pytest.mark.parametrize("lift", ["-0.02", "0", "nan"])
+def test_plan_refuses_a_lift_that_is_not_a_gain(cli, lift):
+    """A negative lift asks how soon a worse challenger is promoted: it used to simulate and say
+    'not found', as if the experiment were too short."""
+    r = cli("plan", "--base-rate", "0.1", "--lift", lift)
+    assert r.code == 1 and r.err.count("\n") == 1 and "lift must be above 0" in r.err, r
+
+
 def test_status_shows_flags_guardrails_metrics_and_the_holdout(cli):
     from promptops.config import Settings
     from promptops.db.models import ExperimentRow

@@ -25,7 +25,10 @@ MAYBE_PROCESSED_STATUSES = frozenset({500, 504})
 """Statuses after which the provider may have run the request anyway."""
 EXCERPT_CHARS = 200
 _SECRET_PATTERNS = (
-    re.compile(r"\b(sk|pk|rk|key|api|token)[-_][A-Za-z0-9_\-*]{6,}", re.IGNORECASE),
+    # Key-shaped words, masked ones included (OpenAI's 401 shows `sk-proj-****...wxyz`; Groq's
+    # keys start `gsk_`, xAI's `xai-`, Google's `AIza`).
+    re.compile(r"\b(sk|pk|rk|gsk|xai|key|api|token)[-_][A-Za-z0-9_\-*.\u2022\u2026]{6,}", re.IGNORECASE),
+    re.compile(r"\bAIza[A-Za-z0-9_\-*.\u2022\u2026]{6,}"),
     re.compile(r"\bBearer\s+\S+", re.IGNORECASE),
 )
 

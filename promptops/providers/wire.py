@@ -116,7 +116,7 @@ def _load(data: bytes | str) -> Any:
         raise WireError("the answer is not valid JSON") from None
     except RecursionError:  # nesting deeper than either parser goes
         raise WireError("the answer is JSON nested too deeply") from None
-    return _without_lone_surrogates(value)
+    return without_lone_surrogates(value)
 
 
 def _clean_text(text: str) -> str:
@@ -129,7 +129,7 @@ def _clean_text(text: str) -> str:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _without_lone_surrogates(value: Any) -> Any:
+def without_lone_surrogates(value: Any) -> Any:
     """The value with every string's lone surrogates replaced by U+FFFD.
 
     The standard parser reads a `\\ud800` escape that orjson refuses; such text cannot be encoded

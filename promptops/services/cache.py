@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from promptops.db.models import ResponseCacheRow
 from promptops.providers.results import Usage
+from promptops.providers.wire import without_lone_surrogates
 from promptops.services.context import Context
 
 log = logging.getLogger("promptops.cache")
@@ -123,17 +124,39 @@ class CacheEntry:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> CacheEntry:
-        """An entry from its stored form."""
+    def from_json(cls, data: Any) -> CacheEntry | None:
+        """An entry from its stored form; None for one that is not (a shared tier another version
+        or a person wrote, a damaged row): a miss, which the next answer overwrites. Lone
+        surrogates that entries stored before they were cleaned may hold read as U+FFFD."""
+        if not isinstance(data, Mapping):
+            return None
+        provider, model, message = data.get("provider"), data.get("model"), data.get("message")
+        created = data.get("created_at")
+        tokens = data.get("prompt_tokens"), data.get("completion_tokens")
+        if (
+            not isinstance(provider, str)
+            or not isinstance(model, str)
+            or not isinstance(message, Mapping)
+            or not isinstance(message.get("content"), str | None)
+            or not isinstance(created, int | float)
+            or isinstance(created, bool)
+            or not all(t is None or (type(t) is int and t >= 0) for t in tokens)
+            or not isinstance(data.get("finish_reason"), str | None)
+            or not isinstance(data.get("prompt"), str | None)
+        ):
+            return None
+        cleaned = without_lone_surrogates(
+            [provider, model, dict(message), data.get("finish_reason"), data.get("prompt")]
+        )
         return cls(
-            provider=data["provider"],
-            model=data["model"],
-            message=data["message"],
-            finish_reason=data.get("finish_reason"),
-            prompt_tokens=data.get("prompt_tokens"),
-            completion_tokens=data.get("completion_tokens"),
-            created_at=float(data["created_at"]),
-            prompt=data.get("prompt"),
+            provider=cleaned[0],
+            model=cleaned[1],
+            message=cleaned[2],
+            finish_reason=cleaned[3],
+            prompt_tokens=tokens[0],
+            completion_tokens=tokens[1],
+            created_at=float(created),
+            prompt=cleaned[4],
         )
 
 
@@ -267,7 +290,10 @@ class ResponseCache:
                         ResponseCacheRow.key.in_(keys[start : start + 500])
                     )
                 )
-                found.update((key, CacheEntry.from_json(data)) for key, data in rows if data)
+                for key, data in rows:
+                    entry = CacheEntry.from_json(data) if data else None
+                    if entry is not None:
+                        found[key] = entry
         return found
 
     def _db_put(self, key: str, entry: CacheEntry) -> None:
@@ -320,7 +346,13 @@ class ResponseCache:
 
     async def _redis_get(self, key: str) -> CacheEntry | None:
         raw = await self._redis_client().get(self.prefix + "rc:" + key)
-        return CacheEntry.from_json(json.loads(raw)) if raw else None
+        if not raw:
+            return None
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError)
+            return None
+        return CacheEntry.from_json(data)
 
     async def _redis_put(self, key: str, entry: CacheEntry) -> None:
         pipe = self._redis_client().pipeline(transaction=False)

@@ -425,6 +425,12 @@ def plan_scenarios(
     """The A/B scenario (one challenger `lift` points above `base_rate`, the others equal to the
     control) and its A/A twin, over the policy's max_decisions with the shipped defaults."""
     policy = policy or Policy()
+    if not lift > 0:  # NaN too
+        raise InvalidInput(
+            "lift must be above 0: the challenger's gain over the control, in absolute terms "
+            "(0.02 = 2 points); a worse challenger is never meant to be found",
+            field="lift",
+        )
     if not 0 < base_rate < 1 or not 0 < base_rate + lift <= 1:
         raise InvalidInput("base rate and base rate + lift must lie in (0, 1]", field="lift")
     if arms < 2:

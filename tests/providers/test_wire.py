@@ -154,6 +154,18 @@ def test_sanitize_redacts_keys_and_cuts():
     assert "sk-proj" not in clean and "xyz123" not in clean and "\x00" not in clean
     assert len(clean) == 200 and clean.endswith("...")
     assert sanitize("the key is my-secret-key", secrets=["my-secret-key"]) == "the key is [redacted]"
+    # What providers answer to a wrong key, with their own masking of it.
+    for said in (
+        "Incorrect API key provided: sk-proj-************************wxyz.",
+        "Incorrect API key provided: sk-...wxyz.",
+        "Invalid API Key: gsk_abc1****************************Q2xy",
+        "Incorrect API key provided: xai-Ab12••••••••••••xy9z.",
+        "API key not valid: AIzaSyA-**********-7Q. Please pass a valid API key.",
+    ):
+        clean = sanitize(said)
+        assert "[redacted]" in clean and not any(part in clean for part in ("wxyz", "Q2xy", "xy9z", "7Q")), (
+            clean
+        )
     assert error_excerpt(b'{"error": {"message": "bad model"}}') == "bad model"
     assert error_excerpt(b"<html>Bad Gateway</html>") == "<html>Bad Gateway</html>"
 

@@ -444,3 +444,62 @@ def test_inputs_other_than_strings_are_rendered_every_time(make, monkeypatch, va
     long = "x" * 5000
     assert gw._inputs_of(ask(long), gw.serving.choose("ask", {"question": long})) is None
     run(gw, asyncio.sleep(0))
+
+
+DAMAGED = [
+    "not an object",
+    {"provider": "fake"},  # fields missing
+    {"provider": "fake", "model": "m", "message": {"content": ["a"]}, "created_at": 1.0},
+    {"provider": "fake", "model": "m", "message": {"content": "a"}, "created_at": "yesterday"},
+    {"provider": "fake", "model": "m", "message": {"content": "a"}, "created_at": 1.0, "prompt_tokens": -1},
+]
+
+
+@pytest.mark.parametrize("stored", DAMAGED)
+def test_a_damaged_database_entry_is_a_miss_that_the_answer_overwrites(make, ops, fake_upstream, stored):
+    from sqlalchemy import update
+
+    from promptops.db.models import ResponseCacheRow
+
+    first, second = make(), make()
+    run(first, first.complete(ask()))
+    with ops.ctx.tx() as s:
+        s.execute(update(ResponseCacheRow).values(entry=stored))
+    out = run(second, second.complete(ask()))
+    assert str(out.cache) == "miss" and fake_upstream.count == 2
+    third = make()
+    assert str(run(third, third.complete(ask())).cache) == "hit"
+
+
+def test_an_old_entry_with_a_lone_surrogate_replays_as_u_fffd(make, ops, fake_upstream):
+    """Answers are cleaned before they are cached now; an entry stored before that (SQLite kept
+    the `\\ud800` escape) is still answered, not a failure to encode."""
+    from sqlalchemy import select, update
+
+    from promptops.db.models import ResponseCacheRow
+
+    if ops.ctx.engine.dialect.name == "postgresql":
+        pytest.skip("PostgreSQL never stored such text")
+    first, second = make(), make()
+    run(first, first.complete(ask()))
+    with ops.ctx.tx() as s:
+        entry = dict(s.scalar(select(ResponseCacheRow.entry)))
+        entry["message"] = {"role": "assistant", "content": "a\ud800b"}
+        s.execute(update(ResponseCacheRow).values(entry=entry))
+    out = run(second, second.complete(ask()))
+    assert str(out.cache) == "hit" and out.message["content"] == "a\ufffdb"
+
+
+@pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"[1, 2", b"[" * 100_000, json.dumps(DAMAGED[2]).encode()])
+def test_a_damaged_redis_entry_is_a_miss(make, fake_upstream, raw):
+    import redis as redis_lib
+
+    first, second = make(redis=True), make(redis=True)
+    second.cache.prefix = first.cache.prefix
+    run(first, first.complete(ask()))
+    r = redis_lib.Redis.from_url(REDIS_URL)
+    for name in r.scan_iter(match=first.cache.prefix + "rc:*"):
+        r.set(name, raw)
+    out = run(second, second.complete(ask()))
+    assert str(out.cache) == "miss" and fake_upstream.count == 2
