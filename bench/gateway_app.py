@@ -1,7 +1,8 @@
 """The gateway's CPU per call inside the app: the whole ASGI app (guard, gateway and fast paths,
 FastAPI) called in a loop in this process, without sockets on the client side, so other load on
 the machine disturbs it less than bench/gateway.py. Prints, per kind of call, the wall time and
-this process's CPU time per call (the batched writer thread included): a plain serve, cache hits
+this process's CPU time per call (the batched writer thread included) and, one call at a time,
+the time to the answer's last byte: a plain serve, cache hits
 through `/complete` and chat.completions (plain and streamed), and misses to the fake 20 ms
 upstream at concurrency 32 (plain and streamed).
 
@@ -48,11 +49,17 @@ def scope(path: str, body: bytes) -> dict[str, Any]:
     }
 
 
+ANSWERED = [0.0]
+"""Seconds from the start of each call to the send of its last body part, summed: what a client
+waits for (a call's record, made after its answer is sent, is left out)."""
+
+
 async def call(app: Any, path: str, body: bytes) -> int:
     """One request through the app; its status."""
     sent: list[dict[str, Any]] = []
     first = True
     done = asyncio.Event()
+    start = time.perf_counter()
 
     async def receive() -> dict[str, Any]:
         nonlocal first
@@ -65,6 +72,7 @@ async def call(app: Any, path: str, body: bytes) -> int:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
         if message["type"] == "http.response.body" and not message.get("more_body"):
+            ANSWERED[0] += time.perf_counter() - start
             done.set()
 
     await app(scope(path, body), receive, send)
@@ -94,10 +102,16 @@ async def measure(app: Any, calls: int, repeats: int) -> None:
                     await call(app, path, raw)
 
             await asyncio.gather(*(worker(10) for _ in range(concurrency)))  # warm-up
+            ANSWERED[0] = 0.0
             wall, cpu = time.perf_counter(), time.process_time()
             await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            print(f"{name:<18}{wall / n * 1e6:>8.1f} us wall{cpu / n * 1e6:>8.1f} us CPU", flush=True)
+            answered = ANSWERED[0] / n * 1e6 if concurrency == 1 else float("nan")
+            print(
+                f"{name:<18}{wall / n * 1e6:>8.1f} us wall{cpu / n * 1e6:>8.1f} us CPU"
+                f"{answered:>8.1f} us to the answer",
+                flush=True,
+            )
 
 
 async def main(calls: int, repeats: int) -> None:
