@@ -214,6 +214,15 @@ class SSEResponse(Response):
         self.stream = stream
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        whole = self.stream.replay()
+        if whole is not None:  # a cache hit: every event is known, nothing to wait for
+            try:
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": whole})
+            finally:
+                await self.stream.aclose()
+            return
+
         async def pump() -> None:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self.stream:

@@ -65,7 +65,17 @@ class CompletionStream:
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._hit_chunks() if self._hit is not None else self._upstream_chunks()
 
+    def replay(self) -> bytes | None:
+        """For a cache hit, all its events at once (they are all known: one write to the caller
+        instead of one per event); None for a provider's stream. `aclose` records the call."""
+        return b"".join(self._hit_events()) if self._hit is not None else None
+
     async def _hit_chunks(self) -> AsyncIterator[bytes]:
+        for event in self._hit_events():
+            yield event
+        self._finish_hit()
+
+    def _hit_events(self) -> list[bytes]:
         entry = self._hit
         assert entry is not None
         base = {
@@ -78,13 +88,15 @@ class CompletionStream:
         delta.setdefault("role", "assistant")
         if isinstance(delta.get("tool_calls"), list):
             delta["tool_calls"] = [{**c, "index": i} for i, c in enumerate(delta["tool_calls"])]
-        yield sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
-        yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": entry.finish_reason}]})
+        events = [
+            sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}),
+            sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": entry.finish_reason}]}),
+        ]
         usage = entry_usage(entry)
         if self.req.include_usage and usage is not None:
-            yield sse({**base, "choices": [], "usage": usage.as_openai()})
-        yield DONE
-        self._finish_hit()
+            events.append(sse({**base, "choices": [], "usage": usage.as_openai()}))
+        events.append(DONE)
+        return events
 
     def _finish_hit(self) -> None:
         if not self._recorded:
