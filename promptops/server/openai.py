@@ -223,29 +223,37 @@ class SSEResponse(Response):
                 await self.stream.aclose()
             return
 
-        async def pump() -> None:
+        # This task sends; one more watches for the caller leaving, and then cancels the sending
+        # (only while it sends: its cancellation is then raised inside the loop below).
+        task = asyncio.current_task()
+        assert task is not None
+        sending = True
+        left = False
+
+        async def watch() -> None:
+            nonlocal left
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if sending:
+                left = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self.stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        sender = asyncio.ensure_future(pump())
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await asyncio.wait((sender, watcher), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if not left:  # cancelled from outside (shutdown): not ours to swallow
+                raise
+            task.uncancel()
         finally:
-            for task in (sender, watcher):
-                task.cancel()
-            for task in (sender, watcher):
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await task
-            await self.stream.aclose()
-        if sender.done() and not sender.cancelled() and sender.exception() is not None:
-            raise sender.exception()  # type: ignore[misc]
+            sending = False
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await self.stream.aclose()  # closes the upstream if it is still open, records the call
 
 
 _OPENAI_INTERNAL = {

@@ -645,3 +645,66 @@ def test_gateway_answers_have_starlettes_heads():
         headers={"x-promptops-cache": "hit", "cache-control": "no-cache", "x-accel-buffering": "no"},
     )
     assert sse.raw_headers == [(k, v) for k, v in reference.raw_headers if k != b"content-length"]
+
+
+class _EndlessStream:
+    """A provider's stream that never ends, for the sending side of `SSEResponse`."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.started = None  # an asyncio.Event, made on the running loop
+
+    def replay(self) -> None:
+        return None
+
+    async def __aiter__(self) -> Any:
+        import asyncio
+
+        yield b"data: {}\n\n"
+        self.started.set()
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("how", ["the caller leaves", "the server stops"])
+def test_a_stream_ends_when_the_caller_leaves_and_is_cancelled_by_a_shutdown(how):
+    """The caller leaving ends the stream quietly; a cancellation from outside (a server
+    shutting down) is not swallowed. The stream is closed (the upstream call with it) either way."""
+    import asyncio
+
+    from promptops.server.openai import SSEResponse
+
+    async def go() -> tuple[BaseException | None, _EndlessStream, list[Any]]:
+        stream = _EndlessStream()
+        stream.started = asyncio.Event()
+        gone = asyncio.Event()
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        response = SSEResponse(stream, [])  # type: ignore[arg-type]
+        task = asyncio.ensure_future(response({}, receive, send))
+        await stream.started.wait()
+        if how == "the caller leaves":
+            gone.set()
+        else:
+            task.cancel()
+        try:
+            await task
+        except BaseException as exc:  # noqa: BLE001 - what the test looks at
+            return exc, stream, sent
+        return None, stream, sent
+
+    error, stream, sent = asyncio.run(go())
+    assert stream.closed and sent[1]["body"] == b"data: {}\n\n"
+    if how == "the caller leaves":
+        assert error is None
+    else:
+        assert isinstance(error, asyncio.CancelledError)
