@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -26,7 +27,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+import orjson
+from sqlalchemy import Text, cast, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from promptops.db.models import ResponseCacheRow
@@ -40,6 +42,7 @@ EXACT = "exact"
 OFF = "off"
 _NOT_KEYED = ("stream", "stream_options")
 _LRU_LIMIT = 10_000
+_MAX_TOKENS = 2**31 - 1  # the calls table's token columns are 32-bit on PostgreSQL
 
 
 @dataclass(frozen=True)
@@ -140,14 +143,26 @@ class CacheEntry:
             or not isinstance(message.get("content"), str | None)
             or not isinstance(created, int | float)
             or isinstance(created, bool)
-            or not all(t is None or (type(t) is int and t >= 0) for t in tokens)
+            or not all(t is None or (type(t) is int and 0 <= t <= _MAX_TOKENS) for t in tokens)
             or not isinstance(data.get("finish_reason"), str | None)
             or not isinstance(data.get("prompt"), str | None)
         ):
             return None
+        try:
+            created = float(created)
+        except OverflowError:
+            return None
+        if not math.isfinite(created):
+            return None
         cleaned = without_lone_surrogates(
             [provider, model, dict(message), data.get("finish_reason"), data.get("prompt")]
         )
+        try:
+            # The message as deep as an answer holds it (`choices[0].message`): one the answer's
+            # encoder refuses (nested past its limit, an integer past 64 bits) would fail every hit.
+            orjson.dumps({"choices": [{"message": cleaned[2]}]})
+        except orjson.JSONEncodeError:
+            return None
         return cls(
             provider=cleaned[0],
             model=cleaned[1],
@@ -155,9 +170,26 @@ class CacheEntry:
             finish_reason=cleaned[3],
             prompt_tokens=tokens[0],
             completion_tokens=tokens[1],
-            created_at=float(created),
+            created_at=created,
             prompt=cleaned[4],
         )
+
+
+def _loaded(raw: str | bytes | None) -> Any:
+    """A stored JSON text parsed (None when there is none or it does not parse): the cache
+    parses what it reads itself, so a damaged entry is a miss, not a failed call."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError)
+        return None
+
+
+def _stored(raw: str | bytes | None) -> CacheEntry | None:
+    """The entry of a stored JSON text, or None (see `CacheEntry.from_json`)."""
+    data = _loaded(raw)
+    return CacheEntry.from_json(data) if data is not None else None
 
 
 @dataclass(frozen=True)
@@ -168,6 +200,10 @@ class CacheStats:
     by_prompt: Mapping[str, int]
     hits: int
     misses: int
+
+
+_ENTRY_TEXT = cast(ResponseCacheRow.entry, Text)
+"""The stored entry as its JSON text (parsed by `_stored`, not by the driver)."""
 
 
 class ResponseCache:
@@ -278,20 +314,20 @@ class ResponseCache:
 
     def _db_get(self, key: str) -> CacheEntry | None:
         with self.ctx.tx() as s:
-            data = s.scalar(select(ResponseCacheRow.entry).where(ResponseCacheRow.key == key))
-        return CacheEntry.from_json(data) if data else None
+            raw = s.scalar(select(_ENTRY_TEXT).where(ResponseCacheRow.key == key))
+        return _stored(raw)
 
     def _db_get_many(self, keys: Sequence[str]) -> dict[str, CacheEntry]:
         found: dict[str, CacheEntry] = {}
         with self.ctx.tx() as s:
             for start in range(0, len(keys), 500):  # bound the statement's parameters
                 rows = s.execute(
-                    select(ResponseCacheRow.key, ResponseCacheRow.entry).where(
+                    select(ResponseCacheRow.key, _ENTRY_TEXT).where(
                         ResponseCacheRow.key.in_(keys[start : start + 500])
                     )
                 )
-                for key, data in rows:
-                    entry = CacheEntry.from_json(data) if data else None
+                for key, raw in rows:
+                    entry = _stored(raw)
                     if entry is not None:
                         found[key] = entry
         return found
@@ -345,14 +381,7 @@ class ResponseCache:
         return self._redis_sync
 
     async def _redis_get(self, key: str) -> CacheEntry | None:
-        raw = await self._redis_client().get(self.prefix + "rc:" + key)
-        if not raw:
-            return None
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError)
-            return None
-        return CacheEntry.from_json(data)
+        return _stored(await self._redis_client().get(self.prefix + "rc:" + key))
 
     async def _redis_put(self, key: str, entry: CacheEntry) -> None:
         pipe = self._redis_client().pipeline(transaction=False)
@@ -489,8 +518,9 @@ class ResponseCache:
             keys = [k.decode() for k in r.zrange(self.prefix + "rcu", 0, extra - 1)]
             names = [self.prefix + "rc:" + k for k in keys]
             for key, raw in zip(keys, r.mget(names), strict=True):
-                prompt = json.loads(raw).get("prompt") if raw else None
-                if prompt:
+                data = _loaded(raw)
+                prompt = data.get("prompt") if isinstance(data, dict) else None
+                if prompt and isinstance(prompt, str):
                     r.srem(self.prefix + "rcp:" + prompt, key)
             r.delete(*names)
             r.zrem(self.prefix + "rcu", *keys)

@@ -349,6 +349,30 @@ def test_eviction_keeps_the_recently_used(ops, redis, clock):
 
 
 @pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
+@pytest.mark.parametrize("raw", [b"\xff", b"[1, 2]", b'{"prompt": 5}', b"[" * 5000])
+def test_eviction_removes_damaged_redis_entries(ops, clock, raw):
+    """`promptops gc` evicts a Redis entry it cannot read instead of failing."""
+    import redis as redis_lib
+
+    cache = ResponseCache(ops.ctx, max_entries=1, redis_url=REDIS_URL, redis_prefix=random_prefix())
+
+    async def go() -> None:
+        try:
+            for n in range(3):
+                clock.advance(1)
+                await cache.put(f"k{n}", entry(n))
+            redis_lib.Redis.from_url(REDIS_URL).set(cache.prefix + "rc:k0", raw)
+            assert cache.evict() == 2
+            cache.forget_local()
+            assert [await cache.get(f"k{n}") is not None for n in range(3)] == [False, False, True]
+        finally:
+            cache.clear()
+            await cache.aclose()
+
+    asyncio.run(go())
+
+
+@pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
 def test_the_redis_tier_is_shared(make, fake_upstream):
     first, second = make(redis=True), make(redis=True)
     second.cache.prefix = first.cache.prefix
@@ -452,6 +476,24 @@ DAMAGED = [
     {"provider": "fake", "model": "m", "message": {"content": ["a"]}, "created_at": 1.0},
     {"provider": "fake", "model": "m", "message": {"content": "a"}, "created_at": "yesterday"},
     {"provider": "fake", "model": "m", "message": {"content": "a"}, "created_at": 1.0, "prompt_tokens": -1},
+    # Values the answer or the call record cannot hold: a time past a float, a token count past
+    # the calls table's integers, a message nested deeper or with an integer larger than the
+    # answer's JSON encoder takes.
+    {"provider": "fake", "model": "m", "message": {"content": "a"}, "created_at": 10**400},
+    {
+        "provider": "fake",
+        "model": "m",
+        "message": {"content": "a"},
+        "created_at": 1.0,
+        "prompt_tokens": 2**40,
+    },
+    {
+        "provider": "fake",
+        "model": "m",
+        "message": {"content": "a", "x": json.loads("[" * 300 + "]" * 300)},
+        "created_at": 1.0,
+    },
+    {"provider": "fake", "model": "m", "message": {"content": "a", "x": 2**70}, "created_at": 1.0},
 ]
 
 
@@ -469,6 +511,38 @@ def test_a_damaged_database_entry_is_a_miss_that_the_answer_overwrites(make, ops
     assert str(out.cache) == "miss" and fake_upstream.count == 2
     third = make()
     assert str(run(third, third.complete(ask())).cache) == "hit"
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        pytest.param("not json", id="not-json"),
+        pytest.param("[" * 2000 + "]" * 2000, id="deeper-than-the-parser"),
+        pytest.param('{"created_at": 1' + "0" * 5000 + "}", id="digits-past-the-parser"),
+    ],
+)
+def test_a_database_entry_that_does_not_parse_is_a_miss(make, ops, fake_upstream, stored):
+    """The JSON column's text is read and parsed by the cache, not by the driver: text that the
+    parser refuses is a damaged entry, a miss, instead of a failed call."""
+    from sqlalchemy import text
+
+    if stored == "not json" and ops.ctx.engine.dialect.name == "postgresql":
+        pytest.skip("PostgreSQL's json type refuses such text")
+    first, second = make(), make()
+    run(first, first.complete(ask()))
+    with ops.ctx.tx() as s:
+        s.execute(text("UPDATE response_cache SET entry = :entry"), {"entry": stored})
+
+    async def both() -> tuple[Any, dict[str, CacheEntry]]:
+        out = await second.complete(ask())
+        await second.cache.drain()  # the answer's write, before the entry is damaged again
+        second.cache.forget_local()
+        with ops.ctx.tx() as s:
+            s.execute(text("UPDATE response_cache SET entry = :entry"), {"entry": stored})
+        return out, await second.cache.get_many(["k", *[k for k in first.cache._lru]])
+
+    out, many = run(second, both())
+    assert str(out.cache) == "miss" and fake_upstream.count == 2 and many == {}
 
 
 def test_an_old_entry_with_a_lone_surrogate_replays_as_u_fffd(make, ops, fake_upstream):
