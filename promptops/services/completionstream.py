@@ -87,7 +87,10 @@ class CompletionStream:
         delta: dict[str, Any] = {k: v for k, v in entry.message.items()}
         delta.setdefault("role", "assistant")
         if isinstance(delta.get("tool_calls"), list):
-            delta["tool_calls"] = [{**c, "index": i} for i, c in enumerate(delta["tool_calls"])]
+            # A provider's odd tool call (not an object) is replayed as it came, as its answer was.
+            delta["tool_calls"] = [
+                {**c, "index": i} if isinstance(c, Mapping) else c for i, c in enumerate(delta["tool_calls"])
+            ]
         events = [
             sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}),
             sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": entry.finish_reason}]}),

@@ -276,6 +276,49 @@ def test_a_hit_replays_as_a_stream(make, fake_upstream):
     assert fake_upstream.count == 1
 
 
+ODD_TOOL_CALLS = json.dumps(
+    {
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f"}}, "odd"],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+    }
+).encode()
+
+
+def test_a_hit_with_tool_calls_that_are_not_objects_replays_as_a_stream(make, fake_upstream):
+    """A provider's answer is passed through as it came, odd tool calls included; its hit
+    replays as a stream with them too (each object numbered), instead of failing."""
+    fake_upstream.enqueue(Reply(body=ODD_TOOL_CALLS))
+    gw = make()
+
+    async def go() -> tuple[bytes | None, list[bytes]]:
+        await gw.complete(ask())
+        stream = await gw.open_stream(ask())
+        whole = stream.replay()
+        await stream.aclose()
+        again = await gw.open_stream(ask())
+        return whole, [chunk async for chunk in again]
+
+    whole, chunks = run(gw, go())
+    assert whole is not None and whole.endswith(b"data: [DONE]\n\n") and chunks[-1] == b"data: [DONE]\n\n"
+    for first in (whole.split(b"\n\n")[0], chunks[0]):
+        delta = json.loads(first[6:])["choices"][0]["delta"]
+        assert delta["tool_calls"] == [
+            {"id": "c1", "type": "function", "function": {"name": "f"}, "index": 0},
+            "odd",
+        ]
+    assert fake_upstream.count == 1
+
+
 def test_a_stream_fills_the_cache(make, fake_upstream):
     gw = make()
 
