@@ -24,13 +24,24 @@ RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 MAYBE_PROCESSED_STATUSES = frozenset({500, 504})
 """Statuses after which the provider may have run the request anyway."""
 EXCERPT_CHARS = 200
+_KEY_CHARS = r"[A-Za-z0-9_\-*.\u2022\u2026]"  # a key's characters, and those that mask one
 _SECRET_PATTERNS = (
     # Key-shaped words, masked ones included (OpenAI's 401 shows `sk-proj-****...wxyz`; Groq's
-    # keys start `gsk_`, xAI's `xai-`, Google's `AIza`).
-    re.compile(r"\b(sk|pk|rk|gsk|xai|key|api|token)[-_][A-Za-z0-9_\-*.\u2022\u2026]{6,}", re.IGNORECASE),
-    re.compile(r"\bAIza[A-Za-z0-9_\-*.\u2022\u2026]{6,}"),
+    # keys start `gsk_`, xAI's `xai-`, Google's `AIza`), without the full stop that may follow.
+    re.compile(rf"\b(sk|pk|rk|gsk|xai)[-_]{_KEY_CHARS}{{6,}}(?<!\.)", re.IGNORECASE),
+    re.compile(rf"\bAIza{_KEY_CHARS}{{6,}}(?<!\.)"),
     re.compile(r"\bBearer\s+\S+", re.IGNORECASE),
 )
+_WORD_KEY = re.compile(rf"\b(key|api|token)[-_]{_KEY_CHARS}{{6,}}(?<!\.)", re.IGNORECASE)
+_KEY_MARK = re.compile(r"[0-9*\u2022\u2026]|\.\.")
+
+
+def _word_key(match: re.Match[str]) -> str:
+    """`key-`, `api_` and `token_` also start ordinary words (`api_version`,
+    `token_limit_exceeded`): a key among them holds a digit or a mask. (Checked on the whole
+    word once it matched, not by a lookahead: that rescanned the rest of the text at each start.)"""
+    word = match.group(0)
+    return "[redacted]" if _KEY_MARK.search(word, len(match.group(1)) + 1) else word
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,7 @@ def sanitize(text: str, *, secrets: Iterable[str] = ()) -> str:
             text = text.replace(secret, "[redacted]")
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub("[redacted]", text)
+    text = _WORD_KEY.sub(_word_key, text)
     text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
 

@@ -167,6 +167,29 @@ def test_sanitize_redacts_keys_and_cuts():
             clean
         )
     assert error_excerpt(b'{"error": {"message": "bad model"}}') == "bad model"
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "Unsupported api_version: use 2024-02-01.",
+        "Error code: token_limit_exceeded",
+        "Invalid value for key-value.metadata.user",
+        "See https://api-docs.example.com/quick_start/error_codes for details.",
+        "api_key_invalid: check the key.",
+    ],
+)
+def test_sanitize_leaves_ordinary_words_alone(said):
+    """Words that start like a key (`api_`, `token_`, `key-`) but hold no digit and no mask are
+    a provider's words, not a key."""
+    assert sanitize(said) == said
+
+
+def test_sanitize_keeps_the_full_stop_after_a_key():
+    assert sanitize("Incorrect API key provided: sk-...wxyz. Try again.") == (
+        "Incorrect API key provided: [redacted]. Try again."
+    )
+    assert sanitize("Bad key api-key-9f8e7d6c5b4a.") == "Bad key [redacted]."
     assert error_excerpt(b"<html>Bad Gateway</html>") == "<html>Bad Gateway</html>"
 
 
