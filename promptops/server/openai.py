@@ -245,9 +245,9 @@ class SSEResponse(Response):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         except asyncio.CancelledError:
-            if not left:  # cancelled from outside (shutdown): not ours to swallow
+            # Cancelled from outside (shutdown), even as well as by the watcher: not ours to swallow.
+            if not left or task.uncancel():
                 raise
-            task.uncancel()
         finally:
             sending = False
             watcher.cancel()

@@ -167,20 +167,24 @@ class CompletionStream:
             return
         self._recorded = True
         chat = self._chat
-        await chat.aclose()
-        result: CallResult = chat.result
-        entry = self.gateway.cache_entry(result, self.decision) if result is not None else None
-        if self._flight is not None:
-            self._flight.done(entry)
-        if entry is not None and self.cache is not CacheResult.BYPASS:
-            self.gateway.cache.put_soon(self.key, entry)
-        if result is not None:
-            self.gateway.record_call(
-                self.decision,
-                self.upstream,
-                self.key,
-                self.start,
-                result=result,
-                mode=self.cache,
-                stream=True,
-            )
+        try:
+            await chat.aclose()
+        finally:
+            # Also when closing is cancelled (a caller leaving while a shutdown closes the stream):
+            # the outcome is known once closing starts, and the flight's followers wait for it.
+            result: CallResult = chat.result
+            entry = self.gateway.cache_entry(result, self.decision) if result is not None else None
+            if self._flight is not None:
+                self._flight.done(entry)
+            if entry is not None and self.cache is not CacheResult.BYPASS:
+                self.gateway.cache.put_soon(self.key, entry)
+            if result is not None:
+                self.gateway.record_call(
+                    self.decision,
+                    self.upstream,
+                    self.key,
+                    self.start,
+                    result=result,
+                    mode=self.cache,
+                    stream=True,
+                )

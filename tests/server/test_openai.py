@@ -708,3 +708,99 @@ def test_a_stream_ends_when_the_caller_leaves_and_is_cancelled_by_a_shutdown(how
         assert error is None
     else:
         assert isinstance(error, asyncio.CancelledError)
+
+
+class _SlowToCloseChat:
+    """A provider's stream that never ends and takes a while to close (its outcome is known as
+    soon as closing starts, as `ChatStream.aclose` sets it before closing the connection)."""
+
+    buffered = 0
+
+    def __init__(self) -> None:
+        import asyncio
+
+        from promptops.providers import CallResult, CallStatus
+
+        self.result: Any = None
+        self.closing = asyncio.Event()
+        self._cancelled = CallResult("fake", "fake-model", CallStatus.CANCELLED)
+
+    def __aiter__(self) -> Any:
+        return self
+
+    async def __anext__(self) -> Any:
+        import asyncio
+
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        import asyncio
+
+        if self.result is None:
+            self.result = self._cancelled
+            self.closing.set()
+            await asyncio.Event().wait()  # still closing when the caller leaves
+
+
+def test_a_stream_closing_on_a_shutdown_is_recorded_when_the_caller_leaves_meanwhile():
+    """A shutdown cancels a stream; while its upstream closes, the caller leaves and the watcher
+    cancels the stream again. The call is still recorded (and its flight ends, or later calls of
+    the key would wait for it forever), and the shutdown's cancellation is not swallowed."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from promptops.providers import ChatRequest
+    from promptops.server.openai import SSEResponse
+    from promptops.services.calls import CacheResult
+    from promptops.services.completions import CompletionRequest
+    from promptops.services.completionstream import CompletionStream
+
+    recorded_calls: list[Any] = []
+
+    class Gateway:
+        cache = SimpleNamespace(put_soon=lambda *a: None)
+
+        def cache_entry(self, result: Any, decision: Any) -> None:
+            return None
+
+        def record_call(self, *args: Any, **kw: Any) -> None:
+            recorded_calls.append(kw["result"].status)
+
+    async def go() -> tuple[BaseException | None, bool]:
+        chat = _SlowToCloseChat()
+        flight: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        stream = CompletionStream(
+            Gateway(),  # type: ignore[arg-type]
+            CompletionRequest(name="chat"),
+            SimpleNamespace(id="d1"),  # type: ignore[arg-type]
+            ChatRequest("fake", {"model": "fake-model"}),
+            "k",
+            0.0,
+            CacheResult.MISS,
+            chat=chat,
+            flight=SimpleNamespace(done=lambda entry: flight.set_result(entry)),
+        )
+        gone = asyncio.Event()
+        started = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            started.set()
+
+        task = asyncio.ensure_future(SSEResponse(stream, [])({}, receive, send))
+        await started.wait()
+        task.cancel()  # the server stops
+        await chat.closing.wait()
+        gone.set()  # and the caller leaves while the upstream closes
+        try:
+            await asyncio.wait_for(task, 10)
+        except asyncio.CancelledError as exc:
+            return exc, flight.done()
+        return None, flight.done()
+
+    error, flight_done = asyncio.run(go())
+    assert recorded_calls == ["cancelled"] and flight_done
+    assert isinstance(error, asyncio.CancelledError)
