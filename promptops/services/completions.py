@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from promptops.domain import text_problem
 from promptops.errors import InvalidInput, ModelNotFound
 from promptops.promptfiles import ROLES
 from promptops.providers import Usage
@@ -151,6 +152,9 @@ def parse_model(model: Any) -> tuple[str, int | None, str | None]:
     """(prompt name, pinned version, pinned label) of a `promptops/NAME[@vN|@LABEL]` model name."""
     if not isinstance(model, str) or not model.startswith(MODEL_PREFIX) or len(model) > 200:
         raise ModelNotFound(model if isinstance(model, str) else repr(model))
+    problem = text_problem(model)
+    if problem:  # a pin is looked up in the database, which refuses such text
+        raise InvalidInput(f"model {problem}", field="model")
     name, _, pin = model[len(MODEL_PREFIX) :].partition("@")
     if not name or (_ and not pin):
         raise ModelNotFound(model)

@@ -314,6 +314,9 @@ CHAT_BODY_ERRORS = [
     ("logit_bias", [], "logit_bias", "logit_bias must be an object, got a list"),
     ("presence_penalty", "0", "presence_penalty", "presence_penalty must be a number, got a string"),
     ("user", "a\x00b", "user", "user must not contain NUL characters"),
+    # A pinned model is looked up in the database, which refuses such text (PostgreSQL's 500).
+    ("model", "promptops/ask@x\x00y", "model", "model must not contain NUL characters"),
+    ("model", "promptops/a\x00sk@v1", "model", "model must not contain NUL characters"),
     # Deeper than the JSON writer of the upstream request goes (it stopped with a plain-text 500).
     ("tools", DEEP, "tools", "tools nests deeper than 128 levels"),
     ("response_format", {"a": DEEP}, "response_format", "response_format nests deeper than 128"),
