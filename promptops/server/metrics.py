@@ -179,13 +179,16 @@ class TimingMiddleware:
             await send(message)
 
         seen = 0
+        body_done = False
 
         async def receive_wrapper() -> dict[str, Any]:
             # Answering here, rather than raising into the app, keeps the status: FastAPI turns
             # any exception while it reads a body into a 400.
-            nonlocal seen, answered
+            nonlocal seen, answered, body_done
             if answered:
                 return {"type": "http.disconnect"}
+            if body_done:  # a stream waiting for the caller to leave: the body's limits are past
+                return await receive()
             try:
                 message = await receive_within(receive, deadline)
             except TimeoutError:
@@ -195,6 +198,7 @@ class TimingMiddleware:
                     return message
                 seen += len(message.get("body", b""))
                 if seen <= self.max_body:
+                    body_done = not message.get("more_body", False)
                     return message
                 refusal = 413
             if not started:

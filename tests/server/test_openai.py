@@ -807,3 +807,58 @@ def test_a_stream_closing_on_a_shutdown_is_recorded_when_the_caller_leaves_meanw
     error, flight_done = asyncio.run(go())
     assert recorded_calls == ["cancelled"] and flight_done
     assert isinstance(error, asyncio.CancelledError)
+
+
+def test_a_stream_through_the_routes_outlives_the_body_deadline(http, ops, fake_upstream, monkeypatch):
+    """Under a `root_path` the gateway's routes answer, behind the middleware that bounds how
+    long a body may take: the stream's watch for the caller leaving read past that deadline as
+    the caller gone, and cut every stream that outlived it (recorded `cancelled`)."""
+    import asyncio
+
+    from promptops.server import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "BODY_SECONDS", 0.0)  # past as soon as the body is in
+    raw = json.dumps(
+        {"model": "promptops/chat", "messages": [], "variables": {"question": "a b c"}, "stream": True}
+    ).encode()
+    first = [True]
+    watched: list[asyncio.Event] = []
+
+    async def receive() -> dict[str, Any]:
+        if first[0]:
+            first[0] = False
+            return {"type": "http.request", "body": raw, "more_body": False}
+        watched[0].set()
+        await asyncio.Event().wait()  # the caller stays
+        raise AssertionError
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.start":
+            # The stream goes on only once the watch for the caller leaving waits, and a few
+            # turns of the loop later (a deadline already past fires on the next one).
+            watched.append(asyncio.Event())
+            await watched[0].wait()
+            for _ in range(10):
+                await asyncio.sleep(0)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/x/v1/chat/completions",
+        "raw_path": b"/x/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "/x",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    http.portal.call(http.app, scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert sent[0]["status"] == 200 and body.endswith(b"data: [DONE]\n\n"), body
+    assert [r.status for r in recorded(ops, http)] == ["ok"]
