@@ -13,6 +13,7 @@ and output are stored unless `store_io` is off. A cached answer is still a decis
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -90,6 +91,7 @@ class Gateway:
         self._policies: dict[int, CachePolicy] = {}
         self._keys: dict[tuple[int, tuple[tuple[str, str], ...] | str], str] = {}
         self._inputs: dict[InputMemo, tuple[Rendered, str]] = {}
+        self._models: dict[int, dict[str, Any]] = {}  # per version: the settings `_inputs` share
 
     @classmethod
     def create(
@@ -264,12 +266,18 @@ class Gateway:
 
     def _remember(self, inputs: InputMemo | None, decision: Decision, key: str) -> None:
         """Keep the rendering and cache key of a request's inputs (short renderings only: the
-        cache-key memo took them, so the memo's memory stays bounded)."""
+        cache-key memo took them, so the memo's memory stays bounded). The renderings kept of a
+        version share one copy of its model settings (each render makes its own, a deep one when
+        they nest, as a tools list does), or the memo would hold as many copies as inputs."""
         if inputs is None:
             return
         if len(self._inputs) >= KEY_MEMO_SIZE:
             self._inputs.clear()
-        self._inputs[inputs] = (decision.rendered, key)
+        rendered = decision.rendered
+        model = self._models.setdefault(inputs[0], rendered.model)
+        if model is not rendered.model:
+            rendered = dataclasses.replace(rendered, model=model)
+        self._inputs[inputs] = (rendered, key)
 
     def _mode(self, req: CompletionRequest, decision: Decision) -> tuple[CacheResult, CachePolicy]:
         version = decision.version

@@ -499,6 +499,37 @@ def test_repeated_inputs_reuse_the_rendering_only_for_pure_templates(make, ops, 
     assert len(gw._inputs) == 1
 
 
+TOOLED = """\
+name: tooled
+model:
+  name: fake-model
+  temperature: 0
+  tools: [{type: function, function: {name: lookup, parameters: {type: object}}}]
+variables:
+  question: {type: string, required: true}
+messages:
+  - {role: user, content: "{{ question }}"}
+"""
+
+
+def test_remembered_renderings_of_a_version_share_its_model_settings(make, ops, tmp_path):
+    """Each render copies the version's model settings (deeply when they nest, as tools do):
+    the renderings kept for repeated inputs share one copy per version, so what the memo holds
+    stays the size of its short texts, not that many copies of a long tools list."""
+    (tmp_path / "prompts" / "tooled.yaml").write_text(TOOLED)
+    ops.sync()
+    gw = make()
+
+    async def go() -> list[Any]:
+        return [await gw.complete(ask(str(n), name="tooled")) for n in range(3)]
+
+    outs = run(gw, go())
+    kept = [rendered for rendered, _ in gw._inputs.values()]
+    assert len(kept) == 3 and len({id(r.model) for r in kept}) == 1
+    assert [r.messages for r in kept] == [o.decision.rendered.messages for o in outs]
+    assert all(r.model == outs[0].decision.rendered.model for r in kept)
+
+
 @pytest.mark.parametrize("value", [1, 1.0, True, None, ["why?"], {"a": "b"}])
 def test_inputs_other_than_strings_are_rendered_every_time(make, monkeypatch, value):
     """1, 1.0 and True are equal as keys but render as "1", "1.0" and "True": only strings are
