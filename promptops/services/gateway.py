@@ -382,19 +382,7 @@ class Gateway:
                     elapsed,
                     CacheResult.HIT,
                 )
-                self._record_after(
-                    after,
-                    partial(
-                        self.record_call,
-                        decision,
-                        upstream,
-                        key,
-                        start,
-                        hit=entry,
-                        stream=False,
-                        elapsed=elapsed,
-                    ),
-                )
+                self._record_after(after, decision, upstream, key, start, elapsed, hit=entry)
                 return completion
         if upstream is None:
             upstream = self._upstream(req, decision, stream=False)
@@ -416,20 +404,7 @@ class Gateway:
         if entry is not None and mode is not CacheResult.BYPASS:
             self.cache.put_soon(key, entry)
         elapsed = _ms(start)
-        self._record_after(
-            after,
-            partial(
-                self.record_call,
-                decision,
-                upstream,
-                key,
-                start,
-                result=result,
-                mode=mode,
-                stream=False,
-                elapsed=elapsed,
-            ),
-        )
+        self._record_after(after, decision, upstream, key, start, elapsed, result=result, mode=mode)
         return Completion(
             decision,
             result.provider,
@@ -443,8 +418,20 @@ class Gateway:
             response=result.response,
         )
 
-    @staticmethod
-    def _record_after(after: list[Callable[[], None]] | None, record: Callable[[], None]) -> None:
+    def _record_after(
+        self,
+        after: list[Callable[[], None]] | None,
+        decision: Decision,
+        upstream: ChatRequest | None,
+        key: str,
+        start: float,
+        elapsed: float,
+        **outcome: Any,
+    ) -> None:
+        """`record_call` of a non-stream call now, or appended to `after` (see `complete`)."""
+        record = partial(
+            self.record_call, decision, upstream, key, start, stream=False, elapsed=elapsed, **outcome
+        )
         if after is None:
             record()
         else:

@@ -63,6 +63,24 @@ def sdk(http: TestClient) -> openai.OpenAI:
     return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
 
 
+def post_scope(path: str, *, root_path: str = "") -> dict[str, Any]:
+    """The ASGI scope of a JSON POST to the test app, for tests that drive the app directly."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": root_path,
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+
+
 def recorded(ops, http: TestClient, count: int = 1) -> list[CallRow]:  # type: ignore[no-untyped-def]
     """The stored calls, once `count` are (the writer thread may hold a batch in flight)."""
     deadline = time.monotonic() + 10
@@ -569,22 +587,8 @@ def test_a_call_is_recorded_after_its_answer_even_when_sending_fails(http, ops, 
             if message["type"] == "http.response.body":
                 raise OSError("the client is gone")
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
-            "client": ("127.0.0.1", 5000),
-            "server": ("testserver", 80),
-        }
         with pytest.raises(OSError):  # run on the app's own loop, as the TestClient does
-            http.portal.call(app, scope, receive, send)
+            http.portal.call(app, post_scope(path), receive, send)
         rows = recorded(ops, http, 1 + cached)
         assert [r.cache for r in rows] == ["miss", "hit"][: 1 + cached]
     assert fake_upstream.count == 1
@@ -844,21 +848,7 @@ def test_a_stream_through_the_routes_outlives_the_body_deadline(http, ops, fake_
             for _ in range(10):
                 await asyncio.sleep(0)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/x/v1/chat/completions",
-        "raw_path": b"/x/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "/x",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver", 80),
-    }
-    http.portal.call(http.app, scope, receive, send)
+    http.portal.call(http.app, post_scope("/x/v1/chat/completions", root_path="/x"), receive, send)
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert sent[0]["status"] == 200 and body.endswith(b"data: [DONE]\n\n"), body
     assert [r.status for r in recorded(ops, http)] == ["ok"]
