@@ -227,10 +227,15 @@ class Gateway:
             return None, exc
         return upstream, None
 
-    def _upstream(self, req: CompletionRequest, decision: Decision, *, stream: bool) -> ChatRequest:
-        """`_build`'s request, or its error raised (a refresh in the background)."""
+    def _upstream(
+        self, req: CompletionRequest, decision: Decision, *, stream: bool, start: float | None = None
+    ) -> ChatRequest:
+        """`_build`'s request, or its error raised: recorded as the decision's failed call when
+        `start` is given (the call itself), not for a refresh in the background."""
         upstream, problem = self._build(req, decision, stream=stream)
         if upstream is None:
+            if start is not None:
+                self._record_failure(decision, None, problem, start, stream=stream)
             raise problem  # type: ignore[misc]
         return upstream
 
@@ -385,7 +390,7 @@ class Gateway:
                 self._record_after(after, decision, upstream, key, start, elapsed, hit=entry)
                 return completion
         if upstream is None:
-            upstream = self._upstream(req, decision, stream=False)
+            upstream = self._upstream(req, decision, stream=False, start=start)
         flight = self.cache.lead(key) if mode is CacheResult.MISS else None
         try:
             result = await self.providers.chat(upstream)
@@ -393,6 +398,11 @@ class Gateway:
             if flight is not None:
                 flight.done(None)
             self.record_call(decision, upstream, key, start, result=exc.result, mode=mode, stream=False)
+            raise
+        except ProviderNotConfigured as exc:  # its key is read now: an environment variable unset
+            if flight is not None:
+                flight.done(None)
+            self._record_failure(decision, upstream, exc, start, stream=False)
             raise
         except BaseException:
             if flight is not None:
@@ -458,7 +468,7 @@ class Gateway:
             if entry is not None:
                 return CompletionStream(self, req, decision, upstream, key, start, CacheResult.HIT, hit=entry)
         if upstream is None:
-            upstream = self._upstream(req, decision, stream=True)
+            upstream = self._upstream(req, decision, stream=True, start=start)
         flight = self.cache.lead(key) if mode is CacheResult.MISS else None
         chat = self.providers.stream(upstream)
         try:
@@ -467,6 +477,12 @@ class Gateway:
             if flight is not None:
                 flight.done(None)
             self.record_call(decision, upstream, key, start, result=exc.result, mode=mode, stream=True)
+            raise
+        except ProviderNotConfigured as exc:  # its key is read now: an environment variable unset
+            if flight is not None:
+                flight.done(None)
+            await chat.aclose()
+            self._record_failure(decision, upstream, exc, start, stream=True)
             raise
         except BaseException:
             if flight is not None:

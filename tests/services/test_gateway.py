@@ -180,6 +180,20 @@ def test_provider_not_configured_is_recorded(make, ops, fake_upstream):
     assert fake_upstream.count == 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_provider_key_unset_at_call_time_is_recorded(make, ops, fake_upstream, monkeypatch, stream):
+    """A provider's key is read when the call is made: with its environment variable unset the
+    call fails before reaching the provider, and is recorded with its decision (it was not)."""
+    gw = make()
+    monkeypatch.delenv("GW_TEST_KEY")
+    req = CompletionRequest(name="keyed")
+    with pytest.raises(e.ProviderNotConfigured, match="GW_TEST_KEY"):
+        run(gw, gw.open_stream(req) if stream else gw.complete(req))
+    [call] = calls(ops)
+    assert call.status == "error" and "GW_TEST_KEY" in (call.error or "") and call.stream is stream
+    assert fake_upstream.count == 0
+
+
 @pytest.mark.parametrize(
     "reply, error, status",
     [
